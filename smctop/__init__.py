@@ -1,0 +1,1 @@
+"""smctop: the live terminal UI of the suite (model, sources, views)."""

@@ -1,0 +1,1 @@
+"""The embedded userspace SMC-R stack of smctop."""
