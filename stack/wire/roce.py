@@ -24,6 +24,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 
 from ._base import Builder, View, WireError, check_uint
 from .inet import (
@@ -145,6 +146,15 @@ class Bth:
     fecn: bool = False
     becn: bool = False
 
+    def pack(self, pad: int) -> bytes:
+        """The 12 BTH bytes (``pad`` overrides the pad count)."""
+        if self.dest_qp >> 24 or self.psn >> 24 or self.tver >> 4 or self.opcode >> 8 or self.pkey >> 16 or self.opcode < 0:
+            b = Builder(BTH_LEN, f"RoCE {_opname(self.opcode)}", RoceError)
+            Bth(**{**self.__dict__, "pad": pad}).encode_into(b)  # raises, naming the field
+        b1 = (0x80 if self.se else 0) | (0x40 if self.migreq else 0) | (pad << 4) | self.tver
+        b4 = (0x80 if self.fecn else 0) | (0x40 if self.becn else 0)
+        return _BTH.pack(self.opcode, b1, self.pkey, (b4 << 24) | self.dest_qp, (0x80000000 if self.ackreq else 0) | self.psn)
+
     def encode_into(self, b: Builder, off: int = 0) -> None:
         check_uint(self.pad, 2, "pad count", b.name, off + 1, RoceError)
         check_uint(self.tver, 4, "transport version", b.name, off + 1, RoceError)
@@ -157,22 +167,16 @@ class Bth:
         b.u24(off + 9, self.psn, "PSN")
 
 
+_BTH = struct.Struct("!BBHII")
+
+
 def decode_bth(v: View, off: int = 0) -> Bth:
-    b1 = v.u8(off + 1, "BTH flags")
-    b4 = v.u8(off + 4, "FECN/BECN")
+    v.need(off, BTH_LEN, "BTH")
+    opcode, b1, pkey, w1, w2 = _BTH.unpack_from(v.buf, off)
     return Bth(
-        opcode=v.u8(off, "opcode"),
-        dest_qp=v.u24(off + 5, "DestQP"),
-        psn=v.u24(off + 9, "PSN"),
-        se=bool(b1 & 0x80),
-        ackreq=bool(v.u8(off + 8, "AckReq") & 0x80),
-        pad=(b1 >> 4) & 3,
-        pkey=v.u16(off + 2, "P_Key"),
-        migreq=bool(b1 & 0x40),
-        tver=b1 & 0x0F,
-        fecn=bool(b4 & 0x80),
-        becn=bool(b4 & 0x40),
-    )
+        opcode, w1 & PSN_MASK, w2 & PSN_MASK, bool(b1 & 0x80), bool(w2 & 0x80000000), (b1 >> 4) & 3, pkey,
+        bool(b1 & 0x40), b1 & 0x0F, bool(w1 & 0x80000000), bool(w1 & 0x40000000),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,10 @@ class RocePacket:
 
     def encode(self) -> bytes:
         """BTH .. pad, without the ICRC."""
+        return self.headers() + bytes(self.payload) + bytes(-len(self.payload) % 4)
+
+    def headers(self) -> bytes:
+        """BTH and extension headers (the pad count in the BTH follows the payload)."""
         name = f"RoCE {_opname(self.bth.opcode)}"
         if self.bth.opcode not in _EXT:
             raise RoceError(name, 0, f"unsupported BTH opcode 0x{self.bth.opcode:02x}")
@@ -255,25 +263,28 @@ class RocePacket:
         other_len = sum(_EXT_LEN[e] for e in exts if e not in ("reth", "aeth", "imm"))
         if len(self.other) != other_len:
             raise RoceError(name, BTH_LEN, f"opcode 0x{self.bth.opcode:02x} needs {other_len} bytes of other headers")
-        pad = -len(self.payload) % 4
-        hdr_len = BTH_LEN + sum(_EXT_LEN[e] for e in exts)
-        b = Builder(hdr_len, name, RoceError)
-        Bth(**{**self.bth.__dict__, "pad": pad}).encode_into(b)
-        off = BTH_LEN
-        for e in exts:
-            if e == "reth":
-                b.u64(off, self.reth.vaddr, "RETH VA")
-                b.u32(off + 8, self.reth.rkey, "RETH R_Key")
-                b.u32(off + 12, self.reth.dma_len, "RETH DMA length")
-            elif e == "aeth":
-                b.u8(off, self.aeth.syndrome, "AETH syndrome")
-                b.u24(off + 1, self.aeth.msn, "AETH MSN")
-            elif e == "imm":
-                b.u32(off, self.imm, "ImmDt")
-            else:
-                b.raw(off, self.other, other_len, "other headers")
-            off += _EXT_LEN[e]
-        return b.bytes() + bytes(self.payload) + bytes(pad)
+        out = [self.bth.pack(-len(self.payload) % 4)]
+        other_done = False
+        try:
+            for e in exts:
+                if e == "reth":
+                    out.append(_RETH.pack(self.reth.vaddr, self.reth.rkey, self.reth.dma_len))
+                elif e == "aeth":
+                    if self.aeth.msn >> 24 or self.aeth.syndrome >> 8:
+                        raise struct.error("AETH field out of range")
+                    out.append(_U32.pack((self.aeth.syndrome << 24) | self.aeth.msn))
+                elif e == "imm":
+                    out.append(_U32.pack(self.imm))
+                elif not other_done:  # the unstructured headers travel together in ``other``
+                    out.append(bytes(self.other))
+                    other_done = True
+        except struct.error:
+            raise RoceError(name, BTH_LEN, f"an extension header field does not fit: {self.reth or self.aeth or self.imm}") from None
+        return b"".join(out)
+
+
+_RETH = struct.Struct("!QII")
+_U32 = struct.Struct("!I")
 
 
 def _opname(opcode: int) -> str:
@@ -285,6 +296,7 @@ def _opname(opcode: int) -> str:
 
 def decode_packet(data: bytes) -> RocePacket:
     """Decode BTH .. pad (the ICRC already removed)."""
+    data = bytes(data)
     v = View(data, "RoCE packet", RoceError)
     bth = decode_bth(v)
     v.name = f"RoCE {_opname(bth.opcode)}"
@@ -297,11 +309,12 @@ def decode_packet(data: bytes) -> RocePacket:
         size = _EXT_LEN[e]
         v.need(off, size, e.upper())
         if e == "reth":
-            reth = Reth(v.u64(off, "RETH VA"), v.u32(off + 8, "RETH R_Key"), v.u32(off + 12, "RETH DMA length"))
+            reth = Reth(*_RETH.unpack_from(data, off))
         elif e == "aeth":
-            aeth = Aeth(v.u8(off, "AETH syndrome"), v.u24(off + 1, "AETH MSN"))
+            word = _U32.unpack_from(data, off)[0]
+            aeth = Aeth(word >> 24, word & PSN_MASK)
         elif e == "imm":
-            imm = v.u32(off, "ImmDt")
+            imm = _U32.unpack_from(data, off)[0]
         else:
             other += v.raw(off, size, e.upper())
         off += size
@@ -325,10 +338,24 @@ def icrc(ip_header: bytes, udp_header: bytes, ib: bytes) -> bytes:
     return struct.pack("<I", crc)
 
 
-def _headers_for(src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, sport: int, dport: int, ib_len: int, ident: int, dont_fragment: bool) -> tuple[bytes, bytes]:
+@lru_cache(maxsize=8192)
+def _prefix_crc(src: str, dst: str, sport: int, dport: int, ib_len: int, ident: int, dont_fragment: bool) -> int:
+    """CRC of the masked LRH, IPv4 and UDP headers: the part of the ICRC a flow repeats."""
     udp = Udp(sport, dport, UDP_HLEN + ib_len + ICRC_LEN)
     ip = IPv4(ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst), IPPROTO_UDP, IPV4_HLEN + udp.length, ident, dont_fragment)
-    return ip.encode(), udp.encode()
+    ip_b, udp_b = bytearray(ip.encode()), bytearray(udp.encode())
+    ip_b[1], ip_b[8], ip_b[10:12] = 0xFF, 0xFF, b"\xff\xff"
+    udp_b[6:8] = b"\xff\xff"
+    return zlib.crc32(b"\xff" * 8 + bytes(ip_b) + bytes(udp_b))
+
+
+def _flow_icrc(prefix: int, ib: bytes | memoryview) -> bytes:
+    """Finish the ICRC over BTH (reserved byte 4 masked) and the rest, without copying the payload."""
+    head = bytes(ib[:4]) + b"\xff"
+    return _ICRC.pack(zlib.crc32(ib[5:], zlib.crc32(head, prefix)))
+
+
+_ICRC = struct.Struct("<I")
 
 
 def encode_datagram(
@@ -348,8 +375,7 @@ def encode_datagram(
     the soft provider arranges (IP_PMTUDISC_DO), so ``ident`` defaults to 0.
     """
     ib = packet.encode()
-    ip, udp = _headers_for(src, dst, sport, dport, len(ib), ident, dont_fragment)
-    return ib + icrc(ip, udp, ib)
+    return ib + _flow_icrc(_prefix_crc(str(src), str(dst), sport, dport, len(ib), ident, dont_fragment), ib)
 
 
 def decode_datagram(
@@ -366,10 +392,10 @@ def decode_datagram(
     """Decode a UDP payload received on port 4791, checking its ICRC against the headers it came with."""
     if len(data) < BTH_LEN + ICRC_LEN:
         raise RoceError("RoCE packet", 0, f"{len(data)} bytes: too short for BTH and ICRC ({BTH_LEN + ICRC_LEN})")
-    ib, got = data[:-ICRC_LEN], data[-ICRC_LEN:]
+    mv = memoryview(data)
+    ib, got = mv[:-ICRC_LEN], bytes(mv[-ICRC_LEN:])
     if check_icrc:
-        ip, udp = _headers_for(src, dst, sport, dport, len(ib), ident, dont_fragment)
-        want = icrc(ip, udp, ib)
+        want = _flow_icrc(_prefix_crc(str(src), str(dst), sport, dport, len(ib), ident, dont_fragment), ib)
         if got != want:
             raise RoceError("RoCE packet", len(ib), f"ICRC {got.hex()} does not match the computed {want.hex()}")
     return decode_packet(ib)
