@@ -1,0 +1,63 @@
+"""Configuration of one SMC-R host: versions, EIDs, buffer sizes, limits and timeouts.
+
+Defaults are the Linux kernel's (net.smc sysctls and the constants of net/smc).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stack.wire import clc
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    clc_wait: float = 6.0  # CLC_WAIT_TIME: Proposal, Accept, Confirm
+    clc_wait_short: float = 1.0  # CLC_WAIT_TIME_SHORT: a Decline after a link timeout
+    llc_wait: float = 2.0  # SMC_LLC_WAIT_TIME: any LLC response
+    llc_wait_first: float = 5.0  # SMC_LLC_WAIT_FIRST_TIME: CONFIRM LINK on a new link
+    client_confirm_link: float = 4.0  # client waits 2 * SMC_LLC_WAIT_TIME for CONFIRM LINK
+    test_link: float = 30.0  # net.smc.smcr_testlink_time (0 disables)
+    close_flush: float = 2.0  # how long close() waits for unsent data before aborting
+    peer_first_bytes: float = 6.0  # server: wait this long for a Proposal before PEERNOSMC
+    lgr_idle: float = 600.0  # an empty link group is freed after this
+
+
+@dataclass(frozen=True)
+class SmcConfig:
+    host: str = "host"
+    versions: frozenset[int] = frozenset({1, 2})
+    ueids: tuple[str, ...] = ("SMCTOP",)
+    rmb_size: int = 64 << 10  # net.smc.rmem: RMB per connection (rounded up to a power of two)
+    sndbuf_size: int = 64 << 10  # net.smc.wmem
+    max_conns: int = 255  # net.smc.smcr_max_conns_per_lgr
+    max_links: int = 2  # net.smc.smcr_max_links_per_lgr
+    release: int = 1  # SMC-Rv2 release 1 (v2.1)
+    prefix_len: int = 8  # subnet of the TCP address, for the v1 prefix check (/8 suits 127.x)
+    forced_decline: int | None = None  # server: decline every Proposal with this reason
+    llc_v2_order: str = "little"  # byte order of v2 LLC lengths we send (x86-64 Linux)
+    send_queue: int = 128  # send WRs per link QP
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        for eid in self.ueids:
+            clc.make_eid(eid)  # raises ValueError on a malformed UEID
+        if not self.versions or not self.versions <= {1, 2}:
+            raise ValueError(f"versions {set(self.versions)} must be a non-empty subset of {{1, 2}}")
+        if self.rmb_size < 16384 or self.sndbuf_size < 16384:
+            raise ValueError("RMB and send buffer are at least 16 KiB")
+        if not 16 <= self.max_conns <= 255:
+            raise ValueError(f"max_conns {self.max_conns} is outside 16..255")
+        if not 1 <= self.max_links <= 2:
+            raise ValueError(f"max_links {self.max_links} is outside 1..2")
+        if self.llc_v2_order not in ("little", "big"):
+            raise ValueError("llc_v2_order is 'little' or 'big'")
+
+    @property
+    def v2(self) -> bool:
+        """SMC-Rv2 needs at least one UEID, as in Linux."""
+        return 2 in self.versions and bool(self.ueids)
+
+    @property
+    def eids(self) -> tuple[bytes, ...]:
+        return tuple(clc.make_eid(e) for e in self.ueids)

@@ -1,0 +1,436 @@
+"""One SMC-R connection: the send ring (sndbuf), the receive ring (RMB), CDC messages,
+cursor updates by the kernel's rules, and the close state machine of ``states``.
+
+Sending (``smc_tx_rdma_writes``): application bytes go into the sndbuf at ``tx_prep``;
+a transmit step writes what the peer's RMB can take with at most two RDMA WRITEs (split
+at the peer ring's wrap), then one CDC announcing the new producer cursor. The sndbuf
+space is released when that CDC's send completes (``tx_fin``).
+
+Receiving: a CDC moves the peer's producer cursor: that many more bytes wait in our RMB.
+Reading advances our consumer cursor; the peer learns it from the next CDC we send, or
+from a cursor-only CDC when the kernel's update policy says so (``smc_tx_consumer_update``).
+
+A peer that moves a cursor out of range or puts more into our RMB than it can hold is
+violating the protocol: the connection aborts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stack.wire.cdc import CdcMessage, Cursor
+from stack.wire.codes import SmcState
+
+from . import cursor as curs
+from .states import CONN_TABLE, Hs, step
+
+if TYPE_CHECKING:
+    from .host import SmcHost
+
+SOCK_MIN_SNDBUF_HALF = 2304  # SOCK_MIN_SNDBUF / 2 on x86-64: the floor of the update limit
+CLOSE_FLAGS = ("done_writing", "closed", "abort")
+
+
+class SmcConnection:
+    def __init__(self, host: "SmcHost", conn_id: int, role: str, local: tuple[str, int], peer: tuple[str, int]) -> None:
+        self.host = host
+        self.id = conn_id
+        self.role = role  # "client" or "server"
+        self.local = local
+        self.peer = peer
+        self.state = SmcState.INIT
+        self.hs = Hs.START
+        self.mode = "INIT"  # then "SMCR" or "TCP"
+        self.fallback_reason = 0
+        self.peer_diagnosis = 0
+        self.version = 0
+        self.first_contact = False
+        self.lgr = None
+        self.link = None
+        self.error: str | None = None
+        self.clc_buf = b""
+        self.proposal = None  # what was offered or received, for the rest of the handshake
+        self.accept = None
+        self.handshake_started = 0.0
+        # buffers
+        self.token = 0
+        self.peer_token = 0
+        self.rmb = None
+        self.sndbuf = None
+        self.peer_rkey = 0
+        self.peer_vaddr = 0
+        self.peer_size = 0
+        # transmit side (sndbuf cursors, producer cursor in the peer's RMB)
+        self.tx_prep = Cursor()
+        self.tx_sent = Cursor()
+        self.tx_fin = Cursor()
+        self.tx_prod = Cursor()
+        self.tx_prod_fin = Cursor()
+        self.peer_rmbe_space = 0
+        self.tx_seq = 0
+        self.tx_seq_fin = 0
+        self.write_blocked = False
+        # receive side
+        self.rx_prod = Cursor()  # the peer's producer cursor: how far it wrote into our RMB
+        self.rx_cons = Cursor()  # the peer's consumer cursor: how far it read its RMB
+        self.cons = Cursor()  # our consumer cursor in our RMB
+        self.cons_confirmed = Cursor()  # our consumer cursor as last sent to the peer
+        self.bytes_to_rcv = 0
+        self.rx_seq = 0
+        self.rx_seq_seen = False
+        self.peer_write_blocked = False
+        self.cons_update_requested = False
+        # closing
+        self.sent = {f: False for f in CLOSE_FLAGS}
+        self.pending = {f: False for f in CLOSE_FLAGS}  # waits for the sndbuf to drain
+        self.peer_done_writing = False
+        self.peer_closed = False
+        self.peer_abort = False
+        self.released = False
+        # counters
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.cdc_sent = 0
+        self.cdc_received = 0
+
+    # ------------------------------------------------------------------ identity
+
+    def ids(self) -> dict:
+        return {"lgr": self.lgr.name if self.lgr else None, "link": self.link.link_id if self.link else None, "conn": self.id}
+
+    def emit(self, now: float, kind: str, **fields) -> None:
+        self.host.emit(now, kind, **self.ids(), **fields)
+
+    @property
+    def rmb_size(self) -> int:
+        return self.rmb.size if self.rmb else 0
+
+    @property
+    def sndbuf_size(self) -> int:
+        return self.sndbuf.size if self.sndbuf else 0
+
+    def snapshot(self) -> dict:
+        """Everything smcss -d shows, and more."""
+        return {
+            "state": self.state.name, "mode": self.mode, "role": self.role, "local": f"{self.local[0]}:{self.local[1]}",
+            "peer": f"{self.peer[0]}:{self.peer[1]}", "version": self.version, "fallback_reason": self.fallback_reason,
+            "peer_diagnosis": self.peer_diagnosis, "token": self.token, "peer_token": self.peer_token,
+            "rmb_size": self.rmb_size, "sndbuf_size": self.sndbuf_size, "peer_rmb_size": self.peer_size,
+            "rx_prod": _c(self.rx_prod), "rx_cons": _c(self.rx_cons), "tx_prod": _c(self.tx_prod), "tx_cons": _c(self.cons),
+            "tx_prep": _c(self.tx_prep), "tx_sent": _c(self.tx_sent), "tx_fin": _c(self.tx_fin),
+            "bytes_to_rcv": self.bytes_to_rcv, "peer_rmbe_space": self.peer_rmbe_space, "write_blocked": self.write_blocked,
+            "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, **self.ids(),
+        }  # fmt: skip
+
+    # ------------------------------------------------------------------ the close machine
+
+    def _guard(self, name: str) -> bool:
+        if name == "unread_data":
+            return self.bytes_to_rcv > 0
+        if name == "peer_closed":
+            return self.peer_closed
+        if name == "unread_data_and_peer_closed":
+            return self.bytes_to_rcv > 0 and self.peer_closed
+        if name == "done_writing_only":
+            return self.sent["done_writing"] and not self.sent["closed"] and not self.sent["abort"]
+        if name == "released_and_closed_sent":
+            return self.released and (self.sent["closed"] or self.sent["abort"])
+        raise KeyError(name)
+
+    def input(self, event: str, now: float) -> None:
+        """Feed the close machine; performs the rule's actions and reports the new state."""
+        rule = step("connection", CONN_TABLE, self.state, event, self._guard)
+        for action in rule.actions:
+            if action == "send_abort":
+                self._send_flag("abort", now, immediate=True)
+            elif action == "send_closed":
+                self._send_flag("closed", now)
+            elif action == "send_done_writing":
+                self._send_flag("done_writing", now)
+        if rule.next is not None and rule.next != self.state:
+            self.set_state(rule.next, now, event)
+
+    def set_state(self, state: SmcState, now: float, cause: str) -> None:
+        old, self.state = self.state, state
+        self.emit(now, "conn.state", old=old.name, new=state.name, cause=cause)
+        if state == SmcState.CLOSED:
+            self.host.connection_closed(self, now)
+
+    def _send_flag(self, flag: str, now: float, immediate: bool = False) -> None:
+        if self.mode != "SMCR" or self.sent[flag]:
+            return
+        if immediate or self._drained():
+            self.sent[flag] = True
+            self.send_cdc(now, **{_CDC_FLAG[flag]: True})
+        else:
+            self.pending[flag] = True
+            self.host.io.arm_timer(("flush", self.id), now + self.host.config.timeouts.close_flush)
+
+    def _drained(self) -> bool:
+        return self.tx_sent == self.tx_prep
+
+    def flush_timeout(self, now: float) -> None:
+        """Unsent data would not drain before close: the peer gets an abort, not a silent loss."""
+        if any(self.pending.values()) and not self._drained():
+            self.error = "close: unsent data could not be delivered within the flush time"
+            self.emit(now, "conn.error", reason=self.error)
+            self.input("abort", now)
+            self.abort_done(now)
+
+    def _flush_pending(self, now: float) -> None:
+        if not self._drained():
+            return
+        for flag in CLOSE_FLAGS:
+            if self.pending[flag] and not self.sent[flag]:
+                self.pending[flag] = False
+                self.sent[flag] = True
+                self.host.io.cancel_timer(("flush", self.id))
+                self.send_cdc(now, **{_CDC_FLAG[flag]: True})
+
+    # ------------------------------------------------------------------ application side
+
+    def send_space(self) -> int:
+        return self.sndbuf_size - curs.diff(self.tx_fin, self.tx_prep, self.sndbuf_size)
+
+    def app_send(self, data: bytes | memoryview, now: float) -> int:
+        """Copy what fits into the sndbuf and start a transmit step; returns the bytes taken."""
+        if self.state not in (SmcState.ACTIVE, SmcState.APPCLOSEWAIT1) or self.sent["done_writing"] or self.pending["done_writing"]:
+            raise BrokenPipeError(f"connection {self.id} cannot send in state {self.state.name}")
+        n = min(len(data), self.send_space())
+        if n == 0:
+            return 0
+        size, off = self.sndbuf_size, self.tx_prep.count
+        first = min(n, size - off)
+        self.sndbuf.buf[off : off + first] = data[:first]
+        if n > first:
+            self.sndbuf.buf[0 : n - first] = data[first:n]
+        self.tx_prep = curs.add(self.tx_prep, n, size)
+        self.tx_step(now)
+        return n
+
+    def readable_bytes(self) -> int:
+        return self.bytes_to_rcv
+
+    @property
+    def eof(self) -> bool:
+        """No more data will come: the peer is done writing, closed or aborted, and all is read."""
+        return self.bytes_to_rcv == 0 and (self.peer_done_writing or self.peer_closed or self.peer_abort or self.state == SmcState.CLOSED)
+
+    def app_recv(self, max_bytes: int, now: float) -> bytes:
+        n = min(max_bytes, self.bytes_to_rcv)
+        if n <= 0:
+            return b""
+        size, off = self.rmb_size, self.cons.count
+        first = min(n, size - off)
+        out = bytes(self.rmb.buf[off : off + first])
+        if n > first:
+            out += bytes(self.rmb.buf[0 : n - first])
+        self.cons = curs.add(self.cons, n, size)
+        self.bytes_to_rcv -= n
+        self.bytes_received += n
+        self.emit(now, "conn.cursor", side="rx", cons=_c(self.cons), prod=_c(self.rx_prod), bytes_to_rcv=self.bytes_to_rcv)
+        self._maybe_update_consumer(now)
+        return out
+
+    def _maybe_update_consumer(self, now: float) -> None:
+        """smc_tx_consumer_update: tell the peer we read, when it matters."""
+        if self.mode != "SMCR" or self.state in (SmcState.CLOSED, SmcState.PEERABORTWAIT) or self.sent["abort"]:
+            return
+        consumed = curs.diff(self.cons_confirmed, self.cons, self.rmb_size)
+        if consumed == 0 and not self.cons_update_requested:
+            return
+        limit = max(self.rmb_size // 10, SOCK_MIN_SNDBUF_HALF)
+        peer_view_free = self.rmb_size - curs.diff(self.cons_confirmed, self.rx_prod, self.rmb_size)
+        if self.cons_update_requested or (consumed > limit and (peer_view_free <= self.rmb_size // 2 or self.peer_write_blocked)):
+            self.send_cdc(now)
+
+    def app_shutdown_wr(self, now: float) -> None:
+        self.input("app_shutdown_wr", now)
+
+    def app_close(self, now: float) -> None:
+        self.released = True
+        self.input("app_close", now)
+
+    # ------------------------------------------------------------------ transmit
+
+    def tx_step(self, now: float) -> None:
+        """Write what the peer's RMB can take and announce it (smc_tx_rdma_writes)."""
+        if self.mode != "SMCR" or self.link is None or self.sent["abort"]:
+            return
+        while True:
+            to_send = curs.diff(self.tx_sent, self.tx_prep, self.sndbuf_size)
+            if to_send == 0:
+                self.write_blocked = False
+                break
+            if self.peer_rmbe_space <= 0:
+                if not self.write_blocked:
+                    self.write_blocked = True
+                    self.send_cdc(now)  # tell the peer we are blocked so it updates its consumer cursor
+                    self.emit(now, "conn.rmb", write_blocked=True, peer_rmbe_space=0, pending=to_send)
+                break
+            if not self.link.has_room(3):
+                self.link.wait_for_room(self)
+                break
+            self.write_blocked = to_send >= self.peer_rmbe_space
+            n = min(to_send, self.peer_rmbe_space)
+            self._rdma_writes(n, now)
+            self.tx_prod = curs.add(self.tx_prod, n, self.peer_size)
+            self.tx_sent = curs.add(self.tx_sent, n, self.sndbuf_size)
+            self.peer_rmbe_space -= n
+            self.bytes_sent += n
+            self.send_cdc(now)
+        self._flush_pending(now)
+
+    def _rdma_writes(self, n: int, now: float) -> None:
+        """At most two WRITEs, split where the peer's ring wraps; each source may wrap in the sndbuf."""
+        dst = self.tx_prod.count
+        src = self.tx_sent.count
+        chunks = [(dst, min(n, self.peer_size - dst))]
+        if chunks[0][1] < n:
+            chunks.append((0, n - chunks[0][1]))
+        for dst_off, length in chunks:
+            sges = []
+            left = length
+            while left:
+                take = min(left, self.sndbuf_size - src)
+                sges.append((self.sndbuf.handle, src, take))
+                src = (src + take) % self.sndbuf_size
+                left -= take
+            self.link.post_write(sges, self.peer_vaddr + dst_off, self.peer_rkey)
+            if self.host.bus_active:
+                self.emit(now, "rdma.write", offset=dst_off, length=length, rkey=self.peer_rkey)
+
+    def send_cdc(self, now: float, **flags) -> bool:
+        """One CDC with the current producer and consumer cursors (and flags)."""
+        if self.link is None:
+            return False
+        self.tx_seq = (self.tx_seq + 1) & 0xFFFF
+        msg = CdcMessage(
+            seqno=self.tx_seq, token=self.peer_token, prod=self.tx_prod, cons=self.cons,
+            write_blocked=self.write_blocked, cons_curs_upd_req=False,
+            peer_done_writing=self.sent["done_writing"], peer_conn_closed=self.sent["closed"],
+            peer_conn_abort=self.sent["abort"], **{k: v for k, v in flags.items() if k in _CDC_EXTRA},
+        )  # fmt: skip
+        if not self.link.post_cdc(self, msg, (self.tx_sent, self.tx_prod, self.tx_seq)):
+            self.tx_seq = (self.tx_seq - 1) & 0xFFFF  # the kernel rolls back when the post fails
+            return False
+        self.cons_confirmed = self.cons
+        self.cons_update_requested = False
+        self.cdc_sent += 1
+        if self.host.bus_active:
+            self.emit(now, "cdc.msg", dir="tx", **_cdc_fields(msg))
+            self.emit(now, "conn.cursor", side="tx", prod=_c(self.tx_prod), cons=_c(self.cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
+        return True
+
+    def cdc_completed(self, marks: tuple[Cursor, Cursor, int], ok: bool, now: float) -> None:
+        """The send of a CDC completed: release the sndbuf up to what it announced."""
+        if not ok:
+            return
+        sent, prod, seq = marks
+        if curs.ahead(sent, self.tx_fin):
+            self.tx_fin = sent
+            self.tx_prod_fin = prod
+            self.tx_seq_fin = seq
+            self.host.io.conn_writable(self.id)
+        elif seq:
+            self.tx_seq_fin = seq
+
+    # ------------------------------------------------------------------ receive
+
+    def on_cdc(self, msg: CdcMessage, now: float) -> None:
+        if self.mode != "SMCR":
+            return
+        self.cdc_received += 1
+        if self.host.bus_active:
+            self.emit(now, "cdc.msg", dir="rx", **_cdc_fields(msg))
+        if msg.failover_validation:
+            # the peer's last completed CDC must be one we saw; otherwise we are out of sync
+            if self.rx_seq_seen and _s16(self.rx_seq - msg.seqno) < 0:
+                self.violation(now, f"failover validation seqno {msg.seqno} is beyond the last one received ({self.rx_seq})")
+            return
+        if self.rx_seq_seen and _s16(msg.seqno - self.rx_seq) < 0:
+            return  # an older CDC: dropped, as the kernel does
+        self.rx_seq, self.rx_seq_seen = msg.seqno, True
+        if not curs.valid(msg.prod, self.rmb_size) or not curs.valid(msg.cons, self.peer_size):
+            self.violation(now, f"cursor out of range: prod {_c(msg.prod)} (RMB {self.rmb_size}), cons {_c(msg.cons)} (peer RMB {self.peer_size})")
+            return
+        new_data = 0
+        if curs.ahead(msg.prod, self.rx_prod):
+            new_data = curs.diff(self.rx_prod, msg.prod, self.rmb_size)
+            if self.bytes_to_rcv + new_data > self.rmb_size or msg.prod.wrap != self.rx_prod.wrap and curs.diff(self.cons, msg.prod, self.rmb_size) > self.rmb_size:
+                self.violation(now, f"producer cursor {_c(msg.prod)} claims {new_data} new bytes, more than the RMB holds")
+                return
+            self.rx_prod = msg.prod
+            self.bytes_to_rcv += new_data
+        freed = 0
+        if curs.ahead(msg.cons, self.rx_cons):
+            freed = curs.diff(self.rx_cons, msg.cons, self.peer_size)
+            if curs.ahead(msg.cons, self.tx_prod):
+                self.violation(now, f"consumer cursor {_c(msg.cons)} is beyond what we wrote ({_c(self.tx_prod)})")
+                return
+            self.rx_cons = msg.cons
+            self.peer_rmbe_space += freed
+        self.peer_write_blocked = msg.write_blocked
+        self.cons_update_requested = self.cons_update_requested or msg.cons_curs_upd_req
+        if self.host.bus_active and (new_data or freed):
+            self.emit(now, "conn.cursor", side="rx", prod=_c(self.rx_prod), cons=_c(self.rx_cons), bytes_to_rcv=self.bytes_to_rcv, peer_rmbe_space=self.peer_rmbe_space)
+            self.emit(now, "conn.rmb", fill=self.bytes_to_rcv, size=self.rmb_size, write_blocked=self.write_blocked, peer_write_blocked=msg.write_blocked)
+        if new_data:
+            self.host.io.conn_readable(self.id)
+        if freed:
+            self.tx_step(now)
+        if self.cons_update_requested or (msg.write_blocked and not new_data):
+            self._maybe_update_consumer(now)
+        if msg.peer_conn_abort and not self.peer_abort:
+            self.peer_abort = True
+            self.error = "connection reset by peer (SMC abort)"
+            self.emit(now, "conn.error", reason=self.error)
+            self.input("peer_abort", now)
+            self.host.io.conn_readable(self.id)
+        elif msg.peer_conn_closed and not self.peer_closed:
+            self.peer_closed = True
+            self.input("peer_closed", now)
+            self.host.io.conn_readable(self.id)
+        elif msg.peer_done_writing and not self.peer_done_writing:
+            self.peer_done_writing = True
+            self.input("peer_done_writing", now)
+            self.host.io.conn_readable(self.id)
+
+    def violation(self, now: float, what: str) -> None:
+        """The peer broke the protocol: abort, as the kernel does."""
+        self.error = f"protocol violation by the peer: {what}"
+        self.emit(now, "conn.error", reason=self.error)
+        self.abort(now, self.error)
+
+    def abort(self, now: float, reason: str) -> None:
+        if self.state in (SmcState.CLOSED, SmcState.PEERABORTWAIT):
+            return
+        self.error = self.error or reason
+        if self.mode == "SMCR":
+            self.input("abort", now)
+            self.abort_done(now)
+        else:
+            self.set_state(SmcState.CLOSED, now, "abort")
+
+    def abort_done(self, now: float) -> None:
+        if self.state == SmcState.PEERABORTWAIT:
+            self.input("abort_done", now)
+
+
+_CDC_FLAG = {"done_writing": "peer_done_writing", "closed": "peer_conn_closed", "abort": "peer_conn_abort"}
+_CDC_EXTRA = {"failover_validation", "urg_data_pending", "urg_data_present"}
+
+
+def _c(c: Cursor) -> str:
+    return f"{c.wrap}:{c.count}"
+
+
+def _s16(v: int) -> int:
+    v &= 0xFFFF
+    return v - 0x10000 if v & 0x8000 else v
+
+
+def _cdc_fields(m: CdcMessage) -> dict:
+    flags = [name for name in ("write_blocked", "urg_data_pending", "urg_data_present", "cons_curs_upd_req", "failover_validation",
+                               "peer_done_writing", "peer_conn_closed", "peer_conn_abort") if getattr(m, name)]  # fmt: skip
+    return {"seqno": m.seqno, "token": m.token, "prod": _c(m.prod), "cons": _c(m.cons), "flags": flags, "raw": m.encode()}

@@ -1,0 +1,660 @@
+"""One SMC-R host, sans-I/O: the CLC handshake machine, link groups, connections.
+
+Inputs (each with ``now``): TCP connections starting and their CLC bytes, RDMA
+completions and received SENDs, timer expiries, application calls. Effects go through
+``HostIO``; every step is reported on the event bus.
+
+First contact: the server creates a link group and a link (QP) and sends Accept with the
+first-contact bit; after the client's Confirm both QPs are connected and the server sends
+LLC CONFIRM LINK on the new link; the response makes the link ACTIVE and the group SINGLE.
+Subsequent contact: the server finds the group by peer id and peer GID (v1: and MAC),
+the client by peer id and the Accept's QPN; each side registers its RMB and runs
+CONFIRM RKEY before its Accept or Confirm. A client that cannot find the group declines
+with SYNCERR and the out-of-sync bit.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable
+
+from stack.events import Event, EventBus
+from stack.wire import clc, codes
+from stack.wire.clc import ClcError
+from stack.wire.codes import LgrRole, LgrType, LinkState, SmcState
+
+from . import handshake as hsk
+from .config import SmcConfig
+from .connection import SmcConnection
+from .linkgroup import DEL_PROG_INIT_TERM, Link, LinkGroup
+from .ports import DeviceInfo, HostIO
+from .states import HS_TABLE, Hs, ProtocolError, step
+
+_EYECATCHERS = (clc.EYECATCHER_SMCR, clc.EYECATCHER_SMCD)
+
+
+class SmcHost:
+    def __init__(self, config: SmcConfig, io: HostIO, devices: Iterable[DeviceInfo], bus: EventBus | None = None,
+                 rng: random.Random | None = None) -> None:  # fmt: skip
+        self.config = config
+        self.io = io
+        self.devices = list(devices)
+        self.bus = bus or EventBus()
+        self.rng = rng or random.Random()
+        self.name = config.host
+        first = next((d for d in self.devices if d.up), None)
+        self.peer_id = self.rng.getrandbits(16).to_bytes(2, "big") + (first.mac if first else bytes(6))
+        self.conns: dict[int, SmcConnection] = {}
+        self.lgrs: list[LinkGroup] = []
+        self.links_by_qp: dict[int, Link] = {}
+        self._lgr_seq = self.rng.getrandbits(16) << 8
+        self._token_seq = self.rng.getrandbits(24)
+        self.stats = {"smc_client": 0, "smc_server": 0, "fallback_client": 0, "fallback_server": 0, "handshake_errors": 0}
+        self.fallback_reasons: dict[tuple[str, int], int] = {}
+
+    # ---------------------------------------------------------------- events
+
+    @property
+    def bus_active(self) -> bool:
+        return self.bus.active
+
+    def emit(self, now: float, kind: str, lgr: str | None = None, link: int | None = None, conn: int | None = None, **fields) -> None:
+        if self.bus.active:
+            self.bus.emit(Event(now, kind, self.name, lgr, link, conn, fields))
+
+    def device(self) -> DeviceInfo | None:
+        return next((d for d in self.devices if d.up), None)
+
+    def set_device_state(self, name: str, up: bool) -> None:
+        self.devices = [DeviceInfo(d.name, d.gid, d.mac, d.mtu, up) if d.name == name else d for d in self.devices]
+
+    # ---------------------------------------------------------------- starting connections
+
+    def client_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float) -> SmcConnection:
+        conn = self._new_conn(conn_id, "client", local, peer, now)
+        proposal = hsk.build_proposal(self.config, self.device(), local[0], self.peer_id)
+        if proposal is None:
+            self._hs(conn, "no_smc_possible", now)
+            self._decline(conn, hsk.NOSMCDEV, now, version=2 if self.config.v2 else 1)
+            self._fallback(conn, hsk.NOSMCDEV, 0, b"", now)
+            return conn
+        conn.proposal = proposal
+        self._hs(conn, "start_client", now)
+        self._send_clc(conn, proposal, now)
+        self.io.arm_timer(("clc", conn_id), now + self.config.timeouts.clc_wait)
+        return conn
+
+    def server_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float, smc: bool = True) -> SmcConnection:
+        """A TCP connection accepted by a listener. ``smc=False``: a plain-TCP listener, which
+        still answers a Proposal with a Decline PEERNOSMC (our in-band stand-in for the
+        missing TCP option), so an SMC client falls back at once."""
+        conn = self._new_conn(conn_id, "server", local, peer, now)
+        conn.smc_listener = smc
+        self._hs(conn, "start_server", now)
+        self.io.arm_timer(("clc", conn_id), now + self.config.timeouts.peer_first_bytes)
+        return conn
+
+    def _new_conn(self, conn_id: int, role: str, local, peer, now: float) -> SmcConnection:
+        if conn_id in self.conns:
+            raise ValueError(f"connection id {conn_id} is in use")
+        conn = SmcConnection(self, conn_id, role, local, peer)
+        conn.handshake_started = now
+        conn.smc_listener = True
+        self.conns[conn_id] = conn
+        self.emit(now, "conn.open", conn=conn_id, role=role, local=f"{local[0]}:{local[1]}", peer=f"{peer[0]}:{peer[1]}")
+        return conn
+
+    # ---------------------------------------------------------------- the handshake machine
+
+    def _hs(self, conn: SmcConnection, event: str, now: float, guard=lambda g: False) -> tuple[str, ...]:
+        rule = step("handshake", HS_TABLE, conn.hs, event, guard)
+        if rule.next is not None and rule.next != conn.hs:
+            conn.hs = rule.next
+        return rule.actions
+
+    def tcp_data(self, conn_id: int, data: bytes, now: float) -> None:
+        """CLC bytes from the TCP connection (only while the handshake runs)."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.hs in (Hs.SMC, Hs.FALLBACK, Hs.FAILED):
+            return
+        conn.clc_buf += data
+        while conn.clc_buf and conn.hs not in (Hs.SMC, Hs.FALLBACK, Hs.FAILED):
+            if conn.hs == Hs.WAIT_PROPOSAL and not any(e.startswith(conn.clc_buf[:4]) for e in _EYECATCHERS):
+                leftover, conn.clc_buf = conn.clc_buf, b""
+                self._hs(conn, "not_clc", now)
+                self._fallback(conn, hsk.PEERNOSMC, 0, leftover, now)
+                return
+            try:
+                if len(conn.clc_buf) < clc.HEADER_LEN:
+                    return
+                header = clc.decode_header(conn.clc_buf)
+                if len(conn.clc_buf) < header.length:
+                    return
+                raw, conn.clc_buf = conn.clc_buf[: header.length], conn.clc_buf[header.length :]
+                msg = clc.decode(raw)
+            except ClcError as e:
+                self._fail(conn, f"malformed CLC message: {e}", now, "malformed")
+                return
+            self.emit(now, "clc.msg", conn=conn_id, dir="rx", **_clc_fields(msg, raw))
+            self._on_clc(conn, msg, now)
+
+    def _on_clc(self, conn: SmcConnection, msg, now: float) -> None:
+        if isinstance(msg, clc.Decline):
+            self._hs(conn, "decline", now)
+            if msg.out_of_sync and conn.lgr is not None:
+                conn.lgr.sync_err = True
+            # our in-band "no SMC here" is the kernel's missing TCP option: PEERNOSMC, not PEERDECL
+            reason = hsk.PEERNOSMC if msg.diagnosis == hsk.PEERNOSMC else hsk.PEERDECL
+            self._fallback(conn, reason, msg.diagnosis, b"", now, declined_by_peer=True)
+            return
+        if conn.hs == Hs.WAIT_PROPOSAL and isinstance(msg, clc.Proposal):
+            self._server_proposal(conn, msg, now)
+        elif conn.hs == Hs.PROPOSAL_SENT and isinstance(msg, clc.Accept):
+            self._client_accept(conn, msg, now)
+        elif conn.hs == Hs.ACCEPT_SENT and isinstance(msg, clc.Confirm):
+            self._server_confirm(conn, msg, now)
+        else:
+            self._fail(conn, f"unexpected {type(msg).__name__} in handshake state {conn.hs.name}", now, "malformed")
+
+    # ---------------------------------------------------------------- server
+
+    def _server_proposal(self, conn: SmcConnection, p: clc.Proposal, now: float) -> None:
+        conn.proposal = p
+        if not conn.smc_listener:
+            self._hs(conn, "proposal", now, lambda g: g == "decline_proposal")
+            self._decline(conn, hsk.PEERNOSMC, now, version=p.version)
+            self._fallback(conn, 0, 0, b"", now)
+            return
+        device = self.device()
+        choice = hsk.choose(self.config, p, device, conn.local[0])
+        if choice.decline:
+            self._hs(conn, "proposal", now, lambda g: g == "decline_proposal")
+            self._decline(conn, choice.decline, now, version=p.version)
+            self._fallback(conn, choice.decline, 0, b"", now)
+            return
+        conn.choice = choice
+        conn.version = choice.version
+        peer_gid = p.v2.roce_gid if choice.version >= 2 else p.gid
+        lgr = self._find_server_lgr(p.peer_id, peer_gid, p.mac, choice.version)
+        if lgr is not None:
+            conn.lgr, conn.link = lgr, self._balance(lgr)
+            if not self._attach_buffers(conn, now):
+                return
+            self._hs(conn, "proposal", now, lambda g: g == "reuse")
+            lgr.confirm_rkey(conn, now, lambda ok, t: self._rkey_done(conn, ok, t))
+            return
+        lgr = self._new_lgr(LgrRole.SERVER, choice.version, p.peer_id, peer_gid, p.mac, now, choice.max_conns, choice.max_links)
+        lgr.negotiated_eid = choice.eid
+        conn.first_contact = True
+        conn.lgr = lgr
+        link = self._new_link(lgr, device, lgr.next_link_id(), now)
+        if link is None:
+            self._decline_and_fallback(conn, hsk.MEM, now)
+            return
+        conn.link = link
+        if not self._attach_buffers(conn, now):
+            return
+        self._hs(conn, "proposal", now)
+        self._send_accept(conn, now)
+
+    def _rkey_done(self, conn: SmcConnection, ok: bool, now: float) -> None:
+        if conn.hs != Hs.WAIT_RKEY:
+            return
+        if not ok:
+            self._hs(conn, "rkey_failed", now)
+            self._decline(conn, hsk.ERR_REGBUF, now)
+            self._fallback(conn, hsk.ERR_REGBUF, 0, b"", now)
+            return
+        if conn.role == "server":
+            self._hs(conn, "rkey_confirmed", now, lambda g: g == "server")
+            self._send_accept(conn, now)
+        else:
+            self._hs(conn, "rkey_confirmed", now)
+            self._send_confirm(conn, now)
+            self._hs(conn, "confirm", now)
+            self._established(conn, now)
+
+    def _send_accept(self, conn: SmcConnection, now: float) -> None:
+        link, choice = conn.link, conn.choice
+        fce = None
+        if conn.version >= 2 and conn.first_contact:
+            fce = clc.FirstContactExt(True, clc.OS_LINUX, choice.release, clc.make_hostname(self.name), choice.max_conns, choice.max_links)
+        accept = clc.Accept(
+            self.peer_id, link.qp.gid, link.qp.mac, link.qp.qpn, conn.rmb.rkey, conn.token,
+            clc.rmbe_size_compress(conn.rmb.size), link.qp.mtu, conn.rmb.addr, link.qp.psn,
+            conn.first_contact, conn.version, eid=choice.eid if conn.version >= 2 else bytes(32), fce=fce,
+        )  # fmt: skip
+        conn.accept = accept
+        self._send_clc(conn, accept, now)
+        self.io.arm_timer(("clc", conn.id), now + self.config.timeouts.clc_wait)
+
+    def _server_confirm(self, conn: SmcConnection, c: clc.Confirm, now: float) -> None:
+        reason = hsk.check_confirm(conn.choice, c)
+        if reason:
+            self._hs(conn, "confirm", now, lambda g: g == "decline_confirm")
+            self._decline(conn, reason, now)
+            self._fallback(conn, reason, 0, b"", now)
+            return
+        self._adopt_peer_buffer(conn, c)
+        if not conn.first_contact:
+            self._hs(conn, "confirm", now)
+            self._established(conn, now)
+            return
+        link = conn.link
+        link.peer_qpn, link.peer_psn, link.peer_gid, link.peer_mac = c.qpn, c.psn, c.gid, c.mac
+        link.mtu = min(link.qp.mtu, c.qp_mtu)
+        self.io.qp_to_rtr(link.qp.handle, c.qpn, c.psn, c.gid, link.mtu)
+        self.io.qp_to_rts(link.qp.handle)
+        if c.fce is not None:
+            conn.lgr.peer_host = c.fce.hostname.decode("ascii", "replace").strip()
+            conn.lgr.peer_os, conn.lgr.peer_release = c.fce.os_type, c.fce.release
+        self._hs(conn, "confirm", now, lambda g: g == "first_contact")
+        link.post_llc(confirm_link_msg(conn.lgr, link), now)
+        self.io.arm_timer(("clc", conn.id), now + self.config.timeouts.llc_wait)
+
+    def confirm_link_response(self, lgr: LinkGroup, link: Link, msg, now: float) -> None:
+        conn = self._first_contact_conn(lgr, Hs.WAIT_CONFIRM_LINK_RESP)
+        if conn is None or link.state != LinkState.ACTIVATING:
+            return
+        link.peer_link_uid = msg.link_uid
+        lgr.link_confirmed(link, now)
+        self._hs(conn, "confirm_link_resp", now)
+        self._established(conn, now)
+
+    # ---------------------------------------------------------------- client
+
+    def _client_accept(self, conn: SmcConnection, a: clc.Accept, now: float) -> None:
+        reason = hsk.check_accept(conn.proposal, a, self.config)
+        if reason:
+            self._hs(conn, "accept", now, lambda g: g == "decline_accept")
+            self._decline(conn, reason, now, version=a.version)
+            self._fallback(conn, reason, 0, b"", now)
+            return
+        conn.accept = a
+        conn.version = a.version
+        conn.first_contact = a.first_contact
+        device = self.device()
+        if not a.first_contact:
+            lgr, link = self._find_client_link(a)
+            if lgr is None:
+                self._hs(conn, "accept", now, lambda g: g == "decline_accept")
+                self._decline(conn, hsk.SYNCERR, now, version=a.version)
+                self._fallback(conn, hsk.SYNCERR, 0, b"", now)
+                return
+            conn.lgr, conn.link = lgr, link
+            if not self._attach_buffers(conn, now):
+                return
+            self._adopt_peer_buffer(conn, a)
+            self._hs(conn, "accept", now)
+            lgr.confirm_rkey(conn, now, lambda ok, t: self._rkey_done(conn, ok, t))
+            return
+        fce = a.fce
+        max_conns = fce.max_conns if fce is not None and fce.release >= 1 else 255
+        max_links = fce.max_links if fce is not None and fce.release >= 1 else 2
+        lgr = self._new_lgr(LgrRole.CLIENT, a.version, a.peer_id, a.gid, a.mac, now, max_conns, max_links)
+        lgr.negotiated_eid = a.eid if a.version >= 2 else b""
+        if fce is not None:
+            lgr.peer_host = fce.hostname.decode("ascii", "replace").strip()
+            lgr.peer_os, lgr.peer_release = fce.os_type, fce.release
+        conn.lgr = lgr
+        link = self._new_link(lgr, device, 0, now)  # the server names the link in CONFIRM LINK
+        if link is None:
+            self._decline_and_fallback(conn, hsk.MEM, now)
+            return
+        conn.link = link
+        if not self._attach_buffers(conn, now):
+            return
+        self._adopt_peer_buffer(conn, a)
+        link.peer_qpn, link.peer_psn, link.peer_gid, link.peer_mac = a.qpn, a.psn, a.gid, a.mac
+        link.mtu = min(link.qp.mtu, a.qp_mtu)
+        self.io.qp_to_rtr(link.qp.handle, a.qpn, a.psn, a.gid, link.mtu)
+        self._hs(conn, "accept", now, lambda g: g == "first_contact")
+        self._send_confirm(conn, now)
+        self.io.arm_timer(("clc", conn.id), now + self.config.timeouts.client_confirm_link)
+
+    def _send_confirm(self, conn: SmcConnection, now: float) -> None:
+        link, a = conn.link, conn.accept
+        fce, gids = None, ()
+        if conn.version >= 2 and conn.first_contact and a.fce is not None:
+            fce = clc.FirstContactExt(True, clc.OS_LINUX, a.fce.release, clc.make_hostname(self.name), a.fce.max_conns,
+                                      a.fce.max_links, a.fce.feature_mask)  # fmt: skip
+            gids = (link.qp.gid,)
+        confirm = clc.Confirm(
+            self.peer_id, link.qp.gid, link.qp.mac, link.qp.qpn, conn.rmb.rkey, conn.token,
+            clc.rmbe_size_compress(conn.rmb.size), link.mtu, conn.rmb.addr, link.qp.psn, conn.first_contact,
+            conn.version, eid=a.eid if conn.version >= 2 else bytes(32), fce=fce, gids=gids,
+        )  # fmt: skip
+        self._send_clc(conn, confirm, now)
+
+    def confirm_link_request(self, lgr: LinkGroup, link: Link, msg, now: float) -> None:
+        conn = self._first_contact_conn(lgr, Hs.WAIT_CONFIRM_LINK)
+        if conn is None or link.state != LinkState.ACTIVATING:
+            return  # not ours to answer: dropped, as the kernel drops an unexpected flow
+        if not msg.rmbe_eyec_flags & 0x03:
+            self._decline_and_fallback(conn, hsk.RMBE_EC, now)
+            return
+        self.io.qp_to_rts(link.qp.handle)
+        del lgr.links[link.link_id]
+        link.link_id = msg.link_num
+        link.link_uid = ((lgr.lgr_id + msg.link_num) & 0xFFFFFFFF).to_bytes(4, "big")
+        lgr.links[msg.link_num] = link
+        link.peer_link_uid = msg.link_uid
+        link.post_llc(
+            type(msg)(version=msg.version, response=True, mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn,
+                      link_num=msg.link_num, link_uid=link.link_uid, max_links=lgr.max_links,
+                      max_conns=lgr.max_conns if lgr.version >= 2 else 0), now,
+        )  # fmt: skip
+        lgr.link_confirmed(link, now)
+        self._hs(conn, "confirm_link", now)
+        self._established(conn, now)
+
+    # ---------------------------------------------------------------- shared steps
+
+    def _first_contact_conn(self, lgr: LinkGroup, hs: Hs) -> SmcConnection | None:
+        return next((c for c in self.conns.values() if c.lgr is lgr and c.hs == hs), None)
+
+    def _new_lgr(self, role, version, peer_id, peer_gid, peer_mac, now, max_conns, max_links) -> LinkGroup:
+        self._lgr_seq = (self._lgr_seq + 256) & 0xFFFFFFFF
+        lgr = LinkGroup(self, self._lgr_seq, role, version, peer_id, peer_gid, peer_mac, max_conns, max_links,
+                        llc_order=self.config.llc_v2_order, created=now)  # fmt: skip
+        self.lgrs.append(lgr)
+        lgr.emit(now, "lgr.state", old="NONE", new="NONE", cause="created", role=role.name.lower(), version=version,
+                 peer_id=peer_id.hex(), max_conns=max_conns, max_links=max_links, crit=True)  # fmt: skip
+        return lgr
+
+    def _new_link(self, lgr: LinkGroup, device: DeviceInfo | None, link_id: int, now: float) -> Link | None:
+        if device is None:
+            return None
+        try:
+            qp = self.io.create_qp(device.name)
+        except OSError as e:
+            lgr.emit(now, "link.event", event="qp_create_failed", reason=str(e))
+            return None
+        link = Link(lgr, qp)
+        lgr.add_link(link, link_id, now)
+        return link
+
+    def _find_server_lgr(self, peer_id: bytes, peer_gid: bytes, peer_mac: bytes, version: int) -> LinkGroup | None:
+        for lgr in self.lgrs:
+            if lgr.role != LgrRole.SERVER or lgr.peer_id != peer_id or lgr.sync_err or lgr.terminated or lgr.version != version:
+                continue
+            if len(lgr.conns) >= lgr.max_conns:
+                continue
+            for link in lgr.active_links():
+                if link.peer_gid == peer_gid and (version >= 2 or link.peer_mac == peer_mac):
+                    return lgr
+        return None
+
+    def _find_client_link(self, a: clc.Accept) -> tuple[LinkGroup | None, Link | None]:
+        for lgr in self.lgrs:
+            if lgr.role != LgrRole.CLIENT or lgr.peer_id != a.peer_id or lgr.sync_err or lgr.terminated:
+                continue
+            for link in lgr.active_links():
+                if link.peer_qpn == a.qpn and link.peer_gid == a.gid and (a.version >= 2 or link.peer_mac == a.mac):
+                    return lgr, link
+        return None, None
+
+    def _balance(self, lgr: LinkGroup) -> Link:
+        """The kernel's server balancing: even number of connections -> first link, odd -> the next."""
+        links = lgr.active_links()
+        return links[len(lgr.conns) % len(links)]
+
+    def _alloc_token(self, lgr: LinkGroup) -> int:
+        while True:
+            self._token_seq = (self._token_seq + 1) & 0xFFFFFFFF
+            if self._token_seq and self._token_seq not in lgr.conns:
+                return self._token_seq
+
+    def _attach_buffers(self, conn: SmcConnection, now: float) -> bool:
+        device = conn.link.qp.device
+        try:
+            rmb_size = clc.rmbe_size_bytes(clc.rmbe_size_compress(self.config.rmb_size))
+            conn.rmb = self.io.reg_mr(device, rmb_size, True)
+            conn.sndbuf = self.io.reg_mr(device, self.config.sndbuf_size, False)
+        except OSError as e:
+            conn.error = f"buffer registration failed: {e}"
+            self._decline_and_fallback(conn, hsk.ERR_REGBUF, now)
+            return False
+        conn.token = self._alloc_token(conn.lgr)
+        conn.lgr.conns[conn.token] = conn
+        return True
+
+    def _adopt_peer_buffer(self, conn: SmcConnection, msg) -> None:
+        conn.peer_token = msg.rmbe_alert_token
+        conn.peer_rkey = msg.rmb_rkey
+        conn.peer_vaddr = msg.rmb_vaddr
+        conn.peer_size = clc.rmbe_size_bytes(msg.rmbe_size)
+        conn.peer_rmbe_space = conn.peer_size
+
+    def _established(self, conn: SmcConnection, now: float) -> None:
+        self.io.cancel_timer(("clc", conn.id))
+        conn.mode = "SMCR"
+        self.stats["smc_" + conn.role] += 1
+        conn.emit(now, "conn.mode", mode="SMCR", version=conn.version, first_contact=conn.first_contact,
+                  token=conn.token, peer_token=conn.peer_token, rmb_size=conn.rmb_size, peer_rmb_size=conn.peer_size,
+                  handshake_ms=round((now - conn.handshake_started) * 1000, 3))  # fmt: skip
+        conn.input("handshake_done", now)
+        self.io.conn_established(conn.id)
+
+    def _send_clc(self, conn: SmcConnection, msg, now: float) -> None:
+        raw = msg.encode()
+        self.emit(now, "clc.msg", conn=conn.id, dir="tx", **_clc_fields(msg, raw))
+        self.io.tcp_send(conn.id, raw)
+
+    def _decline(self, conn: SmcConnection, reason: int, now: float, version: int | None = None) -> None:
+        peer_version = version or max(getattr(conn.proposal, "version", 1), getattr(conn.accept, "version", 1))
+        v2 = peer_version >= 2
+        decline = clc.Decline(self.peer_id if self.device() else bytes(8), reason, reason == hsk.SYNCERR,
+                              clc.OS_LINUX if v2 else 0, 2 if v2 else 1, (0, 0, 0, 0) if v2 else None)  # fmt: skip
+        self._send_clc(conn, decline, now)
+
+    def _decline_and_fallback(self, conn: SmcConnection, reason: int, now: float) -> None:
+        self._decline(conn, reason, now)
+        self._fallback(conn, reason, 0, b"", now)
+
+    def _fallback(self, conn: SmcConnection, reason: int, peer_diagnosis: int, leftover: bytes, now: float,
+                  declined_by_peer: bool = False) -> None:  # fmt: skip
+        self.io.cancel_timer(("clc", conn.id))
+        conn.hs = Hs.FALLBACK
+        conn.mode = "TCP"
+        conn.fallback_reason = reason
+        conn.peer_diagnosis = peer_diagnosis
+        self._release_smc(conn, now)
+        if reason:
+            self.stats["fallback_" + conn.role] += 1
+            self.fallback_reasons[(conn.role, reason)] = self.fallback_reasons.get((conn.role, reason), 0) + 1
+        conn.emit(now, "conn.fallback", reason=reason, reason_text=codes.format_reason(reason) if reason else "not SMC",
+                  peer_diagnosis=peer_diagnosis, peer_diagnosis_text=codes.format_reason(peer_diagnosis) if peer_diagnosis else "",
+                  decline_sent=reason != 0 and not declined_by_peer and codes.sends_decline(reason))  # fmt: skip
+        conn.emit(now, "conn.mode", mode="TCP", reason=reason)
+        conn.input("handshake_done", now)
+        leftover, conn.clc_buf = leftover + conn.clc_buf, b""  # bytes after the last CLC message are the app's
+        self.io.conn_fallback(conn.id, leftover)
+
+    def _fail(self, conn: SmcConnection, error: str, now: float, event: str) -> None:
+        try:
+            self._hs(conn, event, now)
+        except ProtocolError:
+            conn.hs = Hs.FAILED
+        conn.hs = Hs.FAILED
+        conn.error = error
+        self.stats["handshake_errors"] += 1
+        self.io.cancel_timer(("clc", conn.id))
+        conn.emit(now, "conn.error", reason=error)
+        self._release_smc(conn, now)
+        conn.set_state(SmcState.CLOSED, now, "handshake failed")
+        self.io.conn_failed(conn.id, error)
+
+    def _release_smc(self, conn: SmcConnection, now: float) -> None:
+        """Undo what a handshake that did not end in SMC had set up."""
+        lgr = conn.lgr
+        if lgr is not None:
+            lgr.conns.pop(conn.token, None)
+        for mr in (conn.rmb, conn.sndbuf):
+            if mr is not None:
+                self.io.dereg_mr(mr.handle)
+        conn.rmb = conn.sndbuf = None
+        if lgr is not None and conn.first_contact and not lgr.conns:
+            lgr.terminate(now, DEL_PROG_INIT_TERM, "first contact did not complete", notify_peer=False)
+        conn.lgr, conn.link = None, None
+
+    # ---------------------------------------------------------------- closing
+
+    def connection_closed(self, conn: SmcConnection, now: float) -> None:
+        """The close machine reached CLOSED: free the connection's RMB (DELETE RKEY) and tell the app."""
+        self.io.cancel_timer(("flush", conn.id))
+        lgr, rmb = conn.lgr, conn.rmb
+        if conn.mode == "SMCR" and lgr is not None:
+            lgr.conns.pop(conn.token, None)
+            if conn.sndbuf is not None:
+                self.io.dereg_mr(conn.sndbuf.handle)
+                conn.sndbuf = None
+            if rmb is not None and not lgr.terminated and conn.link is not None and conn.link.state == LinkState.ACTIVE:
+                lgr.delete_rkey(rmb.rkey, conn.link, now, lambda t: self.io.dereg_mr(rmb.handle))
+            elif rmb is not None:
+                self.io.dereg_mr(rmb.handle)
+            conn.rmb = None
+            if not lgr.conns and not lgr.terminated:
+                self.io.arm_timer(("lgr_idle", lgr.lgr_id), now + self.config.timeouts.lgr_idle + (10 if lgr.role == LgrRole.CLIENT else 0))
+        self.conns.pop(conn.id, None)
+        self.io.conn_closed(conn.id, conn.error)
+
+    def tcp_conn_closed(self, conn_id: int, now: float, error: str | None = None) -> None:
+        """A fallback (TCP) connection ended, or the TCP side of a handshake went away."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        if conn.hs not in (Hs.SMC, Hs.FALLBACK, Hs.FAILED):
+            self._fail(conn, error or "TCP connection closed during the CLC handshake", now, "tcp_closed")
+            return
+        if conn.mode == "TCP" and conn.state != SmcState.CLOSED:
+            conn.error = error
+            conn.set_state(SmcState.CLOSED, now, "tcp closed")
+
+    def lgr_terminated(self, lgr: LinkGroup, now: float) -> None:
+        if lgr in self.lgrs:
+            self.lgrs.remove(lgr)
+        self.io.cancel_timer(("lgr_idle", lgr.lgr_id))
+        for link in lgr.links.values():
+            self.links_by_qp.pop(link.qp.handle, None)
+            self.io.destroy_qp(link.qp.handle)
+
+    # ---------------------------------------------------------------- RDMA and timers
+
+    def on_send_done(self, qp: int, wr_id: int, ok: bool, now: float, status: str = "") -> None:
+        link = self.links_by_qp.get(qp)
+        if link is None:
+            return
+        link.send_done(wr_id, ok, now)
+        if not ok and link.state == LinkState.ACTIVE:
+            link.lgr.emit(now, "link.event", link=link.link_id, event="qp_error", status=status)
+            link.lgr.link_down(link, now, f"send completion {status or 'error'}")
+
+    def on_recv(self, qp: int, data: bytes, now: float) -> None:
+        link = self.links_by_qp.get(qp)
+        if link is not None:
+            link.received(data, now)
+
+    def on_qp_error(self, qp: int, reason: str, now: float) -> None:
+        link = self.links_by_qp.get(qp)
+        if link is not None:
+            link.lgr.emit(now, "link.event", link=link.link_id, event="qp_error", status=reason)
+            link.lgr.link_down(link, now, reason)
+
+    def on_timer(self, key: tuple, now: float) -> None:
+        kind = key[0]
+        if kind == "clc":
+            conn = self.conns.get(key[1])
+            if conn is not None:
+                self._clc_timeout(conn, now)
+        elif kind == "flush":
+            conn = self.conns.get(key[1])
+            if conn is not None:
+                conn.flush_timeout(now)
+        else:
+            lgr = next((g for g in self.lgrs if g.lgr_id == key[1]), None)
+            if lgr is None:
+                return
+            if kind == "llc":
+                lgr.flow_timeout(now)
+            elif kind == "testlink":
+                lgr.test_link_timer(key[2], now)
+            elif kind == "testlink_resp":
+                lgr.test_link_expired(key[2], now)
+            elif kind == "lgr_idle" and not lgr.conns:
+                lgr.terminate(now, DEL_PROG_INIT_TERM, "idle")
+
+    def _clc_timeout(self, conn: SmcConnection, now: float) -> None:
+        if conn.hs in (Hs.WAIT_CONFIRM_LINK, Hs.WAIT_CONFIRM_LINK_RESP, Hs.WAIT_RKEY):
+            self._hs(conn, "timeout", now, lambda g: g == "timeout_declines")
+            reason = hsk.TIMEOUT_CL if conn.hs != Hs.WAIT_RKEY else hsk.ERR_REGBUF
+            self._decline(conn, reason, now)
+            self._fallback(conn, reason, 0, b"", now)
+        elif conn.hs in (Hs.PROPOSAL_SENT, Hs.WAIT_PROPOSAL, Hs.ACCEPT_SENT):
+            what = {Hs.PROPOSAL_SENT: "Accept", Hs.WAIT_PROPOSAL: "Proposal", Hs.ACCEPT_SENT: "Confirm"}[conn.hs]
+            if conn.hs == Hs.WAIT_PROPOSAL and not conn.clc_buf:
+                # nothing came: a plain-TCP peer that waits for us to speak first
+                self._hs(conn, "not_clc", now)
+                self._fallback(conn, hsk.PEERNOSMC, 0, b"", now)
+                return
+            self._fail(conn, f"CLC timeout: no {what} within {self.config.timeouts.clc_wait:g} s", now, "timeout")
+
+    # ---------------------------------------------------------------- application calls by id
+
+    def app_send(self, conn_id: int, data, now: float) -> int:
+        return self.conns[conn_id].app_send(data, now)
+
+    def app_recv(self, conn_id: int, n: int, now: float) -> bytes:
+        return self.conns[conn_id].app_recv(n, now)
+
+    def app_shutdown_wr(self, conn_id: int, now: float) -> None:
+        self.conns[conn_id].app_shutdown_wr(now)
+
+    def app_close(self, conn_id: int, now: float) -> None:
+        conn = self.conns.get(conn_id)
+        if conn is not None:
+            conn.app_close(now)
+
+    def app_abort(self, conn_id: int, now: float, reason: str = "aborted by the application") -> None:
+        conn = self.conns.get(conn_id)
+        if conn is not None:
+            conn.abort(now, reason)
+
+    # ---------------------------------------------------------------- faults and views
+
+    def fail_link(self, lgr_name: str, link_id: int, now: float, reason: str = "failed by operator") -> bool:
+        for lgr in self.lgrs:
+            if lgr.name == lgr_name and link_id in lgr.links:
+                lgr.link_down(lgr.links[link_id], now, reason)
+                return True
+        return False
+
+    def snapshot(self) -> dict:
+        return {
+            "host": self.name, "peer_id": self.peer_id.hex(), "stats": dict(self.stats),
+            "fallbacks": [{"role": r, "reason": c, "text": codes.format_reason(c), "count": n} for (r, c), n in sorted(self.fallback_reasons.items())],
+            "lgrs": [lgr.info() for lgr in self.lgrs], "conns": [c.snapshot() for c in self.conns.values()],
+            "devices": [{"name": d.name, "up": d.up, "mtu": d.mtu} for d in self.devices],
+        }  # fmt: skip
+
+
+def confirm_link_msg(lgr: LinkGroup, link: Link):
+    from stack.wire import llc
+
+    return llc.ConfirmLink(
+        version=lgr.llc_version(), mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn, link_num=link.link_id,
+        link_uid=link.link_uid, max_links=lgr.max_links, max_conns=lgr.max_conns if lgr.version >= 2 else 0,
+    )  # fmt: skip
+
+
+def _clc_fields(msg, raw: bytes) -> dict:
+    out: dict = {"type": type(msg).__name__, "raw": raw, "version": msg.version}
+    if isinstance(msg, clc.Decline):
+        out.update(diagnosis=msg.diagnosis, diagnosis_text=codes.format_reason(msg.diagnosis), out_of_sync=msg.out_of_sync)
+    elif isinstance(msg, clc.Proposal):
+        out.update(typev1=msg.typev1.name, typev2=msg.typev2.name,
+                   eids=[clc.eid_text(e) for e in msg.v2.eids] if msg.v2 else [], peer_id=msg.peer_id.hex())  # fmt: skip
+    elif isinstance(msg, (clc.Accept, clc.Confirm)):
+        out.update(first_contact=msg.first_contact, qpn=msg.qpn, token=msg.rmbe_alert_token, rkey=msg.rmb_rkey,
+                   rmbe_size=msg.rmbe_size, qp_mtu=msg.qp_mtu, psn=msg.psn, peer_id=msg.peer_id.hex())  # fmt: skip
+    return out

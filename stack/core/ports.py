@@ -1,0 +1,74 @@
+"""What the sans-I/O core asks of the world, and what it tells the application.
+
+The core never touches a socket, a clock or a NIC. Everything it causes goes through
+one :class:`HostIO` object that the runtime implements with asyncio, TCP sockets and a
+verbs provider, and that tests implement with an in-memory fabric and an injected clock.
+Every input into the core carries ``now``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """An RDMA device port the host may use."""
+
+    name: str
+    gid: bytes  # RoCEv2 IPv4-mapped GID
+    mac: bytes
+    mtu: int  # enum ib_mtu code of the active MTU
+    up: bool = True
+
+
+@dataclass(frozen=True)
+class QpInfo:
+    """A new RC QP in INIT with its receive buffers posted."""
+
+    handle: int
+    qpn: int
+    psn: int
+    device: str
+    gid: bytes
+    mac: bytes
+    mtu: int
+
+
+@dataclass
+class MrInfo:
+    """Registered memory: ``buf`` is a live view, ``rkey``/``addr`` what the peer writes to."""
+
+    handle: int
+    addr: int
+    rkey: int
+    size: int
+    buf: memoryview
+
+
+class HostIO(Protocol):
+    # TCP: the CLC handshake and the fallback path
+    def tcp_send(self, conn: int, data: bytes) -> None: ...
+
+    # timers: one per key; arming again replaces it
+    def arm_timer(self, key: tuple, when: float) -> None: ...
+    def cancel_timer(self, key: tuple) -> None: ...
+
+    # RDMA
+    def create_qp(self, device: str) -> QpInfo: ...
+    def qp_to_rtr(self, qp: int, peer_qpn: int, peer_psn: int, peer_gid: bytes, mtu: int) -> None: ...
+    def qp_to_rts(self, qp: int) -> None: ...
+    def destroy_qp(self, qp: int) -> None: ...
+    def reg_mr(self, device: str, size: int, remote_write: bool) -> MrInfo: ...
+    def dereg_mr(self, mr: int) -> None: ...
+    def post_send(self, qp: int, wr_id: int, payload: bytes) -> bool: ...
+    def post_write(self, qp: int, wr_id: int, sges: Sequence[tuple[int, int, int]], remote_addr: int, rkey: int) -> bool: ...
+
+    # the application
+    def conn_established(self, conn: int) -> None: ...
+    def conn_fallback(self, conn: int, leftover: bytes) -> None: ...
+    def conn_failed(self, conn: int, error: str) -> None: ...
+    def conn_readable(self, conn: int) -> None: ...
+    def conn_writable(self, conn: int) -> None: ...
+    def conn_closed(self, conn: int, error: str | None) -> None: ...

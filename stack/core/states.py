@@ -1,0 +1,259 @@
+"""State machines as data: transition tables keyed by (state, input).
+
+Each entry is a tuple of :class:`Rule`; the first rule whose guard holds applies. A pair
+that has no entry is a protocol error (:class:`ProtocolError`): the input cannot happen
+in that state from a correct peer or application. A rule with ``next=None`` keeps the
+state. Names are the kernel's (``enum smc_state``, ``enum smc_link_state``) and the
+closing rules follow ``net/smc/smc_close.c``.
+
+The docs draw their state diagrams from these tables (``python -m stack.core.states``)
+and the tests enumerate every pair.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Hashable, Mapping
+
+from stack.wire.codes import LinkState, SmcState
+
+
+class ProtocolError(Exception):
+    """An input that the table does not allow in the current state."""
+
+    def __init__(self, machine: str, state: Hashable, event: str) -> None:
+        self.machine = machine
+        self.state = state
+        self.event = event
+        name = getattr(state, "name", state)
+        super().__init__(f"{machine}: {event!r} is not allowed in state {name}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    next: Hashable | None = None  # None: the state does not change
+    actions: tuple[str, ...] = ()
+    guard: str | None = None  # name of a condition the machine evaluates; None: always
+
+
+Table = Mapping[tuple[Hashable, str], tuple[Rule, ...]]
+
+
+def step(name: str, table: Table, state: Hashable, event: str, guard: Callable[[str], bool] = lambda g: False) -> Rule:
+    """The rule that applies to ``event`` in ``state``; raises ProtocolError when none does."""
+    rules = table.get((state, event))
+    if rules is None:
+        raise ProtocolError(name, state, event)
+    for rule in rules:
+        if rule.guard is None or guard(rule.guard):
+            return rule
+    raise ProtocolError(name, state, event)
+
+
+def R(next=None, *actions: str, guard: str | None = None) -> Rule:  # noqa: N802 - reads like a table cell
+    return Rule(next, tuple(actions), guard)
+
+
+S = SmcState
+STAY = R()
+
+# --------------------------------------------------------------------------- connection
+
+CONN_INPUTS = (
+    "handshake_done",  # CLC handshake (or fallback) completed
+    "app_shutdown_wr",  # shutdown(SHUT_WR)
+    "app_close",  # close() / release
+    "peer_done_writing",  # CDC with 0x80 received
+    "peer_closed",  # CDC with 0x40 received
+    "peer_abort",  # CDC with 0x20 received
+    "abort",  # local abort: link group gone, peer protocol violation, out of sync
+    "abort_done",  # the abort was sent and the connection cleaned up
+)
+_OPEN = (S.ACTIVE, S.APPCLOSEWAIT1, S.APPCLOSEWAIT2, S.APPFINCLOSEWAIT, S.PEERCLOSEWAIT1, S.PEERCLOSEWAIT2, S.PEERFINCLOSEWAIT, S.PROCESSABORT)
+
+# guards: unread_data (received data the application did not read), peer_closed (the peer's
+# close flag arrived earlier), done_writing_only (we sent "done writing" but not our close),
+# released (the application closed its socket)
+CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
+    (S.INIT, "handshake_done"): (R(S.ACTIVE),),
+    (S.INIT, "app_close"): (R(S.CLOSED),),
+    (S.LISTEN, "app_close"): (R(S.CLOSED),),
+    (S.INIT, "abort"): (R(S.CLOSED),),
+    # active side
+    (S.ACTIVE, "app_shutdown_wr"): (R(S.PEERCLOSEWAIT1, "send_done_writing"),),
+    (S.APPCLOSEWAIT1, "app_shutdown_wr"): (R(S.APPCLOSEWAIT2, "send_done_writing"),),
+    (S.ACTIVE, "app_close"): (R(S.PEERCLOSEWAIT1, "send_abort", guard="unread_data"), R(S.PEERCLOSEWAIT1, "send_closed")),
+    (S.APPCLOSEWAIT1, "app_close"): (
+        R(S.CLOSED, "send_abort", guard="unread_data_and_peer_closed"),
+        R(S.CLOSED, "send_closed", guard="peer_closed"),
+        R(S.PEERFINCLOSEWAIT, "send_abort", guard="unread_data"),
+        R(S.PEERFINCLOSEWAIT, "send_closed"),
+    ),
+    (S.APPCLOSEWAIT2, "app_close"): (
+        R(S.CLOSED, "send_closed", guard="peer_closed"),
+        R(S.PEERFINCLOSEWAIT, "send_closed"),
+    ),
+    (S.APPFINCLOSEWAIT, "app_close"): (R(S.CLOSED, "send_closed", guard="done_writing_only"), R(S.CLOSED)),
+    (S.PEERCLOSEWAIT1, "app_close"): (R(None, "send_closed", guard="done_writing_only"), STAY),
+    (S.PEERCLOSEWAIT2, "app_close"): (R(None, "send_closed", guard="done_writing_only"), STAY),
+    (S.PEERFINCLOSEWAIT, "app_close"): (STAY,),
+    (S.PROCESSABORT, "app_close"): (R(S.CLOSED, "send_abort"),),
+    (S.PEERABORTWAIT, "app_close"): (R(S.CLOSED),),
+    (S.CLOSED, "app_close"): (STAY,),
+    # passive side
+    (S.INIT, "peer_done_writing"): (R(S.APPCLOSEWAIT1),),
+    (S.ACTIVE, "peer_done_writing"): (R(S.APPCLOSEWAIT1),),
+    (S.PEERCLOSEWAIT1, "peer_done_writing"): (R(S.PEERCLOSEWAIT2),),
+    (S.INIT, "peer_closed"): (R(S.APPCLOSEWAIT1),),
+    (S.ACTIVE, "peer_closed"): (R(S.APPCLOSEWAIT1),),
+    (S.PEERCLOSEWAIT1, "peer_closed"): (R(S.CLOSED, guard="released_and_closed_sent"), R(S.APPFINCLOSEWAIT)),
+    (S.PEERCLOSEWAIT2, "peer_closed"): (R(S.CLOSED, guard="released_and_closed_sent"), R(S.APPFINCLOSEWAIT)),
+    (S.PEERFINCLOSEWAIT, "peer_closed"): (R(S.CLOSED),),
+    (S.INIT, "peer_abort"): (R(S.PROCESSABORT),),
+    (S.ACTIVE, "peer_abort"): (R(S.PROCESSABORT),),
+    (S.APPCLOSEWAIT1, "peer_abort"): (R(S.PROCESSABORT),),
+    (S.APPCLOSEWAIT2, "peer_abort"): (R(S.CLOSED),),
+    (S.APPFINCLOSEWAIT, "peer_abort"): (R(S.PROCESSABORT),),
+    (S.PEERCLOSEWAIT1, "peer_abort"): (R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
+    (S.PEERCLOSEWAIT2, "peer_abort"): (R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
+    (S.PEERFINCLOSEWAIT, "peer_abort"): (R(S.CLOSED),),
+    (S.PEERABORTWAIT, "peer_abort"): (R(S.CLOSED),),
+    (S.PROCESSABORT, "peer_abort"): (STAY,),
+    # a peer repeating its close flags in later CDCs changes nothing
+    (S.APPCLOSEWAIT1, "peer_done_writing"): (STAY,),
+    (S.APPCLOSEWAIT2, "peer_done_writing"): (STAY,),
+    (S.APPFINCLOSEWAIT, "peer_done_writing"): (STAY,),
+    (S.PEERCLOSEWAIT2, "peer_done_writing"): (STAY,),
+    (S.PEERFINCLOSEWAIT, "peer_done_writing"): (STAY,),
+    (S.APPCLOSEWAIT1, "peer_closed"): (STAY,),
+    (S.APPCLOSEWAIT2, "peer_closed"): (STAY,),
+    (S.APPFINCLOSEWAIT, "peer_closed"): (STAY,),
+    (S.PROCESSABORT, "peer_done_writing"): (STAY,),
+    (S.PROCESSABORT, "peer_closed"): (STAY,),
+    (S.PEERABORTWAIT, "peer_done_writing"): (STAY,),
+    (S.PEERABORTWAIT, "peer_closed"): (STAY,),
+    (S.CLOSED, "peer_done_writing"): (STAY,),
+    (S.CLOSED, "peer_closed"): (STAY,),
+    (S.CLOSED, "peer_abort"): (STAY,),
+    # local abort
+    **{(s, "abort"): (R(S.PEERABORTWAIT, "send_abort"),) for s in _OPEN},
+    (S.PEERABORTWAIT, "abort"): (STAY,),
+    (S.CLOSED, "abort"): (STAY,),
+    (S.PEERABORTWAIT, "abort_done"): (R(S.CLOSED),),
+    (S.CLOSED, "abort_done"): (STAY,),
+}
+
+# --------------------------------------------------------------------------- link
+
+LINK_INPUTS = ("create", "confirmed", "failed", "down", "clear")
+L = LinkState
+LINK_TABLE: dict[tuple[LinkState, str], tuple[Rule, ...]] = {
+    (L.UNUSED, "create"): (R(L.ACTIVATING),),
+    (L.ACTIVATING, "confirmed"): (R(L.ACTIVE),),
+    (L.ACTIVATING, "failed"): (R(L.INACTIVE),),
+    (L.ACTIVATING, "down"): (R(L.INACTIVE),),
+    (L.ACTIVE, "down"): (R(L.INACTIVE),),
+    (L.ACTIVE, "failed"): (R(L.INACTIVE),),
+    (L.INACTIVE, "down"): (STAY,),
+    (L.INACTIVE, "failed"): (STAY,),
+    (L.INACTIVE, "clear"): (R(L.UNUSED),),
+    (L.ACTIVATING, "clear"): (R(L.UNUSED),),
+    (L.ACTIVE, "clear"): (R(L.UNUSED),),
+    (L.UNUSED, "clear"): (STAY,),
+}
+
+# --------------------------------------------------------------------------- CLC handshake
+
+
+class Hs(Enum):
+    """Where a connection is in the CLC handshake (ours; the kernel keeps this in its call stack)."""
+
+    START = "START"
+    PROPOSAL_SENT = "PROPOSAL_SENT"  # client: waiting for Accept or Decline
+    WAIT_PROPOSAL = "WAIT_PROPOSAL"  # server: waiting for the first CLC message
+    ACCEPT_SENT = "ACCEPT_SENT"  # server: waiting for Confirm or Decline
+    WAIT_CONFIRM_LINK = "WAIT_CONFIRM_LINK"  # client, first contact: Confirm sent, waiting for LLC CONFIRM LINK
+    WAIT_CONFIRM_LINK_RESP = "WAIT_CONFIRM_LINK_RESP"  # server, first contact: waiting for the response
+    WAIT_RKEY = "WAIT_RKEY"  # subsequent contact: CONFIRM RKEY outstanding
+    SMC = "SMC"  # done: SMC-R
+    FALLBACK = "FALLBACK"  # done: TCP
+    FAILED = "FAILED"  # the connection failed (timeout, malformed CLC, TCP error)
+
+
+HS_INPUTS = (
+    "start_client", "start_server", "no_smc_possible", "proposal", "not_clc", "accept", "confirm",
+    "decline", "confirm_link", "confirm_link_resp", "rkey_confirmed", "rkey_failed", "timeout",
+    "malformed", "tcp_closed",
+)  # fmt: skip
+H = Hs
+_LIVE = (H.PROPOSAL_SENT, H.WAIT_PROPOSAL, H.ACCEPT_SENT, H.WAIT_CONFIRM_LINK, H.WAIT_CONFIRM_LINK_RESP, H.WAIT_RKEY)
+HS_TABLE: dict[tuple[Hs, str], tuple[Rule, ...]] = {
+    (H.START, "start_client"): (R(H.PROPOSAL_SENT, "send_proposal"),),
+    (H.START, "start_server"): (R(H.WAIT_PROPOSAL),),
+    (H.START, "no_smc_possible"): (R(H.FALLBACK, "send_decline"),),
+    # server side
+    (H.WAIT_PROPOSAL, "proposal"): (
+        R(H.FALLBACK, "send_decline", guard="decline_proposal"),
+        R(H.WAIT_RKEY, "confirm_rkey", guard="reuse"),
+        R(H.ACCEPT_SENT, "send_accept"),
+    ),
+    (H.WAIT_PROPOSAL, "not_clc"): (R(H.FALLBACK),),  # PEERNOSMC: the peer speaks plain TCP
+    (H.WAIT_RKEY, "rkey_confirmed"): (R(H.ACCEPT_SENT, "send_accept", guard="server"), R(H.WAIT_RKEY, "send_confirm")),
+    (H.WAIT_RKEY, "rkey_failed"): (R(H.FALLBACK, "send_decline"),),
+    (H.ACCEPT_SENT, "confirm"): (
+        R(H.FALLBACK, "send_decline", guard="decline_confirm"),
+        R(H.WAIT_CONFIRM_LINK_RESP, "send_confirm_link", guard="first_contact"),
+        R(H.SMC),
+    ),
+    (H.WAIT_CONFIRM_LINK_RESP, "confirm_link_resp"): (R(H.SMC),),
+    # client side
+    (H.PROPOSAL_SENT, "accept"): (
+        R(H.FALLBACK, "send_decline", guard="decline_accept"),
+        R(H.WAIT_CONFIRM_LINK, "send_confirm", guard="first_contact"),
+        R(H.WAIT_RKEY, "confirm_rkey"),
+    ),
+    (H.WAIT_CONFIRM_LINK, "confirm_link"): (R(H.SMC, "send_confirm_link_resp"),),
+    # the subsequent-contact client is done once its Confirm is out
+    (H.WAIT_RKEY, "confirm"): (R(H.SMC),),
+    # both sides
+    **{(s, "decline"): (R(H.FALLBACK),) for s in _LIVE},
+    **{(s, "timeout"): (R(H.FALLBACK, "send_decline", guard="timeout_declines"), R(H.FAILED)) for s in _LIVE},
+    **{(s, "malformed"): (R(H.FAILED),) for s in _LIVE},
+    **{(s, "tcp_closed"): (R(H.FAILED),) for s in _LIVE},
+    **{(s, e): (STAY,) for s in (H.SMC, H.FALLBACK, H.FAILED) for e in ("timeout", "tcp_closed", "decline")},
+}
+
+MACHINES = {
+    "connection": (CONN_TABLE, list(SmcState), CONN_INPUTS),
+    "link": (LINK_TABLE, list(LinkState), LINK_INPUTS),
+    "handshake": (HS_TABLE, list(Hs), HS_INPUTS),
+}
+
+
+def markdown() -> str:
+    """The tables as Markdown with Mermaid state diagrams, for docs/states.md."""
+    out = ["# SMC state machines\n", "Generated from `stack/core/states.py` by `python -m stack.core.states`. "
+           "A pair (state, input) missing from a table is a protocol error.\n"]  # fmt: skip
+    for name, (table, states, inputs) in MACHINES.items():
+        out.append(f"\n## {name}\n\n```mermaid\nstateDiagram-v2\n")
+        for (state, event), rules in table.items():
+            for rule in rules:
+                if rule.next is not None and rule.next != state:
+                    label = event + (f" [{rule.guard}]" if rule.guard else "") + (f" / {', '.join(rule.actions)}" if rule.actions else "")
+                    out.append(f"    {_n(state)} --> {_n(rule.next)}: {label}\n")
+        out.append("```\n\n| state | input | guard | next | actions |\n|---|---|---|---|---|\n")
+        for (state, event), rules in table.items():
+            for rule in rules:
+                nxt = "(same)" if rule.next is None else _n(rule.next)
+                out.append(f"| {_n(state)} | {event} | {rule.guard or ''} | {nxt} | {', '.join(rule.actions)} |\n")
+    return "".join(out)
+
+
+def _n(state) -> str:
+    return getattr(state, "name", str(state))
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

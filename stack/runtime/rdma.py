@@ -1,0 +1,269 @@
+"""The RDMA half of the runtime: devices, QPs with their receive and send buffers,
+memory regions, and completion polling on the asyncio loop.
+
+A QP gets ``RECV_BUFFERS`` receive WRs of 8192 bytes (enough for the largest SMC-Rv2 LLC
+message, as the kernel's v2 receive buffers) and a ring of send slots for CDC and LLC
+payloads. Completion queues are watched through their file descriptor when the provider
+has one (soft provider, pyverbs >= 59) and polled every millisecond otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from stack.core.ports import DeviceInfo, MrInfo, QpInfo
+from stack.verbs import VerbsError, open_provider
+from stack.verbs.api import (
+    Access,
+    CompletionQueue,
+    Device,
+    EventType,
+    Mtu,
+    PortState,
+    QPCap,
+    QPState,
+    QueuePair,
+    RCPath,
+    RecvWR,
+    SendFlags,
+    SendWR,
+    Sge,
+    WcStatus,
+    WrOpcode,
+)
+
+RECV_BUFFERS = 64
+RECV_TAG = 1 << 62  # receive WR ids carry this bit: error completions do not say reliably what they were
+RECV_SIZE = 8192
+SLOT_SIZE = 8192
+RW = Access.LOCAL_WRITE | Access.REMOTE_WRITE
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """An RDMA device for the stack: a soft device on an address, or a pyverbs device by name."""
+
+    provider: str = "soft"
+    name: str = ""  # pyverbs: "rxe0"; soft: defaults to the address
+    addr: str = ""  # soft: the IPv4 address of its UDP socket
+    netns: str | None = None  # soft: a network namespace to open it in
+    mtu: int = 1024
+
+
+@dataclass
+class _Qp:
+    handle: int
+    qp: QueuePair
+    dev: "_Dev"
+    recv_mr: object
+    send_mr: object
+    send_slots: int
+    remote_gid: bytes = b""
+    path: RCPath | None = None
+    psn: int = 0
+
+
+@dataclass
+class _Dev:
+    spec: DeviceSpec
+    device: Device
+    pd: object
+    cq: CompletionQueue
+    info: DeviceInfo
+    gid_index: int
+    port_up: bool = True
+    qps: dict[int, _Qp] = field(default_factory=dict)  # by qp_num
+
+
+class RdmaDriver:
+    """Implements the RDMA part of HostIO; completions go to ``on_*`` callbacks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, rng: random.Random | None = None) -> None:
+        self.loop = loop
+        self.rng = rng or random.Random()
+        self.providers: dict[str, object] = {}
+        self.devs: dict[str, _Dev] = {}
+        self.qps: dict[int, _Qp] = {}
+        self.mrs: dict[int, tuple[object, _Dev]] = {}
+        self._ids = itertools.count(1)
+        self.on_send_done: Callable[[int, int, bool, str], None] = lambda *a: None
+        self.on_recv: Callable[[int, bytes], None] = lambda *a: None
+        self.on_device_event: Callable[[str, EventType], None] = lambda *a: None
+        self._poll_handles: list[asyncio.TimerHandle] = []
+        self._closed = False
+
+    # ---------------------------------------------------------------- devices
+
+    def open(self, spec: DeviceSpec) -> DeviceInfo:
+        provider = self.providers.get(spec.provider)
+        if provider is None:
+            provider = self.providers[spec.provider] = open_provider(spec.provider)
+        if spec.provider == "soft":
+            mtu = Mtu(spec.mtu.bit_length() - 8) if spec.mtu in (256, 512, 1024, 2048, 4096) else Mtu.MTU_1024
+            device = provider.open_device(spec.name or spec.addr, addr=spec.addr or None, netns=spec.netns, mtu=mtu)
+        else:
+            device = provider.open_device(spec.name)
+        port = device.query_port(1)
+        gid = device.roce_v2_gid(1)
+        info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE)
+        dev = _Dev(spec, device, device.alloc_pd(), device.create_cq(8192), info, gid.index, info.up)
+        self.devs[device.name] = dev
+        fd = dev.cq.fileno()
+        if fd is not None:
+            self.loop.add_reader(fd, self._drain, dev)
+        else:
+            self._poll_handles.append(self.loop.call_later(0.001, self._poll_loop, dev))
+        self._poll_handles.append(self.loop.call_later(0.1, self._events_loop, dev))
+        return info
+
+    def close(self) -> None:
+        self._closed = True
+        for h in self._poll_handles:
+            h.cancel()
+        for dev in self.devs.values():
+            fd = dev.cq.fileno()
+            if fd is not None:
+                self.loop.remove_reader(fd)
+            for q in list(dev.qps.values()):
+                try:
+                    q.qp.destroy()
+                except VerbsError:
+                    pass
+            dev.device.close()
+        self.devs.clear()
+
+    # ---------------------------------------------------------------- HostIO: RDMA
+
+    def create_qp(self, device: str) -> QpInfo:
+        dev = self.devs[device]
+        qp = dev.pd.create_rc_qp(dev.cq, dev.cq, QPCap(max_send_wr=256, max_recv_wr=RECV_BUFFERS, max_send_sge=2, max_recv_sge=1))
+        handle = next(self._ids)
+        q = _Qp(handle, qp, dev, dev.pd.reg_mr(RECV_BUFFERS * RECV_SIZE, Access.LOCAL_WRITE),
+                dev.pd.reg_mr(256 * SLOT_SIZE, Access.LOCAL_WRITE), 256, psn=self.rng.getrandbits(24))  # fmt: skip
+        qp.to_init(RW)
+        qp.post_recv([RecvWR(RECV_TAG | i, (Sge(q.recv_mr, i * RECV_SIZE, RECV_SIZE),)) for i in range(RECV_BUFFERS)])
+        self.qps[handle] = q
+        dev.qps[qp.qp_num] = q
+        return QpInfo(handle, qp.qp_num, q.psn, device, dev.info.gid, dev.info.mac, dev.info.mtu)
+
+    def qp_to_rtr(self, qp: int, peer_qpn: int, peer_psn: int, peer_gid: bytes, mtu: int) -> None:
+        q = self.qps[qp]
+        # Linux net/smc QP attributes: timeout 15, retry 7, RNR retry 7 (forever), min RNR timer 5
+        q.path = RCPath(peer_qpn, peer_psn, q.psn, peer_gid, q.dev.gid_index, Mtu(mtu), 15, 7, 7, 5)
+        q.qp.to_rtr(q.path)
+
+    def qp_to_rts(self, qp: int) -> None:
+        q = self.qps[qp]
+        q.qp.to_rts(q.path)
+
+    def destroy_qp(self, qp: int) -> None:
+        q = self.qps.pop(qp, None)
+        if q is None:
+            return
+        q.dev.qps.pop(q.qp.qp_num, None)
+        try:
+            q.qp.to_error()
+            q.qp.destroy()
+        except VerbsError:
+            pass
+        for mr in (q.recv_mr, q.send_mr):
+            mr.deregister()
+
+    def reg_mr(self, device: str, size: int, remote_write: bool) -> MrInfo:
+        dev = self.devs[device]
+        mr = dev.pd.reg_mr(size, RW if remote_write else Access.LOCAL_WRITE)
+        handle = next(self._ids)
+        self.mrs[handle] = (mr, dev)
+        return MrInfo(handle, mr.addr, mr.rkey, size, mr.buf)
+
+    def dereg_mr(self, mr: int) -> None:
+        entry = self.mrs.pop(mr, None)
+        if entry is not None:
+            entry[0].deregister()
+
+    def post_send(self, qp: int, wr_id: int, payload: bytes) -> bool:
+        q = self.qps.get(qp)
+        if q is None or len(payload) > SLOT_SIZE:
+            return False
+        slot = (wr_id % q.send_slots) * SLOT_SIZE
+        q.send_mr.buf[slot : slot + len(payload)] = payload
+        wr = SendWR(wr_id, WrOpcode.SEND, (Sge(q.send_mr, slot, len(payload)),), SendFlags.SIGNALED | SendFlags.SOLICITED)
+        try:
+            q.qp.post_send(wr)
+        except VerbsError:
+            return False
+        return True
+
+    def post_write(self, qp: int, wr_id: int, sges, remote_addr: int, rkey: int) -> bool:
+        q = self.qps.get(qp)
+        if q is None:
+            return False
+        local = tuple(Sge(self.mrs[h][0], off, n) for h, off, n in sges)
+        try:
+            q.qp.post_send(SendWR(wr_id, WrOpcode.RDMA_WRITE, local, SendFlags.NONE, remote_addr, rkey))
+        except VerbsError:
+            return False
+        return True
+
+    # ---------------------------------------------------------------- completions
+
+    def _drain(self, dev: _Dev) -> None:
+        while True:
+            wcs = dev.cq.poll(64)
+            if not wcs:
+                break
+            for wc in wcs:
+                q = dev.qps.get(wc.qp_num)
+                if q is None:
+                    continue
+                if wc.wr_id & RECV_TAG:
+                    self._recv_done(q, wc)
+                else:
+                    self.on_send_done(q.handle, wc.wr_id, wc.status == WcStatus.SUCCESS, wc.status.name)
+        dev.cq.arm()
+
+    def _recv_done(self, q: _Qp, wc) -> None:
+        if wc.status != WcStatus.SUCCESS:
+            if wc.status != WcStatus.WR_FLUSH_ERR:
+                self.on_send_done(q.handle, -1, False, wc.status.name)
+            return
+        off = (wc.wr_id & ~RECV_TAG) * RECV_SIZE
+        data = bytes(q.recv_mr.buf[off : off + wc.byte_len])
+        try:
+            q.qp.post_recv(RecvWR(wc.wr_id, (Sge(q.recv_mr, off, RECV_SIZE),)))
+        except VerbsError:
+            pass
+        self.on_recv(q.handle, data)
+
+    def _poll_loop(self, dev: _Dev) -> None:
+        if self._closed:
+            return
+        self._drain(dev)
+        self._poll_handles.append(self.loop.call_later(0.001, self._poll_loop, dev))
+
+    def _events_loop(self, dev: _Dev) -> None:
+        if self._closed:
+            return
+        for ev in dev.device.poll_events():
+            if ev.type in (EventType.PORT_ERR, EventType.PORT_ACTIVE):
+                dev.port_up = ev.type == EventType.PORT_ACTIVE
+            self.on_device_event(dev.device.name, ev.type)
+        self._poll_handles = [h for h in self._poll_handles if not h.cancelled()][-64:]
+        self._poll_handles.append(self.loop.call_later(0.1, self._events_loop, dev))
+
+    def qp_state(self, qp: int) -> QPState | None:
+        q = self.qps.get(qp)
+        return q.qp.state() if q else None
+
+
+def check_specs(specs) -> None:
+    for s in specs:
+        if s.provider not in ("soft", "pyverbs"):
+            raise VerbsError(errno.EINVAL, f"device {s}: provider must be 'soft' or 'pyverbs'")
+        if s.provider == "soft" and not s.addr:
+            raise VerbsError(errno.EINVAL, f"soft device {s.name or '?'}: give its address (addr=...)")

@@ -1,0 +1,255 @@
+"""Stream objects with asyncio's conventions over an SMC-R connection or its TCP fallback.
+
+``SmcStreamReader`` and ``SmcStreamWriter`` have the methods applications use on
+``asyncio.StreamReader``/``StreamWriter`` (read, readexactly, readline, readuntil,
+at_eof, async iteration; write, writelines, drain, write_eof, close, wait_closed,
+get_extra_info). ``get_extra_info("smc")`` tells the mode, the fallback reason and
+where the connection lives (link group, link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .stack import ConnHandle
+
+READ_LIMIT = 256 << 10  # bytes pulled out of the RMB (or TCP) ahead of the application
+
+
+class SmcStreamReader:
+    def __init__(self, handle: "ConnHandle") -> None:
+        self._h = handle
+        self._buf = bytearray()
+        self._eof = False
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future | None = None
+
+    # fed by the stack
+    def _feed(self, data: bytes) -> None:
+        self._buf += data
+        self._wake()
+        if self._h.transport is not None and self._h.mode == "TCP" and len(self._buf) > READ_LIMIT:
+            self._h.pause_tcp_reading()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def _set_exception(self, exc: BaseException) -> None:
+        self._exc = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _fill(self) -> None:
+        """Take what the RMB holds (SMC) up to the read-ahead limit."""
+        if self._h.mode == "SMCR":
+            room = READ_LIMIT - len(self._buf)
+            if room > 0:
+                data = self._h.smc_recv(room)
+                if data:
+                    self._buf += data
+            if self._h.smc_eof():
+                self._eof = True
+        elif self._h.mode == "TCP" and len(self._buf) < READ_LIMIT:
+            self._h.resume_tcp_reading()
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def at_eof(self) -> bool:
+        self._fill()
+        return self._eof and not self._buf
+
+    async def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        if n < 0:
+            chunks = []
+            while True:
+                chunk = await self.read(1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        while True:
+            self._fill()
+            if self._buf:
+                out = bytes(self._buf[:n])
+                del self._buf[:n]
+                self._fill()
+                return out
+            if self._exc is not None:
+                raise self._exc
+            if self._eof:
+                return b""
+            await self._wait()
+
+    async def readexactly(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            chunk = await self.read(n - len(out))
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(out), n)
+            out += chunk
+        return bytes(out)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        while True:
+            self._fill()
+            i = self._buf.find(separator)
+            if i >= 0:
+                out = bytes(self._buf[: i + len(separator)])
+                del self._buf[: i + len(separator)]
+                return out
+            if self._exc is not None:
+                raise self._exc
+            if self._eof:
+                partial = bytes(self._buf)
+                self._buf.clear()
+                raise asyncio.IncompleteReadError(partial, None)
+            if len(self._buf) >= READ_LIMIT:
+                raise asyncio.LimitOverrunError("separator not found within the read limit", len(self._buf))
+            await self._wait()
+
+    async def readline(self) -> bytes:
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as e:
+            return e.partial
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+
+class SmcStreamWriter:
+    def __init__(self, handle: "ConnHandle", reader: SmcStreamReader) -> None:
+        self._h = handle
+        self._reader = reader
+        self._pending: deque[memoryview] = deque()
+        self._pending_bytes = 0
+        self._eof_pending = False
+        self._close_pending = False
+        self._closing = False
+        self._drain_waiters: list[asyncio.Future] = []
+
+    @property
+    def transport(self):
+        return self._h.transport
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "smc":
+            return self._h.smc_info()
+        if self._h.transport is not None:
+            return self._h.transport.get_extra_info(name, default)
+        return default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._eof_pending:
+            raise RuntimeError("write after close or write_eof")
+        if self._h.error is not None:
+            raise ConnectionResetError(self._h.error)
+        if not data:
+            return
+        if self._h.mode == "TCP":
+            self._h.transport.write(data)
+            return
+        self._pending.append(memoryview(bytes(data)))
+        self._pending_bytes += len(data)
+        self._push()
+
+    def writelines(self, data) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def _push(self) -> None:
+        """Move pending bytes into the sndbuf; called again whenever space frees."""
+        while self._pending:
+            try:
+                n = self._h.smc_send(self._pending[0])
+            except (BrokenPipeError, KeyError):
+                self._pending.clear()
+                self._pending_bytes = 0
+                break
+            if n == 0:
+                break
+            self._pending_bytes -= n
+            if n == len(self._pending[0]):
+                self._pending.popleft()
+            else:
+                self._pending[0] = self._pending[0][n:]
+        if not self._pending:
+            if self._eof_pending:
+                self._eof_pending = False
+                self._h.smc_shutdown_wr()
+            if self._close_pending:
+                self._close_pending = False
+                self._h.smc_close()
+        if self._pending_bytes <= READ_LIMIT:
+            for w in self._drain_waiters:
+                if not w.done():
+                    w.set_result(None)
+            self._drain_waiters.clear()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._pending.clear()
+        self._pending_bytes = 0
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_exception(exc)
+        self._drain_waiters.clear()
+
+    async def drain(self) -> None:
+        if self._h.error is not None:
+            raise ConnectionResetError(self._h.error)
+        if self._h.mode == "TCP":
+            await self._h.tcp_drain()
+            return
+        while self._pending_bytes > READ_LIMIT:
+            fut = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(fut)
+            await fut
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._h.mode == "TCP":
+            self._h.transport.write_eof()
+            return
+        self._eof_pending = True
+        self._push()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._h.mode == "TCP":
+            self._h.transport.close()
+            return
+        self._close_pending = True
+        self._push()
+
+    async def wait_closed(self) -> None:
+        await self._h.closed
+
+    def __repr__(self) -> str:
+        return f"<SmcStreamWriter conn={self._h.conn_id} mode={self._h.mode}>"
