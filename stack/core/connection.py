@@ -263,9 +263,9 @@ class SmcConnection:
                 self.write_blocked = False
                 break
             if self.peer_rmbe_space <= 0:
+                # the last data CDC said write-blocked; the peer updates its consumer cursor as it reads
                 if not self.write_blocked:
                     self.write_blocked = True
-                    self.send_cdc(now)  # tell the peer we are blocked so it updates its consumer cursor
                     self.emit(now, "conn.rmb", write_blocked=True, peer_rmbe_space=0, pending=to_send)
                 break
             if not self.link.has_room(3):

@@ -49,6 +49,8 @@ class SmcHost:
         self.links_by_qp: dict[int, Link] = {}
         self._lgr_seq = self.rng.getrandbits(16) << 8
         self._token_seq = self.rng.getrandbits(24)
+        self._first_contact: dict[bytes, SmcConnection] = {}  # peer id -> the handshake creating its link group
+        self._deferred: dict[bytes, list[tuple[SmcConnection, clc.Proposal]]] = {}
         self.stats = {"smc_client": 0, "smc_server": 0, "fallback_client": 0, "fallback_server": 0, "handshake_errors": 0}
         self.fallback_reasons: dict[tuple[str, int], int] = {}
 
@@ -160,6 +162,12 @@ class SmcHost:
 
     def _server_proposal(self, conn: SmcConnection, p: clc.Proposal, now: float) -> None:
         conn.proposal = p
+        pending = self._first_contact.get(p.peer_id)
+        if pending is not None and pending is not conn and conn.smc_listener:
+            # one first contact at a time per peer (as the kernel's LGR creation lock):
+            # this Proposal waits and will most likely reuse the new link group
+            self._deferred.setdefault(p.peer_id, []).append((conn, p))
+            return
         if not conn.smc_listener:
             self._hs(conn, "proposal", now, lambda g: g == "decline_proposal")
             self._decline(conn, hsk.PEERNOSMC, now, version=p.version)
@@ -186,6 +194,7 @@ class SmcHost:
         lgr = self._new_lgr(LgrRole.SERVER, choice.version, p.peer_id, peer_gid, p.mac, now, choice.max_conns, choice.max_links)
         lgr.negotiated_eid = choice.eid
         conn.first_contact = True
+        self._first_contact[p.peer_id] = conn
         conn.lgr = lgr
         link = self._new_link(lgr, device, lgr.next_link_id(), now)
         if link is None:
@@ -426,6 +435,20 @@ class SmcHost:
         conn.peer_size = clc.rmbe_size_bytes(msg.rmbe_size)
         conn.peer_rmbe_space = conn.peer_size
 
+    def _first_contact_over(self, conn: SmcConnection, now: float) -> None:
+        """The handshake that was creating a link group finished: the Proposals that waited go on."""
+        peer = getattr(conn.proposal, "peer_id", None)
+        if peer is None or self._first_contact.get(peer) is not conn:
+            return
+        del self._first_contact[peer]
+        waiting = self._deferred.pop(peer, [])
+        for i, (other, p) in enumerate(waiting):
+            if other.hs == Hs.WAIT_PROPOSAL and other.id in self.conns:
+                self._server_proposal(other, p, now)
+                if peer in self._first_contact:  # it became the next first contact: the rest wait again
+                    self._deferred.setdefault(peer, []).extend(waiting[i + 1 :])
+                    return
+
     def _established(self, conn: SmcConnection, now: float) -> None:
         self.io.cancel_timer(("clc", conn.id))
         conn.mode = "SMCR"
@@ -435,6 +458,7 @@ class SmcHost:
                   handshake_ms=round((now - conn.handshake_started) * 1000, 3))  # fmt: skip
         conn.input("handshake_done", now)
         self.io.conn_established(conn.id)
+        self._first_contact_over(conn, now)
 
     def _send_clc(self, conn: SmcConnection, msg, now: float) -> None:
         raw = msg.encode()
@@ -470,6 +494,8 @@ class SmcHost:
         conn.input("handshake_done", now)
         leftover, conn.clc_buf = leftover + conn.clc_buf, b""  # bytes after the last CLC message are the app's
         self.io.conn_fallback(conn.id, leftover)
+        if conn.role == "server":
+            self._first_contact_over(conn, now)
 
     def _fail(self, conn: SmcConnection, error: str, now: float, event: str) -> None:
         try:
@@ -484,6 +510,8 @@ class SmcHost:
         self._release_smc(conn, now)
         conn.set_state(SmcState.CLOSED, now, "handshake failed")
         self.io.conn_failed(conn.id, error)
+        if conn.role == "server":
+            self._first_contact_over(conn, now)
 
     def _release_smc(self, conn: SmcConnection, now: float) -> None:
         """Undo what a handshake that did not end in SMC had set up."""

@@ -52,6 +52,8 @@ class Link:
         self.wr_seq = 0
         self.pending: dict[int, tuple[int, Callable[[bool, float], None] | None]] = {}
         self.waiting: deque[SmcConnection] = deque()
+        # signaled sends waiting for a free send-queue slot, in order (the kernel waits for a slot too)
+        self.backlog: deque[tuple[bytes, Callable[[bool, float], None] | None]] = deque()
         self.last_rx = 0.0
         self.test_link_outstanding = False
         self.rx_errors = 0
@@ -77,15 +79,21 @@ class Link:
     # ---------------------------------------------------------------- send queue
 
     def has_room(self, n: int) -> bool:
-        return self.sq_used + n <= self.host.config.send_queue - LLC_RESERVE
+        return not self.backlog and self.sq_used + n <= self.host.config.send_queue - LLC_RESERVE
 
     def wait_for_room(self, conn: "SmcConnection") -> None:
         if conn not in self.waiting:
             self.waiting.append(conn)
 
     def _signaled(self, payload: bytes, on_done: Callable[[bool, float], None] | None) -> bool:
-        if self.state == LinkState.UNUSED or self.sq_used >= self.host.config.send_queue:
+        if self.state == LinkState.UNUSED:
             return False
+        if self.backlog or self.sq_used >= self.host.config.send_queue:
+            self.backlog.append((payload, on_done))
+            return True
+        return self._post_signaled(payload, on_done)
+
+    def _post_signaled(self, payload: bytes, on_done: Callable[[bool, float], None] | None) -> bool:
         self.wr_seq += 1
         wr_id = self.wr_seq
         if not self.host.io.post_send(self.qp.handle, wr_id, payload):
@@ -116,6 +124,10 @@ class Link:
         self.sq_used -= freed
         if on_done is not None:
             on_done(ok, now)
+        while self.backlog and self.sq_used < self.host.config.send_queue:
+            payload, cb = self.backlog.popleft()
+            if not self._post_signaled(payload, cb) and cb is not None:
+                cb(False, now)
         while self.waiting and self.has_room(3):
             self.waiting.popleft().tx_step(now)
 
@@ -250,9 +262,9 @@ class LinkGroup:
         link = self.links.get(link_id)
         if link is None or link.state != LinkState.ACTIVE or self.terminated:
             return
-        interval = self.host.config.timeouts.test_link
-        if now - link.last_rx < interval:
-            self.host.io.arm_timer(("testlink", self.lgr_id, link_id), link.last_rx + interval)
+        deadline = link.last_rx + self.host.config.timeouts.test_link
+        if deadline > now:  # heard from the peer within the interval: look again then
+            self.host.io.arm_timer(("testlink", self.lgr_id, link_id), deadline)
             return
         link.test_link_outstanding = True
         link.post_llc(llc.TestLink(version=self.llc_version()), now)

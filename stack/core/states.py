@@ -84,6 +84,8 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     # active side
     (S.ACTIVE, "app_shutdown_wr"): (R(S.PEERCLOSEWAIT1, "send_done_writing"),),
     (S.APPCLOSEWAIT1, "app_shutdown_wr"): (R(S.APPCLOSEWAIT2, "send_done_writing"),),
+    # shutdown(SHUT_WR) anywhere else changes nothing, as in smc_close_shutdown_write
+    **{(s, "app_shutdown_wr"): (STAY,) for s in SmcState if s not in (S.ACTIVE, S.APPCLOSEWAIT1)},
     (S.ACTIVE, "app_close"): (R(S.PEERCLOSEWAIT1, "send_abort", guard="unread_data"), R(S.PEERCLOSEWAIT1, "send_closed")),
     (S.APPCLOSEWAIT1, "app_close"): (
         R(S.CLOSED, "send_abort", guard="unread_data_and_peer_closed"),

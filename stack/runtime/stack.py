@@ -68,12 +68,19 @@ class ConnHandle:
         conn = self.stack.host.conns.get(self.conn_id)
         return conn is None or conn.eof
 
+    def smc_error(self) -> str | None:
+        conn = self.stack.host.conns.get(self.conn_id)
+        return conn.error if conn is not None and conn.peer_abort else self.error
+
     def smc_shutdown_wr(self) -> None:
         if self.conn_id in self.stack.host.conns:
             self.stack.host.app_shutdown_wr(self.conn_id, self.stack.now())
 
     def smc_close(self) -> None:
         self.stack.host.app_close(self.conn_id, self.stack.now())
+
+    def smc_abort(self) -> None:
+        self.stack.host.app_abort(self.conn_id, self.stack.now())
 
     def smc_info(self) -> dict:
         conn = self.stack.host.conns.get(self.conn_id)
@@ -416,6 +423,14 @@ class Stack:
     def conn_closed(self, conn: int, error: str | None) -> None:
         h = self.handles.pop(conn, None)
         if h is None:
+            return
+        if not h.ready.done():  # closed before the handshake finished: the opener gets the error
+            h.mode, h.error = "FAILED", error or "connection closed during the CLC handshake"
+            if h.transport is not None:
+                h.transport.close()
+            h.ready.set_result(None)
+            if not h.closed.done():
+                h.closed.set_result(None)
             return
         h.smc_info()
         if error:

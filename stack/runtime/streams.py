@@ -57,6 +57,9 @@ class SmcStreamReader:
                     self._buf += data
             if self._h.smc_eof():
                 self._eof = True
+                error = self._h.smc_error()
+                if error and self._exc is None:
+                    self._exc = ConnectionResetError(error)  # recv after an abort: ECONNRESET, as the kernel
         elif self._h.mode == "TCP" and len(self._buf) < READ_LIMIT:
             self._h.resume_tcp_reading()
 
@@ -247,6 +250,16 @@ class SmcStreamWriter:
             return
         self._close_pending = True
         self._push()
+
+    def abort(self) -> None:
+        """Reset the connection: the peer sees an SMC abort (or a TCP reset)."""
+        self._closing = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._h.mode == "TCP":
+            self._h.transport.abort()
+        else:
+            self._h.smc_abort()
 
     async def wait_closed(self) -> None:
         await self._h.closed

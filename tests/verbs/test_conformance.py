@@ -280,3 +280,18 @@ def test_many_messages_stream_in_order(pair):
             poll(pair.a, 32)
     poll(pair.a, 500 % 32)
     assert [w.wr_id for w in poll(pair.b, 10)] == list(range(0, 500, 50))
+
+
+def test_rnr_with_many_messages_in_flight_does_not_exhaust_retries(pair):
+    """A burst into an empty receive queue: the RNR NAK's followers must not count as retries."""
+    qa, qb = pair.connect(a_path={"rnr_retry": 7, "retry_cnt": 2, "timeout": 14}, b_path={"min_rnr_timer": 12})
+    src, dst = pair.a.reg_mr(64 * 40), pair.b.reg_mr(64 * 40)
+    for i in range(40):
+        pair.a.post_send(qa["handle"], i, SEND, [(src["handle"], i * 64, 44)])
+    time.sleep(0.3)  # hundreds of RNR rounds with nothing posted and 39 packets behind each
+    for i in range(40):
+        pair.b.post_recv(qb["handle"], i, [(dst["handle"], i * 64, 64)])
+    got = poll(pair.b, 40)
+    sent = poll(pair.a, 40)
+    assert [w.status for w in sent] == [WcStatus.SUCCESS] * 40, [w for w in sent if w.status][:3]
+    assert sorted(w.wr_id for w in got) == list(range(40))

@@ -351,6 +351,8 @@ class SoftQP(QueuePair):
             self.host.arm_timer(self, "rnr", now + RNR_TIMER_MS[aeth.value] / 1000)
         elif kind == AckKind.NAK and aeth.value == NakCode.PSN_SEQUENCE_ERROR:
             self.stats["seq_naks_rx"] += 1
+            if self.rnr_waiting and psn == self.snd_nxt:
+                return  # the followers of an RNR-NAKed packet: we go back there anyway
             if self.retry_left == 0:
                 self._fail_at(psn, WcStatus.RETRY_EXC_ERR, now)
                 return
@@ -526,6 +528,7 @@ class SoftQP(QueuePair):
 
     def _rnr_nak(self, psn: int) -> None:
         self._send_ack(psn, Aeth.rnr_nak(self.msn, self.path.min_rnr_timer))
+        self.nak_seq_sent = True  # the packets behind it are dropped quietly until it comes again
         return None
 
     def _responder_error(self, status: WcStatus | None, nak: NakCode, event: EventType) -> bool:

@@ -1,0 +1,1 @@
+"""smc-traffic: test traffic through the embedded SMC-R stack (bulk, rr, crr)."""

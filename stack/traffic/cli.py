@@ -1,0 +1,280 @@
+"""smc-traffic: drive test traffic through the embedded SMC-R stack.
+
+    smc-traffic server --listen 127.1.0.2:5000
+    smc-traffic client --connect 127.1.0.2:5000 --mode bulk --bytes 256M --direction both
+    smc-traffic client --connect 127.1.0.2:5000 --mode rr --size 64 --duration 10 --connections 4 --json
+    smc-traffic server --listen 127.1.0.2:5000 --decline DIFFPREFIX      # exercise fallback
+
+Each side runs its own stack with one soft RoCE device on its address (``--device``,
+default: the listen address for the server, 127.1.0.1 for the client, whose TCP
+connection also leaves from that address). ``--provider pyverbs --rdma-device rxe0``
+uses a real device instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import replace
+
+from stack.core.config import SmcConfig, Timeouts
+from stack.events import JsonlWriter
+from stack.runtime.control import CommandError, parse_reason
+from stack.runtime.rdma import DeviceSpec
+from stack.runtime.stack import Stack, StackConfig
+from stack.wire import codes
+
+from . import runner
+from .protocol import BOTH, DOWN, UP
+
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1] if t and t[-1] in UNITS else ""
+    try:
+        value = float(t[: len(t) - len(unit)]) * UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (like 1500, 64K, 256M, 1G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} is negative")
+    return int(value)
+
+
+def hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def reason(text: str) -> int:
+    try:
+        return parse_reason(text)
+    except CommandError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def versions(text: str) -> frozenset[int]:
+    try:
+        vs = frozenset(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: versions are like 1,2") from None
+    if not vs or not vs <= {1, 2}:
+        raise argparse.ArgumentTypeError(f"{text!r}: SMC-R versions are 1 and 2")
+    return vs
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return v
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("stack")
+    g.add_argument("--device", help="soft RoCE device address (default: see above)")
+    g.add_argument("--provider", choices=["soft", "pyverbs"], default="soft")
+    g.add_argument("--rdma-device", default="rxe0", help="pyverbs device name (default rxe0)")
+    g.add_argument("--netns", help="open the soft device in this network namespace")
+    g.add_argument("--mtu", type=int, choices=[256, 512, 1024, 2048, 4096], default=1024, help="soft device MTU")
+    g.add_argument("--no-smc", action="store_true", help="plain TCP, no SMC")
+    g.add_argument("--rmb-size", type=size, default=64 << 10, help="RMB per connection (default 64K)")
+    g.add_argument("--sndbuf-size", type=size, default=64 << 10, help="send buffer per connection (default 64K)")
+    g.add_argument("--versions", type=versions, default=frozenset({1, 2}), help="SMC-R versions offered (default 1,2)")
+    g.add_argument("--ueid", action="append", help="user EID for SMC-Rv2 (repeatable; default SMCTOP)")
+    g.add_argument("--test-link", type=positive_float, default=30.0, help="TEST LINK interval in seconds (0 disables)")
+    g.add_argument("--host-name", help="host name in events and CLC (default: client/server)")
+    o = p.add_argument_group("output")
+    o.add_argument("--events", help="write every event as JSON lines to this file")
+    o.add_argument("--control", help="serve the control socket at this path (smctop --attach)")
+    o.add_argument("--json", action="store_true", help="print the report as JSON")
+    o.add_argument("--progress", dest="progress", action="store_true", default=None, help="show progress (default: on a terminal)")
+    o.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="smc-traffic", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    sub = ap.add_subparsers(dest="role", required=True)
+    s = sub.add_parser("server", help="accept connections and answer them")
+    s.add_argument("--listen", type=hostport, default=("127.1.0.2", 5000), help="HOST:PORT (default 127.1.0.2:5000)")
+    s.add_argument("--decline", type=reason, help="decline every Proposal with this reason (hex, number or name, e.g. DIFFPREFIX)")
+    s.add_argument("--count", type=int, default=0, help="exit after this many connections")
+    s.add_argument("--duration", type=positive_float, default=0, help="exit after this many seconds")
+    _common(s)
+    c = sub.add_parser("client", help="connect and run a workload")
+    c.add_argument("--connect", type=hostport, default=("127.1.0.2", 5000), help="HOST:PORT (default 127.1.0.2:5000)")
+    c.add_argument("--mode", choices=["bulk", "rr", "crr"], default="bulk", help="bulk, request/response, connect/request/response")
+    c.add_argument("--direction", choices=["up", "down", "both"], default="up", help="bulk: who sends")
+    c.add_argument("--connections", type=int, default=1, help="connections (bulk, rr) or parallel workers (crr)")
+    c.add_argument("--size", type=size, default=64, help="rr/crr message size (default 64)")
+    c.add_argument("--bytes", type=size, default=0, help="bulk bytes per connection and direction (default: --duration)")
+    c.add_argument("--duration", type=positive_float, default=5.0, help="seconds, when no --bytes/--count (default 5)")
+    c.add_argument("--count", type=int, default=0, help="rr/crr: requests per connection or worker")
+    c.add_argument("--seed", type=int, default=1)
+    _common(c)
+    return ap
+
+
+def stack_config(args, role: str) -> StackConfig:
+    devices = ()
+    if not args.no_smc:
+        if args.provider == "pyverbs":
+            devices = (DeviceSpec("pyverbs", args.rdma_device),)
+        else:
+            addr = args.device or (args.listen[0] if role == "server" else "127.1.0.1")
+            devices = (DeviceSpec("soft", addr, addr, args.netns, args.mtu),)
+    smc = SmcConfig(
+        host=args.host_name or role, versions=args.versions, ueids=tuple(args.ueid or ("SMCTOP",)), rmb_size=args.rmb_size,
+        sndbuf_size=args.sndbuf_size, forced_decline=getattr(args, "decline", None), timeouts=Timeouts(test_link=args.test_link),
+    )  # fmt: skip
+    return StackConfig(smc, devices, control_path=args.control)
+
+
+class Progress:
+    def __init__(self, totals: runner.Totals, enabled: bool) -> None:
+        self.totals = totals
+        self.enabled = enabled
+        self.task: asyncio.Task | None = None
+        self._last = (time.monotonic(), 0)
+
+    def start(self) -> None:
+        if self.enabled:
+            self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            t = self.totals
+            now, moved = time.monotonic(), t.bytes_sent + t.bytes_received
+            rate = (moved - self._last[1]) / max(now - self._last[0], 1e-9) / 1e6
+            self._last = (now, moved)
+            modes = " ".join(f"{k} {v}" for k, v in t.modes.items())
+            sys.stderr.write(f"\r{now - t.started:7.1f} s  {moved / 1e6:10.1f} MB  {rate:8.1f} MB/s  conns {t.connections} ({modes})  ops {t.ops}  errors {len(t.errors)}   ")
+            sys.stderr.flush()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            sys.stderr.write("\n")
+
+
+def print_report(rep: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rep, indent=2, sort_keys=True))
+        return
+    print(f"mode {rep['mode']}: {rep['connections']} connections in {rep['seconds']} s")
+    print("  modes:     " + (", ".join(f"{k} {v}" for k, v in rep["modes"].items()) or "none")
+          + (f"  (SMC-R versions: {', '.join(f'v{k} {v}' for k, v in rep['versions'].items())})" if rep["versions"] else ""))  # fmt: skip
+    for text, n in rep["fallbacks"].items():
+        print(f"  fallback:  {text}  x{n}")
+    print(f"  bytes:     sent {rep['bytes_sent']:,}  received {rep['bytes_received']:,}  ({rep['throughput_mbs']} MB/s)")
+    if rep["ops"]:
+        print(f"  ops:       {rep['ops']:,} ({rep['ops_per_s']}/s)")
+    if "latency_us" in rep:
+        lat = rep["latency_us"]
+        print(f"  latency:   p50 {lat['p50']} us  p90 {lat['p90']} us  p99 {lat['p99']} us  max {lat['max']} us")
+    if "connect_ms_p50" in rep:
+        print(f"  connect:   p50 {rep['connect_ms_p50']} ms")
+    print(f"  verified:  {rep['verified']}/{rep['connections']}")
+    for e in rep["errors"][:10]:
+        print(f"  error:     {e}")
+
+
+async def run_server(args) -> int:
+    totals = runner.Totals()
+    with ExitStack() as files:
+        events = JsonlWriter(files.enter_context(open(args.events, "w"))) if args.events else None
+        async with Stack(stack_config(args, "server")) as host:
+            if events:
+                host.bus.listen(events)
+            done = asyncio.Event()
+            served = 0
+
+            async def handle(reader, writer):
+                nonlocal served
+                await runner.serve(reader, writer, totals)
+                served += 1
+                if args.count and served >= args.count:
+                    done.set()
+
+            server = await host.start_server(handle, *args.listen, smc=not args.no_smc)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, done.set)
+            if args.duration:
+                loop.call_later(args.duration, done.set)
+            progress = Progress(totals, args.progress if args.progress is not None else sys.stderr.isatty())
+            progress.start()
+            banner = (f"smc-traffic server on {args.listen[0]}:{args.listen[1]}" + (" (plain TCP)" if args.no_smc else "")
+                      + (f", declining with {codes.format_reason(args.decline)}" if args.decline else ""))  # fmt: skip
+            print(banner, file=sys.stderr if args.json else sys.stdout, flush=True)  # stdout stays pure JSON
+            await done.wait()
+            server.close()
+            if server.tasks:
+                await asyncio.wait(server.tasks, timeout=5)
+            progress.stop()
+    print_report(totals.report("server"), args.json)
+    return 1 if totals.errors else 0
+
+
+async def run_client(args) -> int:
+    totals = runner.Totals()
+    cfg = stack_config(args, "client")
+    with ExitStack() as files:
+        events = JsonlWriter(files.enter_context(open(args.events, "w"))) if args.events else None
+        async with Stack(cfg) as host:
+            if events:
+                host.bus.listen(events)
+            local = (cfg.devices[0].addr, 0) if cfg.devices and cfg.devices[0].provider == "soft" else None
+
+            async def open_conn():
+                return await host.open_connection(*args.connect, smc=not args.no_smc, local_addr=local)
+
+            progress = Progress(totals, args.progress if args.progress is not None else sys.stderr.isatty())
+            progress.start()
+            direction = {"up": UP, "down": DOWN, "both": BOTH}[args.direction]
+            jobs = []
+            for i in range(args.connections):
+                seed = args.seed * 1000 + i
+                if args.mode == "bulk":
+                    jobs.append(runner.bulk(open_conn, totals, direction=direction, total=args.bytes, duration=args.duration, seed=seed))
+                elif args.mode == "rr":
+                    jobs.append(runner.rr(open_conn, totals, size=args.size, duration=args.duration, count=args.count, seed=seed))
+                else:
+                    jobs.append(runner.crr(open_conn, totals, size=args.size, duration=args.duration, count=args.count, seed=seed))
+            try:
+                await asyncio.gather(*jobs)
+            except (ConnectionError, OSError) as e:
+                totals.errors.append(f"{type(e).__name__}: {e}")
+            progress.stop()
+    print_report(totals.report(args.mode), args.json)
+    return 1 if totals.errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.role == "client" and (args.connections < 1 or args.count < 0):
+        parser().error("--connections must be at least 1 and --count not negative")
+    try:
+        return asyncio.run(run_server(args) if args.role == "server" else run_client(args))
+    except OSError as e:
+        print(f"smc-traffic: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Helpers for tests that run real stacks over the soft provider."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+from stack.core.config import SmcConfig, Timeouts
+from stack.runtime import DeviceSpec, Stack, StackConfig
+
+_net = itertools.count(10)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def addrs() -> tuple[str, str]:
+    """A fresh pair of loopback addresses, so tests never share a device or port."""
+    n = next(_net)
+    return f"127.{100 + n // 200}.{n % 200}.1", f"127.{100 + n // 200}.{n % 200}.2"
+
+
+def config(host: str, addr: str | None, mtu: int = 4096, control: str | None = None, **smc) -> StackConfig:
+    smc.setdefault("timeouts", Timeouts(clc_wait=3.0))
+    devices = (DeviceSpec("soft", addr, addr, None, mtu),) if addr else ()
+    return StackConfig(SmcConfig(host=host, **smc), devices, control_path=control)
+
+
+@contextlib.asynccontextmanager
+async def two_stacks(client_kw: dict | None = None, server_kw: dict | None = None, *, mtu: int = 4096, client_dev: bool = True,
+                     server_dev: bool = True):  # fmt: skip
+    ca, sa = addrs()
+    a = Stack(config("client", ca if client_dev else None, mtu, **(client_kw or {})))
+    b = Stack(config("server", sa if server_dev else None, mtu, **(server_kw or {})))
+    await a.start()
+    await b.start()
+    try:
+        yield a, b, ca, sa
+    finally:
+        await a.close()
+        await b.close()
+
+
+def run(coro, timeout: float = 120):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class TrafficServer:
+    """``smc-traffic server`` in its own process (its own interpreter, its own NIC thread)."""
+
+    def __init__(self, addr: str, *args: str, port: int = 5000) -> None:
+        self.addr, self.port = addr, port
+        cmd = [sys.executable, "-m", "stack.traffic.cli", "server", "--listen", f"{addr}:{port}", "--json", "--no-progress", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        line = self.proc.stderr.readline()  # the banner goes to stderr when the report is JSON
+        if "smc-traffic server on" not in line:
+            out, err = self.proc.communicate(timeout=10)
+            raise RuntimeError(f"traffic server did not start: {line}{err}")
+
+    def report(self, timeout: float = 60) -> dict:
+        out, err = self.proc.communicate(timeout=timeout)
+        if not out.strip():
+            raise RuntimeError(f"traffic server printed no report (exit {self.proc.returncode}): {err}")
+        return json.loads(out)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def traffic_client(server: str, device: str, *args: str, timeout: float = 300) -> tuple[int, dict, str]:
+    cmd = [sys.executable, "-m", "stack.traffic.cli", "client", "--connect", f"{server}:5000", "--device", device, "--json",
+           "--no-progress", *args]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    try:
+        report = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        report = {}
+    return res.returncode, report, res.stderr
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+__all__ = ["addrs", "config", "two_stacks", "run", "TrafficServer", "traffic_client", "wait_for", "replace"]
