@@ -47,3 +47,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         { cat /tmp/smctop-pip.log >&2; exit 1; }
     touch "$stamp"
 fi
+bash tests/lab/setup.sh  # the kernel lab (tests/lab): qemu, the 6.12 kernel, Debian pyverbs in .venv

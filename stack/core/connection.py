@@ -87,6 +87,7 @@ class SmcConnection:
         self.peer_closed = False
         self.peer_abort = False
         self.released = False
+        self.early_cdcs: list[CdcMessage] = []
         # counters
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -339,6 +340,10 @@ class SmcConnection:
 
     def on_cdc(self, msg: CdcMessage, now: float) -> None:
         if self.mode != "SMCR":
+            # The peer may be done with its handshake and writing while our last CLC step is
+            # still on its way over TCP: keep its CDCs until we know its RMB, then replay them.
+            if self.rmb is not None and self.mode == "INIT":
+                self.early_cdcs.append(msg)
             return
         self.cdc_received += 1
         if self.host.bus_active:

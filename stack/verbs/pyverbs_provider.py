@@ -429,6 +429,7 @@ class PyverbsQP(api.QueuePair):
         self._seq = 0
         self._sq: deque[tuple[int, int, WcOpcode]] = deque()
         self._rq: deque[tuple[int, int, WcOpcode]] = deque()
+        self._moved_to = QPState.RESET  # the last state we moved it to (only ERR happens on its own)
 
     def state(self) -> QPState:
         with _errors(f"query_qp {self.qp_num}"):
@@ -437,6 +438,7 @@ class PyverbsQP(api.QueuePair):
     def _modify(self, attr: object, mask: int, what: str) -> None:
         with _errors(f"modify_qp {self.qp_num} to {what}"):
             self._qp.modify(attr, mask)
+        self._moved_to = QPState[what]
 
     def to_init(self, access: Access, port: int = 1, pkey_index: int = 0) -> None:
         e = self._pv.e
@@ -499,12 +501,17 @@ class PyverbsQP(api.QueuePair):
             return pw
 
         wrs = [wrs] if isinstance(wrs, SendWR) else list(wrs)
+        if self._moved_to in (QPState.RESET, QPState.INIT, QPState.RTR):
+            # ibverbs says EINVAL; libibverbs 44 with pyverbs crashes the process instead
+            raise VerbsError(errno.EINVAL, f"post_send: QP 0x{self.qp_num:06x} is in {self._moved_to.name}, not RTS")
         entries = [(self._cookie(False), w.wr_id, _SEND_OPCODES[WrOpcode(w.opcode)]) for w in wrs]
         self._post(wrs, entries, make, self._sq, self._qp.post_send, "post_send")
 
     def post_recv(self, wrs: RecvWR | Sequence[RecvWR]) -> None:
         wr = self._pv.wr
         wrs = [wrs] if isinstance(wrs, RecvWR) else list(wrs)
+        if self._moved_to == QPState.RESET:
+            raise VerbsError(errno.EINVAL, f"post_recv: QP 0x{self.qp_num:06x} is in RESET")
         entries = [(self._cookie(True), w.wr_id, WcOpcode.RECV) for w in wrs]
         self._post(
             wrs, entries, lambda w, cookie, n, sg: wr.RecvWR(wr_id=cookie, num_sge=n, sg=sg),
