@@ -118,6 +118,7 @@ class Subscription:
         self.queue: deque[Event] = deque()
         self.dropped = 0
         self.dropped_total = 0
+        self._last: Event | None = None
         self._waiter: asyncio.Event | None = None
 
     def offer(self, event: Event) -> None:
@@ -126,21 +127,31 @@ class Subscription:
         if len(self.queue) >= self.maxsize:
             self.dropped += 1
             self.dropped_total += 1
+            self._last = event
             return
-        if self.dropped:
-            self.queue.append(Event(event.t, "events.dropped", event.host, fields={"count": self.dropped}))
-            self.dropped = 0
+        self._report_drops()
         self.queue.append(event)
         if self._waiter is not None:
             self._waiter.set()
 
+    def _report_drops(self) -> None:
+        """Put one events.dropped record where the missing events would have been."""
+        if self.dropped:
+            last = self._last
+            self.queue.append(Event(last.t, "events.dropped", last.host, fields={"count": self.dropped}))
+            self.dropped = 0
+
     def get_nowait(self) -> list[Event]:
+        self._report_drops()
         out = list(self.queue)
         self.queue.clear()
         return out
 
     async def get(self) -> Event:
         while not self.queue:
+            self._report_drops()
+            if self.queue:
+                break
             if self._waiter is None:
                 self._waiter = asyncio.Event()
             self._waiter.clear()

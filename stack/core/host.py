@@ -458,6 +458,9 @@ class SmcHost:
                   handshake_ms=round((now - conn.handshake_started) * 1000, 3))  # fmt: skip
         conn.input("handshake_done", now)
         self.io.conn_established(conn.id)
+        early, conn.early_cdcs = conn.early_cdcs, []
+        for msg in early:
+            conn.on_cdc(msg, now)
         self._first_contact_over(conn, now)
 
     def _send_clc(self, conn: SmcConnection, msg, now: float) -> None:

@@ -71,6 +71,16 @@ def versions(text: str) -> frozenset[int]:
     return vs
 
 
+def ueid(text: str) -> str:
+    from stack.wire.clc import make_eid
+
+    try:
+        make_eid(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -92,7 +102,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rmb-size", type=size, default=64 << 10, help="RMB per connection (default 64K)")
     g.add_argument("--sndbuf-size", type=size, default=64 << 10, help="send buffer per connection (default 64K)")
     g.add_argument("--versions", type=versions, default=frozenset({1, 2}), help="SMC-R versions offered (default 1,2)")
-    g.add_argument("--ueid", action="append", help="user EID for SMC-Rv2 (repeatable; default SMCTOP)")
+    g.add_argument("--ueid", action="append", type=ueid, help="user EID for SMC-Rv2 (repeatable; default SMCTOP)")
     g.add_argument("--test-link", type=positive_float, default=30.0, help="TEST LINK interval in seconds (0 disables)")
     g.add_argument("--host-name", help="host name in events and CLC (default: client/server)")
     o = p.add_argument_group("output")

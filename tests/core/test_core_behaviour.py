@@ -274,3 +274,30 @@ def test_idle_link_group_is_freed():
     assert not a.host.lgrs and not b.host.lgrs
     dl = [e for e in kinds(a, "llc.msg") if "DELETE LINK" in e.get("type", "")]
     assert dl and dl[0].get("reason") == 0x00030000 and dl[0].get("orderly")
+
+
+@pytest.mark.parametrize("first_contact", [True, False])
+def test_data_that_overtakes_the_confirm_is_kept(first_contact):
+    """The client is done once its Confirm is on TCP and may write at once over RDMA; its CDC
+    can reach the server before the Confirm does. The data must not be lost."""
+    f, a, b = pair()
+    if not first_contact:
+        open_conn(f, a, b, 1)
+    cid = 2
+    slow_tcp = a.tcp_send
+
+    def tcp_send(conn, data):  # the Confirm takes 5 ms on TCP, RDMA takes 50 us
+        if data[4:5] == b"\x03":
+            f.at(f.now + 0.005, lambda: slow_tcp(conn, data))
+        else:
+            slow_tcp(conn, data)
+
+    a.tcp_send = tcp_send
+    f.connect_tcp(a, cid, b, cid)
+    b.host.server_start(cid, (b.ip, 5000), (a.ip, 40002), f.now)
+    a.host.client_start(cid, (a.ip, 40002), (b.ip, 5000), f.now)
+    f.run(stop=lambda: a._app(cid).established)
+    assert a.host.app_send(cid, b"sent before the server saw our Confirm", f.now) == 38
+    f.run(until=f.now + 0.01)
+    assert b.apps[cid].established
+    assert b.host.app_recv(cid, 100, f.now) == b"sent before the server saw our Confirm"

@@ -11,6 +11,7 @@ so the test notices the day Wireshark is fixed.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
 from dataclasses import dataclass, field
@@ -479,11 +480,15 @@ def test_pyshark_reads_the_same_capture(tmp_path):
         for n, fr in enumerate(flow.handshake() + [flow.data(False, d.encode())]):
             w.write_packet(i, n, fr)
         w.write_packet(i, 10, roce.encode_frame(roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY, 0x11, 1), payload=m.encode()), CLIENT, SERVER, 49152))
-    cap = pyshark.FileCapture(str(path), display_filter="smc", use_json=True)
+    loop = asyncio.new_event_loop()  # pyshark runs its own loop; earlier asyncio.run() calls left none set
+    asyncio.set_event_loop(loop)
+    cap = pyshark.FileCapture(str(path), display_filter="smc", use_json=True, eventloop=loop)
     try:
         packets = list(cap)
     finally:
         cap.close()
+        asyncio.set_event_loop(None)
+        loop.close()
     assert len(packets) == 2
     diag = packets[0].smc.get_field("peer.diag.info")
     assert int(diag[0] if isinstance(diag, list) else diag, 0) == 0x03070000

@@ -33,8 +33,8 @@ def config(host: str, addr: str | None, mtu: int = 4096, control: str | None = N
 
 @contextlib.asynccontextmanager
 async def two_stacks(client_kw: dict | None = None, server_kw: dict | None = None, *, mtu: int = 4096, client_dev: bool = True,
-                     server_dev: bool = True):  # fmt: skip
-    ca, sa = addrs()
+                     server_dev: bool = True, pair: tuple[str, str] | None = None):  # fmt: skip
+    ca, sa = pair or addrs()
     a = Stack(config("client", ca if client_dev else None, mtu, **(client_kw or {})))
     b = Stack(config("server", sa if server_dev else None, mtu, **(server_kw or {})))
     await a.start()

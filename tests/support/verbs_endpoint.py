@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import threading
 import random
 import shutil
 import subprocess
@@ -71,7 +72,10 @@ class Endpoint:
     def create_qp(self, max_send_wr: int = 64, max_recv_wr: int = 64) -> dict:
         qp = self.pd.create_rc_qp(self.cq, self.cq, QPCap(max_send_wr, max_recv_wr, 2, 2, 64))
         self.qps.append(qp)
-        return {"handle": len(self.qps) - 1, "qpn": qp.qp_num, "psn": random.getrandbits(24), "gid": self.gid.gid}
+        # devices may grant more than asked (rxe rounds up): report what the QP really holds
+        granted = getattr(qp, "cap", None)
+        return {"handle": len(self.qps) - 1, "qpn": qp.qp_num, "psn": random.getrandbits(24), "gid": self.gid.gid,
+                "max_send_wr": granted.max_send_wr if granted else max_send_wr}  # fmt: skip
 
     def connect(self, qp: int, local: dict, remote: dict, **path_kw) -> None:
         """INIT -> RTR -> RTS towards ``remote`` (the peer's create_qp result)."""
@@ -129,11 +133,15 @@ class Endpoint:
         if loss:
             subprocess.run(["tc", "qdisc", "add", "dev", self._netdev(), "root", "netem", "loss", f"{loss * 100:.3f}%"], check=True)
 
-    def set_port(self, up: bool) -> None:
+    def set_port(self, up: bool, duration: float | None = None) -> None:
+        """Port up or down; with ``duration`` the port comes back by itself after that many
+        seconds (so a control connection running over the same network survives)."""
         if self.provider_name == "soft":
             self.device.set_port_state(up)
         else:
             subprocess.run(["ip", "link", "set", self._netdev(), "up" if up else "down"], check=True)
+        if duration:
+            threading.Timer(duration, self.set_port, (not up,)).start()
 
     def _netdev(self) -> str:
         if not self.netdev or not shutil.which("ip"):
@@ -216,6 +224,8 @@ def serve(conn: Connection) -> bool:
             conn.send(("err", e))
         if method == "close":
             return True
+        if method == "__quit__":
+            raise SystemExit(0)
 
 
 def serve_sessions(conn: Connection) -> None:
@@ -224,8 +234,18 @@ def serve_sessions(conn: Connection) -> None:
         pass
 
 
-def connect_remote(address: tuple[str, int], provider: str, device: str, **device_opts) -> RemoteEndpoint:
-    return RemoteEndpoint(Client(address, authkey=AUTHKEY), provider, device, owns_conn=True, **device_opts)
+def connect_remote(address: tuple[str, int], provider: str, device: str, *, wait: float = 60.0, **device_opts) -> RemoteEndpoint:
+    """Connect to an endpoint server, waiting up to ``wait`` seconds for it to listen."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn = Client(address, authkey=AUTHKEY)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    return RemoteEndpoint(conn, provider, device, owns_conn=True, **device_opts)
 
 
 def main() -> None:
@@ -239,8 +259,18 @@ def main() -> None:
         served = 0
         while not args.count or served < args.count:
             with listener.accept() as conn:
-                serve(conn)
+                try:
+                    serve(conn)
+                except SystemExit:  # a client said __quit__
+                    conn.send(("ok", None))
+                    return
             served += 1
+
+
+def quit_server(address: tuple[str, int]) -> None:
+    with Client(address, authkey=AUTHKEY) as conn:
+        conn.send(("__quit__", (), {}))
+        conn.recv()
 
 
 if __name__ == "__main__":

@@ -25,12 +25,19 @@ def pytest_addoption(parser):
     parser.addoption("--verbs-mode", action="append", default=None, help="provider mode(s) for tests/verbs")
 
 
+# Modes whose two endpoints are joined by a real wire: only there can frames be lost or a
+# peer's port go down (rxe loopback on one device never touches the network interface).
+WIRE_MODES = {"soft", "soft-2proc", "pyverbs-2vm"}
+
+
 def pytest_generate_tests(metafunc):
+    modes = metafunc.config.getoption("--verbs-mode") or (
+        os.environ["SMCTOP_VERBS_MODES"].split(",") if os.environ.get("SMCTOP_VERBS_MODES") else DEFAULT_MODES
+    )
     if "pair" in metafunc.fixturenames:
-        modes = metafunc.config.getoption("--verbs-mode") or (
-            os.environ["SMCTOP_VERBS_MODES"].split(",") if os.environ.get("SMCTOP_VERBS_MODES") else DEFAULT_MODES
-        )
         metafunc.parametrize("pair", modes, indirect=True)
+    if "wire_pair" in metafunc.fixturenames:
+        metafunc.parametrize("wire_pair", [m for m in modes if m in WIRE_MODES], indirect=True)
 
 
 def _soft_addrs() -> tuple[str, str]:
@@ -68,6 +75,15 @@ def child_server():
 
 @pytest.fixture
 def pair(request):
+    yield from _pair(request)
+
+
+@pytest.fixture
+def wire_pair(request):
+    yield from _pair(request)
+
+
+def _pair(request):
     mode = request.param
     device = os.environ.get("SMCTOP_RDMA_DEVICE", "rxe0")
     netdev = os.environ.get("SMCTOP_RDMA_NETDEV", "eth0")
