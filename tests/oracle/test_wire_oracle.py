@@ -11,8 +11,10 @@ so the test notices the day Wireshark is fixed.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
+import json
+import subprocess
+import sys
 import random
 from dataclasses import dataclass, field
 
@@ -468,8 +470,6 @@ def test_icrc_sits_where_wireshark_expects_it(decoded):
 
 def test_pyshark_reads_the_same_capture(tmp_path):
     """pyshark (tshark underneath, through its own reader) agrees on a Decline and a CDC."""
-    import pyshark
-
     d = clc.Decline(rb(8), 0x03070000, version=2, os_type=clc.OS_LINUX, extra_diagnosis=(0, 0, 0, 0))
     m = cdc.CdcMessage(seqno=9, token=0xCAFE, prod=cdc.Cursor(1, 100))
     path = tmp_path / "two.pcapng"
@@ -480,16 +480,21 @@ def test_pyshark_reads_the_same_capture(tmp_path):
         for n, fr in enumerate(flow.handshake() + [flow.data(False, d.encode())]):
             w.write_packet(i, n, fr)
         w.write_packet(i, 10, roce.encode_frame(roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY, 0x11, 1), payload=m.encode()), CLIENT, SERVER, 49152))
-    loop = asyncio.new_event_loop()  # pyshark runs its own loop; earlier asyncio.run() calls left none set
-    asyncio.set_event_loop(loop)
-    cap = pyshark.FileCapture(str(path), display_filter="smc", use_json=True, eventloop=loop)
-    try:
-        packets = list(cap)
-    finally:
-        cap.close()
-        asyncio.set_event_loop(None)
-        loop.close()
-    assert len(packets) == 2
-    diag = packets[0].smc.get_field("peer.diag.info")
-    assert int(diag[0] if isinstance(diag, list) else diag, 0) == 0x03070000
-    assert int(packets[1].smc.get_field("rmbe.ctrl.alert.token"), 0) == 0xCAFE
+    # pyshark drives tshark from its own asyncio loop; after other tests' asyncio.run() the
+    # child watcher of this process loses tshark's exit status, so it runs in a fresh interpreter.
+    script = (
+        "import json, sys, pyshark\n"
+        "cap = pyshark.FileCapture(sys.argv[1], display_filter='smc', use_json=True)\n"
+        "try:\n"
+        "    pk = list(cap)\n"
+        "    d = pk[0].smc.get_field('peer.diag.info')\n"
+        "    print(json.dumps([len(pk), d[0] if isinstance(d, list) else d, pk[1].smc.get_field('rmbe.ctrl.alert.token')]))\n"
+        "finally:\n"
+        "    cap.close()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    count, diag, token = json.loads(res.stdout)
+    assert count == 2
+    assert int(diag, 0) == 0x03070000
+    assert int(token, 0) == 0xCAFE

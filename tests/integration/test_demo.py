@@ -1,0 +1,23 @@
+"""The README's first command runs this demo: it must show SMC-R traffic, the fallback and its reason."""
+
+from __future__ import annotations
+
+import io
+
+from support.stacks import run
+
+from smctop import demo
+
+
+def test_the_demo_shows_smc_traffic_and_a_reasoned_fallback():
+    out = io.StringIO()
+    d = run(demo.run(3.0, out), timeout=120)
+    text = out.getvalue()
+    assert "connections while traffic ran (smcss -d):" in text
+    table = text.split("connections while traffic ran (smcss -d):")[1].split("link groups")[0]
+    assert table.count(" SMCR ") >= 6  # bulk + 2 rr connections, seen from both ends
+    assert "alpha  client 0x05000000 PEERDECL" in text and "gamma  server 0x03070000 DIFFPREFIX" in text
+    assert "LINK_ACTIVE" in text and "SINGLE" in text
+    assert d.totals["bulk"].verified == 1 and not d.totals["bulk"].errors
+    assert d.totals["rr"].ops > 0 and d.totals["fallback"].modes.get("TCP", 0) == d.totals["fallback"].connections > 0
+    assert d.events["cdc.msg"] > 0 and d.events["conn.fallback"] > 0
