@@ -139,3 +139,12 @@ def test_hostile_clc_bytes_end_the_handshake_cleanly(first, proposal_prefix):
     assert conn_gone or b.host.conns[1].hs in (Hs.FALLBACK, Hs.SMC), "handshake left hanging"
     if app is not None and app.failed:
         assert "CLC" in app.failed or "malformed" in app.failed or "unexpected" in app.failed
+
+
+def test_the_state_diagrams_in_the_docs_are_drawn_from_these_tables():
+    from pathlib import Path
+
+    from stack.core.states import markdown
+
+    doc = Path(__file__).parent.parent.parent / "docs" / "states.md"
+    assert doc.read_text() == markdown(), "docs/states.md is stale: python -m stack.core.states > docs/states.md"
