@@ -35,6 +35,8 @@ class Totals:
     errors: list[str] = field(default_factory=list)
     verified: int = 0
     connections: int = 0
+    first_contacts: int = 0
+    link_groups: set[str] = field(default_factory=set)
 
     def count_conn(self, info: dict | None) -> None:
         self.connections += 1
@@ -42,6 +44,9 @@ class Totals:
         self.modes[info["mode"]] = self.modes.get(info["mode"], 0) + 1
         if info.get("mode") == "SMCR":
             self.versions[info.get("version", 0)] = self.versions.get(info.get("version", 0), 0) + 1
+            self.first_contacts += bool(info.get("first_contact"))
+            if info.get("lgr"):
+                self.link_groups.add(info["lgr"])
         if info.get("fallback_reason"):
             key = info.get("fallback_reason_text") or f"0x{info['fallback_reason']:08x}"
             self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
@@ -52,6 +57,7 @@ class Totals:
         out = {
             "mode": mode, "seconds": round(elapsed, 3), "connections": self.connections, "modes": self.modes,
             "versions": {str(k): v for k, v in self.versions.items()}, "fallbacks": self.fallbacks,
+            "first_contacts": self.first_contacts, "link_groups": sorted(self.link_groups),
             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
             "throughput_mbs": round((self.bytes_sent + self.bytes_received) / elapsed / 1e6, 3),
             "ops": self.ops, "ops_per_s": round(self.ops / elapsed, 1), "verified": self.verified, "errors": self.errors,

@@ -97,6 +97,17 @@ def test_two_hundred_connections_share_one_link_group():
     assert not after["conns"] and after["lgrs"][0]["conns"] == 0  # all closed, the link group stays for reuse
 
 
+def test_two_hundred_connections_share_one_link_group_across_two_processes():
+    ca, sa = addrs()
+    server = TrafficServer(sa, "--count", "200")
+    rc, rep, err = traffic_client(sa, ca, "--mode", "rr", "--connections", "200", "--count", "2", "--size", "100")
+    srep = server.report()
+    assert rc == 0, err
+    assert rep["modes"] == {"SMCR": 200} and rep["ops"] == 400 and rep["verified"] == 200
+    assert rep["first_contacts"] == 1 and len(rep["link_groups"]) == 1
+    assert srep["first_contacts"] == 1 and len(srep["link_groups"]) == 1 and srep["modes"] == {"SMCR": 200}
+
+
 async def _pair_conn(a, b, sa, server_cb):
     await b.start_server(server_cb, sa, 5000)
     return await a.open_connection(sa, 5000)
