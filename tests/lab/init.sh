@@ -24,7 +24,9 @@ if [ -n "$SHARE" ]; then
     mount -t 9p -o $O share /newroot$SHARE || { echo "LAB_INIT_FAILED: share"; poweroff -f; }
 fi
 umount /proc /sys /dev
-for f in proc:proc sysfs:sys devtmpfs:dev tmpfs:tmp tmpfs:run; do
+# No tmpfs on /tmp: the overlay root is writable already, and a checkout (with its run
+# shares) may live under the host's /tmp, which a fresh tmpfs would hide.
+for f in proc:proc sysfs:sys devtmpfs:dev tmpfs:run; do
     mount -t ${f%%:*} ${f%%:*} /newroot/${f#*:}
 done
 # Power off however run.sh ends (sysrq: no init system to ask).
