@@ -8,6 +8,7 @@ request/response). Results carry bytes, latencies, connection modes and fallback
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,21 @@ def _pct(sorted_values: list[float], p: float) -> float:
     return sorted_values[k]
 
 
+@contextlib.asynccontextmanager
+async def _session(writer, totals: Totals):
+    """Record what went wrong on a connection as an error of the run, and always close it."""
+    try:
+        yield
+    except (asyncio.IncompleteReadError, ConnectionError, TrafficError) as e:
+        totals.errors.append(f"{type(e).__name__}: {e}")
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass
+
+
 def _smc_info(writer) -> dict | None:
     try:
         return writer.get_extra_info("smc")
@@ -122,7 +138,7 @@ async def _recv_bulk(reader, pattern: Pattern, totals: Totals) -> tuple[bool, in
 async def serve(reader, writer, totals: Totals) -> None:
     """Handle one client connection until it ends; errors are recorded, not raised."""
     totals.count_conn(_smc_info(writer))
-    try:
+    async with _session(writer, totals):
         hdr = Header.decode(await reader.readexactly(HEADER.size))
         if hdr.mode == BULK:
             deadline = time.monotonic() + hdr.duration_ms / 1000 if hdr.duration_ms and not hdr.total else None
@@ -154,14 +170,6 @@ async def serve(reader, writer, totals: Totals) -> None:
         await writer.drain()
         writer.write_eof()
         await reader.read()
-    except (asyncio.IncompleteReadError, ConnectionError, TrafficError) as e:
-        totals.errors.append(f"{type(e).__name__}: {e}")
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 # ------------------------------------------------------------------ client
@@ -172,7 +180,7 @@ async def bulk(open_conn: Opener, totals: Totals, *, direction: int, total: int,
     reader, writer = await open_conn()
     totals.connect_times.append(time.monotonic() - t0)
     totals.count_conn(_smc_info(writer))
-    try:
+    async with _session(writer, totals):
         writer.write(Header(BULK, direction, 0, total, seed, 0 if total else int(duration * 1000)).encode())
         deadline = time.monotonic() + duration if duration and not total else None
         send = None
@@ -192,14 +200,6 @@ async def bulk(open_conn: Opener, totals: Totals, *, direction: int, total: int,
         totals.verified += 1
         writer.write_eof()
         await reader.read()
-    except (asyncio.IncompleteReadError, ConnectionError, TrafficError) as e:
-        totals.errors.append(f"{type(e).__name__}: {e}")
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 async def _rr_once(reader, writer, size: int, totals: Totals, request: bytes) -> None:
@@ -230,7 +230,7 @@ async def rr(open_conn: Opener, totals: Totals, *, size: int, duration: float, c
     totals.connect_times.append(time.monotonic() - t0)
     totals.count_conn(_smc_info(writer))
     request = Pattern(seed).next(size).tobytes()
-    try:
+    async with _session(writer, totals):
         writer.write(Header(RR, UP, size, 0, seed).encode())
         deadline = time.monotonic() + duration
         done = 0
@@ -239,14 +239,6 @@ async def rr(open_conn: Opener, totals: Totals, *, size: int, duration: float, c
             done += 1
         await _rr_end(reader, writer)
         totals.verified += 1
-    except (asyncio.IncompleteReadError, ConnectionError, TrafficError) as e:
-        totals.errors.append(f"{type(e).__name__}: {e}")
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 async def crr(open_conn: Opener, totals: Totals, *, size: int, duration: float, count: int, seed: int) -> None:
@@ -254,27 +246,18 @@ async def crr(open_conn: Opener, totals: Totals, *, size: int, duration: float, 
     deadline = time.monotonic() + duration
     done = 0
     while (count and done < count) or (not count and time.monotonic() < deadline):
+        done += 1
         t0 = time.perf_counter()
         try:
             reader, writer = await open_conn()
         except (ConnectionError, OSError) as e:
             totals.errors.append(f"connect: {e}")
-            done += 1
             continue
         totals.connect_times.append(time.perf_counter() - t0)
         totals.count_conn(_smc_info(writer))
-        try:
+        async with _session(writer, totals):
             writer.write(Header(RR, UP, size, 0, seed).encode())
             await _rr_once(reader, writer, size, totals, request)
             totals.latencies[-1] = time.perf_counter() - t0  # connect + request + response
             await _rr_end(reader, writer)
             totals.verified += 1
-        except (asyncio.IncompleteReadError, ConnectionError, TrafficError) as e:
-            totals.errors.append(f"{type(e).__name__}: {e}")
-        finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except ConnectionError:
-                pass
-        done += 1
