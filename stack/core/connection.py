@@ -57,8 +57,7 @@ class SmcConnection:
         self.peer_token = 0
         self.rmb = None
         self.sndbuf = None
-        self.peer_rkey = 0
-        self.peer_vaddr = 0
+        self.peer_rtoken: dict[int, tuple[int, int]] = {}  # link id -> the peer RMB's (rkey, address) on it
         self.peer_size = 0
         # transmit side (sndbuf cursors, producer cursor in the peer's RMB)
         self.tx_prep = Cursor()
@@ -67,8 +66,10 @@ class SmcConnection:
         self.tx_prod = Cursor()
         self.tx_prod_fin = Cursor()
         self.peer_rmbe_space = 0
+        self.tx_prod_max = Cursor()  # the furthest producer cursor ever announced
         self.tx_seq = 0
         self.tx_seq_fin = 0
+        self.tx_epoch = 0  # counts link switches: CDC completions from an older link are stale
         self.write_blocked = False
         # receive side
         self.rx_prod = Cursor()  # the peer's producer cursor: how far it wrote into our RMB
@@ -286,6 +287,8 @@ class SmcConnection:
         """At most two WRITEs, split where the peer's ring wraps; each source may wrap in the sndbuf."""
         dst = self.tx_prod.count
         src = self.tx_sent.count
+        lkey_handle = self.sndbuf.on(self.link.device).handle
+        rkey, vaddr = self.peer_rtoken[self.link.link_id]
         chunks = [(dst, min(n, self.peer_size - dst))]
         if chunks[0][1] < n:
             chunks.append((0, n - chunks[0][1]))
@@ -294,12 +297,12 @@ class SmcConnection:
             left = length
             while left:
                 take = min(left, self.sndbuf_size - src)
-                sges.append((self.sndbuf.handle, src, take))
+                sges.append((lkey_handle, src, take))
                 src = (src + take) % self.sndbuf_size
                 left -= take
-            self.link.post_write(sges, self.peer_vaddr + dst_off, self.peer_rkey)
+            self.link.post_write(sges, vaddr + dst_off, rkey, now)
             if self.host.bus_active:
-                self.emit(now, "rdma.write", offset=dst_off, length=length, rkey=self.peer_rkey)
+                self.emit(now, "rdma.write", offset=dst_off, length=length, rkey=rkey)
 
     def send_cdc(self, now: float, **flags) -> bool:
         """One CDC with the current producer and consumer cursors (and flags)."""
@@ -312,9 +315,12 @@ class SmcConnection:
             peer_done_writing=self.sent["done_writing"], peer_conn_closed=self.sent["closed"],
             peer_conn_abort=self.sent["abort"], **{k: v for k, v in flags.items() if k in _CDC_EXTRA},
         )  # fmt: skip
-        if not self.link.post_cdc(self, msg, (self.tx_sent, self.tx_prod, self.tx_seq)):
+        marks = (self.tx_sent, self.tx_prod, self.tx_seq, self.tx_epoch)
+        if not self.link.post_cdc(msg, lambda ok, t: self.cdc_completed(marks, ok, t), now):
             self.tx_seq = (self.tx_seq - 1) & 0xFFFF  # the kernel rolls back when the post fails
             return False
+        if curs.ahead(self.tx_prod, self.tx_prod_max):
+            self.tx_prod_max = self.tx_prod
         self.cons_confirmed = self.cons
         self.cons_update_requested = False
         self.cdc_sent += 1
@@ -323,11 +329,11 @@ class SmcConnection:
             self.emit(now, "conn.cursor", side="tx", prod=_c(self.tx_prod), cons=_c(self.cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
         return True
 
-    def cdc_completed(self, marks: tuple[Cursor, Cursor, int], ok: bool, now: float) -> None:
+    def cdc_completed(self, marks: tuple[Cursor, Cursor, int, int], ok: bool, now: float) -> None:
         """The send of a CDC completed: release the sndbuf up to what it announced."""
-        if not ok:
-            return
-        sent, prod, seq = marks
+        sent, prod, seq, epoch = marks
+        if not ok or epoch != self.tx_epoch:
+            return  # failed, or from a link we left: what it carried is being sent again
         if curs.ahead(sent, self.tx_fin):
             self.tx_fin = sent
             self.tx_prod_fin = prod
@@ -369,12 +375,14 @@ class SmcConnection:
             self.bytes_to_rcv += new_data
         freed = 0
         if curs.ahead(msg.cons, self.rx_cons):
-            freed = curs.diff(self.rx_cons, msg.cons, self.peer_size)
-            if curs.ahead(msg.cons, self.tx_prod):
-                self.violation(now, f"consumer cursor {_c(msg.cons)} is beyond what we wrote ({_c(self.tx_prod)})")
+            if curs.ahead(msg.cons, self.tx_prod_max):
+                self.violation(now, f"consumer cursor {_c(msg.cons)} is beyond what we wrote ({_c(self.tx_prod_max)})")
                 return
+            if curs.ahead(msg.cons, self.tx_prod):
+                self._skip_consumed(msg.cons)
+            freed = curs.diff(self.rx_cons, msg.cons, self.peer_size)
             self.rx_cons = msg.cons
-            self.peer_rmbe_space += freed
+            self.peer_rmbe_space = self.peer_size - curs.diff(self.rx_cons, self.tx_prod, self.peer_size)
         self.peer_write_blocked = msg.write_blocked
         self.cons_update_requested = self.cons_update_requested or msg.cons_curs_upd_req
         if self.host.bus_active and (new_data or freed):
@@ -400,6 +408,49 @@ class SmcConnection:
             self.peer_done_writing = True
             self.input("peer_done_writing", now)
             self.host.io.conn_readable(self.id)
+
+    # ------------------------------------------------------------------ failover
+
+    def switch_link(self, to, now: float, on_validated) -> bool:
+        """smc_switch_cursor: continue on link ``to``. What the old link may not have
+        delivered is written again: the send cursor goes back to the last completed CDC
+        (skipping forward what the peer has already read), a failover-validation CDC
+        carries the last completed sequence number, then data and cursors follow.
+        Returns True when the validation CDC went out."""
+        self.link = to
+        self.tx_epoch += 1
+        if self.mode != "SMCR" or self.state == SmcState.CLOSED:
+            return False
+        if to.link_id not in self.peer_rtoken:
+            self.abort(now, f"failover to link {to.link_id}: the peer never gave its RMB key on that link")
+            return False
+        rewound = curs.diff(self.tx_fin, self.tx_sent, self.sndbuf_size)
+        self.tx_sent, self.tx_prod = self.tx_fin, self.tx_prod_fin
+        if curs.ahead(self.rx_cons, self.tx_prod):
+            rewound -= self._skip_consumed(self.rx_cons)
+        self.peer_rmbe_space = self.peer_size - curs.diff(self.rx_cons, self.tx_prod, self.peer_size)
+        self.bytes_sent -= rewound
+        if self.host.bus_active:
+            self.emit(now, "conn.cursor", side="tx", cause="failover", rewound=rewound, prod=_c(self.tx_prod), sent=_c(self.tx_sent),
+                      fin=_c(self.tx_fin), peer_rmbe_space=self.peer_rmbe_space)  # fmt: skip
+        validation = CdcMessage(seqno=self.tx_seq_fin, token=self.peer_token, prod=Cursor(), cons=Cursor(), failover_validation=True)
+        if not to.post_cdc(validation, on_validated, now):
+            return False
+        if self.host.bus_active:
+            self.emit(now, "cdc.msg", dir="tx", **_cdc_fields(validation))
+        seq = self.tx_seq
+        self.tx_step(now)
+        if self.tx_seq == seq:  # nothing to write: still re-announce cursors and close flags the old link may have lost
+            self.send_cdc(now)
+        return True
+
+    def _skip_consumed(self, cons: Cursor) -> int:
+        """The peer read beyond our producer cursor (a CDC whose completion we never saw
+        reached it): skip what it read instead of writing it again."""
+        skip = curs.diff(self.tx_prod, cons, self.peer_size)
+        self.tx_prod = cons
+        self.tx_sent = curs.add(self.tx_sent, skip, self.sndbuf_size)
+        return skip
 
     def violation(self, now: float, what: str) -> None:
         """The peer broke the protocol: abort, as the kernel does."""

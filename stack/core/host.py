@@ -24,9 +24,11 @@ from stack.wire.clc import ClcError
 from stack.wire.codes import LgrRole, LgrType, LinkState, SmcState
 
 from . import handshake as hsk
+from .buffers import RegisteredBuffer
 from .config import SmcConfig
 from .connection import SmcConnection
 from .linkgroup import DEL_PROG_INIT_TERM, Link, LinkGroup
+from .llcflows import _confirm_link_response
 from .ports import DeviceInfo, HostIO
 from .states import HS_TABLE, Hs, ProtocolError, step
 
@@ -47,6 +49,7 @@ class SmcHost:
         self.conns: dict[int, SmcConnection] = {}
         self.lgrs: list[LinkGroup] = []
         self.links_by_qp: dict[int, Link] = {}
+        self.dying_lgrs: dict[int, LinkGroup] = {}
         self._lgr_seq = self.rng.getrandbits(16) << 8
         self._token_seq = self.rng.getrandbits(24)
         self._first_contact: dict[bytes, SmcConnection] = {}  # peer id -> the handshake creating its link group
@@ -67,8 +70,28 @@ class SmcHost:
     def device(self) -> DeviceInfo | None:
         return next((d for d in self.devices if d.up), None)
 
+    def device_info(self, name: str) -> DeviceInfo | None:
+        return next((d for d in self.devices if d.name == name), None)
+
+    def alt_device(self, lgr: LinkGroup) -> DeviceInfo | None:
+        """A device for another link of ``lgr``: up, and not used by its symmetric links
+        (the kernel's alternate RoCE device; we have no PNET ids, every device qualifies)."""
+        used = {link.device for link in lgr.usable_links() if not link.asym}
+        return next((d for d in self.devices if d.up and d.name not in used), None)
+
     def set_device_state(self, name: str, up: bool) -> None:
         self.devices = [DeviceInfo(d.name, d.gid, d.mac, d.mtu, up) if d.name == name else d for d in self.devices]
+
+    def port_event(self, name: str, up: bool, now: float) -> None:
+        """A device port went down (its links fail over) or came back (links are added again)."""
+        self.set_device_state(name, up)
+        self.emit(now, "link.event", event="port_up" if up else "port_down", device=name)
+        for lgr in list(self.lgrs):
+            if up:
+                lgr.want_link(now, f"port up on {name}")
+            else:
+                for link in [l for l in lgr.links.values() if l.device == name and l.usable]:
+                    lgr.link_down(link, now, f"port down on {name}")
 
     # ---------------------------------------------------------------- starting connections
 
@@ -196,7 +219,7 @@ class SmcHost:
         conn.first_contact = True
         self._first_contact[p.peer_id] = conn
         conn.lgr = lgr
-        link = self._new_link(lgr, device, lgr.next_link_id(), now)
+        link = self.new_link(lgr, device, lgr.next_link_id(), now)
         if link is None:
             self._decline_and_fallback(conn, hsk.MEM, now)
             return
@@ -228,9 +251,10 @@ class SmcHost:
         fce = None
         if conn.version >= 2 and conn.first_contact:
             fce = clc.FirstContactExt(True, clc.OS_LINUX, choice.release, clc.make_hostname(self.name), choice.max_conns, choice.max_links)
+        rmb = conn.rmb.on(link.device)
         accept = clc.Accept(
-            self.peer_id, link.qp.gid, link.qp.mac, link.qp.qpn, conn.rmb.rkey, conn.token,
-            clc.rmbe_size_compress(conn.rmb.size), link.qp.mtu, conn.rmb.addr, link.qp.psn,
+            self.peer_id, link.qp.gid, link.qp.mac, link.qp.qpn, rmb.rkey, conn.token,
+            clc.rmbe_size_compress(conn.rmb.size), link.qp.mtu, rmb.addr, link.qp.psn,
             conn.first_contact, conn.version, eid=choice.eid if conn.version >= 2 else bytes(32), fce=fce,
         )  # fmt: skip
         conn.accept = accept
@@ -238,13 +262,14 @@ class SmcHost:
         self.io.arm_timer(("clc", conn.id), now + self.config.timeouts.clc_wait)
 
     def _server_confirm(self, conn: SmcConnection, c: clc.Confirm, now: float) -> None:
-        reason = hsk.check_confirm(conn.choice, c)
+        reason = hsk.check_confirm(conn.choice, c) or (hsk.ERR_RDYLNK if conn.lgr is None or conn.lgr.terminated else 0)
         if reason:
             self._hs(conn, "confirm", now, lambda g: g == "decline_confirm")
             self._decline(conn, reason, now)
             self._fallback(conn, reason, 0, b"", now)
             return
-        self._adopt_peer_buffer(conn, c)
+        if not self._adopt_peer_buffer(conn, c, now):
+            return
         if not conn.first_contact:
             self._hs(conn, "confirm", now)
             self._established(conn, now)
@@ -269,6 +294,7 @@ class SmcHost:
         lgr.link_confirmed(link, now)
         self._hs(conn, "confirm_link_resp", now)
         self._established(conn, now)
+        lgr.want_link(now, "first contact")  # the server tries for a second link at once
 
     # ---------------------------------------------------------------- client
 
@@ -291,9 +317,8 @@ class SmcHost:
                 self._fallback(conn, hsk.SYNCERR, 0, b"", now)
                 return
             conn.lgr, conn.link = lgr, link
-            if not self._attach_buffers(conn, now):
+            if not self._attach_buffers(conn, now) or not self._adopt_peer_buffer(conn, a, now):
                 return
-            self._adopt_peer_buffer(conn, a)
             self._hs(conn, "accept", now)
             lgr.confirm_rkey(conn, now, lambda ok, t: self._rkey_done(conn, ok, t))
             return
@@ -306,14 +331,13 @@ class SmcHost:
             lgr.peer_host = fce.hostname.decode("ascii", "replace").strip()
             lgr.peer_os, lgr.peer_release = fce.os_type, fce.release
         conn.lgr = lgr
-        link = self._new_link(lgr, device, 0, now)  # the server names the link in CONFIRM LINK
+        link = self.new_link(lgr, device, 0, now)  # the server names the link in CONFIRM LINK
         if link is None:
             self._decline_and_fallback(conn, hsk.MEM, now)
             return
         conn.link = link
-        if not self._attach_buffers(conn, now):
+        if not self._attach_buffers(conn, now) or not self._adopt_peer_buffer(conn, a, now):
             return
-        self._adopt_peer_buffer(conn, a)
         link.peer_qpn, link.peer_psn, link.peer_gid, link.peer_mac = a.qpn, a.psn, a.gid, a.mac
         link.mtu = min(link.qp.mtu, a.qp_mtu)
         self.io.qp_to_rtr(link.qp.handle, a.qpn, a.psn, a.gid, link.mtu)
@@ -328,9 +352,10 @@ class SmcHost:
             fce = clc.FirstContactExt(True, clc.OS_LINUX, a.fce.release, clc.make_hostname(self.name), a.fce.max_conns,
                                       a.fce.max_links, a.fce.feature_mask)  # fmt: skip
             gids = (link.qp.gid,)
+        rmb = conn.rmb.on(link.device)
         confirm = clc.Confirm(
-            self.peer_id, link.qp.gid, link.qp.mac, link.qp.qpn, conn.rmb.rkey, conn.token,
-            clc.rmbe_size_compress(conn.rmb.size), link.mtu, conn.rmb.addr, link.qp.psn, conn.first_contact,
+            self.peer_id, link.qp.gid, link.qp.mac, link.qp.qpn, rmb.rkey, conn.token,
+            clc.rmbe_size_compress(conn.rmb.size), link.mtu, rmb.addr, link.qp.psn, conn.first_contact,
             conn.version, eid=a.eid if conn.version >= 2 else bytes(32), fce=fce, gids=gids,
         )  # fmt: skip
         self._send_clc(conn, confirm, now)
@@ -343,16 +368,9 @@ class SmcHost:
             self._decline_and_fallback(conn, hsk.RMBE_EC, now)
             return
         self.io.qp_to_rts(link.qp.handle)
-        del lgr.links[link.link_id]
-        link.link_id = msg.link_num
-        link.link_uid = ((lgr.lgr_id + msg.link_num) & 0xFFFFFFFF).to_bytes(4, "big")
-        lgr.links[msg.link_num] = link
+        lgr.rename_link(link, msg.link_num)
         link.peer_link_uid = msg.link_uid
-        link.post_llc(
-            type(msg)(version=msg.version, response=True, mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn,
-                      link_num=msg.link_num, link_uid=link.link_uid, max_links=lgr.max_links,
-                      max_conns=lgr.max_conns if lgr.version >= 2 else 0), now,
-        )  # fmt: skip
+        link.post_llc(_confirm_link_response(lgr, link, msg), now)
         lgr.link_confirmed(link, now)
         self._hs(conn, "confirm_link", now)
         self._established(conn, now)
@@ -371,7 +389,7 @@ class SmcHost:
                  peer_id=peer_id.hex(), max_conns=max_conns, max_links=max_links, crit=True)  # fmt: skip
         return lgr
 
-    def _new_link(self, lgr: LinkGroup, device: DeviceInfo | None, link_id: int, now: float) -> Link | None:
+    def new_link(self, lgr: LinkGroup, device: DeviceInfo | None, link_id: int, now: float) -> Link | None:
         if device is None:
             return None
         try:
@@ -401,6 +419,10 @@ class SmcHost:
             for link in lgr.active_links():
                 if link.peer_qpn == a.qpn and link.peer_gid == a.gid and (a.version >= 2 or link.peer_mac == a.mac):
                     return lgr, link
+            if a.qpn in lgr.retired_peer_qpns and lgr.active_links():
+                # the server chose a link that failed while its Accept was on the way: not
+                # out of sync, the connection simply starts on a surviving link
+                return lgr, lgr.active_links()[0]
         return None, None
 
     def _balance(self, lgr: LinkGroup) -> Link:
@@ -415,11 +437,12 @@ class SmcHost:
                 return self._token_seq
 
     def _attach_buffers(self, conn: SmcConnection, now: float) -> bool:
-        device = conn.link.qp.device
+        device = conn.link.device
         try:
             rmb_size = clc.rmbe_size_bytes(clc.rmbe_size_compress(self.config.rmb_size))
-            conn.rmb = self.io.reg_mr(device, rmb_size, True)
-            conn.sndbuf = self.io.reg_mr(device, self.config.sndbuf_size, False)
+            conn.rmb = RegisteredBuffer(self.io, device, rmb_size, True)
+            conn.sndbuf = RegisteredBuffer(self.io, device, self.config.sndbuf_size, False)
+            conn.lgr.map_buffers(conn)  # and on the devices of the group's other links
         except OSError as e:
             conn.error = f"buffer registration failed: {e}"
             self._decline_and_fallback(conn, hsk.ERR_REGBUF, now)
@@ -428,12 +451,18 @@ class SmcHost:
         conn.lgr.conns[conn.token] = conn
         return True
 
-    def _adopt_peer_buffer(self, conn: SmcConnection, msg) -> None:
+    def _adopt_peer_buffer(self, conn: SmcConnection, msg, now: float) -> bool:
+        """The peer's RMB from its Accept or Confirm: its rkey is for the connection's link;
+        CONFIRM RKEY (or ADD LINK) told us, or will tell us, its keys on the other links."""
+        row = conn.lgr.rtoken_add(conn.link.link_id, msg.rmb_rkey, msg.rmb_vaddr)
+        if row is None:
+            self._decline_and_fallback(conn, hsk.ERR_RTOK, now)
+            return False
+        conn.peer_rtoken = row
         conn.peer_token = msg.rmbe_alert_token
-        conn.peer_rkey = msg.rmb_rkey
-        conn.peer_vaddr = msg.rmb_vaddr
         conn.peer_size = clc.rmbe_size_bytes(msg.rmbe_size)
         conn.peer_rmbe_space = conn.peer_size
+        return True
 
     def _first_contact_over(self, conn: SmcConnection, now: float) -> None:
         """The handshake that was creating a link group finished: the Proposals that waited go on."""
@@ -521,9 +550,9 @@ class SmcHost:
         lgr = conn.lgr
         if lgr is not None:
             lgr.conns.pop(conn.token, None)
-        for mr in (conn.rmb, conn.sndbuf):
-            if mr is not None:
-                self.io.dereg_mr(mr.handle)
+        for buf in (conn.rmb, conn.sndbuf):
+            if buf is not None:
+                buf.release()
         conn.rmb = conn.sndbuf = None
         if lgr is not None and conn.first_contact and not lgr.conns:
             lgr.terminate(now, DEL_PROG_INIT_TERM, "first contact did not complete", notify_peer=False)
@@ -536,14 +565,14 @@ class SmcHost:
         self.io.cancel_timer(("flush", conn.id))
         lgr, rmb = conn.lgr, conn.rmb
         if conn.mode == "SMCR" and lgr is not None:
-            lgr.conns.pop(conn.token, None)
             if conn.sndbuf is not None:
-                self.io.dereg_mr(conn.sndbuf.handle)
+                conn.sndbuf.release()
                 conn.sndbuf = None
-            if rmb is not None and not lgr.terminated and conn.link is not None and conn.link.state == LinkState.ACTIVE:
-                lgr.delete_rkey(rmb.rkey, conn.link, now, lambda t: self.io.dereg_mr(rmb.handle))
+            if rmb is not None and not lgr.terminated and lgr.active_links():
+                lgr.delete_rkey(conn, now, lambda t: rmb.release())  # the RMB stays mapped until the peer forgot it
             elif rmb is not None:
-                self.io.dereg_mr(rmb.handle)
+                rmb.release()
+            lgr.conns.pop(conn.token, None)
             conn.rmb = None
             if not lgr.conns and not lgr.terminated:
                 self.io.arm_timer(("lgr_idle", lgr.lgr_id), now + self.config.timeouts.lgr_idle + (10 if lgr.role == LgrRole.CLIENT else 0))
@@ -565,10 +594,8 @@ class SmcHost:
     def lgr_terminated(self, lgr: LinkGroup, now: float) -> None:
         if lgr in self.lgrs:
             self.lgrs.remove(lgr)
+        self.dying_lgrs[lgr.lgr_id] = lgr  # until its last DELETE LINK has left
         self.io.cancel_timer(("lgr_idle", lgr.lgr_id))
-        for link in lgr.links.values():
-            self.links_by_qp.pop(link.qp.handle, None)
-            self.io.destroy_qp(link.qp.handle)
 
     # ---------------------------------------------------------------- RDMA and timers
 
@@ -602,6 +629,10 @@ class SmcHost:
             conn = self.conns.get(key[1])
             if conn is not None:
                 conn.flush_timeout(now)
+        elif kind == "lgr_free":
+            lgr = self.dying_lgrs.get(key[1])
+            if lgr is not None:
+                lgr.free_qps(now)
         else:
             lgr = next((g for g in self.lgrs if g.lgr_id == key[1]), None)
             if lgr is None:
@@ -612,8 +643,20 @@ class SmcHost:
                 lgr.test_link_timer(key[2], now)
             elif kind == "testlink_resp":
                 lgr.test_link_expired(key[2], now)
+            elif kind == "linkdown" and key[2] in lgr.links:
+                lgr.link_down(lgr.links[key[2]], now, "the QP refused a work request")
             elif kind == "lgr_idle" and not lgr.conns:
                 lgr.terminate(now, DEL_PROG_INIT_TERM, "idle")
+
+    def handshake_lost(self, conn: SmcConnection, now: float, why: str) -> None:
+        """The link group under a handshake ended: decline and fall back to TCP."""
+        if conn.hs not in (Hs.ACCEPT_SENT, Hs.WAIT_CONFIRM_LINK, Hs.WAIT_CONFIRM_LINK_RESP, Hs.WAIT_RKEY):
+            return
+        if conn.hs == Hs.ACCEPT_SENT:  # the client's Confirm is on its way: take it off the wire first
+            return
+        reason = {Hs.WAIT_RKEY: hsk.ERR_REGBUF, Hs.ACCEPT_SENT: hsk.ERR_RDYLNK}.get(conn.hs, hsk.TIMEOUT_CL)
+        self._hs(conn, "link_lost", now)
+        self._decline_and_fallback(conn, reason, now)
 
     def _clc_timeout(self, conn: SmcConnection, now: float) -> None:
         if conn.hs in (Hs.WAIT_CONFIRM_LINK, Hs.WAIT_CONFIRM_LINK_RESP, Hs.WAIT_RKEY):

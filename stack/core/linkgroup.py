@@ -1,12 +1,18 @@
-"""Link groups and links: QPs between two peers, the LLC flows that manage them, and
-the send-queue accounting every CDC and RDMA WRITE goes through.
+"""Link groups and links: QPs between two peers, the LLC flows that manage them, the
+send-queue accounting every CDC and RDMA WRITE goes through, and failover.
 
-LLC flows follow ``net/smc/smc_llc.c``: one local flow at a time per link group (the
-rest wait in order); requests from the peer are answered at once. The server drives link
-management: it sends CONFIRM LINK on a new link; the client answers. TEST LINK keeps an
-idle link honest: no message within the interval -> TEST LINK request -> no response
-within 2 s -> the link is down. A link group whose last link goes down is terminated and
-every connection on it aborts.
+LLC flows follow ``net/smc/smc_llc.c``: one local flow at a time per link group holds
+the flow slot (the rest wait in order); rkey and TEST LINK requests from the peer are
+answered at once. ADD LINK and DELETE LINK processing take the slot on both sides, so no
+CONFIRM RKEY runs while a link is being added (``llcflows`` has the flows). The server
+drives link management; the client invites (v1) or requests (v2) a link and reports
+lost ones.
+
+A link that fails (QP error, port down, TEST LINK unanswered, or the peer's DELETE LINK)
+goes INACTIVE and its QP is destroyed at once, so nothing it still had in flight can land
+later. Its connections switch to a surviving link, rewind their send cursors and send a
+failover-validation CDC (``SmcConnection.switch_link``); with no link left the group is
+terminated and every connection aborts.
 """
 
 from __future__ import annotations
@@ -26,12 +32,17 @@ from .states import LINK_TABLE, step
 if TYPE_CHECKING:
     from .connection import SmcConnection
     from .host import SmcHost
+    from .llcflows import LlcFlow
 
 DEL_LOST_PATH = 0x00010000
+DEL_OP_INIT_TERM = 0x00020000
 DEL_PROG_INIT_TERM = 0x00030000
 DEL_PROT_VIOL = 0x00040000
+DEL_NO_ASYM_NEEDED = 0x00050000
 DEL_NOLNK = 0x00100000
 LLC_RESERVE = 4  # send-queue slots kept for CDCs and LLC messages without data
+RTOKENS_MAX = 255  # SMC_RMBS_PER_LGR_MAX: peer RMBs one link group can address
+ASYMMETRIC = (LgrType.ASYMMETRIC_PEER, LgrType.ASYMMETRIC_LOCAL)
 
 
 class Link:
@@ -47,6 +58,8 @@ class Link:
         self.mtu = qp.mtu
         self.link_uid = b"\0\0\0\0"
         self.peer_link_uid = b"\0\0\0\0"
+        self.asym = False  # an asymmetric link: one side has only one device for both links
+        self.qp_alive = True
         self.sq_used = 0
         self.unsignaled = 0
         self.wr_seq = 0
@@ -62,6 +75,14 @@ class Link:
     def host(self) -> "SmcHost":
         return self.lgr.host
 
+    @property
+    def device(self) -> str:
+        return self.qp.device
+
+    @property
+    def usable(self) -> bool:
+        return self.state in (LinkState.ACTIVATING, LinkState.ACTIVE) and self.qp_alive
+
     def set_state(self, event: str, now: float) -> None:
         rule = step("link", LINK_TABLE, self.state, event)
         if rule.next is not None and rule.next != self.state:
@@ -71,7 +92,7 @@ class Link:
     def info(self) -> dict:
         return {
             "id": self.link_id, "state": self.state.smc_tools_name, "device": self.qp.device, "qpn": self.qp.qpn,
-            "peer_qpn": self.peer_qpn, "gid": _gid(self.qp.gid), "peer_gid": _gid(self.peer_gid),
+            "peer_qpn": self.peer_qpn, "gid": _gid(self.qp.gid), "peer_gid": _gid(self.peer_gid), "asym": self.asym,
             "link_uid": self.link_uid.hex(), "peer_link_uid": self.peer_link_uid.hex(), "conns": sum(1 for c in self.lgr.conns.values() if c.link is self),
             "mtu": self.mtu, "sq_used": self.sq_used,
         }  # fmt: skip
@@ -85,36 +106,47 @@ class Link:
         if conn not in self.waiting:
             self.waiting.append(conn)
 
-    def _signaled(self, payload: bytes, on_done: Callable[[bool, float], None] | None) -> bool:
-        if self.state == LinkState.UNUSED:
+    def _signaled(self, payload: bytes, on_done: Callable[[bool, float], None] | None, now: float) -> bool:
+        if not self.qp_alive or (self.state == LinkState.UNUSED and not self.lgr.terminated):
             return False
         if self.backlog or self.sq_used >= self.host.config.send_queue:
             self.backlog.append((payload, on_done))
             return True
-        return self._post_signaled(payload, on_done)
+        return self._post_signaled(payload, on_done, now)
 
-    def _post_signaled(self, payload: bytes, on_done: Callable[[bool, float], None] | None) -> bool:
+    def _post_signaled(self, payload: bytes, on_done: Callable[[bool, float], None] | None, now: float) -> bool:
         self.wr_seq += 1
         wr_id = self.wr_seq
         if not self.host.io.post_send(self.qp.handle, wr_id, payload):
+            self._post_failed(now)
             return False
         self.pending[wr_id] = (1 + self.unsignaled, on_done)
         self.sq_used += 1
         self.unsignaled = 0
         return True
 
-    def post_write(self, sges, remote_addr: int, rkey: int) -> None:
+    def post_write(self, sges, remote_addr: int, rkey: int, now: float) -> None:
+        if not self.qp_alive:
+            return
         self.wr_seq += 1
         if self.host.io.post_write(self.qp.handle, self.wr_seq, sges, remote_addr, rkey):
             self.sq_used += 1
             self.unsignaled += 1
+        else:
+            self._post_failed(now)
 
-    def post_cdc(self, conn: "SmcConnection", msg: cdc.CdcMessage, marks) -> bool:
-        return self._signaled(msg.encode(), lambda ok, now: conn.cdc_completed(marks, ok, now))
+    def _post_failed(self, now: float) -> None:
+        """A QP that refuses work is broken: the link goes down, from a timer (never in the
+        middle of the send that found out)."""
+        if self.state == LinkState.ACTIVE:
+            self.host.io.arm_timer(("linkdown", self.lgr.lgr_id, self.link_id), now)
 
-    def post_llc(self, msg: llc.LlcMessage, now: float) -> bool:
+    def post_cdc(self, msg: cdc.CdcMessage, on_done: Callable[[bool, float], None], now: float) -> bool:
+        return self._signaled(msg.encode(), on_done, now)
+
+    def post_llc(self, msg: llc.LlcMessage, now: float, on_done: Callable[[bool, float], None] | None = None) -> bool:
         payload = msg.encode(self.lgr.llc_order)
-        ok = self._signaled(payload, None)
+        ok = self._signaled(payload, on_done, now)
         if ok and self.host.bus_active:
             self.lgr.emit(now, "llc.msg", link=self.link_id, dir="tx", **_llc_fields(msg, payload))
         return ok
@@ -124,12 +156,19 @@ class Link:
         self.sq_used -= freed
         if on_done is not None:
             on_done(ok, now)
-        while self.backlog and self.sq_used < self.host.config.send_queue:
+        while self.backlog and self.sq_used < self.host.config.send_queue and self.qp_alive:
             payload, cb = self.backlog.popleft()
-            if not self._post_signaled(payload, cb) and cb is not None:
+            if not self._post_signaled(payload, cb, now) and cb is not None:
                 cb(False, now)
         while self.waiting and self.has_room(3):
             self.waiting.popleft().tx_step(now)
+
+    def drop_sends(self) -> None:
+        """The QP is gone: forget what waited for it (the connections re-send elsewhere)."""
+        self.pending.clear()
+        self.backlog.clear()
+        self.waiting.clear()
+        self.sq_used = self.unsignaled = 0
 
     # ---------------------------------------------------------------- receive
 
@@ -159,16 +198,17 @@ class Link:
 
 
 @dataclass
-class Flow:
-    """A local LLC flow waiting for its response."""
+class Failover:
+    """One link's connections moving to another link, from detection until every
+    validation CDC is acknowledged on the new link."""
 
-    kind: type
-    link: Link
-    msg: llc.LlcMessage
-    timeout: float
-    on_response: Callable[[llc.LlcMessage, float], None]
-    on_timeout: Callable[[float], None]
-    started: bool = False
+    started: float
+    from_link: int
+    to_link: int
+    reason: str
+    waiting: set[int] = field(default_factory=set)
+    moved: int = 0
+    failed: int = 0
 
 
 @dataclass
@@ -187,14 +227,22 @@ class LinkGroup:
     type: LgrType = LgrType.NONE
     terminated: bool = False
     sync_err: bool = False
-    flows: deque[Flow] = field(default_factory=deque)
-    peer_rkeys: dict[int, dict[int, tuple[int, int]]] = field(default_factory=dict)  # peer rkey -> link id -> (rkey, vaddr)
+    flows: deque["LlcFlow"] = field(default_factory=deque)  # local flows waiting for the slot
+    running: "LlcFlow | None" = None  # the flow holding the slot
+    # the peer's RMBs: one row per RMB, link id -> (rkey, address) on that link (lgr->rtokens)
+    rtokens: list[dict[int, tuple[int, int]]] = field(default_factory=list)
+    retired_peer_qpns: set[int] = field(default_factory=set)  # peer QPNs of links that are gone
     negotiated_eid: bytes = b""
     peer_host: str = ""
     peer_os: int = 0
     peer_release: int = 0
     llc_order: str = "little"
     created: float = 0.0
+    link_seq: int = 0
+    failovers: list[Failover] = field(default_factory=list)
+    # links that died while the only other link was being confirmed: their connections
+    # wait for it instead of aborting
+    orphans: list[Link] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -208,11 +256,20 @@ class LinkGroup:
             "id": self.name, "role": self.role.name.lower(), "type": self.type.smc_tools_name, "version": self.version,
             "crit": self.type.critical, "conns": len(self.conns), "max_conns": self.max_conns, "max_links": self.max_links,
             "peer_host": self.peer_host, "peer_id": self.peer_id.hex(), "eid": self.negotiated_eid.rstrip(b" \0").decode("ascii", "replace"),
-            "links": [link.info() for link in self.links.values()],
+            "links": [link.info() for link in self.links.values()], "peer_rmbs": len(self.rtokens),
+            "flow": type(self.running).__name__ if self.running else None,
         }  # fmt: skip
 
     def active_links(self) -> list[Link]:
-        return [l for l in self.links.values() if l.state == LinkState.ACTIVE]
+        return [l for l in self.links.values() if l.state == LinkState.ACTIVE and l.qp_alive]
+
+    def usable_links(self) -> list[Link]:
+        return [l for l in self.links.values() if l.usable]
+
+    def usable_link(self, avoid: Link | None = None) -> Link | None:
+        """The first ACTIVE link (smc_llc_usable_link), other than ``avoid`` when possible."""
+        active = self.active_links()
+        return next((l for l in active if l is not avoid), None)
 
     def set_type(self, new: LgrType, now: float, cause: str) -> None:
         if new != self.type:
@@ -232,24 +289,123 @@ class LinkGroup:
         link.set_state("create", now)
         self.emit(now, "link.event", link=link_id, event="added", qpn=link.qp.qpn, device=link.qp.device)
 
-    def link_confirmed(self, link: Link, now: float) -> None:
-        link.set_state("confirmed", now)
-        link.last_rx = now
-        self.set_type(LgrType.SINGLE if len(self.active_links()) == 1 else LgrType.SYMMETRIC, now, "link confirmed")
-        self._arm_test_link(link, now)
-
-    def link_down(self, link: Link, now: float, reason: str) -> None:
-        """A link failed (QP error, TEST LINK timeout): with no other link the group ends."""
-        if link.state not in (LinkState.ACTIVE, LinkState.ACTIVATING):
-            return
-        link.set_state("down", now)
-        self.emit(now, "link.event", link=link.link_id, event="down", reason=reason)
-        if not self.active_links():
-            self.terminate(now, DEL_LOST_PATH, f"link {link.link_id} down ({reason}) and no other link")
+    def rename_link(self, link: Link, link_id: int) -> None:
+        """The client learns its first link's id from CONFIRM LINK."""
+        old = link.link_id
+        del self.links[old]
+        link.link_id = link_id
+        link.link_uid = ((self.lgr_id + link_id) & 0xFFFFFFFF).to_bytes(4, "big")
+        self.links[link_id] = link
+        for row in self.rtokens:
+            if old in row:
+                row[link_id] = row.pop(old)
 
     def next_link_id(self) -> int:
-        used = set(self.links)
-        return next(i for i in range(1, 256) if i not in used)
+        """Server: link ids count up 1..255, skipping ids in use (smc_next_link_id)."""
+        for _ in range(255):
+            self.link_seq = self.link_seq % 255 + 1
+            if self.link_seq not in self.links:
+                return self.link_seq
+        raise RuntimeError("no free link id")
+
+    def link_confirmed(self, link: Link, now: float, new_type: LgrType = LgrType.SYMMETRIC) -> None:
+        link.set_state("confirmed", now)
+        link.last_rx = now
+        self.set_type(LgrType.SINGLE if len(self.active_links()) == 1 else new_type, now, f"link {link.link_id} confirmed")
+        self._arm_test_link(link, now)
+        self._adopt_orphans(now)
+
+    def _adopt_orphans(self, now: float) -> None:
+        """A link came up after the only other one died: its connections move now and the
+        dead link is deleted as any lost link."""
+        from . import llcflows
+
+        to = self.usable_link()
+        while self.orphans and to is not None:
+            dead = self.orphans.pop(0)
+            self.switch_conns(dead, to, now, "the link it waited for is up")
+            if self.role == LgrRole.SERVER:
+                self.start_flow(llcflows.ServerDeleteLink(self, dead.link_id, DEL_LOST_PATH, orderly=True), now)
+            else:
+                self.start_flow(llcflows.ClientDeleteLink(self, dead.link_id, DEL_LOST_PATH), now)
+
+    def kill_qp(self, link: Link) -> None:
+        """Destroy the link's QP now: nothing it had in flight can land later."""
+        if link.qp_alive:
+            link.qp_alive = False
+            self.host.links_by_qp.pop(link.qp.handle, None)
+            self.host.io.destroy_qp(link.qp.handle)
+            link.drop_sends()
+        self.host.io.cancel_timer(("testlink", self.lgr_id, link.link_id))
+        self.host.io.cancel_timer(("testlink_resp", self.lgr_id, link.link_id))
+
+    def clear_link(self, link: Link, now: float) -> None:
+        """smcr_link_clear: the link and everything keyed by its id are gone."""
+        self.kill_qp(link)
+        if self.links.get(link.link_id) is not link:
+            return
+        link.set_state("clear", now)
+        del self.links[link.link_id]
+        if link.peer_qpn:
+            self.retired_peer_qpns.add(link.peer_qpn)
+        for row in self.rtokens:
+            row.pop(link.link_id, None)
+        self.emit(now, "link.event", link=link.link_id, event="deleted")
+
+    # ---------------------------------------------------------------- buffers and the peer's rtokens
+
+    def map_buffers(self, conn: "SmcConnection") -> None:
+        """Register a new connection's buffers on every device a usable link uses (OSError on failure)."""
+        for device in {l.device for l in self.usable_links()}:
+            conn.rmb.ensure(device)
+            conn.sndbuf.ensure(device)
+
+    def map_all(self, device: str) -> None:
+        """Register every connection's buffers on ``device`` (a new link's)."""
+        for conn in self.conns.values():
+            if conn.rmb is not None:
+                conn.rmb.ensure(device)
+                conn.sndbuf.ensure(device)
+
+    def rkey_triples(self, old: Link, new: Link) -> list[llc.RkeyTriple]:
+        """Each of our RMBs: its rkey on ``old``, its rkey and address on ``new``."""
+        out = []
+        for conn in self.conns.values():
+            if conn.rmb is not None and old.device in conn.rmb.regs and new.device in conn.rmb.regs:
+                on_new = conn.rmb.on(new.device)
+                out.append(llc.RkeyTriple(conn.rmb.on(old.device).rkey, on_new.rkey, on_new.addr))
+        return out
+
+    def rtoken_find(self, link_id: int, rkey: int) -> dict[int, tuple[int, int]] | None:
+        return next((row for row in self.rtokens if row.get(link_id, (None,))[0] == rkey), None)
+
+    def rtoken_add(self, link_id: int, rkey: int, vaddr: int, others=()) -> dict[int, tuple[int, int]] | None:
+        """A peer RMB (CONFIRM RKEY or CLC): its row, or None when the group has no room left."""
+        row = self.rtoken_find(link_id, rkey)
+        if row is None:
+            if len(self.rtokens) >= RTOKENS_MAX:
+                return None
+            row = {}
+            self.rtokens.append(row)
+        row[link_id] = (rkey, vaddr)
+        for t in others:
+            if t.link_id in self.links:
+                row[t.link_id] = (t.rkey, t.vaddr)
+        return row
+
+    def rtoken_set(self, link_id: int, new_link_id: int, triples) -> None:
+        """ADD LINK (CONT): the peer's RMBs on the new link, found by their rkey on ``link_id``."""
+        for t in triples:
+            row = self.rtoken_find(link_id, t.rkey)
+            if row is not None:
+                row[new_link_id] = (t.new_rkey, t.new_vaddr)
+
+    def rtoken_delete(self, link_id: int, rkey: int) -> bool:
+        row = self.rtoken_find(link_id, rkey)
+        if row is None:
+            return False
+        self.rtokens.remove(row)
+        return True
 
     # ---------------------------------------------------------------- TEST LINK
 
@@ -260,7 +416,7 @@ class LinkGroup:
 
     def test_link_timer(self, link_id: int, now: float) -> None:
         link = self.links.get(link_id)
-        if link is None or link.state != LinkState.ACTIVE or self.terminated:
+        if link is None or link.state != LinkState.ACTIVE or not link.qp_alive or self.terminated:
             return
         deadline = link.last_rx + self.host.config.timeouts.test_link
         if deadline > now:  # heard from the peer within the interval: look again then
@@ -276,75 +432,87 @@ class LinkGroup:
             self.emit(now, "link.event", link=link_id, event="test_link_timeout")
             self.link_down(link, now, "TEST LINK not answered")
 
-    # ---------------------------------------------------------------- local flows
+    # ---------------------------------------------------------------- the local flow slot
 
-    def start_flow(self, flow: Flow, now: float) -> None:
-        self.flows.append(flow)
-        if len(self.flows) == 1:
-            self._run_flow(now)
+    def start_flow(self, flow: "LlcFlow", now: float, front: bool = False) -> None:
+        if self.terminated:
+            flow.abandon(now)
+            return
+        if front:
+            self.flows.appendleft(flow)
+        else:
+            self.flows.append(flow)
+        self._run_flows(now)
 
-    def _run_flow(self, now: float) -> None:
-        while self.flows and not self.flows[0].started:
-            flow = self.flows[0]
-            flow.started = True
-            if flow.link.post_llc(flow.msg, now):
-                self.host.io.arm_timer(("llc", self.lgr_id), now + flow.timeout)
-                return
-            self.flows.popleft()
-            flow.on_timeout(now)
+    def _run_flows(self, now: float) -> None:
+        while self.running is None and self.flows and not self.terminated:
+            self.running = self.flows.popleft()
+            self.running.start(now)
 
-    def _finish_flow(self, now: float) -> None:
-        self.host.io.cancel_timer(("llc", self.lgr_id))
-        self.flows.popleft()
-        self._run_flow(now)
+    def flow_done(self, flow: "LlcFlow", now: float) -> None:
+        if self.running is flow:
+            self.host.io.cancel_timer(("llc", self.lgr_id))
+            self.running = None
+            self._run_flows(now)
+
+    def flow_wait(self, seconds: float, now: float) -> None:
+        self.host.io.arm_timer(("llc", self.lgr_id), now + seconds)
 
     def flow_timeout(self, now: float) -> None:
-        if self.flows and self.flows[0].started:
-            flow = self.flows[0]
-            self.emit(now, "link.event", link=flow.link.link_id, event="llc_timeout", flow=type(flow.msg).__name__)
-            self.flows.popleft()
+        flow = self.running
+        if flow is not None:
+            self.emit(now, "link.event", event="llc_timeout", flow=type(flow).__name__, step=flow.step)
             flow.on_timeout(now)
-            self._run_flow(now)
+
+    def has_flow(self, kind: type) -> bool:
+        return isinstance(self.running, kind) or any(isinstance(f, kind) for f in self.flows)
 
     def confirm_rkey(self, conn: "SmcConnection", now: float, done: Callable[[bool, float], None]) -> None:
-        """CONFIRM RKEY for a new connection's RMB on an existing link group."""
-        msg = llc.ConfirmRkey(version=self.llc_version(), rkey=conn.rmb.rkey, vaddr=conn.rmb.addr)
-        self.start_flow(
-            Flow(llc.ConfirmRkey, conn.link, msg, self.host.config.timeouts.llc_wait,
-                 lambda resp, t: done(not resp.negative, t), lambda t: done(False, t)),
-            now,
-        )  # fmt: skip
+        """CONFIRM RKEY for a new connection's RMB: its rkey on the link the message goes
+        over, and (link id, rkey, address) for every other active link."""
+        from .llcflows import RequestFlow
 
-    def delete_rkey(self, rkey: int, link: Link, now: float, done: Callable[[float], None]) -> None:
-        msg = llc.DeleteRkey(version=self.llc_version(), rkeys=(rkey,))
-        self.start_flow(Flow(llc.DeleteRkey, link, msg, self.host.config.timeouts.llc_wait, lambda r, t: done(t), done), now)
+        def build(link: Link) -> llc.LlcMessage:
+            others = tuple(llc.Rtoken(l.link_id, conn.rmb.on(l.device).rkey, conn.rmb.on(l.device).addr)
+                           for l in self.active_links() if l is not link)[:2]  # fmt: skip
+            reg = conn.rmb.on(link.device)
+            return llc.ConfirmRkey(version=self.llc_version(), rkey=reg.rkey, vaddr=reg.addr, others=others)
+
+        self.start_flow(RequestFlow(self, llc.ConfirmRkey, build, lambda resp, t: done(resp is not None and not resp.negative, t),
+                                    prefer=conn.link), now)  # fmt: skip
+
+    def delete_rkey(self, conn: "SmcConnection", now: float, done: Callable[[float], None]) -> None:
+        from .llcflows import RequestFlow
+
+        rmb = conn.rmb
+        self.start_flow(RequestFlow(self, llc.DeleteRkey, lambda link: llc.DeleteRkey(version=self.llc_version(), rkeys=(rmb.on(link.device).rkey,)),
+                                    lambda resp, t: done(t), prefer=conn.link), now)  # fmt: skip
 
     # ---------------------------------------------------------------- incoming LLC
 
     def on_llc(self, link: Link, msg: llc.LlcMessage, now: float) -> None:
-        if msg.response:
-            if isinstance(msg, llc.TestLink):
+        from . import llcflows
+
+        if isinstance(msg, llc.TestLink):
+            if msg.response:
                 link.test_link_outstanding = False
                 self.host.io.cancel_timer(("testlink_resp", self.lgr_id, link.link_id))
                 self._arm_test_link(link, now)
-                return
-            if self.flows and self.flows[0].started and isinstance(msg, self.flows[0].kind):
-                flow = self.flows[0]
-                self._finish_flow(now)
-                flow.on_response(msg, now)
-                return
+            else:
+                link.post_llc(llc.TestLink(version=msg.version, response=True, user_data=msg.user_data), now)
+            return
+        if self.running is not None and self.running.on_llc(link, msg, now):
+            return
+        if msg.response:
             if isinstance(msg, llc.ConfirmLink):
                 self.host.confirm_link_response(self, link, msg, now)
             return  # a response nobody waits for is dropped
-        if isinstance(msg, llc.TestLink):
-            link.post_llc(llc.TestLink(version=msg.version, response=True, user_data=msg.user_data), now)
-        elif isinstance(msg, llc.ConfirmRkey):
-            self.peer_rkeys[msg.rkey] = {link.link_id: (msg.rkey, msg.vaddr), **{t.link_id: (t.rkey, t.vaddr) for t in msg.others}}
-            link.post_llc(llc.ConfirmRkey(version=msg.version, response=True, rkey=msg.rkey, vaddr=msg.vaddr, others=msg.others), now)
+        if isinstance(msg, llc.ConfirmRkey):
+            row = self.rtoken_add(link.link_id, msg.rkey, msg.vaddr, msg.others)
+            link.post_llc(llc.ConfirmRkey(version=msg.version, response=True, rkey=msg.rkey, vaddr=msg.vaddr, others=msg.others,
+                                          negative=row is None, retry=row is None), now)  # fmt: skip
         elif isinstance(msg, llc.DeleteRkey):
-            unknown = [r for r in msg.rkeys if r not in self.peer_rkeys]
-            for r in msg.rkeys:
-                self.peer_rkeys.pop(r, None)
+            unknown = [r for r in msg.rkeys if not self.rtoken_delete(link.link_id, r)]
             resp = llc.DeleteRkey(version=msg.version, response=True, rkeys=msg.rkeys, negative=bool(unknown),
                                   **({"err_mask": sum(0x80 >> i for i, r in enumerate(msg.rkeys) if r in unknown)} if msg.version == 1
                                      else {"num_invalid": len(unknown)}))  # fmt: skip
@@ -352,51 +520,158 @@ class LinkGroup:
         elif isinstance(msg, llc.ConfirmLink):
             self.host.confirm_link_request(self, link, msg, now)
         elif isinstance(msg, llc.DeleteLink):
-            self._delete_link_request(link, msg, now)
-        elif isinstance(msg, (llc.AddLink, llc.RequestAddLink, llc.AddLinkCont)):
-            # a second link is not offered here: reject as a kernel without an alternate path does
-            if isinstance(msg, llc.AddLink) and self.role == LgrRole.CLIENT:
-                link.post_llc(llc.AddLink(version=msg.version, response=True, rejected=True, reject_reason=1, mac=msg.mac,
-                                          gid=msg.gid, qpn=msg.qpn, link_num=msg.link_num, qp_mtu=msg.qp_mtu, psn=msg.psn), now)  # fmt: skip
-        # CONFIRM RKEY CONTINUATION is received and ignored, as in Linux
+            llcflows.peer_delete_link(self, link, msg, now)
+        elif isinstance(msg, llc.AddLink):
+            llcflows.peer_add_link(self, link, msg, now)
+        elif isinstance(msg, llc.RequestAddLink):
+            llcflows.peer_request_add_link(self, link, msg, now)
+        # an ADD LINK CONTINUATION nobody waits for, and CONFIRM RKEY CONTINUATION, are dropped as in Linux
 
-    def _delete_link_request(self, link: Link, msg: llc.DeleteLink, now: float) -> None:
-        if msg.all:
-            if self.role == LgrRole.SERVER:
-                link.post_llc(llc.DeleteLink(version=msg.version, link_num=0, reason=msg.reason, all=True, orderly=msg.orderly), now)
-            self.terminate(now, msg.reason, f"peer deleted the link group ({_reason(msg.reason)})", notify_peer=False)
+    # ---------------------------------------------------------------- link loss and failover
+
+    def link_down(self, link: Link, now: float, reason: str) -> None:
+        """This side found the link dead: fail over, then tell the peer (server: DELETE LINK
+        flow and a new link; client: DELETE LINK request). A link still being added is
+        the ADD LINK flow's to clean up."""
+        from . import llcflows
+
+        if not link.usable:
             return
-        target = self.links.get(msg.link_num)
-        link.post_llc(llc.DeleteLink(version=msg.version, response=True, link_num=msg.link_num, reason=0 if target else DEL_NOLNK), now)
-        if target is not None:
-            self.link_down(target, now, f"peer deleted it ({_reason(msg.reason)})")
+        active = link.state == LinkState.ACTIVE
+        if self.fail_over(link, now, reason) is None or not active:
+            return
+        if self.role == LgrRole.SERVER:
+            self.start_flow(llcflows.ServerDeleteLink(self, link.link_id, DEL_LOST_PATH, orderly=True), now)
+        else:
+            self.start_flow(llcflows.ClientDeleteLink(self, link.link_id, DEL_LOST_PATH), now)
+
+    def fail_over(self, link: Link, now: float, reason: str) -> Link | None:
+        """Take ``link`` down and move its connections; returns the link they moved to, or
+        None when none was left (the group is then terminated)."""
+        was_active = link.state == LinkState.ACTIVE
+        if link.usable:
+            link.set_state("down", now)
+            self.emit(now, "link.event", link=link.link_id, event="down", reason=reason)
+        self.kill_qp(link)
+        if self.running is not None:
+            self.running.on_link_down(link, now)
+        if self.terminated:
+            return None
+        to = self.usable_link(avoid=link)
+        if to is None:
+            if was_active and self.running is not None and self.running.confirming():
+                # the second link is set up on both sides and only waits for its CONFIRM LINK,
+                # which does not need this one: its connections wait for it
+                self.orphans.append(link)
+                self.emit(now, "link.event", link=link.link_id, event="failover_pending", reason=reason)
+                return None
+            if was_active or not self.usable_links():  # the last link, or a first link that never came up
+                self.terminate(now, DEL_LOST_PATH, f"link {link.link_id} down ({reason}) and no other link")
+            return None
+        if not was_active:
+            return None
+        self.switch_conns(link, to, now, reason)
+        if len(self.active_links()) == 1:
+            self.set_type(LgrType.SINGLE, now, f"link {link.link_id} lost")
+        return to
+
+    def switch_conns(self, old: Link, to: Link, now: float, reason: str) -> None:
+        """smc_switch_conns: every connection on ``old`` continues on ``to``."""
+        moved = [c for c in self.conns.values() if c.link is old]
+        rec = Failover(now, old.link_id, to.link_id, reason, moved=len(moved))
+        self.emit(now, "link.event", link=old.link_id, event="failover_begin", to_link=to.link_id, conns=len(moved), reason=reason)
+        for conn in moved:
+            if conn.switch_link(to, now, lambda ok, t, c=conn: self._validated(rec, c.id, ok, t)):
+                rec.waiting.add(conn.id)
+        if rec.waiting:
+            self.failovers.append(rec)
+        else:
+            self._failover_end(rec, now)
+
+    def _validated(self, rec: Failover, conn_id: int, ok: bool, now: float) -> None:
+        if conn_id in rec.waiting:
+            rec.waiting.discard(conn_id)
+            rec.failed += 0 if ok else 1
+            if not rec.waiting:
+                self._failover_end(rec, now)
+
+    def _failover_end(self, rec: Failover, now: float) -> None:
+        if rec in self.failovers:
+            self.failovers.remove(rec)
+        self.emit(now, "link.event", link=rec.from_link, event="failover_end", to_link=rec.to_link, conns=rec.moved,
+                  failed=rec.failed, duration_ms=round((now - rec.started) * 1000, 3))  # fmt: skip
+
+    def after_link_removed(self, link: Link, now: float, expected_asym: bool = False) -> None:
+        """Set the type once a deleted link is cleared (smc_llc_*_delete_link)."""
+        n = len(self.active_links())
+        if n == 0:
+            self.terminate(now, DEL_LOST_PATH, f"no link left after link {link.link_id} was deleted")
+        elif n == 1 and not expected_asym:
+            self.set_type(LgrType.SINGLE, now, "link deleted")
+
+    def may_add_link(self, new_type: LgrType) -> bool:
+        """smc_llc_alloc_alt_link: room for one more link of this kind?"""
+        if self.max_links <= 1 or self.terminated or len(self.usable_links()) >= 3:
+            return False
+        if self.type == LgrType.SYMMETRIC:
+            return False
+        return self.type == LgrType.SINGLE or new_type not in ASYMMETRIC
+
+    def want_link(self, now: float, cause: str) -> None:
+        """A second link may be possible now: the server adds one, the client asks for one."""
+        from . import llcflows
+
+        if self.terminated or self.max_links <= 1 or self.type not in (LgrType.SINGLE, LgrType.ASYMMETRIC_LOCAL):
+            return
+        if self.has_flow(llcflows.ServerAddLink) or self.has_flow(llcflows.ClientInvite):
+            return
+        if self.role == LgrRole.SERVER:
+            self.start_flow(llcflows.ServerAddLink(self, cause), now)
+        else:
+            self.start_flow(llcflows.ClientInvite(self), now)
 
     # ---------------------------------------------------------------- the end
 
     def terminate(self, now: float, reason: int, why: str, notify_peer: bool = True) -> None:
-        """smc_lgr_terminate: abort every connection, DELETE LINK all, take the links down."""
+        """smc_lgr_terminate: abort every connection, DELETE LINK all, take the links down.
+        The QPs live until the DELETE LINK has left (or a second has passed)."""
         if self.terminated:
             return
         self.terminated = True
         self.emit(now, "lgr.state", old=self.type.smc_tools_name, new="NONE", cause=why, reason=reason, crit=True)
         self.type = LgrType.NONE
-        for conn in list(self.conns.values()):
-            conn.abort(now, f"link group {self.name} terminated: {why}")
-        if notify_peer:
-            for link in self.links.values():
-                if link.state == LinkState.ACTIVE:
-                    link.post_llc(llc.DeleteLink(version=self.llc_version(), link_num=0, reason=reason, all=True,
-                                                 orderly=reason == DEL_PROG_INIT_TERM), now)  # fmt: skip
-                    break
-        for flow in list(self.flows):
-            flow.on_timeout(now)
+        running, self.running = self.running, None
+        for flow in ([running] if running else []) + list(self.flows):
+            flow.abandon(now)
         self.flows.clear()
         self.host.io.cancel_timer(("llc", self.lgr_id))
-        for link in self.links.values():
-            self.host.io.cancel_timer(("testlink", self.lgr_id, link.link_id))
-            self.host.io.cancel_timer(("testlink_resp", self.lgr_id, link.link_id))
-            link.set_state("clear", now)
+        for conn in list(self.conns.values()):
+            if conn.mode == "INIT":
+                self.host.handshake_lost(conn, now, f"link group {self.name} terminated: {why}")
+            else:
+                conn.abort(now, f"link group {self.name} terminated: {why}")
+        for rec in list(self.failovers):
+            self._failover_end(rec, now)
+        link = self.usable_link()
+        sent = notify_peer and link is not None and link.post_llc(
+            llc.DeleteLink(version=self.llc_version(), link_num=0, reason=reason, all=True, orderly=reason == DEL_PROG_INIT_TERM),
+            now, lambda ok, t: self.free_qps(t))  # fmt: skip
+        for l in self.links.values():
+            self.host.io.cancel_timer(("testlink", self.lgr_id, l.link_id))
+            self.host.io.cancel_timer(("testlink_resp", self.lgr_id, l.link_id))
+            if l.state != LinkState.UNUSED:
+                l.set_state("clear", now)
         self.host.lgr_terminated(self, now)
+        if sent:
+            self.host.io.arm_timer(("lgr_free", self.lgr_id), now + 1.0)
+        else:
+            self.free_qps(now)
+
+    def free_qps(self, now: float) -> None:
+        self.host.io.cancel_timer(("lgr_free", self.lgr_id))
+        self.host.dying_lgrs.pop(self.lgr_id, None)
+        for link in self.links.values():
+            self.kill_qp(link)
 
 
 def _gid(g: bytes) -> str:

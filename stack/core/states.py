@@ -187,7 +187,7 @@ class Hs(Enum):
 HS_INPUTS = (
     "start_client", "start_server", "no_smc_possible", "proposal", "not_clc", "accept", "confirm",
     "decline", "confirm_link", "confirm_link_resp", "rkey_confirmed", "rkey_failed", "timeout",
-    "malformed", "tcp_closed",
+    "malformed", "tcp_closed", "link_lost",
 )  # fmt: skip
 H = Hs
 _LIVE = (H.PROPOSAL_SENT, H.WAIT_PROPOSAL, H.ACCEPT_SENT, H.WAIT_CONFIRM_LINK, H.WAIT_CONFIRM_LINK_RESP, H.WAIT_RKEY)
@@ -223,6 +223,8 @@ HS_TABLE: dict[tuple[Hs, str], tuple[Rule, ...]] = {
     **{(s, "decline"): (R(H.FALLBACK),) for s in _LIVE},
     **{(s, "timeout"): (R(H.FALLBACK, "send_decline", guard="timeout_declines"), R(H.FAILED)) for s in _LIVE},
     **{(s, "malformed"): (R(H.FAILED),) for s in _LIVE},
+    # the link group under the handshake ended (its link failed): decline and fall back
+    **{(s, "link_lost"): (R(H.FALLBACK, "send_decline"),) for s in _LIVE if s not in (H.PROPOSAL_SENT, H.WAIT_PROPOSAL)},
     **{(s, "tcp_closed"): (R(H.FAILED),) for s in _LIVE},
     **{(s, e): (STAY,) for s in (H.SMC, H.FALLBACK, H.FAILED) for e in ("timeout", "tcp_closed", "decline")},
 }

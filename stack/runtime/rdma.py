@@ -174,9 +174,9 @@ class RdmaDriver:
         for mr in (q.recv_mr, q.send_mr):
             mr.deregister()
 
-    def reg_mr(self, device: str, size: int, remote_write: bool) -> MrInfo:
+    def reg_mr(self, device: str, size: int, remote_write: bool, buf: memoryview | None = None) -> MrInfo:
         dev = self.devs[device]
-        mr = dev.pd.reg_mr(size, RW if remote_write else Access.LOCAL_WRITE)
+        mr = dev.pd.reg_mr(size, RW if remote_write else Access.LOCAL_WRITE, buffer=buf)
         handle = next(self._ids)
         self.mrs[handle] = (mr, dev)
         return MrInfo(handle, mr.addr, mr.rkey, size, mr.buf)

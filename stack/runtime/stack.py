@@ -362,8 +362,8 @@ class Stack:
     def destroy_qp(self, qp):
         self.rdma.destroy_qp(qp)
 
-    def reg_mr(self, device, size, remote_write):
-        return self.rdma.reg_mr(device, size, remote_write)
+    def reg_mr(self, device, size, remote_write, buf=None):
+        return self.rdma.reg_mr(device, size, remote_write, buf)
 
     def dereg_mr(self, mr):
         self.rdma.dereg_mr(mr)
@@ -375,10 +375,8 @@ class Stack:
         return self.rdma.post_write(qp, wr_id, sges, remote_addr, rkey)
 
     def _device_event(self, device: str, event: EventType) -> None:
-        if event in (EventType.PORT_ERR, EventType.PORT_ACTIVE):
-            up = event == EventType.PORT_ACTIVE
-            self.host.set_device_state(device, up)
-            self.host.emit(self.now(), "link.event", event="port_up" if up else "port_down", device=device)
+        if event in (EventType.PORT_ERR, EventType.PORT_ACTIVE) and self.host is not None:
+            self.host.port_event(device, event == EventType.PORT_ACTIVE, self.now())
 
     # ---------------------------------------------------------------- HostIO: the application
 

@@ -323,7 +323,10 @@ class QueuePair(ABC):
 
 class ProtectionDomain(ABC):
     @abstractmethod
-    def reg_mr(self, size: int, access: Access) -> MemoryRegion: ...
+    def reg_mr(self, size: int, access: Access, buffer: memoryview | None = None) -> MemoryRegion:
+        """Register ``size`` bytes. ``buffer`` (writable, contiguous, at least ``size`` bytes):
+        register that memory instead of allocating, so one buffer can be registered with
+        several devices (SMC-R maps every RMB on every link of its link group)."""
 
     @abstractmethod
     def create_rc_qp(self, send_cq: CompletionQueue, recv_cq: CompletionQueue, cap: QPCap = QPCap()) -> QueuePair: ...

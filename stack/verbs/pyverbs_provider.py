@@ -295,21 +295,33 @@ class PyverbsPD(api.ProtectionDomain):
     def __init__(self, dev: PyverbsDevice, pd: object) -> None:
         self._dev, self._pd = dev, pd
 
-    def reg_mr(self, size: int, access: Access) -> PyverbsMR:
+    def reg_mr(self, size: int, access: Access, buffer: memoryview | None = None) -> PyverbsMR:
         if size <= 0:
             raise VerbsError(errno.EINVAL, f"reg_mr: size {size}")
-        # Our own mmap registered with address=: mr.buf is then a view of the very
-        # memory the device reads and writes (MR(length) would malloc and copy on read).
-        mm = mmap.mmap(-1, size)
-        anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(mm)  # exports mm: pins its address
+        # Our own mmap (or the caller's buffer) registered with address=: mr.buf is then a
+        # view of the very memory the device reads and writes (MR(length) would malloc
+        # and copy on read).
+        if buffer is not None:
+            view = memoryview(buffer)
+            if view.readonly or not view.contiguous or view.nbytes < size:
+                raise VerbsError(errno.EINVAL, f"reg_mr: the buffer must be writable, contiguous and at least {size} bytes")
+            mm, base = None, view.cast("B")[:size]
+            anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(base)  # keeps base exported and alive
+            view = base[:]
+        else:
+            mm = mmap.mmap(-1, size)
+            view = memoryview(mm)
+            anchor = ctypes.c_char.from_buffer(mm)  # exports mm: pins its address
         try:
             with _errors(f"reg_mr {size} bytes"):
                 mr = self._dev._pv.mr.MR(self._pd, size, int(access), address=ctypes.addressof(anchor))
         except BaseException:
             anchor = None  # drop the export, or mm cannot close
-            mm.close()
+            view.release()
+            if mm is not None:
+                mm.close()
             raise
-        out = PyverbsMR(mr, mm, anchor, size, Access(access))
+        out = PyverbsMR(mr, mm, anchor, view, size, Access(access))
         self._dev._mrs.add(out)
         return out
 
@@ -338,14 +350,14 @@ class PyverbsPD(api.ProtectionDomain):
 
 
 class PyverbsMR(api.MemoryRegion):
-    def __init__(self, mr: object, mm: mmap.mmap, anchor: ctypes.c_char, size: int, access: Access) -> None:
+    def __init__(self, mr: object, mm: mmap.mmap | None, anchor: ctypes.c_char, view: memoryview, size: int, access: Access) -> None:
         self._mr, self._mm, self._anchor = mr, mm, anchor
         self.addr = ctypes.addressof(anchor)
         self.length = size
         self.lkey = mr.lkey
         self.rkey = mr.rkey
         self.access = access
-        self._view: memoryview | None = memoryview(mm)
+        self._view: memoryview | None = view
 
     @property
     def buf(self) -> memoryview:
@@ -366,6 +378,8 @@ class PyverbsMR(api.MemoryRegion):
         self._view.release()
         self._view = None
         del self._anchor
+        if self._mm is None:
+            return  # the caller's buffer: it is theirs to free
         try:
             self._mm.close()
         except BufferError:

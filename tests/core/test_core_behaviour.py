@@ -170,12 +170,13 @@ def test_more_data_than_the_rmb_holds_is_a_protocol_violation():
 
 
 def test_test_link_timeout_takes_the_link_group_down():
-    t = Timeouts(test_link=0.5)
+    t = Timeouts(test_link=0.5, llc_wait=0.3)  # the TEST LINK answer is missed before the RC retries run out
     f, a, b = pair(cfg("client", timeouts=t), cfg("server", timeouts=t))
     open_conn(f, a, b, 1)
     b.dead = True  # the peer vanishes without a word
     f.run(until=f.now + 3.0)
     assert [e.get("event") for e in kinds(a, "link.event")][-2:] == ["test_link_timeout", "down"]
+    assert kinds(a, "link.event")[-1].t == pytest.approx(0.5 + 0.3, abs=0.01)
     assert a.apps[1].closed and "TEST LINK not answered" in a.apps[1].close_error
     assert not a.host.lgrs
     states = [e.get("new") for e in kinds(a, "lgr.state")]

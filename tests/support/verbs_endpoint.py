@@ -60,6 +60,13 @@ class Endpoint:
         self.mrs.append(mr)
         return {"handle": len(self.mrs) - 1, "addr": mr.addr, "rkey": mr.rkey, "length": mr.length}
 
+    def reg_mr_alias(self, mr: int, access: int = int(RW)) -> dict:
+        """Register the memory of MR ``mr`` once more (as SMC-R maps one RMB on every link)."""
+        base = self.mrs[mr]
+        alias = self.pd.reg_mr(base.length, Access(access), buffer=base.buf)
+        self.mrs.append(alias)
+        return {"handle": len(self.mrs) - 1, "addr": alias.addr, "rkey": alias.rkey, "length": alias.length}
+
     def write_mem(self, mr: int, offset: int, data: bytes) -> None:
         self.mrs[mr].buf[offset : offset + len(data)] = data
 

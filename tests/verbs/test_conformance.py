@@ -45,6 +45,27 @@ def test_send_recv_44_bytes(pair):
     assert pair.b.read_mem(dst["handle"], 0, 8) == bytes(8)
 
 
+def test_one_buffer_registered_twice(pair):
+    """A WRITE through either registration of one buffer lands in the same memory."""
+    qa, qb = pair.connect()
+    src = pair.a.reg_mr(4096)
+    dst = pair.b.reg_mr(8192)
+    alias = pair.b.reg_mr_alias(dst["handle"])
+    assert alias["rkey"] != dst["rkey"]
+    pair.a.write_mem(src["handle"], 0, pattern(4096, 7))
+    pair.a.post_send(qa["handle"], 1, WRITE, [(src["handle"], 0, 1000)], remote_addr=dst["addr"] + 10, rkey=dst["rkey"])
+    pair.a.post_send(qa["handle"], 2, WRITE, [(src["handle"], 1000, 3000)], remote_addr=alias["addr"] + 5000, rkey=alias["rkey"])
+    wcs = poll(pair.a, 2)
+    assert [(w.wr_id, w.status) for w in wcs] == [(1, WcStatus.SUCCESS), (2, WcStatus.SUCCESS)]
+    data = pattern(4096, 7)
+    assert pair.b.read_mem(dst["handle"], 10, 1000) == data[:1000]
+    assert pair.b.read_mem(dst["handle"], 5000, 3000) == data[1000:4000]
+    assert pair.b.read_mem(alias["handle"], 10, 1000) == data[:1000]
+    assert pair.b.read_mem(dst["handle"], 1010, 3990) == bytes(3990)
+    pair.b.dereg_mr(alias["handle"])  # the buffer outlives its second registration
+    assert pair.b.read_mem(dst["handle"], 10, 1000) == data[:1000]
+
+
 @pytest.mark.parametrize("size", [1, 3, 1023, 1024, 1025, 65536 + 7, 1 << 20])
 def test_rdma_write_lands_exactly(pair, size):
     qa, qb = pair.connect()

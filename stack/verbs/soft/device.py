@@ -279,11 +279,11 @@ class SoftDevice(Device):
                 self._keys.add(key)
                 return key
 
-    def _new_mr(self, pd: SoftPD, size: int, access: Access) -> SoftMR:
+    def _new_mr(self, pd: SoftPD, size: int, access: Access, buffer: memoryview | None = None) -> SoftMR:
         with self._lock:
             addr = self._next_va
             self._next_va += (size + 2 * PAGE - 1) // PAGE * PAGE  # a guard page between regions
-            mr = SoftMR(pd, size, access, addr, self._new_key(), self._new_key())
+            mr = SoftMR(pd, size, access, addr, self._new_key(), self._new_key(), buffer)
             self._mrs[mr.rkey] = mr
             return mr
 

@@ -29,15 +29,15 @@ PAGE = 4096
 class SoftMR(MemoryRegion):
     """Registered memory: a bytearray with a made-up virtual address, as a NIC sees it."""
 
-    def __init__(self, pd: "SoftPD", size: int, access: Access, addr: int, lkey: int, rkey: int) -> None:
+    def __init__(self, pd: "SoftPD", size: int, access: Access, addr: int, lkey: int, rkey: int,
+                 buffer: memoryview | None = None) -> None:  # fmt: skip
         self.pd = pd
         self.length = size
         self.access = Access(access)
         self.addr = addr
         self.lkey = lkey
         self.rkey = rkey
-        self._mem = bytearray(size)
-        self._view = memoryview(self._mem)
+        self._view = memoryview(bytearray(size)) if buffer is None else buffer[:size]
         self.valid = True
 
     @property
@@ -56,17 +56,29 @@ class SoftMR(MemoryRegion):
         return f"SoftMR(addr=0x{self.addr:x}, len={self.length}, lkey=0x{self.lkey:x}, rkey=0x{self.rkey:x})"
 
 
+def _check_buffer(buffer, size: int) -> memoryview:
+    view = memoryview(buffer)
+    if view.readonly or not view.contiguous:
+        raise VerbsError(errno.EINVAL, "reg_mr: the buffer must be writable and contiguous")
+    view = view.cast("B")
+    if len(view) < size:
+        raise VerbsError(errno.EINVAL, f"reg_mr: the buffer has {len(view)} bytes, {size} asked")
+    return view
+
+
 class SoftPD(ProtectionDomain):
     def __init__(self, device: "SoftDevice") -> None:
         self.device = device
 
-    def reg_mr(self, size: int, access: Access) -> SoftMR:
+    def reg_mr(self, size: int, access: Access, buffer: memoryview | None = None) -> SoftMR:
         access = Access(access)
         if size <= 0:
             raise VerbsError(errno.EINVAL, f"reg_mr: size {size} must be positive")
+        if buffer is not None:
+            buffer = _check_buffer(buffer, size)
         if access & (Access.REMOTE_WRITE | Access.REMOTE_ATOMIC) and not access & Access.LOCAL_WRITE:
             raise VerbsError(errno.EINVAL, "reg_mr: remote write or atomic access requires local write")
-        return self.device._new_mr(self, size, access)
+        return self.device._new_mr(self, size, access, buffer)
 
     def create_rc_qp(self, send_cq: CompletionQueue, recv_cq: CompletionQueue, cap: QPCap = QPCap()):
         return self.device._new_qp(self, send_cq, recv_cq, cap)

@@ -1,0 +1,38 @@
+"""Connection buffers registered with every device their link group uses.
+
+An RMB is written by the peer over whichever link carries its connection, so it must be
+registered on the device of every link (the kernel maps each RMB on each link and keeps
+an rkey per link, ``buf_desc->mr[link_idx]``). The send buffer likewise needs a local
+key on every device that may post RDMA WRITEs from it. One memory, several
+registrations: a failover changes the link and the key, never the bytes.
+"""
+
+from __future__ import annotations
+
+from .ports import HostIO, MrInfo
+
+
+class RegisteredBuffer:
+    def __init__(self, io: HostIO, device: str, size: int, remote_write: bool) -> None:
+        self.io = io
+        self.remote_write = remote_write
+        first = io.reg_mr(device, size, remote_write)
+        self.size = size
+        self.buf = first.buf
+        self.regs: dict[str, MrInfo] = {device: first}
+
+    def on(self, device: str) -> MrInfo:
+        """The registration on ``device`` (KeyError when the buffer is not mapped there)."""
+        return self.regs[device]
+
+    def ensure(self, device: str) -> MrInfo:
+        """Map the buffer on ``device`` too (raises OSError when registration fails)."""
+        reg = self.regs.get(device)
+        if reg is None:
+            reg = self.regs[device] = self.io.reg_mr(device, self.size, self.remote_write, self.buf)
+        return reg
+
+    def release(self) -> None:
+        for reg in self.regs.values():
+            self.io.dereg_mr(reg.handle)
+        self.regs.clear()

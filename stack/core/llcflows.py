@@ -1,0 +1,490 @@
+"""LLC flows that hold a link group's local flow slot (``net/smc/smc_llc.c``).
+
+Each flow is a small state machine over LLC messages: it sends, waits for a named step
+with a timeout, and ends by giving the slot back. The server drives link management:
+
+* ``ServerAddLink``: pick an alternate device (none: an asymmetric link on the current
+  one), create the QP, map every RMB, ADD LINK request; on the response bring the QP to
+  RTS and exchange rkeys (v1: ADD LINK CONTINUATION, server first, strictly
+  alternating; v2: in the ADD LINK extension), then CONFIRM LINK on the new link. A new
+  symmetric link makes an asymmetric one redundant: it is deleted (reason 0x00050000).
+* ``ClientAddLink``: the client's side of the same exchange, or a reject (reason 1,
+  no alternate path).
+* ``ServerDeleteLink``: fail over off the link, DELETE LINK request, wait for the
+  response, clear the link; a group left SINGLE looks for a new link at once.
+* ``ClientDeleteLink`` and ``ClientInvite``: the client reports a lost link, and asks
+  for a new one (v1 ADD LINK "invitation" with QPN 0, v2 REQUEST ADD LINK).
+* ``RequestFlow``: CONFIRM RKEY and DELETE RKEY. If its link dies the request is sent
+  again on a surviving link, so a handshake under way does not fail with the link.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from stack.wire import llc
+from stack.wire.codes import LgrRole, LgrType
+
+from .linkgroup import ASYMMETRIC, DEL_LOST_PATH, DEL_NO_ASYM_NEEDED, DEL_NOLNK, Link, LinkGroup, _reason
+
+if TYPE_CHECKING:
+    from stack.core.ports import DeviceInfo
+
+REJ_NO_ALT_PATH = 1  # SMC_LLC_REJ_RSN_NO_ALT_PATH
+RKEYS_PER_CONT = 2  # SMC_LLC_RKEYS_PER_CONT_MSG
+
+
+class LlcFlow:
+    step = "start"
+
+    def __init__(self, lgr: LinkGroup) -> None:
+        self.lgr = lgr
+
+    @property
+    def host(self):
+        return self.lgr.host
+
+    @property
+    def timeouts(self):
+        return self.lgr.host.config.timeouts
+
+    def start(self, now: float) -> None:
+        raise NotImplementedError
+
+    def on_llc(self, link: Link, msg: llc.LlcMessage, now: float) -> bool:
+        """A message while this flow holds the slot; True when it was this flow's."""
+        return False
+
+    def on_timeout(self, now: float) -> None:
+        self.finish(now)
+
+    def on_link_down(self, link: Link, now: float) -> None:
+        pass
+
+    def abandon(self, now: float) -> None:
+        """The link group ended before this flow could."""
+
+    def confirming(self) -> bool:
+        """Is a new link past the point where it needs the old one (only CONFIRM LINK left)?"""
+        return False
+
+    def wait(self, step: str, seconds: float, now: float) -> None:
+        self.step = step
+        self.lgr.flow_wait(seconds, now)
+
+    def finish(self, now: float) -> None:
+        self.step = "done"
+        self.lgr.flow_done(self, now)
+
+    def event(self, now: float, event: str, link: int | None = None, **fields) -> None:
+        self.lgr.emit(now, "link.event", link=link, event=event, **fields)
+
+
+# --------------------------------------------------------------------------- rkeys
+
+
+class RequestFlow(LlcFlow):
+    """One request, one response (CONFIRM RKEY, DELETE RKEY)."""
+
+    def __init__(self, lgr: LinkGroup, kind: type, build: Callable[[Link], llc.LlcMessage],
+                 done: Callable[[llc.LlcMessage | None, float], None], prefer: Link | None = None) -> None:  # fmt: skip
+        super().__init__(lgr)
+        self.kind, self.build, self.done, self.prefer = kind, build, done, prefer
+        self.link: Link | None = None
+
+    def start(self, now: float) -> None:
+        self._send(now)
+
+    def _send(self, now: float) -> None:
+        prefer = self.prefer if self.prefer is not None and self.prefer in self.lgr.active_links() else None
+        self.link = prefer or self.lgr.usable_link(avoid=self.link)
+        if self.link is None or not self.link.post_llc(self.build(self.link), now):
+            self._complete(None, now)
+            return
+        self.wait("response", self.timeouts.llc_wait, now)
+
+    def on_llc(self, link: Link, msg: llc.LlcMessage, now: float) -> bool:
+        if msg.response and isinstance(msg, self.kind):
+            self._complete(msg, now)
+            return True
+        return False
+
+    def on_timeout(self, now: float) -> None:
+        self._complete(None, now)
+
+    def on_link_down(self, link: Link, now: float) -> None:
+        if link is self.link and self.step == "response":
+            self.prefer = None
+            self._send(now)  # again, on a link that works
+
+    def abandon(self, now: float) -> None:
+        self.done(None, now)
+
+    def _complete(self, msg: llc.LlcMessage | None, now: float) -> None:
+        self.finish(now)
+        self.done(msg, now)
+
+
+# --------------------------------------------------------------------------- adding a link
+
+
+def _same_peer_device(lgr: LinkGroup, gid: bytes, mac: bytes) -> bool:
+    """Does the peer offer the device it already uses for a (non-asymmetric) link?"""
+    return any(l.peer_gid == gid and (lgr.version >= 2 or l.peer_mac == mac) for l in lgr.usable_links() if not l.asym)
+
+
+class _AddLinkBase(LlcFlow):
+    new: Link | None = None
+    new_type = LgrType.SYMMETRIC
+    tell_peer = False  # once the peer has heard of the new link, it is told when that link will not come
+
+    def _rkey_cont(self, now: float, response: bool) -> None:
+        batch, self.to_send = self.to_send[:RKEYS_PER_CONT], self.to_send[RKEYS_PER_CONT:]
+        self.link.post_llc(llc.AddLinkCont(version=1, response=response, link_num=self.new.link_id,
+                                           num_rkeys=len(batch) + len(self.to_send), rkeys=tuple(batch)), now)  # fmt: skip
+
+    def _fail(self, now: float, why: str) -> None:
+        lgr = self.lgr
+        self.event(now, "add_link_failed", link=self.new.link_id if self.new else None, reason=why)
+        if self.new is not None:
+            lgr.clear_link(self.new, now)
+            if self.tell_peer:  # it may have half a link waiting for CONFIRM LINK: let it go now
+                via = lgr.usable_link(avoid=self.new)
+                if via is not None:
+                    via.post_llc(llc.DeleteLink(version=lgr.llc_version(), link_num=self.new.link_id, reason=DEL_LOST_PATH), now)
+        self.finish(now)
+        if lgr.orphans and not lgr.active_links():  # their last hope is gone
+            lgr.terminate(now, DEL_LOST_PATH, f"link {lgr.orphans[0].link_id} down and the new link failed ({why})")
+
+    def on_timeout(self, now: float) -> None:
+        self._fail(now, f"no answer while waiting for {self.step}")
+
+    def peer_gave_up(self, link: Link, msg: llc.LlcMessage, now: float) -> bool:
+        """The peer deletes the link we are adding: stop now rather than time out."""
+        if isinstance(msg, llc.DeleteLink) and not msg.response and not msg.all and self.new is not None and msg.link_num == self.new.link_id:
+            self.tell_peer = False
+            self._fail(now, f"the peer deleted link {msg.link_num} ({_reason(msg.reason)})")
+            if self.lgr.role == LgrRole.CLIENT:
+                link.post_llc(llc.DeleteLink(version=msg.version, response=True, link_num=msg.link_num, reason=0), now)
+            return True
+        return False
+
+    def on_link_down(self, link: Link, now: float) -> None:
+        if link is self.new or (link is self.link and not self.confirming()):
+            self._fail(now, f"link {link.link_id} went down")
+
+    def confirming(self) -> bool:
+        return self.new is not None and self.step.startswith("CONFIRM LINK")
+
+    def _new_link(self, device: "DeviceInfo", link_id: int, now: float) -> bool:
+        self.new = self.host.new_link(self.lgr, device, link_id, now)
+        if self.new is None:
+            return False
+        self.new.asym = self.new_type in ASYMMETRIC
+        try:
+            self.lgr.map_all(self.new.device)
+        except OSError as e:
+            self.lgr.clear_link(self.new, now)
+            self.new = None
+            self.event(now, "add_link_failed", reason=f"buffer registration failed: {e}")
+            return False
+        return True
+
+    def _add_link_msg(self, response: bool, link_num: int) -> llc.AddLink:
+        new, v2 = self.new, self.lgr.version >= 2
+        ext = {"direct": True, "target_gid": new.qp.gid, "rkeys": tuple(self.lgr.rkey_triples(self.link, new))} if v2 else {}
+        return llc.AddLink(version=self.lgr.llc_version(), response=response, mac=new.qp.mac, gid=new.qp.gid, qpn=new.qp.qpn,
+                           link_num=link_num, qp_mtu=new.mtu, psn=new.qp.psn, **ext)  # fmt: skip
+
+    def _confirmed(self, now: float) -> None:
+        self.lgr.link_confirmed(self.new, now, self.new_type)
+        self.event(now, "add_link_done", link=self.new.link_id, device=self.new.device, type=self.lgr.type.smc_tools_name,
+                   asym=self.new.asym)  # fmt: skip
+        self.finish(now)
+
+
+class ServerAddLink(_AddLinkBase):
+    def __init__(self, lgr: LinkGroup, cause: str) -> None:
+        super().__init__(lgr)
+        self.cause = cause
+        self.to_send: list[llc.RkeyTriple] = []
+
+    def start(self, now: float) -> None:
+        lgr = self.lgr
+        self.link = lgr.usable_link()
+        if self.link is None:
+            self.finish(now)
+            return
+        device = self.host.alt_device(lgr)
+        if device is None:  # no other device: an asymmetric link on the one we have
+            device, self.new_type = self.host.device_info(self.link.device), LgrType.ASYMMETRIC_LOCAL
+        if device is None or not device.up or not lgr.may_add_link(self.new_type) or not self._new_link(device, lgr.next_link_id(), now):
+            self.finish(now)
+            return
+        self.event(now, "add_link_begin", link=self.new.link_id, device=device.name, cause=self.cause, asym=self.new.asym)
+        if not self.link.post_llc(self._add_link_msg(False, self.new.link_id), now):
+            self._fail(now, "could not send ADD LINK")
+            return
+        self.tell_peer = True
+        self.wait("ADD LINK response", self.timeouts.llc_wait, now)
+
+    def on_llc(self, link: Link, msg: llc.LlcMessage, now: float) -> bool:
+        lgr, new = self.lgr, self.new
+        if self.peer_gave_up(link, msg, now):
+            return True
+        if self.step == "ADD LINK response" and isinstance(msg, llc.AddLink) and msg.response:
+            if msg.rejected:
+                self.event(now, "add_link_rejected", link=new.link_id, reason=msg.reject_reason)
+                lgr.clear_link(new, now)
+                self.finish(now)
+                return True
+            if _same_peer_device(lgr, msg.gid, msg.mac):
+                self.new_type, new.asym = LgrType.ASYMMETRIC_PEER, True
+            new.peer_qpn, new.peer_psn, new.peer_gid, new.peer_mac = msg.qpn, msg.psn, msg.gid, msg.mac
+            new.mtu = min(new.qp.mtu, msg.qp_mtu)
+            self.host.io.qp_to_rtr(new.qp.handle, msg.qpn, msg.psn, msg.gid, new.mtu)
+            self.host.io.qp_to_rts(new.qp.handle)
+            if lgr.version >= 2:
+                lgr.rtoken_set(self.link.link_id, new.link_id, msg.rkeys)
+                self._confirm_link(now)
+            else:
+                self.to_send = lgr.rkey_triples(self.link, new)
+                self._rkey_cont(now, response=False)
+                self.wait("ADD LINK CONT", self.timeouts.llc_wait, now)
+            return True
+        if self.step == "ADD LINK CONT" and isinstance(msg, llc.AddLinkCont) and msg.link_num == new.link_id:
+            lgr.rtoken_set(self.link.link_id, new.link_id, msg.rkeys)
+            if self.to_send or msg.num_rkeys > len(msg.rkeys):
+                self._rkey_cont(now, response=False)
+                self.wait("ADD LINK CONT", self.timeouts.llc_wait, now)
+            else:
+                self._confirm_link(now)
+            return True
+        if self.step == "CONFIRM LINK response" and isinstance(msg, llc.ConfirmLink) and msg.response and link is new:
+            new.peer_link_uid = msg.link_uid
+            self._confirmed(now)
+            if lgr.type == LgrType.SYMMETRIC:
+                for old in [l for l in lgr.usable_links() if l.asym]:
+                    lgr.start_flow(ServerDeleteLink(lgr, old.link_id, DEL_NO_ASYM_NEEDED, orderly=True), now)
+            return True
+        return False
+
+    def _confirm_link(self, now: float) -> None:
+        from .host import confirm_link_msg
+
+        self.new.post_llc(confirm_link_msg(self.lgr, self.new), now)
+        self.wait("CONFIRM LINK response", self.timeouts.llc_wait_first, now)
+
+
+
+class ClientAddLink(_AddLinkBase):
+    def __init__(self, lgr: LinkGroup, link: Link, req: llc.AddLink) -> None:
+        super().__init__(lgr)
+        self.link, self.req = link, req
+        self.to_send: list[llc.RkeyTriple] = []
+
+    def start(self, now: float) -> None:
+        lgr, req = self.lgr, self.req
+        if not self.link.usable:
+            self.finish(now)
+            return
+        if req.qp_mtu == 0 or lgr.max_links <= 1:
+            self._reject(now, "the peer cannot have a second link")
+            return
+        device = self.host.alt_device(lgr)
+        if _same_peer_device(lgr, req.gid, req.mac):
+            if device is None:
+                self._reject(now, "no alternate path: both sides would use the devices they use already")
+                return
+            self.new_type = LgrType.ASYMMETRIC_PEER
+        if device is None:
+            device, self.new_type = self.host.device_info(self.link.device), LgrType.ASYMMETRIC_LOCAL
+        if device is None or not lgr.may_add_link(self.new_type) or req.link_num == 0 or req.link_num in lgr.links:
+            self._reject(now, f"no room for a {self.new_type.smc_tools_name} link {req.link_num}")
+            return
+        if not self._new_link(device, req.link_num, now):
+            self._reject(now, "could not create the link")
+            return
+        new = self.new
+        new.peer_qpn, new.peer_psn, new.peer_gid, new.peer_mac = req.qpn, req.psn, req.gid, req.mac
+        new.mtu = min(new.qp.mtu, req.qp_mtu)
+        self.host.io.qp_to_rtr(new.qp.handle, req.qpn, req.psn, req.gid, new.mtu)
+        self.event(now, "add_link_begin", link=new.link_id, device=device.name, cause="server request", asym=new.asym)
+        if not self.link.post_llc(self._add_link_msg(True, req.link_num), now):
+            self._fail(now, "could not send the ADD LINK response")
+            return
+        self.tell_peer = True
+        if lgr.version >= 2:
+            lgr.rtoken_set(self.link.link_id, new.link_id, req.rkeys)
+            self.wait("CONFIRM LINK", self.timeouts.llc_wait_first, now)
+        else:
+            self.to_send = lgr.rkey_triples(self.link, new)
+            self.wait("ADD LINK CONT", self.timeouts.llc_wait, now)
+
+    def _reject(self, now: float, why: str) -> None:
+        req = self.req
+        self.link.post_llc(llc.AddLink(version=req.version, response=True, rejected=True, reject_reason=REJ_NO_ALT_PATH, mac=req.mac,
+                                       gid=req.gid, qpn=req.qpn, link_num=req.link_num, qp_mtu=req.qp_mtu, psn=req.psn), now)  # fmt: skip
+        self.event(now, "add_link_rejected", link=req.link_num, reason=REJ_NO_ALT_PATH, why=why)
+        self.finish(now)
+
+    def on_llc(self, link: Link, msg: llc.LlcMessage, now: float) -> bool:
+        lgr, new = self.lgr, self.new
+        if self.peer_gave_up(link, msg, now):
+            return True
+        if self.step == "ADD LINK CONT" and isinstance(msg, llc.AddLinkCont) and msg.link_num == new.link_id:
+            lgr.rtoken_set(self.link.link_id, new.link_id, msg.rkeys)
+            self._rkey_cont(now, response=True)
+            if self.to_send or msg.num_rkeys > len(msg.rkeys):
+                self.wait("ADD LINK CONT", self.timeouts.llc_wait, now)
+            else:
+                self.wait("CONFIRM LINK", self.timeouts.llc_wait_first, now)
+            return True
+        if self.step == "CONFIRM LINK" and isinstance(msg, llc.ConfirmLink) and not msg.response and link is new:
+            if not msg.rmbe_eyec_flags & 0x03:
+                self._fail(now, "CONFIRM LINK without the no-RMBE-eyecatcher flags")
+                return True
+            self.host.io.qp_to_rts(new.qp.handle)
+            new.peer_link_uid = msg.link_uid
+            new.post_llc(_confirm_link_response(lgr, new, msg), now)
+            self._confirmed(now)
+            return True
+        return False
+
+
+def _confirm_link_response(lgr: LinkGroup, link: Link, req: llc.ConfirmLink) -> llc.ConfirmLink:
+    return llc.ConfirmLink(version=req.version, response=True, mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn,
+                           link_num=req.link_num, link_uid=link.link_uid, max_links=lgr.max_links,
+                           max_conns=lgr.max_conns if lgr.version >= 2 else 0)  # fmt: skip
+
+
+class ClientInvite(LlcFlow):
+    """The client has a device for a second link: v1 invites with an ADD LINK request
+    carrying only that device's MAC and GID, v2 sends REQUEST ADD LINK with its GIDs."""
+
+    def start(self, now: float) -> None:
+        link, device = self.lgr.usable_link(), self.host.alt_device(self.lgr)
+        if link is not None and device is not None:
+            if self.lgr.version >= 2:
+                msg = llc.RequestAddLink(version=2, gids=(link.qp.gid, device.gid))
+            else:
+                msg = llc.AddLink(version=1, mac=device.mac, gid=device.gid, qpn=0, link_num=0, qp_mtu=0, psn=0)
+            link.post_llc(msg, now)
+            self.event(now, "add_link_requested", link=link.link_id, device=device.name)
+        self.finish(now)
+
+
+# --------------------------------------------------------------------------- deleting a link
+
+
+class ServerDeleteLink(LlcFlow):
+    def __init__(self, lgr: LinkGroup, link_id: int, reason: int, orderly: bool, from_peer: bool = False) -> None:
+        super().__init__(lgr)
+        self.link_id, self.reason, self.orderly, self.from_peer = link_id, reason, orderly, from_peer
+        self.target: Link | None = None
+        self.via: Link | None = None
+
+    def start(self, now: float) -> None:
+        lgr = self.lgr
+        self.target = lgr.links.get(self.link_id)
+        if self.target is None:  # already gone (an asymmetric link the peer deleted too)
+            self.finish(now)
+            return
+        if self.target.usable:
+            who = "the peer" if self.from_peer else "this host"
+            lgr.fail_over(self.target, now, f"deleted by {who}: {_reason(self.reason)}")
+            if lgr.terminated:
+                return
+        self.via = lgr.usable_link(avoid=self.target)
+        if self.via is None:
+            self._cleared(now)
+            return
+        self.via.post_llc(llc.DeleteLink(version=lgr.llc_version(), link_num=self.link_id, reason=self.reason, orderly=self.orderly), now)
+        self.wait("DELETE LINK response", self.timeouts.llc_wait, now)
+
+    def on_llc(self, link: Link, msg: llc.LlcMessage, now: float) -> bool:
+        if self.step == "DELETE LINK response" and isinstance(msg, llc.DeleteLink) and msg.response:
+            self._cleared(now)
+            return True
+        return False
+
+    def on_timeout(self, now: float) -> None:
+        self._cleared(now)
+
+    def on_link_down(self, link: Link, now: float) -> None:
+        if link is self.via and self.step == "DELETE LINK response":
+            self._cleared(now)
+
+    def _cleared(self, now: float) -> None:
+        lgr = self.lgr
+        lgr.clear_link(self.target, now)
+        lgr.after_link_removed(self.target, now, expected_asym=self.reason == DEL_NO_ASYM_NEEDED)
+        self.finish(now)
+        if not lgr.terminated and lgr.type == LgrType.SINGLE:
+            lgr.want_link(now, "link lost")
+
+
+class ClientDeleteLink(LlcFlow):
+    """The client lost a link: DELETE LINK request (orderly, lost path) on a survivor; no wait."""
+
+    def __init__(self, lgr: LinkGroup, link_id: int, reason: int) -> None:
+        super().__init__(lgr)
+        self.link_id, self.reason = link_id, reason
+
+    def start(self, now: float) -> None:
+        lgr = self.lgr
+        target = lgr.links.get(self.link_id)
+        via = lgr.usable_link(avoid=target)
+        if via is not None:
+            via.post_llc(llc.DeleteLink(version=lgr.llc_version(), link_num=self.link_id, reason=self.reason, orderly=True), now)
+        if target is not None:
+            lgr.clear_link(target, now)
+            lgr.after_link_removed(target, now)
+        self.finish(now)
+
+
+# --------------------------------------------------------------------------- requests from the peer
+
+
+def peer_add_link(lgr: LinkGroup, link: Link, msg: llc.AddLink, now: float) -> None:
+    if lgr.role == LgrRole.CLIENT:
+        running = lgr.running
+        if isinstance(running, ClientAddLink) and running.req.link_num != msg.link_num:
+            # the server runs one ADD LINK at a time: a new one means it gave up the last
+            running._fail(now, f"the server offers link {msg.link_num} instead")
+        if not any(isinstance(f, ClientAddLink) for f in lgr.flows):  # one parked request, as the kernel's delayed_event
+            lgr.start_flow(ClientAddLink(lgr, link, msg), now, front=True)
+    elif not any(isinstance(f, ServerAddLink) for f in lgr.flows):  # a v1 invitation: the server runs its own flow
+        lgr.start_flow(ServerAddLink(lgr, "client invitation"), now)
+
+
+def peer_request_add_link(lgr: LinkGroup, link: Link, msg: llc.RequestAddLink, now: float) -> None:
+    if lgr.role != LgrRole.SERVER or any(isinstance(f, ServerAddLink) for f in lgr.flows):
+        return
+    if isinstance(lgr.running, ServerAddLink) or lgr.may_add_link(LgrType.SYMMETRIC):
+        lgr.start_flow(ServerAddLink(lgr, "client request"), now)
+    else:
+        link.post_llc(llc.RequestAddLink(version=msg.version, response=True), now)
+
+
+def peer_delete_link(lgr: LinkGroup, link: Link, msg: llc.DeleteLink, now: float) -> None:
+    why = f"peer deleted the link group ({_reason(msg.reason)})"
+    if msg.all:
+        if lgr.role == LgrRole.SERVER:
+            link.post_llc(llc.DeleteLink(version=msg.version, link_num=0, reason=msg.reason, all=True, orderly=msg.orderly), now)
+        lgr.terminate(now, msg.reason, why, notify_peer=False)
+        return
+    if lgr.role == LgrRole.SERVER:  # the server drives: it runs the deletion as its own flow
+        lgr.start_flow(ServerDeleteLink(lgr, msg.link_num, msg.reason, msg.orderly, from_peer=True), now, front=True)
+        return
+    target = lgr.links.get(msg.link_num)
+    if target is not None and target.usable:
+        lgr.fail_over(target, now, f"deleted by the peer: {_reason(msg.reason)}")
+        if lgr.terminated:
+            return
+    via = link if link.usable else lgr.usable_link()
+    if via is not None:
+        via.post_llc(llc.DeleteLink(version=msg.version, response=True, link_num=msg.link_num, reason=0 if target else DEL_NOLNK), now)
+    if target is not None:
+        lgr.clear_link(target, now)
+        lgr.after_link_removed(target, now, expected_asym=msg.reason == DEL_NO_ASYM_NEEDED)

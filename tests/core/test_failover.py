@@ -1,0 +1,369 @@
+"""Two-link link groups, ADD and DELETE LINK, and connections that survive a dead link,
+through the sans-I/O core on the fabric (each host has two devices unless a test says
+otherwise). Every transfer is checked byte for byte on both sides."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from support.fabric import RETRY_TIMEOUT, Bulk, open_conn, pair
+
+from stack.core.config import SmcConfig, Timeouts
+from stack.wire.codes import LgrType, LinkState
+
+SMALL = {"rmb_size": 16384, "sndbuf_size": 16384}  # small rings: every transfer wraps many times
+
+
+def hosts(versions=frozenset({1, 2}), client_devices=2, server_devices=2, seed=1, **kw):
+    c = SmcConfig(host="client", versions=versions, **SMALL, **kw)
+    s = SmcConfig(host="server", versions=versions, **SMALL, **kw)
+    return pair(c, s, client_devices=client_devices, server_devices=server_devices, seed=seed)
+
+
+def kinds(io, kind, **match):
+    def field(e, k):
+        return getattr(e, k) if k in ("host", "lgr", "link", "conn") else e.get(k)
+
+    return [e for e in io.events if e.kind == kind and all(field(e, k) == v for k, v in match.items())]
+
+
+def llc_log(io, since=0.0) -> list[tuple]:
+    """(direction, message type, response, link) of every LLC message after ``since`` (a
+    time, or an event: then from that event on)."""
+    events = io.events[io.events.index(since):] if not isinstance(since, float) else [e for e in io.events if e.t >= since]
+    return [(e.get("dir"), e.get("type").split(" v")[0].removeprefix("LLC "), e.get("response"), e.link)
+            for e in events if e.kind == "llc.msg" and "TEST LINK" not in e.get("type")]  # fmt: skip
+
+
+def links(io) -> list[tuple[int, str, bool]]:
+    (lgr,) = io.host.lgrs
+    return sorted((l.link_id, l.device, l.asym) for l in lgr.links.values() if l.state == LinkState.ACTIVE)
+
+
+def assert_symmetric(*ios) -> None:
+    for io in ios:
+        for lgr in io.host.lgrs:
+            active = [l for l in lgr.links.values() if l.state == LinkState.ACTIVE]
+            assert lgr.type == LgrType.SYMMETRIC, f"{io.name} {lgr.name} is {lgr.type.name}"
+            assert sorted(l.device for l in active) == ["fab0", "fab1"], f"{io.name}: {[(l.link_id, l.device) for l in active]}"
+            assert len(lgr.links) == 2
+
+
+# --------------------------------------------------------------------------- adding links
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_server_adds_a_second_link_after_first_contact(version):
+    f, a, b = hosts(frozenset({version}))
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)
+    assert links(a) == links(b) == [(1, "fab0", False), (2, "fab1", False)]
+    assert_symmetric(a, b)
+    expect = [("tx", "ADD LINK", False, 1), ("rx", "ADD LINK", True, 1)]
+    if version == 1:  # one RMB each: one CONTINUATION each way, the server's first
+        expect += [("tx", "ADD LINK CONTINUATION", False, 1), ("rx", "ADD LINK CONTINUATION", True, 1)]
+    expect += [("tx", "CONFIRM LINK", False, 2), ("rx", "CONFIRM LINK", True, 2)]
+    assert llc_log(b, kinds(b, "link.event", event="add_link_begin")[0]) == expect
+    # the peer's RMB is known on both links, on both sides
+    for io, peer in ((a, b), (b, a)):
+        (row,) = io.host.lgrs[0].rtokens
+        rmb = peer.host.conns[1].rmb
+        assert row == {1: (rmb.on("fab0").rkey, rmb.on("fab0").addr), 2: (rmb.on("fab1").rkey, rmb.on("fab1").addr)}
+
+
+def test_rkeys_of_many_connections_travel_in_continuations():
+    f, a, b = hosts(frozenset({1}))
+    b.port("fab1", False)  # the server starts with one port up: the second link is asymmetric
+    f.run(until=0.001)
+    for cid in range(1, 6):
+        open_conn(f, a, b, cid)
+    assert b.host.lgrs[0].type == LgrType.ASYMMETRIC_LOCAL
+    t0 = f.now
+    b.port("fab1", True)  # a symmetric link now: every RMB is mapped on it
+    f.run(until=f.now + 0.01)
+    assert_symmetric(a, b)
+    conts = [e for e in b.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type").startswith("LLC ADD LINK CONT")]
+    # 5 RMBs a side, 2 a message: 3 from the server (5, 3, 1 remaining) answered by 3 from the client
+    assert [(e.get("dir"), e.get("num_rkeys"), len(e.get("rkeys"))) for e in conts] == [
+        ("tx", 5, 2), ("rx", 5, 2), ("tx", 3, 2), ("rx", 3, 2), ("tx", 1, 1), ("rx", 1, 1)]  # fmt: skip
+    for io in (a, b):
+        lgr = io.host.lgrs[0]
+        assert len(lgr.rtokens) == 5 and all(set(row) == set(lgr.links) for row in lgr.rtokens)
+
+
+@pytest.mark.parametrize(
+    "client_devices, server_devices, client_type, server_type",
+    [(1, 2, LgrType.ASYMMETRIC_LOCAL, LgrType.ASYMMETRIC_PEER), (2, 1, LgrType.ASYMMETRIC_PEER, LgrType.ASYMMETRIC_LOCAL),
+     (1, 1, LgrType.SINGLE, LgrType.SINGLE)],
+)  # fmt: skip
+def test_link_group_types_follow_the_devices_each_side_has(client_devices, server_devices, client_type, server_type):
+    f, a, b = hosts(client_devices=client_devices, server_devices=server_devices)
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)
+    assert (a.host.lgrs[0].type, b.host.lgrs[0].type) == (client_type, server_type)
+    if client_type == LgrType.SINGLE:  # the client says why: no alternate path
+        (rej,) = kinds(b, "link.event", event="add_link_rejected")
+        assert rej.get("reason") == 1 and len(b.host.lgrs[0].links) == 1
+    else:
+        assert [l.asym for l in b.host.lgrs[0].links.values()] == [False, True]
+
+
+def test_connections_are_balanced_across_the_links():
+    f, a, b = hosts()
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)  # the second link is up
+    for cid in range(2, 7):
+        open_conn(f, a, b, cid)
+    on = [b.host.conns[cid].link.link_id for cid in range(1, 7)]
+    # with two links: an even number of connections -> the first link, odd -> the next
+    assert on == [1, 2, 1, 2, 1, 2]
+    assert [a.host.conns[cid].link.link_id for cid in range(1, 7)] == on
+
+
+# --------------------------------------------------------------------------- link failure
+
+
+def run_bulk(f, a, b, nbytes=1_000_000, conns=3, seed=1, gap=0.002):
+    bulk = Bulk(f, a, b, nbytes, seed)
+    for i in range(conns):
+        bulk.start(i + 1, f.now + i * gap)
+    return bulk
+
+
+def finish(f, bulk, limit=60.0):
+    f.run(until=f.now + limit, stop=bulk.finished)
+    assert bulk.finished(), "the transfer did not finish"
+    bulk.check()
+    assert not f.access_errors
+
+
+def no_fault_duration() -> float:
+    f, a, b = hosts()
+    bulk = run_bulk(f, a, b)
+    finish(f, bulk)
+    return f.now
+
+
+@pytest.fixture(scope="module")
+def duration() -> float:
+    return no_fault_duration()
+
+
+SEEDS = list(range(24))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_link_one_killed_at_a_random_moment(seed, duration):
+    """Kill link 1's port on either side at a random moment of a three-connection
+    transfer (handshakes, ADD LINK and data all happen in that window), bring it back
+    later: every byte arrives once, the connections carry on, the groups end SYM."""
+    rng = random.Random(seed)
+    f, a, b = hosts(seed=seed)
+    bulk = run_bulk(f, a, b, seed=seed)
+    victim = rng.choice([a, b])
+    kill_at = rng.uniform(0, duration)
+    notify = rng.choice([0.0, 0.0003, 0.1])  # port event at once, soon, or after the QPs noticed
+    restore_at = kill_at + rng.uniform(0.005, 0.2)
+    f.at(kill_at, victim.port, "fab0", False, notify)
+    f.at(restore_at, victim.port, "fab0", True, notify)
+    finish(f, bulk)
+    f.run(until=max(f.now, restore_at + notify) + 8.0)  # room for a link add that must time out first (5 s)
+    for cid in bulk.cids:
+        for io in (a, b):
+            app = io.apps[cid]
+            assert app.fallback or (app.closed and app.close_error is None), f"{io.name} conn {cid}: {app}"
+    established_before = [c for c in bulk.cids if kinds(a, "conn.mode", conn=c) and kinds(a, "conn.mode", conn=c)[0].t < kill_at]
+    for cid in established_before:
+        assert not a.apps[cid].fallback  # it was SMC-R and stayed SMC-R, through the failover
+    assert_symmetric(a, b)
+    if established_before and kinds(a, "rdma.write"):
+        assert kinds(victim, "link.event", event="down")
+
+
+def test_killed_during_the_first_handshake_falls_back_with_every_byte():
+    f, a, b = hosts()
+    bulk = run_bulk(f, a, b)
+    f.at(0.00015, b.port, "fab0", False)  # the Accept is out, CONFIRM LINK not yet
+    f.at(0.05, b.port, "fab0", True)
+    finish(f, bulk)
+    assert a.apps[1].fallback and b.apps[1].fallback
+    (fb,) = kinds(b, "conn.fallback", conn=1)
+    assert fb.get("reason_text") == "0x09990002 ERR_RDYLNK"
+    assert not a.apps[2].fallback and not a.apps[3].fallback
+    f.run(until=f.now + 0.1)
+    assert_symmetric(a, b)
+
+
+@pytest.mark.parametrize("victim_device", ["fab0", "fab1"])  # the existing link's or the new link's
+@pytest.mark.parametrize("step", ["ADD LINK", "CONFIRM LINK"])
+def test_killed_while_the_second_link_is_added(victim_device, step):
+    f, a, b = hosts()
+    bulk = Bulk(f, a, b, 1_000_000, 1)
+    bulk.start(1, 0.0)
+    bulk.start(2, 0.05)  # after the port is back
+    killed = []
+
+    def watch(e):
+        if not killed and e.kind == "llc.msg" and e.get("dir") == "tx" and e.get("type").startswith("LLC " + step):
+            if step == "ADD LINK" or e.link == 2:
+                killed.append(e.t)
+                f.at(f.now, b.port, victim_device, False)
+
+    b.bus.listen(watch)
+    f.at(0.04, lambda: b.port(victim_device, True))
+    if (step, victim_device) == ("ADD LINK", "fab0"):
+        # the only link died before the client heard of the second one: nothing can carry
+        # connection 1 any more, it aborts on both sides and says why
+        f.run(until=5.0, stop=bulk.finished)
+        for io in (a, b):
+            assert io.apps[1].closed and "no other link" in io.apps[1].close_error
+        assert len(bulk.got[("client", 2)]) == len(bulk.got[("server", 2)]) == 1_000_000
+        return
+    finish(f, bulk)
+    assert killed and not a.apps[1].fallback and a.apps[1].close_error is None
+    if victim_device == "fab0":  # link 2 came up without link 1 and took its connection over
+        assert kinds(b, "link.event", event="failover_pending")
+    f.run(until=f.now + 8.0)
+    assert_symmetric(a, b)
+
+
+@pytest.mark.parametrize("side", ["sender", "receiver"])
+def test_killed_mid_write_across_a_wrap(side):
+    """The port dies right after the two WRITEs that split a transfer at the ring's end."""
+    f, a, b = hosts()
+    bulk = run_bulk(f, a, b, conns=1)
+    killed = []
+
+    def watch(e):
+        if not killed and e.kind == "rdma.write" and e.get("offset") == 0 and e.t > 0.002:
+            killed.append((e.t, e.conn, e.get("length")))
+            f.at(f.now, (a if side == "sender" else b).port, "fab0", False)  # the WRITEs are on the wire
+
+    a.bus.listen(watch)
+    f.at(0.2, lambda: (a if side == "sender" else b).port("fab0", True))
+    finish(f, bulk)
+    assert killed
+    conn_link = [e for e in a.events if e.kind == "link.event" and e.get("event") == "failover_begin"]
+    assert conn_link and conn_link[0].get("conns") == 1
+    rewound = [e for e in a.events if e.kind == "conn.cursor" and e.get("cause") == "failover"]
+    assert rewound and rewound[0].get("rewound") > 0  # unconfirmed data was written again
+
+
+def test_failover_validation_and_rewind_on_the_wire():
+    """The side that fails over sends the validation CDC (flag 0x08, the last completed
+    sequence number, zero cursors) on the surviving link before anything else."""
+    f, a, b = hosts()
+    bulk = run_bulk(f, a, b, conns=1)
+    f.at(0.004, a.port, "fab0", False)
+    finish(f, bulk)
+    (begin,) = kinds(a, "link.event", event="failover_begin")
+    after = [e for e in a.events if e.kind == "cdc.msg" and e.get("dir") == "tx" and e.t >= begin.t]
+    first = after[0]
+    assert first.get("flags") == ["failover_validation"] and first.link == 2
+    assert first.get("prod") == "0:0" and first.get("cons") == "0:0"
+    assert first.get("raw")[24] == 0x08  # producer flags byte: failover validation bit
+    (end,) = kinds(a, "link.event", event="failover_end")
+    assert end.get("duration_ms") > 0 and end.get("conns") == 1 and end.get("failed") == 0
+
+
+def test_client_detects_first_server_drives_the_deletion():
+    f, a, b = hosts()
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)
+    t0 = f.now
+    a.port("fab0", False)
+    f.run(until=f.now + 0.01)
+    log_a = llc_log(a, t0)
+    assert log_a[:3] == [("tx", "DELETE LINK", False, 2), ("rx", "DELETE LINK", False, 2), ("tx", "DELETE LINK", True, 2)]
+    reqs = [e for e in a.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type", "").startswith("LLC DELETE LINK")]
+    assert [(e.get("link_num"), e.get("reason"), e.get("orderly")) for e in reqs[:2]] == [(1, 0x00010000, True), (1, 0x00010000, True)]
+    assert reqs[2].get("reason") == 0x00100000  # the client had already cleared link 1: "unknown link"
+
+
+def test_server_detects_first_the_client_answers():
+    f, a, b = hosts()
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)
+    t0 = f.now
+    b.port("fab0", False)
+    f.run(until=f.now + 0.01)
+    reqs = [e for e in a.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type", "").startswith("LLC DELETE LINK")]
+    assert [(e.get("dir"), e.get("response"), e.get("link_num"), e.get("reason")) for e in reqs[:2]] == [
+        ("rx", False, 1, 0x00010000), ("tx", True, 1, 0)]  # fmt: skip
+    # then the server, SINGLE now, adds an asymmetric link on the device it still has
+    assert (a.host.lgrs[0].type, b.host.lgrs[0].type) == (LgrType.ASYMMETRIC_PEER, LgrType.ASYMMETRIC_LOCAL)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_client_port_back_asks_for_a_link_and_the_asymmetric_one_goes(version):
+    f, a, b = hosts(frozenset({version}))
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)
+    a.port("fab0", False)
+    f.run(until=f.now + 0.01)
+    assert (a.host.lgrs[0].type, b.host.lgrs[0].type) == (LgrType.ASYMMETRIC_LOCAL, LgrType.ASYMMETRIC_PEER)
+    t0 = f.now
+    a.port("fab0", True)
+    f.run(until=f.now + 0.01)
+    first = llc_log(a, t0)[0]
+    if version == 2:
+        assert first == ("tx", "REQUEST ADD LINK", False, 2)
+    else:
+        assert first == ("tx", "ADD LINK", False, 2)
+        invite = next(e for e in a.events if e.kind == "llc.msg" and e.t >= t0)
+        assert invite.get("qpn") == 0 and invite.get("gid") == a.dev_gid["fab0"]
+    dels = [e for e in b.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type", "").startswith("LLC DELETE LINK")]
+    assert dels[0].get("reason") == 0x00050000 and dels[0].get("orderly")  # the asymmetric link is no longer needed
+    assert_symmetric(a, b)
+
+
+def test_silent_path_loss_is_found_by_test_link():
+    """No port event, no traffic: TEST LINK finds the dead path and the group fails over
+    (its answer time is shorter than the RC retry budget here, so TEST LINK is first)."""
+    t = Timeouts(test_link=0.5, llc_wait=0.3)
+    f, a, b = hosts(timeouts=t)
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)
+    b.port("fab0", False, notify_after=None)
+    f.run(until=f.now + 3.0)
+    assert kinds(a, "link.event", event="test_link_timeout") or kinds(b, "link.event", event="test_link_timeout")
+    assert a.host.conns[1].link.link_id == 2 and b.host.conns[1].link.link_id == 2
+    assert a.host.app_send(1, b"still here", f.now) == 10
+    f.run(until=f.now + 0.01)
+    assert b.host.app_recv(1, 100, f.now) == b"still here"
+
+
+# --------------------------------------------------------------------------- no link left
+
+
+def test_both_links_killed_mid_transfer_every_connection_aborts_in_time():
+    f, a, b = hosts()
+    bulk = run_bulk(f, a, b)
+    kill = 0.006
+    f.at(kill, b.port, "fab0", False)
+    f.at(kill, b.port, "fab1", False)
+    f.run(until=kill + 10)
+    for cid in bulk.cids:
+        for io, limit in ((b, 0.001), (a, 2 * RETRY_TIMEOUT + 0.01)):
+            app = io.apps[cid]
+            assert app.closed and app.close_error and "terminated" in app.close_error, f"{io.name} {cid}: {app}"
+            (closed,) = kinds(io, "conn.state", conn=cid, new="CLOSED")
+            assert closed.t - kill <= limit, f"{io.name} conn {cid} closed {closed.t - kill:.3f} s after the kill"
+    assert not a.host.lgrs and not b.host.lgrs
+    (gone,) = [e for e in b.events if e.kind == "lgr.state" and e.get("new") == "NONE" and e.get("cause") != "created"]
+    assert "no other link" in gone.get("cause") or "no link left" in gone.get("cause")
+
+
+def test_both_links_killed_while_idle_test_link_ends_it():
+    t = Timeouts(test_link=5.0)
+    f, a, b = hosts(timeouts=t)
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)
+    kill = f.now
+    b.port("fab0", False)
+    b.port("fab1", False)
+    f.run(until=kill + 5.0 + 2.0 + RETRY_TIMEOUT * 2 + 0.1)
+    assert b.apps[1].closed and a.apps[1].closed and "terminated" in a.apps[1].close_error
+    (closed,) = kinds(a, "conn.state", conn=1, new="CLOSED")
+    assert closed.t - kill <= 5.0 + 2.0 + 0.01  # TEST LINK interval + its 2 s answer time
