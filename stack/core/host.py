@@ -16,6 +16,7 @@ with SYNCERR and the out-of-sync bit.
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import Iterable
 
 from stack.events import Event, EventBus
@@ -54,7 +55,9 @@ class SmcHost:
         self._token_seq = self.rng.getrandbits(24)
         self._first_contact: dict[bytes, SmcConnection] = {}  # peer id -> the handshake creating its link group
         self._deferred: dict[bytes, list[tuple[SmcConnection, clc.Proposal]]] = {}
-        self.stats = {"smc_client": 0, "smc_server": 0, "fallback_client": 0, "fallback_server": 0, "handshake_errors": 0}
+        self.stats = {"smc_client": 0, "smc_server": 0, "fallback_client": 0, "fallback_server": 0, "handshake_errors": 0,
+                      "links_down": 0, "links_added": 0, "failovers": 0}  # fmt: skip
+        self.failovers: deque[dict] = deque(maxlen=256)  # the latest failovers, for snapshots and reports
         self.fallback_reasons: dict[tuple[str, int], int] = {}
 
     # ---------------------------------------------------------------- events
@@ -708,6 +711,7 @@ class SmcHost:
             "host": self.name, "peer_id": self.peer_id.hex(), "stats": dict(self.stats),
             "fallbacks": [{"role": r, "reason": c, "text": codes.format_reason(c), "count": n} for (r, c), n in sorted(self.fallback_reasons.items())],
             "lgrs": [lgr.info() for lgr in self.lgrs], "conns": [c.snapshot() for c in self.conns.values()],
+            "failovers": list(self.failovers),
             "devices": [{"name": d.name, "up": d.up, "mtu": d.mtu} for d in self.devices],
         }  # fmt: skip
 

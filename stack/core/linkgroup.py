@@ -551,6 +551,7 @@ class LinkGroup:
         was_active = link.state == LinkState.ACTIVE
         if link.usable:
             link.set_state("down", now)
+            self.host.stats["links_down"] += 1
             self.emit(now, "link.event", link=link.link_id, event="down", reason=reason)
         self.kill_qp(link)
         if self.running is not None:
@@ -598,8 +599,12 @@ class LinkGroup:
     def _failover_end(self, rec: Failover, now: float) -> None:
         if rec in self.failovers:
             self.failovers.remove(rec)
+        duration_ms = round((now - rec.started) * 1000, 3)
         self.emit(now, "link.event", link=rec.from_link, event="failover_end", to_link=rec.to_link, conns=rec.moved,
-                  failed=rec.failed, duration_ms=round((now - rec.started) * 1000, 3))  # fmt: skip
+                  failed=rec.failed, duration_ms=duration_ms)  # fmt: skip
+        self.host.stats["failovers"] += 1
+        self.host.failovers.append({"t": rec.started, "lgr": self.name, "from_link": rec.from_link, "to_link": rec.to_link,
+                                    "conns": rec.moved, "failed": rec.failed, "duration_ms": duration_ms, "reason": rec.reason})  # fmt: skip
 
     def after_link_removed(self, link: Link, now: float, expected_asym: bool = False) -> None:
         """Set the type once a deleted link is cleared (smc_llc_*_delete_link)."""

@@ -197,6 +197,7 @@ class _AddLinkBase(LlcFlow):
                            link_num=link_num, qp_mtu=new.mtu, psn=new.qp.psn, **ext)  # fmt: skip
 
     def _confirmed(self, now: float) -> None:
+        self.host.stats["links_added"] += 1
         self.lgr.link_confirmed(self.new, now, self.new_type)
         self.event(now, "add_link_done", link=self.new.link_id, device=self.new.device, type=self.lgr.type.smc_tools_name,
                    asym=self.new.asym)  # fmt: skip

@@ -42,6 +42,7 @@ RECV_TAG = 1 << 62  # receive WR ids carry this bit: error completions do not sa
 RECV_SIZE = 8192
 SLOT_SIZE = 8192
 RW = Access.LOCAL_WRITE | Access.REMOTE_WRITE
+EVENT_POLL = 0.02  # seconds between looks at a device's async events (port up/down)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class RdmaDriver:
             self.loop.add_reader(fd, self._drain, dev)
         else:
             self._poll_handles.append(self.loop.call_later(0.001, self._poll_loop, dev))
-        self._poll_handles.append(self.loop.call_later(0.1, self._events_loop, dev))
+        self._poll_handles.append(self.loop.call_later(EVENT_POLL, self._events_loop, dev))
         return info
 
     def close(self) -> None:
@@ -254,7 +255,7 @@ class RdmaDriver:
                 dev.port_up = ev.type == EventType.PORT_ACTIVE
             self.on_device_event(dev.device.name, ev.type)
         self._poll_handles = [h for h in self._poll_handles if not h.cancelled()][-64:]
-        self._poll_handles.append(self.loop.call_later(0.1, self._events_loop, dev))
+        self._poll_handles.append(self.loop.call_later(EVENT_POLL, self._events_loop, dev))
 
     def qp_state(self, qp: int) -> QPState | None:
         q = self.qps.get(qp)

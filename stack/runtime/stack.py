@@ -448,20 +448,30 @@ class Stack:
         return self.host.fail_link(lgr, link, self.now())
 
     def set_port(self, device: str, up: bool) -> None:
-        dev = self.rdma.devs[device]
-        if hasattr(dev.device, "set_port_state"):
-            dev.device.set_port_state(up)
-        else:
+        """Take a soft device's port down or up, as a pulled cable would: the stack learns
+        of it from the device's port event, like any other port change."""
+        dev = self._dev(device)
+        if not hasattr(dev.device, "set_port_state"):
             raise ValueError(f"device {device} has no port control (only soft devices)")
+        self.host.emit(self.now(), "link.event", event="fault", fault="port_up" if up else "port_down", device=device)
+        dev.device.set_port_state(up)
 
     def set_faults(self, device: str, **faults) -> None:
-        dev = self.rdma.devs[device]
+        dev = self._dev(device)
         if not hasattr(dev.device, "faults"):
             raise ValueError(f"device {device} has no fault injection (only soft devices)")
         for k, v in faults.items():
             if not hasattr(dev.device.faults, k):
                 raise ValueError(f"unknown fault {k!r}: loss, rx_loss, drop_next, delay")
+        for k, v in faults.items():
             setattr(dev.device.faults, k, v)
+        self.host.emit(self.now(), "link.event", event="fault", fault="faults", device=device, **faults)
+
+    def _dev(self, device: str):
+        dev = self.rdma.devs.get(device)
+        if dev is None:
+            raise ValueError(f"no device {device!r}; devices: {', '.join(self.rdma.devs) or 'none'}")
+        return dev
 
     def force_decline(self, reason: int | None) -> None:
         """Make the next connections this host serves fall back with ``reason`` (None: stop)."""

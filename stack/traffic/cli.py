@@ -4,11 +4,15 @@
     smc-traffic client --connect 127.1.0.2:5000 --mode bulk --bytes 256M --direction both
     smc-traffic client --connect 127.1.0.2:5000 --mode rr --size 64 --duration 10 --connections 4 --json
     smc-traffic server --listen 127.1.0.2:5000 --decline DIFFPREFIX      # exercise fallback
+    smc-traffic server --listen 127.1.0.2:5000 --device 127.1.0.2 --device 127.1.1.2
+    smc-traffic client --device 127.1.0.1 --device 127.1.1.1 --bytes 1G \
+        --fail-link 2 --restore-link 5                                    # failover and back
 
-Each side runs its own stack with one soft RoCE device on its address (``--device``,
+Each side runs its own stack with a soft RoCE device on its address (``--device``,
 default: the listen address for the server, 127.1.0.1 for the client, whose TCP
-connection also leaves from that address). ``--provider pyverbs --rdma-device rxe0``
-uses a real device instead.
+connection also leaves from the first device's address). Give ``--device`` twice for a
+second device: link groups then get a second link and survive the loss of one.
+``--provider pyverbs --rdma-device rxe0`` uses a real device instead.
 """
 
 from __future__ import annotations
@@ -91,11 +95,23 @@ def positive_float(text: str) -> float:
     return v
 
 
+def fault_at(text: str) -> tuple[float, str | None]:
+    when, _, device = text.partition(":")
+    return positive_float(when), device or None
+
+
+def probability(text: str) -> float:
+    v = positive_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1")
+    return v
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("stack")
-    g.add_argument("--device", help="soft RoCE device address (default: see above)")
+    g.add_argument("--device", action="append", help="soft RoCE device address (repeat for a second device; default: see above)")
     g.add_argument("--provider", choices=["soft", "pyverbs"], default="soft")
-    g.add_argument("--rdma-device", default="rxe0", help="pyverbs device name (default rxe0)")
+    g.add_argument("--rdma-device", action="append", help="pyverbs device name (repeatable; default rxe0)")
     g.add_argument("--netns", help="open the soft device in this network namespace")
     g.add_argument("--mtu", type=int, choices=[256, 512, 1024, 2048, 4096], default=1024, help="soft device MTU")
     g.add_argument("--no-smc", action="store_true", help="plain TCP, no SMC")
@@ -105,6 +121,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ueid", action="append", type=ueid, help="user EID for SMC-Rv2 (repeatable; default SMCTOP)")
     g.add_argument("--test-link", type=positive_float, default=30.0, help="TEST LINK interval in seconds (0 disables)")
     g.add_argument("--host-name", help="host name in events and CLC (default: client/server)")
+    f = p.add_argument_group("faults (soft devices)")
+    f.add_argument("--fail-link", action="append", type=fault_at, default=[], metavar="T[:DEVICE]",
+                   help="T seconds after start, take DEVICE's port down (default: the first device, where link 1 is)")
+    f.add_argument("--restore-link", action="append", type=fault_at, default=[], metavar="T[:DEVICE]",
+                   help="T seconds after start, bring DEVICE's port back up")
+    f.add_argument("--loss", type=probability, default=0.0, help="drop this fraction of frames sent by every device (0..1)")
     o = p.add_argument_group("output")
     o.add_argument("--events", help="write every event as JSON lines to this file")
     o.add_argument("--control", help="serve the control socket at this path (smctop --attach)")
@@ -141,10 +163,10 @@ def stack_config(args, role: str) -> StackConfig:
     devices = ()
     if not args.no_smc:
         if args.provider == "pyverbs":
-            devices = (DeviceSpec("pyverbs", args.rdma_device),)
+            devices = tuple(DeviceSpec("pyverbs", name) for name in args.rdma_device or ["rxe0"])
         else:
-            addr = args.device or (args.listen[0] if role == "server" else "127.1.0.1")
-            devices = (DeviceSpec("soft", addr, addr, args.netns, args.mtu),)
+            addrs = args.device or [args.listen[0] if role == "server" else "127.1.0.1"]
+            devices = tuple(DeviceSpec("soft", addr, addr, args.netns, args.mtu) for addr in addrs)
     smc = SmcConfig(
         host=args.host_name or role, versions=args.versions, ueids=tuple(args.ueid or ("SMCTOP",)), rmb_size=args.rmb_size,
         sndbuf_size=args.sndbuf_size, forced_decline=getattr(args, "decline", None), timeouts=Timeouts(test_link=args.test_link),
@@ -180,6 +202,40 @@ class Progress:
             sys.stderr.write("\n")
 
 
+class UsageError(Exception):
+    """The command line asks for something this run cannot do."""
+
+
+def schedule_faults(host: Stack, args) -> None:
+    """Loss now, port downs and ups at their times; a device that does not exist or has
+    no port control is an error before anything runs."""
+    first = next(iter(host.rdma.devs), None)
+    plan = [(t, dev or first, False) for t, dev in args.fail_link] + [(t, dev or first, True) for t, dev in args.restore_link]
+    try:
+        for _, dev, _ in plan:
+            if not hasattr(host._dev(dev).device, "set_port_state"):
+                raise ValueError(f"device {dev} has no port control (only soft devices)")
+        if args.loss:
+            for name in host.rdma.devs:
+                host.set_faults(name, loss=args.loss)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    loop = asyncio.get_running_loop()
+    for when, dev, up in plan:
+        loop.call_later(when, host.set_port, dev, up)
+
+
+def link_report(host: Stack, started: float) -> dict:
+    """What the links went through: failovers (when, how long) and where the link groups ended."""
+    snap = host.host.snapshot()
+    failovers = [{**{k: v for k, v in fo.items() if k != "t"}, "at_s": round(fo["t"] - started, 3)} for fo in snap["failovers"]]
+    return {
+        "failovers": failovers, "links_down": snap["stats"]["links_down"], "links_added": snap["stats"]["links_added"],
+        "link_groups": [{"id": g["id"], "type": g["type"], "links": [f"{l['id']}:{l['device']}:{l['state']}" for l in g["links"]]}
+                        for g in snap["lgrs"]],
+    }  # fmt: skip
+
+
 def print_report(rep: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(rep, indent=2, sort_keys=True))
@@ -198,6 +254,14 @@ def print_report(rep: dict, as_json: bool) -> None:
     if "connect_ms_p50" in rep:
         print(f"  connect:   p50 {rep['connect_ms_p50']} ms")
     print(f"  verified:  {rep['verified']}/{rep['connections']}")
+    links = rep.get("links")
+    if links and (links["failovers"] or links["links_down"] or links["links_added"]):
+        print(f"  links:     {links['links_down']} went down, {links['links_added']} added, {len(links['failovers'])} failovers")
+        for fo in links["failovers"][:10]:
+            print(f"  failover:  at {fo['at_s']} s link group {fo['lgr']} link {fo['from_link']} -> {fo['to_link']}:"
+                  f" {fo['conns']} connections in {fo['duration_ms']} ms ({fo['reason']})")  # fmt: skip
+        for g in links["link_groups"]:
+            print(f"  now:       link group {g['id']} {g['type']}  {'  '.join(g['links'])}")
     for e in rep["errors"][:10]:
         print(f"  error:     {e}")
 
@@ -220,6 +284,7 @@ async def run_server(args) -> int:
                     done.set()
 
             server = await host.start_server(handle, *args.listen, smc=not args.no_smc)
+            schedule_faults(host, args)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, done.set)
@@ -235,7 +300,10 @@ async def run_server(args) -> int:
             if server.tasks:
                 await asyncio.wait(server.tasks, timeout=5)
             progress.stop()
-    print_report(totals.report("server"), args.json)
+            links = link_report(host, totals.started)
+    rep = totals.report("server")
+    rep["links"] = links
+    print_report(rep, args.json)
     return 1 if totals.errors else 0
 
 
@@ -252,6 +320,7 @@ async def run_client(args) -> int:
             async def open_conn():
                 return await host.open_connection(*args.connect, smc=not args.no_smc, local_addr=local)
 
+            schedule_faults(host, args)
             progress = Progress(totals, args.progress if args.progress is not None else sys.stderr.isatty())
             progress.start()
             direction = {"up": UP, "down": DOWN, "both": BOTH}[args.direction]
@@ -268,8 +337,15 @@ async def run_client(args) -> int:
                 await asyncio.gather(*jobs)
             except (ConnectionError, OSError) as e:
                 totals.errors.append(f"{type(e).__name__}: {e}")
+            # stay for the last port change asked for, so the report shows what it did
+            last = max([t for t, _ in args.fail_link + args.restore_link], default=None)
+            if last is not None:
+                await asyncio.sleep(max(0.0, totals.started + last + 0.5 - time.monotonic()))
             progress.stop()
-    print_report(totals.report(args.mode), args.json)
+            links = link_report(host, totals.started)
+    rep = totals.report(args.mode)
+    rep["links"] = links
+    print_report(rep, args.json)
     return 1 if totals.errors else 0
 
 
@@ -279,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--connections must be at least 1 and --count not negative")
     try:
         return asyncio.run(run_server(args) if args.role == "server" else run_client(args))
-    except OSError as e:
+    except (OSError, UsageError) as e:
         print(f"smc-traffic: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import time
 
 import pytest
 from support import tshark
@@ -20,20 +17,7 @@ pytestmark = pytest.mark.oracle
 
 
 def capture(path, hosts: tuple[str, str], body) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("capturing lo needs root (CI runs as root)")
-    filt = f"(udp port 4791 or tcp port 5000) and host {hosts[0]} and host {hosts[1]}"
-    cap = subprocess.Popen([tshark.tshark_path(), "-i", "lo", "-f", filt, "-w", str(path)], stderr=subprocess.PIPE, text=True)
-    try:
-        for line in cap.stderr:
-            if "Capture started" in line:
-                break
-        time.sleep(0.2)
-        body()
-        time.sleep(0.3)
-    finally:
-        cap.send_signal(signal.SIGINT)
-        cap.wait(timeout=10)
+    tshark.capture_lo(path, f"(udp port 4791 or tcp port 5000) and host {hosts[0]} and host {hosts[1]}", body)
 
 
 def session(versions: frozenset[int], order: str, holder: dict, pair: tuple[str, str]):

@@ -25,18 +25,31 @@ def addrs() -> tuple[str, str]:
     return f"127.{100 + n // 200}.{n % 200}.1", f"127.{100 + n // 200}.{n % 200}.2"
 
 
-def config(host: str, addr: str | None, mtu: int = 4096, control: str | None = None, **smc) -> StackConfig:
+def second_device(addr: str) -> str:
+    """The address of a host's second soft device: same host part, another /16."""
+    o = addr.split(".")
+    return f"127.{int(o[1]) + 50}.{o[2]}.{o[3]}"
+
+
+def config(host: str, addr: str | tuple[str, ...] | None, mtu: int = 4096, control: str | None = None, **smc) -> StackConfig:
     smc.setdefault("timeouts", Timeouts(clc_wait=3.0))
-    devices = (DeviceSpec("soft", addr, addr, None, mtu),) if addr else ()
+    addrs = (addr,) if isinstance(addr, str) else tuple(addr or ())
+    devices = tuple(DeviceSpec("soft", a, a, None, mtu) for a in addrs)
     return StackConfig(SmcConfig(host=host, **smc), devices, control_path=control)
 
 
 @contextlib.asynccontextmanager
-async def two_stacks(client_kw: dict | None = None, server_kw: dict | None = None, *, mtu: int = 4096, client_dev: bool = True,
-                     server_dev: bool = True, pair: tuple[str, str] | None = None):  # fmt: skip
+async def two_stacks(client_kw: dict | None = None, server_kw: dict | None = None, *, mtu: int = 4096, client_dev: bool | int = True,
+                     server_dev: bool | int = True, pair: tuple[str, str] | None = None):  # fmt: skip
+    """Two stacks on fresh loopback addresses; ``client_dev``/``server_dev`` = 2 gives a host
+    a second device (see ``second_device``)."""
     ca, sa = pair or addrs()
-    a = Stack(config("client", ca if client_dev else None, mtu, **(client_kw or {})))
-    b = Stack(config("server", sa if server_dev else None, mtu, **(server_kw or {})))
+
+    def devs(addr: str, n: bool | int) -> tuple[str, ...]:
+        return (addr, second_device(addr))[: int(n)]
+
+    a = Stack(config("client", devs(ca, client_dev), mtu, **(client_kw or {})))
+    b = Stack(config("server", devs(sa, server_dev), mtu, **(server_kw or {})))
     await a.start()
     await b.start()
     try:
@@ -93,4 +106,4 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return False
 
 
-__all__ = ["addrs", "config", "two_stacks", "run", "TrafficServer", "traffic_client", "wait_for", "replace"]
+__all__ = ["addrs", "second_device", "config", "two_stacks", "run", "TrafficServer", "traffic_client", "wait_for", "replace"]

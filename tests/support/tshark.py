@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 
@@ -69,3 +72,22 @@ def decode(path: str, *extra: str) -> list[Frame]:
 def num(value) -> int:
     """tshark prints integers in decimal or 0x-hex depending on the field's base."""
     return int(value, 0)
+
+
+def capture_lo(path, bpf_filter: str, body) -> None:
+    """Capture loopback into ``path`` while ``body()`` runs (skips the test without root)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("capturing lo needs root (CI runs as root)")
+    cap = subprocess.Popen([tshark_path(), "-i", "lo", "-f", bpf_filter, "-w", str(path)], stderr=subprocess.PIPE, text=True)
+    try:
+        for line in cap.stderr:  # packets before this line would be lost
+            if "Capture started" in line:
+                break
+        time.sleep(0.2)
+        body()
+        time.sleep(0.3)
+    finally:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(timeout=10)

@@ -1,0 +1,156 @@
+"""Failover in the running stack over the soft provider: hosts with two soft RoCE devices,
+ports pulled and put back while data flows, checked by CRC and byte count."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+from support.stacks import TrafficServer, addrs, run, second_device, traffic_client, two_stacks
+
+from stack.runtime.control import ControlClient
+from stack.traffic import runner
+from stack.traffic.protocol import BOTH
+
+RMB = {"rmb_size": 256 << 10, "sndbuf_size": 256 << 10}
+
+
+def lgr_types(stack) -> list[str]:
+    return [g["type"] for g in stack.snapshot()["lgrs"]]
+
+
+async def settle(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bulk_survives_a_port_pulled_at_a_random_moment(seed):
+    """Three connections move 24 MiB each way; the first device of one side loses its port
+    at a random moment and gets it back later: every byte verifies, the connections stay
+    SMC-R, failover is reported on both sides and both groups end SYM again."""
+    rng = random.Random(seed)
+
+    async def main():
+        async with two_stacks(RMB, RMB, client_dev=2, server_dev=2) as (a, b, ca, sa):
+            ts, tc = runner.Totals(), runner.Totals()
+            await b.start_server(lambda r, w: runner.serve(r, w, ts), sa, 5000)
+            victim, dev = rng.choice([(a, ca), (b, sa)])
+            jobs = [runner.bulk(lambda: a.open_connection(sa, 5000, local_addr=(ca, 0)), tc, direction=BOTH, total=24 << 20,
+                                duration=0, seed=seed * 10 + i) for i in range(3)]  # fmt: skip
+            work = asyncio.gather(*jobs)
+            await asyncio.sleep(rng.uniform(0.05, 0.6))
+            victim.set_port(dev, False)
+            await asyncio.sleep(rng.uniform(0.3, 1.0))
+            victim.set_port(dev, True)
+            await asyncio.wait_for(work, 120)
+            ok = await settle(lambda: lgr_types(a) == ["SYM"] and lgr_types(b) == ["SYM"])
+            events = [fo for s in (a, b) for fo in s.snapshot()["failovers"]]
+            return tc, ts, ok, events, (lgr_types(a), lgr_types(b))
+
+    tc, ts, sym, failovers, types = run(main(), timeout=180)
+    assert not tc.errors and not ts.errors, (tc.errors, ts.errors)
+    assert tc.verified == 3 and ts.verified == 3 and tc.modes == {"SMCR": 3}
+    assert tc.bytes_sent == tc.bytes_received == 3 * (24 << 20)
+    assert sym, f"link groups did not return to SYM: {types}"
+    lost = [fo for fo in failovers if fo["reason"].startswith(("port down", "deleted by the peer: 0x00010000", "send completion"))]
+    assert lost and all(fo["failed"] == 0 for fo in lost), failovers
+
+
+def test_both_ports_pulled_every_connection_aborts_in_time():
+    """No link left: the host that lost its ports aborts at once; its peer aborts when its
+    RC retries run out on each link (about 1.1 s a link with the kernel's QP attributes)."""
+
+    async def main():
+        async with two_stacks(RMB, RMB, client_dev=2, server_dev=2) as (a, b, ca, sa):
+            ts, tc = runner.Totals(), runner.Totals()
+            await b.start_server(lambda r, w: runner.serve(r, w, ts), sa, 5000)
+            jobs = [runner.bulk(lambda: a.open_connection(sa, 5000, local_addr=(ca, 0)), tc, direction=BOTH, total=1 << 30,
+                                duration=0, seed=i) for i in range(2)]  # fmt: skip
+            work = asyncio.gather(*jobs, return_exceptions=True)
+            await asyncio.sleep(0.4)
+            t0 = time.monotonic()
+            b.set_port(sa, False)
+            b.set_port(second_device(sa), False)
+            server_gone = await settle(lambda: not b.host.lgrs, 2.0)
+            t_server = time.monotonic() - t0
+            await asyncio.wait_for(work, 10)
+            t_client = time.monotonic() - t0
+            return tc, server_gone, t_server, t_client, a.host.snapshot()
+
+    tc, server_gone, t_server, t_client, snap = run(main(), timeout=60)
+    assert server_gone and t_server < 0.5, t_server
+    assert t_client < 4.0, t_client
+    assert len(tc.errors) == 2 and all("terminated" in e for e in tc.errors), tc.errors
+    assert not snap["lgrs"] and tc.verified == 0
+
+
+def test_smc_traffic_fails_and_restores_a_link_across_two_processes():
+    ca, sa = addrs()
+    sa2, ca2 = second_device(sa), second_device(ca)
+    server = TrafficServer(sa, "--device", sa, "--device", sa2, "--duration", "5", "--rmb-size", "256K", "--sndbuf-size", "256K",
+                           "--mtu", "4096")  # fmt: skip
+    rc, rep, err = traffic_client(sa, ca, "--device", ca2, "--bytes", "32M", "--direction", "both", "--connections", "2",
+                                  "--rmb-size", "256K", "--sndbuf-size", "256K", "--mtu", "4096", "--fail-link", "0.3",
+                                  "--restore-link", "1.5", "--loss", "0.0005")  # fmt: skip
+    srep = server.report()
+    assert rc == 0, err
+    assert rep["verified"] == 2 and srep["verified"] == 2 and rep["modes"] == {"SMCR": 2}
+    links = rep["links"]
+    assert links["links_down"] >= 1 and links["failovers"]
+    first = links["failovers"][0]
+    assert first["reason"] == f"port down on {ca}" and first["conns"] == 2 and 0.3 <= first["at_s"] < 1.0
+    assert [g["type"] for g in links["link_groups"]] == ["SYM"]
+    assert srep["links"]["failovers"][0]["reason"].startswith("deleted by the peer: 0x00010000")
+
+
+def test_fault_controls_on_the_control_socket_are_events(tmp_path):
+    path = str(tmp_path / "ctl.sock")
+
+    async def main():
+        async with two_stacks({}, {}, client_dev=2, server_dev=2) as (a, b, ca, sa):
+            from stack.runtime.control import ControlServer
+
+            ctl = ControlServer(b, path, 1.0)
+            await ctl.start()
+            try:
+
+                async def echo(r, w):
+                    w.write(await r.read(5))
+                    await w.drain()
+
+                await b.start_server(echo, sa, 5000)
+                r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
+                await settle(lambda: lgr_types(b) == ["SYM"])
+                client = await ControlClient.connect(path)
+                await client.send("subscribe", kinds=["link.event", "lgr.state"])
+                await client.send("faults", device=second_device(sa), loss=0.0)
+                await client.send("port", device=sa, up=False)
+                await client.send("port", device="nope", up=True)
+                seen = []
+                async for msg in client.messages():
+                    seen.append(msg)
+                    if msg.get("type") == "event" and msg["event"].get("event") == "failover_end":
+                        break
+                await client.send("port", device=sa, up=True)
+                back = await settle(lambda: lgr_types(b) == ["SYM"] and len(b.host.lgrs[0].links) == 2)
+                w.write(b"hello")
+                got = await r.read(5)
+                await client.close()
+                return seen, back, got
+            finally:
+                await ctl.close()
+
+    seen, back, got = run(main())
+    errors = [m for m in seen if m.get("type") == "error"]
+    assert len(errors) == 1 and "no device 'nope'" in errors[0]["error"]
+    events = [(m["event"].get("event"), m["event"].get("fault")) for m in seen if m.get("type") == "event"]
+    assert ("fault", "faults") in events and ("fault", "port_down") in events
+    assert ("port_down", None) in events and ("down", None) in events and ("failover_begin", None) in events
+    assert back and got == b"hello"
