@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import random
 import statistics
-import time
 
 from stack.core.config import SmcConfig
 from stack.runtime import DeviceSpec, Stack, StackConfig

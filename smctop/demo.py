@@ -1,13 +1,17 @@
 """The embedded demo: three hosts in this process, on soft RoCE devices, with a traffic mix.
 
 * ``alpha`` (client) runs bulk transfers and request/response to ``beta`` over SMC-R;
+  both have two soft RoCE devices, so their link group has two links (SYM);
+* a third of the way in, ``beta`` loses the port of its first device: its connections
+  fail over to the second link, nothing is lost; the port comes back at two thirds and
+  the link group returns to SYM;
 * ``gamma`` serves too, but declines every Proposal (DIFFPREFIX), so alpha's connections
   to it fall back to TCP and say why;
 * every event of every host goes to the event bus; a view prints what an operator needs.
 
 ``python -m smctop.demo [--seconds 8]`` prints a live line per second, then the connection
 table (as ``smcss -d`` shows it), the link groups (as ``smcr linkgroup link-show``), the
-fallback reasons and the event counts.
+failovers, the fallback reasons and the event counts.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from stack.traffic.protocol import BOTH
 from stack.wire import codes
 
 ALPHA, BETA, GAMMA = "127.30.0.1", "127.30.0.2", "127.30.0.3"
+ALPHA2, BETA2 = "127.31.0.1", "127.31.0.2"  # the second devices
 DIFFPREFIX = 0x03070000
 
 
@@ -40,13 +45,13 @@ class Demo:
 
     async def start(self, control_dir: str | None = None) -> "Demo":
         specs = {
-            "alpha": (ALPHA, {}),
-            "beta": (BETA, {}),
-            "gamma": (GAMMA, {"forced_decline": DIFFPREFIX}),
+            "alpha": ((ALPHA, ALPHA2), {}),
+            "beta": ((BETA, BETA2), {}),
+            "gamma": ((GAMMA,), {"forced_decline": DIFFPREFIX}),
         }
-        for name, (addr, extra) in specs.items():
+        for name, (addrs, extra) in specs.items():
             cfg = StackConfig(SmcConfig(host=name, rmb_size=256 << 10, sndbuf_size=256 << 10, **extra),
-                              (DeviceSpec("soft", addr, addr, None, 4096),),
+                              tuple(DeviceSpec("soft", a, a, None, 4096) for a in addrs),
                               control_path=f"{control_dir}/{name}.sock" if control_dir else None)  # fmt: skip
             stack = Stack(cfg)
             await stack.start()
@@ -54,8 +59,20 @@ class Demo:
             self.hosts[name] = stack
         for name in ("beta", "gamma"):
             t = self.totals[name] = runner.Totals()
-            await self.hosts[name].start_server(lambda r, w, t=t: runner.serve(r, w, t), specs[name][0], 5000)
+            await self.hosts[name].start_server(lambda r, w, t=t: runner.serve(r, w, t), specs[name][0][0], 5000)
         return self
+
+    def pull_port(self, seconds: float, out) -> None:
+        """beta's first port goes down a third of the way in and comes back at two thirds."""
+        loop = asyncio.get_running_loop()
+        beta = self.hosts["beta"]
+
+        def port(up: bool) -> None:
+            out.write(f"        beta: port of {BETA} {'back up' if up else 'pulled'}\n")
+            beta.set_port(BETA, up)
+
+        loop.call_later(seconds / 3, port, False)
+        loop.call_later(seconds * 2 / 3, port, True)
 
     def run_traffic(self, seconds: float) -> None:
         alpha = self.hosts["alpha"]
@@ -107,9 +124,15 @@ def _lgr_table(snaps: dict[str, dict]) -> list[str]:
     return rows
 
 
+def _failovers(snaps: dict[str, dict]) -> list[str]:
+    return [f"  {name:6} link group {fo['lgr']} link {fo['from_link']} -> {fo['to_link']}: {fo['conns']} connections moved in "
+            f"{fo['duration_ms']} ms ({fo['reason']})" for name, snap in snaps.items() for fo in snap["failovers"]]  # fmt: skip
+
+
 async def run(seconds: float, out=sys.stdout) -> Demo:
     demo = await Demo().start()
     demo.run_traffic(seconds)
+    demo.pull_port(seconds, out)
     start, last = time.monotonic(), (0, time.monotonic())
     busy: dict[str, dict] = {}  # the last snapshots taken while connections were open
     try:
@@ -130,6 +153,10 @@ async def run(seconds: float, out=sys.stdout) -> Demo:
             out.flush()
         out.write("\nconnections while traffic ran (smcss -d):\n" + "\n".join(_conn_table(busy)) + "\n")
         out.write("\nlink groups and links (smcr linkgroup link-show):\n" + "\n".join(_lgr_table(busy)) + "\n")
+        final = {name: stack.snapshot() for name, stack in demo.hosts.items()}
+        out.write("\nfailovers:\n" + ("\n".join(_failovers(final)) or "  none") + "\n")
+        types = sorted({f"{name} {g['type']}" for name, snap in final.items() for g in snap["lgrs"]})
+        out.write("link groups at the end: " + ", ".join(types) + "\n")
         out.write("\nfallbacks:\n")
         for name, stack in demo.hosts.items():
             for f in stack.snapshot()["fallbacks"]:

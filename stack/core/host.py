@@ -22,7 +22,7 @@ from typing import Iterable
 from stack.events import Event, EventBus
 from stack.wire import clc, codes
 from stack.wire.clc import ClcError
-from stack.wire.codes import LgrRole, LgrType, LinkState, SmcState
+from stack.wire.codes import LgrRole, LinkState, SmcState
 
 from . import handshake as hsk
 from .buffers import RegisteredBuffer

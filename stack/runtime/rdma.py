@@ -253,6 +253,11 @@ class RdmaDriver:
         for ev in dev.device.poll_events():
             if ev.type in (EventType.PORT_ERR, EventType.PORT_ACTIVE):
                 dev.port_up = ev.type == EventType.PORT_ACTIVE
+                # What the NIC received before the port went down is in the CQs: hand it to the
+                # core first, or the link's QP dies with messages the peer saw acknowledged
+                # (and its failover-validation CDC would name a seqno we never processed).
+                for d in self.devs.values():
+                    self._drain(d)
             self.on_device_event(dev.device.name, ev.type)
         self._poll_handles = [h for h in self._poll_handles if not h.cancelled()][-64:]
         self._poll_handles.append(self.loop.call_later(EVENT_POLL, self._events_loop, dev))

@@ -24,7 +24,6 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import replace
 
 from stack.core.config import SmcConfig, Timeouts
 from stack.events import JsonlWriter

@@ -4,16 +4,14 @@ code and event."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 from support.fabric import open_conn, pair
 
 from stack.core import handshake as hsk
 from stack.core.config import SmcConfig, Timeouts
-from stack.core.states import Hs
-from stack.wire import cdc, clc, codes, llc
-from stack.wire.codes import LgrType, LinkState, SmcState
+from stack.wire import cdc, clc, codes
+from stack.wire.codes import SmcState
 
 
 def cfg(host, **kw) -> SmcConfig:

@@ -267,13 +267,19 @@ def test_failover_validation_and_rewind_on_the_wire():
     assert end.get("duration_ms") > 0 and end.get("conns") == 1 and end.get("failed") == 0
 
 
-def test_client_detects_first_server_drives_the_deletion():
+def pull_after_setup(side: str):
+    """A SYM group with one connection, then the client's or the server's fab0 port pulled."""
     f, a, b = hosts()
     open_conn(f, a, b, 1)
     f.run(until=f.now + 0.01)
     t0 = f.now
-    a.port("fab0", False)
+    (a if side == "client" else b).port("fab0", False)
     f.run(until=f.now + 0.01)
+    return f, a, b, t0
+
+
+def test_client_detects_first_server_drives_the_deletion():
+    f, a, b, t0 = pull_after_setup("client")
     log_a = llc_log(a, t0)
     assert log_a[:3] == [("tx", "DELETE LINK", False, 2), ("rx", "DELETE LINK", False, 2), ("tx", "DELETE LINK", True, 2)]
     reqs = [e for e in a.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type", "").startswith("LLC DELETE LINK")]
@@ -282,12 +288,7 @@ def test_client_detects_first_server_drives_the_deletion():
 
 
 def test_server_detects_first_the_client_answers():
-    f, a, b = hosts()
-    open_conn(f, a, b, 1)
-    f.run(until=f.now + 0.01)
-    t0 = f.now
-    b.port("fab0", False)
-    f.run(until=f.now + 0.01)
+    f, a, b, t0 = pull_after_setup("server")
     reqs = [e for e in a.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type", "").startswith("LLC DELETE LINK")]
     assert [(e.get("dir"), e.get("response"), e.get("link_num"), e.get("reason")) for e in reqs[:2]] == [
         ("rx", False, 1, 0x00010000), ("tx", True, 1, 0)]  # fmt: skip

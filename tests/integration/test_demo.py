@@ -17,7 +17,11 @@ def test_the_demo_shows_smc_traffic_and_a_reasoned_fallback():
     table = text.split("connections while traffic ran (smcss -d):")[1].split("link groups")[0]
     assert table.count(" SMCR ") >= 6  # bulk + 2 rr connections, seen from both ends
     assert "alpha  client 0x05000000 PEERDECL" in text and "gamma  server 0x03070000 DIFFPREFIX" in text
-    assert "LINK_ACTIVE" in text and "SINGLE" in text
+    assert "LINK_ACTIVE" in text and " SYM " in text
+    # beta's port was pulled and put back: the connections moved, and the group is SYM again
+    failovers = text.split("failovers:")[1].split("link groups at the end")[0]
+    assert "beta   link group" in failovers and "(port down on 127.30.0.2)" in failovers
+    assert "link groups at the end: alpha SYM, beta SYM" in text
     assert d.totals["bulk"].verified == 1 and not d.totals["bulk"].errors
     assert d.totals["rr"].ops > 0 and d.totals["fallback"].modes.get("TCP", 0) == d.totals["fallback"].connections > 0
     assert d.events["cdc.msg"] > 0 and d.events["conn.fallback"] > 0

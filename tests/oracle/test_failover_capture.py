@@ -13,11 +13,10 @@ Wireshark 4.0's known mistakes, kept visible here rather than hidden:
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 from support import tshark
-from support.stacks import addrs, run, second_device, two_stacks
+from support.stacks import addrs, echo_exchanges, run, second_device, two_stacks
 
 pytestmark = pytest.mark.oracle
 
@@ -30,18 +29,7 @@ def session(versions: frozenset[int], pair: tuple[str, str], seen: dict):
             a.bus.listen(events.append)
             b.bus.listen(events.append)
 
-            async def echo(r, w):
-                w.write(await r.read())
-                w.close()
-
-            await b.start_server(echo, sa, 5000)
-            for n in range(2):  # first contact with a second link, then CONFIRM RKEY on both links
-                r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
-                w.write(os.urandom(5000 + n))
-                w.write_eof()
-                await r.read()
-                w.close()
-                await w.wait_closed()
+            await echo_exchanges(a, b, ca, sa, 2)  # first contact with a second link, then CONFIRM RKEY on both links
             await asyncio.sleep(0.1)
             for stack, dev in ((b, sa), (a, ca)):  # the server's port, then the client's
                 stack.set_port(dev, False)

@@ -4,11 +4,10 @@ SMC-R sessions (CLC on TCP, LLC and CDC as RoCEv2 SENDs, data as RDMA WRITEs).""
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 from support import tshark
-from support.stacks import run, two_stacks
+from support.stacks import echo_exchanges, run, two_stacks
 
 from dissectors.pcapng import read_packets
 from stack.wire import roce
@@ -25,20 +24,7 @@ def session(versions: frozenset[int], order: str, holder: dict, pair: tuple[str,
         kw = {"versions": versions, "llc_v2_order": order}
         async with two_stacks(kw, kw, mtu=1024, pair=pair) as (a, b, ca, sa):
             holder["addrs"] = (ca, sa)
-
-            async def echo(r, w):
-                w.write(await r.read())
-                w.close()
-
-            await b.start_server(echo, sa, 5000)
-            for n in range(2):  # first contact, then reuse (CONFIRM RKEY, DELETE RKEY)
-                r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
-                holder.setdefault("info", []).append(w.get_extra_info("smc"))
-                w.write(os.urandom(5000 + n))
-                w.write_eof()
-                await r.read()
-                w.close()
-                await w.wait_closed()
+            await echo_exchanges(a, b, ca, sa, 2, holder.setdefault("info", []))
             await asyncio.sleep(0.2)
 
     return main

@@ -59,6 +59,26 @@ async def two_stacks(client_kw: dict | None = None, server_kw: dict | None = Non
         await b.close()
 
 
+async def echo_exchanges(client: Stack, server: Stack, ca: str, sa: str, n: int = 2, infos: list | None = None) -> None:
+    """``n`` connections, one after the other, each echoing a few KiB: the first makes the
+    link group, the next reuse it (CONFIRM RKEY, and DELETE RKEY when they close)."""
+
+    async def echo(r, w):
+        w.write(await r.read())
+        w.close()
+
+    await server.start_server(echo, sa, 5000)
+    for i in range(n):
+        r, w = await client.open_connection(sa, 5000, local_addr=(ca, 0))
+        if infos is not None:
+            infos.append(w.get_extra_info("smc"))
+        w.write(os.urandom(5000 + i))
+        w.write_eof()
+        await r.read()
+        w.close()
+        await w.wait_closed()
+
+
 def run(coro, timeout: float = 120):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
@@ -106,4 +126,4 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return False
 
 
-__all__ = ["addrs", "second_device", "config", "two_stacks", "run", "TrafficServer", "traffic_client", "wait_for", "replace"]
+__all__ = ["addrs", "second_device", "config", "two_stacks", "echo_exchanges", "run", "TrafficServer", "traffic_client", "wait_for", "replace"]

@@ -23,7 +23,6 @@ from multiprocessing.connection import Client, Connection, Listener
 from stack.verbs import open_provider
 from stack.verbs.api import (
     Access,
-    EventType,
     Mtu,
     QPCap,
     RCPath,

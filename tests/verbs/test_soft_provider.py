@@ -56,7 +56,7 @@ def test_every_frame_is_rocev2_with_a_correct_icrc(ends):
     rx = [f for f in frames if f.direction == "rx"]
     assert len(tx) == 69 and rx, (len(tx), len(rx))  # 70000 bytes at MTU 1024
     for f in tx + rx:
-        p = roce.decode_datagram(f.payload, f.src, f.dst, f.sport, f.dport, check_icrc=True)
+        roce.decode_datagram(f.payload, f.src, f.dst, f.sport, f.dport, check_icrc=True)
         assert f.dport == roce.ROCE_V2_PORT and f.dropped is None
     ops = [roce.decode_packet(f.payload[:-4]).bth.opcode for f in tx]
     assert ops[0] == Opcode.RDMA_WRITE_FIRST and ops[-1] == Opcode.RDMA_WRITE_LAST
