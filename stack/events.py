@@ -40,6 +40,7 @@ KINDS = {
     "lgr.state": "a link group was created, changed type, or was terminated",
     "stats": "periodic host totals",
     "events.dropped": "a subscriber missed events because it was too slow",
+    "trace.note": "smc-trace could not decode a frame of a capture: its number and why",
 }
 
 ID_KEYS = ("host", "lgr", "link", "conn")

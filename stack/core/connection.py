@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from stack.wire.cdc import CdcMessage, Cursor
 from stack.wire.codes import SmcState
+from stack.wire.fields import cdc_fields as _cdc_fields
+from stack.wire.fields import cursor_text as _c
 
 from . import cursor as curs
 from .states import CONN_TABLE, Hs, step
@@ -477,16 +479,7 @@ _CDC_FLAG = {"done_writing": "peer_done_writing", "closed": "peer_conn_closed", 
 _CDC_EXTRA = {"failover_validation", "urg_data_pending", "urg_data_present"}
 
 
-def _c(c: Cursor) -> str:
-    return f"{c.wrap}:{c.count}"
-
-
 def _s16(v: int) -> int:
     v &= 0xFFFF
     return v - 0x10000 if v & 0x8000 else v
 
-
-def _cdc_fields(m: CdcMessage) -> dict:
-    flags = [name for name in ("write_blocked", "urg_data_pending", "urg_data_present", "cons_curs_upd_req", "failover_validation",
-                               "peer_done_writing", "peer_conn_closed", "peer_conn_abort") if getattr(m, name)]  # fmt: skip
-    return {"seqno": m.seqno, "token": m.token, "prod": _c(m.prod), "cons": _c(m.cons), "flags": flags, "raw": m.encode()}

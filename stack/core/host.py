@@ -23,6 +23,7 @@ from stack.events import Event, EventBus
 from stack.wire import clc, codes
 from stack.wire.clc import ClcError
 from stack.wire.codes import LgrRole, LinkState, SmcState
+from stack.wire.fields import clc_fields as _clc_fields
 
 from . import handshake as hsk
 from .buffers import RegisteredBuffer
@@ -723,16 +724,3 @@ def confirm_link_msg(lgr: LinkGroup, link: Link):
         version=lgr.llc_version(), mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn, link_num=link.link_id,
         link_uid=link.link_uid, max_links=lgr.max_links, max_conns=lgr.max_conns if lgr.version >= 2 else 0,
     )  # fmt: skip
-
-
-def _clc_fields(msg, raw: bytes) -> dict:
-    out: dict = {"type": type(msg).__name__, "raw": raw, "version": msg.version}
-    if isinstance(msg, clc.Decline):
-        out.update(diagnosis=msg.diagnosis, diagnosis_text=codes.format_reason(msg.diagnosis), out_of_sync=msg.out_of_sync)
-    elif isinstance(msg, clc.Proposal):
-        out.update(typev1=msg.typev1.name, typev2=msg.typev2.name,
-                   eids=[clc.eid_text(e) for e in msg.v2.eids] if msg.v2 else [], peer_id=msg.peer_id.hex())  # fmt: skip
-    elif isinstance(msg, (clc.Accept, clc.Confirm)):
-        out.update(first_contact=msg.first_contact, qpn=msg.qpn, token=msg.rmbe_alert_token, rkey=msg.rmb_rkey,
-                   rmbe_size=msg.rmbe_size, qp_mtu=msg.qp_mtu, psn=msg.psn, peer_id=msg.peer_id.hex())  # fmt: skip
-    return out

@@ -25,6 +25,7 @@ from stack.wire import cdc, llc
 from stack.wire.cdc import CdcError
 from stack.wire.codes import LgrRole, LgrType, LinkState
 from stack.wire.llc import LlcError
+from stack.wire.fields import llc_fields as _llc_fields
 
 from .ports import QpInfo
 from .states import LINK_TABLE, step
@@ -690,17 +691,3 @@ def _reason(code: int) -> str:
 
     return DELETE_LINK_REASONS.format(code)
 
-
-def _llc_fields(msg: llc.LlcMessage, raw: bytes) -> dict:
-    from dataclasses import fields as dc_fields
-
-    out = {"type": msg.name, "response": msg.response}
-    for f in dc_fields(msg):
-        if f.name in ("version", "response", "order"):
-            continue
-        v = getattr(msg, f.name)
-        if isinstance(v, tuple):
-            v = [vars(x) if hasattr(x, "__dict__") else x for x in v]
-        out[f.name] = v
-    out["raw"] = raw
-    return out

@@ -6,6 +6,9 @@ Every line is one JSON object with a ``type``:
 * ``hello``: sent on connect: host name, protocol version, the commands;
 * ``event``: ``{"type": "event", "event": <canonical event record>}`` once subscribed;
 * ``snapshot``: ``{"type": "snapshot", "snapshot": {...}}`` every interval (default 1 s);
+* ``frame``: a soft device's RoCE frame (``dir``, wall-clock ``ts`` in ns, addresses and
+  ports, ``payload`` hex, ``dropped``) once subscribed with ``frames``; ``frames.dropped``
+  counts what a slow client missed;
 * ``reply`` / ``error``: the answer to a command, echoing its ``id``.
 
 Commands (``{"cmd": ..., "id": ...}``): subscribe [kinds], unsubscribe, snapshot,
@@ -21,6 +24,7 @@ import asyncio
 import json
 import os
 import stat
+from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from stack.events import KINDS, to_dict
@@ -31,8 +35,9 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 << 10
+FRAME_QUEUE = 100_000  # frames a session holds for a slow client before it drops and counts them
 COMMANDS = {
-    "subscribe": "stream events (optional 'kinds': list of event kinds)",
+    "subscribe": "stream events (optional 'kinds': list of event kinds; 'frames': true adds the soft devices' RoCE frames)",
     "unsubscribe": "stop the event stream",
     "snapshot": "reply with one snapshot now",
     "interval": "periodic snapshots every 'seconds' (0 stops them)",
@@ -78,6 +83,15 @@ class ControlServer:
         self.interval = interval
         self.server: asyncio.AbstractServer | None = None
         self.clients: set[asyncio.Task] = set()
+        self.subscribed = asyncio.Event()
+
+    async def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until a client subscribes (a recorder attaching), at most ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self.subscribed.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def start(self) -> None:
         if os.path.exists(self.path):
@@ -134,6 +148,9 @@ class _Session:
         self.sub = None
         self.interval = server.interval
         self._tasks: list[asyncio.Task] = []
+        self.frames: deque | None = None
+        self.frames_dropped = 0
+        self.tapped: list[str] = []
 
     def send(self, obj: dict) -> None:
         if not self.writer.is_closing():
@@ -147,6 +164,8 @@ class _Session:
             t.cancel()
         if self.sub is not None:
             self.sub.close()
+        if self.frames is not None:
+            self.stack.remove_frame_tap(self._on_frame)
 
     async def _snapshots(self) -> None:
         while True:
@@ -193,9 +212,43 @@ class _Session:
             raise CommandError(f"unknown event kinds {unknown}")
         if self.sub is not None:
             self.sub.close()
+        frames = req.get("frames", False)
+        if not isinstance(frames, bool):
+            raise CommandError("frames must be true or false")
         self.sub = self.stack.bus.subscribe(maxsize=int(req.get("queue", 50_000)), kinds=kinds)
         self._tasks.append(asyncio.create_task(self._events()))
-        return {"kinds": kinds or sorted(KINDS)}
+        tapped = self.start_frames() if frames else []
+        self.server.subscribed.set()
+        return {"kinds": kinds or sorted(KINDS), "frames": tapped}
+
+    def start_frames(self) -> list[str]:
+        """Stream the soft devices' RoCE frames too. The tap runs on the device threads and only
+        appends to a bounded queue; what does not fit is counted and reported."""
+        if self.frames is not None:
+            return self.tapped
+        self.frames = deque()
+        self.tapped = self.stack.add_frame_tap(self._on_frame)
+        self._tasks.append(asyncio.create_task(self._frames()))
+        return self.tapped
+
+    def _on_frame(self, rec) -> None:
+        if len(self.frames) >= FRAME_QUEUE:
+            self.frames_dropped += 1
+        else:
+            self.frames.append(rec)
+
+    async def _frames(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            if self.frames_dropped:
+                n, self.frames_dropped = self.frames_dropped, 0
+                self.send({"type": "frames.dropped", "count": n})
+            while self.frames:
+                r = self.frames.popleft()
+                self.send({"type": "frame", "frame": {"dir": r.direction, "ts": r.timestamp_ns, "src": r.src, "sport": r.sport, "dst": r.dst,
+                                                      "dport": r.dport, "payload": r.payload.hex(), "dropped": r.dropped}})  # fmt: skip
+            if self.writer.transport.get_write_buffer_size() > (1 << 20):
+                await self.writer.drain()
 
     def cmd_unsubscribe(self, req: dict) -> dict:
         if self.sub is not None:

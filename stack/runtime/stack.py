@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -28,6 +29,11 @@ from stack.wire import codes
 
 from .rdma import DeviceSpec, RdmaDriver, check_specs
 from .streams import SmcStreamReader, SmcStreamWriter
+
+
+CONTROL_DIR_ENV = "SMCTOP_CONTROL_DIR"  # a directory: each Stack started opens a control socket there
+CONTROL_WAIT_ENV = "SMCTOP_CONTROL_WAIT"  # seconds a Stack waits at start for a subscriber (a recorder)
+_STACK_SEQ = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -231,11 +237,18 @@ class Stack:
         self.rdma.on_send_done = lambda qp, wr, ok, status: self.host.on_send_done(qp, wr, ok, self.now(), status)
         self.rdma.on_recv = lambda qp, data: self.host.on_recv(qp, data, self.now())
         self.rdma.on_device_event = self._device_event
-        if self.config.control_path:
+        path = self.config.control_path
+        if path is None and os.environ.get(CONTROL_DIR_ENV):
+            # smc-trace record runs a command with this set, to attach to every stack it starts
+            path = os.path.join(os.environ[CONTROL_DIR_ENV], f"{self.config.smc.host}-{os.getpid()}-{next(_STACK_SEQ)}.sock")
+        if path:
             from .control import ControlServer
 
-            self.control = ControlServer(self, self.config.control_path, self.config.snapshot_interval)
+            self.control = ControlServer(self, path, self.config.snapshot_interval)
             await self.control.start()
+            wait = os.environ.get(CONTROL_WAIT_ENV)
+            if wait and path != self.config.control_path:
+                await self.control.wait_subscribed(float(wait))
         return self
 
     async def close(self) -> None:
@@ -466,6 +479,22 @@ class Stack:
         for k, v in faults.items():
             setattr(dev.device.faults, k, v)
         self.host.emit(self.now(), "link.event", event="fault", fault="faults", device=device, **faults)
+
+    def add_frame_tap(self, tap: Callable) -> list[str]:
+        """Hand every RoCE frame this host's soft devices send, receive or drop to ``tap``, on
+        the device threads (it must be quick). Returns the tapped devices' addresses; a
+        pyverbs device has no tap (its frames are seen only by a capture of the interface)."""
+        tapped = []
+        for dev in self.rdma.devs.values():
+            if hasattr(dev.device, "add_tap"):
+                dev.device.add_tap(tap)
+                tapped.append(dev.device.addr)
+        return tapped
+
+    def remove_frame_tap(self, tap: Callable) -> None:
+        for dev in self.rdma.devs.values():
+            if hasattr(dev.device, "remove_tap"):
+                dev.device.remove_tap(tap)
 
     def _dev(self, device: str):
         dev = self.rdma.devs.get(device)

@@ -1,0 +1,323 @@
+"""Events from a capture we did not write: CLC over TCP (any capture of a host), RoCEv2
+frames (Soft-RoCE on the netdev, or our soft provider on loopback), and exported-PDU
+records of SMC messages. Seen from the wire, each message becomes one ``*.msg`` event of
+the host that sent it (named by its IP address) with dir "tx", and the handshake's
+outcome becomes ``conn.open``/``conn.mode``/``conn.fallback`` as the stack reports them,
+so ``smc-trace summary`` reads a real host's capture as it reads ours.
+
+Connections are numbered like Wireshark's ``tcp.stream`` (order of first appearance);
+CDC messages and RDMA WRITEs are tied to connections by the alert tokens and rkeys of
+CLC Accept/Confirm (and of ADD LINK / CONFIRM RKEY for the other links); links by QPN.
+A frame that cannot be decoded becomes a ``trace.note`` event naming it; nothing stops.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from stack.events import Event
+from stack.wire import cdc, clc, codes, llc, roce
+from stack.wire._base import WireError
+from stack.wire.fields import cdc_fields, clc_fields, llc_fields
+from stack.wire.inet import (
+    ETH_P_IP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    TCP_SYN,
+    decode_ethernet,
+    decode_ipv4,
+    decode_tcp,
+    decode_udp,
+    has_smc_option,
+)
+
+from .pcapng import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_RAW,
+    LINKTYPE_WIRESHARK_UPPER_PDU,
+    Packet,
+)
+from .records import TAG_DISSECTOR_NAME, RecordError, parse_tags
+
+LINKTYPE_NULL = 0
+LINKTYPE_IPV4 = 228
+TAG_HEUR_NAME = 13
+TAG_IPV4_SRC, TAG_IPV4_DST = 20, 21
+PEERNOSMC = 0x03010000
+RDMA_WRITES = {roce.Opcode.RDMA_WRITE_ONLY, roce.Opcode.RDMA_WRITE_FIRST, roce.Opcode.RDMA_WRITE_ONLY_WITH_IMMEDIATE}
+SENDS = {roce.Opcode.SEND_ONLY, roce.Opcode.SEND_FIRST, roce.Opcode.SEND_ONLY_WITH_IMMEDIATE, roce.Opcode.UC_SEND_ONLY}
+
+
+def ip_payload(p: Packet) -> bytes | None:
+    """The IPv4 packet inside a captured frame, or None when it carries something else."""
+    d = p.data
+    if p.linktype == LINKTYPE_ETHERNET:
+        eth, off = decode_ethernet(d)
+        return d[off:] if eth.ethertype == ETH_P_IP else None
+    if p.linktype == LINKTYPE_LINUX_SLL:
+        return d[16:] if len(d) >= 16 and struct.unpack_from("!H", d, 14)[0] == ETH_P_IP else None
+    if p.linktype == LINKTYPE_LINUX_SLL2:
+        return d[20:] if len(d) >= 20 and struct.unpack_from("!H", d, 0)[0] == ETH_P_IP else None
+    if p.linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
+        return d if d[:1] and d[0] >> 4 == 4 else None
+    if p.linktype == LINKTYPE_NULL:
+        return d[4:] if len(d) >= 4 and struct.unpack_from("<I", d, 0)[0] == 2 else None
+    return None
+
+
+@dataclass
+class _Flow:
+    """One TCP connection: its number, ends, and the CLC bytes each side sent."""
+
+    conn: int
+    client: tuple[str, int]
+    server: tuple[str, int]
+    syn_option: bool | None = None
+    synack_option: bool | None = None
+    next_seq: dict[tuple[str, int], int] = field(default_factory=dict)
+    buf: dict[tuple[str, int], bytearray] = field(default_factory=dict)
+    clc_done: set[tuple[str, int]] = field(default_factory=set)
+    outcome: str | None = None  # "SMCR" or "TCP"
+    data_seen: bool = False
+    proposal: clc.Proposal | None = None
+    accept: clc.Accept | None = None
+
+
+@dataclass
+class _Lgr:
+    name: str
+    qpns: dict[int, int] = field(default_factory=dict)  # QPN -> link id
+
+
+class Deriver:
+    """Turn packets into events, one packet at a time (``feed``), then ``finish``."""
+
+    def __init__(self) -> None:
+        self.flows: dict[frozenset, _Flow] = {}
+        self.tokens: dict[int, int] = {}  # alert token -> conn
+        self.rkeys: dict[int, int] = {}  # rkey -> conn
+        self.lgrs: dict[tuple[str, str], _Lgr] = {}  # (client peer id, server peer id) -> lgr
+        self.qpn_lgr: dict[int, _Lgr] = {}
+        self.conn_lgr: dict[int, str] = {}
+        self.frames = 0
+
+    # ------------------------------------------------------------------ entry points
+
+    def feed(self, p: Packet, number: int) -> Iterator[Event]:
+        self.frames += 1
+        t = p.timestamp_ns / 1e9
+        try:
+            if p.linktype == LINKTYPE_WIRESHARK_UPPER_PDU:
+                yield from self._exported_pdu(p.data, t)
+                return
+            ip_bytes = ip_payload(p)
+            if ip_bytes is None:
+                return
+            ip, off = decode_ipv4(ip_bytes)
+            src, dst = str(ip.src), str(ip.dst)
+            if ip.protocol == IPPROTO_TCP:
+                tcp, poff = decode_tcp(ip_bytes, off)
+                end = min(len(ip_bytes), ip.total_length or len(ip_bytes))  # Ethernet padding is not payload
+                yield from self._tcp(t, src, dst, tcp, ip_bytes[poff:end])
+            elif ip.protocol == IPPROTO_UDP:
+                udp, poff = decode_udp(ip_bytes, off)
+                if udp.dport == roce.ROCE_V2_PORT:
+                    yield from self._roce(t, src, dst, ip_bytes[poff : off + udp.length])
+        except (WireError, RecordError, ValueError) as e:
+            yield Event(t, "trace.note", "", fields={"frame": number, "error": str(e)})
+
+    def finish(self, t: float) -> Iterator[Event]:
+        """Flows that never showed CLC: TCP connections without SMC (no option, or ignored)."""
+        for flow in self.flows.values():
+            if flow.outcome is None and flow.data_seen:
+                flow.outcome = "TCP"
+                reason = PEERNOSMC if not flow.syn_option or not flow.synack_option else 0
+                yield from self._fallback(t, flow, reason, "no CLC handshake on this connection")
+
+    # ------------------------------------------------------------------ TCP and CLC
+
+    def _flow(self, t: float, src: tuple[str, int], dst: tuple[str, int], syn: bool) -> tuple[_Flow, list[Event]]:
+        key = frozenset((src, dst))
+        flow = self.flows.get(key)
+        if flow is not None:
+            return flow, []
+        client, server = (src, dst)  # the first segment seen is the client's, unless it is a SYN-ACK
+        flow = _Flow(len(self.flows), client, server)
+        self.flows[key] = flow
+        return flow, [Event(t, "conn.open", end[0], conn=flow.conn, fields={"role": role, "local": f"{end[0]}:{end[1]}", "peer": f"{other[0]}:{other[1]}"})
+                      for role, end, other in (("client", client, server), ("server", server, client))]  # fmt: skip
+
+    def _tcp(self, t: float, src_ip: str, dst_ip: str, tcp, payload: bytes) -> Iterator[Event]:
+        src, dst = (src_ip, tcp.sport), (dst_ip, tcp.dport)
+        flow, opened = self._flow(t, src, dst, bool(tcp.flags & TCP_SYN))
+        yield from opened
+        if tcp.flags & TCP_SYN:
+            has = has_smc_option(tcp.options)
+            if src == flow.client:
+                flow.syn_option = has
+            else:
+                flow.synack_option = has
+            flow.next_seq[src] = (tcp.seq + 1) & 0xFFFFFFFF
+            return
+        if not payload:
+            return
+        nxt = flow.next_seq.setdefault(src, tcp.seq)
+        delta = (tcp.seq - nxt) & 0xFFFFFFFF
+        if delta >= 0x80000000:  # a retransmission, perhaps overlapping: keep only the new bytes
+            overlap = (nxt - tcp.seq) & 0xFFFFFFFF
+            payload = payload[overlap:]
+            if not payload:
+                return
+        elif delta:
+            return  # a gap (a lost capture segment): CLC cannot be parsed past it
+        flow.next_seq[src] = (nxt + len(payload)) & 0xFFFFFFFF
+        if src in flow.clc_done:
+            flow.data_seen = True
+            return
+        buf = flow.buf.setdefault(src, bytearray())
+        buf += payload
+        while len(buf) >= 8:
+            if bytes(buf[:4]) not in (clc.EYECATCHER_SMCR, clc.EYECATCHER_SMCD):
+                flow.clc_done.add(src)
+                flow.data_seen = True
+                buf.clear()
+                break
+            length = struct.unpack_from("!H", buf, 5)[0]
+            if len(buf) < length:
+                break
+            raw = bytes(buf[:length])
+            del buf[:length]
+            yield from self._clc(t, flow, src, raw)
+
+    def _clc(self, t: float, flow: _Flow, src: tuple[str, int], raw: bytes) -> Iterator[Event]:
+        msg = clc.decode(raw)
+        host = src[0]
+        yield Event(t, "clc.msg", host, conn=flow.conn, fields={"dir": "tx", **clc_fields(msg, raw)})
+        if isinstance(msg, clc.Proposal):
+            flow.proposal = msg
+            if src != flow.client:  # the Proposal comes from the client: we guessed the ends wrong
+                flow.client, flow.server = flow.server, flow.client
+        elif isinstance(msg, (clc.Accept, clc.Confirm)):
+            self.tokens[msg.rmbe_alert_token] = flow.conn
+            self.rkeys[msg.rmb_rkey] = flow.conn
+            if isinstance(msg, clc.Accept):
+                flow.accept = msg
+            else:
+                accept = flow.accept
+                lgr = self._lgr(msg.peer_id.hex(), accept.peer_id.hex() if accept else "")
+                for qpn in (msg.qpn, accept.qpn if accept else None):
+                    if qpn:
+                        lgr.qpns.setdefault(qpn, 1)
+                        self.qpn_lgr[qpn] = lgr
+                self.conn_lgr[flow.conn] = lgr.name
+                flow.outcome = "SMCR"
+                flow.clc_done.update((flow.client, flow.server))
+                for end in (flow.client, flow.server):
+                    yield Event(t, "conn.mode", end[0], lgr.name, 1, flow.conn, {"mode": "SMCR", "version": msg.version, "first_contact": msg.first_contact})
+        elif isinstance(msg, clc.Decline):
+            flow.outcome = "TCP"
+            flow.clc_done.update((flow.client, flow.server))
+            yield from self._fallback(t, flow, msg.diagnosis, f"CLC Decline from {host}", declined_by=host)
+
+    def _fallback(self, t: float, flow: _Flow, reason: int, why: str, declined_by: str | None = None) -> Iterator[Event]:
+        fields = {"reason": reason, "reason_text": codes.format_reason(reason) if reason else "not SMC", "cause": why}
+        if declined_by:
+            fields["declined_by"] = declined_by
+        for end in (flow.client, flow.server):
+            yield Event(t, "conn.fallback", end[0], conn=flow.conn, fields=fields)
+            yield Event(t, "conn.mode", end[0], conn=flow.conn, fields={"mode": "TCP", "reason": reason})
+
+    def _lgr(self, client_id: str, server_id: str) -> _Lgr:
+        lgr = self.lgrs.get((client_id, server_id))
+        if lgr is None:
+            lgr = self.lgrs[(client_id, server_id)] = _Lgr(f"lgr{len(self.lgrs) + 1}")
+        return lgr
+
+    # ------------------------------------------------------------------ RoCEv2
+
+    def _roce(self, t: float, src: str, dst: str, udp_payload: bytes) -> Iterator[Event]:
+        if len(udp_payload) < roce.BTH_LEN + roce.ICRC_LEN:
+            raise ValueError(f"RoCEv2 datagram of {len(udp_payload)} bytes is too short for BTH and ICRC")
+        pkt = roce.decode_packet(udp_payload[: -roce.ICRC_LEN])
+        yield from self._ib(t, src, dst, pkt.bth.opcode, pkt.bth.dest_qp, pkt.payload, pkt.reth)
+
+    def _ib(self, t: float, src: str, dst: str, opcode: int, dest_qp: int, payload: bytes, reth) -> Iterator[Event]:
+        lgr = self.qpn_lgr.get(dest_qp)
+        link = lgr.qpns.get(dest_qp) if lgr else None
+        lgr_name = lgr.name if lgr else None
+        if opcode in SENDS and payload:
+            if payload[0] == cdc.CDC_TYPE:
+                msg = cdc.decode(payload)
+                conn = self.tokens.get(msg.token)
+                yield Event(t, "cdc.msg", src, self.conn_lgr.get(conn, lgr_name), link, conn, {"dir": "tx", **cdc_fields(msg)})
+                if msg.failover_validation:
+                    yield Event(t, "link.event", src, self.conn_lgr.get(conn, lgr_name), link, conn,
+                                {"event": "failover_validation", "seqno": msg.seqno})  # fmt: skip
+                return
+            msg = llc.decode(payload)
+            raw = payload[: len(msg.encode(msg.order))]
+            yield Event(t, "llc.msg", src, lgr_name, link, None, {"dir": "tx", **llc_fields(msg, raw)})
+            yield from self._llc_effects(t, src, lgr, link, msg)
+        elif opcode in RDMA_WRITES and reth is not None:
+            conn = self.rkeys.get(reth.rkey)
+            yield Event(t, "rdma.write", src, self.conn_lgr.get(conn, lgr_name), link, conn,
+                        {"vaddr": reth.vaddr, "rkey": reth.rkey, "length": reth.dma_len})  # fmt: skip
+
+    def _llc_effects(self, t: float, src: str, lgr: _Lgr | None, link: int | None, msg) -> Iterator[Event]:
+        name = lgr.name if lgr else None
+        if isinstance(msg, llc.ConfirmLink) and lgr is not None:
+            lgr.qpns[msg.qpn] = msg.link_num
+            self.qpn_lgr[msg.qpn] = lgr
+            for qpn, lid in list(lgr.qpns.items()):
+                if lid == 1 and link == 1:
+                    lgr.qpns[qpn] = msg.link_num
+        elif isinstance(msg, llc.AddLink) and lgr is not None and not msg.rejected and msg.qpn:
+            lgr.qpns[msg.qpn] = msg.link_num
+            self.qpn_lgr[msg.qpn] = lgr
+            for r in msg.rkeys:
+                if r.rkey in self.rkeys:
+                    self.rkeys[r.new_rkey] = self.rkeys[r.rkey]
+            if msg.response:
+                yield Event(t, "link.event", src, name, msg.link_num, None, {"event": "added"})
+        elif isinstance(msg, llc.AddLinkCont):
+            for r in msg.rkeys:
+                if r.rkey in self.rkeys:
+                    self.rkeys[r.new_rkey] = self.rkeys[r.rkey]
+        elif isinstance(msg, llc.ConfirmRkey):
+            conn = self.rkeys.get(msg.rkey)
+            for o in msg.others:
+                if conn is not None:
+                    self.rkeys[o.rkey] = conn
+        elif isinstance(msg, llc.DeleteLink) and not msg.response:
+            yield Event(t, "link.event", src, name, None if msg.all else msg.link_num, None,
+                        {"event": "deleted", "all": msg.all, "orderly": msg.orderly, "reason": msg.reason,
+                         "reason_text": codes.DELETE_LINK_REASONS.format(msg.reason)})  # fmt: skip
+
+    # ------------------------------------------------------------------ exported PDUs
+
+    def _exported_pdu(self, data: bytes, t: float) -> Iterator[Event]:
+        tags, pos = parse_tags(data)
+        name = (tags.get(TAG_DISSECTOR_NAME) or tags.get(TAG_HEUR_NAME) or b"").rstrip(b"\0").decode("ascii", "replace")
+        body = data[pos:]
+        src = str(ipaddress.IPv4Address(tags[TAG_IPV4_SRC])) if len(tags.get(TAG_IPV4_SRC, b"")) == 4 else ""
+        dst = str(ipaddress.IPv4Address(tags[TAG_IPV4_DST])) if len(tags.get(TAG_IPV4_DST, b"")) == 4 else ""
+        if name in ("smc", "smc_tcp"):
+            flow, opened = self._flow(t, (src, 0), (dst, 0), False)
+            yield from opened
+            yield from self._clc(t, flow, flow.client if src == flow.client[0] else flow.server, body)
+        elif name in ("smcr_infiniband", "smc.infiniband"):
+            yield from self._ib(t, src, dst, roce.Opcode.SEND_ONLY, 0, body, None)
+
+
+def derive_events(packets: Iterable[Packet]) -> Iterator[Event]:
+    d = Deriver()
+    t = 0.0
+    for n, p in enumerate(packets, 1):
+        t = p.timestamp_ns / 1e9
+        yield from d.feed(p, n)
+    yield from d.finish(t)

@@ -1,0 +1,55 @@
+"""Reading any capture file: pcapng (dissectors.pcapng) or classic pcap, either byte order,
+micro- or nanosecond timestamps. Damage raises :class:`CaptureError` naming the record
+(or block) and byte offset; what was read before it is kept."""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator
+
+from .pcapng import SHB_TYPE, Packet, PcapngError, read_packets
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),  # little-endian, microseconds
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # nanoseconds
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+
+
+class CaptureError(ValueError):
+    """A capture that cannot be read: names the block or record and the byte offset."""
+
+
+def read_pcap(data: bytes) -> Iterator[Packet]:
+    if len(data) < 24:
+        raise CaptureError(f"pcap file header is truncated: {len(data)} of 24 bytes")
+    order, scale = PCAP_MAGICS[data[:4]]
+    _, _, _, _, snaplen, linktype = struct.unpack_from(order + "HHiIII", data, 4)
+    linktype &= 0x0FFFFFFF
+    pos, n = 24, 0
+    while pos < len(data):
+        n += 1
+        if len(data) - pos < 16:
+            raise CaptureError(f"pcap record {n} at byte offset {pos}: header truncated ({len(data) - pos} of 16 bytes)")
+        sec, frac, caplen, origlen = struct.unpack_from(order + "IIII", data, pos)
+        if caplen > max(snaplen, 262144):
+            raise CaptureError(f"pcap record {n} at byte offset {pos}: captured length {caplen} exceeds the snap length {snaplen}")
+        if pos + 16 + caplen > len(data):
+            raise CaptureError(f"pcap record {n} at byte offset {pos}: captured length {caplen} runs past the end of the file")
+        yield Packet(0, linktype, sec * 1_000_000_000 + frac * scale, data[pos + 16 : pos + 16 + caplen], origlen, [], n, pos)
+        pos += 16 + caplen
+
+
+def read_capture(data: bytes) -> Iterator[Packet]:
+    """The packets of a pcap or pcapng file, in file order."""
+    head = data[:4]
+    if head in PCAP_MAGICS:
+        yield from read_pcap(data)
+    elif len(head) == 4 and struct.unpack("<I", head)[0] == SHB_TYPE:
+        try:
+            yield from read_packets(data)
+        except PcapngError as e:
+            raise CaptureError(str(e)) from None
+    else:
+        raise CaptureError(f"not a pcap or pcapng file: it starts with {head.hex() or 'nothing'} at byte offset 0")

@@ -1,0 +1,284 @@
+"""The recorder: events and RoCE frames into one pcapng timeline that Wireshark opens.
+
+* RoCEv2 frames (LLC, CDC, RDMA WRITE, ACKs) as the soft devices sent them, in
+  Ethernet/IPv4/UDP with the ICRC they carried (interface 0);
+* CLC messages as TCP payload of their connection (a TCP flow with SYN, SYN-ACK and
+  sequence numbers that follow the bytes), on interface 0 too;
+* every event as an exported-PDU record of its canonical JSON (interface 1), which
+  Wireshark's ``json`` dissector shows without a plugin;
+* a comment on the frame whose arrival caused a state change, a fallback or a link event
+  (``frame.comment`` in Wireshark), and on the event record itself.
+
+It never blocks the stack: ``on_event`` and ``on_frame`` (called on the event loop and on
+the device threads) only append to a bounded queue, a writer thread does the rest. What
+does not fit is counted and written as an ``events.dropped`` record, never silent.
+
+When both ends of a connection are recorded (two hosts in one process), each frame and
+each CLC message is written once, as its sender sent it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from stack.events import Event
+from stack.wire import roce
+from stack.wire.inet import ipv4_udp_frame
+
+from .timeline import describe_event
+from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter
+from .records import encode_record
+from .tcpflow import Endpoint, TcpFlow
+
+MESSAGE_KINDS = ("clc.msg", "llc.msg", "cdc.msg")
+# Events worth a comment on the frame that caused them.
+NOTABLE = {"conn.state", "conn.fallback", "conn.mode", "conn.error", "link.state", "lgr.state", "link.event"}
+SEND_OPCODES = {roce.Opcode.SEND_ONLY, roce.Opcode.SEND_FIRST, roce.Opcode.SEND_ONLY_WITH_IMMEDIATE}
+
+
+@dataclass
+class Frame:
+    """A frame as the control socket streams it (the soft device's FrameRecord has the same fields)."""
+
+    direction: str
+    timestamp_ns: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    payload: bytes
+    dropped: str | None = None
+
+
+@dataclass
+class RecorderStats:
+    events: int = 0
+    frames: int = 0
+    clc_frames: int = 0
+    dropped_events: int = 0
+    dropped_frames: int = 0
+    written: int = 0
+
+
+def _mac(ip: str) -> bytes:
+    return b"\x02\x00" + ipaddress.IPv4Address(ip).packed  # what the soft devices use
+
+
+def _raw(value: Any) -> bytes:
+    return value if isinstance(value, (bytes, bytearray)) else bytes.fromhex(value or "")
+
+
+class _Flow:
+    def __init__(self, client: tuple[str, int], server: tuple[str, int]) -> None:
+        self.client, self.server = client, server
+        self.tcp = TcpFlow(Endpoint(ipaddress.IPv4Address(client[0]), client[1], _mac(client[0])),
+                           Endpoint(ipaddress.IPv4Address(server[0]), server[1], _mac(server[0])))  # fmt: skip
+        self.recorded_ends: set[tuple[str, int]] = set()
+        self.fin_sent: set[bool] = set()
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+class Recorder:
+    """Record to ``out`` (a path or a binary file). ``attach(stack)`` for an in-process stack;
+    ``on_event``/``on_frame`` for any other source. ``close()`` writes what is left."""
+
+    def __init__(self, out: str | BinaryIO, *, max_pending: int = 200_000, hold: float = 0.2, interval: float = 0.05) -> None:
+        self._file = open(out, "wb") if isinstance(out, str) else out
+        self._own_file = isinstance(out, str)
+        self._writer = PcapngWriter(self._file, application="smc-trace (smctop)")
+        self._if_frames = self._writer.add_interface(LINKTYPE_ETHERNET, "smc")
+        self._if_events = self._writer.add_interface(LINKTYPE_WIRESHARK_UPPER_PDU, "smctop events")
+        self.max_pending = max_pending
+        self.hold_ns = int(hold * 1e9)
+        self.interval = interval
+        self.stats = RecorderStats()
+        self.local_addrs: set[str] = set()  # devices whose tx frames we get: their peers' rx copies are skipped
+        self._offset_ns = time.time_ns() - time.monotonic_ns()  # event t (monotonic) -> wall clock
+        self._in: deque = deque()
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._flows: dict[frozenset, _Flow] = {}
+        self._conn_flow: dict[tuple[str, int], _Flow] = {}  # (host, conn) -> its TCP flow
+        self._conn_end: dict[tuple[str, int], tuple[str, int]] = {}  # (host, conn) -> its own end
+        self._by_payload: dict[bytes, list] = {}  # SMC message bytes -> pending entry (for comments)
+        self._last_rx: dict[str, tuple[float, bytes]] = {}  # host -> (t, bytes) of its last received message
+        self._reported_drops = (0, 0)
+        self._stacks: list = []
+        self._headers: dict[tuple, bytes] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="smc-trace recorder", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ sources (any thread, never block)
+
+    def on_event(self, event: Event) -> None:
+        if len(self._in) >= self.max_pending:
+            self.stats.dropped_events += 1
+        else:
+            self._in.append(event)
+
+    def on_frame(self, frame) -> None:
+        if len(self._in) >= self.max_pending:
+            self.stats.dropped_frames += 1
+        else:
+            self._in.append(frame)
+
+    def attach(self, stack) -> None:
+        """Record an in-process stack (stack.runtime.Stack): its bus and its soft devices' frames."""
+        stack.bus.listen(self.on_event)
+        self.local_addrs.update(stack.add_frame_tap(self.on_frame))
+        self._stacks.append(stack)
+
+    def close(self) -> RecorderStats:
+        for stack in self._stacks:
+            stack.bus.unlisten(self.on_event)
+            if stack.rdma is not None:
+                stack.remove_frame_tap(self.on_frame)
+        self._stacks.clear()
+        self._stop.set()
+        self._thread.join()
+        self._pump(final=True)
+        self._writer.flush()
+        if self._own_file:
+            self._file.close()
+        return self.stats
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._pump(final=False)
+
+    def _pump(self, final: bool) -> None:
+        with self._lock:
+            items = []
+            while self._in:
+                items.append(self._in.popleft())
+            # frames first: an event that a frame caused finds the frame for its comment
+            for item in items:
+                if not isinstance(item, Event):
+                    self._frame(item)
+            for item in items:
+                if isinstance(item, Event):
+                    self._event(item)
+            self._note_drops()
+            limit = None if final else time.time_ns() - self.hold_ns
+            while self._heap and (limit is None or self._heap[0][0] <= limit):
+                ts, _, iface, data, comments = heapq.heappop(self._heap)
+                self._writer.write_packet(iface, ts, data, "\n".join(comments) if comments else None)
+                self.stats.written += 1
+            self._writer.flush()
+            if len(self._by_payload) > 4 * self.max_pending:
+                self._by_payload.clear()
+
+    def _push(self, ts: int, iface: int, data: bytes, comments: list[str] | None = None) -> list:
+        entry = [ts, next(self._seq), iface, data, comments if comments is not None else []]
+        heapq.heappush(self._heap, entry)
+        return entry
+
+    def _note_drops(self) -> None:
+        now = (self.stats.dropped_events, self.stats.dropped_frames)
+        if now != self._reported_drops:
+            ev, fr = now[0] - self._reported_drops[0], now[1] - self._reported_drops[1]
+            self._reported_drops = now
+            e = Event((time.time_ns() - self._offset_ns) / 1e9, "events.dropped", "smc-trace",
+                      fields={"count": ev, "frames": fr, "by": "recorder", "total_events": now[0], "total_frames": now[1]})  # fmt: skip
+            self._push(time.time_ns(), self._if_events, encode_record(e), [f"smc-trace dropped {ev} events and {fr} frames: the queue was full"])
+
+    # ------------------------------------------------------------------ frames
+
+    def _frame(self, f) -> None:
+        if f.direction == "rx" and f.src in self.local_addrs and not f.dropped:
+            return  # we have the sender's copy
+        key = (f.src, f.dst, f.sport, f.dport, len(f.payload))
+        head = self._headers.get(key)
+        if head is None:  # Ethernet/IPv4/UDP depend only on the addresses and the length (no UDP checksum): build once
+            if len(self._headers) > 4096:
+                self._headers.clear()
+            full = ipv4_udp_frame(_mac(f.src), _mac(f.dst), ipaddress.IPv4Address(f.src), ipaddress.IPv4Address(f.dst), f.sport, f.dport, f.payload)
+            head = self._headers[key] = full[: len(full) - len(f.payload)]
+        data = head + f.payload
+        comments = [f"dropped ({f.direction} at {f.src if f.direction == 'tx' else f.dst}): {f.dropped}"] if f.dropped else []
+        entry = self._push(f.timestamp_ns, self._if_frames, data, comments)
+        self.stats.frames += 1
+        if f.payload and f.payload[0] in SEND_OPCODES and not f.dropped:
+            try:
+                pkt = roce.decode_packet(f.payload[: -roce.ICRC_LEN])
+            except roce.RoceError:
+                return
+            self._by_payload[bytes(pkt.payload)] = entry
+
+    # ------------------------------------------------------------------ events
+
+    def _event(self, e: Event) -> None:
+        ts = int(e.t * 1e9) + self._offset_ns
+        comments = []
+        if e.kind == "conn.open":
+            self._open_flow(e, ts)
+        elif e.kind == "clc.msg":
+            self._clc(e, ts)
+        if e.kind in MESSAGE_KINDS and e.get("dir") == "rx":
+            self._last_rx[e.host] = (e.t, _raw(e.get("raw")))
+        elif e.kind in NOTABLE:
+            text = f"{e.host}: {describe_event(e)}"
+            comments.append(text)
+            cause = self._last_rx.get(e.host)
+            target = self._by_payload.get(cause[1]) if cause and cause[0] == e.t else None
+            if target is not None and text not in target[4]:
+                target[4].append(text)
+            if e.kind == "conn.state" and e.get("new") == "CLOSED":
+                self._fin(e, ts)
+        self._push(ts, self._if_events, encode_record(e), comments)
+        self.stats.events += 1
+
+    def _open_flow(self, e: Event, ts: int) -> None:
+        local, peer = _endpoint(e.get("local", ":0")), _endpoint(e.get("peer", ":0"))
+        if not local[0] or not peer[0]:
+            return
+        client, server = (local, peer) if e.get("role") == "client" else (peer, local)
+        key = frozenset((client, server))
+        flow = self._flows.get(key)
+        if flow is None:
+            flow = self._flows[key] = _Flow(client, server)
+            for data in flow.tcp.handshake():
+                self._push(ts, self._if_frames, data)
+        flow.recorded_ends.add(local)
+        self._conn_flow[(e.host, e.conn)] = flow
+        self._conn_end[(e.host, e.conn)] = local
+
+    def _clc(self, e: Event, ts: int) -> None:
+        flow = self._conn_flow.get((e.host, e.conn))
+        if flow is None:
+            return
+        own_end = self._conn_end[(e.host, e.conn)]
+        if e.get("dir") == "tx":
+            sender = own_end
+        elif len(flow.recorded_ends) > 1:
+            return  # the sender is recorded too: its tx event wrote the segment
+        else:
+            sender = flow.server if own_end == flow.client else flow.client
+        raw = _raw(e.get("raw"))
+        entry = self._push(ts, self._if_frames, flow.tcp.data(sender == flow.client, raw))
+        self._by_payload[raw] = entry
+        self.stats.clc_frames += 1
+
+    def _fin(self, e: Event, ts: int) -> None:
+        flow = self._conn_flow.get((e.host, e.conn))
+        if flow is None:
+            return
+        from_client = self._conn_end[(e.host, e.conn)] == flow.client
+        if from_client not in flow.fin_sent:
+            flow.fin_sent.add(from_client)
+            self._push(ts, self._if_frames, flow.tcp.fin(from_client))

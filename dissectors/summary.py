@@ -1,0 +1,162 @@
+"""What a trace says, in one page: connections with their mode, fallback reason and
+throughput; fallbacks by reason (as smc-tools names them); failovers with their duration;
+link groups and their types; drops. Works on recorded events and on events derived from
+a capture of a real host alike."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from stack.events import Event
+from stack.wire import codes
+
+
+@dataclass
+class ConnSummary:
+    host: str
+    conn: int
+    role: str = ""
+    local: str = ""
+    peer: str = ""
+    mode: str = "?"
+    version: int | None = None
+    reason: int | None = None
+    reason_text: str = ""
+    lgr: str | None = None
+    bytes_written: int = 0  # RDMA WRITE payload this side sent
+    first_write: float | None = None
+    last_write: float | None = None
+    state: str = ""
+    error: str | None = None
+
+    @property
+    def throughput_mbps(self) -> float:
+        if self.first_write is None or self.last_write is None or self.last_write <= self.first_write:
+            return 0.0
+        return self.bytes_written * 8 / (self.last_write - self.first_write) / 1e6
+
+
+@dataclass
+class Summary:
+    events: int = 0
+    frames_not_decoded: int = 0
+    dropped_events: int = 0
+    dropped_frames: int = 0
+    duration: float = 0.0
+    kinds: Counter = field(default_factory=Counter)
+    conns: dict[tuple[str, int], ConnSummary] = field(default_factory=dict)
+    fallbacks: Counter = field(default_factory=Counter)  # reason code -> count
+    failovers: list[dict] = field(default_factory=list)
+    lgr_types: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    link_deletes: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        modes = Counter(c.mode for c in self.conns.values())
+        return {
+            "events": self.events, "duration_s": round(self.duration, 6), "kinds": dict(sorted(self.kinds.items())),
+            "dropped": {"events": self.dropped_events, "frames": self.dropped_frames}, "frames_not_decoded": self.frames_not_decoded,
+            "connections": {"total": len(self.conns), "modes": dict(modes)},
+            "fallbacks": [{"reason": r, "text": codes.format_reason(r) if r else "not SMC", "count": n} for r, n in sorted(self.fallbacks.items())],
+            "failovers": self.failovers,
+            "link_groups": [{"host": h, "lgr": g, "types": t} for (h, g), t in sorted(self.lgr_types.items())],
+            "delete_link_reasons": [{"reason": r, "text": codes.DELETE_LINK_REASONS.format(r), "count": n} for r, n in sorted(self.link_deletes.items())],
+            "conns": [
+                {"host": c.host, "conn": c.conn, "role": c.role, "local": c.local, "peer": c.peer, "mode": c.mode, "version": c.version,
+                 "reason": c.reason, "reason_text": c.reason_text, "lgr": c.lgr, "bytes_written": c.bytes_written,
+                 "throughput_mbps": round(c.throughput_mbps, 3), "state": c.state, "error": c.error}
+                for c in sorted(self.conns.values(), key=lambda c: (c.host, c.conn))
+            ],
+        }  # fmt: skip
+
+
+def summarize(events: Iterable[Event]) -> Summary:
+    s = Summary()
+    t0 = t1 = None
+    begins: dict[tuple, float] = {}
+    for e in events:
+        s.events += 1
+        s.kinds[e.kind] += 1
+        t0 = e.t if t0 is None else min(t0, e.t)
+        t1 = e.t if t1 is None else max(t1, e.t)
+        k, g = e.kind, e.get
+        c = None
+        if e.conn is not None and k.startswith(("conn.", "clc.", "cdc.", "rdma.")):
+            c = s.conns.get((e.host, e.conn))
+            if c is None:
+                c = s.conns[(e.host, e.conn)] = ConnSummary(e.host, e.conn)
+            if e.lgr:
+                c.lgr = e.lgr
+        if k == "conn.open":
+            c.role, c.local, c.peer = g("role", ""), g("local", ""), g("peer", "")
+        elif k == "conn.mode":
+            c.mode = g("mode", "?")
+            c.version = g("version")
+        elif k == "conn.fallback":
+            reason = g("reason") or 0
+            c.reason, c.reason_text = reason, g("reason_text") or (codes.format_reason(reason) if reason else "not SMC")
+            if g("peer_diagnosis_text"):
+                c.reason_text += f" (peer {g('peer_diagnosis_text')})"
+            s.fallbacks[reason] += 1
+        elif k == "conn.state":
+            c.state = g("new", "")
+        elif k == "conn.error":
+            c.error = g("reason")
+        elif k == "rdma.write" and c is not None:
+            c.bytes_written += g("length") or 0
+            c.first_write = e.t if c.first_write is None else c.first_write
+            c.last_write = e.t
+        elif k == "link.event":
+            ev = g("event")
+            if ev == "failover_begin":
+                begins[(e.host, e.lgr, e.link)] = e.t
+            elif ev == "failover_end":
+                s.failovers.append({"host": e.host, "lgr": e.lgr, "from_link": e.link, "to_link": g("to_link"), "conns": g("conns"),
+                                    "failed": g("failed"), "duration_ms": g("duration_ms"),
+                                    "t": begins.pop((e.host, e.lgr, e.link), e.t)})  # fmt: skip
+            elif ev == "deleted" and isinstance(g("reason"), int):
+                s.link_deletes[g("reason")] += 1
+        elif k == "lgr.state" and e.lgr:
+            types = s.lgr_types.setdefault((e.host, e.lgr), [])
+            if g("new") and (not types or types[-1] != g("new")):
+                types.append(g("new"))
+        elif k == "events.dropped":
+            s.dropped_events += g("count") or 0
+            s.dropped_frames += g("frames") or 0
+        elif k == "trace.note":
+            s.frames_not_decoded += 1
+    s.duration = (t1 - t0) if t0 is not None else 0.0
+    return s
+
+
+def render(s: Summary) -> str:
+    d = s.to_dict()
+    out = [f"{d['events']} events over {d['duration_s']:.3f} s; connections: {d['connections']['total']} "
+           + " ".join(f"{m}={n}" for m, n in sorted(d["connections"]["modes"].items()))]  # fmt: skip
+    if s.dropped_events or s.dropped_frames:
+        out.append(f"DROPPED while recording: {s.dropped_events} events, {s.dropped_frames} frames")
+    if s.frames_not_decoded:
+        out.append(f"{s.frames_not_decoded} frames could not be decoded (see decode --kind trace.note)")
+    out.append("")
+    out.append(f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Bytes':>12}{'Mb/s':>10}  State")
+    for c in d["conns"]:
+        out.append(f"{c['host'][:13]:<14}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
+                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{c['bytes_written']:>12}{c['throughput_mbps']:>10.1f}  {c['state']}"
+                   + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
+    out.append("")
+    out.append("Fallbacks: " + (", ".join(f"{f['text']} x{f['count']}" for f in d["fallbacks"]) or "none"))
+    if d["failovers"]:
+        out.append("Failovers:")
+        for f in d["failovers"]:
+            out.append(f"  {f['host']} {f['lgr']} link {f['from_link']} -> {f['to_link']}: {f['conns']} connections, "
+                       f"{f['failed']} failed, {f['duration_ms']} ms")  # fmt: skip
+    else:
+        out.append("Failovers: none")
+    if d["delete_link_reasons"]:
+        out.append("DELETE LINK reasons: " + ", ".join(f"{x['text']} x{x['count']}" for x in d["delete_link_reasons"]))
+    if d["link_groups"]:
+        out.append("Link groups:")
+        for g in d["link_groups"]:
+            out.append(f"  {g['host']} {g['lgr']}: " + " -> ".join(g["types"]))
+    return "\n".join(out)

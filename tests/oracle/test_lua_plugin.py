@@ -1,0 +1,446 @@
+"""The Wireshark plugin (dissectors/wireshark/smctop.lua) in tshark, on captures the recorder
+writes of real sessions: a fallback (the server forced to decline), a failover (a port pulled
+and put back while a connection is open), a plain SMC-Rv2 exchange (LLC lengths
+little-endian, the default), and a crafted capture for what real sessions rarely show
+(a producer cursor going backwards, abnormal close, write blocked, odd event records).
+
+Every tshark run filters on ``smctop``: a plugin that fails to load still lets tshark exit 0,
+but then the filter names an unknown protocol and tshark exits 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from support import tshark
+from support.stacks import echo_exchanges, run, two_stacks
+
+from dissectors.pcapng import LINKTYPE_ETHERNET, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter, read_packets
+from dissectors.recorder import Recorder
+from dissectors.records import decode_record, is_event_record
+from dissectors.wireshark import gen_codes
+from stack.wire import cdc, roce
+
+pytestmark = pytest.mark.oracle
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = ROOT / "dissectors" / "wireshark" / "smctop.lua"
+FILTER = "smctop || smc || _ws.malformed || _ws.lua.text"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_tshark():
+    try:
+        tshark.tshark_path()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def lua_tshark(path, *args: str, plugin: Path = PLUGIN, env=None) -> subprocess.CompletedProcess:
+    cmd = [tshark.tshark_path(), "-n", "-X", f"lua_script:{plugin}", "-r", str(path), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def _list(v):
+    return [] if v is None else v if isinstance(v, list) else [v]
+
+
+def _walk(node, out: dict, experts: list) -> None:
+    """Collect the smctop.* values (lists, in order) and the expert infos of a layer."""
+    if isinstance(node, list):
+        for n in node:
+            _walk(n, out, experts)
+        return
+    if not isinstance(node, dict):
+        return
+    if "_ws.expert.message" in node:
+        abbrev = next((k for k in node if k.startswith("smctop.expert.")), None)
+        experts.append((abbrev, node["_ws.expert.message"]))
+    for key, value in node.items():
+        for v in _list(value):
+            if isinstance(v, (dict, list)):
+                _walk(v, out, experts)
+            elif key.startswith("smctop.") and not key.endswith("_tree"):
+                out.setdefault(key, []).append(v)
+
+
+class Decoded:
+    """One frame as tshark shows it with the plugin: its smctop fields and expert infos."""
+
+    def __init__(self, layers: dict) -> None:
+        self.layers = layers
+        self.number = int(layers["frame"]["frame.number"])
+        self.fields: dict[str, list] = {}
+        self.experts: list[tuple[str | None, str]] = []
+        _walk(layers.get("smctop"), self.fields, self.experts)
+        self.smc = tshark.flatten(layers.get("smc", {}))
+        self.malformed = "_ws.malformed" in layers
+        self.lua_error = "_ws.lua.text" in json.dumps(layers)
+
+    def one(self, key: str):
+        values = self.fields.get(key, [])
+        return values[0] if values else None
+
+    def expert(self, abbrev: str) -> list[str]:
+        return [msg for a, msg in self.experts if a == abbrev]
+
+
+def decode_with_plugin(path) -> dict[int, Decoded]:
+    proc = lua_tshark(path, "-Y", FILTER, "-T", "json", "--no-duplicate-keys")
+    assert proc.returncode == 0, f"tshark with the plugin failed ({proc.returncode}): {proc.stderr}"
+    assert "Lua" not in proc.stderr, proc.stderr
+    return {d.number: d for d in (Decoded(p["_source"]["layers"]) for p in json.loads(proc.stdout or "[]"))}
+
+
+def records(path) -> dict[int, object]:
+    """Frame number -> the event in that record, read by our own reader."""
+    with open(path, "rb") as f:
+        return {i: decode_record(p.data) for i, p in enumerate(read_packets(f), 1) if p.interface == 1 and is_event_record(p.data)}
+
+
+def check_records(path, frames: dict[int, Decoded], given: list) -> dict[int, object]:
+    """Every event record carries the plugin's tree with the kind, host and ids of its event,
+    and the records are exactly the events the recorder was given."""
+    recs = records(path)
+    assert recs
+    for n, ev in recs.items():
+        d = frames[n]
+        assert d.one("smctop.kind") == ev.kind, n
+        assert d.one("smctop.host") == ev.host, n
+        assert d.one("smctop.conn") == (None if ev.conn is None else str(ev.conn)), n
+        assert d.one("smctop.link") == (None if ev.link is None else str(ev.link)), n
+        assert d.one("smctop.lgr") == ev.lgr, n
+    assert Counter((e.kind, e.host, e.conn) for e in recs.values()) == Counter((e.kind, e.host, e.conn) for e in given)
+    return recs
+
+
+def check_clean(frames: dict[int, Decoded]) -> None:
+    assert not [n for n, d in frames.items() if d.malformed], "frames malformed with the plugin loaded"
+    assert not [n for n, d in frames.items() if d.lua_error], "Lua errors in the tree"
+    assert not [n for n, d in frames.items() if d.expert("smctop.expert.cursor_backwards")], "false cursor alarm"
+    assert not [n for n, d in frames.items() if d.expert("smctop.expert.bad_record")]
+
+
+def cdc_frames(frames: dict[int, Decoded]) -> list[Decoded]:
+    return [d for d in frames.values() if d.smc.get("smc.llc_msg") == "0xfe"]
+
+
+def check_cdc_ties(frames: dict[int, Decoded]) -> None:
+    """CDC frames name the connection whose CLC Accept/Confirm gave out their alert token
+    (tshark's own fields of the CLC frames are the reference)."""
+    token_stream, endpoints = {}, {}
+    for d in frames.values():
+        s, layers = d.smc, d.layers
+        stream = layers.get("tcp", {}).get("tcp.stream")
+        for key in ("smc.accept.server.rmb.element.alert.token", "smc.client.rmb.element.alert.token"):
+            if key in s:
+                token_stream[tshark.num(s[key])] = int(stream)
+        if stream is not None and "smc.clc_msg" in s and s["smc.clc_msg"] == "1":
+            ip, tcp = layers["ip"], layers["tcp"]
+            endpoints[int(stream)] = f"{ip['ip.src']}:{tcp['tcp.srcport']} <-> {ip['ip.dst']}:{tcp['tcp.dstport']}"
+    cdcs = cdc_frames(frames)
+    assert cdcs and token_stream
+    for d in cdcs:
+        stream = token_stream[tshark.num(d.smc["smc.rmbe.ctrl.alert.token"])]
+        assert d.one("smctop.stream") == str(stream), d.number
+        assert d.one("smctop.connection") == f"tcp.stream {stream} ({endpoints[stream]})", d.number
+
+
+# ---------------------------------------------------------------------------------------- captures
+
+
+def fresh_pair() -> tuple[str, str]:
+    """Loopback addresses of our own (other test processes count from 127.100.x with addrs()),
+    with room for the second devices (second_device adds 50 to the second octet)."""
+    o1, o2 = random.randint(160, 205), random.randint(0, 255)
+    return f"127.{o1}.{o2}.1", f"127.{o1}.{o2}.2"
+
+
+async def _echo_server(r, w):
+    while data := await r.read(65536):
+        w.write(data)
+    w.close()
+
+
+def record_plain(path: str) -> list:
+    async def main():
+        async with two_stacks({}, {}, mtu=1024, pair=fresh_pair()) as (a, b, ca, sa):
+            events = []
+            rec = Recorder(path)
+            rec.attach(a), rec.attach(b)
+            a.bus.listen(events.append), b.bus.listen(events.append)
+            await echo_exchanges(a, b, ca, sa, 2)
+            await asyncio.sleep(0.3)
+            rec.close()
+            return list(events)  # not what the stacks emit when they close
+
+    return run(main())
+
+
+def record_fallback(path: str) -> list:
+    async def main():
+        async with two_stacks({}, {}, mtu=1024, pair=fresh_pair()) as (a, b, ca, sa):
+            events = []
+            rec = Recorder(path)
+            rec.attach(a), rec.attach(b)
+            a.bus.listen(events.append), b.bus.listen(events.append)
+            b.force_decline(0x03070000)
+            await echo_exchanges(a, b, ca, sa, 1)
+            await asyncio.sleep(0.3)
+            rec.close()
+            return list(events)  # not what the stacks emit when they close
+
+    return run(main())
+
+
+def record_failover(path: str) -> list:
+    """One connection stays open while the server's first port goes down and comes back."""
+
+    async def main():
+        async with two_stacks({}, {}, mtu=1024, client_dev=2, server_dev=2, pair=fresh_pair()) as (a, b, ca, sa):
+            events = []
+            rec = Recorder(path)
+            rec.attach(a), rec.attach(b)
+            a.bus.listen(events.append), b.bus.listen(events.append)
+            await b.start_server(_echo_server, sa, 5000)
+            r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
+            for step in range(3):
+                w.write(os.urandom(3000))
+                assert len(await r.readexactly(3000)) == 3000
+                await asyncio.sleep(0.2)
+                if step == 0:
+                    b.set_port(sa, False)
+                    await asyncio.sleep(0.4)
+                elif step == 1:
+                    b.set_port(sa, True)
+                    await asyncio.sleep(0.4)
+            w.write_eof()
+            await r.read()
+            w.close()
+            await w.wait_closed()
+            await asyncio.sleep(0.3)
+            rec.close()
+            return list(events)  # not what the stacks emit when they close
+
+    return run(main())
+
+
+def _exported_pdu(payload: bytes, proto: str = "SMCTOP") -> bytes:
+    def tlv(tag: int, value: bytes) -> bytes:
+        value += b"\0" * (4 - len(value) % 4)
+        return struct.pack("!HH", tag, len(value)) + value
+
+    return tlv(12, b"json") + tlv(33, proto.encode()) + struct.pack("!HH", 0, 0) + payload
+
+
+def write_crafted(path: str) -> dict[str, int]:
+    """Frames that real sessions rarely produce; returns name -> frame number."""
+    names: dict[str, int] = {}
+    with open(path, "wb") as f:
+        w = PcapngWriter(f)
+        eth = w.add_interface(LINKTYPE_ETHERNET, "smc")
+        pdu = w.add_interface(LINKTYPE_WIRESHARK_UPPER_PDU, "smctop events")
+        ts = [1_700_000_000_000_000_000]
+
+        def put(name: str, iface: int, data: bytes) -> None:
+            ts[0] += 1000
+            w.write_packet(iface, ts[0], data)
+            names[name] = len(names) + 1
+
+        def send(name: str, payload: bytes, qpn: int = 0x123) -> None:
+            pkt = roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY, qpn, len(names)), payload=payload)
+            put(name, eth, roce.encode_frame(pkt, "10.9.0.1", "10.9.0.2", 49152))
+
+        def cdc_msg(name: str, seq: int, token: int, wrap: int, count: int, **flags) -> None:
+            send(name, cdc.CdcMessage(seq, token, prod=cdc.Cursor(wrap, count), **flags).encode())
+
+        cdc_msg("c1", 1, 0xAB, 0, 5000)
+        cdc_msg("back", 2, 0xAB, 0, 4000)  # behind 0:5000
+        cdc_msg("c3", 3, 0xAB, 0, 6000)
+        cdc_msg("next_wrap", 4, 0xAB, 1, 10)
+        cdc_msg("w1", 1, 0xCD, 65535, 60000)
+        cdc_msg("wrapped", 2, 0xCD, 0, 100)  # the wrap counter wrapped: forward
+        cdc_msg("blocked", 5, 0xAB, 1, 20, write_blocked=True)
+        cdc_msg("abort", 6, 0xAB, 1, 20, peer_conn_abort=True)
+        # DELETE LINK v1 (Wireshark decodes it), and v2 with a big-endian length (Wireshark too; the plugin leaves it)
+        send("del_v1", struct.pack("!BBBBBI", 0x04, 44, 0, 0x20, 1, 0x00040000) + bytes(35))
+        send("del_v2_be", struct.pack("!BHBBI", 0x24, 44, 0x20, 2, 0x00010000) + bytes(35))
+        send("test_v2_le", struct.pack("<BHB", 0x27, 44, 0) + b"0123456789abcdef" + bytes(24))
+        ev = {"t": 1.5, "kind": "conn.error", "host": 'h\u00e9"x', "lgr": None, "link": None, "conn": 7,
+              "reason": "a\\b\nc \U0001F600", "nested": {"a": [1, 2.5, -3e2, True, False, None]}}  # fmt: skip
+        put("escapes", pdu, _exported_pdu(json.dumps(ev, ensure_ascii=True, sort_keys=True).encode()))
+        put("utf8", pdu, _exported_pdu(json.dumps({**ev, "conn": 8}, ensure_ascii=False).encode()))
+        put("broken", pdu, _exported_pdu(b'{"t": 1, "kind": "conn.state", "host": "x"'))
+        put("other", pdu, _exported_pdu(b'{"t": 1, "kind": "conn.state"}', proto="OTHER"))
+        ev2 = {"t": 2.0, "kind": "link.event", "host": "h", "lgr": "00ab0100", "link": 2, "conn": None, "event": "deleted", "reason": 0x00050000}
+        put("deleted", pdu, _exported_pdu(json.dumps(ev2).encode()))
+    return names
+
+
+@pytest.fixture(scope="module")
+def fallback(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("lua") / "fallback.pcapng")
+    given = record_fallback(path)
+    return path, given, decode_with_plugin(path)
+
+
+@pytest.fixture(scope="module")
+def failover(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("lua") / "failover.pcapng")
+    given = record_failover(path)
+    return path, given, decode_with_plugin(path)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("lua") / "plain.pcapng")
+    given = record_plain(path)
+    return path, given, decode_with_plugin(path)
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+
+def test_generated_code_tables_match_codes_py():
+    text = PLUGIN.read_text()
+    assert gen_codes.current_block(text) == gen_codes.generated_block(), "run: python -m dissectors.wireshark.gen_codes"
+    assert gen_codes.main(["--check"]) == 0
+    assert "[0x03070000] = {\"DIFFPREFIX\"" in text and "[0x00010000] = {\"LOST_PATH\"" in text
+
+
+def test_fallback_capture(fallback):
+    path, given, frames = fallback
+    check_clean(frames)
+    recs = check_records(path, frames, given)
+    declines = [d for d in frames.values() if d.smc.get("smc.clc_msg") == "4"]
+    assert len(declines) == 1
+    d = declines[0]
+    assert d.one("smctop.reason_name") == "DIFFPREFIX" and d.one("smctop.decline.reason") == "0x03070000"
+    assert [m for m in d.expert("smctop.expert.fallback") if "0x03070000 DIFFPREFIX" in m]
+    fallbacks = {ev.host: n for n, ev in recs.items() if ev.kind == "conn.fallback"}
+    assert set(fallbacks) == {"client", "server"}
+    assert [m for m in frames[fallbacks["server"]].expert("smctop.expert.fallback") if "0x03070000 DIFFPREFIX" in m]
+    client_msgs = frames[fallbacks["client"]].expert("smctop.expert.fallback")
+    assert client_msgs and "0x05000000 PEERDECL" in client_msgs[0] and "peer: 0x03070000 DIFFPREFIX" in client_msgs[0]
+    assert "DIFFPREFIX" in frames[fallbacks["client"]].fields["smctop.reason_name"]
+    # the Info column of a record reads as a sentence; the Decline's names its reason
+    proc = lua_tshark(path, "-Y", f"frame.number in {{{fallbacks['server']}, {d.number}}}", "-T", "fields", "-e", "_ws.col.Info")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("0x03070000 DIFFPREFIX") and lines[1] == "conn.fallback server C1 0x03070000 DIFFPREFIX", lines
+
+
+def test_failover_capture(failover):
+    path, given, frames = failover
+    check_clean(frames)
+    recs = check_records(path, frames, given)
+    # DELETE LINK frames (SMC-Rv2, little-endian length: dissected by the plugin) name their reason
+    deletes = [d for d in frames.values() if d.one("smctop.llc.type") == "0x24"]
+    requests = [d for d in deletes if d.one("smctop.llc.response") == "0"]
+    responses = [d for d in deletes if d.one("smctop.llc.response") == "1"]
+    assert requests and responses
+    msgs = [m for d in requests for m in d.expert("smctop.expert.delete_link")]
+    assert len(msgs) == len(requests)
+    assert any("0x00010000 LOST_PATH" in m for m in msgs) and any("0x00050000 NO_ASYM_NEEDED" in m for m in msgs)
+    assert all(d.expert("smctop.expert.delete_link_response") for d in responses)
+    # failover records: begin/down warn, end note
+    for n, ev in recs.items():
+        if ev.kind == "link.event" and ev.get("event") in ("failover_begin", "down"):
+            assert frames[n].expert("smctop.expert.failover"), n
+        if ev.kind == "link.event" and ev.get("event") == "failover_end":
+            assert frames[n].expert("smctop.expert.failover_end"), n
+    assert any(ev.get("event") == "failover_begin" and ev.get("conns") for ev in recs.values())
+    # the validation CDCs carry the failover expert, and only they
+    validations = [d for d in cdc_frames(frames) if d.smc.get("smc.rmbe.ctrl.failover.validation") == "1"]
+    sent = [e for e in given if e.kind == "cdc.msg" and e.get("dir") == "tx" and "failover_validation" in (e.get("flags") or [])]
+    assert validations and len(validations) == len(sent)
+    flagged = {d.number for d in cdc_frames(frames) if d.expert("smctop.expert.failover")}
+    assert flagged == {d.number for d in validations}
+    check_cdc_ties(frames)
+    # QPs: every SEND and RDMA WRITE frame names its QP's owner, from the records of the links
+    roce_frames = [d for d in frames.values() if "infiniband" in d.layers and d.one("smctop.qp")]
+    assert any("server link" in d.one("smctop.qp") for d in roce_frames) and any("client link" in d.one("smctop.qp") for d in roce_frames)
+    for d in roce_frames:
+        assert d.one("smctop.link_group").startswith("link group #1 ")
+
+
+def test_plain_capture_v2_le(plain):
+    path, given, frames = plain
+    check_clean(frames)
+    check_records(path, frames, given)
+    check_cdc_ties(frames)
+    assert {d.one("smctop.stream") for d in cdc_frames(frames)} == {"0", "1"}
+    # every SMC-Rv2 LLC message is decoded, by the plugin (little-endian length) and not by 4.0's dissector
+    llc_types = Counter(d.one("smctop.llc.type") for d in frames.values() if d.one("smctop.llc.type"))
+    assert {"0x21", "0x26", "0x29"} <= set(llc_types), llc_types
+    confirm = next(d for d in frames.values() if d.one("smctop.llc.type") == "0x21")
+    assert confirm.one("smctop.llc.length") == "44" and confirm.expert("smctop.expert.llc_v2_le")
+    assert not [d.number for d in frames.values() if d.one("smctop.llc.type") and d.smc], "claimed by both dissectors"
+    # the record side of the tie: a CDC names the event records' connection that receives it
+    tokens = {e.get("token"): f"{e.host} C{e.conn}" for e in given if e.kind == "conn.mode" and e.get("mode") == "SMCR"}
+    tied = [d for d in cdc_frames(frames) if d.one("smctop.record_conn")]
+    assert tied
+    for d in tied:
+        assert d.one("smctop.record_conn").startswith(tokens[tshark.num(d.smc["smc.rmbe.ctrl.alert.token"])] + " ")
+    # RDMA WRITEs are tied to their connection by the rkey of the RMB they write
+    writes = [d for d in frames.values() if "infiniband.reth.r_key" in tshark.flatten(d.layers.get("infiniband", {}))]
+    assert writes and all(d.one("smctop.stream") in ("0", "1") for d in writes)
+
+
+def test_crafted_capture(tmp_path):
+    path = tmp_path / "crafted.pcapng"
+    n = write_crafted(str(path))
+    frames = decode_with_plugin(path)
+    assert not [k for k, d in frames.items() if d.malformed or d.lua_error]
+    back = frames[n["back"]].expert("smctop.expert.cursor_backwards")
+    assert back and "0:4000 after 0:5000" in back[0]
+    flagged = {k for k, d in frames.items() if d.expert("smctop.expert.cursor_backwards")}
+    assert flagged == {n["back"]}  # 0:6000, 1:10 and the wrapped 0:100 are forward
+    assert frames[n["blocked"]].expert("smctop.expert.write_blocked")
+    assert frames[n["abort"]].expert("smctop.expert.abnormal_close")
+    assert not frames[n["c1"]].experts
+    assert [m for m in frames[n["del_v1"]].expert("smctop.expert.delete_link") if "0x00040000 PROT_VIOL" in m]
+    be = frames[n["del_v2_be"]]
+    assert be.smc.get("smc.llc_msg") == "0x24" and be.one("smctop.llc.type") is None
+    assert [m for m in be.expert("smctop.expert.delete_link") if "0x00010000 LOST_PATH" in m]
+    assert frames[n["test_v2_le"]].one("smctop.llc.type") == "0x27"
+    for name, conn in (("escapes", "7"), ("utf8", "8")):
+        d = frames[n[name]]
+        assert d.one("smctop.host") == 'h\u00e9"x' and d.one("smctop.conn") == conn and d.one("smctop.t") == "1.5"
+        assert "reason=a\\b\nc \U0001F600" in d.fields["smctop.field"]
+        assert "nested={a=[1, 2.5, -300, true, false, null]}" in d.fields["smctop.field"]
+        assert d.expert("smctop.expert.conn_error")
+    assert frames[n["broken"]].expert("smctop.expert.bad_record")
+    assert n["other"] not in frames or frames[n["other"]].one("smctop.kind") is None
+    deleted = frames[n["deleted"]]
+    assert deleted.one("smctop.reason_name") == "NO_ASYM_NEEDED" and deleted.one("smctop.lgr") == "00ab0100"
+
+
+def test_broken_plugin_is_detected(plain, tmp_path):
+    broken = tmp_path / "smctop.lua"
+    broken.write_text(PLUGIN.read_text().replace("local smctop = Proto(", "local smctop = Proto((", 1))
+    proc = lua_tshark(plain[0], "-Y", "smctop", plugin=broken)
+    assert proc.returncode == 2 and "smctop" in proc.stderr, (proc.returncode, proc.stderr)
+
+
+def test_installed_plugin_loads_from_the_personal_folder(plain, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "dissectors.cli", "install-plugin"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / ".local/lib/wireshark/plugins/smctop.lua").read_text() == PLUGIN.read_text()
+    proc = subprocess.run([tshark.tshark_path(), "-n", "-r", plain[0], "-Y", "smctop.kind == \"conn.mode\"", "-T", "fields", "-e", "smctop.host"],
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split()) == ["client", "client", "server", "server"]

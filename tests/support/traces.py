@@ -1,0 +1,54 @@
+"""Record real sessions of two in-process stacks with smc-trace's recorder."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dissectors.recorder import Recorder
+from stack.events import Event
+
+from support.stacks import echo_exchanges, run, two_stacks
+
+DIFFPREFIX = 0x03070000
+
+
+def record_session(path, *, kw: dict | None = None, devices: int = 1, fallback: bool = False, failover: bool = False,
+                   max_pending: int = 200_000, pair: tuple[str, str] | None = None) -> tuple[list[Event], object]:  # fmt: skip
+    """Echo exchanges (SMC-R), then optionally a port pulled and restored on the server
+    (failover) and a connection the server declines (fallback). Returns every event the
+    stacks emitted, as a direct listener saw them, and the recorder's stats."""
+    seen: list[Event] = []
+
+    async def main():
+        async with two_stacks(kw or {}, kw or {}, mtu=1024, client_dev=devices, server_dev=devices, pair=pair) as (a, b, ca, sa):
+            rec = Recorder(str(path), max_pending=max_pending)
+            for s in (a, b):
+                s.bus.listen(seen.append)
+                rec.attach(s)
+            await echo_exchanges(a, b, ca, sa, 2)
+            if failover:
+                await asyncio.sleep(0.2)
+                b.set_port(sa, False)
+                await asyncio.sleep(0.5)
+                r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))  # carried by the surviving link
+                w.write(b"x" * 3000)
+                w.write_eof()
+                await r.read()
+                w.close()
+                b.set_port(sa, True)
+                await asyncio.sleep(0.5)
+            if fallback:
+                b.force_decline(DIFFPREFIX)
+                r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
+                w.write(b"y" * 1000)
+                w.write_eof()
+                await r.read()
+                w.close()
+                await w.wait_closed()
+            await asyncio.sleep(0.2)
+            for s in (a, b):
+                s.bus.unlisten(seen.append)
+            return rec.close()
+
+    stats = run(main())
+    return seen, stats
