@@ -1,0 +1,404 @@
+"""smctop: the live TUI where SMC-R fallback, failover and performance are debugged together.
+
+    smctop                      the embedded demo (three hosts, traffic, a peer that declines)
+    smctop --attach PATH        a running stack's control socket (repeat for several hosts)
+    smctop --replay FILE        a recording (JSONL events, or an smc-trace pcapng capture)
+
+The app polls its source ten times a second, feeds the model, and redraws the views once
+per model sample (a second). Keys are in the footer and behind ``?``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import stat
+import sys
+import time
+
+from rich.console import Console
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer, Input, TabbedContent, TabPane
+
+from .model import Model
+from .record import Recorder, default_name, open_recorder
+from .screens import ConnDetailScreen, DeclineScreen, HelpScreen, help_text
+from .sources import AttachSource, DemoSource, ReplaySource, Source, SourceError, load_events
+from .views import ConnsPane, EventsPane, FallbacksPane, HeaderBar, LinksPane, PerfPane
+from .widgets import RowTable
+
+TABS = [("links", "1 Links"), ("conns", "2 Connections"), ("events", "3 Events"), ("fallbacks", "4 Fallbacks"), ("perf", "5 Performance")]
+
+FILTERABLE = {"links": LinksPane, "conns": ConnsPane, "events": EventsPane, "fallbacks": FallbacksPane}
+TABLES = {"links": "#links-table", "conns": "#conns-table", "events": "#events-table", "fallbacks": "#fallbacks-table"}
+
+# (action, keys as shown in help, what it does, the source capability it needs)
+ACTIONS = [
+    ("toggle_traffic", "t", "start / stop traffic", "traffic"),
+    ("fail_link", "f", "fail a link (pull beta's first port in the demo; 'port' over a control socket)", "fail_link"),
+    ("restore_link", "r", "restore the failed link", "restore_link"),
+    ("decline", "d", "make the next connections fall back with a chosen reason", "decline"),
+    ("pause", "p", "pause / resume the display (a replay stops its clock)", None),
+    ("filter", "/", "filter the current view (Enter applies, Esc clears)", None),
+    ("record", "w", "record events to a file (again: stop)", None),
+    ("sort", "s", "sort connections: host, rate, fill, state, mode", None),
+    ("closed", "c", "connections: show / hide closed ones (kept a few seconds)", None),
+    ("follow", "F", "events: follow the newest / stay", None),
+    ("step", "n", "replay: one event further (pauses)", "replay"),
+    ("seek(-10)", "[", "replay: 10 s back", "replay"),
+    ("seek(10)", "]", "replay: 10 s forward", "replay"),
+    ("help", "?", "this help", None),
+    ("quit", "q", "quit", None),
+]
+
+
+class SmctopApp(App):
+    TITLE = "smctop"
+    CSS = """
+    #filter { dock: bottom; display: none; }
+    #filter.shown { display: block; }
+    TabbedContent { height: 1fr; }
+    TabPane { padding: 0; }
+    """
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("t", "toggle_traffic", "Traffic"),
+        Binding("f", "fail_link", "Fail link"),
+        Binding("r", "restore_link", "Restore"),
+        Binding("d", "decline", "Decline"),
+        Binding("p", "pause", "Pause"),
+        Binding("slash", "filter", "Filter"),
+        Binding("w", "record", "Record"),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("c", "closed", "Closed", show=False),
+        Binding("F", "follow", "Follow", show=False),
+        Binding("n", "step", "Step"),
+        Binding("left_square_bracket", "seek(-10)", "-10s"),
+        Binding("right_square_bracket", "seek(10)", "+10s"),
+        *(Binding(str(i + 1), f"show_tab('{tab}')", label, show=False) for i, (tab, label) in enumerate(TABS)),
+    ]
+
+    def __init__(self, source: Source, *, model: Model | None = None, poll_interval: float = 0.1,
+                 record_dir: str = ".", record_path: str | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.source = source
+        self.model = model or Model()
+        self.poll_interval = poll_interval
+        self.record_dir = record_dir
+        self.record_at_start = record_path
+        self.recorder: Recorder | None = None
+        self.paused = False
+        self.status = "starting…"
+        self.started = False
+        self.frames = 0
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        with TabbedContent(initial="conns", id="tabs"):
+            with TabPane(TABS[0][1], id="links"):
+                yield LinksPane(id="links-pane")
+            with TabPane(TABS[1][1], id="conns"):
+                yield ConnsPane(id="conns-pane")
+            with TabPane(TABS[2][1], id="events"):
+                yield EventsPane(id="events-pane")
+            with TabPane(TABS[3][1], id="fallbacks"):
+                yield FallbacksPane(id="fallbacks-pane")
+            with TabPane(TABS[4][1], id="perf"):
+                yield PerfPane(id="perf-pane")
+        yield Input(placeholder="filter: words to match (Enter applies, Esc clears)", id="filter")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        try:
+            await self.source.start()
+        except (SourceError, OSError) as e:
+            self.exit(return_code=1, message=f"smctop: cannot start the {self.source.label} source: {e}")
+            return
+        self.started = True
+        self.status = f"{self.source.describe()}: watching"
+        if self.record_at_start:
+            self._start_recording(self.record_at_start)
+        self.set_interval(self.poll_interval, self.sync)
+        self.sync(force=True)
+        self.query_one("#conns-table", RowTable).focus()
+
+    async def on_unmount(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.started:
+            await self.source.stop()
+
+    # ------------------------------------------------------------------ the loop
+
+    def sync(self, force: bool = False) -> None:
+        """Poll the source, feed the model, and redraw when a sample closed (or ``force``)."""
+        if not self.started:
+            return
+        events = self.source.poll(self.model)
+        if self.recorder is not None and events:
+            self.recorder.write(events)
+        now = self.source.now()
+        ticks = self.model.advance(now) if now is not None else 0
+        while self.source.notices:
+            self.status = self.source.notices.popleft()
+        if (ticks or force) and not self.paused:
+            self.redraw()
+        elif ticks or force:
+            self._header()
+
+    def redraw(self) -> None:
+        m = self.model
+        self.frames += 1
+        for pane in (LinksPane, ConnsPane, EventsPane, FallbacksPane, PerfPane):
+            self.query_one(pane).update_from(m)
+        if isinstance(self.screen, ConnDetailScreen):
+            self.screen.update_from(m)
+        self._header()
+
+    def _header(self) -> None:
+        flags = []
+        if self.paused:
+            flags.append("PAUSED")
+        if self.recorder is not None:
+            flags.append(f"REC {os.path.basename(self.recorder.path)} {self.recorder.count:,}")
+        if "traffic" in self.source.can:
+            flags.append("traffic on" if self.source.traffic_on else "traffic off")
+        self.query_one(HeaderBar).show(self.model, self.source.describe(), flags, self.status)
+
+    def say(self, text: str, error: bool = False) -> None:
+        self.status = text
+        self._header()
+        if error:
+            self.notify(text, severity="error")
+
+    # ------------------------------------------------------------------ actions
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        for name, _keys, _what, need in ACTIONS:
+            if name.split("(")[0] == action and need is not None:
+                return need in self.source.can
+        return True
+
+    async def _run(self, coro) -> None:
+        try:
+            self.say(await coro)
+        except (SourceError, ValueError, OSError) as e:
+            self.say(str(e), error=True)
+        self.sync(force=True)
+
+    async def action_toggle_traffic(self) -> None:
+        await self._run(self.source.set_traffic(not self.source.traffic_on))
+
+    async def action_fail_link(self) -> None:
+        await self._run(self.source.fail_link())
+
+    async def action_restore_link(self) -> None:
+        await self._run(self.source.restore_link())
+
+    def action_decline(self) -> None:
+        def chosen(result) -> None:
+            if result is not False:
+                self.run_worker(self._run(self.source.decline(result)), exclusive=False)
+
+        self.push_screen(DeclineScreen(), chosen)
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        if isinstance(self.source, ReplaySource):
+            self.source.paused = self.paused
+        self.say("paused: the model keeps counting, the views stand still" if self.paused else "resumed")
+        if not self.paused:
+            self.redraw()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.value = self._pane_filter()
+        box.focus()
+
+    def _active(self) -> str:
+        return self.query_one(TabbedContent).active
+
+    def _pane_filter(self) -> str:
+        pane = self._pane()
+        return getattr(pane, "filter", "") if pane is not None else ""
+
+    def _pane(self):
+        cls = FILTERABLE.get(self._active())
+        return self.query_one(cls) if cls is not None else None
+
+    def apply_filter(self, text: str) -> None:
+        pane = self._pane()
+        if pane is None:
+            self.say("the performance view has nothing to filter")
+            return
+        if isinstance(pane, EventsPane):
+            pane.set_filter(text, self.model)
+        elif isinstance(pane, ConnsPane):
+            pane.set_filter(text)
+        else:
+            pane.filter = text.lower()
+        pane.update_from(self.model)
+        self.say(f"filter '{text}' on {self._active()}" if text else f"filter cleared on {self._active()}")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            self.apply_filter(event.value.strip())
+            self._close_filter()
+
+    def _close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.remove_class("shown")
+        table = TABLES.get(self._active())
+        if table:
+            self.query_one(table, RowTable).focus()
+
+    def on_key(self, event) -> None:
+        box = self.query_one("#filter", Input)
+        if event.key == "escape" and box.has_focus:
+            box.value = ""
+            self.apply_filter("")
+            self._close_filter()
+            event.stop()
+
+    def action_record(self) -> None:
+        if self.recorder is not None:
+            rec, self.recorder = self.recorder, None
+            rec.close()
+            self.say(f"recorded {rec.count:,} events to {rec.path}")
+            return
+        self._start_recording(os.path.join(self.record_dir, default_name(time.strftime("%Y%m%d-%H%M%S"))))
+
+    def _start_recording(self, path: str) -> None:
+        try:
+            self.recorder = open_recorder(path, self.source.stacks())
+        except OSError as e:
+            self.say(f"cannot record: {e}", error=True)
+            return
+        self.say(f"recording to {path} (w stops)")
+
+    def action_sort(self) -> None:
+        pane = self.query_one(ConnsPane)
+        self.say(f"connections sorted by {pane.cycle_sort()}")
+        pane.update_from(self.model)
+
+    def action_closed(self) -> None:
+        pane = self.query_one(ConnsPane)
+        pane.show_closed = not pane.show_closed
+        pane.set_filter(pane.filter)
+        pane.update_from(self.model)
+        self.say("connections: closed ones shown" if pane.show_closed else "connections: closed ones hidden")
+
+    def action_follow(self) -> None:
+        on = self.query_one(EventsPane).toggle_follow()
+        self.say("events: following the newest" if on else "events: not following")
+
+    def action_step(self) -> None:
+        src = self.source
+        if isinstance(src, ReplaySource):
+            self.paused = True
+            e = src.step(self.model)
+            self.say(f"step: {e.kind} {e.host} at {e.t - (self.model.t0 or e.t):+.3f} s" if e else "step: at the end of the recording")
+            now = src.now()
+            if now is not None:
+                self.model.advance(now)
+            self.redraw()
+
+    def action_seek(self, seconds: float) -> None:
+        src = self.source
+        if isinstance(src, ReplaySource):
+            pos = src.seek(seconds)
+            self.sync(force=True)
+            if self.paused:
+                self.redraw()
+            self.say(f"replay at {pos:.1f} s")
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        table = TABLES.get(tab)
+        if table:
+            self.query_one(table, RowTable).focus()
+
+    def action_help(self) -> None:
+        rows = []
+        for name, keys, what, need in ACTIONS:
+            rows.append((keys, what, need is None or need in self.source.can))
+        rows.append(("1-5", "switch view", True))
+        rows.append(("Enter", "connection details (from Connections)", True))
+        self.push_screen(HelpScreen(help_text(rows, self.source.describe())))
+
+    def on_row_table_selected(self, message: RowTable.Selected) -> None:
+        if message.table.id == "conns-table":
+            self.push_screen(ConnDetailScreen(self.model, message.item.key))
+
+    # ------------------------------------------------------------------ screenshots
+
+    def screen_text(self) -> str:
+        """The current screen as plain text (what a terminal shows, without colours)."""
+        width, height = self.size
+        console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system=None,
+                          record=True, legacy_windows=False, safe_box=False)  # fmt: skip
+        console.print(self.screen._compositor.render_update(full=True, screen_stack=self._background_screens))
+        return "\n".join(line.rstrip() for line in console.export_text().splitlines())
+
+
+# ---------------------------------------------------------------------- the command
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    ap = argparse.ArgumentParser(prog="smctop", description="Live SMC-R link groups, links, connections, events, fallbacks and "
+                                 "performance. Without --attach or --replay it runs the embedded demo.")  # fmt: skip
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--attach", metavar="PATH", action="append", help="a stack's control socket (repeat for several hosts)")
+    src.add_argument("--replay", metavar="FILE", help="play a recording: JSONL events or an smc-trace pcapng capture")
+    ap.add_argument("--speed", type=float, default=1.0, help="replay speed (default 1.0: real time)")
+    ap.add_argument("--paused", action="store_true", help="start a replay paused")
+    ap.add_argument("--no-traffic", action="store_true", help="demo: start without traffic (t starts it)")
+    ap.add_argument("--record", metavar="FILE", help="record events to FILE from the start (w toggles recording)")
+    ap.add_argument("--record-dir", metavar="DIR", default=".", help="where w puts recordings (default: here)")
+    return ap.parse_args(argv), ap
+
+
+def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Source:
+    if args.speed <= 0:
+        ap.error("--speed must be positive")
+    if not os.path.isdir(args.record_dir):
+        ap.error(f"--record-dir {args.record_dir}: no such folder")
+    if args.replay:
+        try:
+            events = load_events(args.replay)
+        except SourceError as e:
+            ap.error(str(e))
+        if not events:
+            ap.error(f"{args.replay}: no events to replay")
+        src = ReplaySource(args.replay, speed=args.speed, events=events)
+        src.paused = args.paused
+        return src
+    if args.attach:
+        for path in args.attach:
+            try:
+                if not stat.S_ISSOCK(os.stat(path).st_mode):
+                    ap.error(f"--attach {path}: not a unix socket")
+            except OSError as e:
+                ap.error(f"--attach {path}: {e.strerror}")
+        return AttachSource(args.attach)
+    return DemoSource(traffic=not args.no_traffic)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, ap = parse_args(argv)
+    source = build_source(args, ap)
+    app = SmctopApp(source, record_dir=args.record_dir, record_path=args.record)
+    if isinstance(source, ReplaySource) and source.paused:
+        app.paused = True
+    app.run()
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

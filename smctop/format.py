@@ -1,0 +1,202 @@
+"""How smctop writes numbers and rows: sizes, rates, sparklines, fill bars, and the cells of
+every table, in smc-tools' vocabulary. Pure functions of model objects."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from stack.events import Event
+from stack.wire import codes
+
+from .model import Conn, Failover, Link, LinkGroup
+from .widgets import Cell, Column
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def human(n: float, unit: str = "B") -> str:
+    """1234567 -> '1.2 MB' (decimal units, as throughput is usually given)."""
+    n = float(n)
+    for prefix in ("", "k", "M", "G", "T"):
+        if abs(n) < 1000 or prefix == "T":
+            return f"{n:.0f} {prefix}{unit}" if prefix == "" else f"{n:.1f} {prefix}{unit}"
+        n /= 1000
+    return f"{n:.1f} T{unit}"
+
+
+def rate(n: float) -> str:
+    return human(n, "B/s") if n else "0"
+
+
+def size_k(n: int) -> str:
+    """RMB sizes as smcss writes buffer sizes: 262144 -> '256K'."""
+    if not n:
+        return "-"
+    if n % (1 << 20) == 0:
+        return f"{n >> 20}M"
+    return f"{n >> 10}K" if n % 1024 == 0 else str(n)
+
+
+def sparkline(values: Sequence[float], width: int, top: float | None = None) -> str:
+    """The last ``width`` values as block characters, scaled to the largest (or ``top``)."""
+    vals = list(values)[-width:]
+    if not vals:
+        return ""
+    hi = top if top else max(vals)
+    if hi <= 0:
+        return BARS[0] * len(vals)
+    return "".join(BARS[min(len(BARS) - 1, max(0, int(v / hi * (len(BARS) - 1) + 0.5)))] for v in vals)
+
+
+def fill_bar(ratio: float, width: int = 8) -> Cell:
+    ratio = max(0.0, min(1.0, ratio))
+    full = int(ratio * width + 0.5)
+    spec = "green" if ratio < 0.5 else "yellow" if ratio < 0.9 else "bold red"
+    return "█" * full + "░" * (width - full) + f" {ratio * 100:3.0f}%", spec
+
+
+def reason(code: int) -> str:
+    return codes.format_reason(code) if code else ""
+
+
+def reason_meaning(code: int) -> str:
+    return codes.DECLINE_REASONS.meaning(code) if code else "not an SMC peer"
+
+
+def ago(t: float | None, now: float | None) -> str:
+    if t is None or now is None:
+        return "-"
+    return f"{max(now - t, 0):.0f}s ago"
+
+
+# ---------------------------------------------------------------------- connections (smcss -d)
+
+CONN_COLUMNS = [
+    Column("host", "Host", 5), Column("state", "State", 15), Column("local", "Local Address", 18),
+    Column("peer", "Peer Address", 18), Column("mode", "Mode", 4), Column("reason", "Fallback reason", 30),
+    Column("rmb", "RMB", 5, ">"), Column("fill", "Fill", 13), Column("rate", "Rate", 10, ">"),
+    Column("sent", "Sent", 9, ">"), Column("recv", "Recv", 9, ">"),
+    Column("rxprod", "rxprod-Cursor", 13, ">"), Column("rxcons", "rxcons-Cursor", 13, ">"),
+    Column("txprod", "txprod-Cursor", 13, ">"), Column("txcons", "txcons-Cursor", 13, ">"),
+    Column("lgr", "LG-ID", 8), Column("link", "Link", 4, ">"), Column("token", "Token", 8),
+]  # fmt: skip
+
+STATE_STYLE = {"ACTIVE": "", "INIT": "cyan", "CLOSED": "dim", "PEERABORTWAIT": "red", "PROCESSABORT": "red"}
+
+
+def conn_cells(c: Conn) -> list[Cell]:
+    closed = c.closed is not None
+    dim = "dim" if closed else ""
+    mode_spec = "dim" if closed else ("bold green" if c.mode == "SMCR" else "bold yellow" if c.mode == "TCP" else "cyan")
+    why = reason(c.reason)
+    if c.peer_diagnosis:
+        why += f"/{c.peer_diagnosis:08x}"
+    fill = fill_bar(c.fill_ratio) if c.mode == "SMCR" and c.rmb_size else ("", "")
+    return [
+        (c.host, dim), (c.state, STATE_STYLE.get(c.state, "magenta") if not closed else "dim"), (c.local, dim), (c.peer, dim),
+        (c.mode, mode_spec), (why, "yellow" if why and not closed else dim), (size_k(c.rmb_size), dim),
+        (fill[0], dim or fill[1]), (rate(c.rate), "bold" if c.rate and not closed else dim),
+        (human(c.bytes_sent), dim), (human(c.bytes_received), dim),
+        (c.rx_prod if c.mode == "SMCR" else "", dim), (c.rx_cons if c.mode == "SMCR" else "", dim),
+        (c.tx_prod if c.mode == "SMCR" else "", dim), (c.tx_cons if c.mode == "SMCR" else "", dim),
+        (c.lgr or "", dim), (str(c.link) if c.link is not None and c.mode == "SMCR" else "", dim),
+        (f"{c.token:08x}" if c.token else "", dim),
+    ]  # fmt: skip
+
+
+def conn_search_text(c: Conn) -> str:
+    return f"{c.host} {c.state} {c.local} {c.peer} {c.mode} {reason(c.reason)} {c.lgr or ''} {c.role}".lower()
+
+
+# ---------------------------------------------------------------------- link groups and links (smcr linkgroup link-show)
+
+LINK_COLUMNS = [
+    Column("host", "Host", 5), Column("lgr", "LG-ID", 8), Column("role", "LG-Role", 7), Column("type", "LG-Type", 7),
+    Column("crit", "Crit", 4), Column("conns", "#Conns", 6, ">"), Column("link", "Link", 4, ">"),
+    Column("state", "Link-State", 15), Column("rate", "Rate", 10, ">"), Column("hist", "History (60 s)", 20),
+    Column("bytes", "Bytes", 9, ">"), Column("qpn", "QPN", 6, ">"), Column("pqpn", "Peer-QPN", 8, ">"),
+    Column("dev", "IB-Dev", 11), Column("gid", "Local-GID", 18), Column("pgid", "Peer-GID", 18),
+]  # fmt: skip
+
+LINK_STATE_STYLE = {"LINK_ACTIVE": "green", "LINK_ACTIVATING": "cyan", "LINK_INACTIVE": "bold red", "LINK_UNUSED": "dim"}
+
+
+def link_cells(row: tuple[LinkGroup, Link | None]) -> list[Cell]:
+    g, link = row
+    type_spec = "bold red" if g.crit else "green"
+    head = [(g.host, ""), (g.id, ""), (g.role.upper()[:6], ""), (g.type, type_spec), ("Yes" if g.crit else "No", "bold red" if g.crit else ""),
+            (str(g.conns) if g.conns else "", "")]  # fmt: skip
+    if link is None:
+        return head + [("", "")] * (len(LINK_COLUMNS) - len(head))
+    return head + [
+        (str(link.id), ""), (link.state, LINK_STATE_STYLE.get(link.state, "")), (rate(link.rate), "bold" if link.rate else ""),
+        (sparkline(link.hist.values(), 20), "cyan"), (human(link.bytes), ""),
+        (f"{link.qpn:x}" if link.qpn else "", ""), (f"{link.peer_qpn:x}" if link.peer_qpn else "", ""),
+        (link.device, ""), (link.gid, ""), (link.peer_gid, ""),
+    ]  # fmt: skip
+
+
+def failover_line(fo: Failover, t0: float | None) -> str:
+    when = f"+{fo.t - t0:.1f}s" if t0 is not None else f"{fo.t:.1f}"
+    took = f"{fo.duration_ms} ms" if fo.duration_ms is not None else "in progress"
+    return (f"{when:>8}  {fo.host:6} link group {fo.lgr} link {fo.from_link} -> {fo.to_link}: "
+            f"{fo.conns} connections moved in {took} ({fo.reason or 'link down'})")  # fmt: skip
+
+
+# ---------------------------------------------------------------------- fallbacks (smcr stats -d)
+
+FALLBACK_COLUMNS = [
+    Column("host", "Host", 6), Column("role", "Role", 6), Column("reason", "Fallback reason", 22), Column("count", "Count", 8, ">"),
+    Column("share", "Share", 6, ">"), Column("last", "Last", 9, ">"), Column("meaning", "Meaning", 60),
+]  # fmt: skip
+
+
+def fallback_cells(row: dict[str, Any]) -> list[Cell]:
+    return [
+        (row["host"], ""), (row["role"], ""), (row["text"], "yellow"), (f"{row['count']:,}", "bold"),
+        (f"{row.get('share', 0) * 100:.0f}%", ""), (row.get("ago", "-"), ""), (reason_meaning(row["reason"]), "dim"),
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------- events
+
+EVENT_COLUMNS = [
+    Column("t", "Time", 10, ">"), Column("host", "Host", 5), Column("kind", "Kind", 12), Column("lgr", "LG-ID", 8),
+    Column("link", "Link", 4, ">"), Column("conn", "Conn", 6, ">"), Column("what", "Details", 110),
+]  # fmt: skip
+
+KIND_STYLE = {"conn.fallback": "yellow", "conn.error": "red", "link.event": "bold magenta", "lgr.state": "bold cyan",
+              "link.state": "magenta", "conn.state": "cyan", "events.dropped": "bold red", "llc.msg": "blue", "clc.msg": "green"}  # fmt: skip
+_HIDDEN_FIELDS = {"raw"}
+
+
+def event_details(e: Event) -> str:
+    f = e.fields
+    k = e.kind
+    if k == "conn.state":
+        return f"{f.get('old')} -> {f.get('new')} ({f.get('cause', '')})"
+    if k == "link.state":
+        return f"{f.get('old')} -> {f.get('new')} ({f.get('cause', '')})"
+    if k == "lgr.state":
+        return f"{f.get('old')} -> {f.get('new')} ({f.get('cause', '')})" + (" Crit" if f.get("crit") else "")
+    if k == "conn.fallback":
+        text = f.get("reason_text") or reason(f.get("reason", 0))
+        return text + (f" peer {f.get('peer_diagnosis_text')}" if f.get("peer_diagnosis") else "")
+    return " ".join(f"{key}={_short(v)}" for key, v in f.items() if key not in _HIDDEN_FIELDS)
+
+
+def _short(v: Any) -> str:
+    s = str(v) if not isinstance(v, list) else ",".join(map(str, v)) or "[]"
+    return s if len(s) <= 40 else s[:39] + "…"
+
+
+def event_cells(e: Event, t0: float | None) -> list[Cell]:
+    rel = e.t - t0 if t0 is not None else e.t
+    return [
+        (f"{rel:+.3f}", "dim"), (e.host, ""), (e.kind, KIND_STYLE.get(e.kind, "")), (e.lgr or "", ""),
+        (str(e.link) if e.link is not None else "", ""), (str(e.conn) if e.conn is not None else "", ""), (event_details(e), ""),
+    ]  # fmt: skip
+
+
+def event_search_text(e: Event) -> str:
+    return f"{e.host} {e.kind} {e.lgr or ''} {e.conn if e.conn is not None else ''} {event_details(e)}".lower()

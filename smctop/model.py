@@ -1,0 +1,829 @@
+"""The model behind smctop: a pure aggregation of events (and stack snapshots) into what the
+views show. No I/O, no clock: every input carries its time, and :meth:`Model.advance` is
+told what time it is.
+
+* :meth:`Model.feed` takes one :class:`stack.events.Event` and updates hosts, link groups,
+  links, connections, fallback counters and the recent-event log;
+* :meth:`Model.apply_snapshot` takes a ``Stack.snapshot()`` dict (the control socket
+  sends the same) and fills in what events alone cannot know after the fact (bytes,
+  cursors, link groups that existed before we started listening);
+* :meth:`Model.advance` closes one sample per ``interval`` of the given time: rates,
+  and the histories behind the sparklines (rates, RMB fill, cursor positions).
+
+Memory is bounded: histories are fixed rings, logs are bounded deques, closed connections
+are kept ``closed_keep`` seconds (at most ``max_closed`` of them), recent events at most
+``events_kept``. Views read the model: rows come and go when ``conns_added``,
+``conns_closed`` or ``conns_removed`` move, and every connection carries a ``version_no``
+that changes with it, so a table of thousands of rows redraws only the rows on screen that
+changed, never rebuilds. :meth:`Model.take_conn_changes` names the changed keys too.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from stack.events import Event
+from stack.wire import codes
+
+WRAP = 1 << 16  # CDC cursor wrap counters are 16 bits
+
+
+def parse_cursor(text: str | None) -> tuple[int, int]:
+    """``"wrap:count"`` -> (wrap, count); anything else -> (0, 0)."""
+    if not text:
+        return 0, 0
+    w, _, c = str(text).partition(":")
+    try:
+        return int(w), int(c)
+    except ValueError:
+        return 0, 0
+
+
+def cursor_delta(old: str | None, new: str | None, size: int) -> int:
+    """Bytes between two cursors of a ring of ``size`` bytes (wrap counters modulo 2**16)."""
+    if not size or old is None or new is None:
+        return 0
+    w0, c0 = parse_cursor(old)
+    w1, c1 = parse_cursor(new)
+    d = ((w1 - w0) % WRAP) * size + c1 - c0
+    return d if 0 <= d < WRAP * size // 2 else 0
+
+
+def reason_text(code: int) -> str:
+    return codes.format_reason(code) if code else ""
+
+
+class Ring:
+    """A fixed-size history of numbers (oldest dropped), stored compactly."""
+
+    __slots__ = ("buf", "size", "n", "pos")
+
+    def __init__(self, size: int, typecode: str = "d") -> None:
+        self.buf = array(typecode, bytes(array(typecode).itemsize * size))
+        self.size = size
+        self.n = 0
+        self.pos = 0
+
+    def push(self, value: float) -> None:
+        self.buf[self.pos] = value
+        self.pos = (self.pos + 1) % self.size
+        if self.n < self.size:
+            self.n += 1
+
+    def values(self) -> list[float]:
+        if self.n < self.size:
+            return list(self.buf[: self.n])
+        return list(self.buf[self.pos :]) + list(self.buf[: self.pos])
+
+    def last(self, default: float = 0.0) -> float:
+        return self.buf[(self.pos - 1) % self.size] if self.n else default
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class History:
+    """Several series sampled together (one array, interleaved): cheap per connection."""
+
+    __slots__ = ("width", "size", "buf", "n", "pos")
+
+    def __init__(self, size: int, width: int) -> None:
+        self.width, self.size = width, size
+        self.buf = array("f", bytes(4 * size * width))
+        self.n = 0
+        self.pos = 0
+
+    def push(self, *values: float) -> None:
+        base = self.pos * self.width
+        buf = self.buf
+        for v in values:
+            buf[base] = v
+            base += 1
+        self.pos = (self.pos + 1) % self.size
+        if self.n < self.size:
+            self.n += 1
+
+    def series(self, i: int) -> list[float]:
+        w = self.width
+        idx = range(self.pos - self.n, self.pos)
+        return [self.buf[(j % self.size) * w + i] for j in idx]
+
+
+@dataclass(slots=True, eq=False)
+class Conn:
+    """One connection as smcss -d shows it, plus what smctop adds (rates, histories, logs)."""
+
+    host: str
+    id: int
+    role: str = ""
+    local: str = ""
+    peer: str = ""
+    state: str = "INIT"
+    mode: str = "INIT"
+    version: int = 0
+    reason: int = 0
+    peer_diagnosis: int = 0
+    lgr: str | None = None
+    link: int | None = None
+    token: int = 0
+    rmb_size: int = 0
+    peer_rmb_size: int = 0
+    fill: int = 0
+    write_blocked: bool = False
+    rx_prod: str = ""  # unknown until the first CDC (or "0:0" for a connection seen opening)
+    rx_cons: str = "0:0"
+    tx_prod: str = "0:0"
+    tx_cons: str = "0:0"
+    tx_sent: str = "0:0"
+    tx_fin: str = "0:0"
+    rxw: int = 0  # rx_prod parsed: wrap and count (the hot path parses each cursor once)
+    rxc: int = 0
+    txc: int = 0  # tx_prod's count: where in the peer's RMB we write
+    ev_tx: int = 0  # bytes counted from events (RDMA WRITEs, consumer cursors)
+    ev_rx: int = 0
+    snap_tx: int = -1  # bytes per the last snapshot (-1: none), and ev_* at that moment
+    snap_rx: int = -1
+    ev_tx_at_snap: int = 0
+    ev_rx_at_snap: int = 0
+    opened: float = 0.0
+    handshake_ms: float | None = None
+    closed: float | None = None
+    error: str = ""
+    rate: float = 0.0  # bytes per second, both directions, over the last sample
+    last_total: int = 0
+    version_no: int = 0  # bumped on every change: views cache rendered rows by it
+    hist: History | None = None  # rate, fill, rx cursor position, tx cursor position
+    log: deque | None = None  # (t, kind, dir, text): CLC, CDC, state, fallback; bounded
+    states: list = field(default_factory=list)  # (t, old, new, cause)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.host, self.id
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.snap_tx + self.ev_tx - self.ev_tx_at_snap if self.snap_tx >= 0 else self.ev_tx
+
+    @property
+    def bytes_received(self) -> int:
+        return self.snap_rx + self.ev_rx - self.ev_rx_at_snap if self.snap_rx >= 0 else self.ev_rx
+
+    @property
+    def fill_ratio(self) -> float:
+        return self.fill / self.rmb_size if self.rmb_size else 0.0
+
+    @property
+    def reason_text(self) -> str:
+        return reason_text(self.reason)
+
+
+@dataclass(slots=True, eq=False)
+class Link:
+    host: str
+    lgr: str
+    id: int
+    state: str = "LINK_UNUSED"
+    device: str = ""
+    qpn: int = 0
+    peer_qpn: int = 0
+    gid: str = ""
+    peer_gid: str = ""
+    asym: bool = False
+    conns: int = 0
+    bytes: int = 0  # RDMA WRITE bytes posted on this link
+    rate: float = 0.0
+    last_bytes: int = 0
+    llc: int = 0
+    unused_since: float | None = None  # deleted links stay (with their history) for a while
+    hist: Ring = field(default_factory=lambda: Ring(60))
+
+
+@dataclass(slots=True, eq=False)
+class LinkGroup:
+    host: str
+    id: str
+    role: str = ""
+    type: str = "NONE"
+    crit: bool = True
+    version: int = 0
+    peer_host: str = ""
+    conns: int = 0
+    terminated: bool = False
+    links: dict[int, Link] = field(default_factory=dict)
+    llc_log: deque = field(default_factory=lambda: deque(maxlen=64))  # (t, link, dir, type)
+
+
+@dataclass(slots=True, eq=False)
+class Host:
+    name: str
+    stats: dict = field(default_factory=dict)
+    devices: list = field(default_factory=list)
+    fallbacks: list = field(default_factory=list)  # from the last snapshot
+    snapshot_t: float | None = None
+
+
+@dataclass(slots=True)
+class Failover:
+    t: float
+    host: str
+    lgr: str
+    from_link: int
+    to_link: int | None
+    conns: int
+    duration_ms: float | None = None
+    reason: str = ""
+
+
+class Model:
+    def __init__(self, *, interval: float = 1.0, history: int = 60, conn_log: int = 16, watched_log: int = 400,
+                 events_kept: int = 20_000, closed_keep: float = 5.0, max_closed: int = 2_000) -> None:  # fmt: skip
+        self.interval = interval
+        self.history = history
+        self.conn_log = conn_log
+        self.watched_log = watched_log
+        self.events_kept = events_kept
+        self.closed_keep = closed_keep
+        self.max_closed = max_closed
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything (a replay seeking backwards starts again from here)."""
+        self.hosts: dict[str, Host] = {}
+        self.conns: dict[tuple[str, int], Conn] = {}
+        self.lgrs: dict[tuple[str, str], LinkGroup] = {}
+        self.failovers: deque[Failover] = deque(maxlen=200)
+        self.fallbacks: Counter = Counter()  # (host, role, reason) -> connections
+        self.fallback_last: dict[tuple[str, str, int], float] = {}
+        self.kinds: Counter = Counter()
+        self.events: list[Event] = []  # the most recent events_kept (or up to twice as many)
+        self.seq = 0  # events fed so far; events[-1] is number seq
+        self.dropped = 0  # events the source missed (events.dropped)
+        self.t0: float | None = None  # the first time seen
+        self.now: float | None = None  # the last time advanced to
+        self.next_tick: float | None = None
+        self.ticks = 0
+        self.smc_conns = 0
+        self.tcp_conns = 0
+        self.opened = 0
+        self.cdc = 0
+        self.llc = 0
+        self.bytes = 0  # all connections, both directions
+        self.rate = 0.0
+        self.handshakes: deque[float] = deque(maxlen=2000)  # ms, SMC-R handshakes
+        self.latencies: deque[float] = deque(maxlen=5000)  # us, request/response, when the source measures it
+        self.perf = History(self.history, 6)  # throughput B/s, CDC/s, LLC/s, conns opened/s, fallbacks/s, events/s
+        self._last = (0, 0, 0, 0, 0, 0)
+        self._changed: set[Conn] = set()  # since the view last looked
+        self._moved: set[Conn] = set()  # since the last sample
+        self._removed: set[tuple[str, int]] = set()
+        self._closed: deque[tuple[float, tuple[str, int]]] = deque()
+        self._active: set[Conn] = set()  # connections whose last rate was not zero
+        self.watched: tuple[str, int] | None = None
+        self.conns_added = self.conns_closed = self.conns_removed = 0  # views compare these to know when rows come and go
+        self._totals: tuple[tuple, dict] | None = None
+        self.links_changed = True
+
+    # ------------------------------------------------------------------ lookups
+
+    def host(self, name: str) -> Host:
+        h = self.hosts.get(name)
+        if h is None:
+            h = self.hosts[name] = Host(name)
+        return h
+
+    def conn(self, host: str, conn_id: int, t: float | None = None) -> Conn:
+        key = (host, conn_id)
+        c = self.conns.get(key)
+        if c is None:
+            if host not in self.hosts:
+                self.host(host)
+            c = self.conns[key] = Conn(host, conn_id, opened=t if t is not None else (self.now or 0.0))
+            self.conns_added += 1
+            c.log = deque(maxlen=self.watched_log if key == self.watched else self.conn_log)
+        return c
+
+    def lgr(self, host: str, lgr_id: str) -> LinkGroup:
+        key = (host, lgr_id)
+        g = self.lgrs.get(key)
+        if g is None:
+            g = self.lgrs[key] = LinkGroup(host, lgr_id)
+            self.links_changed = True
+        return g
+
+    def link(self, host: str, lgr_id: str, link_id: int) -> Link:
+        g = self.lgr(host, lgr_id)
+        link = g.links.get(link_id)
+        if link is None:
+            link = g.links[link_id] = Link(host, lgr_id, link_id, hist=Ring(self.history))
+            self.links_changed = True
+        return link
+
+    def watch(self, key: tuple[str, int] | None) -> None:
+        """Keep a longer message log for the connection a detail view shows."""
+        if self.watched and self.watched in self.conns:
+            c = self.conns[self.watched]
+            c.log = deque(c.log, maxlen=self.conn_log)
+        self.watched = key
+        if key and key in self.conns:
+            c = self.conns[key]
+            c.log = deque(c.log, maxlen=self.watched_log)
+
+    def take_conn_changes(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """(changed or new, removed) connection keys since the last call. If nobody asked for
+        a long time, removed holds only the latest of them: a view then rebuilds from ``conns``."""
+        changed, removed = self._changed, self._removed
+        self._changed, self._removed = set(), set()
+        return {c.key for c in changed} - removed, removed
+
+    def events_since(self, seq: int) -> list[Event]:
+        """The kept events after number ``seq`` (remember ``model.seq`` to ask again later)."""
+        n = self.seq - seq
+        if n <= 0:
+            return []
+        return self.events[-n:] if n < len(self.events) else list(self.events)
+
+    # ------------------------------------------------------------------ events
+
+    def feed_many(self, events: Iterable[Event]) -> None:
+        for e in events:
+            self.feed(e)
+
+    def feed(self, e: Event) -> None:
+        if self.t0 is None:
+            self.t0 = e.t
+        self.seq += 1
+        events = self.events
+        events.append(e)
+        if len(events) > 2 * self.events_kept:
+            del events[: len(events) - self.events_kept]
+        kind = e.kind
+        kinds = self.kinds
+        kinds[kind] = kinds.get(kind, 0) + 1
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
+            handler(self, e)
+
+    def _touch(self, c: Conn) -> None:
+        c.version_no += 1
+        self._changed.add(c)
+        self._moved.add(c)
+
+    def _conn_of(self, e: Event) -> Conn | None:
+        if e.conn is None:
+            return None
+        c = self.conns.get((e.host, e.conn))
+        if c is None:
+            c = self.conn(e.host, e.conn, e.t)
+        if e.lgr is not None:
+            c.lgr = e.lgr
+        if e.link is not None:
+            c.link = e.link
+        return c
+
+    def _log(self, c: Conn, e: Event, text: str) -> None:
+        c.log.append((e.t, e.kind, e.fields.get("dir", ""), text))
+
+    def _on_conn_open(self, e: Event) -> None:
+        c = self._conn_of(e)
+        f = e.fields
+        c.role, c.local, c.peer, c.opened = f.get("role", ""), f.get("local", ""), f.get("peer", ""), e.t
+        c.rx_prod = c.rx_prod or "0:0"
+        self.opened += 1
+        self._log(c, e, f"open {c.role} {c.local} -> {c.peer}")
+        self._touch(c)
+
+    def _on_conn_state(self, e: Event) -> None:
+        c = self._conn_of(e)
+        f = e.fields
+        new = f.get("new", "")
+        c.state = new
+        if len(c.states) < 64:
+            c.states.append((e.t, f.get("old", ""), new, f.get("cause", "")))
+        self._log(c, e, f"state {f.get('old', '')} -> {new} ({f.get('cause', '')})")
+        if new == "CLOSED" and c.closed is None:
+            c.closed = e.t
+            self.conns_closed += 1
+            self._closed.append((e.t, c.key))
+        self._touch(c)
+
+    def _on_conn_mode(self, e: Event) -> None:
+        c = self._conn_of(e)
+        f = e.fields
+        c.mode = f.get("mode", c.mode)
+        if c.mode == "SMCR":
+            self.smc_conns += 1
+            c.version = f.get("version", c.version)
+            c.token = f.get("token", c.token)
+            c.rmb_size = f.get("rmb_size", c.rmb_size)
+            c.peer_rmb_size = f.get("peer_rmb_size", c.peer_rmb_size)
+            hs = f.get("handshake_ms")
+            if hs is not None:
+                c.handshake_ms = hs
+                self.handshakes.append(hs)
+        elif c.mode == "TCP":
+            self.tcp_conns += 1
+            c.reason = f.get("reason", c.reason) or c.reason
+        self._log(c, e, f"mode {c.mode}" + (f" v{c.version}" if c.mode == "SMCR" else f" {reason_text(c.reason)}"))
+        self._touch(c)
+
+    def _on_conn_fallback(self, e: Event) -> None:
+        c = self._conn_of(e)
+        f = e.fields
+        c.reason = f.get("reason", 0) or 0
+        c.peer_diagnosis = f.get("peer_diagnosis", 0) or 0
+        key = (e.host, c.role or "-", c.reason)
+        self.fallbacks[key] += 1
+        self.fallback_last[key] = e.t
+        self._log(c, e, f"fallback {reason_text(c.reason) or 'not SMC'}" + (f" peer {reason_text(c.peer_diagnosis)}" if c.peer_diagnosis else ""))
+        self._touch(c)
+
+    def _on_conn_error(self, e: Event) -> None:
+        c = self._conn_of(e)
+        c.error = str(e.fields.get("reason", ""))
+        self._log(c, e, f"error {c.error}")
+        self._touch(c)
+
+    def _on_conn_cursor(self, e: Event) -> None:
+        c = self._conn_of(e)
+        f = e.fields
+        if f.get("side") == "tx":
+            prod = f.get("prod")
+            if prod is not None and prod != c.tx_prod:
+                c.tx_prod = prod
+                c.txc = parse_cursor(prod)[1]
+            if "cons" in f:
+                c.tx_cons = f["cons"]
+            c.tx_sent = f.get("sent", c.tx_sent)
+            c.tx_fin = f.get("fin", c.tx_fin)
+        elif "peer_rmbe_space" in f:  # a CDC arrived: the peer's producer and consumer cursors
+            prod = f.get("prod")
+            if prod is not None and prod != c.rx_prod:
+                w, _, n = prod.partition(":")
+                w, n = int(w), int(n)
+                if c.rx_prod and c.rmb_size:
+                    d = ((w - c.rxw) % WRAP) * c.rmb_size + n - c.rxc
+                    if 0 < d < WRAP * c.rmb_size // 2:
+                        c.ev_rx += d
+                c.rx_prod, c.rxw, c.rxc = prod, w, n
+            c.rx_cons = f.get("cons", c.rx_cons)
+            c.fill = f.get("bytes_to_rcv", c.fill)
+        else:  # the application read: our consumer cursor
+            c.tx_cons = f.get("cons", c.tx_cons)
+            c.fill = f.get("bytes_to_rcv", c.fill)
+        c.version_no += 1
+        self._changed.add(c)
+        self._moved.add(c)
+
+    def _on_conn_rmb(self, e: Event) -> None:
+        c = self._conn_of(e)
+        f = e.fields
+        if "fill" in f:
+            c.fill = f["fill"]
+        if "size" in f:
+            c.rmb_size = f["size"]
+        c.write_blocked = bool(f.get("write_blocked", c.write_blocked))
+        self._touch(c)
+
+    def _on_rdma_write(self, e: Event) -> None:
+        if e.conn is not None:
+            c = self._conn_of(e)
+            c.ev_tx += e.fields.get("length", 0)
+            self._touch(c)
+
+    def _on_cdc(self, e: Event) -> None:
+        self.cdc += 1
+        c = self._conn_of(e)
+        if c is not None:
+            f = e.fields
+            flags = f.get("flags") or ()
+            self._log(c, e, f"CDC {f.get('dir', '')} seq {f.get('seqno', '')} prod {f.get('prod', '')} cons {f.get('cons', '')}"
+                            + (" " + ",".join(flags) if flags else ""))  # fmt: skip
+
+    def _on_clc(self, e: Event) -> None:
+        c = self._conn_of(e)
+        if c is not None:
+            f = e.fields
+            extra = f" {f['diagnosis_text']}" if f.get("diagnosis_text") else ""
+            self._log(c, e, f"CLC {f.get('dir', '')} {f.get('type', '')} v{f.get('version', '')}{extra}")
+
+    def _on_llc(self, e: Event) -> None:
+        self.llc += 1
+        if e.lgr is None:
+            return
+        g = self.lgr(e.host, e.lgr)
+        g.llc_log.append((e.t, e.link, e.fields.get("dir", ""), e.fields.get("type", "")))
+        if e.link:
+            self.link(e.host, e.lgr, e.link).llc += 1
+
+    def _on_link_state(self, e: Event) -> None:
+        if e.lgr is None or not e.link:  # link 0: not yet numbered
+            return
+        self.link(e.host, e.lgr, e.link).state = e.fields.get("new", "")
+        self.links_changed = True
+
+    def _on_link_event(self, e: Event) -> None:
+        f = e.fields
+        ev = f.get("event")
+        if e.lgr is None or not e.link:
+            return
+        g = self.lgr(e.host, e.lgr)
+        if ev == "added":
+            link = self.link(e.host, e.lgr, e.link)
+            link.qpn = f.get("qpn", link.qpn)
+            link.device = f.get("device", link.device)
+        elif ev == "deleted":
+            link = g.links.get(e.link)
+            if link is not None:
+                link.state = "LINK_UNUSED"
+        elif ev == "failover_begin":
+            self.failovers.append(Failover(e.t, e.host, e.lgr, e.link, f.get("to_link"), f.get("conns", 0), None, str(f.get("reason", ""))))
+        elif ev == "failover_end":
+            for fo in reversed(self.failovers):
+                if fo.host == e.host and fo.lgr == e.lgr and fo.from_link == e.link and fo.duration_ms is None:
+                    fo.duration_ms, fo.conns = f.get("duration_ms"), f.get("conns", fo.conns)
+                    break
+            else:
+                self.failovers.append(Failover(e.t, e.host, e.lgr, e.link, f.get("to_link"), f.get("conns", 0), f.get("duration_ms"),
+                                               str(f.get("reason", ""))))  # fmt: skip
+        self.links_changed = True
+
+    def _on_lgr_state(self, e: Event) -> None:
+        if e.lgr is None:
+            return
+        g = self.lgr(e.host, e.lgr)
+        f = e.fields
+        g.type = f.get("new", g.type)
+        g.crit = bool(f.get("crit", g.crit))
+        if "role" in f:
+            g.role = f["role"]
+        if "version" in f:
+            g.version = f["version"]
+        if f.get("cause") not in (None, "created") and g.type == "NONE":
+            g.terminated = True
+        self.links_changed = True
+
+    def _on_dropped(self, e: Event) -> None:
+        self.dropped += int(e.fields.get("count", 0))
+
+    # ------------------------------------------------------------------ snapshots
+
+    def apply_snapshot(self, snap: dict[str, Any]) -> None:
+        """A host's ``Stack.snapshot()``: the truth at its ``t`` for what it covers."""
+        name = snap.get("host", "")
+        t = snap.get("t", self.now or 0.0)
+        if self.t0 is None:
+            self.t0 = t
+        h = self.host(name)
+        h.stats = dict(snap.get("stats", {}))
+        h.devices = list(snap.get("devices", []))
+        h.fallbacks = list(snap.get("fallbacks", []))
+        h.snapshot_t = t
+        seen = set()
+        for s in snap.get("conns", []):
+            c = self.conn(name, s["conn"], t)
+            seen.add(c.id)
+            c.state = s.get("state", c.state)
+            c.mode = s.get("mode", c.mode)
+            c.role = c.role or s.get("role", "")
+            c.local = c.local or s.get("local", "")
+            c.peer = c.peer or s.get("peer", "")
+            c.version = s.get("version", c.version)
+            c.reason = s.get("fallback_reason", c.reason) or c.reason
+            c.peer_diagnosis = s.get("peer_diagnosis", c.peer_diagnosis) or c.peer_diagnosis
+            c.token = s.get("token", c.token)
+            c.rmb_size = s.get("rmb_size", c.rmb_size)
+            c.peer_rmb_size = s.get("peer_rmb_size", c.peer_rmb_size)
+            c.fill = s.get("bytes_to_rcv", c.fill)
+            c.write_blocked = bool(s.get("write_blocked", c.write_blocked))
+            c.lgr = s.get("lgr", c.lgr)
+            c.link = s.get("link", c.link)
+            for k in ("rx_prod", "rx_cons", "tx_prod", "tx_cons", "tx_sent", "tx_fin"):
+                if k in s:
+                    setattr(c, k, s[k])
+            c.rxw, c.rxc = parse_cursor(c.rx_prod)
+            c.txc = parse_cursor(c.tx_prod)[1]
+            c.snap_tx, c.snap_rx = s.get("bytes_sent", 0), s.get("bytes_received", 0)
+            c.ev_tx_at_snap, c.ev_rx_at_snap = c.ev_tx, c.ev_rx
+            self._touch(c)
+        for key, c in self.conns.items():  # gone from the stack: closed
+            if key[0] == name and c.id not in seen and c.closed is None and c.opened <= t:
+                c.closed = t
+                self.conns_closed += 1
+                c.state = "CLOSED" if c.state not in ("CLOSED",) else c.state
+                self._closed.append((t, key))
+                self._touch(c)
+        lgr_ids = set()
+        for gs in snap.get("lgrs", []):
+            g = self.lgr(name, gs["id"])
+            lgr_ids.add(gs["id"])
+            g.role, g.type, g.crit = gs.get("role", g.role), gs.get("type", g.type), bool(gs.get("crit", g.crit))
+            g.version, g.peer_host, g.conns = gs.get("version", g.version), gs.get("peer_host", g.peer_host), gs.get("conns", g.conns)
+            g.terminated = False
+            link_ids = set()
+            for ls in gs.get("links", []):
+                link = self.link(name, gs["id"], ls["id"])
+                link_ids.add(ls["id"])
+                link.state, link.device = ls.get("state", link.state), ls.get("device", link.device)
+                link.qpn, link.peer_qpn = ls.get("qpn", link.qpn), ls.get("peer_qpn", link.peer_qpn)
+                link.gid, link.peer_gid = ls.get("gid", link.gid), ls.get("peer_gid", link.peer_gid)
+                link.asym, link.conns = bool(ls.get("asym", link.asym)), ls.get("conns", link.conns)
+            for lid, link in g.links.items():
+                if lid not in link_ids:
+                    link.state = "LINK_UNUSED"
+        for (hn, gid), g in self.lgrs.items():
+            if hn == name and gid not in lgr_ids:
+                g.terminated = True
+        self.links_changed = True
+
+    def add_latencies(self, seconds: Iterable[float]) -> None:
+        """Request/response round trips measured by the source (the demo's traffic)."""
+        self.latencies.extend(s * 1e6 for s in seconds)
+
+    # ------------------------------------------------------------------ time
+
+    def advance(self, now: float) -> int:
+        """Close every sample whose end is at or before ``now``; returns how many closed."""
+        if self.t0 is None:
+            self.t0 = now
+        if self.next_tick is None:
+            self.next_tick = now + self.interval
+            self.now = now
+            return 0
+        self.now = max(now, self.now or now)
+        closed = 0
+        if now - self.next_tick > 100 * self.interval:  # a long gap (a replay seek): one sample, not thousands
+            self.next_tick = now - self.interval / 2
+        while now >= self.next_tick:
+            self._sample(self.next_tick)
+            self.next_tick += self.interval
+            closed += 1
+        return closed
+
+    def _sample(self, t: float) -> None:
+        self.ticks += 1
+        dt = self.interval
+        total = 0
+        history = self.history
+        active = set()
+        changed = self._changed
+        lgrs = self.lgrs
+        for c in self._moved | self._active:
+            now_total = (c.snap_tx + c.ev_tx - c.ev_tx_at_snap if c.snap_tx >= 0 else c.ev_tx) + (
+                c.snap_rx + c.ev_rx - c.ev_rx_at_snap if c.snap_rx >= 0 else c.ev_rx)
+            delta = now_total - c.last_total
+            c.last_total = now_total
+            if delta > 0:
+                rate = delta / dt
+                active.add(c)
+                total += delta
+                if c.link and c.lgr is not None and c.mode == "SMCR":  # the link carries it (both directions)
+                    g = lgrs.get((c.host, c.lgr))
+                    link = g.links.get(c.link) if g is not None else None
+                    if link is not None:
+                        link.bytes += delta
+            else:
+                rate = 0.0
+            if rate or c.rate:
+                c.rate = rate
+                c.version_no += 1
+                changed.add(c)
+            h = c.hist
+            if h is None:
+                h = c.hist = History(history, 4)
+            buf, base = h.buf, h.pos * 4
+            buf[base] = rate
+            buf[base + 1] = c.fill
+            buf[base + 2] = c.rxc
+            buf[base + 3] = c.txc
+            h.pos = (h.pos + 1) % h.size
+            if h.n < h.size:
+                h.n += 1
+        self._moved = set()
+        self._active = active
+        self.bytes += total
+        self.rate = total / dt
+        for g in self.lgrs.values():
+            for link in g.links.values():
+                if link.state == "LINK_UNUSED":
+                    if link.unused_since is None:
+                        link.unused_since = t
+                else:
+                    link.unused_since = None
+                d = link.bytes - link.last_bytes
+                link.last_bytes = link.bytes
+                link.rate = d / dt
+                link.hist.push(link.rate)
+        counts = (self.cdc, self.llc, self.opened, sum(self.fallbacks.values()), self.seq)
+        last = self._last
+        self.perf.push(self.rate, *((a - b) / dt for a, b in zip(counts, last[1:])))
+        self._last = (0, *counts)
+        self._prune(t)
+
+    def _prune(self, t: float) -> None:
+        closed = self._closed
+        while closed and (closed[0][0] <= t - self.closed_keep or len(closed) > self.max_closed):
+            _, key = closed.popleft()
+            c = self.conns.get(key)
+            if c is not None and c.closed is not None and key != self.watched:
+                del self.conns[key]
+                self.conns_removed += 1
+                self._active.discard(c)
+                self._moved.discard(c)
+                self._changed.discard(c)
+                if len(self._removed) > self.max_closed:  # nobody asked for a long time: keep the latest
+                    self._removed.clear()
+                self._removed.add(key)
+        for g in self.lgrs.values():
+            gone = [lid for lid, link in g.links.items() if link.state == "LINK_UNUSED" and link.unused_since is not None
+                    and link.unused_since <= t - self.history * self.interval]  # fmt: skip
+            for lid in gone:
+                del g.links[lid]
+                self.links_changed = True
+        dead = [k for k, g in self.lgrs.items() if g.terminated and all(link.state == "LINK_UNUSED" for link in g.links.values())]
+        for k in dead:
+            del self.lgrs[k]
+            self.links_changed = True
+
+    # ------------------------------------------------------------------ summaries
+
+    def totals(self) -> dict[str, Any]:
+        """What the header shows (computed once per change of the model)."""
+        stamp = (self.seq, self.ticks, self.conns_added, self.conns_closed, self.conns_removed, len(self.lgrs))
+        if self._totals is not None and self._totals[0] == stamp:
+            return dict(self._totals[1])
+        n = smc = tcp = 0
+        for c in self.conns.values():
+            if c.closed is None:
+                n += 1
+                mode = c.mode
+                if mode == "SMCR":
+                    smc += 1
+                elif mode == "TCP":
+                    tcp += 1
+        decided = self.smc_conns + self.tcp_conns
+        links = [link for g in self.lgrs.values() for link in g.links.values() if link.state != "LINK_UNUSED"]
+        perf = self.perf
+        last = [perf.series(i)[-1] if perf.n else 0.0 for i in range(6)]
+        out = {
+            "hosts": sorted(self.hosts), "conns": n, "smcr": smc, "tcp": tcp,
+            "lgrs": sum(1 for g in self.lgrs.values() if not g.terminated),
+            "links": len(links), "links_active": sum(1 for link in links if link.state == "LINK_ACTIVE"),
+            "crit": sum(1 for g in self.lgrs.values() if g.crit and not g.terminated),
+            "rate": self.rate, "bytes": self.bytes, "cdc_rate": last[1], "llc_rate": last[2], "open_rate": last[3],
+            "event_rate": last[5], "events": self.seq, "dropped": self.dropped,
+            "fallbacks": sum(self.fallbacks.values()),
+            "fallback_ratio": self.tcp_conns / decided if decided else 0.0,
+            "failovers": len(self.failovers),
+            "elapsed": (self.now - self.t0) if self.now is not None and self.t0 is not None else 0.0,
+        }  # fmt: skip
+        self._totals = (stamp, out)
+        return dict(out)
+
+    def fallback_rows(self) -> list[dict[str, Any]]:
+        """Fallback reasons with counts, per host and role (smcr stats -d), most frequent first.
+        Counts seen in events; a host's snapshot counts (since the stack started) when larger."""
+        rows: dict[tuple[str, str, int], int] = dict(self.fallbacks)
+        for h in self.hosts.values():
+            for f in h.fallbacks:
+                key = (h.name, f.get("role", "-"), f.get("reason", 0))
+                rows[key] = max(rows.get(key, 0), f.get("count", 0))
+        return sorted(({"host": k[0], "role": k[1], "reason": k[2], "text": reason_text(k[2]) or "not SMC", "count": n,
+                        "last": self.fallback_last.get(k)} for k, n in rows.items()), key=lambda r: (-r["count"], r["host"], r["reason"]))  # fmt: skip
+
+    def link_rows(self) -> list[tuple[LinkGroup, Link | None]]:
+        rows: list[tuple[LinkGroup, Link | None]] = []
+        for key in sorted(self.lgrs):
+            g = self.lgrs[key]
+            if not g.links:
+                rows.append((g, None))
+            for lid in sorted(g.links):
+                rows.append((g, g.links[lid]))
+        return rows
+
+    def percentile(self, values: Iterable[float], p: float) -> float | None:
+        v = sorted(values)
+        if not v:
+            return None
+        return v[min(len(v) - 1, max(0, round(p / 100 * (len(v) - 1))))]
+
+
+_HANDLERS = {
+    "conn.open": Model._on_conn_open,
+    "conn.state": Model._on_conn_state,
+    "conn.mode": Model._on_conn_mode,
+    "conn.fallback": Model._on_conn_fallback,
+    "conn.error": Model._on_conn_error,
+    "conn.cursor": Model._on_conn_cursor,
+    "conn.rmb": Model._on_conn_rmb,
+    "rdma.write": Model._on_rdma_write,
+    "cdc.msg": Model._on_cdc,
+    "clc.msg": Model._on_clc,
+    "llc.msg": Model._on_llc,
+    "link.state": Model._on_link_state,
+    "link.event": Model._on_link_event,
+    "lgr.state": Model._on_lgr_state,
+    "events.dropped": Model._on_dropped,
+}

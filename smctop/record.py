@@ -1,0 +1,53 @@
+"""Recording what smctop shows to an smc-trace capture (pcapng) that ``smctop --replay``,
+``smc-trace`` and Wireshark read.
+
+With the embedded demo the recorder attaches to the stacks themselves, so the capture
+holds their RoCEv2 frames and CLC messages as well as every event; with ``--attach`` or
+``--replay`` it records the events smctop receives.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from dissectors.recorder import Recorder as TraceRecorder
+from stack.events import Event
+
+
+class Recorder:
+    def __init__(self, path: str, stacks: Iterable = ()) -> None:
+        self.path = path
+        self._trace = TraceRecorder(path)
+        self._stacks = list(stacks)
+        for stack in self._stacks:
+            self._trace.attach(stack)
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Events recorded so far (those the attached stacks emitted, or those written)."""
+        return self._trace.stats.events if self._stacks else self._count
+
+    def write(self, events: Iterable[Event]) -> None:
+        if self._stacks:
+            return  # the attached buses deliver these to the recorder already
+        for e in events:
+            self._trace.on_event(e)
+            self._count += 1
+
+    def close(self) -> None:
+        self._trace.close()
+
+
+def default_name(stamp: str) -> str:
+    """``smctop-20260101-120000.pcapng`` for the stamp ``20260101-120000``."""
+    return f"smctop-{stamp}.pcapng"
+
+
+def open_recorder(path: str, stacks: Iterable = ()) -> Recorder:
+    """Start recording to ``path`` (its folder must exist)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OSError(f"no folder {folder} to record into")
+    return Recorder(path, stacks)

@@ -1,0 +1,503 @@
+"""Where smctop's events come from. Every source feeds the model when polled and answers the
+operator's actions it can carry out:
+
+* :class:`DemoSource` (the default): the embedded demo topology (``smctop.demo``) in the
+  app's own event loop, with traffic that runs until stopped; actions act on its stacks;
+* :class:`AttachSource` (``--attach PATH``): a running stack's control socket; actions
+  become control commands (``port``, ``decline``);
+* :class:`ReplaySource` (``--replay FILE``): a recorded file (JSONL events, or an
+  smc-trace pcapng capture through ``dissectors.capture``), with pause, step and seek;
+* :class:`SyntheticSource`: the deterministic :mod:`smctop.synthetic` topology on a clock
+  the caller moves (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from collections import deque
+from typing import Callable
+
+from stack.events import Event, from_dict, read_jsonl
+from stack.wire import codes
+
+from .model import Model
+from .synthetic import SyntheticStack
+
+
+def feed_timed(model: Model, events: list[Event]) -> None:
+    """Feed events in time order, closing each model sample before the first event after it
+    (for sources that deliver many seconds at once: a replay, the synthetic clock)."""
+    for e in events:
+        if model.next_tick is None or e.t >= model.next_tick:
+            model.advance(e.t)
+        model.feed(e)
+
+
+class SourceError(Exception):
+    """A source could not start or an action failed: the message is for the operator."""
+
+
+class Source:
+    label = "source"
+    can: frozenset[str] = frozenset()  # of: traffic, fail_link, restore_link, decline, replay
+
+    def __init__(self) -> None:
+        self.traffic_on = False
+        self.notices: deque[str] = deque(maxlen=50)  # what the source wants the operator to know
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def poll(self, model: Model) -> list[Event]:
+        """Feed what arrived since the last poll into ``model``; returns the events fed."""
+        return []
+
+    def now(self) -> float | None:
+        return None
+
+    def stacks(self) -> list:
+        """In-process stacks a recorder can attach to directly (their RoCE frames too)."""
+        return []
+
+    def describe(self) -> str:
+        return self.label
+
+    def _unavailable(self, what: str) -> SourceError:
+        return SourceError(f"{what} is not available with the {self.label} source")
+
+    async def set_traffic(self, on: bool) -> str:
+        raise self._unavailable("traffic")
+
+    async def fail_link(self) -> str:
+        raise self._unavailable("failing a link")
+
+    async def restore_link(self) -> str:
+        raise self._unavailable("restoring a link")
+
+    async def decline(self, reason: int | None) -> str:
+        raise self._unavailable("forcing a fallback")
+
+
+def _decline_text(reason: int | None) -> str:
+    return f"the next connections fall back with {codes.format_reason(reason)}" if reason else "new connections may use SMC-R again"
+
+
+# ---------------------------------------------------------------------------- the embedded demo
+
+
+class DemoSource(Source):
+    """smctop.demo's three hosts (its ``Demo`` topology), live in this event loop. Traffic runs
+    until stopped: bulk both ways and two request/response connections alpha -> beta over
+    SMC-R, a new connection to beta twice a second (so a forced decline shows), and ten a
+    second to gamma, which declines them all."""
+
+    label = "demo"
+    can = frozenset({"traffic", "fail_link", "restore_link", "decline"})
+
+    def __init__(self, *, traffic: bool = True, snapshot_interval: float = 1.0, queue: int = 200_000) -> None:
+        super().__init__()
+        self.want_traffic = traffic
+        self.snapshot_interval = snapshot_interval
+        self.queue = queue
+        self.demo = None
+        self.subs: dict = {}
+        self._last_snapshot = float("-inf")
+        self._tasks: list[asyncio.Task] = []
+        self.port_down = False
+
+    def stacks(self) -> list:
+        return list(self.demo.hosts.values()) if self.demo is not None else []
+
+    async def start(self) -> None:
+        from . import demo as demo_mod
+
+        self._mod = demo_mod
+        self.demo = await demo_mod.Demo().start()
+        self.subs = {name: stack.bus.subscribe(maxsize=self.queue) for name, stack in self.demo.hosts.items()}
+        if self.want_traffic:
+            await self.set_traffic(True)
+
+    async def stop(self) -> None:
+        if self.demo is not None:
+            await self.set_traffic(False)
+            for sub in self.subs.values():
+                sub.close()
+            await self.demo.close()
+            self.demo = None
+
+    def now(self) -> float | None:
+        return asyncio.get_running_loop().time()
+
+    def poll(self, model: Model) -> list[Event]:
+        if self.demo is None:
+            return []
+        events: list[Event] = []
+        for sub in self.subs.values():
+            events.extend(sub.get_nowait())
+        model.feed_many(events)
+        now = self.now()
+        if now - self._last_snapshot >= self.snapshot_interval:
+            self._last_snapshot = now
+            for stack in self.demo.hosts.values():
+                if stack.host is not None:
+                    model.apply_snapshot(stack.snapshot())
+        rr = self.demo.totals.get("rr")
+        if rr is not None and rr.latencies:
+            model.add_latencies(rr.latencies)
+            rr.latencies.clear()  # the demo's own list would otherwise grow for as long as smctop runs
+        return events
+
+    async def set_traffic(self, on: bool) -> str:
+        if on and not self.traffic_on:
+            from stack.traffic import runner
+            from stack.traffic.protocol import BOTH
+
+            d, m = self.demo, self._mod
+            bulk, rr, crr, fb = (d.totals.setdefault(k, runner.Totals()) for k in ("bulk", "rr", "crr", "fallback"))
+            forever = 7 * 86400.0  # smc-traffic carries the duration in 32-bit milliseconds
+            self._tasks = [
+                asyncio.create_task(runner.bulk(self._to(m.BETA), bulk, direction=BOTH, total=0, duration=forever, seed=1)),
+                *(asyncio.create_task(runner.rr(self._to(m.BETA), rr, size=256, duration=forever, count=0, seed=10 + i)) for i in range(2)),
+                asyncio.create_task(self._every(0.5, m.BETA, crr, 30)),  # new connections to beta: a forced decline shows here
+                asyncio.create_task(self._every(0.1, m.GAMMA, fb, 20)),  # gamma declines every one (DIFFPREFIX)
+            ]  # fmt: skip
+            self.traffic_on = True
+            return "traffic started: bulk and request/response to beta, new connections to beta (2/s) and gamma (10/s)"
+        if not on and self.traffic_on:
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+            self.traffic_on = False
+            return "traffic stopped"
+        return "traffic already " + ("running" if on else "stopped")
+
+    def _to(self, addr: str):
+        alpha = self.demo.hosts["alpha"]
+        return lambda: alpha.open_connection(addr, 5000, local_addr=(self._mod.ALPHA, 0))
+
+    async def _every(self, period: float, addr: str, totals, seed: int) -> None:
+        """A new connection every ``period`` seconds: one request, one response, close."""
+        from stack.traffic import runner
+
+        while True:
+            try:
+                await runner.crr(self._to(addr), totals, size=64, duration=1.0, count=1, seed=seed)
+            except (ConnectionError, OSError) as e:
+                self.notices.append(f"connection to {addr} failed: {e}")
+            await asyncio.sleep(period)
+
+    async def fail_link(self) -> str:
+        self.demo.hosts["beta"].set_port(self._mod.BETA, False)
+        self.port_down = True
+        return f"beta: port of {self._mod.BETA} pulled (link failure; connections fail over)"
+
+    async def restore_link(self) -> str:
+        self.demo.hosts["beta"].set_port(self._mod.BETA, True)
+        self.port_down = False
+        return f"beta: port of {self._mod.BETA} back up"
+
+    async def decline(self, reason: int | None) -> str:
+        for name in ("beta", "gamma"):
+            default = self._mod.DIFFPREFIX if name == "gamma" else None
+            self.demo.hosts[name].force_decline(reason if reason else default)
+        return "beta and gamma: " + _decline_text(reason)
+
+
+# ---------------------------------------------------------------------------- a control socket
+
+
+class AttachSource(Source):
+    """One or more running stacks' control sockets (``StackConfig(control_path=...)``)."""
+
+    label = "attach"
+    can = frozenset({"fail_link", "restore_link", "decline"})
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__()
+        self.paths = list(paths)
+        self.clients: dict[str, object] = {}  # path -> ControlClient
+        self.hostnames: dict[str, str] = {}
+        self.inbox: deque[tuple[str, dict]] = deque()
+        self.tasks: list[asyncio.Task] = []
+        self.devices: dict[str, list[str]] = {}  # path -> device names, from snapshots
+        self._clock: tuple[float, float] | None = None  # (remote t, local monotonic)
+        self.failed: tuple[str, str] | None = None  # (path, device) of the port we pulled
+        self.closed: set[str] = set()
+
+    async def start(self) -> None:
+        from stack.runtime.control import ControlClient
+
+        for path in self.paths:
+            try:
+                client = await ControlClient.connect(path)
+            except OSError as e:
+                raise SourceError(f"cannot attach to {path}: {e.strerror or e}") from None
+            self.clients[path] = client
+            await client.send("subscribe")
+            await client.send("snapshot")
+            self.tasks.append(asyncio.create_task(self._read(path, client)))
+
+    async def _read(self, path: str, client) -> None:
+        try:
+            async for msg in client.messages():
+                self.inbox.append((path, msg))
+        except (ConnectionError, ValueError) as e:
+            self.notices.append(f"{path}: {e}")
+        self.closed.add(path)
+        self.notices.append(f"{self.hostnames.get(path, path)}: control socket closed")
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for client in self.clients.values():
+            await client.close()
+
+    def describe(self) -> str:
+        names = [self.hostnames.get(p, p) for p in self.paths]
+        return "attach " + ", ".join(names) + (f" ({len(self.closed)} closed)" if self.closed else "")
+
+    def _saw(self, t: float) -> None:
+        self._clock = (t, time.monotonic())
+
+    def now(self) -> float | None:
+        if self._clock is None:
+            return None
+        t, local = self._clock
+        return t + (time.monotonic() - local)
+
+    def poll(self, model: Model) -> list[Event]:
+        events: list[Event] = []
+        while self.inbox:
+            path, msg = self.inbox.popleft()
+            kind = msg.get("type")
+            if kind == "event":
+                try:
+                    e = from_dict(msg["event"])
+                except (ValueError, KeyError, TypeError) as err:
+                    self.notices.append(f"bad event from {path}: {err}")
+                    continue
+                events.append(e)
+                model.feed(e)
+                self._saw(e.t)
+            elif kind in ("snapshot", "reply") and isinstance(msg.get("snapshot"), dict):
+                snap = msg["snapshot"]
+                model.apply_snapshot(snap)
+                self.devices[path] = [d["name"] for d in snap.get("devices", [])]
+                self.hostnames[path] = snap.get("host", path)
+                if "t" in snap:
+                    self._saw(snap["t"])
+            elif kind == "hello":
+                self.hostnames[path] = msg.get("host", path)
+            elif kind == "error":
+                self.notices.append(f"{self.hostnames.get(path, path)}: {msg.get('error')}")
+        return events
+
+    def _target(self) -> tuple[str, str]:
+        """The port to pull: the first device of the first host that has two (so a link can fail over)."""
+        ranked = sorted(self.paths, key=lambda p: -len(self.devices.get(p, [])))
+        for path in ranked:
+            if self.devices.get(path):
+                return path, self.devices[path][0]
+        raise SourceError("no devices known yet (waiting for the first snapshot)")
+
+    async def fail_link(self) -> str:
+        path, device = self._target()
+        await self.clients[path].send("port", device=device, up=False)
+        self.failed = (path, device)
+        return f"{self.hostnames.get(path, path)}: port of {device} pulled"
+
+    async def restore_link(self) -> str:
+        path, device = self.failed or self._target()
+        await self.clients[path].send("port", device=device, up=True)
+        self.failed = None
+        return f"{self.hostnames.get(path, path)}: port of {device} back up"
+
+    async def decline(self, reason: int | None) -> str:
+        for client in self.clients.values():
+            await client.send("decline", reason=reason)
+        return "all attached hosts: " + _decline_text(reason)
+
+
+# ---------------------------------------------------------------------------- a recorded file
+
+
+def load_events(path: str) -> list[Event]:
+    """A recorded file's events in time order: JSONL event records, or an smc-trace pcapng
+    capture (read by ``dissectors.capture.read_events``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise SourceError(f"cannot read {path}: {e.strerror or e}") from None
+    if head.lstrip()[:1] in (b"{", b""):
+        try:
+            with open(path, encoding="utf-8") as f:
+                events = list(read_jsonl(f))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SourceError(f"{path}: not a JSONL event file: {e}") from None
+    else:
+        try:
+            capture = importlib.import_module("dissectors.capture")  # the smc-trace reader
+        except ImportError:
+            raise SourceError(f"{path} is not a JSONL event file, and pcapng replay needs dissectors.capture") from None
+        try:
+            events = list(capture.read_events(path))
+        except (ValueError, OSError, getattr(capture, "CaptureError", ValueError)) as e:
+            raise SourceError(f"{path}: {e}") from None
+    events.sort(key=lambda e: e.t)  # stable: events of one instant keep their order
+    return events
+
+
+class ReplaySource(Source):
+    """Plays recorded events on their own clock: ``speed`` x real time, with pause, step
+    (one event) and seek (backwards replays from the start into a cleared model)."""
+
+    label = "replay"
+    can = frozenset({"replay"})
+
+    def __init__(self, path: str, *, speed: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 events: list[Event] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.path = path
+        self.speed = speed
+        self.clock = clock
+        self.events = events if events is not None else []
+        self._loaded = events is not None
+        self.i = 0
+        self.t = 0.0
+        self.paused = False
+        self._wall: float | None = None
+        self._reset = False
+
+    async def start(self) -> None:
+        if not self._loaded:
+            self.events = load_events(self.path)
+            self._loaded = True
+        if not self.events:
+            raise SourceError(f"{self.path}: no events to replay")
+        self.t = self.events[0].t
+
+    @property
+    def start_t(self) -> float:
+        return self.events[0].t if self.events else 0.0
+
+    @property
+    def end_t(self) -> float:
+        return self.events[-1].t if self.events else 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.i >= len(self.events)
+
+    def describe(self) -> str:
+        state = "paused" if self.paused else ("at the end" if self.done else f"playing {self.speed:g}x")
+        return f"replay {self.path} {self.t - self.start_t:.1f}/{self.end_t - self.start_t:.1f} s, event {self.i}/{len(self.events)}, {state}"
+
+    def now(self) -> float | None:
+        return self.t if self.events else None
+
+    def poll(self, model: Model) -> list[Event]:
+        wall = self.clock()
+        if self._wall is not None and not self.paused and not self.done:
+            self.t = min(self.t + (wall - self._wall) * self.speed, self.end_t)
+        self._wall = wall
+        if self._reset:
+            model.clear()
+            self.i = 0
+            self._reset = False
+        return self._feed_until(model, self.t)
+
+    def _feed_until(self, model: Model, t: float) -> list[Event]:
+        events = self.events
+        start = self.i
+        while self.i < len(events) and events[self.i].t <= t:
+            self.i += 1
+        fed = events[start : self.i]
+        feed_timed(model, fed)
+        return fed
+
+    def toggle_pause(self) -> bool:
+        self.paused = not self.paused
+        return self.paused
+
+    def step(self, model: Model) -> Event | None:
+        """Pause, and play exactly one more event."""
+        self.paused = True
+        if self.done:
+            return None
+        e = self.events[self.i]
+        self.t = max(self.t, e.t)
+        self.i += 1
+        feed_timed(model, [e])
+        return e
+
+    def seek(self, delta: float) -> float:
+        """Move the replay clock by ``delta`` seconds; backwards replays from the start."""
+        target = min(max(self.t + delta, self.start_t), self.end_t)
+        if target < self.t:
+            self._reset = True
+        self.t = target
+        return target - self.start_t
+
+
+# ---------------------------------------------------------------------------- synthetic (tests, benchmarks)
+
+
+class SyntheticSource(Source):
+    """The synthetic topology on a clock that only :meth:`advance` moves: every whole second
+    it passes produces one :meth:`SyntheticStack.step` of events at that second."""
+
+    label = "synthetic"
+    can = frozenset({"traffic", "fail_link", "restore_link", "decline"})
+
+    def __init__(self, stack: SyntheticStack | None = None, *, start: float = 1000.0) -> None:
+        super().__init__()
+        self.stack = stack or SyntheticStack()
+        self.t = start
+        self.pending: list[Event] = list(self.stack.setup(start))
+        self.calls: list[tuple] = []
+        self.traffic_on = self.stack.traffic
+
+    def advance(self, seconds: float) -> None:
+        end = self.t + seconds
+        second = int(self.t) + 1
+        while second <= end:
+            self.pending.extend(self.stack.step(float(second)))
+            second += 1
+        self.t = end
+
+    def now(self) -> float | None:
+        return self.t
+
+    def poll(self, model: Model) -> list[Event]:
+        events, self.pending = self.pending, []
+        feed_timed(model, events)
+        return events
+
+    async def set_traffic(self, on: bool) -> str:
+        self.calls.append(("traffic", on))
+        self.stack.set_traffic(on)
+        self.traffic_on = on
+        return "traffic " + ("started" if on else "stopped")
+
+    async def fail_link(self) -> str:
+        self.calls.append(("fail_link",))
+        self.pending.extend(self.stack.fail_link(self.t))
+        return "beta: port of 127.30.0.2 pulled"
+
+    async def restore_link(self) -> str:
+        self.calls.append(("restore_link",))
+        self.pending.extend(self.stack.restore_link(self.t))
+        return "beta: port of 127.30.0.2 back up"
+
+    async def decline(self, reason: int | None) -> str:
+        self.calls.append(("decline", reason))
+        self.stack.set_decline(reason)
+        return "gamma: " + _decline_text(reason)

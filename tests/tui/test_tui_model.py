@@ -1,0 +1,164 @@
+"""The model on its own: events in, a snapshot of what the views show out. No app, no clock."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from stack.events import Event
+
+from smctop.model import Model, cursor_delta
+from smctop.synthetic import DIFFPREFIX, PEERDECL, SyntheticStack
+
+
+def fed(conns: int = 3, seconds: int = 4, **kw) -> tuple[Model, SyntheticStack]:
+    m, s = Model(), SyntheticStack(conns, **kw)
+    m.feed_many(s.setup(0.0))
+    m.advance(0.0)
+    for t in range(1, seconds + 1):
+        m.feed_many(s.step(float(t)))
+        m.advance(t + 0.01)
+    return m, s
+
+
+def test_cursor_arithmetic_across_wraps():
+    size = 1000
+    assert cursor_delta("0:900", "1:100", size) == 200
+    assert cursor_delta("65535:900", "0:100", size) == 200  # the 16-bit wrap counter wraps too
+    assert cursor_delta("3:10", "3:10", size) == 0
+    assert cursor_delta("3:10", "2:10", size) == 0  # backwards is not traffic
+    assert cursor_delta("0:0", "5:0", 0) == 0
+
+
+def test_rates_bytes_and_fill_come_from_events():
+    m, s = fed(3, seconds=4)
+    sender, receiver = m.conns[("alpha", 1)], m.conns[("beta", 1)]
+    per_second = s.rate + (1 * 4099) % 8192
+    assert sender.bytes_sent == 4 * per_second and sender.rate == per_second
+    assert receiver.bytes_received == 4 * per_second and receiver.rate == per_second
+    assert receiver.rx_prod == f"{(4 * per_second // s.rmb_size)}:{4 * per_second % s.rmb_size}"
+    assert receiver.fill == (1 * 7919 + 4 * 104729) % (s.rmb_size // 2) and 0 < receiver.fill_ratio < 0.5
+    assert receiver.hist.series(0)[-4:] == [per_second] * 4
+    assert receiver.hist.series(1)[-1] == receiver.fill
+    total = sum(s.rate + (i * 4099) % 8192 for i in range(1, 4))
+    assert m.rate == 2 * total  # both ends of each connection count
+    assert m.totals()["smcr"] == 6 and m.totals()["lgrs"] == 2 and m.totals()["crit"] == 0
+
+
+def test_rates_drop_to_zero_when_traffic_stops():
+    m, s = fed(2, seconds=2)
+    s.set_traffic(False)
+    for t in (3, 4):
+        m.feed_many(s.step(float(t)))
+        m.advance(t + 0.01)
+    assert m.conns[("alpha", 1)].rate == 0 and m.rate == 0
+    assert m.conns[("alpha", 1)].hist.series(0)[-1] == 0
+
+
+def test_fallbacks_are_counted_with_reason_and_role_and_ratio():
+    m, s = fed(1, seconds=3, fallbacks=2)
+    rows = {(r["host"], r["role"], r["text"]): r["count"] for r in m.fallback_rows()}
+    assert rows == {("gamma", "server", "0x03070000 DIFFPREFIX"): 6, ("alpha", "client", "0x05000000 PEERDECL"): 6}
+    alpha_fb = next(c for c in m.conns.values() if c.host == "alpha" and c.mode == "TCP")
+    assert alpha_fb.reason == PEERDECL and alpha_fb.peer_diagnosis == DIFFPREFIX
+    assert m.totals()["fallback_ratio"] == 12 / 14
+    s.set_decline(0x03030000)
+    m.feed_many(s.step(4.0))
+    assert any(r["text"] == "0x03030000 NOSMCDEV" and r["count"] == 2 for r in m.fallback_rows())
+
+
+def test_failover_changes_types_links_and_moves_traffic():
+    m, s = fed(3, seconds=2)
+    m.feed_many(s.fail_link(2.5))
+    m.feed_many(s.step(3.0))
+    m.advance(3.01)
+    g = m.lgrs[("beta", "00b2b200")]
+    assert g.type == "SINGLE" and g.crit
+    assert g.links[1].state == "LINK_UNUSED" and g.links[2].state == "LINK_ACTIVE"
+    assert [(f.host, f.from_link, f.to_link, f.conns, f.duration_ms) for f in m.failovers] == [("beta", 1, 2, 3, 4.0), ("alpha", 1, 2, 3, 4.0)]
+    assert m.conns[("alpha", 1)].link == 2 and m.lgrs[("alpha", "00a1a100")].links[2].rate > 0
+    m.feed_many(s.restore_link(3.5))
+    m.advance(4.01)
+    assert g.type == "SYM" and not g.crit and g.links[3].state == "LINK_ACTIVE"
+
+
+def test_snapshot_fills_in_what_events_do_not_say():
+    m = Model()
+    snap = {"host": "h", "t": 10.0, "stats": {"smc_client": 1}, "devices": [{"name": "127.1.0.1", "up": True}],
+            "fallbacks": [{"role": "client", "reason": DIFFPREFIX, "count": 7}],
+            "lgrs": [{"id": "00aa0000", "role": "client", "type": "SINGLE", "crit": True, "conns": 1, "version": 2, "peer_host": "p",
+                      "links": [{"id": 1, "state": "LINK_ACTIVE", "device": "127.1.0.1", "qpn": 0x111, "peer_qpn": 0x211,
+                                 "gid": "::ffff:127.1.0.1", "peer_gid": "::ffff:127.1.0.2", "asym": False, "conns": 1}]}],
+            "conns": [{"conn": 5, "state": "ACTIVE", "mode": "SMCR", "role": "client", "local": "a:1", "peer": "b:2", "version": 2,
+                       "fallback_reason": 0, "peer_diagnosis": 0, "token": 1, "rmb_size": 65536, "peer_rmb_size": 65536,
+                       "rx_prod": "1:0", "rx_cons": "1:0", "tx_prod": "2:5", "tx_cons": "1:0", "tx_sent": "2:5", "tx_fin": "2:5",
+                       "bytes_to_rcv": 0, "write_blocked": False, "bytes_sent": 1000, "bytes_received": 500, "lgr": "00aa0000", "link": 1}]}  # fmt: skip
+    m.apply_snapshot(snap)
+    c = m.conns[("h", 5)]
+    assert (c.bytes_sent, c.bytes_received, c.tx_prod, c.txc, c.lgr) == (1000, 500, "2:5", 5, "00aa0000")
+    link = m.lgrs[("h", "00aa0000")].links[1]
+    assert (link.qpn, link.peer_gid, link.state) == (0x111, "::ffff:127.1.0.2", "LINK_ACTIVE")
+    assert m.fallback_rows()[0]["count"] == 7 and m.fallback_rows()[0]["text"] == "0x03070000 DIFFPREFIX"
+    # events after the snapshot add to its byte counts
+    m.feed(Event(10.5, "rdma.write", "h", "00aa0000", 1, 5, {"offset": 0, "length": 24, "rkey": 1}))
+    assert c.bytes_sent == 1024
+    # the next snapshot without the connection: it closed
+    m.apply_snapshot({**snap, "t": 11.0, "conns": []})
+    assert c.closed == 11.0 and c.state == "CLOSED"
+
+
+def test_closed_connections_are_forgotten_and_views_are_told():
+    m, s = fed(1, seconds=1, fallbacks=1)
+    m.take_conn_changes()
+    closed = [k for k, c in m.conns.items() if c.closed is not None]
+    assert closed
+    for t in range(2, 10):
+        m.feed_many(s.step(float(t)))
+        m.advance(t + 0.01)
+    changed, removed = m.take_conn_changes()
+    assert set(closed) <= removed and not (set(closed) & set(m.conns))
+    assert ("alpha", 1) in changed  # still moving
+
+
+def test_changes_are_incremental():
+    m, s = fed(5, seconds=1)
+    m.take_conn_changes()
+    s.set_traffic(False)
+    s.fallbacks = 0
+    m.feed(Event(1.5, "conn.rmb", "beta", "00b2b200", 1, 3, {"fill": 10, "size": s.rmb_size}))
+    changed, removed = m.take_conn_changes()
+    assert changed == {("beta", 3)} and not removed
+    assert m.take_conn_changes() == (set(), set())
+
+
+def test_events_since_and_the_recent_event_log_is_bounded():
+    m = Model(events_kept=100)
+    for i in range(1000):
+        m.feed(Event(float(i), "stats", "h"))
+    assert m.seq == 1000 and len(m.events) <= 200
+    assert [e.t for e in m.events_since(995)] == [995.0, 996.0, 997.0, 998.0, 999.0]
+    assert m.events_since(1000) == []
+
+
+def test_memory_is_bounded_under_connection_churn():
+    """Thousands of short connections come and go: what the model holds stops growing."""
+    m, s = Model(events_kept=2000), SyntheticStack(10, fallbacks=50)  # the event log fills in a few seconds
+    m.feed_many(s.setup(0.0))
+    m.advance(0.0)
+    tracemalloc.start()
+    sizes = []
+    for t in range(1, 121):
+        m.feed_many(s.step(float(t)))
+        m.advance(t + 0.01)
+        if t in (30, 120):
+            sizes.append(tracemalloc.get_traced_memory()[0])
+    tracemalloc.stop()
+    assert len(m.conns) <= 20 + 2 * 50 * (m.closed_keep + 1)
+    assert sizes[1] < sizes[0] * 1.15, sizes  # 4x the time, 6,000 more connections: the same memory
+
+
+def test_advance_closes_one_sample_per_interval():
+    m = Model(interval=1.0)
+    assert m.advance(100.0) == 0
+    assert m.advance(100.5) == 0
+    assert m.advance(103.2) == 3 and m.ticks == 3
+    assert m.advance(10_000.0) == 1  # a long gap (a seek): one sample, not thousands

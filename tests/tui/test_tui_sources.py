@@ -1,0 +1,126 @@
+"""Sources other than the synthetic one: a real stack's control socket, recorded files, and
+the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+from tuihelp import run
+
+from stack.core.config import SmcConfig
+from stack.events import to_json
+from stack.runtime import DeviceSpec, Stack, StackConfig
+
+from smctop import app as app_mod
+from smctop.model import Model
+from smctop.sources import AttachSource, SourceError, load_events
+from smctop.synthetic import SyntheticStack
+
+DEV = "127.32.7.1"
+
+
+def test_attach_follows_a_control_socket_and_sends_commands(tmp_path):
+    path = str(tmp_path / "h.sock")
+
+    async def go():
+        cfg = StackConfig(SmcConfig(host="solo"), (DeviceSpec("soft", DEV, DEV, None, 4096),), control_path=path, snapshot_interval=0.2)
+        async with Stack(cfg) as stack:
+            src = AttachSource([path])
+            await src.start()
+            m = Model()
+            try:
+                for _ in range(50):
+                    await asyncio.sleep(0.05)
+                    src.poll(m)
+                    if src.devices.get(path):
+                        break
+                assert "solo" in m.hosts and src.devices[path] == [DEV] and src.describe() == "attach solo"
+                assert src.now() is not None
+                assert "0x03030000 NOSMCDEV" in await src.decline(0x03030000)
+                assert "port of 127.32.7.1 pulled" in await src.fail_link()
+                for _ in range(50):
+                    await asyncio.sleep(0.05)
+                    src.poll(m)
+                    if stack.host.config.forced_decline == 0x03030000 and not stack.rdma.devs[DEV].port_up:
+                        break
+                assert stack.host.config.forced_decline == 0x03030000
+                assert not stack.rdma.devs[DEV].port_up
+                # the stack's own events came through the socket: the port fault
+                assert any(e.kind == "link.event" and e.get("fault") == "port_down" for e in m.events)
+                await src.restore_link()
+                await src.decline(None)
+                for _ in range(50):
+                    await asyncio.sleep(0.05)
+                    src.poll(m)
+                    if stack.rdma.devs[DEV].port_up and stack.host.config.forced_decline is None:
+                        break
+                assert stack.rdma.devs[DEV].port_up and stack.host.config.forced_decline is None
+                with pytest.raises(SourceError, match="traffic is not available with the attach source"):
+                    await src.set_traffic(True)
+            finally:
+                await src.stop()
+
+    run(go())
+
+
+def test_attach_to_nothing_is_a_clear_error(tmp_path):
+    async def go():
+        with pytest.raises(SourceError, match="cannot attach to"):
+            await AttachSource([str(tmp_path / "none.sock")]).start()
+
+    run(go())
+
+
+def test_load_events_reads_jsonl_in_time_order(tmp_path):
+    s = SyntheticStack(1)
+    events = s.setup(5.0) + s.step(6.0)
+    path = tmp_path / "e.jsonl"
+    path.write_text("".join(to_json(e) + "\n" for e in reversed(events)))
+    got = load_events(str(path))
+    assert len(got) == len(events) and [e.t for e in got] == sorted(e.t for e in events)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": 1, "kind": "stats"}\n{nope\n')
+    with pytest.raises(SourceError, match="line 2"):
+        load_events(str(bad))
+
+
+def test_non_jsonl_files_go_to_dissectors_capture(tmp_path, monkeypatch):
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(b"\x0a\x0d\x0d\x0a" + bytes(60))
+    with pytest.raises(SourceError) as err:  # dissectors.capture reads it and says what is wrong
+        load_events(str(path))
+    assert str(path) in str(err.value)
+    monkeypatch.setitem(sys.modules, "dissectors.capture", None)  # as if smc-trace's reader were missing
+    with pytest.raises(SourceError, match="pcapng replay needs dissectors.capture"):
+        load_events(str(path))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bogus"], "unrecognized arguments"),
+    (["--replay", "/nonexistent/file.jsonl"], "cannot read /nonexistent/file.jsonl"),
+    (["--replay", "x", "--attach", "y"], "not allowed with argument"),
+    (["--speed", "0"], "--speed must be positive"),
+    (["--record-dir", "/nonexistent"], "no such folder"),
+])  # fmt: skip
+def test_bad_arguments_exit_2_with_a_clear_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        app_mod.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_attach_to_a_file_that_is_not_a_socket_exits_2(tmp_path, capsys):
+    f = tmp_path / "plain"
+    f.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        app_mod.main(["--attach", str(f)])
+    assert exit_.value.code == 2 and "not a unix socket" in capsys.readouterr().err
+
+
+def test_help_names_the_sources(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        app_mod.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--attach PATH" in out and "--replay FILE" in out and "embedded demo" in out

@@ -1,0 +1,104 @@
+"""smctop in a real terminal: tmux runs the console script on the embedded demo; a link is
+failed from the keyboard; the captured screen shows the failover and the connections
+carrying on. tmux comes from scripts/setup.sh (Debian package)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TMUX = shutil.which("tmux")
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (scripts/setup.sh installs it: apt-get install tmux)")
+
+UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+
+
+class Terminal:
+    def __init__(self, tmp: Path) -> None:
+        self.sock = f"smctop-test-{os.getpid()}"  # a private tmux server: nobody else's sessions
+        self.tmp = tmp
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run([TMUX, "-L", self.sock, *args], capture_output=True, text=True, timeout=20).stdout
+
+    def start(self, command: str) -> None:
+        subprocess.run([TMUX, "-L", self.sock, "new-session", "-d", "-s", "smctop", "-x", "200", "-y", "50", command],
+                       check=True, timeout=20, env={**os.environ, "TERM": "xterm-256color"})  # fmt: skip
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "smctop")
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "smctop", *keys)
+
+    def wait_for(self, check, timeout: float = 40.0, what: str = "") -> str:
+        end = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < end:
+            text = self.screen()
+            if check(text):
+                return text
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}; the screen was:\n{text}")
+
+    def close(self) -> None:
+        subprocess.run([TMUX, "-L", self.sock, "kill-server"], capture_output=True, timeout=20)
+
+
+def smctop_command(tmp: Path) -> str:
+    script = Path(sys.executable).parent / "smctop"
+    exe = str(script) if script.exists() else f"{sys.executable} -m smctop.app"
+    return f"cd {tmp} && {exe} --record-dir {tmp}; echo smctop exited $?; sleep 30"
+
+
+def conn_rows(screen: str) -> list[str]:
+    return [line for line in screen.splitlines() if re.match(r"^(alpha|beta) +ACTIVE +\S+ +\S+ +SMCR ", line)]
+
+
+def sent_bytes(screen: str) -> float:
+    """The sum of the Sent column of the SMC-R connections on screen."""
+    header = next(line for line in screen.splitlines() if "Local Address" in line and "Sent" in line)
+    end = header.index("Sent") + 4
+    total = 0.0
+    for line in conn_rows(screen):
+        num, _, unit = line[end - 9 : end].strip().partition(" ")
+        total += float(num) * UNITS.get(unit, 1)
+    return total
+
+
+def test_demo_in_tmux_fail_a_link_from_the_keyboard(tmp_path):
+    term = Terminal(tmp_path)
+    try:
+        term.start(smctop_command(tmp_path))
+        # the demo comes up: SMC-R connections between alpha and beta, gamma's fallbacks
+        first = term.wait_for(lambda s: len(conn_rows(s)) >= 4 and "fallback ratio" in s, what="the demo's SMC-R connections")
+        assert "hosts alpha beta gamma" in first and "traffic on" in first
+        term.keys("1")
+        links = term.wait_for(lambda s: s.count("LINK_ACTIVE") >= 4 and " SYM " in s, what="two SYM link groups with their links")
+        assert "Crit" in links and "failovers:" in links and "none yet" in links
+        term.keys("f")  # fail a link: beta's first port goes down
+        after = term.wait_for(lambda s: "connections moved in" in s and "(port down on 127.30.0.2)" in s,
+                              what="the failover in the links view")  # fmt: skip
+        assert "beta: port of 127.30.0.2 pulled" in after
+        assert re.search(r"beta +\S+ +SERVER +ASYM[LP]", after) or re.search(r"beta +\S+ +SERVER +SINGLE", after), after
+        assert "LINK_ACTIVE" in after
+        # the connections carry on: still ACTIVE over SMC-R, and bytes keep moving
+        term.keys("2")
+        one = term.wait_for(lambda s: len(conn_rows(s)) >= 4 and "Sent" in s, what="the connections view")
+        time.sleep(3)
+        two = term.wait_for(lambda s: len(conn_rows(s)) >= 4 and sent_bytes(s) > sent_bytes(one), what="bytes still moving after the failover")
+        assert "failovers 2" in two or "failovers 3" in two or "failovers 4" in two
+        term.keys("r")  # restore the port
+        term.keys("1")
+        term.wait_for(lambda s: "beta: port of 127.30.0.2 back up" in s, what="the port restored")
+        term.keys("q")
+        term.wait_for(lambda s: "smctop exited 0" in s, timeout=30, what="smctop to quit cleanly")
+    finally:
+        term.close()
