@@ -26,6 +26,9 @@ from stack.wire.inet import (
     ETH_P_IP,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
     TCP_SYN,
     decode_ethernet,
     decode_ipv4,
@@ -86,6 +89,9 @@ class _Flow:
     data_seen: bool = False
     proposal: clc.Proposal | None = None
     accept: clc.Accept | None = None
+    opened: bool = False
+    closed: bool = False
+    fins: set[tuple[str, int]] = field(default_factory=set)
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Deriver:
         self.qpn_lgr: dict[int, _Lgr] = {}
         self.conn_lgr: dict[int, str] = {}
         self.frames = 0
+        self.opened = 0  # connections numbered in order of opening, like tcp.stream without the probes
 
     # ------------------------------------------------------------------ entry points
 
@@ -141,31 +148,47 @@ class Deriver:
 
     # ------------------------------------------------------------------ TCP and CLC
 
-    def _flow(self, t: float, src: tuple[str, int], dst: tuple[str, int], syn: bool) -> tuple[_Flow, list[Event]]:
+    def _flow(self, src: tuple[str, int], dst: tuple[str, int], synack: bool) -> _Flow:
         key = frozenset((src, dst))
         flow = self.flows.get(key)
-        if flow is not None:
-            return flow, []
-        client, server = (src, dst)  # the first segment seen is the client's, unless it is a SYN-ACK
-        flow = _Flow(len(self.flows), client, server)
-        self.flows[key] = flow
-        return flow, [Event(t, "conn.open", end[0], conn=flow.conn, fields={"role": role, "local": f"{end[0]}:{end[1]}", "peer": f"{other[0]}:{other[1]}"})
-                      for role, end, other in (("client", client, server), ("server", server, client))]  # fmt: skip
+        if flow is None:
+            client, server = (dst, src) if synack else (src, dst)  # the first segment seen is the client's, unless a SYN-ACK
+            flow = self.flows[key] = _Flow(-1, client, server)
+        return flow
+
+    def _opened(self, t: float, flow: _Flow) -> list[Event]:
+        """conn.open for both ends, once the connection is real (SYN-ACK or data): a SYN
+        answered by a RST (a port probe) is no connection."""
+        if flow.opened:
+            return []
+        flow.opened = True
+        flow.conn = self.opened
+        self.opened += 1
+        ends = (("client", flow.client, flow.server), ("server", flow.server, flow.client))
+        return [Event(t, "conn.open", end[0], conn=flow.conn, fields={"role": role, "local": f"{end[0]}:{end[1]}", "peer": f"{other[0]}:{other[1]}"})
+                for role, end, other in ends]  # fmt: skip
 
     def _tcp(self, t: float, src_ip: str, dst_ip: str, tcp, payload: bytes) -> Iterator[Event]:
         src, dst = (src_ip, tcp.sport), (dst_ip, tcp.dport)
-        flow, opened = self._flow(t, src, dst, bool(tcp.flags & TCP_SYN))
-        yield from opened
+        flow = self._flow(src, dst, tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK)
         if tcp.flags & TCP_SYN:
             has = has_smc_option(tcp.options)
             if src == flow.client:
                 flow.syn_option = has
             else:
                 flow.synack_option = has
+                yield from self._opened(t, flow)
             flow.next_seq[src] = (tcp.seq + 1) & 0xFFFFFFFF
             return
+        if tcp.flags & (TCP_FIN | TCP_RST) and flow.opened and not flow.closed:
+            flow.fins.add(src)
+            if tcp.flags & TCP_RST or len(flow.fins) == 2:
+                flow.closed = True
+                for end in (flow.client, flow.server):
+                    yield Event(t, "conn.state", end[0], conn=flow.conn, fields={"old": "", "new": "CLOSED", "cause": "RST" if tcp.flags & TCP_RST else "FIN both ways"})
         if not payload:
             return
+        yield from self._opened(t, flow)
         nxt = flow.next_seq.setdefault(src, tcp.seq)
         delta = (tcp.seq - nxt) & 0xFFFFFFFF
         if delta >= 0x80000000:  # a retransmission, perhaps overlapping: keep only the new bytes
@@ -307,8 +330,8 @@ class Deriver:
         src = str(ipaddress.IPv4Address(tags[TAG_IPV4_SRC])) if len(tags.get(TAG_IPV4_SRC, b"")) == 4 else ""
         dst = str(ipaddress.IPv4Address(tags[TAG_IPV4_DST])) if len(tags.get(TAG_IPV4_DST, b"")) == 4 else ""
         if name in ("smc", "smc_tcp"):
-            flow, opened = self._flow(t, (src, 0), (dst, 0), False)
-            yield from opened
+            flow = self._flow((src, 0), (dst, 0), False)
+            yield from self._opened(t, flow)
             yield from self._clc(t, flow, flow.client if src == flow.client[0] else flow.server, body)
         elif name in ("smcr_infiniband", "smc.infiniband"):
             yield from self._ib(t, src, dst, roce.Opcode.SEND_ONLY, 0, body, None)

@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES=(tshark tmux)
+# clang, llvm, libbpf-dev, gcc: native/ (the BPF object and its parser's check binary);
+# bpftool loads it, tcpdump captures inside the kernel lab
+APT_PACKAGES=(tshark tmux clang llvm libbpf-dev bpftool gcc libc6-dev tcpdump)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
@@ -47,4 +49,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         { cat /tmp/smctop-pip.log >&2; exit 1; }
     touch "$stamp"
 fi
+bash native/build.sh     # native/: the SMC TCP option BPF program (native/smcopt.py loads it)
 bash tests/lab/setup.sh  # the kernel lab (tests/lab): qemu, the 6.12 kernel, Debian pyverbs in .venv

@@ -7,7 +7,8 @@ them and acts on the result. Rules from Linux ``af_smc.c`` / ``smc_clc.c``:
   one UEID; with neither possible it falls back with NOSMCDEV (and says so in a Decline).
 * The server takes v2 when the Proposal offers it and one UEID matches, else v1 when
   offered and the IP prefix matches, else declines with the reason of the path that
-  failed (DIFFPREFIX, NOUEID, NOV2EXT, NOSMCRDEV, MODEUNSUPP, VERSMISMAT).
+  failed (DIFFPREFIX, NOUEID when the Proposal has no UEID, NOSMCDEV when no UEID is
+  common, NOV2EXT, NOSMCRDEV, MODEUNSUPP, VERSMISMAT).
 * v2.1: release = min(both); max_conns = min(both) >= 16; max_links = min(both) >= 1;
   the client accepts only max_conns >= 16 and 1 <= max_links <= 2; the Confirm echoes.
 """
@@ -98,8 +99,12 @@ def choose(config: SmcConfig, p: clc.Proposal, device: DeviceInfo | None, local_
         else:
             ours = set(config.eids)
             eid = next((e for e in p.v2.eids if e in ours), None)
-            if eid is None:
-                v2_reason = NOUEID
+            if not p.v2.eids:
+                v2_reason = NOUEID  # the kernel's smc_listen_v2_check: the peer sent no UEID
+            elif eid is None:
+                # no common UEID: the kernel finds no SMC-Rv2 device and, without v1, says NOSMCDEV
+                # (seen in the lab: a kernel server without a UEID declines 0x03030000)
+                v2_reason = NOSMCDEV
             else:
                 release = min(p.v2.release, config.release)
                 max_conns, max_links = config.max_conns, config.max_links
@@ -112,7 +117,8 @@ def choose(config: SmcConfig, p: clc.Proposal, device: DeviceInfo | None, local_
                         return Choice(decline=MAXLINKERR)
                 return Choice(2, 0, eid, release, max_conns, max_links)
     elif offers_v2:
-        v2_reason = NOUEID if 2 in config.versions else VERSMISMAT
+        # v2 without a UEID of our own is the kernel's "no matching UEID": NOSMCDEV (NOUEID if the peer sent none)
+        v2_reason = (NOUEID if p.v2 is not None and not p.v2.eids else NOSMCDEV) if 2 in config.versions else VERSMISMAT
     v1_reason = 0
     if offers_v1 and 1 in config.versions:
         mine = subnet(local_ip, config.prefix_len)

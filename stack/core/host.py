@@ -99,8 +99,16 @@ class SmcHost:
 
     # ---------------------------------------------------------------- starting connections
 
-    def client_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float) -> SmcConnection:
-        conn = self._new_conn(conn_id, "client", local, peer, now)
+    def client_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float,
+                     peer_smc: bool | None = None) -> SmcConnection:  # fmt: skip
+        """A TCP connection this host opened wants SMC. ``peer_smc``: whether the server's
+        SYN-ACK carried the SMC TCP option (None: unknown, in-band signalling); False makes
+        the connection TCP at once with PEERNOSMC and no CLC, as the kernel does."""
+        conn = self._new_conn(conn_id, "client", local, peer, now, peer_smc)
+        if peer_smc is False:
+            self._hs(conn, "peer_no_smc", now)
+            self._fallback(conn, hsk.PEERNOSMC, 0, b"", now)
+            return conn
         proposal = hsk.build_proposal(self.config, self.device(), local[0], self.peer_id)
         if proposal is None:
             self._hs(conn, "no_smc_possible", now)
@@ -113,24 +121,34 @@ class SmcHost:
         self.io.arm_timer(("clc", conn_id), now + self.config.timeouts.clc_wait)
         return conn
 
-    def server_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float, smc: bool = True) -> SmcConnection:
+    def server_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float, smc: bool = True,
+                     peer_smc: bool | None = None) -> SmcConnection:  # fmt: skip
         """A TCP connection accepted by a listener. ``smc=False``: a plain-TCP listener, which
         still answers a Proposal with a Decline PEERNOSMC (our in-band stand-in for the
-        missing TCP option), so an SMC client falls back at once."""
-        conn = self._new_conn(conn_id, "server", local, peer, now)
+        missing TCP option), so an SMC client falls back at once. ``peer_smc``: whether the
+        client's SYN carried the SMC TCP option (None: unknown, in-band); False makes the
+        connection TCP at once with PEERNOSMC, without waiting for a Proposal (the kernel's
+        smc_listen_work)."""
+        conn = self._new_conn(conn_id, "server", local, peer, now, peer_smc)
         conn.smc_listener = smc
+        if peer_smc is False and smc:
+            self._hs(conn, "peer_no_smc", now)
+            self._fallback(conn, hsk.PEERNOSMC, 0, b"", now)
+            return conn
         self._hs(conn, "start_server", now)
         self.io.arm_timer(("clc", conn_id), now + self.config.timeouts.peer_first_bytes)
         return conn
 
-    def _new_conn(self, conn_id: int, role: str, local, peer, now: float) -> SmcConnection:
+    def _new_conn(self, conn_id: int, role: str, local, peer, now: float, peer_smc: bool | None = None) -> SmcConnection:
         if conn_id in self.conns:
             raise ValueError(f"connection id {conn_id} is in use")
         conn = SmcConnection(self, conn_id, role, local, peer)
         conn.handshake_started = now
         conn.smc_listener = True
         self.conns[conn_id] = conn
-        self.emit(now, "conn.open", conn=conn_id, role=role, local=f"{local[0]}:{local[1]}", peer=f"{peer[0]}:{peer[1]}")
+        # with the real TCP option (native/smcopt), whether the peer's SYN or SYN-ACK carried it
+        option = {} if peer_smc is None else {"peer_smc_option": peer_smc}
+        self.emit(now, "conn.open", conn=conn_id, role=role, local=f"{local[0]}:{local[1]}", peer=f"{peer[0]}:{peer[1]}", **option)
         return conn
 
     # ---------------------------------------------------------------- the handshake machine
@@ -724,3 +742,4 @@ def confirm_link_msg(lgr: LinkGroup, link: Link):
         version=lgr.llc_version(), mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn, link_num=link.link_id,
         link_uid=link.link_uid, max_links=lgr.max_links, max_conns=lgr.max_conns if lgr.version >= 2 else 0,
     )  # fmt: skip
+

@@ -185,7 +185,7 @@ class Hs(Enum):
 
 
 HS_INPUTS = (
-    "start_client", "start_server", "no_smc_possible", "proposal", "not_clc", "accept", "confirm",
+    "start_client", "start_server", "no_smc_possible", "peer_no_smc", "proposal", "not_clc", "accept", "confirm",
     "decline", "confirm_link", "confirm_link_resp", "rkey_confirmed", "rkey_failed", "timeout",
     "malformed", "tcp_closed", "link_lost",
 )  # fmt: skip
@@ -195,6 +195,8 @@ HS_TABLE: dict[tuple[Hs, str], tuple[Rule, ...]] = {
     (H.START, "start_client"): (R(H.PROPOSAL_SENT, "send_proposal"),),
     (H.START, "start_server"): (R(H.WAIT_PROPOSAL),),
     (H.START, "no_smc_possible"): (R(H.FALLBACK, "send_decline"),),
+    # the peer's SYN or SYN-ACK had no SMC TCP option (seen through native/smcopt): no CLC at all
+    (H.START, "peer_no_smc"): (R(H.FALLBACK),),
     # server side
     (H.WAIT_PROPOSAL, "proposal"): (
         R(H.FALLBACK, "send_decline", guard="decline_proposal"),

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import os
 import random
+import socket
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -30,7 +31,6 @@ from stack.wire import codes
 from .rdma import DeviceSpec, RdmaDriver, check_specs
 from .streams import SmcStreamReader, SmcStreamWriter
 
-
 CONTROL_DIR_ENV = "SMCTOP_CONTROL_DIR"  # a directory: each Stack started opens a control socket there
 CONTROL_WAIT_ENV = "SMCTOP_CONTROL_WAIT"  # seconds a Stack waits at start for a subscriber (a recorder)
 _STACK_SEQ = itertools.count(1)
@@ -43,6 +43,15 @@ class StackConfig:
     control_path: str | None = None  # a unix socket (mode 0600) streaming events and snapshots
     snapshot_interval: float = 1.0
     seed: int | None = None
+    # SMC capability signalling: "inband" (a Proposal first thing on the TCP connection),
+    # "option" (the real SMC TCP option through native/smc_opt.bpf.c: required, start()
+    # raises BpfUnavailable when it cannot be used), "auto" (the option when the program
+    # is loaded, else in-band). Only the option interoperates with the Linux kernel.
+    tcp_option: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.tcp_option not in ("auto", "option", "inband"):
+            raise ValueError(f"tcp_option {self.tcp_option!r} must be 'auto', 'option' or 'inband'")
 
 
 class ConnHandle:
@@ -225,11 +234,24 @@ class Stack:
         self._ids = itertools.count(1)
         self._timers: dict[tuple, asyncio.TimerHandle] = {}
         self.control = None
+        self.option_map = None  # native.smcopt.OptionMap when the SMC TCP option is in use
+        self.signalling = "inband"
+        self.signalling_note = ""  # why not the TCP option, when "auto" fell back to in-band
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> "Stack":
         self.loop = asyncio.get_running_loop()
+        if self.config.tcp_option != "inband":
+            from native.smcopt import BpfUnavailable, OptionMap
+
+            try:
+                self.option_map = OptionMap.open()
+                self.signalling = "tcp_option"
+            except BpfUnavailable as e:
+                if self.config.tcp_option == "option":
+                    raise
+                self.signalling_note = str(e)
         rng = random.Random(self.config.seed)
         self.rdma = RdmaDriver(self.loop, random.Random(rng.getrandbits(64)))
         infos = [self.rdma.open(spec) for spec in self.config.devices]
@@ -271,6 +293,9 @@ class Stack:
         if self.control is not None:
             await self.control.close()
         self.rdma.close()
+        if self.option_map is not None:
+            self.option_map.close()
+            self.option_map = None
         self.host = None
 
     async def __aenter__(self) -> "Stack":
@@ -288,7 +313,11 @@ class Stack:
                               ) -> tuple[SmcStreamReader, SmcStreamWriter]:  # fmt: skip
         h = self._new_handle()
         try:
-            await self.loop.create_connection(lambda: _TcpProtocol(self, h), host, port, local_addr=local_addr)
+            if smc and self.option_map is not None:
+                sock = await self._option_connect(host, port, local_addr)
+                await self.loop.create_connection(lambda: _TcpProtocol(self, h), sock=sock)
+            else:
+                await self.loop.create_connection(lambda: _TcpProtocol(self, h), host, port, local_addr=local_addr)
         except OSError:
             self.handles.pop(h.conn_id, None)
             raise
@@ -297,7 +326,7 @@ class Stack:
         if not smc:
             h.mode = "TCP"
             return h.reader, h.writer
-        self.host.client_start(h.conn_id, local, peer, self.now())
+        self.host.client_start(h.conn_id, local, peer, self.now(), peer_smc=self._peer_option(h))
         await h.ready
         if h.mode == "FAILED":
             raise ConnectionError(h.error)
@@ -306,7 +335,11 @@ class Stack:
     async def start_server(self, cb: Callable[[SmcStreamReader, SmcStreamWriter], Awaitable[None] | None], host: str, port: int,
                            *, smc: bool = True, backlog: int = 512) -> SmcServer:  # fmt: skip
         server = SmcServer(self, cb, smc)
-        server.server = await self.loop.create_server(lambda: _TcpProtocol(self, None, server), host, port, backlog=backlog)
+        if smc and self.option_map is not None:
+            sock = self._option_listener(host, port, backlog)
+            server.server = await self.loop.create_server(lambda: _TcpProtocol(self, None, server), sock=sock)
+        else:
+            server.server = await self.loop.create_server(lambda: _TcpProtocol(self, None, server), host, port, backlog=backlog)
         self.servers.append(server)
         return server
 
@@ -315,6 +348,47 @@ class Stack:
         snap["t"] = self.now()
         snap["rdma"] = {name: dict(getattr(dev.device, "stats", {}), port_up=dev.port_up) for name, dev in self.rdma.devs.items()}
         return snap
+
+    # ---------------------------------------------------------------- the SMC TCP option (native/smcopt)
+
+    async def _option_connect(self, host: str, port: int, local_addr: tuple[str, int] | None) -> socket.socket:
+        """A TCP socket opted in to the SMC option (SMC-Rv2 is IPv4 only), connected."""
+        infos = await self.loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"{host}: no IPv4 address")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            self.option_map.want(sock)
+            if local_addr is not None:
+                sock.bind(local_addr)
+            await self.loop.sock_connect(sock, infos[0][4])
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _option_listener(self, host: str | None, port: int, backlog: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            self.option_map.want(sock)  # before listen(): the program arms the listener then
+            sock.bind((host or "0.0.0.0", port))
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _peer_option(self, h: ConnHandle) -> bool | None:
+        """Whether the peer's SYN / SYN-ACK carried the SMC option; None: in-band signalling
+        (no program, or it did not see this connection)."""
+        if self.option_map is None or h.transport is None:
+            return None
+        sock = h.transport.get_extra_info("socket")
+        result = self.option_map.result(sock.fileno())
+        return result.peer if result.done else None
 
     # ---------------------------------------------------------------- connection plumbing
 
@@ -326,7 +400,8 @@ class Stack:
     def _server_conn(self, h: ConnHandle, server: SmcServer) -> None:
         local = h.transport.get_extra_info("sockname")[:2]
         peer = h.transport.get_extra_info("peername")[:2]
-        self.host.server_start(h.conn_id, local, peer, self.now(), smc=server.smc)
+        peer_smc = self._peer_option(h) if server.smc else None
+        self.host.server_start(h.conn_id, local, peer, self.now(), smc=server.smc, peer_smc=peer_smc)
 
         def done(fut: asyncio.Future) -> None:
             if h.mode in ("SMCR", "TCP"):

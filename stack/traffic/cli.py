@@ -120,6 +120,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ueid", action="append", type=ueid, help="user EID for SMC-Rv2 (repeatable; default SMCTOP)")
     g.add_argument("--test-link", type=positive_float, default=30.0, help="TEST LINK interval in seconds (0 disables)")
     g.add_argument("--host-name", help="host name in events and CLC (default: client/server)")
+    g.add_argument("--tcp-option", choices=["auto", "option", "inband"], default="auto",
+                   help="SMC capability signalling: the real TCP option through native/smcopt ('option': required; "
+                        "needed to talk to a Linux kernel), in-band, or the option when its BPF program is loaded (default)")
     f = p.add_argument_group("faults (soft devices)")
     f.add_argument("--fail-link", action="append", type=fault_at, default=[], metavar="T[:DEVICE]",
                    help="T seconds after start, take DEVICE's port down (default: the first device, where link 1 is)")
@@ -170,7 +173,7 @@ def stack_config(args, role: str) -> StackConfig:
         host=args.host_name or role, versions=args.versions, ueids=tuple(args.ueid or ("SMCTOP",)), rmb_size=args.rmb_size,
         sndbuf_size=args.sndbuf_size, forced_decline=getattr(args, "decline", None), timeouts=Timeouts(test_link=args.test_link),
     )  # fmt: skip
-    return StackConfig(smc, devices, control_path=args.control)
+    return StackConfig(smc, devices, control_path=args.control, tcp_option=args.tcp_option)
 
 
 class Progress:

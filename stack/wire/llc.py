@@ -250,6 +250,8 @@ class AddLink(LlcMessage):
             fields["reject_reason"] = v.u8(2, "reject_reason") & 0x0F
             return cls(**common, **fields)
         fields["reject_reason"] = flags & 0x0F
+        if len(v) == LLC_LEN and fields["rejected"]:
+            return cls(**common, **fields)  # the kernel rejects with a bare 44-byte message (smc_llc_cli_add_link_reject)
         n = v.u16le(70, "num_rkeys") if order == "little" else v.u16(70, "num_rkeys")
         if 72 + 16 * n != len(v):
             raise v.fail(70, f"num_rkeys {n} ({order}-endian) needs {72 + 16 * n} bytes, the message has {len(v)}")

@@ -52,7 +52,9 @@ FALLBACKS = [
     ("forced decline", {}, {"forced_decline": hsk.DIFFPREFIX}, True, hsk.PEERDECL, hsk.DIFFPREFIX, hsk.DIFFPREFIX),
     ("prefix mismatch", {"versions": frozenset({1})}, {"prefix_len": 24}, True, hsk.PEERDECL, hsk.DIFFPREFIX, hsk.DIFFPREFIX),
     ("v2 only against v1 only", {"versions": frozenset({2})}, {"versions": frozenset({1})}, True, hsk.PEERDECL, hsk.VERSMISMAT, hsk.VERSMISMAT),
-    ("v2 only, no common UEID", {"versions": frozenset({2}), "ueids": ("EID-A",)}, {"ueids": ("EID-B",)}, True, hsk.PEERDECL, hsk.NOUEID, hsk.NOUEID),
+    # as the kernel (tests/lab/test_kernel_interop.py): no common UEID is NOSMCDEV; NOUEID means the Proposal had none
+    ("v2 only, no common UEID", {"versions": frozenset({2}), "ueids": ("EID-A",)}, {"ueids": ("EID-B",)}, True, hsk.PEERDECL, hsk.NOSMCDEV, hsk.NOSMCDEV),
+    ("v2 only, server has no UEID", {"versions": frozenset({2})}, {"ueids": ()}, True, hsk.PEERDECL, hsk.NOSMCDEV, hsk.NOSMCDEV),
     ("server is not SMC", {}, {}, False, hsk.PEERNOSMC, hsk.PEERNOSMC, 0),
 ]
 

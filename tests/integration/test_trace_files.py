@@ -8,6 +8,7 @@ import random
 import shutil
 import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 from support.traces import DIFFPREFIX, record_session
@@ -140,3 +141,27 @@ def test_the_recorder_counts_and_records_what_it_drops(tmp_path):
     assert sum(e.get("count") for e in drops) == stats.dropped_events
     assert sum(e.get("frames") for e in drops) == stats.dropped_frames
     assert len(back) - len(drops) == stats.events == len(events) - stats.dropped_events
+
+
+KERNEL_CAPTURE = Path(__file__).parents[1] / "lab" / "fixtures" / "kernel_interop_smcr.pcap"
+
+
+def test_summary_reads_a_capture_of_our_stack_and_the_linux_kernel():
+    """tcpdump inside the kernel lab (tests/lab/test_kernel_interop.py): our stack and the
+    kernel's SMC-R over Soft-RoCE, both directions, SMC-Rv2 with the kernel's little-endian
+    LLC lengths. Port probes (SYN, RST) before the servers were up are not connections."""
+    events = list(read_events(KERNEL_CAPTURE))
+    assert not [e for e in events if e.kind == "trace.note"]
+    s = summarize(events).to_dict()
+    assert s["connections"] == {"total": 8, "modes": {"SMCR": 8}}
+    assert {(c["role"], c["local"].rsplit(":", 1)[1] if c["role"] == "server" else c["peer"].rsplit(":", 1)[1]) for c in s["conns"]} == {
+        ("client", "5001"), ("client", "5002"), ("server", "5001"), ("server", "5002")}
+    assert all(c["state"] == "CLOSED" and c["bytes_written"] > 0 for c in s["conns"])
+    llc_types = {e.get("type") for e in events if e.kind == "llc.msg"}
+    assert {"LLC CONFIRM LINK v2", "LLC ADD LINK v2", "LLC DELETE LINK v2"} <= llc_types
+    reject = [e for e in events if e.kind == "llc.msg" and e.get("type") == "LLC ADD LINK v2" and e.get("rejected")]
+    assert reject and len(bytes.fromhex(reject[0].get("raw")) if isinstance(reject[0].get("raw"), str) else reject[0].get("raw")) == 44
+    cdc = [e for e in events if e.kind == "cdc.msg"]
+    assert cdc and all(e.conn is not None for e in cdc)  # tied to connections by their alert tokens
+    writes = [e for e in events if e.kind == "rdma.write"]
+    assert writes and all(e.conn is not None for e in writes)  # and by their rkeys

@@ -478,3 +478,16 @@ def test_codes_print_as_smc_tools():
     assert set(codes.SMC_STATE_MEANINGS) == set(codes.SmcState)
     with pytest.raises(ValueError, match="unknown decline code era"):
         codes.format_reason(0, era="1999")
+
+
+def test_a_kernel_add_link_v2_reject_is_a_bare_44_byte_message():
+    """smc_llc_cli_add_link_reject sends the 44-byte union with the v2 type, RESP|REJ flags
+    and a little-endian length; the reason nibble shares the overwritten length byte (from
+    a capture of kernel 6.12 in the lab, tests/lab/fixtures/kernel_interop_smcr.pcap)."""
+    from stack.wire import llc
+
+    raw = bytes.fromhex("222c00c0525400120001000000000000000000000000ffff0a02000100001302031"
+                        "0c3530000000000000000")  # fmt: skip
+    m = llc.decode(raw)
+    assert isinstance(m, llc.AddLink) and m.version == 2 and m.response and m.rejected and m.rkeys == ()
+    assert m.mac == bytes.fromhex("525400120001") and m.gid[-4:] == bytes([10, 2, 0, 1])

@@ -1,0 +1,247 @@
+"""One side of the lab's interop runs: the kernel's AF_SMC or our stack, as client or server.
+
+    interop.py kernel-server PORT [--conns N]
+    interop.py kernel-client HOST PORT --plan PLAN
+    interop.py stack-server PORT [--conns N] [--ueid NAME | --no-ueid]
+    interop.py stack-client HOST PORT --plan PLAN [--ueid NAME | --no-ueid] [--tcp]
+
+PLAN is a comma-separated list of connections, ``UP:DOWN:CLOSER`` each (bytes the
+client sends, bytes the server sends back, ``client`` or ``server`` closes first).
+Per connection the client sends the line ``UP DOWN CLOSER`` and UP random bytes; the
+server answers with DOWN random bytes; then the closer closes and the other side must
+read end-of-file before it closes too. Each side writes one JSON line per connection to
+``$LAB_SHARE/<role>.jsonl``: its view of the mode (smc_diag for the kernel,
+``get_extra_info("smc")`` for the stack, taken while the connection is open), the
+SHA-256 and CRC-32 of what it sent and received, and whether it saw end-of-file.
+tests/lab/test_kernel_interop.py compares the two sides' lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+import zlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent.parent)]
+
+import ksmc  # noqa: E402
+
+LAB_UEID = "SMCTOP-LAB"
+
+
+def digest(data: bytes) -> dict:
+    return {"len": len(data), "sha256": hashlib.sha256(data).hexdigest(), "crc32": zlib.crc32(data)}
+
+
+def plan(text: str) -> list[tuple[int, int, str]]:
+    out = []
+    for item in text.split(","):
+        up, down, closer = item.split(":")
+        if closer not in ("client", "server"):
+            raise SystemExit(f"closer must be client or server, not {closer!r}")
+        out.append((int(up), int(down), closer))
+    return out
+
+
+def report(role: str, record: dict) -> None:
+    path = Path(os.environ.get("LAB_SHARE", ".")) / f"{role}.jsonl"
+    with path.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+    print(role, json.dumps(record, sort_keys=True), flush=True)
+
+
+# ---------------------------------------------------------------- kernel AF_SMC (blocking sockets)
+
+
+def _recv_exactly(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(min(1 << 16, n - len(buf)))
+        if not chunk:
+            raise EOFError(f"end of file after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv_line(s: socket.socket) -> str:
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(1)
+        if not chunk:
+            raise EOFError("end of file in the header line")
+        buf += chunk
+    return buf.decode().strip()
+
+
+def _eof(s: socket.socket) -> bool:
+    return s.recv(1 << 16) == b""
+
+
+def _sendall(s: socket.socket, data: bytes) -> None:
+    # AF_SMC sockets in fallback or SMC mode both take plain send()
+    view = memoryview(data)
+    while view:
+        n = s.send(view[: 1 << 16])
+        view = view[n:]
+
+
+def kernel_server(port: int, conns: int) -> None:
+    lst = ksmc.listen("0.0.0.0", port)
+    print(f"kernel server listening on {port}", flush=True)
+    for i in range(conns):
+        s = ksmc.accept(lst, timeout=90)
+        s.settimeout(60)
+        t0 = time.monotonic()
+        up, down, closer = _recv_line(s).split()
+        diag = ksmc.mode_of(s)
+        got = _recv_exactly(s, int(up))
+        data = os.urandom(int(down))
+        _sendall(s, data)
+        if closer == "server":
+            s.shutdown(socket.SHUT_WR)
+            eof = _eof(s)
+        else:
+            eof = _eof(s)
+        s.close()
+        report("kernel-server", {"i": i, "impl": "kernel", "diag": diag, "sent": digest(data), "received": digest(got),
+                                 "closer": closer, "eof": eof, "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
+    lst.close()
+
+
+def kernel_client(host: str, port: int, items: list) -> None:
+    for i, (up, down, closer) in enumerate(items):
+        t0 = time.monotonic()
+        s = ksmc.connect(host, port, timeout=90)
+        s.settimeout(60)
+        diag = ksmc.mode_of(s)
+        data = os.urandom(up)
+        _sendall(s, f"{up} {down} {closer}\n".encode() + data)
+        got = _recv_exactly(s, down)
+        if closer == "client":
+            s.shutdown(socket.SHUT_WR)
+        eof = _eof(s)
+        s.close()
+        report("kernel-client", {"i": i, "impl": "kernel", "diag": diag, "sent": digest(data), "received": digest(got),
+                                 "closer": closer, "eof": eof, "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
+
+
+# ---------------------------------------------------------------- our stack (pyverbs on rxe0)
+
+
+def stack_config(name: str, ueid: str | None):
+    from stack import DeviceSpec, SmcConfig, StackConfig
+
+    smc = SmcConfig(host=name, versions=frozenset({2}), ueids=(ueid,) if ueid else ())
+    return StackConfig(smc, (DeviceSpec("pyverbs", "rxe0"),), tcp_option=os.environ.get("SMCTOP_TCP_OPTION", "option"))
+
+
+def _info(writer, host=None) -> dict:
+    """What our side says about the connection, and what the BPF program saw on its SYNs."""
+    info = writer.get_extra_info("smc")
+    out = {k: info.get(k) for k in ("mode", "version", "fallback_reason", "peer_diagnosis", "first_contact", "lgr")}
+    out["local"] = "%s:%d" % writer.get_extra_info("sockname")[:2]
+    out["peer"] = "%s:%d" % writer.get_extra_info("peername")[:2]
+    if host is not None and host.option_map is not None:
+        res = host.option_map.result(writer.get_extra_info("socket").fileno())
+        out["tcp_option"] = {"done": res.done, "sent": res.sent, "peer": res.peer}
+    return out
+
+
+async def stack_server(port: int, conns: int, ueid: str | None) -> None:
+    from stack import Stack
+
+    done = asyncio.Queue()
+    stack = None
+
+    async def handle(reader, writer) -> None:
+        t0 = time.monotonic()
+        try:
+            up, down, closer = (await reader.readline()).decode().split()
+            info = _info(writer, stack)
+            got = await reader.readexactly(int(up))
+            data = os.urandom(int(down))
+            writer.write(data)
+            await writer.drain()
+            if closer == "server":
+                writer.write_eof()
+            eof = await reader.read(1 << 16) == b""
+            writer.close()
+            await writer.wait_closed()
+            await done.put({"impl": "stack", "smc": info, "sent": digest(data), "received": digest(got), "closer": closer,
+                            "eof": eof, "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - reported, and the test fails on it
+            await done.put({"impl": "stack", "error": f"{type(e).__name__}: {e}", "smc": _info(writer)})
+
+    async with Stack(stack_config("ours-server", ueid)) as host:
+        stack = host
+        server = await host.start_server(handle, "0.0.0.0", port)
+        print(f"stack server listening on {port} (signalling: {host.signalling})", flush=True)
+        for i in range(conns):
+            record = await asyncio.wait_for(done.get(), 120)
+            report("stack-server", {"i": i, **record})
+        server.close()
+        report("stack-server-host", {"signalling": host.signalling, "stats": host.host.stats})
+
+
+async def stack_client(host_ip: str, port: int, items: list, ueid: str | None, smc: bool = True) -> None:
+    from stack import Stack
+
+    async with Stack(stack_config("ours-client", ueid)) as host:
+        print(f"stack client (signalling: {host.signalling})", flush=True)
+        for i, (up, down, closer) in enumerate(items):
+            t0 = time.monotonic()
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    reader, writer = await host.open_connection(host_ip, port, smc=smc)
+                    break
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+            info = _info(writer, host)
+            data = os.urandom(up)
+            writer.write(f"{up} {down} {closer}\n".encode() + data)
+            await writer.drain()
+            got = await asyncio.wait_for(reader.readexactly(down), 60)
+            if closer == "client":
+                writer.write_eof()
+            eof = await asyncio.wait_for(reader.read(1 << 16), 60) == b""
+            writer.close()
+            await writer.wait_closed()
+            report("stack-client", {"i": i, "impl": "stack", "smc": info, "sent": digest(data), "received": digest(got),
+                                    "closer": closer, "eof": eof, "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
+        report("stack-client-host", {"signalling": host.signalling, "stats": host.host.stats})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("role", choices=("kernel-server", "kernel-client", "stack-server", "stack-client"))
+    ap.add_argument("args", nargs="+")
+    ap.add_argument("--conns", type=int, default=1)
+    ap.add_argument("--plan", default="65536:65536:client")
+    ap.add_argument("--ueid", default=LAB_UEID)
+    ap.add_argument("--no-ueid", action="store_true")
+    ap.add_argument("--tcp", action="store_true", help="stack-client: plain TCP (open_connection(smc=False))")
+    a = ap.parse_args()
+    ueid = None if a.no_ueid else a.ueid
+    if a.role == "kernel-server":
+        kernel_server(int(a.args[0]), a.conns)
+    elif a.role == "kernel-client":
+        kernel_client(a.args[0], int(a.args[1]), plan(a.plan))
+    elif a.role == "stack-server":
+        asyncio.run(stack_server(int(a.args[0]), a.conns, ueid))
+    else:
+        asyncio.run(stack_client(a.args[0], int(a.args[1]), plan(a.plan), ueid, smc=not a.tcp))
+
+
+if __name__ == "__main__":
+    main()
