@@ -447,7 +447,9 @@ class Model:
         self._touch(c)
 
     def _on_conn_cursor(self, e: Event) -> None:
-        c = self._conn_of(e)
+        c = self.conns.get((e.host, e.conn)) if e.conn is not None else None
+        if c is None or (e.link is not None and c.link != e.link) or (e.lgr is not None and c.lgr != e.lgr):
+            c = self._conn_of(e)
         f = e.fields
         if f.get("side") == "tx":
             prod = f.get("prod")
@@ -489,9 +491,13 @@ class Model:
 
     def _on_rdma_write(self, e: Event) -> None:
         if e.conn is not None:
-            c = self._conn_of(e)
+            c = self.conns.get((e.host, e.conn))  # the hot path: one lookup, no calls
+            if c is None or (e.link is not None and c.link != e.link) or (e.lgr is not None and c.lgr != e.lgr):
+                c = self._conn_of(e)
             c.ev_tx += e.fields.get("length", 0)
-            self._touch(c)
+            c.version_no += 1
+            self._changed.add(c)
+            self._moved.add(c)
 
     def _on_cdc(self, e: Event) -> None:
         self.cdc += 1
