@@ -18,12 +18,13 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from stack.events import from_dict, to_json
 
 from .capture import CaptureError, read_events
-from .recorder import Frame, Recorder
+from .recorder import Frame, Recorder, snapshot_event
 from .summary import render, summarize
 from .timeline import Filter, timeline
 
@@ -45,7 +46,7 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
         reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
     except OSError as e:
         raise UsageError(f"cannot attach to {path}: {e.strerror or e}") from None
-    writer.write(b'{"cmd":"subscribe","frames":true,"id":1}\n')
+    writer.write(b'{"cmd":"subscribe","frames":true,"id":1}\n{"cmd":"snapshot","id":2}\n')
     await writer.drain()
     host = "?"
     stopper = asyncio.ensure_future(stop.wait())
@@ -72,6 +73,8 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
                 host = msg.get("host", "?")
             elif kind == "reply" and msg.get("cmd") == "subscribe":
                 rec.local_addrs.update(msg.get("frames", []))
+            elif kind == "reply" and msg.get("cmd") == "snapshot":
+                rec.on_event(snapshot_event(time.monotonic(), msg["snapshot"]))  # CLOCK_MONOTONIC is the stack's clock too
             elif kind == "error":
                 raise UsageError(f"{path}: {msg.get('error')}")
     finally:

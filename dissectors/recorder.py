@@ -84,6 +84,12 @@ class _Flow:
         self.fin_sent: set[bool] = set()
 
 
+def snapshot_event(t: float, snapshot: dict) -> Event:
+    """What a stack already had when the recording started (connections, link groups), so a
+    capture begun mid-session still names every connection it shows."""
+    return Event(t, "stats", snapshot.get("host", ""), fields={"cause": "recording started", "snapshot": snapshot})
+
+
 def _endpoint(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -135,11 +141,15 @@ class Recorder:
         else:
             self._in.append(frame)
 
-    def attach(self, stack) -> None:
-        """Record an in-process stack (stack.runtime.Stack): its bus and its soft devices' frames."""
+    def attach(self, stack) -> Event:
+        """Record an in-process stack (stack.runtime.Stack): its bus and its soft devices' frames.
+        Returns the first record: the stack's state as the recording starts."""
+        start = snapshot_event(stack.now(), stack.snapshot())
+        self.on_event(start)
         stack.bus.listen(self.on_event)
         self.local_addrs.update(stack.add_frame_tap(self.on_frame))
         self._stacks.append(stack)
+        return start
 
     def close(self) -> RecorderStats:
         for stack in self._stacks:

@@ -121,6 +121,15 @@ def summarize(events: Iterable[Event]) -> Summary:
             types = s.lgr_types.setdefault((e.host, e.lgr), [])
             if g("new") and (not types or types[-1] != g("new")):
                 types.append(g("new"))
+        elif k == "stats" and isinstance(g("snapshot"), dict):  # the state when a recording started
+            for cs in g("snapshot").get("conns", []):
+                key = (e.host, cs.get("conn"))
+                if key in s.conns or cs.get("conn") is None:
+                    continue
+                c = s.conns[key] = ConnSummary(e.host, cs["conn"], cs.get("role", ""), cs.get("local", ""), cs.get("peer", ""),
+                                               cs.get("mode", "?"), cs.get("version"), lgr=cs.get("lgr"), state=cs.get("state", ""))  # fmt: skip
+                if cs.get("fallback_reason"):
+                    c.reason, c.reason_text = cs["fallback_reason"], codes.format_reason(cs["fallback_reason"])
         elif k == "events.dropped":
             s.dropped_events += g("count") or 0
             s.dropped_frames += g("frames") or 0

@@ -165,3 +165,39 @@ def test_summary_reads_a_capture_of_our_stack_and_the_linux_kernel():
     assert cdc and all(e.conn is not None for e in cdc)  # tied to connections by their alert tokens
     writes = [e for e in events if e.kind == "rdma.write"]
     assert writes and all(e.conn is not None for e in writes)  # and by their rkeys
+
+
+def test_a_recording_started_mid_session_still_names_its_connections(tmp_path):
+    """The recorder's first record per stack is its state (conns, link groups), so the
+    summary knows the mode and ends of connections opened before the recording began."""
+    import asyncio
+
+    from support.stacks import run, two_stacks
+
+    from dissectors.recorder import Recorder
+
+    path = tmp_path / "late.pcapng"
+
+    async def main():
+        async with two_stacks(mtu=1024) as (a, b, ca, sa):
+            async def echo(r, w):
+                while data := await r.read(4096):
+                    w.write(data)
+                w.close()
+
+            await b.start_server(echo, sa, 5000)
+            r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
+            w.write(b"before" * 100)
+            await r.readexactly(600)
+            rec = Recorder(str(path))
+            rec.attach(a), rec.attach(b)
+            w.write(b"during" * 1000)
+            await r.readexactly(6000)
+            w.close()
+            await asyncio.sleep(0.2)
+            rec.close()
+
+    run(main())
+    s = summarize(read_events(path)).to_dict()
+    assert {(c["host"], c["role"], c["mode"]) for c in s["conns"]} == {("client", "client", "SMCR"), ("server", "server", "SMCR")}
+    assert all(c["bytes_written"] >= 6000 for c in s["conns"])

@@ -179,7 +179,7 @@ def record_plain(path: str) -> list:
         async with two_stacks({}, {}, mtu=1024, pair=fresh_pair()) as (a, b, ca, sa):
             events = []
             rec = Recorder(path)
-            rec.attach(a), rec.attach(b)
+            events.extend((rec.attach(a), rec.attach(b)))  # each stack's state as the recording starts
             a.bus.listen(events.append), b.bus.listen(events.append)
             await echo_exchanges(a, b, ca, sa, 2)
             await asyncio.sleep(0.3)
@@ -194,7 +194,7 @@ def record_fallback(path: str) -> list:
         async with two_stacks({}, {}, mtu=1024, pair=fresh_pair()) as (a, b, ca, sa):
             events = []
             rec = Recorder(path)
-            rec.attach(a), rec.attach(b)
+            events.extend((rec.attach(a), rec.attach(b)))  # each stack's state as the recording starts
             a.bus.listen(events.append), b.bus.listen(events.append)
             b.force_decline(0x03070000)
             await echo_exchanges(a, b, ca, sa, 1)
@@ -212,7 +212,7 @@ def record_failover(path: str) -> list:
         async with two_stacks({}, {}, mtu=1024, client_dev=2, server_dev=2, pair=fresh_pair()) as (a, b, ca, sa):
             events = []
             rec = Recorder(path)
-            rec.attach(a), rec.attach(b)
+            events.extend((rec.attach(a), rec.attach(b)))  # each stack's state as the recording starts
             a.bus.listen(events.append), b.bus.listen(events.append)
             await b.start_server(_echo_server, sa, 5000)
             r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))

@@ -23,8 +23,8 @@ def record_session(path, *, kw: dict | None = None, devices: int = 1, fallback: 
         async with two_stacks(kw or {}, kw or {}, mtu=1024, client_dev=devices, server_dev=devices, pair=pair) as (a, b, ca, sa):
             rec = Recorder(str(path), max_pending=max_pending)
             for s in (a, b):
+                seen.append(rec.attach(s))  # the stack's state as the recording starts
                 s.bus.listen(seen.append)
-                rec.attach(s)
             await echo_exchanges(a, b, ca, sa, 2)
             if failover:
                 await asyncio.sleep(0.2)
