@@ -11,8 +11,10 @@ per model sample (a second). Keys are in the footer and behind ``?``.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import io
 import os
+import signal
 import stat
 import sys
 import time
@@ -391,6 +393,10 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <pid>: where a stuck smctop is stuck
+    except (io.UnsupportedOperation, ValueError, RuntimeError):
+        pass  # stderr is not a file (a test harness)
     args, ap = parse_args(argv)
     source = build_source(args, ap)
     app = SmctopApp(source, record_dir=args.record_dir, record_path=args.record)

@@ -124,10 +124,14 @@ class DemoSource(Source):
 
     async def stop(self) -> None:
         if self.demo is not None:
-            await self.set_traffic(False)
+            tasks, self._tasks, self.traffic_on = self._tasks, [], False
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=1.0) if tasks else None
             for sub in self.subs.values():
                 sub.close()
-            await self.demo.close()
+            await self.demo.close()  # aborts what is still open: a task waiting for a close handshake ends here
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.demo = None
 
     def now(self) -> float | None:

@@ -200,6 +200,8 @@ class SmcConnection:
         """Copy what fits into the sndbuf and start a transmit step; returns the bytes taken."""
         if self.state not in (SmcState.ACTIVE, SmcState.APPCLOSEWAIT1) or self.sent["done_writing"] or self.pending["done_writing"]:
             raise BrokenPipeError(f"connection {self.id} cannot send in state {self.state.name}")
+        if self.peer_closed or self.peer_abort:  # smc_tx_sendmsg: any close received -> ECONNRESET
+            raise ConnectionResetError(f"connection {self.id}: the peer closed the connection")
         n = min(len(data), self.send_space())
         if n == 0:
             return 0
@@ -406,6 +408,7 @@ class SmcConnection:
             self.peer_closed = True
             self.input("peer_closed", now)
             self.host.io.conn_readable(self.id)
+            self.host.io.conn_writable(self.id)  # a blocked writer learns it can no longer send
         elif msg.peer_done_writing and not self.peer_done_writing:
             self.peer_done_writing = True
             self.input("peer_done_writing", now)

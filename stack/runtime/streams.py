@@ -150,6 +150,7 @@ class SmcStreamWriter:
         self._close_pending = False
         self._closing = False
         self._drain_waiters: list[asyncio.Future] = []
+        self._lost: str | None = None  # why bytes written could not be sent
 
     @property
     def transport(self):
@@ -185,9 +186,16 @@ class SmcStreamWriter:
         while self._pending:
             try:
                 n = self._h.smc_send(self._pending[0])
-            except (BrokenPipeError, KeyError):
+            except (ConnectionError, KeyError) as e:
                 self._pending.clear()
                 self._pending_bytes = 0
+                # the bytes are lost: say so on the next drain, as asyncio does for a closed
+                # transport (otherwise a writing loop never suspends and starves the loop)
+                self._lost = "connection closed: cannot send" if isinstance(e, KeyError) else str(e) or "broken pipe"
+                for w in self._drain_waiters:
+                    if not w.done():
+                        w.set_exception(ConnectionResetError(self._lost))
+                self._drain_waiters.clear()
                 break
             if n == 0:
                 break
@@ -220,6 +228,9 @@ class SmcStreamWriter:
     async def drain(self) -> None:
         if self._h.error is not None:
             raise ConnectionResetError(self._h.error)
+        if self._lost is not None:
+            await asyncio.sleep(0)  # as asyncio's drain on a closing transport: let the loop run
+            raise ConnectionResetError(self._lost)
         if self._h.mode == "TCP":
             await self._h.tcp_drain()
             return

@@ -78,6 +78,9 @@ def _pct(sorted_values: list[float], p: float) -> float:
     return sorted_values[k]
 
 
+CLOSE_WAIT = 5.0  # seconds a closing connection may take before the run moves on
+
+
 @contextlib.asynccontextmanager
 async def _session(writer, totals: Totals):
     """Record what went wrong on a connection as an error of the run, and always close it."""
@@ -88,8 +91,10 @@ async def _session(writer, totals: Totals):
     finally:
         writer.close()
         try:
-            await writer.wait_closed()
-        except ConnectionError:
+            # bounded: a cancelled run (Ctrl-C, smctop stopping traffic) must not hang on a
+            # close handshake the peer may never finish
+            await asyncio.wait_for(writer.wait_closed(), CLOSE_WAIT)
+        except (ConnectionError, asyncio.TimeoutError):
             pass
 
 

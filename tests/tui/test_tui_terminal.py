@@ -48,6 +48,12 @@ class Terminal:
             time.sleep(0.5)
         raise AssertionError(f"timed out waiting for {what}; the screen was:\n{text}")
 
+    def dump_stacks(self) -> None:
+        shell = self.tmux("list-panes", "-t", "smctop", "-F", "#{pane_pid}").strip()
+        if shell:
+            subprocess.run(["pkill", "-USR1", "-P", shell], capture_output=True, timeout=10)
+            time.sleep(2)
+
     def close(self) -> None:
         subprocess.run([TMUX, "-L", self.sock, "kill-server"], capture_output=True, timeout=20)
 
@@ -99,7 +105,11 @@ def test_demo_in_tmux_fail_a_link_from_the_keyboard(tmp_path):
         term.keys("1")
         term.wait_for(lambda s: "beta: port of 127.30.0.2 back up" in s, what="the port restored")
         term.keys("q")
-        done = term.wait_for(lambda s: "smctop exited" in s, timeout=30, what="smctop to quit")
+        try:
+            done = term.wait_for(lambda s: "smctop exited" in s, timeout=30, what="smctop to quit")
+        except AssertionError:
+            term.dump_stacks()  # smctop prints where every thread is (faulthandler on SIGUSR1)
+            raise AssertionError("smctop did not exit within 30 s of q:\n" + term.tmux("capture-pane", "-p", "-S", "-200", "-t", "smctop")) from None
         assert "smctop exited 0" in done, done
     finally:
         term.close()
