@@ -11,6 +11,7 @@ import pytest
 from support.stacks import TrafficServer, addrs, run, second_device, traffic_client, two_stacks
 
 from stack.runtime.control import ControlClient
+from stack.core.config import Timeouts
 from stack.traffic import runner
 from stack.traffic.protocol import BOTH
 
@@ -65,16 +66,20 @@ def test_bulk_survives_a_port_pulled_at_a_random_moment(seed):
 
 def test_both_ports_pulled_every_connection_aborts_in_time():
     """No link left: the host that lost its ports aborts at once; its peer aborts when its
-    RC retries run out on each link (about 1.1 s a link with the kernel's QP attributes)."""
+    RC retries run out on each link (about 1.1 s a link with the kernel's QP attributes).
+    When flow control has left the client nothing in flight, only TEST LINK can notice (as in
+    the kernel): the client sends one every 0.5 s here instead of every 30 s."""
 
     async def main():
-        async with two_stacks(RMB, RMB, client_dev=2, server_dev=2) as (a, b, ca, sa):
+        async with two_stacks({**RMB, "timeouts": Timeouts(clc_wait=3.0, test_link=0.5)}, RMB, client_dev=2, server_dev=2) as (a, b, ca, sa):
             ts, tc = runner.Totals(), runner.Totals()
             await b.start_server(lambda r, w: runner.serve(r, w, ts), sa, 5000)
             jobs = [runner.bulk(lambda: a.open_connection(sa, 5000, local_addr=(ca, 0)), tc, direction=BOTH, total=1 << 30,
                                 duration=0, seed=i) for i in range(2)]  # fmt: skip
             work = asyncio.gather(*jobs, return_exceptions=True)
-            await asyncio.sleep(0.4)
+            # both connections up and moving data before the ports go: a loaded machine may take
+            # longer than any fixed pause, and a handshake cut short is another test
+            assert await settle(lambda: tc.modes.get("SMCR") == 2 and tc.bytes_received > 0)
             t0 = time.monotonic()
             b.set_port(sa, False)
             b.set_port(second_device(sa), False)
