@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from stack.events import Event
 from stack.wire import roce
@@ -34,7 +34,7 @@ from stack.wire.inet import ipv4_udp_frame
 
 from .timeline import describe_event
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter
-from .records import encode_record
+from .records import encode_record, field_bytes
 from .tcpflow import Endpoint, TcpFlow
 
 MESSAGE_KINDS = ("clc.msg", "llc.msg", "cdc.msg")
@@ -65,14 +65,11 @@ class RecorderStats:
     dropped_events: int = 0
     dropped_frames: int = 0
     written: int = 0
+    last_error: str = ""  # why the last malformed item was dropped
 
 
 def _mac(ip: str) -> bytes:
     return b"\x02\x00" + ipaddress.IPv4Address(ip).packed  # what the soft devices use
-
-
-def _raw(value: Any) -> bytes:
-    return value if isinstance(value, (bytes, bytearray)) else bytes.fromhex(value or "")
 
 
 class _Flow:
@@ -179,10 +176,10 @@ class Recorder:
             # frames first: an event that a frame caused finds the frame for its comment
             for item in items:
                 if not isinstance(item, Event):
-                    self._frame(item)
+                    self._convert(self._frame, item)
             for item in items:
                 if isinstance(item, Event):
-                    self._event(item)
+                    self._convert(self._event, item)
             self._note_drops()
             limit = None if final else time.time_ns() - self.hold_ns
             while self._heap and (limit is None or self._heap[0][0] <= limit):
@@ -192,6 +189,18 @@ class Recorder:
             self._writer.flush()
             if len(self._by_payload) > 4 * self.max_pending:
                 self._by_payload.clear()
+
+    def _convert(self, fn, item) -> None:
+        """A malformed item (e.g. from a remote stack's control socket) is counted as dropped
+        and named in stats.last_error; it never stops the writer thread."""
+        try:
+            fn(item)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
+            if isinstance(item, Event):
+                self.stats.dropped_events += 1
+            else:
+                self.stats.dropped_frames += 1
+            self.stats.last_error = f"{type(e).__name__}: {e}"
 
     def _push(self, ts: int, iface: int, data: bytes, comments: list[str] | None = None) -> list:
         entry = [ts, next(self._seq), iface, data, comments if comments is not None else []]
@@ -204,7 +213,8 @@ class Recorder:
             ev, fr = now[0] - self._reported_drops[0], now[1] - self._reported_drops[1]
             self._reported_drops = now
             e = Event((time.time_ns() - self._offset_ns) / 1e9, "events.dropped", "smc-trace",
-                      fields={"count": ev, "frames": fr, "by": "recorder", "total_events": now[0], "total_frames": now[1]})  # fmt: skip
+                      fields={"count": ev, "frames": fr, "by": "recorder", "total_events": now[0], "total_frames": now[1],
+                              "last_error": self.stats.last_error})  # fmt: skip
             self._push(time.time_ns(), self._if_events, encode_record(e), [f"smc-trace dropped {ev} events and {fr} frames: the queue was full"])
 
     # ------------------------------------------------------------------ frames
@@ -234,13 +244,18 @@ class Recorder:
 
     def _event(self, e: Event) -> None:
         ts = int(e.t * 1e9) + self._offset_ns
+        record = encode_record(e)  # an event that cannot be serialised is dropped (see _convert)
         comments = []
-        if e.kind == "conn.open":
-            self._open_flow(e, ts)
-        elif e.kind == "clc.msg":
-            self._clc(e, ts)
+        try:
+            if e.kind == "conn.open":
+                self._open_flow(e, ts)
+            elif e.kind == "clc.msg":
+                self._clc(e, ts)
+        except (ValueError, TypeError, KeyError) as err:  # the event is kept; only its TCP segment is missing
+            self.stats.last_error = f"{type(err).__name__}: {err}"
+            comments.append(f"smc-trace could not put this in a TCP flow: {self.stats.last_error}")
         if e.kind in MESSAGE_KINDS and e.get("dir") == "rx":
-            self._last_rx[e.host] = (e.t, _raw(e.get("raw")))
+            self._last_rx[e.host] = (e.t, field_bytes(e.get("raw")))
         elif e.kind in NOTABLE:
             text = f"{e.host}: {describe_event(e)}"
             comments.append(text)
@@ -250,7 +265,7 @@ class Recorder:
                 target[4].append(text)
             if e.kind == "conn.state" and e.get("new") == "CLOSED":
                 self._fin(e, ts)
-        self._push(ts, self._if_events, encode_record(e), comments)
+        self._push(ts, self._if_events, record, comments)
         self.stats.events += 1
 
     def _open_flow(self, e: Event, ts: int) -> None:
@@ -279,7 +294,7 @@ class Recorder:
             return  # the sender is recorded too: its tx event wrote the segment
         else:
             sender = flow.server if own_end == flow.client else flow.client
-        raw = _raw(e.get("raw"))
+        raw = field_bytes(e.get("raw"))
         entry = self._push(ts, self._if_frames, flow.tcp.data(sender == flow.client, raw))
         self._by_payload[raw] = entry
         self.stats.clc_frames += 1

@@ -32,6 +32,17 @@ def _tlv(tag: int, value: bytes) -> bytes:
 _HEADER = _tlv(TAG_DISSECTOR_NAME, DISSECTOR.encode()) + _tlv(TAG_COL_PROT, MARKER.encode()) + struct.pack("!HH", TAG_END, 0)
 
 
+def field_bytes(value) -> bytes:
+    """A message's bytes from an event field: bytes in process, lower-case hex once through
+    JSON; anything else (a damaged record) gives no bytes rather than an error."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    try:
+        return bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        return b""
+
+
 def encode_record(event: Event) -> bytes:
     return _HEADER + to_json(event).encode()
 

@@ -12,19 +12,11 @@ from stack.wire import cdc, clc, codes, llc
 from stack.wire._base import WireError
 
 from .describe import describe
-
-
-def _raw(value) -> bytes:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    try:
-        return bytes.fromhex(value or "")
-    except ValueError:
-        return b""
+from .records import field_bytes
 
 
 def _message(e: Event) -> str:
-    raw = _raw(e.get("raw"))
+    raw = field_bytes(e.get("raw"))
     try:
         if e.kind == "clc.msg":
             m = clc.decode(raw)

@@ -201,3 +201,24 @@ def test_a_recording_started_mid_session_still_names_its_connections(tmp_path):
     s = summarize(read_events(path)).to_dict()
     assert {(c["host"], c["role"], c["mode"]) for c in s["conns"]} == {("client", "client", "SMCR"), ("server", "server", "SMCR")}
     assert all(c["bytes_written"] >= 6000 for c in s["conns"])
+
+
+def test_malformed_input_to_the_recorder_is_counted_and_recording_goes_on(tmp_path):
+    """Frames and events can come from another process's control socket: a bad one is
+    dropped, counted and named, and what follows is still written."""
+    from dissectors.recorder import Frame, Recorder
+
+    path = tmp_path / "bad.pcapng"
+    rec = Recorder(str(path))
+    rec.on_frame(Frame("tx", 1, "not-an-address", 4791, "10.0.0.2", 4791, b"\x04" + bytes(20)))
+    rec.on_event(Event(1.0, "conn.open", "h", conn=1, fields={"role": "client", "local": "10.0.0.1:notaport", "peer": "10.0.0.2:5000"}))
+    rec.on_event(Event(2.0, "conn.state", "h", conn=1, fields={"old": "INIT", "new": "ACTIVE"}))
+    rec.on_event(Event(3.0, "conn.state", "h", conn=1, fields={"t": 1}))  # a reserved field name: cannot be a record
+    rec.on_event(Event(4.0, "conn.state", "h", conn=1, fields={"old": "ACTIVE", "new": "CLOSED"}))
+    stats = rec.close()
+    assert (stats.dropped_frames, stats.dropped_events) == (1, 1) and "reserved" in stats.last_error
+    back = list(read_events(path))
+    assert [e.kind for e in back if e.kind != "events.dropped"] == ["conn.open", "conn.state", "conn.state"]  # the bad conn.open is kept
+    drops = [e for e in back if e.kind == "events.dropped"]
+    assert sum(e.get("count") for e in drops) == 1 and sum(e.get("frames") for e in drops) == 1
+    assert drops[0].get("last_error")
