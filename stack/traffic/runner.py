@@ -98,6 +98,21 @@ async def _session(writer, totals: Totals):
             pass
 
 
+@contextlib.asynccontextmanager
+async def _subtasks():
+    """Tasks a connection's handler starts (the sending half of a bulk transfer): when the
+    handler ends or is cancelled they are cancelled too, and their errors, already recorded
+    through the other half, are not reported again as "never retrieved"."""
+    tasks: list[asyncio.Task] = []
+    try:
+        yield tasks
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+            t.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
 def _smc_info(writer) -> dict | None:
     try:
         return writer.get_extra_info("smc")
@@ -143,11 +158,10 @@ async def _recv_bulk(reader, pattern: Pattern, totals: Totals) -> tuple[bool, in
 async def serve(reader, writer, totals: Totals) -> None:
     """Handle one client connection until it ends; errors are recorded, not raised."""
     totals.count_conn(_smc_info(writer))
-    async with _session(writer, totals):
+    async with _session(writer, totals), _subtasks() as tasks:
         hdr = Header.decode(await reader.readexactly(HEADER.size))
         if hdr.mode == BULK:
             deadline = time.monotonic() + hdr.duration_ms / 1000 if hdr.duration_ms and not hdr.total else None
-            tasks = []
             if hdr.direction in (DOWN, BOTH):
                 tasks.append(asyncio.create_task(_send_bulk(writer, Pattern(hdr.seed * 2 + 2), hdr.total, deadline, totals)))
             result = (True, 0, 0)
@@ -185,13 +199,14 @@ async def bulk(open_conn: Opener, totals: Totals, *, direction: int, total: int,
     reader, writer = await open_conn()
     totals.connect_times.append(time.monotonic() - t0)
     totals.count_conn(_smc_info(writer))
-    async with _session(writer, totals):
+    async with _session(writer, totals), _subtasks() as tasks:
         writer.write(Header(BULK, direction, 0, total, seed, 0 if total else int(duration * 1000)).encode())
         deadline = time.monotonic() + duration if duration and not total else None
         send = None
         if direction in (UP, BOTH):
             out = Pattern(seed * 2 + 1)
             send = asyncio.create_task(_send_bulk(writer, out, total, deadline, totals))
+            tasks.append(send)
         ok_down = True
         if direction in (DOWN, BOTH):
             ok_down, _, _ = await _recv_bulk(reader, Pattern(seed * 2 + 2), totals)
