@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build native/: the BPF object (clang -target bpf) and the userspace check binary of its
-# option parser, into native/build/. Run by scripts/setup.sh; needs clang, libbpf-dev, gcc.
+# Build native/ into native/build/: the BPF object (clang -target bpf), the userspace check
+# binary of its option parser, and the compiled soft RoCE engine (a Python extension).
+# Run by scripts/setup.sh; needs clang, libbpf-dev, gcc and the Python headers.
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p build
@@ -17,4 +18,11 @@ fi
 if ! up_to_date build/tcpopt_check tcpopt_check.c; then
     gcc -O2 -Wall -o build/tcpopt_check tcpopt_check.c
     echo "native build: build/tcpopt_check"
+fi
+# the compiled soft RoCE engine (native/softroce) as a Python extension for the project's Python;
+# without it the soft provider runs its pure-Python engine and says so
+PY=${PYTHON_FOR_NATIVE:-../.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+if ! "$PY" build_ext.py; then
+    echo "native build: the compiled soft RoCE engine was not built; the soft provider will run its pure-Python engine" >&2
 fi

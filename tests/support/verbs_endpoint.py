@@ -44,7 +44,8 @@ class Endpoint:
     def __init__(self, provider: str, device: str, **device_opts) -> None:
         self.provider_name = provider
         self.netdev = device_opts.pop("netdev", None)  # the real device's network interface, for faults
-        self.provider = open_provider(provider)
+        engine = device_opts.pop("engine", None)  # soft: "native" or "python"
+        self.provider = open_provider(provider, **({"engine": engine} if engine else {}))
         self.device = self.provider.open_device(device, **device_opts)
         self.pd = self.device.alloc_pd()
         self.cq = self.device.create_cq(4096)
@@ -170,6 +171,12 @@ class Endpoint:
 
     def stats(self) -> dict:
         return dict(getattr(self.device, "stats", {}))
+
+    def qp_stats(self, qp: int) -> dict:
+        return dict(getattr(self.qps[qp], "stats", {}))
+
+    def engine(self) -> str:
+        return getattr(self.device, "engine", "")
 
     def close(self) -> None:
         for qp in self.qps:

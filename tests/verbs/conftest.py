@@ -1,8 +1,10 @@
 """Providers under test for the verbs conformance suite.
 
 Modes (``--verbs-mode``, repeatable, or SMCTOP_VERBS_MODES=a,b):
-  soft          both endpoints in this process, two soft devices on 127.x addresses
+  soft          both endpoints in this process, two soft devices on 127.x addresses (pure-Python engine)
   soft-2proc    endpoint B in a child process (its own interpreter, its own NIC thread)
+  native        as soft, on the compiled engine (native/softroce)
+  native-2proc  as soft-2proc, on the compiled engine
   pyverbs       both endpoints on the real device SMCTOP_RDMA_DEVICE (rxe0), as in the kernel lab
   pyverbs-2vm   endpoint B served by another machine at SMCTOP_VERBS_REMOTE (host:port)
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 from support.verbs_endpoint import Endpoint, RemoteEndpoint, connect_remote, serve_sessions
 
-DEFAULT_MODES = ["soft", "soft-2proc"]
+DEFAULT_MODES = ["soft", "soft-2proc", "native", "native-2proc"]
 _addr = itertools.count(1)
 
 
@@ -27,7 +29,7 @@ def pytest_addoption(parser):
 
 # Modes whose two endpoints are joined by a real wire: only there can frames be lost or a
 # peer's port go down (rxe loopback on one device never touches the network interface).
-WIRE_MODES = {"soft", "soft-2proc", "pyverbs-2vm"}
+WIRE_MODES = {"soft", "soft-2proc", "native", "native-2proc", "pyverbs-2vm"}
 
 
 def pytest_generate_tests(metafunc):
@@ -87,12 +89,14 @@ def _pair(request):
     mode = request.param
     device = os.environ.get("SMCTOP_RDMA_DEVICE", "rxe0")
     netdev = os.environ.get("SMCTOP_RDMA_NETDEV", "eth0")
-    if mode == "soft":
+    if mode in ("soft", "native"):
+        engine = "python" if mode == "soft" else "native"
         x, y = _soft_addrs()
-        p = Pair(mode, Endpoint("soft", x), Endpoint("soft", y))
-    elif mode == "soft-2proc":
+        p = Pair(mode, Endpoint("soft", x, engine=engine), Endpoint("soft", y, engine=engine))
+    elif mode in ("soft-2proc", "native-2proc"):
+        engine = "python" if mode == "soft-2proc" else "native"
         x, y = _soft_addrs()
-        p = Pair(mode, Endpoint("soft", x), RemoteEndpoint(request.getfixturevalue("child_server"), "soft", y))
+        p = Pair(mode, Endpoint("soft", x, engine=engine), RemoteEndpoint(request.getfixturevalue("child_server"), "soft", y, engine=engine))
     elif mode == "pyverbs":
         p = Pair(mode, Endpoint("pyverbs", device, netdev=netdev), Endpoint("pyverbs", device, netdev=netdev))
     elif mode == "pyverbs-2vm":

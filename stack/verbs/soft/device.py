@@ -89,7 +89,15 @@ def _link_local_gid(mac: bytes) -> bytes:
     return b"\xfe\x80" + bytes(6) + eui
 
 
-class SoftDevice(Device):
+class SoftDeviceBase(Device):
+    """What both engines of a soft device share: its address, MAC and GIDs, the UDP socket,
+    the names it gives to memory regions and QPs (keys, virtual addresses, QP numbers), the
+    port, faults and the frame tap. The engines differ in who moves the frames:
+    :class:`SoftDevice` (pure Python, a NIC thread under the interpreter lock) and
+    ``native.SoftDeviceNative`` (the compiled engine of native/softroce)."""
+
+    engine = ""
+
     def __init__(self, name: str, addr: str, *, mtu: Mtu = Mtu.MTU_1024, netns: str | None = None, seed: int | None = None) -> None:
         self.name = name
         self.ip = ipaddress.IPv4Address(addr)
@@ -97,29 +105,15 @@ class SoftDevice(Device):
         self.mac = mac_for(self.ip)
         self.mtu = Mtu(mtu)
         self.netns = netns
-        self.faults = Faults()
-        self.faults.reseed(seed)
         self.port_state = PortState.ACTIVE
-        self.stats = {"tx_frames": 0, "rx_frames": 0, "tx_dropped": 0, "rx_dropped": 0, "icrc_errors": 0, "bad_frames": 0, "unknown_qp": 0, "internal_errors": 0}
-        self.last_internal_error = ""
         self._lock = threading.RLock()
         self._events: list[AsyncEvent] = []
         self._taps: list[Callable[[FrameRecord], None]] = []
-        self._qps: dict[int, SoftQP] = {}
-        self._mrs: dict[int, SoftMR] = {}
         self._keys: set[int] = set()
         self._next_va = 0x7F0000000000 + (int(self.ip) & 0xFFFF) * (1 << 32)
         self._qpn = itertools.count(0x11 + (int(self.ip) & 0xFF) * 0x100)
         self._rng = random.Random(seed if seed is not None else int(self.ip))
-        self._timers: list[tuple[float, int, SoftQP, str]] = []
-        self._timer_ids: dict[tuple[int, str], int] = {}
-        self._timer_seq = itertools.count()
-        self._delayed: list[tuple[float, int, str, bytes]] = []
         self._sock = self._open_socket()
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name=f"soft-roce {self.addr}", daemon=True)
-        self._thread.start()
 
     # ------------------------------------------------------------------ socket
 
@@ -161,6 +155,73 @@ class SoftDevice(Device):
         if port != 1:
             raise VerbsError(errno.EINVAL, f"{self.name} has one port (1), not {port}")
 
+    # ------------------------------------------------------------------ taps
+
+    def add_tap(self, tap: Callable[[FrameRecord], None]) -> None:
+        with self._lock:
+            self._taps.append(tap)
+
+    def remove_tap(self, tap: Callable[[FrameRecord], None]) -> None:
+        with self._lock:
+            if tap in self._taps:
+                self._taps.remove(tap)
+
+    def flush_taps(self) -> None:
+        """Hand every frame seen so far to the taps before returning (this engine calls
+        them as frames pass, so there is nothing to wait for)."""
+
+    def _tap(self, record: FrameRecord) -> None:
+        for tap in list(self._taps):
+            try:
+                tap(record)
+            except Exception:  # a broken listener must not take the NIC down
+                self._taps.remove(tap)
+
+    # ------------------------------------------------------------------ names of new objects
+
+    def _new_key(self) -> int:
+        while True:
+            key = self._rng.getrandbits(32)
+            if key and key not in self._keys:
+                self._keys.add(key)
+                return key
+
+    def _new_va(self, size: int) -> int:
+        """A virtual address for a new region, with a guard page after it."""
+        addr = self._next_va
+        self._next_va += (size + 2 * PAGE - 1) // PAGE * PAGE
+        return addr
+
+    def _new_qpn(self, taken) -> int:
+        qpn = next(self._qpn) & 0xFFFFFF
+        while qpn < 2 or qpn in taken:
+            qpn = next(self._qpn) & 0xFFFFFF
+        return qpn
+
+
+class SoftDevice(SoftDeviceBase):
+    """The pure-Python engine: a thread plays the NIC (receives, acknowledges, retransmits)
+    whether or not the application polls, as hardware does."""
+
+    engine = "python"
+
+    def __init__(self, name: str, addr: str, *, mtu: Mtu = Mtu.MTU_1024, netns: str | None = None, seed: int | None = None) -> None:
+        super().__init__(name, addr, mtu=mtu, netns=netns, seed=seed)
+        self.faults = Faults()
+        self.faults.reseed(seed)
+        self.stats = {"tx_frames": 0, "rx_frames": 0, "tx_dropped": 0, "rx_dropped": 0, "icrc_errors": 0, "bad_frames": 0, "unknown_qp": 0, "internal_errors": 0}
+        self.last_internal_error = ""
+        self._qps: dict[int, SoftQP] = {}
+        self._mrs: dict[int, SoftMR] = {}
+        self._timers: list[tuple[float, int, SoftQP, str]] = []
+        self._timer_ids: dict[tuple[int, str], int] = {}
+        self._timer_seq = itertools.count()
+        self._delayed: list[tuple[float, int, str, bytes]] = []
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name=f"soft-roce {self.addr}", daemon=True)
+        self._thread.start()
+
     def alloc_pd(self) -> SoftPD:
         return SoftPD(self)
 
@@ -184,7 +245,7 @@ class SoftDevice(Device):
         self._sock.close()
         os.close(self._wake_fd)
 
-    # ------------------------------------------------------------------ faults and taps
+    # ------------------------------------------------------------------ the port
 
     def set_port_state(self, up: bool) -> None:
         """Port down: nothing is sent or received, QPs retry until RETRY_EXC_ERR. Port up: traffic flows again."""
@@ -193,22 +254,6 @@ class SoftDevice(Device):
             if new != self.port_state:
                 self.port_state = new
                 self._events.append(AsyncEvent(EventType.PORT_ACTIVE if up else EventType.PORT_ERR, port=1))
-
-    def add_tap(self, tap: Callable[[FrameRecord], None]) -> None:
-        with self._lock:
-            self._taps.append(tap)
-
-    def remove_tap(self, tap: Callable[[FrameRecord], None]) -> None:
-        with self._lock:
-            if tap in self._taps:
-                self._taps.remove(tap)
-
-    def _tap(self, record: FrameRecord) -> None:
-        for tap in list(self._taps):
-            try:
-                tap(record)
-            except Exception:  # a broken listener must not take the NIC down
-                self._taps.remove(tap)
 
     # ------------------------------------------------------------------ host services for QPs
 
@@ -272,18 +317,9 @@ class SoftDevice(Device):
 
     # ------------------------------------------------------------------ object creation
 
-    def _new_key(self) -> int:
-        while True:
-            key = self._rng.getrandbits(32)
-            if key and key not in self._keys:
-                self._keys.add(key)
-                return key
-
     def _new_mr(self, pd: SoftPD, size: int, access: Access, buffer: memoryview | None = None) -> SoftMR:
         with self._lock:
-            addr = self._next_va
-            self._next_va += (size + 2 * PAGE - 1) // PAGE * PAGE  # a guard page between regions
-            mr = SoftMR(pd, size, access, addr, self._new_key(), self._new_key(), buffer)
+            mr = SoftMR(pd, size, access, self._new_va(size), self._new_key(), self._new_key(), buffer)
             self._mrs[mr.rkey] = mr
             return mr
 
@@ -295,9 +331,7 @@ class SoftDevice(Device):
         if not isinstance(send_cq, SoftCQ) or not isinstance(recv_cq, SoftCQ):
             raise VerbsError(errno.EINVAL, "create_rc_qp: completion queues must belong to a soft device")
         with self._lock:
-            qpn = next(self._qpn) & 0xFFFFFF
-            while qpn < 2 or qpn in self._qps:
-                qpn = next(self._qpn) & 0xFFFFFF
+            qpn = self._new_qpn(self._qps)
             qp = _LockedQP(self, pd, send_cq, recv_cq, cap, qpn)
             self._qps[qpn] = qp
             return qp

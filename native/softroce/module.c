@@ -1,0 +1,558 @@
+/* Python binding of the compiled soft RoCEv2 engine: module native._softroce.
+ *
+ * One type, Device, with flat methods over plain numbers and tuples; the verbs objects
+ * (PD, MR, CQ, QP) live in stack/verbs/soft/native.py. Calls that move many frames let
+ * go of the interpreter lock; the engine's own thread never takes it. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <poll.h>
+
+#include "engine.h"
+
+typedef struct {
+    PyObject_HEAD
+    sr_dev *dev;
+    int closed;
+} DeviceObject;
+
+typedef struct {
+    Py_buffer view;
+} Owner;
+
+#define RELEASE_GIL_BYTES (32 << 10) /* posts that move this much send with the GIL released */
+
+static PyObject *engine_error(sr_dev *d, int rc) {
+    int err = -rc;
+    const char *msg = d->last_error[0] ? d->last_error : strerror(err);
+    PyObject *args = Py_BuildValue("(is)", err, msg);
+    if (args) {
+        PyErr_SetObject(PyExc_OSError, args);
+        Py_DECREF(args);
+    }
+    d->last_error[0] = 0;
+    return NULL;
+}
+
+#define CHECK_OPEN(self)                                                    \
+    if ((self)->closed || !(self)->dev) {                                   \
+        PyErr_SetString(PyExc_ValueError, "the soft RoCE device is closed"); \
+        return NULL;                                                        \
+    }
+
+static int Device_init(DeviceObject *self, PyObject *args, PyObject *kw) {
+    int fd;
+    unsigned int ip, mtu;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "iIIK", &fd, &ip, &mtu, &seed)) return -1;
+    char err[160];
+    self->dev = sr_dev_open(fd, ip, mtu, seed, err, sizeof err);
+    if (!self->dev) {
+        PyErr_SetString(PyExc_OSError, err);
+        return -1;
+    }
+    int rc = sr_dev_start(self->dev);
+    if (rc) {
+        sr_dev_free(self->dev);
+        self->dev = NULL;
+        errno = -rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static void release_owners(sr_dev *d) {
+    Owner *o;
+    while ((o = sr_dev_next_owner(d)) != NULL) {
+        PyBuffer_Release(&o->view);
+        PyMem_Free(o);
+    }
+}
+
+static PyObject *Device_close(DeviceObject *self, PyObject *unused) {
+    if (!self->closed && self->dev) {
+        self->closed = 1;
+        Py_BEGIN_ALLOW_THREADS sr_dev_close(self->dev);
+        Py_END_ALLOW_THREADS release_owners(self->dev);
+        sr_dev_free(self->dev);
+        self->dev = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void Device_dealloc(DeviceObject *self) {
+    PyObject *r = Device_close(self, NULL);
+    Py_XDECREF(r);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ------------------------------------------------------------------ memory */
+
+static PyObject *Device_reg_mr(DeviceObject *self, PyObject *args) {
+    unsigned int lkey, rkey;
+    unsigned long long addr;
+    PyObject *buffer;
+    int access, pd;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "IIKOii", &lkey, &rkey, &addr, &buffer, &access, &pd)) return NULL;
+    Owner *o = PyMem_Malloc(sizeof *o);
+    if (!o) return PyErr_NoMemory();
+    if (PyObject_GetBuffer(buffer, &o->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyMem_Free(o);
+        return NULL;
+    }
+    int rc = sr_reg_mr(self->dev, lkey, rkey, addr, o->view.buf, (uint64_t)o->view.len, access, pd, o);
+    if (rc) {
+        PyBuffer_Release(&o->view);
+        PyMem_Free(o);
+        return engine_error(self->dev, rc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Device_dereg_mr(DeviceObject *self, PyObject *args) {
+    unsigned int lkey;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "I", &lkey)) return NULL;
+    Owner *o = sr_dereg_mr(self->dev, lkey);
+    if (o) {
+        PyBuffer_Release(&o->view);
+        PyMem_Free(o);
+    }
+    return PyBool_FromLong(o != NULL);
+}
+
+/* ------------------------------------------------------------------ completion queues */
+
+static PyObject *Device_cq_create(DeviceObject *self, PyObject *args) {
+    int depth;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "i", &depth)) return NULL;
+    int id = sr_cq_create(self->dev, depth);
+    if (id < 0) return engine_error(self->dev, id);
+    return PyLong_FromLong(id);
+}
+
+static sr_cq *get_cq(DeviceObject *self, PyObject *args) {
+    int id;
+    if (!PyArg_ParseTuple(args, "i", &id)) return NULL;
+    sr_cq *cq = sr_cq_get(self->dev, id);
+    if (!cq) PyErr_Format(PyExc_ValueError, "no completion queue %d", id);
+    return cq;
+}
+
+static PyObject *Device_cq_fd(DeviceObject *self, PyObject *args) {
+    CHECK_OPEN(self);
+    sr_cq *cq = get_cq(self, args);
+    return cq ? PyLong_FromLong(cq->efd) : NULL;
+}
+
+static PyObject *Device_cq_len(DeviceObject *self, PyObject *args) {
+    CHECK_OPEN(self);
+    sr_cq *cq = get_cq(self, args);
+    if (!cq) return NULL;
+    pthread_mutex_lock(&cq->lock);
+    int n = cq->count;
+    unsigned long long o = cq->overruns;
+    pthread_mutex_unlock(&cq->lock);
+    return Py_BuildValue("(iK)", n, o);
+}
+
+static PyObject *Device_cq_destroy(DeviceObject *self, PyObject *args) {
+    int id;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "i", &id)) return NULL;
+    sr_cq_destroy(self->dev, id);
+    Py_RETURN_NONE;
+}
+
+/* (wr_id, status, opcode, qp_num, byte_len, imm or None, vendor_err) per completion */
+static PyObject *Device_cq_poll(DeviceObject *self, PyObject *args) {
+    int id, max;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "ii", &id, &max)) return NULL;
+    sr_cq *cq = sr_cq_get(self->dev, id);
+    if (!cq) return PyErr_Format(PyExc_ValueError, "no completion queue %d", id);
+    sr_wc wcs[64];
+    if (max > 64) max = 64;
+    if (max < 0) max = 0;
+    int n = sr_cq_poll(cq, wcs, max);
+    PyObject *out = PyList_New(n);
+    if (!out) return NULL;
+    for (int i = 0; i < n; i++) {
+        sr_wc *w = &wcs[i];
+        PyObject *imm;
+        if (w->has_imm)
+            imm = PyLong_FromUnsignedLong(w->imm);
+        else {
+            imm = Py_None;
+            Py_INCREF(imm);
+        }
+        PyObject *t = Py_BuildValue("(KiiIINI)", (unsigned long long)w->wr_id, w->status, w->opcode, w->qp_num, w->byte_len, imm,
+                                    w->vendor_err);
+        if (!t) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------ queue pairs */
+
+static PyObject *Device_qp_create(DeviceObject *self, PyObject *args) {
+    unsigned int qpn;
+    int pd, scq, rcq, msw, mrw, mss, mrs, mi;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "Iiiiiiiii", &qpn, &pd, &scq, &rcq, &msw, &mrw, &mss, &mrs, &mi)) return NULL;
+    int rc = sr_qp_create(self->dev, qpn, pd, scq, rcq, msw, mrw, mss, mrs, mi);
+    if (rc) return engine_error(self->dev, rc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Device_qp_init(DeviceObject *self, PyObject *args) {
+    unsigned int qpn;
+    int access;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "Ii", &qpn, &access)) return NULL;
+    int rc = sr_qp_init(self->dev, qpn, access);
+    if (rc) return engine_error(self->dev, rc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Device_qp_rtr(DeviceObject *self, PyObject *args) {
+    unsigned int qpn, rqpn, rpsn, rip, mtu;
+    int timeout, retry, rnr, minrnr;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "IIIIIiiii", &qpn, &rqpn, &rpsn, &rip, &mtu, &timeout, &retry, &rnr, &minrnr)) return NULL;
+    int rc = sr_qp_rtr(self->dev, qpn, rqpn, rpsn, rip, mtu, timeout, retry, rnr, minrnr);
+    if (rc) return engine_error(self->dev, rc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Device_qp_rts(DeviceObject *self, PyObject *args) {
+    unsigned int qpn, rqpn, lpsn;
+    int timeout, retry, rnr, minrnr;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "IIIiiii", &qpn, &rqpn, &lpsn, &timeout, &retry, &rnr, &minrnr)) return NULL;
+    int rc = sr_qp_rts(self->dev, qpn, rqpn, lpsn, timeout, retry, rnr, minrnr);
+    if (rc) return engine_error(self->dev, rc);
+    Py_RETURN_NONE;
+}
+
+#define QPN_CALL(name, fn)                                       \
+    static PyObject *name(DeviceObject *self, PyObject *args) { \
+        unsigned int qpn;                                        \
+        CHECK_OPEN(self);                                        \
+        if (!PyArg_ParseTuple(args, "I", &qpn)) return NULL;     \
+        int rc = fn(self->dev, qpn);                             \
+        if (rc < 0) return engine_error(self->dev, rc);          \
+        return PyLong_FromLong(rc);                              \
+    }
+QPN_CALL(Device_qp_to_error, sr_qp_to_error)
+QPN_CALL(Device_qp_destroy, sr_qp_destroy)
+QPN_CALL(Device_qp_state, sr_qp_state)
+
+static PyObject *Device_qp_stats(DeviceObject *self, PyObject *args) {
+    unsigned int qpn;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "I", &qpn)) return NULL;
+    sr_qpstats s;
+    int rc = sr_qp_stats(self->dev, qpn, &s);
+    if (rc) return engine_error(self->dev, rc);
+    return Py_BuildValue("{sKsKsKsKsKsK}", "tx", s.tx, "retransmits", s.retransmits, "timeouts", s.timeouts, "rnr_naks_rx",
+                         s.rnr_naks_rx, "seq_naks_rx", s.seq_naks_rx, "dup_rx", s.dup_rx);
+}
+
+/* An SGE (lkey, offset, length); a negative offset or length becomes a range no MR has,
+ * so the post fails with a local protection error as in the twin. */
+static int parse_sges(PyObject *seq, sr_sge_in *out, int *n) {
+    PyObject *fast = PySequence_Fast(seq, "SGEs must be a sequence of (lkey, offset, length)");
+    if (!fast) return -1;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
+    if (len > SR_MAX_SGE) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "at most %d SGEs per work request", SR_MAX_SGE);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned int lkey;
+        long long off, ln;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "ILL", &lkey, &off, &ln)) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        out[i].lkey = lkey;
+        out[i].off = off < 0 || ln < 0 ? UINT64_MAX / 2 : (uint64_t)off;
+        out[i].len = ln < 0 ? 0 : ln > 0x7FFFFFFF ? 0x7FFFFFFF : (uint32_t)ln;
+    }
+    *n = (int)len;
+    Py_DECREF(fast);
+    return 0;
+}
+
+static PyObject *Device_post_send(DeviceObject *self, PyObject *args) {
+    unsigned int qpn;
+    PyObject *wrs;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "IO", &qpn, &wrs)) return NULL;
+    PyObject *fast = PySequence_Fast(wrs, "work requests must be a sequence");
+    if (!fast) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    sr_send_in small[4], *in = n <= 4 ? small : PyMem_Calloc(n, sizeof *in);
+    if (!in) {
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
+    uint64_t bytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long wr_id, raddr;
+        int opcode, flags;
+        unsigned int rkey;
+        PyObject *imm, *sges;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "KiiKIOO", &wr_id, &opcode, &flags, &raddr, &rkey, &imm, &sges))
+            goto bad;
+        sr_send_in *w = &in[i];
+        memset(w, 0, sizeof *w);
+        w->wr_id = wr_id;
+        w->opcode = opcode;
+        w->flags = flags;
+        w->raddr = raddr;
+        w->rkey = rkey;
+        if (imm != Py_None) {
+            w->has_imm = 1;
+            w->imm = (uint32_t)PyLong_AsUnsignedLongMask(imm);
+            if (PyErr_Occurred()) goto bad;
+        }
+        if (parse_sges(sges, w->sge, &w->nsge) < 0) goto bad;
+        for (int k = 0; k < w->nsge; k++) bytes += w->sge[k].len;
+    }
+    int rc;
+    if (bytes >= RELEASE_GIL_BYTES) {
+        Py_BEGIN_ALLOW_THREADS rc = sr_post_send(self->dev, qpn, in, (int)n);
+        Py_END_ALLOW_THREADS
+    } else
+        rc = sr_post_send(self->dev, qpn, in, (int)n);
+    if (in != small) PyMem_Free(in);
+    Py_DECREF(fast);
+    if (rc) return engine_error(self->dev, rc);
+    Py_RETURN_NONE;
+bad:
+    if (in != small) PyMem_Free(in);
+    Py_DECREF(fast);
+    return NULL;
+}
+
+static PyObject *Device_post_recv(DeviceObject *self, PyObject *args) {
+    unsigned int qpn;
+    PyObject *wrs;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "IO", &qpn, &wrs)) return NULL;
+    PyObject *fast = PySequence_Fast(wrs, "work requests must be a sequence");
+    if (!fast) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    sr_recv_in *in = PyMem_Calloc(n ? n : 1, sizeof *in);
+    if (!in) {
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long wr_id;
+        PyObject *sges;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "KO", &wr_id, &sges) || parse_sges(sges, in[i].sge, &in[i].nsge) < 0) {
+            PyMem_Free(in);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        in[i].wr_id = wr_id;
+    }
+    int rc = sr_post_recv(self->dev, qpn, in, (int)n);
+    PyMem_Free(in);
+    Py_DECREF(fast);
+    if (rc) return engine_error(self->dev, rc);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ port, faults, events, stats */
+
+static PyObject *Device_set_port(DeviceObject *self, PyObject *args) {
+    int up;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "p", &up)) return NULL;
+    sr_set_port(self->dev, up);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Device_set_faults(DeviceObject *self, PyObject *args) {
+    double loss, rx_loss, delay;
+    long long drop_next;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "ddLd", &loss, &rx_loss, &drop_next, &delay)) return NULL;
+    sr_set_faults(self->dev, loss, rx_loss, drop_next, delay);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Device_reseed(DeviceObject *self, PyObject *args) {
+    unsigned long long seed;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "K", &seed)) return NULL;
+    sr_reseed(self->dev, seed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Device_events(DeviceObject *self, PyObject *unused) {
+    CHECK_OPEN(self);
+    sr_event ev[256];
+    int n = sr_take_events(self->dev, ev, 256);
+    PyObject *out = PyList_New(n);
+    if (!out) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *t = Py_BuildValue("(iiI)", ev[i].type, ev[i].port, ev[i].qpn);
+        if (!t) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
+static PyObject *Device_stats(DeviceObject *self, PyObject *unused) {
+    CHECK_OPEN(self);
+    sr_dev *d = self->dev;
+    pthread_mutex_lock(&d->lock);
+    sr_devstats s = d->st;
+    pthread_mutex_unlock(&d->lock);
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsK}", "tx_frames", s.tx_frames, "rx_frames", s.rx_frames, "tx_dropped", s.tx_dropped,
+                         "rx_dropped", s.rx_dropped, "icrc_errors", s.icrc_errors, "bad_frames", s.bad_frames, "unknown_qp",
+                         s.unknown_qp, "internal_errors", s.internal_errors, "tap_dropped", s.tap_dropped, "tx_batches",
+                         s.tx_batches, "rx_batches", s.rx_batches);
+}
+
+/* ------------------------------------------------------------------ the tap */
+
+static PyObject *Device_tap_enable(DeviceObject *self, PyObject *args) {
+    int on;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    sr_tap_enable(self->dev, on);
+    Py_RETURN_NONE;
+}
+
+/* Wait up to timeout seconds (GIL released) for tapped frames, then return them as
+ * (direction, timestamp_ns, src_be, sport, dst_be, dport, frame bytes, reason or None). */
+static PyObject *Device_tap_read(DeviceObject *self, PyObject *args) {
+    double timeout;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "d", &timeout)) return NULL;
+    sr_dev *d = self->dev;
+    size_t cap = 4u << 20;
+    uint8_t *buf = PyMem_Malloc(cap);
+    if (!buf) return PyErr_NoMemory();
+    size_t got;
+    Py_BEGIN_ALLOW_THREADS got = sr_tap_read(d, buf, cap);
+    if (!got && timeout > 0) {
+        struct pollfd p = {d->tapfd, POLLIN, 0};
+        poll(&p, 1, (int)(timeout * 1000));
+        got = sr_tap_read(d, buf, cap);
+    }
+    Py_END_ALLOW_THREADS PyObject *out = PyList_New(0);
+    if (!out) {
+        PyMem_Free(buf);
+        return NULL;
+    }
+    for (size_t pos = 0; pos < got;) {
+        sr_taprec *r = (sr_taprec *)(buf + pos);
+        const char *reason = (const char *)(r + 1);
+        PyObject *why = r->reason_len ? PyUnicode_DecodeUTF8(reason, r->reason_len, "replace") : (Py_INCREF(Py_None), Py_None);
+        PyObject *t = why ? Py_BuildValue("(sLIHIHy#N)", r->dir ? "rx" : "tx", (long long)r->ts_ns, r->src, r->sport, r->dst, r->dport,
+                                          reason + r->reason_len, (Py_ssize_t)r->len, why)
+                          : NULL;
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(out);
+            PyMem_Free(buf);
+            return NULL;
+        }
+        Py_DECREF(t);
+        pos += r->size;
+    }
+    PyMem_Free(buf);
+    return out;
+}
+
+/* ICRC of a RoCEv2 UDP payload (BTH .. pad), for the tests' cross-check with stack.wire.roce */
+static PyObject *mod_icrc(PyObject *m, PyObject *args) {
+    unsigned int src, dst;
+    unsigned short sport, dport;
+    Py_buffer ib;
+    if (!PyArg_ParseTuple(args, "IIHHy*", &src, &dst, &sport, &dport, &ib)) return NULL;
+    uint32_t crc = ib.len >= 5 ? sr_icrc(src, dst, sport, dport, ib.buf, ib.len) : 0;
+    PyBuffer_Release(&ib);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+static PyMethodDef Device_methods[] = {
+    {"close", (PyCFunction)Device_close, METH_NOARGS, "stop the engine thread and free everything"},
+    {"reg_mr", (PyCFunction)Device_reg_mr, METH_VARARGS, "reg_mr(lkey, rkey, addr, buffer, access, pd)"},
+    {"dereg_mr", (PyCFunction)Device_dereg_mr, METH_VARARGS, "dereg_mr(lkey) -> bool"},
+    {"cq_create", (PyCFunction)Device_cq_create, METH_VARARGS, "cq_create(depth) -> id"},
+    {"cq_fd", (PyCFunction)Device_cq_fd, METH_VARARGS, "cq_fd(id) -> eventfd, readable while completions wait"},
+    {"cq_len", (PyCFunction)Device_cq_len, METH_VARARGS, "cq_len(id) -> (waiting, overruns)"},
+    {"cq_poll", (PyCFunction)Device_cq_poll, METH_VARARGS, "cq_poll(id, max) -> [(wr_id, status, opcode, qp_num, byte_len, imm, vendor_err)]"},
+    {"cq_destroy", (PyCFunction)Device_cq_destroy, METH_VARARGS, "cq_destroy(id)"},
+    {"qp_create", (PyCFunction)Device_qp_create, METH_VARARGS, "qp_create(qpn, pd, send_cq, recv_cq, max_send_wr, max_recv_wr, max_send_sge, max_recv_sge, max_inline)"},
+    {"qp_init", (PyCFunction)Device_qp_init, METH_VARARGS, "qp_init(qpn, access)"},
+    {"qp_rtr", (PyCFunction)Device_qp_rtr, METH_VARARGS, "qp_rtr(qpn, remote_qpn, remote_psn, remote_ip_be, path_mtu, timeout, retry_cnt, rnr_retry, min_rnr_timer)"},
+    {"qp_rts", (PyCFunction)Device_qp_rts, METH_VARARGS, "qp_rts(qpn, remote_qpn, local_psn, timeout, retry_cnt, rnr_retry, min_rnr_timer)"},
+    {"qp_to_error", (PyCFunction)Device_qp_to_error, METH_VARARGS, "qp_to_error(qpn)"},
+    {"qp_destroy", (PyCFunction)Device_qp_destroy, METH_VARARGS, "qp_destroy(qpn)"},
+    {"qp_state", (PyCFunction)Device_qp_state, METH_VARARGS, "qp_state(qpn) -> ibv_qp_state"},
+    {"qp_stats", (PyCFunction)Device_qp_stats, METH_VARARGS, "qp_stats(qpn) -> dict"},
+    {"post_send", (PyCFunction)Device_post_send, METH_VARARGS, "post_send(qpn, [(wr_id, opcode, flags, remote_addr, rkey, imm, ((lkey, off, len), ...))])"},
+    {"post_recv", (PyCFunction)Device_post_recv, METH_VARARGS, "post_recv(qpn, [(wr_id, ((lkey, off, len), ...))])"},
+    {"set_port", (PyCFunction)Device_set_port, METH_VARARGS, "set_port(up)"},
+    {"set_faults", (PyCFunction)Device_set_faults, METH_VARARGS, "set_faults(loss, rx_loss, drop_next, delay)"},
+    {"reseed", (PyCFunction)Device_reseed, METH_VARARGS, "reseed(seed)"},
+    {"events", (PyCFunction)Device_events, METH_NOARGS, "events() -> [(type, port, qpn)]"},
+    {"stats", (PyCFunction)Device_stats, METH_NOARGS, "stats() -> dict"},
+    {"tap_enable", (PyCFunction)Device_tap_enable, METH_VARARGS, "tap_enable(on)"},
+    {"tap_read", (PyCFunction)Device_tap_read, METH_VARARGS, "tap_read(timeout) -> [(dir, ts_ns, src, sport, dst, dport, frame, reason)]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DeviceType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "native._softroce.Device",
+    .tp_basicsize = sizeof(DeviceObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Device(socket_fd, ip_be, mtu_bytes, seed): a soft RoCEv2 device's compiled engine",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Device_init,
+    .tp_dealloc = (destructor)Device_dealloc,
+    .tp_methods = Device_methods,
+};
+
+static PyMethodDef mod_methods[] = {
+    {"icrc", mod_icrc, METH_VARARGS, "icrc(src_be, dst_be, sport, dport, ib) -> the ICRC as a little-endian integer"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_softroce", "The compiled soft RoCEv2 engine.", -1, mod_methods};
+
+PyMODINIT_FUNC PyInit__softroce(void) {
+    if (PyType_Ready(&DeviceType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (!m) return NULL;
+    Py_INCREF(&DeviceType);
+    if (PyModule_AddObject(m, "Device", (PyObject *)&DeviceType) < 0) {
+        Py_DECREF(&DeviceType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "WINDOW", SR_WINDOW);
+    PyModule_AddIntConstant(m, "ACK_EVERY", SR_ACK_EVERY);
+    return m;
+}

@@ -1,0 +1,389 @@
+"""The soft device on the compiled engine (native/softroce): the same verbs objects as
+the pure-Python engine, with the frames, the RC protocol and the memory checks in C.
+
+The engine's thread plays the NIC without the interpreter lock: it receives frames in
+batches (recvmmsg), places RDMA WRITEs straight into registered memory and SENDs into
+posted receive buffers, acknowledges, retransmits, and puts completions in a ring whose
+eventfd the asyncio loop watches. Posting a work request sends its frames at once from
+the caller's thread (sendmmsg), as a doorbell would start the NIC.
+
+Names (keys, virtual addresses, QP numbers) come from :class:`SoftDeviceBase`, shared
+with the Python engine, so both put the same bytes on the wire for the same inputs.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import random
+import socket
+import sys
+import threading
+from typing import Sequence
+
+from native import softroce
+
+from ..api import (
+    Access,
+    AsyncEvent,
+    CompletionQueue,
+    EventType,
+    MemoryRegion,
+    Mtu,
+    PortState,
+    ProtectionDomain,
+    QPCap,
+    QPState,
+    QueuePair,
+    RCPath,
+    RecvWR,
+    SendWR,
+    VerbsError,
+    WcOpcode,
+    WcStatus,
+    WorkCompletion,
+)
+from .device import FrameRecord, SoftDeviceBase
+from .memory import _check_buffer
+
+TAP_WAIT = 0.05  # seconds the tap thread waits for frames before it looks whether it should stop
+
+
+def _verbs_error(e: OSError) -> VerbsError:
+    return VerbsError(e.errno or errno.EIO, e.strerror or str(e))
+
+
+class NativeFaults:
+    """The device's faults, kept in the engine (the same fields as the Python engine's Faults)."""
+
+    _FIELDS = ("loss", "rx_loss", "drop_next", "delay")
+
+    def __init__(self, dev: "SoftDeviceNative") -> None:
+        object.__setattr__(self, "_dev", dev)
+        object.__setattr__(self, "_values", {"loss": 0.0, "rx_loss": 0.0, "drop_next": 0, "delay": 0.0})
+        object.__setattr__(self, "seed", None)
+
+    def __getattr__(self, name: str):
+        values = object.__getattribute__(self, "_values")
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "seed":
+            self.reseed(value)
+            return
+        if name not in self._FIELDS:
+            raise AttributeError(f"unknown fault {name!r}: {', '.join(self._FIELDS)}")
+        self._values[name] = int(value) if name == "drop_next" else float(value)
+        v = self._values
+        self._dev._c.set_faults(v["loss"], v["rx_loss"], v["drop_next"], v["delay"])
+
+    def reseed(self, seed: int | None) -> None:
+        object.__setattr__(self, "seed", seed)
+        self._dev._c.reseed(_seed64(seed))
+
+    def __repr__(self) -> str:
+        return f"NativeFaults({', '.join(f'{k}={v!r}' for k, v in self._values.items())}, seed={self.seed!r})"
+
+
+def _seed64(seed: int | None) -> int:
+    return int.from_bytes(os.urandom(8), "little") if seed is None else random.Random(seed).getrandbits(64)
+
+
+class NativeMR(MemoryRegion):
+    def __init__(self, pd: "NativePD", size: int, access: Access, addr: int, lkey: int, rkey: int, view: memoryview) -> None:
+        self.pd = pd
+        self.length = size
+        self.access = Access(access)
+        self.addr = addr
+        self.lkey = lkey
+        self.rkey = rkey
+        self._view = view
+        self.valid = True
+
+    @property
+    def buf(self) -> memoryview:
+        return self._view
+
+    def contains(self, addr: int, length: int) -> bool:
+        return self.addr <= addr and addr + length <= self.addr + self.length
+
+    def deregister(self) -> None:
+        if self.valid:
+            self.valid = False
+            dev = self.pd.device
+            if not dev._closed:
+                dev._c.dereg_mr(self.lkey)
+
+    def __repr__(self) -> str:
+        return f"NativeMR(addr=0x{self.addr:x}, len={self.length}, lkey=0x{self.lkey:x}, rkey=0x{self.rkey:x})"
+
+
+class NativePD(ProtectionDomain):
+    def __init__(self, device: "SoftDeviceNative", pd_id: int) -> None:
+        self.device = device
+        self.id = pd_id
+
+    def reg_mr(self, size: int, access: Access, buffer: memoryview | None = None) -> NativeMR:
+        access = Access(access)
+        if size <= 0:
+            raise VerbsError(errno.EINVAL, f"reg_mr: size {size} must be positive")
+        view = memoryview(bytearray(size)) if buffer is None else _check_buffer(buffer, size)[:size]
+        if access & (Access.REMOTE_WRITE | Access.REMOTE_ATOMIC) and not access & Access.LOCAL_WRITE:
+            raise VerbsError(errno.EINVAL, "reg_mr: remote write or atomic access requires local write")
+        dev = self.device
+        with dev._lock:
+            mr = NativeMR(self, size, access, dev._new_va(size), dev._new_key(), dev._new_key(), view)
+            try:
+                dev._c.reg_mr(mr.lkey, mr.rkey, mr.addr, view, int(access), self.id)
+            except OSError as e:
+                raise _verbs_error(e) from None
+        return mr
+
+    def create_rc_qp(self, send_cq: CompletionQueue, recv_cq: CompletionQueue, cap: QPCap = QPCap()) -> "NativeQP":
+        if not isinstance(send_cq, NativeCQ) or not isinstance(recv_cq, NativeCQ) or send_cq.device is not self.device or recv_cq.device is not self.device:
+            raise VerbsError(errno.EINVAL, "create_rc_qp: completion queues must belong to this soft device")
+        dev = self.device
+        with dev._lock:
+            qpn = dev._new_qpn(dev._qpns)
+            try:
+                dev._c.qp_create(qpn, self.id, send_cq.id, recv_cq.id, cap.max_send_wr, cap.max_recv_wr, cap.max_send_sge,
+                                 cap.max_recv_sge, cap.max_inline_data)  # fmt: skip
+            except OSError as e:
+                raise _verbs_error(e) from None
+            dev._qpns.add(qpn)
+        return NativeQP(dev, self, cap, qpn)
+
+
+def _wc(t: tuple) -> WorkCompletion:
+    wr_id, status, opcode, qp_num, byte_len, imm, vendor_err = t
+    return WorkCompletion(wr_id, WcStatus(status), WcOpcode(opcode), qp_num, byte_len, imm, vendor_err=vendor_err)
+
+
+class NativeCQ(CompletionQueue):
+    """A completion ring in the engine; its eventfd is readable while entries wait."""
+
+    def __init__(self, device: "SoftDeviceNative", depth: int) -> None:
+        if depth <= 0:
+            raise VerbsError(errno.EINVAL, f"create_cq: depth {depth} must be positive")
+        self.device = device
+        self.depth = depth
+        self.id = device._c.cq_create(depth)
+        self._fd = device._c.cq_fd(self.id)
+
+    def poll(self, max_entries: int = 16) -> list[WorkCompletion]:
+        return [_wc(t) for t in self.poll_raw(max_entries)]
+
+    def poll_raw(self, max_entries: int = 64) -> list[tuple]:
+        """Completions as (wr_id, status, opcode, qp_num, byte_len, imm, vendor_err) tuples: the runtime's fast path."""
+        if self.device._closed:
+            return []
+        return self.device._c.cq_poll(self.id, max_entries)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def overruns(self) -> int:
+        return self.device._c.cq_len(self.id)[1]
+
+    def __len__(self) -> int:
+        return self.device._c.cq_len(self.id)[0]
+
+    def destroy(self) -> None:
+        if not self.device._closed:
+            self.device._c.cq_destroy(self.id)
+        self._fd = -1
+
+
+def _sges(sges) -> tuple:
+    return tuple((s.mr.lkey if getattr(s.mr, "valid", False) else 0, s.offset, s.length) for s in sges)
+
+
+class NativeQP(QueuePair):
+    def __init__(self, device: "SoftDeviceNative", pd: NativePD, cap: QPCap, qp_num: int) -> None:
+        self.device = device
+        self.pd = pd
+        self.cap = cap
+        self.qp_num = qp_num
+        self.path: RCPath | None = None
+
+    def _call(self, fn, *args):
+        try:
+            return fn(self.qp_num, *args)
+        except OSError as e:
+            raise _verbs_error(e) from None
+        except ValueError as e:  # the device is closed
+            raise VerbsError(errno.ENODEV, str(e)) from None
+
+    @property
+    def stats(self) -> dict:
+        return self._call(self.device._c.qp_stats)
+
+    def state(self) -> QPState:
+        if self.device._closed or self.qp_num not in self.device._qpns:
+            return QPState.RESET
+        return QPState(self._call(self.device._c.qp_state))
+
+    def to_init(self, access: Access, port: int = 1, pkey_index: int = 0) -> None:
+        if port != 1:
+            raise VerbsError(errno.EINVAL, f"to_init: {self.device.name} has one port (1), not {port}")
+        self._call(self.device._c.qp_init, int(access))
+
+    def to_rtr(self, path: RCPath) -> None:
+        if len(path.remote_gid) != 16:
+            raise VerbsError(errno.EINVAL, "to_rtr: remote GID must be 16 bytes")
+        self._call(self.device._c.qp_rtr, path.remote_qpn, path.remote_psn & 0xFFFFFF, _ip_be(path.remote_gid[12:]), path.path_mtu.bytes,
+                   path.timeout, path.retry_cnt, path.rnr_retry, path.min_rnr_timer)  # fmt: skip
+        self.path = path
+
+    def to_rts(self, path: RCPath) -> None:
+        self._call(self.device._c.qp_rts, path.remote_qpn, path.local_psn & 0xFFFFFF, path.timeout, path.retry_cnt, path.rnr_retry,
+                   path.min_rnr_timer)  # fmt: skip
+        self.path = path
+
+    def to_error(self) -> None:
+        self._call(self.device._c.qp_to_error)
+
+    def post_send(self, wrs: SendWR | Sequence[SendWR]) -> None:
+        wrs = [wrs] if isinstance(wrs, SendWR) else list(wrs)
+        self._call(self.device._c.post_send, [(w.wr_id, int(w.opcode), int(w.flags), w.remote_addr, w.rkey, w.imm, _sges(w.sges)) for w in wrs])
+
+    def post_send_raw(self, wrs: list[tuple]) -> None:
+        """[(wr_id, opcode, flags, remote_addr, rkey, imm, ((lkey, offset, length), ...))]: the runtime's fast path."""
+        self._call(self.device._c.post_send, wrs)
+
+    def post_recv(self, wrs: RecvWR | Sequence[RecvWR]) -> None:
+        wrs = [wrs] if isinstance(wrs, RecvWR) else list(wrs)
+        self._call(self.device._c.post_recv, [(w.wr_id, _sges(w.sges)) for w in wrs])
+
+    def post_recv_raw(self, wrs: list[tuple]) -> None:
+        self._call(self.device._c.post_recv, wrs)
+
+    def destroy(self) -> None:
+        dev = self.device
+        with dev._lock:
+            if self.qp_num in dev._qpns and not dev._closed:
+                dev._qpns.discard(self.qp_num)
+                self._call(dev._c.qp_destroy)
+
+
+def _ip_be(packed: bytes) -> int:
+    return int.from_bytes(packed, sys.byteorder)  # the engine keeps addresses in network byte order in memory
+
+
+class SoftDeviceNative(SoftDeviceBase):
+    engine = "native"
+
+    def __init__(self, name: str, addr: str, *, mtu: Mtu = Mtu.MTU_1024, netns: str | None = None, seed: int | None = None) -> None:
+        mod = softroce.load()  # EngineUnavailable before any socket is opened
+        super().__init__(name, addr, mtu=mtu, netns=netns, seed=seed)
+        self._closed = False
+        self._qpns: set[int] = set()
+        self._pds = itertools.count(1)
+        fd = self._sock.detach()  # the engine owns the socket now
+        try:
+            self._c = mod.Device(fd, _ip_be(self.ip.packed), self.mtu.bytes, _seed64(seed))
+        except OSError as e:
+            socket.close(fd)
+            raise VerbsError(e.errno or errno.EIO, f"soft device {name}: the compiled engine did not start: {e}") from None
+        self.faults = NativeFaults(self)
+        self.last_internal_error = ""
+        self._tap_thread: threading.Thread | None = None
+        self._tap_stop = threading.Event()
+        self._tap_lock = threading.Lock()  # one reader of the engine's tap ring at a time
+
+    @property
+    def stats(self) -> dict:
+        return {} if self._closed else self._c.stats()
+
+    def alloc_pd(self) -> NativePD:
+        return NativePD(self, next(self._pds))
+
+    def create_cq(self, depth: int = 256) -> NativeCQ:
+        return NativeCQ(self, depth)
+
+    def poll_events(self) -> list[AsyncEvent]:
+        if self._closed:
+            return []
+        out = []
+        for kind, port, qpn in self._c.events():
+            kind = EventType(kind)
+            out.append(AsyncEvent(kind, port=port or None, qp_num=qpn if kind in (EventType.QP_REQ_ERR, EventType.QP_ACCESS_ERR) else None))
+        return out
+
+    def set_port_state(self, up: bool) -> None:
+        """Port down: nothing is sent or received, QPs retry until RETRY_EXC_ERR. Port up: traffic flows again."""
+        self.port_state = PortState.ACTIVE if up else PortState.DOWN
+        if not self._closed:
+            self._c.set_port(up)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._stop_tap_thread()
+        self._closed = True
+        self._c.close()
+
+    # ------------------------------------------------------------------ the tap: the engine keeps a ring, a thread hands it out
+
+    def add_tap(self, tap) -> None:
+        with self._lock:
+            self._taps.append(tap)
+            if self._tap_thread is None:
+                self._c.tap_enable(True)
+                self._tap_stop.clear()
+                self._tap_thread = threading.Thread(target=self._tap_loop, name=f"soft-roce tap {self.addr}", daemon=True)
+                self._tap_thread.start()
+
+    def remove_tap(self, tap) -> None:
+        self.flush_taps()
+        with self._lock:
+            if tap in self._taps:
+                self._taps.remove(tap)
+            last = not self._taps
+        if last:
+            self._stop_tap_thread()
+
+    def flush_taps(self) -> None:
+        """Hand every frame the engine has seen so far to the taps before returning."""
+        if not self._closed and self._taps:
+            self._deliver(0)
+
+    def _stop_tap_thread(self) -> None:
+        t = self._tap_thread
+        if t is not None:
+            self._tap_stop.set()
+            t.join(timeout=5)
+            self._tap_thread = None
+            if not self._closed:
+                self._c.tap_enable(False)
+
+    def _tap_loop(self) -> None:
+        while not self._tap_stop.is_set():
+            self._deliver(TAP_WAIT)
+        self._deliver(0)
+
+    def _deliver(self, wait: float) -> None:
+        with self._tap_lock:
+            if self._closed:
+                return
+            raw = self._c.tap_read(wait)
+            if not raw:
+                return
+            taps = list(self._taps)
+            for direction, ts, src, sport, dst, dport, payload, reason in raw:
+                record = FrameRecord(direction, ts, _ip_text(src), sport, _ip_text(dst), dport, payload, reason)
+                for tap in taps:
+                    try:
+                        tap(record)
+                    except Exception:  # a broken listener must not take the NIC down
+                        if tap in self._taps:
+                            self._taps.remove(tap)
+                        taps.remove(tap)
+
+
+def _ip_text(ip_be: int) -> str:
+    return socket.inet_ntoa(ip_be.to_bytes(4, sys.byteorder))
