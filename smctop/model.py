@@ -10,19 +10,28 @@ told what time it is.
 * :meth:`Model.advance` closes one sample per ``interval`` of the given time: rates,
   and the histories behind the sparklines (rates, RMB fill, cursor positions).
 
-Memory is bounded: histories are fixed rings, logs are bounded deques, closed connections
+Memory is bounded: histories are fixed rings, logs are bounded lists, closed connections
 are kept ``closed_keep`` seconds (at most ``max_closed`` of them), recent events at most
 ``events_kept``. Views read the model: rows come and go when ``conns_added``,
 ``conns_closed`` or ``conns_removed`` move, and every connection carries a ``version_no``
 that changes with it, so a table of thousands of rows redraws only the rows on screen that
 changed, never rebuilds. :meth:`Model.take_conn_changes` names the changed keys too.
+
+At scale (10,000 connections that all move every second; ``bench/bench_tui.py``) the work
+a second is one pass over each poll's events (:meth:`Model.feed_many`,
+:meth:`Model.feed_timed`) and one over the connections that moved when a sample closes:
+a connection's history is a slot of 16 bytes in each of the last ``history`` samples (one
+buffer a sample, copied from the one before, so who did not move costs nothing), the
+header's counts are kept as connections change, and nothing on the event path keeps a set.
 """
 
 from __future__ import annotations
 
+import struct
 from array import array
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Iterable
 
 from stack.events import Event
@@ -112,12 +121,90 @@ class History:
         return [self.buf[(j % self.size) * w + i] for j in idx]
 
 
+HIST_WIDTH = 4  # a connection's history: rate, RMB fill, rx cursor position, tx cursor position
+_SAMPLE = struct.Struct(f"{HIST_WIDTH}f")  # one connection's values in one sample
+SLOT = _SAMPLE.size
+
+
+class Clock:
+    """The model's samples, shared with every connection: how many closed, and the last
+    ``size`` of them, each one buffer of ``SLOT`` bytes per connection slot (rate, fill, rx
+    and tx cursor positions as float32). A sample starts as a copy of the one before, so a
+    connection that did not move repeats its values; the sample loop writes those that moved."""
+
+    __slots__ = ("tick", "size", "ring")
+
+    def __init__(self, size: int) -> None:
+        self.tick = 0  # samples closed so far; the k-th sample is number k, in ring[k % size]
+        self.size = size
+        self.ring = [bytearray() for _ in range(size)]
+
+
+class Log(list):
+    """A connection's recent messages, oldest first, at most ``maxlen`` (a list: a fraction of a
+    deque's size, and a connection has few entries)."""
+
+    __slots__ = ("maxlen",)
+
+
+def new_log(maxlen: int, entries=()) -> Log:
+    log = Log(entries[-maxlen:] if maxlen else ())
+    log.maxlen = maxlen
+    return log
+
+
+class ConnHistory:
+    """A connection's samples as series: one per model sample since it first moved, the last
+    ``clock.size`` of them."""
+
+    __slots__ = ("c",)
+
+    def __init__(self, c: "Conn") -> None:
+        self.c = c
+
+    @property
+    def n(self) -> int:
+        c = self.c
+        clk = c.clk
+        return max(0, min(clk.size, clk.tick - c.hfirst + 1))
+
+    def series(self, i: int) -> list[float]:
+        c = self.c
+        clk = c.clk
+        off, ring, size = c.slot * SLOT, clk.ring, clk.size
+        out = []
+        for j in range(clk.tick - self.n + 1, clk.tick + 1):
+            buf = ring[j % size]
+            out.append(_SAMPLE.unpack_from(buf, off)[i] if len(buf) >= off + SLOT else 0.0)
+        return out
+
+
 @dataclass(slots=True, eq=False)
 class Conn:
     """One connection as smcss -d shows it, plus what smctop adds (rates, histories, logs)."""
 
     host: str
     id: int
+    # the fields the event path and the sample loop touch, together (fewer cache lines a connection)
+    ev_tx: int = 0  # bytes sent: the last snapshot's count plus what events added since
+    ev_rx: int = 0  # bytes received, likewise
+    last_total: int = 0  # ev_tx + ev_rx when the last sample closed
+    version_no: int = 0  # bumped on every change: views cache rendered rows by it
+    mtick: int = 0  # the sample it last moved in (the model's list of them has it once)
+    rate_: float = 0.0  # bytes per second in sample number htick
+    htick: int = 0  # the last sample it moved in
+    hfirst: int = 0  # the first (0: none yet)
+    slot: int = -1  # where its values are in each sample of clk (-1: none)
+    lk_gen: int = -1
+    lk: Link | None = None  # the link that carries it (resolved when lk_gen is stale)
+    fill: int = 0
+    rxw: int = 0  # rx_prod parsed: wrap and count (the hot path parses each cursor once)
+    rxc: int = 0
+    txc: int = 0  # tx_prod's count: where in the peer's RMB we write
+    rx_prod: str = ""  # unknown until the first CDC (or "0:0" for a connection seen opening)
+    rmb_size: int = 0
+    link: int | None = None
+    lgr: str | None = None
     role: str = ""
     local: str = ""
     peer: str = ""
@@ -126,50 +213,45 @@ class Conn:
     version: int = 0
     reason: int = 0
     peer_diagnosis: int = 0
-    lgr: str | None = None
-    link: int | None = None
     token: int = 0
-    rmb_size: int = 0
     peer_rmb_size: int = 0
-    fill: int = 0
     write_blocked: bool = False
-    rx_prod: str = ""  # unknown until the first CDC (or "0:0" for a connection seen opening)
     rx_cons: str = "0:0"
     tx_prod: str = "0:0"
     tx_cons: str = "0:0"
     tx_sent: str = "0:0"
     tx_fin: str = "0:0"
-    rxw: int = 0  # rx_prod parsed: wrap and count (the hot path parses each cursor once)
-    rxc: int = 0
-    txc: int = 0  # tx_prod's count: where in the peer's RMB we write
-    ev_tx: int = 0  # bytes counted from events (RDMA WRITEs, consumer cursors)
-    ev_rx: int = 0
-    snap_tx: int = -1  # bytes per the last snapshot (-1: none), and ev_* at that moment
-    snap_rx: int = -1
-    ev_tx_at_snap: int = 0
-    ev_rx_at_snap: int = 0
     opened: float = 0.0
     handshake_ms: float | None = None
     closed: float | None = None
     error: str = ""
-    rate: float = 0.0  # bytes per second, both directions, over the last sample
-    last_total: int = 0
-    version_no: int = 0  # bumped on every change: views cache rendered rows by it
-    hist: History | None = None  # rate, fill, rx cursor position, tx cursor position
-    log: deque | None = None  # (t, kind, dir, text): CLC, CDC, state, fallback; bounded
+    seen: int = -1  # version_no when take_conn_changes last named it
+    clk: Clock | None = None
+    log: Log | None = None  # (t, kind, dir, text): CLC, CDC, state, fallback; bounded
     states: list = field(default_factory=list)  # (t, old, new, cause)
+    key: tuple[str, int] = None  # type: ignore[assignment]  # (host, id), the model's key
+
+    def __post_init__(self) -> None:
+        if self.key is None:
+            self.key = (self.host, self.id)
 
     @property
-    def key(self) -> tuple[str, int]:
-        return self.host, self.id
+    def rate(self) -> float:
+        """Bytes per second, both directions, over the last closed sample (0 if it did not move)."""
+        clk = self.clk
+        return self.rate_ if clk is not None and self.htick == clk.tick and self.hfirst else 0.0
+
+    @property
+    def hist(self) -> ConnHistory | None:
+        return ConnHistory(self) if self.hfirst and self.slot >= 0 else None
 
     @property
     def bytes_sent(self) -> int:
-        return self.snap_tx + self.ev_tx - self.ev_tx_at_snap if self.snap_tx >= 0 else self.ev_tx
+        return self.ev_tx
 
     @property
     def bytes_received(self) -> int:
-        return self.snap_rx + self.ev_rx - self.ev_rx_at_snap if self.snap_rx >= 0 else self.ev_rx
+        return self.ev_rx
 
     @property
     def fill_ratio(self) -> float:
@@ -247,10 +329,12 @@ class Model:
         self.events_kept = events_kept
         self.closed_keep = closed_keep
         self.max_closed = max_closed
+        self.epoch = 0  # bumped by clear(): views holding connections start again
         self.clear()
 
     def clear(self) -> None:
         """Forget everything (a replay seeking backwards starts again from here)."""
+        self.epoch += 1
         self.hosts: dict[str, Host] = {}
         self.conns: dict[tuple[str, int], Conn] = {}
         self.lgrs: dict[tuple[str, str], LinkGroup] = {}
@@ -276,11 +360,16 @@ class Model:
         self.latencies: deque[float] = deque(maxlen=5000)  # us, request/response, when the source measures it
         self.perf = History(self.history, 6)  # throughput B/s, CDC/s, LLC/s, conns opened/s, fallbacks/s, events/s
         self._last = (0, 0, 0, 0, 0, 0)
-        self._changed: set[Conn] = set()  # since the view last looked
-        self._moved: set[Conn] = set()  # since the last sample
+        self._moved: list[Conn] = []  # since the last sample: the connections the next one looks at
+        self._period = 1  # the number of the sample open now (ticks + 1)
+        self._prev: list[Conn] = []  # those the last sample looked at
         self._removed: set[tuple[str, int]] = set()
         self._closed: deque[tuple[float, tuple[str, int]]] = deque()
-        self._active: set[Conn] = set()  # connections whose last rate was not zero
+        self._clock = Clock(self.history)
+        self._slots = 0  # connection slots in the samples
+        self._free: list[int] = []  # of them, those whose connection was forgotten
+        self._link_gen = 0  # bumped when links come or go: connections look their link up again
+        self._open = self._open_smc = self._open_tcp = 0  # connections not closed, and of them SMCR and TCP
         self.watched: tuple[str, int] | None = None
         self.conns_added = self.conns_closed = self.conns_removed = 0  # views compare these to know when rows come and go
         self._totals: tuple[tuple, dict] | None = None
@@ -300,9 +389,15 @@ class Model:
         if c is None:
             if host not in self.hosts:
                 self.host(host)
-            c = self.conns[key] = Conn(host, conn_id, opened=t if t is not None else (self.now or 0.0))
+            if self._free:
+                slot = self._free.pop()
+            else:
+                slot = self._slots
+                self._slots += 1
+            c = self.conns[key] = Conn(host, conn_id, opened=t if t is not None else (self.now or 0.0), key=key, clk=self._clock,
+                                       slot=slot, log=new_log(self.watched_log if key == self.watched else self.conn_log))  # fmt: skip
             self.conns_added += 1
-            c.log = deque(maxlen=self.watched_log if key == self.watched else self.conn_log)
+            self._open += 1
         return c
 
     def lgr(self, host: str, lgr_id: str) -> LinkGroup:
@@ -319,24 +414,30 @@ class Model:
         if link is None:
             link = g.links[link_id] = Link(host, lgr_id, link_id, hist=Ring(self.history))
             self.links_changed = True
+            self._link_gen += 1
         return link
 
     def watch(self, key: tuple[str, int] | None) -> None:
         """Keep a longer message log for the connection a detail view shows."""
         if self.watched and self.watched in self.conns:
             c = self.conns[self.watched]
-            c.log = deque(c.log, maxlen=self.conn_log)
+            c.log = new_log(self.conn_log, c.log)
         self.watched = key
         if key and key in self.conns:
             c = self.conns[key]
-            c.log = deque(c.log, maxlen=self.watched_log)
+            c.log = new_log(self.watched_log, c.log)
 
     def take_conn_changes(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
         """(changed or new, removed) connection keys since the last call. If nobody asked for
-        a long time, removed holds only the latest of them: a view then rebuilds from ``conns``."""
-        changed, removed = self._changed, self._removed
-        self._changed, self._removed = set(), set()
-        return {c.key for c in changed} - removed, removed
+        a long time, removed holds only the latest of them: a view then rebuilds from ``conns``.
+        Costs a look at every connection (the event path keeps no set of changes for it)."""
+        changed = set()
+        for key, c in self.conns.items():
+            if c.version_no != c.seen:
+                c.seen = c.version_no
+                changed.add(key)
+        removed, self._removed = self._removed, set()
+        return changed - removed, removed
 
     def events_since(self, seq: int) -> list[Event]:
         """The kept events after number ``seq`` (remember ``model.seq`` to ask again later)."""
@@ -348,8 +449,48 @@ class Model:
     # ------------------------------------------------------------------ events
 
     def feed_many(self, events: Iterable[Event]) -> None:
+        """Feed events in order (as :meth:`feed` one by one, in one pass)."""
+        events = events if isinstance(events, list) else list(events)
+        if not events:
+            return
+        if self.t0 is None:
+            self.t0 = events[0].t
+        handlers = _HANDLERS
         for e in events:
-            self.feed(e)
+            handler = handlers.get(e.kind)
+            if handler is not None:
+                handler(self, e)
+        self._account(events, 0, len(events))
+
+    def feed_timed(self, events: list[Event]) -> None:
+        """Feed events in time order, closing each sample before the first event after it (for
+        sources that deliver many seconds at once: a replay, the synthetic clock)."""
+        handlers = _HANDLERS
+        start = 0
+        tick = self.next_tick
+        for i, e in enumerate(events):
+            if tick is None or e.t >= tick:
+                self._account(events, start, i)  # the sample counts the events fed before it
+                start = i
+                self.advance(e.t)
+                tick = self.next_tick
+            handler = handlers.get(e.kind)
+            if handler is not None:
+                handler(self, e)
+        self._account(events, start, len(events))
+
+    def _account(self, events: list[Event], start: int, end: int) -> None:
+        """The bookkeeping :meth:`feed` does per event, for ``events[start:end]`` at once."""
+        if end <= start:
+            return
+        if self.t0 is None:
+            self.t0 = events[start].t
+        self.seq += end - start
+        log = self.events
+        log += events[start:end] if start or end < len(events) else events
+        if len(log) > 2 * self.events_kept:
+            del log[: len(log) - self.events_kept]
+        self.kinds.update(map(_KIND, events[start:end] if start or end < len(events) else events))
 
     def feed(self, e: Event) -> None:
         if self.t0 is None:
@@ -368,8 +509,9 @@ class Model:
 
     def _touch(self, c: Conn) -> None:
         c.version_no += 1
-        self._changed.add(c)
-        self._moved.add(c)
+        if c.mtick != self._period:
+            c.mtick = self._period
+            self._moved.append(c)
 
     def _conn_of(self, e: Event) -> Conn | None:
         if e.conn is None:
@@ -377,14 +519,45 @@ class Model:
         c = self.conns.get((e.host, e.conn))
         if c is None:
             c = self.conn(e.host, e.conn, e.t)
-        if e.lgr is not None:
+        if e.lgr is not None and e.lgr != c.lgr:
             c.lgr = e.lgr
-        if e.link is not None:
+            c.lk_gen = -1
+        if e.link is not None and e.link != c.link:
             c.link = e.link
+            c.lk_gen = -1
         return c
 
     def _log(self, c: Conn, e: Event, text: str) -> None:
-        c.log.append((e.t, e.kind, e.fields.get("dir", ""), text))
+        log = c.log
+        log.append((e.t, e.kind, e.fields.get("dir", ""), text))
+        if len(log) > log.maxlen:
+            del log[0]
+
+    def _set_mode(self, c: Conn, mode: str) -> None:
+        old = c.mode
+        if mode == old:
+            return
+        c.mode = mode
+        c.lk_gen = -1
+        if c.closed is None:
+            if old == "SMCR":
+                self._open_smc -= 1
+            elif old == "TCP":
+                self._open_tcp -= 1
+            if mode == "SMCR":
+                self._open_smc += 1
+            elif mode == "TCP":
+                self._open_tcp += 1
+
+    def _close(self, c: Conn, t: float) -> None:
+        c.closed = t
+        self.conns_closed += 1
+        self._closed.append((t, c.key))
+        self._open -= 1
+        if c.mode == "SMCR":
+            self._open_smc -= 1
+        elif c.mode == "TCP":
+            self._open_tcp -= 1
 
     def _on_conn_open(self, e: Event) -> None:
         c = self._conn_of(e)
@@ -404,15 +577,13 @@ class Model:
             c.states.append((e.t, f.get("old", ""), new, f.get("cause", "")))
         self._log(c, e, f"state {f.get('old', '')} -> {new} ({f.get('cause', '')})")
         if new == "CLOSED" and c.closed is None:
-            c.closed = e.t
-            self.conns_closed += 1
-            self._closed.append((e.t, c.key))
+            self._close(c, e.t)
         self._touch(c)
 
     def _on_conn_mode(self, e: Event) -> None:
         c = self._conn_of(e)
         f = e.fields
-        c.mode = f.get("mode", c.mode)
+        self._set_mode(c, f.get("mode", c.mode))
         if c.mode == "SMCR":
             self.smc_conns += 1
             c.version = f.get("version", c.version)
@@ -446,16 +617,28 @@ class Model:
         self._log(c, e, f"error {c.error}")
         self._touch(c)
 
-    def _on_conn_cursor(self, e: Event) -> None:
-        c = self.conns.get((e.host, e.conn)) if e.conn is not None else None
+    def _hot_conn(self, e: Event) -> Conn | None:
+        """The connection of a frequent event: one lookup when it is known and on the same link."""
+        c = self.conns.get((e.host, e.conn))
         if c is None or (e.link is not None and c.link != e.link) or (e.lgr is not None and c.lgr != e.lgr):
             c = self._conn_of(e)
+        return c
+
+    def _on_conn_cursor(self, e: Event) -> None:
+        c = self.conns.get((e.host, e.conn))  # the hot path: one lookup
+        if c is None or (e.link is not None and c.link != e.link) or (e.lgr is not None and c.lgr != e.lgr):
+            c = self._conn_of(e)
+            if c is None:
+                return
         f = e.fields
         if f.get("side") == "tx":
             prod = f.get("prod")
             if prod is not None and prod != c.tx_prod:
                 c.tx_prod = prod
-                c.txc = parse_cursor(prod)[1]
+                try:
+                    c.txc = int(prod.partition(":")[2])
+                except (ValueError, AttributeError):
+                    c.txc = parse_cursor(prod)[1]
             if "cons" in f:
                 c.tx_cons = f["cons"]
             c.tx_sent = f.get("sent", c.tx_sent)
@@ -476,11 +659,14 @@ class Model:
             c.tx_cons = f.get("cons", c.tx_cons)
             c.fill = f.get("bytes_to_rcv", c.fill)
         c.version_no += 1
-        self._changed.add(c)
-        self._moved.add(c)
+        if c.mtick != self._period:
+            c.mtick = self._period
+            self._moved.append(c)
 
     def _on_conn_rmb(self, e: Event) -> None:
-        c = self._conn_of(e)
+        c = self._hot_conn(e)
+        if c is None:
+            return
         f = e.fields
         if "fill" in f:
             c.fill = f["fill"]
@@ -490,23 +676,32 @@ class Model:
         self._touch(c)
 
     def _on_rdma_write(self, e: Event) -> None:
-        if e.conn is not None:
-            c = self.conns.get((e.host, e.conn))  # the hot path: one lookup, no calls
-            if c is None or (e.link is not None and c.link != e.link) or (e.lgr is not None and c.lgr != e.lgr):
-                c = self._conn_of(e)
-            c.ev_tx += e.fields.get("length", 0)
-            c.version_no += 1
-            self._changed.add(c)
-            self._moved.add(c)
+        c = self.conns.get((e.host, e.conn))  # the hot path: one lookup, no calls
+        if c is None or (e.link is not None and c.link != e.link) or (e.lgr is not None and c.lgr != e.lgr):
+            c = self._conn_of(e)
+            if c is None:
+                return
+        c.ev_tx += e.fields.get("length", 0)
+        c.version_no += 1
+        if c.mtick != self._period:
+            c.mtick = self._period
+            self._moved.append(c)
 
     def _on_cdc(self, e: Event) -> None:
         self.cdc += 1
-        c = self._conn_of(e)
-        if c is not None:
-            f = e.fields
-            flags = f.get("flags") or ()
-            self._log(c, e, f"CDC {f.get('dir', '')} seq {f.get('seqno', '')} prod {f.get('prod', '')} cons {f.get('cons', '')}"
-                            + (" " + ",".join(flags) if flags else ""))  # fmt: skip
+        c = self.conns.get((e.host, e.conn))  # the hot path: one lookup, the log line inline
+        if c is None or (e.link is not None and c.link != e.link) or (e.lgr is not None and c.lgr != e.lgr):
+            c = self._conn_of(e)
+            if c is None:
+                return
+        f = e.fields
+        flags = f.get("flags")
+        d = f.get("dir", "")
+        log = c.log
+        log.append((e.t, e.kind, d, f"CDC {d} seq {f.get('seqno', '')} prod {f.get('prod', '')} cons {f.get('cons', '')}"
+                                    + (" " + ",".join(flags) if flags else "")))  # fmt: skip
+        if len(log) > log.maxlen:
+            del log[0]
 
     def _on_clc(self, e: Event) -> None:
         c = self._conn_of(e)
@@ -592,7 +787,7 @@ class Model:
             c = self.conn(name, s["conn"], t)
             seen.add(c.id)
             c.state = s.get("state", c.state)
-            c.mode = s.get("mode", c.mode)
+            self._set_mode(c, s.get("mode", c.mode))
             c.role = c.role or s.get("role", "")
             c.local = c.local or s.get("local", "")
             c.peer = c.peer or s.get("peer", "")
@@ -606,20 +801,18 @@ class Model:
             c.write_blocked = bool(s.get("write_blocked", c.write_blocked))
             c.lgr = s.get("lgr", c.lgr)
             c.link = s.get("link", c.link)
+            c.lk_gen = -1
             for k in ("rx_prod", "rx_cons", "tx_prod", "tx_cons", "tx_sent", "tx_fin"):
                 if k in s:
                     setattr(c, k, s[k])
             c.rxw, c.rxc = parse_cursor(c.rx_prod)
             c.txc = parse_cursor(c.tx_prod)[1]
-            c.snap_tx, c.snap_rx = s.get("bytes_sent", 0), s.get("bytes_received", 0)
-            c.ev_tx_at_snap, c.ev_rx_at_snap = c.ev_tx, c.ev_rx
+            c.ev_tx, c.ev_rx = s.get("bytes_sent", 0), s.get("bytes_received", 0)  # the truth at t; events add to it
             self._touch(c)
-        for key, c in self.conns.items():  # gone from the stack: closed
+        for key, c in list(self.conns.items()):  # gone from the stack: closed
             if key[0] == name and c.id not in seen and c.closed is None and c.opened <= t:
-                c.closed = t
-                self.conns_closed += 1
-                c.state = "CLOSED" if c.state not in ("CLOSED",) else c.state
-                self._closed.append((t, key))
+                c.state = "CLOSED"
+                self._close(c, t)
                 self._touch(c)
         lgr_ids = set()
         for gs in snap.get("lgrs", []):
@@ -669,46 +862,51 @@ class Model:
         return closed
 
     def _sample(self, t: float) -> None:
+        """Close sample number ``ticks``: the rate and history of each connection that moved
+        since the last one (the others' rates read 0 and their histories repeat their last
+        values, see :class:`ConnHistory`), link and model rates, the performance history."""
         self.ticks += 1
+        clock = self._clock
+        tick = clock.tick = self.ticks
         dt = self.interval
         total = 0
-        history = self.history
-        active = set()
-        changed = self._changed
-        lgrs = self.lgrs
-        for c in self._moved | self._active:
-            now_total = (c.snap_tx + c.ev_tx - c.ev_tx_at_snap if c.snap_tx >= 0 else c.ev_tx) + (
-                c.snap_rx + c.ev_rx - c.ev_rx_at_snap if c.snap_rx >= 0 else c.ev_rx)
+        moved = self._moved
+        gen = self._link_gen
+        ring = clock.ring
+        buf = ring[tick % clock.size]
+        buf[:] = ring[(tick - 1) % clock.size]  # who did not move repeats its values
+        if len(buf) < self._slots * SLOT:
+            buf += bytes(self._slots * SLOT - len(buf))
+        pack = _SAMPLE.pack_into
+        for c in moved:
+            if c.slot < 0:  # forgotten since it moved
+                continue
+            now_total = c.ev_tx + c.ev_rx
             delta = now_total - c.last_total
             c.last_total = now_total
             if delta > 0:
                 rate = delta / dt
-                active.add(c)
                 total += delta
-                if c.link and c.lgr is not None and c.mode == "SMCR":  # the link carries it (both directions)
-                    g = lgrs.get((c.host, c.lgr))
-                    link = g.links.get(c.link) if g is not None else None
-                    if link is not None:
-                        link.bytes += delta
+                if c.lk_gen != gen:
+                    self._find_link(c)
+                link = c.lk
+                if link is not None:  # the link carries it (both directions)
+                    link.bytes += delta
             else:
                 rate = 0.0
-            if rate or c.rate:
-                c.rate = rate
+            c.rate_ = rate
+            c.htick = tick
+            c.version_no += 1
+            if not c.hfirst:
+                c.hfirst = tick
+            pack(buf, c.slot * SLOT, rate, c.fill, c.rxc, c.txc)
+        for c in self._prev:
+            if c.htick == tick - 1 and c.slot >= 0:  # moved in the last sample, not in this one: rate 0 from here on
                 c.version_no += 1
-                changed.add(c)
-            h = c.hist
-            if h is None:
-                h = c.hist = History(history, 4)
-            buf, base = h.buf, h.pos * 4
-            buf[base] = rate
-            buf[base + 1] = c.fill
-            buf[base + 2] = c.rxc
-            buf[base + 3] = c.txc
-            h.pos = (h.pos + 1) % h.size
-            if h.n < h.size:
-                h.n += 1
-        self._moved = set()
-        self._active = active
+                pack(buf, c.slot * SLOT, 0.0, c.fill, c.rxc, c.txc)
+        self._prev = moved
+        self._moved = []
+        self._period = tick + 1
         self.bytes += total
         self.rate = total / dt
         for g in self.lgrs.values():
@@ -728,6 +926,14 @@ class Model:
         self._last = (0, *counts)
         self._prune(t)
 
+    def _find_link(self, c: Conn) -> None:
+        c.lk_gen = self._link_gen
+        link = None
+        if c.link and c.lgr is not None and c.mode == "SMCR":
+            g = self.lgrs.get((c.host, c.lgr))
+            link = g.links.get(c.link) if g is not None else None
+        c.lk = link
+
     def _prune(self, t: float) -> None:
         closed = self._closed
         while closed and (closed[0][0] <= t - self.closed_keep or len(closed) > self.max_closed):
@@ -736,9 +942,9 @@ class Model:
             if c is not None and c.closed is not None and key != self.watched:
                 del self.conns[key]
                 self.conns_removed += 1
-                self._active.discard(c)
-                self._moved.discard(c)
-                self._changed.discard(c)
+                if c.slot >= 0:
+                    self._free.append(c.slot)
+                    c.slot = -1
                 if len(self._removed) > self.max_closed:  # nobody asked for a long time: keep the latest
                     self._removed.clear()
                 self._removed.add(key)
@@ -748,10 +954,12 @@ class Model:
             for lid in gone:
                 del g.links[lid]
                 self.links_changed = True
+                self._link_gen += 1
         dead = [k for k, g in self.lgrs.items() if g.terminated and all(link.state == "LINK_UNUSED" for link in g.links.values())]
         for k in dead:
             del self.lgrs[k]
             self.links_changed = True
+            self._link_gen += 1
 
     # ------------------------------------------------------------------ summaries
 
@@ -760,15 +968,7 @@ class Model:
         stamp = (self.seq, self.ticks, self.conns_added, self.conns_closed, self.conns_removed, len(self.lgrs))
         if self._totals is not None and self._totals[0] == stamp:
             return dict(self._totals[1])
-        n = smc = tcp = 0
-        for c in self.conns.values():
-            if c.closed is None:
-                n += 1
-                mode = c.mode
-                if mode == "SMCR":
-                    smc += 1
-                elif mode == "TCP":
-                    tcp += 1
+        n, smc, tcp = self._open, self._open_smc, self._open_tcp
         decided = self.smc_conns + self.tcp_conns
         links = [link for g in self.lgrs.values() for link in g.links.values() if link.state != "LINK_UNUSED"]
         perf = self.perf
@@ -815,6 +1015,8 @@ class Model:
             return None
         return v[min(len(v) - 1, max(0, round(p / 100 * (len(v) - 1))))]
 
+
+_KIND = attrgetter("kind")
 
 _HANDLERS = {
     "conn.open": Model._on_conn_open,

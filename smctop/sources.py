@@ -29,10 +29,7 @@ from .synthetic import SyntheticStack
 def feed_timed(model: Model, events: list[Event]) -> None:
     """Feed events in time order, closing each model sample before the first event after it
     (for sources that deliver many seconds at once: a replay, the synthetic clock)."""
-    for e in events:
-        if model.next_tick is None or e.t >= model.next_tick:
-            model.advance(e.t)
-        model.feed(e)
+    model.feed_timed(events)
 
 
 class SourceError(Exception):

@@ -162,3 +162,83 @@ def test_advance_closes_one_sample_per_interval():
     assert m.advance(100.5) == 0
     assert m.advance(103.2) == 3 and m.ticks == 3
     assert m.advance(10_000.0) == 1  # a long gap (a seek): one sample, not thousands
+
+
+def _state(m: Model) -> dict:
+    """What the views can read of a model, as plain values."""
+    conns = {k: (c.state, c.mode, c.bytes_sent, c.bytes_received, c.rate, c.fill, c.rx_prod, c.tx_prod, c.closed, list(c.log),
+                 [c.hist.series(i) for i in range(4)] if c.hist else None) for k, c in m.conns.items()}  # fmt: skip
+    links = {k: [(link.id, link.state, link.bytes, link.rate, link.hist.values()) for link in g.links.values()] for k, g in m.lgrs.items()}
+    return {"conns": conns, "links": links, "totals": m.totals(), "kinds": dict(m.kinds), "seq": m.seq,
+            "events": [id(e) for e in m.events[-m.events_kept :]], "perf": [m.perf.series(i) for i in range(6)],
+            "fallbacks": m.fallback_rows()}  # fmt: skip
+
+
+def test_batch_feeding_is_feeding_one_by_one():
+    """feed_many and feed_timed (one pass over a poll's events) leave the model as feed() does."""
+    s = SyntheticStack(4, fallbacks=3)
+    seconds = [s.setup(0.0)] + [s.step(float(t)) for t in range(1, 6)]
+    seconds[3] += s.fail_link(3.2)
+    seconds[5] += s.restore_link(5.3)
+    one, many, timed = Model(events_kept=50), Model(events_kept=50), Model(events_kept=50)
+    for t, events in enumerate(seconds):
+        for e in events:
+            if one.next_tick is None or e.t >= one.next_tick:
+                one.advance(e.t)
+            one.feed(e)
+        timed.feed_timed(events)
+        many.advance(float(t))
+        many.feed_many(events)
+    for m in (one, many, timed):
+        m.advance(6.5)
+    assert _state(one) == _state(timed) == _state(many)
+
+
+def test_open_connection_counts_follow_modes_closes_and_snapshots():
+    """The header's counts are kept as connections change, not recounted: they agree with a recount."""
+    m, s = fed(3, seconds=3, fallbacks=4)
+    snap = {"host": "h", "t": 3.5, "conns": [{"conn": 1, "mode": "SMCR", "state": "ACTIVE"}, {"conn": 2, "mode": "TCP", "state": "ACTIVE"},
+                                             {"conn": 3, "state": "INIT"}]}  # fmt: skip
+    m.apply_snapshot(snap)
+    m.apply_snapshot({**snap, "t": 3.6, "conns": [{"conn": 1, "mode": "TCP"}, {"conn": 3, "mode": "SMCR"}]})  # 2 closed, 1 fell back late
+    assert m.conns[("h", 2)].closed == 3.6
+    for t in range(4, 12):
+        m.feed_many(s.step(float(t)))
+        m.advance(t + 0.01)
+        open_ = [c for c in m.conns.values() if c.closed is None]
+        t_ = m.totals()
+        assert (t_["conns"], t_["smcr"], t_["tcp"]) == (len(open_), sum(c.mode == "SMCR" for c in open_), sum(c.mode == "TCP" for c in open_))
+    assert ("h", 2) not in m.conns and t_["smcr"] == 7 and t_["tcp"] == 1
+
+
+def test_an_idle_connection_history_shows_its_idle_seconds():
+    """Each sample is a second: a connection that stops shows rate 0 and its last fill for the
+    seconds it sat still, and picks up again when it moves."""
+    m, s = fed(2, seconds=3)
+    s.set_traffic(False)
+    for t in (4, 5, 6):
+        m.feed_many(s.step(float(t)))
+        m.advance(t + 0.01)
+    s.set_traffic(True)
+    m.feed_many(s.step(7.0))
+    m.advance(7.01)
+    r = m.conns[("beta", 2)]
+    per_second = s.rate + (2 * 4099) % 8192
+    rates = r.hist.series(0)
+    fills = r.hist.series(1)
+    assert rates[-5:] == [per_second, 0, 0, 0, per_second] and r.rate == per_second
+    assert fills[-4:-1] == [fills[-5]] * 3 and fills[-1] == r.fill
+    assert r.hist.n == 7 and len(rates) == 7
+
+
+def test_a_forgotten_connection_slot_is_reused_without_its_history():
+    m, s = fed(1, seconds=2, fallbacks=2)
+    gone = [c for c in m.conns.values() if c.closed is not None]
+    for t in range(3, 12):
+        m.feed_many(s.step(float(t)))
+        m.advance(t + 0.01)
+    assert all(c.slot == -1 and c.key not in m.conns for c in gone)
+    slots = [c.slot for c in m.conns.values()]
+    assert len(set(slots)) == len(slots) and max(slots) < 2 + 4 * 10  # slots are reused, none shared
+    young = max(m.conns.values(), key=lambda c: c.opened)
+    assert young.hist.n == 1 and young.hist.series(0) == [0.0]  # a fallback connection: one sample, no bytes
