@@ -32,12 +32,22 @@ class Column:
 
 
 _STYLES: dict[str, Style] = {}
+_SELECTED: dict[str, Style] = {}
+_PLAIN = Style()
 
 
 def style(spec: str) -> Style:
     s = _STYLES.get(spec)
     if s is None:
         s = _STYLES[spec] = Style.parse(spec) if spec else Style()
+    return s
+
+
+def selected_style(spec: str) -> Style:
+    """``spec`` on the cursor's row (reversed)."""
+    s = _SELECTED.get(spec)
+    if s is None:
+        s = _SELECTED[spec] = style(spec) + style("reverse")
     return s
 
 
@@ -82,7 +92,7 @@ class RowTable(ScrollView, can_focus=True):
         self.items: list[Any] = []
         self.cursor = 0
         self.follow = False  # keep the last row in view as rows are added
-        self._cache: dict[Hashable, tuple[int, bool, Strip]] = {}
+        self._cache: dict[Hashable, tuple] = {}  # key -> (version, selected, scroll x, width, the line)
         self._width = sum(c.width + 1 for c in self.columns)
         self._header = Strip([Segment(" ".join(fit(c.label, c.width, c.align) for c in self.columns) + " ", style("bold reverse"))])
 
@@ -90,13 +100,10 @@ class RowTable(ScrollView, can_focus=True):
 
     def set_items(self, items: list[Any]) -> None:
         """The rows, in display order (the table keeps the list; do not mutate it afterwards)."""
-        old_key = self.key(self.items[self.cursor]) if self.items and self.cursor < len(self.items) else None
+        old = self.items[self.cursor] if self.items and self.cursor < len(self.items) else None
         self.items = items
-        if old_key is not None and not self.follow:
-            for i, item in enumerate(items):  # keep the cursor on the same row
-                if self.key(item) == old_key:
-                    self.cursor = i
-                    break
+        if old is not None and not self.follow:  # keep the cursor on the same row
+            self.cursor = self._find(items, old)
         self.cursor = min(self.cursor, max(len(items) - 1, 0))
         if len(self._cache) > 4 * max(self.size.height, 50):
             self._cache.clear()
@@ -105,6 +112,20 @@ class RowTable(ScrollView, can_focus=True):
             self.cursor = len(items) - 1
             self.scroll_end(animate=False, immediate=True, x_axis=False)
         self.refresh()
+
+    def _find(self, items: list[Any], old: Any) -> int:
+        """Where ``old``'s row is in ``items`` now (the cursor's row if gone)."""
+        try:
+            i = items.index(old)  # the same object, usually: found at C speed
+            if self.key(items[i]) == self.key(old):
+                return i
+        except ValueError:
+            pass
+        old_key = self.key(old)
+        for i, item in enumerate(items):
+            if self.key(item) == old_key:
+                return i
+        return self.cursor
 
     def forget(self, keys) -> None:
         for k in keys:
@@ -133,17 +154,60 @@ class RowTable(ScrollView, can_focus=True):
         v = self.version(item)
         selected = i == self.cursor and self.has_focus
         hit = self._cache.get(k)
-        if hit is None or hit[0] != v or hit[1] != selected:
-            segs = []
-            for col, (text, spec) in zip(self.columns, self.render_row(item)):
-                st = style(spec)
-                if selected:
-                    st = st + style("reverse")
-                segs.append(Segment(fit(text, col.width, col.align), st))
-                segs.append(Segment(" ", style("reverse") if selected else Style()))
-            hit = (v, selected, Strip(segs, self._width))
-            self._cache[k] = hit
-        return hit[2].crop(scroll_x, scroll_x + width).extend_cell_length(width)
+        if hit is None or hit[0] != v or hit[1] != selected or hit[2] != scroll_x or hit[3] != width:
+            hit = self._cache[k] = (v, selected, scroll_x, width, self._render(item, selected, scroll_x, width))
+        return hit[4]
+
+    def _render(self, item: Any, selected: bool, x: int, width: int) -> Strip:
+        """One row as the screen shows it from column ``x``, ``width`` cells: its cells fitted
+        to their columns, a plain space after each (reversed on the cursor's row); neighbours
+        that share a style make one segment, and cells out of view cost no segment."""
+        runs: list[tuple[str, str]] = []
+        run: list[str] = []
+        spec_of_run = None
+        end = x + width
+        pos = 0  # where the next cell starts
+        for col, (text, spec) in zip(self.columns, self.render_row(item)):
+            w = col.width
+            if pos + w + 1 <= x:  # scrolled off to the left
+                pos += w + 1
+                continue
+            if pos >= end:
+                break
+            pos += w + 1
+            if len(text) > w:
+                text = text[: w - 1] + "…" if w > 1 else text[:w]
+            else:
+                text = text.rjust(w) if col.align == ">" else text.ljust(w)
+            if spec != spec_of_run:
+                if run:
+                    runs.append(("".join(run), spec_of_run))
+                run, spec_of_run = [text], spec
+            else:
+                run.append(text)
+            if spec_of_run:
+                runs.append(("".join(run), spec_of_run))
+                run, spec_of_run = [" "], ""
+            else:
+                run.append(" ")
+        if run:
+            runs.append(("".join(run), spec_of_run))
+        styled = selected_style if selected else style
+        segs = []
+        start = pos - sum(len(t) for t, _ in runs)  # where the first run starts (the cells are one character a cell)
+        for text, spec in runs:
+            if start < x:
+                text = text[x - start :]
+                start = x
+            if start + len(text) > end:
+                text = text[: end - start]
+            if text:
+                segs.append(Segment(text, styled(spec)))
+            start += len(text)
+        start = max(start, x)  # (nothing in view: all padding)
+        if start < end:
+            segs.append(Segment(" " * (end - start)))
+        return Strip(segs, width)
 
     def on_focus(self) -> None:
         self.refresh()
