@@ -34,6 +34,7 @@ from .widgets import RowTable
 TABS = [("links", "1 Links"), ("conns", "2 Connections"), ("events", "3 Events"), ("fallbacks", "4 Fallbacks"), ("perf", "5 Performance")]
 
 FILTERABLE = {"links": LinksPane, "conns": ConnsPane, "events": EventsPane, "fallbacks": FallbacksPane}
+PANES = {"links": LinksPane, "conns": ConnsPane, "events": EventsPane, "fallbacks": FallbacksPane, "perf": PerfPane}
 TABLES = {"links": "#links-table", "conns": "#conns-table", "events": "#events-table", "fallbacks": "#fallbacks-table"}
 
 # (action, keys as shown in help, what it does, the source capability it needs)
@@ -153,11 +154,15 @@ class SmctopApp(App):
         elif ticks or force:
             self._header()
 
-    def redraw(self) -> None:
+    def redraw(self, everything: bool = False) -> None:
+        """Update the view on screen (and the events view, which gathers what its filter
+        matches as events arrive); the others are drawn when shown (``everything``: now)."""
         m = self.model
         self.frames += 1
-        for pane in (LinksPane, ConnsPane, EventsPane, FallbacksPane, PerfPane):
-            self.query_one(pane).update_from(m)
+        active = self._active()
+        for tab, pane in PANES.items():
+            if everything or tab == active or pane is EventsPane:
+                self.query_one(pane).update_from(m)
         if isinstance(self.screen, ConnDetailScreen):
             self.screen.update_from(m)
         self._header()
@@ -209,10 +214,19 @@ class SmctopApp(App):
 
         self.push_screen(DeclineScreen(), chosen)
 
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        pane = PANES.get(event.pane.id or "")
+        if pane is not None and not self.paused and self.started:
+            self.query_one(pane).update_from(self.model)
+
     def action_pause(self) -> None:
         self.paused = not self.paused
         if isinstance(self.source, ReplaySource):
             self.source.paused = self.paused
+        if self.paused and self.started:  # the views not on screen stand still from here too
+            for tab, pane in PANES.items():
+                if tab != self._active():
+                    self.query_one(pane).update_from(self.model)
         self.say("paused: the model keeps counting, the views stand still" if self.paused else "resumed")
         if not self.paused:
             self.redraw()
@@ -309,7 +323,7 @@ class SmctopApp(App):
             now = src.now()
             if now is not None:
                 self.model.advance(now)
-            self.redraw()
+            self.redraw(everything=True)
 
     def action_seek(self, seconds: float) -> None:
         src = self.source
@@ -317,7 +331,7 @@ class SmctopApp(App):
             pos = src.seek(seconds)
             self.sync(force=True)
             if self.paused:
-                self.redraw()
+                self.redraw(everything=True)
             self.say(f"replay at {pos:.1f} s")
 
     def action_show_tab(self, tab: str) -> None:

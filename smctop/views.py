@@ -4,6 +4,8 @@ none keeps state of its own beyond what it shows (order, filter, follow)."""
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
@@ -71,7 +73,7 @@ class LinksPane(Vertical):
 
 
 SORTS = {
-    "host": (lambda c: (c.host, c.id), False),
+    "host": (attrgetter("key"), False),  # (host, id)
     "rate": (lambda c: c.rate, True),
     "fill": (lambda c: c.fill_ratio, True),
     "state": (lambda c: (c.state, c.host, c.id), False),
@@ -116,7 +118,7 @@ class ConnsPane(Vertical):
     def update_from(self, model: Model) -> None:
         key, reverse = SORTS[self.sort]
         dynamic = self.sort in ("rate", "fill")
-        stamp = (model.conns_added, model.conns_removed, model.conns_closed if not self.show_closed else 0)
+        stamp = (model.epoch, model.conns_added, model.conns_removed, model.conns_closed if not self.show_closed else 0)
         if self._dirty or dynamic or stamp != self._stamp:  # rows came or went: order them again
             conns = model.conns.values()
             if not self.show_closed:
@@ -129,7 +131,10 @@ class ConnsPane(Vertical):
         else:  # the same rows: those on screen whose connection changed are drawn again
             self.table.refresh()
         n = len(self.table.items)
-        smc = sum(1 for c in self.table.items if c.mode == "SMCR")
+        if self.filter or self.show_closed:
+            smc = sum(1 for c in self.table.items if c.mode == "SMCR")
+        else:  # the rows are the open connections: the model counts them
+            smc = model.totals()["smcr"]
         self.query_one("#conns-summary", Static).update(
             f"{n} connections ({smc} SMCR, {n - smc} other{', closed ones too' if self.show_closed else ''})  sorted by {self.sort}"
             + (f"  filter '{self.filter}'" if self.filter else "") + "   Enter: details  s: sort  c: closed")  # fmt: skip

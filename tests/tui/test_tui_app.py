@@ -350,3 +350,31 @@ def test_model_is_the_only_thing_views_read():
         feed_timed(m, s.step(t))
         m.advance(t)
     assert m.totals() == m_app.totals() and m.totals()["rate"] > 0
+
+
+def test_views_not_on_screen_are_drawn_when_shown_and_stand_still_when_paused():
+    """A frame updates the view on screen; another view shows the model as of when it is shown
+    (or as of the pause)."""
+
+    async def go():
+        app, src = make_app(3)
+        async with app.run_test(size=SIZE) as pilot:
+            await advance(app, pilot, src, 2)
+            await pilot.press("f")  # beta's first link fails while Connections is on screen
+            await advance(app, pilot, src, 1)
+            await pilot.press("1")
+            await pilot.pause()
+            assert "LINK_UNUSED" in table_text(app, "#links-table") and "3 connections moved" in app.screen_text()
+            await pilot.press("2", "p")  # paused on Connections: the other views stand still too
+            await pilot.press("r")
+            await advance(app, pilot, src, 2)
+            await pilot.press("1")
+            await pilot.pause()
+            links = app.query_one("#links-table", RowTable)
+            assert app.model.lgrs[("beta", "00b2b200")].links[3].state == "LINK_ACTIVE"
+            assert all(link.id != 3 for _, link in links.items)  # the restored link is not drawn while paused
+            await pilot.press("p")
+            await pilot.pause()
+            assert [link.id for g, link in links.items if g.host == "beta"] == [1, 2, 3]
+
+    run(go())
