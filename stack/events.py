@@ -11,6 +11,11 @@ The bus costs one attribute check when nobody listens (``bus.active``). Listener
 called inline and must be quick; subscriptions have a bounded queue, and when a slow
 subscriber's queue is full new events are dropped for it and counted, then reported to
 it as one ``events.dropped`` event as soon as there is room again.
+
+The canonical JSON is encoded by native/eventenc.c when it is built
+(``native/build_eventenc.sh``); :func:`_to_json_py` is its pure-Python twin, which defines
+the form, gives byte-identical output and is used when it is not
+(:func:`encoder_note` says which runs).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TextIO
@@ -84,9 +90,61 @@ def to_dict(event: Event) -> dict[str, Any]:
     return d
 
 
-def to_json(event: Event) -> str:
-    """The canonical JSON form: compact, sorted keys, one line."""
+def _to_json_py(event: Event) -> str:
+    """The canonical JSON form: compact, sorted keys, one line (the pure-Python definition;
+    the compiled encoder gives the same bytes, and hands it whatever it does not handle)."""
     return json.dumps(to_dict(event), sort_keys=True, separators=(",", ":"))
+
+
+def _load_native():
+    try:
+        from native import eventenc
+    except ImportError as e:  # an installation without native/
+        return None, f"the compiled event encoder is not available ({e})"
+    try:
+        mod = eventenc.load()
+    except eventenc.EncoderUnavailable as e:
+        return None, str(e)
+    mod.configure(Event, enum.Enum, _to_json_py)
+    return mod, ""
+
+
+_native, _native_why = _load_native()
+
+
+def native_encoder():
+    """The compiled encoder module (native/eventenc.c), or None when the twins run."""
+    return _native
+
+
+def encoder_note() -> str:
+    """One line for an operator: which event encoder runs, and why not the fast one."""
+    if _native is not None:
+        return f"smctop events: compiled encoder ({_native.__file__})"
+    return f"smctop events: pure-Python encoder, slower: {_native_why}"
+
+
+_noted = False
+
+
+def note_encoder_once(log: logging.Logger | None = None) -> None:
+    """Warn once per process (logging) when events are encoded in Python although the
+    compiled encoder was not deliberately switched off."""
+    global _noted
+    if _noted or _native is not None or "switched off" in _native_why:
+        return
+    _noted = True
+    (log or logging.getLogger("smctop.events")).warning("%s", encoder_note())
+
+
+if _native is not None:
+    to_json = _native.to_json
+    _to_json_line = _native.to_json_line
+else:
+    to_json = _to_json_py
+
+    def _to_json_line(event: Event) -> str:
+        return _to_json_py(event) + "\n"
 
 
 def from_dict(d: dict[str, Any]) -> Event:
@@ -201,18 +259,30 @@ class EventBus:
         self._update()
 
 
-class JsonlWriter:
-    """A listener that writes every event as one canonical JSON line."""
+class _LineWriterPy:
+    """The pure-Python twin of the compiled ``LineWriter``: JsonlWriter's call path."""
 
     def __init__(self, out: TextIO, kinds: Iterable[str] | None = None) -> None:
         self.out = out
-        self.kinds = frozenset(kinds) if kinds else None
+        self.kinds = kinds
         self.written = 0
 
     def __call__(self, event: Event) -> None:
         if self.kinds is None or event.kind in self.kinds:
-            self.out.write(to_json(event) + "\n")
+            self.out.write(_to_json_line(event))
             self.written += 1
+
+
+class JsonlWriter(_native.LineWriter if _native is not None else _LineWriterPy):  # type: ignore[misc]
+    """A listener that writes every event (or those of ``kinds``) as one canonical JSON line.
+
+    Each line goes to ``out.write`` at once: nothing is held back, so closing ``out`` after
+    the last event loses nothing. With the compiled encoder the whole call runs in C
+    (encoding an event and handing it to ``write``)."""
+
+    def __init__(self, out: TextIO, kinds: Iterable[str] | None = None) -> None:
+        super().__init__(out, frozenset(kinds) if kinds else None)
+        note_encoder_once()
 
 
 def read_jsonl(lines: Iterable[str]) -> Iterable[Event]:
