@@ -60,6 +60,19 @@ def _block(block_type: int, body: bytes) -> bytes:
     return struct.pack("<II", block_type, total) + body + struct.pack("<I", total)
 
 
+_EPB_HEAD = struct.Struct("<IIIIIII")
+
+
+def epb_block(interface: int, timestamp_ns: int, data: bytes, comment: bytes | None = None) -> bytes:
+    """One enhanced packet block (nanosecond timestamp, an optional comment option). The
+    recorder's spool builds the same bytes (dissectors/spool.py, native/eventenc.c)."""
+    data = bytes(data)
+    opts = struct.pack("<HH", OPT_COMMENT, len(comment)) + _pad4(comment) + struct.pack("<HH", OPT_ENDOFOPT, 0) if comment else b""
+    total = 32 + len(data) + (-len(data) % 4) + len(opts)
+    head = _EPB_HEAD.pack(EPB_TYPE, total, interface, (timestamp_ns >> 32) & 0xFFFFFFFF, timestamp_ns & 0xFFFFFFFF, len(data), len(data))
+    return head + _pad4(data) + opts + struct.pack("<I", total)
+
+
 class PcapngWriter:
     """Write a pcapng stream. Timestamps are nanoseconds since the epoch."""
 
@@ -78,13 +91,11 @@ class PcapngWriter:
     def write_packet(self, interface: int, timestamp_ns: int, data: bytes, comment: str | None = None) -> None:
         if not 0 <= interface < len(self._interfaces):
             raise ValueError(f"interface {interface} was not added (have {len(self._interfaces)})")
-        opts = [(OPT_COMMENT, comment.encode())] if comment else []
-        body = (
-            struct.pack("<IIIII", interface, (timestamp_ns >> 32) & 0xFFFFFFFF, timestamp_ns & 0xFFFFFFFF, len(data), len(data))
-            + _pad4(bytes(data))
-            + _options(opts)
-        )
-        self._out.write(_block(EPB_TYPE, body))
+        self._out.write(epb_block(interface, timestamp_ns, data, comment.encode() if comment else None))
+
+    def write_blocks(self, blocks: bytes) -> None:
+        """Blocks built elsewhere (epb_block, the recorder's spool) for interfaces added here."""
+        self._out.write(blocks)
 
     def flush(self) -> None:
         self._out.flush()

@@ -13,34 +13,40 @@ It never blocks the stack: ``on_event`` and ``on_frame`` (called on the event lo
 the device threads) only append to a bounded queue, a writer thread does the rest. What
 does not fit is counted and written as an ``events.dropped`` record, never silent.
 
+The writer thread holds the interpreter lock as little as it can: each batch is turned
+into pcapng blocks by the spool (native/eventenc.c, or its twin dissectors/spool.py),
+which encodes events and frames in C and sorts, merges and builds the blocks with the
+lock released; only what needs a TCP flow or a comment runs Python here.
+
 When both ends of a connection are recorded (two hosts in one process), each frame and
 each CLC message is written once, as its sender sent it.
 """
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
-import itertools
+import struct
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from stack.events import Event
-from stack.wire import roce
-from stack.wire.inet import ipv4_udp_frame
+from stack.events import Event, note_encoder_once
 
 from .timeline import describe_event
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter
-from .records import encode_record, field_bytes
+from .records import HEADER, encode_record, field_bytes
+from .spool import SEQ_STEP, Spool, frame_header, make_spool, mac, send_key
 from .tcpflow import Endpoint, TcpFlow
 
 MESSAGE_KINDS = ("clc.msg", "llc.msg", "cdc.msg")
 # Events worth a comment on the frame that caused them.
 NOTABLE = {"conn.state", "conn.fallback", "conn.mode", "conn.error", "link.state", "lgr.state", "link.event"}
-SEND_OPCODES = {roce.Opcode.SEND_ONLY, roce.Opcode.SEND_FIRST, roce.Opcode.SEND_ONLY_WITH_IMMEDIATE}
+# Events the recorder's Python sees (TCP flows, comments); the spool does the others.
+SPECIAL = frozenset({"conn.open", "clc.msg", *NOTABLE})
+# What a malformed input (another process's control socket) can raise while converted.
+MALFORMED = (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError, struct.error)
 
 
 @dataclass
@@ -66,10 +72,10 @@ class RecorderStats:
     dropped_frames: int = 0
     written: int = 0
     last_error: str = ""  # why the last malformed item was dropped
+    encoder: str = ""  # "compiled" (native/eventenc.c) or "python"
 
 
-def _mac(ip: str) -> bytes:
-    return b"\x02\x00" + ipaddress.IPv4Address(ip).packed  # what the soft devices use
+_mac = mac
 
 
 class _Flow:
@@ -96,8 +102,13 @@ class Recorder:
     """Record to ``out`` (a path or a binary file). ``attach(stack)`` for an in-process stack;
     ``on_event``/``on_frame`` for any other source. ``close()`` writes what is left."""
 
-    def __init__(self, out: str | BinaryIO, *, max_pending: int = 200_000, hold: float = 0.2, interval: float = 0.05) -> None:
-        self._file = open(out, "wb") if isinstance(out, str) else out
+    def __init__(self, out: str | BinaryIO, *, max_pending: int = 200_000, hold: float = 0.2, interval: float = 0.05,
+                 native: bool | None = None, clock_offset_ns: int | None = None) -> None:  # fmt: skip
+        """``native``: None uses the compiled spool when it is built, False the Python twin,
+        True requires the compiled one. ``clock_offset_ns`` (wall minus monotonic) is
+        measured now unless given (tests give it to compare outputs)."""
+        # a file of our own is unbuffered: the spool writes blocks to its descriptor itself
+        self._file = open(out, "wb", buffering=0) if isinstance(out, str) else out
         self._own_file = isinstance(out, str)
         self._writer = PcapngWriter(self._file, application="smc-trace (smctop)")
         self._if_frames = self._writer.add_interface(LINKTYPE_ETHERNET, "smc")
@@ -107,15 +118,17 @@ class Recorder:
         self.interval = interval
         self.stats = RecorderStats()
         self.local_addrs: set[str] = set()  # devices whose tx frames we get: their peers' rx copies are skipped
-        self._offset_ns = time.time_ns() - time.monotonic_ns()  # event t (monotonic) -> wall clock
+        self._offset_ns = time.time_ns() - time.monotonic_ns() if clock_offset_ns is None else clock_offset_ns  # event t -> wall
         self._in: deque = deque()
-        self._heap: list = []
-        self._seq = itertools.count()
+        self._spool, self._drain = make_spool(native, HEADER, self._if_frames, self._if_events, self._offset_ns, SPECIAL,
+                                              frozenset(MESSAGE_KINDS))  # fmt: skip
+        self.stats.encoder = "python" if isinstance(self._spool, Spool) else "compiled"
+        if native is None:
+            note_encoder_once()
         self._flows: dict[frozenset, _Flow] = {}
         self._conn_flow: dict[tuple[str, int], _Flow] = {}  # (host, conn) -> its TCP flow
         self._conn_end: dict[tuple[str, int], tuple[str, int]] = {}  # (host, conn) -> its own end
-        self._by_payload: dict[bytes, list] = {}  # SMC message bytes -> pending entry (for comments)
-        self._last_rx: dict[str, tuple[float, bytes]] = {}  # host -> (t, bytes) of its last received message
+        self._last_rx: dict = {}  # host -> its last received message event (what a notable event's frame is)
         self._reported_drops = (0, 0)
         self._stacks: list = []
         self._headers: dict[tuple, bytes] = {}
@@ -170,42 +183,41 @@ class Recorder:
 
     def _pump(self, final: bool) -> None:
         with self._lock:
-            items = []
-            while self._in:
-                items.append(self._in.popleft())
-            # frames first: an event that a frame caused finds the frame for its comment
-            for item in items:
-                if not isinstance(item, Event):
-                    self._convert(self._frame, item)
-            for item in items:
-                if isinstance(item, Event):
-                    self._convert(self._event, item)
+            items = self._drain(self._in)
+            if items:
+                events, frames, specials = self._spool.ingest(items, self.local_addrs, self._last_rx)
+                self.stats.events += events
+                self.stats.frames += frames
+                for special in specials:
+                    self._special(*special)
             self._note_drops()
             limit = None if final else time.time_ns() - self.hold_ns
-            while self._heap and (limit is None or self._heap[0][0] <= limit):
-                ts, _, iface, data, comments = heapq.heappop(self._heap)
-                self._writer.write_packet(iface, ts, data, "\n".join(comments) if comments else None)
-                self.stats.written += 1
-            self._writer.flush()
-            if len(self._by_payload) > 4 * self.max_pending:
-                self._by_payload.clear()
+            if self._own_file:  # straight from the frames' bytes to the file, without the interpreter lock
+                self.stats.written += self._spool.write(self._file.fileno(), limit)
+            else:
+                blocks, count = self._spool.take(limit)
+                if count:
+                    self._writer.write_blocks(blocks)
+                    self.stats.written += count
+                    self._writer.flush()
 
-    def _convert(self, fn, item) -> None:
-        """A malformed item (e.g. from a remote stack's control socket) is counted as dropped
-        and named in stats.last_error; it never stops the writer thread."""
+    def _special(self, seq: int, item, ts: int | None, record: bytes | None, cause: Event | None) -> None:
+        """An item the spool left to Python. A malformed one (e.g. from a remote stack's
+        control socket) is counted as dropped and named in stats.last_error; it never
+        stops the writer thread."""
         try:
-            fn(item)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
+            if not isinstance(item, Event):
+                self._frame(item, seq)
+            elif record is None:
+                self._event(item, seq, None, None, None)
+            else:
+                self._event(item, seq, ts, record, cause)
+        except MALFORMED as e:
             if isinstance(item, Event):
                 self.stats.dropped_events += 1
             else:
                 self.stats.dropped_frames += 1
             self.stats.last_error = f"{type(e).__name__}: {e}"
-
-    def _push(self, ts: int, iface: int, data: bytes, comments: list[str] | None = None) -> list:
-        entry = [ts, next(self._seq), iface, data, comments if comments is not None else []]
-        heapq.heappush(self._heap, entry)
-        return entry
 
     def _note_drops(self) -> None:
         now = (self.stats.dropped_events, self.stats.dropped_frames)
@@ -215,60 +227,68 @@ class Recorder:
             e = Event((time.time_ns() - self._offset_ns) / 1e9, "events.dropped", "smc-trace",
                       fields={"count": ev, "frames": fr, "by": "recorder", "total_events": now[0], "total_frames": now[1],
                               "last_error": self.stats.last_error})  # fmt: skip
-            self._push(time.time_ns(), self._if_events, encode_record(e), [f"smc-trace dropped {ev} events and {fr} frames: the queue was full"])
+            self._spool.add(self._spool.next_seq(), time.time_ns(), self._if_events, encode_record(e),
+                            [f"smc-trace dropped {ev} events and {fr} frames: the queue was full"])  # fmt: skip
 
     # ------------------------------------------------------------------ frames
 
-    def _frame(self, f) -> None:
+    def _frame(self, f, seq: int) -> None:
+        """A frame the spool did not take (dropped by a fault, or unusual)."""
         if f.direction == "rx" and f.src in self.local_addrs and not f.dropped:
             return  # we have the sender's copy
-        key = (f.src, f.dst, f.sport, f.dport, len(f.payload))
-        head = self._headers.get(key)
-        if head is None:  # Ethernet/IPv4/UDP depend only on the addresses and the length (no UDP checksum): build once
-            if len(self._headers) > 4096:
-                self._headers.clear()
-            full = ipv4_udp_frame(_mac(f.src), _mac(f.dst), ipaddress.IPv4Address(f.src), ipaddress.IPv4Address(f.dst), f.sport, f.dport, f.payload)
-            head = self._headers[key] = full[: len(full) - len(f.payload)]
+        head = self._frame_header(f.src, f.dst, f.sport, f.dport, len(f.payload))
         data = head + f.payload
         comments = [f"dropped ({f.direction} at {f.src if f.direction == 'tx' else f.dst}): {f.dropped}"] if f.dropped else []
-        entry = self._push(f.timestamp_ns, self._if_frames, data, comments)
+        key_off, _ = send_key(bytes(f.payload)) if not f.dropped else (-1, 0)
+        self._spool.add(seq, f.timestamp_ns, self._if_frames, data, comments, len(head) + key_off if key_off >= 0 else -1)
         self.stats.frames += 1
-        if f.payload and f.payload[0] in SEND_OPCODES and not f.dropped:
-            try:
-                pkt = roce.decode_packet(f.payload[: -roce.ICRC_LEN])
-            except roce.RoceError:
-                return
-            self._by_payload[bytes(pkt.payload)] = entry
+
+    def _frame_header(self, src: str, dst: str, sport: int, dport: int, length: int) -> bytes:
+        key = (src, dst, sport, dport, length)
+        head = self._headers.get(key)
+        if head is None:  # Ethernet/IPv4/UDP depend only on the addresses and the length: build once
+            if len(self._headers) > 4096:
+                self._headers.clear()
+            head = self._headers[key] = frame_header(src, dst, sport, dport, length)
+        return head
 
     # ------------------------------------------------------------------ events
 
-    def _event(self, e: Event) -> None:
-        ts = int(e.t * 1e9) + self._offset_ns
-        record = encode_record(e)  # an event that cannot be serialised is dropped (see _convert)
+    def _event(self, e: Event, seq: int, ts: int | None, record: bytes | None, cause: Event | None) -> None:
+        """An event that needs Python: a TCP flow (conn.open, clc.msg), a comment (NOTABLE),
+        or anything the spool could not take (``record`` None: all is done here)."""
+        slow = record is None
+        if slow:
+            ts = int(e.t * 1e9) + self._offset_ns
+            record = encode_record(e)  # an event that cannot be serialised is dropped (see _special)
+        derived = iter(range(seq - SEQ_STEP + 1, seq))  # the seqs of the segments it gives rise to
         comments = []
         try:
             if e.kind == "conn.open":
-                self._open_flow(e, ts)
+                self._open_flow(e, ts, derived)
             elif e.kind == "clc.msg":
-                self._clc(e, ts)
+                self._clc(e, ts, derived)
         except (ValueError, TypeError, KeyError) as err:  # the event is kept; only its TCP segment is missing
             self.stats.last_error = f"{type(err).__name__}: {err}"
             comments.append(f"smc-trace could not put this in a TCP flow: {self.stats.last_error}")
         if e.kind in MESSAGE_KINDS and e.get("dir") == "rx":
-            self._last_rx[e.host] = (e.t, field_bytes(e.get("raw")))
+            if slow:
+                self._last_rx[e.host] = e
         elif e.kind in NOTABLE:
+            if slow:
+                cause = self._last_rx.get(e.host)
             text = f"{e.host}: {describe_event(e)}"
             comments.append(text)
-            cause = self._last_rx.get(e.host)
-            target = self._by_payload.get(cause[1]) if cause and cause[0] == e.t else None
-            if target is not None and text not in target[4]:
-                target[4].append(text)
+            if cause is not None and cause.t == e.t:
+                target = self._spool.find(field_bytes(cause.get("raw")))
+                if target >= 0:
+                    self._spool.comment(target, text)
             if e.kind == "conn.state" and e.get("new") == "CLOSED":
-                self._fin(e, ts)
-        self._push(ts, self._if_events, record, comments)
+                self._fin(e, ts, derived)
+        self._spool.add(seq, ts, self._if_events, record, comments)
         self.stats.events += 1
 
-    def _open_flow(self, e: Event, ts: int) -> None:
+    def _open_flow(self, e: Event, ts: int, seqs) -> None:
         local, peer = _endpoint(e.get("local", ":0")), _endpoint(e.get("peer", ":0"))
         if not local[0] or not peer[0]:
             return
@@ -278,12 +298,12 @@ class Recorder:
         if flow is None:
             flow = self._flows[key] = _Flow(client, server)
             for data in flow.tcp.handshake():
-                self._push(ts, self._if_frames, data)
+                self._spool.add(next(seqs), ts, self._if_frames, data)
         flow.recorded_ends.add(local)
         self._conn_flow[(e.host, e.conn)] = flow
         self._conn_end[(e.host, e.conn)] = local
 
-    def _clc(self, e: Event, ts: int) -> None:
+    def _clc(self, e: Event, ts: int, seqs) -> None:
         flow = self._conn_flow.get((e.host, e.conn))
         if flow is None:
             return
@@ -295,15 +315,15 @@ class Recorder:
         else:
             sender = flow.server if own_end == flow.client else flow.client
         raw = field_bytes(e.get("raw"))
-        entry = self._push(ts, self._if_frames, flow.tcp.data(sender == flow.client, raw))
-        self._by_payload[raw] = entry
+        data = flow.tcp.data(sender == flow.client, raw)
+        self._spool.add(next(seqs), ts, self._if_frames, data, None, len(data) - len(raw))
         self.stats.clc_frames += 1
 
-    def _fin(self, e: Event, ts: int) -> None:
+    def _fin(self, e: Event, ts: int, seqs) -> None:
         flow = self._conn_flow.get((e.host, e.conn))
         if flow is None:
             return
         from_client = self._conn_end[(e.host, e.conn)] == flow.client
         if from_client not in flow.fin_sent:
             flow.fin_sent.add(from_client)
-            self._push(ts, self._if_frames, flow.tcp.fin(from_client))
+            self._spool.add(next(seqs), ts, self._if_frames, flow.tcp.fin(from_client))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from stack.events import Event, from_json, to_json
+from stack.events import Event, from_json, native_encoder, to_json
 
 TAG_END = 0
 TAG_DISSECTOR_NAME = 12
@@ -29,7 +29,9 @@ def _tlv(tag: int, value: bytes) -> bytes:
     return struct.pack("!HH", tag, len(padded)) + padded
 
 
-_HEADER = _tlv(TAG_DISSECTOR_NAME, DISSECTOR.encode()) + _tlv(TAG_COL_PROT, MARKER.encode()) + struct.pack("!HH", TAG_END, 0)
+HEADER = _tlv(TAG_DISSECTOR_NAME, DISSECTOR.encode()) + _tlv(TAG_COL_PROT, MARKER.encode()) + struct.pack("!HH", TAG_END, 0)
+_HEADER = HEADER
+_native = native_encoder()
 
 
 def field_bytes(value) -> bytes:
@@ -44,7 +46,10 @@ def field_bytes(value) -> bytes:
 
 
 def encode_record(event: Event) -> bytes:
-    return _HEADER + to_json(event).encode()
+    """The exported-PDU record of an event: the tags, then its canonical JSON."""
+    if _native is not None:
+        return _native.record(event, HEADER)
+    return HEADER + to_json(event).encode()
 
 
 def parse_tags(data: bytes) -> tuple[dict[int, bytes], int]:
