@@ -225,18 +225,18 @@ class EventBus:
     def __init__(self) -> None:
         self._listeners: list[Callable[[Event], None]] = []
         self._subs: list[Subscription] = []
+        self._targets: tuple[Callable[[Event], None], ...] = ()  # listeners, then each subscription's offer
         self.active = False
         self.emitted = 0
 
     def _update(self) -> None:
-        self.active = bool(self._listeners or self._subs)
+        self._targets = (*self._listeners, *(sub.offer for sub in self._subs))
+        self.active = bool(self._targets)
 
     def emit(self, event: Event) -> None:
         self.emitted += 1
-        for fn in self._listeners:
+        for fn in self._targets:
             fn(event)
-        for sub in self._subs:
-            sub.offer(event)
 
     def listen(self, fn: Callable[[Event], None]) -> None:
         self._listeners.append(fn)
