@@ -80,22 +80,31 @@ class PcapngWriter:
         self._out = out
         self._interfaces: list[int] = []
         shb = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + _options([(4, application.encode())])
-        out.write(_block(SHB_TYPE, shb))
+        self._write(_block(SHB_TYPE, shb))
+
+    def _write(self, data: bytes) -> None:
+        """All of data, also to an unbuffered (raw) file, whose write may take only part."""
+        n = self._out.write(data)
+        if isinstance(n, int) and n < len(data):
+            view = memoryview(data)[n:]
+            while view:
+                n = self._out.write(view)
+                view = view[n if n is not None else 0 :]
 
     def add_interface(self, linktype: int, name: str, snaplen: int = 262144) -> int:
         body = struct.pack("<HHI", linktype, 0, snaplen) + _options([(IF_NAME, name.encode()), (IF_TSRESOL, bytes([9]))])
-        self._out.write(_block(IDB_TYPE, body))
+        self._write(_block(IDB_TYPE, body))
         self._interfaces.append(linktype)
         return len(self._interfaces) - 1
 
     def write_packet(self, interface: int, timestamp_ns: int, data: bytes, comment: str | None = None) -> None:
         if not 0 <= interface < len(self._interfaces):
             raise ValueError(f"interface {interface} was not added (have {len(self._interfaces)})")
-        self._out.write(epb_block(interface, timestamp_ns, data, comment.encode() if comment else None))
+        self._write(epb_block(interface, timestamp_ns, data, comment.encode() if comment else None))
 
     def write_blocks(self, blocks: bytes) -> None:
         """Blocks built elsewhere (epb_block, the recorder's spool) for interfaces added here."""
-        self._out.write(blocks)
+        self._write(blocks)
 
     def flush(self) -> None:
         self._out.flush()

@@ -1354,6 +1354,9 @@ static int ingest_event(Spool *self, PyObject *ev, unsigned long long seq, PyObj
         return append_special(specials, special(seq, ev, NULL, NULL, NULL));
     }
     PyObject *kind = SLOT(ev, 1), *host = SLOT(ev, 2), *fields = SLOT(ev, 6);
+    if (kind == NULL || host == NULL || fields == NULL)
+        goto odd_unheld;
+    Py_INCREF(kind), Py_INCREF(host), Py_INCREF(fields); /* a host's __hash__ could run Python */
     int is_special = 0, is_rx = 0;
     if (PyUnicode_CheckExact(kind)) {
         is_special = PySet_Contains(self->special_kinds, kind);
@@ -1387,6 +1390,7 @@ static int ingest_event(Spool *self, PyObject *ev, unsigned long long seq, PyObj
         Py_XDECREF(cause);
         goto odd;
     }
+    Py_DECREF(kind), Py_DECREF(host), Py_DECREF(fields);
     if (is_special) {
         PyObject *rec = PyBytes_FromStringAndSize(b.p, b.len);
         PyObject *pts = rec ? PyLong_FromLongLong(ts) : NULL;
@@ -1411,6 +1415,8 @@ static int ingest_event(Spool *self, PyObject *ev, unsigned long long seq, PyObj
         return 0;
     }
 odd: /* a lookup raised (an unhashable host, a strange dir): the Python path does it all */
+    Py_DECREF(kind), Py_DECREF(host), Py_DECREF(fields);
+odd_unheld:
     PyErr_Clear();
     buf_free(&b);
     return append_special(specials, special(seq, ev, NULL, NULL, NULL));
@@ -1518,6 +1524,7 @@ static PyObject *Spool_ingest(Spool *self, PyObject *args) {
     if (specials == NULL)
         return NULL;
     long n_ev = 0, n_fr = 0;
+    self->busy = 1; /* the twin's to_json or an odd item's attributes can run Python: no other thread meanwhile */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
         Py_INCREF(item);
@@ -1526,10 +1533,12 @@ static PyObject *Spool_ingest(Spool *self, PyObject *args) {
                                                                     : ingest_frame(self, item, self->seq, local_addrs, specials, &n_fr);
         Py_DECREF(item);
         if (r) {
+            self->busy = 0;
             Py_DECREF(specials);
             return NULL;
         }
     }
+    self->busy = 0;
     return Py_BuildValue("llN", n_ev, n_fr, specials);
 }
 
