@@ -1040,6 +1040,8 @@ typedef struct {
     Entry *inc;        /* added since the last take, in any order */
     Py_ssize_t ninc, capinc;
     Chunk *cur;
+    Chunk *spare[8];   /* emptied chunks kept for reuse: no fresh pages (page faults) in steady state */
+    int nspare;
     uint64_t seq;
     PyObject *header;  /* bytes before an event's JSON (the exported-PDU tags) */
     uint32_t frame_iface, event_iface;
@@ -1049,6 +1051,23 @@ typedef struct {
 } Spool;
 
 #define CHUNK_SIZE (1 << 20)
+
+static Chunk *chunk_new(Spool *sp) {
+    if (sp->nspare)
+        return sp->spare[--sp->nspare];
+    Chunk *c = PyMem_RawMalloc(sizeof(Chunk) + CHUNK_SIZE);
+    if (c == NULL)
+        return NULL;
+    c->cap = CHUNK_SIZE;
+    return c;
+}
+
+static void chunk_free(Spool *sp, Chunk *c) {
+    if (c->cap == CHUNK_SIZE && sp->nspare < (int)(sizeof sp->spare / sizeof sp->spare[0]))
+        sp->spare[sp->nspare++] = c;
+    else
+        PyMem_RawFree(c);
+}
 
 static char *arena_alloc(Spool *sp, size_t n, Chunk **where, uint32_t *off) {
     Chunk *c = sp->cur;
@@ -1065,12 +1084,12 @@ static char *arena_alloc(Spool *sp, size_t n, Chunk **where, uint32_t *off) {
         return big->mem;
     }
     if (c == NULL || c->used + n > c->cap) { /* c (if any) still has live entries: they free it */
-        Chunk *nc = PyMem_RawMalloc(sizeof(Chunk) + CHUNK_SIZE);
+        Chunk *nc = chunk_new(sp);
         if (nc == NULL) {
             PyErr_NoMemory();
             return NULL;
         }
-        nc->used = 0, nc->cap = CHUNK_SIZE, nc->live = 0;
+        nc->used = 0, nc->live = 0;
         sp->cur = c = nc;
     }
     char *p = c->mem + c->used;
@@ -1085,7 +1104,7 @@ static void chunk_release(Spool *sp, Chunk *c) {
     if (c == NULL)
         return;
     if (--c->live == 0 && c != sp->cur)
-        PyMem_RawFree(c);
+        chunk_free(sp, c);
 }
 
 static int inc_push(Spool *sp, Entry *e) {
@@ -1139,6 +1158,8 @@ static void Spool_dealloc(Spool *self) {
     PyMem_RawFree(self->inc);
     if (self->cur != NULL)
         PyMem_RawFree(self->cur); /* live entries were all released above */
+    while (self->nspare)
+        PyMem_RawFree(self->spare[--self->nspare]);
     Py_XDECREF(self->header);
     Py_XDECREF(self->special_kinds);
     Py_XDECREF(self->message_kinds);
@@ -1480,16 +1501,26 @@ static int ingest_frame(Spool *self, PyObject *f, unsigned long long seq, PyObje
         goto done;
     }
     Entry e = {0};
+    Py_ssize_t plen = PyBytes_GET_SIZE(payload);
+#ifdef COPY_PAYLOAD
+    char *p = arena_alloc(self, FRAME_HDR + plen, &e.chunk, &e.off);
+#else
     char *p = arena_alloc(self, FRAME_HDR, &e.chunk, &e.off);
+#endif
     if (p == NULL) {
         r = -1;
         goto done;
     }
-    Py_ssize_t plen = PyBytes_GET_SIZE(payload);
     frame_header((unsigned char *)p, s4, d4, sp_, dp_, (size_t)plen);
-    e.len = FRAME_HDR, e.ts = ts, e.seq = seq, e.iface = self->frame_iface;
+    e.ts = ts, e.seq = seq, e.iface = self->frame_iface;
+#ifdef COPY_PAYLOAD
+    memcpy(p + FRAME_HDR, PyBytes_AS_STRING(payload), plen);
+    e.len = FRAME_HDR + plen;
+#else
+    e.len = FRAME_HDR;
     Py_INCREF(payload);
     e.ref = payload;
+#endif
     int32_t koff, klen;
     send_key((const unsigned char *)PyBytes_AS_STRING(payload), plen, &koff, &klen);
     e.key_off = koff >= 0 ? FRAME_HDR + koff : -1;
