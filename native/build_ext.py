@@ -15,7 +15,7 @@ import sys
 import sysconfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(HERE, "softroce", f) for f in ("engine.c", "module.c")]
+SOURCES = [os.path.join(HERE, "softroce", f) for f in ("engine.c", "crc.c", "module.c")]
 HEADERS = [os.path.join(HERE, "softroce", "engine.h")]
 
 

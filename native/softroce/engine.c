@@ -18,6 +18,8 @@
 
 /* zlib's CRC-32 (the Ethernet polynomial the ICRC uses); libz.so.1 is wherever Python's zlib is */
 extern unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len);
+/* the same CRC, folded with PCLMULQDQ where the CPU has it (crc.c) */
+#define crc32(c, b, l) sr_crc32((c), (b), (l))
 
 #define PSN_MASK 0xFFFFFFu
 #define ROCE_PORT 4791
@@ -285,7 +287,8 @@ static void cq_push(sr_cq *cq, const sr_wc *wc) {
     }
     cq->ring[(cq->head + cq->count) % cq->depth] = *wc;
     cq->count++;
-    if (!cq->signaled) {
+    sr_dev *d = cq->dev;
+    if (!cq->signaled && !(d->inline_active && pthread_equal(pthread_self(), d->inline_tid))) {
         cq->signaled = 1;
         uint64_t one = 1;
         ssize_t w = write(cq->efd, &one, 8);
@@ -375,13 +378,33 @@ int sr_take_events(sr_dev *d, sr_event *out, int max) {
 /* ------------------------------------------------------------------ memory */
 
 static void mr_unref(sr_mr *mr) {
-    if (mr && --mr->refs == 0) free(mr);
+    if (!mr || --mr->refs) return;
+    if (mr->owner) { /* deregistered while work requests pointed here: the binding frees the memory */
+        sr_dev *d = mr->dev;
+        if (d->nzombies == d->zcap) {
+            int cap = d->zcap ? d->zcap * 2 : 16;
+            void **n = realloc(d->zombies, cap * sizeof *n);
+            if (n) {
+                d->zombies = n;
+                d->zcap = cap;
+            }
+        }
+        if (d->nzombies < d->zcap) d->zombies[d->nzombies++] = mr->owner;
+    }
+    free(mr);
+}
+
+void *sr_take_zombie(sr_dev *d) {
+    pthread_mutex_lock(&d->lock);
+    void *o = d->nzombies ? d->zombies[--d->nzombies] : NULL;
+    pthread_mutex_unlock(&d->lock);
+    return o;
 }
 
 int sr_reg_mr(sr_dev *d, uint32_t lkey, uint32_t rkey, uint64_t addr, uint8_t *buf, uint64_t len, int access, int pd, void *owner) {
     sr_mr *mr = calloc(1, sizeof *mr);
     if (!mr) return -ENOMEM;
-    *mr = (sr_mr){lkey, rkey, addr, buf, len, access, pd, 1, 1, owner};
+    *mr = (sr_mr){lkey, rkey, addr, buf, len, access, pd, 1, 1, owner, d};
     pthread_mutex_lock(&d->lock);
     if (map_get(&d->lkeys, lkey) || map_get(&d->rkeys, rkey)) {
         pthread_mutex_unlock(&d->lock);
@@ -395,33 +418,55 @@ int sr_reg_mr(sr_dev *d, uint32_t lkey, uint32_t rkey, uint64_t addr, uint8_t *b
     return rc;
 }
 
-void *sr_dereg_mr(sr_dev *d, uint32_t lkey) {
+int sr_dereg_mr(sr_dev *d, uint32_t lkey, void **owner) {
     pthread_mutex_lock(&d->lock);
     sr_mr *mr = map_get(&d->lkeys, lkey);
-    void *owner = NULL;
+    int found = 0;
+    *owner = NULL;
     if (mr && mr->valid) {
+        found = 1;
         mr->valid = 0;
-        owner = mr->owner;
-        mr->owner = NULL;
         map_del(&d->lkeys, mr->lkey);
         map_del(&d->rkeys, mr->rkey);
+        if (mr->refs == 1) { /* nothing points here: the memory can go now */
+            *owner = mr->owner;
+            mr->owner = NULL;
+        }
         mr_unref(mr);
     }
     pthread_mutex_unlock(&d->lock);
-    return owner;
+    return found;
 }
 
 /* ------------------------------------------------------------------ transmitting: a batch of frames per sendmmsg */
+
+#define TX_IOV (2 + SR_MAX_SGE) /* headers, the payload's pieces, pad and ICRC */
 
 typedef struct {
     sr_dev *d;
     int n;
     struct mmsghdr msg[SR_TX_BATCH];
-    struct iovec iov[SR_TX_BATCH][3];
+    struct iovec iov[SR_TX_BATCH][TX_IOV];
     struct sockaddr_in to[SR_TX_BATCH];
     uint8_t hdr[SR_TX_BATCH][32];
     uint8_t tail[SR_TX_BATCH][8];
 } txbatch;
+
+/* a frame's parts as the tap stores them: one contiguous copy */
+static void tap_iov(sr_dev *d, int dir, uint32_t src, uint32_t dst, const struct iovec *iov, int n, const char *reason) {
+    uint8_t stack[4608], *buf = stack;
+    stack[0] = 0;
+    size_t len = 0;
+    for (int i = 0; i < n; i++) len += iov[i].iov_len;
+    if (len > sizeof stack && !(buf = malloc(len))) return;
+    size_t pos = 0;
+    for (int i = 0; i < n; i++) {
+        if (iov[i].iov_len) memcpy(buf + pos, iov[i].iov_base, iov[i].iov_len);
+        pos += iov[i].iov_len;
+    }
+    tap_record(d, dir, src, 4791, dst, 4791, buf, len, NULL, 0, NULL, 0, reason);
+    if (buf != stack) free(buf);
+}
 
 static void tx_flush(txbatch *b) {
     sr_dev *d = b->d;
@@ -435,17 +480,13 @@ static void tx_flush(txbatch *b) {
             snprintf(why, sizeof why, "send failed: %s", strerror(err ? err : EIO));
             d->st.tx_dropped++;
             if (d->tap_on)
-                tap_record(d, 0, d->ip, ROCE_PORT, b->to[done].sin_addr.s_addr, ROCE_PORT, b->iov[done][0].iov_base,
-                           b->iov[done][0].iov_len, b->iov[done][1].iov_base, b->iov[done][1].iov_len, b->iov[done][2].iov_base,
-                           b->iov[done][2].iov_len, why);
+                tap_iov(d, 0, d->ip, b->to[done].sin_addr.s_addr, b->iov[done], (int)b->msg[done].msg_hdr.msg_iovlen, why);
             done++;
             continue;
         }
         for (int i = done; i < done + r; i++) {
             d->st.tx_frames++;
-            if (d->tap_on)
-                tap_record(d, 0, d->ip, ROCE_PORT, b->to[i].sin_addr.s_addr, ROCE_PORT, b->iov[i][0].iov_base, b->iov[i][0].iov_len,
-                           b->iov[i][1].iov_base, b->iov[i][1].iov_len, b->iov[i][2].iov_base, b->iov[i][2].iov_len, NULL);
+            if (d->tap_on) tap_iov(d, 0, d->ip, b->to[i].sin_addr.s_addr, b->iov[i], (int)b->msg[i].msg_hdr.msg_iovlen, NULL);
         }
         done += r;
     }
@@ -455,20 +496,30 @@ static void tx_flush(txbatch *b) {
 
 static void delay_push(sr_dev *d, double due, uint32_t dst, const uint8_t *frame, uint32_t len);
 
-/* The twin's SoftDevice._send: port, drop-next, loss, delay, then the wire. */
-static void emit(txbatch *b, uint32_t dst, const uint8_t *hdr, size_t hlen, const uint8_t *payload, size_t plen) {
+/* The twin's SoftDevice._send: port, drop-next, loss, delay, then the wire. The payload
+ * comes in pieces (registered memory, read in place). */
+static void emitv(txbatch *b, uint32_t dst, const uint8_t *hdr, size_t hlen, const struct iovec *pay, int npay) {
     sr_dev *d = b->d;
+    size_t plen = 0;
+    for (int i = 0; i < npay; i++) plen += pay[i].iov_len;
     size_t pad = (4 - plen % 4) % 4;
     uint8_t tail[8] = {0};
     uint32_t crc = icrc_prefix(d->ip, dst, ROCE_PORT, ROCE_PORT, hlen + plen + pad);
     crc = icrc_continue_bth(crc, hdr, hlen);
-    if (plen) crc = crc32(crc, payload, plen);
+    for (int i = 0; i < npay; i++)
+        if (pay[i].iov_len) crc = crc32(crc, pay[i].iov_base, pay[i].iov_len);
     if (pad) crc = crc32(crc, tail, pad);
     tail[pad] = crc;
     tail[pad + 1] = crc >> 8;
     tail[pad + 2] = crc >> 16;
     tail[pad + 3] = crc >> 24;
     size_t tlen = pad + 4;
+    struct iovec parts[TX_IOV];
+    int nparts = 0;
+    parts[nparts++] = (struct iovec){(void *)hdr, hlen};
+    for (int i = 0; i < npay; i++)
+        if (pay[i].iov_len) parts[nparts++] = pay[i];
+    parts[nparts++] = (struct iovec){tail, tlen};
     const char *reason = NULL;
     if (!d->port_up)
         reason = "port down";
@@ -478,12 +529,13 @@ static void emit(txbatch *b, uint32_t dst, const uint8_t *hdr, size_t hlen, cons
     } else if (d->loss > 0 && rng_unit(&d->rng) < d->loss)
         reason = "loss";
     else if (d->delay > 0) {
-        size_t flen = hlen + plen + tlen;
+        size_t flen = hlen + plen + tlen, pos = 0;
         uint8_t *f = malloc(flen);
         if (f) {
-            memcpy(f, hdr, hlen);
-            if (plen) memcpy(f + hlen, payload, plen);
-            memcpy(f + hlen + plen, tail, tlen);
+            for (int i = 0; i < nparts; i++) {
+                memcpy(f + pos, parts[i].iov_base, parts[i].iov_len);
+                pos += parts[i].iov_len;
+            }
             delay_push(d, now_mono() + d->delay, dst, f, flen);
             return;
         }
@@ -491,7 +543,7 @@ static void emit(txbatch *b, uint32_t dst, const uint8_t *hdr, size_t hlen, cons
     }
     if (reason) {
         d->st.tx_dropped++;
-        if (d->tap_on) tap_record(d, 0, d->ip, ROCE_PORT, dst, ROCE_PORT, hdr, hlen, payload, plen, tail, tlen, reason);
+        if (d->tap_on) tap_iov(d, 0, d->ip, dst, parts, nparts, reason);
         return;
     }
     if (b->n == SR_TX_BATCH) tx_flush(b);
@@ -499,15 +551,20 @@ static void emit(txbatch *b, uint32_t dst, const uint8_t *hdr, size_t hlen, cons
     memcpy(b->hdr[i], hdr, hlen);
     memcpy(b->tail[i], tail, tlen);
     b->to[i] = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(ROCE_PORT), .sin_addr.s_addr = dst};
-    b->iov[i][0] = (struct iovec){b->hdr[i], hlen};
-    b->iov[i][1] = (struct iovec){(void *)payload, plen};
-    b->iov[i][2] = (struct iovec){b->tail[i], tlen};
+    for (int k = 0; k < nparts; k++) b->iov[i][k] = parts[k];
+    b->iov[i][0].iov_base = b->hdr[i];
+    b->iov[i][nparts - 1].iov_base = b->tail[i];
     memset(&b->msg[i], 0, sizeof b->msg[i]);
     b->msg[i].msg_hdr.msg_name = &b->to[i];
     b->msg[i].msg_hdr.msg_namelen = sizeof b->to[i];
     b->msg[i].msg_hdr.msg_iov = b->iov[i];
-    b->msg[i].msg_hdr.msg_iovlen = 3;
-    /* the payload lives in a send WQE that an ACK may free: send before the lock is let go */
+    b->msg[i].msg_hdr.msg_iovlen = nparts;
+    /* the payload is registered memory a completion may hand back: send before the lock goes */
+}
+
+static void emit(txbatch *b, uint32_t dst, const uint8_t *hdr, size_t hlen, const uint8_t *payload, size_t plen) {
+    struct iovec one = {(void *)payload, plen};
+    emitv(b, dst, hdr, hlen, &one, plen ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ the delay fault: a heap by due time */
@@ -534,7 +591,7 @@ static void delay_push(sr_dev *d, double due, uint32_t dst, const uint8_t *frame
         i = p;
     }
     d->delayed[i] = e;
-    if (!pthread_equal(pthread_self(), d->thread)) {
+    if (due < d->wake_at && !pthread_equal(pthread_self(), d->thread)) {
         uint64_t one = 1;
         ssize_t w = write(d->wakefd, &one, 8);
         (void)w;
@@ -592,10 +649,10 @@ static void wake_engine(sr_dev *d) {
 }
 
 static void hint_timer(sr_dev *d, double at) {
-    if (d->timer_hint == 0 || at < d->timer_hint) {
-        d->timer_hint = at;
-        wake_engine(d);
-    }
+    if (d->timer_hint == 0 || at < d->timer_hint) d->timer_hint = at;
+    /* the engine sleeps at most SR_TICK: only a deadline before its planned wake-up needs a
+     * kick (an RNR timer, never the 134 ms ACK timeout that every send re-arms) */
+    if (at < d->wake_at) wake_engine(d);
 }
 
 static void arm_rto(sr_dev *d, sr_qp *qp, double now) {
@@ -618,8 +675,8 @@ static sr_swqe *sq_at(sr_qp *qp, int i) { return &qp->sq[(qp->sq_head + i) % qp-
 static int wc_op(int opcode) { return opcode == WR_SEND || opcode == WR_SEND_WITH_IMM ? WCO_SEND : WCO_RDMA_WRITE; }
 
 static void swqe_free(sr_swqe *e) {
-    free(e->data);
-    e->data = NULL;
+    for (int i = 0; i < e->nsge; i++) mr_unref(e->sge[i].mr);
+    e->nsge = 0;
 }
 
 static void rwqe_release(sr_rwqe *w) {
@@ -689,8 +746,8 @@ static int data_opcode(int wr_op, int npkts, int index) {
 static void transmit_packet(txbatch *b, sr_qp *qp, sr_swqe *e, uint32_t index) {
     int op = data_opcode(e->opcode, e->npkts, index);
     int last = index == e->npkts - 1;
-    uint32_t off = index * qp->mtu;
-    uint32_t plen = e->len - off < qp->mtu ? e->len - off : qp->mtu;
+    uint64_t off = (uint64_t)index * qp->mtu;
+    uint32_t plen = e->len - off < qp->mtu ? (uint32_t)(e->len - off) : qp->mtu;
     if (e->len == 0) plen = 0;
     int is_send = e->opcode == WR_SEND || e->opcode == WR_SEND_WITH_IMM;
     uint8_t h[32] = {0};
@@ -712,7 +769,23 @@ static void transmit_packet(txbatch *b, sr_qp *qp, sr_swqe *e, uint32_t index) {
         hl += 4;
     }
     qp->st.tx++;
-    emit(b, qp->remote_ip, h, hl, e->data + off, plen);
+    struct iovec pay[SR_MAX_SGE];
+    int np = 0;
+    uint64_t pos = 0, want = plen;
+    for (int i = 0; i < e->nsge && want; i++) { /* the packet's bytes [off, off + plen) across the SGEs */
+        sr_sge *g = &e->sge[i];
+        if (pos + g->len <= off) {
+            pos += g->len;
+            continue;
+        }
+        uint64_t start = off > pos ? off - pos : 0;
+        uint64_t take = g->len - start < want ? g->len - start : want;
+        pay[np++] = (struct iovec){g->mr->buf + g->off + start, take};
+        want -= take;
+        off += take;
+        pos += g->len;
+    }
+    emitv(b, qp->remote_ip, h, hl, pay, np);
 }
 
 static int entry_for(sr_qp *qp, uint32_t psn) {
@@ -1137,16 +1210,18 @@ static void run_timers(txbatch *b, double now) {
     d->timer_hint = next;
 }
 
-static void rx_drain(sr_dev *d) {
+static int rx_rounds(sr_dev *d, int max_rounds, int app) {
     struct mmsghdr msg[SR_RX_BATCH];
     struct iovec iov[SR_RX_BATCH];
     struct sockaddr_in from[SR_RX_BATCH];
+    uint8_t *rxbuf = app ? d->apprxbuf : d->rxbuf;
     txbatch b;
     b.d = d;
     b.n = 0;
-    for (int round = 0; round < 16; round++) {
+    int total = 0;
+    for (int round = 0; round < max_rounds; round++) {
         for (int i = 0; i < SR_RX_BATCH; i++) {
-            iov[i] = (struct iovec){d->rxbuf + (size_t)i * SR_RX_SLOT, SR_RX_SLOT};
+            iov[i] = (struct iovec){rxbuf + (size_t)i * SR_RX_SLOT, SR_RX_SLOT};
             memset(&msg[i], 0, sizeof msg[i]);
             msg[i].msg_hdr.msg_iov = &iov[i];
             msg[i].msg_hdr.msg_iovlen = 1;
@@ -1157,41 +1232,60 @@ static void rx_drain(sr_dev *d) {
         if (n <= 0) break;
         double now = now_mono();
         pthread_mutex_lock(&d->lock);
+        if (app) {
+            d->inline_tid = pthread_self();
+            d->inline_active = 1;
+        }
         d->st.rx_batches++;
         for (int i = 0; i < n; i++)
             rx_frame(&b, iov[i].iov_base, msg[i].msg_len, from[i].sin_addr.s_addr, ntohs(from[i].sin_port),
                      (msg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0, now);
         if (b.n) tx_flush(&b);
+        d->inline_active = 0;
         pthread_mutex_unlock(&d->lock);
+        total += n;
         if (n < SR_RX_BATCH) break;
     }
+    return total;
+}
+
+static void rx_drain(sr_dev *d) { rx_rounds(d, 16, 0); }
+
+int sr_rx_poll(sr_dev *d, int max_rounds) {
+    d->app_polled = now_mono();
+    return rx_rounds(d, max_rounds, 1);
 }
 
 static void *engine_main(void *arg) {
     sr_dev *d = arg;
+    pthread_setname_np(pthread_self(), "soft-roce");
     struct pollfd pfd[2] = {{d->sock, POLLIN, 0}, {d->wakefd, POLLIN, 0}};
     while (d->running) {
-        double next = 0;
+        double now = now_mono(), next = now + SR_TICK;
+        /* while the application takes the frames itself, stay off the socket (no second
+         * wake-up per frame) but look again when it has not come for a while */
+        double app = d->app_polled;
+        int app_polls = now - app < SR_APP_GRACE;
+        if (app_polls && app + SR_APP_GRACE < next) next = app + SR_APP_GRACE;
         pthread_mutex_lock(&d->lock);
-        next = d->timer_hint;
-        if (d->ndelayed && (!next || d->delayed[0].due < next)) next = d->delayed[0].due;
+        if (d->timer_hint && d->timer_hint < next) next = d->timer_hint;
+        if (d->ndelayed && d->delayed[0].due < next) next = d->delayed[0].due;
+        d->wake_at = next;
         pthread_mutex_unlock(&d->lock);
-        struct timespec ts, *tsp = NULL;
-        if (next) {
-            double left = next - now_mono();
-            if (left < 0) left = 0;
-            ts.tv_sec = (time_t)left;
-            ts.tv_nsec = (long)((left - ts.tv_sec) * 1e9);
-            tsp = &ts;
-        }
-        int r = ppoll(pfd, 2, tsp, NULL);
+        struct timespec ts;
+        double left = next - now;
+        if (left < 0) left = 0;
+        ts.tv_sec = (time_t)left;
+        ts.tv_nsec = (long)((left - ts.tv_sec) * 1e9);
+        pfd[0].fd = app_polls ? -1 : d->sock;
+        int r = ppoll(pfd, 2, &ts, NULL);
         if (!d->running) break;
         if (r > 0 && pfd[1].revents) {
             uint64_t v;
             ssize_t n = read(d->wakefd, &v, 8);
             (void)n;
         }
-        if (r > 0 && pfd[0].revents) rx_drain(d);
+        if ((r > 0 && pfd[0].revents) || (app_polls && now_mono() - d->app_polled >= SR_APP_GRACE)) rx_drain(d);
         txbatch b;
         b.d = d;
         b.n = 0;
@@ -1219,11 +1313,13 @@ sr_dev *sr_dev_open(int sock, uint32_t ip_be, uint32_t mtu, uint64_t seed, char 
     d->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     d->tapfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     d->rxbuf = malloc((size_t)SR_RX_BATCH * SR_RX_SLOT);
-    if (d->wakefd < 0 || d->tapfd < 0 || !d->rxbuf) {
+    d->apprxbuf = malloc((size_t)SR_RX_BATCH * SR_RX_SLOT);
+    if (d->wakefd < 0 || d->tapfd < 0 || !d->rxbuf || !d->apprxbuf) {
         snprintf(err, errlen, "cannot create the engine's eventfds or buffers: %s", strerror(errno));
         if (d->wakefd >= 0) close(d->wakefd);
         if (d->tapfd >= 0) close(d->tapfd);
         free(d->rxbuf);
+        free(d->apprxbuf);
         free(d);
         return NULL;
     }
@@ -1311,8 +1407,10 @@ void sr_dev_free(sr_dev *d) {
     }
     free(d->cqs);
     free(d->delayed);
+    free(d->zombies);
     free(d->tapbuf);
     free(d->rxbuf);
+    free(d->apprxbuf);
     close(d->wakefd);
     close(d->tapfd);
     close(d->sock);
@@ -1491,7 +1589,7 @@ int sr_qp_stats(sr_dev *d, uint32_t qpn, sr_qpstats *out) {
     return 0;
 }
 
-static int gather(sr_dev *d, sr_qp *qp, const sr_send_in *wr, uint8_t **data, uint32_t *len) {
+static int gather(sr_dev *d, sr_qp *qp, const sr_send_in *wr, sr_swqe *e) {
     /* a bad lkey or range is a local protection error, as a NIC reports it */
     uint64_t total = 0;
     sr_mr *mrs[SR_MAX_SGE];
@@ -1503,15 +1601,13 @@ static int gather(sr_dev *d, sr_qp *qp, const sr_send_in *wr, uint8_t **data, ui
         total += s->len;
     }
     if (total > 0x7FFFFFFF) return 0;
-    uint8_t *buf = malloc(total ? total : 1);
-    if (!buf) return 0;
-    uint64_t pos = 0;
+    e->nsge = 0;
     for (int i = 0; i < wr->nsge; i++) {
-        memcpy(buf + pos, mrs[i]->buf + wr->sge[i].off, wr->sge[i].len);
-        pos += wr->sge[i].len;
+        if (!wr->sge[i].len) continue;
+        mrs[i]->refs++;
+        e->sge[e->nsge++] = (sr_sge){mrs[i], wr->sge[i].off, wr->sge[i].len};
     }
-    *data = buf;
-    *len = total;
+    e->len = total;
     return 1;
 }
 
@@ -1553,16 +1649,21 @@ int sr_post_send(sr_dev *d, uint32_t qpn, const sr_send_in *wrs, int n) {
     }
     for (int i = 0; i < n; i++) {
         const sr_send_in *w = &wrs[i];
-        uint8_t *data;
-        uint32_t len;
-        if (!gather(d, qp, w, &data, &len)) {
+        sr_swqe *e = sq_at(qp, qp->sq_count);
+        if (!gather(d, qp, w, e)) {
             cqe(qp, qp->scq, w->wr_id, WC_LOC_PROT_ERR, wc_op(w->opcode), 0, 0, 0);
             enter_error(d, qp);
             goto out;
         }
-        sr_swqe *e = sq_at(qp, qp->sq_count);
-        uint32_t npkts = len ? (len + qp->mtu - 1) / qp->mtu : 1;
-        *e = (sr_swqe){w->wr_id, w->opcode, w->flags, w->raddr, w->rkey, w->has_imm ? w->imm : 0, data, len, qp->psn_tail, npkts};
+        uint32_t npkts = e->len ? (e->len + qp->mtu - 1) / qp->mtu : 1;
+        e->wr_id = w->wr_id;
+        e->opcode = w->opcode;
+        e->flags = w->flags;
+        e->raddr = w->raddr;
+        e->rkey = w->rkey;
+        e->imm = w->has_imm ? w->imm : 0;
+        e->first_psn = qp->psn_tail;
+        e->npkts = npkts;
         qp->sq_count++;
         qp->psn_tail = psn_add(qp->psn_tail, npkts);
     }

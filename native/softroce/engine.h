@@ -34,6 +34,8 @@ enum { EV_CQ_ERR = 0, EV_QP_REQ_ERR = 2, EV_QP_ACCESS_ERR = 3, EV_PORT_ACTIVE = 
 #define SR_MAX_SGE 8
 #define SR_RX_BATCH 64
 #define SR_TX_BATCH 64
+#define SR_TICK 0.02       /* the engine thread sleeps at most this long (seconds) */
+#define SR_APP_GRACE 0.001 /* while the application polls, the engine leaves the socket to it this long */
 #define SR_RX_SLOT 9216    /* a 4096-MTU frame is at most 4136 bytes; larger ones are counted as bad */
 
 typedef struct sr_mr {
@@ -42,8 +44,9 @@ typedef struct sr_mr {
     uint8_t *buf;
     uint64_t len;
     int access, pd, valid;
-    int refs;      /* the registration itself, receive WRs and partial writes that point here */
+    int refs;      /* the registration itself, and the work requests and partial writes that point here */
     void *owner;   /* the binding's handle of the memory (released by the binding, never here) */
+    struct sr_dev *dev;
 } sr_mr;
 
 typedef struct { sr_mr *mr; uint64_t off; uint32_t len; } sr_sge;
@@ -53,7 +56,10 @@ typedef struct {
     int opcode, flags;
     uint64_t raddr;
     uint32_t rkey, imm;
-    uint8_t *data; /* gathered at post time, as the Python twin does */
+    /* the payload is read from registered memory when each packet is built, as a NIC's DMA
+     * does (the verbs contract: the buffer is the application's again after the completion) */
+    int nsge;
+    sr_sge sge[SR_MAX_SGE];
     uint32_t len, first_psn, npkts;
 } sr_swqe;
 
@@ -151,19 +157,27 @@ typedef struct sr_dev {
     int ndelayed, delcap;
     uint64_t delseq;
     double timer_hint; /* earliest armed QP timer (may be early, never late); 0 none */
+    double wake_at;    /* when the engine thread wakes at the latest */
+    volatile double app_polled; /* when the application's thread last took frames itself (sr_rx_poll) */
+    pthread_t inline_tid;       /* the application's thread while it processes frames: no eventfd for it */
+    int inline_active;
     /* events */
     sr_event events[256];
     int nevents;
     sr_devstats st;
     char last_error[160];
+    /* memory owners of deregistered regions that work requests still pointed at: the binding
+     * releases them (it holds the interpreter lock, this engine never does) */
+    void **zombies;
+    int nzombies, zcap;
     /* tap: a byte ring of sr_taprec */
     int tap_on;
     pthread_mutex_t taplock;
     uint8_t *tapbuf;
     size_t tapcap, taphead, taptail; /* head: next write, tail: next read (monotonic byte counts) */
     int tap_signaled;
-    /* receive buffers (the engine thread only) */
-    uint8_t *rxbuf;
+    /* receive buffers: the engine thread's, and the application thread's (sr_rx_poll) */
+    uint8_t *rxbuf, *apprxbuf;
 } sr_dev;
 
 /* lifecycle; sock is a bound, non-blocking UDP socket the device now owns */
@@ -175,7 +189,10 @@ void sr_dev_free(sr_dev *d);
 
 /* memory: returns 0 or -errno */
 int sr_reg_mr(sr_dev *d, uint32_t lkey, uint32_t rkey, uint64_t addr, uint8_t *buf, uint64_t len, int access, int pd, void *owner);
-void *sr_dereg_mr(sr_dev *d, uint32_t lkey); /* returns the owner to release (NULL: unknown key) */
+/* returns 1 and the owner to release now, 1 and NULL when work requests still point at the
+ * memory (its owner comes out of sr_take_zombie later), 0 for an unknown key */
+int sr_dereg_mr(sr_dev *d, uint32_t lkey, void **owner);
+void *sr_take_zombie(sr_dev *d);
 
 /* completion queues */
 int sr_cq_create(sr_dev *d, int depth); /* id >= 0, or -errno */
@@ -210,6 +227,12 @@ typedef struct { uint64_t wr_id; int nsge; sr_sge_in sge[SR_MAX_SGE]; } sr_recv_
 int sr_post_send(sr_dev *d, uint32_t qpn, const sr_send_in *wrs, int n);
 int sr_post_recv(sr_dev *d, uint32_t qpn, const sr_recv_in *wrs, int n);
 
+/* The application's thread takes the frames waiting on the socket and processes them
+ * (its event loop saw the socket readable): one thread hand-off less per message. While it
+ * keeps doing so, the engine thread stays off the socket and steps in only when the
+ * application has not come for SR_APP_GRACE. Returns the frames processed. */
+int sr_rx_poll(sr_dev *d, int max_rounds);
+
 /* faults and ports */
 void sr_set_port(sr_dev *d, int up);
 void sr_set_faults(sr_dev *d, double loss, double rx_loss, int64_t drop_next, double delay);
@@ -220,6 +243,10 @@ int sr_take_events(sr_dev *d, sr_event *out, int max);
 void sr_tap_enable(sr_dev *d, int on);
 /* copies whole records into out (at most cap bytes); returns bytes copied */
 size_t sr_tap_read(sr_dev *d, uint8_t *out, size_t cap);
+
+/* CRC-32 (zlib's), folded with PCLMULQDQ on CPUs that have it (crc.c) */
+uint32_t sr_crc32(uint32_t crc, const uint8_t *buf, size_t len);
+int sr_crc32_selftest(void);
 
 /* ICRC of a RoCEv2 UDP payload (BTH .. pad), little-endian as on the wire */
 uint32_t sr_icrc(uint32_t src_be, uint32_t dst_be, uint16_t sport, uint16_t dport, const uint8_t *ib, size_t len);

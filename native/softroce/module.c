@@ -63,12 +63,21 @@ static int Device_init(DeviceObject *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+static void release_owner(Owner *o) {
+    PyBuffer_Release(&o->view);
+    PyMem_Free(o);
+}
+
+static void release_zombies(sr_dev *d) {
+    if (!d->nzombies) return; /* a racy peek is fine: the next call looks again */
+    Owner *o;
+    while ((o = sr_take_zombie(d)) != NULL) release_owner(o);
+}
+
 static void release_owners(sr_dev *d) {
     Owner *o;
-    while ((o = sr_dev_next_owner(d)) != NULL) {
-        PyBuffer_Release(&o->view);
-        PyMem_Free(o);
-    }
+    release_zombies(d);
+    while ((o = sr_dev_next_owner(d)) != NULL) release_owner(o);
 }
 
 static PyObject *Device_close(DeviceObject *self, PyObject *unused) {
@@ -116,12 +125,11 @@ static PyObject *Device_dereg_mr(DeviceObject *self, PyObject *args) {
     unsigned int lkey;
     CHECK_OPEN(self);
     if (!PyArg_ParseTuple(args, "I", &lkey)) return NULL;
-    Owner *o = sr_dereg_mr(self->dev, lkey);
-    if (o) {
-        PyBuffer_Release(&o->view);
-        PyMem_Free(o);
-    }
-    return PyBool_FromLong(o != NULL);
+    void *o = NULL;
+    int found = sr_dereg_mr(self->dev, lkey, &o);
+    if (o) release_owner(o);
+    release_zombies(self->dev);
+    return PyBool_FromLong(found);
 }
 
 /* ------------------------------------------------------------------ completion queues */
@@ -176,6 +184,7 @@ static PyObject *Device_cq_poll(DeviceObject *self, PyObject *args) {
     sr_cq *cq = sr_cq_get(self->dev, id);
     if (!cq) return PyErr_Format(PyExc_ValueError, "no completion queue %d", id);
     sr_wc wcs[64];
+    release_zombies(self->dev);
     if (max > 64) max = 64;
     if (max < 0) max = 0;
     int n = sr_cq_poll(cq, wcs, max);
@@ -376,6 +385,18 @@ static PyObject *Device_post_recv(DeviceObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Device_rx_poll(DeviceObject *self, PyObject *args) {
+    int rounds = 4;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "|i", &rounds)) return NULL;
+    return PyLong_FromLong(sr_rx_poll(self->dev, rounds));
+}
+
+static PyObject *Device_fileno(DeviceObject *self, PyObject *unused) {
+    CHECK_OPEN(self);
+    return PyLong_FromLong(self->dev->sock);
+}
+
 /* ------------------------------------------------------------------ port, faults, events, stats */
 
 static PyObject *Device_set_port(DeviceObject *self, PyObject *args) {
@@ -514,6 +535,8 @@ static PyMethodDef Device_methods[] = {
     {"qp_stats", (PyCFunction)Device_qp_stats, METH_VARARGS, "qp_stats(qpn) -> dict"},
     {"post_send", (PyCFunction)Device_post_send, METH_VARARGS, "post_send(qpn, [(wr_id, opcode, flags, remote_addr, rkey, imm, ((lkey, off, len), ...))])"},
     {"post_recv", (PyCFunction)Device_post_recv, METH_VARARGS, "post_recv(qpn, [(wr_id, ((lkey, off, len), ...))])"},
+    {"rx_poll", (PyCFunction)Device_rx_poll, METH_VARARGS, "rx_poll(rounds=4) -> frames: take and process waiting frames on this thread"},
+    {"fileno", (PyCFunction)Device_fileno, METH_NOARGS, "the UDP socket (readable when frames wait)"},
     {"set_port", (PyCFunction)Device_set_port, METH_VARARGS, "set_port(up)"},
     {"set_faults", (PyCFunction)Device_set_faults, METH_VARARGS, "set_faults(loss, rx_loss, drop_next, delay)"},
     {"reseed", (PyCFunction)Device_reseed, METH_VARARGS, "reseed(seed)"},
@@ -535,8 +558,18 @@ static PyTypeObject DeviceType = {
     .tp_methods = Device_methods,
 };
 
+static PyObject *mod_crc32(PyObject *m, PyObject *args) {
+    Py_buffer b;
+    unsigned int crc = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &b, &crc)) return NULL;
+    uint32_t r = sr_crc32(crc, b.buf, b.len);
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(r);
+}
+
 static PyMethodDef mod_methods[] = {
     {"icrc", mod_icrc, METH_VARARGS, "icrc(src_be, dst_be, sport, dport, ib) -> the ICRC as a little-endian integer"},
+    {"crc32", mod_crc32, METH_VARARGS, "crc32(data, crc=0): zlib.crc32, folded with PCLMULQDQ where the CPU has it"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -553,6 +586,7 @@ PyMODINIT_FUNC PyInit__softroce(void) {
         return NULL;
     }
     PyModule_AddIntConstant(m, "WINDOW", SR_WINDOW);
+    PyModule_AddIntConstant(m, "CRC_FOLDED", sr_crc32_selftest());
     PyModule_AddIntConstant(m, "ACK_EVERY", SR_ACK_EVERY);
     return m;
 }

@@ -170,7 +170,7 @@ class NativeCQ(CompletionQueue):
             raise VerbsError(errno.EINVAL, f"create_cq: depth {depth} must be positive")
         self.device = device
         self.depth = depth
-        self.id = device._c.cq_create(depth)
+        self.id = device._c.cq_create(depth)  # the engine's CQ number (runtime's hot path)
         self._fd = device._c.cq_fd(self.id)
 
     def poll(self, max_entries: int = 16) -> list[WorkCompletion]:
@@ -298,6 +298,21 @@ class SoftDeviceNative(SoftDeviceBase):
     @property
     def stats(self) -> dict:
         return {} if self._closed else self._c.stats()
+
+    def engine_calls(self, *names: str) -> tuple:
+        """The compiled engine's own methods (post_send, post_recv, cq_poll, rx_poll), for the
+        runtime's hot path; they take QP numbers and CQ ids and raise OSError/ValueError."""
+        return tuple(getattr(self._c, n) for n in names)
+
+    def rx_fileno(self) -> int:
+        """The device's UDP socket: readable when frames wait (see rx_poll)."""
+        return self._c.fileno()
+
+    def rx_poll(self, rounds: int = 4) -> int:
+        """Take the frames waiting on the socket and process them on this thread (an event
+        loop that saw the socket readable); the engine's thread then stays off the socket
+        while this keeps happening. Returns the frames processed."""
+        return 0 if self._closed else self._c.rx_poll(rounds)
 
     def alloc_pd(self) -> NativePD:
         return NativePD(self, next(self._pds))
