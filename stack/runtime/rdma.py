@@ -5,6 +5,13 @@ A QP gets ``RECV_BUFFERS`` receive WRs of 8192 bytes (enough for the largest SMC
 message, as the kernel's v2 receive buffers) and a ring of send slots for CDC and LLC
 payloads. Completion queues are watched through their file descriptor when the provider
 has one (soft provider, pyverbs >= 59) and polled every millisecond otherwise.
+
+On the compiled soft engine the hot path skips the verbs objects: work requests and
+completions travel as tuples, the RDMA WRITEs of a transmit step ring one doorbell with
+the CDC that announces them (one system call for all their frames), receive buffers are
+re-posted once per drain, and the event loop takes the frames from the device's socket
+itself when it is readable (``rx_poll``), so a message reaches the core without a hand-off
+between the engine's thread and the loop's.
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ from stack.verbs.api import (
 )
 
 RECV_BUFFERS = 64
+REPOST_BATCH = 16  # receive buffers go back to the QP in groups: at least RECV_BUFFERS - REPOST_BATCH stay posted
 RECV_TAG = 1 << 62  # receive WR ids carry this bit: error completions do not say reliably what they were
 RECV_SIZE = 8192
 SLOT_SIZE = 8192
 RW = Access.LOCAL_WRITE | Access.REMOTE_WRITE
+_WRITE, _SEND = int(WrOpcode.RDMA_WRITE), int(WrOpcode.SEND)
+_SIGNALED_SOLICITED = int(SendFlags.SIGNALED | SendFlags.SOLICITED)
 EVENT_POLL = 0.02  # seconds between looks at a device's async events (port up/down)
 
 
@@ -54,6 +64,7 @@ class DeviceSpec:
     addr: str = ""  # soft: the IPv4 address of its UDP socket
     netns: str | None = None  # soft: a network namespace to open it in
     mtu: int = 1024
+    engine: str | None = None  # soft: "native", "python" or "auto" (None: SMCTOP_SOFT_ENGINE, else auto)
 
 
 @dataclass
@@ -67,6 +78,14 @@ class _Qp:
     remote_gid: bytes = b""
     path: RCPath | None = None
     psn: int = 0
+    raw: bool = False  # the compiled engine's tuple interface
+    doorbell: list = field(default_factory=list)  # WRITEs waiting to go with the next SEND
+    reposts: list = field(default_factory=list)  # receive WRs to post again
+    qpn: int = 0
+    send_lkey: int = 0
+    recv_lkey: int = 0
+    c_post_send: Callable | None = None  # the engine's calls, bound once
+    c_post_recv: Callable | None = None
 
 
 @dataclass
@@ -79,6 +98,9 @@ class _Dev:
     gid_index: int
     port_up: bool = True
     qps: dict[int, _Qp] = field(default_factory=dict)  # by qp_num
+    raw: bool = False  # the compiled engine: tuples, doorbells, the loop polls the socket
+    c_cq_poll: Callable | None = None
+    c_rx_poll: Callable | None = None
 
 
 class RdmaDriver:
@@ -91,6 +113,7 @@ class RdmaDriver:
         self.devs: dict[str, _Dev] = {}
         self.qps: dict[int, _Qp] = {}
         self.mrs: dict[int, tuple[object, _Dev]] = {}
+        self.lkeys: dict[int, int] = {}  # MR handle -> lkey (the compiled engine's SGEs)
         self._ids = itertools.count(1)
         self.on_send_done: Callable[[int, int, bool, str], None] = lambda *a: None
         self.on_recv: Callable[[int, bytes], None] = lambda *a: None
@@ -101,9 +124,11 @@ class RdmaDriver:
     # ---------------------------------------------------------------- devices
 
     def open(self, spec: DeviceSpec) -> DeviceInfo:
-        provider = self.providers.get(spec.provider)
+        key = (spec.provider, spec.engine) if spec.provider == "soft" else spec.provider
+        provider = self.providers.get(key)
         if provider is None:
-            provider = self.providers[spec.provider] = open_provider(spec.provider)
+            options = {"engine": spec.engine} if spec.provider == "soft" else {}
+            provider = self.providers[key] = open_provider(spec.provider, **options)
         if spec.provider == "soft":
             mtu = Mtu(spec.mtu.bit_length() - 8) if spec.mtu in (256, 512, 1024, 2048, 4096) else Mtu.MTU_1024
             device = provider.open_device(spec.name or spec.addr, addr=spec.addr or None, netns=spec.netns, mtu=mtu)
@@ -113,12 +138,17 @@ class RdmaDriver:
         gid = device.roce_v2_gid(1)
         info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE)
         dev = _Dev(spec, device, device.alloc_pd(), device.create_cq(8192), info, gid.index, info.up)
+        dev.raw = hasattr(device, "engine_calls")
+        if dev.raw:
+            dev.c_cq_poll, dev.c_rx_poll = device.engine_calls("cq_poll", "rx_poll")
         self.devs[device.name] = dev
         fd = dev.cq.fileno()
         if fd is not None:
             self.loop.add_reader(fd, self._drain, dev)
         else:
             self._poll_handles.append(self.loop.call_later(0.001, self._poll_loop, dev))
+        if dev.raw:
+            self.loop.add_reader(device.rx_fileno(), self._rx_inline, dev)
         self._poll_handles.append(self.loop.call_later(EVENT_POLL, self._events_loop, dev))
         return info
 
@@ -130,6 +160,8 @@ class RdmaDriver:
             fd = dev.cq.fileno()
             if fd is not None:
                 self.loop.remove_reader(fd)
+            if dev.raw:
+                self.loop.remove_reader(dev.device.rx_fileno())
             for q in list(dev.qps.values()):
                 try:
                     q.qp.destroy()
@@ -145,9 +177,12 @@ class RdmaDriver:
         qp = dev.pd.create_rc_qp(dev.cq, dev.cq, QPCap(max_send_wr=256, max_recv_wr=RECV_BUFFERS, max_send_sge=2, max_recv_sge=1))
         handle = next(self._ids)
         q = _Qp(handle, qp, dev, dev.pd.reg_mr(RECV_BUFFERS * RECV_SIZE, Access.LOCAL_WRITE),
-                dev.pd.reg_mr(256 * SLOT_SIZE, Access.LOCAL_WRITE), 256, psn=self.rng.getrandbits(24))  # fmt: skip
+                dev.pd.reg_mr(256 * SLOT_SIZE, Access.LOCAL_WRITE), 256, psn=self.rng.getrandbits(24), raw=dev.raw)  # fmt: skip
         qp.to_init(RW)
         qp.post_recv([RecvWR(RECV_TAG | i, (Sge(q.recv_mr, i * RECV_SIZE, RECV_SIZE),)) for i in range(RECV_BUFFERS)])
+        if q.raw:
+            q.qpn, q.send_lkey, q.recv_lkey = qp.qp_num, q.send_mr.lkey, q.recv_mr.lkey
+            q.c_post_send, q.c_post_recv = dev.device.engine_calls("post_send", "post_recv")
         self.qps[handle] = q
         dev.qps[qp.qp_num] = q
         return QpInfo(handle, qp.qp_num, q.psn, device, dev.info.gid, dev.info.mac, dev.info.mtu)
@@ -180,10 +215,13 @@ class RdmaDriver:
         mr = dev.pd.reg_mr(size, RW if remote_write else Access.LOCAL_WRITE, buffer=buf)
         handle = next(self._ids)
         self.mrs[handle] = (mr, dev)
+        if dev.raw:
+            self.lkeys[handle] = mr.lkey
         return MrInfo(handle, mr.addr, mr.rkey, size, mr.buf)
 
     def dereg_mr(self, mr: int) -> None:
         entry = self.mrs.pop(mr, None)
+        self.lkeys.pop(mr, None)
         if entry is not None:
             entry[0].deregister()
 
@@ -193,10 +231,15 @@ class RdmaDriver:
             return False
         slot = (wr_id % q.send_slots) * SLOT_SIZE
         q.send_mr.buf[slot : slot + len(payload)] = payload
-        wr = SendWR(wr_id, WrOpcode.SEND, (Sge(q.send_mr, slot, len(payload)),), SendFlags.SIGNALED | SendFlags.SOLICITED)
         try:
-            q.qp.post_send(wr)
-        except VerbsError:
+            if q.raw:  # the WRITEs of this step and their CDC: one doorbell, one system call
+                wrs, q.doorbell = q.doorbell, []
+                wrs.append((wr_id, _SEND, _SIGNALED_SOLICITED, 0, 0, None, ((q.send_lkey, slot, len(payload)),)))
+                q.c_post_send(q.qpn, wrs)
+            else:
+                wr = SendWR(wr_id, WrOpcode.SEND, (Sge(q.send_mr, slot, len(payload)),), SendFlags.SIGNALED | SendFlags.SOLICITED)
+                q.qp.post_send(wr)
+        except (VerbsError, OSError, ValueError):  # ValueError: the device is closed
             return False
         return True
 
@@ -204,6 +247,12 @@ class RdmaDriver:
         q = self.qps.get(qp)
         if q is None:
             return False
+        if q.raw:
+            # rung with the CDC that announces it (the core always follows its WRITEs with
+            # one); if the link dies first, the QP and its doorbell go together
+            lkeys = self.lkeys
+            q.doorbell.append((wr_id, _WRITE, 0, remote_addr, rkey, None, tuple([(lkeys[h], off, n) for h, off, n in sges])))
+            return True
         local = tuple(Sge(self.mrs[h][0], off, n) for h, off, n in sges)
         try:
             q.qp.post_send(SendWR(wr_id, WrOpcode.RDMA_WRITE, local, SendFlags.NONE, remote_addr, rkey))
@@ -211,9 +260,23 @@ class RdmaDriver:
             return False
         return True
 
+
+
     # ---------------------------------------------------------------- completions
 
+    def _rx_inline(self, dev: _Dev) -> None:
+        """The device's socket is readable: take the frames on this thread, then their completions."""
+        if not self._closed:
+            try:
+                dev.c_rx_poll(4)
+            except ValueError:  # closed
+                return
+            self._drain_raw(dev)
+
     def _drain(self, dev: _Dev) -> None:
+        if dev.raw:
+            self._drain_raw(dev)
+            return
         while True:
             wcs = dev.cq.poll(64)
             if not wcs:
@@ -227,6 +290,41 @@ class RdmaDriver:
                 else:
                     self.on_send_done(q.handle, wc.wr_id, wc.status == WcStatus.SUCCESS, wc.status.name)
         dev.cq.arm()
+
+    def _drain_raw(self, dev: _Dev) -> None:
+        qps, on_recv, on_send_done = dev.qps, self.on_recv, self.on_send_done
+        poll, cq_id = dev.c_cq_poll, dev.cq.id
+        while True:
+            try:
+                wcs = poll(cq_id, 64)
+            except ValueError:  # the device closed under us
+                return
+            for wr_id, status, _opcode, qp_num, byte_len, _imm, _vendor in wcs:
+                q = qps.get(qp_num)
+                if q is None:
+                    continue
+                if wr_id & RECV_TAG:
+                    if status:
+                        if status != WcStatus.WR_FLUSH_ERR:
+                            on_send_done(q.handle, -1, False, WcStatus(status).name)
+                        continue
+                    off = (wr_id & ~RECV_TAG) * RECV_SIZE
+                    data = q.recv_mr.buf[off : off + byte_len].tobytes()
+                    q.reposts.append((wr_id, ((q.recv_lkey, off, RECV_SIZE),)))
+                    if len(q.reposts) >= REPOST_BATCH:
+                        self._repost(q)
+                    on_recv(q.handle, data)
+                else:
+                    on_send_done(q.handle, wr_id, status == 0, "SUCCESS" if status == 0 else WcStatus(status).name)
+            if len(wcs) < 64:
+                break
+
+    def _repost(self, q: _Qp) -> None:
+        wrs, q.reposts = q.reposts, []
+        try:
+            q.c_post_recv(q.qpn, wrs)
+        except (OSError, ValueError):  # the QP or the device is gone
+            pass
 
     def _recv_done(self, q: _Qp, wc) -> None:
         if wc.status != WcStatus.SUCCESS:
@@ -267,9 +365,16 @@ class RdmaDriver:
         return q.qp.state() if q else None
 
 
+def engine_of(device) -> str:
+    """What moves a device's frames: "native" or "python" (soft engines), "pyverbs"."""
+    return getattr(device, "engine", "") or "pyverbs"
+
+
 def check_specs(specs) -> None:
     for s in specs:
         if s.provider not in ("soft", "pyverbs"):
             raise VerbsError(errno.EINVAL, f"device {s}: provider must be 'soft' or 'pyverbs'")
+        if s.engine not in (None, "auto", "native", "python"):
+            raise VerbsError(errno.EINVAL, f"device {s.name or s.addr}: engine {s.engine!r} must be 'auto', 'native' or 'python'")
         if s.provider == "soft" and not s.addr:
             raise VerbsError(errno.EINVAL, f"soft device {s.name or '?'}: give its address (addr=...)")

@@ -28,7 +28,7 @@ from stack.events import EventBus
 from stack.verbs.api import EventType
 from stack.wire import codes
 
-from .rdma import DeviceSpec, RdmaDriver, check_specs
+from .rdma import DeviceSpec, RdmaDriver, check_specs, engine_of
 from .streams import SmcStreamReader, SmcStreamWriter
 
 CONTROL_DIR_ENV = "SMCTOP_CONTROL_DIR"  # a directory: each Stack started opens a control socket there
@@ -242,6 +242,7 @@ class Stack:
 
     async def start(self) -> "Stack":
         self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time  # the core's clock, bound once (called on every message)
         if self.config.tcp_option != "inband":
             from native.smcopt import BpfUnavailable, OptionMap
 
@@ -258,6 +259,8 @@ class Stack:
         self.host = SmcHost(self.config.smc, self, infos, self.bus, rng)
         self.rdma.on_send_done = lambda qp, wr, ok, status: self.host.on_send_done(qp, wr, ok, self.now(), status)
         self.rdma.on_recv = lambda qp, data: self.host.on_recv(qp, data, self.now())
+        # the core's data path goes straight to the driver (HostIO methods, bound once)
+        self.post_send, self.post_write = self.rdma.post_send, self.rdma.post_write
         self.rdma.on_device_event = self._device_event
         path = self.config.control_path
         if path is None and os.environ.get(CONTROL_DIR_ENV):
@@ -343,10 +346,20 @@ class Stack:
         self.servers.append(server)
         return server
 
+    def engines(self) -> dict[str, str]:
+        """Which engine moves each device's frames: "native" (compiled soft RoCE), "python"
+        (its pure-Python twin) or "pyverbs" (a real device)."""
+        return {name: engine_of(dev.device) for name, dev in self.rdma.devs.items()}
+
+    def engine_notes(self) -> list[str]:
+        """Why a soft device that could have had the compiled engine runs the Python one."""
+        return sorted({p.engine_note for p in self.rdma.providers.values() if getattr(p, "engine_note", "")})
+
     def snapshot(self) -> dict:
         snap = self.host.snapshot()
         snap["t"] = self.now()
-        snap["rdma"] = {name: dict(getattr(dev.device, "stats", {}), port_up=dev.port_up) for name, dev in self.rdma.devs.items()}
+        snap["rdma"] = {name: dict(getattr(dev.device, "stats", {}), port_up=dev.port_up, engine=engine_of(dev.device))
+                        for name, dev in self.rdma.devs.items()}  # fmt: skip
         return snap
 
     # ---------------------------------------------------------------- the SMC TCP option (native/smcopt)

@@ -84,13 +84,19 @@ class SmcStreamReader:
                 if not chunk:
                     return b"".join(chunks)
                 chunks.append(chunk)
+        h = self._h
         while True:
-            self._fill()
             if self._buf:
                 out = bytes(self._buf[:n])
                 del self._buf[:n]
-                self._fill()
                 return out
+            if h.mode == "SMCR":  # straight from the RMB: the consumer cursor moves as the application reads
+                data = h.smc_recv(n)
+                if data:
+                    return data
+            self._fill()
+            if self._buf:
+                continue
             if self._exc is not None:
                 raise self._exc
             if self._eof:
@@ -166,13 +172,23 @@ class SmcStreamWriter:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._eof_pending:
             raise RuntimeError("write after close or write_eof")
-        if self._h.error is not None:
-            raise ConnectionResetError(self._h.error)
+        h = self._h
+        if h.error is not None:
+            raise ConnectionResetError(h.error)
         if not data:
             return
-        if self._h.mode == "TCP":
-            self._h.transport.write(data)
+        if h.mode == "TCP":
+            h.transport.write(data)
             return
+        if not self._pending:  # straight into the sndbuf; only what does not fit waits here
+            try:
+                n = h.smc_send(data)
+            except (ConnectionError, KeyError) as e:
+                self._lose(e)
+                return
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
         self._pending.append(memoryview(bytes(data)))
         self._pending_bytes += len(data)
         self._push()
@@ -187,15 +203,7 @@ class SmcStreamWriter:
             try:
                 n = self._h.smc_send(self._pending[0])
             except (ConnectionError, KeyError) as e:
-                self._pending.clear()
-                self._pending_bytes = 0
-                # the bytes are lost: say so on the next drain, as asyncio does for a closed
-                # transport (otherwise a writing loop never suspends and starves the loop)
-                self._lost = "connection closed: cannot send" if isinstance(e, KeyError) else str(e) or "broken pipe"
-                for w in self._drain_waiters:
-                    if not w.done():
-                        w.set_exception(ConnectionResetError(self._lost))
-                self._drain_waiters.clear()
+                self._lose(e)
                 break
             if n == 0:
                 break
@@ -216,6 +224,17 @@ class SmcStreamWriter:
                 if not w.done():
                     w.set_result(None)
             self._drain_waiters.clear()
+
+    def _lose(self, e: Exception) -> None:
+        """What was written cannot be sent: say so on the next drain, as asyncio does for a
+        closed transport (otherwise a writing loop never suspends and starves the loop)."""
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._lost = "connection closed: cannot send" if isinstance(e, KeyError) else str(e) or "broken pipe"
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_exception(ConnectionResetError(self._lost))
+        self._drain_waiters.clear()
 
     def _fail(self, exc: BaseException) -> None:
         self._pending.clear()
