@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stack.wire.cdc import CdcMessage, Cursor
+from stack.wire.cdc import pack as cdc_pack
 from stack.wire.codes import SmcState
 from stack.wire.fields import cdc_fields as _cdc_fields
 from stack.wire.fields import cursor_text as _c
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .host import SmcHost
 
 SOCK_MIN_SNDBUF_HALF = 2304  # SOCK_MIN_SNDBUF / 2 on x86-64: the floor of the update limit
+AUTOCORKING_SIZE = 64 << 10  # net.smc.autocorking_size: data held back while a CDC is in flight
 CLOSE_FLAGS = ("done_writing", "closed", "abort")
 
 
@@ -72,6 +74,7 @@ class SmcConnection:
         self.tx_seq = 0
         self.tx_seq_fin = 0
         self.tx_epoch = 0  # counts link switches: CDC completions from an older link are stale
+        self.cdc_pend = 0  # CDCs posted and not completed (the kernel's cdc_pend_tx_wr)
         self.write_blocked = False
         # receive side
         self.rx_prod = Cursor()  # the peer's producer cursor: how far it wrote into our RMB
@@ -86,6 +89,7 @@ class SmcConnection:
         # closing
         self.sent = {f: False for f in CLOSE_FLAGS}
         self.pending = {f: False for f in CLOSE_FLAGS}  # waits for the sndbuf to drain
+        self.pending_any = False  # any of them (checked after every transmit step)
         self.peer_done_writing = False
         self.peer_closed = False
         self.peer_abort = False
@@ -136,9 +140,16 @@ class SmcConnection:
         if name == "unread_data_and_peer_closed":
             return self.bytes_to_rcv > 0 and self.peer_closed
         if name == "done_writing_only":
-            return self.sent["done_writing"] and not self.sent["closed"] and not self.sent["abort"]
+            # a flag still waiting for the sndbuf to drain counts as sent: the kernel's
+            # shutdown() and close() would have waited for it (smc_close_stream_wait)
+            sent, pending = self.sent, self.pending
+            return (sent["done_writing"] or pending["done_writing"]) and not (sent["closed"] or pending["closed"]) and not sent["abort"]
         if name == "released_and_closed_sent":
             return self.released and (self.sent["closed"] or self.sent["abort"])
+        if name == "released":
+            return self.released
+        if name == "close_pending":
+            return self.pending["closed"] and not self.sent["closed"]
         raise KeyError(name)
 
     def input(self, event: str, now: float) -> None:
@@ -165,9 +176,13 @@ class SmcConnection:
             return
         if immediate or self._drained():
             self.sent[flag] = True
+            if flag == "abort" and self.pending_any:  # an abort ends what waited to be flushed
+                self.pending = {f: False for f in CLOSE_FLAGS}
+                self.pending_any = False
+                self.host.io.cancel_timer(("flush", self.id))
             self.send_cdc(now, **{_CDC_FLAG[flag]: True})
         else:
-            self.pending[flag] = True
+            self.pending[flag] = self.pending_any = True
             self.host.io.arm_timer(("flush", self.id), now + self.host.config.timeouts.close_flush)
 
     def _drained(self) -> bool:
@@ -184,12 +199,17 @@ class SmcConnection:
     def _flush_pending(self, now: float) -> None:
         if not self._drained():
             return
+        closed = False
         for flag in CLOSE_FLAGS:
             if self.pending[flag] and not self.sent[flag]:
                 self.pending[flag] = False
                 self.sent[flag] = True
                 self.host.io.cancel_timer(("flush", self.id))
                 self.send_cdc(now, **{_CDC_FLAG[flag]: True})
+                closed = closed or flag == "closed"
+        self.pending_any = any(self.pending.values())
+        if closed:
+            self.input("closed_sent", now)
 
     # ------------------------------------------------------------------ application side
 
@@ -211,8 +231,16 @@ class SmcConnection:
         if n > first:
             self.sndbuf.buf[0 : n - first] = data[first:n]
         self.tx_prep = curs.add(self.tx_prep, n, size)
-        self.tx_step(now)
+        if not self._should_cork():
+            self.tx_step(now)
         return n
+
+    def _should_cork(self) -> bool:
+        """smc_should_autocork: while a CDC is in flight, hold back up to min(64K, sndbuf/2)
+        prepared bytes; its completion sends them, in one RDMA WRITE with what came since."""
+        if not self.cdc_pend:
+            return False
+        return curs.diff(self.tx_sent, self.tx_prep, self.sndbuf.size) <= min(AUTOCORKING_SIZE, self.sndbuf.size >> 1)
 
     def readable_bytes(self) -> int:
         return self.bytes_to_rcv
@@ -223,30 +251,39 @@ class SmcConnection:
         return self.bytes_to_rcv == 0 and (self.peer_done_writing or self.peer_closed or self.peer_abort or self.state == SmcState.CLOSED)
 
     def app_recv(self, max_bytes: int, now: float) -> bytes:
-        n = min(max_bytes, self.bytes_to_rcv)
+        n = max_bytes if max_bytes < self.bytes_to_rcv else self.bytes_to_rcv
         if n <= 0:
             return b""
-        size, off = self.rmb_size, self.cons.count
-        first = min(n, size - off)
-        out = bytes(self.rmb.buf[off : off + first])
-        if n > first:
-            out += bytes(self.rmb.buf[0 : n - first])
-        self.cons = curs.add(self.cons, n, size)
+        rmb = self.rmb
+        size, (wrap, off) = rmb.size, self.cons
+        first = size - off
+        if n < first:
+            out = rmb.buf[off : off + n].tobytes()
+            self.cons = Cursor(wrap, off + n)
+        else:  # up to the end of the ring and on from its start
+            out = rmb.buf[off:].tobytes()
+            if n > first:
+                out += rmb.buf[: n - first].tobytes()
+            self.cons = Cursor((wrap + 1) & 0xFFFF, n - first)
         self.bytes_to_rcv -= n
         self.bytes_received += n
-        self.emit(now, "conn.cursor", side="rx", cons=_c(self.cons), prod=_c(self.rx_prod), bytes_to_rcv=self.bytes_to_rcv)
+        if self.host.bus.active:
+            self.emit(now, "conn.cursor", side="rx", cons=_c(self.cons), prod=_c(self.rx_prod), bytes_to_rcv=self.bytes_to_rcv)
         self._maybe_update_consumer(now)
         return out
 
     def _maybe_update_consumer(self, now: float) -> None:
         """smc_tx_consumer_update: tell the peer we read, when it matters."""
+        if self.cons == self.cons_confirmed and not self.cons_update_requested:
+            return
         if self.mode != "SMCR" or self.state in (SmcState.CLOSED, SmcState.PEERABORTWAIT) or self.sent["abort"]:
             return
-        consumed = curs.diff(self.cons_confirmed, self.cons, self.rmb_size)
+        size = self.rmb_size
+        consumed = curs.diff(self.cons_confirmed, self.cons, size)
         if consumed == 0 and not self.cons_update_requested:
             return
-        limit = max(self.rmb_size // 10, SOCK_MIN_SNDBUF_HALF)
-        peer_view_free = self.rmb_size - curs.diff(self.cons_confirmed, self.rx_prod, self.rmb_size)
+        limit = max(size // 10, SOCK_MIN_SNDBUF_HALF)
+        peer_view_free = size - curs.diff(self.cons_confirmed, self.rx_prod, size)
         if self.cons_update_requested or (consumed > limit and (peer_view_free <= self.rmb_size // 2 or self.peer_write_blocked)):
             self.send_cdc(now)
 
@@ -261,10 +298,12 @@ class SmcConnection:
 
     def tx_step(self, now: float) -> None:
         """Write what the peer's RMB can take and announce it (smc_tx_rdma_writes)."""
-        if self.mode != "SMCR" or self.link is None or self.sent["abort"]:
+        link = self.link
+        if self.mode != "SMCR" or link is None or self.sent["abort"] or self.sndbuf is None:
             return
+        sndbuf_size = self.sndbuf.size
         while True:
-            to_send = curs.diff(self.tx_sent, self.tx_prep, self.sndbuf_size)
+            to_send = curs.diff(self.tx_sent, self.tx_prep, sndbuf_size)
             if to_send == 0:
                 self.write_blocked = False
                 break
@@ -272,20 +311,22 @@ class SmcConnection:
                 # the last data CDC said write-blocked; the peer updates its consumer cursor as it reads
                 if not self.write_blocked:
                     self.write_blocked = True
-                    self.emit(now, "conn.rmb", write_blocked=True, peer_rmbe_space=0, pending=to_send)
+                    if self.host.bus.active:
+                        self.emit(now, "conn.rmb", write_blocked=True, peer_rmbe_space=0, pending=to_send)
                 break
-            if not self.link.has_room(3):
-                self.link.wait_for_room(self)
+            if not link.has_room(3):
+                link.wait_for_room(self)
                 break
             self.write_blocked = to_send >= self.peer_rmbe_space
             n = min(to_send, self.peer_rmbe_space)
             self._rdma_writes(n, now)
             self.tx_prod = curs.add(self.tx_prod, n, self.peer_size)
-            self.tx_sent = curs.add(self.tx_sent, n, self.sndbuf_size)
+            self.tx_sent = curs.add(self.tx_sent, n, sndbuf_size)
             self.peer_rmbe_space -= n
             self.bytes_sent += n
             self.send_cdc(now)
-        self._flush_pending(now)
+        if self.pending_any:
+            self._flush_pending(now)
 
     def _rdma_writes(self, n: int, now: float) -> None:
         """At most two WRITEs, split where the peer's ring wraps; each source may wrap in the sndbuf."""
@@ -305,7 +346,7 @@ class SmcConnection:
                 src = (src + take) % self.sndbuf_size
                 left -= take
             self.link.post_write(sges, vaddr + dst_off, rkey, now)
-            if self.host.bus_active:
+            if self.host.bus.active:
                 self.emit(now, "rdma.write", offset=dst_off, length=length, rkey=rkey)
 
     def send_cdc(self, now: float, **flags) -> bool:
@@ -313,14 +354,22 @@ class SmcConnection:
         if self.link is None:
             return False
         self.tx_seq = (self.tx_seq + 1) & 0xFFFF
-        msg = CdcMessage(
-            seqno=self.tx_seq, token=self.peer_token, prod=self.tx_prod, cons=self.cons,
-            write_blocked=self.write_blocked, cons_curs_upd_req=False,
-            peer_done_writing=self.sent["done_writing"], peer_conn_closed=self.sent["closed"],
-            peer_conn_abort=self.sent["abort"], **{k: v for k, v in flags.items() if k in _CDC_EXTRA},
-        )  # fmt: skip
+        sent = self.sent
+        extra = {k: v for k, v in flags.items() if k in _CDC_EXTRA} if flags else None
+        msg = None
+        if extra or self.host.bus.active:
+            msg = CdcMessage(
+                seqno=self.tx_seq, token=self.peer_token, prod=self.tx_prod, cons=self.cons,
+                write_blocked=self.write_blocked, cons_curs_upd_req=False,
+                peer_done_writing=sent["done_writing"], peer_conn_closed=sent["closed"],
+                peer_conn_abort=sent["abort"], **(extra or {}),
+            )  # fmt: skip
+            payload = msg.encode()
+        else:  # the common case, without building a message object
+            state = (0x80 if sent["done_writing"] else 0) | (0x40 if sent["closed"] else 0) | (0x20 if sent["abort"] else 0)
+            payload = cdc_pack(self.tx_seq, self.peer_token, self.tx_prod, self.cons, 0x80 if self.write_blocked else 0, state)
         marks = (self.tx_sent, self.tx_prod, self.tx_seq, self.tx_epoch)
-        if not self.link.post_cdc(msg, lambda ok, t: self.cdc_completed(marks, ok, t), now):
+        if not self.link.post_cdc_bytes(payload, lambda ok, t: self.cdc_completed(marks, ok, t), now):
             self.tx_seq = (self.tx_seq - 1) & 0xFFFF  # the kernel rolls back when the post fails
             return False
         if curs.ahead(self.tx_prod, self.tx_prod_max):
@@ -328,7 +377,8 @@ class SmcConnection:
         self.cons_confirmed = self.cons
         self.cons_update_requested = False
         self.cdc_sent += 1
-        if self.host.bus_active:
+        self.cdc_pend += 1
+        if msg is not None and self.host.bus.active:
             self.emit(now, "cdc.msg", dir="tx", **_cdc_fields(msg))
             self.emit(now, "conn.cursor", side="tx", prod=_c(self.tx_prod), cons=_c(self.cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
         return True
@@ -336,8 +386,12 @@ class SmcConnection:
     def cdc_completed(self, marks: tuple[Cursor, Cursor, int, int], ok: bool, now: float) -> None:
         """The send of a CDC completed: release the sndbuf up to what it announced."""
         sent, prod, seq, epoch = marks
-        if not ok or epoch != self.tx_epoch:
-            return  # failed, or from a link we left: what it carried is being sent again
+        if epoch != self.tx_epoch:
+            return  # from a link we left: what it carried is being sent again
+        if self.cdc_pend:
+            self.cdc_pend -= 1
+        if not ok:
+            return
         if curs.ahead(sent, self.tx_fin):
             self.tx_fin = sent
             self.tx_prod_fin = prod
@@ -345,6 +399,8 @@ class SmcConnection:
             self.host.io.conn_writable(self.id)
         elif seq:
             self.tx_seq_fin = seq
+        if self.tx_sent != self.tx_prep:  # smc_tx_pending: what autocorking held back goes now
+            self.tx_step(now)
 
     # ------------------------------------------------------------------ receive
 
@@ -356,7 +412,7 @@ class SmcConnection:
                 self.early_cdcs.append(msg)
             return
         self.cdc_received += 1
-        if self.host.bus_active:
+        if self.host.bus.active:
             self.emit(now, "cdc.msg", dir="rx", **_cdc_fields(msg))
         if msg.failover_validation:
             # the peer's last completed CDC must be one we saw; otherwise we are out of sync
@@ -389,7 +445,7 @@ class SmcConnection:
             self.peer_rmbe_space = self.peer_size - curs.diff(self.rx_cons, self.tx_prod, self.peer_size)
         self.peer_write_blocked = msg.write_blocked
         self.cons_update_requested = self.cons_update_requested or msg.cons_curs_upd_req
-        if self.host.bus_active and (new_data or freed):
+        if self.host.bus.active and (new_data or freed):
             self.emit(now, "conn.cursor", side="rx", prod=_c(self.rx_prod), cons=_c(self.rx_cons), bytes_to_rcv=self.bytes_to_rcv, peer_rmbe_space=self.peer_rmbe_space)
             self.emit(now, "conn.rmb", fill=self.bytes_to_rcv, size=self.rmb_size, write_blocked=self.write_blocked, peer_write_blocked=msg.write_blocked)
         if new_data:
@@ -424,6 +480,7 @@ class SmcConnection:
         Returns True when the validation CDC went out."""
         self.link = to
         self.tx_epoch += 1
+        self.cdc_pend = 0  # the old link's CDCs will not complete
         if self.mode != "SMCR" or self.state == SmcState.CLOSED:
             return False
         if to.link_id not in self.peer_rtoken:
@@ -435,13 +492,13 @@ class SmcConnection:
             rewound -= self._skip_consumed(self.rx_cons)
         self.peer_rmbe_space = self.peer_size - curs.diff(self.rx_cons, self.tx_prod, self.peer_size)
         self.bytes_sent -= rewound
-        if self.host.bus_active:
+        if self.host.bus.active:
             self.emit(now, "conn.cursor", side="tx", cause="failover", rewound=rewound, prod=_c(self.tx_prod), sent=_c(self.tx_sent),
                       fin=_c(self.tx_fin), peer_rmbe_space=self.peer_rmbe_space)  # fmt: skip
         validation = CdcMessage(seqno=self.tx_seq_fin, token=self.peer_token, prod=Cursor(), cons=Cursor(), failover_validation=True)
         if not to.post_cdc(validation, on_validated, now):
             return False
-        if self.host.bus_active:
+        if self.host.bus.active:
             self.emit(now, "cdc.msg", dir="tx", **_cdc_fields(validation))
         seq = self.tx_seq
         self.tx_step(now)

@@ -70,12 +70,14 @@ CONN_INPUTS = (
     "peer_abort",  # CDC with 0x20 received
     "abort",  # local abort: link group gone, peer protocol violation, out of sync
     "abort_done",  # the abort was sent and the connection cleaned up
+    "closed_sent",  # a close flag that waited for the sndbuf to drain went out
 )
 _OPEN = (S.ACTIVE, S.APPCLOSEWAIT1, S.APPCLOSEWAIT2, S.APPFINCLOSEWAIT, S.PEERCLOSEWAIT1, S.PEERCLOSEWAIT2, S.PEERFINCLOSEWAIT, S.PROCESSABORT)
 
 # guards: unread_data (received data the application did not read), peer_closed (the peer's
 # close flag arrived earlier), done_writing_only (we sent "done writing" but not our close),
-# released (the application closed its socket)
+# released (the application closed its socket), close_pending (our close flag waits for the
+# sndbuf to drain)
 CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.INIT, "handshake_done"): (R(S.ACTIVE),),
     (S.INIT, "app_close"): (R(S.CLOSED),),
@@ -118,8 +120,10 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.APPCLOSEWAIT1, "peer_abort"): (R(S.PROCESSABORT),),
     (S.APPCLOSEWAIT2, "peer_abort"): (R(S.CLOSED),),
     (S.APPFINCLOSEWAIT, "peer_abort"): (R(S.PROCESSABORT),),
-    (S.PEERCLOSEWAIT1, "peer_abort"): (R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
-    (S.PEERCLOSEWAIT2, "peer_abort"): (R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
+    # an abort while our close flag still waits for the sndbuf: the kernel's close() was
+    # still draining (smc_close_stream_wait) and answers from PROCESSABORT with an abort
+    (S.PEERCLOSEWAIT1, "peer_abort"): (R(S.CLOSED, "send_abort", guard="close_pending"), R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
+    (S.PEERCLOSEWAIT2, "peer_abort"): (R(S.CLOSED, "send_abort", guard="close_pending"), R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
     (S.PEERFINCLOSEWAIT, "peer_abort"): (R(S.CLOSED),),
     (S.PEERABORTWAIT, "peer_abort"): (R(S.CLOSED),),
     (S.PROCESSABORT, "peer_abort"): (STAY,),
@@ -145,6 +149,10 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.CLOSED, "abort"): (STAY,),
     (S.PEERABORTWAIT, "abort_done"): (R(S.CLOSED),),
     (S.CLOSED, "abort_done"): (STAY,),
+    # our close flag waited for unsent data (the kernel's close() waits for it in
+    # smc_close_stream_wait); when the peer's close came meanwhile, sending ours ends it
+    **{(s, "closed_sent"): (STAY,) for s in SmcState if s != S.APPFINCLOSEWAIT},
+    (S.APPFINCLOSEWAIT, "closed_sent"): (R(S.CLOSED, guard="released"), STAY),
 }
 
 # --------------------------------------------------------------------------- link
