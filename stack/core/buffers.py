@@ -5,6 +5,14 @@ registered on the device of every link (the kernel maps each RMB on each link an
 an rkey per link, ``buf_desc->mr[link_idx]``). The send buffer likewise needs a local
 key on every device that may post RDMA WRITEs from it. One memory, several
 registrations: a failover changes the link and the key, never the bytes.
+
+Buffers belong to their link group, not to one connection (``smc_buf_get_slot``,
+``smcr_buf_unuse``): when a connection ends, its RMB is unregistered with the peer (DELETE
+RKEY), zeroed and kept registered, unused, with its send buffer; the next connection of the
+same size takes them and announces the RMB again (CONFIRM RKEY), as the kernel does. The
+memory stays registered all along, so a late RDMA WRITE from a peer that has not yet seen
+the close lands in registered memory instead of failing the link. They are freed with the
+group.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ class RegisteredBuffer:
         self.size = size
         self.buf = first.buf
         self.regs: dict[str, MrInfo] = {device: first}
+        self.in_use = True
+        self.confirmed = False  # an RMB whose keys the peer has (CLC, CONFIRM RKEY or ADD LINK)
 
     def on(self, device: str) -> MrInfo:
         """The registration on ``device`` (KeyError when the buffer is not mapped there)."""
@@ -31,6 +41,9 @@ class RegisteredBuffer:
         if reg is None:
             reg = self.regs[device] = self.io.reg_mr(device, self.size, self.remote_write, self.buf)
         return reg
+
+    def clear(self) -> None:
+        self.buf[:] = bytes(self.size)
 
     def release(self) -> None:
         for reg in self.regs.values():

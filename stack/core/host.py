@@ -234,7 +234,7 @@ class SmcHost:
             if not self._attach_buffers(conn, now):
                 return
             self._hs(conn, "proposal", now, lambda g: g == "reuse")
-            lgr.confirm_rkey(conn, now, lambda ok, t: self._rkey_done(conn, ok, t))
+            self._confirm_rkey(conn, now)
             return
         lgr = self._new_lgr(LgrRole.SERVER, choice.version, p.peer_id, peer_gid, p.mac, now, choice.max_conns, choice.max_links)
         lgr.negotiated_eid = choice.eid
@@ -251,9 +251,19 @@ class SmcHost:
         self._hs(conn, "proposal", now)
         self._send_accept(conn, now)
 
+    def _confirm_rkey(self, conn: SmcConnection, now: float) -> None:
+        """CONFIRM RKEY for an RMB the peer does not know (a new one, or a reused one, which
+        DELETE RKEY took back): smcr_lgr_reg_rmbs."""
+        if conn.rmb.confirmed:
+            self._rkey_done(conn, True, now)
+        else:
+            conn.lgr.confirm_rkey(conn, now, lambda ok, t: self._rkey_done(conn, ok, t))
+
     def _rkey_done(self, conn: SmcConnection, ok: bool, now: float) -> None:
         if conn.hs != Hs.WAIT_RKEY:
             return
+        if ok:
+            conn.rmb.confirmed = True
         if not ok:
             self._hs(conn, "rkey_failed", now)
             self._decline(conn, hsk.ERR_REGBUF, now)
@@ -342,7 +352,7 @@ class SmcHost:
             if not self._attach_buffers(conn, now) or not self._adopt_peer_buffer(conn, a, now):
                 return
             self._hs(conn, "accept", now)
-            lgr.confirm_rkey(conn, now, lambda ok, t: self._rkey_done(conn, ok, t))
+            self._confirm_rkey(conn, now)
             return
         fce = a.fce
         max_conns = fce.max_conns if fce is not None and fce.release >= 1 else 255
@@ -459,12 +469,16 @@ class SmcHost:
                 return self._token_seq
 
     def _attach_buffers(self, conn: SmcConnection, now: float) -> bool:
-        device = conn.link.device
+        device, lgr = conn.link.device, conn.lgr
+        rmb_size = clc.rmbe_size_bytes(clc.rmbe_size_compress(self.config.rmb_size))
+        conn.rmb, conn.sndbuf = lgr.take_buffers(rmb_size, self.config.sndbuf_size)  # reused when the group has them
         try:
-            rmb_size = clc.rmbe_size_bytes(clc.rmbe_size_compress(self.config.rmb_size))
-            conn.rmb = RegisteredBuffer(self.io, device, rmb_size, True)
-            conn.sndbuf = RegisteredBuffer(self.io, device, self.config.sndbuf_size, False)
-            conn.lgr.map_buffers(conn)  # and on the devices of the group's other links
+            if conn.rmb is None:
+                conn.rmb = RegisteredBuffer(self.io, device, rmb_size, True)
+            if conn.sndbuf is None:
+                conn.sndbuf = RegisteredBuffer(self.io, device, self.config.sndbuf_size, False)
+            lgr.add_buffers(conn.rmb, conn.sndbuf)
+            lgr.map_buffers(conn)  # and on the devices of the group's other links
         except OSError as e:
             conn.error = f"buffer registration failed: {e}"
             self._decline_and_fallback(conn, hsk.ERR_REGBUF, now)
@@ -503,6 +517,7 @@ class SmcHost:
     def _established(self, conn: SmcConnection, now: float) -> None:
         self.io.cancel_timer(("clc", conn.id))
         conn.mode = "SMCR"
+        conn.rmb.confirmed = True  # the peer has its key (CLC, CONFIRM RKEY): a DELETE RKEY ends it
         self.stats["smc_" + conn.role] += 1
         conn.emit(now, "conn.mode", mode="SMCR", version=conn.version, first_contact=conn.first_contact,
                   token=conn.token, peer_token=conn.peer_token, rmb_size=conn.rmb_size, peer_rmb_size=conn.peer_size,
@@ -572,9 +587,11 @@ class SmcHost:
         lgr = conn.lgr
         if lgr is not None:
             lgr.conns.pop(conn.token, None)
-        for buf in (conn.rmb, conn.sndbuf):
-            if buf is not None:
-                buf.release()
+            lgr.unuse_buffers(conn, now)
+        else:
+            for buf in (conn.rmb, conn.sndbuf):
+                if buf is not None:
+                    buf.release()
         conn.rmb = conn.sndbuf = None
         if lgr is not None and conn.first_contact and not lgr.conns:
             lgr.terminate(now, DEL_PROG_INIT_TERM, "first contact did not complete", notify_peer=False)
@@ -583,19 +600,14 @@ class SmcHost:
     # ---------------------------------------------------------------- closing
 
     def connection_closed(self, conn: SmcConnection, now: float) -> None:
-        """The close machine reached CLOSED: free the connection's RMB (DELETE RKEY) and tell the app."""
+        """The close machine reached CLOSED: the connection's buffers go back to its link
+        group (its RMB after DELETE RKEY) for the next connection, and the app is told."""
         self.io.cancel_timer(("flush", conn.id))
-        lgr, rmb = conn.lgr, conn.rmb
+        lgr = conn.lgr
         if conn.mode == "SMCR" and lgr is not None:
-            if conn.sndbuf is not None:
-                conn.sndbuf.release()
-                conn.sndbuf = None
-            if rmb is not None and not lgr.terminated and lgr.active_links():
-                lgr.delete_rkey(conn, now, lambda t: rmb.release())  # the RMB stays mapped until the peer forgot it
-            elif rmb is not None:
-                rmb.release()
+            lgr.unuse_buffers(conn, now)
+            conn.rmb = conn.sndbuf = None
             lgr.conns.pop(conn.token, None)
-            conn.rmb = None
             if not lgr.conns and not lgr.terminated:
                 self.io.arm_timer(("lgr_idle", lgr.lgr_id), now + self.config.timeouts.lgr_idle + (10 if lgr.role == LgrRole.CLIENT else 0))
         self.conns.pop(conn.id, None)

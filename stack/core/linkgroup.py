@@ -145,6 +145,10 @@ class Link:
     def post_cdc(self, msg: cdc.CdcMessage, on_done: Callable[[bool, float], None], now: float) -> bool:
         return self._signaled(msg.encode(), on_done, now)
 
+    def post_cdc_bytes(self, payload: bytes, on_done: Callable[[bool, float], None], now: float) -> bool:
+        """A CDC already encoded (the transmit path packs it straight from the cursors)."""
+        return self._signaled(payload, on_done, now)
+
     def post_llc(self, msg: llc.LlcMessage, now: float, on_done: Callable[[bool, float], None] | None = None) -> bool:
         payload = msg.encode(self.lgr.llc_order)
         ok = self._signaled(payload, on_done, now)
@@ -232,6 +236,9 @@ class LinkGroup:
     running: "LlcFlow | None" = None  # the flow holding the slot
     # the peer's RMBs: one row per RMB, link id -> (rkey, address) on that link (lgr->rtokens)
     rtokens: list[dict[int, tuple[int, int]]] = field(default_factory=list)
+    # our buffers, in use or waiting for the next connection (lgr->rmbs, lgr->sndbufs)
+    rmbs: list = field(default_factory=list)
+    sndbufs: list = field(default_factory=list)
     retired_peer_qpns: set[int] = field(default_factory=set)  # peer QPNs of links that are gone
     negotiated_eid: bytes = b""
     peer_host: str = ""
@@ -362,19 +369,63 @@ class LinkGroup:
             conn.sndbuf.ensure(device)
 
     def map_all(self, device: str) -> None:
-        """Register every connection's buffers on ``device`` (a new link's)."""
-        for conn in self.conns.values():
-            if conn.rmb is not None:
-                conn.rmb.ensure(device)
-                conn.sndbuf.ensure(device)
+        """Register every buffer of the group, in use or not, on ``device`` (a new link's: smcr_buf_map_lgr)."""
+        for buf in self.rmbs + self.sndbufs:
+            buf.ensure(device)
+
+    def take_buffers(self, rmb_size: int, sndbuf_size: int) -> tuple:
+        """An unused RMB and send buffer of these sizes (smc_buf_get_slot), or None for each."""
+        rmb = next((b for b in self.rmbs if not b.in_use and b.size == rmb_size), None)
+        sndbuf = next((b for b in self.sndbufs if not b.in_use and b.size == sndbuf_size), None)
+        for b in (rmb, sndbuf):
+            if b is not None:
+                b.in_use = True
+        return rmb, sndbuf
+
+    def add_buffers(self, rmb, sndbuf) -> None:
+        for buf, pool in ((rmb, self.rmbs), (sndbuf, self.sndbufs)):
+            if buf is not None and buf not in pool:
+                pool.append(buf)
+
+    def unuse_buffers(self, conn: "SmcConnection", now: float) -> None:
+        """smc_buf_unuse: the send buffer is free at once; an RMB the peer knows is
+        unregistered with it first (DELETE RKEY), then zeroed and free. Both stay registered
+        here; a group that is going away frees them instead."""
+        rmb, sndbuf = conn.rmb, conn.sndbuf
+        if sndbuf is not None:
+            sndbuf.in_use = False
+        if rmb is None:
+            pass
+        elif rmb.confirmed and not self.terminated and self.active_links():
+            self.delete_rkey(conn, now, lambda t: self._rmb_free(rmb))
+        else:
+            self._rmb_free(rmb)
+        if self.terminated:
+            self.free_buffers()
+
+    def _rmb_free(self, rmb) -> None:
+        rmb.confirmed = False
+        if not self.terminated and rmb.regs:
+            rmb.clear()
+        rmb.in_use = False
+        if self.terminated:
+            self.free_buffers()
+
+    def free_buffers(self) -> None:
+        """The group is gone: every buffer nobody uses is deregistered."""
+        for pool in (self.rmbs, self.sndbufs):
+            for buf in [b for b in pool if not b.in_use]:
+                buf.release()
+                pool.remove(buf)
 
     def rkey_triples(self, old: Link, new: Link) -> list[llc.RkeyTriple]:
-        """Each of our RMBs: its rkey on ``old``, its rkey and address on ``new``."""
+        """Each of our RMBs, in use or not (the peer keeps its key either way): its rkey on
+        ``old``, its rkey and address on ``new``."""
         out = []
-        for conn in self.conns.values():
-            if conn.rmb is not None and old.device in conn.rmb.regs and new.device in conn.rmb.regs:
-                on_new = conn.rmb.on(new.device)
-                out.append(llc.RkeyTriple(conn.rmb.on(old.device).rkey, on_new.rkey, on_new.addr))
+        for rmb in self.rmbs:
+            if old.device in rmb.regs and new.device in rmb.regs:
+                on_new = rmb.on(new.device)
+                out.append(llc.RkeyTriple(rmb.on(old.device).rkey, on_new.rkey, on_new.addr))
         return out
 
     def rtoken_find(self, link_id: int, rkey: int) -> dict[int, tuple[int, int]] | None:
@@ -668,6 +719,7 @@ class LinkGroup:
             if l.state != LinkState.UNUSED:
                 l.set_state("clear", now)
         self.host.lgr_terminated(self, now)
+        self.free_buffers()
         if sent:
             self.host.io.arm_timer(("lgr_free", self.lgr_id), now + 1.0)
         else:

@@ -23,6 +23,7 @@ def kinds(io, kind):
 
 
 def test_second_connection_reuses_the_link_group_with_confirm_rkey():
+    """A second connection while the first is open: a new RMB, announced by CONFIRM RKEY."""
     f, a, b = pair()
     open_conn(f, a, b, 1)
     open_conn(f, a, b, 2)
@@ -258,9 +259,56 @@ def test_close_paths(script, client_states, server_states):
     flags = [e.get("flags") for e in kinds(a, "cdc.msg") if e.get("dir") == "tx"]
     if script in ("abort", "unread data"):
         assert ["peer_conn_abort"] in flags
-    # the RMBs were given back with DELETE RKEY
+    # the RMBs were unregistered with the peer (DELETE RKEY) and went back to the link group,
+    # zeroed, still registered here, with the send buffers (smcr_buf_unuse)
     assert any(e.get("type", "").startswith("LLC DELETE RKEY") for e in kinds(a, "llc.msg"))
-    assert not a.host.lgrs[0].conns and not b.host.lgrs[0].conns
+    for io in (a, b):
+        lgr = io.host.lgrs[0]
+        assert not lgr.conns
+        assert [(buf.in_use, buf.confirmed) for buf in lgr.rmbs] == [(False, False)]
+        assert [buf.in_use for buf in lgr.sndbufs] == [False] and all(buf.regs for buf in lgr.rmbs + lgr.sndbufs)
+        assert bytes(lgr.rmbs[0].buf) == bytes(lgr.rmbs[0].size)
+
+
+def test_a_new_connection_reuses_a_closed_ones_buffers():
+    """As smc_buf_get_slot: the next connection takes the closed one's RMB and send buffer
+    (no new registration) and announces the RMB again with CONFIRM RKEY."""
+    f, a, b = pair()
+    open_conn(f, a, b, 1)
+    open_conn(f, a, b, 2)  # a second RMB: CONFIRM RKEY both ways
+    first = {io.name: (io.host.conns[2].rmb, io.host.conns[2].sndbuf) for io in (a, b)}
+    regs = {io.name: dict(first[io.name][0].regs) for io in (a, b)}
+    a.host.app_send(2, b"x" * 5000, f.now)
+    f.run(until=f.now + 0.01)
+    assert b.host.app_recv(2, 5000, f.now) == b"x" * 5000
+    for io in (a, b):
+        io.host.app_close(2, f.now)
+    f.run(until=f.now + 0.01)
+    assert 2 not in a.host.conns and 2 not in b.host.conns
+    rkey_msgs = len([e for e in kinds(a, "llc.msg") if "CONFIRM RKEY" in e.get("type", "")])
+    open_conn(f, a, b, 3)
+    assert a.apps[3].established and b.apps[3].established
+    for io in (a, b):
+        conn = io.host.conns[3]
+        assert (conn.rmb, conn.sndbuf) == first[io.name] and conn.rmb.regs == regs[io.name] and not conn.first_contact
+        assert bytes(conn.rmb.buf[:5000]) == bytes(5000)  # zeroed for its new owner
+    assert len([e for e in kinds(a, "llc.msg") if "CONFIRM RKEY" in e.get("type", "")]) == rkey_msgs + 4
+    a.host.app_send(3, b"y" * 3000, f.now)
+    f.run(until=f.now + 0.01)
+    assert b.host.app_recv(3, 3000, f.now) == b"y" * 3000
+
+
+def test_a_late_write_after_the_peer_aborted_lands_in_registered_memory():
+    """The peer aborts and frees the connection while our RDMA WRITE is on its way: the RMB
+    is still registered (unused), so the write completes and the link survives."""
+    f, a, b = pair()
+    open_conn(f, a, b, 1)
+    a.host.app_abort(1, f.now)
+    b.host.app_send(1, bytes(3000), f.now)  # before the abort reaches b
+    b.host.app_send(1, bytes(3000), f.now)
+    f.run(until=f.now + 0.5)
+    assert not any(e.get("event") == "qp_error" for io in (a, b) for e in kinds(io, "link.event"))
+    assert a.host.lgrs and b.host.lgrs and not a.host.lgrs[0].terminated and not b.host.lgrs[0].terminated
 
 
 def test_idle_link_group_is_freed():
