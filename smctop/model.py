@@ -877,9 +877,10 @@ class Model:
         buf[:] = ring[(tick - 1) % clock.size]  # who did not move repeats its values
         if len(buf) < self._slots * SLOT:
             buf += bytes(self._slots * SLOT - len(buf))
-        pack = _SAMPLE.pack_into
+        pack, width = _SAMPLE.pack_into, SLOT
         for c in moved:
-            if c.slot < 0:  # forgotten since it moved
+            slot = c.slot
+            if slot < 0:  # forgotten since it moved
                 continue
             now_total = c.ev_tx + c.ev_rx
             delta = now_total - c.last_total
@@ -899,7 +900,7 @@ class Model:
             c.version_no += 1
             if not c.hfirst:
                 c.hfirst = tick
-            pack(buf, c.slot * SLOT, rate, c.fill, c.rxc, c.txc)
+            pack(buf, slot * width, rate, c.fill, c.rxc, c.txc)
         for c in self._prev:
             if c.htick == tick - 1 and c.slot >= 0:  # moved in the last sample, not in this one: rate 0 from here on
                 c.version_no += 1
