@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,6 +22,12 @@ extern unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned
 /* the same CRC, folded with PCLMULQDQ where the CPU has it (crc.c) */
 #define crc32(c, b, l) sr_crc32((c), (b), (l))
 
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 #define PSN_MASK 0xFFFFFFu
 #define ROCE_PORT 4791
 #define OP_ACK 0x11
@@ -445,6 +452,7 @@ int sr_dereg_mr(sr_dev *d, uint32_t lkey, void **owner) {
 typedef struct {
     sr_dev *d;
     int n;
+    int hold_acks; /* the application's receive turn: ACKs wait in d->ack_* */
     struct mmsghdr msg[SR_TX_BATCH];
     struct iovec iov[SR_TX_BATCH][TX_IOV];
     struct sockaddr_in to[SR_TX_BATCH];
@@ -468,29 +476,106 @@ static void tap_iov(sr_dev *d, int dir, uint32_t src, uint32_t dst, const struct
     if (buf != stack) free(buf);
 }
 
-static void tx_flush(txbatch *b) {
+static size_t frame_len(const struct mmsghdr *m) {
+    size_t n = 0;
+    for (size_t i = 0; i < m->msg_hdr.msg_iovlen; i++) n += m->msg_hdr.msg_iov[i].iov_len;
+    return n;
+}
+
+static void tx_done(sr_dev *d, txbatch *b, int first, int count, int err) {
+    char why[96];
+    if (err) snprintf(why, sizeof why, "send failed: %s", strerror(err));
+    for (int i = first; i < first + count; i++) {
+        if (err)
+            d->st.tx_dropped++;
+        else
+            d->st.tx_frames++;
+        if (d->tap_on) tap_iov(d, 0, d->ip, b->to[i].sin_addr.s_addr, b->iov[i], (int)b->msg[i].msg_hdr.msg_iovlen, err ? why : NULL);
+    }
+}
+
+/* one sendmmsg per batch; a frame that cannot go is lost on the wire, as the twin's sendto error */
+static void tx_flush_plain(txbatch *b) {
     sr_dev *d = b->d;
     int done = 0;
     while (done < b->n) {
         int r = sendmmsg(d->sock, b->msg + done, b->n - done, MSG_DONTWAIT);
         int err = r < 0 ? errno : 0;
         if (r < 0 && err == EINTR) continue;
-        if (r <= 0) { /* the first frame could not go: the wire lost it, as the twin's sendto error */
-            char why[96];
-            snprintf(why, sizeof why, "send failed: %s", strerror(err ? err : EIO));
-            d->st.tx_dropped++;
-            if (d->tap_on)
-                tap_iov(d, 0, d->ip, b->to[done].sin_addr.s_addr, b->iov[done], (int)b->msg[done].msg_hdr.msg_iovlen, why);
+        if (r <= 0) {
+            tx_done(d, b, done, 1, err ? err : EIO);
             done++;
             continue;
         }
-        for (int i = done; i < done + r; i++) {
-            d->st.tx_frames++;
-            if (d->tap_on) tap_iov(d, 0, d->ip, b->to[i].sin_addr.s_addr, b->iov[i], (int)b->msg[i].msg_hdr.msg_iovlen, NULL);
-        }
+        tx_done(d, b, done, r, 0);
         done += r;
     }
-    d->st.tx_batches++;
+}
+
+/* runs of frames to one peer, all of one size but the last (which may be shorter), leave as
+ * one UDP GSO datagram each; the kernel cuts them apart again wherever it must */
+static void tx_flush_gso(txbatch *b) {
+    sr_dev *d = b->d;
+    struct mmsghdr out[SR_TX_BATCH];
+    struct iovec iov[SR_TX_BATCH * TX_IOV];
+    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctl[SR_TX_BATCH];
+    int first[SR_TX_BATCH], count[SR_TX_BATCH];
+    int ng = 0, niov = 0;
+    for (int i = 0; i < b->n;) {
+        size_t seg = frame_len(&b->msg[i]), total = seg;
+        int k = 1;
+        while (i + k < b->n && k < SR_GSO_MAX && b->to[i + k].sin_addr.s_addr == b->to[i].sin_addr.s_addr) {
+            size_t len = frame_len(&b->msg[i + k]);
+            if (len > seg || total + len > SR_GSO_BYTES) break;
+            total += len;
+            k++;
+            if (len < seg) break; /* a shorter one ends the run */
+        }
+        struct msghdr *h = &out[ng].msg_hdr;
+        memset(&out[ng], 0, sizeof out[ng]);
+        h->msg_name = &b->to[i];
+        h->msg_namelen = sizeof b->to[i];
+        h->msg_iov = &iov[niov];
+        for (int j = i; j < i + k; j++)
+            for (size_t v = 0; v < b->msg[j].msg_hdr.msg_iovlen; v++) iov[niov++] = b->msg[j].msg_hdr.msg_iov[v];
+        h->msg_iovlen = &iov[niov] - h->msg_iov;
+        if (k > 1) {
+            h->msg_control = ctl[ng].buf;
+            h->msg_controllen = sizeof ctl[ng].buf;
+            struct cmsghdr *c = CMSG_FIRSTHDR(h);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t gso = (uint16_t)seg;
+            memcpy(CMSG_DATA(c), &gso, sizeof gso);
+            d->st.tx_gso_sends++;
+        }
+        first[ng] = i;
+        count[ng] = k;
+        ng++;
+        i += k;
+    }
+    int done = 0;
+    while (done < ng) {
+        int r = sendmmsg(d->sock, out + done, ng - done, MSG_DONTWAIT);
+        int err = r < 0 ? errno : 0;
+        if (r < 0 && err == EINTR) continue;
+        if (r <= 0) {
+            tx_done(d, b, first[done], count[done], err ? err : EIO);
+            done++;
+            continue;
+        }
+        for (int g = done; g < done + r; g++) tx_done(d, b, first[g], count[g], 0);
+        done += r;
+    }
+}
+
+static void tx_flush(txbatch *b) {
+    if (b->d->gso && b->n > 1)
+        tx_flush_gso(b);
+    else
+        tx_flush_plain(b);
+    b->d->st.tx_batches++;
     b->n = 0;
 }
 
@@ -722,6 +807,13 @@ static void enter_error(sr_dev *d, sr_qp *qp) {
 
 /* ------------------------------------------------------------------ QP: requester */
 
+static void flush_held_acks(txbatch *b) {
+    sr_dev *d = b->d;
+    int n = d->nacks;
+    d->nacks = 0;
+    for (int i = 0; i < n; i++) emit(b, d->ack_dst[i], d->ack_hdr[i], 16, NULL, 0);
+}
+
 static void send_ack(txbatch *b, sr_qp *qp, uint32_t psn, uint32_t syndrome) {
     uint8_t h[16] = {0};
     h[0] = OP_ACK;
@@ -729,6 +821,15 @@ static void send_ack(txbatch *b, sr_qp *qp, uint32_t psn, uint32_t syndrome) {
     put24(h + 5, qp->remote_qpn);
     put24(h + 9, psn);
     put32(h + 12, syndrome << 24 | qp->msn);
+    sr_dev *d = b->d;
+    if (b->hold_acks && (syndrome >> 5) == 0) { /* a plain ACK: it may wait for the reply; NAKs go at once */
+        if (d->nacks == SR_TX_BATCH) flush_held_acks(b);
+        if (!d->nacks) d->acks_since = now_mono();
+        d->ack_dst[d->nacks] = qp->remote_ip;
+        memcpy(d->ack_hdr[d->nacks], h, 16);
+        d->nacks++;
+        return;
+    }
     emit(b, qp->remote_ip, h, 16, NULL, 0);
 }
 
@@ -1214,37 +1315,62 @@ static int rx_rounds(sr_dev *d, int max_rounds, int app) {
     struct mmsghdr msg[SR_RX_BATCH];
     struct iovec iov[SR_RX_BATCH];
     struct sockaddr_in from[SR_RX_BATCH];
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl[SR_RX_BATCH];
     uint8_t *rxbuf = app ? d->apprxbuf : d->rxbuf;
+    size_t slot = d->gro ? SR_GRO_SLOT : SR_RX_SLOT;
+    int batch = d->gro ? SR_RX_BATCH / 4 : SR_RX_BATCH;
     txbatch b;
     b.d = d;
     b.n = 0;
+    b.hold_acks = 0;
     int total = 0;
     for (int round = 0; round < max_rounds; round++) {
-        for (int i = 0; i < SR_RX_BATCH; i++) {
-            iov[i] = (struct iovec){rxbuf + (size_t)i * SR_RX_SLOT, SR_RX_SLOT};
+        for (int i = 0; i < batch; i++) {
+            iov[i] = (struct iovec){rxbuf + (size_t)i * slot, slot};
             memset(&msg[i], 0, sizeof msg[i]);
             msg[i].msg_hdr.msg_iov = &iov[i];
             msg[i].msg_hdr.msg_iovlen = 1;
             msg[i].msg_hdr.msg_name = &from[i];
             msg[i].msg_hdr.msg_namelen = sizeof from[i];
+            if (d->gro) {
+                msg[i].msg_hdr.msg_control = ctl[i].buf;
+                msg[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
+            }
         }
-        int n = recvmmsg(d->sock, msg, SR_RX_BATCH, MSG_DONTWAIT, NULL);
+        int n = recvmmsg(d->sock, msg, batch, MSG_DONTWAIT, NULL);
         if (n <= 0) break;
         double now = now_mono();
         pthread_mutex_lock(&d->lock);
         if (app) {
             d->inline_tid = pthread_self();
             d->inline_active = 1;
+            b.hold_acks = 1;
         }
         d->st.rx_batches++;
-        for (int i = 0; i < n; i++)
-            rx_frame(&b, iov[i].iov_base, msg[i].msg_len, from[i].sin_addr.s_addr, ntohs(from[i].sin_port),
-                     (msg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0, now);
+        for (int i = 0; i < n; i++) {
+            const uint8_t *data = iov[i].iov_base;
+            size_t len = msg[i].msg_len, seg = len;
+            int trunc = (msg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+            if (d->gro)
+                for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg[i].msg_hdr); c; c = CMSG_NXTHDR(&msg[i].msg_hdr, c))
+                    if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                        int g;
+                        memcpy(&g, CMSG_DATA(c), sizeof g);
+                        if (g > 0 && (size_t)g < len) {
+                            seg = g;
+                            d->st.rx_gro_datagrams++;
+                        }
+                    }
+            uint32_t src = from[i].sin_addr.s_addr;
+            uint16_t sport = ntohs(from[i].sin_port);
+            for (size_t off = 0; off < len; off += seg) /* the frames of a GRO datagram, one by one */
+                rx_frame(&b, data + off, len - off < seg ? len - off : seg, src, sport, trunc, now);
+        }
         if (b.n) tx_flush(&b);
         d->inline_active = 0;
         pthread_mutex_unlock(&d->lock);
         total += n;
-        if (n < SR_RX_BATCH) break;
+        if (n < batch) break;
     }
     return total;
 }
@@ -1254,6 +1380,19 @@ static void rx_drain(sr_dev *d) { rx_rounds(d, 16, 0); }
 int sr_rx_poll(sr_dev *d, int max_rounds) {
     d->app_polled = now_mono();
     return rx_rounds(d, max_rounds, 1);
+}
+
+int sr_flush_acks(sr_dev *d) {
+    txbatch b;
+    b.d = d;
+    b.n = 0;
+    b.hold_acks = 0;
+    pthread_mutex_lock(&d->lock);
+    int n = d->nacks;
+    flush_held_acks(&b);
+    if (b.n) tx_flush(&b);
+    pthread_mutex_unlock(&d->lock);
+    return n;
 }
 
 static void *engine_main(void *arg) {
@@ -1270,6 +1409,7 @@ static void *engine_main(void *arg) {
         pthread_mutex_lock(&d->lock);
         if (d->timer_hint && d->timer_hint < next) next = d->timer_hint;
         if (d->ndelayed && d->delayed[0].due < next) next = d->delayed[0].due;
+        if (d->nacks && d->acks_since + SR_APP_GRACE < next) next = d->acks_since + SR_APP_GRACE;
         d->wake_at = next;
         pthread_mutex_unlock(&d->lock);
         struct timespec ts;
@@ -1289,7 +1429,9 @@ static void *engine_main(void *arg) {
         txbatch b;
         b.d = d;
         b.n = 0;
+        b.hold_acks = 0;
         pthread_mutex_lock(&d->lock);
+        if (d->nacks && now_mono() - d->acks_since >= SR_APP_GRACE) flush_held_acks(&b); /* the application forgot them */
         run_timers(&b, now_mono());
         if (b.n) tx_flush(&b);
         pthread_mutex_unlock(&d->lock);
@@ -1299,7 +1441,7 @@ static void *engine_main(void *arg) {
 
 /* ------------------------------------------------------------------ device */
 
-sr_dev *sr_dev_open(int sock, uint32_t ip_be, uint32_t mtu, uint64_t seed, char *err, size_t errlen) {
+sr_dev *sr_dev_open(int sock, uint32_t ip_be, uint32_t mtu, uint64_t seed, int gso, char *err, size_t errlen) {
     sr_dev *d = calloc(1, sizeof *d);
     if (!d) {
         snprintf(err, errlen, "out of memory");
@@ -1312,8 +1454,14 @@ sr_dev *sr_dev_open(int sock, uint32_t ip_be, uint32_t mtu, uint64_t seed, char 
     d->rng = seed;
     d->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     d->tapfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    d->rxbuf = malloc((size_t)SR_RX_BATCH * SR_RX_SLOT);
-    d->apprxbuf = malloc((size_t)SR_RX_BATCH * SR_RX_SLOT);
+    if (gso) { /* receiving GRO batches costs nothing when none come: on whenever GSO may be */
+        int one = 1;
+        d->gso = gso > 0;
+        d->gro = setsockopt(sock, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
+    }
+    size_t rxlen = d->gro ? (size_t)(SR_RX_BATCH / 4) * SR_GRO_SLOT : (size_t)SR_RX_BATCH * SR_RX_SLOT;
+    d->rxbuf = malloc(rxlen);
+    d->apprxbuf = malloc(rxlen);
     if (d->wakefd < 0 || d->tapfd < 0 || !d->rxbuf || !d->apprxbuf) {
         snprintf(err, errlen, "cannot create the engine's eventfds or buffers: %s", strerror(errno));
         if (d->wakefd >= 0) close(d->wakefd);
@@ -1423,6 +1571,12 @@ void sr_set_port(sr_dev *d, int up) {
         d->port_up = !!up;
         post_event(d, up ? EV_PORT_ACTIVE : EV_PORT_ERR, 1, 0);
     }
+    pthread_mutex_unlock(&d->lock);
+}
+
+void sr_set_gso(sr_dev *d, int on) {
+    pthread_mutex_lock(&d->lock);
+    d->gso = !!on;
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -1618,6 +1772,7 @@ int sr_post_send(sr_dev *d, uint32_t qpn, const sr_send_in *wrs, int n) {
     txbatch b;
     b.d = d;
     b.n = 0;
+    b.hold_acks = 0;
     if (qp->state == QPS_ERR) {
         for (int i = 0; i < n; i++) cqe(qp, qp->scq, wrs[i].wr_id, WC_WR_FLUSH_ERR, wc_op(wrs[i].opcode), 0, 0, 0);
         goto out;
@@ -1647,6 +1802,7 @@ int sr_post_send(sr_dev *d, uint32_t qpn, const sr_send_in *wrs, int n) {
             goto out;
         }
     }
+    if (d->nacks) flush_held_acks(&b); /* the ACKs of what we just received ride with our reply */
     for (int i = 0; i < n; i++) {
         const sr_send_in *w = &wrs[i];
         sr_swqe *e = sq_at(qp, qp->sq_count);

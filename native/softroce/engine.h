@@ -37,6 +37,9 @@ enum { EV_CQ_ERR = 0, EV_QP_REQ_ERR = 2, EV_QP_ACCESS_ERR = 3, EV_PORT_ACTIVE = 
 #define SR_TICK 0.02       /* the engine thread sleeps at most this long (seconds) */
 #define SR_APP_GRACE 0.001 /* while the application polls, the engine leaves the socket to it this long */
 #define SR_RX_SLOT 9216    /* a 4096-MTU frame is at most 4136 bytes; larger ones are counted as bad */
+#define SR_GRO_SLOT 65536  /* with UDP GRO a datagram holds up to 64 KiB of back-to-back frames */
+#define SR_GSO_MAX 64      /* frames in one UDP GSO send (the kernel's UDP_MAX_SEGMENTS) */
+#define SR_GSO_BYTES 65000 /* and bytes: an IPv4 datagram's limit, with room for the headers */
 
 typedef struct sr_mr {
     uint32_t lkey, rkey;
@@ -117,7 +120,7 @@ typedef struct sr_qp {
 
 typedef struct {
     uint64_t tx_frames, rx_frames, tx_dropped, rx_dropped, icrc_errors, bad_frames, unknown_qp, internal_errors;
-    uint64_t tap_dropped, tx_batches, rx_batches;
+    uint64_t tap_dropped, tx_batches, rx_batches, tx_gso_sends, rx_gro_datagrams;
 } sr_devstats;
 
 /* a frame held back by the delay fault */
@@ -142,6 +145,11 @@ typedef struct sr_dev {
     int sock, wakefd, tapfd;
     uint32_t ip;        /* network byte order */
     uint32_t mtu;       /* active MTU, bytes */
+    /* UDP segmentation offload: runs of equal-size frames to one peer leave in one send and
+     * arrive in one receive; each frame keeps the bytes (and the ICRC, computed for IP
+     * identification 0) it has alone, so peers with or without it understand each other,
+     * but a capture of the interface sees the batches (smc-trace sees every frame) */
+    int gso, gro;
     volatile int running;
     int port_up;
     pthread_t thread;
@@ -161,6 +169,12 @@ typedef struct sr_dev {
     volatile double app_polled; /* when the application's thread last took frames itself (sr_rx_poll) */
     pthread_t inline_tid;       /* the application's thread while it processes frames: no eventfd for it */
     int inline_active;
+    /* ACKs the application's thread produced, held until its next transmission or the end of
+     * its turn (sr_flush_acks), so they leave with the reply as TCP's delayed ACK rides on data */
+    int nacks;
+    uint32_t ack_dst[SR_TX_BATCH];
+    uint8_t ack_hdr[SR_TX_BATCH][16];
+    double acks_since;
     /* events */
     sr_event events[256];
     int nevents;
@@ -181,7 +195,7 @@ typedef struct sr_dev {
 } sr_dev;
 
 /* lifecycle; sock is a bound, non-blocking UDP socket the device now owns */
-sr_dev *sr_dev_open(int sock, uint32_t ip_be, uint32_t mtu, uint64_t seed, char *err, size_t errlen);
+sr_dev *sr_dev_open(int sock, uint32_t ip_be, uint32_t mtu, uint64_t seed, int gso, char *err, size_t errlen);
 int sr_dev_start(sr_dev *d);
 void sr_dev_close(sr_dev *d); /* stops the thread, flushes QPs; memory owners are returned by sr_dev_next_owner */
 void *sr_dev_next_owner(sr_dev *d); /* after close: the memory owners still registered, one at a time */
@@ -232,9 +246,12 @@ int sr_post_recv(sr_dev *d, uint32_t qpn, const sr_recv_in *wrs, int n);
  * keeps doing so, the engine thread stays off the socket and steps in only when the
  * application has not come for SR_APP_GRACE. Returns the frames processed. */
 int sr_rx_poll(sr_dev *d, int max_rounds);
+/* send the ACKs sr_rx_poll held back; returns how many */
+int sr_flush_acks(sr_dev *d);
 
 /* faults and ports */
 void sr_set_port(sr_dev *d, int up);
+void sr_set_gso(sr_dev *d, int on); /* send GSO batches or frame by frame (receiving takes both) */
 void sr_set_faults(sr_dev *d, double loss, double rx_loss, int64_t drop_next, double delay);
 void sr_reseed(sr_dev *d, uint64_t seed);
 int sr_take_events(sr_dev *d, sr_event *out, int max);

@@ -42,12 +42,13 @@ static PyObject *engine_error(sr_dev *d, int rc) {
     }
 
 static int Device_init(DeviceObject *self, PyObject *args, PyObject *kw) {
-    int fd;
+    int fd, gso = 0;
     unsigned int ip, mtu;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "iIIK", &fd, &ip, &mtu, &seed)) return -1;
+    /* gso: 1 send GSO batches, -1 receive them but send frame by frame for now (set_gso), 0 neither */
+    if (!PyArg_ParseTuple(args, "iIIK|i", &fd, &ip, &mtu, &seed, &gso)) return -1;
     char err[160];
-    self->dev = sr_dev_open(fd, ip, mtu, seed, err, sizeof err);
+    self->dev = sr_dev_open(fd, ip, mtu, seed, gso, err, sizeof err);
     if (!self->dev) {
         PyErr_SetString(PyExc_OSError, err);
         return -1;
@@ -389,7 +390,18 @@ static PyObject *Device_rx_poll(DeviceObject *self, PyObject *args) {
     int rounds = 4;
     CHECK_OPEN(self);
     if (!PyArg_ParseTuple(args, "|i", &rounds)) return NULL;
-    return PyLong_FromLong(sr_rx_poll(self->dev, rounds));
+    sr_rx_poll(self->dev, rounds);
+    return PyLong_FromLong(self->dev->nacks); /* the ACKs held for the caller's reply (flush_acks) */
+}
+
+static PyObject *Device_flush_acks(DeviceObject *self, PyObject *unused) {
+    CHECK_OPEN(self);
+    return PyLong_FromLong(sr_flush_acks(self->dev));
+}
+
+static PyObject *Device_acks_held(DeviceObject *self, PyObject *unused) {
+    CHECK_OPEN(self);
+    return PyLong_FromLong(self->dev->nacks);
 }
 
 static PyObject *Device_fileno(DeviceObject *self, PyObject *unused) {
@@ -404,6 +416,18 @@ static PyObject *Device_set_port(DeviceObject *self, PyObject *args) {
     CHECK_OPEN(self);
     if (!PyArg_ParseTuple(args, "p", &up)) return NULL;
     sr_set_port(self->dev, up);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Device_set_gso(DeviceObject *self, PyObject *args) {
+    int on;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    if (on && !self->dev->gro) {
+        PyErr_SetString(PyExc_ValueError, "this device was opened without GSO");
+        return NULL;
+    }
+    sr_set_gso(self->dev, on);
     Py_RETURN_NONE;
 }
 
@@ -447,10 +471,11 @@ static PyObject *Device_stats(DeviceObject *self, PyObject *unused) {
     pthread_mutex_lock(&d->lock);
     sr_devstats s = d->st;
     pthread_mutex_unlock(&d->lock);
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsK}", "tx_frames", s.tx_frames, "rx_frames", s.rx_frames, "tx_dropped", s.tx_dropped,
-                         "rx_dropped", s.rx_dropped, "icrc_errors", s.icrc_errors, "bad_frames", s.bad_frames, "unknown_qp",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsKsK}", "tx_frames", s.tx_frames, "rx_frames", s.rx_frames, "tx_dropped",
+                         s.tx_dropped, "rx_dropped", s.rx_dropped, "icrc_errors", s.icrc_errors, "bad_frames", s.bad_frames, "unknown_qp",
                          s.unknown_qp, "internal_errors", s.internal_errors, "tap_dropped", s.tap_dropped, "tx_batches",
-                         s.tx_batches, "rx_batches", s.rx_batches);
+                         s.tx_batches, "rx_batches", s.rx_batches, "tx_gso_sends", s.tx_gso_sends, "rx_gro_datagrams", s.rx_gro_datagrams);
+    /* (gso itself is reported by the Python side, which decides it) */
 }
 
 /* ------------------------------------------------------------------ the tap */
@@ -535,10 +560,13 @@ static PyMethodDef Device_methods[] = {
     {"qp_stats", (PyCFunction)Device_qp_stats, METH_VARARGS, "qp_stats(qpn) -> dict"},
     {"post_send", (PyCFunction)Device_post_send, METH_VARARGS, "post_send(qpn, [(wr_id, opcode, flags, remote_addr, rkey, imm, ((lkey, off, len), ...))])"},
     {"post_recv", (PyCFunction)Device_post_recv, METH_VARARGS, "post_recv(qpn, [(wr_id, ((lkey, off, len), ...))])"},
-    {"rx_poll", (PyCFunction)Device_rx_poll, METH_VARARGS, "rx_poll(rounds=4) -> frames: take and process waiting frames on this thread"},
+    {"rx_poll", (PyCFunction)Device_rx_poll, METH_VARARGS, "rx_poll(rounds=4) -> ACKs held: take and process waiting frames on this thread; their ACKs wait for the next send or flush_acks()"},
     {"fileno", (PyCFunction)Device_fileno, METH_NOARGS, "the UDP socket (readable when frames wait)"},
+    {"flush_acks", (PyCFunction)Device_flush_acks, METH_NOARGS, "send the ACKs rx_poll held back -> how many"},
+    {"acks_held", (PyCFunction)Device_acks_held, METH_NOARGS, "ACKs rx_poll holds back for the next transmission"},
     {"set_port", (PyCFunction)Device_set_port, METH_VARARGS, "set_port(up)"},
     {"set_faults", (PyCFunction)Device_set_faults, METH_VARARGS, "set_faults(loss, rx_loss, drop_next, delay)"},
+    {"set_gso", (PyCFunction)Device_set_gso, METH_VARARGS, "set_gso(on): send runs of frames as UDP GSO batches, or frame by frame"},
     {"reseed", (PyCFunction)Device_reseed, METH_VARARGS, "reseed(seed)"},
     {"events", (PyCFunction)Device_events, METH_NOARGS, "events() -> [(type, port, qpn)]"},
     {"stats", (PyCFunction)Device_stats, METH_NOARGS, "stats() -> dict"},
@@ -551,7 +579,7 @@ static PyTypeObject DeviceType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "native._softroce.Device",
     .tp_basicsize = sizeof(DeviceObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Device(socket_fd, ip_be, mtu_bytes, seed): a soft RoCEv2 device's compiled engine",
+    .tp_doc = "Device(socket_fd, ip_be, mtu_bytes, seed, gso=False): a soft RoCEv2 device's compiled engine",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Device_init,
     .tp_dealloc = (destructor)Device_dealloc,

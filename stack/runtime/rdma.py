@@ -101,6 +101,8 @@ class _Dev:
     raw: bool = False  # the compiled engine: tuples, doorbells, the loop polls the socket
     c_cq_poll: Callable | None = None
     c_rx_poll: Callable | None = None
+    c_flush_acks: Callable | None = None
+    ack_flush_due: bool = False
 
 
 class RdmaDriver:
@@ -140,7 +142,7 @@ class RdmaDriver:
         dev = _Dev(spec, device, device.alloc_pd(), device.create_cq(8192), info, gid.index, info.up)
         dev.raw = hasattr(device, "engine_calls")
         if dev.raw:
-            dev.c_cq_poll, dev.c_rx_poll = device.engine_calls("cq_poll", "rx_poll")
+            dev.c_cq_poll, dev.c_rx_poll, dev.c_flush_acks = device.engine_calls("cq_poll", "rx_poll", "flush_acks")
         self.devs[device.name] = dev
         fd = dev.cq.fileno()
         if fd is not None:
@@ -265,13 +267,28 @@ class RdmaDriver:
     # ---------------------------------------------------------------- completions
 
     def _rx_inline(self, dev: _Dev) -> None:
-        """The device's socket is readable: take the frames on this thread, then their completions."""
+        """The device's socket is readable: take the frames on this thread, then their
+        completions. The ACKs for them wait for this loop turn's replies to carry them (a
+        request/response then costs the requester one wake-up, not two); whatever is left
+        goes at the end of the turn."""
+        if self._closed:
+            return
+        try:
+            held = dev.c_rx_poll(4)
+        except ValueError:  # closed
+            return
+        self._drain_raw(dev)
+        if held and not dev.ack_flush_due:
+            dev.ack_flush_due = True
+            self.loop.call_soon(self._flush_acks, dev)
+
+    def _flush_acks(self, dev: _Dev) -> None:
+        dev.ack_flush_due = False
         if not self._closed:
             try:
-                dev.c_rx_poll(4)
-            except ValueError:  # closed
-                return
-            self._drain_raw(dev)
+                dev.c_flush_acks()
+            except ValueError:
+                pass
 
     def _drain(self, dev: _Dev) -> None:
         if dev.raw:

@@ -115,3 +115,45 @@ def test_auto_says_why_it_runs_python(monkeypatch):
         resolve_engine("fast")
     assert resolve_engine("python") == ("python", "")
     _ = socket  # (kept for symmetry with the other verbs tests' imports)
+
+
+@pytest.mark.skipif(not softroce.available()[0], reason="the compiled engine is not built (native/build.sh)")
+@pytest.mark.parametrize("receiver", ["native", "python"])
+def test_gso_batches_carry_the_frames_a_lone_send_would(monkeypatch, receiver):
+    """With UDP segmentation offload a run of frames leaves in one send (and arrives in one
+    receive on a native peer), yet every frame has the bytes it has alone: the tap shows the
+    same frames as without GSO, and a Python-engine peer, which knows nothing of GSO, takes them."""
+    from support.verbs_endpoint import Endpoint
+
+    sessions = {}
+    for gso in ("on", "off"):
+        monkeypatch.setenv("SMCTOP_SOFT_GSO", gso)
+        a, b = Endpoint("soft", "127.77.0.1", engine="native"), Endpoint("soft", "127.77.0.2", engine=receiver)
+        try:
+            frames = []
+            a.device.add_tap(lambda f: frames.append((f.direction, f.payload)) if f.direction == "tx" else None)
+            qa, qb = a.create_qp(), b.create_qp()
+            qa["psn"] = qb["psn"] = 77
+            a.connect(qa["handle"], qa, qb)
+            b.connect(qb["handle"], qb, qa)
+            src, dst = a.reg_mr(1 << 18), b.reg_mr(1 << 18)
+            data = random.Random(3).randbytes(1 << 18)
+            a.write_mem(src["handle"], 0, data)
+            a.post_send(qa["handle"], 1, 0, [(src["handle"], 0, 1 << 18)], remote_addr=dst["addr"], rkey=dst["rkey"])
+            (wc,), _ = a.poll(1, 10)
+            assert wc.status == WcStatus.SUCCESS
+            assert b.read_mem(dst["handle"], 0, 1 << 18) == data
+            a.device.flush_taps()
+            stats_a, stats_b = a.stats(), b.stats()
+            assert stats_b.get("icrc_errors", 0) == 0
+            if gso == "on":
+                assert stats_a["gso"] and stats_a["tx_gso_sends"] > 0
+                assert receiver == "python" or stats_b["rx_gro_datagrams"] > 0
+            else:
+                assert not stats_a["gso"] and stats_a["tx_gso_sends"] == 0
+            sessions[gso] = frames
+        finally:
+            a.close()
+            b.close()
+    assert len(sessions["on"]) == len(sessions["off"]) == 256 * 1  # 256 KiB at MTU 1024
+    assert sessions["on"] == sessions["off"]

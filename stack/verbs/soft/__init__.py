@@ -45,9 +45,10 @@ class SoftProvider(Provider):
 
     name = "soft"
 
-    def __init__(self, *, mtu: Mtu = Mtu.MTU_1024, seed: int | None = None, engine: str | None = None) -> None:
+    def __init__(self, *, mtu: Mtu = Mtu.MTU_1024, seed: int | None = None, engine: str | None = None, gso: str | None = None) -> None:
         self.mtu = Mtu(mtu)
         self.seed = seed
+        self.gso = gso  # the compiled engine's UDP segmentation offload: auto (default), on, off
         self.engine, self.engine_note = resolve_engine(engine)
         self._devices: dict[str, SoftDeviceBase] = {}
 
@@ -66,7 +67,7 @@ class SoftProvider(Provider):
         if self.engine == "native":
             from .native import SoftDeviceNative
 
-            dev: SoftDeviceBase = SoftDeviceNative(name, addr, mtu=mtu or self.mtu, netns=netns, seed=self.seed)
+            dev: SoftDeviceBase = SoftDeviceNative(name, addr, mtu=mtu or self.mtu, netns=netns, seed=self.seed, gso=self.gso)
         else:
             dev = SoftDevice(name, addr, mtu=mtu or self.mtu, netns=netns, seed=self.seed)
         self._devices[name] = dev

@@ -50,6 +50,37 @@ from .memory import _check_buffer
 TAP_WAIT = 0.05  # seconds the tap thread waits for frames before it looks whether it should stop
 
 
+GSO_ENV = "SMCTOP_SOFT_GSO"
+GSO_MODES = ("auto", "on", "off")
+CAPTURE_CHECK = 0.1  # seconds between looks for a packet capture on the device's interface
+
+
+def gso_mode(mode: str | None = None) -> str:
+    """UDP segmentation offload of the compiled engine: "auto" (the default: batches, but
+    frame by frame while a packet capture watches the device's interface), "on", "off".
+    SMCTOP_SOFT_GSO overrides the default."""
+    mode = mode or os.environ.get(GSO_ENV) or "auto"
+    mode = {"1": "on", "yes": "on", "true": "on", "0": "off", "no": "off", "false": "off"}.get(mode.lower(), mode.lower())
+    if mode not in GSO_MODES:
+        raise VerbsError(errno.EINVAL, f"{GSO_ENV}={mode!r}: choose auto, on or off")
+    return mode
+
+
+def captured(ifindexes: set[int] | None) -> bool:
+    """Whether a packet socket (tcpdump, dumpcap) listens on one of these interfaces, or on
+    all of them, in the calling thread's network namespace; ``None``: any interface."""
+    try:
+        with open("/proc/thread-self/net/packet") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if len(parts) > 4 and (ifindexes is None or int(parts[4]) == 0 or int(parts[4]) in ifindexes):
+                    return True
+    except (OSError, ValueError, StopIteration):
+        pass
+    return False
+
+
 def _verbs_error(e: OSError) -> VerbsError:
     return VerbsError(e.errno or errno.EIO, e.strerror or str(e))
 
@@ -277,15 +308,18 @@ def _ip_be(packed: bytes) -> int:
 class SoftDeviceNative(SoftDeviceBase):
     engine = "native"
 
-    def __init__(self, name: str, addr: str, *, mtu: Mtu = Mtu.MTU_1024, netns: str | None = None, seed: int | None = None) -> None:
+    def __init__(self, name: str, addr: str, *, mtu: Mtu = Mtu.MTU_1024, netns: str | None = None, seed: int | None = None,
+                 gso: str | None = None) -> None:  # fmt: skip
         mod = softroce.load()  # EngineUnavailable before any socket is opened
+        self.gso_mode = gso_mode(gso)
+        self.gso = self.gso_mode == "on"
         super().__init__(name, addr, mtu=mtu, netns=netns, seed=seed)
         self._closed = False
         self._qpns: set[int] = set()
         self._pds = itertools.count(1)
         fd = self._sock.detach()  # the engine owns the socket now
         try:
-            self._c = mod.Device(fd, _ip_be(self.ip.packed), self.mtu.bytes, _seed64(seed))
+            self._c = mod.Device(fd, _ip_be(self.ip.packed), self.mtu.bytes, _seed64(seed), {"on": 1, "auto": -1, "off": 0}[self.gso_mode])
         except OSError as e:
             socket.close(fd)
             raise VerbsError(e.errno or errno.EIO, f"soft device {name}: the compiled engine did not start: {e}") from None
@@ -294,10 +328,36 @@ class SoftDeviceNative(SoftDeviceBase):
         self._tap_thread: threading.Thread | None = None
         self._tap_stop = threading.Event()
         self._tap_lock = threading.Lock()  # one reader of the engine's tap ring at a time
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if self.gso_mode == "auto":
+            self._watcher = threading.Thread(target=self._watch_captures, name=f"soft-roce gso {self.addr}", daemon=True)
+            self._watcher.start()
 
     @property
     def stats(self) -> dict:
-        return {} if self._closed else self._c.stats()
+        return {} if self._closed else dict(self._c.stats(), gso=self.gso)
+
+    def _watch_captures(self) -> None:
+        """GSO on, except while a capture watches the interface: it then sees every frame as
+        a datagram of its own, as a wire capture of RoCEv2 should (smc-trace always does)."""
+        try:
+            if self.netns is not None:  # look in the device's namespace, from this thread
+                _join_netns(self.netns)
+                ifindexes = None
+            else:
+                ifindexes = {socket.if_nametoindex("lo")} if self.ip.is_loopback else None
+        except OSError:
+            return
+        while not self._watch_stop.is_set():
+            want = not captured(ifindexes)
+            if want != self.gso and not self._closed:
+                self.gso = want
+                try:
+                    self._c.set_gso(want)
+                except ValueError:
+                    return
+            self._watch_stop.wait(CAPTURE_CHECK)
 
     def engine_calls(self, *names: str) -> tuple:
         """The compiled engine's own methods (post_send, post_recv, cq_poll, rx_poll), for the
@@ -339,6 +399,9 @@ class SoftDeviceNative(SoftDeviceBase):
         if self._closed:
             return
         self._stop_tap_thread()
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2)
         self._closed = True
         self._c.close()
 
@@ -398,6 +461,19 @@ class SoftDeviceNative(SoftDeviceBase):
                         if tap in self._taps:
                             self._taps.remove(tap)
                         taps.remove(tap)
+
+
+def _join_netns(name: str) -> None:
+    """Move the calling thread into network namespace ``name`` (for good)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"cannot join network namespace {name!r}")
+    finally:
+        os.close(fd)
 
 
 def _ip_text(ip_be: int) -> str:
