@@ -13,9 +13,9 @@ told what time it is.
 Memory is bounded: histories are fixed rings, logs are bounded lists, closed connections
 are kept ``closed_keep`` seconds (at most ``max_closed`` of them), recent events at most
 ``events_kept``. Views read the model: rows come and go when ``conns_added``,
-``conns_closed`` or ``conns_removed`` move, and every connection carries a ``version_no``
-that changes with it, so a table of thousands of rows redraws only the rows on screen that
-changed, never rebuilds. :meth:`Model.take_conn_changes` names the changed keys too.
+``conns_closed`` or ``conns_removed`` move, and every connection carries a ``change_no``
+that moves with what a view shows of it, so a table of thousands of rows redraws only the
+rows on screen that changed, never rebuilds. :meth:`Model.take_conn_changes` names the changed keys too.
 
 At scale (10,000 connections that all move every second; ``bench/bench_tui.py``) the work
 a second is one pass over each poll's events (:meth:`Model.feed_many`,
@@ -189,7 +189,7 @@ class Conn:
     ev_tx: int = 0  # bytes sent: the last snapshot's count plus what events added since
     ev_rx: int = 0  # bytes received, likewise
     last_total: int = 0  # ev_tx + ev_rx when the last sample closed
-    version_no: int = 0  # bumped on every change: views cache rendered rows by it
+    version_no: int = 0  # bumped on every change by an event or a snapshot (see change_no)
     mtick: int = 0  # the sample it last moved in (the model's list of them has it once)
     rate_: float = 0.0  # bytes per second in sample number htick
     htick: int = 0  # the last sample it moved in
@@ -225,7 +225,7 @@ class Conn:
     handshake_ms: float | None = None
     closed: float | None = None
     error: str = ""
-    seen: int = -1  # version_no when take_conn_changes last named it
+    seen: int = -1  # change_no when take_conn_changes last named it
     clk: Clock | None = None
     log: Log | None = None  # (t, kind, dir, text): CLC, CDC, state, fallback; bounded
     states: list = field(default_factory=list)  # (t, old, new, cause)
@@ -234,6 +234,12 @@ class Conn:
     def __post_init__(self) -> None:
         if self.key is None:
             self.key = (self.host, self.id)
+
+    @property
+    def change_no(self) -> int:
+        """Moves whenever what a view shows of it does: an event or snapshot changed it, or a
+        sample gave it a new rate (views cache rendered rows by it)."""
+        return self.version_no + self.htick  # both only grow
 
     @property
     def rate(self) -> float:
@@ -433,8 +439,9 @@ class Model:
         Costs a look at every connection (the event path keeps no set of changes for it)."""
         changed = set()
         for key, c in self.conns.items():
-            if c.version_no != c.seen:
-                c.seen = c.version_no
+            v = c.version_no + c.htick  # change_no
+            if v != c.seen:
+                c.seen = v
                 changed.add(key)
         removed, self._removed = self._removed, set()
         return changed - removed, removed
@@ -465,9 +472,12 @@ class Model:
     def feed_timed(self, events: list[Event]) -> None:
         """Feed events in time order, closing each sample before the first event after it (for
         sources that deliver many seconds at once: a replay, the synthetic clock)."""
+        tick = self.next_tick
+        if tick is not None and events and max(map(_T, events)) < tick:  # no sample closes among them
+            self.feed_many(events)
+            return
         handlers = _HANDLERS
         start = 0
-        tick = self.next_tick
         for i, e in enumerate(events):
             if tick is None or e.t >= tick:
                 self._account(events, start, i)  # the sample counts the events fed before it
@@ -626,12 +636,28 @@ class Model:
 
     def _on_conn_cursor(self, e: Event) -> None:
         c = self.conns.get((e.host, e.conn))  # the hot path: one lookup
-        if c is None or (e.link is not None and c.link != e.link) or (e.lgr is not None and c.lgr != e.lgr):
+        if c is None or (c.link != e.link and e.link is not None) or (c.lgr != e.lgr and e.lgr is not None):
             c = self._conn_of(e)
             if c is None:
                 return
         f = e.fields
-        if f.get("side") == "tx":
+        side = f.get("side")
+        if side != "tx" and "peer_rmbe_space" in f:  # a CDC arrived: the peer's producer and consumer cursors
+            prod = f.get("prod")
+            if prod is not None and prod != c.rx_prod:
+                w, _, n = prod.partition(":")
+                w, n = int(w), int(n)
+                size = c.rmb_size
+                if size and c.rx_prod:
+                    d = ((w - c.rxw) & 0xFFFF) * size + n - c.rxc  # wrap counters are 16 bits (WRAP)
+                    if 0 < d < size << 15:  # less than half of the counters' range: forward
+                        c.ev_rx += d
+                c.rx_prod = prod
+                c.rxw = w
+                c.rxc = n
+            c.rx_cons = f.get("cons", c.rx_cons)
+            c.fill = f.get("bytes_to_rcv", c.fill)
+        elif side == "tx":
             prod = f.get("prod")
             if prod is not None and prod != c.tx_prod:
                 c.tx_prod = prod
@@ -643,18 +669,6 @@ class Model:
                 c.tx_cons = f["cons"]
             c.tx_sent = f.get("sent", c.tx_sent)
             c.tx_fin = f.get("fin", c.tx_fin)
-        elif "peer_rmbe_space" in f:  # a CDC arrived: the peer's producer and consumer cursors
-            prod = f.get("prod")
-            if prod is not None and prod != c.rx_prod:
-                w, _, n = prod.partition(":")
-                w, n = int(w), int(n)
-                if c.rx_prod and c.rmb_size:
-                    d = ((w - c.rxw) % WRAP) * c.rmb_size + n - c.rxc
-                    if 0 < d < WRAP * c.rmb_size // 2:
-                        c.ev_rx += d
-                c.rx_prod, c.rxw, c.rxc = prod, w, n
-            c.rx_cons = f.get("cons", c.rx_cons)
-            c.fill = f.get("bytes_to_rcv", c.fill)
         else:  # the application read: our consumer cursor
             c.tx_cons = f.get("cons", c.tx_cons)
             c.fill = f.get("bytes_to_rcv", c.fill)
@@ -896,14 +910,13 @@ class Model:
             else:
                 rate = 0.0
             c.rate_ = rate
-            c.htick = tick
-            c.version_no += 1
+            c.htick = tick  # (moves change_no as version_no does)
             if not c.hfirst:
                 c.hfirst = tick
             pack(buf, slot * width, rate, c.fill, c.rxc, c.txc)
         for c in self._prev:
             if c.htick == tick - 1 and c.slot >= 0:  # moved in the last sample, not in this one: rate 0 from here on
-                c.version_no += 1
+                c.version_no += 1  # (its change_no moves)
                 pack(buf, c.slot * SLOT, 0.0, c.fill, c.rxc, c.txc)
         self._prev = moved
         self._moved = []
@@ -1018,6 +1031,7 @@ class Model:
 
 
 _KIND = attrgetter("kind")
+_T = attrgetter("t")
 
 _HANDLERS = {
     "conn.open": Model._on_conn_open,

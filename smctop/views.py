@@ -99,7 +99,7 @@ class ConnsPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(id="conns-summary")
-        yield RowTable(fmt.CONN_COLUMNS, fmt.conn_cells, key=lambda c: c.key, version=lambda c: c.version_no, id="conns-table")
+        yield RowTable(fmt.CONN_COLUMNS, fmt.conn_cells, key=attrgetter("key"), version=attrgetter("change_no"), id="conns-table")
 
     @property
     def table(self) -> RowTable:

@@ -92,6 +92,7 @@ class RowTable(ScrollView, can_focus=True):
         self.items: list[Any] = []
         self.cursor = 0
         self.follow = False  # keep the last row in view as rows are added
+        self._view: tuple | None = None  # scroll x and y, width, focus while a paint renders lines
         self._cache: dict[Hashable, tuple] = {}  # key -> (version, selected, scroll x, width, the line)
         self._width = sum(c.width + 1 for c in self.columns)
         self._header = Strip([Segment(" ".join(fit(c.label, c.width, c.align) for c in self.columns) + " ", style("bold reverse"))])
@@ -141,9 +142,16 @@ class RowTable(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------ rendering
 
+    def render_lines(self, crop):
+        self._view = (*self.scroll_offset, self.size.width, self.has_focus)  # the same for every line of this paint
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._view = None
+
     def render_line(self, y: int) -> Strip:
-        scroll_x, scroll_y = self.scroll_offset
-        width = self.size.width
+        view = self._view
+        scroll_x, scroll_y, width, focused = view if view is not None else (*self.scroll_offset, self.size.width, self.has_focus)
         if y == 0:
             return self._header.crop(scroll_x, scroll_x + width).extend_cell_length(width, style("reverse"))
         i = scroll_y + y - 1
@@ -152,7 +160,7 @@ class RowTable(ScrollView, can_focus=True):
         item = self.items[i]
         k = self.key(item)
         v = self.version(item)
-        selected = i == self.cursor and self.has_focus
+        selected = i == self.cursor and focused
         hit = self._cache.get(k)
         if hit is None or hit[0] != v or hit[1] != selected or hit[2] != scroll_x or hit[3] != width:
             hit = self._cache[k] = (v, selected, scroll_x, width, self._render(item, selected, scroll_x, width))
