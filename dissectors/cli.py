@@ -24,7 +24,7 @@ from pathlib import Path
 from stack.events import from_dict, to_json
 
 from .capture import CaptureError, read_events
-from .recorder import Frame, Recorder, snapshot_event
+from .recorder import WRITE_SNAP, Frame, Recorder, snapshot_event
 from .summary import render, summarize
 from .timeline import Filter, timeline
 
@@ -46,7 +46,7 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
         reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
     except OSError as e:
         raise UsageError(f"cannot attach to {path}: {e.strerror or e}") from None
-    writer.write(b'{"cmd":"subscribe","frames":true,"id":1}\n{"cmd":"snapshot","id":2}\n')
+    writer.write(json.dumps({"cmd": "subscribe", "frames": True, "write_snap": rec.write_snap, "id": 1}).encode() + b'\n{"cmd":"snapshot","id":2}\n')
     await writer.drain()
     host = "?"
     stopper = asyncio.ensure_future(stop.wait())
@@ -66,7 +66,8 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
                 rec.on_event(from_dict(msg["event"]))
             elif kind == "frame":
                 f = msg["frame"]
-                rec.on_frame(Frame(f["dir"], f["ts"], f["src"], f["sport"], f["dst"], f["dport"], bytes.fromhex(f["payload"]), f.get("dropped")))
+                rec.on_frame(Frame(f["dir"], f["ts"], f["src"], f["sport"], f["dst"], f["dport"], bytes.fromhex(f["payload"]), f.get("dropped"),
+                                   f.get("length")))  # fmt: skip
             elif kind == "frames.dropped":
                 rec.stats.dropped_frames += msg.get("count", 0)
             elif kind == "hello":
@@ -123,6 +124,18 @@ async def record_attach(paths: list[str], rec: Recorder, duration: float) -> int
     return 0
 
 
+def _snaplen(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{n}: the snap length is 0 (whole frames) to 65535 bytes")
+    if 0 < n < 44:
+        raise argparse.ArgumentTypeError(f"{n}: at least 44 bytes, or RDMA WRITE frames lose their headers (0: whole frames)")
+    return n
+
+
 def cmd_record(args) -> int:
     if not args.command and not args.attach:
         raise UsageError("record needs a command after -- or --attach SOCKET")
@@ -132,7 +145,7 @@ def cmd_record(args) -> int:
         if not os.path.exists(p):
             raise UsageError(f"no control socket at {p}")
     try:
-        rec = Recorder(args.write)
+        rec = Recorder(args.write, write_snap=args.write_snaplen)
     except OSError as e:
         raise UsageError(f"cannot write {args.write}: {e.strerror or e}") from None
     try:
@@ -214,6 +227,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--attach", action="append", help="a running stack's control socket (repeatable)")
     r.add_argument("--duration", type=float, default=0, help="with --attach: stop after this many seconds (default: Ctrl-C or the stack closing)")
     r.add_argument("--wait", type=float, default=10.0, help="seconds each stack of the command waits for the recorder at start")
+    r.add_argument("--write-snaplen", type=_snaplen, default=WRITE_SNAP, metavar="BYTES",
+                   help=f"keep this many bytes of each RDMA WRITE frame (headers and the start of the data; "
+                        f"default {WRITE_SNAP}; 0: whole frames); LLC, CDC and ACK frames are always whole")  # fmt: skip
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... (a program that uses the smctop stack, e.g. smc-traffic)")
     for name, help_ in (("decode", "print the timeline"), ("summary", "connections, fallbacks, failovers, throughput"), ("export", "events as JSON lines")):
         s = sub.add_parser(name, help=help_)

@@ -125,16 +125,17 @@ class Deriver:
             ip_bytes = ip_payload(p)
             if ip_bytes is None:
                 return
-            ip, off = decode_ipv4(ip_bytes)
+            cut = p.original_length > len(p.data)  # a snap length kept only its start
+            ip, off = decode_ipv4(ip_bytes, cut=cut)
             src, dst = str(ip.src), str(ip.dst)
             if ip.protocol == IPPROTO_TCP:
                 tcp, poff = decode_tcp(ip_bytes, off)
                 end = min(len(ip_bytes), ip.total_length or len(ip_bytes))  # Ethernet padding is not payload
                 yield from self._tcp(t, src, dst, tcp, ip_bytes[poff:end])
             elif ip.protocol == IPPROTO_UDP:
-                udp, poff = decode_udp(ip_bytes, off)
+                udp, poff = decode_udp(ip_bytes, off, cut=cut)
                 if udp.dport == roce.ROCE_V2_PORT:
-                    yield from self._roce(t, src, dst, ip_bytes[poff : off + udp.length])
+                    yield from self._roce(t, src, dst, ip_bytes[poff : off + udp.length], cut=cut and off + udp.length > len(ip_bytes))
         except (WireError, RecordError, ValueError) as e:
             yield Event(t, "trace.note", "", fields={"frame": number, "error": str(e)})
 
@@ -263,10 +264,15 @@ class Deriver:
 
     # ------------------------------------------------------------------ RoCEv2
 
-    def _roce(self, t: float, src: str, dst: str, udp_payload: bytes) -> Iterator[Event]:
-        if len(udp_payload) < roce.BTH_LEN + roce.ICRC_LEN:
+    def _roce(self, t: float, src: str, dst: str, udp_payload: bytes, cut: bool = False) -> Iterator[Event]:
+        if len(udp_payload) < roce.BTH_LEN + (0 if cut else roce.ICRC_LEN):
             raise ValueError(f"RoCEv2 datagram of {len(udp_payload)} bytes is too short for BTH and ICRC")
-        pkt = roce.decode_packet(udp_payload[: -roce.ICRC_LEN])
+        if cut:  # the snap length took the ICRC and the end of the data: the headers are what counts
+            if udp_payload[0] in SENDS:
+                raise ValueError(f"a SEND cut to {len(udp_payload)} bytes by the capture's snap length cannot be decoded")
+            pkt = roce.decode_packet(udp_payload, pad_cut=True)
+        else:
+            pkt = roce.decode_packet(udp_payload[: -roce.ICRC_LEN])
         yield from self._ib(t, src, dst, pkt.bth.opcode, pkt.bth.dest_qp, pkt.payload, pkt.reth)
 
     def _ib(self, t: float, src: str, dst: str, opcode: int, dest_qp: int, payload: bytes, reth) -> Iterator[Event]:

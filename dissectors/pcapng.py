@@ -63,13 +63,15 @@ def _block(block_type: int, body: bytes) -> bytes:
 _EPB_HEAD = struct.Struct("<IIIIIII")
 
 
-def epb_block(interface: int, timestamp_ns: int, data: bytes, comment: bytes | None = None) -> bytes:
-    """One enhanced packet block (nanosecond timestamp, an optional comment option). The
-    recorder's spool builds the same bytes (dissectors/spool.py, native/eventenc.c)."""
+def epb_block(interface: int, timestamp_ns: int, data: bytes, comment: bytes | None = None, orig_len: int | None = None) -> bytes:
+    """One enhanced packet block (nanosecond timestamp, an optional comment option);
+    ``orig_len``: the packet's length on the wire when ``data`` is only its start (a snap
+    length). The recorder's spool builds the same bytes (dissectors/spool.py, native/eventenc.c)."""
     data = bytes(data)
     opts = struct.pack("<HH", OPT_COMMENT, len(comment)) + _pad4(comment) + struct.pack("<HH", OPT_ENDOFOPT, 0) if comment else b""
     total = 32 + len(data) + (-len(data) % 4) + len(opts)
-    head = _EPB_HEAD.pack(EPB_TYPE, total, interface, (timestamp_ns >> 32) & 0xFFFFFFFF, timestamp_ns & 0xFFFFFFFF, len(data), len(data))
+    orig = max(orig_len or 0, len(data))
+    head = _EPB_HEAD.pack(EPB_TYPE, total, interface, (timestamp_ns >> 32) & 0xFFFFFFFF, timestamp_ns & 0xFFFFFFFF, len(data), orig)
     return head + _pad4(data) + opts + struct.pack("<I", total)
 
 

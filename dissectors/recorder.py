@@ -41,6 +41,10 @@ from .spool import SEQ_STEP, Spool, frame_header, make_spool, mac, send_key
 from .tcpflow import Endpoint, TcpFlow
 
 MESSAGE_KINDS = ("clc.msg", "llc.msg", "cdc.msg")
+# RDMA WRITE frames are recorded with their headers and the first bytes of the data, as a
+# capture with a snap length (the pcapng block keeps their length on the wire); every other
+# frame (LLC, CDC, ACKs) whole. 0 records every frame whole.
+WRITE_SNAP = 128
 # Events worth a comment on the frame that caused them.
 NOTABLE = {"conn.state", "conn.fallback", "conn.mode", "conn.error", "link.state", "lgr.state", "link.event"}
 # Events the recorder's Python sees (TCP flows, comments); the spool does the others.
@@ -61,6 +65,7 @@ class Frame:
     dport: int
     payload: bytes
     dropped: str | None = None
+    length: int | None = None  # its length on the wire, when the payload was cut (write_snap)
 
 
 @dataclass
@@ -103,7 +108,7 @@ class Recorder:
     ``on_event``/``on_frame`` for any other source. ``close()`` writes what is left."""
 
     def __init__(self, out: str | BinaryIO, *, max_pending: int = 200_000, hold: float = 0.2, interval: float = 0.05,
-                 native: bool | None = None, clock_offset_ns: int | None = None) -> None:  # fmt: skip
+                 native: bool | None = None, clock_offset_ns: int | None = None, write_snap: int = WRITE_SNAP) -> None:  # fmt: skip
         """``native``: None uses the compiled spool when it is built, False the Python twin,
         True requires the compiled one. ``clock_offset_ns`` (wall minus monotonic) is
         measured now unless given (tests give it to compare outputs)."""
@@ -114,6 +119,7 @@ class Recorder:
         self._if_frames = self._writer.add_interface(LINKTYPE_ETHERNET, "smc")
         self._if_events = self._writer.add_interface(LINKTYPE_WIRESHARK_UPPER_PDU, "smctop events")
         self.max_pending = max_pending
+        self.write_snap = write_snap  # bytes of each RDMA WRITE frame kept (0: whole frames)
         self.hold_ns = int(hold * 1e9)
         self.interval = interval
         self.stats = RecorderStats()
@@ -151,13 +157,22 @@ class Recorder:
         else:
             self._in.append(frame)
 
+    def on_frames(self, frames: list) -> None:
+        """A batch of frames from a device's tap (what fits; the rest is counted as dropped)."""
+        room = self.max_pending - len(self._in)
+        if room >= len(frames):
+            self._in.extend(frames)
+        else:
+            self._in.extend(frames[: max(room, 0)])
+            self.stats.dropped_frames += len(frames) - max(room, 0)
+
     def attach(self, stack) -> Event:
         """Record an in-process stack (stack.runtime.Stack): its bus and its soft devices' frames.
         Returns the first record: the stack's state as the recording starts."""
         start = snapshot_event(stack.now(), stack.snapshot())
         self.on_event(start)
         stack.bus.listen(self.on_event)
-        self.local_addrs.update(stack.add_frame_tap(self.on_frame))
+        self.local_addrs.update(stack.add_frame_tap(self.on_frames, batch=True, write_snap=self.write_snap))
         self._stacks.append(stack)
         return start
 
@@ -165,7 +180,7 @@ class Recorder:
         for stack in self._stacks:
             stack.bus.unlisten(self.on_event)
             if stack.rdma is not None:
-                stack.remove_frame_tap(self.on_frame)
+                stack.remove_frame_tap(self.on_frames)
         self._stacks.clear()
         self._stop.set()
         self._thread.join()

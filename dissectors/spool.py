@@ -101,7 +101,7 @@ class Spool:
         self.frame_iface, self.event_iface, self.offset_ns = frame_iface, event_iface, offset_ns
         self.special_kinds, self.message_kinds = special_kinds, message_kinds
         self.seq = 0
-        self._entries: list[list] = []  # [ts, seq, iface, data, comments | None, key_off, key_len]
+        self._entries: list[list] = []  # [ts, seq, iface, data, comments | None, key_off, key_len, bytes cut off]
         self._headers: dict[tuple, bytes] = {}
 
     @property
@@ -120,7 +120,7 @@ class Spool:
             if not isinstance(comments, list) or not all(isinstance(c, str) for c in comments):
                 raise TypeError("add: comments is a list of str or None")
         key = (key_off, len(data) - key_off) if 0 <= key_off <= len(data) else (-1, 0)
-        self._entries.append([ts, seq, iface, data, list(comments) if comments else None, *key])
+        self._entries.append([ts, seq, iface, data, list(comments) if comments else None, *key, 0])
 
     def find(self, key: bytes) -> int:
         key = bytes(key)
@@ -148,9 +148,9 @@ class Spool:
         if limit is not None:
             cut = next((i for i, e in enumerate(self._entries) if e[0] > limit), cut)
         out = []
-        for ts, _, iface, data, comments, *_ in self._entries[:cut]:
+        for ts, _, iface, data, comments, _, _, cut_off in self._entries[:cut]:
             text = "\n".join(comments).encode("utf-8", "replace")[:MAX_COMMENT] if comments else None
-            out.append(epb_block(iface, ts, data, text))
+            out.append(epb_block(iface, ts, data, text, len(data) + cut_off))
         del self._entries[:cut]
         return b"".join(out), cut
 
@@ -210,7 +210,7 @@ class Spool:
         if special:
             specials.append((seq, e, ts, record, cause))
             return 0
-        self._entries.append([ts, seq, self.event_iface, record, None, -1, 0])
+        self._entries.append([ts, seq, self.event_iface, record, None, -1, 0, 0])
         return 1
 
     def _frame(self, f, seq: int, local_addrs: set, specials: list) -> int:
@@ -228,8 +228,10 @@ class Spool:
                 and type(tsv) is int and _INT64[0] <= tsv <= _INT64[1]):  # fmt: skip
             specials.append((seq, f, None, None, None))
             return 0
-        self._entries.append([tsv, seq, self.frame_iface, self.frame_header(src, dst, sport, dport, len(payload)) + payload,
-                              None, *self._frame_key(payload)])  # fmt: skip
+        length = getattr(f, "length", None)  # the frame on the wire, when the tap kept only its start
+        orig = length if type(length) is int and len(payload) < length <= 65535 - 28 else len(payload)
+        self._entries.append([tsv, seq, self.frame_iface, self.frame_header(src, dst, sport, dport, orig) + payload,
+                              None, *self._frame_key(payload), orig - len(payload)])  # fmt: skip
         return 1
 
     @staticmethod

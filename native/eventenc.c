@@ -45,7 +45,7 @@ static PyObject *Fallback;   /* the Python to_json */
 static Py_ssize_t OFF[7];    /* slot offsets of Event: t kind host lgr link conn fields */
 static const char *SLOT_NAMES[7] = {"t", "kind", "host", "lgr", "link", "conn", "fields"};
 static PyObject *S_value, *S_name, *S_round, *S_dir, *S_rx, *NINE;
-static PyObject *S_direction, *S_timestamp_ns, *S_src, *S_sport, *S_dst, *S_dport, *S_payload, *S_dropped;
+static PyObject *S_direction, *S_timestamp_ns, *S_src, *S_sport, *S_dst, *S_dport, *S_payload, *S_dropped, *S_length;
 static PyObject *ID_NAMES[6]; /* "t" "kind" "host" "lgr" "link" "conn" */
 
 enum { ID_T = -1, ID_KIND = -2, ID_HOST = -3, ID_LGR = -4, ID_LINK = -5, ID_CONN = -6 };
@@ -1030,7 +1030,7 @@ typedef struct {
     uint32_t off, len;
     int32_t key_off, key_len; /* lookup key within the whole data; -1: none */
     uint32_t iface;
-    uint32_t _pad;
+    uint32_t cut;       /* a frame's bytes the tap cut off (its snap length): the block's original length adds them */
 } Entry;
 
 typedef struct {
@@ -1501,7 +1501,20 @@ static int ingest_frame(Spool *self, PyObject *f, unsigned long long seq, PyObje
         goto done;
     }
     Entry e = {0};
-    Py_ssize_t plen = PyBytes_GET_SIZE(payload);
+    Py_ssize_t plen = PyBytes_GET_SIZE(payload), orig = plen;
+    PyObject *length = PyObject_GetAttr(f, S_length); /* the frame on the wire, when the tap kept only its start */
+    if (length == NULL)
+        PyErr_Clear();
+    else {
+        if (PyLong_CheckExact(length)) {
+            long long v = PyLong_AsLongLong(length);
+            if (v == -1 && PyErr_Occurred())
+                PyErr_Clear();
+            else if (v > plen && v <= 65535 - 28)
+                orig = (Py_ssize_t)v;
+        }
+        Py_DECREF(length);
+    }
 #ifdef COPY_PAYLOAD
     char *p = arena_alloc(self, FRAME_HDR + plen, &e.chunk, &e.off);
 #else
@@ -1511,8 +1524,8 @@ static int ingest_frame(Spool *self, PyObject *f, unsigned long long seq, PyObje
         r = -1;
         goto done;
     }
-    frame_header((unsigned char *)p, s4, d4, sp_, dp_, (size_t)plen);
-    e.ts = ts, e.seq = seq, e.iface = self->frame_iface;
+    frame_header((unsigned char *)p, s4, d4, sp_, dp_, (size_t)orig);
+    e.ts = ts, e.seq = seq, e.iface = self->frame_iface, e.cut = (uint32_t)(orig - plen);
 #ifdef COPY_PAYLOAD
     memcpy(p + FRAME_HDR, PyBytes_AS_STRING(payload), plen);
     e.len = FRAME_HDR + plen;
@@ -1698,7 +1711,7 @@ static uint32_t block_parts(const Entry *e, PyObject *ctext, BlockParts *bp, siz
     size_t clen = ctext ? (size_t)PyBytes_GET_SIZE(ctext) : 0;
     uint32_t blen = (uint32_t)(32 + pad4(dlen) + (ctext ? 4 + pad4(clen) + 4 : 0));
     uint32_t head[7] = {0x00000006, blen, e->iface, (uint32_t)((uint64_t)e->ts >> 32), (uint32_t)((uint64_t)e->ts & 0xffffffffu),
-                        (uint32_t)dlen, (uint32_t)dlen};
+                        (uint32_t)dlen, (uint32_t)(dlen + e->cut)};
     memcpy(bp->head, head, sizeof head); /* little-endian hosts only (checked at import), as the section header says */
     bp->opt[0] = 1, bp->opt[1] = (uint16_t)clen;
     bp->end_and_total[0] = 0, bp->end_and_total[1] = blen;
@@ -1920,6 +1933,7 @@ PyMODINIT_FUNC PyInit__eventenc(void) {
     INTERN(S_dst, "dst");
     INTERN(S_dport, "dport");
     INTERN(S_payload, "payload");
+    INTERN(S_length, "length");
     INTERN(S_dropped, "dropped");
     INTERN(S_write, "write");
     INTERN(S_kind, "kind");

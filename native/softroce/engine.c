@@ -187,11 +187,30 @@ uint32_t sr_icrc(uint32_t src_be, uint32_t dst_be, uint16_t sport, uint16_t dpor
 
 /* ------------------------------------------------------------------ the frame tap */
 
-static void tap_record(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const uint8_t *hdr,
-                       size_t hlen, const uint8_t *payload, size_t plen, const uint8_t *tail, size_t tlen, const char *reason) {
+static int is_write_opcode(uint8_t op) { return op >= 0x06 && op <= 0x0B; }
+
+static void tap_put(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const uint8_t *frame,
+                    size_t flen, size_t orig, const char *reason);
+
+/* how much of a frame of flen bytes starting with opcode op the tap keeps */
+static size_t tap_keep(const sr_dev *d, uint8_t op, size_t flen) {
+    return d->write_snap && is_write_opcode(op) && flen > d->write_snap ? d->write_snap : flen;
+}
+
+static void tap_record(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const uint8_t *frame,
+                       size_t flen, const char *reason) {
+    tap_put(d, dir, src, sport, dst, dport, frame, flen ? tap_keep(d, frame[0], flen) : 0, flen, reason);
+}
+
+static void tap_record_cut(sr_dev *d, int dir, uint32_t src, uint32_t dst, const uint8_t *frame, size_t keep, size_t orig,
+                           const char *reason) {
+    tap_put(d, dir, src, 4791, dst, 4791, frame, keep, orig, reason);
+}
+
+static void tap_put(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const uint8_t *frame,
+                    size_t flen, size_t orig, const char *reason) {
     size_t rlen = reason ? strlen(reason) : 0;
     if (rlen > 255) rlen = 255;
-    size_t flen = hlen + plen + tlen;
     size_t size = (sizeof(sr_taprec) + rlen + flen + 7) & ~(size_t)7;
     pthread_mutex_lock(&d->taplock);
     size_t used = d->taphead - d->taptail;
@@ -225,13 +244,11 @@ static void tap_record(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_
     r->src = src;
     r->dst = dst;
     r->len = flen;
+    r->orig = orig;
     r->ts_ns = now_wall_ns();
     uint8_t *p = (uint8_t *)(r + 1);
     memcpy(p, reason, rlen);
-    p += rlen;
-    memcpy(p, hdr, hlen);
-    if (plen) memcpy(p + hlen, payload, plen);
-    if (tlen) memcpy(p + hlen + plen, tail, tlen);
+    if (flen) memcpy(p + rlen, frame, flen);
     int wake = d->taphead == d->taptail && !d->tap_signaled;
     d->taphead += size;
     if (wake) {
@@ -243,8 +260,9 @@ static void tap_record(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_
     pthread_mutex_unlock(&d->taplock);
 }
 
-void sr_tap_enable(sr_dev *d, int on) {
+void sr_tap_enable(sr_dev *d, int on, uint32_t write_snap) {
     pthread_mutex_lock(&d->taplock);
+    d->write_snap = write_snap;
     if (on && !d->tapbuf) {
         d->tapcap = 32u << 20;
         d->tapbuf = malloc(d->tapcap);
@@ -460,19 +478,21 @@ typedef struct {
     uint8_t tail[SR_TX_BATCH][8];
 } txbatch;
 
-/* a frame's parts as the tap stores them: one contiguous copy */
+/* a frame's parts as the tap stores them: one contiguous copy of what it keeps */
 static void tap_iov(sr_dev *d, int dir, uint32_t src, uint32_t dst, const struct iovec *iov, int n, const char *reason) {
     uint8_t stack[4608], *buf = stack;
     stack[0] = 0;
-    size_t len = 0;
-    for (int i = 0; i < n; i++) len += iov[i].iov_len;
-    if (len > sizeof stack && !(buf = malloc(len))) return;
+    size_t orig = 0;
+    for (int i = 0; i < n; i++) orig += iov[i].iov_len;
+    size_t keep = n && iov[0].iov_len ? tap_keep(d, ((const uint8_t *)iov[0].iov_base)[0], orig) : orig;
+    if (keep > sizeof stack && !(buf = malloc(keep))) return;
     size_t pos = 0;
-    for (int i = 0; i < n; i++) {
-        if (iov[i].iov_len) memcpy(buf + pos, iov[i].iov_base, iov[i].iov_len);
-        pos += iov[i].iov_len;
+    for (int i = 0; i < n && pos < keep; i++) {
+        size_t take = iov[i].iov_len < keep - pos ? iov[i].iov_len : keep - pos;
+        if (take) memcpy(buf + pos, iov[i].iov_base, take);
+        pos += take;
     }
-    tap_record(d, dir, src, 4791, dst, 4791, buf, len, NULL, 0, NULL, 0, reason);
+    tap_record_cut(d, dir, src, dst, buf, keep, orig, reason);
     if (buf != stack) free(buf);
 }
 
@@ -716,7 +736,7 @@ static void send_delayed(sr_dev *d, double now) {
             d->st.tx_dropped++;
         else
             d->st.tx_frames++;
-        if (d->tap_on) tap_record(d, 0, d->ip, ROCE_PORT, e.dst, ROCE_PORT, e.data, e.len, NULL, 0, NULL, 0, reason);
+        if (d->tap_on) tap_record(d, 0, d->ip, ROCE_PORT, e.dst, ROCE_PORT, e.data, e.len, reason);
         free(e.data);
     }
 }
@@ -1264,7 +1284,7 @@ static void rx_frame(txbatch *b, const uint8_t *data, size_t len, uint32_t src, 
             p.plen = ib - 12 - el - ((data[1] >> 4) & 3);
             ok = 1;
             d->st.rx_frames++;
-            if (d->tap_on) tap_record(d, 1, src, sport, d->ip, ROCE_PORT, data, len, NULL, 0, NULL, 0, NULL);
+            if (d->tap_on) tap_record(d, 1, src, sport, d->ip, ROCE_PORT, data, len, NULL);
             sr_qp *qp = map_get(&d->qps, get24(data + 5));
             /* RC accepts packets only from the address it is connected to */
             if (!qp || qp->remote_ip != src) {
@@ -1279,7 +1299,7 @@ static void rx_frame(txbatch *b, const uint8_t *data, size_t len, uint32_t src, 
         }
     }
     (void)ok;
-    if (d->tap_on) tap_record(d, 1, src, sport, d->ip, ROCE_PORT, data, len, NULL, 0, NULL, 0, reason);
+    if (d->tap_on) tap_record(d, 1, src, sport, d->ip, ROCE_PORT, data, len, reason);
     d->st.rx_dropped++;
 }
 

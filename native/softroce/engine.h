@@ -135,6 +135,8 @@ typedef struct {
     uint8_t reason_len;
     uint16_t sport, dport;
     uint32_t src, dst, len;
+    uint32_t orig;     /* the frame's length on the wire (len is less when the snap length cut it) */
+    uint32_t _pad;
     int64_t ts_ns;
     /* then the reason text (reason_len bytes), then the frame (len bytes) */
 } sr_taprec;
@@ -186,6 +188,7 @@ typedef struct sr_dev {
     int nzombies, zcap;
     /* tap: a byte ring of sr_taprec */
     int tap_on;
+    uint32_t write_snap; /* RDMA WRITE frames keep this many bytes in the tap (0: all) */
     pthread_mutex_t taplock;
     uint8_t *tapbuf;
     size_t tapcap, taphead, taptail; /* head: next write, tail: next read (monotonic byte counts) */
@@ -257,7 +260,7 @@ void sr_reseed(sr_dev *d, uint64_t seed);
 int sr_take_events(sr_dev *d, sr_event *out, int max);
 
 /* the tap */
-void sr_tap_enable(sr_dev *d, int on);
+void sr_tap_enable(sr_dev *d, int on, uint32_t write_snap);
 /* copies whole records into out (at most cap bytes); returns bytes copied */
 size_t sr_tap_read(sr_dev *d, uint8_t *out, size_t cap);
 

@@ -1,8 +1,8 @@
 /* Python binding of the compiled soft RoCEv2 engine: module native._softroce.
  *
  * One type, Device, with flat methods over plain numbers and tuples; the verbs objects
- * (PD, MR, CQ, QP) live in stack/verbs/soft/native.py. Calls that move many frames let
- * go of the interpreter lock; the engine's own thread never takes it. */
+ * (PD, MR, CQ, QP) live in stack/verbs/soft/native.py. The engine's own thread never takes
+ * the interpreter lock; calls from Python keep it (they are short), except the tap's wait. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -21,7 +21,27 @@ typedef struct {
     Py_buffer view;
 } Owner;
 
-#define RELEASE_GIL_BYTES (32 << 10) /* posts that move this much send with the GIL released */
+static PyTypeObject *frame_class; /* FrameRecord (a tuple subclass) the tap hands out, when set */
+
+/* the text of an IPv4 address, cached: a tap sees the same few over and over */
+static PyObject *ip_text(uint32_t ip_be) {
+    static uint32_t keys[16];
+    static PyObject *vals[16];
+    unsigned slot = (ip_be ^ (ip_be >> 16)) & 15;
+    if (vals[slot] && keys[slot] == ip_be) {
+        Py_INCREF(vals[slot]);
+        return vals[slot];
+    }
+    const uint8_t *b = (const uint8_t *)&ip_be;
+    PyObject *t = PyUnicode_FromFormat("%u.%u.%u.%u", b[0], b[1], b[2], b[3]);
+    if (!t) return NULL;
+    Py_XDECREF(vals[slot]);
+    keys[slot] = ip_be;
+    vals[slot] = t;
+    Py_INCREF(t);
+    return t;
+}
+
 
 static PyObject *engine_error(sr_dev *d, int rc) {
     int err = -rc;
@@ -340,12 +360,11 @@ static PyObject *Device_post_send(DeviceObject *self, PyObject *args) {
         if (parse_sges(sges, w->sge, &w->nsge) < 0) goto bad;
         for (int k = 0; k < w->nsge; k++) bytes += w->sge[k].len;
     }
-    int rc;
-    if (bytes >= RELEASE_GIL_BYTES) {
-        Py_BEGIN_ALLOW_THREADS rc = sr_post_send(self->dev, qpn, in, (int)n);
-        Py_END_ALLOW_THREADS
-    } else
-        rc = sr_post_send(self->dev, qpn, in, (int)n);
+    /* the interpreter lock stays held: a post takes tens of microseconds at most, and giving
+     * the lock away mid-stream lets another Python thread (a tap, a recorder) keep it for up
+     * to the switch interval while this, the busy thread, waits to get it back */
+    (void)bytes;
+    int rc = sr_post_send(self->dev, qpn, in, (int)n);
     if (in != small) PyMem_Free(in);
     Py_DECREF(fast);
     if (rc) return engine_error(self->dev, rc);
@@ -482,9 +501,10 @@ static PyObject *Device_stats(DeviceObject *self, PyObject *unused) {
 
 static PyObject *Device_tap_enable(DeviceObject *self, PyObject *args) {
     int on;
+    unsigned int write_snap = 0;
     CHECK_OPEN(self);
-    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
-    sr_tap_enable(self->dev, on);
+    if (!PyArg_ParseTuple(args, "p|I", &on, &write_snap)) return NULL;
+    sr_tap_enable(self->dev, on, write_snap);
     Py_RETURN_NONE;
 }
 
@@ -510,15 +530,38 @@ static PyObject *Device_tap_read(DeviceObject *self, PyObject *args) {
         PyMem_Free(buf);
         return NULL;
     }
+    static PyObject *tx_text, *rx_text;
+    if (!tx_text) {
+        tx_text = PyUnicode_InternFromString("tx");
+        rx_text = PyUnicode_InternFromString("rx");
+    }
     for (size_t pos = 0; pos < got;) {
         sr_taprec *r = (sr_taprec *)(buf + pos);
         const char *reason = (const char *)(r + 1);
-        PyObject *why = r->reason_len ? PyUnicode_DecodeUTF8(reason, r->reason_len, "replace") : (Py_INCREF(Py_None), Py_None);
-        PyObject *t = why ? Py_BuildValue("(sLIHIHy#N)", r->dir ? "rx" : "tx", (long long)r->ts_ns, r->src, r->sport, r->dst, r->dport,
-                                          reason + r->reason_len, (Py_ssize_t)r->len, why)
-                          : NULL;
-        if (!t || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
+        PyObject *items[9];
+        items[0] = r->dir ? rx_text : tx_text;
+        Py_INCREF(items[0]);
+        items[1] = PyLong_FromLongLong(r->ts_ns);
+        items[2] = ip_text(r->src);
+        items[3] = PyLong_FromLong(r->sport);
+        items[4] = ip_text(r->dst);
+        items[5] = PyLong_FromLong(r->dport);
+        items[6] = PyBytes_FromStringAndSize(reason + r->reason_len, r->len);
+        items[7] = r->reason_len ? PyUnicode_DecodeUTF8(reason, r->reason_len, "replace") : (Py_INCREF(Py_None), Py_None);
+        items[8] = r->orig != r->len ? PyLong_FromUnsignedLong(r->orig) : (Py_INCREF(Py_None), Py_None);
+        PyObject *t = NULL;
+        int ok = 1;
+        for (int i = 0; i < 9; i++) ok = ok && items[i];
+        if (ok) t = frame_class ? PyType_GenericAlloc(frame_class, 9) : PyTuple_New(9);
+        if (!t) {
+            for (int i = 0; i < 9; i++) Py_XDECREF(items[i]);
+            Py_DECREF(out);
+            PyMem_Free(buf);
+            return NULL;
+        }
+        for (int i = 0; i < 9; i++) PyTuple_SET_ITEM(t, i, items[i]);
+        if (PyList_Append(out, t) < 0) {
+            Py_DECREF(t);
             Py_DECREF(out);
             PyMem_Free(buf);
             return NULL;
@@ -570,8 +613,8 @@ static PyMethodDef Device_methods[] = {
     {"reseed", (PyCFunction)Device_reseed, METH_VARARGS, "reseed(seed)"},
     {"events", (PyCFunction)Device_events, METH_NOARGS, "events() -> [(type, port, qpn)]"},
     {"stats", (PyCFunction)Device_stats, METH_NOARGS, "stats() -> dict"},
-    {"tap_enable", (PyCFunction)Device_tap_enable, METH_VARARGS, "tap_enable(on)"},
-    {"tap_read", (PyCFunction)Device_tap_read, METH_VARARGS, "tap_read(timeout) -> [(dir, ts_ns, src, sport, dst, dport, frame, reason)]"},
+    {"tap_enable", (PyCFunction)Device_tap_enable, METH_VARARGS, "tap_enable(on, write_snap=0): RDMA WRITE frames keep write_snap bytes (0: all)"},
+    {"tap_read", (PyCFunction)Device_tap_read, METH_VARARGS, "tap_read(timeout) -> [FrameRecord(dir, ts_ns, src, sport, dst, dport, frame, reason, length)]"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -595,7 +638,18 @@ static PyObject *mod_crc32(PyObject *m, PyObject *args) {
     return PyLong_FromUnsignedLong(r);
 }
 
+static PyObject *mod_set_frame_class(PyObject *m, PyObject *cls) {
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "the frame class must be a tuple subclass of 9 fields (FrameRecord)");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(frame_class, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef mod_methods[] = {
+    {"set_frame_class", mod_set_frame_class, METH_O, "set_frame_class(FrameRecord): what tap_read makes of each frame"},
     {"icrc", mod_icrc, METH_VARARGS, "icrc(src_be, dst_be, sport, dport, ib) -> the ICRC as a little-endian integer"},
     {"crc32", mod_crc32, METH_VARARGS, "crc32(data, crc=0): zlib.crc32, folded with PCLMULQDQ where the CPU has it"},
     {NULL, NULL, 0, NULL},

@@ -215,19 +215,23 @@ class _Session:
         frames = req.get("frames", False)
         if not isinstance(frames, bool):
             raise CommandError("frames must be true or false")
+        write_snap = req.get("write_snap", 0)
+        if type(write_snap) is not int or not 0 <= write_snap <= 65535:
+            raise CommandError("write_snap must be a whole number of bytes from 0 (whole frames) to 65535")
         self.sub = self.stack.bus.subscribe(maxsize=int(req.get("queue", 50_000)), kinds=kinds)
         self._tasks.append(asyncio.create_task(self._events()))
-        tapped = self.start_frames() if frames else []
+        tapped = self.start_frames(write_snap) if frames else []
         self.server.subscribed.set()
         return {"kinds": kinds or sorted(KINDS), "frames": tapped}
 
-    def start_frames(self) -> list[str]:
-        """Stream the soft devices' RoCE frames too. The tap runs on the device threads and only
-        appends to a bounded queue; what does not fit is counted and reported."""
+    def start_frames(self, write_snap: int = 0) -> list[str]:
+        """Stream the soft devices' RoCE frames too (RDMA WRITE frames cut to ``write_snap``
+        bytes, 0: whole). The tap runs on the device threads and only appends to a bounded
+        queue; what does not fit is counted and reported."""
         if self.frames is not None:
             return self.tapped
         self.frames = deque()
-        self.tapped = self.stack.add_frame_tap(self._on_frame)
+        self.tapped = self.stack.add_frame_tap(self._on_frame, write_snap=write_snap)
         self._tasks.append(asyncio.create_task(self._frames()))
         return self.tapped
 
@@ -245,8 +249,11 @@ class _Session:
                 self.send({"type": "frames.dropped", "count": n})
             while self.frames:
                 r = self.frames.popleft()
-                self.send({"type": "frame", "frame": {"dir": r.direction, "ts": r.timestamp_ns, "src": r.src, "sport": r.sport, "dst": r.dst,
-                                                      "dport": r.dport, "payload": r.payload.hex(), "dropped": r.dropped}})  # fmt: skip
+                frame = {"dir": r.direction, "ts": r.timestamp_ns, "src": r.src, "sport": r.sport, "dst": r.dst, "dport": r.dport,
+                         "payload": r.payload.hex(), "dropped": r.dropped}  # fmt: skip
+                if getattr(r, "length", None) is not None:  # cut by write_snap: its length on the wire
+                    frame["length"] = r.length
+                self.send({"type": "frame", "frame": frame})
             if self.writer.transport.get_write_buffer_size() > (1 << 20):
                 await self.writer.drain()
 

@@ -103,8 +103,9 @@ class IPv4:
         return bytes(hdr)
 
 
-def decode_ipv4(data: bytes, offset: int = 0) -> tuple[IPv4, int]:
-    """Return the header and the offset of its payload (within ``data``)."""
+def decode_ipv4(data: bytes, offset: int = 0, cut: bool = False) -> tuple[IPv4, int]:
+    """Return the header and the offset of its payload (within ``data``). ``cut``: the capture
+    kept only the start of the packet (a snap length), so the total length may run past it."""
     v = View(data[offset:], "IPv4", InetError)
     b0 = v.u8(0, "version/IHL")
     if b0 >> 4 != 4:
@@ -116,7 +117,7 @@ def decode_ipv4(data: bytes, offset: int = 0) -> tuple[IPv4, int]:
     total = v.u16(2, "total length")
     if total < ihl:
         raise v.fail(2, f"total length {total} is shorter than the header ({ihl})")
-    if total > len(v):
+    if total > len(v) and not cut:
         raise v.fail(2, f"total length {total} but only {len(v)} bytes captured")
     frag = v.u16(6, "flags/fragment")
     hdr = IPv4(
@@ -146,10 +147,10 @@ class Udp:
         return struct.pack("!HHHH", self.sport, self.dport, self.length, self.checksum)
 
 
-def decode_udp(data: bytes, offset: int = 0) -> tuple[Udp, int]:
+def decode_udp(data: bytes, offset: int = 0, cut: bool = False) -> tuple[Udp, int]:
     v = View(data[offset:], "UDP", InetError)
     hdr = Udp(v.u16(0, "source port"), v.u16(2, "destination port"), v.u16(4, "length"), v.u16(6, "checksum"))
-    if hdr.length < UDP_HLEN or hdr.length > len(v):
+    if hdr.length < UDP_HLEN or (hdr.length > len(v) and not cut):
         raise v.fail(4, f"UDP length {hdr.length} does not fit the {len(v)} bytes after the IP header")
     return hdr, offset + UDP_HLEN
 

@@ -294,8 +294,9 @@ def _opname(opcode: int) -> str:
         return f"opcode 0x{opcode:02x}"
 
 
-def decode_packet(data: bytes) -> RocePacket:
-    """Decode BTH .. pad (the ICRC already removed)."""
+def decode_packet(data: bytes, pad_cut: bool = False) -> RocePacket:
+    """Decode BTH .. pad (the ICRC already removed). ``pad_cut``: ``data`` is only the start
+    of the packet (a capture's snap length): the headers are whole, the pad is not there."""
     data = bytes(data)
     v = View(data, "RoCE packet", RoceError)
     bth = decode_bth(v)
@@ -318,6 +319,8 @@ def decode_packet(data: bytes) -> RocePacket:
         else:
             other += v.raw(off, size, e.upper())
         off += size
+    if pad_cut:
+        return RocePacket(bth, reth, aeth, imm, other, data[off:])
     if len(data) - off < bth.pad:
         raise v.fail(1, f"pad count {bth.pad} exceeds the {len(data) - off} payload bytes")
     payload = data[off : len(data) - bth.pad]

@@ -36,7 +36,7 @@ def frames_only_pcap(src, dst, order: str = "<", nanos: bool = False) -> None:
     for p in read_packets(src.read_bytes()):
         if p.linktype == LINKTYPE_ETHERNET:
             sec, rest = divmod(p.timestamp_ns, 1_000_000_000)
-            out.append(struct.pack(order + "IIII", sec, rest if nanos else rest // 1000, len(p.data), len(p.data)) + p.data)
+            out.append(struct.pack(order + "IIII", sec, rest if nanos else rest // 1000, len(p.data), p.original_length) + p.data)
     dst.write_bytes(b"".join(out))
 
 
@@ -222,3 +222,32 @@ def test_malformed_input_to_the_recorder_is_counted_and_recording_goes_on(tmp_pa
     drops = [e for e in back if e.kind == "events.dropped"]
     assert sum(e.get("count") for e in drops) == 1 and sum(e.get("frames") for e in drops) == 1
     assert drops[0].get("last_error")
+
+
+def test_rdma_write_frames_are_recorded_with_a_snap_length(recorded, tmp_path):
+    """The recorder keeps each RDMA WRITE frame's headers and first 128 bytes, as a capture
+    with a snap length (the block says its length on the wire); LLC and CDC SENDs and ACKs
+    whole. Summaries count the bytes the same either way."""
+    from dissectors.recorder import WRITE_SNAP
+    from stack.wire import roce
+
+    path, events, _ = recorded
+    writes = sends = 0
+    for p in read_packets(path.read_bytes()):
+        if p.linktype != LINKTYPE_ETHERNET or len(p.data) < 42 or p.data[23] != 17:
+            continue
+        udp_len = struct.unpack_from("!H", p.data, 38)[0] - 8
+        opcode = p.data[42]
+        assert p.original_length == 42 + udp_len
+        if opcode in range(0x06, 0x0C) and udp_len > WRITE_SNAP:
+            writes += 1
+            assert len(p.data) == 42 + WRITE_SNAP
+            reth = roce.decode_packet(p.data[42:], pad_cut=True).reth
+            assert reth is None or reth.dma_len > 0
+        else:
+            sends += opcode in (roce.Opcode.SEND_ONLY, roce.Opcode.SEND_FIRST)
+            assert len(p.data) == p.original_length
+            assert roce.decode_frame(p.data, check_icrc=True).icrc_ok
+    assert writes and sends
+    derived = summarize(read_events(path)).to_dict()
+    assert sorted(c["bytes_written"] for c in derived["conns"]) == sorted(c["bytes_written"] for c in summarize(events).to_dict()["conns"])

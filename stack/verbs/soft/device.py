@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from stack.wire import roce
 from stack.wire.roce import ROCE_V2_PORT, Opcode, RoceError
@@ -50,9 +50,9 @@ SOCKET_BUFFER = 8 << 20  # room for the in-flight windows of many QPs
 RX_BATCH = 256
 
 
-@dataclass(frozen=True)
-class FrameRecord:
-    """One frame seen by the tap. ``payload`` is the UDP payload (BTH .. ICRC)."""
+class FrameRecord(NamedTuple):
+    """One frame seen by the tap. ``payload`` is the UDP payload (BTH .. ICRC). A tuple:
+    the tap makes one per frame, hundreds of thousands a second."""
 
     direction: str  # "tx" or "rx"
     timestamp_ns: int
@@ -62,6 +62,19 @@ class FrameRecord:
     dport: int
     payload: bytes
     dropped: str | None = None  # why the frame never made it: "loss", "drop-next", "port down", ...
+    length: int | None = None  # the frame's length on the wire, when ``payload`` was cut (the tap's write_snap)
+
+
+WRITE_OPCODES = range(0x06, 0x0C)  # RDMA WRITE FIRST .. ONLY WITH IMMEDIATE: what write_snap cuts
+
+
+def snap(record: FrameRecord, write_snap: int) -> FrameRecord:
+    """The record as a tap with this snap length sees it: an RDMA WRITE frame longer than
+    ``write_snap`` bytes keeps its first ``write_snap`` (headers and the start of the data)."""
+    p = record.payload
+    if write_snap and len(p) > write_snap and p[0] in WRITE_OPCODES:
+        return record._replace(payload=p[:write_snap], length=len(p))
+    return record
 
 
 @dataclass
@@ -108,7 +121,8 @@ class SoftDeviceBase(Device):
         self.port_state = PortState.ACTIVE
         self._lock = threading.RLock()
         self._events: list[AsyncEvent] = []
-        self._taps: list[Callable[[FrameRecord], None]] = []
+        self._taps: list[tuple[Callable, bool, int]] = []  # (tap, wants batches, write_snap)
+        self.write_snap = 0
         self._keys: set[int] = set()
         self._next_va = 0x7F0000000000 + (int(self.ip) & 0xFFFF) * (1 << 32)
         self._qpn = itertools.count(0x11 + (int(self.ip) & 0xFF) * 0x100)
@@ -157,25 +171,36 @@ class SoftDeviceBase(Device):
 
     # ------------------------------------------------------------------ taps
 
-    def add_tap(self, tap: Callable[[FrameRecord], None]) -> None:
+    def add_tap(self, tap: Callable, batch: bool = False, write_snap: int = 0) -> None:
+        """Call ``tap`` with every frame sent, received or dropped; ``batch``: with lists of
+        them (cheaper: the compiled engine hands frames out in batches anyway); ``write_snap``:
+        RDMA WRITE frames keep that many bytes, their length on the wire in ``length`` (the
+        device applies the largest a tap asks for, or none when one asks for whole frames)."""
         with self._lock:
-            self._taps.append(tap)
+            self._taps.append((tap, batch, write_snap))
+            self._tap_changed()
 
-    def remove_tap(self, tap: Callable[[FrameRecord], None]) -> None:
+    def remove_tap(self, tap: Callable) -> None:
         with self._lock:
-            if tap in self._taps:
-                self._taps.remove(tap)
+            self._taps = [t for t in self._taps if t[0] != tap]
+            self._tap_changed()
+
+    def _tap_changed(self) -> None:
+        snaps = [t[2] for t in self._taps]
+        self.write_snap = 0 if not snaps or 0 in snaps else max(snaps)
 
     def flush_taps(self) -> None:
         """Hand every frame seen so far to the taps before returning (this engine calls
         them as frames pass, so there is nothing to wait for)."""
 
     def _tap(self, record: FrameRecord) -> None:
-        for tap in list(self._taps):
+        record = snap(record, self.write_snap)
+        for entry in list(self._taps):
             try:
-                tap(record)
+                entry[0]([record] if entry[1] else record)
             except Exception:  # a broken listener must not take the NIC down
-                self._taps.remove(tap)
+                if entry in self._taps:
+                    self._taps.remove(entry)
 
     # ------------------------------------------------------------------ names of new objects
 

@@ -311,6 +311,7 @@ class SoftDeviceNative(SoftDeviceBase):
     def __init__(self, name: str, addr: str, *, mtu: Mtu = Mtu.MTU_1024, netns: str | None = None, seed: int | None = None,
                  gso: str | None = None) -> None:  # fmt: skip
         mod = softroce.load()  # EngineUnavailable before any socket is opened
+        mod.set_frame_class(FrameRecord)
         self.gso_mode = gso_mode(gso)
         self.gso = self.gso_mode == "on"
         super().__init__(name, addr, mtu=mtu, netns=netns, seed=seed)
@@ -407,11 +408,12 @@ class SoftDeviceNative(SoftDeviceBase):
 
     # ------------------------------------------------------------------ the tap: the engine keeps a ring, a thread hands it out
 
-    def add_tap(self, tap) -> None:
+    def add_tap(self, tap, batch: bool = False, write_snap: int = 0) -> None:
         with self._lock:
-            self._taps.append(tap)
+            self._taps.append((tap, batch, write_snap))
+            self._tap_changed()
+            self._c.tap_enable(True, self.write_snap)
             if self._tap_thread is None:
-                self._c.tap_enable(True)
                 self._tap_stop.clear()
                 self._tap_thread = threading.Thread(target=self._tap_loop, name=f"soft-roce tap {self.addr}", daemon=True)
                 self._tap_thread.start()
@@ -419,9 +421,11 @@ class SoftDeviceNative(SoftDeviceBase):
     def remove_tap(self, tap) -> None:
         self.flush_taps()
         with self._lock:
-            if tap in self._taps:
-                self._taps.remove(tap)
+            self._taps = [t for t in self._taps if t[0] != tap]
+            self._tap_changed()
             last = not self._taps
+            if not last and not self._closed:
+                self._c.tap_enable(True, self.write_snap)
         if last:
             self._stop_tap_thread()
 
@@ -448,19 +452,21 @@ class SoftDeviceNative(SoftDeviceBase):
         with self._tap_lock:
             if self._closed:
                 return
-            raw = self._c.tap_read(wait)
-            if not raw:
+            records = self._c.tap_read(wait)  # FrameRecords, made by the engine in one go
+            if not records:
                 return
-            taps = list(self._taps)
-            for direction, ts, src, sport, dst, dport, payload, reason in raw:
-                record = FrameRecord(direction, ts, _ip_text(src), sport, _ip_text(dst), dport, payload, reason)
-                for tap in taps:
-                    try:
-                        tap(record)
-                    except Exception:  # a broken listener must not take the NIC down
-                        if tap in self._taps:
-                            self._taps.remove(tap)
-                        taps.remove(tap)
+            for entry in list(self._taps):
+                tap, batch = entry[0], entry[1]
+                try:
+                    if batch:
+                        tap(records)
+                    else:
+                        for record in records:
+                            tap(record)
+                except Exception:  # a broken listener must not take the NIC down
+                    with self._lock:
+                        if entry in self._taps:
+                            self._taps.remove(entry)
 
 
 def _join_netns(name: str) -> None:
