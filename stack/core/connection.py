@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stack.events import Event
 from stack.wire.cdc import CdcMessage, Cursor
 from stack.wire.cdc import pack as cdc_pack
 from stack.wire.codes import SmcState
@@ -107,7 +108,10 @@ class SmcConnection:
         return {"lgr": self.lgr.name if self.lgr else None, "link": self.link.link_id if self.link else None, "conn": self.id}
 
     def emit(self, now: float, kind: str, **fields) -> None:
-        self.host.emit(now, kind, **self.ids(), **fields)
+        host = self.host
+        if host.bus.active:  # the record straight away: events on the data path come by the hundred thousand
+            lgr, link = self.lgr, self.link
+            host.bus.emit(Event(now, kind, host.name, lgr.name if lgr else None, link.link_id if link else None, self.id, fields))
 
     @property
     def rmb_size(self) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Callable
 
 from stack.wire import cdc, llc
@@ -252,7 +253,7 @@ class LinkGroup:
     # wait for it instead of aborting
     orphans: list[Link] = field(default_factory=list)
 
-    @property
+    @cached_property
     def name(self) -> str:
         return f"{self.lgr_id:08x}"
 
