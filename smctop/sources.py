@@ -32,6 +32,11 @@ def feed_timed(model: Model, events: list[Event]) -> None:
     model.feed_timed(events)
 
 
+def engine_text(engines) -> str:
+    """'native', or 'native+python' when devices differ."""
+    return "+".join(sorted({e for e in engines if e}))
+
+
 class SourceError(Exception):
     """A source could not start or an action failed: the message is for the operator."""
 
@@ -63,6 +68,11 @@ class Source:
 
     def describe(self) -> str:
         return self.label
+
+    def engine(self) -> str:
+        """What moves the RoCE frames of the watched stacks ("native", "python", "pyverbs",
+        joined when they differ); empty when the source does not know."""
+        return ""
 
     def _unavailable(self, what: str) -> SourceError:
         return SourceError(f"{what} is not available with the {self.label} source")
@@ -109,6 +119,9 @@ class DemoSource(Source):
 
     def stacks(self) -> list:
         return list(self.demo.hosts.values()) if self.demo is not None else []
+
+    def engine(self) -> str:
+        return engine_text(e for stack in self.stacks() for e in stack.engines().values())
 
     async def start(self) -> None:
         from . import demo as demo_mod
@@ -224,6 +237,7 @@ class AttachSource(Source):
         self.paths = list(paths)
         self.clients: dict[str, object] = {}  # path -> ControlClient
         self.hostnames: dict[str, str] = {}
+        self.engines: dict[tuple[str, str], str] = {}  # (host, device) -> engine, from snapshots
         self.inbox: deque[tuple[str, dict]] = deque()
         self.tasks: list[asyncio.Task] = []
         self.devices: dict[str, list[str]] = {}  # path -> device names, from snapshots
@@ -260,6 +274,9 @@ class AttachSource(Source):
         for client in self.clients.values():
             await client.close()
 
+    def engine(self) -> str:
+        return engine_text(self.engines.values())
+
     def describe(self) -> str:
         names = [self.hostnames.get(p, p) for p in self.paths]
         return "attach " + ", ".join(names) + (f" ({len(self.closed)} closed)" if self.closed else "")
@@ -290,6 +307,11 @@ class AttachSource(Source):
             elif kind in ("snapshot", "reply") and isinstance(msg.get("snapshot"), dict):
                 snap = msg["snapshot"]
                 model.apply_snapshot(snap)
+                rdma = snap.get("rdma")
+                if isinstance(rdma, dict):
+                    for dev, info in rdma.items():
+                        if isinstance(info, dict) and isinstance(info.get("engine"), str):
+                            self.engines[(str(snap.get("host", "")), str(dev))] = info["engine"][:16]
                 self.devices[path] = [d["name"] for d in snap.get("devices", [])]
                 self.hostnames[path] = snap.get("host", path)
                 if "t" in snap:

@@ -65,6 +65,7 @@ class DeviceSpec:
     netns: str | None = None  # soft: a network namespace to open it in
     mtu: int = 1024
     engine: str | None = None  # soft: "native", "python" or "auto" (None: SMCTOP_SOFT_ENGINE, else auto)
+    gso: str | None = None  # soft, native engine: UDP GSO "auto", "on", "off" (None: SMCTOP_SOFT_GSO, else auto)
 
 
 @dataclass
@@ -126,10 +127,10 @@ class RdmaDriver:
     # ---------------------------------------------------------------- devices
 
     def open(self, spec: DeviceSpec) -> DeviceInfo:
-        key = (spec.provider, spec.engine) if spec.provider == "soft" else spec.provider
+        key = (spec.provider, spec.engine, spec.gso) if spec.provider == "soft" else spec.provider
         provider = self.providers.get(key)
         if provider is None:
-            options = {"engine": spec.engine} if spec.provider == "soft" else {}
+            options = {"engine": spec.engine, "gso": spec.gso} if spec.provider == "soft" else {}
             provider = self.providers[key] = open_provider(spec.provider, **options)
         if spec.provider == "soft":
             mtu = Mtu(spec.mtu.bit_length() - 8) if spec.mtu in (256, 512, 1024, 2048, 4096) else Mtu.MTU_1024
@@ -387,11 +388,19 @@ def engine_of(device) -> str:
     return getattr(device, "engine", "") or "pyverbs"
 
 
+def engine_detail(device) -> str:
+    """The engine with how it sends: "native (GSO)", "native", "python", "pyverbs"."""
+    engine = engine_of(device)
+    return f"{engine} (GSO)" if getattr(device, "gso", False) else engine
+
+
 def check_specs(specs) -> None:
     for s in specs:
         if s.provider not in ("soft", "pyverbs"):
             raise VerbsError(errno.EINVAL, f"device {s}: provider must be 'soft' or 'pyverbs'")
         if s.engine not in (None, "auto", "native", "python"):
             raise VerbsError(errno.EINVAL, f"device {s.name or s.addr}: engine {s.engine!r} must be 'auto', 'native' or 'python'")
+        if s.gso not in (None, "auto", "on", "off"):
+            raise VerbsError(errno.EINVAL, f"device {s.name or s.addr}: gso {s.gso!r} must be 'auto', 'on' or 'off'")
         if s.provider == "soft" and not s.addr:
             raise VerbsError(errno.EINVAL, f"soft device {s.name or '?'}: give its address (addr=...)")

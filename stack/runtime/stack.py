@@ -28,7 +28,7 @@ from stack.events import EventBus
 from stack.verbs.api import EventType
 from stack.wire import codes
 
-from .rdma import DeviceSpec, RdmaDriver, check_specs, engine_of
+from .rdma import DeviceSpec, RdmaDriver, check_specs, engine_detail, engine_of
 from .streams import SmcStreamReader, SmcStreamWriter
 
 CONTROL_DIR_ENV = "SMCTOP_CONTROL_DIR"  # a directory: each Stack started opens a control socket there
@@ -351,6 +351,13 @@ class Stack:
         (its pure-Python twin) or "pyverbs" (a real device)."""
         return {name: engine_of(dev.device) for name, dev in self.rdma.devs.items()}
 
+    def engine_summary(self) -> str:
+        """One line for a report: each device's engine, and why it is not the compiled one when
+        it could have been."""
+        parts = [f"{name} {engine_detail(dev.device)}" for name, dev in self.rdma.devs.items()]
+        notes = self.engine_notes()
+        return ", ".join(parts) + (f" ({'; '.join(notes)})" if notes else "")
+
     def engine_notes(self) -> list[str]:
         """Why a soft device that could have had the compiled engine runs the Python one."""
         return sorted({p.engine_note for p in self.rdma.providers.values() if getattr(p, "engine_note", "")})
@@ -358,8 +365,8 @@ class Stack:
     def snapshot(self) -> dict:
         snap = self.host.snapshot()
         snap["t"] = self.now()
-        snap["rdma"] = {name: dict(getattr(dev.device, "stats", {}), port_up=dev.port_up, engine=engine_of(dev.device))
-                        for name, dev in self.rdma.devs.items()}  # fmt: skip
+        snap["rdma"] = {name: dict(getattr(dev.device, "stats", {}), port_up=dev.port_up, engine=engine_of(dev.device),
+                                   engine_detail=engine_detail(dev.device)) for name, dev in self.rdma.devs.items()}  # fmt: skip
         return snap
 
     # ---------------------------------------------------------------- the SMC TCP option (native/smcopt)
@@ -568,14 +575,15 @@ class Stack:
             setattr(dev.device.faults, k, v)
         self.host.emit(self.now(), "link.event", event="fault", fault="faults", device=device, **faults)
 
-    def add_frame_tap(self, tap: Callable) -> list[str]:
-        """Hand every RoCE frame this host's soft devices send, receive or drop to ``tap``, on
-        the device threads (it must be quick). Returns the tapped devices' addresses; a
+    def add_frame_tap(self, tap: Callable, batch: bool = False, write_snap: int = 0) -> list[str]:
+        """Hand every RoCE frame this host's soft devices send, receive or drop to ``tap``
+        (``batch``: lists of them), on the device threads (it must be quick); ``write_snap``:
+        RDMA WRITE frames keep that many bytes. Returns the tapped devices' addresses; a
         pyverbs device has no tap (its frames are seen only by a capture of the interface)."""
         tapped = []
         for dev in self.rdma.devs.values():
             if hasattr(dev.device, "add_tap"):
-                dev.device.add_tap(tap)
+                dev.device.add_tap(tap, batch, write_snap)
                 tapped.append(dev.device.addr)
         return tapped
 

@@ -113,6 +113,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rdma-device", action="append", help="pyverbs device name (repeatable; default rxe0)")
     g.add_argument("--netns", help="open the soft device in this network namespace")
     g.add_argument("--mtu", type=int, choices=[256, 512, 1024, 2048, 4096], default=1024, help="soft device MTU")
+    g.add_argument("--engine", choices=["auto", "native", "python"], default=None,
+                   help="soft devices: the compiled engine (native), its pure-Python twin, or native when built (auto, the default)")
+    g.add_argument("--gso", choices=["auto", "on", "off"], default=None,
+                   help="native engine: send runs of frames as UDP GSO batches (auto, the default: except while a capture watches the interface)")
     g.add_argument("--no-smc", action="store_true", help="plain TCP, no SMC")
     g.add_argument("--rmb-size", type=size, default=64 << 10, help="RMB per connection (default 64K)")
     g.add_argument("--sndbuf-size", type=size, default=64 << 10, help="send buffer per connection (default 64K)")
@@ -168,7 +172,7 @@ def stack_config(args, role: str) -> StackConfig:
             devices = tuple(DeviceSpec("pyverbs", name) for name in args.rdma_device or ["rxe0"])
         else:
             addrs = args.device or [args.listen[0] if role == "server" else "127.1.0.1"]
-            devices = tuple(DeviceSpec("soft", addr, addr, args.netns, args.mtu) for addr in addrs)
+            devices = tuple(DeviceSpec("soft", addr, addr, args.netns, args.mtu, args.engine, args.gso) for addr in addrs)
     smc = SmcConfig(
         host=args.host_name or role, versions=args.versions, ueids=tuple(args.ueid or ("SMCTOP",)), rmb_size=args.rmb_size,
         sndbuf_size=args.sndbuf_size, forced_decline=getattr(args, "decline", None), timeouts=Timeouts(test_link=args.test_link),
@@ -243,6 +247,8 @@ def print_report(rep: dict, as_json: bool) -> None:
         print(json.dumps(rep, indent=2, sort_keys=True))
         return
     print(f"mode {rep['mode']}: {rep['connections']} connections in {rep['seconds']} s")
+    if rep.get("engine"):
+        print(f"  engine:    {rep['engine']}")
     print("  modes:     " + (", ".join(f"{k} {v}" for k, v in rep["modes"].items()) or "none")
           + (f"  (SMC-R versions: {', '.join(f'v{k} {v}' for k, v in rep['versions'].items())})" if rep["versions"] else ""))  # fmt: skip
     for text, n in rep["fallbacks"].items():
@@ -295,7 +301,8 @@ async def run_server(args) -> int:
             progress = Progress(totals, args.progress if args.progress is not None else sys.stderr.isatty())
             progress.start()
             banner = (f"smc-traffic server on {args.listen[0]}:{args.listen[1]}" + (" (plain TCP)" if args.no_smc else "")
-                      + (f", declining with {codes.format_reason(args.decline)}" if args.decline else ""))  # fmt: skip
+                      + (f", declining with {codes.format_reason(args.decline)}" if args.decline else "")
+                      + (f"; engine {host.engine_summary()}" if host.rdma.devs else ""))  # fmt: skip
             print(banner, file=sys.stderr if args.json else sys.stdout, flush=True)  # stdout stays pure JSON
             await done.wait()
             server.close()
@@ -303,8 +310,10 @@ async def run_server(args) -> int:
                 await asyncio.wait(server.tasks, timeout=5)
             progress.stop()
             links = link_report(host, totals.started)
+            engine = host.engine_summary()
     rep = totals.report("server")
     rep["links"] = links
+    rep["engine"] = engine
     print_report(rep, args.json)
     return 1 if totals.errors else 0
 
@@ -345,8 +354,10 @@ async def run_client(args) -> int:
                 await asyncio.sleep(max(0.0, totals.started + last + 0.5 - time.monotonic()))
             progress.stop()
             links = link_report(host, totals.started)
+            engine = host.engine_summary()
     rep = totals.report(args.mode)
     rep["links"] = links
+    rep["engine"] = engine
     print_report(rep, args.json)
     return 1 if totals.errors else 0
 
