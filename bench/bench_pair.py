@@ -7,7 +7,11 @@ processes, doing the same plain work a user first tries (issue #12's goals):
   pattern checked byte for byte and by CRC-32 at the other end);
 * request/response: 64-byte echoes on one connection, median round trip;
 * connection set-up: connections per second through ``Stack.open_connection`` with SMC
-  (every one after the first reuses the link group) against TCP through the same call.
+  (every one after the first reuses the link group) against TCP through the same call;
+* watching it: the same bulk with every event of the client's stack written as JSONL
+  (``smc-traffic --events``), and recorded with every event and frame by the smc-trace
+  recorder, against nobody listening; and how many times the stack looked whether anyone
+  listens (``bus.active``), priced at what one look costs.
 
 The server is a child process with a plain asyncio server and one stack per engine (the
 compiled soft RoCE engine and its pure-Python twin); the client is this process, with
@@ -26,11 +30,15 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import time
+import timeit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dissectors.recorder import Recorder  # noqa: E402
 from stack.core.config import SmcConfig  # noqa: E402
+from stack.events import EventBus, JsonlWriter  # noqa: E402
 from stack.runtime import DeviceSpec, Stack, StackConfig  # noqa: E402
 from stack.traffic import runner  # noqa: E402
 from stack.traffic.protocol import UP  # noqa: E402
@@ -159,6 +167,62 @@ async def setup_rate(open_conn, conns: int) -> float:
     return rate
 
 
+class CountingBus(EventBus):
+    """An event bus that counts how often the stack asks whether anyone listens."""
+
+    looks = 0
+
+    @property
+    def active(self) -> bool:
+        CountingBus.looks += 1
+        return False
+
+    @active.setter
+    def active(self, value) -> None:
+        pass
+
+
+def look_cost() -> float:
+    """Seconds one ``bus.active`` look costs (an attribute read on an object's dict)."""
+    bus = EventBus()
+    n = 2_000_000
+    return min(timeit.repeat("bus.active", globals={"bus": bus}, number=n, repeat=5)) / n
+
+
+async def watched_bulk(stack, opener, mib: int, how: str, d: str) -> float:
+    """Bulk with the client's stack watched: "jsonl" (every event to a file) or "recorder"
+    (every event and frame to a pcapng, as smc-trace record does)."""
+    if how == "jsonl":
+        f = open(os.path.join(d, "events.jsonl"), "w")
+        w = JsonlWriter(f)
+        stack.bus.listen(w)
+        try:
+            return await bulk(opener, mib)
+        finally:
+            stack.bus.unlisten(w)
+            f.close()
+    rec = Recorder(os.path.join(d, "trace.pcapng"))
+    rec.attach(stack)
+    try:
+        return await bulk(opener, mib)
+    finally:
+        rec.close()
+
+
+async def idle_bus_share(stack, opener, mib: int) -> float:
+    """The share of a bulk transfer's time the stack spends asking whether anyone listens."""
+    real = stack.bus
+    stack.bus = stack.host.bus = CountingBus()
+    CountingBus.looks = 0
+    t0 = time.perf_counter()
+    try:
+        await bulk(opener, mib)
+    finally:
+        stack.bus = stack.host.bus = real
+    elapsed = time.perf_counter() - t0
+    return CountingBus.looks * look_cost() / elapsed
+
+
 async def measure(args) -> dict:
     stacks = {e: await Stack(stack_config("client", ADDRS[e][0], e)).start() for e in args.engines}
     for e, s in stacks.items():
@@ -190,6 +254,15 @@ async def measure(args) -> dict:
                 s, addr = stacks[e], ADDRS[e][1]
                 record(e, "setup_smc", await setup_rate(lambda: s.open_connection(addr, PORTS["accept"]), args.conns))
                 record(e, "setup_tcp", await setup_rate(lambda: s.open_connection(addr, PORTS["tcp_accept"], smc=False), args.conns))
+            if args.trace:
+                for e in args.engines:
+                    mib = args.mib if e == "native" else max(16, args.mib // 8)
+                    with tempfile.TemporaryDirectory() as d:
+                        record(e, "trace_off", await bulk(smc(e), mib))
+                        record(e, "trace_jsonl", await watched_bulk(stacks[e], smc(e), mib, "jsonl", d))
+                        record(e, "trace_off2", await bulk(smc(e), mib))
+                        record(e, "trace_recorder", await watched_bulk(stacks[e], smc(e), mib, "recorder", d))
+                    record(e, "idle_bus", await idle_bus_share(stacks[e], smc(e), mib))
     finally:
         for s in stacks.values():
             await s.close()
@@ -218,6 +291,11 @@ GOALS = {  # what issue #12 asks, as ratios against asyncio TCP between the same
     "rr": ("<=", 1.0, "64-byte request/response, median RTT"),
     "setup": (">=", 0.5, "set-up reusing a link group vs TCP connects"),
 }
+TRACE_GOALS = {  # against the same bulk with nobody listening (the mean of the rounds before and after)
+    "trace_jsonl": (">=", 0.95, "bulk with every event as JSONL"),
+    "trace_recorder": (">=", 0.95, "bulk recorded by smc-trace (events, frames)"),
+    "idle_bus": ("<=", 0.01, "bus with nobody listening: share of bulk"),
+}
 
 
 def table(res: dict, engines: list[str]) -> list[dict]:
@@ -234,7 +312,20 @@ def table(res: dict, engines: list[str]) -> list[dict]:
                 ratio, ours, base, unit = r[key] / tcp[key], r[key], tcp[key], "MB/s"
             ok = ratio >= goal if op == ">=" else ratio <= goal
             rows.append({"what": label, "engine": e, "goal": f"{op} {goal:.1f}x", "ratio": round(ratio, 3), "ours": round(ours, 1),
-                         "baseline": round(base, 1), "unit": unit, "met": ok})  # fmt: skip
+                         "baseline": round(base, 1), "unit": unit, "met": ok, "vs": "asyncio TCP"})  # fmt: skip
+    for key, (op, goal, label) in TRACE_GOALS.items():
+        for e in engines:
+            r = res[e]
+            if key not in r:
+                continue
+            if key == "idle_bus":
+                ratio, ours, base, unit, vs, goal_text = r[key], r[key] * 100, 100.0, "%", "the bulk's time", f"< {goal:.0%}"
+            else:
+                off = (r["trace_off"] + r["trace_off2"]) / 2
+                ratio, ours, base, unit, vs, goal_text = r[key] / off, r[key], off, "MB/s", "nobody listening", f"{op} {goal:.2f}x"
+            ok = ratio >= goal if op == ">=" else ratio <= goal
+            rows.append({"what": label, "engine": e, "goal": goal_text, "ratio": round(ratio, 4), "ours": round(ours, 2),
+                         "baseline": round(base, 1), "unit": unit, "met": ok, "vs": vs})  # fmt: skip
     return rows
 
 
@@ -245,6 +336,7 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=300, help="connections per set-up run")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--engines", default="native,python", type=lambda s: [e for e in s.split(",") if e])
+    ap.add_argument("--trace", action="store_true", help="also the cost of watching: JSONL, the recorder, the idle bus")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = run(args)

@@ -1,4 +1,5 @@
-"""The soft RoCEv2 provider beside raw UDP and asyncio TCP, measured in the same run.
+"""The soft RoCEv2 provider's two engines (compiled and pure Python) beside raw UDP and
+asyncio TCP, measured in the same run.
 
 * throughput: 32 MiB of RDMA WRITE (1 MiB WRs, 4 in flight) vs. a raw UDP stream of
   1024-byte datagrams (no reliability at all) vs. asyncio TCP streams over loopback;
@@ -25,8 +26,8 @@ from stack.verbs.api import Access, Mtu, QPCap, RCPath, RecvWR, SendFlags, SendW
 RW = Access.LOCAL_WRITE | Access.REMOTE_WRITE
 
 
-def soft_pair(mtu: Mtu):
-    prov = open_provider("soft", mtu=mtu)
+def soft_pair(mtu: Mtu, engine: str = "native"):
+    prov = open_provider("soft", mtu=mtu, engine=engine)
     devs = [prov.open_device("127.81.0.1"), prov.open_device("127.81.0.2")]
     side = []
     for dev in devs:
@@ -42,8 +43,8 @@ def soft_pair(mtu: Mtu):
     return prov, side
 
 
-def soft_write_throughput(mib: int, mtu: Mtu) -> float:
-    prov, ((_, pa, ca, qa), (_, pb, _, _)) = soft_pair(mtu)
+def soft_write_throughput(mib: int, mtu: Mtu, engine: str = "native") -> float:
+    prov, ((_, pa, ca, qa), (_, pb, _, _)) = soft_pair(mtu, engine)
     src, dst = pa.reg_mr(1 << 20, RW), pb.reg_mr(1 << 20, RW)
     wr = SendWR(0, WrOpcode.RDMA_WRITE, (Sge(src, 0, 1 << 20),), SendFlags.SIGNALED, dst.addr, dst.rkey)
     start = time.perf_counter()
@@ -58,8 +59,8 @@ def soft_write_throughput(mib: int, mtu: Mtu) -> float:
     return mib * (1 << 20) / elapsed / 1e6
 
 
-def soft_send_rtt(pings: int, mtu: Mtu) -> float:
-    prov, ((_, pa, ca, qa), (_, pb, cb, qb)) = soft_pair(mtu)
+def soft_send_rtt(pings: int, mtu: Mtu, engine: str = "native") -> float:
+    prov, ((_, pa, ca, qa), (_, pb, cb, qb)) = soft_pair(mtu, engine)
     ma, mb = pa.reg_mr(4096, RW), pb.reg_mr(4096, RW)
     stop = threading.Event()
 
@@ -178,6 +179,11 @@ async def _tcp(mib: int, pings: int) -> tuple[float, float]:
     return mib * (1 << 20) / elapsed / 1e6, statistics.median(rtts)
 
 
+def engine_figures(engine: str, mib: int, mtu: Mtu = Mtu.MTU_4096, pings: int = 2000) -> tuple[float, float]:
+    """RDMA WRITE MB/s and the median SEND round trip (s) of one engine."""
+    return soft_write_throughput(mib, mtu, engine), soft_send_rtt(pings if engine == "native" else pings // 4, mtu, engine)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=32)
@@ -185,22 +191,20 @@ def main() -> None:
     ap.add_argument("--mtu", type=int, default=1024, choices=[256, 512, 1024, 2048, 4096])
     args = ap.parse_args()
     mtu = Mtu(args.mtu.bit_length() - 8)
-    soft_tp = soft_write_throughput(args.mib, mtu)
-    soft_rtt = soft_send_rtt(args.pings, mtu)
+    engines = {e: engine_figures(e, args.mib if e == "native" else max(8, args.mib // 8), mtu, args.pings) for e in ("native", "python")}
     udp_tp = udp_stream_throughput(args.mib)
     u_rtt = udp_rtt(args.pings)
     tcp_tp, tcp_rtt = asyncio.run(_tcp(args.mib, args.pings))
     print(f"soft provider, path MTU {args.mtu}, {args.mib} MiB, {args.pings} pings; same run, same machine\n")
-    print(f"{'':34} {'throughput MB/s':>16} {'RTT us (median)':>16}")
-    for name, tp, rtt in (
-        ("soft RoCEv2 (RDMA WRITE / SEND)", soft_tp, soft_rtt),
-        ("raw UDP (stream / ping-pong)", udp_tp, u_rtt),
-        ("asyncio TCP (stream / ping-pong)", tcp_tp, tcp_rtt),
-    ):
-        print(f"{name:34} {tp:16.1f} {rtt * 1e6:16.1f}")
+    print(f"{'':36} {'throughput MB/s':>16} {'RTT us (median)':>16}")
+    rows = [(f"soft RoCEv2, {e} engine", *engines[e]) for e in engines]
+    rows += [("raw UDP (stream / ping-pong)", udp_tp, u_rtt), ("asyncio TCP (stream / ping-pong)", tcp_tp, tcp_rtt)]
+    for name, tp, rtt in rows:
+        print(f"{name:36} {tp:16.1f} {rtt * 1e6:16.1f}")
     print()
-    print(f"soft / raw UDP:    throughput {soft_tp / udp_tp:5.2f}x   RTT {soft_rtt / u_rtt:5.2f}x")
-    print(f"soft / asyncio TCP: throughput {soft_tp / tcp_tp:5.2f}x   RTT {soft_rtt / tcp_rtt:5.2f}x")
+    for e, (tp, rtt) in engines.items():
+        print(f"{e:6} / raw UDP:     throughput {tp / udp_tp:5.2f}x   RTT {rtt / u_rtt:5.2f}x")
+        print(f"{e:6} / asyncio TCP: throughput {tp / tcp_tp:5.2f}x   RTT {rtt / tcp_rtt:5.2f}x")
 
 
 if __name__ == "__main__":

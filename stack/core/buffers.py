@@ -20,6 +20,19 @@ from __future__ import annotations
 from .ports import HostIO, MrInfo
 
 
+_ZEROS: dict[int, bytes] = {}
+
+
+def _zeros(size: int) -> bytes:
+    """Zero bytes to copy over a buffer (kept per size: buffers come in a few sizes)."""
+    z = _ZEROS.get(size)
+    if z is None:
+        if len(_ZEROS) > 8:
+            _ZEROS.clear()
+        z = _ZEROS[size] = bytes(size)
+    return z
+
+
 class RegisteredBuffer:
     def __init__(self, io: HostIO, device: str, size: int, remote_write: bool) -> None:
         self.io = io
@@ -43,7 +56,7 @@ class RegisteredBuffer:
         return reg
 
     def clear(self) -> None:
-        self.buf[:] = bytes(self.size)
+        self.buf[:] = _zeros(self.size)
 
     def release(self) -> None:
         for reg in self.regs.values():
