@@ -68,6 +68,18 @@ class Frame:
     length: int | None = None  # its length on the wire, when the payload was cut (write_snap)
 
 
+def count_raw(blob: bytes) -> int:
+    """How many frames a blob of raw tap records holds."""
+    n = pos = 0
+    while pos + 4 <= len(blob):
+        (size,) = struct.unpack_from("<I", blob, pos)
+        if size < 40:
+            break
+        n += 1
+        pos += size
+    return n
+
+
 @dataclass
 class RecorderStats:
     events: int = 0
@@ -157,8 +169,15 @@ class Recorder:
         else:
             self._in.append(frame)
 
-    def on_frames(self, frames: list) -> None:
-        """A batch of frames from a device's tap (what fits; the rest is counted as dropped)."""
+    def on_frames(self, frames: list | bytes) -> None:
+        """A batch of frames from a device's tap (what fits; the rest is counted as dropped),
+        or the compiled engine's raw records (bytes) for the spool to take in C."""
+        if type(frames) is bytes:
+            if len(self._in) >= self.max_pending:
+                self.stats.dropped_frames += count_raw(frames)
+            else:
+                self._in.append(frames)
+            return
         room = self.max_pending - len(self._in)
         if room >= len(frames):
             self._in.extend(frames)
@@ -172,7 +191,7 @@ class Recorder:
         start = snapshot_event(stack.now(), stack.snapshot())
         self.on_event(start)
         stack.bus.listen(self.on_event)
-        self.local_addrs.update(stack.add_frame_tap(self.on_frames, batch=True, write_snap=self.write_snap))
+        self.local_addrs.update(stack.add_frame_tap(self.on_frames, batch=True, write_snap=self.write_snap, raw=True))
         self._stacks.append(stack)
         return start
 

@@ -19,6 +19,7 @@ Both implementations give the same bytes for the same calls (tests/unit/test_spo
 from __future__ import annotations
 
 import ipaddress
+import struct
 import math
 import os
 import re
@@ -169,12 +170,51 @@ class Spool:
         n_ev = n_fr = 0
         specials: list = []
         for item in items:
+            if type(item) is bytes:  # a blob of the compiled engine's raw tap records
+                n_fr += self._raw(item, local_addrs, specials)
+                continue
             self.seq += SEQ_STEP
             if isinstance(item, Event):
                 n_ev += self._event(item, self.seq, last_rx, specials)
             else:
                 n_fr += self._frame(item, self.seq, local_addrs, specials)
         return n_ev, n_fr, specials
+
+    def _raw(self, blob: bytes, local_addrs: set, specials: list) -> int:
+        """The twin of ingest_raw in native/eventenc.c (the record layout: module.c tap_read_raw)."""
+        from .recorder import Frame
+
+        locals_ = set()
+        for a in local_addrs:
+            try:
+                locals_.add(ipaddress.IPv4Address(a).packed) if strict_ipv4(a) else None
+            except ValueError:
+                pass
+        n = 0
+        pos = 0
+        while pos + _TAPREC.size <= len(blob):
+            size, direction, rlen, sport, dport, src, dst, length, orig, ts = _TAPREC.unpack_from(blob, pos)
+            if size < _TAPREC.size or pos + size > len(blob):
+                break
+            rec, pos = blob[pos : pos + size], pos + size
+            if _TAPREC.size + rlen + length > size or direction > 1:
+                continue
+            reason = rec[_TAPREC.size : _TAPREC.size + rlen]
+            frame = rec[_TAPREC.size + rlen : _TAPREC.size + rlen + length]
+            self.seq += SEQ_STEP
+            if rlen:
+                f = Frame("rx" if direction else "tx", ts, str(ipaddress.IPv4Address(src)), sport, str(ipaddress.IPv4Address(dst)), dport,
+                          frame, reason.decode("utf-8", "replace"), orig if orig != length else None)  # fmt: skip
+                specials.append((self.seq, f, None, None, None))
+                continue
+            if direction == 1 and src in locals_:
+                continue
+            if orig < length or orig > 65535 - 28:
+                orig = length
+            head = frame_header(str(ipaddress.IPv4Address(src)), str(ipaddress.IPv4Address(dst)), sport, dport, orig)
+            self._entries.append([ts, self.seq, self.frame_iface, head + frame, None, *self._frame_key(frame), orig - length])
+            n += 1
+        return n
 
     def _event(self, e: Event, seq: int, last_rx: dict, specials: list) -> int:
         fail = (seq, e, None, None, None)
@@ -249,11 +289,20 @@ class Spool:
         return head
 
 
+# a raw tap record's header (native/softroce/module.c tap_read_raw): size, direction, reason
+# length, ports, addresses (network order), captured and wire length, timestamp
+_TAPREC = struct.Struct("<IBBHH2x4s4sII4xq")
+
+
 def make_spool(native: bool | None, *args):
     """The compiled Spool when it is built (or ``native`` is True: then it must be), else this twin."""
     mod = native_encoder()
     if native is True and mod is None:
         raise RuntimeError("the compiled event encoder is not built: native/build_eventenc.sh")
     if mod is not None and native is not False:
+        if hasattr(mod, "set_frame_factory"):
+            from .recorder import Frame
+
+            mod.set_frame_factory(Frame)  # what a dropped frame of a raw tap blob becomes
         return mod.Spool(*args), mod.drain
     return Spool(*args), drain

@@ -1550,6 +1550,98 @@ done:
     return r;
 }
 
+/* A blob of the compiled soft-RoCE engine's raw tap records (native/softroce/module.c,
+ * tap_read_raw): each frame straight into the arena, no Python object per frame. A dropped
+ * frame (it has a reason) becomes a FrameRecord made by FrameFactory and goes the special
+ * way, for its comment. */
+#define TAPREC_HDR 40
+static PyObject *FrameFactory; /* builds a frame object from (direction, ts, src, sport, dst, dport, payload, reason, length) */
+
+static PyObject *ip_str(const unsigned char b[4]) { return PyUnicode_FromFormat("%u.%u.%u.%u", b[0], b[1], b[2], b[3]); }
+
+static int ingest_raw(Spool *self, PyObject *blob, const uint32_t *locals, int nlocals, PyObject *specials, long *n_fr) {
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(blob);
+    Py_ssize_t n = PyBytes_GET_SIZE(blob);
+    for (Py_ssize_t pos = 0; pos + TAPREC_HDR <= n;) {
+        const unsigned char *r = p + pos;
+        uint32_t size, src, dst, len, orig;
+        uint16_t sport, dport;
+        int64_t ts;
+        memcpy(&size, r, 4);
+        if (size < TAPREC_HDR || pos + (Py_ssize_t)size > n)
+            break; /* a damaged blob: the rest is not ours to guess */
+        unsigned dir = r[4], rlen = r[5];
+        memcpy(&sport, r + 6, 2);
+        memcpy(&dport, r + 8, 2);
+        memcpy(&src, r + 12, 4);
+        memcpy(&dst, r + 16, 4);
+        memcpy(&len, r + 20, 4);
+        memcpy(&orig, r + 24, 4);
+        memcpy(&ts, r + 32, 8);
+        pos += size;
+        if (TAPREC_HDR + rlen + (size_t)len > size || dir > 1)
+            continue;
+        const unsigned char *reason = r + TAPREC_HDR, *frame = reason + rlen;
+        self->seq += SEQ_STEP;
+        if (rlen) { /* dropped: the recorder comments it */
+            if (FrameFactory == NULL)
+                continue;
+            unsigned char s4[4], d4[4];
+            memcpy(s4, &src, 4);
+            memcpy(d4, &dst, 4);
+            PyObject *f = PyObject_CallFunction(FrameFactory, "sLNHNHy#NO", dir ? "rx" : "tx", (long long)ts, ip_str(s4), sport, ip_str(d4),
+                                                dport, (const char *)frame, (Py_ssize_t)len,
+                                                PyUnicode_DecodeUTF8((const char *)reason, rlen, "replace"),
+                                                orig != len ? PyLong_FromUnsignedLong(orig) : Py_None);
+            if (f == NULL || append_special(specials, special(self->seq, f, NULL, NULL, NULL))) {
+                Py_XDECREF(f);
+                return -1;
+            }
+            Py_DECREF(f);
+            continue;
+        }
+        if (dir == 1) { /* the receiver's copy of a frame whose sender is recorded too */
+            int local = 0;
+            for (int i = 0; i < nlocals && !local; i++)
+                local = locals[i] == src;
+            if (local)
+                continue;
+        }
+        if (orig < len || orig > 65535 - 28)
+            orig = len;
+        Entry e = {0};
+        char *q = arena_alloc(self, FRAME_HDR + len, &e.chunk, &e.off);
+        if (q == NULL)
+            return -1;
+        unsigned char s4[4], d4[4];
+        memcpy(s4, &src, 4);
+        memcpy(d4, &dst, 4);
+        frame_header((unsigned char *)q, s4, d4, sport, dport, orig);
+        memcpy(q + FRAME_HDR, frame, len);
+        e.ts = ts, e.seq = self->seq, e.iface = self->frame_iface, e.cut = orig - len, e.len = FRAME_HDR + len;
+        int32_t koff, klen;
+        send_key(frame, len, &koff, &klen);
+        e.key_off = koff >= 0 ? FRAME_HDR + koff : -1;
+        e.key_len = klen;
+        if (inc_push(self, &e)) {
+            entry_clear(self, &e);
+            return -1;
+        }
+        (*n_fr)++;
+    }
+    return 0;
+}
+
+static PyObject *m_set_frame_factory(PyObject *mod, PyObject *fn) {
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "set_frame_factory needs a callable");
+        return NULL;
+    }
+    Py_INCREF(fn);
+    Py_XSETREF(FrameFactory, fn);
+    Py_RETURN_NONE;
+}
+
 /* ingest(items, local_addrs, last_rx) -> (events, frames, specials) */
 static PyObject *Spool_ingest(Spool *self, PyObject *args) {
     PyObject *items, *local_addrs, *last_rx;
@@ -1568,13 +1660,39 @@ static PyObject *Spool_ingest(Spool *self, PyObject *args) {
     if (specials == NULL)
         return NULL;
     long n_ev = 0, n_fr = 0;
+    uint32_t locals[16];
+    int nlocals = -1; /* the local addresses as the raw records have them, parsed at the first blob */
     self->busy = 1; /* the twin's to_json or an odd item's attributes can run Python: no other thread meanwhile */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
         Py_INCREF(item);
+        int r;
+        if (PyBytes_CheckExact(item)) {
+            if (nlocals < 0) {
+                nlocals = 0;
+                PyObject *it = PyObject_GetIter(local_addrs), *a;
+                while (it && (a = PyIter_Next(it)) != NULL) {
+                    unsigned char b[4];
+                    if (nlocals < 16 && !parse_ipv4(a, b))
+                        memcpy(&locals[nlocals++], b, 4);
+                    Py_DECREF(a);
+                }
+                Py_XDECREF(it);
+                if (PyErr_Occurred())
+                    PyErr_Clear();
+            }
+            r = ingest_raw(self, item, locals, nlocals, specials, &n_fr);
+            Py_DECREF(item);
+            if (r) {
+                self->busy = 0;
+                Py_DECREF(specials);
+                return NULL;
+            }
+            continue;
+        }
         self->seq += SEQ_STEP;
-        int r = PyObject_TypeCheck(item, (PyTypeObject *)EventType) ? ingest_event(self, item, self->seq, last_rx, specials, &n_ev)
-                                                                    : ingest_frame(self, item, self->seq, local_addrs, specials, &n_fr);
+        r = PyObject_TypeCheck(item, (PyTypeObject *)EventType) ? ingest_event(self, item, self->seq, last_rx, specials, &n_ev)
+                                                                : ingest_frame(self, item, self->seq, local_addrs, specials, &n_fr);
         Py_DECREF(item);
         if (r) {
             self->busy = 0;
@@ -1898,6 +2016,7 @@ static PyTypeObject SpoolType = {
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
+    {"set_frame_factory", m_set_frame_factory, METH_O, "set_frame_factory(Frame): what a dropped frame of a raw tap blob becomes"},
     {"configure", m_configure, METH_VARARGS, "configure(Event, enum.Enum, python_to_json)"},
     {"to_json", m_to_json, METH_O, "The canonical JSON of an event (stack.events.to_json)."},
     {"to_json_line", m_to_json_line, METH_O, "to_json(event) + newline."},

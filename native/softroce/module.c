@@ -573,6 +573,32 @@ static PyObject *Device_tap_read(DeviceObject *self, PyObject *args) {
     return out;
 }
 
+/* Wait up to timeout seconds (GIL released) for tapped frames, then return them as one
+ * bytes object of raw records (the layout of sr_taprec, little-endian: size u32 @0, direction
+ * u8 @4 (0 tx, 1 rx), reason length u8 @5, sport u16 @6, dport u16 @8, src u32 @12 and dst u32
+ * @16 in network order, captured length u32 @20, length on the wire u32 @24, timestamp ns i64
+ * @32, then the reason text and the frame; each record padded to 8 bytes). A recorder in C
+ * (native/eventenc.c) takes it whole: no Python object per frame. */
+static PyObject *Device_tap_read_raw(DeviceObject *self, PyObject *args) {
+    double timeout;
+    CHECK_OPEN(self);
+    if (!PyArg_ParseTuple(args, "d", &timeout)) return NULL;
+    sr_dev *d = self->dev;
+    size_t cap = 4u << 20;
+    uint8_t *buf = PyMem_Malloc(cap);
+    if (!buf) return PyErr_NoMemory();
+    size_t got;
+    Py_BEGIN_ALLOW_THREADS got = sr_tap_read(d, buf, cap);
+    if (!got && timeout > 0) {
+        struct pollfd p = {d->tapfd, POLLIN, 0};
+        poll(&p, 1, (int)(timeout * 1000));
+        got = sr_tap_read(d, buf, cap);
+    }
+    Py_END_ALLOW_THREADS PyObject *out = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)got);
+    PyMem_Free(buf);
+    return out;
+}
+
 /* ICRC of a RoCEv2 UDP payload (BTH .. pad), for the tests' cross-check with stack.wire.roce */
 static PyObject *mod_icrc(PyObject *m, PyObject *args) {
     unsigned int src, dst;
@@ -614,6 +640,7 @@ static PyMethodDef Device_methods[] = {
     {"events", (PyCFunction)Device_events, METH_NOARGS, "events() -> [(type, port, qpn)]"},
     {"stats", (PyCFunction)Device_stats, METH_NOARGS, "stats() -> dict"},
     {"tap_enable", (PyCFunction)Device_tap_enable, METH_VARARGS, "tap_enable(on, write_snap=0): RDMA WRITE frames keep write_snap bytes (0: all)"},
+    {"tap_read_raw", (PyCFunction)Device_tap_read_raw, METH_VARARGS, "tap_read_raw(timeout) -> bytes of raw tap records (see module.c)"},
     {"tap_read", (PyCFunction)Device_tap_read, METH_VARARGS, "tap_read(timeout) -> [FrameRecord(dir, ts_ns, src, sport, dst, dport, frame, reason, length)]"},
     {NULL, NULL, 0, NULL},
 };
@@ -668,6 +695,7 @@ PyMODINIT_FUNC PyInit__softroce(void) {
         return NULL;
     }
     PyModule_AddIntConstant(m, "WINDOW", SR_WINDOW);
+    PyModule_AddIntConstant(m, "TAP_RECORD_HEADER", (long)sizeof(sr_taprec));
     PyModule_AddIntConstant(m, "CRC_FOLDED", sr_crc32_selftest());
     PyModule_AddIntConstant(m, "ACK_EVERY", SR_ACK_EVERY);
     return m;

@@ -575,15 +575,16 @@ class Stack:
             setattr(dev.device.faults, k, v)
         self.host.emit(self.now(), "link.event", event="fault", fault="faults", device=device, **faults)
 
-    def add_frame_tap(self, tap: Callable, batch: bool = False, write_snap: int = 0) -> list[str]:
+    def add_frame_tap(self, tap: Callable, batch: bool = False, write_snap: int = 0, raw: bool = False) -> list[str]:
         """Hand every RoCE frame this host's soft devices send, receive or drop to ``tap``
         (``batch``: lists of them), on the device threads (it must be quick); ``write_snap``:
-        RDMA WRITE frames keep that many bytes. Returns the tapped devices' addresses; a
-        pyverbs device has no tap (its frames are seen only by a capture of the interface)."""
+        RDMA WRITE frames keep that many bytes; ``raw``: the compiled engine's raw records as
+        bytes (other devices give lists). Returns the tapped devices' addresses; a pyverbs
+        device has no tap (its frames are seen only by a capture of the interface)."""
         tapped = []
         for dev in self.rdma.devs.values():
             if hasattr(dev.device, "add_tap"):
-                dev.device.add_tap(tap, batch, write_snap)
+                dev.device.add_tap(tap, batch, write_snap, raw)
                 tapped.append(dev.device.addr)
         return tapped
 

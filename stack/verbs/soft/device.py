@@ -121,7 +121,7 @@ class SoftDeviceBase(Device):
         self.port_state = PortState.ACTIVE
         self._lock = threading.RLock()
         self._events: list[AsyncEvent] = []
-        self._taps: list[tuple[Callable, bool, int]] = []  # (tap, wants batches, write_snap)
+        self._taps: list[tuple[Callable, bool, int, bool]] = []  # (tap, wants batches, write_snap, wants raw records)
         self.write_snap = 0
         self._keys: set[int] = set()
         self._next_va = 0x7F0000000000 + (int(self.ip) & 0xFFFF) * (1 << 32)
@@ -171,13 +171,14 @@ class SoftDeviceBase(Device):
 
     # ------------------------------------------------------------------ taps
 
-    def add_tap(self, tap: Callable, batch: bool = False, write_snap: int = 0) -> None:
+    def add_tap(self, tap: Callable, batch: bool = False, write_snap: int = 0, raw: bool = False) -> None:
         """Call ``tap`` with every frame sent, received or dropped; ``batch``: with lists of
         them (cheaper: the compiled engine hands frames out in batches anyway); ``write_snap``:
         RDMA WRITE frames keep that many bytes, their length on the wire in ``length`` (the
-        device applies the largest a tap asks for, or none when one asks for whole frames)."""
+        device applies the largest a tap asks for, or none when one asks for whole frames);
+        ``raw``: the compiled engine's raw records (this engine hands batches of FrameRecords)."""
         with self._lock:
-            self._taps.append((tap, batch, write_snap))
+            self._taps.append((tap, batch or raw, write_snap, False))
             self._tap_changed()
 
     def remove_tap(self, tap: Callable) -> None:

@@ -18,6 +18,7 @@ import itertools
 import os
 import random
 import socket
+import struct
 import sys
 import threading
 from typing import Sequence
@@ -408,9 +409,11 @@ class SoftDeviceNative(SoftDeviceBase):
 
     # ------------------------------------------------------------------ the tap: the engine keeps a ring, a thread hands it out
 
-    def add_tap(self, tap, batch: bool = False, write_snap: int = 0) -> None:
+    def add_tap(self, tap, batch: bool = False, write_snap: int = 0, raw: bool = False) -> None:
+        """As SoftDeviceBase.add_tap; ``raw``: ``tap`` gets the engine's raw records as one
+        bytes object per batch (native/softroce/module.c tap_read_raw), for a consumer in C."""
         with self._lock:
-            self._taps.append((tap, batch, write_snap))
+            self._taps.append((tap, batch, write_snap, raw))
             self._tap_changed()
             self._c.tap_enable(True, self.write_snap)
             if self._tap_thread is None:
@@ -452,13 +455,22 @@ class SoftDeviceNative(SoftDeviceBase):
         with self._tap_lock:
             if self._closed:
                 return
-            records = self._c.tap_read(wait)  # FrameRecords, made by the engine in one go
-            if not records:
-                return
-            for entry in list(self._taps):
-                tap, batch = entry[0], entry[1]
+            taps = list(self._taps)
+            if any(t[3] for t in taps):  # a consumer in C: the raw records, and records made from them for the others
+                blob = self._c.tap_read_raw(wait)
+                if not blob:
+                    return
+                records = parse_raw(blob) if not all(t[3] for t in taps) else []
+            else:
+                blob, records = b"", self._c.tap_read(wait)  # FrameRecords, made by the engine in one go
+                if not records:
+                    return
+            for entry in taps:
+                tap, batch, raw = entry[0], entry[1], entry[3]
                 try:
-                    if batch:
+                    if raw:
+                        tap(blob)
+                    elif batch:
                         tap(records)
                     else:
                         for record in records:
@@ -467,6 +479,24 @@ class SoftDeviceNative(SoftDeviceBase):
                     with self._lock:
                         if entry in self._taps:
                             self._taps.remove(entry)
+
+
+_TAPREC = struct.Struct("<IBBHH2x4s4sII4xq")  # module.c tap_read_raw
+
+
+def parse_raw(blob: bytes) -> list[FrameRecord]:
+    """FrameRecords from the engine's raw tap records."""
+    out, pos = [], 0
+    while pos + _TAPREC.size <= len(blob):
+        size, direction, rlen, sport, dport, src, dst, length, orig, ts = _TAPREC.unpack_from(blob, pos)
+        if size < _TAPREC.size:
+            break
+        body = blob[pos + _TAPREC.size : pos + size]
+        out.append(FrameRecord("rx" if direction else "tx", ts, socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport,
+                               body[rlen : rlen + length], body[:rlen].decode("utf-8", "replace") if rlen else None,
+                               orig if orig != length else None))  # fmt: skip
+        pos += size
+    return out
 
 
 def _join_netns(name: str) -> None:
