@@ -608,8 +608,12 @@ class SmcHost:
             lgr.unuse_buffers(conn, now)
             conn.rmb = conn.sndbuf = None
             lgr.conns.pop(conn.token, None)
-            if not lgr.conns and not lgr.terminated:
-                self.io.arm_timer(("lgr_idle", lgr.lgr_id), now + self.config.timeouts.lgr_idle + (10 if lgr.role == LgrRole.CLIENT else 0))
+        elif conn.mode == "INIT" and lgr is not None:  # closed in the middle of its handshake: what waits for it stops
+            self.io.cancel_timer(("clc", conn.id))
+            conn.hs = Hs.FAILED
+            self._release_smc(conn, now)
+        if lgr is not None and conn.mode in ("SMCR", "INIT") and not lgr.conns and not lgr.terminated:
+            self.io.arm_timer(("lgr_idle", lgr.lgr_id), now + self.config.timeouts.lgr_idle + (10 if lgr.role == LgrRole.CLIENT else 0))
         self.conns.pop(conn.id, None)
         self.io.conn_closed(conn.id, conn.error)
 
@@ -684,6 +688,8 @@ class SmcHost:
 
     def handshake_lost(self, conn: SmcConnection, now: float, why: str) -> None:
         """The link group under a handshake ended: decline and fall back to TCP."""
+        if conn.state == SmcState.CLOSED or self.conns.get(conn.id) is not conn:
+            return  # closed meanwhile (the application aborted it): nothing to fall back
         if conn.hs not in (Hs.ACCEPT_SENT, Hs.WAIT_CONFIRM_LINK, Hs.WAIT_CONFIRM_LINK_RESP, Hs.WAIT_RKEY):
             return
         if conn.hs == Hs.ACCEPT_SENT:  # the client's Confirm is on its way: take it off the wire first

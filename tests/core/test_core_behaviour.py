@@ -350,3 +350,24 @@ def test_data_that_overtakes_the_confirm_is_kept(first_contact):
     f.run(until=f.now + 0.01)
     assert b.apps[cid].established
     assert b.host.app_recv(cid, 100, f.now) == b"sent before the server saw our Confirm"
+
+
+def test_aborting_a_connection_mid_handshake_frees_it_and_the_group_can_end():
+    """An application that aborts while its CONFIRM RKEY is outstanding: the connection is
+    gone from its link group, and terminating the group later (stack closing) is clean."""
+    f, a, b = pair()
+    open_conn(f, a, b, 1)
+    f.connect_tcp(a, 2, b, 2)
+    a.host.client_start(2, (a.ip, 40002), (b.ip, 5000), f.now)
+    b.host.server_start(2, (b.ip, 5000), (a.ip, 40002), f.now)
+    for _ in range(200):  # until the server waits for its CONFIRM RKEY
+        f.run(until=f.now + 0.00001)
+        if b.host.conns[2].hs.name == "WAIT_RKEY":
+            break
+    conn = b.host.conns[2]
+    assert conn.hs.name == "WAIT_RKEY"
+    b.host.app_abort(2, f.now)
+    assert 2 not in b.host.conns and conn.token not in b.host.lgrs[0].conns
+    b.host.lgrs[0].terminate(f.now, 0x00020000, "stack closing")  # must not raise
+    f.run(until=f.now + 1)
+    assert not b.host.lgrs
