@@ -11,6 +11,7 @@ per model sample (a second). Keys are in the footer and behind ``?``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import gc
 import io
@@ -119,6 +120,10 @@ class SmctopApp(App):
         yield Footer()
 
     async def on_mount(self) -> None:
+        try:  # kill -USR2 <pid>: what every asyncio task of a stuck smctop waits for
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump_tasks)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
         try:
             await self.source.start()
         except (SourceError, OSError) as e:
@@ -179,6 +184,9 @@ class SmctopApp(App):
             flags.append(f"REC {os.path.basename(self.recorder.path)} {self.recorder.count:,}")
         if "traffic" in self.source.can:
             flags.append("traffic on" if self.source.traffic_on else "traffic off")
+        engine = self.source.engine()
+        if engine:
+            flags.append(f"engine {engine}")
         self.query_one(HeaderBar).show(self.model, self.source.describe(), flags, self.status)
 
     def say(self, text: str, error: bool = False) -> None:
@@ -422,6 +430,15 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
                 ap.error(f"--attach {path}: {e.strerror}")
         return AttachSource(args.attach)
     return DemoSource(traffic=not args.no_traffic)
+
+
+def dump_tasks() -> None:
+    """Every asyncio task and where it waits, to the real stderr (the TUI owns stdout)."""
+    out = sys.__stderr__
+    for task in asyncio.all_tasks():
+        print(f"--- {task!r}", file=out)
+        task.print_stack(limit=12, file=out)
+    out.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

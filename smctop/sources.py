@@ -204,6 +204,8 @@ class DemoSource(Source):
                 await runner.crr(self._to(addr), totals, size=64, duration=1.0, count=1, seed=seed)
             except (ConnectionError, OSError) as e:
                 self.notices.append(f"connection to {addr} failed: {e}")
+            if asyncio.current_task().cancelling():  # stopped while a connection closed: stop here
+                return
             await asyncio.sleep(period)
 
     async def fail_link(self) -> str:

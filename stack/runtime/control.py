@@ -88,7 +88,8 @@ class ControlServer:
     async def wait_subscribed(self, timeout: float) -> bool:
         """Wait until a client subscribes (a recorder attaching), at most ``timeout`` seconds."""
         try:
-            await asyncio.wait_for(self.subscribed.wait(), timeout)
+            async with asyncio.timeout(timeout):  # (not wait_for: it can swallow a cancellation on 3.11)
+                await self.subscribed.wait()
             return True
         except asyncio.TimeoutError:
             return False

@@ -92,9 +92,12 @@ async def _session(writer, totals: Totals):
         writer.close()
         try:
             # bounded: a cancelled run (Ctrl-C, smctop stopping traffic) must not hang on a
-            # close handshake the peer may never finish
-            await asyncio.wait_for(writer.wait_closed(), CLOSE_WAIT)
-        except (ConnectionError, asyncio.TimeoutError):
+            # close handshake the peer may never finish. asyncio.timeout, not wait_for: on
+            # Python 3.11 wait_for can swallow a cancellation that arrives as the close
+            # completes, and a cancelled traffic loop would then run on forever
+            async with asyncio.timeout(CLOSE_WAIT):
+                await writer.wait_closed()
+        except (ConnectionError, TimeoutError):
             pass
 
 

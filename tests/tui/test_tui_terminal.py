@@ -52,6 +52,8 @@ class Terminal:
         shell = self.tmux("list-panes", "-t", "smctop", "-F", "#{pane_pid}").strip()
         if shell:
             subprocess.run(["pkill", "-USR1", "-P", shell], capture_output=True, timeout=10)
+            time.sleep(1)
+            subprocess.run(["pkill", "-USR2", "-P", shell], capture_output=True, timeout=10)  # the asyncio tasks too
             time.sleep(2)
 
     def close(self) -> None:
