@@ -975,11 +975,31 @@ static int nak_status(int code) {
     }
 }
 
+/* a frame whose PSN no honest peer sends: count it; 1 while it may still be examined */
+static int suspect(sr_dev *d, sr_qp *qp, double now) {
+    if (now - qp->suspect_second >= 1.0) {
+        qp->suspect_second = now;
+        qp->suspect_count = 0;
+    }
+    if (++qp->suspect_count > SR_SUSPECT_PER_SECOND) {
+        qp->st.suspect_ignored++;
+        d->st.suspect_ignored++;
+        return 0;
+    }
+    qp->st.psn_out_of_window++;
+    d->st.psn_out_of_window++;
+    return 1;
+}
+
 static void on_ack(txbatch *b, sr_qp *qp, uint32_t psn, uint32_t syndrome, double now) {
     sr_dev *d = b->d;
     if (qp->state != QPS_RTS) return;
     /* an ACK or NAK only means something for PSNs we have sent */
-    if (psn_diff(psn, qp->una) < -1 || psn_diff(psn, qp->psn_tail) >= 0) return;
+    if (psn_diff(psn, qp->una) < -1 || psn_diff(psn, qp->psn_tail) >= 0) {
+        int32_t far = psn_diff(psn, qp->una);
+        if (far > SR_SUSPECT_SPAN || far < -SR_SUSPECT_SPAN) suspect(d, qp, now);
+        return;
+    }
     int kind = syndrome >> 5, value = syndrome & 0x1F;
     if (kind == 0) {
         acked_through(qp, psn, now, d);
@@ -1170,9 +1190,19 @@ static int on_write(txbatch *b, sr_qp *qp, const rxpkt *p) {
     return 1;
 }
 
-static void on_request(txbatch *b, sr_qp *qp, const rxpkt *p) {
+static void on_request(txbatch *b, sr_qp *qp, const rxpkt *p, double now) {
     if (qp->state != QPS_RTR && qp->state != QPS_RTS) return;
     int32_t dpsn = psn_diff(p->psn, qp->epsn);
+    if (dpsn >= SR_SUSPECT_SPAN || dpsn < -SR_SUSPECT_SPAN) { /* no answer: a forger learns nothing from us */
+        suspect(b->d, qp, now);
+        return;
+    }
+    if (dpsn && qp->suspect_count > SR_SUSPECT_PER_SECOND && now - qp->suspect_second < 1.0) {
+        /* under a sweep the QP answers only its expected PSN until the second is over */
+        qp->st.suspect_ignored++;
+        b->d->st.suspect_ignored++;
+        return;
+    }
     if (dpsn < 0) {
         qp->st.dup_rx++;
         if (p->ackreq) send_ack(b, qp, psn_add(qp->epsn, -1), 0x1F);
@@ -1294,7 +1324,7 @@ static void rx_frame(txbatch *b, const uint8_t *data, size_t len, uint32_t src, 
             if (p.opcode == OP_ACK)
                 on_ack(b, qp, p.psn, syndrome, now);
             else
-                on_request(b, qp, &p);
+                on_request(b, qp, &p, now);
             return;
         }
     }

@@ -31,6 +31,11 @@ enum { EV_CQ_ERR = 0, EV_QP_REQ_ERR = 2, EV_QP_ACCESS_ERR = 3, EV_PORT_ACTIVE = 
 
 #define SR_WINDOW 256      /* packets in flight per QP */
 #define SR_ACK_EVERY 32    /* ask for an ACK at least every this many packets */
+/* a PSN further than this from the expected one comes from no honest requester (it keeps at
+ * most SR_WINDOW packets in flight): counted, dropped unanswered, and at most
+ * SR_SUSPECT_PER_SECOND a second examined (the twin's rc.py says the same) */
+#define SR_SUSPECT_SPAN (2 * SR_WINDOW)
+#define SR_SUSPECT_PER_SECOND 1000
 #define SR_MAX_SGE 8
 #define SR_RX_BATCH 64
 #define SR_TX_BATCH 64
@@ -87,7 +92,7 @@ typedef struct sr_cq {
 } sr_cq;
 
 typedef struct {
-    uint64_t tx, retransmits, timeouts, rnr_naks_rx, seq_naks_rx, dup_rx;
+    uint64_t tx, retransmits, timeouts, rnr_naks_rx, seq_naks_rx, dup_rx, psn_out_of_window, suspect_ignored;
 } sr_qpstats;
 
 typedef struct sr_qp {
@@ -115,12 +120,14 @@ typedef struct sr_qp {
     sr_mr *cw_mr;         /* a multi-packet WRITE is being placed */
     uint64_t cw_off, cw_left, cw_total;
     int nak_seq_sent;
+    double suspect_second;
+    int suspect_count;
     sr_qpstats st;
 } sr_qp;
 
 typedef struct {
     uint64_t tx_frames, rx_frames, tx_dropped, rx_dropped, icrc_errors, bad_frames, unknown_qp, internal_errors;
-    uint64_t tap_dropped, tx_batches, rx_batches, tx_gso_sends, rx_gro_datagrams;
+    uint64_t tap_dropped, tx_batches, rx_batches, tx_gso_sends, rx_gro_datagrams, psn_out_of_window, suspect_ignored;
 } sr_devstats;
 
 /* a frame held back by the delay fault */

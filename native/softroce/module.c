@@ -293,8 +293,9 @@ static PyObject *Device_qp_stats(DeviceObject *self, PyObject *args) {
     sr_qpstats s;
     int rc = sr_qp_stats(self->dev, qpn, &s);
     if (rc) return engine_error(self->dev, rc);
-    return Py_BuildValue("{sKsKsKsKsKsK}", "tx", s.tx, "retransmits", s.retransmits, "timeouts", s.timeouts, "rnr_naks_rx",
-                         s.rnr_naks_rx, "seq_naks_rx", s.seq_naks_rx, "dup_rx", s.dup_rx);
+    return Py_BuildValue("{sKsKsKsKsKsKsKsK}", "tx", s.tx, "retransmits", s.retransmits, "timeouts", s.timeouts, "rnr_naks_rx",
+                         s.rnr_naks_rx, "seq_naks_rx", s.seq_naks_rx, "dup_rx", s.dup_rx, "psn_out_of_window", s.psn_out_of_window,
+                         "suspect_ignored", s.suspect_ignored);
 }
 
 /* An SGE (lkey, offset, length); a negative offset or length becomes a range no MR has,
@@ -490,10 +491,11 @@ static PyObject *Device_stats(DeviceObject *self, PyObject *unused) {
     pthread_mutex_lock(&d->lock);
     sr_devstats s = d->st;
     pthread_mutex_unlock(&d->lock);
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsKsK}", "tx_frames", s.tx_frames, "rx_frames", s.rx_frames, "tx_dropped",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "tx_frames", s.tx_frames, "rx_frames", s.rx_frames, "tx_dropped",
                          s.tx_dropped, "rx_dropped", s.rx_dropped, "icrc_errors", s.icrc_errors, "bad_frames", s.bad_frames, "unknown_qp",
                          s.unknown_qp, "internal_errors", s.internal_errors, "tap_dropped", s.tap_dropped, "tx_batches",
-                         s.tx_batches, "rx_batches", s.rx_batches, "tx_gso_sends", s.tx_gso_sends, "rx_gro_datagrams", s.rx_gro_datagrams);
+                         s.tx_batches, "rx_batches", s.rx_batches, "tx_gso_sends", s.tx_gso_sends, "rx_gro_datagrams", s.rx_gro_datagrams,
+                         "psn_out_of_window", s.psn_out_of_window, "suspect_ignored", s.suspect_ignored);
     /* (gso itself is reported by the Python side, which decides it) */
 }
 

@@ -44,8 +44,9 @@ class Endpoint:
     def __init__(self, provider: str, device: str, **device_opts) -> None:
         self.provider_name = provider
         self.netdev = device_opts.pop("netdev", None)  # the real device's network interface, for faults
-        engine = device_opts.pop("engine", None)  # soft: "native" or "python"
-        self.provider = open_provider(provider, **({"engine": engine} if engine else {}))
+        # soft: the engine ("native" or "python") and a seed that makes keys, QPNs and addresses repeatable
+        opts = {k: v for k in ("engine", "seed") if (v := device_opts.pop(k, None)) is not None}
+        self.provider = open_provider(provider, **opts)
         self.device = self.provider.open_device(device, **device_opts)
         self.pd = self.device.alloc_pd()
         self.cq = self.device.create_cq(4096)

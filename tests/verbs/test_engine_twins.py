@@ -128,7 +128,8 @@ def test_gso_batches_carry_the_frames_a_lone_send_would(monkeypatch, receiver):
     sessions = {}
     for gso in ("on", "off"):
         monkeypatch.setenv("SMCTOP_SOFT_GSO", gso)
-        a, b = Endpoint("soft", "127.77.0.1", engine="native"), Endpoint("soft", "127.77.0.2", engine=receiver)
+        a = Endpoint("soft", "127.77.0.1", engine="native", seed=5)
+        b = Endpoint("soft", "127.77.0.2", engine=receiver, seed=6)
         try:
             frames = []
             a.device.add_tap(lambda f: frames.append((f.direction, f.payload)) if f.direction == "tx" else None)

@@ -21,6 +21,7 @@ import ipaddress
 import itertools
 import os
 import random
+import secrets
 import selectors
 import socket
 import threading
@@ -124,17 +125,19 @@ class SoftDeviceBase(Device):
         self._taps: list[tuple[Callable, bool, int, bool]] = []  # (tap, wants batches, write_snap, wants raw records)
         self.write_snap = 0
         self._keys: set[int] = set()
-        self._next_va = 0x7F0000000000 + (int(self.ip) & 0xFFFF) * (1 << 32)
-        self._qpn = itertools.count(0x11 + (int(self.ip) & 0xFF) * 0x100)
-        self._rng = random.Random(seed if seed is not None else int(self.ip))
+        # Keys, QP numbers and virtual addresses nobody can compute in advance: from the
+        # system's CSPRNG, per device (a seed makes them repeatable, for tests and the twins)
+        self._rng: random.Random = random.Random(seed) if seed is not None else secrets.SystemRandom()
+        self._next_va = 0x7F0000000000 + self._rng.getrandbits(28) * PAGE  # page-aligned, below 2**47
         self._sock = self._open_socket()
 
     # ------------------------------------------------------------------ socket
 
     def _open_socket(self) -> socket.socket:
         def make() -> socket.socket:
+            # No SO_REUSEADDR: with it another local user could bind the same address and port
+            # and the kernel would hand them this device's frames
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
                 try:
                     s.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
@@ -219,10 +222,11 @@ class SoftDeviceBase(Device):
         return addr
 
     def _new_qpn(self, taken) -> int:
-        qpn = next(self._qpn) & 0xFFFFFF
-        while qpn < 2 or qpn in taken:
-            qpn = next(self._qpn) & 0xFFFFFF
-        return qpn
+        """A random 24-bit QP number (0 and 1 are the special QPs), not in use on this device."""
+        while True:
+            qpn = self._rng.getrandbits(24)
+            if qpn >= 2 and qpn not in taken:
+                return qpn
 
 
 class SoftDevice(SoftDeviceBase):
@@ -235,7 +239,8 @@ class SoftDevice(SoftDeviceBase):
         super().__init__(name, addr, mtu=mtu, netns=netns, seed=seed)
         self.faults = Faults()
         self.faults.reseed(seed)
-        self.stats = {"tx_frames": 0, "rx_frames": 0, "tx_dropped": 0, "rx_dropped": 0, "icrc_errors": 0, "bad_frames": 0, "unknown_qp": 0, "internal_errors": 0}
+        self.stats = {"tx_frames": 0, "rx_frames": 0, "tx_dropped": 0, "rx_dropped": 0, "icrc_errors": 0, "bad_frames": 0, "unknown_qp": 0,
+                      "internal_errors": 0, "psn_out_of_window": 0, "suspect_ignored": 0}  # fmt: skip
         self.last_internal_error = ""
         self._qps: dict[int, SoftQP] = {}
         self._mrs: dict[int, SoftMR] = {}
@@ -335,6 +340,9 @@ class SoftDevice(SoftDeviceBase):
 
     def post_event(self, event: AsyncEvent) -> None:
         self._events.append(event)
+
+    def count(self, stat: str) -> None:
+        self.stats[stat] = self.stats.get(stat, 0) + 1
 
     _post_event = post_event
 

@@ -50,6 +50,11 @@ from ..api import (
 
 PSN_MASK = 0xFFFFFF
 WINDOW = 256  # packets in flight per QP (the UDP socket buffers are sized for it)
+# A request PSN further than this from the expected one cannot come from a requester that
+# keeps WINDOW packets in flight: a stray or a forged frame (someone sweeping PSNs). Counted,
+# dropped without an answer, and no more than SUSPECT_PER_SECOND a second examined at all.
+SUSPECT_SPAN = 2 * WINDOW
+SUSPECT_PER_SECOND = 1000
 ACK_EVERY = 32  # ask for an ACK at least every this many packets of a long message
 
 
@@ -71,6 +76,7 @@ class QpHost(Protocol):
     def cancel_timer(self, qp: "SoftQP", key: str) -> None: ...
     def find_mr(self, rkey: int): ...
     def post_event(self, event: AsyncEvent) -> None: ...
+    def count(self, stat: str) -> None: ...
     def now(self) -> float: ...
 
 
@@ -167,7 +173,10 @@ class SoftQP(QueuePair):
         self.cur_recv: tuple[RecvWR, int, int | None] | None = None  # (wr, bytes placed, imm)
         self.cur_write: tuple[object, int, int, int] | None = None  # (mr, next offset, bytes left, message length)
         self.nak_seq_sent = False
-        self.stats = {"tx": 0, "retransmits": 0, "timeouts": 0, "rnr_naks_rx": 0, "seq_naks_rx": 0, "dup_rx": 0}
+        self.stats = {"tx": 0, "retransmits": 0, "timeouts": 0, "rnr_naks_rx": 0, "seq_naks_rx": 0, "dup_rx": 0,
+                      "psn_out_of_window": 0, "suspect_ignored": 0}  # fmt: skip
+        self._suspect_second = 0.0
+        self._suspect_count = 0
 
     # ------------------------------------------------------------------ state
 
@@ -324,12 +333,25 @@ class SoftQP(QueuePair):
         self.rto_armed = False
         self.host.cancel_timer(self, "rto")
 
+    def suspect(self, now: float) -> bool:
+        """A frame whose PSN no honest peer sends: count it; True when it may still be examined
+        (at most SUSPECT_PER_SECOND a second)."""
+        if now - self._suspect_second >= 1.0:
+            self._suspect_second, self._suspect_count = now, 0
+        self._suspect_count += 1
+        key = "suspect_ignored" if self._suspect_count > SUSPECT_PER_SECOND else "psn_out_of_window"
+        self.stats[key] += 1
+        self.host.count(key)
+        return key == "psn_out_of_window"
+
     def on_ack(self, packet: roce.RocePacket, now: float) -> None:
         if self._state != QPState.RTS or packet.aeth is None:
             return
         psn, aeth = packet.bth.psn, packet.aeth
         # An ACK or NAK only means something for PSNs we have sent.
         if psn_diff(psn, self.una) < -1 or psn_diff(psn, self.psn_tail) >= 0:
+            if abs(psn_diff(psn, self.una)) > SUSPECT_SPAN:
+                self.suspect(now)
             return
         kind = aeth.kind
         if kind == AckKind.ACK:
@@ -415,6 +437,14 @@ class SoftQP(QueuePair):
             return
         bth = packet.bth
         d = psn_diff(bth.psn, self.epsn)
+        if d >= SUSPECT_SPAN or d < -SUSPECT_SPAN:  # no answer: a forger learns nothing from us
+            self.suspect(now)
+            return
+        if d and self._suspect_count > SUSPECT_PER_SECOND and now - self._suspect_second < 1.0:
+            # under a sweep the QP answers only its expected PSN until the second is over
+            self.stats["suspect_ignored"] += 1
+            self.host.count("suspect_ignored")
+            return
         if d < 0:
             self.stats["dup_rx"] += 1
             if bth.ackreq:
