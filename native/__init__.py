@@ -8,6 +8,9 @@
   (segmentation and reassembly, ICRC, RC reliability, memory checks, batched system
   calls, completions through an eventfd); ``softroce`` loads it; its twin is the
   pure-Python engine in ``stack/verbs/soft``.
+* ``eventenc.c``: the event encoder (one event to its JSON line) and the recorder's spool
+  (frames and events into pcapng blocks); ``eventenc`` loads it; its twins are
+  ``stack/events.py`` and ``dissectors/spool.py``.
 
 Built by ``native/build.sh`` (run by ``scripts/setup.sh``).
 """

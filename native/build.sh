@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build native/ into native/build/: the BPF object (clang -target bpf), the userspace check
-# binary of its option parser, and the compiled soft RoCE engine (a Python extension).
+# binary of its option parser, the compiled soft RoCE engine and the event encoder (Python extensions).
 # Run by scripts/setup.sh; needs clang, libbpf-dev, gcc and the Python headers.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,4 +25,9 @@ PY=${PYTHON_FOR_NATIVE:-../.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 if ! "$PY" build_ext.py; then
     echo "native build: the compiled soft RoCE engine was not built; the soft provider will run its pure-Python engine" >&2
+fi
+# the event encoder and the recorder's spool (native/eventenc.c); without it their
+# pure-Python twins (stack/events.py, dissectors/spool.py) do the work
+if ! PYTHON="$PY" bash build_eventenc.sh; then
+    echo "native build: the compiled event encoder was not built; events are encoded by the pure-Python twin" >&2
 fi
