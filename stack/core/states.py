@@ -119,9 +119,10 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.ACTIVE, "peer_abort"): (R(S.PROCESSABORT),),
     (S.APPCLOSEWAIT1, "peer_abort"): (R(S.PROCESSABORT),),
     (S.APPCLOSEWAIT2, "peer_abort"): (R(S.CLOSED),),
-    (S.APPFINCLOSEWAIT, "peer_abort"): (R(S.PROCESSABORT),),
     # an abort while our close flag still waits for the sndbuf: the kernel's close() was
     # still draining (smc_close_stream_wait) and answers from PROCESSABORT with an abort
+    # (smc_close_active: "goto again" with the state the passive side left)
+    (S.APPFINCLOSEWAIT, "peer_abort"): (R(S.CLOSED, "send_abort", guard="close_pending"), R(S.PROCESSABORT)),
     (S.PEERCLOSEWAIT1, "peer_abort"): (R(S.CLOSED, "send_abort", guard="close_pending"), R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
     (S.PEERCLOSEWAIT2, "peer_abort"): (R(S.CLOSED, "send_abort", guard="close_pending"), R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
     (S.PEERFINCLOSEWAIT, "peer_abort"): (R(S.CLOSED),),
