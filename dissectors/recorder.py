@@ -32,9 +32,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from stack.events import Event, note_encoder_once
+from stack.events import Event, note_encoder_once, render
 
-from .timeline import describe_event
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter
 from .records import HEADER, encode_record, field_bytes
 from .spool import SEQ_STEP, Spool, frame_header, make_spool, mac, send_key
@@ -311,7 +310,7 @@ class Recorder:
         elif e.kind in NOTABLE:
             if slow:
                 cause = self._last_rx.get(e.host)
-            text = f"{e.host}: {describe_event(e)}"
+            text = f"{e.host}: {render(e)}"
             comments.append(text)
             if cause is not None and cause.t == e.t:
                 target = self._spool.find(field_bytes(cause.get("raw")))

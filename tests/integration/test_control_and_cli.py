@@ -104,7 +104,7 @@ def test_slow_subscriber_is_told_what_it_missed(tmp_path):
             await client.send("subscribe", queue=10)
             await asyncio.sleep(0.1)
             for i in range(500):  # far more than a 10-event queue, faster than anyone reads
-                host.host.emit(host.now(), "stats", n=i)
+                host.host.emit(host.now(), "conn.error", conn=i, reason="test")
             seen = []
             async for m in client.messages():
                 if m["type"] == "event":

@@ -132,11 +132,11 @@ def test_without_the_compiled_spool_the_recorder_runs_its_twin(tmp_path):
         "import native.eventenc as n; n.MODULE = '/nonexistent/_eventenc.so'\n"
         "from stack.events import Event\n"
         "from dissectors.recorder import Recorder\n"
-        f"r = Recorder({str(tmp_path / 'x.pcapng')!r}); r.on_event(Event(1.0, 'x', 'h')); s = r.close()\n"
+        f"r = Recorder({str(tmp_path / 'x.pcapng')!r}); r.on_event(Event(1.0, 'events.dropped', 'h', fields={{'count': 1}})); s = r.close()\n"
         "assert s.encoder == 'python' and s.events == 1, s\n"
     )
     assert out.count("smctop events: pure-Python encoder, slower: the compiled event encoder is not built") == 1
-    assert [e.kind for e in read_events(tmp_path / "x.pcapng")] == ["x"]
+    assert [e.kind for e in read_events(tmp_path / "x.pcapng")] == ["events.dropped"]
 
 
 def _spools():
@@ -241,7 +241,7 @@ def session(rng: random.Random) -> list:
         out.append(Event(t + 1e-6, "cdc.msg", "server", "00c13a00", 1, 1, {"dir": "rx", "seqno": i, "raw": body}))
         out.append(Event(t + 1e-6, "conn.cursor", "server", "00c13a00", 1, 1, {"side": "rx", "prod": f"0:{i}", "cons": "0:0"}))
         if i % 50 == 0:
-            out.append(Event(t + 1e-6, "link.event", "server", "00c13a00", 1, None, {"event": "test", "n": rng.random()}))
+            out.append(Event(t + 1e-6, "link.event", "server", "00c13a00", 1, None, {"event": "fault", "fault": "faults", "loss": rng.random()}))
         if i % 97 == 0:
             out.append(Frame("tx", ts_ns, "not-an-address", 4791, "127.0.0.2", 4791, payload))  # malformed
             out.append(Event(t, "conn.state", "h", conn=1, fields={"t": 1}))  # cannot be a record
@@ -289,7 +289,7 @@ def test_the_recording_holds_every_event_in_time_order_and_comments_the_causing_
     frames = [p for p in pk if p.interface == 0]
     assert len([p for p in frames if len(p.data) > 42 + 12 and p.data[42] == 0x04]) == 400  # tx copies; rx copies skipped
     assert any("dropped (tx at 127.0.0.1): loss" in c for p in frames for c in p.comments)
-    caused = [p for p in frames if any(c.startswith("server: link test") for c in p.comments)]
+    caused = [p for p in frames if any(c.startswith("server: fault faults loss ") for c in p.comments)]
     assert len(caused) == 8 and all(p.data[42] == 0x04 for p in caused)  # the CDC frame that arrived just before
     assert [p.data[-5:] for p in frames if "server: state INIT -> ACTIVE" in p.comments] == [bytes.fromhex("e2d4c3d901")]  # its CLC segment
     assert st.clc_frames == 1 and st.events == len(events) - len(bad)
@@ -304,8 +304,9 @@ def test_odd_enums_and_subclasses_take_the_python_path_with_the_same_bytes(tmp_p
     class E(enum.Enum):
         A = 1
 
-    inputs = [Event(1.0, "x", "h", fields={"e": E.A}), MyEvent(2.0, "y", "h"), Event(3, "z", "h")]
+    inputs = [Event(1.0, "link.event", "h", fields={"event": "fault", "fault": "faults", "drop_next": E.A}),
+              MyEvent(2.0, "link.event", "h", fields={"event": "test_link_timeout"}), Event(3, "events.dropped", "h", fields={"count": 2})]
     record(tmp_path / "c.pcapng", inputs, True, 1)
     record(tmp_path / "p.pcapng", inputs, False, 1)
     assert (tmp_path / "c.pcapng").read_bytes() == (tmp_path / "p.pcapng").read_bytes()
-    assert [e.kind for e in read_events(tmp_path / "c.pcapng")] == ["x", "y", "z"]
+    assert [e.kind for e in read_events(tmp_path / "c.pcapng")] == ["link.event", "link.event", "events.dropped"]
