@@ -6,16 +6,21 @@
   is decoded frame by frame into the same kinds of events (dissectors.derive).
 * A JSONL file of events (``smc-trace export --jsonl``) is read back too.
 
-Damage raises :class:`CaptureError` naming the block (or record) and byte offset, after
-the events read before it were yielded.
+Damage to the container raises :class:`CaptureError` naming the block (or record) and
+byte offset, after the events read before it were yielded. Every event record (JSONL line,
+exported PDU) is checked against the event schema (stack/events.py): a bad one is counted
+and named in ``skipped`` and left out (without ``skipped`` it raises CaptureError). Only
+regular files are read, and at most ``MAX_FILE`` bytes of them.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Iterator
 
-from stack.events import Event, read_jsonl
+from stack.events import Event, Skipped, read_jsonl
 
 from .derive import derive_events
 from .pcap import CaptureError, read_capture
@@ -25,13 +30,24 @@ from .records import RecordError, decode_record, is_event_record
 __all__ = ["CaptureError", "read_events", "read_packets_and_error", "has_event_records"]
 
 
+MAX_FILE = 4 << 30  # bytes: a capture is read whole
+
+
 def _load(source: str | Path | bytes) -> bytes:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source)
     try:
-        return Path(source).read_bytes()
+        with open(source, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise CaptureError(f"cannot read {source}: not a regular file")
+            if st.st_size > MAX_FILE:
+                raise CaptureError(f"cannot read {source}: {st.st_size:,} bytes is more than the {MAX_FILE:,} smc-trace reads")
+            return f.read()
     except OSError as e:
         raise CaptureError(f"cannot read {source}: {e.strerror or e}") from None
+    except MemoryError:
+        raise CaptureError(f"cannot read {source}: not enough memory for the whole file") from None
 
 
 def read_packets_and_error(data: bytes) -> tuple[list[Packet], CaptureError | None]:
@@ -48,12 +64,12 @@ def has_event_records(packets: list[Packet]) -> bool:
     return any(p.linktype == LINKTYPE_WIRESHARK_UPPER_PDU and is_event_record(p.data) for p in packets)
 
 
-def read_events(source: str | Path | bytes) -> Iterator[Event]:
+def read_events(source: str | Path | bytes, skipped: Skipped | None = None) -> Iterator[Event]:
     data = _load(source)
     if data[:1] == b"{":
         try:
-            yield from read_jsonl(data.decode("utf-8").splitlines())
-        except (UnicodeDecodeError, ValueError) as e:
+            yield from read_jsonl(data.decode("utf-8", "replace").splitlines(), skipped)
+        except ValueError as e:
             raise CaptureError(f"JSONL events: {e}") from None
         return
     packets, error = read_packets_and_error(data)
@@ -63,7 +79,10 @@ def read_events(source: str | Path | bytes) -> Iterator[Event]:
                 try:
                     yield decode_record(p.data)
                 except RecordError as e:
-                    raise CaptureError(f"pcapng block {p.block} at byte offset {p.offset}: {e}") from None
+                    where = f"pcapng block {p.block} at byte offset {p.offset}"
+                    if skipped is None:
+                        raise CaptureError(f"{where}: {e}") from None
+                    skipped.add(where, e)
     else:
         yield from derive_events(packets)
     if error is not None:

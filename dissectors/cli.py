@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stack.events import from_dict, to_json
+from stack.events import BadRecord, Skipped, check_record, check_snapshot, loads, to_json
 
 from .capture import CaptureError, read_events
 from .recorder import WRITE_SNAP, Frame, Recorder, snapshot_event
@@ -60,28 +61,60 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
             line = line_task.result()
             if not line:
                 break
-            msg = json.loads(line)
-            kind = msg.get("type")
-            if kind == "event":
-                rec.on_event(from_dict(msg["event"]))
-            elif kind == "frame":
-                f = msg["frame"]
-                rec.on_frame(Frame(f["dir"], f["ts"], f["src"], f["sport"], f["dst"], f["dport"], bytes.fromhex(f["payload"]), f.get("dropped"),
-                                   f.get("length")))  # fmt: skip
-            elif kind == "frames.dropped":
-                rec.stats.dropped_frames += msg.get("count", 0)
-            elif kind == "hello":
-                host = msg.get("host", "?")
+            try:
+                msg = loads(line)
+                if type(msg) is not dict:
+                    raise BadRecord("a control socket line must be a JSON object")
+                kind = msg.get("type")
+                if kind == "event":
+                    rec.on_event(check_record(msg.get("event")))
+                elif kind == "frame":
+                    rec.on_frame(_frame(msg.get("frame")))
+                elif kind == "frames.dropped":
+                    count = msg.get("count", 0)
+                    rec.stats.dropped_frames += count if type(count) is int and 0 <= count < 1 << 53 else 0
+                    continue
+            except BadRecord as e:  # a bad line from the stack: counted and named, never the end of the recording
+                rec.stats.dropped_events += 1
+                rec.stats.last_error = f"{path}: {e}"
+                continue
+            if kind in ("event", "frame", "frames.dropped"):
+                continue
+            if kind == "hello":
+                host = str(msg.get("host", "?"))[:256]
             elif kind == "reply" and msg.get("cmd") == "subscribe":
-                rec.local_addrs.update(msg.get("frames", []))
+                frames = msg.get("frames", [])
+                rec.local_addrs.update(a for a in frames if type(a) is str) if type(frames) is list else None
             elif kind == "reply" and msg.get("cmd") == "snapshot":
-                rec.on_event(snapshot_event(time.monotonic(), msg["snapshot"]))  # CLOCK_MONOTONIC is the stack's clock too
+                snap = msg.get("snapshot")
+                err = check_snapshot(snap)
+                if err:
+                    rec.stats.last_error = f"{path}: {err}"
+                else:
+                    rec.on_event(snapshot_event(time.monotonic(), snap))  # CLOCK_MONOTONIC is the stack's clock too
             elif kind == "error":
                 raise UsageError(f"{path}: {msg.get('error')}")
     finally:
         stopper.cancel()
         writer.close()
     return host
+
+
+def _frame(f) -> Frame:
+    """A frame line of the control socket, checked (BadRecord names what is wrong)."""
+    if type(f) is not dict:
+        raise BadRecord("frame: not an object")
+    try:
+        ok = (f.get("dir") in ("tx", "rx") and type(f.get("ts")) is int and 0 <= f["ts"] < 1 << 63 and type(f.get("src")) is str
+              and type(f.get("dst")) is str and all(type(f.get(k)) is int and 0 <= f[k] <= 65535 for k in ("sport", "dport"))
+              and type(f.get("payload")) is str and len(f["payload"]) <= 2 * 65535
+              and (f.get("dropped") is None or type(f.get("dropped")) is str))  # fmt: skip
+        length = f.get("length")
+        if not ok or not (length is None or (type(length) is int and 0 <= length <= 65535)):
+            raise BadRecord("frame: a field is missing or of the wrong type")
+        return Frame(f["dir"], f["ts"], f["src"], f["sport"], f["dst"], f["dport"], bytes.fromhex(f["payload"]), f.get("dropped"), length)
+    except (ValueError, KeyError, TypeError) as e:
+        raise BadRecord(f"frame: {e}") from None
 
 
 async def record_command(argv: list[str], rec: Recorder, wait: float) -> int:
@@ -122,6 +155,17 @@ async def record_attach(paths: list[str], rec: Recorder, duration: float) -> int
         loop.call_later(duration, stop.set)
     await asyncio.gather(*(follow(p, rec, stop) for p in paths))
     return 0
+
+
+def seconds(text: str) -> float:
+    """A number of seconds: finite, not negative."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(v) or v < 0 or v > 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds are a finite number from 0 to 1e9")
+    return v
 
 
 def _snaplen(text: str) -> int:
@@ -174,33 +218,54 @@ def _ids(text: str | None, cast=int):
         raise UsageError(f"expected a comma-separated list of numbers, got {text!r}") from None
 
 
+def report_skipped(skipped: Skipped) -> None:
+    """Bad event records the reader left out: how many and why, on stderr (the output stays clean)."""
+    if skipped:
+        sys.stdout.flush()
+        print(f"smc-trace: {skipped.summary()}", file=sys.stderr)
+        for where in skipped.named[:5]:
+            print(f"  {where}", file=sys.stderr)
+
+
 def cmd_decode(args) -> int:
     flt = Filter(_ids(args.conn), _ids(args.link), _ids(args.lgr, str), _ids(args.host, str),
                  tuple(args.kind.split(",")) if args.kind else None)  # fmt: skip
-    events = (e for e in read_events(args.file) if flt(e))
-    if args.json:
-        for e in events:
-            print(to_json(e))
-    else:
-        for line in timeline(events):
-            print(line)
+    skipped = Skipped()
+    events = (e for e in read_events(args.file, skipped) if flt(e))
+    try:
+        if args.json:
+            for e in events:
+                print(to_json(e))
+        else:
+            for line in timeline(events):
+                print(line)
+    finally:
+        report_skipped(skipped)
     return 0
 
 
 def cmd_summary(args) -> int:
-    s = summarize(read_events(args.file))
+    skipped = Skipped()
+    s = summarize(read_events(args.file, skipped))
+    s.skipped = skipped
     print(json.dumps(s.to_dict(), indent=2) if args.json else render(s))
+    report_skipped(skipped)
     return 0
 
 
 def cmd_export(args) -> int:
-    out = open(args.output, "w") if args.output else sys.stdout
     try:
-        for e in read_events(args.file):
+        out = open(args.output, "w") if args.output else sys.stdout
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
+    skipped = Skipped()
+    try:
+        for e in read_events(args.file, skipped):
             out.write(to_json(e) + "\n")
     finally:
         if args.output:
             out.close()
+        report_skipped(skipped)
     return 0
 
 
@@ -225,8 +290,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record a command's stacks, or running stacks through their control sockets")
     r.add_argument("-w", "--write", required=True, help="pcapng file to write")
     r.add_argument("--attach", action="append", help="a running stack's control socket (repeatable)")
-    r.add_argument("--duration", type=float, default=0, help="with --attach: stop after this many seconds (default: Ctrl-C or the stack closing)")
-    r.add_argument("--wait", type=float, default=10.0, help="seconds each stack of the command waits for the recorder at start")
+    r.add_argument("--duration", type=seconds, default=0, help="with --attach: stop after this many seconds (default: Ctrl-C or the stack closing)")
+    r.add_argument("--wait", type=seconds, default=10.0, help="seconds each stack of the command waits for the recorder at start")
     r.add_argument("--write-snaplen", type=_snaplen, default=WRITE_SNAP, metavar="BYTES",
                    help=f"keep this many bytes of each RDMA WRITE frame (headers and the start of the data; "
                         f"default {WRITE_SNAP}; 0: whole frames); LLC, CDC and ACK frames are always whole")  # fmt: skip

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from stack.events import Event
+from stack.events import Event, Skipped
 from stack.wire import codes
 
 
@@ -51,10 +51,12 @@ class Summary:
     failovers: list[dict] = field(default_factory=list)
     lgr_types: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     link_deletes: Counter = field(default_factory=Counter)
+    skipped: Skipped = field(default_factory=Skipped)  # bad records the reader left out
 
     def to_dict(self) -> dict:
         modes = Counter(c.mode for c in self.conns.values())
         return {
+            "skipped": self.skipped.to_dict(),
             "events": self.events, "duration_s": round(self.duration, 6), "kinds": dict(sorted(self.kinds.items())),
             "dropped": {"events": self.dropped_events, "frames": self.dropped_frames}, "frames_not_decoded": self.frames_not_decoded,
             "connections": {"total": len(self.conns), "modes": dict(modes)},
@@ -145,6 +147,8 @@ def render(s: Summary) -> str:
            + " ".join(f"{m}={n}" for m, n in sorted(d["connections"]["modes"].items()))]  # fmt: skip
     if s.dropped_events or s.dropped_frames:
         out.append(f"DROPPED while recording: {s.dropped_events} events, {s.dropped_frames} frames")
+    if s.skipped:
+        out.append(f"SKIPPED {s.skipped.count} bad event records ({s.skipped.summary().partition(': ')[2]})")
     if s.frames_not_decoded:
         out.append(f"{s.frames_not_decoded} frames could not be decoded (see decode --kind trace.note)")
     out.append("")

@@ -15,6 +15,7 @@ import asyncio
 import faulthandler
 import gc
 import io
+import math
 import os
 import signal
 import stat
@@ -25,6 +26,8 @@ from rich.console import Console
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Input, TabbedContent, TabPane
+
+from stack.events import Skipped
 
 from .model import Model
 from .record import Recorder, default_name, open_recorder
@@ -99,6 +102,8 @@ class SmctopApp(App):
         self.status = "starting…"
         self.started = False
         self.frames = 0
+        self._drawn = 0.0  # time.monotonic() of the last redraw
+        self._finished = False  # a replay reached its end (and was drawn there)
         self._quiet_gc = quiet_gc  # see quiet_gc(): the smctop command asks for it
 
     # ------------------------------------------------------------------ layout
@@ -158,9 +163,14 @@ class SmctopApp(App):
         ticks = self.model.advance(now) if now is not None else 0
         while self.source.notices:
             self.status = self.source.notices.popleft()
-        if (ticks or force) and not self.paused:
+        done = bool(getattr(self.source, "done", False))
+        finished, self._finished = done and not self._finished, done
+        # a sample closing redraws; so do events that no sample closed for a second (a recording
+        # shorter than a sample, a source that went quiet) and the end of a replay
+        stale = bool(events) and time.monotonic() - self._drawn >= self.model.interval
+        if (ticks or force or stale or finished) and not self.paused:
             self.redraw()
-        elif ticks or force:
+        elif ticks or force or finished:
             self._header()
 
     def redraw(self, everything: bool = False) -> None:
@@ -168,6 +178,7 @@ class SmctopApp(App):
         matches as events arrive); the others are drawn when shown (``everything``: now)."""
         m = self.model
         self.frames += 1
+        self._drawn = time.monotonic()
         active = self._active()
         for tab, pane in PANES.items():
             if everything or tab == active or pane is EventsPane:
@@ -407,18 +418,21 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
 
 
 def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Source:
-    if args.speed <= 0:
-        ap.error("--speed must be positive")
+    if not (math.isfinite(args.speed) and 0 < args.speed <= 1e6):
+        ap.error(f"--speed {args.speed}: a finite number above 0 (at most 1e6)")
     if not os.path.isdir(args.record_dir):
         ap.error(f"--record-dir {args.record_dir}: no such folder")
     if args.replay:
+        skipped = Skipped()
         try:
-            events = load_events(args.replay)
+            events = load_events(args.replay, skipped)
         except SourceError as e:
             ap.error(str(e))
         if not events:
-            ap.error(f"{args.replay}: no events to replay")
-        src = ReplaySource(args.replay, speed=args.speed, events=events)
+            ap.error(f"{args.replay}: no events to replay" + (f" ({skipped.summary()})" if skipped else ""))
+        src = ReplaySource(args.replay, speed=args.speed, events=events, skipped=skipped)
+        if skipped:
+            src.notices.append(f"{args.replay}: {skipped.summary()}")
         src.paused = args.paused
         return src
     if args.attach:

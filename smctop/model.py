@@ -871,8 +871,11 @@ class Model:
             self.next_tick = now - self.interval / 2
         while now >= self.next_tick:
             self._sample(self.next_tick)
-            self.next_tick += self.interval
+            tick = self.next_tick + self.interval
             closed += 1
+            if tick <= self.next_tick:  # a clock beyond a float's precision (2**53 and up): one sample a call, never a loop
+                break
+            self.next_tick = tick
         return closed
 
     def _sample(self, t: float) -> None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
+import stat
 import time
 from collections import deque
 from typing import Callable
 
-from stack.events import Event, from_dict, read_jsonl
+from stack.events import BadRecord, Event, Skipped, check_record, check_snapshot, read_jsonl
 from stack.wire import codes
 
 from .model import Model
@@ -246,6 +248,7 @@ class AttachSource(Source):
         self._clock: tuple[float, float] | None = None  # (remote t, local monotonic)
         self.failed: tuple[str, str] | None = None  # (path, device) of the port we pulled
         self.closed: set[str] = set()
+        self.skipped = Skipped()  # bad lines from the sockets: counted, named, left out
 
     async def start(self) -> None:
         from stack.runtime.control import ControlClient
@@ -262,9 +265,9 @@ class AttachSource(Source):
 
     async def _read(self, path: str, client) -> None:
         try:
-            async for msg in client.messages():
+            async for msg in client.messages(self.skipped):
                 self.inbox.append((path, msg))
-        except (ConnectionError, ValueError) as e:
+        except (ConnectionError, ValueError, asyncio.LimitOverrunError) as e:
             self.notices.append(f"{path}: {e}")
         self.closed.add(path)
         self.notices.append(f"{self.hostnames.get(path, path)}: control socket closed")
@@ -281,7 +284,13 @@ class AttachSource(Source):
 
     def describe(self) -> str:
         names = [self.hostnames.get(p, p) for p in self.paths]
-        return "attach " + ", ".join(names) + (f" ({len(self.closed)} closed)" if self.closed else "")
+        return ("attach " + ", ".join(names) + (f" ({len(self.closed)} closed)" if self.closed else "")
+                + (f", {self.skipped.count:,} bad records skipped" if self.skipped else ""))  # fmt: skip
+
+    def _bad(self, path: str, error: Exception | str) -> None:
+        self.skipped.add(path, error)
+        if self.skipped.count <= 5 or self.skipped.count % 1000 == 0:
+            self.notices.append(f"bad record from {self.hostnames.get(path, path)} skipped ({self.skipped.count:,} so far): {error}")
 
     def _saw(self, t: float) -> None:
         self._clock = (t, time.monotonic())
@@ -299,15 +308,19 @@ class AttachSource(Source):
             kind = msg.get("type")
             if kind == "event":
                 try:
-                    e = from_dict(msg["event"])
-                except (ValueError, KeyError, TypeError) as err:
-                    self.notices.append(f"bad event from {path}: {err}")
+                    e = check_record(msg.get("event"))
+                except BadRecord as err:
+                    self._bad(path, err)
                     continue
                 events.append(e)
                 model.feed(e)
                 self._saw(e.t)
-            elif kind in ("snapshot", "reply") and isinstance(msg.get("snapshot"), dict):
+            elif kind in ("snapshot", "reply") and "snapshot" in msg:
                 snap = msg["snapshot"]
+                err = check_snapshot(snap)
+                if err:
+                    self._bad(path, err)
+                    continue
                 model.apply_snapshot(snap)
                 rdma = snap.get("rdma")
                 if isinstance(rdma, dict):
@@ -319,9 +332,10 @@ class AttachSource(Source):
                 if "t" in snap:
                     self._saw(snap["t"])
             elif kind == "hello":
-                self.hostnames[path] = msg.get("host", path)
+                host = msg.get("host")
+                self.hostnames[path] = host[:256] if type(host) is str else path
             elif kind == "error":
-                self.notices.append(f"{self.hostnames.get(path, path)}: {msg.get('error')}")
+                self.notices.append(f"{self.hostnames.get(path, path)}: {str(msg.get('error'))[:300]}")
         return events
 
     def _target(self) -> tuple[str, str]:
@@ -353,19 +367,23 @@ class AttachSource(Source):
 # ---------------------------------------------------------------------------- a recorded file
 
 
-def load_events(path: str) -> list[Event]:
+def load_events(path: str, skipped: Skipped | None = None) -> list[Event]:
     """A recorded file's events in time order: JSONL event records, or an smc-trace pcapng
-    capture (read by ``dissectors.capture.read_events``)."""
+    capture (read by ``dissectors.capture.read_events``). Records that do not match the
+    event schema are left out and counted in ``skipped``."""
+    skipped = skipped if skipped is not None else Skipped()
     try:
         with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SourceError(f"cannot read {path}: not a regular file")
             head = f.read(4096)
     except OSError as e:
         raise SourceError(f"cannot read {path}: {e.strerror or e}") from None
     if head.lstrip()[:1] in (b"{", b""):
         try:
-            with open(path, encoding="utf-8") as f:
-                events = list(read_jsonl(f))
-        except (ValueError, UnicodeDecodeError) as e:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                events = list(read_jsonl(f, skipped))
+        except (ValueError, MemoryError) as e:
             raise SourceError(f"{path}: not a JSONL event file: {e}") from None
     else:
         try:
@@ -373,7 +391,7 @@ def load_events(path: str) -> list[Event]:
         except ImportError:
             raise SourceError(f"{path} is not a JSONL event file, and pcapng replay needs dissectors.capture") from None
         try:
-            events = list(capture.read_events(path))
+            events = list(capture.read_events(path, skipped))
         except (ValueError, OSError, getattr(capture, "CaptureError", ValueError)) as e:
             raise SourceError(f"{path}: {e}") from None
     events.sort(key=lambda e: e.t)  # stable: events of one instant keep their order
@@ -388,9 +406,10 @@ class ReplaySource(Source):
     can = frozenset({"replay"})
 
     def __init__(self, path: str, *, speed: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 events: list[Event] | None = None) -> None:  # fmt: skip
+                 events: list[Event] | None = None, skipped: Skipped | None = None) -> None:  # fmt: skip
         super().__init__()
         self.path = path
+        self.skipped = skipped if skipped is not None else Skipped()
         self.speed = speed
         self.clock = clock
         self.events = events if events is not None else []
@@ -403,8 +422,10 @@ class ReplaySource(Source):
 
     async def start(self) -> None:
         if not self._loaded:
-            self.events = load_events(self.path)
+            self.events = load_events(self.path, self.skipped)
             self._loaded = True
+        if self.skipped:
+            self.notices.append(f"{self.path}: {self.skipped.summary()}")
         if not self.events:
             raise SourceError(f"{self.path}: no events to replay")
         self.t = self.events[0].t
@@ -423,7 +444,8 @@ class ReplaySource(Source):
 
     def describe(self) -> str:
         state = "paused" if self.paused else ("at the end" if self.done else f"playing {self.speed:g}x")
-        return f"replay {self.path} {self.t - self.start_t:.1f}/{self.end_t - self.start_t:.1f} s, event {self.i}/{len(self.events)}, {state}"
+        bad = f", {self.skipped.count:,} bad records skipped" if self.skipped else ""
+        return f"replay {self.path} {self.t - self.start_t:.1f}/{self.end_t - self.start_t:.1f} s, event {self.i}/{len(self.events)}, {state}{bad}"
 
     def now(self) -> float | None:
         return self.t if self.events else None

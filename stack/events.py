@@ -362,8 +362,10 @@ def _field_errors(k: Kind, kind_name: str, fields: dict, strict: bool) -> str | 
     for f in k.fields:
         v = fields.get(f.name)
         if v is None:
+            if f.name in fields:  # readers take a field as absent or of its type, never null
+                return f"{kind_name}: {f.name} must be {TYPES[f.type].doc}, not null"
             if f.required:
-                return f"{kind_name}: lacks {f.name!r}" if f.name not in fields else f"{kind_name}: {f.name} is null"
+                return f"{kind_name}: lacks {f.name!r}"
             continue
         if not TYPES[f.type].check(v):
             return f"{kind_name}: {f.name} must be {TYPES[f.type].doc}, not {_short(v)}"

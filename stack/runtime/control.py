@@ -11,23 +11,34 @@ Every line is one JSON object with a ``type``:
   counts what a slow client missed;
 * ``reply`` / ``error``: the answer to a command, echoing its ``id``.
 
-Commands (``{"cmd": ..., "id": ...}``): subscribe [kinds], unsubscribe, snapshot,
-interval {seconds}, fail_link {lgr, link}, port {device, up}, faults {device, loss,
-rx_loss, drop_next, delay}, decline {reason: hex, int, name or null}, ping, help. A bad
-line gets an ``error`` line naming what was wrong; the connection stays up. A client too
-slow for the event stream loses events, which it is told about (``events.dropped``).
+Commands (``{"cmd": ..., "id": ...}``): subscribe [kinds, frames, write_snap, queue],
+unsubscribe, snapshot, interval {seconds}, fail_link {lgr, link}, port {device, up}, faults
+{device, loss, rx_loss, drop_next, delay}, decline {reason: hex, int, name or null}, ping,
+help. ``queue`` is how many events the session holds for a slow client (1 to 1,000,000,
+default 50,000); a client too slow for the event stream loses events, which it is told
+about (``events.dropped``).
+
+Every line is checked before it acts: JSON without NaN or Infinity, at most ``MAX_LINE``
+bytes and nested at most a few levels, known commands with arguments of the right type
+and range (``faults`` takes only the four faults, finite and in range). A bad line gets an
+``error`` line naming what was wrong, never a traceback; the connection stays up.
+
+A second stack given the same path does not take it over: ``start`` refuses a path where
+a live stack answers, and ``close`` removes the socket only while it is still its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import socket
 import stat
 from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from stack.events import KINDS, to_dict
+from stack.events import KINDS, BadRecord, Skipped, loads, to_dict
 from stack.wire import codes
 
 if TYPE_CHECKING:
@@ -36,8 +47,16 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 << 10
 FRAME_QUEUE = 100_000  # frames a session holds for a slow client before it drops and counts them
+EVENT_QUEUE = 50_000  # events a session holds for a slow client by default ('queue' in subscribe)
+MAX_EVENT_QUEUE = 1_000_000
+MAX_DEPTH = 4  # commands are flat objects (subscribe's kinds: a list)
+# faults a soft device takes (anything else on its fault object, its random generator for one, is not for the socket)
+FAULTS = {"loss": (0.0, 1.0, "a probability from 0 to 1"), "rx_loss": (0.0, 1.0, "a probability from 0 to 1"),
+          "drop_next": (0, 1_000_000, "a whole number of frames from 0 to 1,000,000"),
+          "delay": (0.0, 60.0, "seconds from 0 to 60")}  # fmt: skip
 COMMANDS = {
-    "subscribe": "stream events (optional 'kinds': list of event kinds; 'frames': true adds the soft devices' RoCE frames)",
+    "subscribe": "stream events (optional 'kinds': list of event kinds; 'frames': true adds the soft devices' RoCE frames; "
+                 f"'queue': events held for a slow client, 1 to {MAX_EVENT_QUEUE:,}, default {EVENT_QUEUE:,})",
     "unsubscribe": "stop the event stream",
     "snapshot": "reply with one snapshot now",
     "interval": "periodic snapshots every 'seconds' (0 stops them)",
@@ -52,6 +71,24 @@ COMMANDS = {
 
 class CommandError(ValueError):
     pass
+
+
+def _depth(v, limit: int) -> bool:
+    if limit < 0:
+        return False
+    if isinstance(v, dict):
+        return all(_depth(x, limit - 1) for x in v.values())
+    if isinstance(v, list):
+        return all(_depth(x, limit - 1) for x in v)
+    return True
+
+
+def _number(name: str, v: Any, lo: float, hi: float, what: str, whole: bool = False) -> float:
+    """A finite number from lo to hi (``whole``: an integer), or CommandError naming ``name``."""
+    ok = (type(v) is int or (type(v) is float and not whole)) and math.isfinite(v) and lo <= v <= hi
+    if not ok:
+        raise CommandError(f"{name} must be {what}, not {json.dumps(v)[:40] if _depth(v, 2) else 'that'}")
+    return v
 
 
 def parse_reason(value: Any) -> int | None:
@@ -76,6 +113,19 @@ def parse_reason(value: Any) -> int | None:
     return code
 
 
+def _answers(path: str) -> bool:
+    """Does a live server listen at this unix socket path?"""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 class ControlServer:
     def __init__(self, stack: "Stack", path: str, interval: float = 1.0) -> None:
         self.stack = stack
@@ -84,6 +134,7 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None
         self.clients: set[asyncio.Task] = set()
         self.subscribed = asyncio.Event()
+        self._inode: int | None = None
 
     async def wait_subscribed(self, timeout: float) -> bool:
         """Wait until a client subscribes (a recorder attaching), at most ``timeout`` seconds."""
@@ -95,16 +146,24 @@ class ControlServer:
             return False
 
     async def start(self) -> None:
-        if os.path.exists(self.path):
-            if not stat.S_ISSOCK(os.stat(self.path).st_mode):
-                raise FileExistsError(f"control socket path {self.path} exists and is not a socket")
-            os.unlink(self.path)
-        old = os.umask(0o177)
         try:
-            self.server = await asyncio.start_unix_server(self._serve, self.path, limit=MAX_LINE)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+            if os.path.lexists(self.path):
+                if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                    raise FileExistsError(f"control socket path {self.path} exists and is not a socket")
+                if _answers(self.path):
+                    raise FileExistsError(f"control socket {self.path} is in use: another stack serves it")
+                os.unlink(self.path)  # a stale socket a stack left behind
+            old = os.umask(0o177)
+            try:
+                self.server = await asyncio.start_unix_server(self._serve, self.path, limit=MAX_LINE)
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o600)
+            self._inode = os.stat(self.path).st_ino
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise OSError(f"control socket {self.path}: {e.strerror or e}") from None
 
     async def close(self) -> None:
         if self.server is not None:
@@ -113,8 +172,11 @@ class ControlServer:
                 task.cancel()
             await asyncio.gather(*self.clients, return_exceptions=True)
             await self.server.wait_closed()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        try:  # only our own socket: another stack may have taken a stale path over since
+            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -188,19 +250,26 @@ class _Session:
         req_id = None
         try:
             try:
-                req = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise CommandError(f"not JSON: {e}") from None
+                req = loads(line)
+            except BadRecord as e:
+                raise CommandError(str(e) if str(e).startswith("not JSON") else f"not JSON: {e}") from None
             if not isinstance(req, dict):
                 raise CommandError("a command is a JSON object")
+            if not _depth(req, MAX_DEPTH):
+                raise CommandError(f"a command is nested at most {MAX_DEPTH} deep")
             req_id = req.get("id")
+            if not (req_id is None or type(req_id) is str and len(req_id) <= 256 or type(req_id) is int and abs(req_id) < 1 << 53):
+                req_id = None
+                raise CommandError("id must be a number or a short string")
             cmd = req.get("cmd")
-            if cmd not in COMMANDS:
-                raise CommandError(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}")
+            if cmd not in COMMANDS if isinstance(cmd, str) else True:
+                raise CommandError(f"unknown command {str(cmd)[:40]!r}; commands: {', '.join(COMMANDS)}")
             result = getattr(self, "cmd_" + cmd)(req)
             self.send({"type": "reply", "id": req_id, "cmd": cmd, "ok": True, **(result or {})})
-        except (CommandError, ValueError, KeyError, TypeError) as e:
+        except (CommandError, ValueError, KeyError, TypeError, OverflowError) as e:
             self.send({"type": "error", "id": req_id, "error": str(e) if not isinstance(e, KeyError) else f"missing or unknown {e}"})
+        except Exception as e:  # never a traceback on the stack's stderr: the client hears what broke
+            self.send({"type": "error", "id": req_id, "error": f"command failed: {type(e).__name__}: {e}"})
 
     # ---------------------------------------------------------------- commands
 
@@ -219,7 +288,8 @@ class _Session:
         write_snap = req.get("write_snap", 0)
         if type(write_snap) is not int or not 0 <= write_snap <= 65535:
             raise CommandError("write_snap must be a whole number of bytes from 0 (whole frames) to 65535")
-        self.sub = self.stack.bus.subscribe(maxsize=int(req.get("queue", 50_000)), kinds=kinds)
+        queue = _number("queue", req.get("queue", EVENT_QUEUE), 1, MAX_EVENT_QUEUE, f"a whole number of events from 1 to {MAX_EVENT_QUEUE:,}", whole=True)
+        self.sub = self.stack.bus.subscribe(maxsize=int(queue), kinds=kinds)
         self._tasks.append(asyncio.create_task(self._events()))
         tapped = self.start_frames(write_snap) if frames else []
         self.server.subscribed.set()
@@ -269,14 +339,14 @@ class _Session:
 
     def cmd_interval(self, req: dict) -> dict:
         seconds = req.get("seconds")
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
-            raise CommandError("seconds must be a number >= 0")
+        if type(seconds) not in (int, float) or not math.isfinite(seconds) or not 0 <= seconds <= 86400:
+            raise CommandError("seconds must be a number >= 0" + ("" if type(seconds) in (int, float) and seconds < 0 else " (at most 86400)"))
         self.interval = float(seconds)
         return {"seconds": self.interval}
 
     def cmd_fail_link(self, req: dict) -> dict:
         lgr, link = req["lgr"], req["link"]
-        if not isinstance(lgr, str) or not isinstance(link, int):
+        if type(lgr) is not str or type(link) is not int or not 0 <= link <= 255:
             raise CommandError("fail_link needs 'lgr' (string) and 'link' (integer)")
         if not self.stack.fail_link(lgr, link):
             raise CommandError(f"no link {link} in link group {lgr}")
@@ -284,7 +354,7 @@ class _Session:
 
     def cmd_port(self, req: dict) -> dict:
         device, up = req["device"], req["up"]
-        if device not in self.stack.rdma.devs:
+        if type(device) is not str or device not in self.stack.rdma.devs:
             raise CommandError(f"no device {device!r}; devices: {', '.join(self.stack.rdma.devs)}")
         if not isinstance(up, bool):
             raise CommandError("'up' must be true or false")
@@ -293,14 +363,15 @@ class _Session:
 
     def cmd_faults(self, req: dict) -> dict:
         device = req["device"]
-        if device not in self.stack.rdma.devs:
-            raise CommandError(f"no device {device!r}")
+        if type(device) is not str or device not in self.stack.rdma.devs:
+            raise CommandError(f"no device {str(device)[:40]!r}")
         faults = {k: v for k, v in req.items() if k not in ("cmd", "id", "device")}
+        unknown = sorted(k[:40] for k in faults if k not in FAULTS)
+        if unknown:
+            raise CommandError(f"unknown faults {unknown}: the faults are {', '.join(FAULTS)}")
         for k, v in faults.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise CommandError(f"fault {k} must be a number >= 0")
-            if k in ("loss", "rx_loss") and v > 1:
-                raise CommandError(f"{k} is a probability between 0 and 1")
+            lo, hi, what = FAULTS[k]
+            _number(f"fault {k}", v, lo, hi, what, whole=type(lo) is int)
         self.stack.set_faults(device, **faults)
         return {}
 
@@ -335,12 +406,25 @@ class ControlClient:
         await self.writer.drain()
         return self._ids
 
-    async def messages(self) -> AsyncIterator[dict]:
+    async def messages(self, skipped: Skipped | None = None) -> AsyncIterator[dict]:
+        """The stack's lines as objects. A line that is not a bounded JSON object is counted
+        and named in ``skipped`` and left out (without ``skipped``: ValueError)."""
+        n = 0
         while True:
             line = await self.reader.readline()
             if not line:
                 return
-            yield json.loads(line)
+            n += 1
+            try:
+                msg = loads(line)
+                if type(msg) is not dict:
+                    raise BadRecord("a control socket line must be a JSON object")
+            except BadRecord as e:
+                if skipped is None:
+                    raise
+                skipped.add(f"line {n}", e)
+                continue
+            yield msg
 
     async def close(self) -> None:
         self.writer.close()

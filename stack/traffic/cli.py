@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import sys
 import time
@@ -45,9 +46,22 @@ def size(text: str) -> int:
         value = float(t[: len(t) - len(unit)]) * UNITS[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (like 1500, 64K, 256M, 1G)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"size {text!r} is negative")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} is negative" if value < 0 else f"{text!r} is not a size (like 1500, 64K, 256M, 1G)")
+    if value >= 1 << 62:
+        raise argparse.ArgumentTypeError(f"size {text!r} is too large")
     return int(value)
+
+
+MIN_BUF, MAX_BUF = 16 << 10, 512 << 20  # an RMB's size travels as 16 KiB << (0..15) in CLC
+
+
+def buffer_size(text: str) -> int:
+    """An RMB or send buffer size: 16K to 512M."""
+    v = size(text)
+    if not MIN_BUF <= v <= MAX_BUF:
+        raise argparse.ArgumentTypeError(f"{text!r}: buffers are 16K to 512M")
+    return v
 
 
 def hostport(text: str) -> tuple[str, int]:
@@ -85,12 +99,17 @@ def ueid(text: str) -> str:
 
 
 def positive_float(text: str) -> float:
+    """A finite number >= 0 (seconds, a probability): NaN and infinity are not."""
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if v < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    if v > 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large")
     return v
 
 
@@ -118,8 +137,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gso", choices=["auto", "on", "off"], default=None,
                    help="native engine: send runs of frames as UDP GSO batches (auto, the default: except while a capture watches the interface)")
     g.add_argument("--no-smc", action="store_true", help="plain TCP, no SMC")
-    g.add_argument("--rmb-size", type=size, default=64 << 10, help="RMB per connection (default 64K)")
-    g.add_argument("--sndbuf-size", type=size, default=64 << 10, help="send buffer per connection (default 64K)")
+    g.add_argument("--rmb-size", type=buffer_size, default=64 << 10, help="RMB per connection (default 64K)")
+    g.add_argument("--sndbuf-size", type=buffer_size, default=64 << 10, help="send buffer per connection (default 64K)")
     g.add_argument("--versions", type=versions, default=frozenset({1, 2}), help="SMC-R versions offered (default 1,2)")
     g.add_argument("--ueid", action="append", type=ueid, help="user EID for SMC-Rv2 (repeatable; default SMCTOP)")
     g.add_argument("--test-link", type=positive_float, default=30.0, help="TEST LINK interval in seconds (0 disables)")
@@ -364,8 +383,14 @@ async def run_client(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.role == "client" and (args.connections < 1 or args.count < 0):
-        parser().error("--connections must be at least 1 and --count not negative")
+    if args.role == "client" and (not 1 <= args.connections <= 10_000 or args.count < 0):
+        parser().error("--connections must be at least 1 (at most 10,000) and --count not negative")
+    if args.count < 0:
+        parser().error("--count must not be negative")
+    try:
+        stack_config(args, args.role)  # what the stack's configuration refuses is a usage error too
+    except ValueError as e:
+        parser().error(str(e))
     try:
         return asyncio.run(run_server(args) if args.role == "server" else run_client(args))
     except (OSError, UsageError) as e:
