@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from stack.events import Event
+from stack.events import Event, render
 from stack.wire import codes
 
 from .model import Conn, Failover, Link, LinkGroup
@@ -167,27 +167,11 @@ EVENT_COLUMNS = [
 
 KIND_STYLE = {"conn.fallback": "yellow", "conn.error": "red", "link.event": "bold magenta", "lgr.state": "bold cyan",
               "link.state": "magenta", "conn.state": "cyan", "events.dropped": "bold red", "llc.msg": "blue", "clc.msg": "green"}  # fmt: skip
-_HIDDEN_FIELDS = {"raw"}
 
 
 def event_details(e: Event) -> str:
-    f = e.fields
-    k = e.kind
-    if k == "conn.state":
-        return f"{f.get('old')} -> {f.get('new')} ({f.get('cause', '')})"
-    if k == "link.state":
-        return f"{f.get('old')} -> {f.get('new')} ({f.get('cause', '')})"
-    if k == "lgr.state":
-        return f"{f.get('old')} -> {f.get('new')} ({f.get('cause', '')})" + (" Crit" if f.get("crit") else "")
-    if k == "conn.fallback":
-        text = f.get("reason_text") or reason(f.get("reason", 0))
-        return text + (f" peer {f.get('peer_diagnosis_text')}" if f.get("peer_diagnosis") else "")
-    return " ".join(f"{key}={_short(v)}" for key, v in f.items() if key not in _HIDDEN_FIELDS)
-
-
-def _short(v: Any) -> str:
-    s = str(v) if not isinstance(v, list) else ",".join(map(str, v)) or "[]"
-    return s if len(s) <= 40 else s[:39] + "…"
+    """What the event says: its kind's template in the event schema (stack/events.py)."""
+    return render(e)
 
 
 def event_cells(e: Event, t0: float | None) -> list[Cell]:

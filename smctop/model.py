@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Iterable
 
-from stack.events import Event
+from stack.events import Event, render, renderer
 from stack.wire import codes
 
 WRAP = 1 << 16  # CDC cursor wrap counters are 16 bits
@@ -301,7 +301,7 @@ class LinkGroup:
     conns: int = 0
     terminated: bool = False
     links: dict[int, Link] = field(default_factory=dict)
-    llc_log: deque = field(default_factory=lambda: deque(maxlen=64))  # (t, link, dir, type)
+    llc_log: deque = field(default_factory=lambda: deque(maxlen=64))  # (t, link, dir, text)
 
 
 @dataclass(slots=True, eq=False)
@@ -537,9 +537,11 @@ class Model:
             c.lk_gen = -1
         return c
 
-    def _log(self, c: Conn, e: Event, text: str) -> None:
+    def _log(self, c: Conn, e: Event) -> None:
+        """The event in the connection's log, as its schema template reads (rendered now: a log
+        entry is a short string, not the event it came from)."""
         log = c.log
-        log.append((e.t, e.kind, e.fields.get("dir", ""), text))
+        log.append((e.t, e.kind, e.fields.get("dir", ""), render(e)))
         if len(log) > log.maxlen:
             del log[0]
 
@@ -575,7 +577,7 @@ class Model:
         c.role, c.local, c.peer, c.opened = f.get("role", ""), f.get("local", ""), f.get("peer", ""), e.t
         c.rx_prod = c.rx_prod or "0:0"
         self.opened += 1
-        self._log(c, e, f"open {c.role} {c.local} -> {c.peer}")
+        self._log(c, e)
         self._touch(c)
 
     def _on_conn_state(self, e: Event) -> None:
@@ -585,7 +587,7 @@ class Model:
         c.state = new
         if len(c.states) < 64:
             c.states.append((e.t, f.get("old", ""), new, f.get("cause", "")))
-        self._log(c, e, f"state {f.get('old', '')} -> {new} ({f.get('cause', '')})")
+        self._log(c, e)
         if new == "CLOSED" and c.closed is None:
             self._close(c, e.t)
         self._touch(c)
@@ -607,7 +609,7 @@ class Model:
         elif c.mode == "TCP":
             self.tcp_conns += 1
             c.reason = f.get("reason", c.reason) or c.reason
-        self._log(c, e, f"mode {c.mode}" + (f" v{c.version}" if c.mode == "SMCR" else f" {reason_text(c.reason)}"))
+        self._log(c, e)
         self._touch(c)
 
     def _on_conn_fallback(self, e: Event) -> None:
@@ -618,13 +620,13 @@ class Model:
         key = (e.host, c.role or "-", c.reason)
         self.fallbacks[key] += 1
         self.fallback_last[key] = e.t
-        self._log(c, e, f"fallback {reason_text(c.reason) or 'not SMC'}" + (f" peer {reason_text(c.peer_diagnosis)}" if c.peer_diagnosis else ""))
+        self._log(c, e)
         self._touch(c)
 
     def _on_conn_error(self, e: Event) -> None:
         c = self._conn_of(e)
         c.error = str(e.fields.get("reason", ""))
-        self._log(c, e, f"error {c.error}")
+        self._log(c, e)
         self._touch(c)
 
     def _hot_conn(self, e: Event) -> Conn | None:
@@ -708,28 +710,22 @@ class Model:
             c = self._conn_of(e)
             if c is None:
                 return
-        f = e.fields
-        flags = f.get("flags")
-        d = f.get("dir", "")
         log = c.log
-        log.append((e.t, e.kind, d, f"CDC {d} seq {f.get('seqno', '')} prod {f.get('prod', '')} cons {f.get('cons', '')}"
-                                    + (" " + ",".join(flags) if flags else "")))  # fmt: skip
+        log.append((e.t, "cdc.msg", e.fields.get("dir", ""), _CDC_TEXT(e)))
         if len(log) > log.maxlen:
             del log[0]
 
     def _on_clc(self, e: Event) -> None:
         c = self._conn_of(e)
         if c is not None:
-            f = e.fields
-            extra = f" {f['diagnosis_text']}" if f.get("diagnosis_text") else ""
-            self._log(c, e, f"CLC {f.get('dir', '')} {f.get('type', '')} v{f.get('version', '')}{extra}")
+            self._log(c, e)
 
     def _on_llc(self, e: Event) -> None:
         self.llc += 1
         if e.lgr is None:
             return
         g = self.lgr(e.host, e.lgr)
-        g.llc_log.append((e.t, e.link, e.fields.get("dir", ""), e.fields.get("type", "")))
+        g.llc_log.append((e.t, e.link, e.fields.get("dir", ""), render(e)))
         if e.link:
             self.link(e.host, e.lgr, e.link).llc += 1
 
@@ -1033,6 +1029,7 @@ class Model:
         return v[min(len(v) - 1, max(0, round(p / 100 * (len(v) - 1))))]
 
 
+_CDC_TEXT = renderer("cdc.msg")  # the hot path's log line, the schema's template compiled
 _KIND = attrgetter("kind")
 _T = attrgetter("t")
 

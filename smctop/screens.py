@@ -98,8 +98,8 @@ def render_detail(model: Model, key: tuple[str, int]) -> Text:
     g = model.lgrs.get((c.host, c.lgr)) if c.lgr else None
     if g is not None:
         out.append(f"\nLLC messages of link group {g.id} ({g.type}{', Crit' if g.crit else ''})\n", style="bold")
-        for t, link, d, typ in list(g.llc_log)[-20:]:
-            out.append(f"  {t - t0:+10.3f}  link {link} {d} {typ}\n", style="blue")
+        for t, link, _dir, text in list(g.llc_log)[-20:]:
+            out.append(f"  {t - t0:+10.3f}  link {link} {text}\n", style="blue")
         if not g.llc_log:
             out.append("  (none seen)\n")
     return out

@@ -73,6 +73,8 @@ def _num_text(v) -> str:
     """A number as the templates write it (the Lua plugin writes it the same way)."""
     if type(v) is int:
         return str(v)
+    if not math.isfinite(v):
+        return str(v)
     if v == math.floor(v) and abs(v) < 1e15:
         return str(int(v))
     text = f"{v:.6f}".rstrip("0").rstrip(".")
@@ -574,6 +576,21 @@ def _parse_template(text: str) -> list:
     return stack[0]
 
 
+# How a template tests and writes a value of the common types, inline: when a value is set
+# (for the template, not a full check: a wrong type is simply not set) and its text.
+_INLINE = {
+    "str": ("type({v}) is str and {v} != ''", "{v}"),
+    "hex": ("type({v}) is str and {v} != ''", "{v}"),
+    "cursor": ("type({v}) is str and {v} != ''", "{v}"),
+    "dir": ("{v} == 'tx' or {v} == 'rx'", "('sent' if {v} == 'tx' else 'received')"),
+    "bool": ("{v} is True", "'yes'"),
+    **{t: ("type({v}) is int", "str({v})") for t in ("int", "count", "u8", "u16", "u32")},
+    "x24": ("type({v}) is int and {v} >= 0", "f'0x{{{v}:06x}}'"),
+    "x32": ("type({v}) is int and {v} >= 0", "f'0x{{{v}:08x}}'"),
+    "strs": ("type({v}) is list and {v} != []", "','.join(map(str, {v}))"),
+}
+
+
 def _compile(kind: Kind) -> Callable[[Event], str]:
     """A template as a Python function of an event (generated once: smctop renders on its hot path)."""
     types = {f.name: f.type for f in kind.fields}
@@ -608,14 +625,14 @@ def _compile(kind: Kind) -> Callable[[Event], str]:
                 ftype = "u8" if n == "link" else "count" if n == "conn" else "str" if n in ID_KEYS else types.get(n)
                 if ftype is None:
                     raise ValueError(f"{kind.name}: the template names {n!r}, which is not a field")
-                t = TYPES[ftype]
-                fmt, chk = f"_fmt_{ftype}", f"_chk_{ftype}"
-                env[fmt], env[chk] = t.text, t.check
-                setcond = f"{tmp} is not None and {tmp} != '' and {tmp} is not False and {tmp} != [] and {chk}({tmp})"
-                if t.code:
-                    setcond += f" and {tmp} != 0"
-                lines.append(f"{ind}if {var} is None and {setcond}:")
-                lines.append(f"{ind}    {var} = '' if {cond} else {fmt}({tmp})")
+                guard, text = _INLINE.get(ftype, (None, None))
+                if guard is None:  # the type's own check and text
+                    t = TYPES[ftype]
+                    env[f"_fmt_{ftype}"], env[f"_chk_{ftype}"] = t.text, t.check
+                    guard = f"{{v}} is not None and {{v}} != [] and {{v}} is not False and _chk_{ftype}({{v}})" + (" and {v} != 0" if t.code else "")
+                    text = f"_fmt_{ftype}({{v}})"
+                lines.append(f"{ind}if {var} is None and ({guard.format(v=tmp)}):")
+                lines.append(f"{ind}    {var} = '' if {cond} else {text.format(v=tmp)}")
             if ok is None:
                 lines.append(f"{ind}out.append('?' if {var} is None else {var})")
             else:
@@ -647,6 +664,12 @@ def _renderers() -> dict[str, Callable[[Event], str]]:
 
 
 _RENDER = _renderers()
+
+
+def renderer(kind: str) -> Callable[[Event], str]:
+    """The compiled template of one kind (``link.event/added`` for a sub-kind), for a hot path
+    that renders many events of that kind; it does not check its event's fields."""
+    return _RENDER[kind]
 
 
 def render(e: Event) -> str:

@@ -218,12 +218,12 @@ def test_connection_detail_screen_shows_history_messages_and_timeline():
             text = app.screen_text()
             assert "beta connection 1  server 127.30.0.2:5000 -> 127.30.0.1:40001  ACTIVE  SMCR v2" in text
             assert "INIT -> ACTIVE  (handshake_done)" in text
-            assert "CDC rx seq 3" in text and "CLC tx Accept v2" in text
+            assert "received CDC seq 3" in text and "sent CLC Accept v2" in text  # the schema's templates
             assert "LLC messages of link group 00b2b200" in text and "LLC CONFIRM LINK v2" in text
             rate_line = next(line for line in text.splitlines() if line.strip().startswith("rate "))
             assert "██" in rate_line and "1.1 MB/s" in rate_line and "RMB fill" in text and "rxprod position" in text
             await advance(app, pilot, src, 1)  # it keeps updating
-            assert "CDC rx seq 4" in app.screen_text()
+            assert "received CDC seq 4" in app.screen_text()
             await pilot.press("escape")
             await pilot.pause()
             assert not isinstance(app.screen, ConnDetailScreen) and app.model.watched is None

@@ -67,9 +67,9 @@ def test_golden_screens_show_what_they_are_for():
     read = {name: (GOLDEN / f"{name}.txt").read_text(encoding="utf-8") for name in SCREENS}
     assert "rxprod-Cursor" in read["connections"] and "SMCR" in read["connections"]
     assert "SINGLE" in read["links"] and "LINK_UNUSED" in read["links"] and "3 connections moved in 4.0 ms" in read["links"]
-    assert "failover_begin" in read["events"] and "filter 'link'" in read["events"]
+    assert "failover begins to link 2" in read["events"] and "filter 'link'" in read["events"]
     assert "0x03070000 DIFFPREFIX" in read["fallbacks"] and "0x05000000 PEERDECL" in read["fallbacks"]
     assert "Throughput" in read["performance"] and "SMC-R handshake" in read["performance"]
-    assert "state timeline" in read["detail"] and "CDC rx seq" in read["detail"]
+    assert "state timeline" in read["detail"] and "received CDC seq" in read["detail"]
     assert "start / stop traffic" in read["help"]
     assert all(len(t.splitlines()) == SIZE[1] for t in read.values())
