@@ -78,6 +78,87 @@ local ADD_LINK_REJECT_REASONS = {  -- add link reject reason: value = {name, mea
     [0x00000001] = {"NO_ALT_PATH", "no alternate path available"},
 }
 -- END GENERATED
+-- BEGIN GENERATED EVENTS by dissectors/wireshark/gen_codes.py from stack/events.py: do not edit
+local EVENT_KINDS = {  -- the event schema: kind -> {doc, render, expert, fields = {name = type}[, sub, subs]}
+    ["cdc.msg"] =
+        { doc = "a CDC message sent or received", render = "{dir} CDC seq {seqno}[ token {token}] prod {prod} cons {cons}[ {flags}]", expert = nil, fields = { ["dir"] = "dir", ["seqno"] = "u16", ["token"] = "x32", ["prod"] = "cursor", ["cons"] = "cursor", ["flags"] = "strs", ["raw"] = "hex" }, },
+    ["clc.msg"] =
+        { doc = "a CLC message sent or received (decoded fields and raw bytes)", render = "{dir} CLC {type}[ v{version}][ first contact{?first_contact}][ {diagnosis}][ out of sync{?out_of_sync}][ UEIDs {eids}][ QPN {qpn}][ token {token}][ rkey {rkey}]", expert = nil, fields = { ["dir"] = "dir", ["type"] = "str", ["version"] = "u8", ["raw"] = "hex", ["diagnosis"] = "decline", ["diagnosis_text"] = "str", ["out_of_sync"] = "bool", ["typev1"] = "str", ["typev2"] = "str", ["eids"] = "strs", ["peer_id"] = "hex", ["first_contact"] = "bool", ["qpn"] = "x24", ["token"] = "x32", ["rkey"] = "x32", ["rmbe_size"] = "u8", ["qp_mtu"] = "u8", ["psn"] = "x24" }, },
+    ["conn.cursor"] =
+        { doc = "RMBE cursors moved: local and peer producer/consumer (wrap:count)", render = "cursors {side}:[ prod {prod}][ cons {cons}][ sent {sent}][ fin {fin}][ {bytes_to_rcv} bytes to receive][ ({cause})]", expert = nil, fields = { ["side"] = "str", ["prod"] = "cursor", ["cons"] = "cursor", ["sent"] = "cursor", ["fin"] = "cursor", ["bytes_to_rcv"] = "count", ["peer_rmbe_space"] = "int", ["cause"] = "str", ["rewound"] = "int" }, },
+    ["conn.error"] =
+        { doc = "a connection failed or was aborted, with the reason", render = "error: {reason}", expert = "conn_error", fields = { ["reason"] = "str" }, },
+    ["conn.fallback"] =
+        { doc = "a connection fell back to TCP: reason and peer diagnosis, hex and name", render = "{reason}[ (peer: {peer_diagnosis})][ ({cause})]", expert = "fallback", fields = { ["reason"] = "decline", ["reason_text"] = "str", ["peer_diagnosis"] = "decline", ["peer_diagnosis_text"] = "str", ["decline_sent"] = "bool", ["cause"] = "str", ["declined_by"] = "str" }, },
+    ["conn.mode"] =
+        { doc = "the handshake finished: SMCR (version, first contact) or TCP", render = "{mode}[ v{version}][ first contact{?first_contact}][ {reason}][ handshake {handshake_ms} ms]", expert = nil, fields = { ["mode"] = "str", ["version"] = "u8", ["first_contact"] = "bool", ["token"] = "x32", ["peer_token"] = "x32", ["rmb_size"] = "count", ["peer_rmb_size"] = "count", ["handshake_ms"] = "num", ["reason"] = "decline" }, },
+    ["conn.open"] =
+        { doc = "a connection started: role, addresses, SMC wanted or not", render = "{role} {local} -> {peer}[ peer SMC option {peer_smc_option}]", expert = nil, fields = { ["role"] = "str", ["local"] = "str", ["peer"] = "str", ["peer_smc_option"] = "bool" }, },
+    ["conn.rmb"] =
+        { doc = "RMB fill level and write-blocked state", render = "RMB[ fill {fill}][/{size}][ write-blocked{?write_blocked}][ peer write-blocked{?peer_write_blocked}][, {pending} bytes waiting]", expert = nil, fields = { ["fill"] = "count", ["size"] = "count", ["write_blocked"] = "bool", ["peer_write_blocked"] = "bool", ["peer_rmbe_space"] = "int", ["pending"] = "count" }, },
+    ["conn.state"] =
+        { doc = "a connection changed state (SMC socket state, kernel names)", render = "state {old} -> {new}[ ({cause})]", expert = nil, fields = { ["old"] = "str", ["new"] = "str", ["cause"] = "str" }, },
+    ["events.dropped"] =
+        { doc = "a subscriber missed events because it was too slow", render = "{count} events dropped[, {frames} frames][ by {by}][ ({last_error})]", expert = nil, fields = { ["count"] = "count", ["frames"] = "count", ["by"] = "str", ["total_events"] = "count", ["total_frames"] = "count", ["last_error"] = "str" }, },
+    ["lgr.state"] =
+        { doc = "a link group was created, changed type, or was terminated", render = "{old} -> {new}[ ({cause})][ {reason}][ Crit{?crit}]", expert = nil, fields = { ["old"] = "str", ["new"] = "str", ["cause"] = "str", ["crit"] = "bool", ["role"] = "str", ["version"] = "u8", ["peer_id"] = "hex", ["max_conns"] = "count", ["max_links"] = "count", ["reason"] = "dl_reason" }, },
+    ["link.event"] =
+        { doc = "a link was added or deleted, a TEST LINK timed out, a QP failed, failover began or ended", render = "link {event}", expert = nil, fields = { ["event"] = "str" }, sub = "event", subs = {
+            ["add_link_begin"] =
+                { doc = "an ADD LINK flow began", render = "ADD LINK begins[ on {device}][ ({cause})][ asymmetric{?asym}]", expert = nil, fields = { ["event"] = "str", ["device"] = "str", ["cause"] = "str", ["asym"] = "bool" }, },
+            ["add_link_done"] =
+                { doc = "an ADD LINK flow ended with a new link", render = "ADD LINK done[ on {device}][, group {type}][ asymmetric{?asym}]", expert = nil, fields = { ["event"] = "str", ["device"] = "str", ["type"] = "str", ["asym"] = "bool" }, },
+            ["add_link_failed"] =
+                { doc = "an ADD LINK flow failed", render = "ADD LINK failed[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str" }, },
+            ["add_link_rejected"] =
+                { doc = "ADD LINK was rejected", render = "ADD LINK rejected[: {reason}][ ({why})]", expert = nil, fields = { ["event"] = "str", ["reason"] = "al_reason", ["why"] = "str" }, },
+            ["add_link_requested"] =
+                { doc = "the client asked the server for a link (REQUEST ADD LINK)", render = "REQUEST ADD LINK[ for {device}]", expert = nil, fields = { ["event"] = "str", ["device"] = "str" }, },
+            ["added"] =
+                { doc = "a link was added to the group", render = "link added[ on {device}][ QPN {qpn}]", expert = nil, fields = { ["event"] = "str", ["qpn"] = "x24", ["device"] = "str" }, },
+            ["bad_cdc"] =
+                { doc = "a CDC from the peer could not be decoded", render = "bad CDC[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str" }, },
+            ["bad_llc"] =
+                { doc = "an LLC message from the peer could not be decoded", render = "bad LLC message[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str" }, },
+            ["deleted"] =
+                { doc = "a link was deleted (DELETE LINK, or cleared)", render = "link deleted[ (all links){?all}][ orderly{?orderly}][ {reason}]", expert = nil, fields = { ["event"] = "str", ["all"] = "bool", ["orderly"] = "bool", ["reason"] = "dl_reason", ["reason_text"] = "str" }, },
+            ["down"] =
+                { doc = "a link went down; its connections fail over", render = "link down[: {reason}]", expert = "failover", fields = { ["event"] = "str", ["reason"] = "str" }, },
+            ["failover_begin"] =
+                { doc = "failover began: connections move to another link", render = "failover begins to link {to_link}[: {conns} connections][ ({reason})]", expert = "failover", fields = { ["event"] = "str", ["to_link"] = "u8", ["conns"] = "count", ["reason"] = "str" }, },
+            ["failover_end"] =
+                { doc = "failover ended: every moved connection validated (or failed)", render = "failover to link {to_link} done[: {conns} connections][, {failed} failed][ in {duration_ms} ms]", expert = "failover_end", fields = { ["event"] = "str", ["to_link"] = "u8", ["conns"] = "count", ["failed"] = "count", ["duration_ms"] = "num" }, },
+            ["failover_pending"] =
+                { doc = "a link went down while the next one waits for its CONFIRM LINK", render = "failover pending[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str" }, },
+            ["failover_validation"] =
+                { doc = "a failover validation CDC seen in a capture", render = "failover validation CDC[ seq {seqno}]", expert = nil, fields = { ["event"] = "str", ["seqno"] = "u16" }, },
+            ["fault"] =
+                { doc = "an operator injected a fault (port, loss, delay)", render = "fault {fault}[ on {device}][ loss {loss}][ rx loss {rx_loss}][ drop next {drop_next}][ delay {delay} s]", expert = nil, fields = { ["event"] = "str", ["fault"] = "str", ["device"] = "str", ["loss"] = "prob", ["rx_loss"] = "prob", ["drop_next"] = "count", ["delay"] = "num" }, },
+            ["llc_timeout"] =
+                { doc = "an LLC flow got no answer in time", render = "LLC flow[ {flow}] timed out[ at {step}]", expert = nil, fields = { ["event"] = "str", ["flow"] = "str", ["step"] = "str" }, },
+            ["port_down"] =
+                { doc = "a device's port went down", render = "port of {device} down", expert = nil, fields = { ["event"] = "str", ["device"] = "str" }, },
+            ["port_up"] =
+                { doc = "a device's port came back", render = "port of {device} up", expert = nil, fields = { ["event"] = "str", ["device"] = "str" }, },
+            ["qp_create_failed"] =
+                { doc = "a QP could not be created for a new link", render = "QP not created[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str" }, },
+            ["qp_error"] =
+                { doc = "a QP failed (completion error or async event)", render = "QP error[: {status}]", expert = nil, fields = { ["event"] = "str", ["status"] = "str" }, },
+            ["test_link_timeout"] =
+                { doc = "TEST LINK got no answer: the link is taken down", render = "TEST LINK timed out", expert = nil, fields = { ["event"] = "str" }, },
+        } },
+    ["link.state"] =
+        { doc = "a link changed state (LINK_* kernel names)", render = "{old} -> {new}[ ({cause})]", expert = nil, fields = { ["old"] = "str", ["new"] = "str", ["cause"] = "str" }, },
+    ["llc.msg"] =
+        { doc = "an LLC message sent or received", render = "{dir} {type}[ response{?response}][ link {link_num}][ QPN {qpn}][ {reason}][ rejected{?rejected} {reject_reason}][ rkey {rkey}]", expert = nil, fields = { ["dir"] = "dir", ["type"] = "str", ["response"] = "bool", ["raw"] = "hex", ["mac"] = "hex", ["gid"] = "hex", ["qpn"] = "x24", ["link_num"] = "u8", ["qp_mtu"] = "u8", ["psn"] = "x24", ["rejected"] = "bool", ["reject_reason"] = "al_reason", ["direct"] = "bool", ["target_gid"] = "hex", ["rkeys"] = "json", ["num_rkeys"] = "u8", ["link_uid"] = "hex", ["max_links"] = "u8", ["max_conns"] = "u8", ["rmbe_eyec_flags"] = "json", ["rkey"] = "x32", ["vaddr"] = "x64", ["others"] = "json", ["negative"] = "bool", ["retry"] = "bool", ["tokens"] = "json", ["reason"] = "dl_reason", ["all"] = "bool", ["orderly"] = "bool", ["err_mask"] = "u8", ["num_invalid"] = "u8", ["gids"] = "json", ["user_data"] = "hex" }, },
+    ["rdma.write"] =
+        { doc = "an RDMA WRITE posted: offset and length in the peer RMB", render = "RDMA WRITE {length} bytes[ at offset {offset}][ at vaddr {vaddr}][ rkey {rkey}]", expert = nil, fields = { ["length"] = "count", ["offset"] = "count", ["rkey"] = "x32", ["vaddr"] = "x64" }, },
+    ["stats"] =
+        { doc = "a host's state: the snapshot a recording starts with", render = "host state[ ({cause})]", expert = nil, fields = { ["cause"] = "str", ["snapshot"] = "snapshot" }, },
+    ["trace.note"] =
+        { doc = "smc-trace could not decode a frame of a capture: its number and why", render = "frame {frame} not decoded: {error}", expert = nil, fields = { ["frame"] = "count", ["error"] = "str" }, },
+}
+-- END GENERATED EVENTS
 
 ------------------------------------------------------------------------------ helpers
 
@@ -308,6 +389,8 @@ local F = {
     decline = ProtoField.uint32("smctop.decline.reason", "Decline reason", base.HEX, valstring(DECLINE_REASONS)),
     peer_decline = ProtoField.uint32("smctop.decline.peer_diagnosis", "Peer diagnosis", base.HEX, valstring(DECLINE_REASONS)),
     delete_link = ProtoField.uint32("smctop.delete_link.reason", "Delete Link reason", base.HEX, valstring(DELETE_LINK_REASONS)),
+    add_link_reject = ProtoField.uint32("smctop.add_link.reject_reason", "Add Link reject reason", base.HEX, valstring(ADD_LINK_REJECT_REASONS)),
+    doc = ProtoField.string("smctop.doc", "What this kind of event means"),
     reason_name = ProtoField.string("smctop.reason_name", "Reason name"),
     reason_meaning = ProtoField.string("smctop.reason_meaning", "Meaning"),
     -- ties
@@ -519,7 +602,6 @@ end
 
 ------------------------------------------------------------------------------ event records
 
-local DECLINE_KEYS = { reason = true, diagnosis = true, peer_diagnosis = true }
 
 local function ids_text(ev)
     local parts = {}
@@ -536,53 +618,145 @@ local function reason_of(ev, key, tbl)
     return nil
 end
 
-local function summarize(ev)
-    local k = ev.kind
-    local function g(key)
-        local v = ev[key]
-        if v == nil or v == json.NULL then return nil end
-        return json_text(v)
+-- The event schema's templates (stack/events.py render() does the same): {field} is the
+-- value as its type writes it, {a|b} the first that is set, {?flag} nothing but only when
+-- set, [...] left out unless every field inside is set. Set: present and not null, "",
+-- false, [] or (a reason code) 0.
+local CODE_TABLES = { decline = DECLINE_REASONS, dl_reason = DELETE_LINK_REASONS, al_reason = ADD_LINK_REJECT_REASONS }
+local INT_TYPES = { int = true, count = true, u8 = true, u16 = true, u32 = true }
+
+local function num_text(v)
+    if v ~= v or v == math.huge or v == -math.huge then return tostring(v) end
+    if v == math.floor(v) and math.abs(v) < 1e15 then return string.format("%d", v) end
+    local s = string.format("%.6f", v):gsub("0+$", ""):gsub("%.$", "")
+    if s == "-0" or s == "" then return "0" end
+    return s
+end
+
+local function typed_text(ftype, v)
+    -- the text of a set value, or nil when it is not set (or not of its type)
+    if v == nil or v == json.NULL or v == "" or v == false then return nil end
+    local t = type(v)
+    if t == "table" and #v == 0 and not v[json.KEYS] then return nil end
+    if ftype == "str" or ftype == "hex" or ftype == "cursor" then
+        return t == "string" and v or nil
+    elseif ftype == "dir" then
+        if v == "tx" then return "sent" elseif v == "rx" then return "received" end
+        return nil
+    elseif ftype == "bool" then
+        return v == true and "yes" or nil
+    elseif INT_TYPES[ftype] then
+        return t == "number" and num_text(v) or nil
+    elseif ftype == "num" or ftype == "prob" then
+        return t == "number" and num_text(v) or nil
+    elseif ftype == "x24" then
+        return t == "number" and string.format("0x%06x", math.floor(v)) or nil
+    elseif ftype == "x32" then
+        return t == "number" and string.format("0x%08x", math.floor(v)) or nil
+    elseif ftype == "x64" then
+        return t == "number" and string.format("0x%x", math.floor(v)) or nil
+    elseif CODE_TABLES[ftype] then
+        if t ~= "number" or v == 0 then return nil end
+        return code_text(CODE_TABLES[ftype], math.floor(v))
+    elseif ftype == "strs" then
+        if t ~= "table" then return nil end
+        local parts = {}
+        for i, x in ipairs(v) do parts[i] = json_text(x) end
+        return table.concat(parts, ",")
     end
-    if k == "conn.fallback" then
-        local s = reason_of(ev, "reason", DECLINE_REASONS) or g("reason_text") or "?"
-        if type(ev.peer_diagnosis) == "number" and ev.peer_diagnosis ~= 0 then
-            s = s .. " (peer: " .. code_text(DECLINE_REASONS, ev.peer_diagnosis) .. ")"
+    return json_text(v)
+end
+
+local ID_TYPES = { host = "str", lgr = "str", link = "u8", conn = "count" }
+local parsed_templates = {}
+
+local function parse_template(text)
+    -- a template as a tree: strings, {names = {...}, cond = bool} and {group = {...}}
+    local root = {}
+    local stack = { root }
+    local i, n = 1, #text
+    while i <= n do
+        local c = text:sub(i, i)
+        if c == "[" then
+            local g = {}
+            local cur = stack[#stack]
+            cur[#cur + 1] = { group = g }
+            stack[#stack + 1] = g
+            i = i + 1
+        elseif c == "]" then
+            stack[#stack] = nil
+            i = i + 1
+        elseif c == "{" then
+            local close = text:find("}", i, true)
+            local inner = text:sub(i + 1, close - 1)
+            local cond = inner:sub(1, 1) == "?"
+            if cond then inner = inner:sub(2) end
+            local names = {}
+            for name in inner:gmatch("[^|]+") do names[#names + 1] = name end
+            local cur = stack[#stack]
+            cur[#cur + 1] = { names = names, cond = cond }
+            i = close + 1
+        else
+            local j = text:find("[%[%]{]", i) or (n + 1)
+            local cur = stack[#stack]
+            cur[#cur + 1] = text:sub(i, j - 1)
+            i = j
         end
-        return s
-    elseif k == "conn.mode" then
-        if ev.mode == "SMCR" then
-            return "SMC-R v" .. (g("version") or "?") .. (ev.first_contact == true and " first contact" or "")
-        end
-        return (g("mode") or "?") .. (type(ev.reason) == "number" and (" " .. code_text(DECLINE_REASONS, ev.reason)) or "")
-    elseif k == "conn.state" then
-        return (g("old") or "?") .. " -> " .. (g("new") or "?") .. (g("cause") and (" (" .. g("cause") .. ")") or "")
-    elseif k == "conn.open" then
-        return (g("role") or "?") .. " " .. (g("local") or "?") .. " -> " .. (g("peer") or "?")
-    elseif k == "conn.error" then
-        return "error: " .. (g("reason") or "?")
-    elseif k == "link.event" then
-        local s = g("event") or "?"
-        for _, key in ipairs({ "device", "qpn", "to_link", "conns", "reason", "duration_ms", "type" }) do
-            if g(key) then
-                if key == "reason" and type(ev.reason) == "number" then
-                    s = s .. " reason=" .. code_text(DELETE_LINK_REASONS, ev.reason)
-                else
-                    s = s .. " " .. key .. "=" .. g(key)
+    end
+    return root
+end
+
+local function render_parts(parts, ev, decl, in_group)
+    -- returns the text, and false when a field inside a group was not set
+    local out = {}
+    local ok = true
+    for _, p in ipairs(parts) do
+        if type(p) == "string" then
+            out[#out + 1] = p
+        elseif p.group then
+            local text, gok = render_parts(p.group, ev, decl, true)
+            if gok then out[#out + 1] = text end
+        else
+            local value
+            for _, name in ipairs(p.names) do
+                local ftype = ID_TYPES[name] or decl.fields[name]
+                local text = ftype and typed_text(ftype, ev[name])
+                if text then
+                    value = p.cond and "" or text
+                    break
                 end
             end
+            if value then
+                out[#out + 1] = value
+            elseif in_group then
+                ok = false
+            else
+                out[#out + 1] = p.cond and "" or "?"
+            end
         end
-        return s
-    elseif k == "clc.msg" or k == "llc.msg" or k == "cdc.msg" then
-        local s = (g("dir") == "tx" and "sent " or "received ") .. (g("type") or (k == "cdc.msg" and "CDC" or "?"))
-        if k == "cdc.msg" then
-            s = s .. " token=" .. (g("token") or "?") .. " prod=" .. (g("prod") or "?") .. " cons=" .. (g("cons") or "?")
-            if type(ev.flags) == "table" and #ev.flags > 0 then s = s .. " flags=" .. json_text(ev.flags) end
-        elseif k == "clc.msg" and type(ev.diagnosis) == "number" then
-            s = s .. " " .. code_text(DECLINE_REASONS, ev.diagnosis)
-        elseif k == "llc.msg" and type(ev.reason) == "number" and tostring(ev.type):find("DELETE LINK") then
-            s = s .. " " .. code_text(DELETE_LINK_REASONS, ev.reason)
+    end
+    return table.concat(out), ok
+end
+
+local function declaration(ev)
+    -- the schema's declaration of a record: its kind's, or its sub-kind's (link.event)
+    local decl = EVENT_KINDS[ev.kind]
+    if decl and decl.sub then
+        local sub = ev[decl.sub]
+        return type(sub) == "string" and decl.subs[sub] or nil
+    end
+    return decl
+end
+
+local function summarize(ev)
+    local decl = declaration(ev)
+    if decl then
+        local tree = parsed_templates[decl.render]
+        if not tree then
+            tree = parse_template(decl.render)
+            parsed_templates[decl.render] = tree
         end
-        return s
+        return (render_parts(tree, ev, decl, false))
     end
     local parts = {}
     for _, key in ipairs(ev[json.KEYS]) do
@@ -673,6 +847,8 @@ local function render_record(res, tvb, pinfo, tree)
     if type(ev.conn) == "number" then t:add(F.conn, range("conn"), math.floor(ev.conn)) end
     if type(ev.t) == "number" then t:add(F.t, range("t"), ev.t) end
     t:add(F.summary, whole, res.summary):set_generated()
+    local decl = declaration(ev)
+    if decl then t:add(F.doc, whole, decl.doc):set_generated() end
     local ft = t:add(smctop, whole, "Fields")
     ft:set_text("Fields")
     for _, key in ipairs(ev[json.KEYS]) do
@@ -682,12 +858,15 @@ local function render_record(res, tvb, pinfo, tree)
             local r = range(key)
             local item = ft:add(F.field, r, key .. "=" .. text)
             item:set_text(key .. ": " .. text)
+            local ftype = decl and decl.fields[key]
             if type(v) == "number" then
                 local tbl, fld, what
-                if DECLINE_KEYS[key] and (ev.kind:sub(1, 5) == "conn." or ev.kind == "clc.msg") then
+                if ftype == "decline" then
                     tbl, fld, what = DECLINE_REASONS, (key == "peer_diagnosis" and F.peer_decline or F.decline), "decline reason"
-                elseif key == "reason" and (ev.kind == "llc.msg" or ev.kind == "link.event") then
+                elseif ftype == "dl_reason" then
                     tbl, fld, what = DELETE_LINK_REASONS, F.delete_link, "delete link reason"
+                elseif ftype == "al_reason" then
+                    tbl, fld, what = ADD_LINK_REJECT_REASONS, F.add_link_reject, "add link reject reason"
                 end
                 if tbl and (v ~= 0 or key == "reason") then
                     item:append_text(" (" .. code_text(tbl, v) .. ")")
@@ -696,16 +875,9 @@ local function render_record(res, tvb, pinfo, tree)
             end
         end
     end
-    -- expert info on records
-    local k = ev.kind
-    if k == "conn.fallback" then
-        t:add_proto_expert_info(E.fallback, "fallback to TCP: " .. res.summary)
-    elseif k == "conn.error" then
-        t:add_proto_expert_info(E.conn_error, "connection error: " .. json_text(ev.reason))
-    elseif k == "link.event" and (ev.event == "failover_begin" or ev.event == "down") then
-        t:add_proto_expert_info(E.failover, "link " .. json_text(ev.link) .. " " .. res.summary)
-    elseif k == "link.event" and ev.event == "failover_end" then
-        t:add_proto_expert_info(E.failover_end, "link " .. json_text(ev.link) .. " " .. res.summary)
+    -- expert info on records: the schema names which (a kind's or sub-kind's "expert")
+    if decl and decl.expert and E[decl.expert] then
+        t:add_proto_expert_info(E[decl.expert], line)
     end
 end
 

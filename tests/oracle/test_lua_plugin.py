@@ -28,6 +28,7 @@ from dissectors.pcapng import LINKTYPE_ETHERNET, LINKTYPE_WIRESHARK_UPPER_PDU, P
 from dissectors.recorder import Recorder
 from dissectors.records import decode_record, is_event_record
 from dissectors.wireshark import gen_codes
+from stack.events import SCHEMA, render
 from stack.wire import cdc, roce
 
 pytestmark = pytest.mark.oracle
@@ -122,6 +123,7 @@ def check_records(path, frames: dict[int, Decoded], given: list) -> dict[int, ob
         assert d.one("smctop.conn") == (None if ev.conn is None else str(ev.conn)), n
         assert d.one("smctop.link") == (None if ev.link is None else str(ev.link)), n
         assert d.one("smctop.lgr") == ev.lgr, n
+        assert d.one("smctop.summary") == render(ev), n  # the schema's template, rendered by the plugin as by Python
     assert Counter((e.kind, e.host, e.conn) for e in recs.values()) == Counter((e.kind, e.host, e.conn) for e in given)
     return recs
 
@@ -316,6 +318,15 @@ def plain(tmp_path_factory):
 def test_generated_code_tables_match_codes_py():
     text = PLUGIN.read_text()
     assert gen_codes.current_block(text) == gen_codes.generated_block(), "run: python -m dissectors.wireshark.gen_codes"
+    events_block = gen_codes.current_block(text, gen_codes.BEGIN_EVENTS, gen_codes.END_EVENTS)
+    assert events_block == gen_codes.generated_events_block(), "run: python -m dissectors.wireshark.gen_codes"
+    for name, k in SCHEMA.items():  # every kind and sub-kind is in the plugin's tables, with its template
+        assert f'["{name}"] =' in events_block and k.render.replace('"', '\\"') in events_block
+        for sub in k.subs:
+            assert f'["{sub}"] =' in events_block
+    experts = {k.expert for k in SCHEMA.values()} | {s.expert for k in SCHEMA.values() for s in k.subs.values()}
+    for name in experts - {None}:  # every expert the schema names exists in the plugin
+        assert f'{name} = ProtoExpert.new("smctop.expert.' in text, name
     assert gen_codes.main(["--check"]) == 0
     assert "[0x03070000] = {\"DIFFPREFIX\"" in text and "[0x00010000] = {\"LOST_PATH\"" in text
 
