@@ -33,14 +33,12 @@ from .model import Model
 from .record import Recorder, default_name, open_recorder
 from .screens import ConnDetailScreen, DeclineScreen, HelpScreen, help_text
 from .sources import AttachSource, DemoSource, ReplaySource, Source, SourceError, load_events
-from .views import ConnsPane, EventsPane, FallbacksPane, HeaderBar, LinksPane, PerfPane
+from .views import VIEWS, ConnsPane, EventsPane, HeaderBar, Pane
 from .widgets import RowTable
 
-TABS = [("links", "1 Links"), ("conns", "2 Connections"), ("events", "3 Events"), ("fallbacks", "4 Fallbacks"), ("perf", "5 Performance")]
-
-FILTERABLE = {"links": LinksPane, "conns": ConnsPane, "events": EventsPane, "fallbacks": FallbacksPane}
-PANES = {"links": LinksPane, "conns": ConnsPane, "events": EventsPane, "fallbacks": FallbacksPane, "perf": PerfPane}
-TABLES = {"links": "#links-table", "conns": "#conns-table", "events": "#events-table", "fallbacks": "#fallbacks-table"}
+# the tabs, from the registry of views (smctop.views.VIEWS): id -> pane class
+PANES: dict[str, type[Pane]] = {v.tab: v for v in VIEWS}
+TABS = [(v.tab, f"{i} {v.label}") for i, v in enumerate(VIEWS, 1)]
 
 # (action, keys as shown in help, what it does, the source capability it needs)
 ACTIONS = [
@@ -64,12 +62,7 @@ ACTIONS = [
 
 class SmctopApp(App):
     TITLE = "smctop"
-    CSS = """
-    #filter { dock: bottom; display: none; }
-    #filter.shown { display: block; }
-    TabbedContent { height: 1fr; }
-    TabPane { padding: 0; }
-    """
+    CSS_PATH = "smctop.tcss"
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help"),
@@ -111,16 +104,9 @@ class SmctopApp(App):
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
         with TabbedContent(initial="conns", id="tabs"):
-            with TabPane(TABS[0][1], id="links"):
-                yield LinksPane(id="links-pane")
-            with TabPane(TABS[1][1], id="conns"):
-                yield ConnsPane(id="conns-pane")
-            with TabPane(TABS[2][1], id="events"):
-                yield EventsPane(id="events-pane")
-            with TabPane(TABS[3][1], id="fallbacks"):
-                yield FallbacksPane(id="fallbacks-pane")
-            with TabPane(TABS[4][1], id="perf"):
-                yield PerfPane(id="perf-pane")
+            for (tab, title), view in zip(TABS, VIEWS):
+                with TabPane(title, id=tab):
+                    yield view(id=f"{tab}-pane")
         yield Input(placeholder="filter: words to match (Enter applies, Esc clears)", id="filter")
         yield Footer()
 
@@ -181,7 +167,7 @@ class SmctopApp(App):
         self._drawn = time.monotonic()
         active = self._active()
         for tab, pane in PANES.items():
-            if everything or tab == active or pane is EventsPane:
+            if everything or tab == active or pane.always:
                 self.query_one(pane).update_from(m)
         if isinstance(self.screen, ConnDetailScreen):
             self.screen.update_from(m)
@@ -268,20 +254,15 @@ class SmctopApp(App):
         return getattr(pane, "filter", "") if pane is not None else ""
 
     def _pane(self):
-        cls = FILTERABLE.get(self._active())
-        return self.query_one(cls) if cls is not None else None
+        cls = PANES.get(self._active())
+        return self.query_one(cls) if cls is not None and cls.filterable else None
 
     def apply_filter(self, text: str) -> None:
         pane = self._pane()
         if pane is None:
-            self.say("the performance view has nothing to filter")
+            self.say(f"the {PANES[self._active()].label.lower()} view has nothing to filter")
             return
-        if isinstance(pane, EventsPane):
-            pane.set_filter(text, self.model)
-        elif isinstance(pane, ConnsPane):
-            pane.set_filter(text)
-        else:
-            pane.filter = text.lower()
+        pane.set_filter(text, self.model)
         pane.update_from(self.model)
         self.say(f"filter '{text}' on {self._active()}" if text else f"filter cleared on {self._active()}")
 
@@ -293,9 +274,9 @@ class SmctopApp(App):
     def _close_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.remove_class("shown")
-        table = TABLES.get(self._active())
+        table = PANES[self._active()].table_id
         if table:
-            self.query_one(table, RowTable).focus()
+            self.query_one(f"#{table}", RowTable).focus()
 
     def on_key(self, event) -> None:
         box = self.query_one("#filter", Input)
@@ -329,7 +310,7 @@ class SmctopApp(App):
     def action_closed(self) -> None:
         pane = self.query_one(ConnsPane)
         pane.show_closed = not pane.show_closed
-        pane.set_filter(pane.filter)
+        pane.set_filter(pane.filter, self.model)
         pane.update_from(self.model)
         self.say("connections: closed ones shown" if pane.show_closed else "connections: closed ones hidden")
 
@@ -359,15 +340,15 @@ class SmctopApp(App):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
-        table = TABLES.get(tab)
+        table = PANES[tab].table_id
         if table:
-            self.query_one(table, RowTable).focus()
+            self.query_one(f"#{table}", RowTable).focus()
 
     def action_help(self) -> None:
         rows = []
         for name, keys, what, need in ACTIONS:
             rows.append((keys, what, need is None or need in self.source.can))
-        rows.append(("1-5", "switch view", True))
+        rows.append((f"1-{len(VIEWS)}", "switch view", True))
         rows.append(("Enter", "connection details (from Connections)", True))
         self.push_screen(HelpScreen(help_text(rows, self.source.describe())))
 

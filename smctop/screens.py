@@ -22,9 +22,6 @@ class ConnDetailScreen(Screen):
     messages, and the LLC messages of its link group."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("q", "app.pop_screen", "Back", show=False)]
-    DEFAULT_CSS = """
-    ConnDetailScreen #detail-body { padding: 0 1; }
-    """
 
     def __init__(self, model: Model, key: tuple[str, int]) -> None:
         super().__init__()
@@ -110,10 +107,6 @@ class HelpScreen(ModalScreen):
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Close"), Binding("question_mark", "app.pop_screen", "Close", show=False),
                 Binding("q", "app.pop_screen", "Close", show=False)]  # fmt: skip
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > Vertical { width: 110; height: auto; max-height: 90%; border: thick $primary; background: $surface; padding: 1 2; }
-    """
 
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -138,11 +131,6 @@ class DeclineScreen(ModalScreen):
     """Pick the reason the next connections will fall back with (or none)."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
-    DEFAULT_CSS = """
-    DeclineScreen { align: center middle; }
-    DeclineScreen > Vertical { width: 96; height: 24; border: thick $primary; background: $surface; }
-    DeclineScreen OptionList { height: 1fr; }
-    """
     OFF = "off"
 
     def compose(self) -> ComposeResult:

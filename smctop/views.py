@@ -1,6 +1,11 @@
 """The main screen's views: the header, and one pane per tab (link groups and links,
 connections, events, fallbacks, performance). Each pane reads the model in ``update_from``;
-none keeps state of its own beyond what it shows (order, filter, follow)."""
+none keeps state of its own beyond what it shows (order, filter, follow).
+
+``VIEWS`` is the registry the app is built from: its tabs (in order, keys 1-9), what each
+tab composes, which table takes the focus, which panes filter and which are updated even
+when not on screen. Adding a view is writing its pane class (``tab``, ``label``, ``table_id``,
+``update_from``, ``set_filter``) and listing it there. The styles are in smctop.tcss."""
 
 from __future__ import annotations
 
@@ -17,9 +22,6 @@ from .widgets import RowTable
 
 
 class HeaderBar(Static):
-    DEFAULT_CSS = """
-    HeaderBar { height: 3; background: $boost; padding: 0 1; }
-    """
 
     def show(self, model: Model, source: str, flags: list[str], status: str) -> None:
         t = model.totals()
@@ -43,13 +45,29 @@ class HeaderBar(Static):
         self.update(Text("\n").join([line1, line2, Text(status, style="italic")]))
 
 
-class LinksPane(Vertical):
+class Pane:
+    """What every view declares for the registry (mixed into its widget class)."""
+
+    tab = ""  # the tab's id
+    label = ""  # the tab's title (after its number)
+    table_id: str | None = None  # the id of the RowTable that takes the focus on this tab
+    filterable = True
+    always = False  # updated on every redraw, even when not on screen (it gathers as events arrive)
+    filter = ""
+
+    def set_filter(self, text: str, model: Model) -> None:
+        self.filter = text.lower()
+
+    def update_from(self, model: Model) -> None:
+        raise NotImplementedError
+
+
+class LinksPane(Pane, Vertical):
     """Link groups and links as ``smcr linkgroup link-show`` lists them, with Crit as
     ``smcr device`` flags it, rates and a sparkline per link; failovers below."""
 
-    DEFAULT_CSS = """
-    LinksPane #failovers { height: auto; max-height: 12; border-top: solid $primary; padding: 0 1; }
-    """
+    tab, label, table_id = "links", "Links", "links-table"
+
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -81,13 +99,12 @@ SORTS = {
 }
 
 
-class ConnsPane(Vertical):
+class ConnsPane(Pane, Vertical):
     """Connections as ``smcss -d -R`` shows them, plus fill bars and rates. Rows update in
     place: only connections that changed are re-rendered, and only when on screen."""
 
-    DEFAULT_CSS = """
-    ConnsPane #conns-summary { height: 1; padding: 0 1; }
-    """
+    tab, label, table_id = "conns", "Connections", "conns-table"
+
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -105,7 +122,7 @@ class ConnsPane(Vertical):
     def table(self) -> RowTable:
         return self.query_one("#conns-table", RowTable)
 
-    def set_filter(self, text: str) -> None:
+    def set_filter(self, text: str, model: Model | None = None) -> None:
         self.filter = text.lower()
         self._dirty = True
 
@@ -140,12 +157,11 @@ class ConnsPane(Vertical):
             + (f"  filter '{self.filter}'" if self.filter else "") + "   Enter: details  s: sort  c: closed")  # fmt: skip
 
 
-class EventsPane(Vertical):
+class EventsPane(Pane, Vertical):
     """The event stream: newest at the bottom, followed unless the cursor moves up (F)."""
 
-    DEFAULT_CSS = """
-    EventsPane #events-summary { height: 1; padding: 0 1; }
-    """
+    tab, label, table_id, always = "events", "Events", "events-table", True
+
     MAX_ROWS = 5000
 
     def __init__(self, **kw) -> None:
@@ -198,12 +214,11 @@ class EventsPane(Vertical):
             + ("  following" if self.table.follow else "  not following (F follows)"))  # fmt: skip
 
 
-class FallbacksPane(Vertical):
+class FallbacksPane(Pane, Vertical):
     """Fallback reasons with counts, per host and role, as ``smcr stats -d`` lists them."""
 
-    DEFAULT_CSS = """
-    FallbacksPane #fallbacks-summary { height: 2; padding: 0 1; }
-    """
+    tab, label, table_id = "fallbacks", "Fallbacks", "fallbacks-table"
+
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -232,12 +247,11 @@ class FallbacksPane(Vertical):
             f"(SMC-R {model.smc_conns:,})\nreasons as smc-tools prints them (hex and name); the peer's diagnosis follows a '/' in Connections")  # fmt: skip
 
 
-class PerfPane(VerticalScroll):
+class PerfPane(Pane, VerticalScroll):
     """Throughput, message rates, connection set-up, handshake and request/response latency."""
 
-    DEFAULT_CSS = """
-    PerfPane { padding: 0 1; }
-    """
+    tab, label, filterable = "perf", "Performance", False
+
 
     def compose(self) -> ComposeResult:
         yield Static(id="perf-body")
@@ -273,3 +287,6 @@ class PerfPane(VerticalScroll):
     def _pcts(model: Model, values: list[float], unit: str) -> str:
         p50, p90, p99 = (model.percentile(values, q) for q in (50, 90, 99))
         return f"p50 {p50:,.1f} {unit}  p90 {p90:,.1f} {unit}  p99 {p99:,.1f} {unit}  (n={len(values):,})"
+
+
+VIEWS: tuple[type[Pane], ...] = (LinksPane, ConnsPane, EventsPane, FallbacksPane, PerfPane)  # the tabs, in order
