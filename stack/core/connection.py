@@ -16,7 +16,7 @@ violating the protocol: the connection aborts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 from stack.events import Event
 from stack.wire.cdc import CdcMessage, Cursor
@@ -26,10 +26,8 @@ from stack.wire.fields import cdc_fields as _cdc_fields
 from stack.wire.fields import cursor_text as _c
 
 from . import cursor as curs
+from .ports import Services
 from .states import CONN_TABLE, Hs, step
-
-if TYPE_CHECKING:
-    from .host import SmcHost
 
 SOCK_MIN_SNDBUF_HALF = 2304  # SOCK_MIN_SNDBUF / 2 on x86-64: the floor of the update limit
 AUTOCORKING_SIZE = 64 << 10  # net.smc.autocorking_size: data held back while a CDC is in flight
@@ -37,8 +35,15 @@ CLOSE_FLAGS = ("done_writing", "closed", "abort")
 
 
 class SmcConnection:
-    def __init__(self, host: "SmcHost", conn_id: int, role: str, local: tuple[str, int], peer: tuple[str, int]) -> None:
-        self.host = host
+    """A connection gets its services handed in (the I/O port, the configuration, the event
+    bus) and tells its owner through ``on_closed`` when its close machine reaches CLOSED; it
+    never names its owner. ``lgr`` and ``link`` are where it lives, for its events and sends."""
+
+    def __init__(self, ctx: Services, conn_id: int, role: str, local: tuple[str, int], peer: tuple[str, int],
+                 on_closed: Callable[["SmcConnection", float], None]) -> None:  # fmt: skip
+        self.ctx = ctx
+        self.io = ctx.io
+        self.on_closed = on_closed
         self.id = conn_id
         self.role = role  # "client" or "server"
         self.local = local
@@ -50,8 +55,8 @@ class SmcConnection:
         self.peer_diagnosis = 0
         self.version = 0
         self.first_contact = False
-        self.lgr = None
-        self.link = None
+        self.lgr: Any = None  # the LinkGroup
+        self.link: Any = None  # the Link
         self.error: str | None = None
         self.clc_buf = b""
         self.proposal = None  # what was offered or received, for the rest of the handshake
@@ -108,10 +113,10 @@ class SmcConnection:
         return {"lgr": self.lgr.name if self.lgr else None, "link": self.link.link_id if self.link else None, "conn": self.id}
 
     def emit(self, now: float, kind: str, **fields) -> None:
-        host = self.host
-        if host.bus.active:  # the record straight away: events on the data path come by the hundred thousand
+        ctx = self.ctx
+        if ctx.bus.active:  # the record straight away: events on the data path come by the hundred thousand
             lgr, link = self.lgr, self.link
-            host.bus.emit(Event(now, kind, host.name, lgr.name if lgr else None, link.link_id if link else None, self.id, fields))
+            ctx.bus.emit(Event(now, kind, ctx.name, lgr.name if lgr else None, link.link_id if link else None, self.id, fields))
 
     @property
     def rmb_size(self) -> int:
@@ -173,7 +178,7 @@ class SmcConnection:
         old, self.state = self.state, state
         self.emit(now, "conn.state", old=old.name, new=state.name, cause=cause)
         if state == SmcState.CLOSED:
-            self.host.connection_closed(self, now)
+            self.on_closed(self, now)
 
     def _send_flag(self, flag: str, now: float, immediate: bool = False) -> None:
         if self.mode != "SMCR" or self.sent[flag]:
@@ -183,11 +188,11 @@ class SmcConnection:
             if flag == "abort" and self.pending_any:  # an abort ends what waited to be flushed
                 self.pending = {f: False for f in CLOSE_FLAGS}
                 self.pending_any = False
-                self.host.io.cancel_timer(("flush", self.id))
+                self.io.cancel_timer(("flush", self.id))
             self.send_cdc(now, **{_CDC_FLAG[flag]: True})
         else:
             self.pending[flag] = self.pending_any = True
-            self.host.io.arm_timer(("flush", self.id), now + self.host.config.timeouts.close_flush)
+            self.io.arm_timer(("flush", self.id), now + self.ctx.config.timeouts.close_flush)
 
     def _drained(self) -> bool:
         return self.tx_sent == self.tx_prep
@@ -208,7 +213,7 @@ class SmcConnection:
             if self.pending[flag] and not self.sent[flag]:
                 self.pending[flag] = False
                 self.sent[flag] = True
-                self.host.io.cancel_timer(("flush", self.id))
+                self.io.cancel_timer(("flush", self.id))
                 self.send_cdc(now, **{_CDC_FLAG[flag]: True})
                 closed = closed or flag == "closed"
         self.pending_any = any(self.pending.values())
@@ -271,7 +276,7 @@ class SmcConnection:
             self.cons = Cursor((wrap + 1) & 0xFFFF, n - first)
         self.bytes_to_rcv -= n
         self.bytes_received += n
-        if self.host.bus.active:
+        if self.ctx.bus.active:
             self.emit(now, "conn.cursor", side="rx", cons=_c(self.cons), prod=_c(self.rx_prod), bytes_to_rcv=self.bytes_to_rcv)
         self._maybe_update_consumer(now)
         return out
@@ -315,7 +320,7 @@ class SmcConnection:
                 # the last data CDC said write-blocked; the peer updates its consumer cursor as it reads
                 if not self.write_blocked:
                     self.write_blocked = True
-                    if self.host.bus.active:
+                    if self.ctx.bus.active:
                         self.emit(now, "conn.rmb", write_blocked=True, peer_rmbe_space=0, pending=to_send)
                 break
             if not link.has_room(3):
@@ -350,7 +355,7 @@ class SmcConnection:
                 src = (src + take) % self.sndbuf_size
                 left -= take
             self.link.post_write(sges, vaddr + dst_off, rkey, now)
-            if self.host.bus.active:
+            if self.ctx.bus.active:
                 self.emit(now, "rdma.write", offset=dst_off, length=length, rkey=rkey)
 
     def send_cdc(self, now: float, **flags) -> bool:
@@ -361,7 +366,7 @@ class SmcConnection:
         sent = self.sent
         extra = {k: v for k, v in flags.items() if k in _CDC_EXTRA} if flags else None
         msg = None
-        if extra or self.host.bus.active:
+        if extra or self.ctx.bus.active:
             msg = CdcMessage(
                 seqno=self.tx_seq, token=self.peer_token, prod=self.tx_prod, cons=self.cons,
                 write_blocked=self.write_blocked, cons_curs_upd_req=False,
@@ -382,7 +387,7 @@ class SmcConnection:
         self.cons_update_requested = False
         self.cdc_sent += 1
         self.cdc_pend += 1
-        if msg is not None and self.host.bus.active:
+        if msg is not None and self.ctx.bus.active:
             self.emit(now, "cdc.msg", dir="tx", **_cdc_fields(msg))
             self.emit(now, "conn.cursor", side="tx", prod=_c(self.tx_prod), cons=_c(self.cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
         return True
@@ -400,7 +405,7 @@ class SmcConnection:
             self.tx_fin = sent
             self.tx_prod_fin = prod
             self.tx_seq_fin = seq
-            self.host.io.conn_writable(self.id)
+            self.io.conn_writable(self.id)
         elif seq:
             self.tx_seq_fin = seq
         if self.tx_sent != self.tx_prep:  # smc_tx_pending: what autocorking held back goes now
@@ -416,7 +421,7 @@ class SmcConnection:
                 self.early_cdcs.append(msg)
             return
         self.cdc_received += 1
-        if self.host.bus.active:
+        if self.ctx.bus.active:
             self.emit(now, "cdc.msg", dir="rx", **_cdc_fields(msg))
         if msg.failover_validation:
             # the peer's last completed CDC must be one we saw; otherwise we are out of sync
@@ -449,11 +454,11 @@ class SmcConnection:
             self.peer_rmbe_space = self.peer_size - curs.diff(self.rx_cons, self.tx_prod, self.peer_size)
         self.peer_write_blocked = msg.write_blocked
         self.cons_update_requested = self.cons_update_requested or msg.cons_curs_upd_req
-        if self.host.bus.active and (new_data or freed):
+        if self.ctx.bus.active and (new_data or freed):
             self.emit(now, "conn.cursor", side="rx", prod=_c(self.rx_prod), cons=_c(self.rx_cons), bytes_to_rcv=self.bytes_to_rcv, peer_rmbe_space=self.peer_rmbe_space)
             self.emit(now, "conn.rmb", fill=self.bytes_to_rcv, size=self.rmb_size, write_blocked=self.write_blocked, peer_write_blocked=msg.write_blocked)
         if new_data:
-            self.host.io.conn_readable(self.id)
+            self.io.conn_readable(self.id)
         if freed:
             self.tx_step(now)
         if self.cons_update_requested or (msg.write_blocked and not new_data):
@@ -463,16 +468,16 @@ class SmcConnection:
             self.error = "connection reset by peer (SMC abort)"
             self.emit(now, "conn.error", reason=self.error)
             self.input("peer_abort", now)
-            self.host.io.conn_readable(self.id)
+            self.io.conn_readable(self.id)
         elif msg.peer_conn_closed and not self.peer_closed:
             self.peer_closed = True
             self.input("peer_closed", now)
-            self.host.io.conn_readable(self.id)
-            self.host.io.conn_writable(self.id)  # a blocked writer learns it can no longer send
+            self.io.conn_readable(self.id)
+            self.io.conn_writable(self.id)  # a blocked writer learns it can no longer send
         elif msg.peer_done_writing and not self.peer_done_writing:
             self.peer_done_writing = True
             self.input("peer_done_writing", now)
-            self.host.io.conn_readable(self.id)
+            self.io.conn_readable(self.id)
 
     # ------------------------------------------------------------------ failover
 
@@ -496,13 +501,13 @@ class SmcConnection:
             rewound -= self._skip_consumed(self.rx_cons)
         self.peer_rmbe_space = self.peer_size - curs.diff(self.rx_cons, self.tx_prod, self.peer_size)
         self.bytes_sent -= rewound
-        if self.host.bus.active:
+        if self.ctx.bus.active:
             self.emit(now, "conn.cursor", side="tx", cause="failover", rewound=rewound, prod=_c(self.tx_prod), sent=_c(self.tx_sent),
                       fin=_c(self.tx_fin), peer_rmbe_space=self.peer_rmbe_space)  # fmt: skip
         validation = CdcMessage(seqno=self.tx_seq_fin, token=self.peer_token, prod=Cursor(), cons=Cursor(), failover_validation=True)
         if not to.post_cdc(validation, on_validated, now):
             return False
-        if self.host.bus.active:
+        if self.ctx.bus.active:
             self.emit(now, "cdc.msg", dir="tx", **_cdc_fields(validation))
         seq = self.tx_seq
         self.tx_step(now)

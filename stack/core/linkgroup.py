@@ -1,18 +1,21 @@
-"""Link groups and links: QPs between two peers, the LLC flows that manage them, the
-send-queue accounting every CDC and RDMA WRITE goes through, and failover.
+"""A link group: the links between two peers, the connections they carry, the buffers both
+sides registered, the local LLC flow slot, and failover.
 
-LLC flows follow ``net/smc/smc_llc.c``: one local flow at a time per link group holds
-the flow slot (the rest wait in order); rkey and TEST LINK requests from the peer are
-answered at once. ADD LINK and DELETE LINK processing take the slot on both sides, so no
-CONFIRM RKEY runs while a link is being added (``llcflows`` has the flows). The server
-drives link management; the client invites (v1) or requests (v2) a link and reports
-lost ones.
+This module is the group's state and mechanics: links come and go (``new_link``,
+``clear_link``), peer RMBs are kept per link (``rtokens``), our buffers are pooled for the
+next connection, one local LLC flow holds the slot at a time (the rest wait in order),
+and a link that dies hands its connections to a surviving one (``fail_over``). Which LLC
+messages to send, and when, is ``llcflows``' business: it drives a group from above.
 
 A link that fails (QP error, port down, TEST LINK unanswered, or the peer's DELETE LINK)
 goes INACTIVE and its QP is destroyed at once, so nothing it still had in flight can land
 later. Its connections switch to a surviving link, rewind their send cursors and send a
 failover-validation CDC (``SmcConnection.switch_link``); with no link left the group is
 terminated and every connection aborts.
+
+A group never names its owner's type: it tells its owner (``LinkGroupOwner``) about QPs
+coming and going, LLC messages received, handshakes it can no longer carry, failovers
+that ended, and its own end.
 """
 
 from __future__ import annotations
@@ -20,187 +23,54 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Protocol
 
-from stack.wire import cdc, llc
-from stack.wire.cdc import CdcError
-from stack.wire.codes import LgrRole, LgrType, LinkState
-from stack.wire.llc import LlcError
-from stack.wire.fields import llc_fields as _llc_fields
+from stack.wire import llc
+from stack.wire.codes import DEL, LgrRole, LgrType, LinkState
 
-from .ports import QpInfo
-from .states import LINK_TABLE, step
+from .link import Link
+from .ports import DeviceInfo, Services
 
-if TYPE_CHECKING:
-    from .connection import SmcConnection
-    from .host import SmcHost
-    from .llcflows import LlcFlow
-
-DEL_LOST_PATH = 0x00010000
-DEL_OP_INIT_TERM = 0x00020000
-DEL_PROG_INIT_TERM = 0x00030000
-DEL_PROT_VIOL = 0x00040000
-DEL_NO_ASYM_NEEDED = 0x00050000
-DEL_NOLNK = 0x00100000
-LLC_RESERVE = 4  # send-queue slots kept for CDCs and LLC messages without data
 RTOKENS_MAX = 255  # SMC_RMBS_PER_LGR_MAX: peer RMBs one link group can address
 ASYMMETRIC = (LgrType.ASYMMETRIC_PEER, LgrType.ASYMMETRIC_LOCAL)
 
 
-class Link:
-    def __init__(self, lgr: "LinkGroup", qp: QpInfo) -> None:
-        self.lgr = lgr
-        self.qp = qp
-        self.link_id = 0
-        self.state = LinkState.UNUSED
-        self.peer_qpn = 0
-        self.peer_psn = 0
-        self.peer_gid = b""
-        self.peer_mac = b""
-        self.mtu = qp.mtu
-        self.link_uid = b"\0\0\0\0"
-        self.peer_link_uid = b"\0\0\0\0"
-        self.asym = False  # an asymmetric link: one side has only one device for both links
-        self.qp_alive = True
-        self.sq_used = 0
-        self.unsignaled = 0
-        self.wr_seq = 0
-        self.pending: dict[int, tuple[int, Callable[[bool, float], None] | None]] = {}
-        self.waiting: deque[SmcConnection] = deque()
-        # signaled sends waiting for a free send-queue slot, in order (the kernel waits for a slot too)
-        self.backlog: deque[tuple[bytes, Callable[[bool, float], None] | None]] = deque()
-        self.last_rx = 0.0
-        self.test_link_outstanding = False
-        self.rx_errors = 0
+class LinkGroupOwner(Protocol):
+    """What a link group tells the one who made it."""
 
-    @property
-    def host(self) -> "SmcHost":
-        return self.lgr.host
+    def link_added(self, link: Link) -> None:
+        """A new link's QP: completions and messages on it are this link's."""
 
-    @property
-    def device(self) -> str:
-        return self.qp.device
+    def qp_destroyed(self, link: Link) -> None:
+        """The link's QP is gone: nothing more arrives on it."""
 
-    @property
-    def usable(self) -> bool:
-        return self.state in (LinkState.ACTIVATING, LinkState.ACTIVE) and self.qp_alive
+    def llc_received(self, lgr: "LinkGroup", link: Link, msg: llc.LlcMessage, now: float) -> None:
+        """An LLC message arrived on one of the group's links."""
 
-    def set_state(self, event: str, now: float) -> None:
-        rule = step("link", LINK_TABLE, self.state, event)
-        if rule.next is not None and rule.next != self.state:
-            old, self.state = self.state, rule.next
-            self.lgr.emit(now, "link.state", link=self.link_id, old=old.smc_tools_name, new=self.state.smc_tools_name, cause=event)
+    def handshake_lost(self, conn: Any, now: float, why: str) -> None:
+        """The group ended under a connection still in its CLC handshake."""
 
-    def info(self) -> dict:
-        return {
-            "id": self.link_id, "state": self.state.smc_tools_name, "device": self.qp.device, "qpn": self.qp.qpn,
-            "peer_qpn": self.peer_qpn, "gid": _gid(self.qp.gid), "peer_gid": _gid(self.peer_gid), "asym": self.asym,
-            "link_uid": self.link_uid.hex(), "peer_link_uid": self.peer_link_uid.hex(), "conns": sum(1 for c in self.lgr.conns.values() if c.link is self),
-            "mtu": self.mtu, "sq_used": self.sq_used,
-        }  # fmt: skip
+    def failover_ended(self, info: dict) -> None:
+        """A failover finished (for snapshots and reports)."""
 
-    # ---------------------------------------------------------------- send queue
+    def lgr_terminated(self, lgr: "LinkGroup", now: float) -> None:
+        """The group is terminated; its QPs live until its last DELETE LINK has left."""
 
-    def has_room(self, n: int) -> bool:
-        return not self.backlog and self.sq_used + n <= self.host.config.send_queue - LLC_RESERVE
+    def lgr_freed(self, lgr: "LinkGroup") -> None:
+        """The group's QPs are destroyed: it is gone."""
 
-    def wait_for_room(self, conn: "SmcConnection") -> None:
-        if conn not in self.waiting:
-            self.waiting.append(conn)
 
-    def _signaled(self, payload: bytes, on_done: Callable[[bool, float], None] | None, now: float) -> bool:
-        if not self.qp_alive or (self.state == LinkState.UNUSED and not self.lgr.terminated):
-            return False
-        if self.backlog or self.sq_used >= self.host.config.send_queue:
-            self.backlog.append((payload, on_done))
-            return True
-        return self._post_signaled(payload, on_done, now)
+class Flow(Protocol):
+    """What the local flow slot asks of an LLC flow (``llcflows.LlcFlow``)."""
 
-    def _post_signaled(self, payload: bytes, on_done: Callable[[bool, float], None] | None, now: float) -> bool:
-        self.wr_seq += 1
-        wr_id = self.wr_seq
-        if not self.host.io.post_send(self.qp.handle, wr_id, payload):
-            self._post_failed(now)
-            return False
-        self.pending[wr_id] = (1 + self.unsignaled, on_done)
-        self.sq_used += 1
-        self.unsignaled = 0
-        return True
+    step: str
 
-    def post_write(self, sges, remote_addr: int, rkey: int, now: float) -> None:
-        if not self.qp_alive:
-            return
-        self.wr_seq += 1
-        if self.host.io.post_write(self.qp.handle, self.wr_seq, sges, remote_addr, rkey):
-            self.sq_used += 1
-            self.unsignaled += 1
-        else:
-            self._post_failed(now)
-
-    def _post_failed(self, now: float) -> None:
-        """A QP that refuses work is broken: the link goes down, from a timer (never in the
-        middle of the send that found out)."""
-        if self.state == LinkState.ACTIVE:
-            self.host.io.arm_timer(("linkdown", self.lgr.lgr_id, self.link_id), now)
-
-    def post_cdc(self, msg: cdc.CdcMessage, on_done: Callable[[bool, float], None], now: float) -> bool:
-        return self._signaled(msg.encode(), on_done, now)
-
-    def post_cdc_bytes(self, payload: bytes, on_done: Callable[[bool, float], None], now: float) -> bool:
-        """A CDC already encoded (the transmit path packs it straight from the cursors)."""
-        return self._signaled(payload, on_done, now)
-
-    def post_llc(self, msg: llc.LlcMessage, now: float, on_done: Callable[[bool, float], None] | None = None) -> bool:
-        payload = msg.encode(self.lgr.llc_order)
-        ok = self._signaled(payload, on_done, now)
-        if ok and self.host.bus_active:
-            self.lgr.emit(now, "llc.msg", link=self.link_id, dir="tx", **_llc_fields(msg, payload))
-        return ok
-
-    def send_done(self, wr_id: int, ok: bool, now: float) -> None:
-        freed, on_done = self.pending.pop(wr_id, (0, None))
-        self.sq_used -= freed
-        if on_done is not None:
-            on_done(ok, now)
-        while self.backlog and self.sq_used < self.host.config.send_queue and self.qp_alive:
-            payload, cb = self.backlog.popleft()
-            if not self._post_signaled(payload, cb, now) and cb is not None:
-                cb(False, now)
-        while self.waiting and self.has_room(3):
-            self.waiting.popleft().tx_step(now)
-
-    def drop_sends(self) -> None:
-        """The QP is gone: forget what waited for it (the connections re-send elsewhere)."""
-        self.pending.clear()
-        self.backlog.clear()
-        self.waiting.clear()
-        self.sq_used = self.unsignaled = 0
-
-    # ---------------------------------------------------------------- receive
-
-    def received(self, data: bytes, now: float) -> None:
-        self.last_rx = now
-        if data[:1] == b"\xfe":
-            try:
-                msg = cdc.decode(data)
-            except CdcError as e:
-                self.rx_errors += 1
-                self.lgr.emit(now, "link.event", link=self.link_id, event="bad_cdc", reason=str(e))
-                return
-            conn = self.lgr.conns.get(msg.token)
-            if conn is not None:
-                conn.on_cdc(msg, now)
-            return
-        try:
-            msg = llc.decode(data)
-        except LlcError as e:
-            # unknown LLC types are dropped, as the kernel's demultiplexer does
-            self.rx_errors += 1
-            self.lgr.emit(now, "link.event", link=self.link_id, event="bad_llc", reason=str(e))
-            return
-        if self.host.bus_active:
-            self.lgr.emit(now, "llc.msg", link=self.link_id, dir="rx", **_llc_fields(msg, data[: len(msg.encode(msg.order))]))
-        self.lgr.on_llc(self, msg, now)
+    def start(self, now: float) -> None: ...
+    def on_llc(self, link: Link, msg: llc.LlcMessage, now: float) -> bool: ...
+    def on_timeout(self, now: float) -> None: ...
+    def on_link_down(self, link: Link, now: float) -> None: ...
+    def abandon(self, now: float) -> None: ...
+    def confirming(self) -> bool: ...
 
 
 @dataclass
@@ -217,9 +87,10 @@ class Failover:
     failed: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class LinkGroup:
-    host: "SmcHost"
+    ctx: Services = field(repr=False)
+    owner: LinkGroupOwner = field(repr=False)
     lgr_id: int
     role: LgrRole
     version: int
@@ -229,12 +100,12 @@ class LinkGroup:
     max_conns: int = 255
     max_links: int = 2
     links: dict[int, Link] = field(default_factory=dict)
-    conns: dict[int, "SmcConnection"] = field(default_factory=dict)
+    conns: dict[int, Any] = field(default_factory=dict)  # SmcConnection by token
     type: LgrType = LgrType.NONE
     terminated: bool = False
     sync_err: bool = False
-    flows: deque["LlcFlow"] = field(default_factory=deque)  # local flows waiting for the slot
-    running: "LlcFlow | None" = None  # the flow holding the slot
+    flows: deque[Flow] = field(default_factory=deque)  # local flows waiting for the slot
+    running: Flow | None = None  # the flow holding the slot
     # the peer's RMBs: one row per RMB, link id -> (rkey, address) on that link (lgr->rtokens)
     rtokens: list[dict[int, tuple[int, int]]] = field(default_factory=list)
     # our buffers, in use or waiting for the next connection (lgr->rmbs, lgr->sndbufs)
@@ -258,7 +129,7 @@ class LinkGroup:
         return f"{self.lgr_id:08x}"
 
     def emit(self, now: float, kind: str, link: int | None = None, conn: int | None = None, **fields) -> None:
-        self.host.emit(now, kind, lgr=self.name, link=link, conn=conn, **fields)
+        self.ctx.emit(now, kind, lgr=self.name, link=link, conn=conn, **fields)
 
     def info(self) -> dict:
         return {
@@ -290,11 +161,28 @@ class LinkGroup:
 
     # ---------------------------------------------------------------- links
 
+    def new_link(self, device: DeviceInfo | None, link_id: int, now: float) -> Link | None:
+        """A new link on ``device`` (its QP in INIT), or None when no QP could be had."""
+        if device is None:
+            return None
+        try:
+            qp = self.ctx.io.create_qp(device.name)
+        except OSError as e:
+            self.emit(now, "link.event", event="qp_create_failed", reason=str(e))
+            return None
+        link = Link(self.ctx, qp, self.lgr_id, self.emit, self.conns, self._llc_received, self.llc_order)
+        link.draining = self.terminated
+        self.add_link(link, link_id, now)
+        return link
+
+    def _llc_received(self, link: Link, msg: llc.LlcMessage, now: float) -> None:
+        self.owner.llc_received(self, link, msg, now)
+
     def add_link(self, link: Link, link_id: int, now: float) -> None:
         link.link_id = link_id
         link.link_uid = ((self.lgr_id + link_id) & 0xFFFFFFFF).to_bytes(4, "big")
         self.links[link_id] = link
-        self.host.links_by_qp[link.qp.handle] = link
+        self.owner.link_added(link)
         link.set_state("create", now)
         self.emit(now, "link.event", link=link_id, event="added", qpn=link.qp.qpn, device=link.qp.device)
 
@@ -317,36 +205,15 @@ class LinkGroup:
                 return self.link_seq
         raise RuntimeError("no free link id")
 
-    def link_confirmed(self, link: Link, now: float, new_type: LgrType = LgrType.SYMMETRIC) -> None:
-        link.set_state("confirmed", now)
-        link.last_rx = now
-        self.set_type(LgrType.SINGLE if len(self.active_links()) == 1 else new_type, now, f"link {link.link_id} confirmed")
-        self._arm_test_link(link, now)
-        self._adopt_orphans(now)
-
-    def _adopt_orphans(self, now: float) -> None:
-        """A link came up after the only other one died: its connections move now and the
-        dead link is deleted as any lost link."""
-        from . import llcflows
-
-        to = self.usable_link()
-        while self.orphans and to is not None:
-            dead = self.orphans.pop(0)
-            self.switch_conns(dead, to, now, "the link it waited for is up")
-            if self.role == LgrRole.SERVER:
-                self.start_flow(llcflows.ServerDeleteLink(self, dead.link_id, DEL_LOST_PATH, orderly=True), now)
-            else:
-                self.start_flow(llcflows.ClientDeleteLink(self, dead.link_id, DEL_LOST_PATH), now)
-
     def kill_qp(self, link: Link) -> None:
         """Destroy the link's QP now: nothing it had in flight can land later."""
         if link.qp_alive:
             link.qp_alive = False
-            self.host.links_by_qp.pop(link.qp.handle, None)
-            self.host.io.destroy_qp(link.qp.handle)
+            self.owner.qp_destroyed(link)
+            self.ctx.io.destroy_qp(link.qp.handle)
             link.drop_sends()
-        self.host.io.cancel_timer(("testlink", self.lgr_id, link.link_id))
-        self.host.io.cancel_timer(("testlink_resp", self.lgr_id, link.link_id))
+        self.ctx.io.cancel_timer(("testlink", self.lgr_id, link.link_id))
+        self.ctx.io.cancel_timer(("testlink_resp", self.lgr_id, link.link_id))
 
     def clear_link(self, link: Link, now: float) -> None:
         """smcr_link_clear: the link and everything keyed by its id are gone."""
@@ -363,7 +230,7 @@ class LinkGroup:
 
     # ---------------------------------------------------------------- buffers and the peer's rtokens
 
-    def map_buffers(self, conn: "SmcConnection") -> None:
+    def map_buffers(self, conn) -> None:
         """Register a new connection's buffers on every device a usable link uses (OSError on failure)."""
         for device in {l.device for l in self.usable_links()}:
             conn.rmb.ensure(device)
@@ -388,23 +255,8 @@ class LinkGroup:
             if buf is not None and buf not in pool:
                 pool.append(buf)
 
-    def unuse_buffers(self, conn: "SmcConnection", now: float) -> None:
-        """smc_buf_unuse: the send buffer is free at once; an RMB the peer knows is
-        unregistered with it first (DELETE RKEY), then zeroed and free. Both stay registered
-        here; a group that is going away frees them instead."""
-        rmb, sndbuf = conn.rmb, conn.sndbuf
-        if sndbuf is not None:
-            sndbuf.in_use = False
-        if rmb is None:
-            pass
-        elif rmb.confirmed and not self.terminated and self.active_links():
-            self.delete_rkey(conn, now, lambda t: self._rmb_free(rmb))
-        else:
-            self._rmb_free(rmb)
-        if self.terminated:
-            self.free_buffers()
-
-    def _rmb_free(self, rmb) -> None:
+    def rmb_free(self, rmb) -> None:
+        """The peer no longer knows this RMB (or never did): zeroed, it waits for the next connection."""
         rmb.confirmed = False
         if not self.terminated and rmb.regs:
             rmb.clear()
@@ -431,6 +283,10 @@ class LinkGroup:
 
     def rtoken_find(self, link_id: int, rkey: int) -> dict[int, tuple[int, int]] | None:
         return next((row for row in self.rtokens if row.get(link_id, (None,))[0] == rkey), None)
+
+    def rtoken_fits(self, link_id: int, rkey: int) -> bool:
+        """Would ``rtoken_add`` find room for this peer RMB?"""
+        return len(self.rtokens) < RTOKENS_MAX or self.rtoken_find(link_id, rkey) is not None
 
     def rtoken_add(self, link_id: int, rkey: int, vaddr: int, others=()) -> dict[int, tuple[int, int]] | None:
         """A peer RMB (CONFIRM RKEY or CLC): its row, or None when the group has no room left."""
@@ -460,34 +316,9 @@ class LinkGroup:
         self.rtokens.remove(row)
         return True
 
-    # ---------------------------------------------------------------- TEST LINK
-
-    def _arm_test_link(self, link: Link, now: float) -> None:
-        interval = self.host.config.timeouts.test_link
-        if interval > 0:
-            self.host.io.arm_timer(("testlink", self.lgr_id, link.link_id), now + interval)
-
-    def test_link_timer(self, link_id: int, now: float) -> None:
-        link = self.links.get(link_id)
-        if link is None or link.state != LinkState.ACTIVE or not link.qp_alive or self.terminated:
-            return
-        deadline = link.last_rx + self.host.config.timeouts.test_link
-        if deadline > now:  # heard from the peer within the interval: look again then
-            self.host.io.arm_timer(("testlink", self.lgr_id, link_id), deadline)
-            return
-        link.test_link_outstanding = True
-        link.post_llc(llc.TestLink(version=self.llc_version()), now)
-        self.host.io.arm_timer(("testlink_resp", self.lgr_id, link_id), now + self.host.config.timeouts.llc_wait)
-
-    def test_link_expired(self, link_id: int, now: float) -> None:
-        link = self.links.get(link_id)
-        if link is not None and link.test_link_outstanding:
-            self.emit(now, "link.event", link=link_id, event="test_link_timeout")
-            self.link_down(link, now, "TEST LINK not answered")
-
     # ---------------------------------------------------------------- the local flow slot
 
-    def start_flow(self, flow: "LlcFlow", now: float, front: bool = False) -> None:
+    def start_flow(self, flow: Flow, now: float, front: bool = False) -> None:
         if self.terminated:
             flow.abandon(now)
             return
@@ -502,14 +333,14 @@ class LinkGroup:
             self.running = self.flows.popleft()
             self.running.start(now)
 
-    def flow_done(self, flow: "LlcFlow", now: float) -> None:
+    def flow_done(self, flow: Flow, now: float) -> None:
         if self.running is flow:
-            self.host.io.cancel_timer(("llc", self.lgr_id))
+            self.ctx.io.cancel_timer(("llc", self.lgr_id))
             self.running = None
             self._run_flows(now)
 
     def flow_wait(self, seconds: float, now: float) -> None:
-        self.host.io.arm_timer(("llc", self.lgr_id), now + seconds)
+        self.ctx.io.arm_timer(("llc", self.lgr_id), now + seconds)
 
     def flow_timeout(self, now: float) -> None:
         flow = self.running
@@ -520,83 +351,7 @@ class LinkGroup:
     def has_flow(self, kind: type) -> bool:
         return isinstance(self.running, kind) or any(isinstance(f, kind) for f in self.flows)
 
-    def confirm_rkey(self, conn: "SmcConnection", now: float, done: Callable[[bool, float], None]) -> None:
-        """CONFIRM RKEY for a new connection's RMB: its rkey on the link the message goes
-        over, and (link id, rkey, address) for every other active link."""
-        from .llcflows import RequestFlow
-
-        def build(link: Link) -> llc.LlcMessage:
-            others = tuple(llc.Rtoken(l.link_id, conn.rmb.on(l.device).rkey, conn.rmb.on(l.device).addr)
-                           for l in self.active_links() if l is not link)[:2]  # fmt: skip
-            reg = conn.rmb.on(link.device)
-            return llc.ConfirmRkey(version=self.llc_version(), rkey=reg.rkey, vaddr=reg.addr, others=others)
-
-        self.start_flow(RequestFlow(self, llc.ConfirmRkey, build, lambda resp, t: done(resp is not None and not resp.negative, t),
-                                    prefer=conn.link), now)  # fmt: skip
-
-    def delete_rkey(self, conn: "SmcConnection", now: float, done: Callable[[float], None]) -> None:
-        from .llcflows import RequestFlow
-
-        rmb = conn.rmb
-        self.start_flow(RequestFlow(self, llc.DeleteRkey, lambda link: llc.DeleteRkey(version=self.llc_version(), rkeys=(rmb.on(link.device).rkey,)),
-                                    lambda resp, t: done(t), prefer=conn.link), now)  # fmt: skip
-
-    # ---------------------------------------------------------------- incoming LLC
-
-    def on_llc(self, link: Link, msg: llc.LlcMessage, now: float) -> None:
-        from . import llcflows
-
-        if isinstance(msg, llc.TestLink):
-            if msg.response:
-                link.test_link_outstanding = False
-                self.host.io.cancel_timer(("testlink_resp", self.lgr_id, link.link_id))
-                self._arm_test_link(link, now)
-            else:
-                link.post_llc(llc.TestLink(version=msg.version, response=True, user_data=msg.user_data), now)
-            return
-        if self.running is not None and self.running.on_llc(link, msg, now):
-            return
-        if msg.response:
-            if isinstance(msg, llc.ConfirmLink):
-                self.host.confirm_link_response(self, link, msg, now)
-            return  # a response nobody waits for is dropped
-        if isinstance(msg, llc.ConfirmRkey):
-            row = self.rtoken_add(link.link_id, msg.rkey, msg.vaddr, msg.others)
-            link.post_llc(llc.ConfirmRkey(version=msg.version, response=True, rkey=msg.rkey, vaddr=msg.vaddr, others=msg.others,
-                                          negative=row is None, retry=row is None), now)  # fmt: skip
-        elif isinstance(msg, llc.DeleteRkey):
-            unknown = [r for r in msg.rkeys if not self.rtoken_delete(link.link_id, r)]
-            resp = llc.DeleteRkey(version=msg.version, response=True, rkeys=msg.rkeys, negative=bool(unknown),
-                                  **({"err_mask": sum(0x80 >> i for i, r in enumerate(msg.rkeys) if r in unknown)} if msg.version == 1
-                                     else {"num_invalid": len(unknown)}))  # fmt: skip
-            link.post_llc(resp, now)
-        elif isinstance(msg, llc.ConfirmLink):
-            self.host.confirm_link_request(self, link, msg, now)
-        elif isinstance(msg, llc.DeleteLink):
-            llcflows.peer_delete_link(self, link, msg, now)
-        elif isinstance(msg, llc.AddLink):
-            llcflows.peer_add_link(self, link, msg, now)
-        elif isinstance(msg, llc.RequestAddLink):
-            llcflows.peer_request_add_link(self, link, msg, now)
-        # an ADD LINK CONTINUATION nobody waits for, and CONFIRM RKEY CONTINUATION, are dropped as in Linux
-
     # ---------------------------------------------------------------- link loss and failover
-
-    def link_down(self, link: Link, now: float, reason: str) -> None:
-        """This side found the link dead: fail over, then tell the peer (server: DELETE LINK
-        flow and a new link; client: DELETE LINK request). A link still being added is
-        the ADD LINK flow's to clean up."""
-        from . import llcflows
-
-        if not link.usable:
-            return
-        active = link.state == LinkState.ACTIVE
-        if self.fail_over(link, now, reason) is None or not active:
-            return
-        if self.role == LgrRole.SERVER:
-            self.start_flow(llcflows.ServerDeleteLink(self, link.link_id, DEL_LOST_PATH, orderly=True), now)
-        else:
-            self.start_flow(llcflows.ClientDeleteLink(self, link.link_id, DEL_LOST_PATH), now)
 
     def fail_over(self, link: Link, now: float, reason: str) -> Link | None:
         """Take ``link`` down and move its connections; returns the link they moved to, or
@@ -604,7 +359,7 @@ class LinkGroup:
         was_active = link.state == LinkState.ACTIVE
         if link.usable:
             link.set_state("down", now)
-            self.host.stats["links_down"] += 1
+            self.ctx.stats["links_down"] += 1
             self.emit(now, "link.event", link=link.link_id, event="down", reason=reason)
         self.kill_qp(link)
         if self.running is not None:
@@ -620,7 +375,7 @@ class LinkGroup:
                 self.emit(now, "link.event", link=link.link_id, event="failover_pending", reason=reason)
                 return None
             if was_active or not self.usable_links():  # the last link, or a first link that never came up
-                self.terminate(now, DEL_LOST_PATH, f"link {link.link_id} down ({reason}) and no other link")
+                self.terminate(now, DEL.LOST_PATH, f"link {link.link_id} down ({reason}) and no other link")
             return None
         if not was_active:
             return None
@@ -655,15 +410,15 @@ class LinkGroup:
         duration_ms = round((now - rec.started) * 1000, 3)
         self.emit(now, "link.event", link=rec.from_link, event="failover_end", to_link=rec.to_link, conns=rec.moved,
                   failed=rec.failed, duration_ms=duration_ms)  # fmt: skip
-        self.host.stats["failovers"] += 1
-        self.host.failovers.append({"t": rec.started, "lgr": self.name, "from_link": rec.from_link, "to_link": rec.to_link,
-                                    "conns": rec.moved, "failed": rec.failed, "duration_ms": duration_ms, "reason": rec.reason})  # fmt: skip
+        self.ctx.stats["failovers"] += 1
+        self.owner.failover_ended({"t": rec.started, "lgr": self.name, "from_link": rec.from_link, "to_link": rec.to_link,
+                                   "conns": rec.moved, "failed": rec.failed, "duration_ms": duration_ms, "reason": rec.reason})  # fmt: skip
 
     def after_link_removed(self, link: Link, now: float, expected_asym: bool = False) -> None:
         """Set the type once a deleted link is cleared (smc_llc_*_delete_link)."""
         n = len(self.active_links())
         if n == 0:
-            self.terminate(now, DEL_LOST_PATH, f"no link left after link {link.link_id} was deleted")
+            self.terminate(now, DEL.LOST_PATH, f"no link left after link {link.link_id} was deleted")
         elif n == 1 and not expected_asym:
             self.set_type(LgrType.SINGLE, now, "link deleted")
 
@@ -675,19 +430,6 @@ class LinkGroup:
             return False
         return self.type == LgrType.SINGLE or new_type not in ASYMMETRIC
 
-    def want_link(self, now: float, cause: str) -> None:
-        """A second link may be possible now: the server adds one, the client asks for one."""
-        from . import llcflows
-
-        if self.terminated or self.max_links <= 1 or self.type not in (LgrType.SINGLE, LgrType.ASYMMETRIC_LOCAL):
-            return
-        if self.has_flow(llcflows.ServerAddLink) or self.has_flow(llcflows.ClientInvite):
-            return
-        if self.role == LgrRole.SERVER:
-            self.start_flow(llcflows.ServerAddLink(self, cause), now)
-        else:
-            self.start_flow(llcflows.ClientInvite(self), now)
-
     # ---------------------------------------------------------------- the end
 
     def terminate(self, now: float, reason: int, why: str, notify_peer: bool = True) -> None:
@@ -696,51 +438,41 @@ class LinkGroup:
         if self.terminated:
             return
         self.terminated = True
+        for l in self.links.values():
+            l.draining = True
         self.emit(now, "lgr.state", old=self.type.smc_tools_name, new="NONE", cause=why, reason=reason, crit=True)
         self.type = LgrType.NONE
         running, self.running = self.running, None
         for flow in ([running] if running else []) + list(self.flows):
             flow.abandon(now)
         self.flows.clear()
-        self.host.io.cancel_timer(("llc", self.lgr_id))
+        io = self.ctx.io
+        io.cancel_timer(("llc", self.lgr_id))
         for conn in list(self.conns.values()):
             if conn.mode == "INIT":
-                self.host.handshake_lost(conn, now, f"link group {self.name} terminated: {why}")
+                self.owner.handshake_lost(conn, now, f"link group {self.name} terminated: {why}")
             else:
                 conn.abort(now, f"link group {self.name} terminated: {why}")
         for rec in list(self.failovers):
             self._failover_end(rec, now)
         link = self.usable_link()
         sent = notify_peer and link is not None and link.post_llc(
-            llc.DeleteLink(version=self.llc_version(), link_num=0, reason=reason, all=True, orderly=reason == DEL_PROG_INIT_TERM),
+            llc.DeleteLink(version=self.llc_version(), link_num=0, reason=reason, all=True, orderly=reason == DEL.PROG_INIT_TERM),
             now, lambda ok, t: self.free_qps(t))  # fmt: skip
         for l in self.links.values():
-            self.host.io.cancel_timer(("testlink", self.lgr_id, l.link_id))
-            self.host.io.cancel_timer(("testlink_resp", self.lgr_id, l.link_id))
+            io.cancel_timer(("testlink", self.lgr_id, l.link_id))
+            io.cancel_timer(("testlink_resp", self.lgr_id, l.link_id))
             if l.state != LinkState.UNUSED:
                 l.set_state("clear", now)
-        self.host.lgr_terminated(self, now)
+        self.owner.lgr_terminated(self, now)
         self.free_buffers()
         if sent:
-            self.host.io.arm_timer(("lgr_free", self.lgr_id), now + 1.0)
+            io.arm_timer(("lgr_free", self.lgr_id), now + 1.0)
         else:
             self.free_qps(now)
 
     def free_qps(self, now: float) -> None:
-        self.host.io.cancel_timer(("lgr_free", self.lgr_id))
-        self.host.dying_lgrs.pop(self.lgr_id, None)
+        self.ctx.io.cancel_timer(("lgr_free", self.lgr_id))
+        self.owner.lgr_freed(self)
         for link in self.links.values():
             self.kill_qp(link)
-
-
-def _gid(g: bytes) -> str:
-    if len(g) == 16 and g[:12] == bytes(10) + b"\xff\xff":
-        return "::ffff:" + ".".join(str(b) for b in g[12:])
-    return g.hex()
-
-
-def _reason(code: int) -> str:
-    from stack.wire.codes import DELETE_LINK_REASONS
-
-    return DELETE_LINK_REASONS.format(code)
-

@@ -1,4 +1,11 @@
-"""LLC flows that hold a link group's local flow slot (``net/smc/smc_llc.c``).
+"""LLC over a link group (``net/smc/smc_llc.c``): what arrives is dispatched by a table,
+local flows hold the group's flow slot, and a group's links are tested, added and deleted.
+
+Messages from the peer go through ``receive``: TEST LINK is answered at once, then the
+flow holding the slot may claim a message, then ``HANDLERS`` (keyed by message type and
+request/response) answers rkey requests and starts the flows the peer asks for. A CONFIRM
+LINK no flow waits for belongs to a first link, whose CLC handshake answers it: ``receive``
+returns False for it. A message with no entry is dropped, as the kernel drops it.
 
 Each flow is a small state machine over LLC messages: it sends, waits for a named step
 with a timeout, and ends by giving the slot back. The server drives link management:
@@ -7,7 +14,7 @@ with a timeout, and ends by giving the slot back. The server drives link managem
   one), create the QP, map every RMB, ADD LINK request; on the response bring the QP to
   RTS and exchange rkeys (v1: ADD LINK CONTINUATION, server first, strictly
   alternating; v2: in the ADD LINK extension), then CONFIRM LINK on the new link. A new
-  symmetric link makes an asymmetric one redundant: it is deleted (reason 0x00050000).
+  symmetric link makes an asymmetric one redundant: it is deleted (NO_ASYM_NEEDED).
 * ``ClientAddLink``: the client's side of the same exchange, or a reject (reason 1,
   no alternate path).
 * ``ServerDeleteLink``: fail over off the link, DELETE LINK request, wait for the
@@ -16,22 +23,217 @@ with a timeout, and ends by giving the slot back. The server drives link managem
   for a new one (v1 ADD LINK "invitation" with QPN 0, v2 REQUEST ADD LINK).
 * ``RequestFlow``: CONFIRM RKEY and DELETE RKEY. If its link dies the request is sent
   again on a surviving link, so a handshake under way does not fail with the link.
+
+No flow runs while ADD LINK or DELETE LINK processing holds the slot on either side, so no
+CONFIRM RKEY runs while a link is being added. The client invites (v1) or requests (v2) a
+link and reports lost ones.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from stack.wire import llc
-from stack.wire.codes import LgrRole, LgrType
+from stack.wire.codes import ADD_LINK_REJ, DEL, DELETE_LINK_REASONS, LgrRole, LgrType, LinkState
 
-from .linkgroup import ASYMMETRIC, DEL_LOST_PATH, DEL_NO_ASYM_NEEDED, DEL_NOLNK, Link, LinkGroup, _reason
+from .link import Link
+from .linkgroup import ASYMMETRIC, LinkGroup
+from .ports import DeviceInfo, Services
 
-if TYPE_CHECKING:
-    from stack.core.ports import DeviceInfo
-
-REJ_NO_ALT_PATH = 1  # SMC_LLC_REJ_RSN_NO_ALT_PATH
 RKEYS_PER_CONT = 2  # SMC_LLC_RKEYS_PER_CONT_MSG
+
+
+def _del_reason(code: int) -> str:
+    return DELETE_LINK_REASONS.format(code)
+
+
+def _alt_device(lgr: LinkGroup) -> DeviceInfo | None:
+    """A device for another link of ``lgr``: up, and not used by its symmetric links (the
+    kernel's alternate RoCE device; we have no PNET ids, every device qualifies)."""
+    return lgr.ctx.devices.alt_device({link.device for link in lgr.usable_links() if not link.asym})
+
+
+# --------------------------------------------------------------------------- what arrives
+
+
+def receive(lgr: LinkGroup, link: Link, msg: llc.LlcMessage, now: float) -> bool:
+    """An LLC message on one of ``lgr``'s links. False: a CONFIRM LINK that no flow waits
+    for, which belongs to a first link's CLC handshake (the caller routes it there)."""
+    key = (type(msg), msg.response)
+    if key in BEFORE_FLOWS:
+        BEFORE_FLOWS[key](lgr, link, msg, now)
+        return True
+    if lgr.running is not None and lgr.running.on_llc(link, msg, now):
+        return True
+    if key in HANDLERS:
+        handler = HANDLERS[key]
+        if handler is None:
+            return False
+        handler(lgr, link, msg, now)
+    return True
+
+
+def _test_link_request(lgr: LinkGroup, link: Link, msg: llc.TestLink, now: float) -> None:
+    link.post_llc(llc.TestLink(version=msg.version, response=True, user_data=msg.user_data), now)
+
+
+def _test_link_response(lgr: LinkGroup, link: Link, msg: llc.TestLink, now: float) -> None:
+    link.test_link_outstanding = False
+    lgr.ctx.io.cancel_timer(("testlink_resp", lgr.lgr_id, link.link_id))
+    arm_test_link(lgr, link, now)
+
+
+def _confirm_rkey_request(lgr: LinkGroup, link: Link, msg: llc.ConfirmRkey, now: float) -> None:
+    row = lgr.rtoken_add(link.link_id, msg.rkey, msg.vaddr, msg.others)
+    link.post_llc(llc.ConfirmRkey(version=msg.version, response=True, rkey=msg.rkey, vaddr=msg.vaddr, others=msg.others,
+                                  negative=row is None, retry=row is None), now)  # fmt: skip
+
+
+def _delete_rkey_request(lgr: LinkGroup, link: Link, msg: llc.DeleteRkey, now: float) -> None:
+    unknown = [r for r in msg.rkeys if not lgr.rtoken_delete(link.link_id, r)]
+    resp = llc.DeleteRkey(version=msg.version, response=True, rkeys=msg.rkeys, negative=bool(unknown),
+                          **({"err_mask": sum(0x80 >> i for i, r in enumerate(msg.rkeys) if r in unknown)} if msg.version == 1
+                             else {"num_invalid": len(unknown)}))  # fmt: skip
+    link.post_llc(resp, now)
+
+
+def confirm_link_msg(lgr: LinkGroup, link: Link, req: llc.ConfirmLink | None = None) -> llc.ConfirmLink:
+    """CONFIRM LINK for ``link``: the server's request, or the client's response to ``req``."""
+    if req is None:
+        version, response, link_num = lgr.llc_version(), False, link.link_id
+    else:
+        version, response, link_num = req.version, True, req.link_num
+    return llc.ConfirmLink(version=version, response=response, mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn,
+                           link_num=link_num, link_uid=link.link_uid, max_links=lgr.max_links,
+                           max_conns=lgr.max_conns if lgr.version >= 2 else 0)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- links coming and going
+
+
+def link_confirmed(lgr: LinkGroup, link: Link, now: float, new_type: LgrType = LgrType.SYMMETRIC) -> None:
+    """CONFIRM LINK went both ways: the link is ACTIVE, tested from now on, and the
+    connections of a link that died meanwhile move to it."""
+    link.set_state("confirmed", now)
+    link.last_rx = now
+    lgr.set_type(LgrType.SINGLE if len(lgr.active_links()) == 1 else new_type, now, f"link {link.link_id} confirmed")
+    arm_test_link(lgr, link, now)
+    _adopt_orphans(lgr, now)
+
+
+def _adopt_orphans(lgr: LinkGroup, now: float) -> None:
+    """A link came up after the only other one died: its connections move now and the
+    dead link is deleted as any lost link."""
+    to = lgr.usable_link()
+    while lgr.orphans and to is not None:
+        dead = lgr.orphans.pop(0)
+        lgr.switch_conns(dead, to, now, "the link it waited for is up")
+        _delete_lost_link(lgr, dead.link_id, now)
+
+
+def _delete_lost_link(lgr: LinkGroup, link_id: int, now: float) -> None:
+    if lgr.role == LgrRole.SERVER:
+        lgr.start_flow(ServerDeleteLink(lgr, link_id, DEL.LOST_PATH, orderly=True), now)
+    else:
+        lgr.start_flow(ClientDeleteLink(lgr, link_id, DEL.LOST_PATH), now)
+
+
+def link_down(lgr: LinkGroup, link: Link, now: float, reason: str) -> None:
+    """This side found the link dead: fail over, then tell the peer (server: DELETE LINK
+    flow and a new link; client: DELETE LINK request). A link still being added is
+    the ADD LINK flow's to clean up."""
+    if not link.usable:
+        return
+    active = link.state == LinkState.ACTIVE
+    if lgr.fail_over(link, now, reason) is None or not active:
+        return
+    _delete_lost_link(lgr, link.link_id, now)
+
+
+def want_link(lgr: LinkGroup, now: float, cause: str) -> None:
+    """A second link may be possible now: the server adds one, the client asks for one."""
+    if lgr.terminated or lgr.max_links <= 1 or lgr.type not in (LgrType.SINGLE, LgrType.ASYMMETRIC_LOCAL):
+        return
+    if lgr.has_flow(ServerAddLink) or lgr.has_flow(ClientInvite):
+        return
+    if lgr.role == LgrRole.SERVER:
+        lgr.start_flow(ServerAddLink(lgr, cause), now)
+    else:
+        lgr.start_flow(ClientInvite(lgr), now)
+
+
+# --------------------------------------------------------------------------- TEST LINK
+
+
+def arm_test_link(lgr: LinkGroup, link: Link, now: float) -> None:
+    interval = lgr.ctx.config.timeouts.test_link
+    if interval > 0:
+        lgr.ctx.io.arm_timer(("testlink", lgr.lgr_id, link.link_id), now + interval)
+
+
+def test_link_timer(lgr: LinkGroup, link_id: int, now: float) -> None:
+    """The test-link interval passed: quiet links get a TEST LINK."""
+    link = lgr.links.get(link_id)
+    if link is None or link.state != LinkState.ACTIVE or not link.qp_alive or lgr.terminated:
+        return
+    timeouts, io = lgr.ctx.config.timeouts, lgr.ctx.io
+    deadline = link.last_rx + timeouts.test_link
+    if deadline > now:  # heard from the peer within the interval: look again then
+        io.arm_timer(("testlink", lgr.lgr_id, link_id), deadline)
+        return
+    link.test_link_outstanding = True
+    link.post_llc(llc.TestLink(version=lgr.llc_version()), now)
+    io.arm_timer(("testlink_resp", lgr.lgr_id, link_id), now + timeouts.llc_wait)
+
+
+def test_link_expired(lgr: LinkGroup, link_id: int, now: float) -> None:
+    link = lgr.links.get(link_id)
+    if link is not None and link.test_link_outstanding:
+        lgr.emit(now, "link.event", link=link_id, event="test_link_timeout")
+        link_down(lgr, link, now, "TEST LINK not answered")
+
+
+# --------------------------------------------------------------------------- rkeys and buffers
+
+
+def confirm_rkey(lgr: LinkGroup, conn, now: float, done: Callable[[bool, float], None]) -> None:
+    """CONFIRM RKEY for a new connection's RMB: its rkey on the link the message goes
+    over, and (link id, rkey, address) for every other active link."""
+
+    def build(link: Link) -> llc.LlcMessage:
+        others = tuple(llc.Rtoken(l.link_id, conn.rmb.on(l.device).rkey, conn.rmb.on(l.device).addr)
+                       for l in lgr.active_links() if l is not link)[:2]  # fmt: skip
+        reg = conn.rmb.on(link.device)
+        return llc.ConfirmRkey(version=lgr.llc_version(), rkey=reg.rkey, vaddr=reg.addr, others=others)
+
+    lgr.start_flow(RequestFlow(lgr, llc.ConfirmRkey, build, lambda resp, t: done(resp is not None and not resp.negative, t),
+                               prefer=conn.link), now)  # fmt: skip
+
+
+def delete_rkey(lgr: LinkGroup, conn, now: float, done: Callable[[float], None]) -> None:
+    rmb = conn.rmb
+    lgr.start_flow(RequestFlow(lgr, llc.DeleteRkey, lambda link: llc.DeleteRkey(version=lgr.llc_version(), rkeys=(rmb.on(link.device).rkey,)),
+                               lambda resp, t: done(t), prefer=conn.link), now)  # fmt: skip
+
+
+def unuse_buffers(lgr: LinkGroup, conn, now: float) -> None:
+    """smc_buf_unuse: the send buffer is free at once; an RMB the peer knows is
+    unregistered with it first (DELETE RKEY), then zeroed and free. Both stay registered
+    here; a group that is going away frees them instead."""
+    rmb, sndbuf = conn.rmb, conn.sndbuf
+    if sndbuf is not None:
+        sndbuf.in_use = False
+    if rmb is None:
+        pass
+    elif rmb.confirmed and not lgr.terminated and lgr.active_links():
+        delete_rkey(lgr, conn, now, lambda t: lgr.rmb_free(rmb))
+    else:
+        lgr.rmb_free(rmb)
+    if lgr.terminated:
+        lgr.free_buffers()
+
+
+# --------------------------------------------------------------------------- flows
 
 
 class LlcFlow:
@@ -41,12 +243,12 @@ class LlcFlow:
         self.lgr = lgr
 
     @property
-    def host(self):
-        return self.lgr.host
+    def ctx(self) -> Services:
+        return self.lgr.ctx
 
     @property
     def timeouts(self):
-        return self.lgr.host.config.timeouts
+        return self.lgr.ctx.config.timeouts
 
     def start(self, now: float) -> None:
         raise NotImplementedError
@@ -151,10 +353,10 @@ class _AddLinkBase(LlcFlow):
             if self.tell_peer:  # it may have half a link waiting for CONFIRM LINK: let it go now
                 via = lgr.usable_link(avoid=self.new)
                 if via is not None:
-                    via.post_llc(llc.DeleteLink(version=lgr.llc_version(), link_num=self.new.link_id, reason=DEL_LOST_PATH), now)
+                    via.post_llc(llc.DeleteLink(version=lgr.llc_version(), link_num=self.new.link_id, reason=DEL.LOST_PATH), now)
         self.finish(now)
         if lgr.orphans and not lgr.active_links():  # their last hope is gone
-            lgr.terminate(now, DEL_LOST_PATH, f"link {lgr.orphans[0].link_id} down and the new link failed ({why})")
+            lgr.terminate(now, DEL.LOST_PATH, f"link {lgr.orphans[0].link_id} down and the new link failed ({why})")
 
     def on_timeout(self, now: float) -> None:
         self._fail(now, f"no answer while waiting for {self.step}")
@@ -163,7 +365,7 @@ class _AddLinkBase(LlcFlow):
         """The peer deletes the link we are adding: stop now rather than time out."""
         if isinstance(msg, llc.DeleteLink) and not msg.response and not msg.all and self.new is not None and msg.link_num == self.new.link_id:
             self.tell_peer = False
-            self._fail(now, f"the peer deleted link {msg.link_num} ({_reason(msg.reason)})")
+            self._fail(now, f"the peer deleted link {msg.link_num} ({_del_reason(msg.reason)})")
             if self.lgr.role == LgrRole.CLIENT:
                 link.post_llc(llc.DeleteLink(version=msg.version, response=True, link_num=msg.link_num, reason=0), now)
             return True
@@ -177,7 +379,7 @@ class _AddLinkBase(LlcFlow):
         return self.new is not None and self.step.startswith("CONFIRM LINK")
 
     def _new_link(self, device: "DeviceInfo", link_id: int, now: float) -> bool:
-        self.new = self.host.new_link(self.lgr, device, link_id, now)
+        self.new = self.lgr.new_link(device, link_id, now)
         if self.new is None:
             return False
         self.new.asym = self.new_type in ASYMMETRIC
@@ -197,8 +399,8 @@ class _AddLinkBase(LlcFlow):
                            link_num=link_num, qp_mtu=new.mtu, psn=new.qp.psn, **ext)  # fmt: skip
 
     def _confirmed(self, now: float) -> None:
-        self.host.stats["links_added"] += 1
-        self.lgr.link_confirmed(self.new, now, self.new_type)
+        self.ctx.stats["links_added"] += 1
+        link_confirmed(self.lgr, self.new, now, self.new_type)
         self.event(now, "add_link_done", link=self.new.link_id, device=self.new.device, type=self.lgr.type.smc_tools_name,
                    asym=self.new.asym)  # fmt: skip
         self.finish(now)
@@ -216,9 +418,9 @@ class ServerAddLink(_AddLinkBase):
         if self.link is None:
             self.finish(now)
             return
-        device = self.host.alt_device(lgr)
+        device = _alt_device(lgr)
         if device is None:  # no other device: an asymmetric link on the one we have
-            device, self.new_type = self.host.device_info(self.link.device), LgrType.ASYMMETRIC_LOCAL
+            device, self.new_type = self.ctx.devices.device_info(self.link.device), LgrType.ASYMMETRIC_LOCAL
         if device is None or not device.up or not lgr.may_add_link(self.new_type) or not self._new_link(device, lgr.next_link_id(), now):
             self.finish(now)
             return
@@ -243,8 +445,8 @@ class ServerAddLink(_AddLinkBase):
                 self.new_type, new.asym = LgrType.ASYMMETRIC_PEER, True
             new.peer_qpn, new.peer_psn, new.peer_gid, new.peer_mac = msg.qpn, msg.psn, msg.gid, msg.mac
             new.mtu = min(new.qp.mtu, msg.qp_mtu)
-            self.host.io.qp_to_rtr(new.qp.handle, msg.qpn, msg.psn, msg.gid, new.mtu)
-            self.host.io.qp_to_rts(new.qp.handle)
+            self.ctx.io.qp_to_rtr(new.qp.handle, msg.qpn, msg.psn, msg.gid, new.mtu)
+            self.ctx.io.qp_to_rts(new.qp.handle)
             if lgr.version >= 2:
                 lgr.rtoken_set(self.link.link_id, new.link_id, msg.rkeys)
                 self._confirm_link(now)
@@ -266,13 +468,11 @@ class ServerAddLink(_AddLinkBase):
             self._confirmed(now)
             if lgr.type == LgrType.SYMMETRIC:
                 for old in [l for l in lgr.usable_links() if l.asym]:
-                    lgr.start_flow(ServerDeleteLink(lgr, old.link_id, DEL_NO_ASYM_NEEDED, orderly=True), now)
+                    lgr.start_flow(ServerDeleteLink(lgr, old.link_id, DEL.NO_ASYM_NEEDED, orderly=True), now)
             return True
         return False
 
     def _confirm_link(self, now: float) -> None:
-        from .host import confirm_link_msg
-
         self.new.post_llc(confirm_link_msg(self.lgr, self.new), now)
         self.wait("CONFIRM LINK response", self.timeouts.llc_wait_first, now)
 
@@ -292,14 +492,14 @@ class ClientAddLink(_AddLinkBase):
         if req.qp_mtu == 0 or lgr.max_links <= 1:
             self._reject(now, "the peer cannot have a second link")
             return
-        device = self.host.alt_device(lgr)
+        device = _alt_device(lgr)
         if _same_peer_device(lgr, req.gid, req.mac):
             if device is None:
                 self._reject(now, "no alternate path: both sides would use the devices they use already")
                 return
             self.new_type = LgrType.ASYMMETRIC_PEER
         if device is None:
-            device, self.new_type = self.host.device_info(self.link.device), LgrType.ASYMMETRIC_LOCAL
+            device, self.new_type = self.ctx.devices.device_info(self.link.device), LgrType.ASYMMETRIC_LOCAL
         if device is None or not lgr.may_add_link(self.new_type) or req.link_num == 0 or req.link_num in lgr.links:
             self._reject(now, f"no room for a {self.new_type.smc_tools_name} link {req.link_num}")
             return
@@ -309,7 +509,7 @@ class ClientAddLink(_AddLinkBase):
         new = self.new
         new.peer_qpn, new.peer_psn, new.peer_gid, new.peer_mac = req.qpn, req.psn, req.gid, req.mac
         new.mtu = min(new.qp.mtu, req.qp_mtu)
-        self.host.io.qp_to_rtr(new.qp.handle, req.qpn, req.psn, req.gid, new.mtu)
+        self.ctx.io.qp_to_rtr(new.qp.handle, req.qpn, req.psn, req.gid, new.mtu)
         self.event(now, "add_link_begin", link=new.link_id, device=device.name, cause="server request", asym=new.asym)
         if not self.link.post_llc(self._add_link_msg(True, req.link_num), now):
             self._fail(now, "could not send the ADD LINK response")
@@ -324,9 +524,9 @@ class ClientAddLink(_AddLinkBase):
 
     def _reject(self, now: float, why: str) -> None:
         req = self.req
-        self.link.post_llc(llc.AddLink(version=req.version, response=True, rejected=True, reject_reason=REJ_NO_ALT_PATH, mac=req.mac,
+        self.link.post_llc(llc.AddLink(version=req.version, response=True, rejected=True, reject_reason=ADD_LINK_REJ.NO_ALT_PATH, mac=req.mac,
                                        gid=req.gid, qpn=req.qpn, link_num=req.link_num, qp_mtu=req.qp_mtu, psn=req.psn), now)  # fmt: skip
-        self.event(now, "add_link_rejected", link=req.link_num, reason=REJ_NO_ALT_PATH, why=why)
+        self.event(now, "add_link_rejected", link=req.link_num, reason=ADD_LINK_REJ.NO_ALT_PATH, why=why)
         self.finish(now)
 
     def on_llc(self, link: Link, msg: llc.LlcMessage, now: float) -> bool:
@@ -345,18 +545,12 @@ class ClientAddLink(_AddLinkBase):
             if not msg.rmbe_eyec_flags & 0x03:
                 self._fail(now, "CONFIRM LINK without the no-RMBE-eyecatcher flags")
                 return True
-            self.host.io.qp_to_rts(new.qp.handle)
+            self.ctx.io.qp_to_rts(new.qp.handle)
             new.peer_link_uid = msg.link_uid
-            new.post_llc(_confirm_link_response(lgr, new, msg), now)
+            new.post_llc(confirm_link_msg(lgr, new, msg), now)
             self._confirmed(now)
             return True
         return False
-
-
-def _confirm_link_response(lgr: LinkGroup, link: Link, req: llc.ConfirmLink) -> llc.ConfirmLink:
-    return llc.ConfirmLink(version=req.version, response=True, mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn,
-                           link_num=req.link_num, link_uid=link.link_uid, max_links=lgr.max_links,
-                           max_conns=lgr.max_conns if lgr.version >= 2 else 0)  # fmt: skip
 
 
 class ClientInvite(LlcFlow):
@@ -364,7 +558,7 @@ class ClientInvite(LlcFlow):
     carrying only that device's MAC and GID, v2 sends REQUEST ADD LINK with its GIDs."""
 
     def start(self, now: float) -> None:
-        link, device = self.lgr.usable_link(), self.host.alt_device(self.lgr)
+        link, device = self.lgr.usable_link(), _alt_device(self.lgr)
         if link is not None and device is not None:
             if self.lgr.version >= 2:
                 msg = llc.RequestAddLink(version=2, gids=(link.qp.gid, device.gid))
@@ -393,7 +587,7 @@ class ServerDeleteLink(LlcFlow):
             return
         if self.target.usable:
             who = "the peer" if self.from_peer else "this host"
-            lgr.fail_over(self.target, now, f"deleted by {who}: {_reason(self.reason)}")
+            lgr.fail_over(self.target, now, f"deleted by {who}: {_del_reason(self.reason)}")
             if lgr.terminated:
                 return
         self.via = lgr.usable_link(avoid=self.target)
@@ -419,10 +613,10 @@ class ServerDeleteLink(LlcFlow):
     def _cleared(self, now: float) -> None:
         lgr = self.lgr
         lgr.clear_link(self.target, now)
-        lgr.after_link_removed(self.target, now, expected_asym=self.reason == DEL_NO_ASYM_NEEDED)
+        lgr.after_link_removed(self.target, now, expected_asym=self.reason == DEL.NO_ASYM_NEEDED)
         self.finish(now)
         if not lgr.terminated and lgr.type == LgrType.SINGLE:
-            lgr.want_link(now, "link lost")
+            want_link(lgr, now, "link lost")
 
 
 class ClientDeleteLink(LlcFlow):
@@ -469,7 +663,7 @@ def peer_request_add_link(lgr: LinkGroup, link: Link, msg: llc.RequestAddLink, n
 
 
 def peer_delete_link(lgr: LinkGroup, link: Link, msg: llc.DeleteLink, now: float) -> None:
-    why = f"peer deleted the link group ({_reason(msg.reason)})"
+    why = f"peer deleted the link group ({_del_reason(msg.reason)})"
     if msg.all:
         if lgr.role == LgrRole.SERVER:
             link.post_llc(llc.DeleteLink(version=msg.version, link_num=0, reason=msg.reason, all=True, orderly=msg.orderly), now)
@@ -480,12 +674,35 @@ def peer_delete_link(lgr: LinkGroup, link: Link, msg: llc.DeleteLink, now: float
         return
     target = lgr.links.get(msg.link_num)
     if target is not None and target.usable:
-        lgr.fail_over(target, now, f"deleted by the peer: {_reason(msg.reason)}")
+        lgr.fail_over(target, now, f"deleted by the peer: {_del_reason(msg.reason)}")
         if lgr.terminated:
             return
     via = link if link.usable else lgr.usable_link()
     if via is not None:
-        via.post_llc(llc.DeleteLink(version=msg.version, response=True, link_num=msg.link_num, reason=0 if target else DEL_NOLNK), now)
+        via.post_llc(llc.DeleteLink(version=msg.version, response=True, link_num=msg.link_num, reason=0 if target else DEL.NOLNK), now)
     if target is not None:
         lgr.clear_link(target, now)
-        lgr.after_link_removed(target, now, expected_asym=msg.reason == DEL_NO_ASYM_NEEDED)
+        lgr.after_link_removed(target, now, expected_asym=msg.reason == DEL.NO_ASYM_NEEDED)
+
+
+# --------------------------------------------------------------------------- the dispatch table
+
+Handler = Callable[[LinkGroup, Link, llc.LlcMessage, float], None]
+
+# answered whatever flow holds the slot
+BEFORE_FLOWS: dict[tuple[type, bool], Handler] = {
+    (llc.TestLink, False): _test_link_request,
+    (llc.TestLink, True): _test_link_response,
+}
+# what no flow claimed: (message type, response) -> handler; None: a first link's CONFIRM
+# LINK, for the CLC handshake. Anything else (a response nobody waits for, an ADD LINK
+# CONTINUATION nobody waits for, CONFIRM RKEY CONTINUATION) is dropped, as in Linux.
+HANDLERS: dict[tuple[type, bool], Handler | None] = {
+    (llc.ConfirmRkey, False): _confirm_rkey_request,
+    (llc.DeleteRkey, False): _delete_rkey_request,
+    (llc.DeleteLink, False): peer_delete_link,
+    (llc.AddLink, False): peer_add_link,
+    (llc.RequestAddLink, False): peer_request_add_link,
+    (llc.ConfirmLink, False): None,
+    (llc.ConfirmLink, True): None,
+}

@@ -1,15 +1,24 @@
-"""What the sans-I/O core asks of the world, and what it tells the application.
+"""What the sans-I/O core asks of the world, and what a host hands to its parts.
 
 The core never touches a socket, a clock or a NIC. Everything it causes goes through
 one :class:`HostIO` object that the runtime implements with asyncio, TCP sockets and a
 verbs provider, and that tests implement with an in-memory fabric and an injected clock.
 Every input into the core carries ``now``.
+
+Inside the core, a host's parts (the handshake machine, link groups, links, LLC flows,
+connections) get :class:`Services` handed in: the I/O port, the configuration, the event
+bus, the counters and the device table. None of them names the host; what they have to
+tell their owner goes through callbacks or return values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Collection, Protocol, Sequence
+
+from stack.events import Event, EventBus
+
+from .config import SmcConfig
 
 
 @dataclass(frozen=True)
@@ -75,3 +84,38 @@ class HostIO(Protocol):
     def conn_readable(self, conn: int) -> None: ...
     def conn_writable(self, conn: int) -> None: ...
     def conn_closed(self, conn: int, error: str | None) -> None: ...
+
+
+class DeviceLookup(Protocol):
+    """The host's RDMA devices, as its parts look them up."""
+
+    def device(self) -> DeviceInfo | None:
+        """The first device that is up (the one a new connection uses)."""
+        ...
+
+    def device_info(self, name: str) -> DeviceInfo | None: ...
+
+    def alt_device(self, used: Collection[str]) -> DeviceInfo | None:
+        """A device that is up and not in ``used`` (the kernel's alternate RoCE device)."""
+        ...
+
+
+class Services:
+    """What a host hands to each of its parts. ``config`` and ``bus`` may be replaced while
+    the host runs (an operator forcing a decline, a bench counting looks at the bus): parts
+    read them from here each time instead of keeping their own."""
+
+    __slots__ = ("name", "io", "config", "bus", "stats", "devices")
+
+    def __init__(self, name: str, io: HostIO, config: SmcConfig, bus: EventBus, stats: dict[str, int], devices: DeviceLookup) -> None:
+        self.name = name  # the host's name: every event carries it
+        self.io = io
+        self.config = config
+        self.bus = bus
+        self.stats = stats  # counters for snapshots (smc_client, links_down, failovers ...)
+        self.devices = devices
+
+    def emit(self, now: float, kind: str, lgr: str | None = None, link: int | None = None, conn: int | None = None, **fields: Any) -> None:
+        bus = self.bus
+        if bus.active:
+            bus.emit(Event(now, kind, self.name, lgr, link, conn, fields))

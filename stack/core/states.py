@@ -194,50 +194,104 @@ class Hs(Enum):
 
 
 HS_INPUTS = (
-    "start_client", "start_server", "no_smc_possible", "peer_no_smc", "proposal", "not_clc", "accept", "confirm",
-    "decline", "confirm_link", "confirm_link_resp", "rkey_confirmed", "rkey_failed", "timeout",
-    "malformed", "tcp_closed", "link_lost",
-)  # fmt: skip
+    "start_client",  # the application opened a connection that wants SMC
+    "start_server",  # a listener accepted a TCP connection
+    "proposal", "accept", "confirm", "decline",  # CLC messages from the peer
+    "not_clc",  # the client's first bytes are not CLC: it speaks plain TCP
+    "rkey_confirmed", "rkey_failed",  # the CONFIRM RKEY flow for our RMB ended
+    "confirm_link",  # client, first contact: the server's LLC CONFIRM LINK on the new link
+    "confirm_link_resp",  # server, first contact: the client's response
+    "setup_failed",  # a resource the connection needs could not be had (QP, buffers, rtoken)
+    "timeout",  # the CLC timer expired
+    "malformed",  # a CLC message that cannot be decoded, or is not expected now
+    "tcp_closed",  # the TCP connection ended
+    "link_lost",  # the link group under the handshake was terminated
+    "closed",  # the application closed or aborted the connection
+)
 H = Hs
 _LIVE = (H.PROPOSAL_SENT, H.WAIT_PROPOSAL, H.ACCEPT_SENT, H.WAIT_CONFIRM_LINK, H.WAIT_CONFIRM_LINK_RESP, H.WAIT_RKEY)
+_DONE = (H.SMC, H.FALLBACK, H.FAILED)
+# The machine is ``handshake.Handshake``: it evaluates the guards and performs the actions.
+# Guards: peer_no_smc (the peer's SYN or SYN-ACK had no SMC TCP option, seen through
+# native/smcopt), nothing_to_propose (no device or version to offer), first_contact_pending
+# (another handshake is creating a link group with this peer: the kernel's
+# smc_server_lgr_pending lock), plain_listener (a plain-TCP listener), declined (the
+# message fails negotiation or cannot be taken: the Decline reason is the machine's),
+# unknown_link_group (an Accept for a link group we do not have: out of sync), reuse (an
+# existing link group takes the connection), first_contact (this handshake creates the
+# link group), server, rmbe_eyecatchers (CONFIRM LINK without the no-RMBE-eyecatcher
+# flags), nothing_received (no byte came from the client).
+# Actions with an argument: send_decline(R) and fall_back(R) use reason R (without one:
+# the reason the machine found); wait(T) arms the CLC timer for timeouts.T.
 HS_TABLE: dict[tuple[Hs, str], tuple[Rule, ...]] = {
-    (H.START, "start_client"): (R(H.PROPOSAL_SENT, "send_proposal"),),
-    (H.START, "start_server"): (R(H.WAIT_PROPOSAL),),
-    (H.START, "no_smc_possible"): (R(H.FALLBACK, "send_decline"),),
-    # the peer's SYN or SYN-ACK had no SMC TCP option (seen through native/smcopt): no CLC at all
-    (H.START, "peer_no_smc"): (R(H.FALLBACK),),
-    # server side
-    (H.WAIT_PROPOSAL, "proposal"): (
-        R(H.FALLBACK, "send_decline", guard="decline_proposal"),
-        R(H.WAIT_RKEY, "confirm_rkey", guard="reuse"),
-        R(H.ACCEPT_SENT, "send_accept"),
+    # client side (smc_connect, smc_connect_rdma)
+    (H.START, "start_client"): (
+        R(H.FALLBACK, "fall_back(PEERNOSMC)", guard="peer_no_smc"),
+        R(H.FALLBACK, "send_decline(NOSMCDEV)", "fall_back(NOSMCDEV)", guard="nothing_to_propose"),
+        R(H.PROPOSAL_SENT, "send_proposal", "wait(clc_wait)"),
     ),
-    (H.WAIT_PROPOSAL, "not_clc"): (R(H.FALLBACK),),  # PEERNOSMC: the peer speaks plain TCP
-    (H.WAIT_RKEY, "rkey_confirmed"): (R(H.ACCEPT_SENT, "send_accept", guard="server"), R(H.WAIT_RKEY, "send_confirm")),
-    (H.WAIT_RKEY, "rkey_failed"): (R(H.FALLBACK, "send_decline"),),
-    (H.ACCEPT_SENT, "confirm"): (
-        R(H.FALLBACK, "send_decline", guard="decline_confirm"),
-        R(H.WAIT_CONFIRM_LINK_RESP, "send_confirm_link", guard="first_contact"),
-        R(H.SMC),
-    ),
-    (H.WAIT_CONFIRM_LINK_RESP, "confirm_link_resp"): (R(H.SMC),),
-    # client side
     (H.PROPOSAL_SENT, "accept"): (
-        R(H.FALLBACK, "send_decline", guard="decline_accept"),
-        R(H.WAIT_CONFIRM_LINK, "send_confirm", guard="first_contact"),
-        R(H.WAIT_RKEY, "confirm_rkey"),
+        R(H.FALLBACK, "send_decline", "fall_back", guard="declined"),
+        R(H.FALLBACK, "take_accept", "send_decline(SYNCERR)", "fall_back(SYNCERR)", guard="unknown_link_group"),
+        R(H.WAIT_CONFIRM_LINK, "take_accept", "new_link_group", "adopt_peer_buffer", "ready_link", "send_confirm",
+          "wait(client_confirm_link)", guard="first_contact"),
+        R(H.WAIT_RKEY, "take_accept", "join_link_group", "adopt_peer_buffer", "confirm_rkey"),
     ),
-    (H.WAIT_CONFIRM_LINK, "confirm_link"): (R(H.SMC, "send_confirm_link_resp"),),
-    # the subsequent-contact client is done once its Confirm is out
-    (H.WAIT_RKEY, "confirm"): (R(H.SMC),),
+    (H.WAIT_CONFIRM_LINK, "confirm_link"): (
+        R(H.FALLBACK, "send_decline(RMBE_EC)", "fall_back(RMBE_EC)", guard="rmbe_eyecatchers"),
+        R(H.SMC, "answer_confirm_link", "established"),
+    ),
+    # server side (smc_listen_work, smc_listen_rdma_finish)
+    (H.START, "start_server"): (R(H.FALLBACK, "fall_back(PEERNOSMC)", guard="peer_no_smc"), R(H.WAIT_PROPOSAL, "wait(peer_first_bytes)")),
+    (H.WAIT_PROPOSAL, "proposal"): (
+        R(None, "defer", guard="first_contact_pending"),
+        R(H.FALLBACK, "send_decline(PEERNOSMC)", "plain_tcp", guard="plain_listener"),
+        R(H.FALLBACK, "send_decline", "fall_back", guard="declined"),
+        R(H.WAIT_RKEY, "join_link_group", "confirm_rkey", guard="reuse"),
+        R(H.ACCEPT_SENT, "new_link_group", "send_accept", "wait(clc_wait)"),
+    ),
+    (H.WAIT_PROPOSAL, "not_clc"): (R(H.FALLBACK, "fall_back(PEERNOSMC)"),),
+    (H.ACCEPT_SENT, "confirm"): (
+        R(H.FALLBACK, "send_decline", "fall_back", guard="declined"),
+        R(H.WAIT_CONFIRM_LINK_RESP, "adopt_peer_buffer", "ready_link", "send_confirm_link", "wait(llc_wait)", guard="first_contact"),
+        R(H.SMC, "adopt_peer_buffer", "established"),
+    ),
+    (H.WAIT_CONFIRM_LINK_RESP, "confirm_link_resp"): (R(H.SMC, "link_confirmed", "established", "add_link"),),
+    # subsequent contact, both sides: our RMB is announced with CONFIRM RKEY before the
+    # server's Accept or the client's Confirm
+    (H.WAIT_RKEY, "rkey_confirmed"): (
+        R(H.ACCEPT_SENT, "rmb_confirmed", "send_accept", "wait(clc_wait)", guard="server"),
+        R(H.SMC, "rmb_confirmed", "send_confirm", "established"),
+    ),
+    (H.WAIT_RKEY, "rkey_failed"): (R(H.FALLBACK, "send_decline(ERR_REGBUF)", "fall_back(ERR_REGBUF)"),),
+    **{(s, "setup_failed"): (R(H.FALLBACK, "send_decline", "fall_back"),) for s in (H.WAIT_RKEY, H.ACCEPT_SENT, H.WAIT_CONFIRM_LINK)},
+    # timeouts: waiting for a CLC message fails the connection (the kernel's smc_clc_wait_msg
+    # error), except a server that heard nothing at all, which takes the peer for plain TCP;
+    # waiting for an LLC step declines and falls back
+    (H.PROPOSAL_SENT, "timeout"): (R(H.FAILED, "fail"),),
+    (H.WAIT_PROPOSAL, "timeout"): (R(H.FALLBACK, "fall_back(PEERNOSMC)", guard="nothing_received"), R(H.FAILED, "fail")),
+    (H.ACCEPT_SENT, "timeout"): (R(H.FAILED, "fail"),),
+    (H.WAIT_CONFIRM_LINK, "timeout"): (R(H.FALLBACK, "send_decline(TIMEOUT_CL)", "fall_back(TIMEOUT_CL)"),),
+    (H.WAIT_CONFIRM_LINK_RESP, "timeout"): (R(H.FALLBACK, "send_decline(TIMEOUT_CL)", "fall_back(TIMEOUT_CL)"),),
+    (H.WAIT_RKEY, "timeout"): (R(H.FALLBACK, "send_decline(ERR_REGBUF)", "fall_back(ERR_REGBUF)"),),
+    # the link group under the handshake ended (its last link failed). A server waiting for
+    # the Confirm keeps waiting, as the kernel's smc_listen_work does in smc_clc_wait_msg: the
+    # Confirm is answered then with a Decline ERR_RDYLNK (smc_listen_rdma_finish), which
+    # ``declined`` says for a terminated link group.
+    (H.ACCEPT_SENT, "link_lost"): (STAY,),
+    (H.WAIT_CONFIRM_LINK, "link_lost"): (R(H.FALLBACK, "send_decline(TIMEOUT_CL)", "fall_back(TIMEOUT_CL)"),),
+    (H.WAIT_CONFIRM_LINK_RESP, "link_lost"): (R(H.FALLBACK, "send_decline(TIMEOUT_CL)", "fall_back(TIMEOUT_CL)"),),
+    (H.WAIT_RKEY, "link_lost"): (R(H.FALLBACK, "send_decline(ERR_REGBUF)", "fall_back(ERR_REGBUF)"),),
     # both sides
-    **{(s, "decline"): (R(H.FALLBACK),) for s in _LIVE},
-    **{(s, "timeout"): (R(H.FALLBACK, "send_decline", guard="timeout_declines"), R(H.FAILED)) for s in _LIVE},
-    **{(s, "malformed"): (R(H.FAILED),) for s in _LIVE},
-    # the link group under the handshake ended (its link failed): decline and fall back
-    **{(s, "link_lost"): (R(H.FALLBACK, "send_decline"),) for s in _LIVE if s not in (H.PROPOSAL_SENT, H.WAIT_PROPOSAL)},
-    **{(s, "tcp_closed"): (R(H.FAILED),) for s in _LIVE},
-    **{(s, e): (STAY,) for s in (H.SMC, H.FALLBACK, H.FAILED) for e in ("timeout", "tcp_closed", "decline")},
+    **{(s, "decline"): (R(H.FALLBACK, "note_out_of_sync", "fall_back"),) for s in _LIVE},
+    **{(s, "malformed"): (R(H.FAILED, "fail"),) for s in _LIVE},
+    **{(s, "tcp_closed"): (R(H.FAILED, "fail"),) for s in _LIVE},
+    **{(s, "closed"): (R(H.FAILED, "abandon"),) for s in _LIVE},
+    # late inputs once the handshake is over change nothing: a CONFIRM RKEY flow ending after
+    # a timeout or a close, a TCP connection closing after fallback
+    **{(s, e): (STAY,) for s in _DONE for e in ("timeout", "tcp_closed")},
+    **{(s, e): (STAY,) for s in (H.FALLBACK, H.FAILED) for e in ("rkey_confirmed", "rkey_failed")},
+    (H.FAILED, "closed"): (STAY,),
 }
 
 MACHINES = {

@@ -284,8 +284,7 @@ class Stack:
         now = self.now()
         for conn_id in list(self.host.conns):
             self.host.app_abort(conn_id, now, "stack closing")
-        for lgr in list(self.host.lgrs):
-            lgr.terminate(now, 0x00020000, "stack closing")  # OP_INIT_TERM
+        self.host.terminate_all(now, "stack closing")
         await asyncio.sleep(0.05)  # let the DELETE LINK leave
         for h in list(self.handles.values()):
             if h.transport is not None:

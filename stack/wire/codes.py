@@ -174,6 +174,21 @@ ADD_LINK_REJECT_REASONS = CodeTable(
 )
 
 
+class CodeNames:
+    """The codes of a table as attributes named as the kernel names them: ``DECL.PEERNOSMC``
+    is SMC_CLC_DECL_PEERNOSMC (0x03010000), ``DEL.LOST_PATH`` is SMC_LLC_DEL_LOST_PATH. The
+    stack takes every code's number from here; no other file restates one."""
+
+    def __init__(self, table: CodeTable) -> None:
+        for code in table:
+            setattr(self, code.name, code.value)
+
+
+DECL = CodeNames(DECLINE_REASONS)  # SMC_CLC_DECL_*
+DEL = CodeNames(DELETE_LINK_REASONS)  # SMC_LLC_DEL_*
+ADD_LINK_REJ = CodeNames(ADD_LINK_REJECT_REASONS)  # SMC_LLC_REJ_RSN_*
+
+
 class SmcState(IntEnum):
     """enum smc_state (net/smc/smc.h), as sock_diag exports it in diag_state."""
 

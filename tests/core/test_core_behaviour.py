@@ -8,10 +8,9 @@ from __future__ import annotations
 import pytest
 from support.fabric import open_conn, pair
 
-from stack.core import handshake as hsk
 from stack.core.config import SmcConfig, Timeouts
 from stack.wire import cdc, clc, codes
-from stack.wire.codes import SmcState
+from stack.wire.codes import DECL, SmcState
 
 
 def cfg(host, **kw) -> SmcConfig:
@@ -50,13 +49,13 @@ def test_many_concurrent_connections_share_one_link_group():
 
 FALLBACKS = [
     # (client config, server config, server smc, client reason, client peer diagnosis, server reason)
-    ("forced decline", {}, {"forced_decline": hsk.DIFFPREFIX}, True, hsk.PEERDECL, hsk.DIFFPREFIX, hsk.DIFFPREFIX),
-    ("prefix mismatch", {"versions": frozenset({1})}, {"prefix_len": 24}, True, hsk.PEERDECL, hsk.DIFFPREFIX, hsk.DIFFPREFIX),
-    ("v2 only against v1 only", {"versions": frozenset({2})}, {"versions": frozenset({1})}, True, hsk.PEERDECL, hsk.VERSMISMAT, hsk.VERSMISMAT),
+    ("forced decline", {}, {"forced_decline": DECL.DIFFPREFIX}, True, DECL.PEERDECL, DECL.DIFFPREFIX, DECL.DIFFPREFIX),
+    ("prefix mismatch", {"versions": frozenset({1})}, {"prefix_len": 24}, True, DECL.PEERDECL, DECL.DIFFPREFIX, DECL.DIFFPREFIX),
+    ("v2 only against v1 only", {"versions": frozenset({2})}, {"versions": frozenset({1})}, True, DECL.PEERDECL, DECL.VERSMISMAT, DECL.VERSMISMAT),
     # as the kernel (tests/lab/test_kernel_interop.py): no common UEID is NOSMCDEV; NOUEID means the Proposal had none
-    ("v2 only, no common UEID", {"versions": frozenset({2}), "ueids": ("EID-A",)}, {"ueids": ("EID-B",)}, True, hsk.PEERDECL, hsk.NOSMCDEV, hsk.NOSMCDEV),
-    ("v2 only, server has no UEID", {"versions": frozenset({2})}, {"ueids": ()}, True, hsk.PEERDECL, hsk.NOSMCDEV, hsk.NOSMCDEV),
-    ("server is not SMC", {}, {}, False, hsk.PEERNOSMC, hsk.PEERNOSMC, 0),
+    ("v2 only, no common UEID", {"versions": frozenset({2}), "ueids": ("EID-A",)}, {"ueids": ("EID-B",)}, True, DECL.PEERDECL, DECL.NOSMCDEV, DECL.NOSMCDEV),
+    ("v2 only, server has no UEID", {"versions": frozenset({2})}, {"ueids": ()}, True, DECL.PEERDECL, DECL.NOSMCDEV, DECL.NOSMCDEV),
+    ("server is not SMC", {}, {}, False, DECL.PEERNOSMC, DECL.PEERNOSMC, 0),
 ]
 
 
@@ -77,21 +76,21 @@ def test_fallback_reasons_on_both_sides(name, ccfg, scfg, server_smc, c_reason, 
 def test_server_declines_with_each_code(reason):
     f, a, b = pair(server_cfg=cfg("server", forced_decline=reason))
     open_conn(f, a, b, 1)
-    assert a.host.conns[1].fallback_reason == hsk.PEERDECL and a.host.conns[1].peer_diagnosis == reason
+    assert a.host.conns[1].fallback_reason == DECL.PEERDECL and a.host.conns[1].peer_diagnosis == reason
     assert b.host.conns[1].fallback_reason == reason
     decline = [e for e in kinds(b, "clc.msg") if e.get("type") == "Decline"][0]
-    assert decline.get("diagnosis") == reason and decline.get("out_of_sync") == (reason == hsk.SYNCERR)
+    assert decline.get("diagnosis") == reason and decline.get("out_of_sync") == (reason == DECL.SYNCERR)
 
 
 def test_no_rdma_device_on_either_side():
     f, a, b = pair(client_devices=False)
     open_conn(f, a, b, 1)
-    assert a.host.conns[1].fallback_reason == hsk.NOSMCDEV
-    assert (b.host.conns[1].fallback_reason, b.host.conns[1].peer_diagnosis) == (hsk.PEERDECL, hsk.NOSMCDEV)
+    assert a.host.conns[1].fallback_reason == DECL.NOSMCDEV
+    assert (b.host.conns[1].fallback_reason, b.host.conns[1].peer_diagnosis) == (DECL.PEERDECL, DECL.NOSMCDEV)
     f, a, b = pair(server_devices=False)
     open_conn(f, a, b, 1)
-    assert (a.host.conns[1].fallback_reason, a.host.conns[1].peer_diagnosis) == (hsk.PEERDECL, hsk.NOSMCRDEV)
-    assert b.host.conns[1].fallback_reason == hsk.NOSMCRDEV
+    assert (a.host.conns[1].fallback_reason, a.host.conns[1].peer_diagnosis) == (DECL.PEERDECL, DECL.NOSMCRDEV)
+    assert b.host.conns[1].fallback_reason == DECL.NOSMCRDEV
 
 
 def test_version_downgrade_is_not_a_fallback():
@@ -109,7 +108,7 @@ def test_plain_tcp_client_gets_peernosmc_and_its_bytes():
     b.host.server_start(1, (b.ip, 5000), (a.ip, 40001), 0.0)
     b._tcp_in(1, b"GET / HTTP/1.0\r\n\r\n")
     assert b.apps[1].fallback and bytes(b.apps[1].tcp_in) == b"GET / HTTP/1.0\r\n\r\n"
-    assert b.host.conns[1].fallback_reason == hsk.PEERNOSMC
+    assert b.host.conns[1].fallback_reason == DECL.PEERNOSMC
 
 
 def test_clc_timeout_fails_the_connection():
@@ -145,8 +144,8 @@ def test_confirm_link_never_arrives():
     b.post_send = lambda qp, wr, payload: payload[0] in (0x01, 0x21) or orig(qp, wr, payload)  # swallow CONFIRM LINK
     open_conn(f, a, b, 1)
     f.run(until=1)
-    assert a.host.conns[1].fallback_reason == hsk.TIMEOUT_CL
-    assert b.host.conns[1].fallback_reason == hsk.PEERDECL and b.host.conns[1].peer_diagnosis == hsk.TIMEOUT_CL
+    assert a.host.conns[1].fallback_reason == DECL.TIMEOUT_CL
+    assert b.host.conns[1].fallback_reason == DECL.PEERDECL and b.host.conns[1].peer_diagnosis == DECL.TIMEOUT_CL
     assert not a.host.lgrs and not b.host.lgrs
 
 
@@ -202,10 +201,10 @@ def test_sync_error_when_the_accept_names_an_unknown_link():
     # the client forgets its link group: the server's next Accept (reuse) names a QP the client does not know
     lost = a.host.lgrs.pop()
     open_conn(f, a, b, 2)
-    assert a.host.conns[2].fallback_reason == hsk.SYNCERR
+    assert a.host.conns[2].fallback_reason == DECL.SYNCERR
     decline = [e for e in kinds(a, "clc.msg") if e.get("type") == "Decline"][-1]
     assert decline.get("out_of_sync") is True
-    assert b.host.conns[2].peer_diagnosis == hsk.SYNCERR
+    assert b.host.conns[2].peer_diagnosis == DECL.SYNCERR
     assert lost is not None
 
 

@@ -11,7 +11,7 @@ from support.fabric import pair
 
 from native import smcopt
 from stack import Stack, StackConfig
-from stack.core import handshake as hsk
+from stack.wire.codes import DECL
 
 
 def kinds(io, kind):
@@ -37,7 +37,7 @@ def test_a_synack_without_the_option_makes_the_client_tcp_with_peernosmc_and_no_
     f.connect_tcp(a, 1, b, 1)
     a.host.client_start(1, (a.ip, 40001), (b.ip, 5000), f.now, peer_smc=False)
     c = a.host.conns[1]
-    assert a.apps[1].fallback and (c.mode, c.fallback_reason, c.peer_diagnosis) == ("TCP", hsk.PEERNOSMC, 0)
+    assert a.apps[1].fallback and (c.mode, c.fallback_reason, c.peer_diagnosis) == ("TCP", DECL.PEERNOSMC, 0)
     assert not kinds(a, "clc.msg"), "no Proposal, no Decline: the kernel sends no CLC without the option"
     assert kinds(a, "conn.open")[0].get("peer_smc_option") is False
 
@@ -47,7 +47,7 @@ def test_a_syn_without_the_option_makes_the_server_tcp_at_once():
     f.connect_tcp(a, 1, b, 1)
     b.host.server_start(1, (b.ip, 5000), (a.ip, 40001), f.now, peer_smc=False)
     c = b.host.conns[1]
-    assert b.apps[1].fallback and (c.mode, c.fallback_reason) == ("TCP", hsk.PEERNOSMC)  # no 6 s wait
+    assert b.apps[1].fallback and (c.mode, c.fallback_reason) == ("TCP", DECL.PEERNOSMC)  # no 6 s wait
     assert not kinds(b, "clc.msg")
 
 

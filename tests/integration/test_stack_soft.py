@@ -11,7 +11,7 @@ import time
 import pytest
 from support.stacks import TrafficServer, addrs, run, traffic_client, two_stacks
 
-from stack.core import handshake as hsk
+from stack.wire.codes import DECL
 from stack.traffic import runner
 from stack.traffic.protocol import BOTH
 from stack.wire import codes
@@ -214,15 +214,15 @@ class _ClientOnly:
 FALLBACK_CASES = [
     # name, client config, server config, server smc, client smc, client devices, server devices,
     # expected (client mode, client reason, client peer diagnosis), expected (server mode, server reason)
-    ("server declines DIFFPREFIX", {}, {"forced_decline": hsk.DIFFPREFIX}, True, True, True, True, ("TCP", hsk.PEERDECL, hsk.DIFFPREFIX), ("TCP", hsk.DIFFPREFIX)),
-    ("server declines MEM", {}, {"forced_decline": 0x01010000}, True, True, True, True, ("TCP", hsk.PEERDECL, 0x01010000), ("TCP", 0x01010000)),
-    ("client has no RDMA device", {}, {}, True, True, False, True, ("TCP", hsk.NOSMCDEV, 0), ("TCP", hsk.PEERDECL)),
-    ("server has no RDMA device", {}, {}, True, True, True, False, ("TCP", hsk.PEERDECL, hsk.NOSMCRDEV), ("TCP", hsk.NOSMCRDEV)),
-    ("v2 only against v1 only", {"versions": frozenset({2})}, {"versions": frozenset({1})}, True, True, True, True, ("TCP", hsk.PEERDECL, hsk.VERSMISMAT), ("TCP", hsk.VERSMISMAT)),
+    ("server declines DIFFPREFIX", {}, {"forced_decline": DECL.DIFFPREFIX}, True, True, True, True, ("TCP", DECL.PEERDECL, DECL.DIFFPREFIX), ("TCP", DECL.DIFFPREFIX)),
+    ("server declines MEM", {}, {"forced_decline": 0x01010000}, True, True, True, True, ("TCP", DECL.PEERDECL, 0x01010000), ("TCP", 0x01010000)),
+    ("client has no RDMA device", {}, {}, True, True, False, True, ("TCP", DECL.NOSMCDEV, 0), ("TCP", DECL.PEERDECL)),
+    ("server has no RDMA device", {}, {}, True, True, True, False, ("TCP", DECL.PEERDECL, DECL.NOSMCRDEV), ("TCP", DECL.NOSMCRDEV)),
+    ("v2 only against v1 only", {"versions": frozenset({2})}, {"versions": frozenset({1})}, True, True, True, True, ("TCP", DECL.PEERDECL, DECL.VERSMISMAT), ("TCP", DECL.VERSMISMAT)),
     ("v1+v2 against v1 only: SMC-R v1", {}, {"versions": frozenset({1})}, True, True, True, True, ("SMCR", 0, 0), ("SMCR", 0)),
-    ("IP prefix mismatch", {"versions": frozenset({1})}, {"prefix_len": 30}, True, True, True, True, ("TCP", hsk.PEERDECL, hsk.DIFFPREFIX), ("TCP", hsk.DIFFPREFIX)),
-    ("server not configured for SMC", {}, {}, False, True, True, True, ("TCP", hsk.PEERNOSMC, hsk.PEERNOSMC), ("TCP", 0)),
-    ("client not configured for SMC", {}, {}, True, False, True, True, ("TCP", 0, 0), ("TCP", hsk.PEERNOSMC)),
+    ("IP prefix mismatch", {"versions": frozenset({1})}, {"prefix_len": 30}, True, True, True, True, ("TCP", DECL.PEERDECL, DECL.DIFFPREFIX), ("TCP", DECL.DIFFPREFIX)),
+    ("server not configured for SMC", {}, {}, False, True, True, True, ("TCP", DECL.PEERNOSMC, DECL.PEERNOSMC), ("TCP", 0)),
+    ("client not configured for SMC", {}, {}, True, False, True, True, ("TCP", 0, 0), ("TCP", DECL.PEERNOSMC)),
 ]
 
 

@@ -1,0 +1,102 @@
+"""The host's directory: its RDMA devices, and its link groups with the names they give out.
+
+``Devices`` is which devices the host has and which are up (a port event changes that).
+``Directory`` is the link groups: the live ones in creation order (the kernel's
+``smc_lgr_list``), the ones terminated but not yet freed, which link each QP belongs to,
+how a Proposal or an Accept finds the group it can reuse, and the names handed out (link
+group ids, connection tokens).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Collection, Iterable
+
+from stack.wire import clc
+from stack.wire.codes import LgrRole
+
+from .link import Link
+from .linkgroup import LinkGroup, LinkGroupOwner
+from .ports import DeviceInfo, Services
+
+
+class Devices:
+    def __init__(self, devices: Iterable[DeviceInfo]) -> None:
+        self.all = list(devices)
+
+    def device(self) -> DeviceInfo | None:
+        return next((d for d in self.all if d.up), None)
+
+    def device_info(self, name: str) -> DeviceInfo | None:
+        return next((d for d in self.all if d.name == name), None)
+
+    def alt_device(self, used: Collection[str]) -> DeviceInfo | None:
+        return next((d for d in self.all if d.up and d.name not in used), None)
+
+    def set_state(self, name: str, up: bool) -> None:
+        self.all = [DeviceInfo(d.name, d.gid, d.mac, d.mtu, up) if d.name == name else d for d in self.all]
+
+
+class Directory:
+    def __init__(self, ctx: Services, owner: LinkGroupOwner, rng: random.Random) -> None:
+        self.ctx = ctx
+        self.owner = owner  # what the link groups made here report to
+        self.lgrs: list[LinkGroup] = []
+        self.links_by_qp: dict[int, Link] = {}
+        self.dying: dict[int, LinkGroup] = {}  # terminated, until its last DELETE LINK has left
+        self._lgr_seq = rng.getrandbits(16) << 8
+        self._token_seq = rng.getrandbits(24)
+
+    def lgr(self, lgr_id: int) -> LinkGroup | None:
+        return next((g for g in self.lgrs if g.lgr_id == lgr_id), None)
+
+    def new_lgr(self, role: LgrRole, version: int, peer_id: bytes, peer_gid: bytes, peer_mac: bytes, now: float,
+                max_conns: int, max_links: int) -> LinkGroup:  # fmt: skip
+        self._lgr_seq = (self._lgr_seq + 256) & 0xFFFFFFFF
+        lgr = LinkGroup(self.ctx, self.owner, self._lgr_seq, role, version, peer_id, peer_gid, peer_mac, max_conns, max_links,
+                        llc_order=self.ctx.config.llc_v2_order, created=now)  # fmt: skip
+        self.lgrs.append(lgr)
+        lgr.emit(now, "lgr.state", old="NONE", new="NONE", cause="created", role=role.name.lower(), version=version,
+                 peer_id=peer_id.hex(), max_conns=max_conns, max_links=max_links, crit=True)  # fmt: skip
+        return lgr
+
+    def terminated(self, lgr: LinkGroup) -> None:
+        if lgr in self.lgrs:
+            self.lgrs.remove(lgr)
+        self.dying[lgr.lgr_id] = lgr
+
+    def freed(self, lgr: LinkGroup) -> None:
+        self.dying.pop(lgr.lgr_id, None)
+
+    def find_server_lgr(self, peer_id: bytes, peer_gid: bytes, peer_mac: bytes, version: int) -> LinkGroup | None:
+        """The group a server's new connection joins: same peer, version and peer device, room left."""
+        for lgr in self.lgrs:
+            if lgr.role != LgrRole.SERVER or lgr.peer_id != peer_id or lgr.sync_err or lgr.terminated or lgr.version != version:
+                continue
+            if len(lgr.conns) >= lgr.max_conns:
+                continue
+            for link in lgr.active_links():
+                if link.peer_gid == peer_gid and (version >= 2 or link.peer_mac == peer_mac):
+                    return lgr
+        return None
+
+    def find_client_link(self, a: clc.Accept) -> tuple[LinkGroup | None, Link | None]:
+        """The group and link an Accept without first contact names (none: out of sync)."""
+        for lgr in self.lgrs:
+            if lgr.role != LgrRole.CLIENT or lgr.peer_id != a.peer_id or lgr.sync_err or lgr.terminated:
+                continue
+            for link in lgr.active_links():
+                if link.peer_qpn == a.qpn and link.peer_gid == a.gid and (a.version >= 2 or link.peer_mac == a.mac):
+                    return lgr, link
+            if a.qpn in lgr.retired_peer_qpns and lgr.active_links():
+                # the server chose a link that failed while its Accept was on the way: not
+                # out of sync, the connection simply starts on a surviving link
+                return lgr, lgr.active_links()[0]
+        return None, None
+
+    def alloc_token(self, lgr: LinkGroup) -> int:
+        """A connection token (the RMBE alert token), unique in the group."""
+        while True:
+            self._token_seq = (self._token_seq + 1) & 0xFFFFFFFF
+            if self._token_seq and self._token_seq not in lgr.conns:
+                return self._token_seq
