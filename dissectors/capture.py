@@ -46,6 +46,8 @@ def _load(source: str | Path | bytes) -> bytes:
             return f.read()
     except OSError as e:
         raise CaptureError(f"cannot read {source}: {e.strerror or e}") from None
+    except ValueError as e:  # a NUL in the path
+        raise CaptureError(f"cannot read {source!r}: {e}") from None
     except MemoryError:
         raise CaptureError(f"cannot read {source}: not enough memory for the whole file") from None
 

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from stack.events import Event, Skipped
+from stack.events import BadRecord, Event, Skipped, parse_snapshot
 from stack.wire import codes
 
 
@@ -124,7 +124,11 @@ def summarize(events: Iterable[Event]) -> Summary:
             if g("new") and (not types or types[-1] != g("new")):
                 types.append(g("new"))
         elif k == "stats" and isinstance(g("snapshot"), dict):  # the state when a recording started
-            for cs in g("snapshot").get("conns", []):
+            try:
+                snap = parse_snapshot(g("snapshot"))  # as smctop's model reads one
+            except BadRecord:
+                continue
+            for cs in snap.get("conns", []):
                 key = (e.host, cs.get("conn"))
                 if key in s.conns or cs.get("conn") is None:
                     continue

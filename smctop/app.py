@@ -421,8 +421,8 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
             try:
                 if not stat.S_ISSOCK(os.stat(path).st_mode):
                     ap.error(f"--attach {path}: not a unix socket")
-            except OSError as e:
-                ap.error(f"--attach {path}: {e.strerror}")
+            except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+                ap.error(f"--attach {path!r}: {getattr(e, 'strerror', None) or e}")
         return AttachSource(args.attach)
     return DemoSource(traffic=not args.no_traffic)
 

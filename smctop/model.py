@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Iterable
 
-from stack.events import Event, render, renderer
+from stack.events import Event, parse_snapshot, render, renderer
 from stack.wire import codes
 
 WRAP = 1 << 16  # CDC cursor wrap counters are 16 bits
@@ -781,8 +781,12 @@ class Model:
 
     # ------------------------------------------------------------------ snapshots
 
-    def apply_snapshot(self, snap: dict[str, Any]) -> None:
-        """A host's ``Stack.snapshot()``: the truth at its ``t`` for what it covers."""
+    def apply_snapshot(self, snap: dict[str, Any]) -> dict[str, Any]:
+        """A host's ``Stack.snapshot()``: the truth at its ``t`` for what it covers. It is read
+        through the schema's snapshot parser (stack.events.parse_snapshot, as smc-trace's
+        summary reads one); one that does not match raises BadRecord and changes nothing.
+        Returns the snapshot as parsed."""
+        snap = parse_snapshot(snap)
         name = snap.get("host", "")
         t = snap.get("t", self.now or 0.0)
         if self.t0 is None:
@@ -846,6 +850,7 @@ class Model:
             if hn == name and gid not in lgr_ids:
                 g.terminated = True
         self.links_changed = True
+        return snap
 
     def add_latencies(self, seconds: Iterable[float]) -> None:
         """Request/response round trips measured by the source (the demo's traffic)."""

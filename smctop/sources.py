@@ -21,7 +21,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from stack.events import BadRecord, Event, Skipped, check_record, check_snapshot, read_jsonl
+from stack.events import BadRecord, Event, Skipped, check_record, read_jsonl
 from stack.wire import codes
 
 from .model import Model
@@ -316,12 +316,11 @@ class AttachSource(Source):
                 model.feed(e)
                 self._saw(e.t)
             elif kind in ("snapshot", "reply") and "snapshot" in msg:
-                snap = msg["snapshot"]
-                err = check_snapshot(snap)
-                if err:
+                try:
+                    snap = model.apply_snapshot(msg["snapshot"])  # checked there (stack.events.parse_snapshot)
+                except BadRecord as err:
                     self._bad(path, err)
                     continue
-                model.apply_snapshot(snap)
                 rdma = snap.get("rdma")
                 if isinstance(rdma, dict):
                     for dev, info in rdma.items():
@@ -377,8 +376,8 @@ def load_events(path: str, skipped: Skipped | None = None) -> list[Event]:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise SourceError(f"cannot read {path}: not a regular file")
             head = f.read(4096)
-    except OSError as e:
-        raise SourceError(f"cannot read {path}: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise SourceError(f"cannot read {path if isinstance(e, OSError) else repr(path)}: {getattr(e, 'strerror', None) or e}") from None
     if head.lstrip()[:1] in (b"{", b""):
         try:
             with open(path, encoding="utf-8", errors="replace") as f:

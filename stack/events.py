@@ -492,22 +492,22 @@ class Skipped:
 # ---------------------------------------------------------------------------- snapshots
 #
 # What Stack.snapshot() hands out (the control socket's snapshot lines, a recording's first
-# stats record): the keys readers use, with their types. A reader takes a snapshot only when
-# it matches (check_snapshot names what does not); other keys may be there.
+# stats record): the keys readers use, with their types ("!": always there). A reader takes a
+# snapshot only when it matches (check_snapshot names what does not); other keys may be there.
 
 _S = {"str": TYPES["str"].check, "count": TYPES["count"].check, "int": TYPES["int"].check, "num": _is_num, "bool": TYPES["bool"].check,
       "cursor": _check_cursor, "decline": TYPES["decline"].check, "u8": TYPES["u8"].check, "any": _depth_ok,
       "strnull": lambda v: v is None or (type(v) is str and len(v) <= MAX_STR), "u8null": lambda v: v is None or TYPES["u8"].check(v)}  # fmt: skip
-SNAPSHOT_CONN = {"conn": "count", "state": "str", "mode": "str", "role": "str", "local": "str", "peer": "str", "version": "u8",
+SNAPSHOT_CONN = {"conn": "count!", "state": "str", "mode": "str", "role": "str", "local": "str", "peer": "str", "version": "u8",
                  "fallback_reason": "decline", "peer_diagnosis": "decline", "token": "count", "rmb_size": "count",
                  "peer_rmb_size": "count", "bytes_to_rcv": "count", "write_blocked": "bool", "lgr": "strnull", "link": "u8null",
                  "rx_prod": "cursor", "rx_cons": "cursor", "tx_prod": "cursor", "tx_cons": "cursor", "tx_sent": "cursor", "tx_fin": "cursor",
                  "bytes_sent": "count", "bytes_received": "count"}  # fmt: skip
-SNAPSHOT_LINK = {"id": "u8", "state": "str", "device": "str", "qpn": "count", "peer_qpn": "count", "gid": "str", "peer_gid": "str",
+SNAPSHOT_LINK = {"id": "u8!", "state": "str", "device": "str", "qpn": "count", "peer_qpn": "count", "gid": "str", "peer_gid": "str",
                  "asym": "bool", "conns": "count"}  # fmt: skip
-SNAPSHOT_LGR = {"id": "str", "role": "str", "type": "str", "crit": "bool", "version": "u8", "peer_host": "str", "conns": "count",
+SNAPSHOT_LGR = {"id": "str!", "role": "str", "type": "str", "crit": "bool", "version": "u8", "peer_host": "str", "conns": "count",
                 "links": [SNAPSHOT_LINK]}  # fmt: skip
-SNAPSHOT = {"host": "str", "t": "num", "stats": {"*": "num"}, "devices": [{"name": "str", "up": "bool", "mtu": "count"}],
+SNAPSHOT = {"host": "str", "t": "num", "stats": {"*": "num"}, "devices": [{"name": "str!", "up": "bool", "mtu": "count"}],
             "fallbacks": [{"role": "str", "reason": "decline", "count": "count"}], "lgrs": [SNAPSHOT_LGR], "conns": [SNAPSHOT_CONN],
             "failovers": [{"t": "num", "lgr": "str", "from_link": "u8", "to_link": "u8null", "conns": "count", "failed": "count",
                            "duration_ms": "num", "reason": "str"}],
@@ -537,6 +537,10 @@ def _shape_error(v: Any, shape: Any, where: str) -> str | None:
                 return err
         return None
     for k, sub in shape.items():
+        if isinstance(sub, str) and sub.endswith("!"):  # required
+            if v.get(k) is None:
+                return f"{where} lacks {k!r}"
+            sub = sub[:-1]
         if k in v and v[k] is not None:
             err = _shape_error(v[k], sub, f"{where}.{k}")
             if err:
@@ -547,6 +551,24 @@ def _shape_error(v: Any, shape: Any, where: str) -> str | None:
 def check_snapshot(snap: Any) -> str | None:
     """What is wrong with a snapshot (a control socket's, a recording's), or None."""
     return _shape_error(snap, SNAPSHOT, "snapshot")
+
+
+def _clean(v: Any, shape: Any) -> Any:
+    if isinstance(shape, list):
+        return [_clean(x, shape[0]) for x in v]
+    if isinstance(shape, dict) and "*" not in shape:
+        return {k: _clean(x, shape.get(k)) for k, x in v.items() if x is not None}
+    return v
+
+
+def parse_snapshot(snap: Any) -> dict:
+    """A snapshot as its readers (smctop's model, smc-trace summary) take it: checked against
+    SNAPSHOT, with null values left out so that a reader's defaults apply. BadRecord names
+    what is wrong."""
+    err = check_snapshot(snap)
+    if err:
+        raise BadRecord(err)
+    return _clean(snap, SNAPSHOT)
 
 
 # ---------------------------------------------------------------------------- text
