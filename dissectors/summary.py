@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from stack.events import BadRecord, Event, Skipped, parse_snapshot
+from stack.events import BadRecord, Event, Failovers, Skipped, parse_snapshot
 from stack.wire import codes
 
 
@@ -48,10 +48,16 @@ class Summary:
     kinds: Counter = field(default_factory=Counter)
     conns: dict[tuple[str, int], ConnSummary] = field(default_factory=dict)
     fallbacks: Counter = field(default_factory=Counter)  # reason code -> count
-    failovers: list[dict] = field(default_factory=list)
+    pairs: Failovers = field(default_factory=Failovers)  # paired as smctop's model pairs them
     lgr_types: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     link_deletes: Counter = field(default_factory=Counter)
     skipped: Skipped = field(default_factory=Skipped)  # bad records the reader left out
+
+    @property
+    def failovers(self) -> list[dict]:
+        """The failovers that ended (one that only began is still going when the trace ends)."""
+        return [{"host": fo.host, "lgr": fo.lgr, "from_link": fo.from_link, "to_link": fo.to_link, "conns": fo.conns, "failed": fo.failed,
+                 "duration_ms": fo.duration_ms, "t": fo.t} for fo in self.pairs if fo.duration_ms is not None]  # fmt: skip
 
     def to_dict(self) -> dict:
         modes = Counter(c.mode for c in self.conns.values())
@@ -76,7 +82,6 @@ class Summary:
 def summarize(events: Iterable[Event]) -> Summary:
     s = Summary()
     t0 = t1 = None
-    begins: dict[tuple, float] = {}
     for e in events:
         s.events += 1
         s.kinds[e.kind] += 1
@@ -111,12 +116,8 @@ def summarize(events: Iterable[Event]) -> Summary:
             c.last_write = e.t
         elif k == "link.event":
             ev = g("event")
-            if ev == "failover_begin":
-                begins[(e.host, e.lgr, e.link)] = e.t
-            elif ev == "failover_end":
-                s.failovers.append({"host": e.host, "lgr": e.lgr, "from_link": e.link, "to_link": g("to_link"), "conns": g("conns"),
-                                    "failed": g("failed"), "duration_ms": g("duration_ms"),
-                                    "t": begins.pop((e.host, e.lgr, e.link), e.t)})  # fmt: skip
+            if ev in ("failover_begin", "failover_end"):
+                s.pairs.feed(e)
             elif ev == "deleted" and isinstance(g("reason"), int):
                 s.link_deletes[g("reason")] += 1
         elif k == "lgr.state" and e.lgr:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Iterable
 
-from stack.events import Event, parse_snapshot, render, renderer
+from stack.events import Event, Failover, Failovers, parse_snapshot, render, renderer  # noqa: F401 (Failover: the views use it)
 from stack.wire import codes
 
 WRAP = 1 << 16  # CDC cursor wrap counters are 16 bits
@@ -313,18 +313,6 @@ class Host:
     snapshot_t: float | None = None
 
 
-@dataclass(slots=True)
-class Failover:
-    t: float
-    host: str
-    lgr: str
-    from_link: int
-    to_link: int | None
-    conns: int
-    duration_ms: float | None = None
-    reason: str = ""
-
-
 class Model:
     def __init__(self, *, interval: float = 1.0, history: int = 60, conn_log: int = 16, watched_log: int = 400,
                  events_kept: int = 20_000, closed_keep: float = 5.0, max_closed: int = 2_000) -> None:  # fmt: skip
@@ -344,7 +332,7 @@ class Model:
         self.hosts: dict[str, Host] = {}
         self.conns: dict[tuple[str, int], Conn] = {}
         self.lgrs: dict[tuple[str, str], LinkGroup] = {}
-        self.failovers: deque[Failover] = deque(maxlen=200)
+        self.failovers = Failovers(maxlen=200)  # paired as smc-trace summary pairs them
         self.fallbacks: Counter = Counter()  # (host, role, reason) -> connections
         self.fallback_last: dict[tuple[str, str, int], float] = {}
         self.kinds: Counter = Counter()
@@ -749,16 +737,8 @@ class Model:
             link = g.links.get(e.link)
             if link is not None:
                 link.state = "LINK_UNUSED"
-        elif ev == "failover_begin":
-            self.failovers.append(Failover(e.t, e.host, e.lgr, e.link, f.get("to_link"), f.get("conns", 0), None, str(f.get("reason", ""))))
-        elif ev == "failover_end":
-            for fo in reversed(self.failovers):
-                if fo.host == e.host and fo.lgr == e.lgr and fo.from_link == e.link and fo.duration_ms is None:
-                    fo.duration_ms, fo.conns = f.get("duration_ms"), f.get("conns", fo.conns)
-                    break
-            else:
-                self.failovers.append(Failover(e.t, e.host, e.lgr, e.link, f.get("to_link"), f.get("conns", 0), f.get("duration_ms"),
-                                               str(f.get("reason", ""))))  # fmt: skip
+        elif ev in ("failover_begin", "failover_end"):
+            self.failovers.feed(e)
         self.links_changed = True
 
     def _on_lgr_state(self, e: Event) -> None:

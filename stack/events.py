@@ -571,6 +571,49 @@ def parse_snapshot(snap: Any) -> dict:
     return _clean(snap, SNAPSHOT)
 
 
+# ---------------------------------------------------------------------------- what events add up to
+#
+# Aggregations smc-trace's summary and smctop's model share (the snapshot parser above is the other).
+
+
+@dataclass(slots=True)
+class Failover:
+    """One failover of a link group: from its failover_begin (or end alone) to its failover_end."""
+
+    t: float  # when it began
+    host: str
+    lgr: str | None
+    from_link: int | None
+    to_link: int | None
+    conns: int
+    duration_ms: float | None = None  # None: still in progress
+    reason: str = ""
+    failed: int | None = None
+
+
+class Failovers(deque):
+    """Failovers as link.event failover_begin / failover_end pair them (by host, link group and
+    the link that failed), newest last; at most ``maxlen`` kept."""
+
+    def feed(self, e: Event) -> Failover | None:
+        """Take a link.event; returns the failover it began or ended (None for other events)."""
+        f = e.fields
+        ev = f.get("event")
+        if ev == "failover_begin":
+            fo = Failover(e.t, e.host, e.lgr, e.link, f.get("to_link"), f.get("conns", 0), None, str(f.get("reason", "")))
+            self.append(fo)
+            return fo
+        if ev != "failover_end":
+            return None
+        for fo in reversed(self):
+            if fo.host == e.host and fo.lgr == e.lgr and fo.from_link == e.link and fo.duration_ms is None:
+                fo.duration_ms, fo.conns, fo.failed = f.get("duration_ms"), f.get("conns", fo.conns), f.get("failed")
+                return fo
+        fo = Failover(e.t, e.host, e.lgr, e.link, f.get("to_link"), f.get("conns", 0), f.get("duration_ms"), str(f.get("reason", "")), f.get("failed"))
+        self.append(fo)
+        return fo
+
+
 # ---------------------------------------------------------------------------- text
 
 
