@@ -27,6 +27,7 @@ from stack.core.ports import DeviceInfo, MrInfo, QpInfo
 from stack.verbs import VerbsError, open_provider
 from stack.verbs.api import (
     Access,
+    Capability,
     CompletionQueue,
     Device,
     EventType,
@@ -141,7 +142,7 @@ class RdmaDriver:
         gid = device.roce_v2_gid(1)
         info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE)
         dev = _Dev(spec, device, device.alloc_pd(), device.create_cq(8192), info, gid.index, info.up)
-        dev.raw = hasattr(device, "engine_calls")
+        dev.raw = device.has(Capability.FAST_PATH)
         if dev.raw:
             dev.c_cq_poll, dev.c_rx_poll, dev.c_flush_acks = device.engine_calls("cq_poll", "rx_poll", "flush_acks")
         self.devs[device.name] = dev
@@ -383,15 +384,15 @@ class RdmaDriver:
         return q.qp.state() if q else None
 
 
-def engine_of(device) -> str:
+def engine_of(device: Device) -> str:
     """What moves a device's frames: "native" or "python" (soft engines), "pyverbs"."""
-    return getattr(device, "engine", "") or "pyverbs"
+    return device.engine or "pyverbs"
 
 
-def engine_detail(device) -> str:
+def engine_detail(device: Device) -> str:
     """The engine with how it sends: "native (GSO)", "native", "python", "pyverbs"."""
     engine = engine_of(device)
-    return f"{engine} (GSO)" if getattr(device, "gso", False) else engine
+    return f"{engine} (GSO)" if device.gso else engine
 
 
 def check_specs(specs) -> None:

@@ -25,7 +25,7 @@ from stack.core.config import SmcConfig
 from stack.core.host import SmcHost
 from stack.core.states import Hs
 from stack.events import EventBus
-from stack.verbs.api import EventType
+from stack.verbs.api import FAULTS, Capability, EventType
 from stack.wire import codes
 
 from .rdma import DeviceSpec, RdmaDriver, check_specs, engine_detail, engine_of
@@ -359,12 +359,12 @@ class Stack:
 
     def engine_notes(self) -> list[str]:
         """Why a soft device that could have had the compiled engine runs the Python one."""
-        return sorted({p.engine_note for p in self.rdma.providers.values() if getattr(p, "engine_note", "")})
+        return sorted({p.engine_note for p in self.rdma.providers.values() if p.engine_note})
 
     def snapshot(self) -> dict:
         snap = self.host.snapshot()
         snap["t"] = self.now()
-        snap["rdma"] = {name: dict(getattr(dev.device, "stats", {}), port_up=dev.port_up, engine=engine_of(dev.device),
+        snap["rdma"] = {name: dict(dev.device.stats, port_up=dev.port_up, engine=engine_of(dev.device),
                                    engine_detail=engine_detail(dev.device)) for name, dev in self.rdma.devs.items()}  # fmt: skip
         return snap
 
@@ -558,17 +558,17 @@ class Stack:
         """Take a soft device's port down or up, as a pulled cable would: the stack learns
         of it from the device's port event, like any other port change."""
         dev = self._dev(device)
-        if not hasattr(dev.device, "set_port_state"):
+        if not dev.device.has(Capability.PORT_CONTROL):
             raise ValueError(f"device {device} has no port control (only soft devices)")
         self.host.emit(self.now(), "link.event", event="fault", fault="port_up" if up else "port_down", device=device)
         dev.device.set_port_state(up)
 
     def set_faults(self, device: str, **faults) -> None:
         dev = self._dev(device)
-        if not hasattr(dev.device, "faults"):
+        if not dev.device.has(Capability.FAULT_INJECTION):
             raise ValueError(f"device {device} has no fault injection (only soft devices)")
-        for k, v in faults.items():
-            if not hasattr(dev.device.faults, k):
+        for k in faults:
+            if k not in FAULTS:
                 raise ValueError(f"unknown fault {k!r}: loss, rx_loss, drop_next, delay")
         for k, v in faults.items():
             setattr(dev.device.faults, k, v)
@@ -582,15 +582,20 @@ class Stack:
         device has no tap (its frames are seen only by a capture of the interface)."""
         tapped = []
         for dev in self.rdma.devs.values():
-            if hasattr(dev.device, "add_tap"):
+            if dev.device.has(Capability.FRAME_TAP):
                 dev.device.add_tap(tap, batch, write_snap, raw)
                 tapped.append(dev.device.addr)
         return tapped
 
     def remove_frame_tap(self, tap: Callable) -> None:
         for dev in self.rdma.devs.values():
-            if hasattr(dev.device, "remove_tap"):
+            if dev.device.has(Capability.FRAME_TAP):
                 dev.device.remove_tap(tap)
+
+    def capabilities(self, device: str) -> frozenset[Capability]:
+        """What a device can do beyond the verbs: port control, fault injection, a frame tap,
+        the compiled engine's fast path (stack.verbs.api.Capability)."""
+        return self._dev(device).device.capabilities
 
     def _dev(self, device: str):
         dev = self.rdma.devs.get(device)

@@ -29,6 +29,7 @@ from contextlib import ExitStack
 from stack.core.config import SmcConfig, Timeouts
 from stack.events import JsonlWriter
 from stack.runtime.control import CommandError, parse_reason
+from stack.runtime import Capability
 from stack.runtime.rdma import DeviceSpec
 from stack.runtime.stack import Stack, StackConfig
 from stack.wire import codes
@@ -238,7 +239,7 @@ def schedule_faults(host: Stack, args) -> None:
     plan = [(t, dev or first, False) for t, dev in args.fail_link] + [(t, dev or first, True) for t, dev in args.restore_link]
     try:
         for _, dev, _ in plan:
-            if not hasattr(host._dev(dev).device, "set_port_state"):
+            if Capability.PORT_CONTROL not in host.capabilities(dev):
                 raise ValueError(f"device {dev} has no port control (only soft devices)")
         if args.loss:
             for name in host.rdma.devs:

@@ -21,8 +21,9 @@ import select
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from enum import IntEnum, IntFlag
-from typing import Callable, Sequence
+from enum import Enum, IntEnum, IntFlag
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 
 class VerbsError(OSError):
@@ -334,8 +335,67 @@ class ProtectionDomain(ABC):
     def close(self) -> None: ...
 
 
+class Capability(str, Enum):
+    """What a device can do beyond the verbs every provider has. A device declares its own in
+    ``Device.capabilities``; each has the interface below (``CAPABILITY_INTERFACES``)."""
+
+    PORT_CONTROL = "port_control"  # take the port down or up, as a pulled cable would
+    FAULT_INJECTION = "fault_injection"  # lose, drop or delay frames on purpose
+    FRAME_TAP = "frame_tap"  # hand every frame sent, received or dropped to a tap
+    FAST_PATH = "fast_path"  # the compiled engine's own calls: tuples for work requests and completions
+
+
+FAULTS = ("loss", "rx_loss", "drop_next", "delay")  # what FAULT_INJECTION's ``faults`` has
+
+
+@runtime_checkable
+class PortControl(Protocol):
+    def set_port_state(self, up: bool) -> None:
+        """Port down: nothing is sent or received, QPs retry until RETRY_EXC_ERR. Up: traffic flows again."""
+
+
+@runtime_checkable
+class FaultInjection(Protocol):
+    faults: Any  # loss (probability per sent frame), rx_loss (per received frame), drop_next (count), delay (seconds)
+
+
+@runtime_checkable
+class FrameTap(Protocol):
+    def add_tap(self, tap: Callable, batch: bool = False, write_snap: int = 0, raw: bool = False) -> None:
+        """Call ``tap`` with every frame (``batch``: lists of them); ``write_snap``: RDMA WRITE
+        frames keep that many bytes; ``raw``: the compiled engine's records as bytes."""
+
+    def remove_tap(self, tap: Callable) -> None: ...
+
+
+@runtime_checkable
+class FastPath(Protocol):
+    def engine_calls(self, *names: str) -> tuple:
+        """The engine's own methods (post_send, post_recv, cq_poll, rx_poll, flush_acks)."""
+
+    def rx_fileno(self) -> int:
+        """A descriptor readable when frames wait; ``rx_poll`` then takes them on the caller's thread."""
+
+    def rx_poll(self, rounds: int = 4) -> int: ...
+
+
+CAPABILITY_INTERFACES: dict[Capability, type] = {
+    Capability.PORT_CONTROL: PortControl,
+    Capability.FAULT_INJECTION: FaultInjection,
+    Capability.FRAME_TAP: FrameTap,
+    Capability.FAST_PATH: FastPath,
+}
+
+
 class Device(ABC):
     name: str
+    capabilities: frozenset[Capability] = frozenset()  # optional interfaces it has (see Capability)
+    engine = ""  # what moves its frames: "native" or "python" (the soft engines), "pyverbs"
+    gso = False  # sends runs of frames in one UDP GSO send
+    stats: Mapping[str, Any] = MappingProxyType({})  # counters, for snapshots
+
+    def has(self, capability: Capability) -> bool:
+        return capability in self.capabilities
 
     @abstractmethod
     def query_port(self, port: int = 1) -> PortAttr: ...
@@ -366,6 +426,7 @@ class Device(ABC):
 
 class Provider(ABC):
     name: str
+    engine_note = ""  # why its devices do not have the engine they could have had
 
     @abstractmethod
     def list_devices(self) -> list[str]: ...

@@ -178,6 +178,7 @@ class PyverbsProvider(api.Provider):
 
 
 class PyverbsDevice(api.Device):
+    engine = "pyverbs"  # a real device (or rxe): no port control, faults, tap or fast path of its own
     def __init__(self, pv: _Pyverbs, ctx: object, name: str) -> None:
         self._pv, self._ctx, self.name = pv, ctx, name
         with _errors(f"query_device {name}"):

@@ -35,6 +35,7 @@ from stack.wire.roce import ROCE_V2_PORT, Opcode, RoceError
 from ..api import (
     Access,
     AsyncEvent,
+    Capability,
     Device,
     EventType,
     GidEntry,
@@ -234,6 +235,7 @@ class SoftDevice(SoftDeviceBase):
     whether or not the application polls, as hardware does."""
 
     engine = "python"
+    capabilities = frozenset({Capability.PORT_CONTROL, Capability.FAULT_INJECTION, Capability.FRAME_TAP})
 
     def __init__(self, name: str, addr: str, *, mtu: Mtu = Mtu.MTU_1024, netns: str | None = None, seed: int | None = None) -> None:
         super().__init__(name, addr, mtu=mtu, netns=netns, seed=seed)

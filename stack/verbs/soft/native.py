@@ -28,6 +28,7 @@ from native import softroce
 from ..api import (
     Access,
     AsyncEvent,
+    Capability,
     CompletionQueue,
     EventType,
     MemoryRegion,
@@ -308,6 +309,7 @@ def _ip_be(packed: bytes) -> int:
 
 class SoftDeviceNative(SoftDeviceBase):
     engine = "native"
+    capabilities = frozenset({Capability.PORT_CONTROL, Capability.FAULT_INJECTION, Capability.FRAME_TAP, Capability.FAST_PATH})
 
     def __init__(self, name: str, addr: str, *, mtu: Mtu = Mtu.MTU_1024, netns: str | None = None, seed: int | None = None,
                  gso: str | None = None) -> None:  # fmt: skip
