@@ -1,4 +1,13 @@
-"""Event records and the event bus: the product's bloodstream (DESIGN.md section 3).
+"""Event records, their schema and the event bus: the product's bloodstream (DESIGN.md
+sections 3 and 8).
+
+Every kind of event, and every sub-kind of ``link.event``, is declared once in ``SCHEMA``:
+its fields with their types, a one-line meaning and a text template. From it come the
+readers' checks (:func:`check_record`, :func:`from_json`, :func:`parse_snapshot`: a bad
+record raises :class:`BadRecord` naming the kind and field, and readers count it in a
+:class:`Skipped` and go on), the one text of an event (:func:`render`: smc-trace decode,
+smctop's views and logs, the recorder's comments), and the Wireshark plugin's event tables
+(dissectors/wireshark/gen_codes.py). Adding a kind is adding its declaration here.
 
 Every state transition, cursor movement, link event and protocol message becomes one
 :class:`Event`: ``t`` (the ``now`` of the input that caused it), ``kind``, the ids it
