@@ -11,16 +11,35 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .stack import ConnHandle
+from typing import Any, Protocol
 
 READ_LIMIT = 256 << 10  # bytes pulled out of the RMB (or TCP) ahead of the application
 
 
+class Conn(Protocol):
+    """What the streams ask of their connection (``conn.ConnHandle``)."""
+
+    conn_id: int
+    mode: str  # "INIT", "SMCR", "TCP" or "FAILED"
+    error: str | None
+    transport: asyncio.Transport | None
+    closed: asyncio.Future
+
+    def smc_send(self, data) -> int: ...
+    def smc_recv(self, n: int) -> bytes: ...
+    def smc_eof(self) -> bool: ...
+    def smc_error(self) -> str | None: ...
+    def smc_info(self) -> dict[str, Any]: ...
+    def smc_shutdown_wr(self) -> None: ...
+    def smc_close(self) -> None: ...
+    def smc_abort(self) -> None: ...
+    def pause_tcp_reading(self) -> None: ...
+    def resume_tcp_reading(self) -> None: ...
+    async def tcp_drain(self) -> None: ...
+
+
 class SmcStreamReader:
-    def __init__(self, handle: "ConnHandle") -> None:
+    def __init__(self, handle: Conn) -> None:
         self._h = handle
         self._buf = bytearray()
         self._eof = False
@@ -147,7 +166,7 @@ class SmcStreamReader:
 
 
 class SmcStreamWriter:
-    def __init__(self, handle: "ConnHandle", reader: SmcStreamReader) -> None:
+    def __init__(self, handle: Conn, reader: SmcStreamReader) -> None:
         self._h = handle
         self._reader = reader
         self._pending: deque[memoryview] = deque()

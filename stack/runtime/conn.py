@@ -1,0 +1,91 @@
+"""The application's end of one connection: its reader and writer, its TCP transport, and
+what the core said about it (mode, error), between the streams and the sans-I/O core.
+
+A handle is made for every connection the stack opens or accepts and lives in the I/O
+port's table until the core reports the connection closed (or failed). The streams talk to
+it through the small interface ``streams.Conn``; it talks to the core by connection id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from stack.wire import codes
+
+from .port import HostPort
+from .streams import SmcStreamReader, SmcStreamWriter
+
+
+class ConnHandle:
+    """What the stack knows about one connection, shared by its reader and writer."""
+
+    def __init__(self, port: HostPort, conn_id: int) -> None:
+        self.port = port
+        self.conn_id = conn_id
+        self.transport: asyncio.Transport | None = None
+        self.protocol: Any = None  # the tcp.TcpProtocol carrying it
+        self.mode = "INIT"
+        self.error: str | None = None
+        self.ready: asyncio.Future = port.loop.create_future()
+        self.closed: asyncio.Future = port.loop.create_future()
+        self.reader = SmcStreamReader(self)
+        self.writer = SmcStreamWriter(self, self.reader)
+        self.info: dict = {}
+        self._reading_paused = False
+
+    # SMC data path
+    def smc_send(self, data) -> int:
+        port = self.port
+        return port.host.app_send(self.conn_id, data, port.now())
+
+    def smc_recv(self, n: int) -> bytes:
+        port = self.port
+        conn = port.host.conns.get(self.conn_id)
+        return conn.app_recv(n, port.now()) if conn else b""
+
+    def smc_eof(self) -> bool:
+        conn = self.port.host.conns.get(self.conn_id)
+        return conn is None or conn.eof
+
+    def smc_error(self) -> str | None:
+        conn = self.port.host.conns.get(self.conn_id)
+        return conn.error if conn is not None and conn.peer_abort else self.error
+
+    def smc_shutdown_wr(self) -> None:
+        if self.conn_id in self.port.host.conns:
+            self.port.host.app_shutdown_wr(self.conn_id, self.port.now())
+
+    def smc_close(self) -> None:
+        self.port.host.app_close(self.conn_id, self.port.now())
+
+    def smc_abort(self) -> None:
+        self.port.host.app_abort(self.conn_id, self.port.now())
+
+    def smc_info(self) -> dict[str, Any]:
+        conn = self.port.host.conns.get(self.conn_id)
+        if conn is not None:
+            self.info = {
+                "mode": conn.mode, "fallback_reason": conn.fallback_reason,
+                "fallback_reason_text": codes.format_reason(conn.fallback_reason) if conn.fallback_reason else "",
+                "peer_diagnosis": conn.peer_diagnosis, "version": conn.version, "first_contact": conn.first_contact,
+                "state": conn.state.name, "lgr": conn.lgr.name if conn.lgr else None, "link": conn.link.link_id if conn.link else None,
+                "token": conn.token, "peer_token": conn.peer_token, "rmb_size": conn.rmb_size, "peer_rmb_size": conn.peer_size,
+                "conn": self.conn_id,
+            }  # fmt: skip
+        return dict(self.info) or {"mode": self.mode, "fallback_reason": 0, "conn": self.conn_id}
+
+    # TCP flow control
+    def pause_tcp_reading(self) -> None:
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_tcp_reading(self) -> None:
+        if self.transport is not None and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    async def tcp_drain(self) -> None:
+        if self.protocol is not None:
+            await self.protocol.drain()

@@ -1,0 +1,80 @@
+"""The real SMC TCP option on the stack's own sockets (native/smcopt, a BPF program).
+
+With it, a client's SYN and a listener's SYN-ACK carry the SMC experimental option as the
+kernel's do, and the stack learns whether the peer's did: the only signalling that
+interoperates with the Linux kernel. Without it, SMC capability travels in-band (a Proposal
+first thing on the TCP connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+
+class SmcOption:
+    """``mode``: "option" (required: ``open`` raises BpfUnavailable without the program),
+    "auto" (the option when the program is loaded, else in-band), "inband"."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.map = None  # native.smcopt.OptionMap when the option is in use
+        self.signalling = "inband"
+        self.note = ""  # why not the option, when "auto" fell back to in-band
+
+    def open(self) -> None:
+        if self.mode == "inband":
+            return
+        from native.smcopt import BpfUnavailable, OptionMap  # outside the stack: loaded only when asked for
+
+        try:
+            self.map = OptionMap.open()
+            self.signalling = "tcp_option"
+        except BpfUnavailable as e:
+            if self.mode == "option":
+                raise
+            self.note = str(e)
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+
+    async def connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int, local_addr: tuple[str, int] | None) -> socket.socket:
+        """A TCP socket opted in to the SMC option (SMC-Rv2 is IPv4 only), connected."""
+        infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"{host}: no IPv4 address")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            self.map.want(sock)
+            if local_addr is not None:
+                sock.bind(local_addr)
+            await loop.sock_connect(sock, infos[0][4])
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def listener(self, host: str | None, port: int, backlog: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            self.map.want(sock)  # before listen(): the program arms the listener then
+            sock.bind((host or "0.0.0.0", port))
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def peer(self, transport: asyncio.Transport | None) -> bool | None:
+        """Whether the peer's SYN / SYN-ACK carried the SMC option; None: in-band signalling
+        (no program, or it did not see this connection)."""
+        if self.map is None or transport is None:
+            return None
+        sock = transport.get_extra_info("socket")
+        result = self.map.result(sock.fileno())
+        return result.peer if result.done else None
