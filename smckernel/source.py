@@ -1,0 +1,395 @@
+"""The kernel source: the kernel's own SMC-R as a stream of our events.
+
+:class:`KernelSource` polls smc_diag and SMC_GEN_NETLINK at a set rate (unprivileged),
+reads the smc tracepoints and our probes through a private tracefs instance (root), and
+optionally captures the RoCEv2 frames on the netdevs (CAP_NET_RAW); a
+:class:`~smckernel.tracker.Tracker` turns all of it into events. Consumers get them by a
+callback (``add_listener``, called on the source's threads: be quick), by an asyncio
+iterator (``async for e in source.events()``), and the latest :class:`Snapshot` as
+``source.latest``. What the process may not do is said once, in ``notes``, one line per
+missing privilege or feature.
+
+    with KernelSource(rate=2.0) as src:       # opens, starts its threads
+        src.add_listener(print)
+        time.sleep(10)
+
+    snap = snapshot_once()                    # one reading, for --once
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import AsyncIterator, Callable
+
+from stack.events import Event
+
+from . import genl as kgenl
+from . import kio
+from . import netlink as nl
+from .model import RawDumps, Snapshot, from_kernel
+from .tracker import Tracker
+
+SO_NETNS_COOKIE = 71
+# the genl dumps a poll reads, in this order; GET_LINK_SMCR includes the link groups
+POLL_CMDS = (kgenl.GET_SYS_INFO, kgenl.GET_LINK_SMCR, kgenl.GET_DEV_SMCR, kgenl.GET_STATS, kgenl.GET_FBACK_STATS, kgenl.DUMP_UEID)
+
+
+def default_host(netns: str | None) -> str:
+    host = socket.gethostname()
+    return f"{host}/{netns.rsplit('/', 1)[-1]}" if netns else host
+
+
+class KernelReader:
+    """The netlink side: one sock_diag and one generic netlink channel in a namespace, read
+    into :class:`RawDumps` (I/O only; ``smckernel.model.from_kernel`` parses)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self.notes: list[str] = []
+        self.diag: kio.Diag | None = None
+        self.genl: kio.Genl | None = None
+        try:
+            self.diag = kio.Diag(netns)
+            _, err, _ = nl.dump_bodies(self.diag.dump(0))
+            if err == -errno.ENOENT:
+                self.diag.close()
+                self.diag = None
+                self.notes.append("smc_diag: no sock_diag handler for AF_SMC: the smc_diag module is not loaded (modprobe smc_diag, as root)")
+        except kio.KernelUnavailable as e:
+            self.diag = None
+            self.notes.append(f"smc_diag: {e.strerror}")
+        try:
+            self.genl = kio.Genl(netns)
+        except kio.KernelUnavailable as e:
+            self.notes.append(f"SMC_GEN_NETLINK: {e.strerror}")
+        if self.diag is None and self.genl is None:
+            raise kio.KernelUnavailable(errno.ENOENT, "neither smc_diag nor SMC_GEN_NETLINK answers: " + "; ".join(self.notes))
+        self.cmds = []
+        if self.genl is not None:
+            fam = self.genl.family
+            for cmd in POLL_CMDS:
+                if fam.can_dump(cmd):
+                    self.cmds.append(cmd)
+                elif cmd == kgenl.GET_LINK_SMCR and fam.can_dump(kgenl.GET_LGR_SMCR):
+                    self.cmds.append(kgenl.GET_LGR_SMCR)
+                    self.notes.append("this kernel has no GET_LINK_SMCR: link groups without their links")
+                else:
+                    self.notes.append(f"this kernel has no SMC_NETLINK_{kgenl.COMMANDS[cmd]} (Linux {kgenl.SINCE.get(cmd, '?')}+): "
+                                      "its part is unknown")  # fmt: skip
+        self.net_cookie = self._cookie()
+        self._ifnames: dict[int, str] = {}
+
+    def _cookie(self) -> int | None:
+        ch = self.genl.channel if self.genl is not None else self.diag.channel if self.diag is not None else None
+        if ch is None:
+            return None
+        try:
+            return struct.unpack("=Q", ch.sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        except OSError:
+            return None
+
+    def ifnames(self) -> dict[int, str]:
+        try:
+            self._ifnames = dict(kio.in_netns(self.netns, socket.if_nameindex))
+        except OSError:
+            pass
+        return self._ifnames
+
+    def read(self) -> tuple[RawDumps, set[str]]:
+        """One poll: the raw replies, and which parts are complete (read without error)."""
+        raw = RawDumps(ifnames=self.ifnames(), net_cookie=self.net_cookie)
+        complete: set[str] = set()
+        if self.genl is not None:
+            raw.family = self.genl.family_reply
+            for cmd in self.cmds:
+                try:
+                    data = self.genl.dump(cmd)
+                except (kio.KernelUnavailable, OSError) as e:
+                    raw.errors.append(f"SMC_NETLINK_{kgenl.COMMANDS[cmd]}: {e.strerror or e}")
+                    continue
+                raw.genl[cmd] = data
+                try:
+                    _, err, interrupted = nl.dump_bodies(data)
+                except nl.FormatError:
+                    continue
+                if err or interrupted:
+                    continue
+                if cmd == kgenl.GET_LINK_SMCR:
+                    complete.update(("link_groups", "links"))
+                elif cmd == kgenl.GET_LGR_SMCR:
+                    complete.add("link_groups")
+                elif cmd == kgenl.GET_DEV_SMCR:
+                    complete.add("devices")
+        if self.diag is not None:
+            try:
+                raw.diag = self.diag.dump()
+                _, err, interrupted = nl.dump_bodies(raw.diag)
+                if not err and not interrupted:
+                    complete.add("connections")
+            except (kio.KernelUnavailable, OSError, nl.FormatError) as e:
+                raw.errors.append(f"smc_diag: {getattr(e, 'strerror', None) or e}")
+        return raw, complete
+
+    def close(self) -> None:
+        for ch in (self.diag, self.genl):
+            if ch is not None:
+                ch.close()
+
+
+def snapshot_once(netns: str | None = None, host: str | None = None, now: float | None = None) -> Snapshot:
+    """One reading of the kernel's SMC state (for ``--once``); connections numbered 1, 2, ..."""
+    reader = KernelReader(netns)
+    try:
+        raw, complete = reader.read()
+    finally:
+        reader.close()
+    snap = from_kernel(raw, time.monotonic() if now is None else now, host or default_host(netns), netns)
+    snap.notes[:0] = reader.notes
+    Tracker(snap.host, stats_every=None).snapshot(snap, complete)  # numbers the connections
+    return snap
+
+
+class KernelSource:
+    """The kernel's SMC as events (see the module's docstring). ``trace``: None reads the
+    tracepoints and probes when the process may (root), True requires them, False skips
+    them; ``capture``: netdev names to capture RoCEv2 frames on, or "auto" (the netdevs of
+    the SMC-R devices), None for none."""
+
+    def __init__(self, rate: float = 1.0, netns: str | None = None, host: str | None = None, trace: bool | None = None,
+                 probes: bool = True, capture: list[str] | str | None = None, stats_every: float | None = 10.0,
+                 raw_trace_log: str | None = None, queue_size: int = 100_000) -> None:  # fmt: skip
+        if rate <= 0:
+            raise ValueError("rate must be a positive number of polls per second")
+        self.interval = 1.0 / rate
+        self.netns = netns
+        self.host = host or default_host(netns)
+        self.want_trace, self.probes, self.want_capture = trace, probes, capture
+        self.stats_every = stats_every
+        self.raw_trace_log = raw_trace_log
+        self.queue_size = queue_size
+        self.notes: list[str] = []
+        self.latest: Snapshot | None = None
+        self.complete: set[str] = set()
+        self.tracker = Tracker(self.host, byteorder=sys.byteorder, stats_every=stats_every)
+        self.reader: KernelReader | None = None
+        self.tracing = None
+        self.captures: list = []
+        self.tracepoints: list[str] = []  # enabled (kept after close, for status)
+        self.capturing: list[str] = []
+        self.frames = self.frames_dropped = 0  # of closed captures
+        self.net_cookie: int | None = None
+        self.polls = 0
+        self.poll_seconds = 0.0  # time spent reading and parsing (the poll cost)
+        self.clock_offset_ns = time.time_ns() - time.monotonic_ns()  # wall minus monotonic: frame times to event times
+        self._listeners: list[Callable[[Event], None]] = []
+        self._frame_listeners: list[Callable] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.emitted = 0
+
+    # ------------------------------------------------------------------ life
+
+    def __enter__(self) -> "KernelSource":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Open the netlink channels, and tracing and capture as far as allowed."""
+        if self.reader is not None:
+            return
+        self.reader = KernelReader(self.netns)
+        self.notes.extend(self.reader.notes)
+        self.tracker.net_cookie = self.net_cookie = self.reader.net_cookie
+        if self.want_trace is not False:
+            self._open_tracing()
+        if self.want_capture:
+            self._open_capture()
+
+    def _open_tracing(self) -> None:
+        from .tracing import TraceSession
+
+        try:
+            self.tracing = TraceSession(self.reader.net_cookie if self.reader else None, probes=self.probes, raw_log=self.raw_trace_log)
+        except kio.KernelUnavailable as e:
+            if self.want_trace:
+                raise
+            self.notes.append(f"no tracepoints or probes: {e.strerror}")
+            return
+        self.notes.extend(self.tracing.notes)
+        self.tracker.installed = set(self.tracing.installed)
+        self.tracepoints = list(self.tracing.tracepoints)
+
+    def _open_capture(self) -> None:
+        from .capture import Capture
+
+        names = self.want_capture
+        if names == "auto":
+            snap = snapshot_once(self.netns, self.host)
+            names = sorted({p.net_dev for d in snap.devices for p in d.ports if p.net_dev})
+            if not names:
+                self.notes.append("capture: no SMC-R device has a netdev here")
+                return
+        for name in names if isinstance(names, list) else [names]:
+            try:
+                self.captures.append(Capture(name, self.netns))
+                self.capturing.append(name)
+            except kio.KernelUnavailable as e:
+                self.notes.append(f"no capture on {name}: {e.strerror}")
+
+    def start(self) -> None:
+        """Open, take the first snapshot, then start the poller, the trace reader and the captures."""
+        self.open()
+        if self.tracing is not None:
+            self.tracing.start(self._on_trace)
+        for cap in self.captures:
+            cap.start(self._on_frame)
+        self.poll()
+        self._poller = threading.Thread(target=self._run, name="smckernel poller", daemon=True)
+        self._poller.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(5.0)
+        if self.tracing is not None:
+            self.tracing.drain(1.0)
+            self.notes.extend(n for n in self.tracing.notes if n not in self.notes)
+            self.tracing.close()
+            self.tracing = None
+        for cap in self.captures:
+            cap.close()
+            self.frames += cap.frames
+            self.frames_dropped += cap.dropped
+            self.notes.extend(cap.notes)
+        self.captures = []
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    # ------------------------------------------------------------------ consumers
+
+    def add_listener(self, fn: Callable[[Event], None]) -> None:
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[Event], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def add_frame_listener(self, fn: Callable) -> None:
+        """``fn(timestamp_ns, direction, capture.Decoded)`` for every captured RoCEv2 frame."""
+        self._frame_listeners.append(fn)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The events as an asyncio iterator (the source must be started); a consumer that
+        falls more than ``queue_size`` behind gets an ``events.dropped`` record for what it missed."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        dropped = [0]
+
+        def put(e: Event) -> None:
+            if queue.qsize() >= self.queue_size:
+                dropped[0] += 1
+                return
+            if dropped[0]:
+                queue.put_nowait(Event(e.t, "events.dropped", self.host, fields={"count": dropped[0], "by": "KernelSource.events"}))
+                dropped[0] = 0
+            queue.put_nowait(e)
+
+        def listener(e: Event) -> None:
+            loop.call_soon_threadsafe(put, e)
+
+        self.add_listener(listener)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self.remove_listener(listener)
+
+    def _emit(self, events: list[Event]) -> None:
+        for e in events:
+            self.emitted += 1
+            for fn in list(self._listeners):
+                try:
+                    fn(e)
+                except Exception as err:  # noqa: BLE001 - one bad listener does not stop the source
+                    note = f"an event listener failed: {type(err).__name__}: {err}"
+                    if note not in self.notes:
+                        self.notes.append(note)
+
+    # ------------------------------------------------------------------ inputs
+
+    def poll(self) -> Snapshot:
+        """Read the kernel now; emit what changed; return the snapshot."""
+        if self.reader is None:
+            self.open()
+        t0 = time.perf_counter()
+        raw, complete = self.reader.read()
+        now = time.monotonic()
+        snap = from_kernel(raw, now, self.host, self.netns)
+        self.poll_seconds += time.perf_counter() - t0
+        self.polls += 1
+        snap.notes[:0] = self.notes
+        with self._lock:
+            events = self.tracker.snapshot(snap, complete)
+            self.latest, self.complete = snap, complete
+            self._emit(events)
+        return snap
+
+    def _run(self) -> None:
+        next_t = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, next_t - time.monotonic())):
+            next_t += self.interval
+            if next_t < time.monotonic():
+                next_t = time.monotonic() + self.interval  # fell behind: no burst of catch-up polls
+            try:
+                self.poll()
+            except Exception as e:  # noqa: BLE001 - a failed poll is a note, the next one tries again
+                note = f"a poll failed: {type(e).__name__}: {e}"
+                if note not in self.notes:
+                    self.notes.append(note)
+
+    def _on_trace(self, records: list) -> None:
+        with self._lock:
+            out: list[Event] = []
+            for rec in records:
+                out += self.tracker.trace(rec)
+            self._emit(out)
+
+    def _on_frame(self, ts_ns: int, direction: str, frame: bytes) -> None:
+        from .capture import decode
+
+        d = decode(frame)
+        if d is None:
+            return
+        for fn in list(self._frame_listeners):
+            fn(ts_ns, direction, d)
+        t = (ts_ns - self.clock_offset_ns) / 1e9
+        with self._lock:
+            out: list[Event] = []
+            for kind, fields in d.messages:
+                out += self.tracker.message(t, kind, direction, fields)
+            self._emit(out)
+
+    # ------------------------------------------------------------------ figures
+
+    def status(self) -> dict:
+        """What the source does and did: one dict an operator (or a test) reads."""
+        return {"host": self.host, "netns": self.netns, "rate": 1.0 / self.interval, "polls": self.polls,
+                "poll_ms": round(self.poll_seconds / self.polls * 1000, 3) if self.polls else None, "events": self.emitted,
+                "tracepoints": list(self.tracepoints), "probes": sorted(self.tracker.installed), "captures": list(self.capturing),
+                "frames": self.frames + sum(c.frames for c in self.captures),
+                "frames_dropped": self.frames_dropped + sum(c.drops() for c in self.captures),
+                "net_cookie": self.net_cookie, "skipped": dict(self.tracker.skipped),
+                "clock_offset_ns": self.clock_offset_ns,
+                "notes": list(self.notes)}  # fmt: skip

@@ -1,0 +1,286 @@
+"""tracefs I/O: a private trace instance with the smc tracepoints and our probes, read
+from its ``trace_pipe`` by a thread.
+
+Everything here needs root: tracefs and ``dynamic_events`` are writable by root only (the
+kernel checks CAP_SYS_ADMIN when it is mounted with the default mode). Without it the
+session says so in one line and the kernel source goes on with smc_diag and genl.
+
+The session uses an instance of its own (``instances/smckernel-<pid>``), so nobody else's
+tracing is disturbed and its clock can be CLOCK_MONOTONIC (``trace_clock`` = ``mono``);
+dynamic events live in a group of its own (``smck<pid>``), enabled in its instance only.
+On close (and for what a dead process left behind, on the next start) it disables them
+and removes the group and the instance.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import threading
+import time
+from typing import Callable
+
+from . import trace as ktrace
+from .kio import KernelUnavailable
+
+TRACEFS_PATHS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+NEED_ROOT = "tracepoints and probes need root (tracefs and dynamic_events are writable by CAP_SYS_ADMIN only)"
+
+
+def find_tracefs(mount: bool = True) -> str:
+    """The tracefs mount point; mounts it at /sys/kernel/tracing when it is not (root)."""
+    for path in TRACEFS_PATHS:
+        if os.path.exists(os.path.join(path, "trace")):
+            return path
+    if mount and os.geteuid() == 0 and os.path.isdir(TRACEFS_PATHS[0]):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mount(b"nodev", TRACEFS_PATHS[0].encode(), b"tracefs", 0, None) == 0:
+            return TRACEFS_PATHS[0]
+        err = ctypes.get_errno()
+        raise KernelUnavailable(err, f"cannot mount tracefs at {TRACEFS_PATHS[0]}: {os.strerror(err)}")
+    raise KernelUnavailable(errno.ENOENT, "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing, as root)")
+
+
+def _write(path: str, text: str, append: bool = False) -> None:
+    # os.open, not open(..., "a"): Python's append mode seeks to the end, which tracefs refuses
+    fd = os.open(path, os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC))
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TraceSession:
+    """The smc tracepoints and our probes in a private instance. ``start(callback)`` starts
+    the reader thread, which calls ``callback(list of TraceRecord)``; ``close()`` undoes
+    everything. ``notes`` says what the kernel did not allow and why; ``installed`` names
+    the probes in place, ``tracepoints`` the tracepoints enabled."""
+
+    def __init__(self, net_cookie: int | None = None, probes: bool = True, tracefs: str | None = None, raw_log: str | None = None) -> None:
+        if os.geteuid() != 0:
+            raise KernelUnavailable(errno.EPERM, NEED_ROOT)
+        self.root = tracefs or find_tracefs()
+        self.pid = os.getpid()
+        self.group = f"smck{self.pid}"
+        self.instance = os.path.join(self.root, "instances", f"smckernel-{self.pid}")
+        self.notes: list[str] = []
+        self.installed: list[str] = []
+        self.tracepoints: list[str] = []
+        self.net_cookie = net_cookie
+        self.raw_log = raw_log  # a file every line read is appended to (fixtures, bug reports)
+        self.errors = 0  # lines that did not parse
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cleanup_stale()
+        try:
+            os.mkdir(self.instance)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise KernelUnavailable(e.errno or 0, f"cannot create a trace instance ({self.instance}): {e.strerror}") from None
+        try:
+            _write(os.path.join(self.instance, "trace_clock"), "mono")
+        except OSError as e:
+            self.notes.append(f"trace_clock mono refused ({e.strerror}): trace times are the instance's default clock, "
+                              "not CLOCK_MONOTONIC")  # fmt: skip
+        try:
+            _write(os.path.join(self.instance, "buffer_size_kb"), "4096")
+        except OSError:
+            pass
+        self._enable_tracepoints()
+        if probes:
+            self._add_probes()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _filter(self, event_dir: str) -> None:
+        if self.net_cookie is None:
+            return
+        try:
+            _write(os.path.join(event_dir, "filter"), f"net == {self.net_cookie}")
+        except OSError:
+            pass  # filtered in Python instead (the tracker drops other namespaces' records)
+
+    def _enable_tracepoints(self) -> None:
+        base = os.path.join(self.instance, "events", "smc")
+        if not os.path.isdir(base):
+            self.notes.append("the smc tracepoints are not there (smc module not loaded, or a kernel before 5.17)")
+            return
+        for tp in ktrace.TRACEPOINTS:
+            d = os.path.join(base, tp)
+            if not os.path.isdir(d):
+                self.notes.append(f"tracepoint smc:{tp} is not in this kernel")
+                continue
+            try:
+                self._filter(d)
+                _write(os.path.join(d, "enable"), "1")
+                self.tracepoints.append(tp)
+            except OSError as e:
+                self.notes.append(f"tracepoint smc:{tp} not enabled: {e.strerror}")
+
+    def _error_log(self) -> str:
+        try:
+            with open(os.path.join(self.root, "error_log")) as f:
+                lines = [x.strip() for x in f.read().splitlines() if x.strip()]
+            return lines[-1] if lines else ""
+        except OSError:
+            return ""
+
+    def _add_probes(self) -> None:
+        path = os.path.join(self.root, "dynamic_events")
+        if not os.path.exists(path):
+            self.notes.append("no dynamic_events in tracefs (a kernel without probe events): tracepoints only")
+            return
+        failed = []
+        for name, line in ktrace.probe_definitions(self.group).items():
+            err = self._try(path, line)
+            if err is not None:  # perhaps a kernel without net_cookie: once more without it
+                line2 = ktrace.probe_definitions(self.group, [name], net=False)[name]
+                if self._try(path, line2) is None:
+                    self.notes.append(f"probe {name}: without the namespace cookie ({err}); records of every namespace")
+                    err = None
+            if err is not None:
+                failed.append(f"{name} ({err})")
+                continue
+            d = os.path.join(self.instance, "events", self.group, name)
+            try:
+                self._filter(d)
+                _write(os.path.join(d, "enable"), "1")
+                self.installed.append(name)
+            except OSError as e:
+                failed.append(f"{name} (enable: {e.strerror})")
+        if failed:
+            self.notes.append("probes the kernel did not take (it needs fprobe events with BTF arguments, Linux 6.6+, "
+                              "CONFIG_PROBE_EVENTS_BTF_ARGS): " + "; ".join(failed))  # fmt: skip
+
+    def _try(self, path: str, line: str) -> str | None:
+        try:
+            _write(path, line + "\n", append=True)
+            return None
+        except OSError as e:
+            why = self._error_log()
+            return f"{e.strerror}{': ' + why if why else ''}"
+
+    def _cleanup_stale(self) -> None:
+        """Instances and groups of smckernel processes that are gone."""
+        inst = os.path.join(self.root, "instances")
+        try:
+            names = os.listdir(inst)
+        except OSError:
+            names = []
+        for name in names:
+            if name.startswith("smckernel-") and name[10:].isdigit() and not _pid_alive(int(name[10:])):
+                self._remove(os.path.join(inst, name), f"smck{name[10:]}")
+
+    def _remove(self, instance: str, group: str) -> None:
+        try:
+            _write(os.path.join(instance, "tracing_on"), "0")
+        except OSError:
+            pass
+        events = os.path.join(instance, "events")
+        for sub in (group, "smc"):
+            d = os.path.join(events, sub)
+            try:
+                for ev in os.listdir(d):
+                    if os.path.isdir(os.path.join(d, ev)):
+                        try:
+                            _write(os.path.join(d, ev, "enable"), "0")
+                        except OSError:
+                            pass
+            except OSError:
+                pass
+        try:
+            os.rmdir(instance)
+        except OSError:
+            pass
+        path = os.path.join(self.root, "dynamic_events")
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            head = line.split(" ", 1)[0]  # f:group/name
+            kind, _, ev = head.partition(":")
+            if ev.startswith(group + "/"):
+                try:
+                    _write(path, f"-:{ev}\n", append=True)
+                except OSError:
+                    pass
+
+    # ------------------------------------------------------------------ reading
+
+    def start(self, callback: Callable[[list], None]) -> None:
+        self._thread = threading.Thread(target=self._run, args=(callback,), name="smckernel trace_pipe", daemon=True)
+        self._thread.start()
+
+    def _run(self, callback: Callable[[list], None]) -> None:
+        try:
+            fd = os.open(os.path.join(self.instance, "trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            self.notes.append(f"cannot read trace_pipe: {e.strerror}")
+            return
+        log = open(self.raw_log, "a") if self.raw_log else None
+        pending = b""
+        try:
+            while True:
+                stopping = self._stop.is_set()
+                r, _, _ = select.select([fd], [], [], 0.1)
+                data = b""
+                if r:
+                    try:
+                        data = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        data = b""
+                if data:
+                    pending += data
+                    *lines, pending = pending.split(b"\n")
+                    records = []
+                    for raw in lines:
+                        text = raw.decode("utf-8", "backslashreplace")
+                        if not text.strip():
+                            continue
+                        if log is not None:
+                            log.write(text + "\n")
+                        try:
+                            records.append(ktrace.parse_line(text))
+                        except ktrace.TraceFormatError:
+                            self.errors += 1
+                    if records:
+                        try:
+                            callback(records)
+                        except Exception as e:  # noqa: BLE001 - the reader must go on
+                            self.notes.append(f"trace record handler failed: {type(e).__name__}: {e}")
+                elif stopping:
+                    break
+        finally:
+            os.close(fd)
+            if log is not None:
+                log.close()
+
+    def drain(self, timeout: float = 1.0) -> None:
+        """Give the reader ``timeout`` seconds to hand over what the kernel buffered, then stop it."""
+        if self._thread is None:
+            return
+        time.sleep(min(timeout, 0.3))
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        self._remove(self.instance, self.group)
