@@ -1,7 +1,9 @@
-"""The kernel's SMC from Python, for the lab's interop tests (stdlib and ctypes only).
+"""The kernel's SMC from Python, for the lab's interop tests (the netlink through smckernel,
+the sockets through ctypes).
 
-* :func:`ueid_add` / :func:`ueid_flush`: the SMC generic netlink family, as smc-tools'
-  ``smcr ueid add`` (SMC-Rv2 needs at least one UEID; not packaged in Debian 12).
+* :func:`ueid_add` / :func:`ueid_remove` / :func:`ueid_list` / :func:`ueid_flush`: the SMC
+  generic netlink family, as smc-tools' ``smcr ueid add/del/show/flush`` (SMC-Rv2 needs at
+  least one UEID; smc-tools is not packaged in Debian 12).
 * :func:`ss`: AF_SMC sockets through sock_diag / smc_diag, as ``smcss``: state, mode
   (SMCR, SMCD or TCP) and, in fallback, the reason and the peer's diagnosis.
 * :func:`smc_socket`, :func:`connect`, :func:`listen`, :func:`accept`: AF_SMC sockets.
@@ -16,16 +18,20 @@ import errno
 import os
 import socket
 import struct
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project: smckernel speaks the netlink
+
+from smckernel import diag as kdiag  # noqa: E402
+from smckernel import genl as kgenl  # noqa: E402
+from smckernel import kio  # noqa: E402
+from smckernel import netlink as nl  # noqa: E402
 
 AF_SMC = 43
 SMCPROTO_SMC = 0
-NETLINK_GENERIC, NETLINK_SOCK_DIAG = 16, 4  # Python 3.11 has no socket.NETLINK_GENERIC
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 1, 4, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-SOCK_DIAG_BY_FAMILY = 20
 SMC_DIAG_LGRINFO, SMC_DIAG_FALLBACK = 2, 5
-SMC_NETLINK_ADD_UEID, SMC_NETLINK_FLUSH_UEID = 10, 11
 MODES = {0: "SMCR", 1: "TCP", 2: "SMCD"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -86,51 +92,7 @@ def connect(ip: str, port: int, timeout: float = 60.0) -> socket.socket:
         time.sleep(0.1)
 
 
-# ---------------------------------------------------------------- netlink
-
-
-def _attr(t: int, data: bytes) -> bytes:
-    n = 4 + len(data)
-    return struct.pack("=HH", n, t) + data + bytes(-n % 4)
-
-
-def _attrs(buf: bytes):
-    o = 0
-    while o + 4 <= len(buf):
-        n, t = struct.unpack_from("=HH", buf, o)
-        if n < 4:
-            break
-        yield t & 0x3FFF, buf[o + 4 : o + n]
-        o += (n + 3) & ~3
-
-
-def _talk(proto: int, mtype: int, flags: int, payload: bytes) -> list[tuple[int, bytes]]:
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto) as s:
-        s.bind((0, 0))
-        s.send(struct.pack("=IHHII", 16 + len(payload), mtype, flags, 1, 0) + payload)
-        out = []
-        while True:
-            data = s.recv(1 << 16)
-            o = 0
-            while o < len(data):
-                n, t, _f, _seq, _pid = struct.unpack_from("=IHHII", data, o)
-                body = data[o + 16 : o + n]
-                o += (n + 3) & ~3
-                if t == NLMSG_DONE:
-                    return out
-                if t == NLMSG_ERROR:
-                    err = struct.unpack_from("=i", body)[0]
-                    if err:
-                        raise OSError(-err, os.strerror(-err))
-                    return out
-                out.append((t, body))
-                if not flags & NLM_F_DUMP:
-                    return out
-
-
-def _genl_family(name: str) -> int:
-    msgs = _talk(NETLINK_GENERIC, 0x10, NLM_F_REQUEST, struct.pack("=BBH", 3, 1, 0) + _attr(2, name.encode() + b"\0"))
-    return next(struct.unpack("=H", v[:2])[0] for t, v in _attrs(msgs[0][1][4:]) if t == 1)
+# ---------------------------------------------------------------- netlink (smckernel's)
 
 
 def ueid(name: str) -> bytes:
@@ -138,32 +100,54 @@ def ueid(name: str) -> bytes:
     return name.upper().ljust(32).encode("ascii")
 
 
+def _genl_do(cmd: int, body: bytes = b"") -> None:
+    g = kio.Genl()
+    try:
+        _, err, _ = nl.dump_bodies(g.do(cmd, body))
+    finally:
+        g.close()
+    if err:
+        raise OSError(-err, os.strerror(-err))
+
+
 def ueid_add(name: str) -> None:
-    fam = _genl_family("SMC_GEN_NETLINK")
-    _talk(NETLINK_GENERIC, fam, NLM_F_REQUEST | NLM_F_ACK, struct.pack("=BBH", SMC_NETLINK_ADD_UEID, 1, 0) + _attr(1, ueid(name) + b"\0"))
+    _genl_do(kgenl.ADD_UEID, nl.attr(1, ueid(name) + b"\0"))
+
+
+def ueid_remove(name: str) -> None:
+    """``smcr ueid del``: ENOENT when the kernel has no such UEID."""
+    _genl_do(kgenl.REMOVE_UEID, nl.attr(1, ueid(name) + b"\0"))
+
+
+def ueid_list() -> list[str]:
+    """The UEIDs the kernel has (blank padding stripped)."""
+    g = kio.Genl()
+    try:
+        parsed = kgenl.parse(g.dump(kgenl.DUMP_UEID), kgenl.DUMP_UEID)
+    finally:
+        g.close()
+    return [r["ueid"].strip() for r in parsed.records if "ueid" in r]
 
 
 def ueid_flush() -> None:
-    fam = _genl_family("SMC_GEN_NETLINK")
-    _talk(NETLINK_GENERIC, fam, NLM_F_REQUEST | NLM_F_ACK, struct.pack("=BBH", SMC_NETLINK_FLUSH_UEID, 1, 0))
+    """``smcr ueid flush`` (command 12, SMC_NETLINK_FLUSH_UEID)."""
+    _genl_do(kgenl.FLUSH_UEID)
 
 
 def ss() -> list[dict]:
     """Every AF_SMC socket of this network namespace, as smcss shows it."""
-    ext = (1 << (SMC_DIAG_FALLBACK - 1)) | (1 << (SMC_DIAG_LGRINFO - 1))
-    req = struct.pack("=BBBB", AF_SMC, 0, 0, ext) + bytes(48)
+    d = kio.Diag()
+    try:
+        dump = kdiag.parse_dump(d.dump((1 << (SMC_DIAG_FALLBACK - 1)) | (1 << (SMC_DIAG_LGRINFO - 1))))
+    finally:
+        d.close()
     out = []
-    for _t, body in _talk(NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, req):
-        _fam, state, mode, _shut = struct.unpack_from("=BBBB", body)
-        sport, dport = struct.unpack_from(">HH", body, 4)
-        attrs = dict(_attrs(body[64:]))
-        fb = attrs.get(SMC_DIAG_FALLBACK)
-        reason, peer_diag = struct.unpack("=II", fb[:8]) if fb else (0, 0)
+    for s in dump.sockets:
+        tcp = s.mode == 1
         out.append({
-            "state": state, "local": f"{socket.inet_ntoa(body[8:12])}:{sport}",
-            "peer": f"{socket.inet_ntoa(body[24:28])}:{dport}", "mode": MODES.get(mode, str(mode)),
-            "fallback_reason": reason if mode == 1 else 0, "peer_diagnosis": peer_diag if mode == 1 else 0,
-            "lgr": SMC_DIAG_LGRINFO in attrs,
+            "state": s.state, "local": s.local, "peer": s.peer, "mode": MODES.get(s.mode, str(s.mode)),
+            "fallback_reason": (s.fallback_reason or 0) if tcp else 0, "peer_diagnosis": (s.peer_diagnosis or 0) if tcp else 0,
+            "lgr": s.lgrinfo is not None,
         })  # fmt: skip
     return out
 
