@@ -17,6 +17,7 @@ import time
 
 from . import once
 from .kio import KernelUnavailable
+from .trace import PROBES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text", action="store_true", help="events as text lines instead of JSON lines")
     ap.add_argument("--no-trace", action="store_true", help="no tracepoints or probes, even as root")
     ap.add_argument("--no-probes", action="store_true", help="the smc tracepoints only, no dynamic probes")
+    ap.add_argument("--probes", help="only these probes (comma-separated; default all: " + ",".join(PROBES) + ")")
     ap.add_argument("--capture", help="capture RoCEv2 frames on these netdevs (comma-separated, or 'auto'); needs CAP_NET_RAW")
     ap.add_argument("--record", metavar="FILE", help="write the events (and captured frames) to an smc-trace pcapng file")
     ap.add_argument("--trace-log", metavar="FILE", help="append every trace_pipe line read to FILE")
@@ -97,7 +99,7 @@ def _run(a) -> int:
     capture = None
     if a.capture:
         capture = "auto" if a.capture == "auto" else a.capture.split(",")
-    src = KernelSource(rate=a.rate, netns=a.netns, host=a.host, trace=False if a.no_trace else None, probes=not a.no_probes,
+    src = KernelSource(rate=a.rate, netns=a.netns, host=a.host, trace=False if a.no_trace else None, probes=False if a.no_probes else (a.probes.split(",") if a.probes else True),
                        capture=capture, stats_every=a.stats_every or None, raw_trace_log=a.trace_log)  # fmt: skip
     out = sys.stdout
     lock = threading.Lock()

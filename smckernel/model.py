@@ -378,9 +378,10 @@ def flat_stats(stats: dict[str, Any] | None, prefix: str = "") -> dict[str, floa
     return out
 
 
-def to_stack_snapshot(snap: Snapshot) -> dict[str, Any]:
+def to_stack_snapshot(snap: Snapshot, max_conns: int = 2000) -> dict[str, Any]:
     """The snapshot in ``Stack.snapshot()``'s shape (stack.events.SNAPSHOT), which smctop's
-    model and recordings take. Unknown values are left out (the shape allows that)."""
+    model and recordings take. Unknown values are left out (the shape allows that); past
+    ``max_conns`` connections the rest are counted in ``conns_left_out``."""
 
     def clean(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if v is not None}
@@ -412,8 +413,11 @@ def to_stack_snapshot(snap: Snapshot) -> dict[str, Any]:
         for p in dev.ports:
             devices.append(clean({"name": dev.name if len(dev.ports) < 2 else f"{dev.name}/{p.port}", "up": p.state == "ACTIVE" if p.state else None}))
     fallbacks = [{"role": r["role"], "reason": r["code"], "count": r["count"] or 0} for r in (snap.fallbacks or {}).get("reasons", [])]
-    return {"host": snap.host, "t": snap.t, "stats": flat_stats(snap.stats), "devices": devices, "fallbacks": fallbacks, "lgrs": lgrs,
-            "conns": conns, "failovers": []}  # fmt: skip
+    out = {"host": snap.host, "t": snap.t, "stats": flat_stats(snap.stats), "devices": devices, "fallbacks": fallbacks, "lgrs": lgrs,
+           "conns": conns[:max_conns], "failovers": []}  # fmt: skip
+    if len(conns) > max_conns:  # one record stays readable (readers take at most 1 MiB a record)
+        out["conns_left_out"] = len(conns) - max_conns
+    return out
 
 
 def from_stack_snapshot(d: dict[str, Any], source: str = "stack") -> Snapshot:

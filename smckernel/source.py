@@ -26,7 +26,7 @@ import struct
 import sys
 import threading
 import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterable
 
 from stack.events import Event
 
@@ -111,8 +111,8 @@ class KernelReader:
             for cmd in self.cmds:
                 try:
                     data = self.genl.dump(cmd)
-                except (kio.KernelUnavailable, OSError) as e:
-                    raw.errors.append(f"SMC_NETLINK_{kgenl.COMMANDS[cmd]}: {e.strerror or e}")
+                except (kio.KernelUnavailable, OSError, nl.FormatError) as e:
+                    raw.errors.append(f"SMC_NETLINK_{kgenl.COMMANDS[cmd]}: {getattr(e, 'strerror', None) or e}")
                     continue
                 raw.genl[cmd] = data
                 try:
@@ -159,11 +159,12 @@ def snapshot_once(netns: str | None = None, host: str | None = None, now: float 
 class KernelSource:
     """The kernel's SMC as events (see the module's docstring). ``trace``: None reads the
     tracepoints and probes when the process may (root), True requires them, False skips
-    them; ``capture``: netdev names to capture RoCEv2 frames on, or "auto" (the netdevs of
+    them; ``probes``: all of smckernel.trace.PROBES, none, or the names wanted (cdc_rx and
+    sendmsg/recvmsg fire per message and per call: leave them out on a busy host); ``capture``: netdev names to capture RoCEv2 frames on, or "auto" (the netdevs of
     the SMC-R devices), None for none."""
 
     def __init__(self, rate: float = 1.0, netns: str | None = None, host: str | None = None, trace: bool | None = None,
-                 probes: bool = True, capture: list[str] | str | None = None, stats_every: float | None = 10.0,
+                 probes: bool | Iterable[str] = True, capture: list[str] | str | None = None, stats_every: float | None = 10.0,
                  raw_trace_log: str | None = None, queue_size: int = 100_000) -> None:  # fmt: skip
         if rate <= 0:
             raise ValueError("rate must be a positive number of polls per second")

@@ -69,7 +69,8 @@ class TraceSession:
     everything. ``notes`` says what the kernel did not allow and why; ``installed`` names
     the probes in place, ``tracepoints`` the tracepoints enabled."""
 
-    def __init__(self, net_cookie: int | None = None, probes: bool = True, tracefs: str | None = None, raw_log: str | None = None) -> None:
+    def __init__(self, net_cookie: int | None = None, probes=True, tracefs: str | None = None, raw_log: str | None = None) -> None:
+        """``probes``: True for all of smckernel.trace.PROBES, False for none, or the names wanted."""
         if os.geteuid() != 0:
             raise KernelUnavailable(errno.EPERM, NEED_ROOT)
         self.root = tracefs or find_tracefs()
@@ -100,17 +101,17 @@ class TraceSession:
             _write(os.path.join(self.instance, "buffer_size_kb"), "4096")
         except OSError:
             pass
-        self._enable_tracepoints()
         if probes:
-            self._add_probes()
+            self._add_probes(None if probes is True else set(probes))
+        self._enable_tracepoints()
 
     # ------------------------------------------------------------------ set-up
 
-    def _filter(self, event_dir: str) -> None:
+    def _filter(self, event_dir: str, field: str = "net") -> None:
         if self.net_cookie is None:
             return
         try:
-            _write(os.path.join(event_dir, "filter"), f"net == {self.net_cookie}")
+            _write(os.path.join(event_dir, "filter"), f"{field} == {self.net_cookie}")
         except OSError:
             pass  # filtered in Python instead (the tracker drops other namespaces' records)
 
@@ -119,13 +120,17 @@ class TraceSession:
         if not os.path.isdir(base):
             self.notes.append("the smc tracepoints are not there (smc module not loaded, or a kernel before 5.17)")
             return
+        read_by_probe = {tp for name, tp in ktrace.REPLACES.items() if name in self.installed}
         for tp in ktrace.TRACEPOINTS:
             d = os.path.join(base, tp)
             if not os.path.isdir(d):
                 self.notes.append(f"tracepoint smc:{tp} is not in this kernel")
                 continue
+            if tp in read_by_probe and tp in ("smc_tx_sendmsg", "smc_rx_recvmsg"):
+                self.tracepoints.append(tp)  # read through its probe, which names the connection: not twice per call
+                continue
             try:
-                self._filter(d)
+                self._filter(d, "net_cookie")
                 _write(os.path.join(d, "enable"), "1")
                 self.tracepoints.append(tp)
             except OSError as e:
@@ -139,13 +144,16 @@ class TraceSession:
         except OSError:
             return ""
 
-    def _add_probes(self) -> None:
+    def _add_probes(self, names: set[str] | None) -> None:
         path = os.path.join(self.root, "dynamic_events")
         if not os.path.exists(path):
             self.notes.append("no dynamic_events in tracefs (a kernel without probe events): tracepoints only")
             return
+        unknown = (names or set()) - set(ktrace.PROBES)
+        if unknown:
+            self.notes.append(f"no such probes: {', '.join(sorted(unknown))} (known: {', '.join(ktrace.PROBES)})")
         failed = []
-        for name, line in ktrace.probe_definitions(self.group).items():
+        for name, line in ktrace.probe_definitions(self.group, names).items():
             err = self._try(path, line)
             if err is not None:  # perhaps a kernel without net_cookie: once more without it
                 line2 = ktrace.probe_definitions(self.group, [name], net=False)[name]

@@ -201,6 +201,9 @@ def guest_client() -> None:
         s.close()
     time.sleep(1.5)
     _save_raw(share, "client-closed")
+    truth["ueids_before_flush"] = ksmc.ueid_list()
+    ksmc.ueid_flush()
+    truth["ueids_after_flush"] = ksmc.ueid_list()
     (share / "truth.json").write_text(json.dumps(truth, indent=1))
     _stop_source(share, src, rec, out)
     _bench(share)
@@ -468,6 +471,10 @@ def test_the_statistics_count_what_happened(run) -> None:
                                                     "text": "0x05000000 PEERDECL", "count": 1}], fb  # fmt: skip
     text = (run["a"].share / "once-root.txt").read_text()
     assert "TCP 0x05000000/0x03030000  PEERDECL/NOSMCDEV" in text and "LINK_ACTIVE" in text, text
+
+
+def test_ksmc_lists_and_flushes_the_ueids(run) -> None:
+    assert (run["truth"]["ueids_before_flush"], run["truth"]["ueids_after_flush"]) == ([UEID], [])
 
 
 def test_poll_cost_per_thousand_sockets_is_reported(run) -> None:

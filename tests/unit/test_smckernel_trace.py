@@ -72,10 +72,13 @@ def test_every_recorded_line_parses_with_its_time_task_and_arguments() -> None:
 
 def test_plain_tracepoint_lines_and_probe_lines_differ_only_in_what_they_say() -> None:
     recs = records("trace-client.txt")
-    tp = next(r for r in recs if r.event == "smc_tx_sendmsg")
-    assert tp.where == "" and tp.args["dev"] == "rxe0" and tp.int("len") > 0 and tp.int("net") == 1
-    probe = next(r for r in recs if r.event == "sendmsg")
-    assert probe.where.startswith("__probestub_smc_tx_sendmsg") and probe.int("token") > 0
+    tp = next(r for r in recs if r.event == "smc_switch_to_fallback")
+    assert tp.where == "" and tp.int("fallback_rsn") == PEERDECL and tp.int("net") == 1 and "sk" in tp.args  # a pointer, nothing more
+    probe = next(r for r in recs if r.event == "fallback")
+    assert probe.where.startswith("smc_switch_to_fallback+0x0/") and probe.int("reason") == PEERDECL and probe.int("sport") > 0
+    send = next(r for r in recs if r.event == "sendmsg")  # the tracepoint read through a probe on it
+    assert send.where.startswith("__probestub_smc_tx_sendmsg") and send.int("token") > 0 and send.int("len") > 0
+    assert not any(r.event == "smc_tx_sendmsg" for r in recs)  # its plain records would only repeat the probe's
 
 
 def test_a_received_cdc_is_the_bytes_the_kernel_received() -> None:
@@ -250,3 +253,21 @@ def test_a_plain_tracepoint_times_the_fallback_smc_diag_shows_when_no_probe_is_t
     out = tr.snapshot(model.from_kernel(kio.load_raw(str(FIX / "client-open")), tp.t + 3, "a"))
     (fb,) = [e for e in out if e.kind == "conn.fallback"]
     assert (fb.t, fb.fields["source"], fb.fields["reason"]) == (tp.t, "tracepoint", PEERDECL)
+
+
+def test_smctops_model_takes_the_kernel_sources_events_and_snapshots() -> None:
+    """What smctop --kernel will feed its model: the events (probes, tracepoints, snapshots)
+    and the stack-shaped snapshot; the model must show the connections as the kernel does."""
+    from smctop.model import Model
+
+    tr, out = replay("trace-client.txt", ["client-open"])
+    m = Model()
+    for e in sorted(out, key=lambda e: e.t):
+        m.feed(e)
+    want = {(c["local"], "TCP" if c["fallback"] else "SMCR") for c in TRUTH["conns"]}
+    assert want <= {(c.local, c.mode) for c in m.conns.values() if c.local}  # from the events alone
+    snap = model.from_kernel(kio.load_raw(str(FIX / "client-open")), max(e.t for e in out) + 1, "a")
+    tr.snapshot(snap)  # the source's tracker numbers the snapshot's connections as it numbered the events'
+    m.apply_snapshot(model.to_stack_snapshot(snap))
+    shown = {(c.local, c.mode) for c in m.conns.values() if c.local}
+    assert want <= shown and len(shown) == len(want), shown
