@@ -277,8 +277,8 @@ class Tracker:
         now = {g.id: g for g in snap.link_groups}
         for gid, g in now.items():
             prev = self.lgrs.get(gid)
-            if prev is None:
-                prev = self.lgrs[gid] = _Lgr(None)
+            if prev is None or prev.type is None:  # (a probe may have named one of its links first)
+                prev = self.lgrs.setdefault(gid, _Lgr(None))
                 cause = "already there when the kernel source started" if first else "created (first seen by SMC_GEN_NETLINK)"
                 out.append(self._ev(t, "lgr.state", SNAPSHOT, lgr=gid, old="NONE", new=g.type or "NONE", cause=cause, crit=g.crit,
                                     role=g.role, version=g.version, max_conns=g.max_conns, max_links=g.max_links))  # fmt: skip

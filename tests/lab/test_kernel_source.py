@@ -104,6 +104,9 @@ def _stop_source(share: Path, src, rec, out) -> None:
     status = src.status()
     status["recorder"] = {"events": stats.events, "frames": stats.frames, "dropped_events": stats.dropped_events,
                           "dropped_frames": stats.dropped_frames}  # fmt: skip
+    tracefs = Path("/sys/kernel/tracing")  # what the session leaves behind: nothing
+    status["leftovers"] = [x for x in (tracefs / "dynamic_events").read_text().splitlines() if "smck" in x]
+    status["leftovers"] += [p.name for p in (tracefs / "instances").iterdir() if p.name.startswith("smckernel-")]
     (share / "status.json").write_text(json.dumps(status, indent=1, sort_keys=True))
 
 
@@ -383,8 +386,9 @@ def test_link_groups_and_links_match_genl_and_the_devices_gids(run) -> None:
     assert b_once  # its raw replies were saved (the unit fixtures)
 
 
-def test_tracepoints_and_probes_give_events_as_root(run) -> None:
+def test_tracepoints_and_probes_give_events_as_root_and_leave_nothing_behind(run) -> None:
     events, truth, status = run["a_events"], run["truth"], run["a_status"]
+    assert status["leftovers"] == [] and run["b_status"]["leftovers"] == [], (status["leftovers"], run["b_status"]["leftovers"])
     assert set(status["tracepoints"]) == {"smc_switch_to_fallback", "smc_tx_sendmsg", "smc_rx_recvmsg", "smcr_link_down"}, status
     assert {"fallback", "cdc_rx", "llc_rx", "lgr_type", "sendmsg", "recvmsg", "decline"} <= set(status["probes"]), status
     for c in truth["conns"]:

@@ -199,3 +199,28 @@ def test_pure_modules_do_no_io(name: str) -> None:
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
     assert not imported & {"socket", "select", "time", "threading", "asyncio", "kio", "tracing", "capture", "source"}, imported
+
+
+def test_the_source_hands_events_to_an_asyncio_iterator_in_order() -> None:
+    import asyncio
+    import threading
+
+    from smckernel.source import KernelSource
+
+    src = KernelSource(stats_every=None)  # not started: its threads' calls are made here
+    events = src.tracker.snapshot(model.from_kernel(kio.load_raw(str(FIX / "client-open")), 1.0, "a"))
+
+    async def consume() -> list:
+        got = []
+        it = src.events()
+        first = asyncio.ensure_future(it.__anext__())
+        await asyncio.sleep(0)  # the iterator is listening now
+        threading.Thread(target=src._emit, args=(events,)).start()  # as the poller thread would
+        got.append(await asyncio.wait_for(first, 5))
+        while len(got) < len(events):
+            got.append(await asyncio.wait_for(it.__anext__(), 5))
+        await it.aclose()
+        return got
+
+    got = asyncio.run(consume())
+    assert [e.kind for e in got] == [e.kind for e in events] and src._listeners == []
