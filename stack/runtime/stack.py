@@ -181,6 +181,15 @@ class Stack:
         self.servers.append(server)
         return server
 
+    @property
+    def name(self) -> str:
+        """The host's name (events, CLC hostname, snapshots)."""
+        return self.config.smc.host
+
+    def devices(self) -> list[str]:
+        """The names of the host's RDMA devices."""
+        return list(self.rdma.devs) if self.rdma is not None else []
+
     def engines(self) -> dict[str, str]:
         """Which engine moves each device's frames: "native" (compiled soft RoCE), "python"
         (its pure-Python twin) or "pyverbs" (a real device)."""
