@@ -42,7 +42,7 @@ from stack.events import KINDS, BadRecord, Skipped, loads, to_dict
 from stack.wire import codes
 
 if TYPE_CHECKING:
-    from .stack import Stack
+    from .controls import ControlTarget
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 << 10
@@ -127,7 +127,7 @@ def _answers(path: str) -> bool:
 
 
 class ControlServer:
-    def __init__(self, stack: "Stack", path: str, interval: float = 1.0) -> None:
+    def __init__(self, stack: "ControlTarget", path: str, interval: float = 1.0) -> None:
         self.stack = stack
         self.path = path
         self.interval = interval
@@ -183,7 +183,7 @@ class ControlServer:
         self.clients.add(task)
         session = _Session(self, writer)
         try:
-            session.send({"type": "hello", "host": self.stack.host.name, "protocol": PROTOCOL_VERSION, "commands": COMMANDS, "kinds": KINDS})
+            session.send({"type": "hello", "host": self.stack.name, "protocol": PROTOCOL_VERSION, "commands": COMMANDS, "kinds": KINDS})
             session.start()
             while True:
                 try:
@@ -354,8 +354,8 @@ class _Session:
 
     def cmd_port(self, req: dict) -> dict:
         device, up = req["device"], req["up"]
-        if type(device) is not str or device not in self.stack.rdma.devs:
-            raise CommandError(f"no device {device!r}; devices: {', '.join(self.stack.rdma.devs)}")
+        if type(device) is not str or device not in self.stack.devices():
+            raise CommandError(f"no device {device!r}; devices: {', '.join(self.stack.devices())}")
         if not isinstance(up, bool):
             raise CommandError("'up' must be true or false")
         self.stack.set_port(device, up)
@@ -363,7 +363,7 @@ class _Session:
 
     def cmd_faults(self, req: dict) -> dict:
         device = req["device"]
-        if type(device) is not str or device not in self.stack.rdma.devs:
+        if type(device) is not str or device not in self.stack.devices():
             raise CommandError(f"no device {str(device)[:40]!r}")
         faults = {k: v for k, v in req.items() if k not in ("cmd", "id", "device")}
         unknown = sorted(k[:40] for k in faults if k not in FAULTS)

@@ -124,19 +124,17 @@ class _Bus:
         return type("Sub", (), {"close": lambda self: None})()
 
 
-class _Faults:
-    loss = rx_loss = delay = 0.0
-    drop_next = 0
-
-
 class _FakeStack:
-    """What the control session touches of a stack, recording what it was asked to do."""
+    """A stand-in stack for the control session (stack.runtime.controls.ControlTarget) that
+    checks what it is asked to do."""
+
+    name = "fuzz"
 
     def __init__(self) -> None:
         self.bus = _Bus()
-        dev = type("Dev", (), {"device": type("D", (), {"faults": _Faults()})()})()
-        self.rdma = type("R", (), {"devs": {"127.0.0.1": dev}})()
-        self.host = type("H", (), {"name": "fuzz"})()
+
+    def devices(self) -> list[str]:
+        return ["127.0.0.1"]
 
     def snapshot(self) -> dict:
         return {"host": "fuzz", "conns": []}
