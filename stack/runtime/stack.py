@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import os
 import random
+import secrets
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -87,8 +88,10 @@ class Stack:
         self.loop = asyncio.get_running_loop()
         self.now = self.loop.time  # the core's clock, bound once (called on every message)
         self.option.open()
-        rng = random.Random(self.config.seed)
-        self.rdma = RdmaDriver(self.loop, random.Random(rng.getrandbits(64)))
+        # initial PSNs, link group ids and tokens: from the system's CSPRNG unless a seed
+        # asks for a repeatable run (tests); a PSN is half of what a forger must guess
+        rng = random.Random(self.config.seed) if self.config.seed is not None else secrets.SystemRandom()
+        self.rdma = RdmaDriver(self.loop, random.Random(rng.getrandbits(64)) if self.config.seed is not None else rng)
         infos = [self.rdma.open(spec) for spec in self.config.devices]
         self.port = HostPort(self.loop, self.rdma, self.handles)
         self.host = host = self.port.host = SmcHost(self.config.smc, self.port, infos, self.bus, rng)
