@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 # clang, llvm, libbpf-dev, gcc: native/ (the BPF object and its parser's check binary);
-# bpftool loads it, tcpdump captures inside the kernel lab
-APT_PACKAGES=(tshark tmux clang llvm libbpf-dev bpftool gcc libc6-dev tcpdump)
+# bpftool loads it, tcpdump captures inside the kernel lab; prometheus: the server that scrapes
+# smctop --prometheus in tests/integration/test_prometheus.py (the test starts its own)
+APT_PACKAGES=(tshark tmux clang llvm libbpf-dev bpftool gcc libc6-dev tcpdump prometheus)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
