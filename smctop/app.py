@@ -395,6 +395,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     ap.add_argument("--no-traffic", action="store_true", help="demo: start without traffic (t starts it)")
     ap.add_argument("--record", metavar="FILE", help="record events to FILE from the start (w toggles recording)")
     ap.add_argument("--record-dir", metavar="DIR", default=".", help="where w puts recordings (default: here)")
+    ap.add_argument("--prometheus", metavar="ADDR:PORT", help="serve Prometheus metrics of the model on ADDR:PORT (e.g. 127.0.0.1:9717)")
+    ap.add_argument("--headless", action="store_true", help="no TUI: feed the model and serve --prometheus until Ctrl-C or SIGTERM")
     return ap.parse_args(argv), ap
 
 
@@ -443,7 +445,16 @@ def main(argv: list[str] | None = None) -> int:
         pass  # stderr is not a file (a test harness)
     args, ap = parse_args(argv)
     source = build_source(args, ap)
-    app = SmctopApp(source, record_dir=args.record_dir, record_path=args.record, quiet_gc=True)
+    exporter = None
+    if args.prometheus or args.headless:
+        from . import prometheus
+
+        exporter = prometheus.start(args, ap, source)  # listening already: a bad ADDR:PORT or a port in use ends here
+        if args.headless:
+            return prometheus.run_headless(args, source, exporter)
+    app = SmctopApp(source, model=exporter.model if exporter else None, record_dir=args.record_dir, record_path=args.record, quiet_gc=True)
+    if exporter is not None:
+        prometheus.serve_app(exporter, app)
     if isinstance(source, ReplaySource) and source.paused:
         app.paused = True
     app.run()
