@@ -31,7 +31,9 @@ from .states import CONN_TABLE, Hs, step
 
 SOCK_MIN_SNDBUF_HALF = 2304  # SOCK_MIN_SNDBUF / 2 on x86-64: the floor of the update limit
 AUTOCORKING_SIZE = 64 << 10  # net.smc.autocorking_size: data held back while a CDC is in flight
-CLOSE_FLAGS = ("done_writing", "closed", "abort")
+CLOSE_FLAGS = ("done_writing", "closed", "abort")  # the connection state flags of our CDCs
+CLOSE_PENDING = ("done_writing", "final")  # what may wait for the sndbuf to drain; "final" is smc_close_final
+URG_VALID, URG_NOTYET, URG_READ = "VALID", "NOTYET", "READ"  # enum smc_urg_state
 
 
 class SmcConnection:
@@ -92,14 +94,25 @@ class SmcConnection:
         self.rx_seq_seen = False
         self.peer_write_blocked = False
         self.cons_update_requested = False
+        # urgent data (MSG_OOB), as net/smc does it: the last byte of an urgent send is urgent
+        self.urg_state = URG_READ  # smc_rx_init: nothing urgent pending
+        self.urg_curs = Cursor()  # the producer cursor of the CDC that brought it: the byte is just before
+        self.urg_rx_byte = 0
+        self.urg_rx_skip_pend = False  # read out of band before the reader reached it: skip it there
+        self.urg_rx_count = 0  # urgent bytes that arrived (the runtime notices a new one by it)
+        self.urg_inline = False  # SO_OOBINLINE: the urgent byte stays in the stream
+        self.urg_data_pending = False  # our producer flags: an urgent send is under way ...
+        self.urg_data_present = False  # ... and this CDC carries its last byte
+        self.urg_tx_pend = False  # sent; no more sends until the peer has consumed everything (smc_tx_sendmsg)
         # closing
         self.sent = {f: False for f in CLOSE_FLAGS}
-        self.pending = {f: False for f in CLOSE_FLAGS}  # waits for the sndbuf to drain
+        self.pending = {f: False for f in CLOSE_PENDING}  # waits for the sndbuf to drain
         self.pending_any = False  # any of them (checked after every transmit step)
         self.peer_done_writing = False
         self.peer_closed = False
         self.peer_abort = False
         self.released = False
+        self.app_unread = 0  # bytes the runtime took out of the RMB that the application has not read (at close)
         self.early_cdcs: list[CdcMessage] = []
         # counters
         self.bytes_sent = 0
@@ -142,35 +155,37 @@ class SmcConnection:
     # ------------------------------------------------------------------ the close machine
 
     def _guard(self, name: str) -> bool:
-        if name == "unread_data":
-            return self.bytes_to_rcv > 0
         if name == "peer_closed":
             return self.peer_closed
-        if name == "unread_data_and_peer_closed":
-            return self.bytes_to_rcv > 0 and self.peer_closed
         if name == "done_writing_only":
             # a flag still waiting for the sndbuf to drain counts as sent: the kernel's
             # shutdown() and close() would have waited for it (smc_close_stream_wait)
             sent, pending = self.sent, self.pending
-            return (sent["done_writing"] or pending["done_writing"]) and not (sent["closed"] or pending["closed"]) and not sent["abort"]
+            return (sent["done_writing"] or pending["done_writing"]) and not (sent["closed"] or pending["final"]) and not sent["abort"]
+        if name == "done_writing_pending":
+            return self.pending["done_writing"] and self._guard("done_writing_only")
         if name == "released_and_closed_sent":
             return self.released and (self.sent["closed"] or self.sent["abort"])
         if name == "released":
             return self.released
         if name == "close_pending":
-            return self.pending["closed"] and not self.sent["closed"]
+            return self.pending["final"] and not (self.sent["closed"] or self.sent["abort"])
         raise KeyError(name)
 
     def input(self, event: str, now: float) -> None:
         """Feed the close machine; performs the rule's actions and reports the new state."""
         rule = step("connection", CONN_TABLE, self.state, event, self._guard)
         for action in rule.actions:
-            if action == "send_abort":
+            if action == "send_final":
+                self._send_flag("final", now)
+            elif action == "send_final_now":
+                self._send_flag("final", now, immediate=True)
+            elif action == "send_abort":
                 self._send_flag("abort", now, immediate=True)
-            elif action == "send_closed":
-                self._send_flag("closed", now)
             elif action == "send_done_writing":
                 self._send_flag("done_writing", now)
+            elif action == "send_done_writing_now":
+                self._send_flag("done_writing", now, immediate=True)
         if rule.next is not None and rule.next != self.state:
             self.set_state(rule.next, now, event)
 
@@ -180,43 +195,71 @@ class SmcConnection:
         if state == SmcState.CLOSED:
             self.on_closed(self, now)
 
+    def unread(self) -> int:
+        """Received bytes the application has not read: in our RMB, and what the runtime's
+        streams pulled out of it ahead of the application (``app_unread``)."""
+        return self.bytes_to_rcv + self.app_unread
+
+    def _final_flag(self) -> str:
+        """smc_close_final: an abort when received data remains unread, else a close."""
+        return "abort" if self.unread() > 0 else "closed"
+
     def _send_flag(self, flag: str, now: float, immediate: bool = False) -> None:
-        if self.mode != "SMCR" or self.sent[flag]:
+        """``flag`` is "done_writing", "final" (decided when it goes out) or "abort".
+        Without ``immediate`` it waits for the sndbuf to drain (smc_close_stream_wait), at
+        most ``timeouts.close_flush``; with it, it goes now and takes along what waited."""
+        if self.mode != "SMCR" or self.sent["abort"]:
             return
-        if immediate or self._drained():
-            self.sent[flag] = True
-            if flag == "abort" and self.pending_any:  # an abort ends what waited to be flushed
-                self.pending = {f: False for f in CLOSE_FLAGS}
-                self.pending_any = False
-                self.io.cancel_timer(("flush", self.id))
-            self.send_cdc(now, **{_CDC_FLAG[flag]: True})
+        if flag == "done_writing" and self.sent["done_writing"] or flag == "final" and (self.sent["closed"] or self.pending["final"] and not immediate):
+            return
+        if immediate or (self._drained() and not self.pending_any):
+            self._send_now(flag, now)
         else:
             self.pending[flag] = self.pending_any = True
             self.io.arm_timer(("flush", self.id), now + self.ctx.config.timeouts.close_flush)
+
+    def _send_now(self, flag: str, now: float) -> None:
+        """One CDC with ``flag`` and every flag that waited (they go along, as a kernel whose
+        wait ended would send them)."""
+        flags = [f for f in CLOSE_PENDING if self.pending[f]] + ([flag] if flag not in CLOSE_PENDING or not self.pending[flag] else [])
+        if self.pending_any:
+            self.pending = {f: False for f in CLOSE_PENDING}
+            self.pending_any = False
+            self.io.cancel_timer(("flush", self.id))
+        for f in flags:
+            self.sent[self._final_flag() if f == "final" else f] = True
+        self.send_cdc(now)  # its state flags are what ``sent`` says
 
     def _drained(self) -> bool:
         return self.tx_sent == self.tx_prep
 
     def flush_timeout(self, now: float) -> None:
-        """Unsent data would not drain before close: the peer gets an abort, not a silent loss."""
-        if any(self.pending.values()) and not self._drained():
-            self.error = "close: unsent data could not be delivered within the flush time"
-            self.emit(now, "conn.error", reason=self.error)
-            self.input("abort", now)
-            self.abort_done(now)
+        """The close wait is over (smc_close_stream_wait's SMC_MAX_STREAM_WAIT_TIMEOUT): what
+        waited goes now, whether or not the sndbuf drained; the close stays a close (not an
+        abort), as the kernel's smc_close_final sends it after the wait. What is still unsent
+        follows when the peer makes room, as smc_tx_pending would."""
+        if not self.pending_any:
+            return
+        unsent = curs.diff(self.tx_sent, self.tx_prep, self.sndbuf_size)
+        if self.ctx.bus.active:
+            self.emit(now, "conn.cursor", side="tx", cause=f"close wait over, {unsent} bytes not yet sent", sent=_c(self.tx_sent),
+                      fin=_c(self.tx_fin), prod=_c(self.tx_prod))  # fmt: skip
+        self._flush_pending(now, force=True)
 
-    def _flush_pending(self, now: float) -> None:
-        if not self._drained():
+    def _flush_pending(self, now: float, force: bool = False) -> None:
+        if not force and not self._drained():
             return
         closed = False
-        for flag in CLOSE_FLAGS:
-            if self.pending[flag] and not self.sent[flag]:
+        self.io.cancel_timer(("flush", self.id))
+        for flag in CLOSE_PENDING:
+            if self.pending[flag]:
                 self.pending[flag] = False
-                self.sent[flag] = True
-                self.io.cancel_timer(("flush", self.id))
-                self.send_cdc(now, **{_CDC_FLAG[flag]: True})
-                closed = closed or flag == "closed"
-        self.pending_any = any(self.pending.values())
+                sent = self._final_flag() if flag == "final" else flag
+                if not self.sent[sent]:
+                    self.sent[sent] = True
+                    self.send_cdc(now)  # its state flags are what ``sent`` says
+                closed = closed or flag == "final"
+        self.pending_any = False
         if closed:
             self.input("closed_sent", now)
 
@@ -225,12 +268,19 @@ class SmcConnection:
     def send_space(self) -> int:
         return self.sndbuf_size - curs.diff(self.tx_fin, self.tx_prep, self.sndbuf_size)
 
-    def app_send(self, data: bytes | memoryview, now: float) -> int:
-        """Copy what fits into the sndbuf and start a transmit step; returns the bytes taken."""
+    def app_send(self, data: bytes | memoryview, now: float, urgent: bool = False) -> int:
+        """Copy what fits into the sndbuf and start a transmit step; returns the bytes taken.
+        ``urgent`` is send(MSG_OOB) (smc_tx_sendmsg): the last byte of ``data`` is urgent;
+        once all of it is in the sndbuf nothing more is taken (0 is returned) until the
+        peer has consumed everything we wrote, as the kernel's sender waits."""
         if self.state not in (SmcState.ACTIVE, SmcState.APPCLOSEWAIT1) or self.sent["done_writing"] or self.pending["done_writing"]:
             raise BrokenPipeError(f"connection {self.id} cannot send in state {self.state.name}")
         if self.peer_closed or self.peer_abort:  # smc_tx_sendmsg: any close received -> ECONNRESET
             raise ConnectionResetError(f"connection {self.id}: the peer closed the connection")
+        if urgent and len(data):
+            self.urg_data_pending = True
+        if self.urg_tx_pend:
+            return 0
         n = min(len(data), self.send_space())
         if n == 0:
             return 0
@@ -240,6 +290,9 @@ class SmcConnection:
         if n > first:
             self.sndbuf.buf[0 : n - first] = data[first:n]
         self.tx_prep = curs.add(self.tx_prep, n, size)
+        if urgent and n == len(data):
+            self.urg_tx_pend = True
+            self.emit(now, "conn.urgent", dir="tx", event="queued", byte=data[n - 1], inline=False)
         if not self._should_cork():
             self.tx_step(now)
         return n
@@ -261,6 +314,9 @@ class SmcConnection:
 
     def app_recv(self, max_bytes: int, now: float) -> bytes:
         n = max_bytes if max_bytes < self.bytes_to_rcv else self.bytes_to_rcv
+        urgent = self.urg_state == URG_VALID or self.urg_rx_skip_pend
+        if urgent:
+            n = self._urgent_clip(n, now)
         if n <= 0:
             return b""
         rmb = self.rmb
@@ -278,14 +334,91 @@ class SmcConnection:
         self.bytes_received += n
         if self.ctx.bus.active:
             self.emit(now, "conn.cursor", side="rx", cons=_c(self.cons), prod=_c(self.rx_prod), bytes_to_rcv=self.bytes_to_rcv)
-        self._maybe_update_consumer(now)
+        if urgent:
+            self._consumer_moved(now)
+        else:
+            self._maybe_update_consumer(now)
         return out
 
-    def _maybe_update_consumer(self, now: float) -> None:
-        """smc_tx_consumer_update: tell the peer we read, when it matters."""
-        if self.cons == self.cons_confirmed and not self.cons_update_requested:
+    # ------------------------------------------------------------------ urgent data (receive)
+
+    def _urgent_clip(self, n: int, now: float) -> int:
+        """How much of ``n`` a read may take with an urgent byte ahead: it stops before the
+        byte (smc_rx_recvmsg stops at the urgent mark); out of line, the byte is skipped when
+        the reader stands on it (smc_rx_recvmsg_data_available, smc_rx_update_consumer);
+        inline it is read alone."""
+        size = self.rmb_size
+        if self.urg_curs.count:
+            mark = Cursor(self.urg_curs.wrap, self.urg_curs.count - 1)
+        else:
+            mark = Cursor((self.urg_curs.wrap - 1) & 0xFFFF, size - 1)
+        dist = curs.comp(self.cons, mark, size)  # bytes before the urgent byte
+        if dist < 0:
+            return n
+        if self.urg_inline:
+            return min(n, dist) if dist else min(n, 1)
+        if dist == 0:
+            self._consumer_moved(now)  # the reader stands on the urgent byte: skipped now
+            return n
+        return min(n, dist)
+
+    def _consumer_moved(self, now: float) -> None:
+        """smc_rx_update_consumer: the consumer cursor moved (or a read found nothing): skip
+        the urgent byte when the reader reaches it, and tell the peer at once (force), for a
+        kernel sender waits for that update before it sends anything after urgent data."""
+        force = False
+        if self.urg_state == URG_VALID or self.urg_rx_skip_pend:
+            size = self.rmb_size
+            diff = curs.comp(self.cons, self.urg_curs, size)
+            if self.urg_inline:
+                if diff == 0:
+                    force, self.urg_state = True, URG_READ
+            elif diff == 1:
+                force = True
+                self.cons = curs.add(self.cons, 1, size)
+                self.urg_rx_skip_pend = False
+                self.emit(now, "conn.urgent", dir="rx", event="skipped", byte=self.urg_rx_byte, cursor=_c(self.urg_curs), inline=False)
+            elif diff < -1:
+                self.urg_state = URG_READ
+        self._maybe_update_consumer(now, force)
+
+    def app_recv_urgent(self, now: float, peek: bool = False) -> int | None:
+        """recv(MSG_OOB) (smc_rx_recv_urg): the urgent byte, or None when there is none to
+        read (the kernel's EINVAL: none arrived, it was read, the reader went past it, or
+        the urgent byte is inline). Reading it out of band also skips it in the stream once
+        the reader gets there."""
+        if self.urg_inline or self.urg_state != URG_VALID:
+            return None
+        if not peek:
+            self.urg_state = URG_READ
+            ahead = curs.comp(self.cons, self.urg_curs, self.rmb_size)
+            # > 1: the stream still has bytes before it (smc_rx_recv_urg). The kernel leaves a
+            # byte it is standing on (1) in the ring, and a kernel sender then waits for ever
+            # (docs/kernel-fidelity.md); we skip it now
+            if ahead >= 1:
+                self.urg_rx_skip_pend = True
+            self.emit(now, "conn.urgent", dir="rx", event="read", byte=self.urg_rx_byte, cursor=_c(self.urg_curs), inline=False)
+            self._consumer_moved(now)
+        return self.urg_rx_byte
+
+    def set_oob_inline(self, inline: bool) -> None:
+        """SO_OOBINLINE: the urgent byte stays in the stream (a read stops before it, and
+        the next read returns it). Set while an urgent byte waits ahead of the reader, it
+        moves that byte into (or out of) the data to receive."""
+        inline = bool(inline)
+        if inline != self.urg_inline and self.urg_state == URG_VALID and curs.comp(self.cons, self.urg_curs, self.rmb_size) >= 1:
+            self.bytes_to_rcv += 1 if inline else -1
+            self.urg_rx_skip_pend = False
+        self.urg_inline = inline
+
+    def _maybe_update_consumer(self, now: float, force: bool = False) -> None:
+        """smc_tx_consumer_update: tell the peer we read, when it matters (``force``: now)."""
+        if self.cons == self.cons_confirmed and not self.cons_update_requested and not force:
             return
-        if self.mode != "SMCR" or self.state in (SmcState.CLOSED, SmcState.PEERABORTWAIT) or self.sent["abort"]:
+        if self.mode != "SMCR" or self.state in (SmcState.CLOSED, SmcState.PEERABORTWAIT) or self.sent["abort"] or self.peer_abort:
+            return
+        if force:
+            self.send_cdc(now)
             return
         size = self.rmb_size
         consumed = curs.diff(self.cons_confirmed, self.cons, size)
@@ -299,8 +432,12 @@ class SmcConnection:
     def app_shutdown_wr(self, now: float) -> None:
         self.input("app_shutdown_wr", now)
 
-    def app_close(self, now: float) -> None:
+    def app_close(self, now: float, unread: int = 0) -> None:
+        """close(): ``unread`` is what the runtime took out of the RMB ahead of the
+        application and the application never read; with what the RMB still holds it makes
+        the final flag an abort (smc_close_final)."""
         self.released = True
+        self.app_unread = max(0, unread)
         self.input("app_close", now)
 
     # ------------------------------------------------------------------ transmit
@@ -328,12 +465,16 @@ class SmcConnection:
                 break
             self.write_blocked = to_send >= self.peer_rmbe_space
             n = min(to_send, self.peer_rmbe_space)
+            if self.urg_tx_pend and n == to_send:
+                self.urg_data_present = True  # this CDC carries the urgent byte (smc_tx_rdma_writes)
             self._rdma_writes(n, now)
             self.tx_prod = curs.add(self.tx_prod, n, self.peer_size)
             self.tx_sent = curs.add(self.tx_sent, n, sndbuf_size)
             self.peer_rmbe_space -= n
             self.bytes_sent += n
-            self.send_cdc(now)
+            if self.send_cdc(now) and self.urg_data_present:
+                self.urg_data_pending = self.urg_data_present = False
+                self.emit(now, "conn.urgent", dir="tx", event="sent", cursor=_c(self.tx_prod), inline=False)
         if self.pending_any:
             self._flush_pending(now)
 
@@ -369,14 +510,15 @@ class SmcConnection:
         if extra or self.ctx.bus.active:
             msg = CdcMessage(
                 seqno=self.tx_seq, token=self.peer_token, prod=self.tx_prod, cons=self.cons,
-                write_blocked=self.write_blocked, cons_curs_upd_req=False,
-                peer_done_writing=sent["done_writing"], peer_conn_closed=sent["closed"],
+                write_blocked=self.write_blocked, cons_curs_upd_req=False, urg_data_pending=self.urg_data_pending,
+                urg_data_present=self.urg_data_present, peer_done_writing=sent["done_writing"], peer_conn_closed=sent["closed"],
                 peer_conn_abort=sent["abort"], **(extra or {}),
             )  # fmt: skip
             payload = msg.encode()
         else:  # the common case, without building a message object
             state = (0x80 if sent["done_writing"] else 0) | (0x40 if sent["closed"] else 0) | (0x20 if sent["abort"] else 0)
-            payload = cdc_pack(self.tx_seq, self.peer_token, self.tx_prod, self.cons, 0x80 if self.write_blocked else 0, state)
+            prod_flags = (0x80 if self.write_blocked else 0) | (0x40 if self.urg_data_pending else 0) | (0x20 if self.urg_data_present else 0)
+            payload = cdc_pack(self.tx_seq, self.peer_token, self.tx_prod, self.cons, prod_flags, state)
         marks = (self.tx_sent, self.tx_prod, self.tx_seq, self.tx_epoch)
         if not self.link.post_cdc_bytes(payload, lambda ok, t: self.cdc_completed(marks, ok, t), now):
             self.tx_seq = (self.tx_seq - 1) & 0xFFFF  # the kernel rolls back when the post fails
@@ -441,7 +583,11 @@ class SmcConnection:
                 self.violation(now, f"producer cursor {_c(msg.prod)} claims {new_data} new bytes, more than the RMB holds")
                 return
             self.rx_prod = msg.prod
+            if msg.urg_data_present:
+                new_data = self._urgent_arrived(msg.prod, new_data, now)
             self.bytes_to_rcv += new_data
+        elif msg.urg_data_pending:
+            self.urg_state = URG_NOTYET  # smc_cdc_msg_recv_action: urgent data announced, not here yet
         freed = 0
         if curs.ahead(msg.cons, self.rx_cons):
             if curs.ahead(msg.cons, self.tx_prod_max):
@@ -460,7 +606,14 @@ class SmcConnection:
         if new_data:
             self.io.conn_readable(self.id)
         if freed:
-            self.tx_step(now)
+            self.tx_step(now)  # first, as smc_cdc_msg_recv_action: the rest of an urgent send goes out before the check below
+            if self.urg_tx_pend and self.peer_rmbe_space == self.peer_size:
+                # the peer consumed everything, the urgent byte included: sending may go on
+                self.urg_tx_pend = False
+                self.emit(now, "conn.urgent", dir="tx", event="confirmed", cursor=_c(self.rx_cons), inline=False)
+                self.io.conn_writable(self.id)
+        elif msg.urg_data_pending:
+            self.tx_step(now)  # smc_tx_pending on urg_data_pending, as the kernel does
         if self.cons_update_requested or (msg.write_blocked and not new_data):
             self._maybe_update_consumer(now)
         if msg.peer_conn_abort and not self.peer_abort:
@@ -478,6 +631,19 @@ class SmcConnection:
             self.peer_done_writing = True
             self.input("peer_done_writing", now)
             self.io.conn_readable(self.id)
+
+    def _urgent_arrived(self, prod: Cursor, new_data: int, now: float) -> int:
+        """smc_cdc_handle_urg_data_arrival: the last byte this CDC brought is urgent. It is
+        kept (urg_rx_byte) and, unless inline, not counted as data to receive. Returns the
+        bytes to count."""
+        self.urg_curs = prod
+        self.urg_state = URG_VALID
+        size = self.rmb_size
+        self.urg_rx_byte = self.rmb.buf[(prod.count or size) - 1]
+        self.urg_rx_count += 1
+        self.emit(now, "conn.urgent", dir="rx", event="arrived", byte=self.urg_rx_byte, cursor=_c(prod), inline=self.urg_inline)
+        self.io.conn_readable(self.id)  # the kernel's sk_send_sigurg; a reader waiting for it wakes
+        return new_data if self.urg_inline else new_data - 1
 
     # ------------------------------------------------------------------ failover
 
@@ -544,8 +710,7 @@ class SmcConnection:
             self.input("abort_done", now)
 
 
-_CDC_FLAG = {"done_writing": "peer_done_writing", "closed": "peer_conn_closed", "abort": "peer_conn_abort"}
-_CDC_EXTRA = {"failover_validation", "urg_data_pending", "urg_data_present"}
+_CDC_EXTRA = {"failover_validation"}
 
 
 def _s16(v: int) -> int:

@@ -74,34 +74,49 @@ CONN_INPUTS = (
 )
 _OPEN = (S.ACTIVE, S.APPCLOSEWAIT1, S.APPCLOSEWAIT2, S.APPFINCLOSEWAIT, S.PEERCLOSEWAIT1, S.PEERCLOSEWAIT2, S.PEERFINCLOSEWAIT, S.PROCESSABORT)
 
-# guards: unread_data (received data the application did not read), peer_closed (the peer's
-# close flag arrived earlier), done_writing_only (we sent "done writing" but not our close),
-# released (the application closed its socket), close_pending (our close flag waits for the
-# sndbuf to drain)
+# Closing follows net/smc/smc_close.c. Guards: peer_closed (the peer's close flag arrived
+# earlier: smc_cdc_rxed_any_close), done_writing_only (we sent or queued "done writing" but
+# no close yet), done_writing_pending (our "done writing" still waits for the sndbuf to
+# drain), released (the application closed its socket), released_and_closed_sent (it did,
+# and our close or abort went out), close_pending (our final flag waits for the sndbuf).
+# Actions: send_final is smc_close_final: once the sndbuf has drained (smc_close_stream_wait,
+# at most timeouts.close_flush, after which it goes anyway), an abort if received data
+# remains unread then, else a close; send_final_now is the same without the wait (the kernel
+# skips it once the peer's close arrived); send_done_writing(_now) is smc_close_wr, with and
+# without the wait; send_abort is smc_close_abort, at once.
 CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.INIT, "handshake_done"): (R(S.ACTIVE),),
     (S.INIT, "app_close"): (R(S.CLOSED),),
     (S.LISTEN, "app_close"): (R(S.CLOSED),),
     (S.INIT, "abort"): (R(S.CLOSED),),
-    # active side
+    # active side: smc_close_shutdown_write
     (S.ACTIVE, "app_shutdown_wr"): (R(S.PEERCLOSEWAIT1, "send_done_writing"),),
-    (S.APPCLOSEWAIT1, "app_shutdown_wr"): (R(S.APPCLOSEWAIT2, "send_done_writing"),),
+    (S.APPCLOSEWAIT1, "app_shutdown_wr"): (
+        R(S.APPCLOSEWAIT2, "send_done_writing_now", guard="peer_closed"),
+        R(S.APPCLOSEWAIT2, "send_done_writing"),
+    ),
     # shutdown(SHUT_WR) anywhere else changes nothing, as in smc_close_shutdown_write
     **{(s, "app_shutdown_wr"): (STAY,) for s in SmcState if s not in (S.ACTIVE, S.APPCLOSEWAIT1)},
-    (S.ACTIVE, "app_close"): (R(S.PEERCLOSEWAIT1, "send_abort", guard="unread_data"), R(S.PEERCLOSEWAIT1, "send_closed")),
+    # smc_close_active: every path that ends our side sends smc_close_final (abort when
+    # unread data remains, else close)
+    (S.ACTIVE, "app_close"): (R(S.PEERCLOSEWAIT1, "send_final"),),
     (S.APPCLOSEWAIT1, "app_close"): (
-        R(S.CLOSED, "send_abort", guard="unread_data_and_peer_closed"),
-        R(S.CLOSED, "send_closed", guard="peer_closed"),
-        R(S.PEERFINCLOSEWAIT, "send_abort", guard="unread_data"),
-        R(S.PEERFINCLOSEWAIT, "send_closed"),
+        R(S.CLOSED, "send_final_now", guard="peer_closed"),
+        R(S.PEERFINCLOSEWAIT, "send_final"),
     ),
     (S.APPCLOSEWAIT2, "app_close"): (
-        R(S.CLOSED, "send_closed", guard="peer_closed"),
-        R(S.PEERFINCLOSEWAIT, "send_closed"),
+        R(S.CLOSED, "send_final_now", guard="peer_closed"),
+        R(S.PEERFINCLOSEWAIT, "send_final"),
     ),
-    (S.APPFINCLOSEWAIT, "app_close"): (R(S.CLOSED, "send_closed", guard="done_writing_only"), R(S.CLOSED)),
-    (S.PEERCLOSEWAIT1, "app_close"): (R(None, "send_closed", guard="done_writing_only"), STAY),
-    (S.PEERCLOSEWAIT2, "app_close"): (R(None, "send_closed", guard="done_writing_only"), STAY),
+    # our "done writing" may still wait for the sndbuf (the kernel's shutdown() would have
+    # waited for it before returning): the close follows it, and closed_sent ends the socket
+    (S.APPFINCLOSEWAIT, "app_close"): (
+        R(None, "send_final", guard="done_writing_pending"),
+        R(S.CLOSED, "send_final", guard="done_writing_only"),
+        R(S.CLOSED),
+    ),
+    (S.PEERCLOSEWAIT1, "app_close"): (R(None, "send_final", guard="done_writing_only"), STAY),
+    (S.PEERCLOSEWAIT2, "app_close"): (R(None, "send_final", guard="done_writing_only"), STAY),
     (S.PEERFINCLOSEWAIT, "app_close"): (STAY,),
     (S.PROCESSABORT, "app_close"): (R(S.CLOSED, "send_abort"),),
     (S.PEERABORTWAIT, "app_close"): (R(S.CLOSED),),
@@ -114,7 +129,9 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.ACTIVE, "peer_closed"): (R(S.APPCLOSEWAIT1),),
     (S.PEERCLOSEWAIT1, "peer_closed"): (R(S.CLOSED, guard="released_and_closed_sent"), R(S.APPFINCLOSEWAIT)),
     (S.PEERCLOSEWAIT2, "peer_closed"): (R(S.CLOSED, guard="released_and_closed_sent"), R(S.APPFINCLOSEWAIT)),
-    (S.PEERFINCLOSEWAIT, "peer_closed"): (R(S.CLOSED),),
+    # our final flag may still wait for the sndbuf (the kernel is still in smc_close_stream_wait
+    # then): it goes out first, and closed_sent ends the socket
+    (S.PEERFINCLOSEWAIT, "peer_closed"): (R(None, guard="close_pending"), R(S.CLOSED)),
     (S.INIT, "peer_abort"): (R(S.PROCESSABORT),),
     (S.ACTIVE, "peer_abort"): (R(S.PROCESSABORT),),
     (S.APPCLOSEWAIT1, "peer_abort"): (R(S.PROCESSABORT),),
@@ -125,7 +142,7 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.APPFINCLOSEWAIT, "peer_abort"): (R(S.CLOSED, "send_abort", guard="close_pending"), R(S.PROCESSABORT)),
     (S.PEERCLOSEWAIT1, "peer_abort"): (R(S.CLOSED, "send_abort", guard="close_pending"), R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
     (S.PEERCLOSEWAIT2, "peer_abort"): (R(S.CLOSED, "send_abort", guard="close_pending"), R(S.PROCESSABORT, guard="done_writing_only"), R(S.CLOSED)),
-    (S.PEERFINCLOSEWAIT, "peer_abort"): (R(S.CLOSED),),
+    (S.PEERFINCLOSEWAIT, "peer_abort"): (R(S.CLOSED, "send_abort", guard="close_pending"), R(S.CLOSED)),
     (S.PEERABORTWAIT, "peer_abort"): (R(S.CLOSED),),
     (S.PROCESSABORT, "peer_abort"): (STAY,),
     # a peer repeating its close flags in later CDCs changes nothing
@@ -152,8 +169,9 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.CLOSED, "abort_done"): (STAY,),
     # our close flag waited for unsent data (the kernel's close() waits for it in
     # smc_close_stream_wait); when the peer's close came meanwhile, sending ours ends it
-    **{(s, "closed_sent"): (STAY,) for s in SmcState if s != S.APPFINCLOSEWAIT},
+    **{(s, "closed_sent"): (STAY,) for s in SmcState if s not in (S.APPFINCLOSEWAIT, S.PEERFINCLOSEWAIT)},
     (S.APPFINCLOSEWAIT, "closed_sent"): (R(S.CLOSED, guard="released"), STAY),
+    (S.PEERFINCLOSEWAIT, "closed_sent"): (R(S.CLOSED, guard="peer_closed"), STAY),
 }
 
 # --------------------------------------------------------------------------- link

@@ -33,16 +33,59 @@ class ConnHandle:
         self.writer = SmcStreamWriter(self, self.reader)
         self.info: dict = {}
         self._reading_paused = False
+        # the peer's last urgent byte, kept for read_urgent() even when the streams' read-ahead
+        # went past it (docs/kernel-fidelity.md)
+        self.urg_seen = 0
+        self.urg_byte = 0
+        self.urg_unread = False
 
     # SMC data path
-    def smc_send(self, data) -> int:
+    def smc_send(self, data, urgent: bool = False) -> int:
+        """Bytes taken into the sndbuf; ``urgent``: send(MSG_OOB), its last byte urgent
+        (KeyError once the connection is gone, as the streams expect)."""
         port = self.port
+        if urgent:
+            return port.host.conns[self.conn_id].app_send(data, port.now(), urgent=True)
         return port.host.app_send(self.conn_id, data, port.now())
 
     def smc_recv(self, n: int) -> bytes:
         port = self.port
         conn = port.host.conns.get(self.conn_id)
-        return conn.app_recv(n, port.now()) if conn else b""
+        if conn is None:
+            return b""
+        data = conn.app_recv(n, port.now())
+        if conn.urg_rx_count != self.urg_seen:
+            self._urgent_seen(conn)
+        return data
+
+    def _urgent_seen(self, conn) -> None:
+        if conn.urg_rx_count != self.urg_seen:
+            self.urg_seen, self.urg_byte = conn.urg_rx_count, conn.urg_rx_byte
+            self.urg_unread = not conn.urg_inline
+
+    def smc_recv_urgent(self) -> int | None:
+        """recv(MSG_OOB): the peer's urgent byte, or None when there is none to read."""
+        port = self.port
+        conn = port.host.conns.get(self.conn_id)
+        if conn is not None:
+            self._urgent_seen(conn)
+            byte = conn.app_recv_urgent(port.now())
+            if byte is not None:
+                self.urg_unread = False
+                return byte
+        if self.urg_unread:
+            self.urg_unread = False
+            return self.urg_byte
+        return None
+
+    def smc_oob_inline(self, inline: bool | None = None) -> bool:
+        """SO_OOBINLINE: set it (``inline`` given) and say what it is."""
+        conn = self.port.host.conns.get(self.conn_id)
+        if conn is None:
+            return False
+        if inline is not None:
+            conn.set_oob_inline(inline)
+        return conn.urg_inline
 
     def smc_eof(self) -> bool:
         conn = self.port.host.conns.get(self.conn_id)
@@ -57,7 +100,11 @@ class ConnHandle:
             self.port.host.app_shutdown_wr(self.conn_id, self.port.now())
 
     def smc_close(self) -> None:
-        self.port.host.app_close(self.conn_id, self.port.now())
+        """close(): what the reader took out of the RMB and the application never read
+        counts as unread, for the final flag (smc_close_final: abort when data is unread)."""
+        conn = self.port.host.conns.get(self.conn_id)
+        if conn is not None:
+            conn.app_close(self.port.now(), unread=self.reader.buffered())
 
     def smc_abort(self) -> None:
         self.port.host.app_abort(self.conn_id, self.port.now())

@@ -3,13 +3,20 @@
 ``SmcStreamReader`` and ``SmcStreamWriter`` have the methods applications use on
 ``asyncio.StreamReader``/``StreamWriter`` (read, readexactly, readline, readuntil,
 at_eof, async iteration; write, writelines, drain, write_eof, close, wait_closed,
-get_extra_info). ``get_extra_info("smc")`` tells the mode, the fallback reason and
-where the connection lives (link group, link).
+get_extra_info, get_write_buffer_size). ``get_extra_info("smc")`` tells the mode, the
+fallback reason and where the connection lives (link group, link).
+
+Urgent data, as sockets have it (MSG_OOB, SO_OOBINLINE): ``writer.write_urgent(data)``
+sends ``data`` with its last byte urgent (what follows waits until the peer has consumed
+everything, as the kernel's SMC sender does); ``await reader.read_urgent()`` returns the
+peer's urgent byte, which is kept out of the stream unless ``reader.oob_inline`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 from collections import deque
 from typing import Any, Protocol
 
@@ -25,8 +32,10 @@ class Conn(Protocol):
     transport: asyncio.Transport | None
     closed: asyncio.Future
 
-    def smc_send(self, data) -> int: ...
+    def smc_send(self, data, urgent: bool = False) -> int: ...
     def smc_recv(self, n: int) -> bytes: ...
+    def smc_recv_urgent(self) -> int | None: ...
+    def smc_oob_inline(self, inline: bool | None = None) -> bool: ...
     def smc_eof(self) -> bool: ...
     def smc_error(self) -> str | None: ...
     def smc_info(self) -> dict[str, Any]: ...
@@ -92,6 +101,72 @@ class SmcStreamReader:
     def at_eof(self) -> bool:
         self._fill()
         return self._eof and not self._buf
+
+    def buffered(self) -> int:
+        """Bytes taken from the connection that the application has not read yet."""
+        return len(self._buf)
+
+    @property
+    def oob_inline(self) -> bool:
+        """SO_OOBINLINE: the peer's urgent byte stays in the stream (the read before it stops
+        at it) instead of being kept for ``read_urgent``. Off by default, as on sockets."""
+        h = self._h
+        if h.mode == "SMCR":
+            return h.smc_oob_inline()
+        sock = h.transport.get_extra_info("socket") if h.transport is not None else None
+        return bool(sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE))
+
+    @oob_inline.setter
+    def oob_inline(self, inline: bool) -> None:
+        h = self._h
+        if h.mode == "SMCR":
+            h.smc_oob_inline(bool(inline))
+        elif h.transport is not None:
+            h.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, int(bool(inline)))
+
+    async def read_urgent(self) -> bytes:
+        """recv(MSG_OOB): wait for the peer's urgent byte and return it (one byte), or b""
+        when the connection ends without one. A byte is returned once; one that came while
+        another was unread replaces it (as TCP's single urgent byte). OSError EINVAL when
+        ``oob_inline`` is set, as recv(MSG_OOB) on such a socket."""
+        h = self._h
+        while True:
+            if self.oob_inline:
+                raise OSError(errno.EINVAL, "the urgent byte is inline (oob_inline): read it from the stream")
+            if h.mode == "SMCR":
+                byte = h.smc_recv_urgent()
+                if byte is not None:
+                    return bytes((byte,))
+                if h.smc_eof():
+                    return b""
+            elif h.mode == "TCP":
+                data = self._tcp_urgent()
+                if data:
+                    return data
+                if self._eof or h.transport is None or h.transport.is_closing():
+                    return b""
+                try:  # the event loop does not watch for exceptional conditions: look again soon
+                    await asyncio.wait_for(self._wait(), 0.02)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            else:
+                return b""
+            if self._exc is not None:
+                raise self._exc
+            await self._wait()
+
+    def _tcp_urgent(self) -> bytes:
+        sock = self._h.transport.get_extra_info("socket") if self._h.transport is not None else None
+        if sock is None:
+            return b""
+        dup = sock.dup()
+        try:
+            return dup.recv(1, socket.MSG_OOB | socket.MSG_DONTWAIT)
+        except OSError:  # EINVAL: none (yet), EAGAIN: announced, not here yet
+            return b""
+        finally:
+            dup.close()
 
     async def read(self, n: int = -1) -> bytes:
         if n == 0:
@@ -170,6 +245,7 @@ class SmcStreamWriter:
         self._h = handle
         self._reader = reader
         self._pending: deque[memoryview] = deque()
+        self._urgent: deque[bool] = deque()  # per pending chunk: sent with MSG_OOB
         self._pending_bytes = 0
         self._eof_pending = False
         self._close_pending = False
@@ -209,8 +285,60 @@ class SmcStreamWriter:
                 return
             data = memoryview(data)[n:]
         self._pending.append(memoryview(bytes(data)))
+        self._urgent.append(False)
         self._pending_bytes += len(data)
         self._push()
+
+    def write_urgent(self, data: bytes | bytearray | memoryview) -> None:
+        """send(data, MSG_OOB): ``data`` goes after what was written before it, and its last
+        byte is the urgent byte the peer reads with ``read_urgent`` (or inline). On SMC-R,
+        what is written after it waits in the writer until the peer has consumed all of it
+        (smc_tx_sendmsg's urg_tx_pend); ``drain`` and ``get_write_buffer_size`` show it."""
+        if self._closing or self._eof_pending:
+            raise RuntimeError("write after close or write_eof")
+        h = self._h
+        if h.error is not None:
+            raise ConnectionResetError(h.error)
+        if not data:
+            return
+        if h.mode == "TCP":
+            self._tcp_write_urgent(bytes(data))
+            return
+        if not self._pending:
+            try:
+                n = h.smc_send(data, urgent=True)
+            except (ConnectionError, KeyError) as e:
+                self._lose(e)
+                return
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
+        self._pending.append(memoryview(bytes(data)))
+        self._urgent.append(True)
+        self._pending_bytes += len(data)
+        self._push()
+
+    def _tcp_write_urgent(self, data: bytes) -> None:
+        """TCP (fallback): the socket's own MSG_OOB once everything written before has left;
+        what the socket does not take at once follows as ordinary data."""
+        transport = self._h.transport
+        sent = 0
+        if transport.get_write_buffer_size() == 0:
+            dup = transport.get_extra_info("socket").dup()
+            try:
+                sent = dup.send(data, socket.MSG_OOB)
+            except BlockingIOError:
+                sent = 0
+            finally:
+                dup.close()
+        if sent < len(data):
+            transport.write(data[sent:])
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes written that are not in the connection's send buffer yet (TCP: the transport's)."""
+        if self._h.mode == "TCP" and self._h.transport is not None:
+            return self._h.transport.get_write_buffer_size()
+        return self._pending_bytes
 
     def writelines(self, data) -> None:
         for chunk in data:
@@ -220,7 +348,7 @@ class SmcStreamWriter:
         """Move pending bytes into the sndbuf; called again whenever space frees."""
         while self._pending:
             try:
-                n = self._h.smc_send(self._pending[0])
+                n = self._h.smc_send(self._pending[0], self._urgent[0])
             except (ConnectionError, KeyError) as e:
                 self._lose(e)
                 break
@@ -229,6 +357,7 @@ class SmcStreamWriter:
             self._pending_bytes -= n
             if n == len(self._pending[0]):
                 self._pending.popleft()
+                self._urgent.popleft()
             else:
                 self._pending[0] = self._pending[0][n:]
         if not self._pending:
@@ -248,6 +377,7 @@ class SmcStreamWriter:
         """What was written cannot be sent: say so on the next drain, as asyncio does for a
         closed transport (otherwise a writing loop never suspends and starves the loop)."""
         self._pending.clear()
+        self._urgent.clear()
         self._pending_bytes = 0
         self._lost = "connection closed: cannot send" if isinstance(e, KeyError) else str(e) or "broken pipe"
         for w in self._drain_waiters:
@@ -257,6 +387,7 @@ class SmcStreamWriter:
 
     def _fail(self, exc: BaseException) -> None:
         self._pending.clear()
+        self._urgent.clear()
         self._pending_bytes = 0
         for w in self._drain_waiters:
             if not w.done():
@@ -304,6 +435,7 @@ class SmcStreamWriter:
         """Reset the connection: the peer sees an SMC abort (or a TCP reset)."""
         self._closing = True
         self._pending.clear()
+        self._urgent.clear()
         self._pending_bytes = 0
         if self._h.mode == "TCP":
             self._h.transport.abort()
