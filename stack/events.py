@@ -252,6 +252,13 @@ SCHEMA: dict[str, Kind] = {k.name: k for k in (
           F("peer_write_blocked", "bool", "the peer waits for room in ours"), F("peer_rmbe_space", "int", "room left in the peer's RMB"),
           F("pending", "count", "bytes waiting to be written")),
          ids=("conn",)),
+    Kind("conn.urgent", "urgent data (MSG_OOB): sent, confirmed by the peer's consumer cursor, arrived, read out of band, skipped in the stream",
+         "urgent {event}[ ({dir})][ byte {byte}][ at {cursor}][ inline{?inline}]",
+         (F("dir", "dir", "tx: our urgent send; rx: the peer's", True),
+          F("event", "str", "tx: queued, sent, confirmed; rx: arrived, read, skipped", True),
+          F("byte", "u8", "the urgent byte"), F("cursor", "cursor", "the producer cursor just after the urgent byte (confirmed: the peer's consumer cursor)"),
+          F("inline", "bool", "the receiver keeps the urgent byte in the stream (SO_OOBINLINE)")),
+         ids=("conn",)),
     Kind("clc.msg", "a CLC message sent or received (decoded fields and raw bytes)",
          "{dir} CLC {type}[ v{version}][ first contact{?first_contact}][ {diagnosis}][ out of sync{?out_of_sync}][ UEIDs {eids}]"
          "[ QPN {qpn}][ token {token}][ rkey {rkey}]",

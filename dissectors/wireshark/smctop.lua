@@ -98,6 +98,8 @@ local EVENT_KINDS = {  -- the event schema: kind -> {doc, render, expert, fields
         { doc = "RMB fill level and write-blocked state", render = "RMB[ fill {fill}][/{size}][ write-blocked{?write_blocked}][ peer write-blocked{?peer_write_blocked}][, {pending} bytes waiting]", expert = nil, fields = { ["fill"] = "count", ["size"] = "count", ["write_blocked"] = "bool", ["peer_write_blocked"] = "bool", ["peer_rmbe_space"] = "int", ["pending"] = "count" }, },
     ["conn.state"] =
         { doc = "a connection changed state (SMC socket state, kernel names)", render = "state {old} -> {new}[ ({cause})]", expert = nil, fields = { ["old"] = "str", ["new"] = "str", ["cause"] = "str" }, },
+    ["conn.urgent"] =
+        { doc = "urgent data (MSG_OOB): sent, confirmed by the peer's consumer cursor, arrived, read out of band, skipped in the stream", render = "urgent {event}[ ({dir})][ byte {byte}][ at {cursor}][ inline{?inline}]", expert = nil, fields = { ["dir"] = "dir", ["event"] = "str", ["byte"] = "u8", ["cursor"] = "cursor", ["inline"] = "bool" }, },
     ["events.dropped"] =
         { doc = "a subscriber missed events because it was too slow", render = "{count} events dropped[, {frames} frames][ by {by}][ ({last_error})]", expert = nil, fields = { ["count"] = "count", ["frames"] = "count", ["by"] = "str", ["total_events"] = "count", ["total_frames"] = "count", ["last_error"] = "str" }, },
     ["lgr.state"] =
