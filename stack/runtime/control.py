@@ -35,6 +35,7 @@ import math
 import os
 import socket
 import stat
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -113,17 +114,44 @@ def parse_reason(value: Any) -> int | None:
     return code
 
 
-def _answers(path: str) -> bool:
-    """Does a live server listen at this unix socket path?"""
+def _live_owner(path: str) -> str | None:
+    """Who serves this unix socket path, or None when nobody does (a stale file).
+
+    Probed by connecting: a live stack answers with its ``hello`` line (its host name);
+    the kernel names the listening process (SO_PEERCRED)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(path)
-        return True
     except OSError:
-        return False
+        probe.close()
+        return None
+    try:
+        who = []
+        try:
+            pid, uid, _ = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            if pid > 0:
+                who.append(f"pid {pid}")
+            who.append(f"uid {uid}")
+        except (OSError, AttributeError, struct.error):
+            pass
+        try:
+            line = probe.makefile("rb").readline(MAX_LINE)
+            hello = json.loads(line) if line else None
+            if isinstance(hello, dict) and hello.get("type") == "hello" and isinstance(hello.get("host"), str):
+                who.insert(0, f"stack {hello['host'][:64]!r}")
+        except (OSError, ValueError):
+            pass
+        return ", ".join(who) or "an unknown process"
     finally:
         probe.close()
+
+
+def _ident(path: str) -> tuple[int, int, int]:
+    """A socket file's identity: a file system reuses a removed file's inode number at once,
+    so the creation (change) time tells a new socket at the same inode from ours."""
+    st = os.lstat(path)
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 class ControlServer:
@@ -134,7 +162,7 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None
         self.clients: set[asyncio.Task] = set()
         self.subscribed = asyncio.Event()
-        self._inode: int | None = None
+        self._ident: tuple[int, int, int] | None = None  # our socket file: device, inode, ctime
 
     async def wait_subscribed(self, timeout: float) -> bool:
         """Wait until a client subscribes (a recorder attaching), at most ``timeout`` seconds."""
@@ -150,8 +178,10 @@ class ControlServer:
             if os.path.lexists(self.path):
                 if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
                     raise FileExistsError(f"control socket path {self.path} exists and is not a socket")
-                if _answers(self.path):
-                    raise FileExistsError(f"control socket {self.path} is in use: another stack serves it")
+                owner = _live_owner(self.path)
+                if owner is not None:
+                    raise FileExistsError(f"control socket {self.path} is in use: a live stack serves it ({owner}); "
+                                          "stop it or give this one another path")
                 os.unlink(self.path)  # a stale socket a stack left behind
             old = os.umask(0o177)
             try:
@@ -159,7 +189,7 @@ class ControlServer:
             finally:
                 os.umask(old)
             os.chmod(self.path, 0o600)
-            self._inode = os.stat(self.path).st_ino
+            self._ident = _ident(self.path)
         except FileExistsError:
             raise
         except OSError as e:
@@ -173,7 +203,7 @@ class ControlServer:
             await asyncio.gather(*self.clients, return_exceptions=True)
             await self.server.wait_closed()
         try:  # only our own socket: another stack may have taken a stale path over since
-            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
+            if self._ident is not None and _ident(self.path) == self._ident:
                 os.unlink(self.path)
         except OSError:
             pass
