@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import tshark
 from support.traces import DIFFPREFIX, record_session
 
 from dissectors.capture import CaptureError, read_events
@@ -72,7 +73,7 @@ def test_a_pcapng_rewritten_by_tshark_without_our_records_is_derived(recorded, t
         pytest.skip("tshark is not installed: run the README's test command")
     path, events, _ = recorded
     out = tmp_path / "tshark.pcapng"
-    subprocess.run(["tshark", "-r", str(path), "-Y", "frame.interface_id == 0", "-w", str(out)], check=True, capture_output=True)
+    subprocess.run(["tshark", "-r", str(path), "-Y", "frame.interface_id == 0", "-w", str(out)], check=True, capture_output=True, env=tshark.env())
     derived = list(read_events(out))
     assert not any(e.kind == "trace.note" for e in derived)
     cdc_ours = sorted((e.get("seqno"), e.get("token")) for e in events if e.kind == "cdc.msg" and e.get("dir") == "tx")

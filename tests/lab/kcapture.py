@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from support import tshark
 
 ROCE_PORT = 4791
 LLC_V2_TYPES = {0x21: "CONFIRM LINK v2", 0x22: "ADD LINK v2", 0x24: "DELETE LINK v2", 0x25: "REQUEST ADD LINK v2",
@@ -99,8 +100,7 @@ def roce_payload(data: bytes) -> bytes | None:
 
 def malformed(path: Path) -> list[int]:
     """Frame numbers tshark marks malformed."""
-    res = subprocess.run(["tshark", "-n", "-r", str(path), "-Y", "_ws.malformed", "-T", "fields", "-e", "frame.number"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    res = tshark.run(["-n", "-r", str(path), "-Y", "_ws.malformed", "-T", "fields", "-e", "frame.number"])  # hermetic
     if res.returncode != 0:
         raise AssertionError(f"tshark failed on {path}: {res.stderr[-2000:]}")
     return [int(x) for x in res.stdout.split()]
@@ -124,8 +124,7 @@ def explain(data: bytes) -> str | None:
 
 def smc_messages(path: Path) -> list[str]:
     """The Info column of every frame tshark decodes as SMC (CLC over TCP, LLC/CDC over RoCE)."""
-    res = subprocess.run(["tshark", "-n", "-r", str(path), "-Y", "smc", "-T", "fields", "-e", "_ws.col.Info"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    res = tshark.run(["-n", "-r", str(path), "-Y", "smc", "-T", "fields", "-e", "_ws.col.Info"])  # hermetic
     if res.returncode != 0:
         raise AssertionError(f"tshark failed on {path}: {res.stderr[-2000:]}")
     return res.stdout.splitlines()

@@ -492,7 +492,7 @@ def test_pyshark_reads_the_same_capture(tmp_path):
         "finally:\n"
         "    cap.close()\n"
     )
-    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120, env=tshark.env())
     assert res.returncode == 0, res.stderr
     count, diag, token = json.loads(res.stdout)
     assert count == 2

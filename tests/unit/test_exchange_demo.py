@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 from support import tshark
 
 from dissectors import exchange_demo
 from dissectors.pcapng import read_packets
 
 
-def test_demo_decodes_the_whole_exchange(tmp_path, capsys):
+def test_demo_decodes_the_whole_exchange(tmp_path, capsys, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("WIRESHARK_")]:
+        monkeypatch.delenv(key)
+    for key, value in tshark.env().items():  # the demo's own tshark run, away from the user's plugins
+        monkeypatch.setenv(key, value)
     out = tmp_path / "demo.pcapng"
     assert exchange_demo.main(["--out", str(out)]) == 0
     text = capsys.readouterr().out

@@ -215,7 +215,7 @@ def test_tshark_decodes_a_live_capture_of_lo(tmp_path, ends):
     out = tmp_path / "lo.pcapng"
     cap = subprocess.Popen(
         [tshark.tshark_path(), "-i", "lo", "-f", f"udp port 4791 and host {a.device.addr}", "-w", str(out)],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env=tshark.env(),
     )  # fmt: skip
     try:
         for line in cap.stderr:  # dumpcap reports "Capture started" once packets are being taken
