@@ -16,6 +16,21 @@
 
 local VERSION = "1.0"
 
+-- Loaded twice (a personal copy from `smc-trace install-plugin` and `-X lua_script:`): Wireshark
+-- loads personal plugins first, and a second Proto("smctop") would be a Lua error. The first copy
+-- stays active; this one says so on stderr (stdout may be tshark's JSON) and stops here. Plugins
+-- share _G, so the first copy leaves its path and version there.
+local THIS_FILE = (debug and debug.getinfo(1, "S").source or "?"):gsub("^@", "")
+if _G.SMCTOP_PLUGIN_LOADED then
+    local active = _G.SMCTOP_PLUGIN_LOADED
+    local advice = active.version == VERSION and "" or
+        "; the versions differ: update or remove one copy (smc-trace install-plugin)"
+    io.stderr:write(string.format("smctop.lua: active copy %s (version %s); skipped %s (version %s), loaded second%s\n",
+        active.path, active.version, THIS_FILE, VERSION, advice))
+    return
+end
+_G.SMCTOP_PLUGIN_LOADED = { path = THIS_FILE, version = VERSION }
+
 if set_plugin_info then
     set_plugin_info({
         version = VERSION,

@@ -49,9 +49,9 @@ def need_tshark():
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def lua_tshark(path, *args: str, plugin: Path = PLUGIN, env=None) -> subprocess.CompletedProcess:
-    cmd = [tshark.tshark_path(), "-n", "-X", f"lua_script:{plugin}", "-r", str(path), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+def lua_tshark(path, *args: str, plugin: Path = PLUGIN, home: str | None = None) -> subprocess.CompletedProcess:
+    """tshark with the plugin given by -X lua_script:, hermetic (or with ``home`` as its home)."""
+    return tshark.run(["-n", "-X", f"lua_script:{plugin}", "-r", str(path), *args], home=home)
 
 
 def _list(v):
@@ -446,12 +446,82 @@ def test_broken_plugin_is_detected(plain, tmp_path):
     assert proc.returncode == 2 and "smctop" in proc.stderr, (proc.returncode, proc.stderr)
 
 
-def test_installed_plugin_loads_from_the_personal_folder(plain, tmp_path):
-    env = {**os.environ, "HOME": str(tmp_path)}
-    res = subprocess.run([sys.executable, "-m", "dissectors.cli", "install-plugin"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+def install_plugin(home: Path) -> Path:
+    """``smc-trace install-plugin`` as a user whose home is ``home``; the installed file."""
+    res = subprocess.run([sys.executable, "-m", "dissectors.cli", "install-plugin"], cwd=ROOT, env=tshark.env(home=str(home)),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / ".local/lib/wireshark/plugins/smctop.lua").read_text() == PLUGIN.read_text()
-    proc = subprocess.run([tshark.tshark_path(), "-n", "-r", plain[0], "-Y", "smctop.kind == \"conn.mode\"", "-T", "fields", "-e", "smctop.host"],
-                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    installed = home / ".local/lib/wireshark/plugins/smctop.lua"
+    assert installed.read_text() == PLUGIN.read_text()
+    return installed
+
+
+def conn_mode_hosts(proc: subprocess.CompletedProcess) -> list[str]:
     assert proc.returncode == 0, proc.stderr
-    assert sorted(proc.stdout.split()) == ["client", "client", "server", "server"]
+    return sorted(proc.stdout.split())
+
+
+CONN_MODE_HOSTS = ["-Y", 'smctop.kind == "conn.mode"', "-T", "fields", "-e", "smctop.host"]
+
+
+def test_installed_plugin_loads_from_the_personal_folder(plain, tmp_path):
+    install_plugin(tmp_path)
+    proc = tshark.run(["-n", "-r", plain[0], *CONN_MODE_HOSTS], home=str(tmp_path))
+    assert conn_mode_hosts(proc) == ["client", "client", "server", "server"]
+    assert "smctop.lua" not in proc.stderr  # one copy: nothing to say
+
+
+def test_plugin_loaded_twice_names_the_active_copy(plain, tmp_path):
+    """The README's `tshark -X lua_script:smctop.lua` after `smc-trace install-plugin`: the personal
+    copy (loaded first) stays active, the second says it was skipped, and nothing fails."""
+    installed = install_plugin(tmp_path)
+    proc = lua_tshark(plain[0], *CONN_MODE_HOSTS, home=str(tmp_path))
+    assert conn_mode_hosts(proc) == ["client", "client", "server", "server"]
+    assert "Lua" not in proc.stderr and "Proto_new" not in proc.stderr, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("smctop.lua:")]
+    assert notes == [f"smctop.lua: active copy {installed} (version 1.0); skipped {PLUGIN} (version 1.0), loaded second"]
+    # the whole decode of a capture is the same as with one copy
+    one = lua_tshark(plain[0], "-Y", FILTER, "-T", "json", "--no-duplicate-keys")
+    two = lua_tshark(plain[0], "-Y", FILTER, "-T", "json", "--no-duplicate-keys", home=str(tmp_path))
+    assert one.returncode == two.returncode == 0 and one.stdout == two.stdout
+
+
+def test_an_older_personal_copy_is_named_as_such(plain, tmp_path):
+    installed = install_plugin(tmp_path)
+    installed.write_text(PLUGIN.read_text().replace('local VERSION = "1.0"', 'local VERSION = "0.9"', 1))
+    proc = lua_tshark(plain[0], *CONN_MODE_HOSTS, home=str(tmp_path))
+    assert conn_mode_hosts(proc) == ["client", "client", "server", "server"]
+    assert f"active copy {installed} (version 0.9); skipped {PLUGIN} (version 1.0)" in proc.stderr
+    assert "the versions differ: update or remove one copy" in proc.stderr
+
+
+def test_tests_ignore_the_users_installed_plugin(plain, tmp_path, monkeypatch):
+    """The hermetic runner: with the plugin (and preferences) in the user's own home, tshark as the
+    tests run it neither loads that copy nor reads those preferences."""
+    home = tmp_path / "user"
+    install_plugin(home)
+    prefs = home / ".config" / "wireshark"
+    prefs.mkdir(parents=True)
+    (prefs / "heuristic_protos").write_text("smc_tcp,FALSE\n")  # CLC over TCP no longer recognised
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("WIRESHARK_CONFIG_DIR", str(prefs))
+    monkeypatch.setenv("WIRESHARK_PLUGIN_DIR", str(home / ".local/lib/wireshark/plugins"))
+    # what a user's own tshark would do here: load the personal copy
+    mine = subprocess.run([tshark.tshark_path(), "-n", "-r", plain[0], *CONN_MODE_HOSTS], capture_output=True, text=True, timeout=60)
+    assert conn_mode_hosts(mine) == ["client", "client", "server", "server"]
+    mine = subprocess.run([tshark.tshark_path(), "-n", "-r", plain[0], "-Y", "smc.clc_msg"], capture_output=True, text=True, timeout=60)
+    assert mine.returncode == 0 and not mine.stdout, "the user's heuristic_protos did not apply"
+    # the tests' tshark: no smctop protocol unless given by -X, and the plugin given by -X is the only copy
+    env = tshark.env()
+    assert env["HOME"] != str(home) and not any(Path(env["HOME"]).rglob("*")), "the hermetic home is not empty"
+    assert "WIRESHARK_PLUGIN_DIR" not in env
+    bare = tshark.run(["-n", "-r", plain[0], "-Y", "smctop"])
+    assert bare.returncode != 0 and "smctop" in bare.stderr  # unknown field: the personal copy was not loaded
+    proc = lua_tshark(plain[0], *CONN_MODE_HOSTS)
+    assert conn_mode_hosts(proc) == ["client", "client", "server", "server"]
+    assert "smctop.lua" not in proc.stderr, proc.stderr
+    # and decode() (CLC over TCP by the built-in heuristic, which the user's preferences turn off) is unchanged
+    frames = tshark.decode(plain[0])
+    assert [f for f in frames if f.smc and "smc.clc_msg" in f.smc[0]]
+    assert not [f for f in frames if "smctop" in f.layers]
