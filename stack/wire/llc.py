@@ -34,6 +34,7 @@ from ._base import Builder, View, WireError, check_uint
 LLC_LEN = 44  # SMC_WR_TX_SIZE
 LLC_V2_MAX_LEN = 8192  # SMC_WR_BUF_V2_SIZE
 GID_LEN = 16
+RMBS_PER_LGR_MAX = 255  # SMC_RMBS_PER_LGR_MAX: the kernel never counts more connections
 
 FLAG_RESP = 0x80
 FLAG_ADD_LNK_REJ = 0x40
@@ -205,6 +206,10 @@ class AddLink(LlcMessage):
     direct: bool = False
     target_gid: bytes = bytes(GID_LEN)
     rkeys: tuple[RkeyTriple, ...] = ()
+    # num_rkeys as written when it is more than len(rkeys) (0: len(rkeys)): the kernel
+    # counts the group's connections but fills only the RMBs in use (smc_llc_fill_ext_v2),
+    # so it may announce more triples than the message's length carries.
+    num_rkeys: int = 0
 
     llc_type = LlcType.ADD_LINK
 
@@ -229,13 +234,14 @@ class AddLink(LlcMessage):
         if self.version >= 2:
             b.u8(44, 0x80 if self.direct else 0, "v2_direct")
             b.raw(46, self.target_gid, GID_LEN, "target_gid")
-            b.uint(70, 2, len(self.rkeys), "num_rkeys", order=order)
+            check_uint(self.num_rkeys, 8, "num_rkeys", self.name, 70, LlcError)
+            b.uint(70, 2, max(self.num_rkeys, len(self.rkeys)), "num_rkeys", order=order)
             for i, t in enumerate(self.rkeys):
                 o = 72 + 16 * i
                 b.u32(o, t.rkey, "rkey")
                 b.u32(o + 4, t.new_rkey, "new_rkey")
                 b.u64(o + 8, t.new_vaddr, "new_vaddr")
-        elif self.rkeys or self.direct or any(self.target_gid):
+        elif self.rkeys or self.direct or any(self.target_gid) or self.num_rkeys:
             raise b.fail(44, "a v1 ADD LINK has no v2 extension (use ADD LINK CONTINUATION for rkeys)")
 
     @classmethod
@@ -253,15 +259,24 @@ class AddLink(LlcMessage):
         if len(v) == LLC_LEN and fields["rejected"]:
             return cls(**common, **fields)  # the kernel rejects with a bare 44-byte message (smc_llc_cli_add_link_reject)
         n = v.u16le(70, "num_rkeys") if order == "little" else v.u16(70, "num_rkeys")
-        if 72 + 16 * n != len(v):
-            raise v.fail(70, f"num_rkeys {n} ({order}-endian) needs {72 + 16 * n} bytes, the message has {len(v)}")
+        # The length says how many triples were filled in; num_rkeys may count more (the
+        # kernel's sender counts connections, smc_llc_fill_ext_v2) and its receiver reads
+        # what is there (smc_llc_save_add_link_rkeys). Fewer announced than carried, or a
+        # partial triple, no kernel sends.
+        carried, partial = divmod(len(v) - 72, 16)
+        if partial:
+            raise v.fail(70, f"{len(v) - 72} bytes after num_rkeys are not whole 16-byte rkey triples")
+        if n < carried:
+            raise v.fail(70, f"num_rkeys {n} ({order}-endian) but the message carries {carried} triples")
+        if n > RMBS_PER_LGR_MAX:
+            raise v.fail(70, f"num_rkeys {n} ({order}-endian): a link group has at most {RMBS_PER_LGR_MAX} RMBs")
         rkeys = tuple(
             RkeyTriple(v.u32(72 + 16 * i, "rkey"), v.u32(76 + 16 * i, "new_rkey"), v.u64(80 + 16 * i, "new_vaddr"))
-            for i in range(n)
+            for i in range(carried)
         )
         return cls(
             **common, **fields, direct=bool(v.u8(44, "v2_direct") & 0x80),
-            target_gid=v.raw(46, GID_LEN, "target_gid"), rkeys=rkeys,
+            target_gid=v.raw(46, GID_LEN, "target_gid"), rkeys=rkeys, num_rkeys=n if n > carried else 0,
         )  # fmt: skip
 
 
