@@ -330,6 +330,13 @@ SCHEMA: dict[str, Kind] = {k.name: k for k in (
                          F("status", "str", "the completion status or event")),
              _link_event("bad_cdc", "a CDC from the peer could not be decoded", "bad CDC[: {reason}]", F("reason", "str", "why")),
              _link_event("bad_llc", "an LLC message from the peer could not be decoded", "bad LLC message[: {reason}]", F("reason", "str", "why")),
+             _link_event("suspect_frames", "frames far outside a QP's PSN window arrived: no honest peer sends them, so a possible "
+                         "attack (someone guessing PSNs to inject); reported at most once a second per link while they keep coming",
+                         "possible attack: {new} frames outside the PSN window[ on {device}][ QPN {qpn}][, {psn_out_of_window} dropped in all]"
+                         "[, {suspect_ignored} more past the budget, unexamined]",
+                         F("new", "count", "suspect frames since the last report", True), F("device", "str", "the RoCE device"),
+                         F("qpn", "x24", "our QP number"), F("psn_out_of_window", "count", "frames outside the window so far (examined, dropped)"),
+                         F("suspect_ignored", "count", "frames past the QP's budget a second, dropped unexamined")),
              _link_event("test_link_timeout", "TEST LINK got no answer: the link is taken down", "TEST LINK timed out"),
              _link_event("llc_timeout", "an LLC flow got no answer in time", "LLC flow[ {flow}] timed out[ at {step}]",
                          F("flow", "str", "the flow"), F("step", "str", "where it waited")),
@@ -520,7 +527,7 @@ SNAPSHOT_CONN = {"conn": "count!", "state": "str", "mode": "str", "role": "str",
                  "rx_prod": "cursor", "rx_cons": "cursor", "tx_prod": "cursor", "tx_cons": "cursor", "tx_sent": "cursor", "tx_fin": "cursor",
                  "bytes_sent": "count", "bytes_received": "count"}  # fmt: skip
 SNAPSHOT_LINK = {"id": "u8!", "state": "str", "device": "str", "qpn": "count", "peer_qpn": "count", "gid": "str", "peer_gid": "str",
-                 "asym": "bool", "conns": "count"}  # fmt: skip
+                 "asym": "bool", "conns": "count", "psn_out_of_window": "count", "suspect_ignored": "count"}  # fmt: skip
 SNAPSHOT_LGR = {"id": "str!", "role": "str", "type": "str", "crit": "bool", "version": "u8", "peer_host": "str", "conns": "count",
                 "links": [SNAPSHOT_LINK]}  # fmt: skip
 SNAPSHOT = {"host": "str", "t": "num", "stats": {"*": "num"}, "devices": [{"name": "str!", "up": "bool", "mtu": "count"}],

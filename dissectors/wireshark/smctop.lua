@@ -161,6 +161,8 @@ local EVENT_KINDS = {  -- the event schema: kind -> {doc, render, expert, fields
                 { doc = "a QP could not be created for a new link", render = "QP not created[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str" }, },
             ["qp_error"] =
                 { doc = "a QP failed (completion error or async event)", render = "QP error[: {status}]", expert = nil, fields = { ["event"] = "str", ["status"] = "str" }, },
+            ["suspect_frames"] =
+                { doc = "frames far outside a QP's PSN window arrived: no honest peer sends them, so a possible attack (someone guessing PSNs to inject); reported at most once a second per link while they keep coming", render = "possible attack: {new} frames outside the PSN window[ on {device}][ QPN {qpn}][, {psn_out_of_window} dropped in all][, {suspect_ignored} more past the budget, unexamined]", expert = nil, fields = { ["event"] = "str", ["new"] = "count", ["device"] = "str", ["qpn"] = "x24", ["psn_out_of_window"] = "count", ["suspect_ignored"] = "count" }, },
             ["test_link_timeout"] =
                 { doc = "TEST LINK got no answer: the link is taken down", render = "TEST LINK timed out", expert = nil, fields = { ["event"] = "str" }, },
         } },

@@ -37,6 +37,7 @@ from .option import SmcOption
 from .port import HostPort
 from .rdma import DeviceSpec, RdmaDriver, check_specs, engine_detail, engine_of
 from .streams import SmcStreamReader, SmcStreamWriter
+from .suspect import SuspectWatch, link_counts
 from .tcp import SmcServer, TcpProtocol
 
 CONTROL_DIR_ENV = "SMCTOP_CONTROL_DIR"  # a directory: each Stack started opens a control socket there
@@ -80,6 +81,7 @@ class Stack:
         self.servers: list[SmcServer] = []
         self._ids = itertools.count(1)
         self.control: ControlServer | None = None
+        self.suspect: SuspectWatch | None = None
         self.option = SmcOption(self.config.tcp_option)
 
     # ---------------------------------------------------------------- lifecycle
@@ -100,6 +102,8 @@ class Stack:
         self.rdma.on_recv = lambda qp, data: host.on_recv(qp, data, now())
         self.rdma.on_device_event = self.port.device_event
         self.controls = Controls(host, self.rdma, now)
+        self.suspect = SuspectWatch(self.loop, self.rdma, host, now)  # frames outside a PSN window: possible attacks
+        self.suspect.start()
         path = self.config.control_path
         if path is None and os.environ.get(CONTROL_DIR_ENV):
             # smc-trace record runs a command with this set, to attach to every stack it starts
@@ -126,6 +130,8 @@ class Stack:
             if h.transport is not None:
                 h.transport.close()
         self.port.close()
+        if self.suspect is not None:
+            self.suspect.close()
         if self.control is not None:
             await self.control.close()
         self.rdma.close()
@@ -214,6 +220,7 @@ class Stack:
         snap["t"] = self.now()
         snap["rdma"] = {name: dict(dev.device.stats, port_up=dev.port_up, engine=engine_of(dev.device),
                                    engine_detail=engine_detail(dev.device)) for name, dev in self.rdma.devs.items()}  # fmt: skip
+        link_counts(self.rdma, snap, self.host.lgrs)  # each link's psn_out_of_window, suspect_ignored
         return snap
 
     # ---------------------------------------------------------------- the SMC TCP option

@@ -295,6 +295,9 @@ class CompletionQueue(ABC):
 class QueuePair(ABC):
     qp_num: int
     cap: QPCap
+    # counters, for snapshots; the soft engines keep "psn_out_of_window" and "suspect_ignored"
+    # (frames no honest peer sends: stack/runtime/suspect.py reports them as a possible attack)
+    stats: Mapping[str, Any] = MappingProxyType({})
 
     @abstractmethod
     def state(self) -> QPState:
