@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import random
+import socket
 import sys
 import time
 from collections import Counter
@@ -29,8 +32,32 @@ from stack.traffic import runner
 from stack.traffic.protocol import BOTH
 from stack.wire import codes
 
-ALPHA, BETA, GAMMA = "127.30.0.1", "127.30.0.2", "127.30.0.3"
-ALPHA2, BETA2 = "127.31.0.1", "127.31.0.2"  # the second devices
+
+def _free_subnet() -> int:
+    """A third octet x for which 127.30.x.1-3 and 127.31.x.1-2 are free (no socket on the RoCE
+    port 4791 nor the demo's port 5000), chosen at random: two demos, or a demo and the test
+    suite, can run at the same time without "address in use"."""
+    rng = random.SystemRandom()
+    for x in rng.sample(range(256), 256):
+        hosts = (f"127.30.{x}.1", f"127.30.{x}.2", f"127.30.{x}.3", f"127.31.{x}.1", f"127.31.{x}.2")
+        if all(_free(h) for h in hosts):
+            return x
+    raise OSError(errno.EADDRINUSE, "no free 127.30.x.0/24 for the demo")
+
+
+def _free(host: str) -> bool:
+    for kind, port in ((socket.SOCK_DGRAM, 4791), (socket.SOCK_STREAM, 5000)):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+_X = _free_subnet()  # once per process: smctop.sources reads these names too
+ALPHA, BETA, GAMMA = f"127.30.{_X}.1", f"127.30.{_X}.2", f"127.30.{_X}.3"
+ALPHA2, BETA2 = f"127.31.{_X}.1", f"127.31.{_X}.2"  # the second devices
 DIFFPREFIX = 0x03070000
 
 

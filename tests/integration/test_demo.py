@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
-
-from support.stacks import run
 
 from smctop import demo
 
 
 def test_the_demo_shows_smc_traffic_and_a_reasoned_fallback():
     out = io.StringIO()
-    d = run(demo.run(3.0, out), timeout=120)
+    d = asyncio.run(demo.run(3.0, out))  # no time limit of its own: pytest-timeout stops a hang
     text = out.getvalue()
     assert "connections while traffic ran (smcss -d):" in text
     table = text.split("connections while traffic ran (smcss -d):")[1].split("link groups")[0]
@@ -20,8 +19,25 @@ def test_the_demo_shows_smc_traffic_and_a_reasoned_fallback():
     assert "LINK_ACTIVE" in text and " SYM " in text
     # beta's port was pulled and put back: the connections moved, and the group is SYM again
     failovers = text.split("failovers:")[1].split("link groups at the end")[0]
-    assert "beta   link group" in failovers and "(port down on 127.30.0.2)" in failovers
+    assert "beta   link group" in failovers and f"(port down on {demo.BETA})" in failovers
     assert "link groups at the end: alpha SYM, beta SYM" in text
     assert d.totals["bulk"].verified == 1 and not d.totals["bulk"].errors
     assert d.totals["rr"].ops > 0 and d.totals["fallback"].modes.get("TCP", 0) == d.totals["fallback"].connections > 0
     assert d.events["cdc.msg"] > 0 and d.events["conn.fallback"] > 0
+
+
+def test_the_demo_takes_addresses_no_other_process_holds():
+    """A demo, or the suite, already on 127.30.x: this run picks the one subnet left free."""
+    import socket
+
+    held = []
+    try:
+        for x in range(256):
+            if x != 7:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((f"127.30.{x}.2", 4791))  # beta's soft device in another demo
+                held.append(s)
+        assert demo._free_subnet() == 7
+    finally:
+        for s in held:
+            s.close()

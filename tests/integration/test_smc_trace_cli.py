@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +46,13 @@ def test_record_around_a_command_captures_its_stack_from_the_first_event(tmp_pat
     assert {"conn.open", "clc.msg", "lgr.state", "link.state", "llc.msg", "cdc.msg", "rdma.write", "conn.state"} <= kinds
 
 
+def _recording_started(path: Path) -> bool:
+    try:
+        return any(e.kind == "stats" and e.get("cause") == "recording started" for e in read_events(path))
+    except Exception:  # the file is being written: not yet
+        return False
+
+
 def test_record_attached_to_a_running_stack(tmp_path):
     ca, sa = addrs()
     sock = tmp_path / "server.sock"
@@ -56,7 +62,8 @@ def test_record_attached_to_a_running_stack(tmp_path):
         assert wait_for(sock.exists, 10)
         rec = subprocess.Popen([sys.executable, "-m", "dissectors.cli", "record", "-w", str(out), "--attach", str(sock), "--duration", "20"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
-        time.sleep(1.0)
+        # the recorder is attached once its first record (the stack's state when it subscribed) is in the file
+        assert wait_for(lambda: _recording_started(out), 60), "the recorder never wrote the stack's starting state"
         rc, report, err = traffic_client(sa, ca, "--mode", "rr", "--count", "5")
         assert rc == 0, err
         assert report["modes"] == {"TCP": 1}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 import time
@@ -15,14 +16,39 @@ from dataclasses import replace
 from stack.core.config import SmcConfig, Timeouts
 from stack.runtime import DeviceSpec, Stack, StackConfig
 
-_net = itertools.count(10)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_rng = random.SystemRandom()
+_handed_out: set[tuple[int, int]] = set()
+
+
+def free_on_loopback(*hosts: str) -> bool:
+    """True if no socket holds the ports our hosts use on any of ``hosts``: UDP 4791 (a soft
+    device) and TCP 5000 (a test server). A probe, not a reservation: the window between it
+    and the stack's own bind is short, and a later collision shows as a bind error, not a
+    wrong result."""
+    for host in hosts:
+        for kind, port in ((socket.SOCK_DGRAM, 4791), (socket.SOCK_STREAM, 5000)):
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    return False
+    return True
 
 
 def addrs() -> tuple[str, str]:
-    """A fresh pair of loopback addresses, so tests never share a device or port."""
-    n = next(_net)
-    return f"127.{100 + n // 200}.{n % 200}.1", f"127.{100 + n // 200}.{n % 200}.2"
+    """A fresh pair of loopback addresses, so tests never share a device or port: chosen at
+    random (127.100-149.x.1/.2, the second devices 50 higher) and probed, so two test runs at
+    the same time (two helpers, two CI jobs) do not collide either."""
+    for _ in range(1000):
+        o1, o2 = _rng.randrange(100, 150), _rng.randrange(0, 256)
+        if (o1, o2) in _handed_out:
+            continue
+        pair = f"127.{o1}.{o2}.1", f"127.{o1}.{o2}.2"
+        if free_on_loopback(*pair, *(second_device(a) for a in pair)):
+            _handed_out.add((o1, o2))
+            return pair
+    raise RuntimeError("no free loopback address pair in 127.100.0.0-127.149.255.255")
 
 
 def second_device(addr: str) -> str:
@@ -72,11 +98,24 @@ async def echo_exchanges(client: Stack, server: Stack, ca: str, sa: str, n: int 
         r, w = await client.open_connection(sa, 5000, local_addr=(ca, 0))
         if infos is not None:
             infos.append(w.get_extra_info("smc"))
-        w.write(os.urandom(5000 + i))
+        sent = os.urandom(5000 + i)
+        w.write(sent)
         w.write_eof()
-        await r.read()
+        echoed = await r.read()
+        assert echoed == sent, f"connection {i}: {len(sent)} bytes sent, {len(echoed)} echoed, first difference at " \
+            f"{next((k for k, (x, y) in enumerate(zip(sent, echoed)) if x != y), min(len(sent), len(echoed)))}"
         w.close()
         await w.wait_closed()
+
+
+async def until(predicate, timeout: float = 60.0, what: str = "") -> None:
+    """Wait, without blocking the loop, until ``predicate()`` holds; the timeout only stops a
+    hang (it is no assertion about speed): it raises AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what or predicate}")
+        await asyncio.sleep(0.02)
 
 
 def run(coro, timeout: float = 120):
@@ -126,4 +165,4 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return False
 
 
-__all__ = ["addrs", "second_device", "config", "two_stacks", "echo_exchanges", "run", "TrafficServer", "traffic_client", "wait_for", "replace"]
+__all__ = ["addrs", "free_on_loopback", "second_device", "config", "two_stacks", "echo_exchanges", "run", "until", "TrafficServer", "traffic_client", "wait_for", "replace"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from dissectors.recorder import Recorder
 from stack.events import Event
 
-from support.stacks import echo_exchanges, run, two_stacks
+from support.stacks import echo_exchanges, run, two_stacks, until
 
 DIFFPREFIX = 0x03070000
+
+
+def lgr_types(stack) -> list[str]:
+    return [g["type"] for g in stack.snapshot()["lgrs"]]
 
 
 def record_session(path, *, kw: dict | None = None, devices: int = 1, fallback: bool = False, failover: bool = False,
@@ -27,16 +29,16 @@ def record_session(path, *, kw: dict | None = None, devices: int = 1, fallback: 
                 s.bus.listen(seen.append)
             await echo_exchanges(a, b, ca, sa, 2)
             if failover:
-                await asyncio.sleep(0.2)
+                await until(lambda: lgr_types(a) == lgr_types(b) == ["SYM"], what="both link groups SYM before the pull")
                 b.set_port(sa, False)
-                await asyncio.sleep(0.5)
+                await until(lambda: b.snapshot()["failovers"] and a.snapshot()["failovers"], what="the failover on both sides")
                 r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))  # carried by the surviving link
                 w.write(b"x" * 3000)
                 w.write_eof()
                 await r.read()
                 w.close()
                 b.set_port(sa, True)
-                await asyncio.sleep(0.5)
+                await until(lambda: lgr_types(a) == lgr_types(b) == ["SYM"], what="both link groups SYM again")
             if fallback:
                 b.force_decline(DIFFPREFIX)
                 r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
@@ -45,7 +47,7 @@ def record_session(path, *, kw: dict | None = None, devices: int = 1, fallback: 
                 await r.read()
                 w.close()
                 await w.wait_closed()
-            await asyncio.sleep(0.2)
+            await until(lambda: not a.snapshot()["conns"] and not b.snapshot()["conns"], what="every connection closed")
             for s in (a, b):
                 s.bus.unlisten(seen.append)
             return rec.close()
