@@ -53,7 +53,9 @@ class SmcStreamReader:
         self._buf = bytearray()
         self._eof = False
         self._exc: BaseException | None = None
-        self._waiter: asyncio.Future | None = None
+        # every waiting reader: read() and read_urgent() may wait at once (an application
+        # reads the stream while a task waits for the urgent byte), and both must wake
+        self._waiters: list[asyncio.Future] = []
 
     # fed by the stack
     def _feed(self, data: bytes) -> None:
@@ -71,9 +73,9 @@ class SmcStreamReader:
         self._wake()
 
     def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
 
     def _fill(self) -> None:
         """Take what the RMB holds (SMC) up to the read-ahead limit."""
@@ -92,11 +94,12 @@ class SmcStreamReader:
             self._h.resume_tcp_reading()
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        w = asyncio.get_running_loop().create_future()
+        self._waiters.append(w)
         try:
-            await self._waiter
+            await w
         finally:
-            self._waiter = None
+            self._waiters.remove(w)
 
     def at_eof(self) -> bool:
         self._fill()

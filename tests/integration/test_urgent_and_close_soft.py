@@ -73,6 +73,42 @@ def test_urgent_data_mid_stream_both_ways_keeps_the_urgent_byte_out_of_the_strea
     assert [e.get("byte") for e in urg_b if e.get("event") == "arrived"] == [ord("U")]
 
 
+def test_a_task_waiting_for_the_urgent_byte_while_the_stream_is_read_gets_it():
+    """The way an application that does not know where the urgent byte is reads: one task
+    waits in read_urgent() while the stream is read to the end (poll's POLLPRI beside
+    POLLIN). Both wait on the reader at once and both must wake (one waiter used to replace
+    the other, and the urgent byte was never returned)."""
+    pre, post = os.urandom(A), os.urandom(B)
+
+    async def main():
+        async with two_stacks(pair=pair()) as (a, b, _, sa):
+            got = {}
+
+            async def server(r, w):
+                urgent = asyncio.ensure_future(r.read_urgent())
+                data = bytearray()
+                while chunk := await r.read(1 << 16):
+                    data += chunk
+                    await asyncio.sleep(0)  # the urgent task runs before the next read passes the mark
+                got["data"], got["urgent"] = bytes(data), await asyncio.wait_for(urgent, 5)
+                w.close()
+
+            await b.start_server(server, sa, 5000)
+            r, w = await a.open_connection(sa, 5000)
+            await asyncio.sleep(0.05)  # the server is already waiting on both when data arrives
+            w.write(pre)
+            w.write_urgent(b"U")
+            w.write(post)
+            await w.drain()
+            w.write_eof()
+            assert await asyncio.wait_for(r.read(), 10) == b""
+            w.close()
+            return got
+
+    got = run(main())
+    assert got["urgent"] == b"U" and got["data"] == pre + post
+
+
 def test_oob_inline_keeps_the_urgent_byte_in_the_stream_and_reads_stop_at_it():
     async def main():
         async with two_stacks(pair=pair()) as (a, b, _, sa):
