@@ -4,13 +4,16 @@ across several wraps of 16 KiB rings, and the close. Any change in what the stac
 or says shows up here as a diff.
 
 Regenerate after an intended change:  SMCTOP_UPDATE_GOLDEN=1 ./scripts/test.sh tests/core
+(the run that rewrites the file fails, by design: review the diff, then run again without it).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import pytest
+
+from support import golden as golden_file
 from support.fabric import open_conn, pair
 
 from stack.core.config import SmcConfig
@@ -47,8 +50,8 @@ def run_session() -> list[str]:
 
 def test_session_matches_the_golden_log():
     lines = run_session()
-    if os.environ.get("SMCTOP_UPDATE_GOLDEN") == "1":
-        GOLDEN.write_text("\n".join(lines) + "\n")
+    if golden_file.update_requested():
+        golden_file.rewrite_and_fail(GOLDEN, "\n".join(lines) + "\n")
     golden = GOLDEN.read_text().splitlines()
     for i, (ours, want) in enumerate(zip(lines, golden)):
         assert ours == want, f"event {i + 1} differs\n  now:    {ours}\n  golden: {want}"
@@ -75,3 +78,25 @@ def test_the_golden_log_tells_the_whole_story():
     # two WRITEs in one step where the ring wraps
     assert any(e.get("offset") == 0 for e in events if e.kind == "rdma.write")
     assert all(0 <= e.get("offset") < 16384 and e.get("length") <= 16384 for e in events if e.kind == "rdma.write")
+
+
+def test_regenerating_the_golden_log_fails(tmp_path, monkeypatch):
+    """SMCTOP_UPDATE_GOLDEN=1 writes the file, then the test fails: a regenerated golden can
+    never pass by comparing with what it just wrote."""
+    target = tmp_path / "session.jsonl"
+    monkeypatch.setitem(globals(), "GOLDEN", target)
+    monkeypatch.setenv("SMCTOP_UPDATE_GOLDEN", "1")
+    with pytest.raises(pytest.fail.Exception, match="created"):
+        test_session_matches_the_golden_log()
+    now = "\n".join(run_session()) + "\n"
+    assert target.read_text() == now  # what it wrote is this run's log
+    with pytest.raises(pytest.fail.Exception, match="unchanged"):
+        test_session_matches_the_golden_log()
+    target.write_text(now.replace('"ACTIVE"', '"CLOSED"', 1))
+    with pytest.raises(pytest.fail.Exception, match="rewritten"):
+        test_session_matches_the_golden_log()
+    monkeypatch.delenv("SMCTOP_UPDATE_GOLDEN")
+    test_session_matches_the_golden_log()  # without the variable it compares again, and passes
+    target.write_text(now.replace('"ACTIVE"', '"CLOSED"', 1))
+    with pytest.raises(AssertionError, match="differs"):
+        test_session_matches_the_golden_log()
