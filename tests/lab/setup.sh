@@ -58,10 +58,10 @@ fi
 mkdir -p "$B/apt/lists/partial" "$B/apt/cache/archives/partial" "$B/debs"
 
 # A private apt configuration for bookworm-backports on the mirror the host already uses:
-# the host's sources and state stay untouched and nothing gets installed.
-URI=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-[ -n "$URI" ] || URI=$(awk '$1 == "deb" && $3 ~ /^bookworm/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-[ -n "$URI" ] || URI=http://deb.debian.org/debian
+# the host's sources and state stay untouched and nothing gets installed. The mirror comes
+# from the apt configuration only (sources.list, sources.list.d/*.list and *.sources); with
+# none there the set-up stops and says so, it never picks a mirror of its own.
+URI=$(python3 "$LAB/aptmirror.py") || exit 1
 echo "deb $URI bookworm-backports main" >"$B/apt/sources.list"
 APT=(-o "Dir::Etc::SourceList=$B/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o "Dir::State::Lists=$B/apt/lists" -o "Dir::Cache=$B/apt/cache")
