@@ -22,10 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from stack.events import BadRecord, Skipped, check_record, check_snapshot, loads, to_json
+from stack.events import BadRecord, Event, Skipped, check_record, check_snapshot, loads, to_json
 
 from .capture import CaptureError, read_events
 from .recorder import WRITE_SNAP, Frame, Recorder, snapshot_event
+from .roce_analysis import RoceAnalysis
 from .summary import render, summarize
 from .timeline import Filter, timeline
 
@@ -41,8 +42,31 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------- record
 
 
+TAIL_WAIT = 30.0  # seconds to wait, once a command has exited, for its stacks' last lines
+
+
+def _source_drop(rec: Recorder, host: str, path: str, t: float, count: int, frames: int, why: str) -> None:
+    """Record a loss at its source (a stack's bounded queue, its stream cut short) as an
+    ``events.dropped`` event of that stack, named, so that ``summary`` shows it."""
+    rec.stats.source_dropped_events += count
+    rec.stats.source_dropped_frames += frames
+    rec.stats.source_notes.append(f"{host} ({path}): {why}" if why else f"{host} ({path})")
+    fields = {"count": count, "by": f"{host} control socket"}
+    if frames:
+        fields["frames"] = frames
+    if why:
+        fields["last_error"] = why
+    rec.on_event(Event(t, "events.dropped", host, fields=fields))
+
+
 async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
-    """Record one stack through its control socket until it closes or ``stop`` is set."""
+    """Record one stack through its control socket until it closes or ``stop`` is set.
+
+    A stack that closes sends what it still held and then an ``end`` line; a stream that
+    stops without one (the stack was killed, its exit cut short) has lost its tail, and a
+    last line without its newline was cut mid-record: both are recorded as drops of that
+    stack, named. Drops the stack counted (its event queue, its frame queue) are recorded
+    as its own, not the recorder's."""
     try:
         reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
     except OSError as e:
@@ -50,16 +74,29 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
     writer.write(json.dumps({"cmd": "subscribe", "frames": True, "write_snap": rec.write_snap, "id": 1}).encode() + b'\n{"cmd":"snapshot","id":2}\n')
     await writer.drain()
     host = "?"
+    ended = False
+    cut = 0  # bytes of a last line without its newline
+    last_t = time.monotonic()  # the stack's clock (CLOCK_MONOTONIC) for a drop found here
     stopper = asyncio.ensure_future(stop.wait())
     try:
-        while True:
+        while not stop.is_set():  # checked each line: a stream that never pauses must not outlast --duration or Ctrl-C
             line_task = asyncio.ensure_future(reader.readline())
             done, _ = await asyncio.wait({line_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if line_task not in done:
                 line_task.cancel()
                 break
-            line = line_task.result()
+            try:
+                line = line_task.result()
+            except (ValueError, asyncio.LimitOverrunError) as e:  # a line longer than the reader's limit: the stream is lost from here
+                _source_drop(rec, host, path, last_t, 1, 0, f"a line longer than 16 MiB ({e}): the rest of the stream is lost")
+                ended = True
+                break
+            except ConnectionError:
+                break
             if not line:
+                break
+            if not line.endswith(b"\n"):  # EOF inside a line: the stream was cut mid-record
+                cut = len(line)
                 break
             try:
                 msg = loads(line)
@@ -67,18 +104,27 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
                     raise BadRecord("a control socket line must be a JSON object")
                 kind = msg.get("type")
                 if kind == "event":
-                    rec.on_event(check_record(msg.get("event")))
+                    e = check_record(msg.get("event"))
+                    last_t = e.t
+                    if e.kind == "events.dropped":  # the stack's event queue overflowed: its own drop, named
+                        rec.stats.source_dropped_events += e.get("count") or 0
+                        e.fields.setdefault("by", f"{e.host} event queue")
+                    rec.on_event(e)
                 elif kind == "frame":
                     rec.on_frame(_frame(msg.get("frame")))
                 elif kind == "frames.dropped":
                     count = msg.get("count", 0)
-                    rec.stats.dropped_frames += count if type(count) is int and 0 <= count < 1 << 53 else 0
+                    if type(count) is int and 0 < count < 1 << 53:
+                        _source_drop(rec, host, path, last_t, 0, count, "its frame queue was full")
+                    continue
+                elif kind == "end":
+                    ended = True
                     continue
             except BadRecord as e:  # a bad line from the stack: counted and named, never the end of the recording
                 rec.stats.dropped_events += 1
                 rec.stats.last_error = f"{path}: {e}"
                 continue
-            if kind in ("event", "frame", "frames.dropped"):
+            if kind in ("event", "frame"):
                 continue
             if kind == "hello":
                 host = str(msg.get("host", "?"))[:256]
@@ -94,6 +140,12 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
                     rec.on_event(snapshot_event(time.monotonic(), snap))  # CLOCK_MONOTONIC is the stack's clock too
             elif kind == "error":
                 raise UsageError(f"{path}: {msg.get('error')}")
+        else:
+            ended = True  # we stopped: the recording ends here by choice
+        if not ended and not stop.is_set():
+            _source_drop(rec, host, path, last_t, 1 if cut else 0, 0,
+                         (f"its stream ended inside a line ({cut} bytes of a record), " if cut else "its stream ended ")
+                         + "without the stack's end line: the stack was killed or its exit cut short, and what it had not sent yet is lost")  # fmt: skip
     finally:
         stopper.cancel()
         writer.close()
@@ -117,40 +169,74 @@ def _frame(f) -> Frame:
         raise BadRecord(f"frame: {e}") from None
 
 
-async def record_command(argv: list[str], rec: Recorder, wait: float) -> int:
+def _on_stop_signals(loop, callback) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, callback, sig)
+
+
+async def record_command(argv: list[str], rec: Recorder, wait: float, duration: float = 0) -> int:
     """Run ``argv`` with every stack it starts opening a control socket in a fresh directory,
-    and record each one from its first event (the stack waits for us at start)."""
+    and record each one from its first event (the stack waits for us at start) to its last
+    (it sends what it still holds as it closes).
+
+    Ctrl-C, SIGTERM or ``duration`` ask the command to stop (SIGINT, as Ctrl-C would; a
+    second signal sends SIGTERM, a third SIGKILL); the recording goes on until its stacks
+    have closed. The command runs in a process group of its own, so that it gets one
+    signal, from us."""
     with tempfile.TemporaryDirectory(prefix="smc-trace-") as d:
         env = dict(os.environ, **{CONTROL_DIR_ENV: d, CONTROL_WAIT_ENV: str(wait)})
         try:
-            proc = await asyncio.create_subprocess_exec(*argv, env=env)
+            proc = await asyncio.create_subprocess_exec(*argv, env=env, process_group=0)
         except OSError as e:
             raise UsageError(f"cannot run {argv[0]}: {e.strerror or e}") from None
         stop = asyncio.Event()
+        asked = []
+        loop = asyncio.get_running_loop()
+
+        def ask(_sig=None) -> None:
+            if proc.returncode is None:
+                sig = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)[min(len(asked), 2)]
+                asked.append(sig)
+                try:
+                    proc.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+        _on_stop_signals(loop, ask)
+        if duration:
+            loop.call_later(duration, ask)
         seen: set[str] = set()
         tasks = []
-        exit_task = asyncio.ensure_future(proc.wait())
-        while not exit_task.done():
+
+        def look() -> None:
             for name in sorted(os.listdir(d)):
                 if name.endswith(".sock") and name not in seen:
                     seen.add(name)
                     tasks.append(asyncio.ensure_future(follow(os.path.join(d, name), rec, stop)))
+
+        exit_task = asyncio.ensure_future(proc.wait())
+        while not exit_task.done():
+            look()
             await asyncio.wait({exit_task}, timeout=0.02)
-        await asyncio.sleep(0.1)
+        look()
+        if tasks:  # each stream ends when its stack has closed (its end line) or its process is gone (EOF)
+            await asyncio.wait(tasks, timeout=TAIL_WAIT)
         stop.set()
         for t in tasks:
             try:
                 await t
             except (UsageError, ConnectionError):
                 pass
-        return exit_task.result()
+        rc = exit_task.result()
+        if asked and rc in (130, -signal.SIGINT, 143, -signal.SIGTERM, -signal.SIGKILL):
+            return 0  # stopped as asked
+        return rc
 
 
 async def record_attach(paths: list[str], rec: Recorder, duration: float) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    _on_stop_signals(loop, lambda _sig: stop.set())
     if duration:
         loop.call_later(duration, stop.set)
     await asyncio.gather(*(follow(p, rec, stop) for p in paths))
@@ -195,14 +281,21 @@ def cmd_record(args) -> int:
     try:
         if args.command:
             argv = args.command[1:] if args.command[0] == "--" else args.command
-            rc = asyncio.run(record_command(argv, rec, args.wait))
+            rc = asyncio.run(record_command(argv, rec, args.wait, args.duration))
         else:
             rc = asyncio.run(record_attach(args.attach, rec, args.duration))
     finally:
         st = rec.close()
-    print(f"smc-trace: {st.events} events, {st.frames} RoCE frames, {st.clc_frames} CLC segments written to {args.write}"
-          + (f"; DROPPED {st.dropped_events} events, {st.dropped_frames} frames" if st.dropped_events or st.dropped_frames else ""),
+    snap = f"RDMA WRITE frames cut to {rec.write_snap} bytes" if rec.write_snap else "whole RDMA WRITE frames"
+    print(f"smc-trace: {st.events} events, {st.frames} RoCE frames ({snap}), {st.clc_frames} CLC segments written to {args.write}"
+          + (f"; DROPPED by the recorder {st.dropped_events} events, {st.dropped_frames} frames" if st.dropped_events or st.dropped_frames else ""),
           file=sys.stderr)  # fmt: skip
+    if st.last_error and st.dropped_events:
+        print(f"  the last dropped: {st.last_error}", file=sys.stderr)
+    if st.source_notes:
+        print(f"smc-trace: LOST before the recorder: {st.source_dropped_events} events, {st.source_dropped_frames} frames", file=sys.stderr)
+        for note in st.source_notes[:10]:
+            print(f"  {note}", file=sys.stderr)
     return rc
 
 
@@ -231,7 +324,8 @@ def cmd_decode(args) -> int:
     flt = Filter(_ids(args.conn), _ids(args.link), _ids(args.lgr, str), _ids(args.host, str),
                  tuple(args.kind.split(",")) if args.kind else None)  # fmt: skip
     skipped = Skipped()
-    events = (e for e in read_events(args.file, skipped) if flt(e))
+    roce = RoceAnalysis()  # frames sent again are not events: listed apart
+    events = (e for e in read_events(args.file, skipped, roce) if flt(e))
     try:
         if args.json:
             for e in events:
@@ -239,6 +333,10 @@ def cmd_decode(args) -> int:
         else:
             for line in timeline(events):
                 print(line)
+            if roce.timeline():
+                print(f"\nRoCE retransmissions ({roce.totals()['retransmissions']} frames, not counted as messages):")
+                for line in roce.timeline():
+                    print("  " + line)
     finally:
         report_skipped(skipped)
     return 0
@@ -246,9 +344,10 @@ def cmd_decode(args) -> int:
 
 def cmd_summary(args) -> int:
     skipped = Skipped()
-    s = summarize(read_events(args.file, skipped))
+    roce = RoceAnalysis()
+    s = summarize(read_events(args.file, skipped, roce))
     s.skipped = skipped
-    print(json.dumps(s.to_dict(), indent=2) if args.json else render(s))
+    print(json.dumps({**s.to_dict(), "roce": roce.to_dict()}, indent=2) if args.json else "\n".join([render(s), *roce.render()]))
     report_skipped(skipped)
     return 0
 
@@ -290,7 +389,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record a command's stacks, or running stacks through their control sockets")
     r.add_argument("-w", "--write", required=True, help="pcapng file to write")
     r.add_argument("--attach", action="append", help="a running stack's control socket (repeatable)")
-    r.add_argument("--duration", type=seconds, default=0, help="with --attach: stop after this many seconds (default: Ctrl-C or the stack closing)")
+    r.add_argument("--duration", type=seconds, default=0, help="stop after this many seconds (default: Ctrl-C, SIGTERM, or the stacks closing); "
+                        "a command is asked to stop (SIGINT) and recorded until its stacks have closed")
     r.add_argument("--wait", type=seconds, default=10.0, help="seconds each stack of the command waits for the recorder at start")
     r.add_argument("--write-snaplen", type=_snaplen, default=WRITE_SNAP, metavar="BYTES",
                    help=f"keep this many bytes of each RDMA WRITE frame (headers and the start of the data; "

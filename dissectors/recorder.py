@@ -29,7 +29,7 @@ import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from stack.events import Event, note_encoder_once, render
@@ -89,6 +89,11 @@ class RecorderStats:
     written: int = 0
     last_error: str = ""  # why the last malformed item was dropped
     encoder: str = ""  # "compiled" (native/eventenc.c) or "python"
+    # what the sources lost before it reached the recorder (a stack's queues, a stream cut short),
+    # recorded as those sources' events.dropped events, not counted in dropped_events/frames
+    source_dropped_events: int = 0
+    source_dropped_frames: int = 0
+    source_notes: list = field(default_factory=list)
 
 
 _mac = mac
@@ -261,7 +266,8 @@ class Recorder:
                       fields={"count": ev, "frames": fr, "by": "recorder", "total_events": now[0], "total_frames": now[1],
                               "last_error": self.stats.last_error})  # fmt: skip
             self._spool.add(self._spool.next_seq(), time.time_ns(), self._if_events, encode_record(e),
-                            [f"smc-trace dropped {ev} events and {fr} frames: the queue was full"])  # fmt: skip
+                            [f"smc-trace dropped {ev} events and {fr} frames: "
+                             + (f"malformed ({self.stats.last_error})" if self.stats.last_error else "its queue was full")])  # fmt: skip
 
     # ------------------------------------------------------------------ frames
 

@@ -44,6 +44,7 @@ class Summary:
     frames_not_decoded: int = 0
     dropped_events: int = 0
     dropped_frames: int = 0
+    drop_sources: dict = field(default_factory=dict)  # who lost what: by -> {"events", "frames", "why"}
     duration: float = 0.0
     kinds: Counter = field(default_factory=Counter)
     conns: dict[tuple[str, int], ConnSummary] = field(default_factory=dict)
@@ -64,7 +65,9 @@ class Summary:
         return {
             "skipped": self.skipped.to_dict(),
             "events": self.events, "duration_s": round(self.duration, 6), "kinds": dict(sorted(self.kinds.items())),
-            "dropped": {"events": self.dropped_events, "frames": self.dropped_frames}, "frames_not_decoded": self.frames_not_decoded,
+            "dropped": {"events": self.dropped_events, "frames": self.dropped_frames,
+                        "by": [{"by": by, **v} for by, v in sorted(self.drop_sources.items())]},
+            "frames_not_decoded": self.frames_not_decoded,
             "connections": {"total": len(self.conns), "modes": dict(modes)},
             "fallbacks": [{"reason": r, "text": codes.format_reason(r) if r else "not SMC", "count": n} for r, n in sorted(self.fallbacks.items())],
             "failovers": self.failovers,
@@ -140,6 +143,11 @@ def summarize(events: Iterable[Event]) -> Summary:
         elif k == "events.dropped":
             s.dropped_events += g("count") or 0
             s.dropped_frames += g("frames") or 0
+            src = s.drop_sources.setdefault(str(g("by") or f"{e.host} event queue"), {"events": 0, "frames": 0, "why": ""})
+            src["events"] += g("count") or 0
+            src["frames"] += g("frames") or 0
+            if g("last_error"):
+                src["why"] = str(g("last_error"))
         elif k == "trace.note":
             s.frames_not_decoded += 1
     s.duration = (t1 - t0) if t0 is not None else 0.0
@@ -150,8 +158,10 @@ def render(s: Summary) -> str:
     d = s.to_dict()
     out = [f"{d['events']} events over {d['duration_s']:.3f} s; connections: {d['connections']['total']} "
            + " ".join(f"{m}={n}" for m, n in sorted(d["connections"]["modes"].items()))]  # fmt: skip
-    if s.dropped_events or s.dropped_frames:
+    if s.dropped_events or s.dropped_frames or s.drop_sources:
         out.append(f"DROPPED while recording: {s.dropped_events} events, {s.dropped_frames} frames")
+        for by, v in sorted(s.drop_sources.items()):
+            out.append(f"  by {by}: {v['events']} events, {v['frames']} frames" + (f" ({v['why']})" if v["why"] else ""))
     if s.skipped:
         out.append(f"SKIPPED {s.skipped.count} bad event records ({s.skipped.summary().partition(': ')[2]})")
     if s.frames_not_decoded:

@@ -9,7 +9,10 @@ Every line is one JSON object with a ``type``:
 * ``frame``: a soft device's RoCE frame (``dir``, wall-clock ``ts`` in ns, addresses and
   ports, ``payload`` hex, ``dropped``) once subscribed with ``frames``; ``frames.dropped``
   counts what a slow client missed;
-* ``reply`` / ``error``: the answer to a command, echoing its ``id``.
+* ``reply`` / ``error``: the answer to a command, echoing its ``id``;
+* ``end``: the last line a subscribed session gets when the stack closes, after every event
+  and frame it still held (``events_dropped``, ``frames_dropped``: what it dropped in all):
+  a recorder that reads it has the whole stream, one that does not knows its tail is lost.
 
 Commands (``{"cmd": ..., "id": ...}``): subscribe [kinds, frames, write_snap, queue],
 unsubscribe, snapshot, interval {seconds}, fail_link {lgr, link}, port {device, up}, faults
@@ -50,6 +53,7 @@ MAX_LINE = 64 << 10
 FRAME_QUEUE = 100_000  # frames a session holds for a slow client before it drops and counts them
 EVENT_QUEUE = 50_000  # events a session holds for a slow client by default ('queue' in subscribe)
 MAX_EVENT_QUEUE = 1_000_000
+FLUSH_WAIT = 10.0  # seconds a closing stack waits for its subscribers to take what it still holds
 MAX_DEPTH = 4  # commands are flat objects (subscribe's kinds: a list)
 # faults a soft device takes (anything else on its fault object, its random generator for one, is not for the socket)
 FAULTS = {"loss": (0.0, 1.0, "a probability from 0 to 1"), "rx_loss": (0.0, 1.0, "a probability from 0 to 1"),
@@ -162,6 +166,7 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None
         self.clients: set[asyncio.Task] = set()
         self.subscribed = asyncio.Event()
+        self.sessions: set[_Session] = set()
         self._ident: tuple[int, int, int] | None = None  # our socket file: device, inode, ctime
 
     async def wait_subscribed(self, timeout: float) -> bool:
@@ -198,6 +203,8 @@ class ControlServer:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+            # the stack's last events (its connections closing) and frames reach every subscriber
+            await asyncio.gather(*(s.flush(FLUSH_WAIT) for s in list(self.sessions) if s.sub is not None), return_exceptions=True)
             for task in list(self.clients):
                 task.cancel()
             await asyncio.gather(*self.clients, return_exceptions=True)
@@ -212,6 +219,7 @@ class ControlServer:
         task = asyncio.current_task()
         self.clients.add(task)
         session = _Session(self, writer)
+        self.sessions.add(session)
         try:
             session.send({"type": "hello", "host": self.stack.name, "protocol": PROTOCOL_VERSION, "commands": COMMANDS, "kinds": KINDS})
             session.start()
@@ -231,6 +239,7 @@ class ControlServer:
             session.stop()
             writer.close()
             self.clients.discard(task)
+            self.sessions.discard(session)
 
 
 class _Session:
@@ -243,7 +252,9 @@ class _Session:
         self._tasks: list[asyncio.Task] = []
         self.frames: deque | None = None
         self.frames_dropped = 0
+        self.frames_dropped_total = 0
         self.tapped: list[str] = []
+        self._tapping = False
 
     def send(self, obj: dict) -> None:
         if not self.writer.is_closing():
@@ -257,8 +268,32 @@ class _Session:
             t.cancel()
         if self.sub is not None:
             self.sub.close()
-        if self.frames is not None:
+        self._untap()
+
+    def _untap(self) -> None:
+        if self._tapping:
+            self._tapping = False
             self.stack.remove_frame_tap(self._on_frame)
+
+    async def flush(self, timeout: float) -> None:
+        """The stack is closing: send what the session still holds (events, frames), then an
+        ``end`` line with what it dropped in all, and wait up to ``timeout`` seconds for the
+        client to take it."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._untap()
+        if self.frames is not None:
+            self._send_frames()
+        for event in self.sub.get_nowait():
+            self.send({"type": "event", "event": to_dict(event)})
+        self.send({"type": "end", "events_dropped": self.sub.dropped_total, "frames_dropped": self.frames_dropped_total})
+        try:
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
 
     async def _snapshots(self) -> None:
         while True:
@@ -333,30 +368,35 @@ class _Session:
             return self.tapped
         self.frames = deque()
         self.tapped = self.stack.add_frame_tap(self._on_frame, write_snap=write_snap)
+        self._tapping = True
         self._tasks.append(asyncio.create_task(self._frames()))
         return self.tapped
 
     def _on_frame(self, rec) -> None:
         if len(self.frames) >= FRAME_QUEUE:
             self.frames_dropped += 1
+            self.frames_dropped_total += 1
         else:
             self.frames.append(rec)
 
     async def _frames(self) -> None:
         while True:
             await asyncio.sleep(0.01)
-            if self.frames_dropped:
-                n, self.frames_dropped = self.frames_dropped, 0
-                self.send({"type": "frames.dropped", "count": n})
-            while self.frames:
-                r = self.frames.popleft()
-                frame = {"dir": r.direction, "ts": r.timestamp_ns, "src": r.src, "sport": r.sport, "dst": r.dst, "dport": r.dport,
-                         "payload": r.payload.hex(), "dropped": r.dropped}  # fmt: skip
-                if getattr(r, "length", None) is not None:  # cut by write_snap: its length on the wire
-                    frame["length"] = r.length
-                self.send({"type": "frame", "frame": frame})
+            self._send_frames()
             if self.writer.transport.get_write_buffer_size() > (1 << 20):
                 await self.writer.drain()
+
+    def _send_frames(self) -> None:
+        if self.frames_dropped:
+            n, self.frames_dropped = self.frames_dropped, 0
+            self.send({"type": "frames.dropped", "count": n})
+        while self.frames:
+            r = self.frames.popleft()
+            frame = {"dir": r.direction, "ts": r.timestamp_ns, "src": r.src, "sport": r.sport, "dst": r.dst, "dport": r.dport,
+                     "payload": r.payload.hex(), "dropped": r.dropped}  # fmt: skip
+            if getattr(r, "length", None) is not None:  # cut by write_snap: its length on the wire
+                frame["length"] = r.length
+            self.send({"type": "frame", "frame": frame})
 
     def cmd_unsubscribe(self, req: dict) -> dict:
         if self.sub is not None:
