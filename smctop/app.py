@@ -23,7 +23,9 @@ import sys
 import time
 
 from rich.console import Console
-from textual.app import App, ComposeResult
+from functools import partial
+
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.widgets import Footer, Input, TabbedContent, TabPane
 
@@ -49,7 +51,8 @@ ACTIONS = [
     ("pause", "p", "pause / resume the display (a replay stops its clock)", None),
     ("filter", "/", "filter the current view (Enter applies, Esc clears)", None),
     ("record", "w", "record events to a file (again: stop)", None),
-    ("sort", "s", "sort connections: host, rate, fill, state, mode", None),
+    ("sort", "s", "sort connections: host, rate, fill, state, mode (or click a column's title)", None),
+    ("sort_reverse", "S", "connections: reverse the order", None),
     ("closed", "c", "connections: show / hide closed ones (kept a few seconds)", None),
     ("follow", "F", "events: follow the newest / stay", None),
     ("step", "n", "replay: one event further (pauses)", "replay"),
@@ -60,25 +63,57 @@ ACTIONS = [
 ]
 
 
+class PriorityFooter(Footer):
+    """The footer keeps what fits, in the bindings' order (the most important first), and
+    leaves out what this source cannot do; it is drawn again when the width changes."""
+
+    def __init__(self) -> None:
+        super().__init__(compact=True, show_command_palette=True)
+        self._fit_width = 0
+
+    def compose(self):
+        width = self.size.width or self.app.size.width
+        used = 0
+        keys = [w for w in super().compose()]
+        palette = keys[-1:] if keys and getattr(keys[-1], "action", "") == "command_palette" else []
+        out = []
+        for w in keys[: len(keys) - len(palette)]:
+            if getattr(w, "disabled", False):
+                continue
+            n = len(str(getattr(w, "key_display", ""))) + len(str(getattr(w, "description", ""))) + 3
+            if used + n > width - (16 if palette else 0):
+                break
+            used += n
+            out.append(w)
+        self.styles.grid_size_columns = len(out) + len(palette)
+        yield from out + palette
+
+    def on_resize(self, event) -> None:
+        if event.size.width != self._fit_width:
+            self._fit_width = event.size.width
+            self.refresh(recompose=True)
+
+
 class SmctopApp(App):
     TITLE = "smctop"
     CSS_PATH = "smctop.tcss"
-    BINDINGS = [
+    BINDINGS = [  # in the footer's order: what fits at 80 columns first
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help"),
-        Binding("t", "toggle_traffic", "Traffic"),
         Binding("f", "fail_link", "Fail link"),
         Binding("r", "restore_link", "Restore"),
         Binding("d", "decline", "Decline"),
-        Binding("p", "pause", "Pause"),
         Binding("slash", "filter", "Filter"),
-        Binding("w", "record", "Record"),
-        Binding("s", "sort", "Sort", show=False),
-        Binding("c", "closed", "Closed", show=False),
-        Binding("F", "follow", "Follow", show=False),
+        Binding("t", "toggle_traffic", "Traffic"),
         Binding("n", "step", "Step"),
         Binding("left_square_bracket", "seek(-10)", "-10s"),
         Binding("right_square_bracket", "seek(10)", "+10s"),
+        Binding("p", "pause", "Pause"),
+        Binding("w", "record", "Record"),
+        Binding("s", "sort", "Sort", show=False),
+        Binding("S", "sort_reverse", "Reverse sort", show=False),
+        Binding("c", "closed", "Closed", show=False),
+        Binding("F", "follow", "Follow", show=False),
         *(Binding(str(i + 1), f"show_tab('{tab}')", label, show=False) for i, (tab, label) in enumerate(TABS)),
     ]
 
@@ -108,7 +143,7 @@ class SmctopApp(App):
                 with TabPane(title, id=tab):
                     yield view(id=f"{tab}-pane")
         yield Input(placeholder="filter: words to match (Enter applies, Esc clears)", id="filter")
-        yield Footer()
+        yield PriorityFooter()
 
     async def on_mount(self) -> None:
         try:  # kill -USR2 <pid>: what every asyncio task of a stuck smctop waits for
@@ -122,6 +157,9 @@ class SmctopApp(App):
             return
         self.started = True
         self.status = f"{self.source.describe()}: watching"
+        if self.source.label == "demo":  # the demo's story, on its first screen
+            self.status = ("demo: alpha sends to beta over SMC-R (2 links); gamma declines. Try: f pulls beta's port (failover), "
+                           "r restores it, d forces a decline, ? help")  # fmt: skip
         if self.record_at_start:
             self._start_recording(self.record_at_start)
         self.set_interval(self.poll_interval, self.sync)
@@ -183,7 +221,8 @@ class SmctopApp(App):
             flags.append("traffic on" if self.source.traffic_on else "traffic off")
         engine = self.source.engine()
         if engine:
-            flags.append(f"engine {engine}")
+            soft = engine in ("native", "python", "native+python")
+            flags.append(f"soft RoCE ({engine}): a NIC emulated in software" if soft else f"engine {engine}")
         self.query_one(HeaderBar).show(self.model, self.source.describe(), flags, self.status)
 
     def say(self, text: str, error: bool = False) -> None:
@@ -314,6 +353,22 @@ class SmctopApp(App):
         pane.update_from(self.model)
         self.say("connections: closed ones shown" if pane.show_closed else "connections: closed ones hidden")
 
+    def action_sort_reverse(self) -> None:
+        pane = self.query_one(ConnsPane)
+        self.say(f"connections sorted by {pane.toggle_reverse()}")
+        pane.update_from(self.model)
+
+    def get_system_commands(self, screen):
+        """The command palette (ctrl+p): Textual's own commands and every smctop action this
+        source can carry out, by the name the help gives it."""
+        yield from super().get_system_commands(screen)
+        for name, keys, what, need in ACTIONS:
+            if name in ("help", "quit") or (need is not None and need not in self.source.can):
+                continue
+            yield SystemCommand(f"smctop: {what.split(' (')[0]}", f"key {keys}", partial(self.call_next, self.run_action, name))
+        for i, (tab, label) in enumerate(TABS):
+            yield SystemCommand(f"smctop: show {label.split(' ', 1)[1]}", f"key {i + 1}", partial(self.call_next, self.run_action, f"show_tab('{tab}')"))
+
     def action_follow(self) -> None:
         on = self.query_one(EventsPane).toggle_follow()
         self.say("events: following the newest" if on else "events: not following")
@@ -353,7 +408,7 @@ class SmctopApp(App):
         self.push_screen(HelpScreen(help_text(rows, self.source.describe())))
 
     def on_row_table_selected(self, message: RowTable.Selected) -> None:
-        if message.table.id == "conns-table":
+        if message.table.id == "conns-table" and not isinstance(message.item, dict):  # (not a LISTEN row)
             self.push_screen(ConnDetailScreen(self.model, message.item.key))
 
     # ------------------------------------------------------------------ screenshots

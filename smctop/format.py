@@ -25,7 +25,25 @@ def human(n: float, unit: str = "B") -> str:
 
 
 def rate(n: float) -> str:
+    """Bytes a second with SI prefixes (kB/s, MB/s), the one unit of throughput everywhere."""
     return human(n, "B/s") if n else "0"
+
+
+def ms(value: float | None) -> str:
+    """A duration given in milliseconds, in the unit its size calls for: 850 µs, 12.3 ms, 1.25 s."""
+    if value is None:
+        return "-"
+    v = float(value)
+    if abs(v) < 1.0:
+        return f"{v * 1000:.0f} µs"
+    if abs(v) < 1000.0:
+        return f"{v:.1f} ms"
+    return f"{v / 1000:.2f} s"
+
+
+def us(value: float | None) -> str:
+    """A duration given in microseconds (as request/response latencies are measured)."""
+    return ms(None if value is None else value / 1000)
 
 
 def size_k(n: int) -> str:
@@ -71,14 +89,15 @@ def ago(t: float | None, now: float | None) -> str:
 
 # ---------------------------------------------------------------------- connections (smcss -d)
 
+# the important columns first (an 80-column terminal shows them); widths are the most a column
+# takes: RowTable sizes each to its content
 CONN_COLUMNS = [
-    Column("host", "Host", 5), Column("state", "State", 15), Column("local", "Local Address", 18),
-    Column("peer", "Peer Address", 18), Column("mode", "Mode", 4), Column("reason", "Fallback reason", 30),
-    Column("rmb", "RMB", 5, ">"), Column("fill", "Fill", 13), Column("rate", "Rate", 10, ">"),
-    Column("sent", "Sent", 9, ">"), Column("recv", "Recv", 9, ">"),
+    Column("host", "Host", 16), Column("state", "State", 15), Column("mode", "Mode", 4), Column("rate", "Rate", 11, ">"),
+    Column("fill", "Fill", 13), Column("rmb", "RMB", 5, ">"), Column("sent", "Sent", 9, ">"), Column("recv", "Recv", 9, ">"),
+    Column("local", "Local Address", 45), Column("peer", "Peer Address", 45), Column("reason", "Fallback reason", 40),
+    Column("lgr", "LG-ID", 8), Column("link", "Link", 4, ">"), Column("token", "Token", 8),
     Column("rxprod", "rxprod-Cursor", 13, ">"), Column("rxcons", "rxcons-Cursor", 13, ">"),
     Column("txprod", "txprod-Cursor", 13, ">"), Column("txcons", "txcons-Cursor", 13, ">"),
-    Column("lgr", "LG-ID", 8), Column("link", "Link", 4, ">"), Column("token", "Token", 8),
 ]  # fmt: skip
 
 STATE_STYLE = {"ACTIVE": "", "INIT": "cyan", "CLOSED": "dim", "PEERABORTWAIT": "red", "PROCESSABORT": "red"}
@@ -93,15 +112,21 @@ def conn_cells(c: Conn) -> list[Cell]:
         why += f"/{c.peer_diagnosis:08x}"
     fill = fill_bar(c.fill_ratio) if c.mode == "SMCR" and c.rmb_size else ("", "")
     return [
-        (c.host, dim), (c.state, STATE_STYLE.get(c.state, "magenta") if not closed else "dim"), (c.local, dim), (c.peer, dim),
-        (c.mode, mode_spec), (why, "yellow" if why and not closed else dim), (size_k(c.rmb_size), dim),
-        (fill[0], dim or fill[1]), (rate(c.rate), "bold" if c.rate and not closed else dim),
-        (human(c.bytes_sent), dim), (human(c.bytes_received), dim),
-        (c.rx_prod if c.mode == "SMCR" else "", dim), (c.rx_cons if c.mode == "SMCR" else "", dim),
-        (c.tx_prod if c.mode == "SMCR" else "", dim), (c.tx_cons if c.mode == "SMCR" else "", dim),
+        (c.host, dim), (c.state, STATE_STYLE.get(c.state, "magenta") if not closed else "dim"), (c.mode, mode_spec),
+        (rate(c.rate), "bold" if c.rate and not closed else dim), (fill[0], dim or fill[1]), (size_k(c.rmb_size), dim),
+        (human(c.bytes_sent), dim), (human(c.bytes_received), dim), (c.local, dim), (c.peer, dim),
+        (why, "yellow" if why and not closed else dim),
         (c.lgr or "", dim), (str(c.link) if c.link is not None and c.mode == "SMCR" else "", dim),
         (f"{c.token:08x}" if c.token else "", dim),
+        (c.rx_prod if c.mode == "SMCR" else "", dim), (c.rx_cons if c.mode == "SMCR" else "", dim),
+        (c.tx_prod if c.mode == "SMCR" else "", dim), (c.tx_cons if c.mode == "SMCR" else "", dim),
     ]  # fmt: skip
+
+
+def listen_cells(row: dict[str, Any]) -> list[Cell]:
+    """A listening socket as ``smcss -a`` lists it: state LISTEN, its address, no peer."""
+    return [(row["host"], "dim"), ("LISTEN", "cyan"), ("SMC" if row.get("smc", True) else "TCP", "cyan")] + [("", "")] * 5 + [
+        (row["local"], ""), ("*:*", "dim")] + [("", "")] * (len(CONN_COLUMNS) - 10)  # fmt: skip
 
 
 def conn_search_text(c: Conn) -> str:
@@ -111,7 +136,7 @@ def conn_search_text(c: Conn) -> str:
 # ---------------------------------------------------------------------- link groups and links (smcr linkgroup link-show)
 
 LINK_COLUMNS = [
-    Column("host", "Host", 5), Column("lgr", "LG-ID", 8), Column("role", "LG-Role", 7), Column("type", "LG-Type", 7),
+    Column("host", "Host", 16), Column("lgr", "LG-ID", 8), Column("role", "LG-Role", 7), Column("type", "LG-Type", 7),
     Column("crit", "Crit", 4), Column("conns", "#Conns", 6, ">"), Column("link", "Link", 4, ">"),
     Column("state", "Link-State", 15), Column("rate", "Rate", 10, ">"), Column("hist", "History (60 s)", 20),
     Column("bytes", "Bytes", 9, ">"), Column("qpn", "QPN", 6, ">"), Column("pqpn", "Peer-QPN", 8, ">"),
@@ -138,7 +163,9 @@ def link_cells(row: tuple[LinkGroup, Link | None]) -> list[Cell]:
 
 def failover_line(fo: Failover, t0: float | None) -> str:
     when = f"+{fo.t - t0:.1f}s" if t0 is not None else f"{fo.t:.1f}"
-    took = f"{fo.duration_ms} ms" if fo.duration_ms is not None else "in progress"
+    if not fo.conns and fo.duration_ms is not None:  # a DELETE LINK that moved nothing: not a failover
+        return f"{when:>8}  {fo.host:6} link group {fo.lgr} link {fo.from_link} deleted, no connection on it ({fo.reason or 'link down'})"
+    took = ms(fo.duration_ms) if fo.duration_ms is not None else "(in progress)"
     return (f"{when:>8}  {fo.host:6} link group {fo.lgr} link {fo.from_link} -> {fo.to_link}: "
             f"{fo.conns} connections moved in {took} ({fo.reason or 'link down'})")  # fmt: skip
 
@@ -146,23 +173,25 @@ def failover_line(fo: Failover, t0: float | None) -> str:
 # ---------------------------------------------------------------------- fallbacks (smcr stats -d)
 
 FALLBACK_COLUMNS = [
-    Column("host", "Host", 6), Column("role", "Role", 6), Column("reason", "Fallback reason", 22), Column("count", "Count", 8, ">"),
-    Column("share", "Share", 6, ">"), Column("last", "Last", 9, ">"), Column("meaning", "Meaning", 60),
+    Column("reason", "Cause", 24), Column("count", "Conns", 7, ">"), Column("share", "Share", 5, ">"),
+    Column("by", "Decided by", 30), Column("view", "The other end saw", 50), Column("last", "Last", 8, ">"),
+    Column("meaning", "Meaning", 60),
 ]  # fmt: skip
 
 
 def fallback_cells(row: dict[str, Any]) -> list[Cell]:
+    """One cause of fallback, each connection once (both ends' view in one row)."""
     return [
-        (row["host"], ""), (row["role"], ""), (row["text"], "yellow"), (f"{row['count']:,}", "bold"),
-        (f"{row.get('share', 0) * 100:.0f}%", ""), (row.get("ago", "-"), ""), (reason_meaning(row["reason"]), "dim"),
+        (row["text"], "yellow"), (f"{row['count']:,}", "bold"), (f"{row.get('share', 0) * 100:.0f}%", ""), (row["by"], ""),
+        (row["view"], "dim"), (row.get("ago", "-"), ""), (reason_meaning(row["reason"]), "dim"),
     ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------- events
 
 EVENT_COLUMNS = [
-    Column("t", "Time", 10, ">"), Column("host", "Host", 5), Column("kind", "Kind", 12), Column("lgr", "LG-ID", 8),
-    Column("link", "Link", 4, ">"), Column("conn", "Conn", 6, ">"), Column("what", "Details", 110),
+    Column("t", "Time", 10, ">"), Column("host", "Host", 16), Column("kind", "Kind", 14), Column("what", "Details", 110),
+    Column("lgr", "LG-ID", 8), Column("link", "Link", 4, ">"), Column("conn", "Conn", 6, ">"),
 ]  # fmt: skip
 
 KIND_STYLE = {"conn.fallback": "yellow", "conn.error": "red", "link.event": "bold magenta", "lgr.state": "bold cyan",
@@ -177,8 +206,8 @@ def event_details(e: Event) -> str:
 def event_cells(e: Event, t0: float | None) -> list[Cell]:
     rel = e.t - t0 if t0 is not None else e.t
     return [
-        (f"{rel:+.3f}", "dim"), (e.host, ""), (e.kind, KIND_STYLE.get(e.kind, "")), (e.lgr or "", ""),
-        (str(e.link) if e.link is not None else "", ""), (str(e.conn) if e.conn is not None else "", ""), (event_details(e), ""),
+        (f"{rel:+.3f}", "dim"), (e.host, ""), (e.kind, KIND_STYLE.get(e.kind, "")), (event_details(e), ""), (e.lgr or "", ""),
+        (str(e.link) if e.link is not None else "", ""), (str(e.conn) if e.conn is not None else "", ""),
     ]  # fmt: skip
 
 

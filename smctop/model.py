@@ -188,7 +188,9 @@ class Conn:
     # the fields the event path and the sample loop touch, together (fewer cache lines a connection)
     ev_tx: int = 0  # bytes sent: the last snapshot's count plus what events added since
     ev_rx: int = 0  # bytes received, likewise
-    last_total: int = 0  # ev_tx + ev_rx when the last sample closed
+    last_tx: int = 0  # ev_tx when the last sample closed
+    last_rx: int = 0  # ev_rx, likewise
+    peer_end: "Conn | None" = None  # the other end of this connection, when the model watches both ends
     version_no: int = 0  # bumped on every change by an event or a snapshot (see change_no)
     mtick: int = 0  # the sample it last moved in (the model's list of them has it once)
     rate_: float = 0.0  # bytes per second in sample number htick
@@ -268,6 +270,36 @@ class Conn:
         return reason_text(self.reason)
 
 
+PEER_DECLINE_CLASS = 0x05000000  # 0x05......: the peer declined (the peer's reason is its diagnosis)
+
+
+@dataclass(slots=True, eq=False)
+class FallbackConn:
+    """One connection that fell back: each watched end's view (host -> (role, reason, peer
+    diagnosis, peer address)), and the row of :meth:`Model.fallback_cause_rows` it counts in."""
+
+    t: float
+    ends: dict
+    key: tuple | None = None
+
+
+def fallback_cause(ends: dict) -> tuple[int, str, str]:
+    """(the cause, who decided it, what the other end saw) of a fallen-back connection from its
+    ends' views: the cause is the reason of the end that declined (or did not propose); an end
+    told by its peer (0x05......) points at the peer, whose diagnosis it carries."""
+    views = sorted(ends.items(), key=lambda kv: kv[1][0] != "server")  # the server first: it usually declines
+    own = [(h, v) for h, v in views if (v[1] & 0xFF000000) != PEER_DECLINE_CLASS]
+    if own:
+        host, (role, cause, _diag, _peer) = own[0]
+        by = f"{host} ({role})"
+    else:  # every watched end was told by its peer: the peer's diagnosis is the cause
+        host, (role, reason, diag, peer) = views[0]
+        cause = diag or reason
+        by = f"peer {peer.rpartition(':')[0] or peer or '?'} (not watched)"
+    others = [f"{h} ({v[0]}): {reason_text(v[1]) or 'not SMC'}" for h, v in views if h != host or not own]
+    return cause, by, "; ".join(others)
+
+
 @dataclass(slots=True, eq=False)
 class Link:
     host: str
@@ -298,6 +330,7 @@ class LinkGroup:
     crit: bool = True
     version: int = 0
     peer_host: str = ""
+    eid: str = ""  # the EID the link group was made with (SMC-Rv2), when the snapshot says
     conns: int = 0
     terminated: bool = False
     links: dict[int, Link] = field(default_factory=dict)
@@ -311,11 +344,16 @@ class Host:
     devices: list = field(default_factory=list)
     fallbacks: list = field(default_factory=list)  # from the last snapshot
     snapshot_t: float | None = None
+    rdma: dict = field(default_factory=dict)  # device -> its counters (frames, drops, PSN out of window, ...), engine
+    listeners: list = field(default_factory=list)  # listening sockets, when the snapshot lists them
+    ueids: list = field(default_factory=list)  # the host's user EIDs (SMC-Rv2), when known
+    extra: dict = field(default_factory=dict)  # other snapshot keys a view may show (limits, security counters)
 
 
 class Model:
     def __init__(self, *, interval: float = 1.0, history: int = 60, conn_log: int = 16, watched_log: int = 400,
-                 events_kept: int = 20_000, closed_keep: float = 5.0, max_closed: int = 2_000) -> None:  # fmt: skip
+                 events_kept: int = 20_000, closed_keep: float = 5.0, max_closed: int = 2_000, rare_kept: int | None = None) -> None:  # fmt: skip
+        self.rare_kept = rare_kept if rare_kept is not None else 5 * events_kept
         self.interval = interval
         self.history = history
         self.conn_log = conn_log
@@ -333,10 +371,16 @@ class Model:
         self.conns: dict[tuple[str, int], Conn] = {}
         self.lgrs: dict[tuple[str, str], LinkGroup] = {}
         self.failovers = Failovers(maxlen=200)  # paired as smc-trace summary pairs them
-        self.fallbacks: Counter = Counter()  # (host, role, reason) -> connections
+        self.fallbacks: Counter = Counter()  # (host, role, reason) -> connection ends (each end's own view)
+        self.fallback_causes: Counter = Counter()  # (cause, decided by, the other end's view) -> connections
+        self.fallback_cause_last: dict[tuple, float] = {}
+        self._fb_pending: dict[tuple, FallbackConn] = {}  # address pair -> a fallen-back connection, both ends' views
+        self._ends: dict[tuple[str, str], Conn] = {}  # (local, peer) -> the open connection end with those addresses
         self.fallback_last: dict[tuple[str, str, int], float] = {}
         self.kinds: Counter = Counter()
         self.events: list[Event] = []  # the most recent events_kept (or up to twice as many)
+        self.rare: deque[Event] = deque(maxlen=self.rare_kept)  # the rare kinds (RARE_KINDS), kept far longer
+        self.versions: Counter = Counter()  # SMC-R version -> connection ends that used it (smcr stats)
         self.seq = 0  # events fed so far; events[-1] is number seq
         self.dropped = 0  # events the source missed (events.dropped)
         self.t0: float | None = None  # the first time seen
@@ -348,7 +392,7 @@ class Model:
         self.opened = 0
         self.cdc = 0
         self.llc = 0
-        self.bytes = 0  # all connections, both directions
+        self.bytes = 0  # all connections, both directions, each byte once (not once per watched end)
         self.rate = 0.0
         self.handshakes: deque[float] = deque(maxlen=2000)  # ms, SMC-R handshakes
         self.latencies: deque[float] = deque(maxlen=5000)  # us, request/response, when the source measures it
@@ -434,6 +478,23 @@ class Model:
         removed, self._removed = self._removed, set()
         return changed - removed, removed
 
+    def rare_since(self, t: float | None) -> list[Event]:
+        """The rare events kept (state, fallback, link, link group, failover), oldest first,
+        those after ``t`` when given."""
+        if t is None:
+            return list(self.rare)
+        return [e for e in self.rare if e.t > t]
+
+    def rmb_usage(self, host: str) -> tuple[int, int, int]:
+        """(open SMC-R connection ends, their RMB bytes, bytes waiting in them) of a host."""
+        n = size = fill = 0
+        for c in self.conns.values():
+            if c.host == host and c.closed is None and c.mode == "SMCR":
+                n += 1
+                size += c.rmb_size
+                fill += c.fill
+        return n, size, fill
+
     def events_since(self, seq: int) -> list[Event]:
         """The kept events after number ``seq`` (remember ``model.seq`` to ask again later)."""
         n = self.seq - seq
@@ -485,10 +546,13 @@ class Model:
             self.t0 = events[start].t
         self.seq += end - start
         log = self.events
-        log += events[start:end] if start or end < len(events) else events
+        part = events[start:end] if start or end < len(events) else events
+        log += part
         if len(log) > 2 * self.events_kept:
             del log[: len(log) - self.events_kept]
-        self.kinds.update(map(_KIND, events[start:end] if start or end < len(events) else events))
+        self.kinds.update(map(_KIND, part))
+        rare = RARE_KINDS
+        self.rare.extend([e for e in part if e.kind in rare])
 
     def feed(self, e: Event) -> None:
         if self.t0 is None:
@@ -501,6 +565,8 @@ class Model:
         kind = e.kind
         kinds = self.kinds
         kinds[kind] = kinds.get(kind, 0) + 1
+        if kind in RARE_KINDS:
+            self.rare.append(e)
         handler = _HANDLERS.get(kind)
         if handler is not None:
             handler(self, e)
@@ -559,11 +625,22 @@ class Model:
         elif c.mode == "TCP":
             self._open_tcp -= 1
 
+    def _pair(self, c: Conn) -> None:
+        """Find the other end of ``c`` among the watched ends (its addresses swapped): a byte
+        is then counted once, as sent, never again as received."""
+        if not c.local or not c.peer or c.peer_end is not None:
+            return
+        self._ends[(c.local, c.peer)] = c
+        other = self._ends.get((c.peer, c.local))
+        if other is not None and other is not c and other.closed is None and other.peer_end is None:
+            c.peer_end, other.peer_end = other, c
+
     def _on_conn_open(self, e: Event) -> None:
         c = self._conn_of(e)
         f = e.fields
         c.role, c.local, c.peer, c.opened = f.get("role", ""), f.get("local", ""), f.get("peer", ""), e.t
         c.rx_prod = c.rx_prod or "0:0"
+        self._pair(c)
         self.opened += 1
         self._log(c, e)
         self._touch(c)
@@ -587,6 +664,7 @@ class Model:
         if c.mode == "SMCR":
             self.smc_conns += 1
             c.version = f.get("version", c.version)
+            self.versions[c.version] += 1
             c.token = f.get("token", c.token)
             c.rmb_size = f.get("rmb_size", c.rmb_size)
             c.peer_rmb_size = f.get("peer_rmb_size", c.peer_rmb_size)
@@ -608,8 +686,33 @@ class Model:
         key = (e.host, c.role or "-", c.reason)
         self.fallbacks[key] += 1
         self.fallback_last[key] = e.t
+        self._fallback_conn(c, e.t)
         self._log(c, e)
         self._touch(c)
+
+    def _fallback_conn(self, c: Conn, t: float) -> None:
+        """Count a fallen-back connection once, with both ends' view when both are watched: the
+        second end's fallback moves the connection from its one-end row to its two-end row."""
+        pair = tuple(sorted((c.local, c.peer))) if c.local and c.peer else (c.host, c.id)
+        rec = self._fb_pending.get(pair)
+        if rec is None or c.host in rec.ends or t - rec.t > 10.0:  # none yet, or the addresses' next connection
+            rec = FallbackConn(t, {})
+            self._fb_pending.pop(pair, None)
+            self._fb_pending[pair] = rec
+            pending = self._fb_pending
+            while pending:  # the oldest have had their chance to pair
+                first = next(iter(pending))
+                if len(pending) <= 10_000 and pending[first].t > t - 10.0:
+                    break
+                del pending[first]
+        elif rec.key is not None:
+            self.fallback_causes[rec.key] -= 1
+            if not self.fallback_causes[rec.key]:
+                del self.fallback_causes[rec.key]
+        rec.ends[c.host] = (c.role or "-", c.reason, c.peer_diagnosis, c.peer)
+        rec.key = fallback_cause(rec.ends)
+        self.fallback_causes[rec.key] += 1
+        self.fallback_cause_last[rec.key] = t
 
     def _on_conn_error(self, e: Event) -> None:
         c = self._conn_of(e)
@@ -776,6 +879,13 @@ class Model:
         h.devices = list(snap.get("devices", []))
         h.fallbacks = list(snap.get("fallbacks", []))
         h.snapshot_t = t
+        rdma = snap.get("rdma")
+        h.rdma = {str(k): v for k, v in rdma.items() if isinstance(v, dict)} if isinstance(rdma, dict) else {}
+        lst = snap.get("listeners")
+        h.listeners = [x for x in lst if isinstance(x, dict) and isinstance(x.get("local"), str)][:1000] if isinstance(lst, list) else []
+        ueids = snap.get("ueids")
+        h.ueids = [str(u) for u in ueids if isinstance(u, str)][:64] if isinstance(ueids, list) else []
+        h.extra = {k: v for k, v in snap.items() if k not in _SNAPSHOT_KNOWN}
         seen = set()
         for s in snap.get("conns", []):
             c = self.conn(name, s["conn"], t)
@@ -785,6 +895,7 @@ class Model:
             c.role = c.role or s.get("role", "")
             c.local = c.local or s.get("local", "")
             c.peer = c.peer or s.get("peer", "")
+            self._pair(c)
             c.version = s.get("version", c.version)
             c.reason = s.get("fallback_reason", c.reason) or c.reason
             c.peer_diagnosis = s.get("peer_diagnosis", c.peer_diagnosis) or c.peer_diagnosis
@@ -815,6 +926,8 @@ class Model:
             g.role, g.type, g.crit = gs.get("role", g.role), gs.get("type", g.type), bool(gs.get("crit", g.crit))
             g.version, g.peer_host, g.conns = gs.get("version", g.version), gs.get("peer_host", g.peer_host), gs.get("conns", g.conns)
             g.terminated = False
+            if isinstance(gs.get("eid"), str):
+                g.eid = gs["eid"][:32]
             link_ids = set()
             for ls in gs.get("links", []):
                 link = self.link(name, gs["id"], ls["id"])
@@ -880,12 +993,17 @@ class Model:
             slot = c.slot
             if slot < 0:  # forgotten since it moved
                 continue
-            now_total = c.ev_tx + c.ev_rx
-            delta = now_total - c.last_total
-            c.last_total = now_total
+            dtx, drx = c.ev_tx - c.last_tx, c.ev_rx - c.last_rx
+            c.last_tx, c.last_rx = c.ev_tx, c.ev_rx
+            if dtx < 0:  # a snapshot said less than events did
+                dtx = 0
+            if drx < 0:
+                drx = 0
+            delta = dtx + drx
             if delta > 0:
                 rate = delta / dt
-                total += delta
+                # each byte once: what an end received was counted as sent by its other end, when watched
+                total += dtx if c.peer_end is not None else delta
                 if c.lk_gen != gen:
                     self._find_link(c)
                 link = c.lk
@@ -939,6 +1057,9 @@ class Model:
             c = self.conns.get(key)
             if c is not None and c.closed is not None and key != self.watched:
                 del self.conns[key]
+                if self._ends.get((c.local, c.peer)) is c:
+                    del self._ends[(c.local, c.peer)]
+                c.peer_end = None
                 self.conns_removed += 1
                 if c.slot >= 0:
                     self._free.append(c.slot)
@@ -978,9 +1099,11 @@ class Model:
             "crit": sum(1 for g in self.lgrs.values() if g.crit and not g.terminated),
             "rate": self.rate, "bytes": self.bytes, "cdc_rate": last[1], "llc_rate": last[2], "open_rate": last[3],
             "event_rate": last[5], "events": self.seq, "dropped": self.dropped,
-            "fallbacks": sum(self.fallbacks.values()),
+            "handshake": n - smc - tcp,  # open, mode not decided yet (in the CLC handshake)
+            "fallbacks": sum(self.fallback_causes.values()),  # connections (both ends of one count once)
             "fallback_ratio": self.tcp_conns / decided if decided else 0.0,
-            "failovers": len(self.failovers),
+            "failovers": sum(1 for fo in self.failovers if fo.conns),  # those that moved connections
+            "link_deletions": sum(1 for fo in self.failovers if not fo.conns),  # the others: a link went, nothing moved
             "elapsed": (self.now - self.t0) if self.now is not None and self.t0 is not None else 0.0,
         }  # fmt: skip
         self._totals = (stamp, out)
@@ -996,6 +1119,22 @@ class Model:
                 rows[key] = max(rows.get(key, 0), f.get("count", 0))
         return sorted(({"host": k[0], "role": k[1], "reason": k[2], "text": reason_text(k[2]) or "not SMC", "count": n,
                         "last": self.fallback_last.get(k)} for k, n in rows.items()), key=lambda r: (-r["count"], r["host"], r["reason"]))  # fmt: skip
+
+    def fallback_cause_rows(self) -> list[dict[str, Any]]:
+        """Fallen-back connections by cause, each connection once with both ends' view (the
+        Fallbacks view): cause, decided by, what the other end saw, count. A host's snapshot
+        counts (since its stack started) beyond what events showed come as one-end rows."""
+        rows = [{"reason": k[0], "text": reason_text(k[0]) or "not SMC", "by": k[1], "view": k[2], "count": n,
+                 "last": self.fallback_cause_last.get(k)} for k, n in self.fallback_causes.items() if n > 0]  # fmt: skip
+        for h in self.hosts.values():
+            for f in h.fallbacks:
+                role, reason = f.get("role", "-"), f.get("reason", 0)
+                extra = f.get("count", 0) - self.fallbacks.get((h.name, role, reason), 0)
+                if extra > 0:
+                    peer = (reason & 0xFF000000) == PEER_DECLINE_CLASS
+                    rows.append({"reason": reason, "text": reason_text(reason) or "not SMC", "by": "the peer" if peer else f"{h.name} ({role})",
+                                 "view": f"{h.name} ({role}), before smctop watched" if peer else "before smctop watched", "count": extra, "last": None})  # fmt: skip
+        return sorted(rows, key=lambda r: (-r["count"], r["reason"], r["by"]))
 
     def link_rows(self) -> list[tuple[LinkGroup, Link | None]]:
         rows: list[tuple[LinkGroup, Link | None]] = []
@@ -1013,6 +1152,10 @@ class Model:
             return None
         return v[min(len(v) - 1, max(0, round(p / 100 * (len(v) - 1))))]
 
+
+# the kinds kept in the long buffer the events view searches: few, and what an operator looks for later
+RARE_KINDS = frozenset({"conn.state", "conn.fallback", "conn.error", "link.state", "link.event", "lgr.state", "events.dropped"})
+_SNAPSHOT_KNOWN = frozenset({"host", "t", "stats", "devices", "fallbacks", "lgrs", "conns", "failovers", "rdma", "listeners", "ueids", "peer_id"})
 
 _CDC_TEXT = renderer("cdc.msg")  # the hot path's log line, the schema's template compiled
 _KIND = attrgetter("kind")

@@ -112,9 +112,15 @@ class HelpScreen(ModalScreen):
         super().__init__()
         self.text = text
 
+    BINDINGS = BINDINGS + [Binding("down", "scroll(1)", "Down", show=False), Binding("up", "scroll(-1)", "Up", show=False),
+                           Binding("pagedown", "scroll(10)", "Page down", show=False), Binding("pageup", "scroll(-10)", "Page up", show=False)]  # fmt: skip
+
     def compose(self) -> ComposeResult:
-        with Vertical():
+        with VerticalScroll(id="help-scroll"):
             yield Static(self.text, id="help-body")
+
+    def action_scroll(self, lines: int) -> None:
+        self.query_one("#help-scroll", VerticalScroll).scroll_relative(y=lines, animate=False)
 
 
 def help_text(bindings: list[tuple[str, str, bool]], source: str) -> str:
@@ -122,8 +128,10 @@ def help_text(bindings: list[tuple[str, str, bool]], source: str) -> str:
     lines = [f"smctop — keys (source: {source})", ""]
     for keys, what, ok in bindings:
         lines.append(f"  {keys:12} {what}" + ("" if ok else "   (not with this source)"))
-    lines += ["", "Views: 1 link groups and links (smcr linkgroup link-show), 2 connections (smcss -d -R),",
-              "       3 events, 4 fallback reasons (smcr stats -d), 5 performance.", "Esc or ? closes this help."]  # fmt: skip
+    lines += ["", "Views: 1 link groups and links (smcr linkgroup link-show), 2 connections and LISTEN sockets (smcss -a -d -R),",
+              "       3 events, 4 fallback causes and why no SMC-R (smcr stats -d, smc_chk), 5 performance,",
+              "       6 devices (smcr device, smc_rnics), 7 counters, UEIDs, PNET IDs (smcr stats).",
+              "ctrl+p: every action by name. Up/Down scroll this help; Esc or ? closes it."]  # fmt: skip
     return "\n".join(lines)
 
 

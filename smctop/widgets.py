@@ -9,7 +9,7 @@ version changes. Updating a row is bumping its version; re-ordering is one list.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable, Sequence
 
 from rich.segment import Segment
@@ -75,6 +75,14 @@ class RowTable(ScrollView, can_focus=True):
         Binding("enter", "select", "Select", show=False),
     ]
 
+    class HeaderClicked(Message):
+        """A click on a column's title (a view sorts by it)."""
+
+        def __init__(self, table: "RowTable", column: str) -> None:
+            super().__init__()
+            self.table = table
+            self.column = column
+
     class Selected(Message):
         def __init__(self, table: "RowTable", item: Any) -> None:
             super().__init__()
@@ -82,10 +90,14 @@ class RowTable(ScrollView, can_focus=True):
             self.item = item
 
     def __init__(self, columns: Sequence[Column], render_row: Callable[[Any], list[Cell]], *,
-                 key: Callable[[Any], Hashable] = id, version: Callable[[Any], int] | None = None,
+                 key: Callable[[Any], Hashable] = id, version: Callable[[Any], int] | None = None, fit: bool = True,
                  name: str | None = None, id: str | None = None, classes: str | None = None) -> None:  # fmt: skip
         super().__init__(name=name, id=id, classes=classes)
+        self.base_columns = list(columns)  # their widths are the most each takes
         self.columns = list(columns)
+        self.fit = fit  # size each column to its content (up to its width)
+        self.sort_column: str | None = None  # the indicator in the header: ▲ ascending, ▼ descending
+        self.sort_reverse = False
         self.render_row = render_row
         self.key = key
         self.version = version or (lambda item: 0)
@@ -94,8 +106,46 @@ class RowTable(ScrollView, can_focus=True):
         self.follow = False  # keep the last row in view as rows are added
         self._view: tuple | None = None  # scroll x and y, width, focus while a paint renders lines
         self._cache: dict[Hashable, tuple] = {}  # key -> (version, selected, scroll x, width, the line)
+        self._width = 0
+        self._header = Strip([])
+        self._layout()
+
+    def _layout(self) -> None:
         self._width = sum(c.width + 1 for c in self.columns)
-        self._header = Strip([Segment(" ".join(fit(c.label, c.width, c.align) for c in self.columns) + " ", style("bold reverse"))])
+        self._header = Strip([Segment(" ".join(fit(self._label(c), c.width, c.align) for c in self.columns) + " ", style("bold reverse"))])
+        self._cache.clear()
+
+    def _label(self, c: Column) -> str:
+        if c.key != self.sort_column:
+            return c.label
+        return c.label + ("▼" if self.sort_reverse else "▲")
+
+    def set_sort(self, column: str | None, reverse: bool = False) -> None:
+        """Show which column orders the rows (the view orders them)."""
+        if (column, reverse) != (self.sort_column, self.sort_reverse):
+            self.sort_column, self.sort_reverse = column, reverse
+            self._fit_columns(self.items, force=True)
+            self.refresh()
+
+    def _fit_columns(self, items: list[Any], force: bool = False) -> None:
+        """Each column as wide as its title and the widest of some rows (the first, those on
+        screen), at most its declared width: what matters shows, nothing is padded to spare."""
+        if not self.fit:
+            if force:
+                self._layout()
+            return
+        top = int(self.scroll_offset.y)
+        sample = items[:200] + items[top : top + max(self.size.height, 50)]
+        widths = [len(self._label(c)) for c in self.base_columns]
+        for item in sample:
+            for i, (text, _spec) in enumerate(self.render_row(item)[: len(widths)]):
+                if len(text) > widths[i]:
+                    widths[i] = len(text)
+        cols = [replace(c, width=min(max(w, 1), c.width) if c.key != self.sort_column else min(max(w, 1), c.width + 1))
+                for c, w in zip(self.base_columns, widths)]  # fmt: skip
+        if force or cols != self.columns:
+            self.columns = cols
+            self._layout()
 
     # ------------------------------------------------------------------ data
 
@@ -108,6 +158,7 @@ class RowTable(ScrollView, can_focus=True):
         self.cursor = min(self.cursor, max(len(items) - 1, 0))
         if len(self._cache) > 4 * max(self.size.height, 50):
             self._cache.clear()
+        self._fit_columns(items)
         self.virtual_size = Size(self._width, len(items) + 1)
         if self.follow and items:
             self.cursor = len(items) - 1
@@ -253,6 +304,15 @@ class RowTable(ScrollView, can_focus=True):
             self.post_message(self.Selected(self, self.current))
 
     def on_click(self, event) -> None:
+        if event.y == 0:  # the header: which column was clicked
+            x = int(self.scroll_offset.x) + event.x
+            pos = 0
+            for c in self.columns:
+                if pos <= x < pos + c.width + 1:
+                    self.post_message(self.HeaderClicked(self, c.key))
+                    return
+                pos += c.width + 1
+            return
         row = int(self.scroll_offset.y) + event.y - 1
         if 0 <= row < len(self.items):
             self.move_to(row)
