@@ -167,10 +167,12 @@ def render(s: Summary) -> str:
     if s.frames_not_decoded:
         out.append(f"{s.frames_not_decoded} frames could not be decoded (see decode --kind trace.note)")
     out.append("")
-    out.append(f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Bytes':>12}{'Mb/s':>10}  State")
+    moved = sum(c["bytes_written"] for c in d["conns"])  # RDMA WRITE payload, at the end that sent it: each byte once
+    out.append(f"Moved: {moved:,} bytes over SMC-R (each byte once, as smctop counts it)")
+    out.append(f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Bytes':>12}{'MB/s':>10}  State")
     for c in d["conns"]:
         out.append(f"{c['host'][:13]:<14}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
-                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{c['bytes_written']:>12}{c['throughput_mbps']:>10.1f}  {c['state']}"
+                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{c['bytes_written']:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
                    + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
     out.append("")
     out.append("Fallbacks: " + (", ".join(f"{f['text']} x{f['count']}" for f in d["fallbacks"]) or "none"))

@@ -1,0 +1,69 @@
+"""Headline numbers that add up (issue 17 item 3): on one real run of two smc-traffic
+processes over the soft provider, with both ends' events recorded, smctop's model counts every
+byte once (not once per watched end), and its total equals smc-trace summary's and what
+smc-traffic itself says it moved; a fallen-back connection counts once with both ends' view."""
+
+from __future__ import annotations
+
+from support.stacks import TrafficServer, addrs, traffic_client
+
+from dissectors.summary import render, summarize
+from smctop.model import Model
+from stack.events import read_jsonl
+
+
+def _events(*paths):
+    evs = []
+    for p in paths:
+        evs.extend(read_jsonl(p.read_text().splitlines()))
+    evs.sort(key=lambda e: e.t)  # both processes read one monotonic clock
+    return evs
+
+
+def _model(events) -> Model:
+    m = Model()
+    m.feed_timed(events)
+    m.advance(events[-1].t + 2 * m.interval)  # close the last samples
+    return m
+
+
+def test_smctop_summary_and_smc_traffic_count_the_same_bytes(tmp_path):
+    ca, sa = addrs()
+    sev, cev = tmp_path / "server.jsonl", tmp_path / "client.jsonl"
+    server = TrafficServer(sa, "--count", "1", "--events", str(sev))
+    rc, rep, err = traffic_client(sa, ca, "--mode", "bulk", "--bytes", "3M", "--direction", "both", "--events", str(cev))
+    srep = server.report()
+    assert rc == 0, err
+    assert rep["modes"] == {"SMCR": 1}, rep
+    moved = rep["bytes_sent"] + rep["bytes_received"]  # smc-traffic's own count, the client's both directions
+    assert moved == srep["bytes_sent"] + srep["bytes_received"] and moved >= 6 * 2**20
+
+    events = _events(sev, cev)
+    s = summarize(events)
+    wire = sum(c.bytes_written for c in s.conns.values())  # what went over SMC-R: the payload and smc-traffic's own
+    assert 0 <= wire - moved <= 2048, (wire, moved)  # few protocol bytes (its request and reports), which it does not count
+    m = _model(events)
+    assert m.bytes == wire, (m.bytes, wire, moved)  # each byte once, though both ends are watched (not 2x)
+    ends = [c for c in m.conns.values() if c.mode == "SMCR"]
+    assert len(ends) == 2 and ends[0].peer_end is ends[1]
+    assert sum(c.bytes_sent for c in ends) == wire == sum(c.bytes_received for c in ends)  # each end saw its own share
+    text = render(s)
+    assert f"Moved: {wire:,} bytes" in text and "MB/s" in text and "Mb/s" not in text
+
+    one = _model(_events(cev))  # one end watched: what it received counts too, so the total is the same
+    assert one.bytes == wire
+
+
+def test_a_fallback_counts_once_with_both_ends_view(tmp_path):
+    ca, sa = addrs()
+    sev, cev = tmp_path / "server.jsonl", tmp_path / "client.jsonl"
+    server = TrafficServer(sa, "--count", "1", "--decline", "DIFFPREFIX", "--events", str(sev))
+    rc, rep, err = traffic_client(sa, ca, "--mode", "bulk", "--bytes", "64K", "--events", str(cev))
+    server.report()
+    assert rc == 0, err
+    m = _model(_events(sev, cev))
+    rows = m.fallback_cause_rows()
+    assert len(rows) == 1 and rows[0]["count"] == 1, rows
+    assert rows[0]["text"] == "0x03070000 DIFFPREFIX" and rows[0]["by"].endswith("(server)")
+    assert "(client): 0x05000000 PEERDECL" in rows[0]["view"]
+    assert m.totals()["fallbacks"] == 1
