@@ -35,6 +35,11 @@ class SmcConfig:
     release: int = 1  # SMC-Rv2 release 1 (v2.1)
     prefix_len: int = 8  # subnet of the TCP address, for the v1 prefix check (/8 suits 127.x)
     forced_decline: int | None = None  # server: decline every Proposal with this reason
+    # False: an RMB's registration ends with its connection: once the peer has answered
+    # DELETE RKEY, its rkey is deregistered and the memory freed, so no key outlives the
+    # connection it was given for. True: the kernel's pooling (smcr_buf_unuse keeps the RMB
+    # registered for the group's next connection).
+    rmb_keep_registered: bool = False
     llc_v2_order: str = "little"  # byte order of v2 LLC lengths we send (x86-64 Linux)
     send_queue: int = 128  # send WRs per link QP
     timeouts: Timeouts = field(default_factory=Timeouts)

@@ -445,8 +445,8 @@ class SmcConnection:
     def tx_step(self, now: float) -> None:
         """Write what the peer's RMB can take and announce it (smc_tx_rdma_writes)."""
         link = self.link
-        if self.mode != "SMCR" or link is None or self.sent["abort"] or self.sndbuf is None:
-            return
+        if self.mode != "SMCR" or link is None or self.sent["abort"] or self.peer_abort or self.sndbuf is None:
+            return  # nothing more after the peer's abort (smc_tx_sndbuf_nonempty: peer_conn_abort)
         sndbuf_size = self.sndbuf.size
         while True:
             to_send = curs.diff(self.tx_sent, self.tx_prep, sndbuf_size)

@@ -16,7 +16,7 @@ from stack.wire import clc
 from stack.wire.codes import LgrRole
 
 from .link import Link
-from .linkgroup import LinkGroup, LinkGroupOwner
+from .linkgroup import NO_CONTEXT, LinkGroup, LinkGroupOwner, SecurityContext
 from .ports import DeviceInfo, Services
 
 
@@ -44,6 +44,7 @@ class Directory:
         self.lgrs: list[LinkGroup] = []
         self.links_by_qp: dict[int, Link] = {}
         self.dying: dict[int, LinkGroup] = {}  # terminated, until its last DELETE LINK has left
+        self.contexts: dict[int, SecurityContext] = {}  # connection id -> its security context (absent: the stack's own)
         self._lgr_seq = rng.getrandbits(16) << 8
         self._token_seq = rng.getrandbits(24)
 
@@ -51,14 +52,37 @@ class Directory:
         return next((g for g in self.lgrs if g.lgr_id == lgr_id), None)
 
     def new_lgr(self, role: LgrRole, version: int, peer_id: bytes, peer_gid: bytes, peer_mac: bytes, now: float,
-                max_conns: int, max_links: int) -> LinkGroup:  # fmt: skip
+                max_conns: int, max_links: int, conn=None) -> LinkGroup:  # fmt: skip
+        """A new group, in the security context of ``conn`` (the connection it is made for)."""
         self._lgr_seq = (self._lgr_seq + 256) & 0xFFFFFFFF
         lgr = LinkGroup(self.ctx, self.owner, self._lgr_seq, role, version, peer_id, peer_gid, peer_mac, max_conns, max_links,
-                        llc_order=self.ctx.config.llc_v2_order, created=now)  # fmt: skip
+                        llc_order=self.ctx.config.llc_v2_order, created=now, security=self.context_of(conn))  # fmt: skip
         self.lgrs.append(lgr)
         lgr.emit(now, "lgr.state", old="NONE", new="NONE", cause="created", role=role.name.lower(), version=version,
                  peer_id=peer_id.hex(), max_conns=max_conns, max_links=max_links, crit=True)  # fmt: skip
         return lgr
+
+    # ---------------------------------------------------------------- security contexts
+
+    def set_context(self, conn_id: int, security: SecurityContext | None) -> None:
+        if security is None or security == NO_CONTEXT:
+            self.contexts.pop(conn_id, None)
+        else:
+            self.contexts[conn_id] = security
+
+    def context_of(self, conn) -> SecurityContext:
+        return NO_CONTEXT if conn is None else self.contexts.get(conn.id, NO_CONTEXT)
+
+    def _shareable(self, lgr: LinkGroup, conn, version: int, eid: bytes | None) -> bool:
+        """May ``conn`` join ``lgr``? Only in the group's own security context and, for v2,
+        with the group's UEID; a refusal is counted in the stats by what differed."""
+        why = lgr.security.mismatch(self.context_of(conn))
+        if not why and version >= 2 and eid is not None and lgr.negotiated_eid and eid != lgr.negotiated_eid:
+            why = "ueid"
+        if why:
+            key = f"lgr_not_shared_{why}"  # stats: groups a connection could not join, by what differed
+            self.ctx.stats[key] = self.ctx.stats.get(key, 0) + 1
+        return not why
 
     def terminated(self, lgr: LinkGroup) -> None:
         if lgr in self.lgrs:
@@ -68,30 +92,35 @@ class Directory:
     def freed(self, lgr: LinkGroup) -> None:
         self.dying.pop(lgr.lgr_id, None)
 
-    def find_server_lgr(self, peer_id: bytes, peer_gid: bytes, peer_mac: bytes, version: int) -> LinkGroup | None:
-        """The group a server's new connection joins: same peer, version and peer device, room left."""
+    def find_server_lgr(self, peer_id: bytes, peer_gid: bytes, peer_mac: bytes, version: int, eid: bytes | None = None,
+                        conn=None) -> LinkGroup | None:  # fmt: skip
+        """The group a server's new connection joins (smc_conn_create, smcr_lgr_match): same
+        peer, version and peer device, not out of sync, room left, and the connection's own
+        security context and UEID."""
         for lgr in self.lgrs:
             if lgr.role != LgrRole.SERVER or lgr.peer_id != peer_id or lgr.sync_err or lgr.terminated or lgr.version != version:
                 continue
             if len(lgr.conns) >= lgr.max_conns:
                 continue
-            for link in lgr.active_links():
-                if link.peer_gid == peer_gid and (version >= 2 or link.peer_mac == peer_mac):
+            if any(link.peer_gid == peer_gid and (version >= 2 or link.peer_mac == peer_mac) for link in lgr.active_links()):
+                if self._shareable(lgr, conn, version, eid):
                     return lgr
         return None
 
-    def find_client_link(self, a: clc.Accept) -> tuple[LinkGroup | None, Link | None]:
-        """The group and link an Accept without first contact names (none: out of sync)."""
+    def find_client_link(self, a: clc.Accept, conn=None) -> tuple[LinkGroup | None, Link | None]:
+        """The group and link an Accept without first contact names (smcr_lgr_match with the
+        server's QPN): an ACTIVE link whose peer QP, GID (and v1 MAC) the Accept gives, in a
+        group of the connection's security context and UEID. None: out of sync; the client
+        answers SYNCERR, as smc_conn_create does, also when the link the server picked
+        has failed meanwhile."""
         for lgr in self.lgrs:
             if lgr.role != LgrRole.CLIENT or lgr.peer_id != a.peer_id or lgr.sync_err or lgr.terminated:
                 continue
             for link in lgr.active_links():
                 if link.peer_qpn == a.qpn and link.peer_gid == a.gid and (a.version >= 2 or link.peer_mac == a.mac):
-                    return lgr, link
-            if a.qpn in lgr.retired_peer_qpns and lgr.active_links():
-                # the server chose a link that failed while its Accept was on the way: not
-                # out of sync, the connection simply starts on a surviving link
-                return lgr, lgr.active_links()[0]
+                    if self._shareable(lgr, conn, a.version, a.eid if a.version >= 2 else None):
+                        return lgr, link
+                    return None, None
         return None, None
 
     def alloc_token(self, lgr: LinkGroup) -> int:

@@ -194,7 +194,7 @@ class Handshake:
         inp.reason = inp.choice.decline
         if not inp.reason:
             peer_gid = p.v2.roce_gid if inp.choice.version >= 2 else p.gid
-            inp.lgr = self.directory.find_server_lgr(p.peer_id, peer_gid, p.mac, inp.choice.version)
+            inp.lgr = self.directory.find_server_lgr(p.peer_id, peer_gid, p.mac, inp.choice.version, inp.choice.eid, conn)
         self.input(conn, "proposal", now, inp)
 
     def _examine_accept(self, conn: SmcConnection, a: clc.Accept) -> Input:
@@ -202,7 +202,7 @@ class Handshake:
         inp.first_contact = a.first_contact
         inp.reason = check_accept(conn.proposal, a, self.ctx.config)
         if not inp.reason and not a.first_contact:
-            inp.lgr, inp.link = self.directory.find_client_link(a)
+            inp.lgr, inp.link = self.directory.find_client_link(a, conn)
         return inp
 
     def _examine_confirm(self, conn: SmcConnection, c: clc.Confirm) -> Input:
@@ -331,7 +331,7 @@ class Handshake:
             p, choice = inp.msg, inp.choice
             conn.choice, conn.version = choice, choice.version
             peer_gid = p.v2.roce_gid if choice.version >= 2 else p.gid
-            lgr = self.directory.new_lgr(LgrRole.SERVER, choice.version, p.peer_id, peer_gid, p.mac, now, choice.max_conns, choice.max_links)
+            lgr = self.directory.new_lgr(LgrRole.SERVER, choice.version, p.peer_id, peer_gid, p.mac, now, choice.max_conns, choice.max_links, conn)
             lgr.negotiated_eid = choice.eid
             conn.first_contact = True
             self._first_contact[p.peer_id] = conn
@@ -341,7 +341,7 @@ class Handshake:
             fce = a.fce
             max_conns = fce.max_conns if fce is not None and fce.release >= 1 else 255
             max_links = fce.max_links if fce is not None and fce.release >= 1 else 2
-            lgr = self.directory.new_lgr(LgrRole.CLIENT, a.version, a.peer_id, a.gid, a.mac, now, max_conns, max_links)
+            lgr = self.directory.new_lgr(LgrRole.CLIENT, a.version, a.peer_id, a.gid, a.mac, now, max_conns, max_links, conn)
             lgr.negotiated_eid = a.eid if a.version >= 2 else b""
             if fce is not None:
                 lgr.peer_host = fce.hostname.decode("ascii", "replace").strip()

@@ -29,7 +29,7 @@ from .connection import SmcConnection
 from .directory import Devices, Directory
 from .handshake import Handshake
 from .link import Link
-from .linkgroup import LinkGroup
+from .linkgroup import LinkGroup, SecurityContext
 from .ports import DeviceInfo, HostIO, Services
 
 
@@ -109,30 +109,37 @@ class SmcHost:
     # ---------------------------------------------------------------- starting connections
 
     def client_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float,
-                     peer_smc: bool | None = None) -> SmcConnection:  # fmt: skip
+                     peer_smc: bool | None = None,
+                     security: SecurityContext | None = None) -> SmcConnection:  # fmt: skip
         """A TCP connection this host opened wants SMC. ``peer_smc``: whether the server's
         SYN-ACK carried the SMC TCP option (None: unknown, in-band signalling); False makes
         the connection TCP at once with PEERNOSMC and no CLC, as the kernel does."""
-        conn = self._new_conn(conn_id, "client", local, peer, now, peer_smc)
+        conn = self._new_conn(conn_id, "client", local, peer, now, peer_smc, security)  # security: its netns, VLAN, P_Key
         self.handshake.start_client(conn, now, peer_smc)
         return conn
 
     def server_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float, smc: bool = True,
-                     peer_smc: bool | None = None) -> SmcConnection:  # fmt: skip
+                     peer_smc: bool | None = None,
+                     security: SecurityContext | None = None) -> SmcConnection:  # fmt: skip
         """A TCP connection accepted by a listener. ``smc=False``: a plain-TCP listener, which
         still answers a Proposal with a Decline PEERNOSMC (our in-band stand-in for the
         missing TCP option), so an SMC client falls back at once. ``peer_smc``: whether the
         client's SYN carried the SMC TCP option (None: unknown, in-band); False makes the
         connection TCP at once with PEERNOSMC, without waiting for a Proposal (the kernel's
         smc_listen_work)."""
-        conn = self._new_conn(conn_id, "server", local, peer, now, peer_smc)
+        conn = self._new_conn(conn_id, "server", local, peer, now, peer_smc, security)  # security: its netns, VLAN, P_Key
         conn.smc_listener = smc
         self.handshake.start_server(conn, now, peer_smc)
         return conn
 
-    def _new_conn(self, conn_id: int, role: str, local, peer, now: float, peer_smc: bool | None = None) -> SmcConnection:
+    def _new_conn(self, conn_id: int, role: str, local, peer, now: float, peer_smc: bool | None = None,
+                  security: SecurityContext | None = None) -> SmcConnection:  # fmt: skip
+        """``security``: the TCP connection's network namespace, VLAN and P_Key; the
+        connection shares a link group only with connections of the same context (None:
+        the stack's own)."""
         if conn_id in self.conns:
             raise ValueError(f"connection id {conn_id} is in use")
+        self.directory.set_context(conn_id, security)
         conn = SmcConnection(self.ctx, conn_id, role, local, peer, self.connection_closed)
         conn.handshake_started = now
         conn.smc_listener = True
@@ -164,6 +171,7 @@ class SmcHost:
         if lgr is not None and conn.mode in ("SMCR", "INIT") and not lgr.conns and not lgr.terminated:
             self.io.arm_timer(("lgr_idle", lgr.lgr_id), now + self.config.timeouts.lgr_idle + (10 if lgr.role == LgrRole.CLIENT else 0))
         self.conns.pop(conn.id, None)
+        self.directory.set_context(conn.id, None)
         self.io.conn_closed(conn.id, conn.error)
 
     def tcp_conn_closed(self, conn_id: int, now: float, error: str | None = None) -> None:

@@ -35,6 +35,33 @@ RTOKENS_MAX = 255  # SMC_RMBS_PER_LGR_MAX: peer RMBs one link group can address
 ASYMMETRIC = (LgrType.ASYMMETRIC_PEER, LgrType.ASYMMETRIC_LOCAL)
 
 
+@dataclass(frozen=True)
+class SecurityContext:
+    """The security context of a TCP connection, which its link group must share (the
+    review of AF_SMC asked that an RDMA link be held to it): the network namespace and
+    VLAN of the TCP connection and the device's P_Key where it has one. The kernel
+    compares the namespace (``smcr_lgr_match``: ``net_eq``) and, for v1, the VLAN
+    (``smc_conn_create``: ``lgr->vlan_id == ini->vlan_id``); we compare all three for every
+    version. The UEID of a v2 group is compared apart (``LinkGroup.negotiated_eid``)."""
+
+    netns: int = 0  # the TCP socket's network namespace (its nsfs inode; 0: the stack's own)
+    vlan: int = 0  # 802.1Q VLAN id of the interface carrying the TCP connection (0: none)
+    pkey: int | None = None  # P_Key of the device (None: the device has none, as RoCE soft devices)
+
+    def mismatch(self, other: "SecurityContext") -> str:
+        """The first attribute in which ``other`` differs ("" when it does not)."""
+        for name in ("netns", "vlan", "pkey"):
+            if getattr(self, name) != getattr(other, name):
+                return name
+        return ""
+
+    def info(self) -> dict:
+        return {"netns": self.netns, "vlan": self.vlan, "pkey": self.pkey}
+
+
+NO_CONTEXT = SecurityContext()
+
+
 class LinkGroupOwner(Protocol):
     """What a link group tells the one who made it."""
 
@@ -118,6 +145,7 @@ class LinkGroup:
     peer_release: int = 0
     llc_order: str = "little"
     created: float = 0.0
+    security: SecurityContext = NO_CONTEXT  # every connection of the group shares it
     link_seq: int = 0
     failovers: list[Failover] = field(default_factory=list)
     # links that died while the only other link was being confirmed: their connections
@@ -137,7 +165,7 @@ class LinkGroup:
             "crit": self.type.critical, "conns": len(self.conns), "max_conns": self.max_conns, "max_links": self.max_links,
             "peer_host": self.peer_host, "peer_id": self.peer_id.hex(), "eid": self.negotiated_eid.rstrip(b" \0").decode("ascii", "replace"),
             "links": [link.info() for link in self.links.values()], "peer_rmbs": len(self.rtokens),
-            "flow": type(self.running).__name__ if self.running else None,
+            "flow": type(self.running).__name__ if self.running else None, "security": self.security.info(),
         }  # fmt: skip
 
     def active_links(self) -> list[Link]:
@@ -255,9 +283,19 @@ class LinkGroup:
             if buf is not None and buf not in pool:
                 pool.append(buf)
 
-    def rmb_free(self, rmb) -> None:
-        """The peer no longer knows this RMB (or never did): zeroed, it waits for the next connection."""
+    def rmb_free(self, rmb, peer_forgot: bool = True) -> None:
+        """The peer no longer knows this RMB (``peer_forgot``: it answered DELETE RKEY, or
+        never had the key). Unless the configuration keeps RMBs registered as the kernel
+        does (``rmb_keep_registered``), its rkeys are deregistered now and the memory goes:
+        no key outlives its connection. Otherwise, or when the peer may still hold the key
+        (DELETE RKEY unanswered), it is zeroed and waits, registered, for the next
+        connection (smcr_buf_unuse), so a late write lands in registered memory."""
         rmb.confirmed = False
+        if not self.terminated and peer_forgot and not self.ctx.config.rmb_keep_registered:
+            rmb.release()
+            if rmb in self.rmbs:
+                self.rmbs.remove(rmb)
+            return
         if not self.terminated and rmb.regs:
             rmb.clear()
         rmb.in_use = False

@@ -210,23 +210,24 @@ def confirm_rkey(lgr: LinkGroup, conn, now: float, done: Callable[[bool, float],
                                prefer=conn.link), now)  # fmt: skip
 
 
-def delete_rkey(lgr: LinkGroup, conn, now: float, done: Callable[[float], None]) -> None:
+def delete_rkey(lgr: LinkGroup, conn, now: float, done: Callable[[bool, float], None]) -> None:
+    """DELETE RKEY for a closed connection's RMB; ``done(answered, now)``."""
     rmb = conn.rmb
     lgr.start_flow(RequestFlow(lgr, llc.DeleteRkey, lambda link: llc.DeleteRkey(version=lgr.llc_version(), rkeys=(rmb.on(link.device).rkey,)),
-                               lambda resp, t: done(t), prefer=conn.link), now)  # fmt: skip
+                               lambda resp, t: done(resp is not None, t), prefer=conn.link), now)  # fmt: skip
 
 
 def unuse_buffers(lgr: LinkGroup, conn, now: float) -> None:
-    """smc_buf_unuse: the send buffer is free at once; an RMB the peer knows is
-    unregistered with it first (DELETE RKEY), then zeroed and free. Both stay registered
-    here; a group that is going away frees them instead."""
+    """smc_buf_unuse: the send buffer is free at once (it stays registered: its keys are
+    local); an RMB the peer knows is unregistered with it first (DELETE RKEY), then
+    deregistered here (``LinkGroup.rmb_free``). A group that is going away frees them all."""
     rmb, sndbuf = conn.rmb, conn.sndbuf
     if sndbuf is not None:
         sndbuf.in_use = False
     if rmb is None:
         pass
     elif rmb.confirmed and not lgr.terminated and lgr.active_links():
-        delete_rkey(lgr, conn, now, lambda t: lgr.rmb_free(rmb))
+        delete_rkey(lgr, conn, now, lambda answered, t: lgr.rmb_free(rmb, peer_forgot=answered))
     else:
         lgr.rmb_free(rmb)
     if lgr.terminated:

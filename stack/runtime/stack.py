@@ -36,6 +36,7 @@ from .controls import Controls
 from .option import SmcOption
 from .port import HostPort
 from .rdma import DeviceSpec, RdmaDriver, check_specs, engine_detail, engine_of
+from .security import socket_context
 from .streams import SmcStreamReader, SmcStreamWriter
 from .suspect import SuspectWatch, link_counts
 from .tcp import SmcServer, TcpProtocol
@@ -166,7 +167,7 @@ class Stack:
         if not smc:
             h.mode = "TCP"
             return h.reader, h.writer
-        self.host.client_start(h.conn_id, local, peer, self.now(), peer_smc=self.option.peer(h.transport))
+        self.host.client_start(h.conn_id, local, peer, self.now(), security=socket_context(h.transport), peer_smc=self.option.peer(h.transport))
         await h.ready
         if h.mode == "FAILED":
             raise ConnectionError(h.error)
@@ -251,7 +252,7 @@ class Stack:
         local = h.transport.get_extra_info("sockname")[:2]
         peer = h.transport.get_extra_info("peername")[:2]
         peer_smc = self.option.peer(h.transport) if server.smc else None
-        self.host.server_start(h.conn_id, local, peer, self.now(), smc=server.smc, peer_smc=peer_smc)
+        self.host.server_start(h.conn_id, local, peer, self.now(), security=socket_context(h.transport), smc=server.smc, peer_smc=peer_smc)
 
         def done(fut: asyncio.Future) -> None:
             if h.mode in ("SMCR", "TCP"):

@@ -208,6 +208,12 @@ def test_sync_error_when_the_accept_names_an_unknown_link():
     assert lost is not None
 
 
+def _kernel_pooling() -> tuple[SmcConfig, SmcConfig]:
+    """RMBs kept registered for the next connection, as the kernel keeps them (our default
+    deregisters them at close: tests/core/test_security_context.py)."""
+    return SmcConfig(host="client", rmb_keep_registered=True), SmcConfig(host="server", rmb_keep_registered=True)
+
+
 def _close_states(io) -> list[str]:
     return [e.get("new") for e in kinds(io, "conn.state")][1:]
 
@@ -223,7 +229,7 @@ def _close_states(io) -> list[str]:
     ],
 )
 def test_close_paths(script, client_states, server_states):
-    f, a, b = pair()
+    f, a, b = pair(*_kernel_pooling())
     open_conn(f, a, b, 1)
     now = lambda: f.now  # noqa: E731
     if script == "active":
@@ -272,7 +278,7 @@ def test_close_paths(script, client_states, server_states):
 def test_a_new_connection_reuses_a_closed_ones_buffers():
     """As smc_buf_get_slot: the next connection takes the closed one's RMB and send buffer
     (no new registration) and announces the RMB again with CONFIRM RKEY."""
-    f, a, b = pair()
+    f, a, b = pair(*_kernel_pooling())
     open_conn(f, a, b, 1)
     open_conn(f, a, b, 2)  # a second RMB: CONFIRM RKEY both ways
     first = {io.name: (io.host.conns[2].rmb, io.host.conns[2].sndbuf) for io in (a, b)}

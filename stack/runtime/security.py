@@ -1,0 +1,162 @@
+"""The security context of a TCP connection, read from the OS: its network namespace and
+the VLAN of the interface carrying it (``core.linkgroup.SecurityContext``).
+
+A link group is shared only by connections of one context. The kernel takes the namespace
+from the socket (``sock_net``) and the VLAN from the route's device (``smc_vlan_by_tcpsk``);
+here the namespace is the socket's own (ioctl ``SIOCGSKNS``, which needs CAP_NET_ADMIN in the
+namespace's owner; without it, the process's namespace, where the socket was made) and the
+VLAN the one of the interface that owns the connection's local address, from
+``/proc/net/vlan/config`` (no 8021q module: no VLAN). RoCE devices have no P_Key in use
+(the soft provider none at all): ``pkey`` stays None.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+import threading
+
+from stack.core.linkgroup import SecurityContext
+
+SIOCGSKNS = 0x894C  # linux/sockios.h: the socket's network namespace as a new fd
+SIOCGIFCONF = 0x8912
+CLONE_NEWNET = 0x40000000
+
+
+def _ns_inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
+
+
+def own_netns() -> int:
+    """The calling thread's network namespace (its nsfs inode)."""
+    return _ns_inode("/proc/thread-self/ns/net")
+
+
+def socket_netns(sock: socket.socket) -> tuple[int, int | None]:
+    """(nsfs inode, an fd of the namespace or None) of the socket; the caller closes the fd."""
+    try:
+        fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    except OSError:
+        return own_netns(), None
+    return os.fstat(fd).st_ino, fd
+
+
+def _ipv4_interfaces() -> dict[str, str]:
+    """IPv4 address -> interface name, in the calling thread's namespace (SIOCGIFCONF)."""
+    out: dict[str, str] = {}
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        size = 40  # struct ifreq on 64-bit Linux
+        buf = array.array("B", bytes(size * 256))
+        addr, _ = buf.buffer_info()
+        n = struct.unpack("iL", fcntl.ioctl(s.fileno(), SIOCGIFCONF, struct.pack("iL", len(buf), addr)))[0]
+        raw = buf.tobytes()[:n]
+        for off in range(0, n, size):
+            name = raw[off : off + 16].split(b"\0", 1)[0].decode("ascii", "replace")
+            out[socket.inet_ntoa(raw[off + 20 : off + 24])] = name
+    except OSError:
+        pass
+    finally:
+        s.close()
+    return out
+
+
+def _ipv6_interfaces() -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/thread-self/net/if_inet6") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6:
+                    out[str(ipaddress.IPv6Address(bytes.fromhex(parts[0])))] = parts[5]
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def _vlans() -> dict[str, int]:
+    """Interface name -> VLAN id (/proc/net/vlan/config: "name | id | parent")."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/thread-self/net/vlan/config") as f:
+            for line in f:
+                parts = [p.strip() for p in line.split("|")]
+                if len(parts) == 3 and parts[1].isdigit():
+                    out[parts[0]] = int(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def vlan_of(local_ip: str) -> int:
+    """The VLAN id of the interface owning ``local_ip`` in the calling thread's namespace (0: none)."""
+    try:
+        ip = ipaddress.ip_address(local_ip.split("%", 1)[0])
+    except ValueError:
+        return 0
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    table = _ipv4_interfaces() if ip.version == 4 else _ipv6_interfaces()
+    name = table.get(str(ip))
+    return _vlans().get(name, 0) if name else 0
+
+
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace ``fd`` (os.setns before Python
+    3.12: libc's setns). Raises OSError."""
+    if hasattr(os, "setns"):
+        os.setns(fd, CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _in_netns(fd: int, fn, *args):
+    """Run ``fn`` in the namespace ``fd`` on a helper thread (setns changes only that thread)."""
+    result: list = [0]
+
+    def run() -> None:
+        try:
+            setns(fd)
+        except OSError:
+            return
+        result[0] = fn(*args)
+
+    t = threading.Thread(target=run, name="smc-netns", daemon=True)
+    t.start()
+    t.join()
+    return result[0]
+
+
+def socket_context(transport_or_sock) -> SecurityContext | None:
+    """The security context of a connected socket (or an asyncio transport's); None when it
+    cannot be had (no socket: a test double)."""
+    sock = transport_or_sock
+    if hasattr(sock, "get_extra_info"):
+        sock = sock.get_extra_info("socket")
+    if sock is None or not hasattr(sock, "fileno"):
+        return None
+    try:
+        local = sock.getsockname()[0]
+    except OSError:
+        return None
+    netns, fd = socket_netns(sock)
+    try:
+        if fd is None or netns == own_netns():
+            vlan = vlan_of(local)
+        else:
+            vlan = _in_netns(fd, vlan_of, local)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return SecurityContext(netns=netns, vlan=vlan)
