@@ -1,0 +1,159 @@
+"""What an operator coming from smc-tools and htop reaches for (issue 17 items 4, 6, 8): the
+events view searching far back, standing still and in time order; devices, LISTEN rows,
+counters, UEIDs and the stack's security counters from snapshots; sorting by column (key,
+header click, reverse, indicator); smctop's actions in the command palette."""
+
+from __future__ import annotations
+
+from tuihelp import SIZE, advance, make_app, run
+
+from smctop.app import SmctopApp
+from smctop.model import Model
+from smctop.sources import SyntheticSource
+from smctop.synthetic import SyntheticStack
+from smctop.views import stats_text
+from smctop.widgets import RowTable
+
+DELTA = {  # a fourth host's snapshot: what Stack.snapshot() carries, plus keys other helpers may add
+    "host": "delta", "t": 1002.5, "stats": {"smc_client": 4, "smc_server": 0, "fallback_client": 1, "fallback_server": 0, "handshake_errors": 2},
+    "devices": [{"name": "mlx5_0", "up": True, "mtu": 5, "pnetid": "NET1"}, {"name": "mlx5_1", "up": False, "mtu": 5}],
+    "fallbacks": [], "lgrs": [], "conns": [], "failovers": [],
+    "rdma": {"mlx5_0": {"tx_frames": 1234, "rx_frames": 1200, "tx_dropped": 0, "rx_dropped": 3, "icrc_errors": 0, "bad_frames": 0,
+                        "psn_out_of_window": 7, "suspect_ignored": 2, "port_up": True, "engine": "native"}, "mlx5_1": "not a dict"},
+    "listeners": [{"local": "10.0.0.4:5000", "smc": True}, {"bad": 1}], "ueids": ["SMCTOP", 5],
+}  # fmt: skip
+
+
+def table(app, table_id: str) -> RowTable:
+    return app.query_one(table_id, RowTable)
+
+
+def test_events_filter_searches_far_back_clears_on_no_match_and_keeps_time_order():
+    async def go():
+        source = SyntheticSource(SyntheticStack(3, fallbacks=2))
+        app = SmctopApp(source, model=Model(events_kept=100), poll_interval=3600)  # the recent log: a second or two
+        async with app.run_test(size=SIZE) as pilot:
+            await advance(app, pilot, source, 2)
+            await pilot.press("f")  # the failover: rare events
+            await advance(app, pilot, source, 10)
+            assert not any(e.kind == "link.event" and e.get("event") == "failover_begin" for e in app.model.events)  # long gone from it
+            await pilot.press("3", "slash", *"failover begins", "enter")
+            await pilot.pause()
+            rows = table(app, "#events-table").items
+            assert len(rows) == 2 and {e.host for e in rows} == {"alpha", "beta"}, rows
+            await pilot.press("slash", *"nothing matches this", "enter")
+            await pilot.pause()
+            assert table(app, "#events-table").items == []
+            assert "failover" not in "\n".join(table(app, "#events-table").lines())
+            await pilot.press("slash", "escape")
+            await pilot.pause()
+            rows = table(app, "#events-table").items
+            assert [e.t for e in rows] == sorted(e.t for e in rows)  # time order across hosts
+
+    run(go())
+
+
+def test_events_not_following_stand_still():
+    async def go():
+        app, src = make_app(3)
+        async with app.run_test(size=SIZE) as pilot:
+            await advance(app, pilot, src, 2)
+            await pilot.press("3", "F")
+            await pilot.pause()
+            before = list(table(app, "#events-table").items)
+            await advance(app, pilot, src, 2)
+            assert table(app, "#events-table").items == before  # the view stands still
+            assert "NOT FOLLOWING" in app.screen_text()
+            await pilot.press("F")
+            await pilot.pause()
+            assert len(table(app, "#events-table").items) > len(before) and "following" in app.screen_text()
+
+    run(go())
+
+
+def test_devices_listen_rows_counters_ueids_and_security_counters_from_a_snapshot():
+    async def go():
+        app, src = make_app(2)
+        async with app.run_test(size=(250, 40)) as pilot:
+            await advance(app, pilot, src, 2)
+            app.model.apply_snapshot(DELTA)
+            await pilot.press("6")
+            await pilot.pause()
+            text = "\n".join(table(app, "#devices-table").lines())
+            lines = text.splitlines()
+            assert "PNET ID" in lines[0] and "PSN out-of-window" in lines[0]
+            assert any(ln.startswith("delta mlx5_0 ACTIVE NET1") and " 7 " in ln + " " for ln in lines), text
+            assert any(ln.startswith("delta mlx5_1 DOWN") for ln in lines), text
+            assert "1 with the port DOWN" in app.screen_text()
+            await pilot.press("2")
+            await pilot.pause()
+            conns = "\n".join(table(app, "#conns-table").lines())
+            assert "delta LISTEN SMC" in conns and "10.0.0.4:5000" in conns and "1 listening" in app.screen_text()
+            await pilot.press("7")
+            await pilot.pause()
+            assert "delta" in app.screen_text()
+            stats = stats_text(app.model).plain
+            assert "handshake errors                     2" in stats and "UEIDs                       SMCTOP" in stats
+            assert "psn out of window 7" in stats and "suspect ignored 2" in stats
+            assert "open SMC-R conns by version v2: 2" in stats and "RMB usage                   2 RMBs, 524.3 kB" in stats
+
+    run(go())
+
+
+def test_sort_by_key_by_header_click_and_reversed_with_an_indicator():
+    async def go():
+        app, src = make_app(3)
+        async with app.run_test(size=(250, 40)) as pilot:
+            await advance(app, pilot, src, 2)
+            await pilot.press("2")
+            await pilot.pause()
+            t = table(app, "#conns-table")
+            assert t.lines()[0].startswith("Host▲")
+            x = 0
+            for c in t.columns:
+                if c.key == "sent":
+                    break
+                x += c.width + 1
+            await pilot.click("#conns-table", offset=(x + 1, 0))
+            await pilot.pause()
+            sent = [c.bytes_sent for c in t.items]
+            assert "Sent▼" in t.lines()[0] and sent == sorted(sent, reverse=True) and sent[0] > 0
+            assert "connections sorted by sent descending" in app.screen_text()
+            await pilot.press("S")
+            await pilot.pause()
+            sent = [c.bytes_sent for c in t.items]
+            assert "Sent▲" in t.lines()[0] and sent == sorted(sent)
+            await pilot.press("s")  # s cycles the usual orders
+            await pilot.pause()
+            assert "Host▲" in t.lines()[0] or "Rate▼" in t.lines()[0]
+
+    run(go())
+
+
+def test_command_palette_offers_smctops_actions():
+    async def go():
+        app, src = make_app(1)
+        async with app.run_test(size=SIZE) as pilot:
+            await advance(app, pilot, src, 1)
+            titles = [c.title for c in app.get_system_commands(app.screen)]
+            for want in ("smctop: fail a link", "smctop: restore the failed link", "smctop: start / stop traffic", "smctop: show Devices"):
+                assert want in titles, titles
+            assert not any("replay" in t for t in titles)  # not with this source
+            cmd = next(c for c in app.get_system_commands(app.screen) if c.title == "smctop: fail a link")
+            cmd.callback()
+            await pilot.pause()
+            await pilot.pause()
+            assert ("fail_link",) in src.calls
+
+    run(go())
+
+
+def test_failovers_count_only_when_connections_moved():
+    from stack.events import Event
+
+    m = Model()
+    m.feed(Event(1.0, "link.event", "b", "g1", 1, fields={"event": "failover_begin", "to_link": 2, "conns": 3}))
+    m.feed(Event(1.004, "link.event", "b", "g1", 1, fields={"event": "failover_end", "to_link": 2, "conns": 3, "failed": 0, "duration_ms": 4.0}))
+    m.feed(Event(2.0, "link.event", "b", "g1", 2, fields={"event": "failover_end", "to_link": 3, "conns": 0, "failed": 0, "duration_ms": 0.0}))
+    t = m.totals()
+    assert t["failovers"] == 1 and t["link_deletions"] == 1
