@@ -3,6 +3,8 @@
     smctop                      the embedded demo (three hosts, traffic, a peer that declines)
     smctop --attach PATH        a running stack's control socket (repeat for several hosts)
     smctop --replay FILE        a recording (JSONL events, or an smc-trace pcapng capture)
+    smctop --kernel             the Linux kernel's own SMC-R (--netns NAME: another namespace)
+    smctop ... --once [--json]  one snapshot as smcss/smcr print it (or one JSON document), then exit
 
 The app polls its source ten times a second, feeds the model, and redraws the views once
 per model sample (a second). Keys are in the footer and behind ``?``.
@@ -34,7 +36,7 @@ from stack.events import Skipped
 from .model import Model
 from .record import Recorder, default_name, open_recorder
 from .screens import ConnDetailScreen, DeclineScreen, HelpScreen, help_text
-from .sources import AttachSource, DemoSource, ReplaySource, Source, SourceError, load_events
+from .sources import AttachSource, DemoSource, KernelTuiSource, ReplaySource, Source, SourceError, load_events
 from .views import VIEWS, ConnsPane, EventsPane, HeaderBar, Pane
 from .widgets import RowTable
 
@@ -445,6 +447,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--attach", metavar="PATH", action="append", help="a stack's control socket (repeat for several hosts)")
     src.add_argument("--replay", metavar="FILE", help="play a recording: JSONL events or an smc-trace pcapng capture")
+    src.add_argument("--kernel", action="store_true", help="the Linux kernel's own SMC-R (smc_diag, SMC_GEN_NETLINK; tracepoints as root)")
+    ap.add_argument("--netns", metavar="NAME", help="--kernel: a network namespace (ip netns name or /proc/PID/ns/net; needs root)")
+    ap.add_argument("--once", action="store_true", help="print one snapshot as smcss -a/-d/-R, smcr linkgroup, smcr device and smcr stats "
+                    "print, and exit (replay: its end; demo: after --once-after seconds)")
+    ap.add_argument("--json", action="store_true", help="--once: one JSON document (connections, link_groups, links, devices, stats)")
+    ap.add_argument("--from-raw", metavar="DIR", help="--kernel --once: render the replies `python -m smckernel --save-raw` wrote (another host's)")
+    ap.add_argument("--once-after", type=float, default=3.0, metavar="SECONDS", help="--once with the demo: run this long first (default 3)")
     ap.add_argument("--speed", type=float, default=1.0, help="replay speed (default 1.0: real time)")
     ap.add_argument("--paused", action="store_true", help="start a replay paused")
     ap.add_argument("--no-traffic", action="store_true", help="demo: start without traffic (t starts it)")
@@ -473,6 +482,10 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
             src.notices.append(f"{args.replay}: {skipped.summary()}")
         src.paused = args.paused
         return src
+    if args.kernel:
+        return KernelTuiSource(args.netns)
+    if args.netns:
+        ap.error("--netns goes with --kernel")
     if args.attach:
         for path in args.attach:
             try:
@@ -499,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     except (io.UnsupportedOperation, ValueError, RuntimeError):
         pass  # stderr is not a file (a test harness)
     args, ap = parse_args(argv)
+    if args.once or args.json or args.from_raw:
+        from .once import run_once
+
+        return run_once(args, ap, build_source)
     source = build_source(args, ap)
     exporter = None
     if args.prometheus or args.headless:

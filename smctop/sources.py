@@ -34,6 +34,36 @@ def feed_timed(model: Model, events: list[Event]) -> None:
     model.feed_timed(events)
 
 
+def snapshot_of(e: Event) -> dict | None:
+    """The stack snapshot a ``stats`` event carries: a recording's start (what the stacks had
+    when it began), the kernel source's polls."""
+    if e.kind == "stats":
+        snap = e.fields.get("snapshot")
+        if isinstance(snap, dict):
+            return snap
+    return None
+
+
+def feed_seeded(model: Model, events: list[Event], notices=None) -> None:
+    """``feed_timed``, with each snapshot a ``stats`` event carries applied in its place, so a
+    recording begun mid-session starts from what its stacks already had (connections with
+    their addresses and mode, link groups, links with QPNs and GIDs, counts)."""
+    start = 0
+    for i, e in enumerate(events):
+        if e.kind == "stats":
+            snap = snapshot_of(e)
+            if snap is None:
+                continue
+            feed_timed(model, events[start : i + 1])
+            start = i + 1
+            try:
+                model.apply_snapshot(snap)
+            except BadRecord as err:
+                if notices is not None:
+                    notices.append(f"{e.host}: a snapshot left out: {err}")
+    feed_timed(model, events[start:] if start else events)
+
+
 def engine_text(engines) -> str:
     """'native', or 'native+python' when devices differ."""
     return "+".join(sorted({e for e in engines if e}))
@@ -418,6 +448,7 @@ class ReplaySource(Source):
         self.paused = False
         self._wall: float | None = None
         self._reset = False
+        self._stepped = False  # paused by a step: the events at the same instant wait for the next step
 
     async def start(self) -> None:
         if not self._loaded:
@@ -458,39 +489,107 @@ class ReplaySource(Source):
             model.clear()
             self.i = 0
             self._reset = False
+        if self.paused and self._stepped:
+            return []  # a step fed exactly one event; others of its instant wait for the next
         return self._feed_until(model, self.t)
 
     def _feed_until(self, model: Model, t: float) -> list[Event]:
         events = self.events
         start = self.i
-        while self.i < len(events) and events[self.i].t <= t:
-            self.i += 1
-        fed = events[start : self.i]
-        feed_timed(model, fed)
+        end = start
+        while end < len(events) and events[end].t <= t:
+            end += 1
+        self.i = end
+        fed = events[start:end]
+        feed_seeded(model, fed, self.notices)
         return fed
 
     def toggle_pause(self) -> bool:
         self.paused = not self.paused
+        self._stepped = False
         return self.paused
 
     def step(self, model: Model) -> Event | None:
-        """Pause, and play exactly one more event."""
+        """Pause, and play exactly one more event (the next poll adds none)."""
         self.paused = True
+        self._stepped = True
+        if self._reset:  # a seek back not yet played: replay up to it first
+            model.clear()
+            self.i = 0
+            self._reset = False
+            self._feed_until(model, self.t)
         if self.done:
             return None
         e = self.events[self.i]
         self.t = max(self.t, e.t)
         self.i += 1
-        feed_timed(model, [e])
+        feed_seeded(model, [e], self.notices)
         return e
 
     def seek(self, delta: float) -> float:
-        """Move the replay clock by ``delta`` seconds; backwards replays from the start."""
+        """Move the replay clock by ``delta`` seconds; backwards replays from the start (the
+        events are in memory: the file is read once)."""
         target = min(max(self.t + delta, self.start_t), self.end_t)
         if target < self.t:
             self._reset = True
         self.t = target
+        self._stepped = False
         return target - self.start_t
+
+
+# ---------------------------------------------------------------------------- the kernel's SMC-R
+
+
+class KernelTuiSource(Source):
+    """The Linux kernel's own SMC-R (``smckernel.source.KernelSource``): smc_diag and
+    SMC_GEN_NETLINK polled ``rate`` times a second and diffed into our events, tracepoints and
+    probes where the process may (root); its snapshots (``stats`` events) are applied to the
+    model as a stack's are. The kernel is watched, not driven: no actions."""
+
+    label = "kernel"
+    can = frozenset()
+
+    def __init__(self, netns: str | None = None, rate: float = 1.0, factory: Callable | None = None) -> None:
+        super().__init__()
+        self.netns, self.rate = netns, rate
+        self.factory = factory  # tests give a KernelSource stand-in
+        self.src = None
+        self.inbox: deque[Event] = deque()
+
+    async def start(self) -> None:
+        from smckernel.kio import KernelUnavailable
+        from smckernel.source import KernelSource
+
+        make = self.factory or (lambda: KernelSource(rate=self.rate, netns=self.netns))
+        try:
+            self.src = make()
+            self.src.add_listener(self.inbox.append)  # called on the source's threads; deque.append is atomic
+            await asyncio.get_running_loop().run_in_executor(None, self.src.start)
+        except KernelUnavailable as e:
+            raise SourceError(f"the kernel's SMC-R: {e.strerror}") from None
+        except ValueError as e:
+            raise SourceError(f"the kernel's SMC-R: {e}") from None
+        for note in self.src.notes:
+            self.notices.append(f"kernel: {note}")
+
+    async def stop(self) -> None:
+        if self.src is not None:
+            src, self.src = self.src, None
+            await asyncio.get_running_loop().run_in_executor(None, src.close)
+
+    def poll(self, model: Model) -> list[Event]:
+        events = []
+        while self.inbox:
+            events.append(self.inbox.popleft())
+        feed_seeded(model, events, self.notices)
+        return events
+
+    def now(self) -> float | None:
+        return time.monotonic()  # the kernel source's events carry CLOCK_MONOTONIC
+
+    def describe(self) -> str:
+        host = getattr(self.src, "host", None) or "this host"
+        return f"kernel {host}" + (f" (netns {self.netns})" if self.netns else "")
 
 
 # ---------------------------------------------------------------------------- synthetic (tests, benchmarks)

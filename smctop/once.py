@@ -1,0 +1,190 @@
+"""``smctop --once [--json]``: print one snapshot, as smc-tools prints it, and exit.
+
+* ``--kernel``: the kernel's own SMC-R, read once (``smckernel.source.snapshot_once``);
+* ``--replay FILE``: the state at the recording's end (every event fed to the model, its
+  snapshots applied);
+* ``--attach PATH``: each stack's state, once its first snapshot has reached the model;
+* the embedded demo: run for ``--once-after`` seconds, then its state.
+
+All but the kernel go through smctop's model: what the views show is what is printed. The
+text is ``smckernel.once.render_text`` (``smcss -a/-d/-R``, ``smcr linkgroup show`` and
+``link-show``, ``smcr device``, ``smcr stats``), once per host; the JSON is one document
+with the keys ``connections``, ``link_groups``, ``links``, ``devices`` and ``stats``
+(``smckernel.once.to_json_obj``). With several hosts every connection, link group, link
+and device names its ``host``, and ``stats`` maps each host to its counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any, Callable
+
+from smckernel.model import Conn as KConn
+from smckernel.model import Snapshot, from_stack_snapshot
+from smckernel.once import render_text, to_json_obj
+
+from .model import Model
+
+_CURSORS = ("rx_prod", "rx_cons", "tx_prod", "tx_cons", "tx_sent", "tx_fin")
+
+
+def _host_names(model: Model) -> list[str]:
+    names = set(model.hosts)
+    names.update(h for h, _ in model.conns)
+    names.update(h for h, _ in model.lgrs)
+    return sorted(names)
+
+
+def stack_snapshot(model: Model, host: str) -> dict[str, Any]:
+    """What the model knows of ``host`` now, in ``Stack.snapshot()``'s shape: its open
+    connections, its live link groups and their links, its devices and counters."""
+    h = model.hosts.get(host)
+    conns = []
+    for (hn, _), c in sorted(model.conns.items(), key=lambda kv: kv[0][1]):
+        if hn != host or c.closed is not None or c.state == "CLOSED":
+            continue
+        d = {"conn": c.id, "state": c.state, "mode": None if c.mode == "INIT" else c.mode, "role": c.role or None,
+             "local": c.local or None, "peer": c.peer or None, "version": c.version or None,
+             "fallback_reason": c.reason or None, "peer_diagnosis": c.peer_diagnosis or None, "token": c.token or None,
+             "rmb_size": c.rmb_size or None, "peer_rmb_size": c.peer_rmb_size or None, "lgr": c.lgr, "link": c.link,
+             "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received}  # fmt: skip
+        for k in _CURSORS:
+            d[k] = getattr(c, k) or None
+        conns.append({k: v for k, v in d.items() if v is not None})
+    lgrs = []
+    for (hn, gid), g in sorted(model.lgrs.items()):
+        if hn != host or g.terminated:
+            continue
+        links = [{"id": lk.id, "state": lk.state, "device": lk.device or None, "qpn": lk.qpn or None, "peer_qpn": lk.peer_qpn or None,
+                  "gid": lk.gid or None, "peer_gid": lk.peer_gid or None, "conns": lk.conns}
+                 for lid, lk in sorted(g.links.items()) if lk.state != "LINK_UNUSED"]  # fmt: skip
+        lgrs.append({"id": gid, "role": g.role or None, "type": g.type, "crit": g.crit, "version": g.version or None,
+                     "peer_host": g.peer_host or None, "conns": g.conns,
+                     "links": [{k: v for k, v in lk.items() if v is not None} for lk in links]})  # fmt: skip
+    return {"host": host, "t": model.now if model.now is not None else (h.snapshot_t if h else 0.0) or 0.0,
+            "stats": dict(h.stats) if h else {}, "devices": list(h.devices) if h else [],
+            "fallbacks": list(h.fallbacks) if h else [], "lgrs": [{k: v for k, v in g.items() if v is not None} for g in lgrs],
+            "conns": conns}  # fmt: skip
+
+
+def model_snapshots(model: Model, source: str) -> list[Snapshot]:
+    """One neutral snapshot (smckernel.model.Snapshot) per host the model knows."""
+    out = []
+    for host in _host_names(model):
+        snap = from_stack_snapshot(stack_snapshot(model, host), source=source)
+        h = model.hosts.get(host)
+        for lst in h.listeners if h else ():  # smcss -a lists listening sockets
+            snap.connections.append(KConn(state="LISTEN", local=lst.get("local"), mode=lst.get("mode") if isinstance(lst.get("mode"), str) else None))
+        if not h or h.snapshot_t is None:
+            snap.notes.append(f"no snapshot of {host} reached smctop: devices and counters are unknown")
+        if model.dropped:
+            snap.notes.append(f"the source missed {model.dropped:,} events")
+        out.append(snap)
+    return out
+
+
+def render(snaps: list[Snapshot], as_json: bool) -> str:
+    if not as_json:
+        return "\n".join(render_text(s) for s in snaps)
+    if len(snaps) == 1:
+        doc = to_json_obj(snaps[0])
+        for key in ("connections", "link_groups", "links", "devices"):
+            for item in doc[key]:
+                item["host"] = snaps[0].host
+        return json.dumps(doc, indent=2) + "\n"
+    doc: dict[str, Any] = {"hosts": [s.host for s in snaps], "source": snaps[0].source if snaps else None, "connections": [],
+                           "link_groups": [], "links": [], "devices": [], "stats": {}, "notes": []}  # fmt: skip
+    for s in snaps:
+        one = to_json_obj(s)
+        for key in ("connections", "link_groups", "links", "devices"):
+            doc[key].extend({"host": s.host, **item} for item in one[key])
+        doc["stats"][s.host] = one["stats"]
+        doc["notes"].extend(f"{s.host}: {n}" for n in one["notes"])
+    return json.dumps(doc, indent=2) + "\n"
+
+
+async def collect(source, model: Model, ready: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
+    """Start ``source``, poll it into ``model`` until ``ready()`` (True) or ``timeout`` (False)."""
+    await source.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            source.poll(model)
+            now = source.now()
+            if now is not None:
+                model.advance(now)
+            if ready() or time.monotonic() >= deadline:
+                return ready()
+            await asyncio.sleep(poll)
+    finally:
+        await source.stop()
+
+
+def run_once(args, ap, build_source) -> int:
+    """``smctop ... --once [--json]``: see the module docstring. Exit 0 with the snapshot on
+    stdout, 2 with the reason on stderr when the source cannot give one."""
+    import sys
+
+    from .sources import AttachSource, DemoSource, KernelTuiSource, ReplaySource, SourceError
+
+    if args.json and not args.once:
+        ap.error("--json goes with --once")
+    if args.from_raw and not (args.kernel and args.once):
+        ap.error("--from-raw goes with --kernel --once")
+    if not (args.once_after == args.once_after and 0 <= args.once_after <= 3600):
+        ap.error(f"--once-after {args.once_after}: seconds from 0 to 3600")
+    if args.kernel:
+        from smckernel.kio import KernelUnavailable
+        from smckernel.source import snapshot_once
+
+        try:
+            if args.from_raw:
+                from smckernel.__main__ import _from_raw
+
+                snaps = [_from_raw(argparse.Namespace(from_raw=args.from_raw, host=None, netns=args.netns))]
+            else:
+                snaps = [snapshot_once(args.netns)]
+        except KernelUnavailable as e:
+            print(f"smctop: the kernel's SMC-R: {e.strerror}", file=sys.stderr)
+            return 2
+    else:
+        source = build_source(args, ap)
+        model = Model()
+        try:
+            if isinstance(source, ReplaySource):
+                source.t = source.end_t  # the state at its end
+                source.poll(model)
+                source.poll(model)
+                model.advance(source.end_t)
+                ok = True
+            elif isinstance(source, AttachSource):
+                def ready() -> bool:  # each stack's first snapshot is in the model, or its socket closed
+                    return all(p in source.closed or (source.hostnames.get(p) in model.hosts
+                                                      and model.hosts[source.hostnames[p]].snapshot_t is not None) for p in source.paths)  # fmt: skip
+
+                ok = asyncio.run(collect(source, model, ready, timeout=10.0))
+            else:
+                assert isinstance(source, (DemoSource, KernelTuiSource))
+                started = time.monotonic()
+                ok = not asyncio.run(collect(source, model, lambda: time.monotonic() - started >= args.once_after, timeout=args.once_after))
+                ok = True
+        except SourceError as e:
+            print(f"smctop: {e}", file=sys.stderr)
+            return 2
+        for note in source.notices:
+            print(f"smctop: {note}", file=sys.stderr)
+        if not ok:
+            print("smctop: not every stack sent its snapshot within 10 s: printing what arrived", file=sys.stderr)
+        snaps = model_snapshots(model, source.label)
+        if not snaps:
+            print(f"smctop: the {source.label} source showed nothing to print", file=sys.stderr)
+            return 2
+    try:
+        sys.stdout.write(render(snaps, args.json))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+    return 0
