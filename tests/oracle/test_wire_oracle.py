@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import random
+import zlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -395,7 +396,8 @@ def decoded(tmp_path_factory) -> dict[str, tshark.Frame]:
                 psn += 1
                 packet = roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY, 0x11, psn, se=True, ackreq=True), payload=case.data)
                 case.ib_expect = expect_ib(packet)
-            case.frame = put(roce.encode_frame(packet, CLIENT, SERVER, 49152), case.name)
+            case.wire = roce.encode_frame(packet, CLIENT, SERVER, 49152)
+            case.frame = put(case.wire, case.name)
     frames = tshark.decode(str(path), "-J", "frame smc infiniband _ws.malformed")
     by_number = {f.number: f for f in frames}
     result = {case.name: by_number[case.frame] for case in CASES}
@@ -465,7 +467,29 @@ def test_icrc_sits_where_wireshark_expects_it(decoded):
         if case.kind == "clc" or case.known_bug:
             continue
         frame = decoded[case.name]
-        assert "infiniband.invariant.crc" in frame.ib, case.name
+        want = spec_icrc(case.wire)
+        assert case.wire[-4:] == want, f"{case.name}: ICRC {case.wire[-4:].hex()} on the wire, {want.hex()} by the spec"
+        assert num(frame.ib["infiniband.invariant.crc"]) == int.from_bytes(want, "big"), case.name  # what tshark shows
+
+
+def spec_icrc(frame: bytes) -> bytes:
+    """The ICRC of an Ethernet/IPv4/UDP RoCEv2 frame computed here from the IBA rule (annex A17:
+    CRC-32 over 8 bytes of 1s for the LRH, the IPv4 header with TOS, TTL and checksum set to 1s,
+    the UDP header with its checksum set to 1s, the BTH with its reserved byte 4 set to 1s, and
+    the rest up to the ICRC; sent least significant byte first), not by stack.wire.roce."""
+    ihl = (frame[14] & 0x0F) * 4
+    ip, udp, ib = bytearray(frame[14 : 14 + ihl]), bytearray(frame[14 + ihl : 22 + ihl]), bytearray(frame[22 + ihl : -4])
+    ip[1], ip[8], ip[10], ip[11] = 0xFF, 0xFF, 0xFF, 0xFF
+    udp[6], udp[7] = 0xFF, 0xFF
+    ib[4] = 0xFF
+    return zlib.crc32(b"\xff" * 8 + ip + udp + ib).to_bytes(4, "little")
+
+
+def test_the_spec_icrc_is_a_connectx_icrc():
+    """spec_icrc itself, against a CNP a ConnectX-4 Lx sent (scapy's RoCE tests), so the oracle above is no echo."""
+    cnp = bytes.fromhex("e41d2dab2bc27cfe90643b32080045c2003c718c400040119161 0a0011010a001201 000012b700280000"
+                        "8100ffff40000118 00000000 00000000000000000000000000000000 82fd002a".replace(" ", ""))  # fmt: skip
+    assert spec_icrc(cnp) == bytes.fromhex("82fd002a")
 
 
 def test_pyshark_reads_the_same_capture(tmp_path):
