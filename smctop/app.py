@@ -160,8 +160,7 @@ class SmctopApp(App):
         self.started = True
         self.status = f"{self.source.describe()}: watching"
         if self.source.label == "demo":  # the demo's story, on its first screen
-            self.status = ("demo: alpha sends to beta over SMC-R (2 links); gamma declines. Try: f pulls beta's port (failover), "
-                           "r restores it, d forces a decline, ? help")  # fmt: skip
+            self.status = "demo: f pulls beta's port (failover), r restores, d forces a decline, ? help"
         if self.record_at_start:
             self._start_recording(self.record_at_start)
         self.set_interval(self.poll_interval, self.sync)
