@@ -67,17 +67,16 @@ def smctop_command(tmp: Path) -> str:
 
 
 def conn_rows(screen: str) -> list[str]:
-    return [line for line in screen.splitlines() if re.match(r"^(alpha|beta) +ACTIVE +\S+ +\S+ +SMCR ", line)]
+    return [line for line in screen.splitlines() if re.match(r"^(alpha|beta) +ACTIVE +SMCR ", line)]
 
 
 def sent_bytes(screen: str) -> float:
     """The sum of the Sent column of the SMC-R connections on screen."""
-    header = next(line for line in screen.splitlines() if "Local Address" in line and "Sent" in line)
-    end = header.index("Sent") + 4
     total = 0.0
     for line in conn_rows(screen):
-        num, _, unit = line[end - 9 : end].strip().partition(" ")
-        total += float(num) * UNITS.get(unit, 1)
+        m = re.search(r"%\s+\S+\s+([\d.]+) (\w+)\s+[\d.]+ \w+", line)  # fill, RMB, Sent, Recv
+        if m:
+            total += float(m.group(1)) * UNITS.get(m.group(2), 1)
     return total
 
 
@@ -86,15 +85,15 @@ def test_demo_in_tmux_fail_a_link_from_the_keyboard(tmp_path):
     try:
         term.start(smctop_command(tmp_path))
         # the demo comes up: SMC-R connections between alpha and beta, gamma's fallbacks
-        first = term.wait_for(lambda s: len(conn_rows(s)) >= 4 and "fallback ratio" in s, what="the demo's SMC-R connections")
+        first = term.wait_for(lambda s: len(conn_rows(s)) >= 4 and "fallback " in s, what="the demo's SMC-R connections")
         assert "hosts alpha beta gamma" in first and "traffic on" in first
         term.keys("1")
         links = term.wait_for(lambda s: s.count("LINK_ACTIVE") >= 4 and " SYM " in s, what="two SYM link groups with their links")
-        assert "Crit" in links and "failovers:" in links and "none yet" in links
+        assert "Crit" in links and "failovers (connections moved)" in links and "none yet" in links
         term.keys("f")  # fail a link: beta's first port goes down
-        after = term.wait_for(lambda s: "connections moved in" in s and "(port down on 127.30.0.2)" in s,
+        after = term.wait_for(lambda s: "connections moved in" in s and re.search(r"\(port down on 127\.30\.\d+\.2\)", s),
                               what="the failover in the links view")  # fmt: skip
-        assert "beta: port of 127.30.0.2 pulled" in after
+        assert re.search(r"beta: port of 127\.30\.\d+\.2 pulled", after)  # the demo's addresses are per run (127.30.x)
         assert re.search(r"beta +\S+ +SERVER +ASYM[LP]", after) or re.search(r"beta +\S+ +SERVER +SINGLE", after), after
         assert "LINK_ACTIVE" in after
         # the connections carry on: still ACTIVE over SMC-R, and bytes keep moving
@@ -102,10 +101,10 @@ def test_demo_in_tmux_fail_a_link_from_the_keyboard(tmp_path):
         one = term.wait_for(lambda s: len(conn_rows(s)) >= 4 and "Sent" in s, what="the connections view")
         time.sleep(3)
         two = term.wait_for(lambda s: len(conn_rows(s)) >= 4 and sent_bytes(s) > sent_bytes(one), what="bytes still moving after the failover")
-        assert "failovers 2" in two or "failovers 3" in two or "failovers 4" in two
+        assert re.search(r"failovers [234]\b", two), two  # not "failovers 20"
         term.keys("r")  # restore the port
         term.keys("1")
-        term.wait_for(lambda s: "beta: port of 127.30.0.2 back up" in s, what="the port restored")
+        term.wait_for(lambda s: re.search(r"beta: port of 127\.30\.\d+\.2 back up", s), what="the port restored")
         term.keys("q")
         try:
             done = term.wait_for(lambda s: "smctop exited" in s, timeout=30, what="smctop to quit")
