@@ -79,7 +79,7 @@ async def _scenario(engine: str):
         # the counts stand still now: the next look reports nothing
         quiet = check()
 
-        # a burst past the QP's budget a second: counted as not examined, still reported
+        # a burst of more than the QP's budget a second: what it examines and what it does not, both reported
         burst = 1500
         for i in range(burst):
             _forge(forger, ca, sa, link.qp.qpn, far + 100_000 + i * 7919, 0, 0)
@@ -129,7 +129,10 @@ def test_out_of_window_frames_are_reported_as_a_possible_attack(engine):
     assert len(out["seen"]) <= sum(1 for n in out["ticks"] if n) and all(n <= 1 for n in out["ticks"])
     link2 = _link(out["snap2"], out["lgr"], out["link"])
     assert link2["psn_out_of_window"] + link2["suspect_ignored"] == 40 + out["burst"]
-    assert link2["suspect_ignored"] > 0  # the budget held: most of the burst was not examined
+    # whatever share of the burst the budget left unexamined (how it splits across seconds depends on
+    # the machine's speed: test_soft_security tests the budget), the last report and the snapshot agree
+    final = out["seen"][-1]
+    assert (final.get("psn_out_of_window"), final.get("suspect_ignored")) == (link2["psn_out_of_window"], link2["suspect_ignored"])
     assert out["snap2"]["rdma"][out["device"]]["psn_out_of_window"] == link2["psn_out_of_window"]
     assert out["echoed"]  # the connection was not hurt
 
