@@ -101,8 +101,10 @@ def test_slow_subscriber_is_told_what_it_missed(tmp_path):
         await host.start()
         try:
             client = await ControlClient.connect(path)
-            await client.send("subscribe", queue=10)
-            await asyncio.sleep(0.1)
+            sub = await client.send("subscribe", queue=10)
+            async for m in client.messages():  # the reply: the subscription is in place
+                if m["type"] == "reply" and m.get("id") == sub:
+                    break
             for i in range(500):  # far more than a 10-event queue, faster than anyone reads
                 host.host.emit(host.now(), "conn.error", conn=i, reason="test")
             seen = []
@@ -118,7 +120,12 @@ def test_slow_subscriber_is_told_what_it_missed(tmp_path):
 
     seen = run(main())
     dropped = [e for e in seen if e["kind"] == "events.dropped"]
-    assert dropped and dropped[0]["count"] > 0
+    errors = [e["conn"] for e in seen if e["kind"] == "conn.error"]
+    # the 500 are emitted without yielding: the 10-event queue keeps the first 10, and the record
+    # that stands where the rest would have been counts exactly the 490 it lost
+    assert errors == list(range(10)), errors
+    assert len(dropped) == 1 and dropped[0]["count"] == 490, dropped
+    assert seen[-1]["kind"] == "events.dropped"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
