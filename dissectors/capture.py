@@ -22,10 +22,11 @@ from typing import Iterator
 
 from stack.events import Event, Skipped, read_jsonl
 
-from .derive import derive_events
+from .derive import derive_events, observe
 from .pcap import CaptureError, read_capture
 from .pcapng import LINKTYPE_WIRESHARK_UPPER_PDU, Packet
 from .records import RecordError, decode_record, is_event_record
+from .roce_analysis import RoceAnalysis
 
 __all__ = ["CaptureError", "read_events", "read_packets_and_error", "has_event_records"]
 
@@ -66,7 +67,9 @@ def has_event_records(packets: list[Packet]) -> bool:
     return any(p.linktype == LINKTYPE_WIRESHARK_UPPER_PDU and is_event_record(p.data) for p in packets)
 
 
-def read_events(source: str | Path | bytes, skipped: Skipped | None = None) -> Iterator[Event]:
+def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce: RoceAnalysis | None = None) -> Iterator[Event]:
+    """The events of a capture (see the module's doc). ``roce``: an analysis that also sees
+    every RoCEv2 frame, for retransmission counts (a frame sent again is never a new event)."""
     data = _load(source)
     if data[:1] == b"{":
         try:
@@ -76,7 +79,9 @@ def read_events(source: str | Path | bytes, skipped: Skipped | None = None) -> I
         return
     packets, error = read_packets_and_error(data)
     if has_event_records(packets):
-        for p in packets:
+        for n, p in enumerate(packets, 1):
+            if roce is not None and p.linktype != LINKTYPE_WIRESHARK_UPPER_PDU:
+                observe(roce, p, n)
             if p.linktype == LINKTYPE_WIRESHARK_UPPER_PDU and is_event_record(p.data):
                 try:
                     yield decode_record(p.data)
@@ -86,6 +91,6 @@ def read_events(source: str | Path | bytes, skipped: Skipped | None = None) -> I
                         raise CaptureError(f"{where}: {e}") from None
                     skipped.add(where, e)
     else:
-        yield from derive_events(packets)
+        yield from derive_events(packets, roce)
     if error is not None:
         raise error

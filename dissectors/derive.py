@@ -9,6 +9,10 @@ Connections are numbered like Wireshark's ``tcp.stream`` (order of first appeara
 CDC messages and RDMA WRITEs are tied to connections by the alert tokens and rkeys of
 CLC Accept/Confirm (and of ADD LINK / CONFIRM RKEY for the other links); links by QPN.
 A frame that cannot be decoded becomes a ``trace.note`` event naming it; nothing stops.
+
+RoCEv2 frames go through the RC analysis (dissectors.roce_analysis) first: a frame that
+repeats a PSN already captured (a retransmission) yields no event, so each message is
+counted once; the analysis counts the retransmissions apart.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from .pcapng import (
     Packet,
 )
 from .records import TAG_DISSECTOR_NAME, RecordError, parse_tags
+from .roce_analysis import RoceAnalysis
 
 LINKTYPE_NULL = 0
 LINKTYPE_IPV4 = 228
@@ -103,7 +108,8 @@ class _Lgr:
 class Deriver:
     """Turn packets into events, one packet at a time (``feed``), then ``finish``."""
 
-    def __init__(self) -> None:
+    def __init__(self, roce: RoceAnalysis | None = None) -> None:
+        self.roce = RoceAnalysis() if roce is None else roce  # retransmissions, counted apart
         self.flows: dict[frozenset, _Flow] = {}
         self.tokens: dict[int, int] = {}  # alert token -> conn
         self.rkeys: dict[int, int] = {}  # rkey -> conn
@@ -135,7 +141,8 @@ class Deriver:
             elif ip.protocol == IPPROTO_UDP:
                 udp, poff = decode_udp(ip_bytes, off, cut=cut)
                 if udp.dport == roce.ROCE_V2_PORT:
-                    yield from self._roce(t, src, dst, ip_bytes[poff : off + udp.length], cut=cut and off + udp.length > len(ip_bytes))
+                    yield from self._roce(t, src, dst, ip_bytes[poff : off + udp.length], cut=cut and off + udp.length > len(ip_bytes),
+                                          number=number, dropped=dropped_at(p))  # fmt: skip
         except (WireError, RecordError, ValueError) as e:
             yield Event(t, "trace.note", "", fields={"frame": number, "error": str(e)})
 
@@ -264,7 +271,8 @@ class Deriver:
 
     # ------------------------------------------------------------------ RoCEv2
 
-    def _roce(self, t: float, src: str, dst: str, udp_payload: bytes, cut: bool = False) -> Iterator[Event]:
+    def _roce(self, t: float, src: str, dst: str, udp_payload: bytes, cut: bool = False, number: int = 0,
+              dropped: str | None = None) -> Iterator[Event]:  # fmt: skip
         if len(udp_payload) < roce.BTH_LEN + (0 if cut else roce.ICRC_LEN):
             raise ValueError(f"RoCEv2 datagram of {len(udp_payload)} bytes is too short for BTH and ICRC")
         if cut:  # the snap length took the ICRC and the end of the data: the headers are what counts
@@ -273,6 +281,12 @@ class Deriver:
             pkt = roce.decode_packet(udp_payload, pad_cut=True)
         else:
             pkt = roce.decode_packet(udp_payload[: -roce.ICRC_LEN])
+        if dropped == "rx":
+            return  # a receiver's copy of a frame that did not arrive: the sender's copy is the message
+        bth = pkt.bth
+        mark = self.roce.feed(number, t, src, dst, bth.opcode, bth.dest_qp, bth.psn, pkt.aeth.syndrome if pkt.aeth else None, dropped == "tx")
+        if mark is not None and mark.duplicate:
+            return  # a retransmission of a frame already decoded: the same message, not a new one
         yield from self._ib(t, src, dst, pkt.bth.opcode, pkt.bth.dest_qp, pkt.payload, pkt.reth)
 
     def _ib(self, t: float, src: str, dst: str, opcode: int, dest_qp: int, payload: bytes, reth) -> Iterator[Event]:
@@ -343,8 +357,38 @@ class Deriver:
             yield from self._ib(t, src, dst, roce.Opcode.SEND_ONLY, 0, body, None)
 
 
-def derive_events(packets: Iterable[Packet]) -> Iterator[Event]:
-    d = Deriver()
+def dropped_at(p: Packet) -> str | None:
+    """"tx" or "rx" for a frame smc-trace's recorder kept though fault injection dropped it
+    (its comment says "dropped (tx at ...)": the sender's copy, never on the wire; "rx": a
+    receiver's copy of a frame whose sender's copy is recorded too), else None."""
+    for c in p.comments:
+        if c.startswith("dropped (tx"):
+            return "tx"
+        if c.startswith("dropped (rx"):
+            return "rx"
+    return None
+
+
+def observe(analysis: RoceAnalysis, p: Packet, number: int) -> None:
+    """Feed one captured frame to the RC analysis (frames that are not RoCEv2 are ignored):
+    for a recording, whose events come from its records, not from the frames."""
+    dropped = dropped_at(p)
+    ip_bytes = ip_payload(p)
+    if dropped == "rx" or ip_bytes is None or len(ip_bytes) < 20 or ip_bytes[9] != IPPROTO_UDP:
+        return
+    off = (ip_bytes[0] & 0x0F) * 4
+    if len(ip_bytes) < off + 8 + roce.BTH_LEN or struct.unpack_from("!H", ip_bytes, off + 2)[0] != roce.ROCE_V2_PORT:
+        return
+    b = off + 8
+    opcode = ip_bytes[b]
+    dest_qp, psn = struct.unpack_from("!II", ip_bytes, b + 4)
+    syndrome = ip_bytes[b + roce.BTH_LEN] if opcode in (0x11, 0x12) and len(ip_bytes) > b + roce.BTH_LEN else None
+    analysis.feed(number, p.timestamp_ns / 1e9, ".".join(map(str, ip_bytes[12:16])), ".".join(map(str, ip_bytes[16:20])),
+                  opcode, dest_qp & 0xFFFFFF, psn & 0xFFFFFF, syndrome, dropped == "tx")  # fmt: skip
+
+
+def derive_events(packets: Iterable[Packet], roce: RoceAnalysis | None = None) -> Iterator[Event]:
+    d = Deriver(roce)
     t = 0.0
     for n, p in enumerate(packets, 1):
         t = p.timestamp_ns / 1e9

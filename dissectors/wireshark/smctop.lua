@@ -10,6 +10,11 @@
 --    and our event records), in Lua tables: 4.0 has no conversation API for Lua.
 -- 4. Decodes SMC-Rv2 LLC messages whose 16-bit length is little-endian, as Linux writes it on
 --    x86 (Wireshark 4.0 reads it big-endian and marks them malformed or misses them).
+-- 5. RC analysis, as Wireshark's TCP analysis: a request frame that repeats a PSN (go-back-N
+--    after a NAK, a retry after an RNR NAK or a timeout) is marked smctop.rc.retransmission,
+--    names its first copy (smctop.rc.original) and gets expert info; it is the same message,
+--    so filter "smc && !smctop.rc.original" counts each message once. ACK, NAK and RNR NAK
+--    frames name the request they answer. Same rules as dissectors/roce_analysis.py.
 --
 -- Install: `smc-trace install-plugin` (copies this file to ~/.local/lib/wireshark/plugins/),
 -- or run `tshark -X lua_script:smctop.lua ...`. Written for Lua 5.2 to 5.4: no bit operators.
@@ -393,6 +398,17 @@ local LLC_TYPES = {
 }
 local QP_MTU = { [1] = "256", [2] = "512", [3] = "1024", [4] = "2048", [5] = "4096" }
 
+-- A frame-number field (a link in Wireshark), with its frame type where this Wireshark knows them.
+local function framenum_field(abbr, name, ftype)
+    if ProtoField.framenum then
+        local ok, f = pcall(ProtoField.framenum, abbr, name, base.NONE, frametype and frametype[ftype])
+        if ok then return f end
+        ok, f = pcall(ProtoField.framenum, abbr, name)
+        if ok then return f end
+    end
+    return ProtoField.uint32(abbr, name)
+end
+
 local F = {
     -- event records
     kind = ProtoField.string("smctop.kind", "Kind"),
@@ -449,6 +465,15 @@ local F = {
     llc_inval = ProtoField.uint8("smctop.llc.num_invalid", "Invalid rkeys / error mask"),
     llc_user_data = ProtoField.bytes("smctop.llc.user_data", "User data"),
     llc_data = ProtoField.bytes("smctop.llc.data", "Data"),
+    -- RC analysis (retransmissions, ACK / NAK pairing)
+    rc_retrans = ProtoField.bool("smctop.rc.retransmission", "Retransmission (a PSN sent before)"),
+    rc_original = framenum_field("smctop.rc.original", "First copy of this PSN in frame", "RETRANS_PREV"),
+    rc_go_back = ProtoField.string("smctop.rc.go_back", "Go-back (the requester went back to this PSN)"),
+    rc_cause = framenum_field("smctop.rc.cause_frame", "Go-back caused by the NAK in frame", "NONE"),
+    rc_answers = framenum_field("smctop.rc.answers", "Answers the request in frame", "ACK"),
+    rc_ack = ProtoField.string("smctop.rc.ack", "Acknowledgement"),
+    rc_dropped = ProtoField.bool("smctop.rc.dropped", "Dropped by fault injection (never on the wire)"),
+    rc_stale = ProtoField.bool("smctop.rc.stale", "Stale: for PSNs acknowledged already (the requester ignores it)"),
 }
 local flist = {}
 for _, f in pairs(F) do flist[#flist + 1] = f end
@@ -477,9 +502,15 @@ local E = {
         expert.group.PROTOCOL, expert.severity.CHAT),
     bad_record = ProtoExpert.new("smctop.expert.bad_record", "smctop event record not decodable",
         expert.group.MALFORMED, expert.severity.ERROR),
+    retransmission = ProtoExpert.new("smctop.expert.retransmission", "RC retransmission: a PSN sent again",
+        expert.group.SEQUENCE, expert.severity.NOTE),
+    nak = ProtoExpert.new("smctop.expert.nak", "RC NAK",
+        expert.group.SEQUENCE, expert.severity.WARN),
+    rnr_nak = ProtoExpert.new("smctop.expert.rnr_nak", "RC RNR NAK: no receive buffer posted",
+        expert.group.SEQUENCE, expert.severity.WARN),
 }
 smctop.experts = { E.fallback, E.delete_link, E.delete_link_resp, E.abnormal_close, E.write_blocked,
-    E.cursor_back, E.failover, E.failover_end, E.conn_error, E.llc_le, E.bad_record }
+    E.cursor_back, E.failover, E.failover_end, E.conn_error, E.llc_le, E.bad_record, E.retransmission, E.nak, E.rnr_nak }
 
 ------------------------------------------------------------------------------ field extractors
 
@@ -513,6 +544,10 @@ local X = {
     ip6_src = field("ipv6.src"), ip6_dst = field("ipv6.dst"),
     tcp_stream = field("tcp.stream"), tcp_src = field("tcp.srcport"), tcp_dst = field("tcp.dstport"),
     destqp = field("infiniband.bth.destqp"),
+    opcode = field("infiniband.bth.opcode"),
+    psn = field("infiniband.bth.psn"),
+    syndrome = field("infiniband.aeth.syndrome"),
+    comment = field("frame.comment"),
     r_key = field("infiniband.reth.r_key"),
     clc = field("smc.clc_msg"),
     llc_msg = field("smc.llc_msg"),
@@ -558,6 +593,8 @@ local function reset()
         rkeys = {},     -- rkey -> stream
         lgs = {},       -- link group number -> {n, streams = {}}
         cursors = {},   -- alert token -> {wrap, count}
+        rc = {},        -- "src>dst|destqp" -> requester flow (RC analysis)
+        rc_pairs = {},  -- ACK flow key -> requester flow key
         nlg = 0,
     }
 end
@@ -912,11 +949,159 @@ local function cursor_before(a_wrap, a_count, b_wrap, b_count)
     return d >= 32768
 end
 
+------------------------------------------------------------------------------ RC analysis
+
+local PSN_SPAN = 16777216
+
+local function psn_diff(a, b) -- a - b in 24-bit serial arithmetic
+    local d = (a - b) % PSN_SPAN
+    if d >= PSN_SPAN / 2 then d = d - PSN_SPAN end
+    return d
+end
+
+local function dropped_at() -- smc-trace's recorder keeps frames fault injection dropped, with a comment
+    for _, fi in ipairs(all(X.comment)) do
+        local c = tostring(fi.value)
+        if c:sub(1, 11) == "dropped (tx" then return "tx" end
+        if c:sub(1, 11) == "dropped (rx" then return "rx" end
+    end
+    return nil
+end
+
+local ACK_KINDS = { [0] = "ACK", [1] = "RNR NAK", [3] = "NAK" }
+
+local function rc_requester(key, src, dst, psn)
+    local paired = S.rc_pairs[key]
+    if paired then return S.rc[paired] end
+    local taken, best = {}, nil
+    for _, v in pairs(S.rc_pairs) do taken[v] = true end
+    for fk, f in pairs(S.rc) do
+        if f.src == dst and f.dst == src and not taken[fk] and f.next ~= nil then
+            local d = psn_diff(psn, f.next)
+            if d <= 0 and d >= -65536 then -- a PSN it has sent, or the next it will send
+                if best == nil or f.born > S.rc[best].born then best = fk end -- the latest QP wins
+            end
+        end
+    end
+    if best == nil then return nil end
+    S.rc_pairs[key] = best
+    return S.rc[best]
+end
+
+local function rc_ack(m, key, src, dst, psn, syndrome, num)
+    local kind = math.floor(syndrome / 32)
+    m.ack = ACK_KINDS[kind] or ("reserved " .. kind)
+    if kind == 3 then m.nak_code = syndrome % 32 end
+    if m.dropped then return m end -- a lost answer told the requester nothing
+    local f = rc_requester(key, src, dst, psn)
+    if not f then return m end
+    local c = f.copies[psn]
+    if f.una ~= nil and psn_diff(psn, f.una) < -1 then -- an old answer: the requester ignores it
+        m.stale = true
+        if c then m.answers = c[2] end
+        return m
+    end
+    local acked = kind == 0 and psn or (psn - 1) % PSN_SPAN -- a NAK acknowledges everything before its PSN
+    if f.una == nil or psn_diff(acked, f.una) >= 0 then f.una = (acked + 1) % PSN_SPAN end
+    if kind == 1 then
+        f.pending = { "RNR NAK", num }
+    elseif kind == 3 then
+        if m.nak_code == 0 then f.pending = { "NAK", num } end
+        if not c then c = f.copies[(psn - 1) % PSN_SPAN] end -- a NAK acknowledges what came before its PSN
+    end
+    if c then m.answers = c[2] end
+    return m
+end
+
+local function rc_mark(pinfo)
+    local op = first(X.opcode)
+    local psn, qpn = first(X.psn), first(X.destqp)
+    if op == nil or op >= 0x20 or psn == nil or qpn == nil then return nil end -- RC only
+    local drop = dropped_at()
+    if drop == "rx" then return nil end -- the receiver's copy of a frame whose sender's copy is there too
+    local src, dst = ip_pair()
+    local key = tostring(src) .. ">" .. tostring(dst) .. "|" .. tostring(qpn)
+    local num = pinfo.number
+    local m = { psn = psn, dropped = drop == "tx" }
+    if op == 0x11 or op == 0x12 then return rc_ack(m, key, src, dst, psn, first(X.syndrome) or 0, num) end
+    local f = S.rc[key]
+    if not f then
+        f = { src = src, dst = dst, copies = {}, born = num }
+        S.rc[key] = f
+    end
+    local c = f.copies[psn]
+    if c then
+        m.original = c[1]
+        c[2] = num
+    else
+        f.copies[psn] = { num, num }
+    end
+    if m.dropped then -- never on the wire; where the recorder put it says nothing of the order
+        m.retransmission = c ~= nil
+        return m
+    end
+    local behind = f.next ~= nil and psn_diff(psn, f.next) < 0
+    if not behind then f.next = (psn + 1) % PSN_SPAN end
+    if behind or c then
+        m.retransmission = true
+        if not f.run or f.last_psn == nil or psn_diff(psn, f.last_psn) <= 0 then -- the requester went back
+            local p = f.pending or { "timeout", nil }
+            f.pending = nil
+            m.go_back, m.cause_frame = p[1], p[2]
+            f.run = true
+        end
+    else
+        f.run = false
+    end
+    f.last_psn = psn
+    return m
+end
+
+local function render_rc(rc, tvb, pinfo, t)
+    if rc.dropped then t:add(F.rc_dropped, tvb(0, 0), true):set_generated() end
+    if rc.retransmission then
+        t:add(F.rc_retrans, tvb(0, 0), true):set_generated()
+        local text = string.format("RC retransmission of PSN %d", rc.psn)
+        if rc.original then
+            t:add(F.rc_original, tvb(0, 0), rc.original):set_generated()
+            text = text .. string.format(" (first copy in frame %d): the same message, not a new one", rc.original)
+        else
+            text = text .. " (its first copy was not captured)"
+        end
+        if rc.go_back then
+            t:add(F.rc_go_back, tvb(0, 0), "after " .. rc.go_back):set_generated()
+            if rc.cause_frame then t:add(F.rc_cause, tvb(0, 0), rc.cause_frame):set_generated() end
+            text = text .. "; go-back after " .. rc.go_back .. (rc.cause_frame and (" in frame " .. rc.cause_frame) or "")
+        end
+        t:add_proto_expert_info(E.retransmission, text)
+        pinfo.cols.info:append(rc.original and string.format(" [retransmission of frame %d]", rc.original) or " [retransmission]")
+    end
+    if rc.ack then
+        t:add(F.rc_ack, tvb(0, 0), rc.ack):set_generated()
+        if rc.answers then t:add(F.rc_answers, tvb(0, 0), rc.answers):set_generated() end
+        if rc.stale then t:add(F.rc_stale, tvb(0, 0), true):set_generated() end
+        local to = rc.answers and string.format(" (request in frame %d)", rc.answers) or ""
+        if rc.stale then to = to .. ", stale: for PSNs acknowledged already" end
+        if rc.ack == "NAK" then
+            local what = rc.nak_code == 0 and "PSN sequence error: the requester goes back to PSN " .. rc.psn
+                or ("error code " .. tostring(rc.nak_code))
+            t:add_proto_expert_info(E.nak, "RC NAK, " .. what .. to)
+        elseif rc.ack == "RNR NAK" then
+            t:add_proto_expert_info(E.rnr_nak, "RC RNR NAK for PSN " .. rc.psn .. ": the requester retries it" .. to)
+        end
+    end
+end
+
 local function smc_result(pinfo)
     local res = { notes = {} }
     local any = false
     local src, dst = ip_pair()
     local stream = first(X.tcp_stream)
+    local rc = rc_mark(pinfo)
+    if rc and (rc.retransmission or rc.ack or rc.dropped) then
+        any = true
+        res.rc = rc
+    end
 
     -- CLC: Decline reasons, Accept/Confirm ties
     local clcs = all(X.clc)
@@ -1035,7 +1220,7 @@ local function smc_result(pinfo)
         if wraps[1] and curs[1] then
             local w, c = wraps[1].value, curs[1].value
             res.prod = string.format("%d:%d", w, c)
-            if not res.failover then -- the failover validation CDC carries no cursors
+            if not res.failover and not (rc and rc.retransmission) then -- validation CDCs carry no cursors; a copy sent again is old
                 local last = S.cursors[token]
                 if last and cursor_before(last[1], last[2], w, c) then
                     res.back = string.format("%d:%d", last[1], last[2])
@@ -1050,6 +1235,7 @@ end
 
 local function render_smc(res, tvb, pinfo, tree)
     local t = tree:add(smctop, tvb(0, 0), "smctop analysis")
+    if res.rc then render_rc(res.rc, tvb, pinfo, t) end
     if res.connection then
         t:add(F.connection, tvb(0, 0), res.connection):set_generated()
         t:add(F.stream, tvb(0, 0), res.stream):set_generated()

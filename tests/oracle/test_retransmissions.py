@@ -1,0 +1,320 @@
+"""Retransmissions in captures (#16 item 9): real RC retransmissions from the soft provider's
+loss faults, recorded by smc-trace, counted once as messages and apart as retransmissions by
+smc-trace (summary, decode, the events derived from the frames alone) and by tshark with the
+Lua plugin, against the sender's engine statistics (every QP's ``tx``, ``seq_naks_rx``,
+``timeouts``, ``retransmits``) and the stack's own message events.
+
+Two captures: one frame dropped on purpose (go-back-N after a PSN sequence NAK: exact), and
+10% loss both ways over twenty exchanges (retries after timeouts and NAKs, lost ACKs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from support import tshark
+from support.stacks import run, two_stacks, until
+
+from dissectors.capture import read_events
+from dissectors.derive import dropped_at
+from dissectors.pcapng import LINKTYPE_ETHERNET, PcapngWriter, epb_block, read_packets
+from dissectors.recorder import Recorder
+from dissectors.roce_analysis import RoceAnalysis
+from stack.wire import roce
+
+pytestmark = pytest.mark.oracle
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = ROOT / "dissectors" / "wireshark" / "smctop.lua"
+MESSAGES = ("cdc.msg", "llc.msg", "rdma.write")
+
+
+def fresh_pair() -> tuple[str, str]:
+    o1, o2 = random.randint(160, 205), random.randint(0, 255)
+    return f"127.{o1}.{o2}.1", f"127.{o1}.{o2}.2"
+
+
+async def _echo(r, w):
+    while data := await r.read(65536):
+        w.write(data)
+    w.close()
+
+
+def record(path: Path, lossy: bool) -> dict:
+    """A recorded echo session with loss; returns the stack's events, the engine statistics
+    of every sender QP (keyed by its flow) and the recorder's stats."""
+
+    async def main():
+        async with two_stacks({}, {}, mtu=1024, pair=fresh_pair()) as (a, b, ca, sa):
+            events = []
+            rec = Recorder(str(path))
+            events.extend((rec.attach(a), rec.attach(b)))
+            a.bus.listen(events.append), b.bus.listen(events.append)
+            await b.start_server(_echo, sa, 5000)
+            r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
+            w.write(b"a" * 3000)
+            assert await r.readexactly(3000) == b"a" * 3000
+            devices = [d.device for s in (a, b) for d in s.rdma.devs.values()]
+            if lossy:
+                for d in devices:
+                    d.faults.loss = 0.1
+                for _ in range(20):
+                    data = os.urandom(2000)
+                    w.write(data)
+                    assert await r.readexactly(2000) == data
+                for d in devices:
+                    d.faults.loss = 0.0
+            else:
+                devices[0].faults.drop_next = 1  # the client's next frame: the RDMA WRITE of these bytes
+                w.write(b"z" * 500)
+                assert await r.readexactly(500) == b"z" * 500
+            w.write_eof()
+            assert await r.read() == b""
+            w.close()
+            await w.wait_closed()
+            await until(lambda: not a.snapshot()["conns"] and not b.snapshot()["conns"], what="the connection closed on both sides")
+
+            def stats():
+                out = {}
+                for s, peer in ((a, sa), (b, ca)):
+                    for q in s.rdma.qps.values():
+                        out[(q.dev.device.addr, peer, q.path.remote_qpn)] = dict(q.qp.stats)
+                return out
+
+            last = [None]
+
+            def quiet():  # nothing sent since the previous look
+                now = stats()
+                same, last[0] = now == last[0], now
+                return same
+
+            await until(quiet, what="the QPs quiet")
+            rec_stats = rec.close()
+            assert stats() == last[0], "frames sent while the recording closed"
+            return {"events": list(events), "stats": last[0], "rec": rec_stats}
+
+    return run(main())
+
+
+@pytest.fixture(scope="module", params=["go_back", "lossy"])
+def capture(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("retrans") / f"{request.param}.pcapng"
+    got = record(path, request.param == "lossy")
+    assert got["rec"].dropped_frames == 0 and got["rec"].dropped_events == 0
+    return request.param, path, got
+
+
+def sent(events, kind: str) -> int:
+    """Messages the stacks sent (their own events: one per message however often it went out)."""
+    return sum(1 for e in events if e.kind == kind and (kind == "rdma.write" or e.get("dir") == "tx"))
+
+
+def expected(got) -> dict:
+    """What the engine statistics say the capture holds, summed over the sender QPs."""
+    st = got["stats"].values()
+    return {"frames": sum(s["tx"] for s in st), "naks": sum(s["seq_naks_rx"] for s in st), "rnr_naks": sum(s["rnr_naks_rx"] for s in st),
+            "timeouts": sum(s["timeouts"] for s in st), "retransmits": sum(s["retransmits"] for s in st)}  # fmt: skip
+
+
+def check_analysis(kind: str, ra: RoceAnalysis, got) -> None:
+    flows = {(f.src, f.dst, f.qpn): f for f in ra.senders()}
+    assert set(flows) == set(got["stats"]), (set(flows), set(got["stats"]))
+    for key, st in got["stats"].items():
+        f = flows[key]
+        assert f.frames == st["tx"], (key, f.to_dict(), st)  # every frame the engine sent is in the capture
+        assert f.retransmissions == f.duplicates == st["tx"] - f.packets, (key, f.to_dict(), st)
+        assert f.naks == st["seq_naks_rx"] and f.rnr_naks == st["rnr_naks_rx"] == 0, (key, f.to_dict(), st)
+        # a go-back the capture cannot see: the first frame sent again lost again, or a NAK for the PSN the
+        # requester was resending anyway; so the capture's go-backs are at most the engine's
+        assert f.go_backs["NAK"] <= f.naks and f.go_backs["timeout"] <= st["timeouts"], (key, f.to_dict(), st)
+        assert sum(f.go_backs.values()) <= st["retransmits"], (key, f.to_dict(), st)
+        assert f.not_captured == 0
+    t = ra.totals()
+    if kind == "go_back":  # one frame dropped: the client goes back once, after one NAK, and sends two frames again
+        client = [f for f in flows.values() if f.retransmissions]
+        assert len(client) == 1 and client[0].retransmissions == 2 and dict(client[0].go_backs) == {"NAK": 1}
+        assert t["retransmissions"] == 2 and expected(got)["retransmits"] == expected(got)["naks"] == 1
+    else:
+        assert t["retransmissions"] > 0 and t["go_backs"]["timeout"] > 0, t  # loss of 10% over ~160 frames
+
+
+def test_smc_trace_counts_each_message_once(capture):
+    kind, path, got = capture
+    ra = RoceAnalysis()
+    events = list(read_events(path, None, ra))
+    check_analysis(kind, ra, got)
+    assert ra.totals()["frames"] == expected(got)["frames"]
+    # a recording's events are the stacks' own: the frames sent again add none
+    for k in MESSAGES:
+        assert sum(1 for e in events if e.kind == k) == sum(1 for e in got["events"] if e.kind == k), k
+
+
+def strip_records(path: Path, out: Path) -> None:
+    """The recording's frames alone (interface 0, comments and lengths kept), as a capture of
+    the wire that smc-trace has to decode frame by frame."""
+    with open(path, "rb") as f:
+        packets = [p for p in read_packets(f) if p.interface == 0]
+    with open(out, "wb") as f:
+        w = PcapngWriter(f)
+        w.add_interface(LINKTYPE_ETHERNET, "lo")
+        for p in packets:
+            w.write_blocks(epb_block(0, p.timestamp_ns, p.data, "\n".join(p.comments).encode() if p.comments else None, p.original_length))
+
+
+def test_events_derived_from_the_frames_count_each_message_once(capture, tmp_path):
+    kind, path, got = capture
+    wire = tmp_path / "wire.pcapng"
+    strip_records(path, wire)
+    with open(wire, "rb") as f:
+        packets = list(read_packets(f))
+    lost = sum(1 for p in packets if dropped_at(p) == "tx")  # the recording keeps lost frames, with a comment
+    assert lost == 1 if kind == "go_back" else lost > 0
+    ra = RoceAnalysis()
+    derived = list(read_events(wire, None, ra))
+    check_analysis(kind, ra, got)
+    for k in ("cdc.msg", "llc.msg"):
+        assert sum(1 for e in derived if e.kind == k) == sent(got["events"], k), k
+    assert sum(1 for e in derived if e.kind == "rdma.write") == sent(got["events"], "rdma.write")
+    assert not [e for e in derived if e.kind == "trace.note"]
+
+
+def smc_trace(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dissectors.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_summary_and_decode_show_retransmissions_apart(capture):
+    kind, path, got = capture
+    exp = expected(got)
+    res = smc_trace("summary", "--json", str(path))
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["roce"]["frames"] == exp["frames"] and d["roce"]["naks"] == exp["naks"]
+    assert d["roce"]["retransmissions"] == exp["frames"] - d["roce"]["packets"] > 0
+    assert d["kinds"].get("cdc.msg") == sum(1 for e in got["events"] if e.kind == "cdc.msg")
+    text = smc_trace("summary", str(path))
+    assert text.returncode == 0, text.stderr
+    assert f"retransmissions: {d['roce']['retransmissions']} frames" in text.stdout
+    dec = smc_trace("decode", str(path))
+    assert dec.returncode == 0, dec.stderr
+    head, _, tail = dec.stdout.partition("\nRoCE retransmissions (")
+    assert tail.startswith(f"{d['roce']['retransmissions']} frames, not counted as messages):")
+    lines = [x for x in tail.splitlines()[1:] if x.strip()]
+    assert len(lines) == sum(d["roce"]["go_backs"].values())
+    # the frames of the go-backs: every retransmission but the copies lost again
+    assert sum(int(x.split(" sent again, ")[1].split(" frame")[0]) for x in lines) <= d["roce"]["retransmissions"]
+    if kind == "go_back":
+        assert len(lines) == 1 and "2 frames, after NAK (frame " in lines[0]
+
+
+# ---------------------------------------------------------------------------------------- tshark
+
+
+def plugin_frames(path) -> list[dict]:
+    proc = tshark.run(["-n", "-X", f"lua_script:{PLUGIN}", "-r", str(path), "-Y", "infiniband || smctop", "-T", "json", "--no-duplicate-keys"])
+    assert proc.returncode == 0, proc.stderr
+    assert "Lua" not in proc.stderr, proc.stderr
+    return [p["_source"]["layers"] for p in json.loads(proc.stdout or "[]")]
+
+
+def _values(node, key, out):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                out.extend(v if isinstance(v, list) else [v])
+            else:
+                _values(v, key, out)
+    elif isinstance(node, list):
+        for v in node:
+            _values(v, key, out)
+    return out
+
+
+def one(layers, key):
+    v = _values(layers, key, [])
+    return v[0] if v else None
+
+
+def plugin_mark(layers) -> tuple:
+    cause = one(layers, "smctop.rc.go_back")
+    return (one(layers, "smctop.rc.retransmission") == "1", one(layers, "smctop.rc.original"), cause and cause.removeprefix("after "),
+            one(layers, "smctop.rc.cause_frame"), one(layers, "smctop.rc.ack"), one(layers, "smctop.rc.answers"),
+            one(layers, "smctop.rc.dropped") == "1", one(layers, "smctop.rc.stale") == "1")  # fmt: skip
+
+
+def python_mark(m) -> tuple:
+    s = lambda v: None if v is None else str(v)  # noqa: E731 (tshark's JSON has strings)
+    return (m.retransmission, s(m.original), m.cause, s(m.cause_frame), m.ack, s(m.answers), m.dropped, m.stale)
+
+
+def same_marks(frames: list[dict], ra: RoceAnalysis) -> None:
+    """The plugin marks every RoCE frame as dissectors/roce_analysis.py does (same rules, two languages)."""
+    ib = {int(f["frame"]["frame.number"]): f for f in frames if "infiniband" in f}
+    assert ib
+    for n, layers in ib.items():
+        m = ra.marks.get(n)
+        want = python_mark(m) if m is not None else (False, None, None, None, None, None, False, False)
+        if not (want[0] or want[4] or want[6]):  # the plugin shows nothing for a plain first copy
+            want = (False, None, None, None, None, None, False, False)
+        assert plugin_mark(layers) == want, (n, plugin_mark(layers), want)
+
+
+def test_plugin_and_python_agree_on_crafted_frames(tmp_path):
+    """Cases real sessions rarely give: a capture of the wire that never saw the first copy,
+    retries of a vanished peer, an RNR NAK, a stale NAK."""
+    a, b, qa, qb, nak_seq = "10.1.0.1", "10.1.0.2", 0x111, 0x222, 3 << 5  # NAK: PSN sequence error
+    path = tmp_path / "crafted.pcapng"
+    plan = [("r", 1), ("r", 2), ("r", 4), ("r", 5), ("a", (3, nak_seq)), ("r", 3), ("r", 4), ("r", 5), ("a", (5, 0x1F)),
+            ("r", 6), ("r", 6), ("r", 6), ("a", (6, (1 << 5) | 14)), ("r", 6), ("a", (3, nak_seq)), ("r", 7)]  # fmt: skip
+    with open(path, "wb") as f:
+        w = PcapngWriter(f)
+        i = w.add_interface(LINKTYPE_ETHERNET, "lo")
+        for n, (what, arg) in enumerate(plan):
+            if what == "r":
+                pkt = roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY, qb, arg), payload=bytes(44))
+                src, dst = a, b
+            else:
+                pkt = roce.RocePacket(roce.Bth(roce.Opcode.ACKNOWLEDGE, qa, arg[0]), aeth=roce.Aeth(arg[1], 1))
+                src, dst = b, a
+            w.write_packet(i, 1_700_000_000_000_000_000 + n * 1000, roce.encode_frame(pkt, src, dst, 49152))
+    ra = RoceAnalysis(keep_marks=True)
+    list(read_events(path, None, ra))
+    frames = plugin_frames(path)
+    same_marks(frames, ra)
+    t = ra.totals()
+    assert (t["retransmissions"], t["go_backs"], t["rnr_naks"], t["naks"]) == (6, {"NAK": 1, "RNR NAK": 1, "timeout": 2}, 1, 1)
+    assert sum(1 for f in frames if one(f, "smctop.rc.stale") == "1") == 1
+
+
+def test_tshark_with_the_plugin_counts_each_message_once(capture):
+    kind, path, got = capture
+    exp = expected(got)
+    frames = plugin_frames(path)
+    ra = RoceAnalysis(keep_marks=True)
+    list(read_events(path, None, ra))
+    t = ra.totals()
+    same_marks(frames, ra)
+    retrans = [f for f in frames if one(f, "smctop.rc.retransmission") == "1"]
+    assert len(retrans) == t["retransmissions"] == exp["frames"] - t["packets"]
+    assert all(one(f, "smctop.rc.original") for f in retrans)  # a recording holds every first copy
+    # the CDC messages tshark shows, without the copies sent again, are the stacks' own
+    cdc = [f for f in frames if one(f, "smc.llc_msg") == "0xfe"]
+    first = [f for f in cdc if one(f, "smctop.rc.original") is None]
+    assert len(first) == sent(got["events"], "cdc.msg") < len(cdc) + (kind == "go_back")
+    # NAKs name the request they answer, and each go-back names its cause
+    naks = [f for f in frames if one(f, "smctop.rc.ack") == "NAK" and one(f, "smctop.rc.dropped") != "1" and one(f, "smctop.rc.stale") != "1"]
+    assert len(naks) == exp["naks"] and all(one(f, "smctop.rc.answers") for f in naks)
+    experts = [m for f in frames for m in _values(f, "_ws.expert.message", [])]
+    assert sum(1 for m in experts if m.startswith("RC retransmission of PSN")) == len(retrans)
+    assert sum(1 for m in experts if m.startswith("RC NAK, PSN sequence error")) == len([f for f in frames if one(f, "smctop.rc.ack") == "NAK"])
+    go_backs = Counter(one(f, "smctop.rc.go_back") for f in retrans if one(f, "smctop.rc.go_back"))
+    assert go_backs == Counter({f"after {c}": n for c, n in t["go_backs"].items() if n})
+    assert not [m for m in experts if "producer cursor went backwards" in m]  # a CDC sent again is not a cursor going back
+    if kind == "go_back":
+        assert go_backs == Counter({"after NAK": 1}) and len(retrans) == 2
