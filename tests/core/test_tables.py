@@ -1,26 +1,21 @@
-"""Every (state, input) pair of every transition table, against the real objects.
-
-A pair in a table must land where the table says (for any values of its guards); a pair
-not in a table must be rejected as a protocol error, leaving the state alone. Random
-sequences of closes, shutdowns and aborts on both ends must always end in CLOSED with
-no other exception; hostile CLC bytes must end every handshake cleanly.
+"""Properties of the state machines beyond single transitions (those are checked against
+hand-written expected tables in test_expected_tables.py, not against the code's own tables):
+the handshake machine implements every guard and action its table names; random sequences
+of closes, shutdowns and aborts on both ends always end in CLOSED with no other exception;
+hostile CLC bytes end every handshake cleanly; the docs are drawn from the tables.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.fabric import open_conn, pair
 
-from stack.core.states import CONN_INPUTS, CONN_TABLE, HS_INPUTS, HS_TABLE, LINK_INPUTS, LINK_TABLE, Hs, ProtocolError, step
+from stack.core.states import HS_TABLE, Hs
 from stack.wire import clc
-from stack.wire.codes import DECL, DEL, LinkState, SmcState
+from stack.wire.codes import DECL, DEL, SmcState
 
-FAST = settings(max_examples=32, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-GUARDS = ("unread_data", "peer_closed", "unread_data_and_peer_closed", "done_writing_only", "released_and_closed_sent")
 
 
 def established():
@@ -29,87 +24,13 @@ def established():
     return fabric, a, b, a.host.conns[1]
 
 
-@pytest.mark.parametrize("state,event", list(itertools.product(list(SmcState), CONN_INPUTS)), ids=lambda x: getattr(x, "name", x))
-@FAST
-@given(flags=st.fixed_dictionaries({
-    "unread": st.booleans(), "peer_closed": st.booleans(), "done_writing": st.booleans(), "closed_sent": st.booleans(),
-    "released": st.booleans(),
-}))  # fmt: skip
-def test_every_connection_pair(state, event, flags):
-    fabric, a, b, conn = established()
-    conn.state = state
-    conn.bytes_to_rcv = 100 if flags["unread"] else 0
-    conn.peer_closed = flags["peer_closed"]
-    conn.sent["done_writing"] = flags["done_writing"]
-    conn.sent["closed"] = flags["closed_sent"]
-    conn.released = flags["released"]
-    if (state, event) not in CONN_TABLE:
-        with pytest.raises(ProtocolError) as e:
-            conn.input(event, fabric.now)
-        assert e.value.state == state and e.value.event == event and conn.state == state
-        return
-    rule = step("connection", CONN_TABLE, state, event, conn._guard)
-    conn.input(event, fabric.now)
-    assert conn.state == (rule.next if rule.next is not None else state)
-
-
-@pytest.mark.parametrize("state,event", list(itertools.product(list(LinkState), LINK_INPUTS)), ids=lambda x: getattr(x, "name", x))
-def test_every_link_pair(state, event):
-    fabric, a, b, conn = established()
-    link = conn.link
-    link.state = state
-    if (state, event) not in LINK_TABLE:
-        with pytest.raises(ProtocolError):
-            link.set_state(event, fabric.now)
-        assert link.state == state
-    else:
-        rule = LINK_TABLE[(state, event)][0]
-        link.set_state(event, fabric.now)
-        assert link.state == (rule.next if rule.next is not None else state)
-
-
 HS_GUARDS = sorted({rule.guard for rules in HS_TABLE.values() for rule in rules if rule.guard})
-
-
-def _planned(action: str) -> tuple[str, object]:
-    """What the machine should call for a table action: ``send_decline(TIMEOUT_CL)`` is
-    send_decline with TIMEOUT_CL's code, ``wait(clc_wait)`` is wait with the timeout's name."""
-    name, _, arg = action.partition("(")
-    arg = arg.rstrip(")") or None
-    return name, getattr(DECL, arg) if arg is not None and name in ("send_decline", "fall_back") else arg
-
-
-@pytest.mark.parametrize("state,event", list(itertools.product(list(Hs), HS_INPUTS)), ids=lambda x: getattr(x, "name", x))
-@FAST
-@given(guards=st.sets(st.sampled_from(HS_GUARDS)))
-def test_every_handshake_pair(state, event, guards):
-    """The real machine (Handshake.input) over every pair: it lands where the table says and
-    performs the rule's actions in order, with their arguments; a pair not in the table is a
-    ProtocolError that leaves the state alone. The example decides which guards hold, and the
-    actions are recorded instead of performed (the behaviour tests perform them)."""
-    fabric, a, b = pair()
-    conn = a.host._new_conn(1, "client", (a.ip, 40001), (b.ip, 5000), fabric.now)
-    machine = a.host.handshake
-    done = []
-    machine._guards = {g: (lambda c, i, g=g: g in guards) for g in machine._guards}
-    machine._actions = {name: (lambda c, i, now, arg, name=name: done.append((name, arg))) for name in machine._actions}
-    machine._plans = machine.plans()
-    conn.hs = state
-    if (state, event) not in HS_TABLE:
-        with pytest.raises(ProtocolError) as e:
-            machine.input(conn, event, fabric.now)
-        assert e.value.state == state and e.value.event == event and conn.hs == state and not done
-        return
-    rule = step("handshake", HS_TABLE, state, event, lambda g: g in guards)
-    machine.input(conn, event, fabric.now)
-    assert conn.hs == (rule.next if rule.next is not None else state)
-    assert done == [_planned(action) for action in rule.actions]
 
 
 def test_the_handshake_machine_has_every_guard_and_action_of_its_table_and_no_other():
     fabric, a, b = pair()
     machine = a.host.handshake
-    actions = {_planned(action)[0] for rules in HS_TABLE.values() for rule in rules for action in rule.actions}
+    actions = {action.partition("(")[0] for rules in HS_TABLE.values() for rule in rules for action in rule.actions}
     assert set(machine._guards) == set(HS_GUARDS)
     assert set(machine._actions) == actions
 
