@@ -131,10 +131,11 @@ def check_analysis(kind: str, ra: RoceAnalysis, got) -> None:
         assert f.frames == st["tx"], (key, f.to_dict(), st)  # every frame the engine sent is in the capture
         assert f.retransmissions == f.duplicates == st["tx"] - f.packets, (key, f.to_dict(), st)
         assert f.naks == st["seq_naks_rx"] and f.rnr_naks == st["rnr_naks_rx"] == 0, (key, f.to_dict(), st)
-        # a go-back the capture cannot see: the first frame sent again lost again, or a NAK for the PSN the
-        # requester was resending anyway; so the capture's go-backs are at most the engine's
-        assert f.go_backs["NAK"] <= f.naks and f.go_backs["timeout"] <= st["timeouts"], (key, f.to_dict(), st)
-        assert sum(f.go_backs.values()) <= st["retransmits"], (key, f.to_dict(), st)
+        # a go-back the capture cannot see (every copy lost again, or a NAK for the PSN the requester was
+        # resending anyway) makes the capture's go-backs at most the engine's. Their causes follow the
+        # recording's order, which between two hosts' devices is not always the order of events (a NAK can
+        # be written after the copy it caused): only the one-loss capture below pins them down.
+        assert f.go_backs["NAK"] <= f.naks and sum(f.go_backs.values()) <= st["retransmits"], (key, f.to_dict(), st)
         assert f.not_captured == 0
     t = ra.totals()
     if kind == "go_back":  # one frame dropped: the client goes back once, after one NAK, and sends two frames again
