@@ -69,6 +69,26 @@ def engine_text(engines) -> str:
     return "+".join(sorted({e for e in engines if e}))
 
 
+def with_host_extras(snap: dict, stack) -> dict:
+    """An in-process stack's snapshot with what smctop can read from the stack itself when the
+    snapshot does not say it: its listening sockets (smcss -a) and its UEIDs."""
+    if "listeners" not in snap:
+        listen = []
+        for server in getattr(stack, "servers", []):
+            for sock in getattr(server, "sockets", ()):
+                try:
+                    host, port = sock.getsockname()[:2]
+                except (OSError, ValueError, TypeError):
+                    continue
+                listen.append({"local": f"{host}:{port}", "smc": bool(getattr(server, "smc", True))})
+        snap["listeners"] = listen
+    if "ueids" not in snap:
+        ueids = getattr(getattr(getattr(stack, "config", None), "smc", None), "ueids", None)
+        if isinstance(ueids, (list, tuple)):
+            snap["ueids"] = [str(u) for u in ueids]
+    return snap
+
+
 class SourceError(Exception):
     """A source could not start or an action failed: the message is for the operator."""
 
@@ -191,7 +211,7 @@ class DemoSource(Source):
             self._last_snapshot = now
             for stack in self.demo.hosts.values():
                 if stack.host is not None:
-                    model.apply_snapshot(stack.snapshot())
+                    model.apply_snapshot(with_host_extras(stack.snapshot(), stack))
         rr = self.demo.totals.get("rr")
         if rr is not None and rr.latencies:
             model.add_latencies(rr.latencies)
@@ -449,6 +469,7 @@ class ReplaySource(Source):
         self._wall: float | None = None
         self._reset = False
         self._stepped = False  # paused by a step: the events at the same instant wait for the next step
+        self._seeded = False  # the recording's starting snapshots are in the model
 
     async def start(self) -> None:
         if not self._loaded:
@@ -488,10 +509,29 @@ class ReplaySource(Source):
         if self._reset:
             model.clear()
             self.i = 0
-            self._reset = False
+            self._reset = self._seeded = False
+        if self.i == 0:
+            self._seed(model)
         if self.paused and self._stepped:
             return []  # a step fed exactly one event; others of its instant wait for the next
         return self._feed_until(model, self.t)
+
+    def _seed(self, model: Model) -> None:
+        """Before the first event: each host's state when the recording began (the snapshot
+        the recorder took as it attached: events of the first milliseconds come before it in
+        time, but they are in it too)."""
+        if self._seeded:
+            return
+        self._seeded = True
+        hosts = set()
+        for e in self.events[:10_000]:
+            snap = snapshot_of(e)
+            if snap is not None and e.fields.get("cause") == "recording started" and e.host not in hosts:
+                hosts.add(e.host)
+                try:
+                    model.apply_snapshot(snap)
+                except BadRecord as err:
+                    self.notices.append(f"{e.host}: the recording's starting snapshot left out: {err}")
 
     def _feed_until(self, model: Model, t: float) -> list[Event]:
         events = self.events
@@ -516,8 +556,11 @@ class ReplaySource(Source):
         if self._reset:  # a seek back not yet played: replay up to it first
             model.clear()
             self.i = 0
-            self._reset = False
+            self._reset = self._seeded = False
+            self._seed(model)
             self._feed_until(model, self.t)
+        elif self.i == 0:
+            self._seed(model)
         if self.done:
             return None
         e = self.events[self.i]
@@ -624,6 +667,8 @@ class SyntheticSource(Source):
     def poll(self, model: Model) -> list[Event]:
         events, self.pending = self.pending, []
         feed_timed(model, events)
+        for info in self.stack.host_info(self.t):  # the host-wide part of a snapshot (devices, listeners, counters)
+            model.apply_host_info(info)
         return events
 
     async def set_traffic(self, on: bool) -> str:

@@ -1,0 +1,140 @@
+"""Replays that start right (issue 17 item 2) and ``--once`` on real stacks (issue 18 item 3):
+a recording begun mid-session (``smc-trace record --attach`` while a connection runs) seeds
+the model from the snapshot at its start; a step moves exactly one event; a seek back
+starts again from that snapshot; ``smctop --attach ... --once --json`` and ``smctop --replay
+... --once --json`` print the connection a real stack has."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+from support.stacks import ROOT, TrafficServer, addrs, wait_for
+
+from smctop.model import Model
+from smctop.sources import ReplaySource, load_events
+
+PY = sys.executable
+
+
+def smctop(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-c", "import sys; from smctop.app import main; sys.exit(main(sys.argv[1:]))", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
+
+
+def _attach_once(sock) -> dict | None:
+    r = smctop("--attach", str(sock), "--once", "--json", timeout=60)
+    if r.returncode != 0:
+        return None
+    doc = json.loads(r.stdout)
+    return doc if any(c["mode"] == "SMCR" and c["state"] == "ACTIVE" for c in doc["connections"]) else None
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """A server with a control socket and a request/response client running for minutes; what
+    ``--attach --once`` saw of it; and a recording begun while the connection was up."""
+    tmp = tmp_path_factory.mktemp("midsession")
+    ca, sa = addrs()
+    sock = tmp / "server.sock"
+    server = TrafficServer(sa, "--control", str(sock))
+    client = subprocess.Popen([PY, "-m", "stack.traffic.cli", "client", "--connect", f"{sa}:5000", "--device", ca, "--mode", "rr",
+                               "--duration", "600", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)  # fmt: skip
+    try:
+        seen = []
+        assert wait_for(lambda: seen.append(_attach_once(sock)) or seen[-1] is not None, 120, interval=0.5), "no SMC-R connection came up"
+        out = tmp / "mid.pcapng"
+        rec = subprocess.run([PY, "-m", "dissectors.cli", "record", "-w", str(out), "--attach", str(sock), "--duration", "2"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+        assert rec.returncode == 0, rec.stderr
+        yield {"attach": seen[-1], "capture": out, "server": sa, "client": ca}
+    finally:
+        for p in (client, server.proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def started(src: ReplaySource) -> ReplaySource:
+    asyncio.run(src.start())
+    return src
+
+
+def _smcr(doc: dict) -> dict:
+    (c,) = [c for c in doc["connections"] if c["mode"] == "SMCR"]
+    return c
+
+
+def test_attach_once_prints_the_real_stacks_connection_link_group_and_link(session):
+    doc = session["attach"]
+    assert {"connections", "link_groups", "links", "devices", "stats"} <= set(doc)
+    c = _smcr(doc)
+    assert c["state"] == "ACTIVE" and c["local"].startswith(session["server"] + ":") and c["peer"].startswith(session["client"] + ":")
+    assert c["link_group"]["id"] and c["buffers"]["rmb"]
+    (lk,) = [lk for lk in doc["links"] if lk["link_group"] == c["link_group"]["id"]]
+    assert lk["state"] == "LINK_ACTIVE" and lk["qpn"] and lk["peer_qpn"] and lk["gid"] and lk["peer_gid"]
+    assert [d["name"] for d in doc["devices"]] == [session["server"]]
+
+
+def test_a_recording_begun_mid_session_seeds_the_model_at_its_start(session):
+    events = load_events(str(session["capture"]))
+    assert not any(e.kind == "conn.open" for e in events)  # the connection opened before the recording: only the snapshot has it
+    src = started(ReplaySource(str(session["capture"]), events=events, clock=lambda: 0.0))
+    src.paused = True
+    m = Model()
+    src.poll(m)  # the replay's first instant: the starting snapshot
+    assert src.i > 0
+    conns = [c for c in m.conns.values() if c.mode == "SMCR"]
+    assert len(conns) == 1
+    c = conns[0]
+    want = _smcr(session["attach"])
+    assert (c.state, c.local, c.peer, c.role) == ("ACTIVE", want["local"], want["peer"], "server")
+    (g,) = m.lgrs.values()
+    assert g.type == "SINGLE" and g.id == want["link_group"]["id"]
+    (lk,) = g.links.values()
+    assert lk.state == "LINK_ACTIVE" and lk.qpn and lk.peer_qpn and lk.gid and lk.peer_gid
+    assert c.bytes_sent > 0 and c.bytes_received > 0  # the counts at the start, not 0
+
+
+def test_a_step_moves_exactly_one_event(session):
+    events = load_events(str(session["capture"]))
+    src = started(ReplaySource(str(session["capture"]), events=events, clock=lambda: 0.0))
+    m = Model()
+    src.paused = True
+    src.poll(m)
+    for _ in range(50):  # recordings have many events at one instant: none may come along
+        before = (m.seq, src.i)
+        e = src.step(m)
+        assert e is not None
+        assert (m.seq, src.i) == (before[0] + 1, before[1] + 1)
+        assert src.poll(m) == [] and m.seq == before[0] + 1
+
+
+def test_a_seek_back_starts_again_from_the_snapshot(session):
+    events = load_events(str(session["capture"]))
+    wall = [0.0]
+    src = started(ReplaySource(str(session["capture"]), events=events, clock=lambda: wall[0]))
+    m = Model()
+    src.poll(m)
+    src.seek(1.0)
+    src.poll(m)
+    at = src.i
+    src.seek(-10.0)
+    src.poll(m)
+    assert src.i < at
+    c = next(c for c in m.conns.values() if c.mode == "SMCR")
+    assert c.state == "ACTIVE" and c.local == _smcr(session["attach"])["local"]
+
+
+def test_replay_once_prints_the_state_at_the_recordings_end(session):
+    r = smctop("--replay", str(session["capture"]), "--once", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    c, want = _smcr(doc), _smcr(session["attach"])
+    assert (c["state"], c["local"], c["peer"], c["token"]) == ("ACTIVE", want["local"], want["peer"], want["token"])
+    assert c["bytes_sent"] > want["bytes_sent"]  # later than the attach snapshot: events moved it on
+    text = smctop("--replay", str(session["capture"]), "--once").stdout
+    assert "# smcr linkgroup link-show" in text and want["local"] in text and "LINK_ACTIVE" in text
