@@ -138,3 +138,17 @@ def test_install_plugin_copies_the_lua_plugin(tmp_path):
     assert installed.read_bytes() == (Path(ROOT) / "dissectors" / "wireshark" / "smctop.lua").read_bytes()
 
 
+
+
+def test_summary_prints_the_recorders_dropped_line_with_its_exact_counts(tmp_path):
+    """A recorder that had to drop (a 20-item queue) says so, with the numbers it counted."""
+    path = tmp_path / "drops.pcapng"
+    _, stats = record_session(path, max_pending=20)
+    assert stats.dropped_events + stats.dropped_frames > 0
+    res = trace("summary", str(path))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[1] == f"DROPPED while recording: {stats.dropped_events} events, {stats.dropped_frames} frames", lines[:3]
+    clean = tmp_path / "clean.pcapng"
+    record_session(clean)
+    assert "DROPPED" not in trace("summary", str(clean)).stdout  # and a recording that dropped nothing does not
