@@ -2,6 +2,7 @@
 
     smc-trace record -w run.pcapng -- smc-traffic client --connect 127.1.0.2:5000
     smc-trace record -w run.pcapng --attach /tmp/beta.sock --duration 10
+    smc-trace record -w run.pcapng --kernel --duration 30     (the Linux kernel's SMC-R)
     smc-trace decode run.pcapng [--conn 3] [--link 1] [--kind conn,link] [--json]
     smc-trace summary run.pcapng [--json]          (also a pcap of a real host)
     smc-trace export run.pcapng --jsonl [-o events.jsonl]
@@ -19,6 +20,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -243,6 +245,59 @@ async def record_attach(paths: list[str], rec: Recorder, duration: float) -> int
     return 0
 
 
+def record_kernel(args) -> int:
+    """``record --kernel``: the Linux kernel's own SMC-R (smckernel) into one pcapng timeline:
+    its events (smc_diag and SMC_GEN_NETLINK polled and diffed; tracepoints and probes as
+    root) and, where a capture runs (root, Soft-RoCE), its RoCEv2 frames, on one clock.
+    What the kernel or the privileges do not allow is said on stderr; a host without SMC
+    is an error (exit 2) that names what is missing, and leaves no file behind."""
+    from smckernel.kio import KernelUnavailable
+    from smckernel.record import KernelRecording
+    from smckernel.source import KernelSource
+
+    capture = None if args.capture == "none" else ("auto" if args.capture == "auto" else [n for n in args.capture.split(",") if n])
+    probes = False if args.no_probes else ([p for p in args.probes.split(",") if p] if args.probes else True)
+    try:
+        src = KernelSource(rate=args.rate, netns=args.netns, trace=False if args.no_trace else None, probes=probes, capture=capture)
+        src.open()  # before the file: a host without SMC leaves nothing behind
+    except KernelUnavailable as e:
+        print(f"smc-trace: cannot record the kernel's SMC-R: {e.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        rec = KernelRecording(args.write, src, write_snap=args.write_snaplen)
+    except OSError as e:
+        src.close()
+        raise UsageError(f"cannot write {args.write}: {e.strerror or e}") from None
+    stop = threading.Event()
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            src.start()
+        except KernelUnavailable as e:
+            print(f"smc-trace: the kernel's SMC-R: {e.strerror}", file=sys.stderr)
+            return 2
+        for note in src.notes:
+            print(f"smc-trace: kernel: {note}", file=sys.stderr)
+        stop.wait(args.duration or None)
+    finally:
+        src.close()
+        st = rec.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    status = src.status()
+    snap = f"RDMA WRITE frames cut to {args.write_snaplen} bytes" if args.write_snaplen else "whole RDMA WRITE frames"
+    print(f"smc-trace: {st.events} kernel events, {st.frames} RoCE frames ({snap}) written to {args.write}"
+          + (f" (captured on {', '.join(src.capturing)})" if src.capturing else " (no capture)")
+          + (f"; DROPPED by the recorder {st.dropped_events} events, {st.dropped_frames} frames" if st.dropped_events or st.dropped_frames else ""),
+          file=sys.stderr)  # fmt: skip
+    lost = status.get("frames_dropped") if isinstance(status, dict) else None
+    if lost:
+        print(f"smc-trace: LOST before the recorder: {lost} frames (the capture's ring)", file=sys.stderr)
+    return 0
+
+
 def seconds(text: str) -> float:
     """A number of seconds: finite, not negative."""
     try:
@@ -251,6 +306,13 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(v) or v < 0 or v > 1e9:
         raise argparse.ArgumentTypeError(f"{text!r}: seconds are a finite number from 0 to 1e9")
+    return v
+
+
+def _rate(text: str) -> float:
+    v = seconds(text)
+    if not 0.01 <= v <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: polls per second from 0.01 to 100")
     return v
 
 
@@ -267,10 +329,15 @@ def _snaplen(text: str) -> int:
 
 
 def cmd_record(args) -> int:
-    if not args.command and not args.attach:
-        raise UsageError("record needs a command after -- or --attach SOCKET")
-    if args.command and args.attach:
-        raise UsageError("record takes either a command or --attach, not both")
+    given = sum(map(bool, (args.command, args.attach, args.kernel)))
+    if not given:
+        raise UsageError("record needs a command after -- or --attach SOCKET, or --kernel")
+    if given > 1:
+        raise UsageError("record takes one of a command, --attach or --kernel, not several")
+    if not args.kernel and (args.netns or args.capture != "auto" or args.no_trace or args.no_probes or args.probes or args.rate != 1.0):
+        raise UsageError("--netns, --capture, --rate, --no-trace, --no-probes and --probes go with --kernel")
+    if args.kernel:
+        return record_kernel(args)
     for p in args.attach or ():
         if not os.path.exists(p):
             raise UsageError(f"no control socket at {p}")
@@ -395,6 +462,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--write-snaplen", type=_snaplen, default=WRITE_SNAP, metavar="BYTES",
                    help=f"keep this many bytes of each RDMA WRITE frame (headers and the start of the data; "
                         f"default {WRITE_SNAP}; 0: whole frames); LLC, CDC and ACK frames are always whole")  # fmt: skip
+    r.add_argument("--kernel", action="store_true", help="the Linux kernel's own SMC-R: its events (smc_diag, SMC_GEN_NETLINK; tracepoints "
+                   "and probes as root) and, with a capture (root), its RoCEv2 frames")
+    r.add_argument("--netns", help="--kernel: a network namespace (ip netns name or /proc/PID/ns/net; needs root)")
+    r.add_argument("--capture", default="auto", help="--kernel: netdevs to capture RoCEv2 frames on (comma-separated), 'auto' (the SMC-R "
+                   "devices' netdevs; default) or 'none'; needs CAP_NET_RAW")
+    r.add_argument("--rate", type=_rate, default=1.0, help="--kernel: polls of smc_diag and genl per second (default 1)")
+    r.add_argument("--no-trace", action="store_true", help="--kernel: no tracepoints or probes, even as root")
+    r.add_argument("--no-probes", action="store_true", help="--kernel: the smc tracepoints only, no dynamic probes")
+    r.add_argument("--probes", help="--kernel: only these probes (comma-separated; cdc_rx, sendmsg and recvmsg fire per message or call)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... (a program that uses the smctop stack, e.g. smc-traffic)")
     for name, help_ in (("decode", "print the timeline"), ("summary", "connections, fallbacks, failovers, throughput"), ("export", "events as JSON lines")):
         s = sub.add_parser(name, help=help_)

@@ -100,8 +100,8 @@ class Directory:
         for lgr in self.lgrs:
             if lgr.role != LgrRole.SERVER or lgr.peer_id != peer_id or lgr.sync_err or lgr.terminated or lgr.version != version:
                 continue
-            if len(lgr.conns) >= lgr.max_conns:
-                continue
+            if len(lgr.conns) >= lgr.max_conns or lgr.assign_link() is None:
+                continue  # full, or only an asymmetric link to put the connection on
             if any(link.peer_gid == peer_gid and (version >= 2 or link.peer_mac == peer_mac) for link in lgr.active_links()):
                 if self._shareable(lgr, conn, version, eid):
                     return lgr

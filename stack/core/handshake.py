@@ -448,7 +448,7 @@ class Handshake:
 
     def _do_note_out_of_sync(self, conn: SmcConnection, inp: Input, now: float, arg) -> None:
         if inp.msg.out_of_sync and conn.lgr is not None:
-            conn.lgr.sync_err = True
+            conn.lgr.out_of_sync(now)  # smc_clc_wait_msg: the group is terminated
 
     def _do_fall_back(self, conn: SmcConnection, inp: Input, now: float, reason: int | None) -> None:
         reason = inp.reason if reason is None else reason
@@ -521,6 +521,5 @@ class Handshake:
 
 
 def _balance(lgr: LinkGroup) -> Link:
-    """The kernel's server balancing: even number of connections -> first link, odd -> the next."""
-    links = lgr.active_links()
-    return links[len(lgr.conns) % len(links)]
+    """The kernel's server balancing (smcr_lgr_conn_assign_link): never an asymmetric link."""
+    return lgr.assign_link()

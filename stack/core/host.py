@@ -265,6 +265,8 @@ class SmcHost:
                 llcflows.test_link_expired(lgr, key[2], now)
             elif kind == "linkdown" and key[2] in lgr.links:
                 llcflows.link_down(lgr, lgr.links[key[2]], now, "the QP refused a work request")
+            elif kind == "lgr_sync":
+                lgr.terminate(now, DEL.PROG_INIT_TERM, "the peer declined out of sync (SYNCERR)", orderly=False)
             elif kind == "lgr_idle" and not lgr.conns:
                 lgr.terminate(now, DEL.PROG_INIT_TERM, "idle")
 

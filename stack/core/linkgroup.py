@@ -180,6 +180,10 @@ class LinkGroup:
         return next((l for l in active if l is not avoid), None)
 
     def set_type(self, new: LgrType, now: float, cause: str) -> None:
+        """smcr_lgr_set_type: a type that is not asymmetric clears every link's asymmetric tag."""
+        if new not in ASYMMETRIC:
+            for link in self.usable_links():
+                link.asym = False
         if new != self.type:
             old, self.type = self.type, new
             self.emit(now, "lgr.state", old=old.smc_tools_name, new=new.smc_tools_name, cause=cause, crit=new.critical)
@@ -460,6 +464,23 @@ class LinkGroup:
         elif n == 1 and not expected_asym:
             self.set_type(LgrType.SINGLE, now, "link deleted")
 
+    def assign_link(self) -> Link | None:
+        """smcr_lgr_conn_assign_link: the link a new server connection goes on. Never an
+        asymmetric one; of the others, the first for an even number of connections, the
+        next for an odd one. None: no such link (NOACTVLINK)."""
+        links = [l for l in self.active_links() if not l.asym]
+        if not links:
+            return None
+        return links[1] if len(self.conns) % 2 and len(links) > 1 else links[0]
+
+    def out_of_sync(self, now: float) -> None:
+        """The peer declined out of sync (smc_clc_wait_msg): no connection joins the group
+        any more, and it is terminated as soon as the handshake that heard it is over
+        (smc_lgr_terminate_sched)."""
+        self.sync_err = True
+        if not self.terminated:
+            self.ctx.io.arm_timer(("lgr_sync", self.lgr_id), now)
+
     def may_add_link(self, new_type: LgrType) -> bool:
         """smc_llc_alloc_alt_link: room for one more link of this kind?"""
         if self.max_links <= 1 or self.terminated or len(self.usable_links()) >= 3:
@@ -470,9 +491,11 @@ class LinkGroup:
 
     # ---------------------------------------------------------------- the end
 
-    def terminate(self, now: float, reason: int, why: str, notify_peer: bool = True) -> None:
+    def terminate(self, now: float, reason: int, why: str, notify_peer: bool = True, orderly: bool | None = None) -> None:
         """smc_lgr_terminate: abort every connection, DELETE LINK all, take the links down.
-        The QPs live until the DELETE LINK has left (or a second has passed)."""
+        The QPs live until the DELETE LINK has left (or a second has passed). ``orderly``:
+        the DELETE LINK's flag (None: orderly only for PROG_INIT_TERM, an idle group freed,
+        as smc_lgr_free; smc_lgr_cleanup sends it not orderly)."""
         if self.terminated:
             return
         self.terminated = True
@@ -495,7 +518,8 @@ class LinkGroup:
             self._failover_end(rec, now)
         link = self.usable_link()
         sent = notify_peer and link is not None and link.post_llc(
-            llc.DeleteLink(version=self.llc_version(), link_num=0, reason=reason, all=True, orderly=reason == DEL.PROG_INIT_TERM),
+            llc.DeleteLink(version=self.llc_version(), link_num=0, reason=reason, all=True,
+                           orderly=reason == DEL.PROG_INIT_TERM if orderly is None else orderly),
             now, lambda ok, t: self.free_qps(t))  # fmt: skip
         for l in self.links.values():
             io.cancel_timer(("testlink", self.lgr_id, l.link_id))

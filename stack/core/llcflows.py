@@ -408,10 +408,23 @@ class _AddLinkBase(LlcFlow):
 
 
 class ServerAddLink(_AddLinkBase):
-    def __init__(self, lgr: LinkGroup, cause: str) -> None:
+    def __init__(self, lgr: LinkGroup, cause: str, request: tuple[Link, llc.RequestAddLink] | None = None) -> None:
         super().__init__(lgr)
         self.cause = cause
         self.to_send: list[llc.RkeyTriple] = []
+        self.request = request  # the client's REQUEST ADD LINK, answered unless an ADD LINK goes out
+
+    def finish(self, now: float) -> None:
+        """smc_llc_srv_add_link: a REQUEST ADD LINK that did not lead to an ADD LINK is
+        answered (smc_llc_send_req_add_link_response), so the client's flow ends."""
+        if self.request is not None:
+            answer_request_add_link(self.lgr, *self.request, now)
+            self.request = None
+        super().finish(now)
+
+    def abandon(self, now: float) -> None:
+        self.request = None  # the group is going: nothing to answer on
+        super().abandon(now)
 
     def start(self, now: float) -> None:
         lgr = self.lgr
@@ -429,6 +442,7 @@ class ServerAddLink(_AddLinkBase):
         if not self.link.post_llc(self._add_link_msg(False, self.new.link_id), now):
             self._fail(now, "could not send ADD LINK")
             return
+        self.request = None  # the ADD LINK is the answer
         self.tell_peer = True
         self.wait("ADD LINK response", self.timeouts.llc_wait, now)
 
@@ -466,9 +480,10 @@ class ServerAddLink(_AddLinkBase):
             return True
         if self.step == "CONFIRM LINK response" and isinstance(msg, llc.ConfirmLink) and msg.response and link is new:
             new.peer_link_uid = msg.link_uid
+            asym = [l for l in lgr.usable_links() if l.asym and l is not new]  # set_type clears the tags
             self._confirmed(now)
             if lgr.type == LgrType.SYMMETRIC:
-                for old in [l for l in lgr.usable_links() if l.asym]:
+                for old in asym:
                     lgr.start_flow(ServerDeleteLink(lgr, old.link_id, DEL.NO_ASYM_NEEDED, orderly=True), now)
             return True
         return False
@@ -654,20 +669,31 @@ def peer_add_link(lgr: LinkGroup, link: Link, msg: llc.AddLink, now: float) -> N
         lgr.start_flow(ServerAddLink(lgr, "client invitation"), now)
 
 
+def answer_request_add_link(lgr: LinkGroup, link: Link, msg: llc.RequestAddLink, now: float) -> None:
+    """smc_llc_send_req_add_link_response: the request flagged as a response, its GIDs cleared."""
+    via = link if link.usable else lgr.usable_link()
+    if via is not None:
+        via.post_llc(llc.RequestAddLink(version=msg.version, response=True), now)
+
+
 def peer_request_add_link(lgr: LinkGroup, link: Link, msg: llc.RequestAddLink, now: float) -> None:
-    if lgr.role != LgrRole.SERVER or any(isinstance(f, ServerAddLink) for f in lgr.flows):
+    """A client asks for a link. It is always answered (the kernel client's REQUEST ADD LINK
+    flow waits for that): by the ADD LINK of a flow started for it, or by a response when
+    no link can be added (smc_llc_srv_add_link) or another add-link flow already covers it."""
+    if lgr.role != LgrRole.SERVER:
         return
-    if isinstance(lgr.running, ServerAddLink) or lgr.may_add_link(LgrType.SYMMETRIC):
-        lgr.start_flow(ServerAddLink(lgr, "client request"), now)
-    else:
-        link.post_llc(llc.RequestAddLink(version=msg.version, response=True), now)
+    if lgr.has_flow(ServerAddLink):
+        answer_request_add_link(lgr, link, msg, now)
+        return
+    lgr.start_flow(ServerAddLink(lgr, "client request", request=(link, msg)), now)
 
 
 def peer_delete_link(lgr: LinkGroup, link: Link, msg: llc.DeleteLink, now: float) -> None:
     why = f"peer deleted the link group ({_del_reason(msg.reason)})"
     if msg.all:
         if lgr.role == LgrRole.SERVER:
-            link.post_llc(llc.DeleteLink(version=msg.version, link_num=0, reason=msg.reason, all=True, orderly=msg.orderly), now)
+            # smc_llc_process_srv_delete_link: smc_llc_send_link_delete_all(lgr, true, reason)
+            link.post_llc(llc.DeleteLink(version=msg.version, link_num=0, reason=msg.reason, all=True, orderly=True), now)
         lgr.terminate(now, msg.reason, why, notify_peer=False)
         return
     if lgr.role == LgrRole.SERVER:  # the server drives: it runs the deletion as its own flow

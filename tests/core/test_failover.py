@@ -10,7 +10,7 @@ import pytest
 from support.fabric import RETRY_TIMEOUT, Bulk, open_conn, pair
 
 from stack.core.config import SmcConfig, Timeouts
-from stack.wire.codes import LgrType, LinkState
+from stack.wire.codes import DECL, LgrType, LinkState
 
 SMALL = {"rmb_size": 16384, "sndbuf_size": 16384}  # small rings: every transfer wraps many times
 
@@ -167,6 +167,12 @@ def test_link_one_killed_at_a_random_moment(seed, duration):
     restore_at = kill_at + rng.uniform(0.005, 0.2)
     f.at(kill_at, victim.port, "fab0", False, notify)
     f.at(restore_at, victim.port, "fab0", True, notify)
+    f.run(until=f.now + 60.0, stop=bulk.finished)
+    if kinds(a, "clc.msg", type="Decline", dir="tx", diagnosis=DECL.SYNCERR):
+        # the server's Accept named the link that had just died on the client: SYNCERR, out
+        # of sync, and the server terminates the group (smc_conn_create, smc_clc_wait_msg)
+        _assert_syncerr_race(f, a, b)
+        return
     finish(f, bulk)
     f.run(until=max(f.now, restore_at + notify) + 8.0)  # room for a link add that must time out first (5 s)
     for cid in bulk.cids:
@@ -179,6 +185,21 @@ def test_link_one_killed_at_a_random_moment(seed, duration):
     assert_symmetric(a, b)
     if established_before and kinds(a, "rdma.write"):
         assert kinds(victim, "link.event", event="down")
+
+
+def _assert_syncerr_race(f, a, b) -> None:
+    """The kernel's outcome of an Accept that names a link the client has just lost: the
+    connection falls back with SYNCERR (its bytes go over TCP), the server terminates the
+    link group on the out-of-sync Decline and its other connections abort."""
+    (decline,) = kinds(a, "clc.msg", type="Decline", dir="tx", diagnosis=DECL.SYNCERR)
+    assert decline.get("out_of_sync") is True
+    (ended,) = kinds(b, "lgr.state", cause="the peer declined out of sync (SYNCERR)")
+    assert a.apps[decline.conn].fallback and b.apps[decline.conn].fallback
+    f.run(until=f.now + 8.0)
+    assert ended.lgr not in [lgr.name for lgr in b.host.lgrs]
+    for io in (a, b):  # nothing is left on the group: every other connection aborted
+        assert not [c for c in io.host.conns.values() if c.lgr is not None and c.lgr.name == ended.lgr]
+    assert not f.access_errors
 
 
 def test_killed_during_the_first_handshake_falls_back_with_every_byte():

@@ -154,3 +154,13 @@ def test_feed_seeded_applies_a_recordings_starting_snapshot() -> None:
     assert (c.state, c.mode, c.local, c.peer) == ("ACTIVE", "SMCR", "10.0.0.2:5000", "10.0.0.1:999")
     lk = m.lgrs[("h", "00000100")].links[1]
     assert (lk.state, lk.qpn, lk.peer_qpn, lk.gid, lk.peer_gid) == ("LINK_ACTIVE", 33, 44, "::a", "::b")
+
+
+def test_demo_once_runs_the_demo_briefly_then_prints_every_host() -> None:
+    r = smctop("--once", "--json", "--once-after", "2")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert KEYS <= set(doc) and doc["hosts"] == ["alpha", "beta", "gamma"]
+    smcr = [c for c in doc["connections"] if c["mode"] == "SMCR" and c["state"] == "ACTIVE"]
+    assert {c["host"] for c in smcr} == {"alpha", "beta"} and all(c["local"] and c["peer"] for c in smcr)
+    assert doc["links"] and all(lk["qpn"] and lk["state"] == "LINK_ACTIVE" for lk in doc["links"])
