@@ -281,12 +281,11 @@ class Deriver:
             pkt = roce.decode_packet(udp_payload, pad_cut=True)
         else:
             pkt = roce.decode_packet(udp_payload[: -roce.ICRC_LEN])
-        if dropped == "rx":
-            return  # a receiver's copy of a frame that did not arrive: the sender's copy is the message
         bth = pkt.bth
-        mark = self.roce.feed(number, t, src, dst, bth.opcode, bth.dest_qp, bth.psn, pkt.aeth.syndrome if pkt.aeth else None, dropped == "tx")
-        if mark is not None and mark.duplicate:
-            return  # a retransmission of a frame already decoded: the same message, not a new one
+        mark = self.roce.feed(number, t, src, dst, bth.opcode, bth.dest_qp, bth.psn, pkt.aeth.syndrome if pkt.aeth else None,
+                              dropped == "tx", dropped == "rx")  # fmt: skip
+        if dropped == "rx" or (mark is not None and mark.copy):
+            return  # a retransmission, or a receiver's copy of a frame that did not arrive: the same message, not a new one
         yield from self._ib(t, src, dst, pkt.bth.opcode, pkt.bth.dest_qp, pkt.payload, pkt.reth)
 
     def _ib(self, t: float, src: str, dst: str, opcode: int, dest_qp: int, payload: bytes, reth) -> Iterator[Event]:
@@ -374,7 +373,7 @@ def observe(analysis: RoceAnalysis, p: Packet, number: int) -> None:
     for a recording, whose events come from its records, not from the frames."""
     dropped = dropped_at(p)
     ip_bytes = ip_payload(p)
-    if dropped == "rx" or ip_bytes is None or len(ip_bytes) < 20 or ip_bytes[9] != IPPROTO_UDP:
+    if ip_bytes is None or len(ip_bytes) < 20 or ip_bytes[9] != IPPROTO_UDP:
         return
     off = (ip_bytes[0] & 0x0F) * 4
     if len(ip_bytes) < off + 8 + roce.BTH_LEN or struct.unpack_from("!H", ip_bytes, off + 2)[0] != roce.ROCE_V2_PORT:
@@ -384,7 +383,7 @@ def observe(analysis: RoceAnalysis, p: Packet, number: int) -> None:
     dest_qp, psn = struct.unpack_from("!II", ip_bytes, b + 4)
     syndrome = ip_bytes[b + roce.BTH_LEN] if opcode in (0x11, 0x12) and len(ip_bytes) > b + roce.BTH_LEN else None
     analysis.feed(number, p.timestamp_ns / 1e9, ".".join(map(str, ip_bytes[12:16])), ".".join(map(str, ip_bytes[16:20])),
-                  opcode, dest_qp & 0xFFFFFF, psn & 0xFFFFFF, syndrome, dropped == "tx")  # fmt: skip
+                  opcode, dest_qp & 0xFFFFFF, psn & 0xFFFFFF, syndrome, dropped == "tx", dropped == "rx")  # fmt: skip
 
 
 def derive_events(packets: Iterable[Packet], roce: RoceAnalysis | None = None) -> Iterator[Event]:

@@ -50,7 +50,8 @@ class Mark:
     flow: FlowKey
     psn: int
     ack: str | None = None  # None for a request; "ACK", "NAK" or "RNR NAK" for an acknowledgement
-    dropped: bool = False  # a recording's copy of a frame its sender's fault injection dropped
+    dropped: bool = False  # a recording's copy of a frame fault injection dropped
+    receiver_copy: bool = False  # dropped at the receiver: the sender's copy is the transmission
     retransmission: bool = False  # a copy of a PSN sent before: captured before, or behind the highest its flow had sent
     original: int | None = None  # the first captured copy's frame (None: this is the first copy)
     go_back: bool = False  # the first frame of a run of retransmissions
@@ -65,6 +66,12 @@ class Mark:
     def duplicate(self) -> bool:
         """A copy of a PSN captured before: never a new message."""
         return self.original is not None
+
+    @property
+    def copy(self) -> bool:
+        """Not the copy its message is counted at: a duplicate, or a receiver's copy (which a
+        recording may even write before the sender's)."""
+        return self.duplicate or self.receiver_copy
 
 
 @dataclass
@@ -117,13 +124,18 @@ class RoceAnalysis:
     # ------------------------------------------------------------------ input
 
     def feed(self, frame: int, t: float, src: str, dst: str, opcode: int, dest_qp: int, psn: int, syndrome: int | None = None,
-             dropped: bool = False) -> Mark | None:  # fmt: skip
+             dropped: bool = False, receiver_copy: bool = False) -> Mark | None:  # fmt: skip
         """One frame: BTH opcode, destination QP and PSN, the AETH syndrome of an ACK, and
-        whether the frame never made it (a recording keeps frames its fault injection dropped)."""
+        whether the frame never made it (a recording keeps frames its fault injection dropped:
+        the sender's copy, or ``receiver_copy``, a receiver's of a frame sent and recorded)."""
         if opcode >= 0x20:  # UC, RD, UD, CNP: no RC reliability
             return None
         key = (src, dst, dest_qp)
-        if opcode in ACK_OPCODES:
+        if receiver_copy:  # not another transmission: named after the sender's copy, counted nowhere
+            flow = self.flows.get(key)
+            copies = flow.copies.get(psn) if flow is not None and opcode not in ACK_OPCODES else None
+            mark = Mark(frame, key, psn, dropped=True, receiver_copy=True, original=copies[0] if copies else None)
+        elif opcode in ACK_OPCODES:
             mark = self._ack(frame, key, psn, syndrome or 0, dropped)
         else:
             mark = self._request(frame, t, key, psn, dropped)

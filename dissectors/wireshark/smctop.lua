@@ -13,7 +13,7 @@
 -- 5. RC analysis, as Wireshark's TCP analysis: a request frame that repeats a PSN (go-back-N
 --    after a NAK, a retry after an RNR NAK or a timeout) is marked smctop.rc.retransmission,
 --    names its first copy (smctop.rc.original) and gets expert info; it is the same message,
---    so filter "smc && !smctop.rc.original" counts each message once. ACK, NAK and RNR NAK
+--    so filter "smc && !smctop.rc.copy" counts each message once. ACK, NAK and RNR NAK
 --    frames name the request they answer. Same rules as dissectors/roce_analysis.py.
 --
 -- Install: `smc-trace install-plugin` (copies this file to ~/.local/lib/wireshark/plugins/),
@@ -467,6 +467,7 @@ local F = {
     llc_data = ProtoField.bytes("smctop.llc.data", "Data"),
     -- RC analysis (retransmissions, ACK / NAK pairing)
     rc_retrans = ProtoField.bool("smctop.rc.retransmission", "Retransmission (a PSN sent before)"),
+    rc_copy = ProtoField.bool("smctop.rc.copy", "Another copy of a message counted elsewhere (filter !smctop.rc.copy: each message once)"),
     rc_original = framenum_field("smctop.rc.original", "First copy of this PSN in frame", "RETRANS_PREV"),
     rc_go_back = ProtoField.string("smctop.rc.go_back", "Go-back (the requester went back to this PSN)"),
     rc_cause = framenum_field("smctop.rc.cause_frame", "Go-back caused by the NAK in frame", "NONE"),
@@ -1018,11 +1019,17 @@ local function rc_mark(pinfo)
     local psn, qpn = first(X.psn), first(X.destqp)
     if op == nil or op >= 0x20 or psn == nil or qpn == nil then return nil end -- RC only
     local drop = dropped_at()
-    if drop == "rx" then return nil end -- the receiver's copy of a frame whose sender's copy is there too
     local src, dst = ip_pair()
     local key = tostring(src) .. ">" .. tostring(dst) .. "|" .. tostring(qpn)
     local num = pinfo.number
-    local m = { psn = psn, dropped = drop == "tx" }
+    local m = { psn = psn, dropped = drop ~= nil }
+    if drop == "rx" then -- a receiver's copy of a frame sent and recorded: named after the sender's copy, counted nowhere
+        m.receiver_copy = true
+        local f = S.rc[key]
+        local c = f and op ~= 0x11 and op ~= 0x12 and f.copies[psn]
+        if c then m.original = c[1] end
+        return m
+    end
     if op == 0x11 or op == 0x12 then return rc_ack(m, key, src, dst, psn, first(X.syndrome) or 0, num) end
     local f = S.rc[key]
     if not f then
@@ -1059,6 +1066,12 @@ end
 
 local function render_rc(rc, tvb, pinfo, t)
     if rc.dropped then t:add(F.rc_dropped, tvb(0, 0), true):set_generated() end
+    if rc.original or rc.receiver_copy then t:add(F.rc_copy, tvb(0, 0), true):set_generated() end
+    if rc.receiver_copy then
+        if rc.original then t:add(F.rc_original, tvb(0, 0), rc.original):set_generated() end
+        pinfo.cols.info:append(rc.original and string.format(" [receiver's copy of frame %d]", rc.original) or " [receiver's copy]")
+        return
+    end
     if rc.retransmission then
         t:add(F.rc_retrans, tvb(0, 0), true):set_generated()
         local text = string.format("RC retransmission of PSN %d", rc.psn)

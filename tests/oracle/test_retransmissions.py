@@ -42,14 +42,19 @@ def fresh_pair() -> tuple[str, str]:
 
 
 async def _echo(r, w):
-    while data := await r.read(65536):
-        w.write(data)
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+    except ConnectionError:  # the "vanished" capture: the link group is gone
+        pass
     w.close()
 
 
-def record(path: Path, lossy: bool) -> dict:
-    """A recorded echo session with loss; returns the stack's events, the engine statistics
-    of every sender QP (keyed by its flow) and the recorder's stats."""
+def record(path: Path, kind: str) -> dict:
+    """A recorded echo session: ``go_back`` drops one frame, ``lossy`` loses 10% both ways,
+    ``vanished`` takes the server's port down under a write (the client's QP retries until it
+    gives up). Returns the stack's events, the engine statistics of every sender QP (keyed by
+    its flow) and the recorder's stats."""
 
     async def main():
         async with two_stacks({}, {}, mtu=1024, pair=fresh_pair()) as (a, b, ca, sa):
@@ -62,7 +67,17 @@ def record(path: Path, lossy: bool) -> dict:
             w.write(b"a" * 3000)
             assert await r.readexactly(3000) == b"a" * 3000
             devices = [d.device for s in (a, b) for d in s.rdma.devs.values()]
-            if lossy:
+            seen: dict = {}  # the latest statistics of every QP, also of those gone since
+
+            def stats():
+                out = {}
+                for s, peer in ((a, sa), (b, ca)):
+                    for q in s.rdma.qps.values():
+                        out[(q.dev.device.addr, peer, q.path.remote_qpn)] = dict(q.qp.stats)
+                seen.update(out)
+                return out
+
+            if kind == "lossy":
                 for d in devices:
                     d.faults.loss = 0.1
                 for _ in range(20):
@@ -71,23 +86,29 @@ def record(path: Path, lossy: bool) -> dict:
                     assert await r.readexactly(2000) == data
                 for d in devices:
                     d.faults.loss = 0.0
-            else:
+            elif kind == "go_back":
                 devices[0].faults.drop_next = 1  # the client's next frame: the RDMA WRITE of these bytes
                 w.write(b"z" * 500)
                 assert await r.readexactly(500) == b"z" * 500
+            if kind == "vanished":
+                b.set_port(sa, False)
+                w.write(b"v" * 100)  # an RDMA WRITE and its CDC, never acknowledged
+
+                def gave_up():
+                    stats()
+                    return not a.rdma.qps
+
+                await until(gave_up, what="the client's QP giving up and its link group going")
+                await until(lambda: not a.snapshot()["conns"] and not b.snapshot()["conns"], what="the connection gone on both sides")
+                w.close()
+                assert not stats(), "a QP is left, which could still send"
+                rec_stats = rec.close()
+                return {"events": list(events), "stats": dict(seen), "rec": rec_stats}
             w.write_eof()
             assert await r.read() == b""
             w.close()
             await w.wait_closed()
             await until(lambda: not a.snapshot()["conns"] and not b.snapshot()["conns"], what="the connection closed on both sides")
-
-            def stats():
-                out = {}
-                for s, peer in ((a, sa), (b, ca)):
-                    for q in s.rdma.qps.values():
-                        out[(q.dev.device.addr, peer, q.path.remote_qpn)] = dict(q.qp.stats)
-                return out
-
             last = [None]
 
             def quiet():  # nothing sent since the previous look
@@ -103,10 +124,10 @@ def record(path: Path, lossy: bool) -> dict:
     return run(main())
 
 
-@pytest.fixture(scope="module", params=["go_back", "lossy"])
+@pytest.fixture(scope="module", params=["go_back", "lossy", "vanished"])
 def capture(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("retrans") / f"{request.param}.pcapng"
-    got = record(path, request.param == "lossy")
+    got = record(path, request.param)
     assert got["rec"].dropped_frames == 0 and got["rec"].dropped_events == 0
     return request.param, path, got
 
@@ -142,6 +163,12 @@ def check_analysis(kind: str, ra: RoceAnalysis, got) -> None:
         client = [f for f in flows.values() if f.retransmissions]
         assert len(client) == 1 and client[0].retransmissions == 2 and dict(client[0].go_backs) == {"NAK": 1}
         assert t["retransmissions"] == 2 and expected(got)["retransmits"] == expected(got)["naks"] == 1
+    elif kind == "vanished":  # the client's QP retried its WRITE and CDC retry_cnt (7) times after timeouts, then gave up
+        client = [f for f in flows.values() if f.retransmissions]
+        st = got["stats"][(client[0].src, client[0].dst, client[0].qpn)]
+        assert len(client) == 1 and st["retransmits"] == st["timeouts"] == 7
+        assert dict(client[0].go_backs) == {"timeout": 7} and client[0].retransmissions == 14
+        assert [r[5] for r in client[0].go_back_list] == [2] * 7 and len({r[2] for r in client[0].go_back_list}) == 1
     else:
         assert t["retransmissions"] > 0 and t["go_backs"]["timeout"] > 0, t  # loss of 10% over ~160 frames
 
@@ -175,8 +202,9 @@ def test_events_derived_from_the_frames_count_each_message_once(capture, tmp_pat
     strip_records(path, wire)
     with open(wire, "rb") as f:
         packets = list(read_packets(f))
-    lost = sum(1 for p in packets if dropped_at(p) == "tx")  # the recording keeps lost frames, with a comment
-    assert lost == 1 if kind == "go_back" else lost > 0
+    lost = Counter(dropped_at(p) for p in packets)  # the recording keeps lost frames, with a comment
+    assert lost["tx"] == 1 if kind == "go_back" else lost["tx"] == 0 if kind == "vanished" else lost["tx"] > 0
+    assert (lost["rx"] > 0) == (kind == "vanished")  # the server's port was down: its device dropped what came
     ra = RoceAnalysis()
     derived = list(read_events(wire, None, ra))
     check_analysis(kind, ra, got)
@@ -212,6 +240,8 @@ def test_summary_and_decode_show_retransmissions_apart(capture):
     assert sum(int(x.split(" sent again, ")[1].split(" frame")[0]) for x in lines) <= d["roce"]["retransmissions"]
     if kind == "go_back":
         assert len(lines) == 1 and "2 frames, after NAK (frame " in lines[0]
+    if kind == "vanished":
+        assert len(lines) == 7 and all("2 frames, after timeout" in x for x in lines)
 
 
 # ---------------------------------------------------------------------------------------- tshark
@@ -246,12 +276,13 @@ def plugin_mark(layers) -> tuple:
     cause = one(layers, "smctop.rc.go_back")
     return (one(layers, "smctop.rc.retransmission") == "1", one(layers, "smctop.rc.original"), cause and cause.removeprefix("after "),
             one(layers, "smctop.rc.cause_frame"), one(layers, "smctop.rc.ack"), one(layers, "smctop.rc.answers"),
-            one(layers, "smctop.rc.dropped") == "1", one(layers, "smctop.rc.stale") == "1")  # fmt: skip
+            one(layers, "smctop.rc.dropped") == "1", one(layers, "smctop.rc.stale") == "1", one(layers, "smctop.rc.copy") == "1")  # fmt: skip
 
 
 def python_mark(m) -> tuple:
     s = lambda v: None if v is None else str(v)  # noqa: E731 (tshark's JSON has strings)
-    return (m.retransmission, s(m.original), m.cause, s(m.cause_frame), m.ack, s(m.answers), m.dropped, m.stale)
+    return (m.retransmission, s(m.original), m.cause, s(m.cause_frame), m.ack, s(m.answers), m.dropped, m.stale, m.copy)
+
 
 
 def same_marks(frames: list[dict], ra: RoceAnalysis) -> None:
@@ -260,9 +291,9 @@ def same_marks(frames: list[dict], ra: RoceAnalysis) -> None:
     assert ib
     for n, layers in ib.items():
         m = ra.marks.get(n)
-        want = python_mark(m) if m is not None else (False, None, None, None, None, None, False, False)
+        want = python_mark(m) if m is not None else (False, None, None, None, None, None, False, False, False)
         if not (want[0] or want[4] or want[6]):  # the plugin shows nothing for a plain first copy
-            want = (False, None, None, None, None, None, False, False)
+            want = (False, None, None, None, None, None, False, False, False)
         assert plugin_mark(layers) == want, (n, plugin_mark(layers), want)
 
 
@@ -306,8 +337,8 @@ def test_tshark_with_the_plugin_counts_each_message_once(capture):
     assert all(one(f, "smctop.rc.original") for f in retrans)  # a recording holds every first copy
     # the CDC messages tshark shows, without the copies sent again, are the stacks' own
     cdc = [f for f in frames if one(f, "smc.llc_msg") == "0xfe"]
-    first = [f for f in cdc if one(f, "smctop.rc.original") is None]
-    assert len(first) == sent(got["events"], "cdc.msg") < len(cdc) + (kind == "go_back")
+    first = [f for f in cdc if one(f, "smctop.rc.copy") is None]
+    assert len(first) == sent(got["events"], "cdc.msg") <= len(cdc) - (kind != "lossy")
     # NAKs name the request they answer, and each go-back names its cause
     naks = [f for f in frames if one(f, "smctop.rc.ack") == "NAK" and one(f, "smctop.rc.dropped") != "1" and one(f, "smctop.rc.stale") != "1"]
     assert len(naks) == exp["naks"] and all(one(f, "smctop.rc.answers") for f in naks)
@@ -319,3 +350,5 @@ def test_tshark_with_the_plugin_counts_each_message_once(capture):
     assert not [m for m in experts if "producer cursor went backwards" in m]  # a CDC sent again is not a cursor going back
     if kind == "go_back":
         assert go_backs == Counter({"after NAK": 1}) and len(retrans) == 2
+    if kind == "vanished":
+        assert go_backs == Counter({"after timeout": 7}) and len(retrans) == 14
