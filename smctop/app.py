@@ -336,7 +336,7 @@ class SmctopApp(App):
 
     def _start_recording(self, path: str) -> None:
         try:
-            self.recorder = open_recorder(path, self.source.stacks())
+            self.recorder = open_recorder(path, self.source.stacks(), model=self.model)
         except OSError as e:
             self.say(f"cannot record: {e}", error=True)
             return

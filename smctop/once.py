@@ -31,7 +31,7 @@ from .model import Model
 _CURSORS = ("rx_prod", "rx_cons", "tx_prod", "tx_cons", "tx_sent", "tx_fin")
 
 
-def _host_names(model: Model) -> list[str]:
+def host_names(model: Model) -> list[str]:
     names = set(model.hosts)
     names.update(h for h, _ in model.conns)
     names.update(h for h, _ in model.lgrs)
@@ -73,7 +73,7 @@ def stack_snapshot(model: Model, host: str) -> dict[str, Any]:
 def model_snapshots(model: Model, source: str) -> list[Snapshot]:
     """One neutral snapshot (smckernel.model.Snapshot) per host the model knows."""
     out = []
-    for host in _host_names(model):
+    for host in host_names(model):
         snap = from_stack_snapshot(stack_snapshot(model, host), source=source)
         h = model.hosts.get(host)
         for lst in h.listeners if h else ():  # smcss -a lists listening sockets

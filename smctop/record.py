@@ -12,17 +12,36 @@ import os
 from typing import Iterable
 
 from dissectors.recorder import Recorder as TraceRecorder
+from dissectors.recorder import snapshot_event
 from stack.events import Event
 
 
 class Recorder:
-    def __init__(self, path: str, stacks: Iterable = ()) -> None:
+    """``stacks``: in-process stacks to record directly (each starts with its own snapshot);
+    otherwise ``model``: what smctop already knows of each host is written first, as the
+    snapshot a replay starts from (a recording begun mid-session still has its connections,
+    link groups and links)."""
+
+    def __init__(self, path: str, stacks: Iterable = (), model=None) -> None:
         self.path = path
         self._trace = TraceRecorder(path)
         self._stacks = list(stacks)
         for stack in self._stacks:
             self._trace.attach(stack)
         self._count = 0
+        if not self._stacks and model is not None:
+            self._seed(model)
+
+    def _seed(self, model) -> None:
+        from .once import host_names, stack_snapshot
+
+        t = model.now if model.now is not None else (model.events[-1].t if model.events else None)
+        if t is None:
+            return  # nothing seen yet: nothing to start from
+        for host in host_names(model):
+            snap = stack_snapshot(model, host)
+            snap["t"] = t
+            self._trace.on_event(snapshot_event(t, snap))
 
     @property
     def count(self) -> int:
@@ -45,9 +64,9 @@ def default_name(stamp: str) -> str:
     return f"smctop-{stamp}.pcapng"
 
 
-def open_recorder(path: str, stacks: Iterable = ()) -> Recorder:
+def open_recorder(path: str, stacks: Iterable = (), model=None) -> Recorder:
     """Start recording to ``path`` (its folder must exist)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise OSError(f"no folder {folder} to record into")
-    return Recorder(path, stacks)
+    return Recorder(path, stacks, model)

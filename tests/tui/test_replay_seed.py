@@ -50,7 +50,7 @@ def session(tmp_path_factory):
         rec = subprocess.run([PY, "-m", "dissectors.cli", "record", "-w", str(out), "--attach", str(sock), "--duration", "2"],
                              capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
         assert rec.returncode == 0, rec.stderr
-        yield {"attach": seen[-1], "capture": out, "server": sa, "client": ca}
+        yield {"attach": seen[-1], "capture": out, "server": sa, "client": ca, "sock": sock}
     finally:
         for p in (client, server.proc):
             if p.poll() is None:
@@ -138,3 +138,43 @@ def test_replay_once_prints_the_state_at_the_recordings_end(session):
     assert c["bytes_sent"] > want["bytes_sent"]  # later than the attach snapshot: events moved it on
     text = smctop("--replay", str(session["capture"]), "--once").stdout
     assert "# smcr linkgroup link-show" in text and want["local"] in text and "LINK_ACTIVE" in text
+
+
+def test_a_recording_smctop_begins_on_an_attached_stack_starts_from_what_smctop_knew(session, tmp_path):
+    """smctop's ``w`` on --attach: the capture starts with the model's state of each host, so
+    its replay shows the running connection at once (ACTIVE, SMCR, addresses, the link)."""
+    import time
+
+    from smctop.record import open_recorder
+    from smctop.sources import AttachSource
+
+    out = tmp_path / "w.pcapng"
+
+    async def run() -> None:
+        src = AttachSource([str(session["sock"])])
+        m = Model()
+        await src.start()
+        try:
+            while not any(h.snapshot_t is not None for h in m.hosts.values()):
+                src.poll(m)
+                await asyncio.sleep(0.05)
+            rec = open_recorder(str(out), src.stacks(), model=m)
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:  # a second of events after the start
+                rec.write(src.poll(m))
+                await asyncio.sleep(0.05)
+            rec.close()
+        finally:
+            await src.stop()
+
+    asyncio.run(asyncio.wait_for(run(), 120))
+    events = load_events(str(out))
+    assert events[0].kind == "stats" and events[0].get("cause") == "recording started"
+    src = started(ReplaySource(str(out), events=events, clock=lambda: 0.0))
+    m = Model()
+    src.poll(m)
+    want = _smcr(session["attach"])
+    (c,) = [c for c in m.conns.values() if c.mode == "SMCR"]
+    assert (c.state, c.local, c.peer) == ("ACTIVE", want["local"], want["peer"])
+    (lk,) = next(iter(m.lgrs.values())).links.values()
+    assert lk.state == "LINK_ACTIVE" and lk.qpn and lk.gid
