@@ -164,3 +164,28 @@ def test_demo_once_runs_the_demo_briefly_then_prints_every_host() -> None:
     smcr = [c for c in doc["connections"] if c["mode"] == "SMCR" and c["state"] == "ACTIVE"]
     assert {c["host"] for c in smcr} == {"alpha", "beta"} and all(c["local"] and c["peer"] for c in smcr)
     assert doc["links"] and all(lk["qpn"] and lk["state"] == "LINK_ACTIVE" for lk in doc["links"])
+
+
+def test_the_tui_on_the_kernel_source_shows_its_connections_and_says_when_it_cannot() -> None:
+    from smctop.app import SmctopApp
+
+    events, snap = _kernel_events("client-open", t=__import__("time").monotonic())
+    truth = [c for c in snap.connections if c.mode == "SMCR"]
+
+    async def go(source) -> tuple:
+        app = SmctopApp(source)
+        async with app.run_test(size=(200, 50)) as pilot:
+            await pilot.pause()
+            if app.started:
+                app.sync(force=True)
+                await pilot.pause()
+            return app.return_code, app.screen_text() if app.started else ""
+
+    code, text = asyncio.run(asyncio.wait_for(go(KernelTuiSource(factory=lambda: FakeKernelSource(events))), 60))
+    assert code is None and truth and all(c.local in text for c in truth)
+
+    def broken():
+        raise kio.KernelUnavailable(2, "the smc module is not loaded")
+
+    code, _ = asyncio.run(asyncio.wait_for(go(KernelTuiSource(factory=broken)), 60))
+    assert code == 1
