@@ -197,3 +197,31 @@ def test_a_line_cut_in_half_and_source_drops_are_named_not_a_traceback(tmp_path)
     assert sock_drop["frames"] == 5 and sock_drop["events"] == 1 and "ended inside a line" in sock_drop["why"]
     assert s["dropped"]["events"] == 8 and s["dropped"]["frames"] == 5
     assert [c["state"] for c in s["conns"]] == ["ACTIVE"]  # the whole line before the cut one is kept
+
+
+def test_ctrl_c_stops_a_recorded_command_which_closes_cleanly_with_its_tail(tmp_path):
+    """SIGINT to the recorder reaches the command once (its own process group); the command's
+    stack closes its connection and hands the recorder what it held: the capture ends with
+    the connection CLOSED and nothing lost."""
+    ca, sa = addrs()
+    server = TrafficServer(sa)
+    out = tmp_path / "cmd.pcapng"
+    rec = subprocess.Popen([PY, "-m", "dissectors.cli", "record", "-w", str(out), "--", PY, "-m", "stack.traffic.cli", "client",
+                            "--connect", f"{sa}:5000", "--device", ca, "--mode", "bulk", "--duration", "600", "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    try:
+        assert wait_for(lambda: _grown(out, 300_000), 120), "the recording never got going"
+        rec.send_signal(signal.SIGINT)
+        try:
+            _, err = rec.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            rec.kill()
+            pytest.fail("smc-trace record did not stop its command on SIGINT")
+    finally:
+        server.kill()
+    assert rec.returncode == 0, err
+    assert "Traceback" not in err and "LOST" not in err and "DROPPED" not in err, err
+    s = summary(out)
+    assert s["dropped"]["by"] == [] and s["skipped"]["records"] == 0
+    (conn,) = [c for c in s["conns"] if c["role"] == "client"]
+    assert conn["mode"] == "SMCR" and conn["state"] == "CLOSED" and conn["bytes_written"] > 0
