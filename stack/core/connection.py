@@ -71,6 +71,7 @@ class SmcConnection:
         self.sndbuf = None
         self.peer_rtoken: dict[int, tuple[int, int]] = {}  # link id -> the peer RMB's (rkey, address) on it
         self.peer_size = 0
+        self.tx_off = 0  # our RMBE in the peer's RMB: (rmbe_idx - 1) * its size (smcr_conn_save_peer_info)
         # transmit side (sndbuf cursors, producer cursor in the peer's RMB)
         self.tx_prep = Cursor()
         self.tx_sent = Cursor()
@@ -495,7 +496,7 @@ class SmcConnection:
                 sges.append((lkey_handle, src, take))
                 src = (src + take) % self.sndbuf_size
                 left -= take
-            self.link.post_write(sges, vaddr + dst_off, rkey, now)
+            self.link.post_write(sges, vaddr + self.tx_off + dst_off, rkey, now)
             if self.ctx.bus.active:
                 self.emit(now, "rdma.write", offset=dst_off, length=length, rkey=rkey)
 

@@ -382,6 +382,7 @@ class Handshake:
         conn.peer_rtoken = row
         conn.peer_token = msg.rmbe_alert_token
         conn.peer_size = clc.rmbe_size_bytes(msg.rmbe_size)
+        conn.tx_off = conn.peer_size * (max(msg.rmbe_idx, 1) - 1)  # smcr_conn_save_peer_info: the RMBE rmbe_idx names
         conn.peer_rmbe_space = conn.peer_size
         return True
 

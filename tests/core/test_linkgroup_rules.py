@@ -225,3 +225,34 @@ def test_delete_link_all_is_echoed_orderly():
     (echo,) = [e for e in llc_tx(b, "LLC DELETE LINK", t) if e.get("all")]
     assert echo.get("orderly") is True and echo.get("reason") == DEL.OP_INIT_TERM
     assert not b.host.lgrs
+
+
+# ------------------------------------------------------------------ smcr_conn_save_peer_info
+
+
+def test_rmbe_idx_is_honoured_when_writing_into_the_peer_rmb(monkeypatch):
+    """smcr_conn_save_peer_info: tx_off = RMBE size * (rmbe_idx - 1). A server announces its
+    RMB as the second RMBE of a region starting one RMBE earlier; the client's writes land
+    at the RMBE it named (the fabric refuses any write outside the registered RMB)."""
+    from stack.wire import clc
+
+    f, a, b = hosts(frozenset({2}))
+    real_send = b.tcp_send
+
+    def shifted(conn, data):
+        try:
+            msg = clc.decode(data)
+        except clc.ClcError:
+            return real_send(conn, data)  # not a (whole) CLC message
+        if isinstance(msg, clc.Accept):
+            size = clc.rmbe_size_bytes(msg.rmbe_size)
+            data = dataclasses.replace(msg, rmbe_idx=2, rmb_vaddr=msg.rmb_vaddr - size).encode()
+        return real_send(conn, data)
+
+    monkeypatch.setattr(b, "tcp_send", shifted)
+    open_conn(f, a, b, 1)
+    assert a.host.conns[1].tx_off == a.host.conns[1].peer_size
+    a.host.app_send(1, b"written where rmbe_idx says", f.now)
+    f.run(until=f.now + 0.01)
+    assert b.host.app_recv(1, 100, f.now) == b"written where rmbe_idx says"
+    assert not f.access_errors
