@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Mutation testing, on demand (not part of scripts/test.sh): cosmic-ray mutates the code of
+# one module at a time and runs the tests that should notice; scripts/mutation_tables.py
+# mutates the transition tables (what cosmic-ray cannot: which state a rule goes to, which
+# flag it sends) and runs the expected-table tests.
+#
+#   scripts/mutation.sh                      # the default set: stack/core/states.py, stack/core/cursor.py
+#   scripts/mutation.sh stack/wire/cdc.py    # any modules, each with the tests listed below
+#   MUTATION_KEEP=1 scripts/mutation.sh ...  # keep the work directory (its sessions and reports)
+#
+# It works on a snapshot of the last commit (git archive HEAD) in a temporary directory, so
+# the working tree is never touched; CPU-heavy: it runs under nice. Needs the optional
+# dependency group: .venv/bin/pip install -e '.[mutation]'. Scores go to docs/testing.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=$ROOT/.venv/bin/python
+CR=$ROOT/.venv/bin/cosmic-ray
+[ -x "$CR" ] || { echo "cosmic-ray is not installed: .venv/bin/pip install -e '.[mutation]'" >&2; exit 2; }
+WORK=$(mktemp -d /tmp/smctop-mutation.XXXXXX)
+[ -n "${MUTATION_KEEP:-}" ] || trap 'rm -rf "$WORK"' EXIT
+git archive HEAD | tar -x -C "$WORK"
+[ "$#" -gt 0 ] || set -- stack/core/states.py stack/core/cursor.py
+
+tests_for() {  # the tests that speak for a module (fast ones: each mutant runs them)
+    case "$1" in
+        stack/core/states.py) echo "tests/core/test_expected_tables.py tests/core/test_tables.py tests/core/test_close_flags.py tests/core/test_fin_close_waits.py" ;;
+        stack/core/cursor.py) echo "tests/unit/test_cursor.py tests/core/test_golden_session.py tests/core/test_close_flags.py" ;;
+        stack/wire/*) echo "tests/unit/test_wire_kat.py tests/unit/test_wire_properties.py tests/unit/test_cursor.py" ;;
+        smctop/model.py) echo "tests/tui/test_tui_model.py" ;;
+        stack/core/*) echo "tests/core" ;;
+        *) echo "tests/unit" ;;
+    esac
+}
+
+cd "$WORK"
+for module in "$@"; do
+    name=$(echo "$module" | tr '/.' '__')
+    tests=$(for t in $(tests_for "$module"); do [ -e "$t" ] && echo "$t"; done | tr '\n' ' ')
+    cat > "$name.toml" <<TOML
+[cosmic-ray]
+module-path = "$module"
+timeout = 120.0
+excluded-modules = []
+test-command = "$PY -m pytest -x -q -p no:cacheprovider -p no:randomly $tests"
+
+[cosmic-ray.distributor]
+name = "local"
+TOML
+    echo "== $module (tests: $tests)"
+    "$CR" init "$name.toml" "$name.sqlite"
+    nice -n 19 "$CR" exec "$name.toml" "$name.sqlite"
+    "$ROOT/.venv/bin/cr-report" "$name.sqlite" --show-pending > "$name.report.txt" || true
+    tail -n 3 "$name.report.txt"
+    "$PY" "$ROOT/scripts/mutation_survivors.py" "$name.sqlite" || true
+done
+if printf '%s\n' "$@" | grep -qx stack/core/states.py; then
+    echo "== transition tables (scripts/mutation_tables.py)"
+    nice -n 19 "$PY" "$ROOT/scripts/mutation_tables.py"
+fi
+[ -z "${MUTATION_KEEP:-}" ] || echo "work directory kept: $WORK"
