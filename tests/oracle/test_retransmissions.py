@@ -27,6 +27,7 @@ from dissectors.derive import dropped_at
 from dissectors.pcapng import LINKTYPE_ETHERNET, PcapngWriter, epb_block, read_packets
 from dissectors.recorder import Recorder
 from dissectors.roce_analysis import RoceAnalysis
+from smctop.sources import load_events
 from stack.wire import roce
 
 pytestmark = pytest.mark.oracle
@@ -212,6 +213,8 @@ def test_events_derived_from_the_frames_count_each_message_once(capture, tmp_pat
         assert sum(1 for e in derived if e.kind == k) == sent(got["events"], k), k
     assert sum(1 for e in derived if e.kind == "rdma.write") == sent(got["events"], "rdma.write")
     assert not [e for e in derived if e.kind == "trace.note"]
+    # smctop --replay reads a capture through the same path: the same events, each message once
+    assert [(e.kind, e.host, e.conn) for e in load_events(str(wire))] == [(e.kind, e.host, e.conn) for e in derived]
 
 
 def smc_trace(*args: str) -> subprocess.CompletedProcess:
