@@ -31,6 +31,9 @@ from .states import CONN_TABLE, Hs, step
 
 SOCK_MIN_SNDBUF_HALF = 2304  # SOCK_MIN_SNDBUF / 2 on x86-64: the floor of the update limit
 AUTOCORKING_SIZE = 64 << 10  # net.smc.autocorking_size: data held back while a CDC is in flight
+# what a connection ended by the peer's abort says; its reader sees end of file, as the
+# kernel's smc_rx_recvmsg returns 0 once peer_conn_abort arrived (only writes fail)
+PEER_ABORT_ERROR = "connection reset by peer (SMC abort)"
 CLOSE_FLAGS = ("done_writing", "closed", "abort")  # the connection state flags of our CDCs
 CLOSE_PENDING = ("done_writing", "final")  # what may wait for the sndbuf to drain; "final" is smc_close_final
 URG_VALID, URG_NOTYET, URG_READ = "VALID", "NOTYET", "READ"  # enum smc_urg_state
@@ -274,6 +277,8 @@ class SmcConnection:
         ``urgent`` is send(MSG_OOB) (smc_tx_sendmsg): the last byte of ``data`` is urgent;
         once all of it is in the sndbuf nothing more is taken (0 is returned) until the
         peer has consumed everything we wrote, as the kernel's sender waits."""
+        if self.peer_abort:  # smc_tx_sendmsg: sk_err is ECONNRESET once the peer's abort arrived
+            raise ConnectionResetError(f"connection {self.id}: {PEER_ABORT_ERROR}")
         if self.state not in (SmcState.ACTIVE, SmcState.APPCLOSEWAIT1) or self.sent["done_writing"] or self.pending["done_writing"]:
             raise BrokenPipeError(f"connection {self.id} cannot send in state {self.state.name}")
         if self.peer_closed or self.peer_abort:  # smc_tx_sendmsg: any close received -> ECONNRESET
@@ -619,7 +624,7 @@ class SmcConnection:
             self._maybe_update_consumer(now)
         if msg.peer_conn_abort and not self.peer_abort:
             self.peer_abort = True
-            self.error = "connection reset by peer (SMC abort)"
+            self.error = PEER_ABORT_ERROR
             self.emit(now, "conn.error", reason=self.error)
             self.input("peer_abort", now)
             self.io.conn_readable(self.id)

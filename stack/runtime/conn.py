@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from stack.core.connection import PEER_ABORT_ERROR
 from stack.wire import codes
 
 from .port import HostPort
@@ -92,8 +93,10 @@ class ConnHandle:
         return conn is None or conn.eof
 
     def smc_error(self) -> str | None:
-        conn = self.port.host.conns.get(self.conn_id)
-        return conn.error if conn is not None and conn.peer_abort else self.error
+        """Why reading must fail, once the stream has ended: never the peer's abort, which a
+        reader sees as end of file (smc_rx_recvmsg breaks on peer_conn_abort and returns 0);
+        the writer still fails (smc_tx_sendmsg: ECONNRESET)."""
+        return None if self.error == PEER_ABORT_ERROR else self.error
 
     def smc_shutdown_wr(self) -> None:
         if self.conn_id in self.port.host.conns:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from stack.core.connection import PEER_ABORT_ERROR
 from stack.core.host import SmcHost
 from stack.core.ports import MrInfo, QpInfo
 from stack.verbs.api import EventType
@@ -139,7 +140,8 @@ class HostPort:
         if error:
             h.error = error
             exc = ConnectionResetError(error)
-            h.reader._set_exception(exc)
+            if error != PEER_ABORT_ERROR:  # the peer's abort ends the stream for a reader (smc_rx_recvmsg)
+                h.reader._set_exception(exc)
             h.writer._fail(exc)
         h.reader._feed_eof()
         if h.transport is not None and h.mode == "SMCR":

@@ -146,12 +146,15 @@ def test_close_paths_through_the_api():
             w.close()
             sw.close()
             await asyncio.gather(w.wait_closed(), sw.wait_closed())
-            # abort: the peer's read fails with the reason
+            # abort: the peer reads end of file, as a kernel reader does after peer_conn_abort
+            # (smc_rx_recvmsg), and its next write fails with the reason (smc_tx_sendmsg)
             r, w = await a.open_connection(sa, 5000)
             sr, sw = await seen.get()
             w.abort()
+            assert await sr.read() == b""
             with pytest.raises(ConnectionResetError, match="connection reset by peer"):
-                await sr.read()
+                sw.write(b"late")
+                await sw.drain()
             sw.close()
             await sw.wait_closed()
             await until(lambda: not a.snapshot()["conns"] and not b.snapshot()["conns"], what="both sides' connections gone")
