@@ -100,3 +100,16 @@ def test_a_connection_fills_its_peers_ring_to_the_last_byte(size):
     f.run(until=f.now + 0.01)
     got += b.host.app_recv(1, 2 * size, f.now)
     assert got == data + b"x" * 100
+
+
+def test_wraps_beyond_the_small_int_cache_compare_by_value():
+    """Equal wraps above 256 are equal values, not the same object (a mutant compared with ``is``)."""
+    w1, w2 = int("1000"), int("999") + 1
+    assert w1 == w2 and w1 is not w2
+    assert not curs.ahead(Cursor(w1, 3), Cursor(w2, 5)) and curs.ahead(Cursor(w1, 5), Cursor(w2, 3))
+    assert curs.comp(Cursor(w1, 5), Cursor(w2, 3), SIZE) == -2
+
+
+def test_fits_rejects_counts_beyond_the_ring():
+    assert not curs.fits(Cursor(0, SIZE + 1), SIZE) and not curs.fits(Cursor(0, 10 * SIZE), SIZE)
+    assert not curs.valid(Cursor(0, SIZE + 1), SIZE)
