@@ -56,6 +56,7 @@ ACTIONS = [
     ("sort", "s", "sort connections: host, rate, fill, state, mode (or click a column's title)", None),
     ("sort_reverse", "S", "connections: reverse the order", None),
     ("closed", "c", "connections: show / hide closed ones (kept a few seconds)", None),
+    ("listening", "a", "connections: show / hide LISTEN sockets (as smcss -a)", None),
     ("follow", "F", "events: follow the newest / stay", None),
     ("step", "n", "replay: one event further (pauses)", "replay"),
     ("seek(-10)", "[", "replay: 10 s back", "replay"),
@@ -115,6 +116,7 @@ class SmctopApp(App):
         Binding("s", "sort", "Sort", show=False),
         Binding("S", "sort_reverse", "Reverse sort", show=False),
         Binding("c", "closed", "Closed", show=False),
+        Binding("a", "listening", "Listening", show=False),
         Binding("F", "follow", "Follow", show=False),
         *(Binding(str(i + 1), f"show_tab('{tab}')", label, show=False) for i, (tab, label) in enumerate(TABS)),
     ]
@@ -369,6 +371,13 @@ class SmctopApp(App):
             yield SystemCommand(f"smctop: {what.split(' (')[0]}", f"key {keys}", partial(self.call_next, self.run_action, name))
         for i, (tab, label) in enumerate(TABS):
             yield SystemCommand(f"smctop: show {label.split(' ', 1)[1]}", f"key {i + 1}", partial(self.call_next, self.run_action, f"show_tab('{tab}')"))
+
+    def action_listening(self) -> None:
+        pane = self.query_one(ConnsPane)
+        pane.show_listen = not pane.show_listen
+        pane.set_filter(pane.filter, self.model)
+        pane.update_from(self.model)
+        self.say("connections: LISTEN sockets shown (as smcss -a)" if pane.show_listen else "connections: LISTEN sockets hidden")
 
     def action_follow(self) -> None:
         on = self.query_one(EventsPane).toggle_follow()

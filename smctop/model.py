@@ -874,18 +874,7 @@ class Model:
         t = snap.get("t", self.now or 0.0)
         if self.t0 is None:
             self.t0 = t
-        h = self.host(name)
-        h.stats = dict(snap.get("stats", {}))
-        h.devices = list(snap.get("devices", []))
-        h.fallbacks = list(snap.get("fallbacks", []))
-        h.snapshot_t = t
-        rdma = snap.get("rdma")
-        h.rdma = {str(k): v for k, v in rdma.items() if isinstance(v, dict)} if isinstance(rdma, dict) else {}
-        lst = snap.get("listeners")
-        h.listeners = [x for x in lst if isinstance(x, dict) and isinstance(x.get("local"), str)][:1000] if isinstance(lst, list) else []
-        ueids = snap.get("ueids")
-        h.ueids = [str(u) for u in ueids if isinstance(u, str)][:64] if isinstance(ueids, list) else []
-        h.extra = {k: v for k, v in snap.items() if k not in _SNAPSHOT_KNOWN}
+        self.apply_host_info(snap)
         seen = set()
         for s in snap.get("conns", []):
             c = self.conn(name, s["conn"], t)
@@ -944,6 +933,27 @@ class Model:
                 g.terminated = True
         self.links_changed = True
         return snap
+
+    def apply_host_info(self, snap: dict[str, Any]) -> Host:
+        """The host-wide part of a snapshot (counters, devices and their counters, listening
+        sockets, UEIDs, other keys), read defensively: keys the schema does not declare may be
+        absent or of any shape. Connections and link groups are :meth:`apply_snapshot`'s."""
+        h = self.host(str(snap.get("host", "")))
+        stats = snap.get("stats")
+        h.stats = {str(k): v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} if isinstance(stats, dict) else {}
+        devs = snap.get("devices")
+        h.devices = [d for d in devs if isinstance(d, dict)] if isinstance(devs, list) else []
+        fbs = snap.get("fallbacks")
+        h.fallbacks = [f for f in fbs if isinstance(f, dict)] if isinstance(fbs, list) else []
+        h.snapshot_t = snap.get("t", self.now)
+        rdma = snap.get("rdma")
+        h.rdma = {str(k): v for k, v in rdma.items() if isinstance(v, dict)} if isinstance(rdma, dict) else {}
+        lst = snap.get("listeners")
+        h.listeners = [x for x in lst if isinstance(x, dict) and isinstance(x.get("local"), str)][:1000] if isinstance(lst, list) else []
+        ueids = snap.get("ueids")
+        h.ueids = [str(u) for u in ueids if isinstance(u, str)][:64] if isinstance(ueids, list) else []
+        h.extra = {k: v for k, v in snap.items() if k not in _SNAPSHOT_KNOWN}
+        return h
 
     def add_latencies(self, seconds: Iterable[float]) -> None:
         """Request/response round trips measured by the source (the demo's traffic)."""

@@ -68,6 +68,28 @@ class SyntheticStack:
         self.started = True
         return ev
 
+    def host_info(self, t: float) -> list[dict]:
+        """What each host's snapshot says of itself (devices and their counters, listening
+        sockets, UEIDs, smcr stats counters) at ``t``, for the Devices and Stats views."""
+        secs = max(int(t) - 1000, 0)
+        out = []
+        for host, me, devs, listen in (("alpha", "1", ("30", "31"), False), ("beta", "2", ("30", "31"), True), ("gamma", "3", ("30",), True)):
+            frames = secs * (self.n * 40 if host != "gamma" else 0)
+            down = host == "beta" and not self.link_up
+            out.append({
+                "host": host, "t": t,
+                "stats": {"smc_client": self.n if host == "alpha" else 0, "smc_server": self.n if host == "beta" else 0,
+                          "fallback_client": self.fb_id if host == "alpha" else 0, "fallback_server": self.fb_id if host == "gamma" else 0,
+                          "handshake_errors": 0, "links_added": 2 if host != "gamma" else 0},
+                "devices": [{"name": f"127.{d}.0.{me}", "up": not (down and d == "30"), "mtu": 5} for d in devs],
+                "rdma": {f"127.{d}.0.{me}": {"tx_frames": frames if d == "30" else 2, "rx_frames": frames if d == "30" else 2, "tx_dropped": 0,
+                                            "rx_dropped": 0, "icrc_errors": 0, "bad_frames": 0, "psn_out_of_window": 0, "suspect_ignored": 0,
+                                            "port_up": not (down and d == "30"), "engine": "python"} for d in devs},
+                "listeners": [{"local": f"127.30.0.{me}:5000", "smc": True}] if listen else [],
+                "ueids": ["SMCTOP"] if host != "gamma" else [],
+            })  # fmt: skip
+        return out
+
     # ------------------------------------------------------------------ one second
 
     def step(self, t: float) -> list[Event]:

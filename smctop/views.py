@@ -168,7 +168,7 @@ class ConnsPane(Pane, Vertical):
         self.sort = "host"
         self.reverse = False  # against the column's usual order
         self.show_closed = False
-        self.show_listen = True  # LISTEN rows (smcss -a), when the source knows the listening sockets
+        self.show_listen = False  # LISTEN rows too (a, as smcss -a), when the source knows the listening sockets
         self._stamp: tuple = ()
         self._dirty = True
 
@@ -248,7 +248,7 @@ class ConnsPane(Pane, Vertical):
         self.query_one("#conns-summary", Static).update(
             f"{n} connections ({smc} SMCR, {n - smc} other{', closed ones too' if self.show_closed else ''})"
             + (f", {len(listen)} listening" if listen else "") + f"  sorted by {self.sort_text()}"
-            + (f"  filter '{self.filter}'" if self.filter else "") + "   Enter: details  s/S/click: sort  c: closed")  # fmt: skip
+            + (f"  filter '{self.filter}'" if self.filter else "") + "   Enter: details  s/S/click: sort  c: closed  a: listening")  # fmt: skip
 
 
 def _t(e) -> float:
@@ -429,7 +429,7 @@ class PerfPane(Pane, VerticalScroll):
                  ("New connections", 3, lambda v: f"{v:,.0f}/s"), ("Fallbacks", 4, lambda v: f"{v:,.0f}/s"),
                  ("Events", 5, lambda v: f"{v:,.0f}/s")]  # fmt: skip
         out = Text()
-        spark = max(10, min(60, (self.size.width or 100) - 2 - 17 - 14 - 22))
+        spark = max(10, min(60, self.app.size.width - 2 - 17 - 14 - 22))  # the terminal decides (the pane may not be laid out yet)
         out.append(f"last {p.n} s, one sample a second\n\n", style="dim")
         for label, i, show in names:
             series = p.series(i)

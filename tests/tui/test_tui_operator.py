@@ -5,6 +5,8 @@ header click, reverse, indicator); smctop's actions in the command palette."""
 
 from __future__ import annotations
 
+import re
+
 from tuihelp import SIZE, advance, make_app, run
 
 from smctop.app import SmctopApp
@@ -82,13 +84,17 @@ def test_devices_listen_rows_counters_ueids_and_security_counters_from_a_snapsho
             text = "\n".join(table(app, "#devices-table").lines())
             lines = text.splitlines()
             assert "PNET ID" in lines[0] and "PSN out-of-window" in lines[0]
-            assert any(ln.startswith("delta mlx5_0 ACTIVE NET1") and " 7 " in ln + " " for ln in lines), text
-            assert any(ln.startswith("delta mlx5_1 DOWN") for ln in lines), text
+            assert any(re.match(r"delta +mlx5_0 +ACTIVE +NET1 +4096 .* 1,234 +1,200 +0 +3 +0 +7 +2$", ln) for ln in lines), text
+            assert any(re.match(r"delta +mlx5_1 +DOWN ", ln) for ln in lines), text
             assert "1 with the port DOWN" in app.screen_text()
             await pilot.press("2")
             await pilot.pause()
+            assert "LISTEN" not in "\n".join(table(app, "#conns-table").lines())  # as smcss: connections only
+            await pilot.press("a")  # as smcss -a
+            await pilot.pause()
             conns = "\n".join(table(app, "#conns-table").lines())
-            assert "delta LISTEN SMC" in conns and "10.0.0.4:5000" in conns and "1 listening" in app.screen_text()
+            assert re.search(r"^beta +LISTEN +SMC ", conns, re.M) and "127.30.0.2:5000" in conns  # the synthetic hosts' listeners too
+            assert re.search(r"^delta +LISTEN +SMC ", conns, re.M) and "10.0.0.4:5000" in conns and "3 listening" in app.screen_text()
             await pilot.press("7")
             await pilot.pause()
             assert "delta" in app.screen_text()
