@@ -24,6 +24,27 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """A stack's resource limits, in the spirit of the RDMA cgroup (rdma.max: hca_handle,
+    hca_object) and the kernel's own caps: link groups, QPs (one per link), memory
+    registered for connection buffers (RMBs and send buffers, in bytes, counting each
+    device a buffer is mapped on) and connections (SMC-R, handshakes included). None: no
+    limit. Past a limit a server declines the Proposal and a client the Accept, with the
+    kernel's codes (``Directory.over_limit``); a second link is simply not added."""
+
+    lgrs: int | None = 128
+    qps: int | None = 256
+    reg_mem: int | None = 1 << 30
+    conns: int | None = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("lgrs", "qps", "reg_mem", "conns"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"limit {name} must be a whole number >= 0 or None, not {v!r}")
+
+
+@dataclass(frozen=True)
 class SmcConfig:
     host: str = "host"
     versions: frozenset[int] = frozenset({1, 2})
@@ -43,6 +64,7 @@ class SmcConfig:
     llc_v2_order: str = "little"  # byte order of v2 LLC lengths we send (x86-64 Linux)
     send_queue: int = 128  # send WRs per link QP
     timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         for eid in self.ueids:

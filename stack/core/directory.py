@@ -13,7 +13,7 @@ import random
 from typing import Collection, Iterable
 
 from stack.wire import clc
-from stack.wire.codes import LgrRole
+from stack.wire.codes import DECL, LgrRole
 
 from .link import Link
 from .linkgroup import NO_CONTEXT, LinkGroup, LinkGroupOwner, SecurityContext
@@ -44,6 +44,7 @@ class Directory:
         self.lgrs: list[LinkGroup] = []
         self.links_by_qp: dict[int, Link] = {}
         self.dying: dict[int, LinkGroup] = {}  # terminated, until its last DELETE LINK has left
+        self.conns: dict = {}  # the host's connections by id (SmcHost sets it), for the connection limit
         self.contexts: dict[int, SecurityContext] = {}  # connection id -> its security context (absent: the stack's own)
         self._lgr_seq = rng.getrandbits(16) << 8
         self._token_seq = rng.getrandbits(24)
@@ -122,6 +123,53 @@ class Directory:
                         return lgr, link
                     return None, None
         return None, None
+
+    # ---------------------------------------------------------------- resource limits
+
+    def usage(self) -> dict[str, int]:
+        """What the stack holds now: link groups (live and dying), QPs, bytes registered for
+        connection buffers (once per device a buffer is mapped on), and connections (SMC-R
+        or in their handshake)."""
+        groups = self.lgrs + list(self.dying.values())
+        return {
+            "lgrs": len(groups),
+            "qps": sum(1 for g in groups for l in g.links.values() if l.qp_alive),
+            "reg_mem": sum(buf.size * len(buf.regs) for g in groups for buf in g.rmbs + g.sndbufs),
+            "conns": sum(1 for c in self.conns.values() if c.mode in ("INIT", "SMCR")),
+        }
+
+    def limits_info(self) -> dict[str, dict]:
+        """The snapshot's "limits": each limit (None: none) with its current use."""
+        limits, use = self.ctx.config.limits, self.usage()
+        return {name: {"limit": getattr(limits, name), "used": used} for name, used in use.items()}
+
+    def qp_room(self) -> bool:
+        limit = self.ctx.config.limits.qps
+        return limit is None or self.usage()["qps"] < limit
+
+    def over_limit(self, conn, lgr: LinkGroup | None) -> int:
+        """The decline a new connection gets when it would take the stack past a limit (0:
+        none): the connection limit MAXCONNERR, a new link group (one more group and QP)
+        MAXLINKERR, the registered memory its buffers need (on every device of the group)
+        MEM, the kernel's code for buffers it cannot have (smc_buf_create). Counted in
+        the stats as limit_<name>."""
+        limits, use = self.ctx.config.limits, self.usage()
+        config = self.ctx.config
+        others = use["conns"] - (1 if conn is not None and conn.mode in ("INIT", "SMCR") else 0)
+        devices = len({l.device for l in lgr.usable_links()}) if lgr is not None else 1
+        need = (clc.rmbe_size_bytes(clc.rmbe_size_compress(config.rmb_size)) + config.sndbuf_size) * max(devices, 1)
+        checks = (
+            ("conns", limits.conns is not None and others >= limits.conns, DECL.MAXCONNERR),
+            ("lgrs", lgr is None and limits.lgrs is not None and use["lgrs"] >= limits.lgrs, DECL.MAXLINKERR),
+            ("qps", lgr is None and limits.qps is not None and use["qps"] >= limits.qps, DECL.MAXLINKERR),
+            ("reg_mem", limits.reg_mem is not None and use["reg_mem"] + need > limits.reg_mem, DECL.MEM),
+        )
+        for name, over, reason in checks:
+            if over:
+                key = f"limit_{name}"
+                self.ctx.stats[key] = self.ctx.stats.get(key, 0) + 1
+                return reason
+        return 0
 
     def alloc_token(self, lgr: LinkGroup) -> int:
         """A connection token (the RMBE alert token), unique in the group."""

@@ -195,6 +195,8 @@ class Handshake:
         if not inp.reason:
             peer_gid = p.v2.roce_gid if inp.choice.version >= 2 else p.gid
             inp.lgr = self.directory.find_server_lgr(p.peer_id, peer_gid, p.mac, inp.choice.version, inp.choice.eid, conn)
+            inp.reason = self.directory.over_limit(conn, inp.lgr)  # the stack's resource limits
+            inp.lgr = None if inp.reason else inp.lgr
         self.input(conn, "proposal", now, inp)
 
     def _examine_accept(self, conn: SmcConnection, a: clc.Accept) -> Input:
@@ -203,6 +205,8 @@ class Handshake:
         inp.reason = check_accept(conn.proposal, a, self.ctx.config)
         if not inp.reason and not a.first_contact:
             inp.lgr, inp.link = self.directory.find_client_link(a, conn)
+        if not inp.reason and (a.first_contact or inp.lgr is not None):
+            inp.reason = self.directory.over_limit(conn, inp.lgr)  # the stack's resource limits
         return inp
 
     def _examine_confirm(self, conn: SmcConnection, c: clc.Confirm) -> Input:

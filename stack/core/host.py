@@ -46,6 +46,7 @@ class SmcHost:
         self.ctx = Services(config.host, io, config, bus or EventBus(), self.stats, self.device_table)
         self.directory = Directory(self.ctx, self, self.rng)
         self.conns: dict[int, SmcConnection] = {}
+        self.directory.conns = self.conns  # counted against the connection limit
         self.handshake = Handshake(self.ctx, self.directory, self.conns, self.peer_id)
         # the directory's, under the names snapshots, tests and tools know
         self.lgrs: list[LinkGroup] = self.directory.lgrs
@@ -189,6 +190,9 @@ class SmcHost:
     def link_added(self, link: Link) -> None:
         self.links_by_qp[link.qp.handle] = link
 
+    def may_create_qp(self) -> bool:
+        return self.directory.qp_room()
+
     def qp_destroyed(self, link: Link) -> None:
         self.links_by_qp.pop(link.qp.handle, None)
 
@@ -312,4 +316,5 @@ class SmcHost:
             "lgrs": [lgr.info() for lgr in self.lgrs], "conns": [c.snapshot() for c in self.conns.values()],
             "failovers": list(self.failovers),
             "devices": [{"name": d.name, "up": d.up, "mtu": d.mtu} for d in self.devices],
+            "limits": self.directory.limits_info(),
         }  # fmt: skip

@@ -65,6 +65,9 @@ NO_CONTEXT = SecurityContext()
 class LinkGroupOwner(Protocol):
     """What a link group tells the one who made it."""
 
+    def may_create_qp(self) -> bool:
+        """Is there room for one more QP under the stack's limits?"""
+
     def link_added(self, link: Link) -> None:
         """A new link's QP: completions and messages on it are this link's."""
 
@@ -196,6 +199,9 @@ class LinkGroup:
     def new_link(self, device: DeviceInfo | None, link_id: int, now: float) -> Link | None:
         """A new link on ``device`` (its QP in INIT), or None when no QP could be had."""
         if device is None:
+            return None
+        if not self.owner.may_create_qp():
+            self.emit(now, "link.event", event="qp_create_failed", reason=f"QP limit reached ({self.ctx.config.limits.qps})")
             return None
         try:
             qp = self.ctx.io.create_qp(device.name)
