@@ -73,6 +73,10 @@ def render_detail(model: Model, key: tuple[str, int]) -> Text:
                + (f"  error {c.error}" if c.error else "") + "\n")  # fmt: skip
     out.append(f"cursors  rxprod {c.rx_prod or '-'}  rxcons {c.rx_cons}  txprod {c.tx_prod}  txcons {c.tx_cons}  "
                f"txsent {c.tx_sent}  txfin {c.tx_fin}\n")  # fmt: skip
+    if c.mode == "TCP" or c.error:
+        out.append("\nwhy not SMC-R\n", style="bold")
+        for line in diagnose(model, c):
+            out.append(f"  {line}\n", style="yellow")
     out.append("\nhistory (one sample a second)\n", style="bold")
     if c.hist is not None and c.hist.n:
         for label, i, top in (("rate", 0, None), ("RMB fill", 1, float(c.rmb_size or 1)), ("rxprod position", 2, float(c.rmb_size or 1)),
@@ -99,6 +103,38 @@ def render_detail(model: Model, key: tuple[str, int]) -> Text:
             out.append(f"  {t - t0:+10.3f}  link {link} {text}\n", style="blue")
         if not g.llc_log:
             out.append("  (none seen)\n")
+    return out
+
+
+def diagnose(model: Model, c) -> list[str]:
+    """smc_chk's answer for one connection, from what the events said: who declined and with
+    what, what the other end saw (when it is watched too), the CLC messages, where to look."""
+    from .model import PEER_DECLINE_CLASS
+    from .views import DIAGNOSIS_HINTS
+
+    out = []
+    peer = c.peer_end
+    if c.reason and (c.reason & 0xFF000000) == PEER_DECLINE_CLASS:
+        who = f"{peer.host} ({peer.role})" if peer is not None else f"the peer {c.peer}"
+        cause = c.peer_diagnosis or (peer.reason if peer is not None else 0)
+        out.append(f"{who} declined" + (f" with {fmt.reason(cause)}: {fmt.reason_meaning(cause)}" if cause else " (no diagnosis sent)"))
+    elif c.reason:
+        cause = c.reason
+        out.append(f"{c.host} ({c.role}) decided: {fmt.reason(cause)}: {fmt.reason_meaning(cause)}")
+    else:
+        cause = 0
+        out.append("the connection did not ask for SMC (plain TCP)" if c.mode == "TCP" else f"error: {c.error}")
+    if peer is not None and peer.reason:
+        out.append(f"the other end ({peer.host}, {peer.role}) says {fmt.reason(peer.reason)}"
+                   + (f", peer diagnosis {fmt.reason(peer.peer_diagnosis)}" if peer.peer_diagnosis else ""))  # fmt: skip
+    clc = [text for _t, kind, _d, text in list(c.log) if kind == "clc.msg"]
+    if peer is not None:
+        clc += [f"{peer.host}: {text}" for _t, kind, _d, text in list(peer.log) if kind == "clc.msg"]
+    if clc:
+        out.append("CLC: " + "; ".join(clc[:6]))
+    hint = DIAGNOSIS_HINTS.get(cause)
+    if hint:
+        out.append(f"check: {hint}")
     return out
 
 

@@ -163,3 +163,22 @@ def test_failovers_count_only_when_connections_moved():
     m.feed(Event(2.0, "link.event", "b", "g1", 2, fields={"event": "failover_end", "to_link": 3, "conns": 0, "failed": 0, "duration_ms": 0.0}))
     t = m.totals()
     assert t["failovers"] == 1 and t["link_deletions"] == 1
+
+
+def test_a_fallen_back_connection_says_why_not_smc_r():
+    async def go():
+        app, src = make_app(1, fallbacks=1)
+        async with app.run_test(size=(200, 50)) as pilot:
+            await advance(app, pilot, src, 1)
+            key = next(k for k, c in app.model.conns.items() if c.host == "alpha" and c.mode == "TCP")
+            from smctop.screens import ConnDetailScreen
+
+            app.push_screen(ConnDetailScreen(app.model, key))
+            await pilot.pause()
+            text = app.screen_text()
+            assert "why not SMC-R" in text
+            assert "gamma (server) declined with 0x03070000 DIFFPREFIX: IP prefix / subnet mismatch" in text
+            assert "CLC: " in text and "Decline" in text
+            assert "check: the two hosts' IP subnets" in text
+
+    run(go())
