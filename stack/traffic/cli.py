@@ -26,7 +26,7 @@ import sys
 import time
 from contextlib import ExitStack
 
-from stack.core.config import SmcConfig, Timeouts
+from stack.core.config import Limits, SmcConfig, Timeouts
 from stack.events import JsonlWriter
 from stack.runtime.control import CommandError, parse_reason
 from stack.runtime import Capability
@@ -63,6 +63,24 @@ def buffer_size(text: str) -> int:
     if not MIN_BUF <= v <= MAX_BUF:
         raise argparse.ArgumentTypeError(f"{text!r}: buffers are 16K to 512M")
     return v
+
+
+LIMIT_NAMES = {"lgrs": "lgrs", "qps": "qps", "reg-mem": "reg_mem", "conns": "conns"}
+
+
+def limit(text: str) -> tuple[str, int | None]:
+    """A resource limit, NAME=N (N a number, reg-mem a size like 256M, or none)."""
+    name, sep, value = text.partition("=")
+    field = LIMIT_NAMES.get(name.strip().lower())
+    if not sep or field is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=N with NAME one of {', '.join(LIMIT_NAMES)}")
+    if value.strip().lower() == "none":
+        return field, None
+    if field == "reg_mem":
+        return field, size(value)
+    if not value.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: the limit is a whole number or none")
+    return field, int(value)
 
 
 def hostport(text: str) -> tuple[str, int]:
@@ -142,6 +160,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sndbuf-size", type=buffer_size, default=64 << 10, help="send buffer per connection (default 64K)")
     g.add_argument("--versions", type=versions, default=frozenset({1, 2}), help="SMC-R versions offered (default 1,2)")
     g.add_argument("--ueid", action="append", type=ueid, help="user EID for SMC-Rv2 (repeatable; default SMCTOP)")
+    g.add_argument("--limit", action="append", type=limit, default=[], metavar="NAME=N",
+                   help="a resource limit of the stack: lgrs, qps, reg-mem (a size) or conns, or NAME=none (repeatable; "
+                        "defaults: lgrs=128 qps=256 reg-mem=1G conns=1024)")
     g.add_argument("--test-link", type=positive_float, default=30.0, help="TEST LINK interval in seconds (0 disables)")
     g.add_argument("--host-name", help="host name in events and CLC (default: client/server)")
     g.add_argument("--tcp-option", choices=["auto", "option", "inband"], default="auto",
@@ -196,6 +217,7 @@ def stack_config(args, role: str) -> StackConfig:
     smc = SmcConfig(
         host=args.host_name or role, versions=args.versions, ueids=tuple(args.ueid or ("SMCTOP",)), rmb_size=args.rmb_size,
         sndbuf_size=args.sndbuf_size, forced_decline=getattr(args, "decline", None), timeouts=Timeouts(test_link=args.test_link),
+        limits=Limits(**dict(args.limit)),
     )  # fmt: skip
     return StackConfig(smc, devices, control_path=args.control, tcp_option=args.tcp_option)
 
