@@ -8,11 +8,13 @@ registrations: a failover changes the link and the key, never the bytes.
 
 Buffers belong to their link group, not to one connection (``smc_buf_get_slot``,
 ``smcr_buf_unuse``): when a connection ends, its RMB is unregistered with the peer (DELETE
-RKEY), zeroed and kept registered, unused, with its send buffer; the next connection of the
-same size takes them and announces the RMB again (CONFIRM RKEY), as the kernel does. The
-memory stays registered all along, so a late RDMA WRITE from a peer that has not yet seen
-the close lands in registered memory instead of failing the link. They are freed with the
-group.
+RKEY). By default its registration then ends too (``LinkGroup.rmb_free``): no rkey outlives
+the connection it was handed to. With ``SmcConfig.rmb_keep_registered`` it is kept as the
+kernel keeps it: zeroed and registered, unused, with its send buffer, for the next
+connection of the same size, which announces it again (CONFIRM RKEY); an RMB whose DELETE
+RKEY went unanswered is kept that way too, so a late RDMA WRITE lands in registered memory
+instead of failing the link. Send buffers (local keys only) are always pooled. What is left
+is freed with the group.
 """
 
 from __future__ import annotations
