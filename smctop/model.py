@@ -319,6 +319,7 @@ class Link:
     llc: int = 0
     unused_since: float | None = None  # deleted links stay (with their history) for a while
     hist: Ring = field(default_factory=lambda: Ring(60))
+    counters: dict = field(default_factory=dict)  # numbers the snapshot has beyond the schema (PSN out of window, suspect frames, ...)
 
 
 @dataclass(slots=True, eq=False)
@@ -925,6 +926,7 @@ class Model:
                 link.qpn, link.peer_qpn = ls.get("qpn", link.qpn), ls.get("peer_qpn", link.peer_qpn)
                 link.gid, link.peer_gid = ls.get("gid", link.gid), ls.get("peer_gid", link.peer_gid)
                 link.asym, link.conns = bool(ls.get("asym", link.asym)), ls.get("conns", link.conns)
+                link.counters = {str(k): v for k, v in ls.items() if k not in _LINK_KNOWN and type(v) in (int, float)}
             for lid, link in g.links.items():
                 if lid not in link_ids:
                     link.state = "LINK_UNUSED"
@@ -1165,6 +1167,7 @@ class Model:
 
 # the kinds kept in the long buffer the events view searches: few, and what an operator looks for later
 RARE_KINDS = frozenset({"conn.state", "conn.fallback", "conn.error", "link.state", "link.event", "lgr.state", "events.dropped"})
+_LINK_KNOWN = frozenset({"id", "state", "device", "qpn", "peer_qpn", "gid", "peer_gid", "asym", "conns", "mtu", "sq_used"})
 _SNAPSHOT_KNOWN = frozenset({"host", "t", "stats", "devices", "fallbacks", "lgrs", "conns", "failovers", "rdma", "listeners", "ueids", "peer_id"})
 
 _CDC_TEXT = renderer("cdc.msg")  # the hot path's log line, the schema's template compiled

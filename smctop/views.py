@@ -544,6 +544,9 @@ def _stat(stats: dict, *names: str):
     return None
 
 
+SECURITY_WORDS = ("psn", "suspect", "limit", "reject", "drop", "error", "window", "refused")
+
+
 def stats_text(model: Model) -> Text:
     """``smcr stats``-style counters per host, from the stacks' snapshots and the events: SMC-R
     and fallback connections by role, handshake errors, connections per SMC-R version, RMB
@@ -581,6 +584,12 @@ def stats_text(model: Model) -> Text:
         if sec:
             out.append(f"  {'security counters':28}" + "  ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sec.items()) + "\n",
                        style="bold red" if any(sec.values()) else "")  # fmt: skip
+        for g in sorted((g for g in model.lgrs.values() if g.host == name), key=lambda g: g.id):
+            for link in sorted(g.links.values(), key=lambda link: link.id):
+                watch = {k: v for k, v in link.counters.items() if any(w in k for w in SECURITY_WORDS)}
+                if watch:
+                    out.append(f"  {'link ' + g.id + '/' + str(link.id):28}" + "  ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(watch.items())) + "\n",
+                               style="bold red" if any(watch.values()) else "")  # fmt: skip
         other = {k: v for k, v in st.items() if k not in {"smc_client", "smc_server", "fallback_client", "fallback_server", "handshake_errors",
                                                           "links_added", "links_down", "failovers"}}  # fmt: skip
         for k, v in sorted(h.extra.items()):

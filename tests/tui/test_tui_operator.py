@@ -19,10 +19,13 @@ from smctop.widgets import RowTable
 DELTA = {  # a fourth host's snapshot: what Stack.snapshot() carries, plus keys other helpers may add
     "host": "delta", "t": 1002.5, "stats": {"smc_client": 4, "smc_server": 0, "fallback_client": 1, "fallback_server": 0, "handshake_errors": 2},
     "devices": [{"name": "mlx5_0", "up": True, "mtu": 5, "pnetid": "NET1"}, {"name": "mlx5_1", "up": False, "mtu": 5}],
-    "fallbacks": [], "lgrs": [], "conns": [], "failovers": [],
+    "fallbacks": [], "conns": [], "failovers": [],
     "rdma": {"mlx5_0": {"tx_frames": 1234, "rx_frames": 1200, "tx_dropped": 0, "rx_dropped": 3, "icrc_errors": 0, "bad_frames": 0,
                         "psn_out_of_window": 7, "suspect_ignored": 2, "port_up": True, "engine": "native"}, "mlx5_1": "not a dict"},
     "listeners": [{"local": "10.0.0.4:5000", "smc": True}, {"bad": 1}], "ueids": ["SMCTOP", 5],
+    "limits": {"max_conns": 1000, "conns_refused": 3}, "stats_extra": "not numbers",
+    "lgrs": [{"id": "00d0d000", "role": "client", "type": "SINGLE", "links": [
+        {"id": 1, "state": "LINK_ACTIVE", "device": "mlx5_0", "psn_out_of_window": 4, "suspect_frames": 1, "odd": "text"}]}],
 }  # fmt: skip
 
 
@@ -101,6 +104,8 @@ def test_devices_listen_rows_counters_ueids_and_security_counters_from_a_snapsho
             stats = stats_text(app.model).plain
             assert "handshake errors                     2" in stats and "UEIDs                       SMCTOP" in stats
             assert "psn out of window 7" in stats and "suspect ignored 2" in stats
+            assert re.search(r"link 00d0d000/1 +psn out of window 4  suspect frames 1", stats)  # per link, when the stack reports it
+            assert "limits.conns_refused 3" in stats and "limits.max_conns 1,000" in stats
             assert "open SMC-R conns by version v2: 2" in stats and "RMB usage                   2 RMBs, 524.3 kB" in stats
 
     run(go())
