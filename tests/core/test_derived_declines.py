@@ -98,3 +98,34 @@ def test_the_server_declines_err_regbuf_when_its_buffers_cannot_be_registered():
     assert server == ("TCP", DECL.ERR_REGBUF, 0), server
     assert client == ("TCP", DECL.PEERDECL, DECL.ERR_REGBUF), client
     assert "buffer registration failed" in b.host.conns[1].error
+
+
+def _as_v1(m):
+    extra = {"gids": ()} if m.type == clc.ClcType.CONFIRM else {}
+    return replace(m, version=1, fce=None, **extra)
+
+
+def test_the_client_declines_modeunsupp_for_an_accept_in_a_version_it_did_not_offer():
+    """smc_connect_check_aclc: a v1 Accept to a client that proposed v2 only."""
+    from stack.core.config import SmcConfig
+
+    f, a, b = pair(SmcConfig(host="client", versions=frozenset({2})))
+    changed = _tamper(b, clc.ClcType.ACCEPT, _as_v1)
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.1)
+    assert changed and changed[0].version == 2
+    client, server = _outcome(a, b)
+    assert client == ("TCP", DECL.MODEUNSUPP, 0), client
+    assert server == ("TCP", DECL.PEERDECL, DECL.MODEUNSUPP), server
+
+
+def test_the_server_declines_modeunsupp_for_a_confirm_in_another_version_than_its_accept():
+    """smc_clc_v2x_features_confirm_check / smc_listen_work: the Confirm must be in the Accept's version."""
+    f, a, b = pair()
+    changed = _tamper(a, clc.ClcType.CONFIRM, _as_v1)
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.1)
+    assert changed and changed[0].version == 2
+    client, server = _outcome(a, b)
+    assert server == ("TCP", DECL.MODEUNSUPP, 0), server
+    assert client == ("TCP", DECL.PEERDECL, DECL.MODEUNSUPP), client
