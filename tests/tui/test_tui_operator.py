@@ -187,3 +187,24 @@ def test_a_fallen_back_connection_says_why_not_smc_r():
             assert "check: the two hosts' IP subnets" in text
 
     run(go())
+
+
+def test_every_reason_code_in_event_details_is_hex_and_name():
+    """Whatever kind carries a reason code (decline, DELETE LINK, ADD LINK reject), the events
+    view writes it as smc-tools does: 0x03070000 DIFFPREFIX, never 50790400."""
+    from smctop import format as fmt
+    from stack.events import SCHEMA, Event
+
+    seen = 0
+    for kind in SCHEMA.values():
+        variants = [(kind, {})] + [(sub, {kind.sub: name}) for name, sub in kind.subs.items()]
+        for k, base in variants:
+            for f in k.fields:
+                if f.type not in ("decline", "dl_reason", "al_reason"):
+                    continue
+                value = 0x03070000
+                e = Event(1.0, kind.name, "h", "g", 1, 1, fields={"dir": "tx", "type": "T", "rejected": True, **base, f.name: value})
+                text = fmt.event_details(e)
+                assert "0x03070000" in text and str(value) not in text, (kind.name, base, f.name, text)
+                seen += 1
+    assert seen >= 6  # conn.fallback, conn.mode, clc.msg, llc.msg, link.event deleted, lgr.state, ...
