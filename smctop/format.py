@@ -140,7 +140,7 @@ LINK_COLUMNS = [
     Column("crit", "Crit", 4), Column("conns", "#Conns", 6, ">"), Column("link", "Link", 4, ">"),
     Column("state", "Link-State", 15), Column("rate", "Rate", 10, ">"), Column("hist", "History (60 s)", 20),
     Column("bytes", "Bytes", 9, ">"), Column("qpn", "QPN", 6, ">"), Column("pqpn", "Peer-QPN", 8, ">"),
-    Column("dev", "IB-Dev", 11), Column("gid", "Local-GID", 18), Column("pgid", "Peer-GID", 18),
+    Column("dev", "IB-Dev", 20), Column("gid", "Local-GID", 40), Column("pgid", "Peer-GID", 40),
 ]  # fmt: skip
 
 LINK_STATE_STYLE = {"LINK_ACTIVE": "green", "LINK_ACTIVATING": "cyan", "LINK_INACTIVE": "bold red", "LINK_UNUSED": "dim"}
