@@ -13,14 +13,13 @@ the next plain run compares against what was written.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 import pytest
+from support.golden import VARIABLE, rewrite_and_fail, update_requested
 from tuihelp import advance, make_app, run
 
 GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("SMCTOP_UPDATE_GOLDEN") == "1"
 
 SIZES = {"": (250, 40), "-80x24": (80, 24)}  # file suffix -> terminal size (wide: the connections' every column)
 
@@ -57,17 +56,14 @@ def screen(keys: tuple[str, ...], size: tuple[int, int]) -> str:
 
 def compare(name: str, text: str) -> None:
     path = GOLDEN / f"{name}.txt"
-    if UPDATE:
-        old = path.read_text(encoding="utf-8") if path.exists() else None
-        path.write_text(text, encoding="utf-8")
-        pytest.fail(f"golden/{name}.txt {'rewritten' if old is not None and old != text else 'written' if old is None else 'unchanged'}: "
-                    "review it, then run again without SMCTOP_UPDATE_GOLDEN")  # fmt: skip
+    if update_requested():
+        rewrite_and_fail(path, text)  # the project's one rule (tests/support/golden.py): write, then fail
     if not path.exists():
-        pytest.fail(f"no golden file {path}; run with SMCTOP_UPDATE_GOLDEN=1 to create it")
+        pytest.fail(f"no golden file {path}; run with {VARIABLE}=1 to create it")
     want = path.read_text(encoding="utf-8")
     if text != want:
         diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True), f"golden/{name}.txt", "now"))
-        pytest.fail(f"screen {name} differs from its golden file (SMCTOP_UPDATE_GOLDEN=1 regenerates):\n{diff}")
+        pytest.fail(f"screen {name} differs from its golden file ({VARIABLE}=1 regenerates):\n{diff}")
 
 
 @pytest.mark.parametrize("suffix", list(SIZES))
@@ -108,3 +104,15 @@ def test_80x24_keeps_the_message_line_the_footer_and_the_important_columns():
         assert col in head, head
     assert "1.1 MB/s" in small["connections"] and "%" in small["connections"]
     assert "restore the failed link" in small["help"]  # the help fits its box (and scrolls for the rest)
+
+
+def test_regenerating_writes_the_file_and_fails(tmp_path, monkeypatch):
+    monkeypatch.setitem(globals(), "GOLDEN", tmp_path)
+    monkeypatch.setenv(VARIABLE, "1")
+    with pytest.raises(pytest.fail.Exception, match="rewritten|created"):
+        compare("screen", "new text\n")
+    assert (tmp_path / "screen.txt").read_text(encoding="utf-8") == "new text\n"
+    monkeypatch.delenv(VARIABLE)
+    compare("screen", "new text\n")  # the next plain run compares against what was written
+    with pytest.raises(pytest.fail.Exception, match="differs"):
+        compare("screen", "other text\n")
