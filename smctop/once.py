@@ -10,8 +10,9 @@ All but the kernel go through smctop's model: what the views show is what is pri
 text is ``smckernel.once.render_text`` (``smcss -a/-d/-R``, ``smcr linkgroup show`` and
 ``link-show``, ``smcr device``, ``smcr stats``), once per host; the JSON is one document
 with the keys ``connections``, ``link_groups``, ``links``, ``devices`` and ``stats``
-(``smckernel.once.to_json_obj``). With several hosts every connection, link group, link
-and device names its ``host``, and ``stats`` maps each host to its counters.
+(``smckernel.once.to_json_obj``, the host named at the top). With several hosts every
+connection, link group, link and device names its ``host``, and ``stats`` maps each host to
+its counters.
 """
 
 from __future__ import annotations
@@ -89,12 +90,8 @@ def model_snapshots(model: Model, source: str) -> list[Snapshot]:
 def render(snaps: list[Snapshot], as_json: bool) -> str:
     if not as_json:
         return "\n".join(render_text(s) for s in snaps)
-    if len(snaps) == 1:
-        doc = to_json_obj(snaps[0])
-        for key in ("connections", "link_groups", "links", "devices"):
-            for item in doc[key]:
-                item["host"] = snaps[0].host
-        return json.dumps(doc, indent=2) + "\n"
+    if len(snaps) == 1:  # python -m smckernel --once --json's document, the host named once at the top
+        return json.dumps(to_json_obj(snaps[0]), indent=2) + "\n"
     doc: dict[str, Any] = {"hosts": [s.host for s in snaps], "source": snaps[0].source if snaps else None, "connections": [],
                            "link_groups": [], "links": [], "devices": [], "stats": {}, "notes": []}  # fmt: skip
     for s in snaps:

@@ -189,3 +189,10 @@ def test_the_tui_on_the_kernel_source_shows_its_connections_and_says_when_it_can
 
     code, _ = asyncio.run(asyncio.wait_for(go(KernelTuiSource(factory=broken)), 60))
     assert code == 1
+
+
+def test_kernel_once_json_is_the_document_smckernel_prints() -> None:
+    r = smctop("--kernel", "--once", "--json", "--from-raw", str(FIX / "server-open"))
+    ref = subprocess.run([sys.executable, "-m", "smckernel", "--once", "--json", "--from-raw", str(FIX / "server-open")], capture_output=True,
+                         text=True, cwd=PROJECT)  # fmt: skip
+    assert r.returncode == 0 and json.loads(r.stdout) == json.loads(ref.stdout)
