@@ -37,6 +37,7 @@ PYTHON = PROJECT / ".venv" / "bin" / "python"
 QEMU = "qemu-system-x86_64"
 GUEST_ENV = "SMCTOP_LAB_GUEST"  # set inside every lab VM
 SUBNET = "10.2.0"
+SUBNET2 = "10.2.1"  # the second wire, when a boot asks for two NICs
 BOOT_BUDGET = 60.0  # seconds from qemu start to the guest command, generous for TCG under load
 KEEP_RUNS = 30
 SETUP_HINT = "run scripts/setup.sh (as root) to set up the kernel lab"
@@ -155,6 +156,16 @@ if [ "$LAB_RDMA" = 1 ]; then
         i=$((i + 1)); [ $i -lt 100 ] || fail "rxe0 port 1 did not become ACTIVE"; sleep 0.1
     done
 fi
+if [ "$LAB_NICS" = 2 ]; then
+    ip addr add $LAB_IP2/24 dev eth1 && ip link set eth1 up || fail "could not configure eth1 with $LAB_IP2"
+    if [ "$LAB_RDMA" = 1 ]; then
+        rdma link add rxe1 type rxe netdev eth1 || fail "rdma link add rxe1 type rxe netdev eth1"
+        i=0
+        until grep -q ACTIVE /sys/class/infiniband/rxe1/ports/1/state 2>/dev/null; do
+            i=$((i + 1)); [ $i -lt 100 ] || fail "rxe1 port 1 did not become ACTIVE"; sleep 0.1
+        done
+    fi
+fi
 mark READY
 cd {cwd}
 {{ timeout -k 5 {timeout} /bin/bash $S/cmd.sh 2>&1; echo $? > $S/rc.tmp; }} | tee $S/output.log
@@ -179,6 +190,14 @@ class _Guest:
     def mac(self) -> str:
         return f"52:54:00:12:00:{self.index:02x}"
 
+    @property
+    def ip2(self) -> str:  # the second NIC (nics=2): 10.2.1.N
+        return f"{SUBNET2}.{self.index}"
+
+    @property
+    def mac2(self) -> str:
+        return f"52:54:00:12:01:{self.index:02x}"
+
 
 def boot(
     commands: Sequence[str],
@@ -189,22 +208,27 @@ def boot(
     cwd: Path = PROJECT,
     memory: str = "1G",
     boot_budget: float = BOOT_BUDGET,
+    nics: int = 1,
 ) -> list[GuestResult]:
     """Boot one VM per command (one or two), run each command in bash, return when all are off.
 
     ``timeout`` limits each guest command (exit code 124 when it fires); every qemu is killed
     ``boot_budget`` + 10 seconds after that at the latest, so a hung kernel becomes a failure.
     Inside, ``$LAB_VM`` is "a" or "b", ``$LAB_IP`` / ``$LAB_PEER_IP`` the addresses, and
-    ``$LAB_SHARE`` the writable shared directory.
+    ``$LAB_SHARE`` the writable shared directory. ``nics=2`` joins two VMs by a second wire
+    too: ``eth1`` with ``$LAB_IP2`` / ``$LAB_PEER_IP2`` (10.2.1.N) and, with ``rdma``, ``rxe1``.
     """
     if os.environ.get(GUEST_ENV):
         raise LabError("the lab does not nest: this is already a lab VM")
     if not 1 <= len(commands) <= 2:
         raise LabError(f"boot takes one or two commands, not {len(commands)}")
+    if nics not in (1, 2) or (nics == 2 and len(commands) != 2):
+        raise LabError(f"nics is 1, or 2 for a pair of VMs (not {nics} for {len(commands)} VM(s))")
     version = kernel_version()
     run = _new_run_dir()
     guests = [_Guest(name, i + 1) for i, name in enumerate("ab"[: len(commands)])]
     wire = _wire() if len(guests) == 2 else None
+    wire2 = _wire() if nics == 2 else None
     procs: list[subprocess.Popen] = []
     started = time.monotonic()
     try:
@@ -219,6 +243,9 @@ def boot(
                 "LAB_PEER_IP": peer.ip if peer else "",
                 "LAB_SHARE": str(share),
                 "LAB_RDMA": "1" if rdma else "0",
+                "LAB_NICS": str(nics),
+                "LAB_IP2": g.ip2 if wire2 else "",
+                "LAB_PEER_IP2": peer.ip2 if wire2 and peer else "",
                 **(env or {}),
             }
             (share / "run.sh").write_text(
@@ -235,6 +262,10 @@ def boot(
             else:
                 net, fds = "hubport,id=n0,hubid=0", ()  # a hub with one port: eth0 up, no peer
             argv = _qemu_argv(version, share, net, g.mac, memory)
+            if wire2:
+                end2 = wire2[g.index - 1]
+                argv += ["-netdev", f"socket,id=n1,fd={end2.fileno()}", "-device", f"virtio-net-pci,netdev=n1,mac={g.mac2}"]
+                fds = (*fds, end2.fileno())
             (share / "qemu.argv").write_text(shlex.join(argv) + "\n")
             with open(run / f"{g.name}.console.log", "wb") as log:
                 procs.append(
@@ -243,14 +274,14 @@ def boot(
                         pass_fds=fds, start_new_session=True,
                     )
                 )  # fmt: skip
-        for end in wire or ():
+        for end in (*(wire or ()), *(wire2 or ())):
             end.close()  # the qemus hold their own copies
         ends = _wait(procs, started + boot_budget + timeout + 10)
     except BaseException:  # interrupted (Ctrl-C, pytest timeout): leave no VM behind
         _kill(procs)
         raise
     finally:
-        for end in wire or ():
+        for end in (*(wire or ()), *(wire2 or ())):
             end.close()
     return [_result(g, run, timeout, ends[i][0] - started, ends[i][1]) for i, g in enumerate(guests)]
 

@@ -25,17 +25,28 @@ def test_one_vm_has_rxe0_with_a_roce_v2_ipv4_gid_and_pyverbs() -> None:
     assert "PYVERBS [b'rxe0']" in out, out
 
 
-def test_two_vms_reach_each_other_over_the_wire() -> None:
+def test_two_vms_reach_each_other_over_both_wires() -> None:
+    """nics=2: a second wire (eth1, 10.2.1.N) with its own Soft-RoCE device rxe1, for tests
+    that need two RoCE devices per host (SYM link groups, failover)."""
     a, b = lab.run_pair(
         """
+        rdma link show rxe1/1
         for i in $(seq 100); do exec 3<>/dev/tcp/$LAB_PEER_IP/7000 && break; sleep 0.1; done
         read -r line <&3; echo "GOT $line"
+        for i in $(seq 100); do exec 4<>/dev/tcp/$LAB_PEER_IP2/7001 && break; sleep 0.1; done
+        read -r line <&4; echo "GOT2 $line"
         """,
-        """.venv/bin/python -c "import socket; socket.create_server(('', 7000)).accept()[0].sendall(b'hi-b\\n')" """,
+        """.venv/bin/python -c "import socket
+for port, text in ((7000, b'hi-b'), (7001, b'hi-b-again')):
+    c, peer = socket.create_server(('', port)).accept()
+    c.sendall(text + b' from ' + peer[0].encode() + b'\\n')" """,
         timeout=60,
+        nics=2,
     )
     a.check(), b.check()
-    assert "GOT hi-b" in a.output
+    assert "GOT hi-b from 10.2.0.1" in a.output, a.output
+    assert "GOT2 hi-b-again from 10.2.1.1" in a.output, a.output
+    assert "state ACTIVE" in a.output and "netdev eth1" in a.output, a.output
 
 
 def test_a_hung_guest_command_becomes_a_clear_failure() -> None:
