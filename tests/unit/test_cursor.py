@@ -112,4 +112,5 @@ def test_wraps_beyond_the_small_int_cache_compare_by_value():
 
 def test_fits_rejects_counts_beyond_the_ring():
     assert not curs.fits(Cursor(0, SIZE + 1), SIZE) and not curs.fits(Cursor(0, 10 * SIZE), SIZE)
+    assert not curs.fits(Cursor(0, -1), SIZE) and curs.fits(Cursor(0, 0), SIZE)
     assert not curs.valid(Cursor(0, SIZE + 1), SIZE)
