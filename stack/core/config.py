@@ -54,7 +54,12 @@ class SmcConfig:
     max_conns: int = 255  # net.smc.smcr_max_conns_per_lgr
     max_links: int = 2  # net.smc.smcr_max_links_per_lgr
     release: int = 1  # SMC-Rv2 release 1 (v2.1)
-    prefix_len: int = 8  # subnet of the TCP address, for the v1 prefix check (/8 suits 127.x)
+    # The v1 IP prefix (smc_clc_prfx_set, smc_clc_prfx_match). None: the addresses of the net
+    # device of the TCP connection's route, which the runtime reads from the OS, as the kernel
+    # does. A number overrides them: the TCP address with this prefix length (at most 32 for
+    # IPv4), for the Proposal and the match alike (a test forcing DIFFPREFIX, a host whose
+    # interfaces cannot be read).
+    prefix_len: int | None = None
     forced_decline: int | None = None  # server: decline every Proposal with this reason
     # False: an RMB's registration ends with its connection: once the peer has answered
     # DELETE RKEY, its rkey is deregistered and the memory freed, so no key outlives the
@@ -77,6 +82,8 @@ class SmcConfig:
             raise ValueError(f"max_conns {self.max_conns} is outside 16..255")
         if not 1 <= self.max_links <= 2:
             raise ValueError(f"max_links {self.max_links} is outside 1..2")
+        if self.prefix_len is not None and not 0 <= self.prefix_len <= 128:
+            raise ValueError(f"prefix_len {self.prefix_len} is outside 0..128")
         if self.llc_v2_order not in ("little", "big"):
             raise ValueError("llc_v2_order is 'little' or 'big'")
 

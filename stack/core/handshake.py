@@ -16,7 +16,12 @@ Subsequent contact: the server finds the group by peer id and peer GID (v1: and 
 the client by peer id and the Accept's QPN; each side registers its RMB and runs
 CONFIRM RKEY before its Accept or Confirm. A client that cannot find the group declines
 with SYNCERR and the out-of-sync bit. One first contact per peer runs at a time (the
-kernel's smc_server_lgr_pending): Proposals from that peer wait for it.
+kernel's smc_server_lgr_pending, which serializes every peer): Proposals from that peer
+wait for it. A peer is its peer ID and the GID the group is for: a kernel's v2-only
+Proposal has an all-zero peer ID, which alone would make all such clients one peer.
+
+The v1 IP prefix comes from the net device of the TCP connection's route (``Netdev``),
+which the runtime reads from the OS and hands in with ``start_client``/``start_server``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from .connection import SmcConnection
 from .directory import Directory
 from .link import Link
 from .linkgroup import LinkGroup
-from .negotiation import build_proposal, check_accept, check_confirm, choose
+from .negotiation import Netdev, build_proposal, check_accept, check_confirm, choose, confirm_link_limits, server_peer_key
 from .ports import Services
 from .states import HS_TABLE, Hs, step
 
@@ -77,8 +82,9 @@ class Handshake:
         self.conns = conns
         self.peer_id = peer_id
         self.fallback_reasons: dict[tuple[str, int], int] = {}  # (role, reason) -> connections
-        self._first_contact: dict[bytes, SmcConnection] = {}  # peer id -> the handshake creating its link group
-        self._deferred: dict[bytes, list[tuple[SmcConnection, clc.Proposal]]] = {}
+        self._first_contact: dict[tuple, SmcConnection] = {}  # peer -> the handshake creating its link group
+        self._deferred: dict[tuple, list[tuple[SmcConnection, clc.Proposal]]] = {}
+        self._netdevs: dict[int, Netdev] = {}  # a server's connections: the route's device, until the handshake ends
         self._guards: dict[str, Callable[[SmcConnection, Input], bool]] = {
             "peer_no_smc": lambda c, i: i.peer_smc is False and c.smc_listener,
             "nothing_to_propose": lambda c, i: i.proposal is None,
@@ -130,23 +136,27 @@ class Handshake:
         return plans
 
     def _first_contact_pending(self, conn: SmcConnection, inp: Input) -> bool:
-        pending = self._first_contact.get(inp.msg.peer_id)
+        pending = self._first_contact.get(server_peer_key(inp.msg, inp.choice))
         return pending is not None and pending is not conn and conn.smc_listener
 
     # ------------------------------------------------------------------ inputs
 
-    def start_client(self, conn: SmcConnection, now: float, peer_smc: bool | None) -> None:
+    def start_client(self, conn: SmcConnection, now: float, peer_smc: bool | None, netdev: Netdev | None = None) -> None:
         """``peer_smc``: whether the server's SYN-ACK carried the SMC TCP option (None:
         unknown, in-band signalling); False makes the connection TCP at once with PEERNOSMC
-        and no CLC, as the kernel does."""
+        and no CLC, as the kernel does. ``netdev``: the device of the connection's route and
+        its addresses (None: unknown, see ``negotiation.Netdev.assumed``)."""
         inp = Input(peer_smc=peer_smc, version=2 if self.ctx.config.v2 else 1)
         if peer_smc is not False:
-            inp.proposal = build_proposal(self.ctx.config, self.ctx.devices.device(), conn.local[0], self.peer_id)
+            inp.proposal, inp.reason = build_proposal(self.ctx.config, self.ctx.devices.device(), conn.local[0], self.peer_id, netdev)
         self.input(conn, "start_client", now, inp)
 
-    def start_server(self, conn: SmcConnection, now: float, peer_smc: bool | None) -> None:
+    def start_server(self, conn: SmcConnection, now: float, peer_smc: bool | None, netdev: Netdev | None = None) -> None:
         """``peer_smc`` False on an SMC listener: the client's SYN had no SMC TCP option, the
-        connection is TCP at once without waiting for a Proposal (smc_listen_work)."""
+        connection is TCP at once without waiting for a Proposal (smc_listen_work).
+        ``netdev``: as for ``start_client``, kept for the Proposal's prefix match."""
+        if netdev is not None:
+            self._netdevs[conn.id] = netdev
         self.input(conn, "start_server", now, Input(peer_smc=peer_smc))
 
     def tcp_data(self, conn: SmcConnection, data: bytes, now: float) -> None:
@@ -190,7 +200,7 @@ class Handshake:
     def _proposal(self, conn: SmcConnection, p: clc.Proposal, now: float) -> None:
         conn.proposal = p
         inp = Input(p, version=p.version)
-        inp.choice = choose(self.ctx.config, p, self.ctx.devices.device(), conn.local[0])
+        inp.choice = choose(self.ctx.config, p, self.ctx.devices.device(), conn.local[0], self._netdevs.get(conn.id))
         inp.reason = inp.choice.decline
         if not inp.reason:
             peer_gid = p.v2.roce_gid if inp.choice.version >= 2 else p.gid
@@ -273,11 +283,18 @@ class Handshake:
 
     def _do_send_decline(self, conn: SmcConnection, inp: Input, now: float, reason: int | None) -> None:
         reason = inp.reason if reason is None else reason
-        peer_version = inp.version or max(getattr(conn.proposal, "version", 1), getattr(conn.accept, "version", 1))
-        v2 = peer_version >= 2
+        v2 = (inp.version or self._decline_version(conn)) >= 2
         decline = clc.Decline(self.peer_id if self.ctx.devices.device() else bytes(8), reason, reason == DECL.SYNCERR,
                               clc.OS_LINUX if v2 else 0, 2 if v2 else 1, (0, 0, 0, 0) if v2 else None)  # fmt: skip
         self._send_clc(conn, decline, now)
+
+    @staticmethod
+    def _decline_version(conn: SmcConnection) -> int:
+        """A server declines in the version of the Proposal (smc_listen_work's
+        proposal_version), a client in the version of the Accept (__smc_connect): a v1-only
+        Proposal has header version 2, its Accept version 1."""
+        msg = conn.proposal if conn.role == "server" else (conn.accept or conn.proposal)
+        return getattr(msg, "version", 1)
 
     def _do_send_accept(self, conn: SmcConnection, inp: Input, now: float, arg) -> None:
         link, choice = conn.link, conn.choice
@@ -311,7 +328,7 @@ class Handshake:
     def _do_defer(self, conn: SmcConnection, inp: Input, now: float, arg) -> None:
         """One first contact at a time per peer (as the kernel's LGR creation lock): this
         Proposal waits and will most likely reuse the new link group."""
-        self._deferred.setdefault(inp.msg.peer_id, []).append((conn, inp.msg))
+        self._deferred.setdefault(server_peer_key(inp.msg, inp.choice), []).append((conn, inp.msg))
 
     # ------------------------------------------------------------------ actions: link groups and buffers
 
@@ -338,7 +355,7 @@ class Handshake:
             lgr = self.directory.new_lgr(LgrRole.SERVER, choice.version, p.peer_id, peer_gid, p.mac, now, choice.max_conns, choice.max_links, conn)
             lgr.negotiated_eid = choice.eid
             conn.first_contact = True
-            self._first_contact[p.peer_id] = conn
+            self._first_contact[server_peer_key(p, choice)] = conn
             link_id = lgr.next_link_id()
         else:
             a = inp.msg
@@ -417,14 +434,14 @@ class Handshake:
     # ------------------------------------------------------------------ actions: the first link
 
     def _do_send_confirm_link(self, conn: SmcConnection, inp: Input, now: float, arg) -> None:
-        conn.link.post_llc(llcflows.confirm_link_msg(conn.lgr, conn.link), now)
+        conn.link.post_llc(_confirm_link(conn.lgr, llcflows.confirm_link_msg(conn.lgr, conn.link)), now)
 
     def _do_answer_confirm_link(self, conn: SmcConnection, inp: Input, now: float, arg) -> None:
         lgr, link, msg = conn.lgr, inp.link, inp.msg
         self.ctx.io.qp_to_rts(link.qp.handle)
         lgr.rename_link(link, msg.link_num)
         link.peer_link_uid = msg.link_uid
-        link.post_llc(llcflows.confirm_link_msg(lgr, link, msg), now)
+        link.post_llc(_confirm_link(lgr, llcflows.confirm_link_msg(lgr, link, msg)), now)
         llcflows.link_confirmed(lgr, link, now)
 
     def _do_link_confirmed(self, conn: SmcConnection, inp: Input, now: float, arg) -> None:
@@ -438,6 +455,7 @@ class Handshake:
 
     def _do_established(self, conn: SmcConnection, inp: Input, now: float, arg) -> None:
         self.ctx.io.cancel_timer(("clc", conn.id))
+        self._netdevs.pop(conn.id, None)
         conn.mode = "SMCR"
         conn.rmb.confirmed = True  # the peer has its key (CLC, CONFIRM RKEY): a DELETE RKEY ends it
         self.ctx.stats["smc_" + conn.role] += 1
@@ -458,6 +476,7 @@ class Handshake:
     def _do_fall_back(self, conn: SmcConnection, inp: Input, now: float, reason: int | None) -> None:
         reason = inp.reason if reason is None else reason
         self.ctx.io.cancel_timer(("clc", conn.id))
+        self._netdevs.pop(conn.id, None)
         conn.mode = "TCP"
         conn.fallback_reason = reason
         conn.peer_diagnosis = peer_diagnosis = inp.diagnosis
@@ -484,6 +503,7 @@ class Handshake:
         conn.error = error
         self.ctx.stats["handshake_errors"] += 1
         self.ctx.io.cancel_timer(("clc", conn.id))
+        self._netdevs.pop(conn.id, None)
         conn.emit(now, "conn.error", reason=error)
         self._release_smc(conn, now)
         conn.set_state(SmcState.CLOSED, now, "handshake failed")
@@ -493,6 +513,7 @@ class Handshake:
 
     def _do_abandon(self, conn: SmcConnection, inp: Input, now: float, arg) -> None:
         self.ctx.io.cancel_timer(("clc", conn.id))
+        self._netdevs.pop(conn.id, None)
         self._release_smc(conn, now)
 
     def _release_smc(self, conn: SmcConnection, now: float) -> None:
@@ -512,8 +533,11 @@ class Handshake:
 
     def _first_contact_over(self, conn: SmcConnection, now: float) -> None:
         """The handshake that was creating a link group finished: the Proposals that waited go on."""
-        peer = getattr(conn.proposal, "peer_id", None)
-        if peer is None or self._first_contact.get(peer) is not conn:
+        choice = getattr(conn, "choice", None)
+        if conn.proposal is None or choice is None:
+            return
+        peer = server_peer_key(conn.proposal, choice)
+        if self._first_contact.get(peer) is not conn:
             return
         del self._first_contact[peer]
         waiting = self._deferred.pop(peer, [])
@@ -523,6 +547,11 @@ class Handshake:
                 if peer in self._first_contact:  # it became the next first contact: the rest wait again
                     self._deferred.setdefault(peer, []).extend(waiting[i + 1 :])
                     return
+
+
+def _confirm_link(lgr: LinkGroup, msg):
+    """The first link's CONFIRM LINK with the v2.1 limits only for a peer of release >= 1."""
+    return confirm_link_limits(msg, lgr.version, lgr.peer_release, lgr.max_conns, lgr.max_links)
 
 
 def _balance(lgr: LinkGroup) -> Link:

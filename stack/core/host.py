@@ -30,6 +30,7 @@ from .directory import Devices, Directory
 from .handshake import Handshake
 from .link import Link
 from .linkgroup import LinkGroup, SecurityContext
+from .negotiation import Netdev
 from .ports import DeviceInfo, HostIO, Services
 
 
@@ -110,27 +111,29 @@ class SmcHost:
     # ---------------------------------------------------------------- starting connections
 
     def client_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float,
-                     peer_smc: bool | None = None,
+                     peer_smc: bool | None = None, netdev: Netdev | None = None,
                      security: SecurityContext | None = None) -> SmcConnection:  # fmt: skip
         """A TCP connection this host opened wants SMC. ``peer_smc``: whether the server's
         SYN-ACK carried the SMC TCP option (None: unknown, in-band signalling); False makes
-        the connection TCP at once with PEERNOSMC and no CLC, as the kernel does."""
+        the connection TCP at once with PEERNOSMC and no CLC, as the kernel does.
+        ``netdev``: the net device of the connection's route with its addresses, which the
+        runtime read from the OS (the v1 IP prefix; None: unknown)."""
         conn = self._new_conn(conn_id, "client", local, peer, now, peer_smc, security)  # security: its netns, VLAN, P_Key
-        self.handshake.start_client(conn, now, peer_smc)
+        self.handshake.start_client(conn, now, peer_smc, netdev)
         return conn
 
     def server_start(self, conn_id: int, local: tuple[str, int], peer: tuple[str, int], now: float, smc: bool = True,
-                     peer_smc: bool | None = None,
+                     peer_smc: bool | None = None, netdev: Netdev | None = None,
                      security: SecurityContext | None = None) -> SmcConnection:  # fmt: skip
         """A TCP connection accepted by a listener. ``smc=False``: a plain-TCP listener, which
         still answers a Proposal with a Decline PEERNOSMC (our in-band stand-in for the
         missing TCP option), so an SMC client falls back at once. ``peer_smc``: whether the
         client's SYN carried the SMC TCP option (None: unknown, in-band); False makes the
         connection TCP at once with PEERNOSMC, without waiting for a Proposal (the kernel's
-        smc_listen_work)."""
+        smc_listen_work). ``netdev``: as for ``client_start``, for the Proposal's prefix match."""
         conn = self._new_conn(conn_id, "server", local, peer, now, peer_smc, security)  # security: its netns, VLAN, P_Key
         conn.smc_listener = smc
-        self.handshake.start_server(conn, now, peer_smc)
+        self.handshake.start_server(conn, now, peer_smc, netdev)
         return conn
 
     def _new_conn(self, conn_id: int, role: str, local, peer, now: float, peer_smc: bool | None = None,

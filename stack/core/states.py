@@ -245,7 +245,7 @@ HS_TABLE: dict[tuple[Hs, str], tuple[Rule, ...]] = {
     # client side (smc_connect, smc_connect_rdma)
     (H.START, "start_client"): (
         R(H.FALLBACK, "fall_back(PEERNOSMC)", guard="peer_no_smc"),
-        R(H.FALLBACK, "send_decline(NOSMCDEV)", "fall_back(NOSMCDEV)", guard="nothing_to_propose"),
+        R(H.FALLBACK, "send_decline", "fall_back", guard="nothing_to_propose"),  # NOSMCDEV, or CNFERR: no v1 prefix
         R(H.PROPOSAL_SENT, "send_proposal", "wait(clc_wait)"),
     ),
     (H.PROPOSAL_SENT, "accept"): (

@@ -41,11 +41,12 @@ class SmcOption:
             self.map = None
 
     async def connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int, local_addr: tuple[str, int] | None) -> socket.socket:
-        """A TCP socket opted in to the SMC option (SMC-Rv2 is IPv4 only), connected."""
-        infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
+        """A TCP socket opted in to the SMC option, connected: IPv4 or IPv6 as ``host`` is
+        (an IPv6 connection negotiates SMC-Rv1 only, as the kernel's)."""
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not infos:
-            raise OSError(f"{host}: no IPv4 address")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raise OSError(f"{host}: no address")
+        sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             self.map.want(sock)
@@ -58,7 +59,8 @@ class SmcOption:
         return sock
 
     def listener(self, host: str | None, port: int, backlog: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setblocking(False)

@@ -33,6 +33,7 @@ from stack.verbs.api import Capability
 from .conn import ConnHandle
 from .control import ControlServer
 from .controls import Controls
+from .netdev import NetdevReader
 from .option import SmcOption
 from .port import HostPort
 from .rdma import DeviceSpec, RdmaDriver, check_specs, engine_detail, engine_of
@@ -84,6 +85,7 @@ class Stack:
         self.control: ControlServer | None = None
         self.suspect: SuspectWatch | None = None
         self.option = SmcOption(self.config.tcp_option)
+        self.netdevs: NetdevReader | None = None  # the route's device of each TCP connection (the v1 IP prefix)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -91,6 +93,7 @@ class Stack:
         self.loop = asyncio.get_running_loop()
         self.now = self.loop.time  # the core's clock, bound once (called on every message)
         self.option.open()
+        self.netdevs = NetdevReader()
         # initial PSNs, link group ids and tokens: from the system's CSPRNG unless a seed
         # asks for a repeatable run (tests); a PSN is half of what a forger must guess
         rng = random.Random(self.config.seed) if self.config.seed is not None else secrets.SystemRandom()
@@ -137,6 +140,7 @@ class Stack:
             await self.control.close()
         self.rdma.close()
         self.option.close()
+        self.netdevs.close()
         self.host = None
 
     async def __aenter__(self) -> "Stack":
@@ -167,7 +171,8 @@ class Stack:
         if not smc:
             h.mode = "TCP"
             return h.reader, h.writer
-        self.host.client_start(h.conn_id, local, peer, self.now(), security=socket_context(h.transport), peer_smc=self.option.peer(h.transport))
+        self.host.client_start(h.conn_id, local, peer, self.now(), security=socket_context(h.transport), peer_smc=self.option.peer(h.transport),
+                               netdev=self._netdev(h.transport))  # fmt: skip
         await h.ready
         if h.mode == "FAILED":
             raise ConnectionError(h.error)
@@ -248,11 +253,21 @@ class Stack:
         self.handles[h.conn_id] = h
         return h
 
+    def _netdev(self, transport: asyncio.Transport):
+        """The net device of the TCP connection's route and its addresses, read from the OS
+        (stack.core.negotiation.Netdev; None when it cannot be told)."""
+        local, peer = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+        if not local or not peer:
+            return None
+        scope = local[3] if len(local) > 3 else 0  # a link-local IPv6 address names its interface
+        return self.netdevs.lookup(local[0], peer[0], scope)
+
     def _server_conn(self, h: ConnHandle, server: SmcServer) -> None:
         local = h.transport.get_extra_info("sockname")[:2]
         peer = h.transport.get_extra_info("peername")[:2]
         peer_smc = self.option.peer(h.transport) if server.smc else None
-        self.host.server_start(h.conn_id, local, peer, self.now(), security=socket_context(h.transport), smc=server.smc, peer_smc=peer_smc)
+        netdev = self._netdev(h.transport) if server.smc else None
+        self.host.server_start(h.conn_id, local, peer, self.now(), security=socket_context(h.transport), smc=server.smc, peer_smc=peer_smc, netdev=netdev)
 
         def done(fut: asyncio.Future) -> None:
             if h.mode in ("SMCR", "TCP"):

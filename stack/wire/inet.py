@@ -1,10 +1,11 @@
-"""Ethernet, IPv4, UDP and TCP headers: what carries RoCEv2 and CLC in a capture.
+"""Ethernet, IPv4, IPv6, UDP and TCP headers: what carries RoCEv2 and CLC in a capture.
 
 Only what smctop needs to write and read captures: Ethernet II (with one optional
 802.1Q tag on decode), IPv4 without options on encode (options skipped on decode),
-UDP and TCP (options kept as raw bytes). Checksums are computed on encode; on
-decode they are reported, not enforced, because loopback captures carry partial
-checksums (CHECKSUM_PARTIAL offload).
+IPv6 without extension headers (the CLC handshake of an IPv6 TCP connection), UDP and
+TCP (options kept as raw bytes). Checksums are computed on encode, TCP's over the pseudo
+header of either family; on decode they are reported, not enforced, because loopback
+captures carry partial checksums (CHECKSUM_PARTIAL offload).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from dataclasses import dataclass
 from ._base import View, WireError
 
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 ETH_HLEN = 14
 IPV4_HLEN = 20
+IPV6_HLEN = 40
 UDP_HLEN = 8
 TCP_HLEN = 20
 
@@ -103,6 +106,51 @@ class IPv4:
         return bytes(hdr)
 
 
+@dataclass(frozen=True)
+class IPv6:
+    """The fixed IPv6 header (RFC 8200); extension headers are not written or followed."""
+
+    src: ipaddress.IPv6Address
+    dst: ipaddress.IPv6Address
+    next_header: int
+    payload_length: int
+    hop_limit: int = 64
+    traffic_class: int = 0
+    flow_label: int = 0
+
+    def encode(self) -> bytes:
+        if not 0 <= self.flow_label < 1 << 20 or not 0 <= self.traffic_class < 256:
+            raise InetError("IPv6", 0, "traffic class is 8 bits, flow label 20")
+        first = (6 << 28) | (self.traffic_class << 20) | self.flow_label
+        return struct.pack("!IHBB16s16s", first, self.payload_length, self.next_header, self.hop_limit,
+                           ipaddress.IPv6Address(self.src).packed, ipaddress.IPv6Address(self.dst).packed)  # fmt: skip
+
+
+def decode_ipv6(data: bytes, offset: int = 0, cut: bool = False) -> tuple[IPv6, int]:
+    """Return the fixed header and the offset of what follows it (``cut`` as for IPv4)."""
+    v = View(data[offset:], "IPv6", InetError)
+    first = v.u32(0, "version/class/flow")
+    if first >> 28 != 6:
+        raise v.fail(0, f"IP version {first >> 28} is not 6")
+    v.need(0, IPV6_HLEN, "IPv6 header")
+    plen = v.u16(4, "payload length")
+    if IPV6_HLEN + plen > len(v) and not cut:
+        raise v.fail(4, f"payload length {plen} but only {len(v) - IPV6_HLEN} bytes captured after the header")
+    hdr = IPv6(ipaddress.IPv6Address(v.raw(8, 16, "src")), ipaddress.IPv6Address(v.raw(24, 16, "dst")), v.u8(6, "next header"),
+               plen, v.u8(7, "hop limit"), (first >> 20) & 0xFF, first & 0xFFFFF)  # fmt: skip
+    return hdr, offset + IPV6_HLEN
+
+
+def _pseudo_header(src, dst, protocol: int, length: int) -> bytes:
+    """The checksum pseudo header of TCP and UDP: RFC 793's for IPv4, RFC 8200's for IPv6."""
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if s.version != d.version:
+        raise InetError("TCP", 16, f"source {s} and destination {d} are not of one family")
+    if s.version == 4:
+        return s.packed + d.packed + struct.pack("!BBH", 0, protocol, length)
+    return s.packed + d.packed + struct.pack("!I3xB", length, protocol)
+
+
 def decode_ipv4(data: bytes, offset: int = 0, cut: bool = False) -> tuple[IPv4, int]:
     """Return the header and the offset of its payload (within ``data``). ``cut``: the capture
     kept only the start of the packet (a snap length), so the total length may run past it."""
@@ -170,14 +218,14 @@ class Tcp:
     def header_length(self) -> int:
         return TCP_HLEN + len(self.options)
 
-    def encode(self, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, payload: bytes) -> bytes:
+    def encode(self, src: ipaddress.IPv4Address | ipaddress.IPv6Address, dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
+               payload: bytes) -> bytes:  # fmt: skip
         if len(self.options) % 4:
             raise InetError("TCP", 20, f"options of {len(self.options)} bytes are not padded to 4")
         off = (self.header_length // 4) << 12
         hdr = struct.pack("!HHIIHHHH", self.sport, self.dport, self.seq, self.ack, off | self.flags, self.window, 0, 0)
         seg = hdr + self.options + payload
-        pseudo = ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed + struct.pack("!BBH", 0, IPPROTO_TCP, len(seg))
-        csum = internet_checksum(pseudo + seg)
+        csum = internet_checksum(_pseudo_header(src, dst, IPPROTO_TCP, len(seg)) + seg)
         return seg[:16] + struct.pack("!H", csum) + seg[18:]
 
 
@@ -255,3 +303,29 @@ def ipv4_tcp_frame(
     seg = tcp.encode(src, dst, payload)
     ip = IPv4(src, dst, IPPROTO_TCP, IPV4_HLEN + len(seg), ident, True, ttl)
     return Ethernet(dst_mac, src_mac).encode() + ip.encode() + seg
+
+
+def ipv6_tcp_frame(
+    src_mac: bytes,
+    dst_mac: bytes,
+    src: ipaddress.IPv6Address,
+    dst: ipaddress.IPv6Address,
+    tcp: Tcp,
+    payload: bytes = b"",
+    *,
+    hop_limit: int = 64,
+) -> bytes:
+    seg = tcp.encode(src, dst, payload)
+    ip = IPv6(src, dst, IPPROTO_TCP, len(seg), hop_limit)
+    return Ethernet(dst_mac, src_mac, ETH_P_IPV6).encode() + ip.encode() + seg
+
+
+def ip_tcp_frame(src_mac: bytes, dst_mac: bytes, src, dst, tcp: Tcp, payload: bytes = b"") -> bytes:
+    """An Ethernet/IPv4/TCP or Ethernet/IPv6/TCP frame, as the addresses are (IPv4-mapped
+    IPv6 addresses are IPv4, as on the wire)."""
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if s.version == 6 and s.ipv4_mapped is not None and d.version == 6 and d.ipv4_mapped is not None:
+        s, d = s.ipv4_mapped, d.ipv4_mapped
+    if s.version == 4:
+        return ipv4_tcp_frame(src_mac, dst_mac, s, d, tcp, payload)
+    return ipv6_tcp_frame(src_mac, dst_mac, s, d, tcp, payload)
