@@ -1112,7 +1112,8 @@ class Model:
             "rate": self.rate, "bytes": self.bytes, "cdc_rate": last[1], "llc_rate": last[2], "open_rate": last[3],
             "event_rate": last[5], "events": self.seq, "dropped": self.dropped,
             "handshake": n - smc - tcp,  # open, mode not decided yet (in the CLC handshake)
-            "fallbacks": sum(self.fallback_causes.values()),  # connections (both ends of one count once)
+            "fallbacks": sum(self.fallbacks.values()),  # connection ends that fell back, each end's own view (smcr stats, Prometheus)
+            "fallback_conns": sum(self.fallback_causes.values()),  # connections that fell back (both ends of one count once)
             "fallback_ratio": self.tcp_conns / decided if decided else 0.0,
             "failovers": sum(1 for fo in self.failovers if fo.conns),  # those that moved connections
             "link_deletions": sum(1 for fo in self.failovers if not fo.conns),  # the others: a link went, nothing moved

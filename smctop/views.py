@@ -59,7 +59,7 @@ class HeaderBar(Static):
             (0, Text.assemble(("  ", ""), (fmt.rate(t["rate"]), "bold"))),
             (1, Text.assemble(("  links ", "dim"), f"{t['links_active']}/{t['links']} active")),
             (1, Text.assemble(("  LGs ", "dim"), f"{t['lgrs']}", (f" Crit {t['crit']}", "bold red" if t["crit"] else "dim"))),
-            (2, Text.assemble(("  fallback ", "dim"), (f"{fb:.1f}%", "bold yellow" if fb else ""), f" ({t['fallbacks']:,} conns)")),
+            (2, Text.assemble(("  fallback ", "dim"), (f"{fb:.1f}%", "bold yellow" if fb else ""), f" ({t['fallback_conns']:,} conns)")),
             (2, Text.assemble(("  failovers ", "dim"), f"{t['failovers']}",
                               *(((" + ", "dim"), f"{t['link_deletions']} link deletions") if t["link_deletions"] else ()))),
             (3, Text.assemble(("  CDC ", "dim"), f"{t['cdc_rate']:,.0f}/s")),
@@ -407,7 +407,7 @@ class FallbacksPane(Pane, Vertical):
         t = model.totals()
         decided = model.smc_conns + model.tcp_conns
         self.query_one("#fallbacks-summary", Static).update(
-            f"fallback ratio {t['fallback_ratio'] * 100:.1f}% of {decided:,} connection ends; {t['fallbacks']:,} connections fell back "
+            f"fallback ratio {t['fallback_ratio'] * 100:.1f}% of {decided:,} connection ends; {t['fallback_conns']:,} connections fell back "
             f"(each once, both ends' view)\nreasons as smc-tools prints them (hex and name)")  # fmt: skip
         lines = diagnosis_lines(model)
         self.query_one("#diagnosis", Static).update(

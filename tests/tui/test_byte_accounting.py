@@ -66,4 +66,4 @@ def test_a_fallback_counts_once_with_both_ends_view(tmp_path):
     assert len(rows) == 1 and rows[0]["count"] == 1, rows
     assert rows[0]["text"] == "0x03070000 DIFFPREFIX" and rows[0]["by"].endswith("(server)")
     assert "(client): 0x05000000 PEERDECL" in rows[0]["view"]
-    assert m.totals()["fallbacks"] == 1
+    assert m.totals()["fallback_conns"] == 1 and m.totals()["fallbacks"] == 2  # one connection, two ends
