@@ -38,6 +38,7 @@ from stack.wire.codes import ADD_LINK_REJ, DEL, DELETE_LINK_REASONS, LgrRole, Lg
 
 from .link import Link
 from .linkgroup import ASYMMETRIC, LinkGroup
+from .negotiation import confirm_link_limits
 from .ports import DeviceInfo, Services
 
 RKEYS_PER_CONT = 2  # SMC_LLC_RKEYS_PER_CONT_MSG
@@ -103,9 +104,11 @@ def confirm_link_msg(lgr: LinkGroup, link: Link, req: llc.ConfirmLink | None = N
         version, response, link_num = lgr.llc_version(), False, link.link_id
     else:
         version, response, link_num = req.version, True, req.link_num
-    return llc.ConfirmLink(version=version, response=response, mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn,
-                           link_num=link_num, link_uid=link.link_uid, max_links=lgr.max_links,
-                           max_conns=lgr.max_conns if lgr.version >= 2 else 0)  # fmt: skip
+    msg = llc.ConfirmLink(version=version, response=response, mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn,
+                          link_num=link_num, link_uid=link.link_uid)
+    # every link's CONFIRM LINK as smc_llc_send_confirm_link fills it: the v2.1 limits only
+    # for a v2 peer of release >= 1
+    return confirm_link_limits(msg, lgr.version, lgr.peer_release, lgr.max_conns, lgr.max_links)
 
 
 # --------------------------------------------------------------------------- links coming and going

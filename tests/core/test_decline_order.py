@@ -282,6 +282,23 @@ def test_confirm_link_carries_max_conns_only_for_release_1(client, server_cfg, w
     assert {(e.get("max_conns"), e.get("max_links")) for e in msgs} == {want}
 
 
+@pytest.mark.parametrize("client,server_cfg,want", [
+    ({}, {"max_conns": 100, "max_links": 2}, (100, 2)),  # v2.1: the group's limits on the second link too
+    ({"release": 0}, {"max_conns": 100, "max_links": 2}, (0, 2)),  # v2.0 peer: none, on either link
+    ({"versions": frozenset({1})}, {"versions": frozenset({1})}, (0, 2)),  # v1 group
+])  # fmt: skip
+def test_the_second_links_confirm_link_follows_the_same_rule(client, server_cfg, want):
+    """smc_llc_send_confirm_link fills every CONFIRM LINK alike, the one after ADD LINK too
+    (two devices a side: the server adds a second link)."""
+    f, a, b = pair(SmcConfig(host="client", **client), SmcConfig(host="server", **server_cfg), client_devices=2, server_devices=2)
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.05)
+    assert len(a.host.lgrs[0].active_links()) == 2, "no second link formed"
+    second = [e for e in _confirm_links(a) if e.link == 2]
+    assert {e.get("dir") for e in second} == {"rx", "tx"}
+    assert {(e.get("max_conns"), e.get("max_links")) for e in second} == {want}
+
+
 # --------------------------------------------------------------------------- first contacts of v2-only kernel clients
 
 
