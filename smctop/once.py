@@ -152,8 +152,7 @@ def run_once(args, ap, build_source) -> int:
         model = Model()
         try:
             if isinstance(source, ReplaySource):
-                source.t = source.end_t  # the state at its end
-                source.poll(model)
+                source.t = source.end_t  # the state at its end: every event fed, the recorded snapshots applied
                 source.poll(model)
                 model.advance(source.end_t)
                 ok = True
@@ -166,8 +165,8 @@ def run_once(args, ap, build_source) -> int:
             else:
                 assert isinstance(source, (DemoSource, KernelTuiSource))
                 started = time.monotonic()
-                ok = not asyncio.run(collect(source, model, lambda: time.monotonic() - started >= args.once_after, timeout=args.once_after))
-                ok = True
+                asyncio.run(collect(source, model, lambda: time.monotonic() - started >= args.once_after, timeout=args.once_after))
+                ok = True  # it ran as long as asked
         except SourceError as e:
             print(f"smctop: {e}", file=sys.stderr)
             return 2
