@@ -45,6 +45,7 @@ class UsageError(Exception):
 
 
 TAIL_WAIT = 30.0  # seconds to wait, once a command has exited, for its stacks' last lines
+STOP_GRACE = 15.0  # seconds a command asked to stop has before it is asked harder (SIGTERM, then SIGKILL)
 
 
 def _source_drop(rec: Recorder, host: str, path: str, t: float, count: int, frames: int, why: str) -> None:
@@ -182,8 +183,8 @@ async def record_command(argv: list[str], rec: Recorder, wait: float, duration: 
     (it sends what it still holds as it closes).
 
     Ctrl-C, SIGTERM or ``duration`` ask the command to stop (SIGINT, as Ctrl-C would; a
-    second signal sends SIGTERM, a third SIGKILL); the recording goes on until its stacks
-    have closed. The command runs in a process group of its own, so that it gets one
+    second signal, or STOP_GRACE seconds without an exit, sends SIGTERM, then SIGKILL); the
+    recording goes on until its stacks have closed. The command runs in a process group of its own, so that it gets one
     signal, from us."""
     with tempfile.TemporaryDirectory(prefix="smc-trace-") as d:
         env = dict(os.environ, **{CONTROL_DIR_ENV: d, CONTROL_WAIT_ENV: str(wait)})
@@ -203,6 +204,9 @@ async def record_command(argv: list[str], rec: Recorder, wait: float, duration: 
                     proc.send_signal(sig)
                 except ProcessLookupError:
                     pass
+                n = len(asked)
+                if n < 3:  # a command that does not stop when asked is asked harder
+                    loop.call_later(STOP_GRACE, lambda: ask() if len(asked) == n else None)
 
         _on_stop_signals(loop, ask)
         if duration:

@@ -225,3 +225,14 @@ def test_ctrl_c_stops_a_recorded_command_which_closes_cleanly_with_its_tail(tmp_
     assert s["dropped"]["by"] == [] and s["skipped"]["records"] == 0
     (conn,) = [c for c in s["conns"] if c["role"] == "client"]
     assert conn["mode"] == "SMCR" and conn["state"] == "CLOSED" and conn["bytes_written"] > 0
+
+
+def test_duration_stops_a_command_that_ignores_sigint(tmp_path):
+    """--duration asks the command to stop; one that ignores SIGINT gets SIGTERM after the
+    grace period, and the recording ends (exit 0: stopped as asked)."""
+    out = tmp_path / "stubborn.pcapng"
+    stubborn = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    env = "import sys, dissectors.cli as c; c.STOP_GRACE = 1.0; sys.exit(c.main(sys.argv[1:]))"
+    res = subprocess.run([PY, "-c", env, "record", "-w", str(out), "--duration", "1", "--", PY, "-c", stubborn],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.strip() == "up" and "Traceback" not in res.stderr, res.stderr
