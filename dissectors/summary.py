@@ -176,13 +176,17 @@ def render(s: Summary) -> str:
                    + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
     out.append("")
     out.append("Fallbacks: " + (", ".join(f"{f['text']} x{f['count']}" for f in d["fallbacks"]) or "none"))
-    if d["failovers"]:
+    moved = [f for f in d["failovers"] if f["conns"]]  # as smctop counts them: a failover moves connections
+    if moved:
         out.append("Failovers:")
-        for f in d["failovers"]:
+        for f in moved:
             out.append(f"  {f['host']} {f['lgr']} link {f['from_link']} -> {f['to_link']}: {f['conns']} connections, "
                        f"{f['failed']} failed, {f['duration_ms']} ms")  # fmt: skip
     else:
         out.append("Failovers: none")
+    idle = [f for f in d["failovers"] if not f["conns"]]
+    if idle:
+        out.append("Link deletions that moved no connection: " + ", ".join(f"{f['host']} {f['lgr']} link {f['from_link']}" for f in idle))
     if d["delete_link_reasons"]:
         out.append("DELETE LINK reasons: " + ", ".join(f"{x['text']} x{x['count']}" for x in d["delete_link_reasons"]))
     if d["link_groups"]:

@@ -67,3 +67,18 @@ def test_a_fallback_counts_once_with_both_ends_view(tmp_path):
     assert rows[0]["text"] == "0x03070000 DIFFPREFIX" and rows[0]["by"].endswith("(server)")
     assert "(client): 0x05000000 PEERDECL" in rows[0]["view"]
     assert m.totals()["fallback_conns"] == 1 and m.totals()["fallbacks"] == 2  # one connection, two ends
+
+
+def test_failovers_count_only_when_connections_moved_in_smctop_and_summary():
+    """A DELETE LINK that moved nothing (NO_ASYM_NEEDED, 0.0 ms) is a link deletion, not a
+    failover, in smctop's header and percentiles and in smc-trace summary alike."""
+    from stack.events import Event
+
+    evs = [Event(1.0, "link.event", "b", "g1", 1, fields={"event": "failover_begin", "to_link": 2, "conns": 3}),
+           Event(1.004, "link.event", "b", "g1", 1, fields={"event": "failover_end", "to_link": 2, "conns": 3, "failed": 0, "duration_ms": 4.0}),
+           Event(2.0, "link.event", "b", "g1", 2, fields={"event": "failover_end", "to_link": 3, "conns": 0, "failed": 0, "duration_ms": 0.0})]  # fmt: skip
+    m = _model(evs)
+    assert m.totals()["failovers"] == 1 and m.totals()["link_deletions"] == 1
+    text = render(summarize(evs))
+    assert "b g1 link 1 -> 2: 3 connections, 0 failed, 4.0 ms" in text and "link 2 -> 3" not in text
+    assert "Link deletions that moved no connection: b g1 link 2" in text
