@@ -208,3 +208,18 @@ def test_every_reason_code_in_event_details_is_hex_and_name():
                 assert "0x03070000" in text and str(value) not in text, (kind.name, base, f.name, text)
                 seen += 1
     assert seen >= 6  # conn.fallback, conn.mode, clc.msg, llc.msg, link.event deleted, lgr.state, ...
+
+
+def test_help_scrolls_at_80x24():
+    async def go():
+        app, src = make_app(1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await advance(app, pilot, src, 1)
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert "start / stop traffic" in app.screen_text() and "ctrl+p: every action" not in app.screen_text()
+            await pilot.press("pagedown", "pagedown")
+            await pilot.pause()
+            assert "ctrl+p: every action by name" in app.screen_text()  # the end of the help, scrolled to
+
+    run(go())
