@@ -141,6 +141,12 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
                     rec.stats.last_error = f"{path}: {err}"
                 else:
                     rec.on_event(snapshot_event(time.monotonic(), snap))  # CLOCK_MONOTONIC is the stack's clock too
+            elif kind == "snapshot":  # the stack's periodic state: the truth of its counts, and where a replay can seek from
+                snap = msg.get("snapshot")
+                if check_snapshot(snap) is None:
+                    t = snap.get("t")
+                    t = t if type(t) is float and math.isfinite(t) else time.monotonic()
+                    rec.on_event(Event(t, "stats", snap.get("host", host), fields={"cause": "snapshot", "snapshot": snap}))
             elif kind == "error":
                 raise UsageError(f"{path}: {msg.get('error')}")
         else:

@@ -507,14 +507,48 @@ class ReplaySource(Source):
             self.t = min(self.t + (wall - self._wall) * self.speed, self.end_t)
         self._wall = wall
         if self._reset:
-            model.clear()
-            self.i = 0
-            self._reset = self._seeded = False
+            self._restart(model, self.t)
         if self.i == 0:
             self._seed(model)
         if self.paused and self._stepped:
             return []  # a step fed exactly one event; others of its instant wait for the next
         return self._feed_until(model, self.t)
+
+    def _restart(self, model: Model, t: float) -> None:
+        """A seek back: a cleared model, from the last point before ``t`` where every host's
+        state is in a recorded snapshot (smc-trace records each stack's periodic ones), so
+        that a seek in a long recording replays seconds, not the whole file; from the start
+        when there is no such point."""
+        model.clear()
+        self._reset = self._seeded = False
+        self.i = 0
+        chosen: dict[str, int] = {}  # host -> its last snapshot at or before t
+        first: dict[str, int] = {}  # host -> its first event (the recorder's own drop records aside)
+        for i, e in enumerate(self.events):
+            if e.t > t:
+                break
+            if e.host != "smc-trace":
+                first.setdefault(e.host, i)
+            if e.kind == "stats" and snapshot_of(e) is not None:
+                chosen[e.host] = i
+        if not chosen:
+            return
+        start = min(chosen.values())
+        if start == 0 or any(h not in chosen for h, i in first.items() if i < start):
+            return  # a host with events before that point and no snapshot of it: from the start
+        for i in sorted(chosen.values()):
+            e = self.events[i]
+            try:
+                model.apply_snapshot(snapshot_of(e))
+            except BadRecord:
+                return self._restart_from_zero(model)
+        self._seeded = True  # (the recording's starting snapshots are older than these)
+        self.i = start  # the snapshots are applied again in place as the feed passes them
+
+    def _restart_from_zero(self, model: Model) -> None:
+        model.clear()
+        self.i = 0
+        self._seeded = False
 
     def _seed(self, model: Model) -> None:
         """Before the first event: each host's state when the recording began (the snapshot
@@ -554,10 +588,9 @@ class ReplaySource(Source):
         self.paused = True
         self._stepped = True
         if self._reset:  # a seek back not yet played: replay up to it first
-            model.clear()
-            self.i = 0
-            self._reset = self._seeded = False
-            self._seed(model)
+            self._restart(model, self.t)
+            if self.i == 0:
+                self._seed(model)
             self._feed_until(model, self.t)
         elif self.i == 0:
             self._seed(model)

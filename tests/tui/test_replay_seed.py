@@ -178,3 +178,44 @@ def test_a_recording_smctop_begins_on_an_attached_stack_starts_from_what_smctop_
     assert (c.state, c.local, c.peer) == ("ACTIVE", want["local"], want["peer"])
     (lk,) = next(iter(m.lgrs.values())).links.values()
     assert lk.state == "LINK_ACTIVE" and lk.qpn and lk.gid
+
+
+def _long_recording(seconds: int = 100, per_second: int = 100) -> list:
+    """A stack's recording as smc-trace writes it: a starting snapshot, one every second, and
+    RDMA WRITEs of 10 bytes in between (the snapshots carry the byte count the writes add up to)."""
+    from stack.events import Event
+
+    def snap(t: float, sent: int) -> Event:
+        s = {"host": "h", "t": t, "stats": {}, "devices": [], "fallbacks": [],
+             "lgrs": [{"id": "00000100", "role": "client", "type": "SINGLE", "conns": 1, "links": [{"id": 1, "state": "LINK_ACTIVE", "qpn": 7}]}],
+             "conns": [{"conn": 1, "state": "ACTIVE", "mode": "SMCR", "role": "client", "local": "10.0.0.1:1", "peer": "10.0.0.2:2",
+                        "lgr": "00000100", "link": 1, "bytes_sent": sent}]}  # fmt: skip
+        return Event(t, "stats", "h", fields={"cause": "recording started" if t == 1000.0 else "snapshot", "snapshot": s})
+
+    events = []
+    for sec in range(seconds):
+        t0 = 1000.0 + sec
+        events.append(snap(t0, sec * per_second * 10))
+        events += [Event(t0 + (k + 1) / (per_second + 1), "rdma.write", "h", conn=1, lgr="00000100", link=1, fields={"length": 10})
+                   for k in range(per_second)]  # fmt: skip
+    return events
+
+
+def test_a_seek_back_in_a_long_recording_replays_from_the_last_snapshot_not_the_start():
+    events = _long_recording()
+    wall = [0.0]
+    src = started(ReplaySource("long", events=events, clock=lambda: wall[0]))
+    m = Model()
+    src.poll(m)
+    src.seek(95.0)
+    src.poll(m)
+    src.seek(-44.6)  # to 50.4 s
+    src.poll(m)
+    assert m.seq <= 2 * 101  # what it fed since the seek: from the snapshot at 50 s (the whole file is 10,100 events)
+    (c,) = m.conns.values()
+    assert (c.state, c.mode, c.local) == ("ACTIVE", "SMCR", "10.0.0.1:1")
+    full = Model()  # the same point replayed from the start
+    ref = started(ReplaySource("long", events=events, clock=lambda: 0.0))
+    ref.t = src.t
+    ref.poll(full)
+    assert c.bytes_sent == full.conns[("h", 1)].bytes_sent == 50 * 1000 + 40 * 10  # the 40 writes of 50.0-50.4 s on the snapshot's count
