@@ -103,7 +103,7 @@ class LinksPane(Pane, Vertical):
 
     def compose(self) -> ComposeResult:
         yield RowTable(fmt.LINK_COLUMNS, fmt.link_cells, key=lambda r: (r[0].host, r[0].id, r[1].id if r[1] else 0),
-                       version=lambda r: self.gen, id="links-table")  # fmt: skip
+                       version=lambda r: self.gen, id="links-table", text_sort=True)  # fmt: skip
         yield Static(id="failovers")
 
     def update_from(self, model: Model) -> None:
@@ -391,7 +391,7 @@ class FallbacksPane(Pane, Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="fallbacks-summary")
         yield RowTable(fmt.FALLBACK_COLUMNS, fmt.fallback_cells, key=lambda r: (r["reason"], r["by"], r["view"]),
-                       version=lambda r: self.gen, id="fallbacks-table")  # fmt: skip
+                       version=lambda r: self.gen, id="fallbacks-table", text_sort=True)  # fmt: skip
         yield Static(id="diagnosis")
 
     def update_from(self, model: Model) -> None:
@@ -522,7 +522,7 @@ class DevicesPane(Pane, Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(id="devices-summary")
-        yield RowTable(DEVICE_COLUMNS, device_cells, key=lambda r: (r["host"], r["dev"]), version=lambda r: self.gen, id="devices-table")
+        yield RowTable(DEVICE_COLUMNS, device_cells, key=lambda r: (r["host"], r["dev"]), version=lambda r: self.gen, id="devices-table", text_sort=True)
 
     def update_from(self, model: Model) -> None:
         self.gen += 1

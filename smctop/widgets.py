@@ -22,6 +22,21 @@ from textual.strip import Strip
 
 Cell = tuple[str, str]  # text, style ("" for the default)
 
+_UNITS = {"": 1, "B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "K": 1 << 10, "M": 1 << 20, "%": 1, "s": 1, "ms": 1e-3, "µs": 1e-6}
+
+
+def text_key(text: str) -> tuple:
+    """How a cell's text sorts: numbers (with their unit: 1.2 MB/s, 256K, 3,000, 40%) by value
+    before words, words alphabetically."""
+    t = text.strip().replace(",", "")
+    num, _, unit = t.partition(" ")
+    if not unit and num[-1:] in ("K", "M", "%"):
+        num, unit = num[:-1], num[-1:]
+    try:
+        return (0, float(num) * _UNITS.get(unit.split("/")[0], 1), "")
+    except ValueError:
+        return (1, 0.0, t.lower())
+
 
 @dataclass(frozen=True)
 class Column:
@@ -91,6 +106,7 @@ class RowTable(ScrollView, can_focus=True):
 
     def __init__(self, columns: Sequence[Column], render_row: Callable[[Any], list[Cell]], *,
                  key: Callable[[Any], Hashable] = id, version: Callable[[Any], int] | None = None, fit: bool = True,
+                 text_sort: bool = False,
                  name: str | None = None, id: str | None = None, classes: str | None = None) -> None:  # fmt: skip
         super().__init__(name=name, id=id, classes=classes)
         self.base_columns = list(columns)  # their widths are the most each takes
@@ -98,6 +114,7 @@ class RowTable(ScrollView, can_focus=True):
         self.fit = fit  # size each column to its content (up to its width)
         self.sort_column: str | None = None  # the indicator in the header: ▲ ascending, ▼ descending
         self.sort_reverse = False
+        self.text_sort = text_sort  # a click on a title sorts the rows by that column's text (the table does it)
         self.render_row = render_row
         self.key = key
         self.version = version or (lambda item: 0)
@@ -150,7 +167,12 @@ class RowTable(ScrollView, can_focus=True):
     # ------------------------------------------------------------------ data
 
     def set_items(self, items: list[Any]) -> None:
-        """The rows, in display order (the table keeps the list; do not mutate it afterwards)."""
+        """The rows, in display order (the table keeps the list; do not mutate it afterwards),
+        or in the order of the column the operator clicked (``text_sort``)."""
+        if self.text_sort and self.sort_column is not None:
+            i = next((n for n, c in enumerate(self.base_columns) if c.key == self.sort_column), None)
+            if i is not None:
+                items = sorted(items, key=lambda item: text_key(self.render_row(item)[i][0]), reverse=self.sort_reverse)
         old = self.items[self.cursor] if self.items and self.cursor < len(self.items) else None
         self.items = items
         if old is not None and not self.follow:  # keep the cursor on the same row
@@ -309,6 +331,11 @@ class RowTable(ScrollView, can_focus=True):
             pos = 0
             for c in self.columns:
                 if pos <= x < pos + c.width + 1:
+                    if self.text_sort:  # the table orders its rows itself: again on the same column reverses
+                        reverse = not self.sort_reverse if c.key == self.sort_column else False
+                        self.sort_column, self.sort_reverse = c.key, reverse
+                        self._fit_columns(self.items, force=True)
+                        self.set_items(self.items)
                     self.post_message(self.HeaderClicked(self, c.key))
                     return
                 pos += c.width + 1

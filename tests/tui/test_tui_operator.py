@@ -223,3 +223,33 @@ def test_help_scrolls_at_80x24():
             assert "ctrl+p: every action by name" in app.screen_text()  # the end of the help, scrolled to
 
     run(go())
+
+
+def test_a_click_on_a_title_sorts_the_other_tables_too():
+    async def go():
+        app, src = make_app(3)
+        async with app.run_test(size=(250, 40)) as pilot:
+            await advance(app, pilot, src, 3)
+            await pilot.press("6")
+            await pilot.pause()
+            t = table(app, "#devices-table")
+            x = sum(c.width + 1 for c in t.columns[: [c.key for c in t.columns].index("tx")])
+            await pilot.click("#devices-table", offset=(x + 1, 0))
+            await pilot.pause()
+            frames = [r["c"]["tx_frames"] for r in t.items]
+            assert frames == sorted(frames) and frames[0] < frames[-1] and "TX frames▲" in t.lines()[0]
+            await pilot.click("#devices-table", offset=(x + 1, 0))
+            await pilot.pause()
+            frames = [r["c"]["tx_frames"] for r in t.items]
+            assert frames == sorted(frames, reverse=True) and "TX frames▼" in t.lines()[0]
+            await advance(app, pilot, src, 1)  # and the order holds as the view updates
+            assert [r["c"]["tx_frames"] for r in t.items] == sorted((r["c"]["tx_frames"] for r in t.items), reverse=True)
+
+    run(go())
+
+
+def test_text_sort_key_orders_numbers_with_units_by_value():
+    from smctop.widgets import text_key
+
+    cells = ["1.2 MB/s", "950.0 kB/s", "0", "3,000", "256K", "1M", "-", "alpha"]
+    assert sorted(cells, key=text_key) == ["0", "3,000", "256K", "950.0 kB/s", "1M", "1.2 MB/s", "-", "alpha"]
