@@ -7,6 +7,16 @@
     smc-trace summary run.pcapng [--json]          (also a pcap of a real host)
     smc-trace export run.pcapng --jsonl [-o events.jsonl]
     smc-trace install-plugin [--dir DIR]
+
+Recording stops on --duration, Ctrl-C or SIGTERM, also while a stack streams without a
+pause; a recorded command is asked to stop (SIGINT to its own process group, then SIGTERM
+and SIGKILL if it does not) and recorded until its stacks have closed. A closing stack
+sends what its control session still held and then an ``end`` line; a stream without one,
+or with a last line cut in half, is written as an ``events.dropped`` record of that stack
+(``by``: its control socket, ``last_error``: what was lost), and so are the drops the
+stack counted itself, so ``summary`` names every loss where it happened. RDMA WRITE frames
+keep their headers and the first --write-snaplen (128) bytes of data; each stack's
+periodic snapshots are kept too (a replay seeks from them).
 """
 
 from __future__ import annotations
