@@ -63,7 +63,7 @@ def render_detail(model: Model, key: tuple[str, int]) -> Text:
         out.append(f"  peer diagnosis {fmt.reason(c.peer_diagnosis)}", style="yellow")
     out.append("\n")
     out.append(f"LG-ID {c.lgr or '-'}  link {c.link if c.link is not None else '-'}  token {c.token:08x}  "
-               f"handshake {c.handshake_ms if c.handshake_ms is not None else '-'} ms  "
+               f"handshake {fmt.ms(c.handshake_ms)}  "
                f"opened {c.opened - t0:+.3f} s" + (f"  closed {c.closed - t0:+.3f} s" if c.closed is not None else "") + "\n")  # fmt: skip
     bar, spec = fmt.fill_bar(c.fill_ratio, 20)
     out.append(f"RMB {fmt.size_k(c.rmb_size)} (peer {fmt.size_k(c.peer_rmb_size)})  fill ")
