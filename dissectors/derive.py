@@ -28,6 +28,7 @@ from stack.wire._base import WireError
 from stack.wire.fields import cdc_fields, clc_fields, llc_fields
 from stack.wire.inet import (
     ETH_P_IP,
+    ETH_P_IPV6,
     IPPROTO_TCP,
     IPPROTO_UDP,
     TCP_ACK,
@@ -36,6 +37,7 @@ from stack.wire.inet import (
     TCP_SYN,
     decode_ethernet,
     decode_ipv4,
+    decode_ipv6,
     decode_tcp,
     decode_udp,
     has_smc_option,
@@ -61,21 +63,36 @@ RDMA_WRITES = {roce.Opcode.RDMA_WRITE_ONLY, roce.Opcode.RDMA_WRITE_FIRST, roce.O
 SENDS = {roce.Opcode.SEND_ONLY, roce.Opcode.SEND_FIRST, roce.Opcode.SEND_ONLY_WITH_IMMEDIATE, roce.Opcode.UC_SEND_ONLY}
 
 
+_IP_TYPES = (ETH_P_IP, ETH_P_IPV6)
+_NULL_FAMILIES = (2, 10, 24, 28, 30)  # AF_INET; AF_INET6 as Linux, NetBSD/OpenBSD, FreeBSD and macOS number it
+
+
 def ip_payload(p: Packet) -> bytes | None:
-    """The IPv4 packet inside a captured frame, or None when it carries something else."""
+    """The IPv4 or IPv6 packet inside a captured frame, or None when it carries something else."""
     d = p.data
     if p.linktype == LINKTYPE_ETHERNET:
         eth, off = decode_ethernet(d)
-        return d[off:] if eth.ethertype == ETH_P_IP else None
+        return d[off:] if eth.ethertype in _IP_TYPES else None
     if p.linktype == LINKTYPE_LINUX_SLL:
-        return d[16:] if len(d) >= 16 and struct.unpack_from("!H", d, 14)[0] == ETH_P_IP else None
+        return d[16:] if len(d) >= 16 and struct.unpack_from("!H", d, 14)[0] in _IP_TYPES else None
     if p.linktype == LINKTYPE_LINUX_SLL2:
-        return d[20:] if len(d) >= 20 and struct.unpack_from("!H", d, 0)[0] == ETH_P_IP else None
+        return d[20:] if len(d) >= 20 and struct.unpack_from("!H", d, 0)[0] in _IP_TYPES else None
     if p.linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
-        return d if d[:1] and d[0] >> 4 == 4 else None
+        return d if d[:1] and d[0] >> 4 in ((4,) if p.linktype == LINKTYPE_IPV4 else (4, 6)) else None
     if p.linktype == LINKTYPE_NULL:
-        return d[4:] if len(d) >= 4 and struct.unpack_from("<I", d, 0)[0] == 2 else None
+        return d[4:] if len(d) >= 4 and struct.unpack_from("<I", d, 0)[0] in _NULL_FAMILIES else None
     return None
+
+
+def ip_header(ip_bytes: bytes, cut: bool) -> tuple[str, str, int, int, int]:
+    """(source, destination, protocol, header end, packet end) of an IPv4 or IPv6 packet.
+    IPv6 extension headers are not followed: such a packet's protocol is the next header's
+    number, which is neither TCP nor UDP, so it is passed over as other traffic is."""
+    if ip_bytes[:1] and ip_bytes[0] >> 4 == 6:
+        ip6, off = decode_ipv6(ip_bytes, cut=cut)
+        return str(ip6.src), str(ip6.dst), ip6.next_header, off, min(len(ip_bytes), off + ip6.payload_length)
+    ip, off = decode_ipv4(ip_bytes, cut=cut)
+    return str(ip.src), str(ip.dst), ip.protocol, off, min(len(ip_bytes), ip.total_length or len(ip_bytes))  # Ethernet padding is not payload
 
 
 @dataclass
@@ -132,13 +149,11 @@ class Deriver:
             if ip_bytes is None:
                 return
             cut = p.original_length > len(p.data)  # a snap length kept only its start
-            ip, off = decode_ipv4(ip_bytes, cut=cut)
-            src, dst = str(ip.src), str(ip.dst)
-            if ip.protocol == IPPROTO_TCP:
+            src, dst, protocol, off, end = ip_header(ip_bytes, cut)
+            if protocol == IPPROTO_TCP:
                 tcp, poff = decode_tcp(ip_bytes, off)
-                end = min(len(ip_bytes), ip.total_length or len(ip_bytes))  # Ethernet padding is not payload
                 yield from self._tcp(t, src, dst, tcp, ip_bytes[poff:end])
-            elif ip.protocol == IPPROTO_UDP:
+            elif protocol == IPPROTO_UDP:
                 udp, poff = decode_udp(ip_bytes, off, cut=cut)
                 if udp.dport == roce.ROCE_V2_PORT:
                     yield from self._roce(t, src, dst, ip_bytes[poff : off + udp.length], cut=cut and off + udp.length > len(ip_bytes),

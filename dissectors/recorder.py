@@ -36,7 +36,7 @@ from stack.events import Event, note_encoder_once, render
 
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter
 from .records import HEADER, encode_record, field_bytes
-from .spool import SEQ_STEP, Spool, frame_header, make_spool, mac, send_key
+from .spool import SEQ_STEP, Spool, frame_header, make_spool, send_key
 from .tcpflow import Endpoint, TcpFlow
 
 MESSAGE_KINDS = ("clc.msg", "llc.msg", "cdc.msg")
@@ -96,14 +96,17 @@ class RecorderStats:
     source_notes: list = field(default_factory=list)
 
 
-_mac = mac
+def _flow_mac(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """The MAC a TCP flow's frames carry: the soft devices' rule, from the IPv4 address (or
+    the last four bytes of an IPv6 one)."""
+    return b"\x02\x00" + ip.packed[-4:]
 
 
 class _Flow:
     def __init__(self, client: tuple[str, int], server: tuple[str, int]) -> None:
         self.client, self.server = client, server
-        self.tcp = TcpFlow(Endpoint(ipaddress.IPv4Address(client[0]), client[1], _mac(client[0])),
-                           Endpoint(ipaddress.IPv4Address(server[0]), server[1], _mac(server[0])))  # fmt: skip
+        ends = [ipaddress.ip_address(ip.strip("[]")) for ip in (client[0], server[0])]
+        self.tcp = TcpFlow(Endpoint(ends[0], client[1], _flow_mac(ends[0])), Endpoint(ends[1], server[1], _flow_mac(ends[1])))
         self.recorded_ends: set[tuple[str, int]] = set()
         self.fin_sent: set[bool] = set()
 

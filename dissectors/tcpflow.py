@@ -1,4 +1,4 @@
-"""Ethernet/IPv4/TCP frames of one TCP connection, so that CLC messages appear in a
+"""Ethernet/IPv4/TCP (or IPv6/TCP) frames of one TCP connection, so that CLC messages appear in a
 capture as the TCP payload of their connection (as on a real host).
 
 Sequence and acknowledgment numbers follow the bytes sent; the SYN and SYN-ACK carry
@@ -10,14 +10,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from stack.wire.inet import SMC_TCP_OPTION, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Tcp, ipv4_tcp_frame
+from stack.wire.inet import SMC_TCP_OPTION, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, Tcp, ip_tcp_frame
 
 MSS_OPTION = bytes([0x02, 0x04, 0xFF, 0xD7])  # MSS 65495, what loopback advertises
 
 
 @dataclass
 class Endpoint:
-    ip: ipaddress.IPv4Address
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     port: int
     mac: bytes = bytes(6)
     smc: bool = True  # puts the SMC option on its SYN / SYN-ACK
@@ -37,7 +37,7 @@ class TcpFlow:
         tcp = Tcp(src.port, dst.port, seq, ack, flags, 65535, options)
         advance = len(payload) + (1 if flags & (TCP_SYN | TCP_FIN) else 0)
         self._next[from_client] = (seq + advance) & 0xFFFFFFFF
-        return ipv4_tcp_frame(src.mac, dst.mac, src.ip, dst.ip, tcp, payload)
+        return ip_tcp_frame(src.mac, dst.mac, src.ip, dst.ip, tcp, payload)
 
     def handshake(self) -> list[bytes]:
         syn_opts = MSS_OPTION + (SMC_TCP_OPTION if self.client.smc else b"")
