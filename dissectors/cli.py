@@ -420,7 +420,9 @@ def cmd_decode(args) -> int:
         else:
             for line in timeline(events):
                 print(line)
-            if roce.timeline():
+            # a filtered timeline (--conn, --kind, ...) shows what was asked for and nothing else
+            unfiltered = not (args.conn or args.link or args.lgr or args.host or args.kind)
+            if unfiltered and roce.timeline():
                 print(f"\nRoCE retransmissions ({roce.totals()['retransmissions']} frames, not counted as messages):")
                 for line in roce.timeline():
                     print("  " + line)

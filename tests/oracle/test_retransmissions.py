@@ -245,6 +245,10 @@ def test_summary_and_decode_show_retransmissions_apart(capture):
         assert len(lines) == 1 and "2 frames, after NAK (frame " in lines[0]
     if kind == "vanished":
         assert len(lines) == 7 and all("2 frames, after timeout" in x for x in lines)
+    # a filtered timeline shows only what was asked for: no retransmission section
+    only = smc_trace("decode", str(path), "--kind", "cdc.msg")
+    assert only.returncode == 0 and only.stdout.strip(), only.stderr
+    assert "RoCE retransmissions" not in only.stdout and all(" CDC " in x for x in only.stdout.splitlines())
 
 
 # ---------------------------------------------------------------------------------------- tshark
