@@ -23,7 +23,10 @@ def describe_clc(m: clc.ClcMessage) -> str:
         if m.version >= 2:
             parts.append(f"v2={m.typev2.name}")
         if m.prefix is not None:
-            parts.append(f"prefix {m.prefix.subnet}/{m.prefix.prefix_len}")
+            if m.prefix.ipv6:  # an IPv6 connection's Proposal: its prefixes (the IPv4 field is zero)
+                parts.append("prefixes " + ",".join(f"{p.prefix}/{p.length}" for p in m.prefix.ipv6))
+            else:
+                parts.append(f"prefix {m.prefix.subnet}/{m.prefix.prefix_len}")
         if m.v2 is not None:
             eids = ",".join(clc.eid_text(e) for e in m.v2.eids) or "none"
             parts.append(f"UEIDs {eids} RoCEv2 GID {_gid(m.v2.roce_gid)} release {m.v2.release}")

@@ -118,7 +118,16 @@ def test_events_derived_from_the_ipv6_frames_name_the_connection_and_its_clc(rec
     assert any(e.get("local") == f"::1:{port}" for e in opens if e.get("role") == "server")
     clc = [e.get("type") for e in events if e.kind == "clc.msg"]
     assert clc[:2] == ["Proposal", "Accept"] and "Confirm" in clc, clc
-    assert not [e for e in events if e.kind == "trace.note"]
+
+
+def test_the_proposal_is_described_with_its_ipv6_prefixes(recording):
+    from dissectors.describe import describe_clc
+    from stack.wire import clc
+
+    path, _ = recording
+    (raw,) = [e.get("raw") for e in read_events(path) if e.kind == "clc.msg" and e.get("type") == "Proposal" and e.get("dir") == "tx"]
+    text = describe_clc(clc.decode(bytes.fromhex(raw) if isinstance(raw, str) else raw))
+    assert "prefixes ::1/128" in text and "0.0.0.0/0" not in text, text
 
 
 def test_tshark_decodes_the_ipv6_proposal(recording):
