@@ -63,6 +63,8 @@ class SmcOption:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # IPv6 only, as asyncio's create_server: an IPv4 listener may share the port
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setblocking(False)
             self.map.want(sock)  # before listen(): the program arms the listener then
             sock.bind((host or "0.0.0.0", port))
