@@ -10,6 +10,7 @@ group ids, connection tokens).
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Collection, Iterable
 
 from stack.wire import clc
@@ -34,7 +35,7 @@ class Devices:
         return next((d for d in self.all if d.up and d.name not in used), None)
 
     def set_state(self, name: str, up: bool) -> None:
-        self.all = [DeviceInfo(d.name, d.gid, d.mac, d.mtu, up) if d.name == name else d for d in self.all]
+        self.all = [replace(d, up=up) if d.name == name else d for d in self.all]
 
 
 class Directory:

@@ -157,7 +157,7 @@ def build_proposal(config: SmcConfig, device: DeviceInfo | None, local_ip: str, 
     device has no fitting prefix (``smc_clc_send_proposal``)."""
     if device is None:
         return None, DECL.NOSMCDEV
-    v1 = 1 in config.versions
+    v1 = 1 in config.versions and device.roce_v1  # smc_find_rdma_v1_device_serv / smc_pnet_find_roce_resource: a RoCE v1 GID
     # smc_find_proposal_devices: no SMC-Rv2 on an IPv6 TCP connection (unless v4-mapped)
     v2 = config.v2 and tcp_address(local_ip).version == 4
     if not v1 and not v2:
@@ -253,7 +253,7 @@ def choose(config: SmcConfig, p: clc.Proposal, device: DeviceInfo | None, local_
     if prfx_rc:
         return Choice(decline=prfx_rc)
     # smc_find_rdma_v1_device_serv
-    if smcr_v1 and 1 in config.versions and device is not None:
+    if smcr_v1 and 1 in config.versions and device is not None and device.roce_v1:
         return Choice(1)
     store(DECL.NOSMCDEV)
     return Choice(decline=stored)

@@ -30,6 +30,10 @@ class DeviceInfo:
     mac: bytes
     mtu: int  # enum ib_mtu code of the active MTU
     up: bool = True
+    # SMC-Rv1 needs a RoCE v1 GID on the port (smc_ib_determine_gid without smcrv2 takes only
+    # IB_GID_TYPE_ROCE): a kernel on Soft-RoCE (rxe) has none and offers no v1. The soft
+    # devices emulate one (their v1 runs over the RoCEv2 GID: docs/kernel-fidelity.md)
+    roce_v1: bool = True
 
 
 @dataclass(frozen=True)

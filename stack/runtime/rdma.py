@@ -140,7 +140,10 @@ class RdmaDriver:
             device = provider.open_device(spec.name)
         port = device.query_port(1)
         gid = device.roce_v2_gid(1)
-        info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE)
+        # a kernel offers SMC-Rv1 only on a port with a RoCE v1 GID (rxe has none); the soft
+        # devices run v1 over their RoCEv2 GID, an emulation kept for stack-to-stack v1
+        roce_v1 = spec.provider == "soft" or any(e.type == "roce_v1" for e in device.gid_table(1))
+        info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE, roce_v1)
         dev = _Dev(spec, device, device.alloc_pd(), device.create_cq(8192), info, gid.index, info.up)
         dev.raw = device.has(Capability.FAST_PATH)
         if dev.raw:

@@ -9,13 +9,14 @@ v2.1 limits, and first contacts of kernel v2-only clients (all-zero peer ID) in 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
 from support.fabric import FabricIO, open_conn, pair
 
 from stack.core.config import SmcConfig
-from stack.core.negotiation import Netdev, choose
+from stack.core.negotiation import Netdev, build_proposal, choose
 from stack.core.ports import DeviceInfo
 from stack.core.states import Hs
 from stack.wire import clc
@@ -152,6 +153,29 @@ def test_nosmcdev_on_the_v1_path():
     assert decline(proposal(T.R, T.N), device=None) == DECL.NOSMCDEV
     assert decline(proposal(T.N, T.R, eids=(EID_B,))) == DECL.NOSMCDEV  # v2 only, no common UEID
     assert decline(proposal(T.N, T.R), cfg=server(ueids=())) == DECL.NOSMCDEV
+
+
+def test_v1_needs_a_roce_v1_gid_on_the_server():
+    """smc_find_rdma_v1_device_serv -> smc_ib_determine_gid without smcrv2 takes only a RoCE v1
+    GID (IB_GID_TYPE_ROCE): a port with RoCEv2 GIDs alone (Soft-RoCE) serves no v1 ->
+    NOSMCDEV; v2 still serves."""
+    no_v1 = dataclasses.replace(OUR_DEV, roce_v1=False)
+    assert decline(proposal(T.R, T.N), device=no_v1) == DECL.NOSMCDEV
+    assert pick(proposal(T.R, T.R), device=no_v1).version == 2
+    assert pick(proposal(T.R, T.N), device=OUR_DEV).version == 1  # the control: with a v1 GID, v1
+
+
+def test_a_client_without_a_roce_v1_gid_offers_v2_only_and_on_ipv6_nothing():
+    """smc_find_proposal_devices: no v1 device without a RoCE v1 GID; on an IPv6 connection
+    no v2 either, so the client declines NOSMCDEV before any Proposal (two kernels on
+    Soft-RoCE do exactly this: the lab's differential run)."""
+    no_v1 = dataclasses.replace(OUR_DEV, roce_v1=False)
+    p, why = build_proposal(SmcConfig(host="c", ueids=("EID-A",)), no_v1, "10.1.2.3", PEER_ID, NETDEV)
+    assert why == 0 and (p.typev1, p.typev2) == (T.N, T.R)
+    p, why = build_proposal(SmcConfig(host="c", ueids=("EID-A",)), no_v1, "fd00:1::3", PEER_ID, Netdev.of("eth0", ["fd00:1::3/64"]))
+    assert (p, why) == (None, DECL.NOSMCDEV)
+    p, why = build_proposal(SmcConfig(host="c", ueids=("EID-A",)), OUR_DEV, "fd00:1::3", PEER_ID, Netdev.of("eth0", ["fd00:1::3/64"]))
+    assert why == 0 and (p.typev1, p.typev2) == (T.R, T.N)  # the control: with a v1 GID, v1 over IPv6
 
 
 def test_nosmcrdev_only_after_a_v2_ueid_match():

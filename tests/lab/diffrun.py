@@ -2,7 +2,7 @@
 (the control: what the kernel does) and between the kernel and our stack, both directions.
 
     diffrun.py server kernel|stack PORT --count N
-    diffrun.py client kernel|stack HOST PORT [--scenarios urgent,conc50,unread-client,unread-server]
+    diffrun.py client kernel|stack HOST PORT --host6 HOST6 [--scenarios urgent,conc50,unread-client,unread-server,ipv6]
 
 Each connection starts with the line ``SCENARIO IMPL`` from the client; both sides then play it
 and write one JSON record per connection to ``$LAB_SHARE/<impl>-<role>-<port>.jsonl``: what
@@ -17,6 +17,8 @@ Scenarios:
 * ``conc50``: the client opens 50 connections (one after the other), then each sends 20,000
   bytes and reads them echoed, all at once; all 50 stay open until all have finished (one
   link group, 50 connections).
+* ``ipv6``: one connection to the server's IPv6 address (``--host6``), 20,000 bytes echoed:
+  whether it is SMC-R and with which version, or which fallback reason each side names.
 * ``unread-client`` / ``unread-server``: the server sends 40,000 bytes; the named side
   closes with data it has not read (the kernel sends abort then: smc_close_final); the other
   side records what its application sees next (reset or end of file).
@@ -51,7 +53,7 @@ URGENT_BEFORE, URGENT_AFTER = 20_000, 100_000
 URGENT_BYTE = 0xA5
 CONC, CONC_BYTES = 50, 20_000
 UNREAD_BYTES = 40_000
-SCENARIOS = ("urgent", "conc50", "unread-client", "unread-server")
+SCENARIOS = ("urgent", "conc50", "unread-client", "unread-server", "ipv6")
 PAUSE = 0.5  # lets data land in the peer's buffer before a close that leaves it unread
 
 
@@ -165,11 +167,12 @@ def k_serve_one(s: socket.socket, port: int, i: int) -> None:
             k_sendall(s, json.dumps({"len": len(data), "urgent": urgent}).encode() + b"\n")
             s.shutdown(socket.SHUT_WR)
             rec["next"] = k_next(s)
-        elif scenario == "conc50":
+        elif scenario in ("conc50", "ipv6"):
             got = k_recv_exactly(s, CONC_BYTES)
             rec["received"] = sha(got)
             k_sendall(s, got)
-            rec["lgrs"] = k_lgrs()
+            if scenario == "conc50":
+                rec["lgrs"] = k_lgrs()
             rec["next"] = k_next(s)
         elif scenario == "unread-client":
             k_sendall(s, pattern(UNREAD_BYTES, i))
@@ -192,24 +195,28 @@ def k_serve_one(s: socket.socket, port: int, i: int) -> None:
 
 
 def kernel_server(port: int, count: int) -> None:
-    lst = ksmc.listen("0.0.0.0", port, backlog=128)
-    print(f"kernel server on {port}", flush=True)
+    listeners = [ksmc.listen("0.0.0.0", port, backlog=128), ksmc.listen("::", port, backlog=16)]
+    print(f"kernel server on {port} (IPv4 and IPv6)", flush=True)
     threads = []
     for i in range(count):
-        s = ksmc.accept(lst, timeout=400)
+        ready, _, _ = select.select(listeners, [], [], 400)
+        if not ready:
+            raise TimeoutError(f"no connection within 400 s ({i} of {count} came)")
+        s = ksmc.accept(ready[0], timeout=10)
         t = threading.Thread(target=k_serve_one, args=(s, port, i), daemon=True)
         t.start()
         threads.append(t)
     for t in threads:
         t.join(120)
-    lst.close()
+    for lst in listeners:
+        lst.close()
 
 
-def kernel_client(host: str, port: int, scenarios: list[str]) -> None:
+def kernel_client(host: str, port: int, scenarios: list[str], host6: str | None = None) -> None:
     for scenario in scenarios:
         n = CONC if scenario == "conc50" else 1
         t0 = time.monotonic()
-        socks = [ksmc.connect(host, port, timeout=120) for _ in range(n)]
+        socks = [ksmc.connect(host6 if scenario == "ipv6" else host, port, timeout=120) for _ in range(n)]
         results: list[dict] = [{"impl": "kernel", "role": "client", "scenario": scenario, "i": i} for i in range(n)]
 
         def play(i: int, s: socket.socket) -> None:
@@ -233,7 +240,7 @@ def kernel_client(host: str, port: int, scenarios: list[str]) -> None:
                         line += c
                     rec["peer_saw"] = json.loads(line) if line else None
                     rec["next"] = k_next(s)
-                elif scenario == "conc50":
+                elif scenario in ("conc50", "ipv6"):
                     data = pattern(CONC_BYTES, 100 + i)
                     k_sendall(s, data)
                     rec["sent"] = sha(data)
@@ -273,7 +280,7 @@ def kernel_client(host: str, port: int, scenarios: list[str]) -> None:
 def stack_config(name: str):
     from stack import DeviceSpec, SmcConfig, StackConfig
 
-    smc = SmcConfig(host=name, versions=frozenset({2}), ueids=(LAB_UEID,))
+    smc = SmcConfig(host=name, versions=frozenset({1, 2}), ueids=(LAB_UEID,))  # both, as a kernel offers
     soft = os.environ.get("DIFFRUN_SOFT")  # a soft device's address: the scenarios stack to stack, off the lab
     if soft:
         return StackConfig(smc, (DeviceSpec("soft", addr=soft),), tcp_option="inband")
@@ -282,7 +289,11 @@ def stack_config(name: str):
 
 def s_info(writer) -> dict:
     info = writer.get_extra_info("smc") or {}
-    return {k: info.get(k) for k in ("mode", "version", "fallback_reason", "peer_diagnosis", "lgr")}
+    out = {k: info.get(k) for k in ("mode", "version", "fallback_reason", "peer_diagnosis", "lgr")}
+    peer = writer.get_extra_info("peername")
+    if peer:  # written as smc_diag writes it: IPv6 in brackets
+        out["peer"] = ("[%s]:%d" if ":" in peer[0] else "%s:%d") % tuple(peer[:2])
+    return out
 
 
 async def s_next(reader) -> str:
@@ -324,7 +335,7 @@ async def stack_server(port: int, count: int) -> None:
                 await writer.drain()
                 writer.write_eof()
                 rec["next"] = await s_next(reader)
-            elif scenario == "conc50":
+            elif scenario in ("conc50", "ipv6"):
                 got = await asyncio.wait_for(reader.readexactly(CONC_BYTES), 60)
                 rec["received"] = sha(got)
                 writer.write(got)
@@ -350,21 +361,22 @@ async def stack_server(port: int, count: int) -> None:
             await done.put(rec)
 
     async with Stack(stack_config("ours-server")) as host:
-        server = await host.start_server(handle, "0.0.0.0", port)
-        print(f"stack server on {port}", flush=True)
+        servers = [await host.start_server(handle, "0.0.0.0", port), await host.start_server(handle, "::", port)]
+        print(f"stack server on {port} (IPv4 and IPv6)", flush=True)
         for _ in range(count):
             report(f"stack-server-{port}", await asyncio.wait_for(done.get(), 500))
-        server.close()
+        for server in servers:
+            server.close()
 
 
-async def stack_client(host_ip: str, port: int, scenarios: list[str]) -> None:
+async def stack_client(host_ip: str, port: int, scenarios: list[str], host6: str | None = None) -> None:
     from stack import Stack
 
-    async def connect(host):
+    async def connect(host, ip=host_ip):
         deadline = time.monotonic() + 120
         while True:
             try:
-                return await host.open_connection(host_ip, port)
+                return await host.open_connection(ip, port)
             except ConnectionRefusedError:
                 if time.monotonic() > deadline:
                     raise
@@ -376,7 +388,7 @@ async def stack_client(host_ip: str, port: int, scenarios: list[str]) -> None:
             t0 = time.monotonic()
             # one after the other, as the kernel client's blocking connect() does: a burst of 50
             # handshakes on one vCPU under TCG outlasts the CLC timeouts; they then stay open together
-            conns = [await connect(host) for _ in range(n)]
+            conns = [await connect(host, host6 if scenario == "ipv6" else host_ip) for _ in range(n)]
             results = [{"impl": "stack", "role": "client", "scenario": scenario, "i": i} for i in range(n)]
 
             async def play(i: int, reader, writer) -> None:
@@ -395,7 +407,7 @@ async def stack_client(host_ip: str, port: int, scenarios: list[str]) -> None:
                         line = await asyncio.wait_for(reader.readline(), 60)
                         rec["peer_saw"] = json.loads(line) if line else None
                         rec["next"] = await s_next(reader)
-                    elif scenario == "conc50":
+                    elif scenario in ("conc50", "ipv6"):
                         data = pattern(CONC_BYTES, 100 + i)
                         writer.write(data)
                         await writer.drain()
@@ -432,6 +444,7 @@ def main() -> None:
     ap.add_argument("args", nargs="+")
     ap.add_argument("--count", type=int, default=1)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--host6", help="client: the server's IPv6 address, for the ipv6 scenario")
     a = ap.parse_args()
     scenarios = [s for s in a.scenarios.split(",") if s]
     if a.role == "server":
@@ -439,7 +452,9 @@ def main() -> None:
         (kernel_server(port, a.count) if a.impl == "kernel" else asyncio.run(stack_server(port, a.count)))
     else:
         host, port = a.args[0], int(a.args[1])
-        (kernel_client(host, port, scenarios) if a.impl == "kernel" else asyncio.run(stack_client(host, port, scenarios)))
+        if "ipv6" in scenarios and not a.host6:
+            ap.error("the ipv6 scenario needs --host6")
+        (kernel_client(host, port, scenarios, a.host6) if a.impl == "kernel" else asyncio.run(stack_client(host, port, scenarios, a.host6)))
 
 
 if __name__ == "__main__":

@@ -45,18 +45,27 @@ def _check(rc: int, what: str) -> int:
 
 
 def _sockaddr(ip: str, port: int) -> bytes:
+    """struct sockaddr_in, or sockaddr_in6 for an IPv6 address."""
+    if ":" in ip:
+        return struct.pack("=H", socket.AF_INET6) + struct.pack(">HI", port, 0) + socket.inet_pton(socket.AF_INET6, ip) + bytes(4)
     return struct.pack("=H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(ip) + bytes(8)
 
 
-def smc_socket() -> int:
-    """A new AF_SMC stream socket's fd (EAFNOSUPPORT: modprobe smc)."""
-    return _check(_libc.socket(AF_SMC, socket.SOCK_STREAM, SMCPROTO_SMC), "socket(AF_SMC)")
+SMCPROTO_SMC6 = 1  # an AF_SMC socket whose TCP side is IPv6
+
+
+def smc_socket(family: int = socket.AF_INET) -> int:
+    """A new AF_SMC stream socket's fd (EAFNOSUPPORT: modprobe smc); SMCPROTO_SMC6 for IPv6."""
+    proto = SMCPROTO_SMC6 if family == socket.AF_INET6 else SMCPROTO_SMC
+    return _check(_libc.socket(AF_SMC, socket.SOCK_STREAM, proto), "socket(AF_SMC)")
 
 
 def listen(ip: str, port: int, backlog: int = 16) -> socket.socket:
-    fd = smc_socket()
+    fd = smc_socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
     one = ctypes.c_int(1)
     _libc.setsockopt(fd, socket.SOL_SOCKET, socket.SO_REUSEADDR, ctypes.byref(one), 4)
+    if ":" in ip:  # IPv6 only: an IPv4 listener may share the port
+        _libc.setsockopt(fd, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, ctypes.byref(one), 4)
     addr = _sockaddr(ip, port)
     _check(_libc.bind(fd, addr, len(addr)), f"bind {ip}:{port}")
     _check(_libc.listen(fd, backlog), "listen")
@@ -82,7 +91,7 @@ def connect(ip: str, port: int, timeout: float = 60.0) -> socket.socket:
     deadline = time.monotonic() + timeout
     addr = _sockaddr(ip, port)
     while True:
-        fd = smc_socket()
+        fd = smc_socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
         if _libc.connect(fd, addr, len(addr)) == 0:
             return socket.socket(fileno=fd)
         err = ctypes.get_errno()
@@ -153,13 +162,19 @@ def ss() -> list[dict]:
 
 
 def names(sock: socket.socket) -> tuple[str, str]:
-    """("ip:port", "ip:port") of a connected AF_SMC socket (Python's getsockname cannot)."""
+    """("ip:port", "ip:port") of a connected AF_SMC socket, IPv6 as "[ip]:port" as smc_diag's
+    are written (Python's getsockname cannot read family 43)."""
     out = []
     for call in (_libc.getsockname, _libc.getpeername):
-        buf = ctypes.create_string_buffer(16)
-        n = ctypes.c_uint(16)
+        buf = ctypes.create_string_buffer(28)
+        n = ctypes.c_uint(28)
         _check(call(sock.fileno(), buf, ctypes.byref(n)), call.__name__)
-        out.append("%s:%d" % (socket.inet_ntoa(buf.raw[4:8]), struct.unpack(">H", buf.raw[2:4])[0]))
+        (family,) = struct.unpack_from("=H", buf.raw, 0)
+        port = struct.unpack(">H", buf.raw[2:4])[0]
+        if family == socket.AF_INET6:
+            out.append("[%s]:%d" % (socket.inet_ntop(socket.AF_INET6, buf.raw[8:24]), port))
+        else:
+            out.append("%s:%d" % (socket.inet_ntoa(buf.raw[4:8]), port))
     return out[0], out[1]
 
 

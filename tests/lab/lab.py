@@ -38,6 +38,7 @@ QEMU = "qemu-system-x86_64"
 GUEST_ENV = "SMCTOP_LAB_GUEST"  # set inside every lab VM
 SUBNET = "10.2.0"
 SUBNET2 = "10.2.1"  # the second wire, when a boot asks for two NICs
+SUBNET6 = "fd00:2"  # eth0's IPv6 prefix (/64)
 BOOT_BUDGET = 60.0  # seconds from qemu start to the guest command, generous for TCG under load
 KEEP_RUNS = 30
 SETUP_HINT = "run scripts/setup.sh (as root) to set up the kernel lab"
@@ -148,6 +149,7 @@ mark BOOTED
 hostname $LAB_VM
 ip link set lo up
 ip addr add $LAB_IP/24 dev eth0 && ip link set eth0 up || fail "could not configure eth0 with $LAB_IP"
+ip -6 addr add $LAB_IP6/64 dev eth0 nodad || fail "could not configure eth0 with $LAB_IP6"
 if [ "$LAB_RDMA" = 1 ]; then
     modprobe -a rdma_rxe smc smc_diag || fail "modprobe -a rdma_rxe smc smc_diag"
     rdma link add rxe0 type rxe netdev eth0 || fail "rdma link add rxe0 type rxe netdev eth0"
@@ -191,6 +193,10 @@ class _Guest:
         return f"52:54:00:12:00:{self.index:02x}"
 
     @property
+    def ip6(self) -> str:  # eth0's IPv6 address (besides its link-local one)
+        return f"{SUBNET6}::{self.index}"
+
+    @property
     def ip2(self) -> str:  # the second NIC (nics=2): 10.2.1.N
         return f"{SUBNET2}.{self.index}"
 
@@ -214,7 +220,8 @@ def boot(
 
     ``timeout`` limits each guest command (exit code 124 when it fires); every qemu is killed
     ``boot_budget`` + 10 seconds after that at the latest, so a hung kernel becomes a failure.
-    Inside, ``$LAB_VM`` is "a" or "b", ``$LAB_IP`` / ``$LAB_PEER_IP`` the addresses, and
+    Inside, ``$LAB_VM`` is "a" or "b", ``$LAB_IP`` / ``$LAB_PEER_IP`` the addresses
+    (``$LAB_IP6`` / ``$LAB_PEER_IP6`` their IPv6 ones, fd00:2::N), and
     ``$LAB_SHARE`` the writable shared directory. ``nics=2`` joins two VMs by a second wire
     too: ``eth1`` with ``$LAB_IP2`` / ``$LAB_PEER_IP2`` (10.2.1.N) and, with ``rdma``, ``rxe1``.
     """
@@ -243,6 +250,8 @@ def boot(
                 "LAB_PEER_IP": peer.ip if peer else "",
                 "LAB_SHARE": str(share),
                 "LAB_RDMA": "1" if rdma else "0",
+                "LAB_IP6": g.ip6,
+                "LAB_PEER_IP6": peer.ip6 if peer else "",
                 "LAB_NICS": str(nics),
                 "LAB_IP2": g.ip2 if wire2 else "",
                 "LAB_PEER_IP2": peer.ip2 if wire2 and peer else "",

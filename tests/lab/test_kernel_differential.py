@@ -2,7 +2,7 @@
 two VMs, between two kernels (the control: what the kernel does) and between the kernel and
 our stack, in both directions; the outcomes must be the same (tests/lab/diffrun.py plays
 them: urgent data mid-stream, 50 concurrent connections on one link group, close with
-unread data from either side).
+unread data from either side, an IPv6 connection).
 
 VM a (10.2.0.1) runs our stack (pyverbs on rxe0, the BPF SMC option) as a server on 5102
 and the kernel's AF_SMC server on 5103, and plays each scenario as a client to VM b, first
@@ -30,8 +30,8 @@ _A = f"""
 {PY} tests/lab/diffrun.py server stack 5102 --count {PER_CLIENT} & S1=$!
 {PY} tests/lab/diffrun.py server kernel 5103 --count {PER_CLIENT} & S2=$!
 rc=0
-{PY} tests/lab/diffrun.py client stack $LAB_PEER_IP 5101 || rc=1
-{PY} tests/lab/diffrun.py client kernel $LAB_PEER_IP 5101 || rc=1
+{PY} tests/lab/diffrun.py client stack $LAB_PEER_IP 5101 --host6 $LAB_PEER_IP6 || rc=1
+{PY} tests/lab/diffrun.py client kernel $LAB_PEER_IP 5101 --host6 $LAB_PEER_IP6 || rc=1
 wait $S1 || rc=1
 wait $S2 || rc=1
 exit $rc
@@ -42,8 +42,8 @@ _B = f"""
 {UEID_ADD}
 rc=0
 {PY} tests/lab/diffrun.py server kernel 5101 --count {2 * PER_CLIENT} || rc=1
-{PY} tests/lab/diffrun.py client kernel $LAB_PEER_IP 5102 || rc=1
-{PY} tests/lab/diffrun.py client kernel $LAB_PEER_IP 5103 || rc=1
+{PY} tests/lab/diffrun.py client kernel $LAB_PEER_IP 5102 --host6 $LAB_PEER_IP6 || rc=1
+{PY} tests/lab/diffrun.py client kernel $LAB_PEER_IP 5103 --host6 $LAB_PEER_IP6 || rc=1
 exit $rc
 """
 
@@ -79,6 +79,12 @@ def _of(records: list[dict], scenario: str) -> list[dict]:
 
 def _mode(r: dict) -> str:
     return r["smc"]["mode"] if r["impl"] == "stack" else (r["diag"] or {}).get("mode")
+
+
+def _view(r: dict) -> tuple:
+    """What one end says about its connection: mode, fallback reason, the peer's diagnosis."""
+    info = r["smc"] if r["impl"] == "stack" else (r["diag"] or {})
+    return info.get("mode"), info.get("fallback_reason") or 0, info.get("peer_diagnosis") or 0
 
 
 # each mixed pairing and the kernel pairing it is compared with (the same direction of data)
@@ -130,3 +136,18 @@ def test_a_close_with_unread_data_looks_the_same_to_the_peer_as_between_kernels(
         seen[name] = other["next"]
     assert seen[mixed] == seen[control], seen
     assert seen[control] == "eof", seen
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("mixed,control", PAIRS)
+def test_an_ipv6_connection_ends_as_between_kernels(runs, mixed, control) -> None:
+    """The same outcome at each end as between two kernels, whatever it is on Soft-RoCE (by
+    the kernel's source: v2 is IPv4 only and v1 wants a RoCE v1 GID), bytes intact."""
+    views = {}
+    for name in (mixed, control):
+        (c,), (s,) = (_of(x, "ipv6") for x in runs[name])
+        assert c["received"] == c["sent"] == s["received"], (name, c, s)
+        peer = (c.get("diag") or {}).get("peer", "") if c["impl"] == "kernel" else c["smc"].get("peer", "")
+        assert peer.startswith("[fd00:2::"), (name, c)  # the connection really was IPv6
+        views[name] = (_view(c), _view(s))
+    assert views[mixed] == views[control], views
