@@ -26,7 +26,7 @@ tests_for() {  # the tests that speak for a module (fast ones: each mutant runs 
     case "$1" in
         stack/core/states.py) echo "tests/core/test_expected_tables.py tests/core/test_tables.py tests/core/test_close_flags.py tests/core/test_fin_close_waits.py" ;;
         stack/core/cursor.py) echo "tests/unit/test_cursor.py tests/core/test_golden_session.py tests/core/test_close_flags.py" ;;
-        stack/wire/*) echo "tests/unit/test_wire_kat.py tests/unit/test_icrc_paths.py tests/unit/test_cursor.py tests/core/test_golden_session.py tests/core/test_close_flags.py tests/core/test_fin_close_waits.py" ;;  # test_wire_properties.py takes 2 min a run
+        stack/wire/*) echo "tests/unit/test_wire_kat.py tests/unit/test_cdc_codec.py tests/unit/test_icrc_paths.py tests/unit/test_cursor.py tests/core/test_golden_session.py tests/core/test_close_flags.py tests/core/test_fin_close_waits.py" ;;  # test_wire_properties.py takes 2 min a run
         smctop/model.py) echo "tests/tui/test_tui_model.py" ;;
         stack/core/*) echo "tests/core" ;;
         *) echo "tests/unit" ;;
