@@ -110,6 +110,10 @@ def pack(seqno: int, token: int, prod: Cursor, cons: Cursor, prod_flags: int = 0
     try:
         return _FIXED.pack(CDC_TYPE, CDC_LEN, seqno, token, 0, prod[0], prod[1], 0, cons[0], cons[1], prod_flags, conn_state_flags)
     except struct.error:
+        for name, flags in (("prod_flags", prod_flags), ("conn_state_flags", conn_state_flags)):
+            if not isinstance(flags, int) or not 0 <= flags <= 0xFF:
+                raise CdcError("CDC", 24 if name == "prod_flags" else 25, f"{name} {flags!r} is not a byte") from None
+        # the fallback names the field out of range; it cannot lose the flags, which fit
         return CdcMessage(seqno, token, Cursor(*prod), Cursor(*cons))._encode_checked()
 
 

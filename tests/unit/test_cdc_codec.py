@@ -66,3 +66,10 @@ def test_a_field_that_does_not_fit_is_named(field, args):
         cdc.pack(*args)
     with pytest.raises(cdc.CdcError, match=field):
         CdcMessage(*args).encode()
+
+
+@pytest.mark.parametrize("kw,name", [({"prod_flags": 256}, "prod_flags"), ({"conn_state_flags": -1}, "conn_state_flags")])
+def test_pack_refuses_flags_that_are_not_a_byte(kw, name):
+    """pack() used to fall back to a message without any flags when a flags byte did not fit."""
+    with pytest.raises(cdc.CdcError, match=name):
+        cdc.pack(1, 2, Cursor(3, 4), Cursor(5, 6), **kw)
