@@ -115,6 +115,7 @@ class SmcConnection:
         self.peer_done_writing = False
         self.peer_closed = False
         self.peer_abort = False
+        self._final_abort_out = False  # set while input() runs when our final flag went out as an abort
         self.released = False
         self.app_unread = 0  # bytes the runtime took out of the RMB that the application has not read (at close)
         self.early_cdcs: list[CdcMessage] = []
@@ -172,6 +173,8 @@ class SmcConnection:
             return self.released and (self.sent["closed"] or self.sent["abort"])
         if name == "released":
             return self.released
+        if name == "released_and_abort_sent":
+            return self.released and self.sent["abort"]
         if name == "close_pending":
             return self.pending["final"] and not (self.sent["closed"] or self.sent["abort"])
         raise KeyError(name)
@@ -179,6 +182,7 @@ class SmcConnection:
     def input(self, event: str, now: float) -> None:
         """Feed the close machine; performs the rule's actions and reports the new state."""
         rule = step("connection", CONN_TABLE, self.state, event, self._guard)
+        self._final_abort_out = False
         for action in rule.actions:
             if action == "send_final":
                 self._send_flag("final", now)
@@ -192,6 +196,11 @@ class SmcConnection:
                 self._send_flag("done_writing", now, immediate=True)
         if rule.next is not None and rule.next != self.state:
             self.set_state(rule.next, now, event)
+        if self._final_abort_out and event != "closed_sent":
+            # our final flag went out at once as an abort: the table decides whether that ends
+            # the socket, as it does when a final that waited for the sndbuf goes out
+            self._final_abort_out = False
+            self.input("closed_sent", now)
 
     def set_state(self, state: SmcState, now: float, cause: str) -> None:
         old, self.state = self.state, state
@@ -224,14 +233,22 @@ class SmcConnection:
 
     def _send_now(self, flag: str, now: float) -> None:
         """One CDC with ``flag`` and every flag that waited (they go along, as a kernel whose
-        wait ended would send them)."""
-        flags = [f for f in CLOSE_PENDING if self.pending[f]] + ([flag] if flag not in CLOSE_PENDING or not self.pending[flag] else [])
+        wait ended would send them). An abort goes alone: smc_close_abort sets only
+        peer_conn_abort, and what waited for the sndbuf (set by smc_close_final or
+        smc_close_wr only after their wait) is never sent."""
+        if flag == "abort":
+            flags = ["abort"]
+        else:
+            flags = [f for f in CLOSE_PENDING if self.pending[f]] + ([flag] if flag not in CLOSE_PENDING or not self.pending[flag] else [])
         if self.pending_any:
             self.pending = {f: False for f in CLOSE_PENDING}
             self.pending_any = False
             self.io.cancel_timer(("flush", self.id))
         for f in flags:
-            self.sent[self._final_flag() if f == "final" else f] = True
+            sent = self._final_flag() if f == "final" else f
+            self.sent[sent] = True
+            if f == "final" and sent == "abort":
+                self._final_abort_out = True  # input() follows with closed_sent
         self.send_cdc(now)  # its state flags are what ``sent`` says
 
     def _drained(self) -> bool:

@@ -77,7 +77,8 @@ _OPEN = (S.ACTIVE, S.APPCLOSEWAIT1, S.APPCLOSEWAIT2, S.APPFINCLOSEWAIT, S.PEERCL
 # Closing follows net/smc/smc_close.c. Guards: peer_closed (the peer's close flag arrived
 # earlier: smc_cdc_rxed_any_close), done_writing_only (we sent or queued "done writing" but
 # no close yet), done_writing_pending (our "done writing" still waits for the sndbuf to
-# drain), released (the application closed its socket), released_and_closed_sent (it did,
+# drain), released (the application closed its socket), released_and_abort_sent (it did, and
+# our final flag went out as an abort), released_and_closed_sent (it did,
 # and our close or abort went out), close_pending (our final flag waits for the sndbuf).
 # Actions: send_final is smc_close_final: once the sndbuf has drained (smc_close_stream_wait,
 # at most timeouts.close_flush, after which it goes anyway), an abort if received data
@@ -124,7 +125,8 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     # passive side
     (S.INIT, "peer_done_writing"): (R(S.APPCLOSEWAIT1),),
     (S.ACTIVE, "peer_done_writing"): (R(S.APPCLOSEWAIT1),),
-    (S.PEERCLOSEWAIT1, "peer_done_writing"): (R(S.PEERCLOSEWAIT2),),
+    # stack: the peer's "done writing" after our abort went out (see closed_sent below)
+    (S.PEERCLOSEWAIT1, "peer_done_writing"): (R(S.CLOSED, guard="released_and_abort_sent"), R(S.PEERCLOSEWAIT2)),
     (S.INIT, "peer_closed"): (R(S.APPCLOSEWAIT1),),
     (S.ACTIVE, "peer_closed"): (R(S.APPCLOSEWAIT1),),
     (S.PEERCLOSEWAIT1, "peer_closed"): (R(S.CLOSED, guard="released_and_closed_sent"), R(S.APPFINCLOSEWAIT)),
@@ -169,8 +171,15 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.CLOSED, "abort_done"): (STAY,),
     # our close flag waited for unsent data (the kernel's close() waits for it in
     # smc_close_stream_wait); when the peer's close came meanwhile, sending ours ends it
-    **{(s, "closed_sent"): (STAY,) for s in SmcState if s not in (S.APPFINCLOSEWAIT, S.PEERFINCLOSEWAIT)},
+    **{(s, "closed_sent"): (STAY,) for s in SmcState if s not in (S.APPFINCLOSEWAIT, S.PEERFINCLOSEWAIT, S.PEERCLOSEWAIT2)},
     (S.APPFINCLOSEWAIT, "closed_sent"): (R(S.CLOSED, guard="released"), STAY),
+    # stack: our final flag went out as an abort, the socket is released and the peer had
+    # said "done writing": the peer took our abort in APPCLOSEWAIT2 (CLOSED, no answer:
+    # smc_close_passive_abort_received) or in PEERCLOSEWAIT2 (PROCESSABORT: its close answers
+    # with an abort, which then meets no connection and is dropped). The kernel waits for a
+    # close that in the first case never comes and keeps the socket until its link group
+    # goes; we end it (docs/kernel-fidelity.md)
+    (S.PEERCLOSEWAIT2, "closed_sent"): (R(S.CLOSED, guard="released_and_abort_sent"), STAY),
     (S.PEERFINCLOSEWAIT, "closed_sent"): (R(S.CLOSED, guard="peer_closed"), STAY),
 }
 

@@ -171,35 +171,16 @@ def _cdc_state_flags(io, since: int) -> set | None:
     return {f for f in sent[-1].get("flags") if f in (DW, CL, AB)} if sent else None
 
 
-# Where the stack differs from the kernel today (a finding, reported; not fixed here: stack/ is
-# not this file's to change): the row asserts what the stack sends today, so any other change
-# still fails, and test_close_flags_as_the_kernel_sends_them (strict xfail) holds the kernel's
-# flags: the day the stack is fixed, that xfail fails and the row's TODAY entry goes.
-ABORT_CARRIES_CLOSED = ("an abort received while our final flag waits for the sndbuf: the stack's abort CDC also carries "
-                        "peer_conn_closed (Connection._send_now sends the waiting 'final' along); the kernel sends "
-                        "smc_close_abort only (peer_conn_abort), smc_close_final never ran")  # fmt: skip
-TODAY = {
-    (S.PEERCLOSEWAIT1, "peer_abort", frozenset({"dw_sent", "pending"})): {DW, CL, AB},
-    (S.PEERCLOSEWAIT2, "peer_abort", frozenset({"dw_sent", "pending"})): {DW, CL, AB},
-    (S.PEERFINCLOSEWAIT, "peer_abort", frozenset({"pending"})): {CL, AB},
-    (S.APPFINCLOSEWAIT, "peer_abort", frozenset({"dw_sent", "peer_closed", "pending"})): {DW, CL, AB},
-}
+# Where the stack differs from the kernel: none today. (An abort received while our final
+# flag waited for the sndbuf used to go out with peer_conn_closed too; the kernel's
+# smc_close_abort sends peer_conn_abort alone, and so do we now.) A difference found later
+# goes here as the flags the stack sends, with a strict xfail holding the kernel's.
+TODAY: dict = {}
 
 
 def _close_params():
     for r in CLOSE_ROWS:
         yield pytest.param(*r[:4], TODAY.get(r[:3], r[4]), r[5], id=f"{r[0].name}-{r[1]}-{'+'.join(sorted(r[2])) or 'plain'}")
-
-
-@pytest.mark.xfail(strict=True, reason=ABORT_CARRIES_CLOSED)
-@pytest.mark.parametrize("key", sorted(TODAY, key=lambda k: (k[0].value, sorted(k[2]))), ids=lambda k: f"{k[0].name}-{'+'.join(sorted(k[2]))}")
-def test_close_flags_as_the_kernel_sends_them(key):
-    r = next(r for r in CLOSE_ROWS if r[:3] == key)
-    fabric, a, conn = _established()
-    _put_in(conn, r[0], r[2])
-    mark = len(a.events)
-    conn.input(r[1], fabric.now)
-    assert _cdc_state_flags(a, mark) == r[4]
 
 
 @pytest.mark.parametrize("state,event,situation,nxt,cdc,where", list(_close_params()))

@@ -72,11 +72,12 @@ def test_peerfinclosewait_waits_for_the_peers_close():
     assert states(b) == ["PEERCLOSEWAIT1", "APPFINCLOSEWAIT", "CLOSED"]
 
 
-@pytest.mark.xfail(strict=True, reason="found by test_tables.py's random close sequences: an abort crossing the peer's done "
-                   "writing leaves this side in PEERCLOSEWAIT2 for ever (it sent its abort, the peer went CLOSED on it and "
-                   "sends nothing more; smc_close_passive_work leaves PEERCLOSEWAIT2 only on a close). Whether a kernel "
-                   "pair ends the same way was not checked")  # fmt: skip
 def test_an_abort_crossing_the_peers_shutdown_still_ends_both_sides():
+    """Found by test_tables.py's random close sequences: b's abort (closing with data unread,
+    from PEERCLOSEWAIT1) crosses a's done writing; a takes the abort in APPCLOSEWAIT2 and goes
+    CLOSED without a word (smc_close_passive_abort_received), so b would wait in
+    PEERCLOSEWAIT2 for a close that never comes, as a kernel would. Released and its abort
+    out, b ends when a's done writing arrives (docs/kernel-fidelity.md)."""
     f, a, b = pair()
     open_conn(f, a, b, 1)
     a.host.app_send(1, bytes(3000), f.now)
