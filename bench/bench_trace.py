@@ -53,7 +53,17 @@ def synthetic(n: int) -> list[Event]:
         t = 1000.0 + i * 1e-6
         k = i % 4
         if k == 0:
-            out.append(Event(t, "cdc.msg", "client", "lgr1", 1, 1, {"dir": "tx", "seqno": i & 0xFFFF, "token": 7, "prod": f"0:{i}", "cons": "0:0", "flags": [], "raw": raw}))
+            out.append(
+                Event(
+                    t,
+                    "cdc.msg",
+                    "client",
+                    "lgr1",
+                    1,
+                    1,
+                    {"dir": "tx", "seqno": i & 0xFFFF, "token": 7, "prod": f"0:{i}", "cons": "0:0", "flags": [], "raw": raw},
+                )
+            )
         elif k == 1:
             out.append(Event(t, "conn.cursor", "client", "lgr1", 1, 1, {"side": "tx", "prod": f"0:{i}", "cons": "0:0", "sent": f"0:{i}", "fin": "0:0"}))
         elif k == 2:
@@ -191,7 +201,7 @@ async def main(args) -> None:
     sample = events[:50_000]
     c = per_event(to_json, sample)
     py = per_event(_to_json_py, sample[:10_000], passes=3)
-    print(f"\nencoding one event (synthetic bulk-transfer mix: cdc.msg, conn.cursor, rdma.write, conn.rmb)")
+    print("\nencoding one event (synthetic bulk-transfer mix: cdc.msg, conn.cursor, rdma.write, conn.rmb)")
     print(f"  to_json, {'compiled' if native_encoder() else 'pure Python'}        {c * 1e9:8.0f} ns/event")
     print(f"  to_json, pure-Python twin  {py * 1e9:8.0f} ns/event   compiled = {py / c:.0f}x faster")
 
@@ -227,7 +237,7 @@ async def main(args) -> None:
     modes = ("off", "noop", "noop+tap", "jsonl", "recorder")
     got: dict[str, list] = {m: [] for m in modes}
     for r in range(args.rounds):
-        for m in modes[r % len(modes):] + modes[: r % len(modes)]:
+        for m in modes[r % len(modes) :] + modes[: r % len(modes)]:
             got[m].append(await bulk(args.mib, m, d))
     med = {m: statistics.median(x[0] for x in got[m]) for m in modes}
     cpu = {m: statistics.median(x[2] for x in got[m]) for m in modes}

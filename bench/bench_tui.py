@@ -90,7 +90,7 @@ def model_memory(model: Model, stack: SyntheticStack, n: int) -> int:
     model.events_kept = 0  # the recent-event log has its own bound (events_kept)
     t = model.now or 0.0
     tracemalloc.start()
-    for i in range(model.history + 1):  # every history ring full, every moving value replaced
+    for _ in range(model.history + 1):  # every history ring full, every moving value replaced
         t += 1
         feed_timed(model, stack.step(t))
         model.advance(t + 0.01)

@@ -20,10 +20,8 @@ baseline measured in the same run, the compiled engine and its pure-Python twin 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

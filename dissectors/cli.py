@@ -478,17 +478,29 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record a command's stacks, or running stacks through their control sockets")
     r.add_argument("-w", "--write", required=True, help="pcapng file to write")
     r.add_argument("--attach", action="append", help="a running stack's control socket (repeatable)")
-    r.add_argument("--duration", type=seconds, default=0, help="stop after this many seconds (default: Ctrl-C, SIGTERM, or the stacks closing); "
-                        "a command is asked to stop (SIGINT) and recorded until its stacks have closed")
+    r.add_argument(
+        "--duration",
+        type=seconds,
+        default=0,
+        help="stop after this many seconds (default: Ctrl-C, SIGTERM, or the stacks closing); "
+        "a command is asked to stop (SIGINT) and recorded until its stacks have closed",
+    )
     r.add_argument("--wait", type=seconds, default=10.0, help="seconds each stack of the command waits for the recorder at start")
     r.add_argument("--write-snaplen", type=_snaplen, default=WRITE_SNAP, metavar="BYTES",
                    help=f"keep this many bytes of each RDMA WRITE frame (headers and the start of the data; "
                         f"default {WRITE_SNAP}; 0: whole frames); LLC, CDC and ACK frames are always whole")  # fmt: skip
-    r.add_argument("--kernel", action="store_true", help="the Linux kernel's own SMC-R: its events (smc_diag, SMC_GEN_NETLINK; tracepoints "
-                   "and probes as root) and, with a capture (root), its RoCEv2 frames")
+    r.add_argument(
+        "--kernel",
+        action="store_true",
+        help="the Linux kernel's own SMC-R: its events (smc_diag, SMC_GEN_NETLINK; tracepoints "
+        "and probes as root) and, with a capture (root), its RoCEv2 frames",
+    )
     r.add_argument("--netns", help="--kernel: a network namespace (ip netns name or /proc/PID/ns/net; needs root)")
-    r.add_argument("--capture", default="auto", help="--kernel: netdevs to capture RoCEv2 frames on (comma-separated), 'auto' (the SMC-R "
-                   "devices' netdevs; default) or 'none'; needs CAP_NET_RAW")
+    r.add_argument(
+        "--capture",
+        default="auto",
+        help="--kernel: netdevs to capture RoCEv2 frames on (comma-separated), 'auto' (the SMC-R devices' netdevs; default) or 'none'; needs CAP_NET_RAW",
+    )
     r.add_argument("--rate", type=_rate, default=1.0, help="--kernel: polls of smc_diag and genl per second (default 1)")
     r.add_argument("--no-trace", action="store_true", help="--kernel: no tracepoints or probes, even as root")
     r.add_argument("--no-probes", action="store_true", help="--kernel: the smc tracepoints only, no dynamic probes")

@@ -208,7 +208,9 @@ class Deriver:
             if tcp.flags & TCP_RST or len(flow.fins) == 2:
                 flow.closed = True
                 for end in (flow.client, flow.server):
-                    yield Event(t, "conn.state", end[0], conn=flow.conn, fields={"old": "", "new": "CLOSED", "cause": "RST" if tcp.flags & TCP_RST else "FIN both ways"})
+                    yield Event(
+                        t, "conn.state", end[0], conn=flow.conn, fields={"old": "", "new": "CLOSED", "cause": "RST" if tcp.flags & TCP_RST else "FIN both ways"}
+                    )
         if not payload:
             return
         yield from self._opened(t, flow)
@@ -372,7 +374,7 @@ class Deriver:
 
 
 def dropped_at(p: Packet) -> str | None:
-    """"tx" or "rx" for a frame smc-trace's recorder kept though fault injection dropped it
+    """ "tx" or "rx" for a frame smc-trace's recorder kept though fault injection dropped it
     (its comment says "dropped (tx at ...)": the sender's copy, never on the wire; "rx": a
     receiver's copy of a frame whose sender's copy is recorded too), else None."""
     for c in p.comments:

@@ -85,9 +85,8 @@ def describe_cdc(m: cdc.CdcMessage) -> str:
         )
         if on
     ]
-    return (
-        f"CDC seq {m.seqno} token 0x{m.token:08x} prod {m.prod.wrap}:{m.prod.count} "
-        f"cons {m.cons.wrap}:{m.cons.count}" + (f" [{' '.join(flags)}]" if flags else "")
+    return f"CDC seq {m.seqno} token 0x{m.token:08x} prod {m.prod.wrap}:{m.prod.count} cons {m.cons.wrap}:{m.cons.count}" + (
+        f" [{' '.join(flags)}]" if flags else ""
     )
 
 

@@ -72,7 +72,9 @@ def build(out: Path, llc_order: str) -> None:
         put(flow.data(False, accept.encode()), "server accepts, first contact: new link group")
         put(flow.data(True, confirm.encode()))
         send(False, llc.ConfirmLink(version=2, mac=SERVER_MAC, gid=SERVER_GID, qpn=SERVER_QPN, link_num=1, link_uid=b"\0\0\1\1").encode(llc_order))
-        send(True, llc.ConfirmLink(version=2, response=True, mac=CLIENT_MAC, gid=CLIENT_GID, qpn=CLIENT_QPN, link_num=1, link_uid=b"\0\0\2\1").encode(llc_order))
+        send(
+            True, llc.ConfirmLink(version=2, response=True, mac=CLIENT_MAC, gid=CLIENT_GID, qpn=CLIENT_QPN, link_num=1, link_uid=b"\0\0\2\1").encode(llc_order)
+        )
         # The client sends 6000 bytes: an RDMA WRITE into the server's RMB, then a CDC announcing them.
         # Segmented at the 1024-byte path MTU: WRITE FIRST (with RETH), MIDDLE..., LAST.
         data = bytes(range(256)) * 23 + bytes(112)

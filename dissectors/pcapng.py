@@ -214,11 +214,7 @@ def read_packets(src: BinaryIO | bytes, *, strict: bool = True) -> Iterator[Pack
                 if 20 + caplen > len(body):
                     raise PcapngError(block, btype, pos + 20, f"captured length {caplen} runs past the block")
                 opts_at = 20 + caplen + (-caplen % 4)
-                comments = [
-                    v.decode("utf-8", "replace")
-                    for c, v in _parse_options(body[opts_at:], order, block, btype, pos + 8 + opts_at)
-                    if c == OPT_COMMENT
-                ]
+                comments = [v.decode("utf-8", "replace") for c, v in _parse_options(body[opts_at:], order, block, btype, pos + 8 + opts_at) if c == OPT_COMMENT]
                 iface = interfaces[ifidx]
                 yield Packet(ifidx, iface.linktype, iface.to_ns((hi << 32) | lo), body[20 : 20 + caplen], origlen, comments, block, pos)
             elif btype == SPB_TYPE:

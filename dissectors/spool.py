@@ -19,10 +19,10 @@ Both implementations give the same bytes for the same calls (tests/unit/test_spo
 from __future__ import annotations
 
 import ipaddress
-import struct
 import math
 import os
 import re
+import struct
 from collections import deque
 
 from stack.events import Event, _to_json_py, native_encoder

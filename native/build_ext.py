@@ -33,12 +33,29 @@ def build(force: bool = False) -> str:
         raise SystemExit(f"native build: {cc} not found: the soft provider will use its pure-Python engine (scripts/setup.sh installs gcc)")
     include = sysconfig.get_paths()["include"]
     if not os.path.exists(os.path.join(include, "Python.h")):
-        raise SystemExit(f"native build: Python.h is missing in {include}: install the Python development headers "
-                         f"(Debian: python3-dev); the soft provider uses its pure-Python engine until then")
+        raise SystemExit(
+            f"native build: Python.h is missing in {include}: install the Python development headers "
+            f"(Debian: python3-dev); the soft provider uses its pure-Python engine until then"
+        )
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = out + ".tmp"
-    cmd = [cc, "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers", "-fPIC", "-shared",
-           "-pthread", f"-I{include}", *SOURCES, "-o", tmp, "-l:libz.so.1"]
+    cmd = [
+        cc,
+        "-O2",
+        "-g",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unused-parameter",
+        "-Wno-missing-field-initializers",
+        "-fPIC",
+        "-shared",
+        "-pthread",
+        f"-I{include}",
+        *SOURCES,
+        "-o",
+        tmp,
+        "-l:libz.so.1",
+    ]
     subprocess.run(cmd, check=True)
     os.replace(tmp, out)
     return out

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from core import test_expected_tables as X  # noqa: E402
+
 from stack.core import states  # noqa: E402
 from stack.wire.codes import LinkState, SmcState  # noqa: E402
 

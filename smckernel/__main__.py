@@ -1,9 +1,9 @@
 """``python -m smckernel``: the kernel's SMC-R as smc-tools shows it, or as our events.
 
-    python -m smckernel --once [--json] [--netns NAME]       what smcss / smcr print, or one JSON document
-    python -m smckernel [--seconds N] [--rate HZ] [--text]    events as JSON lines (or text) until Ctrl-C
-    python -m smckernel --record run.pcapng [--capture auto]  the events (and frames) as an smc-trace capture
-    python -m smckernel --save-raw DIR                        the kernel's raw replies (fixtures, bug reports)
+python -m smckernel --once [--json] [--netns NAME]       what smcss / smcr print, or one JSON document
+python -m smckernel [--seconds N] [--rate HZ] [--text]    events as JSON lines (or text) until Ctrl-C
+python -m smckernel --record run.pcapng [--capture auto]  the events (and frames) as an smc-trace capture
+python -m smckernel --save-raw DIR                        the kernel's raw replies (fixtures, bug reports)
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import signal
 import sys
 import threading
-import time
 
 from . import once
 from .kio import KernelUnavailable
@@ -99,7 +98,8 @@ def _run(a) -> int:
     capture = None
     if a.capture:
         capture = "auto" if a.capture == "auto" else a.capture.split(",")
-    src = KernelSource(rate=a.rate, netns=a.netns, host=a.host, trace=False if a.no_trace else None, probes=False if a.no_probes else (a.probes.split(",") if a.probes else True),
+    probes = False if a.no_probes else (a.probes.split(",") if a.probes else True)
+    src = KernelSource(rate=a.rate, netns=a.netns, host=a.host, trace=False if a.no_trace else None, probes=probes,
                        capture=capture, stats_every=a.stats_every or None, raw_trace_log=a.trace_log)  # fmt: skip
     out = sys.stdout
     lock = threading.Lock()

@@ -16,7 +16,8 @@ import struct
 import time
 from pathlib import Path
 
-from . import kio, model, netlink as nl
+from . import kio, model
+from . import netlink as nl
 from .diag import MSG_LEN
 from .tracker import Tracker
 

@@ -238,4 +238,3 @@ def parse_dump(stream: bytes) -> DiagDump:
     if interrupted:
         notes.append("smc_diag: the kernel flagged the dump as interrupted by a change (the next poll sees a consistent view)")
     return DiagDump(out, notes)
-

@@ -17,9 +17,8 @@ at most 500 ppm: 0.5 ms a second, usually far less).
 
 from __future__ import annotations
 
-from stack.events import Event
-
 from dissectors.recorder import WRITE_SNAP, Frame, Recorder, RecorderStats
+from stack.events import Event
 
 from .capture import WRITES, Decoded
 from .model import to_stack_snapshot

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import socket
 import struct
 import sys
@@ -160,8 +159,9 @@ class KernelSource:
     """The kernel's SMC as events (see the module's docstring). ``trace``: None reads the
     tracepoints and probes when the process may (root), True requires them, False skips
     them; ``probes``: all of smckernel.trace.PROBES, none, or the names wanted (cdc_rx and
-    sendmsg/recvmsg fire per message and per call: leave them out on a busy host); ``capture``: netdev names to capture RoCEv2 frames on, or "auto" (the netdevs of
-    the SMC-R devices), None for none."""
+    sendmsg/recvmsg fire per message and per call: leave them out on a busy host);
+    ``capture``: netdev names to capture RoCEv2 frames on, or "auto" (the netdevs of the
+    SMC-R devices), None for none."""
 
     def __init__(self, rate: float = 1.0, netns: str | None = None, host: str | None = None, trace: bool | None = None,
                  probes: bool | Iterable[str] = True, capture: list[str] | str | None = None, stats_every: float | None = 10.0,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import struct
 from dataclasses import dataclass, field
 
 # the four tracepoints of the smc module

@@ -23,10 +23,9 @@ import signal
 import stat
 import sys
 import time
-
-from rich.console import Console
 from functools import partial
 
+from rich.console import Console
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.widgets import Footer, Input, TabbedContent, TabPane
@@ -411,7 +410,7 @@ class SmctopApp(App):
 
     def action_help(self) -> None:
         rows = []
-        for name, keys, what, need in ACTIONS:
+        for _name, keys, what, need in ACTIONS:
             rows.append((keys, what, need is None or need in self.source.can))
         rows.append((f"1-{len(VIEWS)}", "switch view", True))
         rows.append(("Enter", "connection details (from Connections)", True))
@@ -457,8 +456,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     src.add_argument("--replay", metavar="FILE", help="play a recording: JSONL events or an smc-trace pcapng capture")
     src.add_argument("--kernel", action="store_true", help="the Linux kernel's own SMC-R (smc_diag, SMC_GEN_NETLINK; tracepoints as root)")
     ap.add_argument("--netns", metavar="NAME", help="--kernel: a network namespace (ip netns name or /proc/PID/ns/net; needs root)")
-    ap.add_argument("--once", action="store_true", help="print one snapshot as smcss -a/-d/-R, smcr linkgroup, smcr device and smcr stats "
-                    "print, and exit (replay: its end; demo: after --once-after seconds)")
+    ap.add_argument(
+        "--once",
+        action="store_true",
+        help="print one snapshot as smcss -a/-d/-R, smcr linkgroup, smcr device and smcr stats "
+        "print, and exit (replay: its end; demo: after --once-after seconds)",
+    )
     ap.add_argument("--json", action="store_true", help="--once: one JSON document (connections, link_groups, links, devices, stats)")
     ap.add_argument("--from-raw", metavar="DIR", help="--kernel --once: render the replies `python -m smckernel --save-raw` wrote (another host's)")
     ap.add_argument("--once-after", type=float, default=3.0, metavar="SECONDS", help="--once with the demo: run this long first (default 3)")

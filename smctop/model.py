@@ -1145,8 +1145,9 @@ class Model:
                 extra = f.get("count", 0) - self.fallbacks.get((h.name, role, reason), 0)
                 if extra > 0:
                     peer = (reason & 0xFF000000) == PEER_DECLINE_CLASS
+                    view = f"{h.name} ({role}), before smctop watched" if peer else "before smctop watched"
                     rows.append({"reason": reason, "text": reason_text(reason) or "not SMC", "by": "the peer" if peer else f"{h.name} ({role})",
-                                 "view": f"{h.name} ({role}), before smctop watched" if peer else "before smctop watched", "count": extra, "last": None})  # fmt: skip
+                                 "view": view, "count": extra, "last": None})  # fmt: skip
         return sorted(rows, key=lambda r: (-r["count"], r["reason"], r["by"]))
 
     def link_rows(self) -> list[tuple[LinkGroup, Link | None]]:

@@ -157,6 +157,7 @@ def run_once(args, ap, build_source) -> int:
                 model.advance(source.end_t)
                 ok = True
             elif isinstance(source, AttachSource):
+
                 def ready() -> bool:  # each stack's first snapshot is in the model, or its socket closed
                     return all(p in source.closed or (source.hostnames.get(p) in model.hosts
                                                       and model.hosts[source.hostnames[p]].snapshot_t is not None) for p in source.paths)  # fmt: skip

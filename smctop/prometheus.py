@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric as Family, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import Metric as Family
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
@@ -69,7 +70,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("smc_link_groups_critical", "gauge", (), "SMC-R link groups without a failover path now (smcr's Crit: SINGLE or ASYML)"),
     Metric("smc_links", "gauge", ("state",), "SMC-R links now, by state (deleted links, LINK_UNUSED, are not counted)"),
     Metric("smc_connections", "gauge", ("mode", "state"), "Open connections now, by mode (SMCR, SMCD, TCP; INIT while the handshake runs) and state"),
-    Metric("smc_connections_established_total", "counter", ("mode",), "Connections that got past the handshake, by the mode it decided (SMCR, SMCD, TCP), each counted once"),
+    Metric("smc_connections_established_total",
+           "counter", ("mode",), "Connections that got past the handshake, by the mode it decided (SMCR, SMCD, TCP), each counted once"),
     Metric("smc_fallbacks_total", "counter", ("role", "reason", "reason_name"),
            "Connections that fell back to TCP, by role and reason (hex code and name, as smc-tools prints them)"),
     Metric("smc_sent_bytes_total", "counter", (), "Bytes the host's connections sent (each byte once, at the sending end)"),
@@ -83,15 +85,19 @@ METRICS: tuple[Metric, ...] = (
     Metric("smc_events_total", "counter", ("kind",), "Events the model took, by kind (all hosts together)", per_host=False),
     Metric("smc_events_dropped_total", "counter", (), "Events the source missed (a slow subscriber, a lost trace buffer; all hosts together)", per_host=False),
     # the kernel's own counters: SMC_NETLINK_GET_STATS, per network namespace, what `smcr stats` prints
-    Metric("smc_kernel_connections_total", "counter", ("technology", "role", "version"), "SMC connections the kernel set up (smcr stats: SMC connections)", True),
+    Metric("smc_kernel_connections_total",
+           "counter", ("technology", "role", "version"), "SMC connections the kernel set up (smcr stats: SMC connections)", True),
     Metric("smc_kernel_data_bytes_total", "counter", ("technology", "direction"), "Bytes the kernel's SMC sockets moved (smcr stats: Data transmitted)", True),
     Metric("smc_kernel_requests_total", "counter", ("technology", "direction"), "Send and receive calls on SMC sockets (smcr stats: Total requests)", True),
-    Metric("smc_kernel_payloads_total", "counter", ("technology", "direction", "size"), "Send and receive calls by payload size class (smcr stats: Reqs)", True),
-    Metric("smc_kernel_buffers_total", "counter", ("technology", "direction", "size"), "Buffers given to connections by size class (smcr stats: Bufs; rx: RMBs, tx: send buffers)", True),
+    Metric("smc_kernel_payloads_total",
+           "counter", ("technology", "direction", "size"), "Send and receive calls by payload size class (smcr stats: Reqs)", True),
+    Metric("smc_kernel_buffers_total",
+           "counter", ("technology", "direction", "size"), "Buffers given to connections by size class (smcr stats: Bufs; rx: RMBs, tx: send buffers)", True),
     Metric("smc_kernel_buffer_events_total", "counter", ("technology", "direction", "event"),
            "Buffer events (smcr stats: buffer full, full at the peer, too small, too small at the peer, reused, allocated, downgraded)", True),
     Metric("smc_kernel_buffer_usage_bytes", "gauge", ("technology", "direction"), "Bytes of ring buffers in use by connections now (Linux 6.12+)", True),
-    Metric("smc_kernel_special_calls_total", "counter", ("technology", "call"), "Special socket calls (smcr stats: cork, nodelay, sendpage, splice, urgent data)", True),
+    Metric("smc_kernel_special_calls_total",
+           "counter", ("technology", "call"), "Special socket calls (smcr stats: cork, nodelay, sendpage, splice, urgent data)", True),
 )  # fmt: skip
 BY_NAME = {m.name: m for m in METRICS}
 

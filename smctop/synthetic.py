@@ -60,8 +60,9 @@ class SyntheticStack:
                                                  ("beta", B_LGR, "server", "127.30.0.2:5000", f"127.30.0.1:{port}")):  # fmt: skip
                 ev.append(Event(t, "conn.open", host, conn=i, fields={"role": role, "local": local, "peer": peer}))
                 ev.append(Event(t, "clc.msg", host, conn=i, fields={"dir": "tx", "type": "Proposal" if role == "client" else "Accept", "version": 2}))
-                ev.append(Event(t, "conn.mode", host, lgr, 1, i, {"mode": "SMCR", "version": 2, "first_contact": i == 1, "token": 0x1000 + i,
-                                                                  "rmb_size": self.rmb_size, "peer_rmb_size": self.rmb_size, "handshake_ms": 2.0 + i % 5}))  # fmt: skip
+                mode = {"mode": "SMCR", "version": 2, "first_contact": i == 1, "token": 0x1000 + i,
+                        "rmb_size": self.rmb_size, "peer_rmb_size": self.rmb_size, "handshake_ms": 2.0 + i % 5}  # fmt: skip
+                ev.append(Event(t, "conn.mode", host, lgr, 1, i, mode))
                 ev.append(Event(t, "conn.state", host, lgr, 1, i, {"old": "INIT", "new": "ACTIVE", "cause": "handshake_done"}))
             self.pos[i] = 0
             self.seq[i] = 0
@@ -106,9 +107,29 @@ class SyntheticStack:
                     self.seq[i] += 1
                     prod = _c(pos, size)
                     ev.append(Event(t, "rdma.write", "alpha", A_LGR, link, i, {"offset": old % size, "length": n, "rkey": 0x5000 + i}))
-                    ev.append(Event(t, "cdc.msg", "alpha", A_LGR, link, i, {"dir": "tx", "seqno": self.seq[i], "token": 0x2000 + i, "prod": prod, "cons": "0:0", "flags": []}))
+                    ev.append(
+                        Event(
+                            t,
+                            "cdc.msg",
+                            "alpha",
+                            A_LGR,
+                            link,
+                            i,
+                            {"dir": "tx", "seqno": self.seq[i], "token": 0x2000 + i, "prod": prod, "cons": "0:0", "flags": []},
+                        )
+                    )
                     ev.append(Event(t, "conn.cursor", "alpha", A_LGR, link, i, {"side": "tx", "prod": prod, "cons": "0:0", "sent": prod, "fin": prod}))
-                    ev.append(Event(t, "cdc.msg", "beta", B_LGR, link, i, {"dir": "rx", "seqno": self.seq[i], "token": 0x2000 + i, "prod": prod, "cons": "0:0", "flags": []}))
+                    ev.append(
+                        Event(
+                            t,
+                            "cdc.msg",
+                            "beta",
+                            B_LGR,
+                            link,
+                            i,
+                            {"dir": "rx", "seqno": self.seq[i], "token": 0x2000 + i, "prod": prod, "cons": "0:0", "flags": []},
+                        )
+                    )
                 ev.append(Event(t, "conn.cursor", "beta", B_LGR, link, i, {"side": "rx", "prod": _c(pos, size), "cons": "0:0",
                                                                              "bytes_to_rcv": fill, "peer_rmbe_space": size - fill}))  # fmt: skip
                 if not self.full:  # one update for the sending end too: its bytes
@@ -127,7 +148,13 @@ class SyntheticStack:
         ev = [
             Event(t, "conn.open", "alpha", conn=i, fields={"role": "client", "local": f"127.30.0.1:{port}", "peer": "127.30.0.3:5000"}),
             Event(t, "conn.open", "gamma", conn=i, fields={"role": "server", "local": "127.30.0.3:5000", "peer": f"127.30.0.1:{port}"}),
-            Event(t, "clc.msg", "gamma", conn=i, fields={"dir": "tx", "type": "Decline", "version": 2, "diagnosis": reason, "diagnosis_text": codes.format_reason(reason)}),
+            Event(
+                t,
+                "clc.msg",
+                "gamma",
+                conn=i,
+                fields={"dir": "tx", "type": "Decline", "version": 2, "diagnosis": reason, "diagnosis_text": codes.format_reason(reason)},
+            ),
             Event(t, "conn.fallback", "gamma", conn=i, fields={"reason": reason, "reason_text": codes.format_reason(reason), "peer_diagnosis": 0}),
             Event(t, "conn.mode", "gamma", conn=i, fields={"mode": "TCP", "reason": reason}),
             Event(t, "conn.fallback", "alpha", conn=i, fields={"reason": PEERDECL, "reason_text": codes.format_reason(PEERDECL), "peer_diagnosis": reason}),

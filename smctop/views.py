@@ -95,7 +95,6 @@ class LinksPane(Pane, Vertical):
 
     tab, label, table_id = "links", "Links", "links-table"
 
-
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         self.gen = 0
@@ -160,7 +159,6 @@ class ConnsPane(Pane, Vertical):
     place: only connections that changed are re-rendered, and only when on screen."""
 
     tab, label, table_id = "conns", "Connections", "conns-table"
-
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -411,14 +409,14 @@ class FallbacksPane(Pane, Vertical):
             f"(each once, both ends' view)\nreasons as smc-tools prints them (hex and name)")  # fmt: skip
         lines = diagnosis_lines(model)
         self.query_one("#diagnosis", Static).update(
-            Text("why not SMC-R (as smc_chk asks):\n", style="bold") + Text("\n".join(lines) if lines else "  every connection used SMC-R"))
+            Text("why not SMC-R (as smc_chk asks):\n", style="bold") + Text("\n".join(lines) if lines else "  every connection used SMC-R")
+        )
 
 
 class PerfPane(Pane, VerticalScroll):
     """Throughput, message rates, connection set-up, handshake and request/response latency."""
 
     tab, label, filterable = "perf", "Perf", False
-
 
     def compose(self) -> ComposeResult:
         yield Static(id="perf-body")
@@ -574,10 +572,10 @@ def stats_text(model: Model) -> Text:
         out.append(f"  {'RMB usage':28}{n} RMBs, {fmt.human(size)}" + (f", {fill / size * 100:.1f}% filled" if size else "") + "\n")
         used = sorted({g.eid for g in model.lgrs.values() if g.host == name and g.eid})
         out.append(f"  {'UEIDs':28}{', '.join(h.ueids) if h.ueids else '-'}" + (f"  (in use by link groups: {', '.join(used)})" if used else "") + "\n")
-        pnets = sorted({str(d.get('pnetid') or d.get('pnet_id')) for d in h.devices if isinstance(d, dict) and (d.get('pnetid') or d.get('pnet_id'))})
+        pnets = sorted({str(d.get("pnetid") or d.get("pnet_id")) for d in h.devices if isinstance(d, dict) and (d.get("pnetid") or d.get("pnet_id"))})
         out.append(f"  {'PNET IDs':28}{', '.join(pnets) if pnets else '- (none set)'}\n")
         sec = {}
-        for dev, c in h.rdma.items():
+        for _dev, c in h.rdma.items():
             for k in ("psn_out_of_window", "suspect_ignored", "icrc_errors", "bad_frames", "unknown_qp"):
                 if isinstance(c.get(k), int):
                     sec[k] = sec.get(k, 0) + c[k]
@@ -588,15 +586,18 @@ def stats_text(model: Model) -> Text:
             for link in sorted(g.links.values(), key=lambda link: link.id):
                 watch = {k: v for k, v in link.counters.items() if any(w in k for w in SECURITY_WORDS)}
                 if watch:
-                    out.append(f"  {'link ' + g.id + '/' + str(link.id):28}" + "  ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(watch.items())) + "\n",
-                               style="bold red" if any(watch.values()) else "")  # fmt: skip
+                    counts = "  ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(watch.items()))
+                    out.append(f"  {'link ' + g.id + '/' + str(link.id):28}" + counts + "\n", style="bold red" if any(watch.values()) else "")
         other = {k: v for k, v in st.items() if k not in {"smc_client", "smc_server", "fallback_client", "fallback_server", "handshake_errors",
                                                           "links_added", "links_down", "failovers"}}  # fmt: skip
         for k, v in sorted(h.extra.items()):
             if isinstance(v, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values()):
                 other.update({f"{k}.{kk}": vv for kk, vv in v.items()})
         if other:
-            out.append(f"  {'other counters':28}" + "  ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in sorted(other.items())[:24]) + "\n", style="dim")
+            out.append(
+                f"  {'other counters':28}" + "  ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in sorted(other.items())[:24]) + "\n",
+                style="dim",
+            )
         out.append("\n")
     if not model.hosts:
         out.append("no hosts yet\n")

@@ -1,8 +1,8 @@
 """The embedded userspace SMC-R stack of smctop.
 
-    import stack
-    async with stack.Stack(stack.StackConfig(devices=[stack.DeviceSpec(addr="127.1.0.1")])) as host:
-        reader, writer = await host.open_connection("127.1.0.2", 5000)
+import stack
+async with stack.Stack(stack.StackConfig(devices=[stack.DeviceSpec(addr="127.1.0.1")])) as host:
+    reader, writer = await host.open_connection("127.1.0.2", 5000)
 """
 
 from .core.config import SmcConfig, Timeouts

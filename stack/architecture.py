@@ -212,8 +212,10 @@ def generated() -> str:
         out.append(f"\n### {package}/\n\n| file | owns |\n|---|---|\n")
         for path in python_files(package):
             out.append(f"| `{path.relative_to(ROOT)}` | {summary(path)} |\n")
-    out.append("\n## Imports inside `stack`\n\nWhat each module imports from `stack` (_local_: inside a function; "
-               "_typing_: for type checkers only).\n\n| module | layer | imports |\n|---|---|---|\n")
+    out.append(
+        "\n## Imports inside `stack`\n\nWhat each module imports from `stack` (_local_: inside a function; "
+        "_typing_: for type checkers only).\n\n| module | layer | imports |\n|---|---|---|\n"
+    )
     for name in sorted(modules):
         targets = {}
         for i in imports:

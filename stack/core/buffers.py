@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from .ports import HostIO, MrInfo
 
-
 _ZEROS: dict[int, bytes] = {}
 
 

@@ -602,7 +602,11 @@ class SmcConnection:
         new_data = 0
         if curs.ahead(msg.prod, self.rx_prod):
             new_data = curs.diff(self.rx_prod, msg.prod, self.rmb_size)
-            if self.bytes_to_rcv + new_data > self.rmb_size or msg.prod.wrap != self.rx_prod.wrap and curs.diff(self.cons, msg.prod, self.rmb_size) > self.rmb_size:
+            if (
+                self.bytes_to_rcv + new_data > self.rmb_size
+                or msg.prod.wrap != self.rx_prod.wrap
+                and curs.diff(self.cons, msg.prod, self.rmb_size) > self.rmb_size
+            ):
                 self.violation(now, f"producer cursor {_c(msg.prod)} claims {new_data} new bytes, more than the RMB holds")
                 return
             self.rx_prod = msg.prod
@@ -624,7 +628,15 @@ class SmcConnection:
         self.peer_write_blocked = msg.write_blocked
         self.cons_update_requested = self.cons_update_requested or msg.cons_curs_upd_req
         if self.ctx.bus.active and (new_data or freed):
-            self.emit(now, "conn.cursor", side="rx", prod=_c(self.rx_prod), cons=_c(self.rx_cons), bytes_to_rcv=self.bytes_to_rcv, peer_rmbe_space=self.peer_rmbe_space)
+            self.emit(
+                now,
+                "conn.cursor",
+                side="rx",
+                prod=_c(self.rx_prod),
+                cons=_c(self.rx_cons),
+                bytes_to_rcv=self.bytes_to_rcv,
+                peer_rmbe_space=self.peer_rmbe_space,
+            )
             self.emit(now, "conn.rmb", fill=self.bytes_to_rcv, size=self.rmb_size, write_blocked=self.write_blocked, peer_write_blocked=msg.write_blocked)
         if new_data:
             self.io.conn_readable(self.id)
@@ -739,4 +751,3 @@ _CDC_EXTRA = {"failover_validation"}
 def _s16(v: int) -> int:
     v &= 0xFFFF
     return v - 0x10000 if v & 0x8000 else v
-

@@ -104,8 +104,7 @@ def confirm_link_msg(lgr: LinkGroup, link: Link, req: llc.ConfirmLink | None = N
         version, response, link_num = lgr.llc_version(), False, link.link_id
     else:
         version, response, link_num = req.version, True, req.link_num
-    msg = llc.ConfirmLink(version=version, response=response, mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn,
-                          link_num=link_num, link_uid=link.link_uid)
+    msg = llc.ConfirmLink(version=version, response=response, mac=link.qp.mac, gid=link.qp.gid, qpn=link.qp.qpn, link_num=link_num, link_uid=link.link_uid)
     # every link's CONFIRM LINK as smc_llc_send_confirm_link fills it: the v2.1 limits only
     # for a v2 peer of release >= 1
     return confirm_link_limits(msg, lgr.version, lgr.peer_release, lgr.max_conns, lgr.max_links)
@@ -494,7 +493,6 @@ class ServerAddLink(_AddLinkBase):
     def _confirm_link(self, now: float) -> None:
         self.new.post_llc(confirm_link_msg(self.lgr, self.new), now)
         self.wait("CONFIRM LINK response", self.timeouts.llc_wait_first, now)
-
 
 
 class ClientAddLink(_AddLinkBase):

@@ -223,9 +223,13 @@ class Hs(Enum):
 HS_INPUTS = (
     "start_client",  # the application opened a connection that wants SMC
     "start_server",  # a listener accepted a TCP connection
-    "proposal", "accept", "confirm", "decline",  # CLC messages from the peer
+    "proposal",
+    "accept",
+    "confirm",
+    "decline",  # CLC messages from the peer
     "not_clc",  # the client's first bytes are not CLC: it speaks plain TCP
-    "rkey_confirmed", "rkey_failed",  # the CONFIRM RKEY flow for our RMB ended
+    "rkey_confirmed",
+    "rkey_failed",  # the CONFIRM RKEY flow for our RMB ended
     "confirm_link",  # client, first contact: the server's LLC CONFIRM LINK on the new link
     "confirm_link_resp",  # server, first contact: the client's response
     "setup_failed",  # a resource the connection needs could not be had (QP, buffers, rtoken)
@@ -260,8 +264,16 @@ HS_TABLE: dict[tuple[Hs, str], tuple[Rule, ...]] = {
     (H.PROPOSAL_SENT, "accept"): (
         R(H.FALLBACK, "send_decline", "fall_back", guard="declined"),
         R(H.FALLBACK, "take_accept", "send_decline(SYNCERR)", "fall_back(SYNCERR)", guard="unknown_link_group"),
-        R(H.WAIT_CONFIRM_LINK, "take_accept", "new_link_group", "adopt_peer_buffer", "ready_link", "send_confirm",
-          "wait(client_confirm_link)", guard="first_contact"),
+        R(
+            H.WAIT_CONFIRM_LINK,
+            "take_accept",
+            "new_link_group",
+            "adopt_peer_buffer",
+            "ready_link",
+            "send_confirm",
+            "wait(client_confirm_link)",
+            guard="first_contact",
+        ),
         R(H.WAIT_RKEY, "take_accept", "join_link_group", "adopt_peer_buffer", "confirm_rkey"),
     ),
     (H.WAIT_CONFIRM_LINK, "confirm_link"): (
@@ -332,7 +344,7 @@ def markdown() -> str:
     """The tables as Markdown with Mermaid state diagrams, for docs/states.md."""
     out = ["# SMC state machines\n", "Generated from `stack/core/states.py` by `python -m stack.core.states`. "
            "A pair (state, input) missing from a table is a protocol error.\n"]  # fmt: skip
-    for name, (table, states, inputs) in MACHINES.items():
+    for name, (table, _states, _inputs) in MACHINES.items():
         out.append(f"\n## {name}\n\n```mermaid\nstateDiagram-v2\n")
         for (state, event), rules in table.items():
             for rule in rules:

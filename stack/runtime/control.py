@@ -61,7 +61,7 @@ FAULTS = {"loss": (0.0, 1.0, "a probability from 0 to 1"), "rx_loss": (0.0, 1.0,
           "delay": (0.0, 60.0, "seconds from 0 to 60")}  # fmt: skip
 COMMANDS = {
     "subscribe": "stream events (optional 'kinds': list of event kinds; 'frames': true adds the soft devices' RoCE frames; "
-                 f"'queue': events held for a slow client, 1 to {MAX_EVENT_QUEUE:,}, default {EVENT_QUEUE:,})",
+    f"'queue': events held for a slow client, 1 to {MAX_EVENT_QUEUE:,}, default {EVENT_QUEUE:,})",
     "unsubscribe": "stop the event stream",
     "snapshot": "reply with one snapshot now",
     "interval": "periodic snapshots every 'seconds' (0 stops them)",
@@ -185,8 +185,7 @@ class ControlServer:
                     raise FileExistsError(f"control socket path {self.path} exists and is not a socket")
                 owner = _live_owner(self.path)
                 if owner is not None:
-                    raise FileExistsError(f"control socket {self.path} is in use: a live stack serves it ({owner}); "
-                                          "stop it or give this one another path")
+                    raise FileExistsError(f"control socket {self.path} is in use: a live stack serves it ({owner}); stop it or give this one another path")
                 os.unlink(self.path)  # a stale socket a stack left behind
             old = os.umask(0o177)
             try:

@@ -267,8 +267,6 @@ class RdmaDriver:
             return False
         return True
 
-
-
     # ---------------------------------------------------------------- completions
 
     def _rx_inline(self, dev: _Dev) -> None:

@@ -238,7 +238,7 @@ class Stack:
 
     @property
     def signalling(self) -> str:
-        """"tcp_option" or "inband"."""
+        """ "tcp_option" or "inband"."""
         return self.option.signalling
 
     @property

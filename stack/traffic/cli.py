@@ -28,8 +28,8 @@ from contextlib import ExitStack
 
 from stack.core.config import Limits, SmcConfig, Timeouts
 from stack.events import JsonlWriter
-from stack.runtime.control import CommandError, parse_reason
 from stack.runtime import Capability
+from stack.runtime.control import CommandError, parse_reason
 from stack.runtime.rdma import DeviceSpec
 from stack.runtime.stack import Stack, StackConfig
 from stack.wire import codes
@@ -151,28 +151,52 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rdma-device", action="append", help="pyverbs device name (repeatable; default rxe0)")
     g.add_argument("--netns", help="open the soft device in this network namespace")
     g.add_argument("--mtu", type=int, choices=[256, 512, 1024, 2048, 4096], default=1024, help="soft device MTU")
-    g.add_argument("--engine", choices=["auto", "native", "python"], default=None,
-                   help="soft devices: the compiled engine (native), its pure-Python twin, or native when built (auto, the default)")
-    g.add_argument("--gso", choices=["auto", "on", "off"], default=None,
-                   help="native engine: send runs of frames as UDP GSO batches (auto, the default: except while a capture watches the interface)")
+    g.add_argument(
+        "--engine",
+        choices=["auto", "native", "python"],
+        default=None,
+        help="soft devices: the compiled engine (native), its pure-Python twin, or native when built (auto, the default)",
+    )
+    g.add_argument(
+        "--gso",
+        choices=["auto", "on", "off"],
+        default=None,
+        help="native engine: send runs of frames as UDP GSO batches (auto, the default: except while a capture watches the interface)",
+    )
     g.add_argument("--no-smc", action="store_true", help="plain TCP, no SMC")
     g.add_argument("--rmb-size", type=buffer_size, default=64 << 10, help="RMB per connection (default 64K)")
     g.add_argument("--sndbuf-size", type=buffer_size, default=64 << 10, help="send buffer per connection (default 64K)")
     g.add_argument("--versions", type=versions, default=frozenset({1, 2}), help="SMC-R versions offered (default 1,2)")
     g.add_argument("--ueid", action="append", type=ueid, help="user EID for SMC-Rv2 (repeatable; default SMCTOP)")
-    g.add_argument("--limit", action="append", type=limit, default=[], metavar="NAME=N",
-                   help="a resource limit of the stack: lgrs, qps, reg-mem (a size) or conns, or NAME=none (repeatable; "
-                        "defaults: lgrs=128 qps=256 reg-mem=1G conns=1024)")
+    g.add_argument(
+        "--limit",
+        action="append",
+        type=limit,
+        default=[],
+        metavar="NAME=N",
+        help="a resource limit of the stack: lgrs, qps, reg-mem (a size) or conns, or NAME=none (repeatable; defaults: lgrs=128 qps=256 reg-mem=1G conns=1024)",
+    )
     g.add_argument("--test-link", type=positive_float, default=30.0, help="TEST LINK interval in seconds (0 disables)")
     g.add_argument("--host-name", help="host name in events and CLC (default: client/server)")
-    g.add_argument("--tcp-option", choices=["auto", "option", "inband"], default="auto",
-                   help="SMC capability signalling: the real TCP option through native/smcopt ('option': required; "
-                        "needed to talk to a Linux kernel), in-band, or the option when its BPF program is loaded (default)")
+    g.add_argument(
+        "--tcp-option",
+        choices=["auto", "option", "inband"],
+        default="auto",
+        help="SMC capability signalling: the real TCP option through native/smcopt ('option': required; "
+        "needed to talk to a Linux kernel), in-band, or the option when its BPF program is loaded (default)",
+    )
     f = p.add_argument_group("faults (soft devices)")
-    f.add_argument("--fail-link", action="append", type=fault_at, default=[], metavar="T[:DEVICE]",
-                   help="T seconds after start, take DEVICE's port down (default: the first device, where link 1 is)")
-    f.add_argument("--restore-link", action="append", type=fault_at, default=[], metavar="T[:DEVICE]",
-                   help="T seconds after start, bring DEVICE's port back up")
+    f.add_argument(
+        "--fail-link",
+        action="append",
+        type=fault_at,
+        default=[],
+        metavar="T[:DEVICE]",
+        help="T seconds after start, take DEVICE's port down (default: the first device, where link 1 is)",
+    )
+    f.add_argument(
+        "--restore-link", action="append", type=fault_at, default=[], metavar="T[:DEVICE]", help="T seconds after start, bring DEVICE's port back up"
+    )
     f.add_argument("--loss", type=probability, default=0.0, help="drop this fraction of frames sent by every device (0..1)")
     o = p.add_argument_group("output")
     o.add_argument("--events", help="write every event as JSON lines to this file")
@@ -241,7 +265,9 @@ class Progress:
             rate = (moved - self._last[1]) / max(now - self._last[0], 1e-9) / 1e6
             self._last = (now, moved)
             modes = " ".join(f"{k} {v}" for k, v in t.modes.items())
-            sys.stderr.write(f"\r{now - t.started:7.1f} s  {moved / 1e6:10.1f} MB  {rate:8.1f} MB/s  conns {t.connections} ({modes})  ops {t.ops}  errors {len(t.errors)}   ")
+            sys.stderr.write(
+                f"\r{now - t.started:7.1f} s  {moved / 1e6:10.1f} MB  {rate:8.1f} MB/s  conns {t.connections} ({modes})  ops {t.ops}  errors {len(t.errors)}   "
+            )
             sys.stderr.flush()
 
     def stop(self) -> None:

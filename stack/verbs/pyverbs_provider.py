@@ -51,16 +51,13 @@ from .api import (
 )
 
 INSTALL_HINT = (
-    "install Debian's python3-pyverbs (scripts/setup.sh links it into .venv) or the "
-    "'rdma' extra (pip install 'smctop[rdma]', which needs a matching rdma-core)"
+    "install Debian's python3-pyverbs (scripts/setup.sh links it into .venv) or the 'rdma' extra (pip install 'smctop[rdma]', which needs a matching rdma-core)"
 )
 NO_RDMA_HINT = (
-    "this host has no RDMA support (no uverbs devices, e.g. a kernel without CONFIG_INFINIBAND): "
-    "use the soft provider, or run in the kernel lab (tests/lab)"
+    "this host has no RDMA support (no uverbs devices, e.g. a kernel without CONFIG_INFINIBAND): use the soft provider, or run in the kernel lab (tests/lab)"
 )
 NO_DEVICE_HINT = (
-    "the kernel has RDMA support but no device: create a Soft-RoCE one with "
-    "'rdma link add rxe0 type rxe netdev <interface>', or use the soft provider"
+    "the kernel has RDMA support but no device: create a Soft-RoCE one with 'rdma link add rxe0 type rxe netdev <interface>', or use the soft provider"
 )
 
 _SEND_OPCODES = {
@@ -179,6 +176,7 @@ class PyverbsProvider(api.Provider):
 
 class PyverbsDevice(api.Device):
     engine = "pyverbs"  # a real device (or rxe): no port control, faults, tap or fast path of its own
+
     def __init__(self, pv: _Pyverbs, ctx: object, name: str) -> None:
         self._pv, self._ctx, self.name = pv, ctx, name
         with _errors(f"query_device {name}"):
@@ -327,7 +325,10 @@ class PyverbsPD(api.ProtectionDomain):
         return out
 
     def create_rc_qp(
-        self, send_cq: api.CompletionQueue, recv_cq: api.CompletionQueue, cap: QPCap = QPCap()  # noqa: B008
+        self,
+        send_cq: api.CompletionQueue,
+        recv_cq: api.CompletionQueue,
+        cap: QPCap = QPCap(),  # noqa: B008
     ) -> PyverbsQP:
         pv = self._dev._pv
         if not isinstance(send_cq, PyverbsCQ) or not isinstance(recv_cq, PyverbsCQ):
@@ -473,9 +474,7 @@ class PyverbsQP(api.QueuePair):
         if len(path.remote_gid) != 16:
             raise VerbsError(errno.EINVAL, f"remote_gid must be 16 bytes, not {len(path.remote_gid)}")
         with _errors("address vector"):
-            route = pv.addr.GlobalRoute(
-                dgid=pv.addr.GID(_gid_str(path.remote_gid)), sgid_index=path.sgid_index, hop_limit=path.hop_limit
-            )
+            route = pv.addr.GlobalRoute(dgid=pv.addr.GID(_gid_str(path.remote_gid)), sgid_index=path.sgid_index, hop_limit=path.hop_limit)
             a.ah_attr = pv.addr.AHAttr(gr=route, is_global=1, port_num=self._port)
         mask = (
             e.IBV_QP_STATE | e.IBV_QP_AV | e.IBV_QP_PATH_MTU | e.IBV_QP_DEST_QPN | e.IBV_QP_RQ_PSN

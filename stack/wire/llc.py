@@ -270,10 +270,7 @@ class AddLink(LlcMessage):
             raise v.fail(70, f"num_rkeys {n} ({order}-endian) but the message carries {carried} triples")
         if n > RMBS_PER_LGR_MAX:
             raise v.fail(70, f"num_rkeys {n} ({order}-endian): a link group has at most {RMBS_PER_LGR_MAX} RMBs")
-        rkeys = tuple(
-            RkeyTriple(v.u32(72 + 16 * i, "rkey"), v.u32(76 + 16 * i, "new_rkey"), v.u64(80 + 16 * i, "new_vaddr"))
-            for i in range(carried)
-        )
+        rkeys = tuple(RkeyTriple(v.u32(72 + 16 * i, "rkey"), v.u32(76 + 16 * i, "new_rkey"), v.u64(80 + 16 * i, "new_vaddr")) for i in range(carried))
         return cls(
             **common, **fields, direct=bool(v.u8(44, "v2_direct") & 0x80),
             target_gid=v.raw(46, GID_LEN, "target_gid"), rkeys=rkeys, num_rkeys=n if n > carried else 0,
@@ -304,10 +301,7 @@ class AddLinkCont(LlcMessage):
     @classmethod
     def _decode_body(cls, v, common, flags, order):
         n = v.u8(5, "num_rkeys")
-        rkeys = tuple(
-            RkeyTriple(v.u32(8 + 16 * i, "rkey"), v.u32(12 + 16 * i, "new_rkey"), v.u64(16 + 16 * i, "new_vaddr"))
-            for i in range(min(n, 2))
-        )
+        rkeys = tuple(RkeyTriple(v.u32(8 + 16 * i, "rkey"), v.u32(12 + 16 * i, "new_rkey"), v.u64(16 + 16 * i, "new_vaddr")) for i in range(min(n, 2)))
         return cls(**common, link_num=v.u8(4, "link_num"), num_rkeys=n, rkeys=rkeys)
 
 
@@ -398,10 +392,7 @@ class ConfirmRkey(LlcMessage):
         n = v.u8(4, "num_rkeys")
         if n > 2:
             raise v.fail(4, f"num_rkeys {n}: at most 2 other-link tokens fit")
-        others = tuple(
-            Rtoken(v.u8(17 + 13 * i, "link_id"), v.u32(18 + 13 * i, "rkey"), v.u64(22 + 13 * i, "vaddr"))
-            for i in range(n)
-        )
+        others = tuple(Rtoken(v.u8(17 + 13 * i, "link_id"), v.u32(18 + 13 * i, "rkey"), v.u64(22 + 13 * i, "vaddr")) for i in range(n))
         return cls(
             **common, rkey=v.u32(5, "rkey"), vaddr=v.u64(9, "vaddr"), others=others,
             negative=bool(flags & FLAG_RKEY_NEG), retry=bool(flags & FLAG_RKEY_RETRY),
@@ -434,10 +425,7 @@ class ConfirmRkeyCont(LlcMessage):
     @classmethod
     def _decode_body(cls, v, common, flags, order):
         n = v.u8(4, "num_rkeys")
-        tokens = tuple(
-            Rtoken(v.u8(5 + 13 * i, "link_id"), v.u32(6 + 13 * i, "rkey"), v.u64(10 + 13 * i, "vaddr"))
-            for i in range(min(n, 3))
-        )
+        tokens = tuple(Rtoken(v.u8(5 + 13 * i, "link_id"), v.u32(6 + 13 * i, "rkey"), v.u64(10 + 13 * i, "vaddr")) for i in range(min(n, 3)))
         return cls(**common, num_rkeys=n, tokens=tokens, negative=bool(flags & FLAG_RKEY_NEG))
 
 
@@ -502,8 +490,7 @@ class DeleteRkey(LlcMessage):
 
 
 _CLASSES: dict[LlcType, type[LlcMessage]] = {
-    cls.llc_type: cls
-    for cls in (ConfirmLink, AddLink, AddLinkCont, DeleteLink, RequestAddLink, ConfirmRkey, TestLink, ConfirmRkeyCont, DeleteRkey)
+    cls.llc_type: cls for cls in (ConfirmLink, AddLink, AddLinkCont, DeleteLink, RequestAddLink, ConfirmRkey, TestLink, ConfirmRkeyCont, DeleteRkey)
 }
 
 

@@ -256,9 +256,7 @@ class RocePacket:
         if self.bth.opcode not in _EXT:
             raise RoceError(name, 0, f"unsupported BTH opcode 0x{self.bth.opcode:02x}")
         exts = _EXT[self.bth.opcode]
-        if ("reth" in exts) != (self.reth is not None) or ("aeth" in exts) != (self.aeth is not None) or (
-            "imm" in exts
-        ) != (self.imm is not None):
+        if ("reth" in exts) != (self.reth is not None) or ("aeth" in exts) != (self.aeth is not None) or ("imm" in exts) != (self.imm is not None):
             raise RoceError(name, BTH_LEN, f"opcode 0x{self.bth.opcode:02x} takes extension headers {exts or 'none'}")
         other_len = sum(_EXT_LEN[e] for e in exts if e not in ("reth", "aeth", "imm"))
         if len(self.other) != other_len:

@@ -4,7 +4,6 @@ code and event."""
 
 from __future__ import annotations
 
-
 import pytest
 from support.fabric import open_conn, pair
 

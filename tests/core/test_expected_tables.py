@@ -49,8 +49,14 @@ row(S.APPCLOSEWAIT2, "app_close", "dw_sent unread", S.PEERFINCLOSEWAIT, {DW, AB}
 row(S.APPFINCLOSEWAIT, "app_close", "dw_sent peer_closed", S.CLOSED, {DW, CL}, "smc_close_active: APPFINCLOSEWAIT, dw && !sent close")
 row(S.APPFINCLOSEWAIT, "app_close", "dw_sent peer_closed unread", S.CLOSED, {DW, AB}, "smc_close_active + smc_close_final")
 row(S.APPFINCLOSEWAIT, "app_close", "dw_sent closed_sent peer_closed", S.CLOSED, None, "smc_close_active: close already sent")
-row(S.APPFINCLOSEWAIT, "app_close", "dw_pending peer_closed", S.APPFINCLOSEWAIT, "final queued",
-    "stack: shutdown()'s smc_close_stream_wait still running; the final flag queues behind it")
+row(
+    S.APPFINCLOSEWAIT,
+    "app_close",
+    "dw_pending peer_closed",
+    S.APPFINCLOSEWAIT,
+    "final queued",
+    "stack: shutdown()'s smc_close_stream_wait still running; the final flag queues behind it",
+)
 row(S.PEERCLOSEWAIT1, "app_close", "dw_sent", S.PEERCLOSEWAIT1, {DW, CL}, "smc_close_active: PEERCLOSEWAIT1, dw && !sent close")
 row(S.PEERCLOSEWAIT1, "app_close", "dw_sent unread", S.PEERCLOSEWAIT1, {DW, AB}, "smc_close_active + smc_close_final")
 row(S.PEERCLOSEWAIT1, "app_close", "closed_sent", S.PEERCLOSEWAIT1, None, "smc_close_active: close already sent")
@@ -91,8 +97,7 @@ for _s in (S.PEERCLOSEWAIT1, S.PEERCLOSEWAIT2):
     row(_s, "peer_closed", "closed_sent", S.APPFINCLOSEWAIT, None, "smc_close_passive_work: close sent, not released")
     row(_s, "peer_closed", "closed_sent released", S.CLOSED, None, "smc_close_passive_work: SOCK_DEAD && sent close")
 row(S.PEERFINCLOSEWAIT, "peer_closed", "closed_sent", S.CLOSED, None, "smc_close_passive_work: PEERFINCLOSEWAIT")
-row(S.PEERFINCLOSEWAIT, "peer_closed", "pending", S.PEERFINCLOSEWAIT, None,
-    "stack: close() still in smc_close_stream_wait, smc_close_final not yet sent")
+row(S.PEERFINCLOSEWAIT, "peer_closed", "pending", S.PEERFINCLOSEWAIT, None, "stack: close() still in smc_close_stream_wait, smc_close_final not yet sent")
 for _s, _sit in ((S.APPCLOSEWAIT1, "peer_closed"), (S.APPCLOSEWAIT2, "dw_sent peer_closed"), (S.APPFINCLOSEWAIT, "dw_sent peer_closed"),
                  (S.PROCESSABORT, ""), (S.PEERABORTWAIT, ""), (S.CLOSED, "")):  # fmt: skip
     row(_s, "peer_closed", _sit, _s, None, "smc_close_passive_work: nothing to do")
@@ -262,15 +267,38 @@ HS_ROWS = [
     (H.START, "start_client", {"nothing_to_propose"}, H.FALLBACK, ["send_decline", "fall_back"], "__smc_connect: smc_find_proposal_devices fails"),
     (H.START, "start_client", set(), H.PROPOSAL_SENT, ["send_proposal", "wait(clc_wait)"], "smc_connect_clc: smc_clc_send_proposal"),
     (H.PROPOSAL_SENT, "accept", {"declined"}, H.FALLBACK, ["send_decline", "fall_back"], "smc_connect_rdma: smc_connect_decline_fallback"),
-    (H.PROPOSAL_SENT, "accept", {"unknown_link_group"}, H.FALLBACK, ["take_accept", "send_decline(SYNCERR)", "fall_back(SYNCERR)"],
-     "smc_connect_rdma: no link group for a reuse Accept"),
-    (H.PROPOSAL_SENT, "accept", {"first_contact"}, H.WAIT_CONFIRM_LINK,
-     ["take_accept", "new_link_group", "adopt_peer_buffer", "ready_link", "send_confirm", "wait(client_confirm_link)"],
-     "smc_connect_rdma: first contact, smc_clc_send_confirm, smcr_clnt_conf_first_link"),
-    (H.PROPOSAL_SENT, "accept", set(), H.WAIT_RKEY, ["take_accept", "join_link_group", "adopt_peer_buffer", "confirm_rkey"],
-     "smc_connect_rdma: reuse, smcr_lgr_reg_rmbs (CONFIRM RKEY) before the Confirm"),
-    (H.WAIT_CONFIRM_LINK, "confirm_link", {"rmbe_eyecatchers"}, H.FALLBACK, ["send_decline(RMBE_EC)", "fall_back(RMBE_EC)"],
-     "smcr_clnt_conf_first_link: SMC_CLC_DECL_RMBE_EC"),
+    (
+        H.PROPOSAL_SENT,
+        "accept",
+        {"unknown_link_group"},
+        H.FALLBACK,
+        ["take_accept", "send_decline(SYNCERR)", "fall_back(SYNCERR)"],
+        "smc_connect_rdma: no link group for a reuse Accept",
+    ),
+    (
+        H.PROPOSAL_SENT,
+        "accept",
+        {"first_contact"},
+        H.WAIT_CONFIRM_LINK,
+        ["take_accept", "new_link_group", "adopt_peer_buffer", "ready_link", "send_confirm", "wait(client_confirm_link)"],
+        "smc_connect_rdma: first contact, smc_clc_send_confirm, smcr_clnt_conf_first_link",
+    ),
+    (
+        H.PROPOSAL_SENT,
+        "accept",
+        set(),
+        H.WAIT_RKEY,
+        ["take_accept", "join_link_group", "adopt_peer_buffer", "confirm_rkey"],
+        "smc_connect_rdma: reuse, smcr_lgr_reg_rmbs (CONFIRM RKEY) before the Confirm",
+    ),
+    (
+        H.WAIT_CONFIRM_LINK,
+        "confirm_link",
+        {"rmbe_eyecatchers"},
+        H.FALLBACK,
+        ["send_decline(RMBE_EC)", "fall_back(RMBE_EC)"],
+        "smcr_clnt_conf_first_link: SMC_CLC_DECL_RMBE_EC",
+    ),
     (H.WAIT_CONFIRM_LINK, "confirm_link", set(), H.SMC, ["answer_confirm_link", "established"], "smcr_clnt_conf_first_link"),
     (H.START, "start_server", {"peer_no_smc"}, H.FALLBACK, ["fall_back(PEERNOSMC)"], "smc_listen_work: !tcp_sk(newclcsock)->syn_smc"),
     (H.START, "start_server", set(), H.WAIT_PROPOSAL, ["wait(peer_first_bytes)"], "smc_listen_work: smc_clc_wait_msg(PROPOSAL)"),
@@ -281,16 +309,30 @@ HS_ROWS = [
     (H.WAIT_PROPOSAL, "proposal", set(), H.ACCEPT_SENT, ["new_link_group", "send_accept", "wait(clc_wait)"], "smc_listen_work: smc_clc_send_accept"),
     (H.WAIT_PROPOSAL, "not_clc", set(), H.FALLBACK, ["fall_back(PEERNOSMC)"], "smc_clc_wait_msg: no eyecatcher, peer speaks TCP"),
     (H.ACCEPT_SENT, "confirm", {"declined"}, H.FALLBACK, ["send_decline", "fall_back"], "smc_listen_rdma_finish: decline"),
-    (H.ACCEPT_SENT, "confirm", {"first_contact"}, H.WAIT_CONFIRM_LINK_RESP,
-     ["adopt_peer_buffer", "ready_link", "send_confirm_link", "wait(llc_wait)"], "smcr_serv_conf_first_link: CONFIRM LINK"),
+    (
+        H.ACCEPT_SENT,
+        "confirm",
+        {"first_contact"},
+        H.WAIT_CONFIRM_LINK_RESP,
+        ["adopt_peer_buffer", "ready_link", "send_confirm_link", "wait(llc_wait)"],
+        "smcr_serv_conf_first_link: CONFIRM LINK",
+    ),
     (H.ACCEPT_SENT, "confirm", set(), H.SMC, ["adopt_peer_buffer", "established"], "smc_listen_rdma_finish: reuse"),
-    (H.WAIT_CONFIRM_LINK_RESP, "confirm_link_resp", set(), H.SMC, ["link_confirmed", "established", "add_link"],
-     "smcr_serv_conf_first_link: response, then smc_llc_srv_add_link_local"),
+    (
+        H.WAIT_CONFIRM_LINK_RESP,
+        "confirm_link_resp",
+        set(),
+        H.SMC,
+        ["link_confirmed", "established", "add_link"],
+        "smcr_serv_conf_first_link: response, then smc_llc_srv_add_link_local",
+    ),
     (H.WAIT_RKEY, "rkey_confirmed", {"server"}, H.ACCEPT_SENT, ["rmb_confirmed", "send_accept", "wait(clc_wait)"], "smc_listen_work"),
     (H.WAIT_RKEY, "rkey_confirmed", set(), H.SMC, ["rmb_confirmed", "send_confirm", "established"], "smc_connect_rdma: reuse"),
     (H.WAIT_RKEY, "rkey_failed", set(), H.FALLBACK, ["send_decline(ERR_REGBUF)", "fall_back(ERR_REGBUF)"], "smcr_lgr_reg_rmbs: SMC_CLC_DECL_ERR_REGBUF"),
-    *[(s, "setup_failed", set(), H.FALLBACK, ["send_decline", "fall_back"], "smc_connect_abort / smc_listen_decline")
-      for s in (H.WAIT_RKEY, H.ACCEPT_SENT, H.WAIT_CONFIRM_LINK)],
+    *[
+        (s, "setup_failed", set(), H.FALLBACK, ["send_decline", "fall_back"], "smc_connect_abort / smc_listen_decline")
+        for s in (H.WAIT_RKEY, H.ACCEPT_SENT, H.WAIT_CONFIRM_LINK)
+    ],
     (H.PROPOSAL_SENT, "timeout", set(), H.FAILED, ["fail"], "smc_clc_wait_msg: -EAGAIN ends the connect"),
     (H.WAIT_PROPOSAL, "timeout", {"nothing_received"}, H.FALLBACK, ["fall_back(PEERNOSMC)"], "smc_listen_work: no CLC, peer is TCP"),
     (H.WAIT_PROPOSAL, "timeout", set(), H.FAILED, ["fail"], "smc_clc_wait_msg: timeout"),
@@ -305,20 +347,56 @@ HS_ROWS = [
 ]
 # two guards hold: the order in which the kernel looks decides
 HS_ROWS += [
-    (H.START, "start_client", {"peer_no_smc", "nothing_to_propose"}, H.FALLBACK, ["fall_back(PEERNOSMC)"],
-     "__smc_connect: the SYN-ACK's missing option before smc_find_proposal_devices"),
-    (H.PROPOSAL_SENT, "accept", {"declined", "unknown_link_group"}, H.FALLBACK, ["send_decline", "fall_back"],
-     "smc_connect_rdma: smc_connect_check_aclc first"),
+    (
+        H.START,
+        "start_client",
+        {"peer_no_smc", "nothing_to_propose"},
+        H.FALLBACK,
+        ["fall_back(PEERNOSMC)"],
+        "__smc_connect: the SYN-ACK's missing option before smc_find_proposal_devices",
+    ),
+    (
+        H.PROPOSAL_SENT,
+        "accept",
+        {"declined", "unknown_link_group"},
+        H.FALLBACK,
+        ["send_decline", "fall_back"],
+        "smc_connect_rdma: smc_connect_check_aclc first",
+    ),
     (H.PROPOSAL_SENT, "accept", {"declined", "first_contact"}, H.FALLBACK, ["send_decline", "fall_back"], "smc_connect_check_aclc first"),
-    (H.PROPOSAL_SENT, "accept", {"unknown_link_group", "first_contact"}, H.FALLBACK,
-     ["take_accept", "send_decline(SYNCERR)", "fall_back(SYNCERR)"], "smc_connect_rdma: the link group lookup before first contact"),
-    (H.WAIT_PROPOSAL, "proposal", {"first_contact_pending", "plain_listener", "declined", "reuse"}, H.WAIT_PROPOSAL, ["defer"],
-     "smc_listen_work: smc_server_lgr_pending taken before the device search"),
-    (H.WAIT_PROPOSAL, "proposal", {"plain_listener", "declined", "reuse"}, H.FALLBACK, ["send_decline(PEERNOSMC)", "plain_tcp"],
-     "stack: a plain listener answers any Proposal with PEERNOSMC"),
+    (
+        H.PROPOSAL_SENT,
+        "accept",
+        {"unknown_link_group", "first_contact"},
+        H.FALLBACK,
+        ["take_accept", "send_decline(SYNCERR)", "fall_back(SYNCERR)"],
+        "smc_connect_rdma: the link group lookup before first contact",
+    ),
+    (
+        H.WAIT_PROPOSAL,
+        "proposal",
+        {"first_contact_pending", "plain_listener", "declined", "reuse"},
+        H.WAIT_PROPOSAL,
+        ["defer"],
+        "smc_listen_work: smc_server_lgr_pending taken before the device search",
+    ),
+    (
+        H.WAIT_PROPOSAL,
+        "proposal",
+        {"plain_listener", "declined", "reuse"},
+        H.FALLBACK,
+        ["send_decline(PEERNOSMC)", "plain_tcp"],
+        "stack: a plain listener answers any Proposal with PEERNOSMC",
+    ),
     (H.WAIT_PROPOSAL, "proposal", {"declined", "reuse"}, H.FALLBACK, ["send_decline", "fall_back"], "smc_listen_find_device fails first"),
-    (H.ACCEPT_SENT, "confirm", {"declined", "first_contact"}, H.FALLBACK, ["send_decline", "fall_back"],
-     "smc_listen_work: smc_clc_v2x_features_confirm_check before smc_listen_rdma_finish"),
+    (
+        H.ACCEPT_SENT,
+        "confirm",
+        {"declined", "first_contact"},
+        H.FALLBACK,
+        ["send_decline", "fall_back"],
+        "smc_listen_work: smc_clc_v2x_features_confirm_check before smc_listen_rdma_finish",
+    ),
 ]
 _LIVE = (H.PROPOSAL_SENT, H.WAIT_PROPOSAL, H.ACCEPT_SENT, H.WAIT_CONFIRM_LINK, H.WAIT_CONFIRM_LINK_RESP, H.WAIT_RKEY)
 for _s in _LIVE:

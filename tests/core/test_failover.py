@@ -31,7 +31,7 @@ def kinds(io, kind, **match):
 def llc_log(io, since=0.0) -> list[tuple]:
     """(direction, message type, response, link) of every LLC message after ``since`` (a
     time, or an event: then from that event on)."""
-    events = io.events[io.events.index(since):] if not isinstance(since, float) else [e for e in io.events if e.t >= since]
+    events = io.events[io.events.index(since) :] if not isinstance(since, float) else [e for e in io.events if e.t >= since]
     return [(e.get("dir"), e.get("type").split(" v")[0].removeprefix("LLC "), e.get("response"), e.link)
             for e in events if e.kind == "llc.msg" and "TEST LINK" not in e.get("type")]  # fmt: skip
 

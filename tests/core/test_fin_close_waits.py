@@ -10,7 +10,6 @@ CDC state flags each side sends (net/smc/smc_close.c):
 
 from __future__ import annotations
 
-import pytest
 from support.fabric import open_conn, pair
 
 from stack.wire.codes import SmcState

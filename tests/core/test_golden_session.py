@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from support import golden as golden_file
 from support.fabric import open_conn, pair
 

@@ -51,9 +51,7 @@ def test_same_context_shares_one_link_group(version):
 
 
 @pytest.mark.parametrize("version", [1, 2])
-@pytest.mark.parametrize(
-    "second", [NS_B, dataclasses.replace(NS_A, vlan=100), dataclasses.replace(NS_A, pkey=0x8001)], ids=["netns", "vlan", "pkey"]
-)
+@pytest.mark.parametrize("second", [NS_B, dataclasses.replace(NS_A, vlan=100), dataclasses.replace(NS_A, pkey=0x8001)], ids=["netns", "vlan", "pkey"])
 def test_another_context_gets_its_own_link_group(version, second):
     f, a, b = hosts(frozenset({version}))
     open_in(f, a, b, 1, NS_A, NS_A)

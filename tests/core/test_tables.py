@@ -7,7 +7,6 @@ hostile CLC bytes end every handshake cleanly; the docs are drawn from the table
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.fabric import open_conn, pair
@@ -15,7 +14,6 @@ from support.fabric import open_conn, pair
 from stack.core.states import HS_TABLE, Hs
 from stack.wire import clc
 from stack.wire.codes import DECL, DEL, SmcState
-
 
 
 def established():

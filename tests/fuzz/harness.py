@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import random
 import sys
 import time
@@ -47,7 +46,7 @@ from dissectors.timeline import timeline  # noqa: E402
 from smctop import app as smctop_app  # noqa: E402
 from smctop.model import Model  # noqa: E402
 from smctop.sources import AttachSource  # noqa: E402
-from stack.events import BadRecord, Event, Skipped, from_json  # noqa: E402
+from stack.events import Event, Skipped, from_json  # noqa: E402
 from stack.runtime import control  # noqa: E402
 from stack.traffic import cli as traffic_cli  # noqa: E402
 
@@ -332,7 +331,7 @@ def load_corpus(target: str) -> list[bytes]:
 INTERESTING_JSON: list[Any] = [None, True, False, 0, -1, 1, 255, 256, 65535, 65536, 2**31, 2**32, 2**53 + 1, 2**63, 2**64, -(2**63) - 1, 10**30,
                                1.5, -0.0, 1e308, -1e308, 5e-324, 1.7e18, "", "x", "0:0", "65536:1", "-1:-1", "1:", "ä" * 40, "x" * 5000,
                                "\u0000", [], [1], ["a", 2], {}, {"a": {}}, [[[[[[[[[[1]]]]]]]]]], "NaN", "tx", "rx", "SMCR"]  # fmt: skip
-JSON_TOKENS = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999", b"null", b"[" * 3000, b"{\"a\":" * 3000, b"\"\\ud800\"", b"\xff\xfe", b"\x00"]
+JSON_TOKENS = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999", b"null", b"[" * 3000, b'{"a":' * 3000, b'"\\ud800"', b"\xff\xfe", b"\x00"]
 INTERESTING_ARGS = ["nan", "NaN", "inf", "-inf", "1e400", "-1", "0", "1e9", "1e10", "8K", "16K", "512M", "1T", "", " ", "x" * 300, "\x00", "/dev/zero",
                     "/nonexistent/x", "/tmp", "-", "--", "0x03070000", "DIFFPREFIX", "1:2", "a:b", "127.1.0.2:0", "127.1.0.2:65536", ":5000",
                     "1,2,x", ",,,", "3", "--help", "-h", "1_000", "٣", "1.5", "-0"]  # fmt: skip

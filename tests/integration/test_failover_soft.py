@@ -10,8 +10,8 @@ import time
 import pytest
 from support.stacks import TrafficServer, addrs, run, second_device, traffic_client, two_stacks, until
 
-from stack.runtime.control import ControlClient
 from stack.core.config import Timeouts
+from stack.runtime.control import ControlClient
 from stack.traffic import runner
 from stack.traffic.protocol import BOTH
 

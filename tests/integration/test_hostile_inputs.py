@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import random
-
 from support.stacks import ROOT, config, run
 
 from dissectors.capture import read_events

@@ -239,7 +239,7 @@ def test_the_headless_command_on_a_recording_answers_prometheus_with_the_models_
                              "--headless"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
     try:
         deadline = time.time() + 30
-        while not prometheus.query(f'smc_host_info{{job="smctop-cli"}}'):
+        while not prometheus.query('smc_host_info{job="smctop-cli"}'):
             assert proc.poll() is None and time.time() < deadline, proc.communicate(timeout=5)
             time.sleep(0.2)
         time.sleep(0.5)  # the replay (8 s at 1000x) ends in its first polls; one more scrape after that

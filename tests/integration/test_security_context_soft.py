@@ -87,7 +87,7 @@ async def _echo(r, w):
 
 async def _scenario(namespaces, targets: list[int]):
     async with two_stacks() as (a, b, ca, sa):
-        for k, (ns, addr) in namespaces.items():
+        for ns, addr in namespaces.values():
             await _listen_in(b, ns, addr, _echo)
         writers = []
         for k in targets:

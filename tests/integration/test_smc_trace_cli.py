@@ -138,8 +138,6 @@ def test_install_plugin_copies_the_lua_plugin(tmp_path):
     assert installed.read_bytes() == (Path(ROOT) / "dissectors" / "wireshark" / "smctop.lua").read_bytes()
 
 
-
-
 def test_summary_prints_the_recorders_dropped_line_with_its_exact_counts(tmp_path):
     """A recorder that had to drop (a 20-item queue) says so, with the numbers it counted."""
     path = tmp_path / "drops.pcapng"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from stack.runtime import Stack
 from support.stacks import addrs, config, run
+
+from stack.runtime import Stack
 
 
 async def _draws(seed):

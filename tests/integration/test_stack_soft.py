@@ -11,10 +11,10 @@ import time
 import pytest
 from support.stacks import TrafficServer, addrs, run, traffic_client, two_stacks, until
 
-from stack.wire.codes import DECL
 from stack.traffic import runner
 from stack.traffic.protocol import BOTH
 from stack.wire import codes
+from stack.wire.codes import DECL
 
 BULK = 256 << 20
 TEST_LINK = 1.0
@@ -70,6 +70,7 @@ def test_request_response_across_two_processes():
 def test_two_hundred_connections_share_one_link_group():
     async def main():
         async with two_stacks() as (a, b, _, sa):
+
             async def echo(r, w):
                 w.write(await r.readexactly(16))
                 await w.drain()
@@ -79,11 +80,11 @@ def test_two_hundred_connections_share_one_link_group():
             await b.start_server(echo, sa, 5000)
             conns = await asyncio.gather(*(a.open_connection(sa, 5000) for _ in range(200)))
             snap_a, snap_b = a.snapshot(), b.snapshot()
-            for i, (r, w) in enumerate(conns):
+            for i, (_r, w) in enumerate(conns):
                 w.write(i.to_bytes(16, "big"))
             answers = await asyncio.gather(*(r.readexactly(16) for r, w in conns))
             infos = [w.get_extra_info("smc") for r, w in conns]
-            for r, w in conns:
+            for _r, w in conns:
                 w.close()
             await asyncio.gather(*(w.wait_closed() for r, w in conns))
             await until(lambda: not a.snapshot()["conns"], what="the client's connections gone")
@@ -213,13 +214,43 @@ class _ClientOnly:
 FALLBACK_CASES = [
     # name, client config, server config, server smc, client smc, client devices, server devices,
     # expected (client mode, client reason, client peer diagnosis), expected (server mode, server reason)
-    ("server declines DIFFPREFIX", {}, {"forced_decline": DECL.DIFFPREFIX}, True, True, True, True, ("TCP", DECL.PEERDECL, DECL.DIFFPREFIX), ("TCP", DECL.DIFFPREFIX)),
+    (
+        "server declines DIFFPREFIX",
+        {},
+        {"forced_decline": DECL.DIFFPREFIX},
+        True,
+        True,
+        True,
+        True,
+        ("TCP", DECL.PEERDECL, DECL.DIFFPREFIX),
+        ("TCP", DECL.DIFFPREFIX),
+    ),
     ("server declines MEM", {}, {"forced_decline": 0x01010000}, True, True, True, True, ("TCP", DECL.PEERDECL, 0x01010000), ("TCP", 0x01010000)),
     ("client has no RDMA device", {}, {}, True, True, False, True, ("TCP", DECL.NOSMCDEV, 0), ("TCP", DECL.PEERDECL)),
     ("server has no RDMA device", {}, {}, True, True, True, False, ("TCP", DECL.PEERDECL, DECL.NOSMCRDEV), ("TCP", DECL.NOSMCRDEV)),
-    ("v2 only against v1 only", {"versions": frozenset({2})}, {"versions": frozenset({1})}, True, True, True, True, ("TCP", DECL.PEERDECL, DECL.VERSMISMAT), ("TCP", DECL.VERSMISMAT)),
+    (
+        "v2 only against v1 only",
+        {"versions": frozenset({2})},
+        {"versions": frozenset({1})},
+        True,
+        True,
+        True,
+        True,
+        ("TCP", DECL.PEERDECL, DECL.VERSMISMAT),
+        ("TCP", DECL.VERSMISMAT),
+    ),
     ("v1+v2 against v1 only: SMC-R v1", {}, {"versions": frozenset({1})}, True, True, True, True, ("SMCR", 0, 0), ("SMCR", 0)),
-    ("IP prefix mismatch", {"versions": frozenset({1})}, {"prefix_len": 30}, True, True, True, True, ("TCP", DECL.PEERDECL, DECL.DIFFPREFIX), ("TCP", DECL.DIFFPREFIX)),
+    (
+        "IP prefix mismatch",
+        {"versions": frozenset({1})},
+        {"prefix_len": 30},
+        True,
+        True,
+        True,
+        True,
+        ("TCP", DECL.PEERDECL, DECL.DIFFPREFIX),
+        ("TCP", DECL.DIFFPREFIX),
+    ),
     ("server not configured for SMC", {}, {}, False, True, True, True, ("TCP", DECL.PEERNOSMC, DECL.PEERNOSMC), ("TCP", 0)),
     ("client not configured for SMC", {}, {}, True, False, True, True, ("TCP", 0, 0), ("TCP", DECL.PEERNOSMC)),
 ]
@@ -263,6 +294,7 @@ def test_fallback_carries_data_and_reports_the_reason_on_both_sides(case):
 def test_clc_timeout_and_malformed_clc_fail_the_connection():
     async def main():
         async with two_stacks() as (a, b, ca, sa):
+
             async def silent(r, w):
                 await asyncio.sleep(10)
 

@@ -4,7 +4,6 @@ loop never suspended and starved the event loop (smctop hung on quit)."""
 
 from __future__ import annotations
 
-
 import pytest
 from support.stacks import run, two_stacks
 
@@ -12,6 +11,7 @@ from support.stacks import run, two_stacks
 def test_writing_after_the_peer_closed_raises_on_drain_instead_of_spinning():
     async def main():
         async with two_stacks(mtu=1024) as (a, b, ca, sa):
+
             async def close_at_once(r, w):
                 w.close()
 

@@ -156,7 +156,11 @@ def test_summary_reads_a_capture_of_our_stack_and_the_linux_kernel():
     s = summarize(events).to_dict()
     assert s["connections"] == {"total": 8, "modes": {"SMCR": 8}}
     assert {(c["role"], c["local"].rsplit(":", 1)[1] if c["role"] == "server" else c["peer"].rsplit(":", 1)[1]) for c in s["conns"]} == {
-        ("client", "5001"), ("client", "5002"), ("server", "5001"), ("server", "5002")}
+        ("client", "5001"),
+        ("client", "5002"),
+        ("server", "5001"),
+        ("server", "5002"),
+    }
     assert all(c["state"] == "CLOSED" and c["bytes_written"] > 0 for c in s["conns"])
     llc_types = {e.get("type") for e in events if e.kind == "llc.msg"}
     assert {"LLC CONFIRM LINK v2", "LLC ADD LINK v2", "LLC DELETE LINK v2"} <= llc_types
@@ -181,6 +185,7 @@ def test_a_recording_started_mid_session_still_names_its_connections(tmp_path):
 
     async def main():
         async with two_stacks(mtu=1024) as (a, b, ca, sa):
+
             async def echo(r, w):
                 while data := await r.read(4096):
                     w.write(data)

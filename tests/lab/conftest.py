@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from lab import GUEST_ENV
 
 IN_GUEST = bool(os.environ.get(GUEST_ENV))

@@ -374,10 +374,7 @@ def pytest_command(args: Sequence[str]) -> str:
     """The guest shell command that runs ``pytest args`` with the venv, writing $LAB_SHARE/junit.xml."""
     # Loading hypothesis' pytest plugin costs ~9 s under TCG; modules that use
     # hypothesis still import it themselves. The cache would only land in the tmpfs overlay.
-    return (
-        f"{shlex.quote(str(PYTHON))} -m pytest -p no:cacheprovider -p no:hypothesispytest "
-        f'--junitxml="$LAB_SHARE/junit.xml" {shlex.join(args)}'
-    )
+    return f'{shlex.quote(str(PYTHON))} -m pytest -p no:cacheprovider -p no:hypothesispytest --junitxml="$LAB_SHARE/junit.xml" {shlex.join(args)}'
 
 
 def junit_counts(result: GuestResult) -> dict[str, int]:
@@ -404,9 +401,7 @@ def pytest_in_vm(args: Sequence[str], *, timeout: float = 300.0, **kwargs) -> Gu
     return check_pytest(run(pytest_command(args), timeout=timeout, **kwargs))
 
 
-def pytest_in_pair(
-    args_a: Sequence[str], args_b: Sequence[str] | None = None, *, timeout: float = 300.0, **kwargs
-) -> tuple[GuestResult, GuestResult]:
+def pytest_in_pair(args_a: Sequence[str], args_b: Sequence[str] | None = None, *, timeout: float = 300.0, **kwargs) -> tuple[GuestResult, GuestResult]:
     """Run pytest in two VMs at once (``$LAB_VM`` tells each its role); both must pass."""
     a, b = run_pair(pytest_command(args_a), pytest_command(args_a if args_b is None else args_b),
                     timeout=timeout, **kwargs)  # fmt: skip

@@ -70,9 +70,7 @@ class Lab:
         return End(qp, cq, self.pd.reg_mr(size, ACCESS), random.getrandbits(24))
 
     def connect(self, me: End, qpn: int, psn: int, gid: bytes, **path) -> None:
-        p = RCPath(
-            remote_qpn=qpn, remote_psn=psn, local_psn=me.psn, remote_gid=gid, sgid_index=self.gid.index, **path
-        )
+        p = RCPath(remote_qpn=qpn, remote_psn=psn, local_psn=me.psn, remote_gid=gid, sgid_index=self.gid.index, **path)
         me.qp.to_rtr(p)
         me.qp.to_rts(p)
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import diffrun
 import lab
+import pytest
 
 PY = ".venv/bin/python"
 PER_CLIENT = diffrun.CONC + len(diffrun.SCENARIOS) - 1  # connections one client run opens

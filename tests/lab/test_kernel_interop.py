@@ -16,10 +16,10 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 import kcapture
 import lab
+import pytest
+
 from native import tcpopt
 
 HERE = Path(__file__).resolve().parent

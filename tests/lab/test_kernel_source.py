@@ -78,10 +78,9 @@ def _line(s: socket.socket) -> str:
 
 
 def _start_source(share: Path, capture):
-    from stack.events import to_json
-
     from smckernel.record import KernelRecording
     from smckernel.source import KernelSource
+    from stack.events import to_json
 
     src = KernelSource(rate=2.0, trace=True, capture=capture, stats_every=1.0, raw_trace_log=str(share / "trace.txt"))
     out = open(share / "events.jsonl", "w")
@@ -131,7 +130,7 @@ def guest_server() -> None:
     src, rec, out = _start_source(share, None)
     lst = ksmc.listen("0.0.0.0", PORT)
     socks = []
-    for i in range(len(PLAN) + 1):
+    for _i in range(len(PLAN) + 1):
         s = ksmc.accept(lst, timeout=120)
         s.settimeout(60)
         up, down, note = _line(s).split()
@@ -214,13 +213,13 @@ def guest_client() -> None:
 
 def _bench(share: Path, n: int = 1000) -> None:
     """The poll cost with n AF_SMC sockets (listeners: cheap to make, listed like any other)."""
+    import resource
+
     import ksmc
 
     from smckernel.model import from_kernel
     from smckernel.source import KernelReader
     from smckernel.tracker import Tracker
-
-    import resource
 
     resource.setrlimit(resource.RLIMIT_NOFILE, (4 * n, 4 * n))
     lst = [ksmc.listen("127.0.0.1", 20000 + i, backlog=1) for i in range(n)]
@@ -250,9 +249,9 @@ if __name__ == "__main__":
 
 # ---------------------------------------------------------------------------- the host side
 
+import lab  # noqa: E402
 import pytest  # noqa: E402
 
-import lab  # noqa: E402
 from stack import events as ev  # noqa: E402
 
 pytestmark = pytest.mark.lab

@@ -1,8 +1,7 @@
 """The harness's own failures name what is wrong and what to do (no VM is booted)."""
 
-import pytest
-
 import lab
+import pytest
 
 
 def test_missing_qemu_says_run_setup(monkeypatch: pytest.MonkeyPatch) -> None:

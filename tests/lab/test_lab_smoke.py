@@ -1,8 +1,7 @@
 """The lab itself: a VM boots with Soft-RoCE up, and the project's venv works inside it."""
 
-import pytest
-
 import lab
+import pytest
 
 pytestmark = pytest.mark.lab
 

@@ -9,9 +9,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import lab
 import pytest
 
-import lab
 from stack.verbs.api import (
     Access,
     QPCap,

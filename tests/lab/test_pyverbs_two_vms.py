@@ -9,9 +9,9 @@ import socket
 import time
 from pathlib import Path
 
+import lab
 import pytest
 
-import lab
 from stack.verbs.api import Access, QPCap, RCPath, RecvWR, SendWR, Sge, WcOpcode, WrOpcode, poll_wait
 
 ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE

@@ -4,9 +4,8 @@ endpoint server in VM b, where frames can be lost and the peer's port can go dow
 
 import shlex
 
-import pytest
-
 import lab
+import pytest
 
 pytestmark = pytest.mark.lab
 

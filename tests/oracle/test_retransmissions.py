@@ -291,7 +291,6 @@ def python_mark(m) -> tuple:
     return (m.retransmission, s(m.original), m.cause, s(m.cause_frame), m.ack, s(m.answers), m.dropped, m.stale, m.copy)
 
 
-
 def same_marks(frames: list[dict], ra: RoceAnalysis) -> None:
     """The plugin marks every RoCE frame as dissectors/roce_analysis.py does (same rules, two languages)."""
     ib = {int(f["frame"]["frame.number"]): f for f in frames if "infiniband" in f}

@@ -68,8 +68,10 @@ def test_cdc_and_llc_fields_equal_our_events(session):
     def key(seqno, token, prod):
         return (int(seqno), int(token), prod)
 
-    theirs = Counter(key(tshark.num(s["smc.rmbe.ctrl.seqno"]), tshark.num(s["smc.rmbe.ctrl.alert.token"]),
-                         tshark.num(s["smc.rmbe.ctrl.peer.prod.curs"][0] if isinstance(s["smc.rmbe.ctrl.peer.prod.curs"], list) else s["smc.rmbe.ctrl.peer.prod.curs"]))
+    def first(v):
+        return v[0] if isinstance(v, list) else v
+
+    theirs = Counter(key(tshark.num(s["smc.rmbe.ctrl.seqno"]), tshark.num(s["smc.rmbe.ctrl.alert.token"]), tshark.num(first(s["smc.rmbe.ctrl.peer.prod.curs"])))
                      for s in cdc_theirs)  # fmt: skip
     ours = Counter(key(e.get("seqno"), e.get("token"), int(e.get("prod").split(":")[1])) for e in cdc_ours)
     assert theirs == ours, (theirs - ours, ours - theirs)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import random
 import subprocess
 import sys
-import random
 import zlib
 from dataclasses import dataclass, field
 

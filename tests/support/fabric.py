@@ -409,7 +409,8 @@ class Bulk:
 
     def finished(self) -> bool:
         return all((io.name, cid) in self.closed for cid in self.cids for io in (self.a, self.b)) and all(
-            io._app(cid).closed or io._app(cid).fallback or io._app(cid).failed for cid in self.cids for io in (self.a, self.b))
+            io._app(cid).closed or io._app(cid).fallback or io._app(cid).failed for cid in self.cids for io in (self.a, self.b)
+        )
 
     def check(self) -> None:
         for cid in self.cids:

@@ -102,8 +102,10 @@ async def echo_exchanges(client: Stack, server: Stack, ca: str, sa: str, n: int 
         w.write(sent)
         w.write_eof()
         echoed = await r.read()
-        assert echoed == sent, f"connection {i}: {len(sent)} bytes sent, {len(echoed)} echoed, first difference at " \
+        assert echoed == sent, (
+            f"connection {i}: {len(sent)} bytes sent, {len(echoed)} echoed, first difference at "
             f"{next((k for k, (x, y) in enumerate(zip(sent, echoed)) if x != y), min(len(sent), len(echoed)))}"
+        )
         w.close()
         await w.wait_closed()
 
@@ -165,4 +167,17 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return False
 
 
-__all__ = ["addrs", "free_on_loopback", "second_device", "config", "two_stacks", "echo_exchanges", "run", "until", "TrafficServer", "traffic_client", "wait_for", "replace"]
+__all__ = [
+    "addrs",
+    "free_on_loopback",
+    "second_device",
+    "config",
+    "two_stacks",
+    "echo_exchanges",
+    "run",
+    "until",
+    "TrafficServer",
+    "traffic_client",
+    "wait_for",
+    "replace",
+]

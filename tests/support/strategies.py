@@ -33,11 +33,7 @@ smcd_area = st.builds(clc.SmcdArea, ism_gid=u64, ism_chid=u16, vendor_oui=raw(3)
 
 
 def v2_extension(with_smcd: bool) -> st.SearchStrategy[clc.V2Extension]:
-    smcd = (
-        st.builds(clc.SmcdV2Extension, seid=raw(32), gids=st.lists(st.tuples(u64, u16), max_size=8).map(tuple))
-        if with_smcd
-        else st.none()
-    )
+    smcd = st.builds(clc.SmcdV2Extension, seid=raw(32), gids=st.lists(st.tuples(u64, u16), max_size=8).map(tuple)) if with_smcd else st.none()
     return st.builds(
         clc.V2Extension,
         eids=st.lists(raw(32), max_size=8).map(tuple),
@@ -153,9 +149,7 @@ def llc_add_link_cont(draw) -> llc.AddLinkCont:
     return llc.AddLinkCont(response=draw(st.booleans()), link_num=draw(u8), num_rkeys=n, rkeys=rkeys)
 
 
-llc_delete_link = st.builds(
-    llc.DeleteLink, version=v12, response=st.booleans(), link_num=u8, reason=u32, all=st.booleans(), orderly=st.booleans()
-)
+llc_delete_link = st.builds(llc.DeleteLink, version=v12, response=st.booleans(), link_num=u8, reason=u32, all=st.booleans(), orderly=st.booleans())
 
 
 @st.composite

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dissectors.recorder import Recorder
 from stack.events import Event
-
 from support.stacks import echo_exchanges, run, two_stacks, until
 
 DIFFPREFIX = 0x03070000

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import threading
 import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing.connection import Client, Connection, Listener
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-
 from tuihelp import SIZE, advance, make_app, run
 
 from dissectors.capture import read_events
@@ -342,6 +341,7 @@ def test_replay_plays_pauses_steps_and_seeks(tmp_path):
 
 def test_model_is_the_only_thing_views_read():
     """The app's model is a plain Model: the same events give the same numbers without the app."""
+
     async def go():
         app, src = make_app(3)
         async with app.run_test(size=SIZE) as pilot:

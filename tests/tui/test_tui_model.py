@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import tracemalloc
 
-from stack.events import Event
-
 from smctop.model import Model, cursor_delta
 from smctop.synthetic import DIFFPREFIX, PEERDECL, SyntheticStack
+from stack.events import Event
 
 
 def fed(conns: int = 3, seconds: int = 4, **kw) -> tuple[Model, SyntheticStack]:

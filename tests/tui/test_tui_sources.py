@@ -9,14 +9,13 @@ import sys
 import pytest
 from tuihelp import run
 
-from stack.core.config import SmcConfig
-from stack.events import Skipped, to_json
-from stack.runtime import DeviceSpec, Stack, StackConfig
-
 from smctop import app as app_mod
 from smctop.model import Model
 from smctop.sources import AttachSource, SourceError, load_events
 from smctop.synthetic import SyntheticStack
+from stack.core.config import SmcConfig
+from stack.events import Skipped, to_json
+from stack.runtime import DeviceSpec, Stack, StackConfig
 
 DEV = "127.32.7.1"
 

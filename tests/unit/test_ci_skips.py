@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PROBE = '''
+PROBE = """
 import pytest
 
 def test_needs_root():
@@ -24,7 +24,7 @@ def test_optional_engine():
 @pytest.mark.xfail(reason="a known bug, not the environment", strict=True)
 def test_known_bug():
     assert 0
-'''
+"""
 
 
 def _run(tmp_path, ci: str | None) -> str:

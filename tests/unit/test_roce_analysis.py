@@ -132,7 +132,11 @@ def write_capture(path, psns: list[int]) -> None:
         i = w.add_interface(LINKTYPE_ETHERNET, "lo")
         for n, psn in enumerate(psns):
             msg = cdc.CdcMessage(seqno=psn, token=0xAB, prod=cdc.Cursor(0, 100 * psn))
-            w.write_packet(i, 1_700_000_000_000_000_000 + n * 1000, roce.encode_frame(roce.RocePacket(roce.Bth(Opcode.SEND_ONLY, QB, psn), payload=msg.encode()), A, B, 49152))
+            w.write_packet(
+                i,
+                1_700_000_000_000_000_000 + n * 1000,
+                roce.encode_frame(roce.RocePacket(roce.Bth(Opcode.SEND_ONLY, QB, psn), payload=msg.encode()), A, B, 49152),
+            )
         nak = roce.RocePacket(roce.Bth(Opcode.ACKNOWLEDGE, QA, 3), aeth=Aeth.nak(1, NakCode.PSN_SEQUENCE_ERROR))
         w.write_packet(i, 1_700_000_000_100_000_000, roce.encode_frame(nak, B, A, 49152))
 

@@ -182,8 +182,12 @@ def test_sendmsg_and_recvmsg_add_up_to_the_applications_bytes() -> None:
         ids = {e.conn for e in out if e.kind == "conn.open" and e.fields["local"] == c["local"]}
         assert len(ids) == 1, ids  # the probes and smc_diag name one connection
         (cid,) = ids
-        sent = sum(e.fields["len"] for e in out if e.kind == "conn.cursor" and e.conn == cid and e.fields["source"] == "tracepoint" and e.fields["side"] == "tx")
-        read = sum(e.fields["len"] for e in out if e.kind == "conn.cursor" and e.conn == cid and e.fields["source"] == "tracepoint" and e.fields["side"] == "rx")
+        sent = sum(
+            e.fields["len"] for e in out if e.kind == "conn.cursor" and e.conn == cid and e.fields["source"] == "tracepoint" and e.fields["side"] == "tx"
+        )
+        read = sum(
+            e.fields["len"] for e in out if e.kind == "conn.cursor" and e.conn == cid and e.fields["source"] == "tracepoint" and e.fields["side"] == "rx"
+        )
         assert (sent, read) == (c["sent"], c["received"])
         assert any(e.kind == "cdc.msg" and e.conn == cid for e in out)
 

@@ -11,6 +11,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_eventenc import C, MyEvent, _python, any_event
 
 from dissectors.capture import read_events
 from dissectors.pcapng import read_packets
@@ -18,8 +19,6 @@ from dissectors.recorder import HEADER, MESSAGE_KINDS, SPECIAL, Frame, Recorder
 from dissectors.spool import SEQ_STEP, Spool
 from stack.events import Event, _to_json_py, to_json
 from stack.wire import roce
-
-from test_eventenc import C, MyEvent, _python, any_event
 
 PAYLOADS = [
     bytes([0x04, 0x00]) + bytes(10) + b"CDC-MESSAGE-1" + bytes(4),  # SEND_ONLY
@@ -52,8 +51,7 @@ frames = st.builds(
 ) | st.just(Weird())
 
 hosts = st.sampled_from(["client", "server"])
-msg_fields = st.fixed_dictionaries(
-    {"dir": st.sampled_from(["rx", "tx", "rx"]), "raw": st.sampled_from([p[12:-4] for p in PAYLOADS] + ["zz", "0102"])})
+msg_fields = st.fixed_dictionaries({"dir": st.sampled_from(["rx", "tx", "rx"]), "raw": st.sampled_from([p[12:-4] for p in PAYLOADS] + ["zz", "0102"])})
 stack_events = st.builds(
     Event,
     st.integers(0, 20).map(lambda n: 100.0 + n * 1e-3),
@@ -69,8 +67,14 @@ items = st.lists(st.one_of(stack_events, stack_events, frames, any_event()), max
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("ingest"), items),
-        st.tuples(st.just("add"), st.integers(-(2**40), 2**62), st.integers(0, 1), st.binary(max_size=20),
-                  st.one_of(st.none(), st.lists(st.sampled_from(["a", "b", "é", "x\ny"]), max_size=2)), st.integers(-2, 25)),  # fmt: skip
+        st.tuples(
+            st.just("add"),
+            st.integers(-(2**40), 2**62),
+            st.integers(0, 1),
+            st.binary(max_size=20),
+            st.one_of(st.none(), st.lists(st.sampled_from(["a", "b", "é", "x\ny"]), max_size=2)),
+            st.integers(-2, 25),
+        ),  # fmt: skip
         st.tuples(st.just("find"), st.one_of(st.sampled_from([p[12:-4] for p in PAYLOADS]), st.binary(max_size=4))),
         st.tuples(st.just("comment"), st.integers(0, 40), st.sampled_from(["caused a", "caused b", "ü"])),
         st.tuples(st.just("take"), st.one_of(st.none(), st.integers(0, 2**62))),
@@ -304,8 +308,11 @@ def test_odd_enums_and_subclasses_take_the_python_path_with_the_same_bytes(tmp_p
     class E(enum.Enum):
         A = 1
 
-    inputs = [Event(1.0, "link.event", "h", fields={"event": "fault", "fault": "faults", "drop_next": E.A}),
-              MyEvent(2.0, "link.event", "h", fields={"event": "test_link_timeout"}), Event(3, "events.dropped", "h", fields={"count": 2})]
+    inputs = [
+        Event(1.0, "link.event", "h", fields={"event": "fault", "fault": "faults", "drop_next": E.A}),
+        MyEvent(2.0, "link.event", "h", fields={"event": "test_link_timeout"}),
+        Event(3, "events.dropped", "h", fields={"count": 2}),
+    ]
     record(tmp_path / "c.pcapng", inputs, True, 1)
     record(tmp_path / "p.pcapng", inputs, False, 1)
     assert (tmp_path / "c.pcapng").read_bytes() == (tmp_path / "p.pcapng").read_bytes()

@@ -33,11 +33,11 @@ PROPOSAL_LINUX_V2 = h(f"""
 0028                         # @38 ip_area_offset 40
 0000000000000000 0000 0024   # @40 ISM GID, @48 CHID, @50 v2_ext_offset 36 -> ext at 88
 000000 0000000000            # @52 vendor OUI, options
-{'00' * 20}                  # @60 reserved
+{"00" * 20}                  # @60 reserved
 0a020000 18 0000 00          # @80 subnet 10.2.0.0, /24, reserved, 0 IPv6 prefixes
 01 00 00 10 0000 0000        # @88 eid_cnt 1, ism_gid_cnt 0, rsvd, release 1, rsvd, smcd_v2_ext_offset 0
 {GID_V2}                     # @96 RoCEv2 GID ::ffff:10.2.0.1
-ff 02 0000 {'00' * 12}       # @112 max_conns 255, max_links 2, feature mask, reserved
+ff 02 0000 {"00" * 12}       # @112 max_conns 255, max_links 2, feature mask, reserved
 {UEID}                       # @128 user EID
 {SMCR}                       # @160 trailer
 """)
@@ -62,17 +62,17 @@ abcdef                   # @61 PSN
 ACCEPT_V2_FIRST = h(f"""
 {SMCR} 02 00a0 28 {PEER_ID} {GID_V2} {MAC}       # length 160, version 2, first contact
 000456 00005678 01 00000007 15 00 00000000abcd0000 00 123456
-{UEID} {'00' * 8}                                  # @64 negotiated EID, @96 reserved
+{UEID} {"00" * 8}                                  # @64 negotiated EID, @96 reserved
 80 25 0000 {HOST}                                  # @104 FCE: direct, OS 2 (Linux) release 5, hostname
-ff 02 0000 00000000 {'00' * 8}                     # @140 max_conns 255, max_links 2, mask, vendor, rsvd
+ff 02 0000 00000000 {"00" * 8}                     # @140 max_conns 255, max_links 2, mask, vendor, rsvd
 {SMCR}
 """)
 
 CONFIRM_V2_FIRST_2GIDS = h(f"""
 {SMCR} 03 00c4 28 {PEER_ID} {GID_V2} {MAC}       # length 196 = 164 + 2 * 16
 000789 0000aaaa 01 00000009 24 00 00000000dead0000 00 000001
-{UEID} {'00' * 8}
-80 21 0000 {HOST} 80 02 0001 00000000 {'00' * 8}  # FCE release 1, max_conns 128, mask 1
+{UEID} {"00" * 8}
+80 21 0000 {HOST} 80 02 0001 00000000 {"00" * 8}  # FCE release 1, max_conns 128, mask 1
 02 000000                                          # @156 gid_cnt 2
 {GID_V2} 00000000000000000000ffff0a030001          # @160 GIDs
 {SMCR}
@@ -81,7 +81,7 @@ CONFIRM_V2_FIRST_2GIDS = h(f"""
 ACCEPT_V2_REUSE = h(f"""
 {SMCR} 02 006c 20 {PEER_ID} {GID_V2} {MAC}       # length 108, version 2, no first contact
 000456 00005679 01 00000008 15 00 00000000abce0000 00 123456
-{UEID} {'00' * 8} {SMCR}
+{UEID} {"00" * 8} {SMCR}
 """)
 
 # The Linux 6.12 kernel's own Decline, captured in the kernel lab (digest: kernel-lab README).
@@ -219,19 +219,19 @@ CONFIRM_LINK_V1 = h(f"""
 01 2c 00 03              # type 1, length 44, rsvd, flags: no RMBE eyecatcher (0x03)
 {MAC} {GID_V1}           # @4 MAC, @10 GID
 000102 01 00000401       # @26 QPN, @29 link 1, @30 link user id
-02 00 {'00' * 8}         # @34 max links 2, max conns, reserved
+02 00 {"00" * 8}         # @34 max links 2, max conns, reserved
 """)
 # An x86-64 kernel's Confirm Link v2 starts 21 2c 00: length_v2 44 little-endian.
 CONFIRM_LINK_V2_LE = h(f"21 2c00 83 {MAC} {GID_V2} 000102 01 00000401 02 ff {'00' * 8}")
 
 ADD_LINK_V1 = h(f"""
 02 2c 00 00 {MAC} 0000 {GID_V1}     # request; @10 reserved; @12 GID
-000333 02 03 0a0b0c {'00' * 8}      # @28 QPN, @31 link 2, @32 MTU 1024, @33 PSN
+000333 02 03 0a0b0c {"00" * 8}      # @28 QPN, @31 link 2, @32 MTU 1024, @33 PSN
 """)
 ADD_LINK_V1_REJECT = h(f"02 2c 01 c0 {MAC} 0000 {GID_V1} 000333 02 03 0a0b0c {'00' * 8}")
 ADD_LINK_V2_LE = h(f"""
-22 6800 00 {MAC} 0000 {GID_V2} 000333 02 05 0a0b0c {'00' * 8}   # length 104 = 72 + 2*16, LE
-80 00 {GID_V2} {'00' * 8} 0200                                   # @44 direct, @46 target GID, @70 num_rkeys 2 LE
+22 6800 00 {MAC} 0000 {GID_V2} 000333 02 05 0a0b0c {"00" * 8}   # length 104 = 72 + 2*16, LE
+80 00 {GID_V2} {"00" * 8} 0200                                   # @44 direct, @46 target GID, @70 num_rkeys 2 LE
 00001111 00002222 0000000010000000                               # @72 rkey triple 1
 00003333 00004444 0000000020000000                               # @88 rkey triple 2
 """)
@@ -366,12 +366,15 @@ def test_llc_encoder_rejects():
 
 # ------------------------------------------------------------------ CDC
 
-CDC_DATA = h("""
+CDC_DATA = h(
+    """
 fe 2c 0007 00000042      # type, length, seqno 7, alert token 0x42
 0000 0003 00001000       # producer cursor: rsvd, wrap 3, count 0x1000
 0000 0002 0000fff0       # consumer cursor: rsvd, wrap 2, count 0xfff0
 88 40                    # write blocked + failover validation; peer connection closed
-""" + "00" * 18)
+"""
+    + "00" * 18
+)
 
 
 def test_cdc():
@@ -424,12 +427,16 @@ def test_icrc_matches_real_hardware():
 
 
 def test_send_only_with_cdc_payload():
-    frame = h(f"""
-    {'00' * 12} 0800
+    frame = (
+        h(f"""
+    {"00" * 12} 0800
     4500 0058 0000 4000 4011 0000 7f010001 7f010002   # checksum ignored by ICRC (masked)
     c350 12b7 0044 0000
     04 80 ffff 00 000011 80 000005                    # SEND ONLY, SE, DestQP 0x11, AckReq, PSN 5
-    """) + CDC_DATA + bytes(4)
+    """)
+        + CDC_DATA
+        + bytes(4)
+    )
     f = roce.decode_frame(frame)
     assert f.packet.bth.opcode == roce.Opcode.SEND_ONLY and f.packet.bth.se and f.packet.bth.ackreq
     assert f.packet.bth.dest_qp == 0x11 and f.packet.bth.psn == 5

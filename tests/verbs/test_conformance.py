@@ -273,10 +273,10 @@ def test_local_port_down_fails_the_work_and_is_reported(pair):
 def test_a_hundred_qps_on_one_device(pair):
     pairs = [pair.connect(max_send_wr=4, max_recv_wr=4) for _ in range(100)]
     src, dst = pair.a.reg_mr(100 * 64), pair.b.reg_mr(100 * 64)
-    for i, (qa, qb) in enumerate(pairs):
+    for i, (_qa, qb) in enumerate(pairs):
         pair.a.write_mem(src["handle"], i * 64, i.to_bytes(2, "big") * 22)
         pair.b.post_recv(qb["handle"], i, [(dst["handle"], i * 64, 64)])
-    for i, (qa, qb) in enumerate(pairs):
+    for i, (qa, _qb) in enumerate(pairs):
         pair.a.post_send(qa["handle"], i, SEND, [(src["handle"], i * 64, 44)])
     sent = poll(pair.a, 100, timeout=60)
     recvs = poll(pair.b, 100, timeout=60)

@@ -16,13 +16,12 @@ import subprocess
 import time
 
 import pytest
-
-from stack.verbs.soft import rc
-from stack.wire import roce
-from stack.wire.roce import Bth, Opcode, Reth, RocePacket
 from support.verbs_endpoint import Endpoint
 
 from native import softroce
+from stack.verbs.soft import rc
+from stack.wire import roce
+from stack.wire.roce import Bth, Opcode, Reth, RocePacket
 
 ENGINES = ["python", pytest.param("native", marks=pytest.mark.skipif(not softroce.available()[0], reason="native/build.sh not run"))]
 
@@ -87,7 +86,7 @@ def test_keys_qp_numbers_and_addresses_do_not_repeat(engine):
     seen = [_identifiers(engine) for _ in range(4)]
     for i in range(3):
         assert len({s[i] for s in seen}) == 4, seen
-    for qpn, rkey, addr in seen:
+    for qpn, _rkey, addr in seen:
         assert 2 <= qpn < 1 << 24 and addr % 4096 == 0 and addr < 1 << 47
 
 

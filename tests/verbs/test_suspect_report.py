@@ -16,14 +16,13 @@ import os
 import socket
 
 import pytest
+from support.stacks import addrs, config, run, until
 
 from native import softroce
 from stack import events
-from stack.runtime import Stack
-from stack.runtime import suspect
+from stack.runtime import Stack, suspect
 from stack.wire import roce
 from stack.wire.roce import Bth, Opcode, Reth, RocePacket
-from support.stacks import addrs, config, run, until
 
 ENGINES = ["python", pytest.param("native", marks=pytest.mark.skipif(not softroce.available()[0], reason="native/build.sh not run"))]
 
