@@ -4,6 +4,7 @@
     smctop --attach PATH        a running stack's control socket (repeat for several hosts)
     smctop --replay FILE        a recording (JSONL events, or an smc-trace pcapng capture)
     smctop --kernel             the Linux kernel's own SMC-R (--netns NAME: another namespace)
+    smctop --attach P --kernel  our stack and the kernel on this host side by side
     smctop ... --once [--json]  one snapshot as smcss/smcr print it (or one JSON document), then exit
 
 The app polls its source ten times a second, feeds the model, and redraws the views once
@@ -35,7 +36,7 @@ from stack.events import Skipped
 from .model import Model
 from .record import Recorder, default_name, open_recorder
 from .screens import ConnDetailScreen, DeclineScreen, HelpScreen, help_text
-from .sources import AttachSource, DemoSource, KernelTuiSource, ReplaySource, Source, SourceError, load_events
+from .sources import AttachSource, CombinedSource, DemoSource, KernelTuiSource, ReplaySource, Source, SourceError, load_events
 from .views import VIEWS, ConnsPane, EventsPane, HeaderBar, Pane
 from .widgets import RowTable
 
@@ -454,7 +455,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--attach", metavar="PATH", action="append", help="a stack's control socket (repeat for several hosts)")
     src.add_argument("--replay", metavar="FILE", help="play a recording: JSONL events or an smc-trace pcapng capture")
-    src.add_argument("--kernel", action="store_true", help="the Linux kernel's own SMC-R (smc_diag, SMC_GEN_NETLINK; tracepoints as root)")
+    ap.add_argument(
+        "--kernel", action="store_true", help="the Linux kernel's own SMC-R (smc_diag, SMC_GEN_NETLINK; tracepoints as root); with --attach, both side by side"
+    )
     ap.add_argument("--netns", metavar="NAME", help="--kernel: a network namespace (ip netns name or /proc/PID/ns/net; needs root)")
     ap.add_argument(
         "--once",
@@ -476,6 +479,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
 
 
 def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Source:
+    if args.kernel and args.replay:
+        ap.error("--kernel goes alone or with --attach, not with --replay")
     if not (math.isfinite(args.speed) and 0 < args.speed <= 1e6):
         ap.error(f"--speed {args.speed}: a finite number above 0 (at most 1e6)")
     if not os.path.isdir(args.record_dir):
@@ -493,9 +498,9 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
             src.notices.append(f"{args.replay}: {skipped.summary()}")
         src.paused = args.paused
         return src
-    if args.kernel:
+    if args.kernel and not args.attach:
         return KernelTuiSource(args.netns)
-    if args.netns:
+    if args.netns and not args.kernel:
         ap.error("--netns goes with --kernel")
     if args.attach:
         for path in args.attach:
@@ -504,6 +509,8 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
                     ap.error(f"--attach {path}: not a unix socket")
             except (OSError, ValueError) as e:  # ValueError: a NUL in the path
                 ap.error(f"--attach {path!r}: {getattr(e, 'strerror', None) or e}")
+        if args.kernel:  # our stack and the kernel on this host: a connection's two ends side by side
+            return CombinedSource([AttachSource(args.attach), KernelTuiSource(args.netns)])
         return AttachSource(args.attach)
     return DemoSource(traffic=not args.no_traffic)
 

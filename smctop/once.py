@@ -127,12 +127,15 @@ def run_once(args, ap, build_source) -> int:
 
     from .sources import AttachSource, DemoSource, KernelTuiSource, ReplaySource, SourceError
 
+    if args.kernel and args.replay:
+        ap.error("--kernel goes alone or with --attach, not with --replay")
     if args.json and not args.once:
         ap.error("--json goes with --once")
     if args.from_raw and not (args.kernel and args.once):
         ap.error("--from-raw goes with --kernel --once")
     if not (args.once_after == args.once_after and 0 <= args.once_after <= 3600):
         ap.error(f"--once-after {args.once_after}: seconds from 0 to 3600")
+    snaps: list = []
     if args.kernel:
         from smckernel.kio import KernelUnavailable
         from smckernel.source import snapshot_once
@@ -147,8 +150,8 @@ def run_once(args, ap, build_source) -> int:
         except KernelUnavailable as e:
             print(f"smctop: the kernel's SMC-R: {e.strerror}", file=sys.stderr)
             return 2
-    else:
-        source = build_source(args, ap)
+    if not args.kernel or args.attach:  # with --kernel and --attach: the kernel's snapshot, then each stack's
+        source = AttachSource(args.attach) if args.kernel else build_source(args, ap)
         model = Model()
         try:
             if isinstance(source, ReplaySource):
@@ -175,7 +178,7 @@ def run_once(args, ap, build_source) -> int:
             print(f"smctop: {note}", file=sys.stderr)
         if not ok:
             print("smctop: not every stack sent its snapshot within 10 s: printing what arrived", file=sys.stderr)
-        snaps = model_snapshots(model, source.label)
+        snaps += model_snapshots(model, source.label)
         if not snaps:
             print(f"smctop: the {source.label} source showed nothing to print", file=sys.stderr)
             return 2

@@ -668,6 +668,72 @@ class KernelTuiSource(Source):
         return f"kernel {host}" + (f" (netns {self.netns})" if self.netns else "")
 
 
+# ---------------------------------------------------------------------------- several at once
+
+
+class CombinedSource(Source):
+    """Several sources in one view: ``smctop --attach PATH --kernel`` watches our stack and a
+    kernel on this host together, so a connection's two ends appear side by side (each host
+    under its own name). Actions go to the first part that can do them; notices are gathered."""
+
+    label = "combined"
+
+    def __init__(self, parts: list[Source]) -> None:
+        super().__init__()
+        self.parts = list(parts)
+        self.can = frozenset().union(*(p.can for p in self.parts))
+
+    async def start(self) -> None:
+        started: list[Source] = []
+        try:
+            for part in self.parts:
+                await part.start()
+                started.append(part)
+        except BaseException:
+            for part in reversed(started):
+                await part.stop()
+            raise
+
+    async def stop(self) -> None:
+        for part in reversed(self.parts):
+            await part.stop()
+
+    def poll(self, model: Model) -> list[Event]:
+        events: list[Event] = []
+        for part in self.parts:
+            events += part.poll(model)
+            while part.notices:
+                self.notices.append(part.notices.popleft())
+        return events
+
+    def now(self) -> float | None:
+        return next((t for t in (p.now() for p in self.parts) if t is not None), None)
+
+    def stacks(self) -> list:
+        return [s for p in self.parts for s in p.stacks()]
+
+    def describe(self) -> str:
+        return " + ".join(p.describe() for p in self.parts)
+
+    def engine(self) -> str:
+        return ", ".join(e for e in dict.fromkeys(p.engine() for p in self.parts) if e)
+
+    def _doer(self, what: str, action: str) -> Source:
+        part = next((p for p in self.parts if action in p.can), None)
+        if part is None:
+            raise self._unavailable(what)
+        return part
+
+    async def fail_link(self) -> str:
+        return await self._doer("failing a link", "fail_link").fail_link()
+
+    async def restore_link(self) -> str:
+        return await self._doer("restoring a link", "restore_link").restore_link()
+
+    async def decline(self, reason: int | None) -> str:
+        return await self._doer("forcing a fallback", "decline").decline(reason)
+
+
 # ---------------------------------------------------------------------------- synthetic (tests, benchmarks)
 
 

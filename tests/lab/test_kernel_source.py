@@ -132,7 +132,7 @@ def guest_server() -> None:
     socks = []
     for _i in range(len(PLAN) + 1):
         s = ksmc.accept(lst, timeout=120)
-        s.settimeout(60)
+        s.settimeout(180)  # the client runs the readers (smckernel, smctop) between its sends and its closes
         up, down, note = _line(s).split()
         _recv_exactly(s, int(up))
         if note == "drop-ueid":
@@ -181,6 +181,11 @@ def guest_client() -> None:
     env = dict(os.environ)
     once = subprocess.run([PY, "-m", "smckernel", "--once", "--json"], capture_output=True, text=True, check=True)
     (share / "once-root.json").write_text(once.stdout)
+    # the same through smctop's own command line (issue 18: `smctop --kernel --once --json`)
+    smctop = Path(PY).with_name("smctop")
+    r = subprocess.run([str(smctop), "--kernel", "--once", "--json"], capture_output=True, text=True, timeout=120)
+    (share / "once-smctop.json").write_text(r.stdout)
+    (share / "once-smctop.err").write_text(r.stderr + f"\nrc={r.returncode}\n")
     from smckernel.once import render_json, render_text
     from smckernel.source import snapshot_once
 
@@ -437,8 +442,12 @@ def test_the_recording_has_the_events_and_the_frames_in_one_timeline(run) -> Non
     offset = run["a_status"]["clock_offset_ns"]
     probe = next(e for e in recorded if e.kind == "cdc.msg" and e.fields.get("source") == "probe")
     raw = bytes.fromhex(probe.fields["raw"])
-    (frame,) = [p for p in roce if raw in p.data]
-    assert abs(frame.timestamp_ns - (probe.t * 1e9 + offset)) < 0.2e9, (frame.timestamp_ns, probe.t, offset)
+    # an RC retry carries the same bytes again (Soft-RoCE under TCG retries now and then): the
+    # copy the probe saw is one of them
+    frames = [p for p in roce if raw in p.data]
+    assert frames, "no captured frame carries the CDC the probe read"
+    near = min(abs(f.timestamp_ns - (probe.t * 1e9 + offset)) for f in frames)
+    assert near < 0.2e9, ([f.timestamp_ns for f in frames], probe.t, offset)
 
 
 def test_unprivileged_reading_works_and_names_the_missing_privilege(run) -> None:
@@ -452,6 +461,22 @@ def test_unprivileged_reading_works_and_names_the_missing_privilege(run) -> None
     assert "rc=0" in err and "tracepoints and probes need root" in err, err
     lines = [json.loads(x) for x in (share / "nobody-run.jsonl").read_text().splitlines()]
     assert lines and {x["source"] for x in lines} == {"snapshot"}, lines[:3]
+
+
+def test_smctop_kernel_once_json_shows_what_smc_diag_and_genl_show(run) -> None:
+    """`smctop --kernel --once --json` (smctop's command line, not the module) against the
+    kernel's own answers taken a moment earlier, everything open and still."""
+    share = run["a"].share
+    err = (share / "once-smctop.err").read_text()
+    assert "rc=0" in err, err
+    ours = json.loads((share / "once-smctop.json").read_text())
+    root = json.loads((share / "once-root.json").read_text())
+    assert {"connections", "link_groups", "links", "devices", "stats"} <= set(ours)
+    key = lambda c: (c["local"], c["peer"], c["state"], c["mode"], (c.get("fallback_reason") or {}).get("hex"))  # noqa: E731
+    assert sorted(map(key, ours["connections"])) == sorted(map(key, root["connections"]))
+    ss = run["truth"]["ss"]
+    assert sorted((c["local"], c["peer"], c["mode"]) for c in ours["connections"]) == sorted((c["local"], c["peer"], c["mode"]) for c in ss)
+    assert [(g["id"], g["type"]) for g in ours["link_groups"]] == [(g["id"], g["type"]) for g in root["link_groups"]]
 
 
 def test_a_named_network_namespace_is_read_by_name_and_by_path(run) -> None:
