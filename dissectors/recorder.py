@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from stack.events import Event, note_encoder_once, render
+from stack.verbs.api import FrameRecord
 
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter
 from .records import HEADER, encode_record, field_bytes
@@ -52,19 +53,9 @@ SPECIAL = frozenset({"conn.open", "clc.msg", *NOTABLE})
 MALFORMED = (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError, struct.error)
 
 
-@dataclass
-class Frame:
-    """A frame as the control socket streams it (the soft device's FrameRecord has the same fields)."""
-
-    direction: str
-    timestamp_ns: int
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    payload: bytes
-    dropped: str | None = None
-    length: int | None = None  # its length on the wire, when the payload was cut (write_snap)
+# A frame as the control socket streams it: the soft device's FrameRecord, one record for
+# both (stack/verbs/api.py)
+Frame = FrameRecord
 
 
 def count_raw(blob: bytes) -> int:

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum, IntEnum, IntFlag
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 
 class VerbsError(OSError):
@@ -360,6 +360,22 @@ class PortControl(Protocol):
 @runtime_checkable
 class FaultInjection(Protocol):
     faults: Any  # loss (probability per sent frame), rx_loss (per received frame), drop_next (count), delay (seconds)
+
+
+class FrameRecord(NamedTuple):
+    """One frame seen by a FRAME_TAP (and, in the same fields, one frame a recorder takes
+    from a control socket: dissectors.recorder). ``payload`` is the UDP payload (BTH ..
+    ICRC). A tuple: the tap makes one per frame, hundreds of thousands a second."""
+
+    direction: str  # "tx" or "rx"
+    timestamp_ns: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    payload: bytes
+    dropped: str | None = None  # why the frame never made it: "loss", "drop-next", "port down", ...
+    length: int | None = None  # the frame's length on the wire, when ``payload`` was cut (the tap's write_snap)
 
 
 @runtime_checkable

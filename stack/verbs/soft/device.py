@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from stack.wire import roce
 from stack.wire.roce import ROCE_V2_PORT, Opcode, RoceError
@@ -38,6 +38,7 @@ from ..api import (
     Capability,
     Device,
     EventType,
+    FrameRecord,
     GidEntry,
     Mtu,
     PortAttr,
@@ -50,21 +51,6 @@ from .rc import SoftQP
 
 SOCKET_BUFFER = 8 << 20  # room for the in-flight windows of many QPs
 RX_BATCH = 256
-
-
-class FrameRecord(NamedTuple):
-    """One frame seen by the tap. ``payload`` is the UDP payload (BTH .. ICRC). A tuple:
-    the tap makes one per frame, hundreds of thousands a second."""
-
-    direction: str  # "tx" or "rx"
-    timestamp_ns: int
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    payload: bytes
-    dropped: str | None = None  # why the frame never made it: "loss", "drop-next", "port down", ...
-    length: int | None = None  # the frame's length on the wire, when ``payload`` was cut (the tap's write_snap)
 
 
 WRITE_OPCODES = range(0x06, 0x0C)  # RDMA WRITE FIRST .. ONLY WITH IMMEDIATE: what write_snap cuts
