@@ -102,8 +102,14 @@ def test_a_tcp_connection_without_the_smc_option_is_a_peernosmc_fallback():
 def test_truncated_files_name_the_block_and_offset_and_keep_what_came_before(recorded):
     path, events, _ = recorded
     data = path.read_bytes()
+    # a cut exactly between two blocks leaves a shorter file that is whole: not a truncation
+    boundaries, off = set(), 0
+    while off + 8 <= len(data):
+        off += int.from_bytes(data[off + 4 : off + 8], "little")
+        boundaries.add(off)
     rng = random.Random(5)
-    for cut in sorted(rng.sample(range(40, len(data) - 1), 25)):
+    cuts = [c for c in range(40, len(data) - 1) if c not in boundaries]
+    for cut in sorted(rng.sample(cuts, 25)):
         got = []
         with pytest.raises(CaptureError) as info:
             for e in read_events(data[:cut]):
