@@ -156,17 +156,21 @@ def _failovers(snaps: dict[str, dict]) -> list[str]:
             f"{fo['duration_ms']} ms ({fo['reason']})" for name, snap in snaps.items() for fo in snap["failovers"]]  # fmt: skip
 
 
+def _smcr_conns(snaps: dict[str, dict]) -> int:
+    return sum(1 for s in snaps.values() for c in s["conns"] if c.get("mode") == "SMCR")
+
+
 async def run(seconds: float, out=sys.stdout) -> Demo:
     demo = await Demo().start()
     demo.run_traffic(seconds)
     demo.pull_port(seconds, out)
     start, last = time.monotonic(), (0, time.monotonic())
-    busy: dict[str, dict] = {}  # the last snapshots taken while connections were open
+    busy: dict[str, dict] = {}  # the snapshots that saw the most connections open (not one taken mid-teardown)
     try:
         while any(not t.done() for t in demo.tasks):
             await asyncio.sleep(1.0)
             snaps = {name: stack.snapshot() for name, stack in demo.hosts.items()}
-            if any(s["conns"] for s in snaps.values()):
+            if _smcr_conns(snaps) and _smcr_conns(snaps) >= _smcr_conns(busy):  # ties: the fresher one
                 busy = snaps
             moved = sum(t.bytes_sent + t.bytes_received for t in demo.totals.values())
             now = time.monotonic()
