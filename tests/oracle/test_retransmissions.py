@@ -88,7 +88,19 @@ def record(path: Path, kind: str) -> dict:
                 for d in devices:
                     d.faults.loss = 0.0
             elif kind == "go_back":
-                devices[0].faults.drop_next = 1  # the client's next frame: the RDMA WRITE of these bytes
+                # nothing of the client's may be pending (a held ACK of the echo would be its next
+                # frame, and a lost ACK is never sent again): wait until its QPs have sent nothing
+                # for a while, then drop its next frame, the RDMA WRITE of these bytes
+                last_tx, still = [None], [0]
+
+                def client_quiet():  # nothing sent over five looks in a row (about 0.1 s)
+                    now = sum(q.qp.stats["tx"] for q in a.rdma.qps.values())
+                    still[0] = still[0] + 1 if now == last_tx[0] else 0
+                    last_tx[0] = now
+                    return still[0] >= 5
+
+                await until(client_quiet, what="the client's QPs quiet")
+                devices[0].faults.drop_next = 1
                 w.write(b"z" * 500)
                 assert await r.readexactly(500) == b"z" * 500
             if kind == "vanished":
