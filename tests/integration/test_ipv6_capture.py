@@ -7,28 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 
 import pytest
 from support import tshark
-from support.stacks import run, two_stacks
+from support.stacks import has_ipv6_loopback, run, two_stacks
 
 from dissectors.capture import read_events
 from dissectors.pcapng import LINKTYPE_ETHERNET, PcapngWriter, epb_block, read_packets
 from dissectors.recorder import Recorder
 from stack.wire import inet
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 on the loopback interface (::1)")
+pytestmark = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 on the loopback interface (::1)")
 
 
 def _record_ipv6(path) -> tuple[int, bool]:

@@ -14,26 +14,15 @@ import ipaddress
 import os
 import random
 import shutil
-import socket
 import subprocess
 
 import pytest
-from support.stacks import run, two_stacks
+from support.stacks import has_ipv6_loopback, run, two_stacks
 
 from stack.wire import clc
 from stack.wire.codes import DECL
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 on the loopback interface (::1)")
+pytestmark = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 on the loopback interface (::1)")
 
 
 async def _exchange(a, b, host: str, listen: str | None = None, client_kw: dict | None = None):

@@ -181,3 +181,13 @@ __all__ = [
     "wait_for",
     "replace",
 ]
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be bound (IPv6 tests skip on a host without it)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
