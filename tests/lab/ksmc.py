@@ -4,6 +4,9 @@ the sockets through ctypes).
 * :func:`ueid_add` / :func:`ueid_remove` / :func:`ueid_list` / :func:`ueid_flush`: the SMC
   generic netlink family, as smc-tools' ``smcr ueid add/del/show/flush`` (SMC-Rv2 needs at
   least one UEID; smc-tools is not packaged in Debian 12).
+* :func:`pnet_add` / :func:`pnet_del` / :func:`pnet_flush` / :func:`pnet_show`: the PNET
+  table through the ``SMC_PNETID`` generic netlink family, as smc-tools' ``smc_pnet
+  -a/-d/-f/-s`` (a PNET ID groups Ethernet interfaces with RoCE devices).
 * :func:`ss`: AF_SMC sockets through sock_diag / smc_diag, as ``smcss``: state, mode
   (SMCR, SMCD or TCP) and, in fallback, the reason and the peer's diagnosis.
 * :func:`smc_socket`, :func:`connect`, :func:`listen`, :func:`accept`: AF_SMC sockets.
@@ -141,6 +144,92 @@ def ueid_list() -> list[str]:
 def ueid_flush() -> None:
     """``smcr ueid flush`` (command 12, SMC_NETLINK_FLUSH_UEID)."""
     _genl_do(kgenl.FLUSH_UEID)
+
+
+# ---------------------------------------------------------------- the PNET table (SMC_PNETID)
+# include/uapi/linux/smc.h; net/smc/smc_pnet.c: ADD, DEL and FLUSH need CAP_NET_ADMIN, GET
+# (a dump, or one ID with NAME) is open to every user.
+PNETID_GET, PNETID_ADD, PNETID_DEL, PNETID_FLUSH = 1, 2, 3, 4
+PNETID_NAME, PNETID_ETHNAME, PNETID_IBNAME, PNETID_IBPORT = 1, 2, 3, 4
+
+
+class _PnetFamily(kio.Genl):
+    NAME = "SMC_PNETID"
+
+
+def _pnet_family() -> kio.Genl:
+    try:
+        return _PnetFamily()
+    except kio.KernelUnavailable as e:
+        raise kio.KernelUnavailable(e.errno, "the SMC_PNETID generic netlink family is not registered: the smc module is not loaded "
+                                             "(modprobe smc, as root)") from None  # fmt: skip
+
+
+def _pnet_do(cmd: int, body: bytes, what: str) -> None:
+    g = _pnet_family()
+    try:
+        _, err, _ = nl.dump_bodies(g.do(cmd, body))
+    finally:
+        g.close()
+    if err:
+        hint = {errno.EEXIST: " (the interface or the RoCE device already has a PNET ID: pnet_flush() first)",
+                errno.EINVAL: " (a PNET ID is 1 to 16 letters and digits; an IB port is 1 or 2)",
+                errno.EPERM: " (changing the PNET table needs CAP_NET_ADMIN: run as root)",
+                errno.ENOENT: " (no such PNET ID in the table)"}.get(-err, "")  # fmt: skip
+        raise OSError(-err, f"{what}: {os.strerror(-err)} (errno {-err}){hint}")
+
+
+def pnet_add(pnetid: str, eth: str | None = None, ib: str | None = None, ibport: int = 1) -> None:
+    """``smc_pnet -a PNETID -I eth -D ib -P port``: put an Ethernet interface and/or a RoCE
+    device's port under PNET ID ``pnetid`` (the kernel upper-cases it). Names the kernel
+    does not know (yet) are kept and applied when the device appears, as the kernel does."""
+    if not eth and not ib:
+        raise ValueError("pnet_add needs an Ethernet interface (eth=) or a RoCE device (ib=), or both")
+    body = nl.attr(PNETID_NAME, pnetid.encode() + b"\0")
+    if eth:
+        body += nl.attr(PNETID_ETHNAME, eth.encode() + b"\0")
+    if ib:
+        body += nl.attr(PNETID_IBNAME, ib.encode() + b"\0") + nl.attr(PNETID_IBPORT, bytes([ibport & 0xFF]))
+    what = f"PNET ID {pnetid}: add" + (f" interface {eth}" if eth else "") + (f" RoCE device {ib} port {ibport}" if ib else "")
+    _pnet_do(PNETID_ADD, body, what)
+
+
+def pnet_del(pnetid: str) -> None:
+    """``smc_pnet -d PNETID``: every entry of that PNET ID (ENOENT when there is none)."""
+    _pnet_do(PNETID_DEL, nl.attr(PNETID_NAME, pnetid.encode() + b"\0"), f"PNET ID {pnetid}: delete")
+
+
+def pnet_flush() -> None:
+    """``smc_pnet -f``: the whole table (and the IDs it applied to RoCE devices)."""
+    _pnet_do(PNETID_FLUSH, b"", "PNET table: flush")
+
+
+def parse_pnet(stream: bytes) -> list[dict]:
+    """A SMC_PNETID GET dump as entries {pnetid, eth, ib, ibport}; the kernel writes "n/a"
+    for the side an entry does not have (and port 255): None here."""
+    bodies, err, _ = nl.dump_bodies(stream)
+    if err:
+        raise OSError(-err, f"PNET table: dump: {os.strerror(-err)} (errno {-err})")
+    out = []
+    for body in bodies:
+        _cmd, _ver, rest = nl.genl_body(body)
+        a = dict(nl.attrs(rest, "SMC_PNETID"))
+        text = lambda t: nl.string(a[t], "pnet") if t in a else None  # noqa: E731
+        eth, ib = text(PNETID_ETHNAME), text(PNETID_IBNAME)
+        port = nl.u8(a[PNETID_IBPORT], "ibport") if PNETID_IBPORT in a else None
+        out.append({"pnetid": text(PNETID_NAME), "eth": None if eth == "n/a" else eth, "ib": None if ib == "n/a" else ib,
+                    "ibport": None if ib in (None, "n/a") or port == 0xFF else port})  # fmt: skip
+    return out
+
+
+def pnet_show() -> list[dict]:
+    """``smc_pnet -s``: the PNET table of this network namespace, one entry per interface or device."""
+    g = _pnet_family()
+    try:
+        stream = g.dump(PNETID_GET)
+    finally:
+        g.close()
+    return parse_pnet(stream)
 
 
 def ss() -> list[dict]:
