@@ -4,6 +4,7 @@
     smc-trace record -w run.pcapng --attach /tmp/beta.sock --duration 10
     smc-trace record -w run.pcapng --kernel --duration 30     (the Linux kernel's SMC-R)
     smc-trace decode run.pcapng [--conn 3] [--link 1] [--kind conn,link] [--json]
+    smc-trace decode alpha.pcapng beta.pcapng      (each host's recording: one timeline in time order)
     smc-trace summary run.pcapng [--json]          (also a pcap of a real host)
     smc-trace export run.pcapng --jsonl [-o events.jsonl]
     smc-trace install-plugin [--dir DIR]
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from stack.events import BadRecord, Event, Skipped, check_record, check_snapshot, loads, to_json
 
@@ -41,6 +43,7 @@ from .recorder import WRITE_SNAP, Frame, Recorder, snapshot_event
 from .roce_analysis import RoceAnalysis
 from .summary import render, summarize
 from .timeline import Filter, timeline
+from .timeorder import merged
 
 PLUGIN = Path(__file__).parent / "wireshark" / "smctop.lua"
 CONTROL_DIR_ENV = "SMCTOP_CONTROL_DIR"  # the names stack.runtime.stack reads
@@ -407,12 +410,20 @@ def report_skipped(skipped: Skipped) -> None:
             print(f"  {where}", file=sys.stderr)
 
 
+def _read_files(args, skipped: Skipped, with_roce: bool = True) -> tuple[Iterator[Event], dict[str, RoceAnalysis]]:
+    """The events of every file given, in one time order (dissectors.timeorder), and each
+    file's RoCE analysis (frame numbers are per file, as Wireshark counts them)."""
+    roces = {f: RoceAnalysis() for f in args.files} if with_roce else {}
+    streams = [(f, read_events(f, skipped, roces.get(f))) for f in args.files]
+    return merged(streams), roces
+
+
 def cmd_decode(args) -> int:
     flt = Filter(_ids(args.conn), _ids(args.link), _ids(args.lgr, str), _ids(args.host, str),
                  tuple(args.kind.split(",")) if args.kind else None)  # fmt: skip
     skipped = Skipped()
-    roce = RoceAnalysis()  # frames sent again are not events: listed apart
-    events = (e for e in read_events(args.file, skipped, roce) if flt(e))
+    all_events, roces = _read_files(args, skipped)  # frames sent again are not events: listed apart
+    events = (e for e in all_events if flt(e))
     try:
         if args.json:
             for e in events:
@@ -422,10 +433,12 @@ def cmd_decode(args) -> int:
                 print(line)
             # a filtered timeline (--conn, --kind, ...) shows what was asked for and nothing else
             unfiltered = not (args.conn or args.link or args.lgr or args.host or args.kind)
-            if unfiltered and roce.timeline():
-                print(f"\nRoCE retransmissions ({roce.totals()['retransmissions']} frames, not counted as messages):")
-                for line in roce.timeline():
-                    print("  " + line)
+            for name, roce in roces.items():
+                if unfiltered and roce.timeline():
+                    of = f" in {name}" if len(roces) > 1 else ""
+                    print(f"\nRoCE retransmissions{of} ({roce.totals()['retransmissions']} frames, not counted as messages):")
+                    for line in roce.timeline():
+                        print("  " + line)
     finally:
         report_skipped(skipped)
     return 0
@@ -433,10 +446,16 @@ def cmd_decode(args) -> int:
 
 def cmd_summary(args) -> int:
     skipped = Skipped()
-    roce = RoceAnalysis()
-    s = summarize(read_events(args.file, skipped, roce))
+    events, roces = _read_files(args, skipped)
+    s = summarize(events)
     s.skipped = skipped
-    print(json.dumps({**s.to_dict(), "roce": roce.to_dict()}, indent=2) if args.json else "\n".join([render(s), *roce.render()]))
+    if len(roces) == 1:
+        roce = next(iter(roces.values()))
+        print(json.dumps({**s.to_dict(), "roce": roce.to_dict()}, indent=2) if args.json else "\n".join([render(s), *roce.render()]))
+    elif args.json:
+        print(json.dumps({**s.to_dict(), "roce": {name: r.to_dict() for name, r in roces.items()}}, indent=2))
+    else:
+        print("\n".join([render(s), *(f"{name}: {line}" for name, r in roces.items() for line in r.render())]))
     report_skipped(skipped)
     return 0
 
@@ -448,7 +467,8 @@ def cmd_export(args) -> int:
         raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
     skipped = Skipped()
     try:
-        for e in read_events(args.file, skipped):
+        events, _ = _read_files(args, skipped, with_roce=False)
+        for e in events:
             out.write(to_json(e) + "\n")
     finally:
         if args.output:
@@ -508,7 +528,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... (a program that uses the smctop stack, e.g. smc-traffic)")
     for name, help_ in (("decode", "print the timeline"), ("summary", "connections, fallbacks, failovers, throughput"), ("export", "events as JSON lines")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("file", help="pcapng or pcap file (ours or any capture of SMC traffic), or JSONL events")
+        s.add_argument("files", nargs="+", metavar="file",
+                       help="pcapng or pcap file (ours or any capture of SMC traffic), or JSONL events; several files "
+                            "(each host's recording) make one timeline in time order")  # fmt: skip
         if name == "decode":
             s.add_argument("--conn", help="only these connection ids (comma-separated)")
             s.add_argument("--link", help="only these link ids")

@@ -1,0 +1,154 @@
+"""One time order across hosts and files for smc-trace decode, summary and export
+(dissectors/timeorder.py): each host's events stay in their own order, the hosts
+interleave by time, records a recording wrote late take their place, and files on
+different clocks are refused with a message naming them."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from dissectors import cli
+from dissectors.timeorder import ClockMismatch, clock_of, in_time_order, merged
+from stack.events import from_json
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "session.jsonl"
+
+
+def _lines() -> list[str]:
+    return GOLDEN.read_text().splitlines()
+
+
+def _by_host(lines: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        out.setdefault(json.loads(line)["host"], []).append(line)
+    return out
+
+
+def _write(path: Path, lines: list[str]) -> str:
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _shift(lines: list[str], dt: float) -> list[str]:
+    out = []
+    for line in lines:
+        d = json.loads(line)
+        d["t"] = round(d["t"] + dt, 9)
+        out.append(json.dumps(d, sort_keys=True, separators=(",", ":")))
+    return out
+
+
+def test_a_stream_late_by_less_than_the_window_is_put_in_order_and_ties_keep_their_order() -> None:
+    events = [from_json(line) for line in _lines()]
+    rng = random.Random(7)
+    shuffled = events[:]
+    # move records up to 5 places later, as a late batch would arrive (times differ by ms here)
+    for i in range(0, len(shuffled) - 5, 3):
+        j = i + rng.randint(1, 5)
+        shuffled[i], shuffled[j] = shuffled[j], shuffled[i]
+    assert [e.t for e in shuffled] != sorted(e.t for e in shuffled)
+    out = list(in_time_order(shuffled, window=5.0))
+    assert [e.t for e in out] == sorted(e.t for e in events)
+    assert len(out) == len(events)
+    # equal times keep the order they were met in
+    for a, b in zip(out, out[1:]):
+        if a.t == b.t:
+            assert shuffled.index(a) < shuffled.index(b)
+
+
+def test_a_record_later_than_the_window_comes_out_where_it_is_met_and_is_never_dropped() -> None:
+    lines = _lines()[:40]
+    late = from_json(lines[0])
+    early = [from_json(x) for x in _shift(lines[1:20], 100.0)]
+    later = [from_json(x) for x in _shift(lines[20:], 300.0)]
+    out = list(in_time_order(early + later + [late], window=5.0))
+    assert len(out) == 40
+    # the 100 s records were written once the 300 s ones came; the late one goes out as met,
+    # after them (not lost, not held for ever), and the 300 s ones still held follow it in order
+    assert out[: len(early)] == sorted(early, key=lambda e: e.t)
+    assert out[len(early)] is late
+    assert out[len(early) + 1 :] == sorted(later, key=lambda e: e.t)
+
+
+def test_two_hosts_files_make_one_timeline_each_host_in_its_own_order() -> None:
+    hosts = _by_host(_lines())
+    streams = [(h, [from_json(x) for x in lines]) for h, lines in hosts.items()]
+    out = list(merged(streams))
+    assert [e.t for e in out] == sorted(e.t for e in out)
+    assert len(out) == sum(len(v) for v in hosts.values())
+    for h, lines in hosts.items():
+        assert [e.t for e in out if e.host == h] == [json.loads(x)["t"] for x in lines]
+    # both hosts interleave: neither is printed as one block after the other
+    first = [e.host for e in out[:20]]
+    assert {"client", "server"} <= set(first)
+
+
+def test_files_on_different_clocks_are_refused_naming_them() -> None:
+    hosts = _by_host(_lines())
+    wall = [from_json(x) for x in _shift(hosts["server"], 1.7e9)]
+    mono = [from_json(x) for x in hosts["client"]]
+    assert clock_of(wall[0].t) == "wall" and clock_of(mono[0].t) == "monotonic"
+    with pytest.raises(ClockMismatch) as exc:
+        list(merged([("client.jsonl", mono), ("server.pcapng", wall)]))
+    assert "client.jsonl" in str(exc.value) and "server.pcapng" in str(exc.value)
+
+
+def test_smc_trace_decode_export_and_summary_take_each_hosts_file(tmp_path, capsys) -> None:
+    hosts = _by_host(_lines())
+    c = _write(tmp_path / "client.jsonl", hosts["client"])
+    # the server's file written with some records late, as an attached stack's batch can be
+    srv = hosts["server"][:]
+    srv[3], srv[8] = srv[8], srv[3]
+    s = _write(tmp_path / "server.jsonl", srv)
+
+    assert cli.main(["export", c, s, "--jsonl"]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(out) == len(_lines())
+    assert [d["t"] for d in out] == sorted(d["t"] for d in out)
+    assert [json.dumps(d, sort_keys=True, separators=(",", ":")) for d in out if d["host"] == "client"] == hosts["client"]
+
+    assert cli.main(["decode", c, s]) == 0
+    text = capsys.readouterr().out.splitlines()
+    times = [float(line.split()[0]) for line in text if line.strip()]
+    assert times == sorted(times) and len(times) == len(_lines())
+
+    assert cli.main(["summary", c, s, "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    whole = _write(tmp_path / "whole.jsonl", _lines())
+    assert cli.main(["summary", whole, "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    # the two hosts' files say what the single recording of both says
+    assert one["connections"] == both["connections"]
+    assert set(one["roce"]) == {c, s}
+
+
+def test_smc_trace_decode_of_files_on_different_clocks_is_a_clear_error(tmp_path, capsys) -> None:
+    hosts = _by_host(_lines())
+    c = _write(tmp_path / "client.jsonl", hosts["client"])
+    s = _write(tmp_path / "server.jsonl", _shift(hosts["server"], 1.7e9))
+    assert cli.main(["decode", c, s]) == 1
+    err = capsys.readouterr().err
+    assert "smc-trace: error:" in err and "time since boot" in err and "Traceback" not in err
+    assert c in err and s in err
+
+
+def test_a_damaged_file_gives_what_it_read_and_its_error_comes_after_every_other_files_events() -> None:
+    hosts = _by_host(_lines())
+    good = [from_json(x) for x in hosts["client"]]
+    part = [from_json(x) for x in hosts["server"][:30]]
+
+    def damaged():
+        yield from part
+        raise ClockMismatch("block 31: damaged")  # any CaptureError a reader raises
+
+    out = []
+    with pytest.raises(ClockMismatch, match="block 31"):
+        for e in merged([("client", good), ("server", damaged())]):
+            out.append(e)
+    assert len(out) == len(good) + len(part)
+    assert [e.t for e in out] == sorted(e.t for e in out)
