@@ -276,46 +276,55 @@ def record_kernel(args) -> int:
     is an error (exit 2) that names what is missing, and leaves no file behind."""
     from smckernel.kio import KernelUnavailable
     from smckernel.record import KernelRecording
-    from smckernel.source import KernelSource
+    from smckernel.source import sources_for
 
     capture = None if args.capture == "none" else ("auto" if args.capture == "auto" else [n for n in args.capture.split(",") if n])
     probes = False if args.no_probes else ([p for p in args.probes.split(",") if p] if args.probes else True)
-    try:
-        src = KernelSource(rate=args.rate, netns=args.netns, trace=False if args.no_trace else None, probes=probes, capture=capture)
-        src.open()  # before the file: a host without SMC leaves nothing behind
+    srcs: list = []
+    try:  # one source per namespace (--netns repeated, or all), each under its own host name
+        srcs = sources_for(args.netns, rate=args.rate, trace=False if args.no_trace else None, probes=probes, capture=capture)
+        for src in srcs:
+            src.open()  # before the file: a host without SMC leaves nothing behind
     except KernelUnavailable as e:
-        print(f"smc-trace: cannot record the kernel's SMC-R: {e.strerror}", file=sys.stderr)
+        for src in srcs:
+            src.close()
+        where = f" (netns {src.netns})" if srcs and src.netns else ""
+        print(f"smc-trace: cannot record the kernel's SMC-R{where}: {e.strerror}", file=sys.stderr)
         return 2
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
-        rec = KernelRecording(args.write, src, write_snap=args.write_snaplen)
+        rec = KernelRecording(args.write, srcs, write_snap=args.write_snaplen)
     except OSError as e:
-        src.close()
+        for src in srcs:
+            src.close()
         raise UsageError(f"cannot write {args.write}: {e.strerror or e}") from None
     stop = threading.Event()
     old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        try:
-            src.start()
-        except KernelUnavailable as e:
-            print(f"smc-trace: the kernel's SMC-R: {e.strerror}", file=sys.stderr)
-            return 2
-        for note in src.notes:
-            print(f"smc-trace: kernel: {note}", file=sys.stderr)
+        for src in srcs:
+            try:
+                src.start()
+            except KernelUnavailable as e:
+                print(f"smc-trace: the kernel's SMC-R ({src.host}): {e.strerror}", file=sys.stderr)
+                return 2
+            for note in src.notes:
+                print(f"smc-trace: kernel {src.host}: {note}" if len(srcs) > 1 else f"smc-trace: kernel: {note}", file=sys.stderr)
         stop.wait(args.duration or None)
     finally:
-        src.close()
+        for src in srcs:
+            src.close()
         st = rec.close()
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    status = src.status()
+    capturing = [f"{c} ({src.host})" if len(srcs) > 1 else c for src in srcs for c in src.capturing]
     snap = f"RDMA WRITE frames cut to {args.write_snaplen} bytes" if args.write_snaplen else "whole RDMA WRITE frames"
-    print(f"smc-trace: {st.events} kernel events, {st.frames} RoCE frames ({snap}) written to {args.write}"
-          + (f" (captured on {', '.join(src.capturing)})" if src.capturing else " (no capture)")
+    hosts = f" of {', '.join(src.host for src in srcs)}" if len(srcs) > 1 else ""
+    print(f"smc-trace: {st.events} kernel events{hosts}, {st.frames} RoCE frames ({snap}) written to {args.write}"
+          + (f" (captured on {', '.join(capturing)})" if capturing else " (no capture)")
           + (f"; DROPPED by the recorder {st.dropped_events} events, {st.dropped_frames} frames" if st.dropped_events or st.dropped_frames else ""),
           file=sys.stderr)  # fmt: skip
-    lost = status.get("frames_dropped") if isinstance(status, dict) else None
+    lost = sum(src.status().get("frames_dropped") or 0 for src in srcs)
     if lost:
         print(f"smc-trace: LOST before the recorder: {lost} frames (the capture's ring)", file=sys.stderr)
     return 0
@@ -515,7 +524,12 @@ def parser() -> argparse.ArgumentParser:
         help="the Linux kernel's own SMC-R: its events (smc_diag, SMC_GEN_NETLINK; tracepoints "
         "and probes as root) and, with a capture (root), its RoCEv2 frames",
     )
-    r.add_argument("--netns", help="--kernel: a network namespace (ip netns name or /proc/PID/ns/net; needs root)")
+    r.add_argument(
+        "--netns",
+        action="append",
+        help="--kernel: a network namespace (ip netns name or /proc/PID/ns/net; needs root); "
+        "repeat for several, 'all' for this one and every one in /var/run/netns (each under its own host name, host/NAME)",
+    )
     r.add_argument(
         "--capture",
         default="auto",

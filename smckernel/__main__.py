@@ -1,6 +1,7 @@
 """``python -m smckernel``: the kernel's SMC-R as smc-tools shows it, or as our events.
 
-python -m smckernel --once [--json] [--netns NAME]       what smcss / smcr print, or one JSON document
+python -m smckernel --once [--json] [--netns NAME]...    what smcss / smcr print, or one JSON document
+python -m smckernel --once --netns all                    this namespace and every one in /var/run/netns, each apart
 python -m smckernel [--seconds N] [--rate HZ] [--text]    events as JSON lines (or text) until Ctrl-C
 python -m smckernel --record run.pcapng [--capture auto]  the events (and frames) as an smc-trace capture
 python -m smckernel --save-raw DIR                        the kernel's raw replies (fixtures, bug reports)
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "SMC_GEN_NETLINK, tracepoints, probes and a capture")  # fmt: skip
     ap.add_argument("--once", action="store_true", help="print one snapshot as smc-tools would (smcss -a/-d/-R, smcr linkgroup, device, stats)")
     ap.add_argument("--json", action="store_true", help="with --once: one JSON document")
-    ap.add_argument("--netns", help="a network namespace (ip netns name, or a path such as /proc/PID/ns/net; needs root)")
+    ap.add_argument("--netns", action="append", help="a network namespace (ip netns name, or a path such as /proc/PID/ns/net; "
+                    "needs root); repeat for several, 'all' for this one and every one in /var/run/netns (each under its own "
+                    "host name, host/NAME)")  # fmt: skip
     ap.add_argument("--host", help="the host name events carry (default: this host's, with the namespace)")
     ap.add_argument("--rate", type=float, default=1.0, help="polls of smc_diag and genl per second (default 1)")
     ap.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
@@ -43,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         if a.save_raw:
             return _save_raw(a)
         if a.once:
-            from .source import snapshot_once
+            from .source import snapshot_many
 
             if a.from_raw:
-                snap = _from_raw(a)
+                if a.netns and len(a.netns) > 1:
+                    ap.error("--from-raw renders one namespace's replies: give at most one --netns")
+                snaps = [_from_raw(a)]
             else:
-                snap = snapshot_once(a.netns, a.host)
-            sys.stdout.write(once.render_json(snap) if a.json else once.render_text(snap))
+                snaps = snapshot_many(a.netns, a.host)
+            sys.stdout.write(once.render_many(snaps, a.json))
             return 0
         return _run(a)
     except KernelUnavailable as e:
@@ -69,38 +74,44 @@ def _from_raw(a):
     if not os.path.isdir(a.from_raw):
         raise KernelUnavailable(2, f"{a.from_raw}: no such directory")
     raw = load_raw(a.from_raw)
-    snap = from_kernel(raw, 0.0, a.host or os.path.basename(os.path.normpath(a.from_raw)), a.netns)
+    netns = a.netns[0] if isinstance(a.netns, list) and a.netns else a.netns or None
+    snap = from_kernel(raw, 0.0, a.host or os.path.basename(os.path.normpath(a.from_raw)), netns)
     snap.source = "kernel (saved)"
     Tracker(snap.host, stats_every=None).snapshot(snap)
     return snap
 
 
 def _save_raw(a) -> int:
-    from .kio import save_raw
+    import os
+
+    from .kio import netns_label, resolve_netns, save_raw
     from .source import KernelReader
 
-    reader = KernelReader(a.netns)
-    try:
-        raw, complete = reader.read()
-    finally:
-        reader.close()
-    raw.errors[:0] = reader.notes
-    save_raw(raw, a.save_raw)
-    print(f"smckernel: wrote {2 + len(raw.genl)} files to {a.save_raw} (complete: {', '.join(sorted(complete)) or 'nothing'})", file=sys.stderr)
+    namespaces = resolve_netns(a.netns)
+    for ns in namespaces:  # several namespaces: one folder each, DIR/<namespace> (DIR/self for this one)
+        where = a.save_raw if len(namespaces) == 1 else os.path.join(a.save_raw, netns_label(ns) or "self")
+        reader = KernelReader(ns)
+        try:
+            raw, complete = reader.read()
+        finally:
+            reader.close()
+        raw.errors[:0] = reader.notes
+        save_raw(raw, where)
+        print(f"smckernel: wrote {2 + len(raw.genl)} files to {where} (complete: {', '.join(sorted(complete)) or 'nothing'})", file=sys.stderr)
     return 0
 
 
 def _run(a) -> int:
     from stack import events as ev
 
-    from .source import KernelSource
+    from .source import sources_for
 
     capture = None
     if a.capture:
         capture = "auto" if a.capture == "auto" else a.capture.split(",")
     probes = False if a.no_probes else (a.probes.split(",") if a.probes else True)
-    src = KernelSource(rate=a.rate, netns=a.netns, host=a.host, trace=False if a.no_trace else None, probes=probes,
-                       capture=capture, stats_every=a.stats_every or None, raw_trace_log=a.trace_log)  # fmt: skip
+    srcs = sources_for(a.netns, a.host, rate=a.rate, trace=False if a.no_trace else None, probes=probes, capture=capture,
+                       stats_every=a.stats_every or None, raw_trace_log=a.trace_log)  # fmt: skip
     out = sys.stdout
     lock = threading.Lock()
 
@@ -114,24 +125,28 @@ def _run(a) -> int:
     if a.record:
         from .record import KernelRecording
 
-        rec = KernelRecording(a.record, src)
-    src.add_listener(show)
+        rec = KernelRecording(a.record, srcs)
+    for src in srcs:
+        src.add_listener(show)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        src.start()
-        for note in src.notes:
-            print(f"smckernel: {note}", file=sys.stderr)
+        for src in srcs:
+            src.start()
+            for note in src.notes:
+                print(f"smckernel: {src.host}: {note}" if len(srcs) > 1 else f"smckernel: {note}", file=sys.stderr)
         stop.wait(a.seconds)
     finally:
-        src.close()
+        for src in srcs:
+            src.close()
         if rec is not None:
             st = rec.close()
             print(f"smckernel: recorded {st.events} events and {st.frames} frames to {a.record}"
                   + (f" ({st.dropped_events} events, {st.dropped_frames} frames dropped)" if st.dropped_events or st.dropped_frames else ""),
                   file=sys.stderr)  # fmt: skip
-        print("smckernel: " + json.dumps(src.status(), sort_keys=True), file=sys.stderr)
+        for src in srcs:
+            print("smckernel: " + json.dumps(src.status(), sort_keys=True), file=sys.stderr)
     return 0
 
 

@@ -36,6 +36,68 @@ def netns_path(name: str) -> str:
     return name if "/" in name else f"{NETNS_DIR}/{name}"
 
 
+ALL = "all"  # --netns all: every namespace in NETNS_DIR and this process's own
+
+
+def list_netns(directory: str = NETNS_DIR) -> list[str]:
+    """The ``ip netns`` names (files in /var/run/netns), sorted; none when the folder is missing."""
+    try:
+        return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise KernelUnavailable(e.errno or errno.EACCES, f"cannot list the network namespaces in {directory}: {e.strerror}") from None
+
+
+def netns_label(name: str | None) -> str | None:
+    """How a namespace is named in a host name: its ``ip netns`` name, ``pid123`` for
+    /proc/123/ns/net (or /proc/123/task/...), the last part of any other path."""
+    if name is None:
+        return None
+    if "/" not in name:
+        return name
+    parts = [p for p in name.split("/") if p]
+    if len(parts) >= 2 and parts[0] == "proc" and parts[1].isdigit():
+        return f"pid{parts[1]}"
+    return parts[-1] if parts else name
+
+
+def resolve_netns(specs: list[str] | str | None, directory: str = NETNS_DIR, self_ns: str = "/proc/self/ns/net") -> list[str | None]:
+    """The namespaces ``--netns`` values name, in order, each once: None is this process's
+    own (what no ``--netns`` reads), ``all`` is this one and every one in /var/run/netns. A
+    name that is not there is a KernelUnavailable that names it (and what is there). The
+    same namespace given twice (by name and by path, or ``all`` from inside a named one) is
+    read once."""
+    if specs is None or specs == []:
+        return [None]
+    if isinstance(specs, str):
+        specs = [specs]
+    wanted: list[str | None] = []
+    for spec in specs:
+        if spec == ALL:
+            wanted += [None, *(os.path.join(directory, n) if directory != NETNS_DIR else n for n in list_netns(directory))]
+        elif not spec or "\0" in spec or spec in (".", ".."):
+            raise KernelUnavailable(errno.EINVAL, f"{spec!r} is not a network namespace name (an ip netns name, a path, or 'all')")
+        else:
+            wanted.append(spec)
+    out: list[str | None] = []
+    seen: set[tuple[int, int]] = set()
+    for name in wanted:
+        path = self_ns if name is None else netns_path(name)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            known = list_netns(directory)
+            hint = f" (ip netns names here: {', '.join(known)})" if known else " (there are no ip netns names here)"
+            raise KernelUnavailable(e.errno or errno.ENOENT, f"network namespace {name!r} not found ({path}: {e.strerror}){hint}") from None
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(name)
+    return out
+
+
 def in_netns(name: str | None, fn: Callable[[], T]) -> T:
     """``fn()`` run in network namespace ``name`` (None: this one), in a thread of its own."""
     if name is None:

@@ -408,3 +408,31 @@ def to_json_obj(snap: Snapshot) -> dict[str, Any]:
 
 def render_json(snap: Snapshot, indent: int | None = 2) -> str:
     return json.dumps(to_json_obj(snap), indent=indent, sort_keys=False) + "\n"
+
+
+def to_json_many(snaps: list[Snapshot]) -> dict[str, Any]:
+    """One document for several snapshots (several network namespaces, or a kernel and our
+    stacks): one snapshot gives ``to_json_obj``'s document as is; several give the same five
+    keys with every connection, link group, link and device naming its ``host`` and
+    ``netns`` (null: the reader's own namespace), ``stats`` mapping each host to its
+    counters, and ``hosts`` / ``namespaces`` (host -> netns) at the top."""
+    if len(snaps) == 1:
+        return to_json_obj(snaps[0])
+    doc: dict[str, Any] = {"hosts": [s.host for s in snaps], "namespaces": {s.host: s.netns for s in snaps},
+                           "source": snaps[0].source if snaps else None, "connections": [], "link_groups": [], "links": [],
+                           "devices": [], "stats": {}, "notes": []}  # fmt: skip
+    for s in snaps:
+        one = to_json_obj(s)
+        for key in ("connections", "link_groups", "links", "devices"):
+            doc[key].extend({"host": s.host, "netns": s.netns, **item} for item in one[key])
+        doc["stats"][s.host] = one["stats"]
+        doc["notes"].extend(f"{s.host}: {n}" for n in one["notes"])
+    return doc
+
+
+def render_many(snaps: list[Snapshot], as_json: bool = False) -> str:
+    """Several snapshots: the text of each after the other (each names its host and
+    namespace), or one JSON document (``to_json_many``)."""
+    if as_json:
+        return json.dumps(to_json_many(snaps), indent=2) + "\n"
+    return "\n".join(render_text(s) for s in snaps)

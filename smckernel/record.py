@@ -27,19 +27,28 @@ from .tracker import SNAPSHOT, SOURCE
 
 
 class KernelRecording:
-    """Record ``source`` (a KernelSource, started or not) to ``out`` until ``close()``."""
+    """Record ``source`` (a KernelSource, started or not; or a list of them, one per network
+    namespace, each under its own host name) to ``out`` until ``close()``. Several sources
+    share one clock offset (the first's), so that their frames and events stay on one
+    timeline: set it before they start."""
 
-    def __init__(self, out, source: KernelSource, write_snap: int = WRITE_SNAP) -> None:
-        self.source = source
+    def __init__(self, out, source: KernelSource | list[KernelSource], write_snap: int = WRITE_SNAP) -> None:
+        self.sources = list(source) if isinstance(source, (list, tuple)) else [source]
+        if not self.sources:
+            raise ValueError("nothing to record: no kernel source")
+        self.source = self.sources[0]
         self.write_snap = write_snap
-        self.recorder = Recorder(out, clock_offset_ns=source.clock_offset_ns, write_snap=write_snap)
+        for src in self.sources[1:]:
+            src.clock_offset_ns = self.source.clock_offset_ns
+        self.recorder = Recorder(out, clock_offset_ns=self.source.clock_offset_ns, write_snap=write_snap)
         self.stats: RecorderStats | None = None
-        if source.latest is not None:  # started already: the state so far comes first
-            snap = source.latest
-            self.recorder.on_event(Event(snap.t, "stats", snap.host, fields={"cause": "recording started", "snapshot": to_stack_snapshot(snap),
-                                                                           SOURCE: SNAPSHOT}))  # fmt: skip
-        source.add_listener(self.recorder.on_event)
-        source.add_frame_listener(self._frame)
+        for src in self.sources:
+            if src.latest is not None:  # started already: the state so far comes first
+                snap = src.latest
+                self.recorder.on_event(Event(snap.t, "stats", snap.host, fields={"cause": "recording started",
+                                                                               "snapshot": to_stack_snapshot(snap), SOURCE: SNAPSHOT}))  # fmt: skip
+            src.add_listener(self.recorder.on_event)
+            src.add_frame_listener(self._frame)
 
     def _frame(self, ts_ns: int, direction: str, d: Decoded) -> None:
         payload, length = d.payload, None
@@ -55,9 +64,10 @@ class KernelRecording:
 
     def close(self) -> RecorderStats:
         if self.stats is None:
-            self.source.remove_listener(self.recorder.on_event)
-            if self._frame in self.source._frame_listeners:
-                self.source._frame_listeners.remove(self._frame)
+            for src in self.sources:
+                src.remove_listener(self.recorder.on_event)
+                if self._frame in src._frame_listeners:
+                    src._frame_listeners.remove(self._frame)
             self.stats = self.recorder.close()
         return self.stats
 

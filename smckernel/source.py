@@ -41,8 +41,26 @@ POLL_CMDS = (kgenl.GET_SYS_INFO, kgenl.GET_LINK_SMCR, kgenl.GET_DEV_SMCR, kgenl.
 
 
 def default_host(netns: str | None) -> str:
+    """This host's name, with the namespace's (``vm-a/ns1``; ``vm-a/pid123`` for a /proc path)."""
     host = socket.gethostname()
-    return f"{host}/{netns.rsplit('/', 1)[-1]}" if netns else host
+    return f"{host}/{kio.netns_label(netns)}" if netns else host
+
+
+def hosts_for(namespaces: list[str | None], host: str | None = None) -> list[str]:
+    """One host name per namespace read, all different: ``host`` (default this host's name)
+    alone for this process's namespace, ``host/label`` for the others; a label two paths
+    share gets ``#2``, ``#3``... so that two namespaces' rows never merge."""
+    base = host or socket.gethostname()
+    out: list[str] = []
+    for ns in namespaces:
+        name = f"{base}/{kio.netns_label(ns)}" if ns is not None else base
+        if name in out:
+            n = 2
+            while f"{name}#{n}" in out:
+                n += 1
+            name = f"{name}#{n}"
+        out.append(name)
+    return out
 
 
 class KernelReader:
@@ -155,6 +173,24 @@ def snapshot_once(netns: str | None = None, host: str | None = None, now: float 
     return snap
 
 
+def snapshot_many(netns: list[str] | str | None = None, host: str | None = None, now: float | None = None) -> list[Snapshot]:
+    """One reading of each namespace ``--netns`` values name (``smckernel.kio.resolve_netns``:
+    none is this one, ``all`` every one), each under its own host name (``hosts_for``)."""
+    namespaces = kio.resolve_netns(netns)
+    if len(namespaces) == 1 and namespaces[0] is not None and host is not None:
+        return [snapshot_once(namespaces[0], host, now)]  # one namespace, named by the caller as before
+    return [snapshot_once(ns, h, now) for ns, h in zip(namespaces, hosts_for(namespaces, host))]
+
+
+def sources_for(netns: list[str] | str | None = None, host: str | None = None, **kwargs) -> list["KernelSource"]:
+    """One :class:`KernelSource` per namespace ``--netns`` values name (see ``snapshot_many``),
+    each with its own host name and, as root, its own trace session; ``kwargs`` go to each."""
+    namespaces = kio.resolve_netns(netns)
+    if len(namespaces) == 1:
+        return [KernelSource(netns=namespaces[0], host=host, **kwargs)]
+    return [KernelSource(netns=ns, host=h, trace_tag=i, **kwargs) for i, (ns, h) in enumerate(zip(namespaces, hosts_for(namespaces, host)))]
+
+
 class KernelSource:
     """The kernel's SMC as events (see the module's docstring). ``trace``: None reads the
     tracepoints and probes when the process may (root), True requires them, False skips
@@ -165,7 +201,7 @@ class KernelSource:
 
     def __init__(self, rate: float = 1.0, netns: str | None = None, host: str | None = None, trace: bool | None = None,
                  probes: bool | Iterable[str] = True, capture: list[str] | str | None = None, stats_every: float | None = 10.0,
-                 raw_trace_log: str | None = None, queue_size: int = 100_000) -> None:  # fmt: skip
+                 raw_trace_log: str | None = None, queue_size: int = 100_000, trace_tag: int = 0) -> None:  # fmt: skip
         if rate <= 0:
             raise ValueError("rate must be a positive number of polls per second")
         self.interval = 1.0 / rate
@@ -174,6 +210,7 @@ class KernelSource:
         self.want_trace, self.probes, self.want_capture = trace, probes, capture
         self.stats_every = stats_every
         self.raw_trace_log = raw_trace_log
+        self.trace_tag = trace_tag  # several sources in one process (one per namespace): each its own trace session
         self.queue_size = queue_size
         self.notes: list[str] = []
         self.latest: Snapshot | None = None
@@ -221,7 +258,8 @@ class KernelSource:
         from .tracing import TraceSession
 
         try:
-            self.tracing = TraceSession(self.reader.net_cookie if self.reader else None, probes=self.probes, raw_log=self.raw_trace_log)
+            self.tracing = TraceSession(self.reader.net_cookie if self.reader else None, probes=self.probes, raw_log=self.raw_trace_log,
+                                        tag=self.trace_tag)  # fmt: skip
         except kio.KernelUnavailable as e:
             if self.want_trace:
                 raise

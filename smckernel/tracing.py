@@ -69,14 +69,17 @@ class TraceSession:
     everything. ``notes`` says what the kernel did not allow and why; ``installed`` names
     the probes in place, ``tracepoints`` the tracepoints enabled."""
 
-    def __init__(self, net_cookie: int | None = None, probes=True, tracefs: str | None = None, raw_log: str | None = None) -> None:
-        """``probes``: True for all of smckernel.trace.PROBES, False for none, or the names wanted."""
+    def __init__(self, net_cookie: int | None = None, probes=True, tracefs: str | None = None, raw_log: str | None = None,
+                 tag: int = 0) -> None:  # fmt: skip
+        """``probes``: True for all of smckernel.trace.PROBES, False for none, or the names wanted;
+        ``tag``: sessions of one process (one per network namespace) each have their own number."""
         if os.geteuid() != 0:
             raise KernelUnavailable(errno.EPERM, NEED_ROOT)
         self.root = tracefs or find_tracefs()
         self.pid = os.getpid()
-        self.group = f"smck{self.pid}"
-        self.instance = os.path.join(self.root, "instances", f"smckernel-{self.pid}")
+        suffix = f"_{tag}" if tag else ""
+        self.group = f"smck{self.pid}{suffix}"
+        self.instance = os.path.join(self.root, "instances", f"smckernel-{self.pid}{suffix}")
         self.notes: list[str] = []
         self.installed: list[str] = []
         self.tracepoints: list[str] = []
@@ -190,7 +193,8 @@ class TraceSession:
         except OSError:
             names = []
         for name in names:
-            if name.startswith("smckernel-") and name[10:].isdigit() and not _pid_alive(int(name[10:])):
+            pid = name[10:].split("_")[0]
+            if name.startswith("smckernel-") and pid.isdigit() and not _pid_alive(int(pid)):
                 self._remove(os.path.join(inst, name), f"smck{name[10:]}")
 
     def _remove(self, instance: str, group: str) -> None:

@@ -3,7 +3,7 @@
     smctop                      the embedded demo (three hosts, traffic, a peer that declines)
     smctop --attach PATH        a running stack's control socket (repeat for several hosts)
     smctop --replay FILE        a recording (JSONL events, or an smc-trace pcapng capture)
-    smctop --kernel             the Linux kernel's own SMC-R (--netns NAME: another namespace)
+    smctop --kernel             the Linux kernel's own SMC-R (--netns NAME: another namespace; repeat, or all)
     smctop --attach P --kernel  our stack and the kernel on this host side by side
     smctop ... --once [--json]  one snapshot as smcss/smcr print it (or one JSON document), then exit
 
@@ -458,7 +458,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     ap.add_argument(
         "--kernel", action="store_true", help="the Linux kernel's own SMC-R (smc_diag, SMC_GEN_NETLINK; tracepoints as root); with --attach, both side by side"
     )
-    ap.add_argument("--netns", metavar="NAME", help="--kernel: a network namespace (ip netns name or /proc/PID/ns/net; needs root)")
+    ap.add_argument("--netns", metavar="NAME", action="append",
+                    help="--kernel: a network namespace (ip netns name or /proc/PID/ns/net; needs root); repeat for several, "
+                         "'all' for this one and every one in /var/run/netns (each under its own host name, host/NAME)")  # fmt: skip
     ap.add_argument(
         "--once",
         action="store_true",
@@ -498,10 +500,10 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
             src.notices.append(f"{args.replay}: {skipped.summary()}")
         src.paused = args.paused
         return src
-    if args.kernel and not args.attach:
-        return KernelTuiSource(args.netns)
     if args.netns and not args.kernel:
         ap.error("--netns goes with --kernel")
+    if args.kernel and not args.attach:
+        return kernel_source(args.netns, ap)
     if args.attach:
         for path in args.attach:
             try:
@@ -510,9 +512,26 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
             except (OSError, ValueError) as e:  # ValueError: a NUL in the path
                 ap.error(f"--attach {path!r}: {getattr(e, 'strerror', None) or e}")
         if args.kernel:  # our stack and the kernel on this host: a connection's two ends side by side
-            return CombinedSource([AttachSource(args.attach), KernelTuiSource(args.netns)])
+            kern = kernel_source(args.netns, ap)
+            return CombinedSource([AttachSource(args.attach), *(kern.parts if isinstance(kern, CombinedSource) else [kern])])
         return AttachSource(args.attach)
     return DemoSource(traffic=not args.no_traffic)
+
+
+def kernel_source(netns: list[str] | None, ap: argparse.ArgumentParser) -> Source:
+    """The kernel of each namespace ``--netns`` names (none: this one; ``all``: every one),
+    one KernelTuiSource each, combined when there are several; a namespace that is not
+    there is a usage error that names it."""
+    from smckernel.kio import KernelUnavailable, resolve_netns
+    from smckernel.source import hosts_for
+
+    try:
+        namespaces = resolve_netns(netns)
+    except KernelUnavailable as e:
+        ap.error(f"--netns: {e.strerror}")
+    if len(namespaces) == 1:
+        return KernelTuiSource(namespaces[0])
+    return CombinedSource([KernelTuiSource(ns, host=h, trace_tag=i) for i, (ns, h) in enumerate(zip(namespaces, hosts_for(namespaces)))])
 
 
 def dump_tasks() -> None:

@@ -1,6 +1,7 @@
 """``smctop --once [--json]``: print one snapshot, as smc-tools prints it, and exit.
 
-* ``--kernel``: the kernel's own SMC-R, read once (``smckernel.source.snapshot_once``);
+* ``--kernel``: the kernel's own SMC-R, read once (``smckernel.source.snapshot_many``: each
+  ``--netns`` given, or ``all``, under its own host name ``host/namespace``);
 * ``--replay FILE``: the state at the recording's end (every event fed to the model, its
   snapshots applied);
 * ``--attach PATH``: each stack's state, once its first snapshot has reached the model;
@@ -12,20 +13,19 @@ text is ``smckernel.once.render_text`` (``smcss -a/-d/-R``, ``smcr linkgroup sho
 with the keys ``connections``, ``link_groups``, ``links``, ``devices`` and ``stats``
 (``smckernel.once.to_json_obj``, the host named at the top). With several hosts every
 connection, link group, link and device names its ``host``, and ``stats`` maps each host to
-its counters.
+its counters (and, from the kernel, each entry names its ``netns``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from typing import Any, Callable
 
 from smckernel.model import Conn as KConn
 from smckernel.model import Snapshot, from_stack_snapshot
-from smckernel.once import render_text, to_json_obj
+from smckernel.once import render_many
 
 from .model import Model
 
@@ -88,19 +88,10 @@ def model_snapshots(model: Model, source: str) -> list[Snapshot]:
 
 
 def render(snaps: list[Snapshot], as_json: bool) -> str:
-    if not as_json:
-        return "\n".join(render_text(s) for s in snaps)
-    if len(snaps) == 1:  # python -m smckernel --once --json's document, the host named once at the top
-        return json.dumps(to_json_obj(snaps[0]), indent=2) + "\n"
-    doc: dict[str, Any] = {"hosts": [s.host for s in snaps], "source": snaps[0].source if snaps else None, "connections": [],
-                           "link_groups": [], "links": [], "devices": [], "stats": {}, "notes": []}  # fmt: skip
-    for s in snaps:
-        one = to_json_obj(s)
-        for key in ("connections", "link_groups", "links", "devices"):
-            doc[key].extend({"host": s.host, **item} for item in one[key])
-        doc["stats"][s.host] = one["stats"]
-        doc["notes"].extend(f"{s.host}: {n}" for n in one["notes"])
-    return json.dumps(doc, indent=2) + "\n"
+    """The text of each snapshot, or one JSON document (``smckernel.once.to_json_many``: one
+    snapshot's document as ``python -m smckernel --once --json`` prints it; with several,
+    each entry names its host and network namespace)."""
+    return render_many(snaps, as_json)
 
 
 async def collect(source, model: Model, ready: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
@@ -138,15 +129,17 @@ def run_once(args, ap, build_source) -> int:
     snaps: list = []
     if args.kernel:
         from smckernel.kio import KernelUnavailable
-        from smckernel.source import snapshot_once
+        from smckernel.source import snapshot_many
 
         try:
             if args.from_raw:
                 from smckernel.__main__ import _from_raw
 
-                snaps = [_from_raw(argparse.Namespace(from_raw=args.from_raw, host=None, netns=args.netns))]
+                if args.netns and len(args.netns) > 1:
+                    ap.error("--from-raw renders one namespace's replies: give at most one --netns")
+                snaps = [_from_raw(argparse.Namespace(from_raw=args.from_raw, host=None, netns=args.netns[0] if args.netns else None))]
             else:
-                snaps = [snapshot_once(args.netns)]
+                snaps = snapshot_many(args.netns)
         except KernelUnavailable as e:
             print(f"smctop: the kernel's SMC-R: {e.strerror}", file=sys.stderr)
             return 2

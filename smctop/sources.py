@@ -625,9 +625,10 @@ class KernelTuiSource(Source):
     label = "kernel"
     can = frozenset()
 
-    def __init__(self, netns: str | None = None, rate: float = 1.0, factory: Callable | None = None) -> None:
+    def __init__(self, netns: str | None = None, rate: float = 1.0, factory: Callable | None = None, host: str | None = None,
+                 trace_tag: int = 0) -> None:  # fmt: skip
         super().__init__()
-        self.netns, self.rate = netns, rate
+        self.netns, self.rate, self.host, self.trace_tag = netns, rate, host, trace_tag
         self.factory = factory  # tests give a KernelSource stand-in
         self.src = None
         self.inbox: deque[Event] = deque()
@@ -636,17 +637,20 @@ class KernelTuiSource(Source):
         from smckernel.kio import KernelUnavailable
         from smckernel.source import KernelSource
 
-        make = self.factory or (lambda: KernelSource(rate=self.rate, netns=self.netns))
+        make = self.factory or (lambda: KernelSource(rate=self.rate, netns=self.netns, host=self.host, trace_tag=self.trace_tag))
         try:
             self.src = make()
             self.src.add_listener(self.inbox.append)  # called on the source's threads; deque.append is atomic
             await asyncio.get_running_loop().run_in_executor(None, self.src.start)
         except KernelUnavailable as e:
-            raise SourceError(f"the kernel's SMC-R: {e.strerror}") from None
+            raise SourceError(f"the kernel's SMC-R{self._where()}: {e.strerror}") from None
         except ValueError as e:
-            raise SourceError(f"the kernel's SMC-R: {e}") from None
+            raise SourceError(f"the kernel's SMC-R{self._where()}: {e}") from None
         for note in self.src.notes:
-            self.notices.append(f"kernel: {note}")
+            self.notices.append(f"kernel{self._where()}: {note}")
+
+    def _where(self) -> str:
+        return f" (netns {self.netns})" if self.netns else ""
 
     async def stop(self) -> None:
         if self.src is not None:
@@ -664,8 +668,8 @@ class KernelTuiSource(Source):
         return time.monotonic()  # the kernel source's events carry CLOCK_MONOTONIC
 
     def describe(self) -> str:
-        host = getattr(self.src, "host", None) or "this host"
-        return f"kernel {host}" + (f" (netns {self.netns})" if self.netns else "")
+        host = getattr(self.src, "host", None) or self.host or "this host"
+        return f"kernel {host}"
 
 
 # ---------------------------------------------------------------------------- several at once
