@@ -67,6 +67,12 @@ class Directory:
     # ---------------------------------------------------------------- security contexts
 
     def set_context(self, conn_id: int, security: SecurityContext | None) -> None:
+        """The connection's context as the runtime read it (network namespace, VLAN), with
+        the P_Key of the device it will use when the context names none."""
+        if security is not None and security.pkey is None:
+            device = self.ctx.devices.device()
+            if device is not None and device.pkey is not None:
+                security = replace(security, pkey=device.pkey)
         if security is None or security == NO_CONTEXT:
             self.contexts.pop(conn_id, None)
         else:

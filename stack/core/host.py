@@ -318,6 +318,6 @@ class SmcHost:
             "fallbacks": [{"role": r, "reason": c, "text": codes.format_reason(c), "count": n} for (r, c), n in sorted(self.fallback_reasons.items())],
             "lgrs": [lgr.info() for lgr in self.lgrs], "conns": [c.snapshot() for c in self.conns.values()],
             "failovers": list(self.failovers),
-            "devices": [{"name": d.name, "up": d.up, "mtu": d.mtu} for d in self.devices],
+            "devices": [{"name": d.name, "up": d.up, "mtu": d.mtu, "pkey": d.pkey} for d in self.devices],
             "limits": self.directory.limits_info(),
         }  # fmt: skip

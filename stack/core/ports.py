@@ -34,6 +34,10 @@ class DeviceInfo:
     # IB_GID_TYPE_ROCE): a kernel on Soft-RoCE (rxe) has none and offers no v1. The soft
     # devices emulate one (their v1 runs over the RoCEv2 GID: docs/kernel-fidelity.md)
     roce_v1: bool = True
+    # the P_Key its QPs carry (entry ``pkey_index`` of the port's P_Key table, read from the
+    # device); a link group is shared only by connections on the same one. None: no table
+    pkey: int | None = None
+    pkey_index: int = 0
 
 
 @dataclass(frozen=True)

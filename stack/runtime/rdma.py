@@ -45,6 +45,8 @@ from stack.verbs.api import (
     WrOpcode,
 )
 
+from .security import device_pkey
+
 RECV_BUFFERS = 64
 REPOST_BATCH = 16  # receive buffers go back to the QP in groups: at least RECV_BUFFERS - REPOST_BATCH stay posted
 RECV_TAG = 1 << 62  # receive WR ids carry this bit: error completions do not say reliably what they were
@@ -143,7 +145,8 @@ class RdmaDriver:
         # a kernel offers SMC-Rv1 only on a port with a RoCE v1 GID (rxe has none); the soft
         # devices run v1 over their RoCEv2 GID, an emulation kept for stack-to-stack v1
         roce_v1 = spec.provider == "soft" or any(e.type == "roce_v1" for e in device.gid_table(1))
-        info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE, roce_v1)
+        pkey, pkey_index = device_pkey(device.pkey_table(1))  # the link group's P_Key (security context)
+        info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE, roce_v1, pkey, pkey_index)
         dev = _Dev(spec, device, device.alloc_pd(), device.create_cq(8192), info, gid.index, info.up)
         dev.raw = device.has(Capability.FAST_PATH)
         if dev.raw:
@@ -185,7 +188,7 @@ class RdmaDriver:
         handle = next(self._ids)
         q = _Qp(handle, qp, dev, dev.pd.reg_mr(RECV_BUFFERS * RECV_SIZE, Access.LOCAL_WRITE),
                 dev.pd.reg_mr(256 * SLOT_SIZE, Access.LOCAL_WRITE), 256, psn=self.rng.getrandbits(24), raw=dev.raw)  # fmt: skip
-        qp.to_init(RW)
+        qp.to_init(RW, pkey_index=dev.info.pkey_index)
         qp.post_recv([RecvWR(RECV_TAG | i, (Sge(q.recv_mr, i * RECV_SIZE, RECV_SIZE),)) for i in range(RECV_BUFFERS)])
         if q.raw:
             q.qpn, q.send_lkey, q.recv_lkey = qp.qp_num, q.send_mr.lkey, q.recv_mr.lkey

@@ -1,13 +1,15 @@
 """The security context of a TCP connection, read from the OS: its network namespace and
-the VLAN of the interface carrying it (``core.linkgroup.SecurityContext``).
+the VLAN of the interface carrying it, and the P_Key of the RDMA device its link would use
+(``core.linkgroup.SecurityContext``).
 
 A link group is shared only by connections of one context. The kernel takes the namespace
 from the socket (``sock_net``) and the VLAN from the route's device (``smc_vlan_by_tcpsk``);
 here the namespace is the socket's own (ioctl ``SIOCGSKNS``, which needs CAP_NET_ADMIN in the
 namespace's owner; without it, the process's namespace, where the socket was made) and the
 VLAN the one of the interface that owns the connection's local address, from
-``/proc/net/vlan/config`` (no 8021q module: no VLAN). RoCE devices have no P_Key in use
-(the soft provider none at all): ``pkey`` stays None.
+``/proc/net/vlan/config`` (no 8021q module: no VLAN). The P_Key is the device's, entry 0 of
+its port's P_Key table (``device_pkey``; the kernel's SMC-R QPs use ``pkey_index`` 0): the
+core adds it to the context of each connection (``Directory.set_context``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ from stack.core.linkgroup import SecurityContext
 SIOCGSKNS = 0x894C  # linux/sockios.h: the socket's network namespace as a new fd
 SIOCGIFCONF = 0x8912
 CLONE_NEWNET = 0x40000000
+
+
+PKEY_INDEX = 0  # the entry SMC-R QPs use (smc_ib_modify_qp_init: pkey_index 0)
+
+
+def device_pkey(table: list[int]) -> tuple[int | None, int]:
+    """(P_Key, index) a device's QPs use, from its port's P_Key table: entry ``PKEY_INDEX``,
+    as the kernel's SMC-R; None when the table is empty or the entry holds no valid P_Key
+    (its low 15 bits zero: 0x0000 and 0x8000 are invalid)."""
+    if len(table) <= PKEY_INDEX:
+        return None, PKEY_INDEX
+    pkey = table[PKEY_INDEX]
+    return (pkey if pkey & 0x7FFF else None), PKEY_INDEX
 
 
 def _ns_inode(path: str) -> int:

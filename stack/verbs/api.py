@@ -422,6 +422,11 @@ class Device(ABC):
     @abstractmethod
     def gid_table(self, port: int = 1) -> list[GidEntry]: ...
 
+    def pkey_table(self, port: int = 1) -> list[int]:
+        """The port's P_Key table (ibv_query_pkey, index by index); empty when the device
+        has none. A QP's ``pkey_index`` names one of its entries."""
+        return []
+
     @abstractmethod
     def alloc_pd(self) -> ProtectionDomain: ...
 

@@ -148,6 +148,35 @@ def _gid_str(gid: bytes) -> str:
     return ":".join(h[i : i + 4] for i in range(0, 32, 4))
 
 
+SYSFS_INFINIBAND = Path("/sys/class/infiniband")
+
+
+def sysfs_pkey_table(device: str, port: int = 1, root: Path | None = None) -> list[int]:
+    """A port's P_Key table from ``<root>/<device>/ports/<port>/pkeys/<index>`` (each a hex
+    value such as ``0xffff``), in index order. Raises VerbsError naming the file on a value
+    that is not a 16-bit P_Key, or when there is no such table."""
+    folder = Path(root or SYSFS_INFINIBAND) / device / "ports" / str(port) / "pkeys"
+    try:
+        names = [p.name for p in folder.iterdir()]
+    except OSError as exc:
+        raise VerbsError(errno.ENODEV, f"{device} port {port}: no P_Key table ({folder}: {exc.strerror})") from None
+    table: list[int] = []
+    for index in sorted(int(n) for n in names if n.isdigit()):
+        path = folder / str(index)
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise VerbsError(exc.errno or errno.EIO, f"{path}: {exc.strerror}") from None
+        try:
+            value = int(text, 16)
+        except ValueError:
+            value = -1
+        if not 0 <= value <= 0xFFFF:
+            raise VerbsError(errno.EINVAL, f"{path}: {text!r} is not a 16-bit P_Key")
+        table.append(value)
+    return table
+
+
 class PyverbsProvider(api.Provider):
     """Devices as libibverbs lists them. Raises VerbsError (ENODEV) when there are none."""
 
@@ -243,6 +272,19 @@ class PyverbsDevice(api.Device):
             if gid != bytes(16):
                 table.append(GidEntry(index, gid, "roce_v2" if kind == e.IBV_GID_TYPE_SYSFS_ROCE_V2 else v1, port))
         return table
+
+    def pkey_table(self, port: int = 1) -> list[int]:
+        """The port's P_Key table through ibv_query_pkey (rxe: one entry, 0xffff); from
+        sysfs when pyverbs has no ``query_pkey`` or it fails."""
+        with _errors(f"query_port {self.name}/{port}"):
+            length = int(self._ctx.query_port(port).pkey_tbl_len)
+        query = getattr(self._ctx, "query_pkey", None)
+        if query is not None:
+            try:
+                return [int(query(port, index)) & 0xFFFF for index in range(length)]
+            except self._pv.error.PyverbsError:
+                pass
+        return sysfs_pkey_table(self.name, port)
 
     def alloc_pd(self) -> PyverbsPD:
         with _errors(f"alloc_pd {self.name}"):

@@ -155,6 +155,12 @@ class SoftDeviceBase(Device):
         v4 = bytes(10) + b"\xff\xff" + self.ip.packed
         return [GidEntry(0, _link_local_gid(self.mac), "roce_v2", port), GidEntry(1, v4, "roce_v2", port)]
 
+    def pkey_table(self, port: int = 1) -> list[int]:
+        """One entry, the default full-membership P_Key: what both engines put in the BTH
+        of every frame (``roce.DEFAULT_PKEY``), as rxe does (``IB_DEFAULT_PKEY_FULL``)."""
+        self._check_port(port)
+        return [roce.DEFAULT_PKEY]
+
     def _check_port(self, port: int) -> None:
         if port != 1:
             raise VerbsError(errno.EINVAL, f"{self.name} has one port (1), not {port}")
