@@ -310,6 +310,8 @@ def record_kernel(args) -> int:
                 return 2
             for note in src.notes:
                 print(f"smc-trace: kernel {src.host}: {note}" if len(srcs) > 1 else f"smc-trace: kernel: {note}", file=sys.stderr)
+        print(f"smc-trace: recording the kernel's SMC-R of {', '.join(getattr(src, 'host', None) or 'this host' for src in srcs)} to {args.write}"
+              + (f" for {args.duration:g} s" if args.duration else "") + "; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)  # fmt: skip
         stop.wait(args.duration or None)
     finally:
         for src in srcs:

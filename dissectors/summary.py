@@ -26,6 +26,10 @@ class ConnSummary:
     reason_text: str = ""
     lgr: str | None = None
     bytes_written: int = 0  # RDMA WRITE payload this side sent
+    # what the application sent and read, per call (the kernel source's conn.cursor events
+    # with ``len``: smc_tx_sendmsg / smc_rx_recvmsg); None when the trace has none
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
     first_write: float | None = None
     last_write: float | None = None
     state: str = ""
@@ -76,6 +80,7 @@ class Summary:
             "conns": [
                 {"host": c.host, "conn": c.conn, "role": c.role, "local": c.local, "peer": c.peer, "mode": c.mode, "version": c.version,
                  "reason": c.reason, "reason_text": c.reason_text, "lgr": c.lgr, "bytes_written": c.bytes_written,
+                 "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,
                  "throughput_mbps": round(c.throughput_mbps, 3), "state": c.state, "error": c.error}
                 for c in sorted(self.conns.values(), key=lambda c: (c.host, c.conn))
             ],
@@ -111,6 +116,11 @@ def summarize(events: Iterable[Event]) -> Summary:
             s.fallbacks[reason] += 1
         elif k == "conn.state":
             c.state = g("new", "")
+        elif k == "conn.cursor" and c is not None and type(g("len")) is int and g("side") in ("tx", "rx"):
+            if g("side") == "tx":
+                c.bytes_sent = (c.bytes_sent or 0) + g("len")
+            else:
+                c.bytes_received = (c.bytes_received or 0) + g("len")
         elif k == "conn.error":
             c.error = g("reason")
         elif k == "rdma.write" and c is not None:
