@@ -57,6 +57,7 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------- record
 
 
+RAW_BATCH_MAX = 16 << 20  # bytes: a frames.raw batch (the engine hands out at most 4 MiB at once)
 TAIL_WAIT = 30.0  # seconds to wait, once a command has exited, for its stacks' last lines
 STOP_GRACE = 15.0  # seconds a command asked to stop has before it is asked harder (SIGTERM, then SIGKILL)
 
@@ -87,7 +88,8 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
         reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
     except OSError as e:
         raise UsageError(f"cannot attach to {path}: {e.strerror or e}") from None
-    writer.write(json.dumps({"cmd": "subscribe", "frames": True, "write_snap": rec.write_snap, "id": 1}).encode() + b'\n{"cmd":"snapshot","id":2}\n')
+    # frames "raw": the compiled engine's batches as bytes, for the spool to take in C
+    writer.write(json.dumps({"cmd": "subscribe", "frames": "raw", "write_snap": rec.write_snap, "id": 1}).encode() + b'\n{"cmd":"snapshot","id":2}\n')
     await writer.drain()
     host = "?"
     ended = False
@@ -128,6 +130,19 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
                     rec.on_event(e)
                 elif kind == "frame":
                     rec.on_frame(_frame(msg.get("frame")))
+                elif kind == "frames.raw":
+                    size = msg.get("size")
+                    if type(size) is not int or not 0 < size <= RAW_BATCH_MAX:
+                        _source_drop(rec, host, path, last_t, 1, 0, f"a frames.raw line with a bad size ({str(size)[:40]}): the rest of the stream is lost")
+                        ended = True
+                        break
+                    try:
+                        blob = await reader.readexactly(size)
+                    except asyncio.IncompleteReadError as e:
+                        cut = len(e.partial)
+                        break
+                    rec.on_frames(blob)  # the spool checks each record's bounds
+                    continue
                 elif kind == "frames.dropped":
                     count = msg.get("count", 0)
                     if type(count) is int and 0 < count < 1 << 53:

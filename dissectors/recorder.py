@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 from stack.events import Event, note_encoder_once, render
 from stack.verbs.api import FrameRecord
+from stack.verbs.taprec import count_raw
 
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_WIRESHARK_UPPER_PDU, PcapngWriter
 from .records import HEADER, encode_record, field_bytes
@@ -56,18 +57,6 @@ MALFORMED = (ValueError, TypeError, KeyError, AttributeError, OverflowError, Ind
 # A frame as the control socket streams it: the soft device's FrameRecord, one record for
 # both (stack/verbs/api.py)
 Frame = FrameRecord
-
-
-def count_raw(blob: bytes) -> int:
-    """How many frames a blob of raw tap records holds."""
-    n = pos = 0
-    while pos + 4 <= len(blob):
-        (size,) = struct.unpack_from("<I", blob, pos)
-        if size < 40:
-            break
-        n += 1
-        pos += size
-    return n
 
 
 @dataclass

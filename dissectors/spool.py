@@ -22,10 +22,10 @@ import ipaddress
 import math
 import os
 import re
-import struct
 from collections import deque
 
 from stack.events import Event, _to_json_py, native_encoder
+from stack.verbs.taprec import TAPREC
 from stack.wire.inet import ipv4_udp_frame
 
 from .pcapng import epb_block
@@ -291,7 +291,7 @@ class Spool:
 
 # a raw tap record's header (native/softroce/module.c tap_read_raw): size, direction, reason
 # length, ports, addresses (network order), captured and wire length, timestamp
-_TAPREC = struct.Struct("<IBBHH2x4s4sII4xq")
+_TAPREC = TAPREC
 
 
 def make_spool(native: bool | None, *args):

@@ -9,12 +9,16 @@ Every line is one JSON object with a ``type``:
 * ``frame``: a soft device's RoCE frame (``dir``, wall-clock ``ts`` in ns, addresses and
   ports, ``payload`` hex, ``dropped``) once subscribed with ``frames``; ``frames.dropped``
   counts what a slow client missed;
+* ``frames.raw``: with ``"frames": "raw"``, the compiled engine's frames go as batches:
+  ``{"type": "frames.raw", "size": N}`` and then exactly N bytes of raw tap records
+  (stack/verbs/taprec.py), not a JSON line each: a recorder takes a whole batch without a
+  Python object per frame (devices of the Python engine still send ``frame`` lines);
 * ``reply`` / ``error``: the answer to a command, echoing its ``id``;
 * ``end``: the last line a subscribed session gets when the stack closes, after every event
   and frame it still held (``events_dropped``, ``frames_dropped``: what it dropped in all):
   a recorder that reads it has the whole stream, one that does not knows its tail is lost.
 
-Commands (``{"cmd": ..., "id": ...}``): subscribe [kinds, frames, write_snap, queue],
+Commands (``{"cmd": ..., "id": ...}``): subscribe [kinds, frames (true, false or "raw"), write_snap, queue],
 unsubscribe, snapshot, interval {seconds}, fail_link {lgr, link}, port {device, up}, faults
 {device, loss, rx_loss, drop_next, delay}, decline {reason: hex, int, name or null}, ping,
 help. ``queue`` is how many events the session holds for a slow client (1 to 1,000,000,
@@ -39,10 +43,12 @@ import os
 import socket
 import stat
 import struct
+import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from stack.events import KINDS, BadRecord, Skipped, loads, to_dict
+from stack.events import KINDS, BadRecord, Skipped, loads, to_dict, to_json
+from stack.verbs.taprec import count_raw
 from stack.wire import codes
 
 if TYPE_CHECKING:
@@ -51,6 +57,7 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 << 10
 FRAME_QUEUE = 100_000  # frames a session holds for a slow client before it drops and counts them
+RAW_QUEUE = 64 << 20  # bytes of raw frame batches a session holds for a slow client (each batch at most 4 MiB)
 EVENT_QUEUE = 50_000  # events a session holds for a slow client by default ('queue' in subscribe)
 MAX_EVENT_QUEUE = 1_000_000
 FLUSH_WAIT = 10.0  # seconds a closing stack waits for its subscribers to take what it still holds
@@ -252,12 +259,26 @@ class _Session:
         self.frames: deque | None = None
         self.frames_dropped = 0
         self.frames_dropped_total = 0
+        self.raw_bytes = 0  # bytes of raw batches queued (the device's tap thread adds, the loop takes)
+        self._raw_lock = threading.Lock()
+        self._tap = self._on_frame
         self.tapped: list[str] = []
         self._tapping = False
 
     def send(self, obj: dict) -> None:
         if not self.writer.is_closing():
             self.writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
+
+    def send_event(self, event) -> None:
+        """An event line; its record in canonical JSON (the compiled encoder: no dict built)."""
+        if self.writer.is_closing():
+            return
+        try:
+            record = to_json(event)
+        except (ValueError, TypeError):  # what the canonical form refuses goes as before, with str() for the odd value
+            self.send({"type": "event", "event": to_dict(event)})
+            return
+        self.writer.write(b'{"type":"event","event":' + record.encode() + b"}\n")
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._snapshots()))
@@ -272,7 +293,7 @@ class _Session:
     def _untap(self) -> None:
         if self._tapping:
             self._tapping = False
-            self.stack.remove_frame_tap(self._on_frame)
+            self.stack.remove_frame_tap(self._tap)
 
     async def flush(self, timeout: float) -> None:
         """The stack is closing: send what the session still holds (events, frames), then an
@@ -286,7 +307,7 @@ class _Session:
         if self.frames is not None:
             self._send_frames()
         for event in self.sub.get_nowait():
-            self.send({"type": "event", "event": to_dict(event)})
+            self.send_event(event)
         self.send({"type": "end", "events_dropped": self.sub.dropped_total, "frames_dropped": self.frames_dropped_total})
         try:
             async with asyncio.timeout(timeout):
@@ -306,7 +327,7 @@ class _Session:
     async def _events(self) -> None:
         while True:
             event = await self.sub.get()
-            self.send({"type": "event", "event": to_dict(event)})
+            self.send_event(event)
             if self.writer.transport.get_write_buffer_size() > (1 << 20):
                 await self.writer.drain()  # the subscription queue absorbs the wait, and counts drops
 
@@ -347,26 +368,28 @@ class _Session:
         if self.sub is not None:
             self.sub.close()
         frames = req.get("frames", False)
-        if not isinstance(frames, bool):
-            raise CommandError("frames must be true or false")
+        if not isinstance(frames, bool) and frames != "raw":
+            raise CommandError('frames must be true, false or "raw"')
         write_snap = req.get("write_snap", 0)
         if type(write_snap) is not int or not 0 <= write_snap <= 65535:
             raise CommandError("write_snap must be a whole number of bytes from 0 (whole frames) to 65535")
         queue = _number("queue", req.get("queue", EVENT_QUEUE), 1, MAX_EVENT_QUEUE, f"a whole number of events from 1 to {MAX_EVENT_QUEUE:,}", whole=True)
         self.sub = self.stack.bus.subscribe(maxsize=int(queue), kinds=kinds)
         self._tasks.append(asyncio.create_task(self._events()))
-        tapped = self.start_frames(write_snap) if frames else []
+        tapped = self.start_frames(write_snap, raw=frames == "raw") if frames else []
         self.server.subscribed.set()
         return {"kinds": kinds or sorted(KINDS), "frames": tapped}
 
-    def start_frames(self, write_snap: int = 0) -> list[str]:
+    def start_frames(self, write_snap: int = 0, raw: bool = False) -> list[str]:
         """Stream the soft devices' RoCE frames too (RDMA WRITE frames cut to ``write_snap``
-        bytes, 0: whole). The tap runs on the device threads and only appends to a bounded
-        queue; what does not fit is counted and reported."""
+        bytes, 0: whole; ``raw``: the compiled engine's batches as they come). The tap runs
+        on the device threads and only appends to a bounded queue; what does not fit is
+        counted and reported."""
         if self.frames is not None:
             return self.tapped
         self.frames = deque()
-        self.tapped = self.stack.add_frame_tap(self._on_frame, write_snap=write_snap)
+        self._tap = self._on_batch if raw else self._on_frame
+        self.tapped = self.stack.add_frame_tap(self._tap, batch=raw, write_snap=write_snap, raw=raw)
         self._tapping = True
         self._tasks.append(asyncio.create_task(self._frames()))
         return self.tapped
@@ -377,6 +400,22 @@ class _Session:
             self.frames_dropped_total += 1
         else:
             self.frames.append(rec)
+
+    def _on_batch(self, batch) -> None:
+        """A device's batch: raw records (bytes) are queued whole, within RAW_QUEUE bytes;
+        a Python engine's list of FrameRecords frame by frame."""
+        if type(batch) is not bytes:
+            for rec in batch:
+                self._on_frame(rec)
+            return
+        with self._raw_lock:
+            if self.raw_bytes + len(batch) > RAW_QUEUE:
+                n = count_raw(batch)
+                self.frames_dropped += n
+                self.frames_dropped_total += n
+                return
+            self.raw_bytes += len(batch)
+        self.frames.append(batch)
 
     async def _frames(self) -> None:
         while True:
@@ -391,6 +430,13 @@ class _Session:
             self.send({"type": "frames.dropped", "count": n})
         while self.frames:
             r = self.frames.popleft()
+            if type(r) is bytes:
+                with self._raw_lock:
+                    self.raw_bytes -= len(r)
+                if not self.writer.is_closing():
+                    self.writer.write(b'{"type":"frames.raw","size":%d}\n' % len(r))
+                    self.writer.write(r)
+                continue
             frame = {"dir": r.direction, "ts": r.timestamp_ns, "src": r.src, "sport": r.sport, "dst": r.dst, "dport": r.dport,
                      "payload": r.payload.hex(), "dropped": r.dropped}  # fmt: skip
             if getattr(r, "length", None) is not None:  # cut by write_snap: its length on the wire
@@ -477,21 +523,36 @@ class ControlClient:
 
     async def messages(self, skipped: Skipped | None = None) -> AsyncIterator[dict]:
         """The stack's lines as objects. A line that is not a bounded JSON object is counted
-        and named in ``skipped`` and left out (without ``skipped``: ValueError)."""
+        and named in ``skipped`` and left out (without ``skipped``: ValueError). A
+        ``frames.raw`` line comes with its batch in ``data`` (bytes); a bad size, or a
+        batch cut short, ends the stream (it cannot be read on from there)."""
         n = 0
         while True:
             line = await self.reader.readline()
             if not line:
                 return
             n += 1
+            lost = False  # a raw batch that cannot be read: so is everything after it
             try:
                 msg = loads(line)
                 if type(msg) is not dict:
                     raise BadRecord("a control socket line must be a JSON object")
+                if msg.get("type") == "frames.raw":
+                    lost = True
+                    size = msg.get("size")
+                    if type(size) is not int or not 0 < size <= RAW_QUEUE:
+                        raise BadRecord(f"frames.raw: a bad size {str(size)[:40]}: the rest of the stream cannot be read")
+                    try:
+                        msg["data"] = await self.reader.readexactly(size)
+                    except asyncio.IncompleteReadError as e:
+                        raise BadRecord(f"frames.raw: the stream ended {size - len(e.partial)} bytes short of its batch") from None
+                    lost = False
             except BadRecord as e:
                 if skipped is None:
                     raise
                 skipped.add(f"line {n}", e)
+                if lost:
+                    return
                 continue
             yield msg
 

@@ -18,7 +18,6 @@ import itertools
 import os
 import random
 import socket
-import struct
 import sys
 import threading
 from typing import Sequence
@@ -46,6 +45,7 @@ from ..api import (
     WcStatus,
     WorkCompletion,
 )
+from ..taprec import TAPREC, pack_raw
 from .device import FrameRecord, SoftDeviceBase
 from .memory import _check_buffer
 
@@ -457,16 +457,19 @@ class SoftDeviceNative(SoftDeviceBase):
         with self._tap_lock:
             if self._closed:
                 return
-            taps = list(self._taps)
-            if any(t[3] for t in taps):  # a consumer in C: the raw records, and records made from them for the others
-                blob = self._c.tap_read_raw(wait)
+            if any(t[3] for t in self._taps):  # a consumer in C: the raw records, and records made from them for the others
+                blob, records = self._c.tap_read_raw(wait), []
                 if not blob:
                     return
-                records = parse_raw(blob) if not all(t[3] for t in taps) else []
             else:
                 blob, records = b"", self._c.tap_read(wait)  # FrameRecords, made by the engine in one go
                 if not records:
                     return
+            taps = list(self._taps)  # a tap added while the read waited gets this batch too
+            if blob and not all(t[3] for t in taps):
+                records = parse_raw(blob)
+            elif not blob and any(t[3] for t in taps):
+                blob = pack_raw(records)
             for entry in taps:
                 tap, batch, raw = entry[0], entry[1], entry[3]
                 try:
@@ -483,7 +486,7 @@ class SoftDeviceNative(SoftDeviceBase):
                             self._taps.remove(entry)
 
 
-_TAPREC = struct.Struct("<IBBHH2x4s4sII4xq")  # module.c tap_read_raw
+_TAPREC = TAPREC  # module.c tap_read_raw (stack/verbs/taprec.py)
 
 
 def parse_raw(blob: bytes) -> list[FrameRecord]:
