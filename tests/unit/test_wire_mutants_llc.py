@@ -235,3 +235,34 @@ def test_decoder_type_checks():
     assert (e.offset, e.reason, e.message_type) == (1, "length 44 but only 34 bytes given", "LLC CONFIRM LINK")
     assert llc.decode(bytes([0x27, 44, 0, 0]) + bytes(40)).name == "LLC TEST LINK v2"
     assert llc.decode(bytes([0x07, 44, 0, 0]) + bytes(40)).name == "LLC TEST LINK"
+
+
+def test_message_fields_are_keyword_only():
+    for cls, args in ((llc.ConfirmLink, (MAC, GID, 1, 1, bytes(4))), (llc.DeleteLink, (1, 0)), (llc.ConfirmRkey, (1, 2))):
+        with pytest.raises(TypeError):
+            cls(*args)
+
+
+def test_confirm_link_announces_two_links_by_default():
+    # smc_llc_send_confirm_link: max_links = SMC_LLC_ADD_LNK_MAX_LINKS (2).
+    data = llc.ConfirmLink(mac=MAC, gid=GID, qpn=1, link_num=1, link_uid=bytes(4)).encode()
+    assert data[34] == 2 and data[35] == 0 and data[3] == llc.FLAG_NO_RMBE_EYEC
+
+
+def test_add_link_v2_with_many_rkey_triples():
+    triples = tuple(llc.RkeyTriple(0x100 + i, 0x200 + i, 0x1000 * (i + 1)) for i in range(6))
+    m = llc.AddLink(version=2, mac=MAC, gid=GID, qpn=1, link_num=2, qp_mtu=3, psn=4, rkeys=triples)
+    data = m.encode()
+    assert len(data) == 72 + 6 * 16 and data[70:72] == b"\x06\x00"
+    for i in range(6):
+        o = 72 + 16 * i
+        assert data[o : o + 16] == (0x100 + i).to_bytes(4, "big") + (0x200 + i).to_bytes(4, "big") + (0x1000 * (i + 1)).to_bytes(8, "big")
+    assert llc.decode(data) == m
+
+
+def test_a_longest_message_in_a_longer_buffer():
+    # 8192 bytes, little-endian, in a 9000-byte buffer: the little-endian reading (8192) is the
+    # largest legal length, the big-endian one (32) is not legal.
+    data = bytes([0x27, 0x00, 0x20, 0x00]) + bytes(range(16)) + bytes(8192 - 20)
+    d = llc.decode(data + bytes(808))
+    assert isinstance(d, llc.TestLink) and d.order == "little" and d.user_data == bytes(range(16))
