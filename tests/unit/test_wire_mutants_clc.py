@@ -346,3 +346,41 @@ def test_helpers():
     with pytest.raises(ValueError, match=r"path MTU 1500 is not one of \[256, 512, 1024, 2048, 4096\]"):
         clc.qp_mtu_code(1500)
     assert clc.SmcType.B.has_r and clc.SmcType.B.has_d and not clc.SmcType.N.has_r and not clc.SmcType.R.has_d
+
+
+def test_survivors_of_the_sampled_run():
+    # A v2 extension without typev2 offering v2 is refused, as its absence when offered.
+    e = err(proposal(typev1=clc.SmcType.R, prefix=clc.IpPrefixArea(), v2=clc.V2Extension()).encode)
+    assert (e.offset, e.reason) == (50, "a v2 extension is required exactly when typev2 offers SMC-R or SMC-D")
+    # A version 1 Proposal in the Linux form carries the SMC-D area.
+    p = proposal(version=1, typev1=clc.SmcType.R, smcd=clc.SmcdArea(ism_gid=5, ism_chid=6), prefix=clc.IpPrefixArea())
+    data = p.encode()
+    assert data[38:40] == (40).to_bytes(2, "big") and data[40:50] == (5).to_bytes(8, "big") + (6).to_bytes(2, "big")
+    assert clc.decode(data) == p
+    # A v2 Proposal whose layout ends at 196 (four IPv6 prefixes): length 200, and a wrong one named.
+    v2p = proposal(typev1=clc.SmcType.R, typev2=clc.SmcType.R, prefix=clc.IpPrefixArea(ipv6=V6[:4]), v2=clc.V2Extension())
+    data = v2p.encode()
+    assert len(data) == 80 + 8 + 68 + 40 + 4 == 200 and clc.decode(data) == v2p
+    e = err(clc.decode, data[:5] + (204).to_bytes(2, "big") + data[7:196] + bytes(4) + SMCR)
+    assert (e.offset, e.reason) == (5, "length 204 does not match the version 2 layout (200 bytes)")
+    # A bad GID names its own offset.
+    e = err(clc.Accept(**accept(gid=bytes(15))).encode)
+    assert (e.offset, e.reason) == (16, "gid must be 16 bytes")
+    # A header version above 2 reads the v2 layout (the kernel only refuses version 0).
+    a = bytearray(clc.Accept(**accept(version=2, eid=b"X".ljust(32))).encode())
+    a[7] = 0x30
+    d = clc.decode(bytes(a))
+    assert d.version == 3 and d.eid == b"X".ljust(32)
+    # A first-contact Confirm 4 bytes too short for the 52-byte extension and its GID count.
+    c = clc.Confirm(**accept(version=2, first_contact=True, fce=clc.FirstContactExt())).encode()
+    cut = c[:5] + (156).to_bytes(2, "big") + c[7:152] + SMCR
+    e = err(clc.decode, cut)
+    assert (e.offset, e.reason) == (5, "length 156 does not fit a first-contact extension (36 or 52 bytes) and its GID list")
+    # Many GIDs: a body past 256 bytes.
+    gids = tuple(bytes([i]) * 16 for i in range(15))
+    big = clc.Confirm(**accept(version=2, first_contact=True, fce=clc.FirstContactExt(), gids=gids))
+    assert clc.decode(big.encode()).gids == gids
+    e = err(clc.Decline(PEER, 1, extra_diagnosis=(1, 2, 3, 4, 5)).encode)
+    assert (e.offset, e.reason) == (24, "the v2 Decline carries exactly 4 additional diagnosis words")
+    d = clc.Decline(PEER, 1).encode()
+    assert clc.split_stream(d) == ([d], b"")
