@@ -50,8 +50,15 @@ def _del_reason(code: int) -> str:
 
 def _alt_device(lgr: LinkGroup) -> DeviceInfo | None:
     """A device for another link of ``lgr``: up, and not used by its symmetric links (the
-    kernel's alternate RoCE device; we have no PNET ids, every device qualifies)."""
-    return lgr.ctx.devices.alt_device({link.device for link in lgr.usable_links() if not link.asym})
+    kernel's alternate RoCE device; we have no PNET ids, every device qualifies), and on the
+    P_Key of the group's security context when it names one (a link on another partition
+    would take the group out of its context)."""
+    used = {link.device for link in lgr.usable_links() if not link.asym}
+    while (device := lgr.ctx.devices.alt_device(used)) is not None:
+        if lgr.security.pkey is None or device.pkey == lgr.security.pkey:
+            return device
+        used.add(device.name)
+    return None
 
 
 # --------------------------------------------------------------------------- what arrives

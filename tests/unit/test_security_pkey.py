@@ -247,3 +247,32 @@ def test_soft_stacks_use_the_pkey_their_frames_carry(engine):
     sent = [f for f in frames if f.direction == "tx"]
     assert len(sent) > 20
     assert {int.from_bytes(f.payload[2:4], "big") for f in sent} == {0xFFFF}  # BTH: P_Key at byte 2
+
+
+def test_a_second_link_stays_on_the_pkey_of_the_group():
+    """Two devices a side, the second on another P_Key: the group's second link never goes
+    to it (it would leave the group's context); with both on one P_Key it does."""
+
+    def links_after(second_pkey: int) -> list[tuple[str, int | None]]:
+        f, a, b = pair(SmcConfig(host="client", **SMALL), SmcConfig(host="server", **SMALL), client_devices=2, server_devices=2)
+        for io in (a, b):
+            table = io.host.device_table
+            table.all = [replace(d, pkey=0xFFFF if d.name == "fab0" else second_pkey) for d in table.all]
+        ns = SecurityContext(netns=4026531840)
+        f.connect_tcp(a, 1, b, 1)
+        b.host.server_start(1, (b.ip, 5000), (a.ip, 40001), f.now, security=ns)
+        a.host.client_start(1, (a.ip, 40001), (b.ip, 5000), f.now, security=ns)
+        f.run(until=f.now + 5)
+        assert a._app(1).established and b._app(1).established
+        out = []
+        for io in (a, b):
+            lgr = io.host.conns[1].lgr
+            assert lgr.security.pkey == 0xFFFF
+            pkeys = {d.name: d.pkey for d in io.host.device_table.all}
+            out += [(link.device, pkeys[link.device]) for link in lgr.usable_links()]
+        return out
+
+    same = links_after(0xFFFF)
+    assert {dev for dev, _ in same} == {"fab0", "fab1"}  # the control: the second device is used
+    other = links_after(0x8001)
+    assert other and {pkey for _, pkey in other} == {0xFFFF}
