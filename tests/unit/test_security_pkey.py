@@ -276,3 +276,26 @@ def test_a_second_link_stays_on_the_pkey_of_the_group():
     assert {dev for dev, _ in same} == {"fab0", "fab1"}  # the control: the second device is used
     other = links_after(0x8001)
     assert other and {pkey for _, pkey in other} == {0xFFFF}
+
+
+def test_the_kernels_roce_frames_carry_the_pkey_the_soft_devices_report():
+    """The lab's capture of the kernel's SMC-R (tests/lab/fixtures/kernel_interop_smcr.pcap:
+    VM b, 10.2.0.2, is AF_SMC on rxe0): the BTH P_Key of every RoCE frame either host sent
+    is 0xffff, the one our soft devices report and send."""
+    from pathlib import Path
+
+    raw = (Path(__file__).parents[1] / "lab" / "fixtures" / "kernel_interop_smcr.pcap").read_bytes()
+    assert raw[:4] == b"\xd4\xc3\xb2\xa1"  # classic pcap, little-endian, Ethernet
+    pkeys: dict[str, set[int]] = {}
+    off = 24
+    while off + 16 <= len(raw):
+        incl = int.from_bytes(raw[off + 8 : off + 12], "little")
+        frame, off = raw[off + 16 : off + 16 + incl], off + 16 + incl
+        if frame[12:14] != b"\x08\x00" or frame[23] != 17:  # IPv4 / UDP
+            continue
+        l4 = 14 + (frame[14] & 0x0F) * 4
+        if int.from_bytes(frame[l4 + 2 : l4 + 4], "big") == roce.ROCE_V2_PORT:
+            src = ".".join(str(x) for x in frame[26:30])
+            pkeys.setdefault(src, set()).add(int.from_bytes(frame[l4 + 10 : l4 + 12], "big"))  # BTH byte 2
+    assert pkeys == {"10.2.0.1": {0xFFFF}, "10.2.0.2": {0xFFFF}}
+    assert pkeys["10.2.0.2"] == {roce.DEFAULT_PKEY}
