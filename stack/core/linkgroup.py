@@ -40,13 +40,14 @@ class SecurityContext:
     """The security context of a TCP connection, which its link group must share (the
     review of AF_SMC asked that an RDMA link be held to it): the network namespace and
     VLAN of the TCP connection and the device's P_Key where it has one. The kernel
-    compares the namespace (``smcr_lgr_match``: ``net_eq``) and, for v1, the VLAN
-    (``smc_conn_create``: ``lgr->vlan_id == ini->vlan_id``); we compare all three for every
-    version. The UEID of a v2 group is compared apart (``LinkGroup.negotiated_eid``)."""
+    compares the namespace (``smcr_lgr_match``: ``rdma_dev_access_netns``) and the VLAN
+    unless ``ini->smcd_version`` is SMC_V2 (``smc_conn_create``: ``lgr->vlan_id ==
+    ini->vlan_id``), never a P_Key; we compare all three for every version. The UEID of a
+    v2 group is compared apart (``LinkGroup.negotiated_eid``)."""
 
     netns: int = 0  # the TCP socket's network namespace (its nsfs inode; 0: the stack's own)
     vlan: int = 0  # 802.1Q VLAN id of the interface carrying the TCP connection (0: none)
-    pkey: int | None = None  # P_Key of the device (None: the device has none, as RoCE soft devices)
+    pkey: int | None = None  # P_Key of the device, entry 0 of its table (0xffff on rxe and soft devices; None: no table)
 
     def mismatch(self, other: "SecurityContext") -> str:
         """The first attribute in which ``other`` differs ("" when it does not)."""
