@@ -16,6 +16,12 @@ socket cookie (smc_diag), its TCP ports and addresses (probes), or its alert tok
 probes, smc_diag's CONNINFO), whichever the input has.
 
 Nothing here reads a clock: snapshots carry their time, trace records theirs.
+
+A snapshot is read over some time and stamped when the read ends, so a probe may report a
+change the snapshot's dumps were read just before. A snapshot that contradicts a link
+group's type or a link that a probe told of since the previous snapshot is therefore taken
+as read before the change and not diffed there; the next snapshot is (a change the probe
+missed is told one poll later, never lost).
 """
 
 from __future__ import annotations
@@ -126,6 +132,8 @@ class Tracker:
         self.installed: set[str] = set()  # probes in place (their tracepoints' own records are then redundant)
         self.skipped: Counter = Counter()  # records that could not become events, by why
         self.net_cookie: int | None = None  # this namespace's: records of others are left out
+        self.del_reasons: dict[tuple[str, int], tuple[int, bool, str]] = {}  # (lgr, link) -> DELETE LINK (reason, orderly, "peer"/"local")
+        self.told: set[tuple] = set()  # ("type", lgr) / ("link", lgr, link) / ("free", lgr) a probe told of since the last snapshot
 
     # ------------------------------------------------------------------ helpers
 
@@ -199,6 +207,7 @@ class Tracker:
             out += self._devices(snap, t, first)
         if "connections" in complete:
             out += self._conns(snap, t, first)
+        self.told.clear()
         if self.stats_every is not None and (self.last_stats is None or t - self.last_stats >= self.stats_every):
             self.last_stats = t
             cause = "the kernel source started" if first else "periodic kernel snapshot"
@@ -274,11 +283,15 @@ class Tracker:
 
     def _lgrs(self, snap: Snapshot, t: float, first: bool, links_complete: bool) -> list[Event]:
         out: list[Event] = []
-        now = {g.id: g for g in snap.link_groups}
+        now = {g.id: g for g in snap.link_groups if ("free", g.id) not in self.told}  # (one a probe saw freed: read before)
         for gid, g in now.items():
             prev = self.lgrs.get(gid)
-            if prev is None or prev.type is None:  # (a probe may have named one of its links first)
+            if prev is not None and prev.type is not None and prev.type != g.type and ("type", gid) in self.told:
+                pass  # read before the type change a probe told of
+            elif prev is None or prev.type is None:  # (a probe may have named one of its links first)
                 prev = self.lgrs.setdefault(gid, _Lgr(None))
+                if g.type in (None, "NONE"):
+                    continue  # its first link still being set up (type NONE): told once it has a type
                 cause = "already there when the kernel source started" if first else "created (first seen by SMC_GEN_NETLINK)"
                 out.append(self._ev(t, "lgr.state", SNAPSHOT, lgr=gid, old="NONE", new=g.type or "NONE", cause=cause, crit=g.crit,
                                     role=g.role, version=g.version, max_conns=g.max_conns, max_links=g.max_links))  # fmt: skip
@@ -296,6 +309,8 @@ class Tracker:
                 links = {lk.id: lk for lk in snap.links if lk.lgr == gid and lk.id is not None}
                 known = self.lgrs[gid].links
                 for lid, lk in links.items():
+                    if ("link", gid, lid) in self.told:
+                        continue  # read before what a probe told of this link
                     if lid not in known:
                         out.append(self._ev(t, "link.event", SNAPSHOT, lgr=gid, link=lid, event="added", device=lk.ib_dev))
                         out.append(self._ev(t, "link.state", SNAPSHOT, lgr=gid, link=lid, old="LINK_UNUSED", new=lk.state or "LINK_UNUSED",
@@ -303,9 +318,9 @@ class Tracker:
                     elif lk.state and known[lid] != lk.state:
                         out.append(self._ev(t, "link.state", SNAPSHOT, lgr=gid, link=lid, old=known[lid], new=lk.state, cause="SMC_GEN_NETLINK"))
                     known[lid] = lk.state or known.get(lid, "LINK_UNUSED")
-                for lid in [x for x in known if x not in links]:
+                for lid in [x for x in known if x not in links and ("link", gid, x) not in self.told]:
                     del known[lid]
-                    out.append(self._ev(t, "link.event", SNAPSHOT, lgr=gid, link=lid, event="deleted"))
+                    out.append(self._deleted(t, SNAPSHOT, gid, lid))
         return out
 
     def _devices(self, snap: Snapshot, t: float, first: bool) -> list[Event]:
@@ -424,7 +439,32 @@ class Tracker:
     def _tr_cdc_rx(self, rec: ktrace.TraceRecord) -> list[Event]:
         return self._message(rec, "cdc.msg")
 
+    def _note_delete_link(self, rec: ktrace.TraceRecord) -> None:
+        """A DELETE LINK of one link, received (softirq) or queued by the kernel itself (a
+        server's own link down, smc_llc_srv_delete_link_local): its reason names why that
+        link's deletion (smcr_link_clear) happened."""
+        raw = ktrace.raw_bytes(rec, 44, self.byteorder)
+        gid = ktrace.lgr_text(rec.int("lgr"))
+        if raw is None or gid is None or raw[0] & 0x1F != wllc.LlcType.DELETE_LINK or raw[3] & wllc.FLAG_RESP:  # (a request, not its response)
+            return
+        try:
+            msg = wllc.decode(raw)
+        except (WireError, ValueError):
+            return
+        if isinstance(msg, wllc.DeleteLink) and not msg.all:
+            self.del_reasons[(gid, msg.link_num)] = (msg.reason, msg.orderly, "peer" if rec.softirq else "local")
+
+    def _deleted(self, t: float, source: str, gid: str, lid: int) -> Event:
+        """link.event deleted, with the DELETE LINK reason when one was seen for this link."""
+        why = self.del_reasons.pop((gid, lid), None)
+        if why is None:
+            return self._ev(t, "link.event", source, lgr=gid, link=lid, event="deleted")
+        reason, orderly, by = why
+        text = f"{codes.DELETE_LINK_REASONS.format(reason)} ({'the peer' if by == 'peer' else 'this host'}'s DELETE LINK)"
+        return self._ev(t, "link.event", source, lgr=gid, link=lid, event="deleted", reason=reason, reason_text=text, orderly=orderly)
+
     def _tr_llc_rx(self, rec: ktrace.TraceRecord) -> list[Event]:
+        self._note_delete_link(rec)
         if not rec.softirq:
             self.skipped["llc_rx: queued by the kernel itself, not received"] += 1
             return []
@@ -446,6 +486,7 @@ class Tracker:
             role = {0: "client", 1: "server"}.get(rec.int("role") if rec.int("role") is not None else -1)
             version = ktrace.u8(rec.int("version"))
         g.type = new_name
+        self.told.add(("type", gid))
         return [self._ev(rec.t, "lgr.state", PROBE, lgr=gid, old=old_name, new=new_name, cause=cause, crit=_CRIT.get(new_name),
                          role=role, version=version)]  # fmt: skip
 
@@ -460,6 +501,7 @@ class Tracker:
         if gid is None:
             return []
         g = self.lgrs.pop(gid, None)
+        self.told.add(("free", gid))
         old = g.type if g is not None and g.type else LGR_TYPES.get(rec.int("type") or 0, "NONE")
         return [self._ev(rec.t, "lgr.state", PROBE, lgr=gid, old=old, new="NONE", cause="smc_lgr_free", crit=True)]
 
@@ -482,8 +524,10 @@ class Tracker:
         if gid is None or lid is None:
             return out
         g = self.lgrs.setdefault(gid, _Lgr(None))
+        self.told.add(("link", gid, lid))
         old = g.links.get(lid)
         if old is None:
+            self.del_reasons.pop((gid, lid), None)  # (a reason seen for an earlier link of this id)
             out.append(self._ev(t, "link.event", source, lgr=gid, link=lid, event="added", device=device))
             old = "LINK_ACTIVATING" if new == "LINK_ACTIVE" else "LINK_UNUSED"
         if old != new:
@@ -500,7 +544,8 @@ class Tracker:
         if gid is None or lid is None:
             return []
         g = self.lgrs.get(gid)
-        out = [self._ev(rec.t, "link.event", PROBE, lgr=gid, link=lid, event="deleted")]
+        self.told.add(("link", gid, lid))
+        out = [self._deleted(rec.t, PROBE, gid, lid)]
         if g is not None and lid in g.links:
             out.append(self._ev(rec.t, "link.state", PROBE, lgr=gid, link=lid, old=g.links.pop(lid), new="LINK_UNUSED", cause="smcr_link_clear"))
         return out
