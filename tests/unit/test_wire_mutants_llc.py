@@ -238,7 +238,17 @@ def test_decoder_type_checks():
 
 
 def test_message_fields_are_keyword_only():
-    for cls, args in ((llc.ConfirmLink, (MAC, GID, 1, 1, bytes(4))), (llc.DeleteLink, (1, 0)), (llc.ConfirmRkey, (1, 2))):
+    for cls, args in (
+        (llc.ConfirmLink, (MAC, GID, 1, 1, bytes(4))),
+        (llc.AddLink, (MAC, GID, 1, 1, 3, 0)),
+        (llc.AddLinkCont, (1, 0)),
+        (llc.DeleteLink, (1, 0)),
+        (llc.RequestAddLink, ((GID,),)),
+        (llc.ConfirmRkey, (1, 2)),
+        (llc.ConfirmRkeyCont, (0,)),
+        (llc.TestLink, (bytes(16),)),
+        (llc.DeleteRkey, ((1,),)),
+    ):
         with pytest.raises(TypeError):
             cls(*args)
 
@@ -266,3 +276,21 @@ def test_a_longest_message_in_a_longer_buffer():
     data = bytes([0x27, 0x00, 0x20, 0x00]) + bytes(range(16)) + bytes(8192 - 20)
     d = llc.decode(data + bytes(808))
     assert isinstance(d, llc.TestLink) and d.order == "little" and d.user_data == bytes(range(16))
+
+
+def test_second_pass_survivors():
+    e = err(llc.AddLinkCont(version=2, link_num=1, num_rkeys=0).encode)
+    assert (e.offset, e.reason) == (0, "this message type has no v2 form")
+    e = err(llc.RequestAddLink(version=1, gids=(GID, GID)).encode)
+    assert (e.offset, e.reason) == (1, "a v1 LLC message is 44 bytes, this one needs 60")
+    e = err(llc.AddLinkCont(link_num=1, num_rkeys=1, rkeys=(llc.RkeyTriple(1, 2, 3),) * 2).encode)
+    assert (e.offset, e.reason) == (5, "num_rkeys 1 means 1 triples here, got 2")
+    r = llc.decode(llc.RequestAddLink(version=2, gids=(GID,), response=True).encode())
+    assert r.response and not r.rejected and r.reject_reason == 0
+    assert llc.ConfirmRkeyCont(num_rkeys=0).encode()[3] == 0 and not llc.ConfirmRkeyCont(num_rkeys=0).negative
+    # 257 bytes reads 0x0101 either way: the little-endian reading is kept.
+    odd = bytes([0x27, 0x01, 0x01, 0x00]) + bytes(253)
+    assert llc.decode(odd).order == "little"
+    # A forced order that reads more than 8192.
+    e = err(llc.decode, llc.TestLink(version=2).encode("big"), order="little")
+    assert (e.offset, e.reason) == (1, "length_v2 11264 (little-endian) is outside 44..8192")
