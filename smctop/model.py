@@ -736,6 +736,12 @@ class Model:
                 return
         f = e.fields
         side = f.get("side")
+        n = f.get("len")  # the kernel source's per-call count (smc_tx_sendmsg / smc_rx_recvmsg): bytes moved
+        if type(n) is int and n > 0 and f.get("source") == "tracepoint":
+            if side == "tx":
+                c.ev_tx += n
+            else:
+                c.ev_rx += n
         if side != "tx" and "peer_rmbe_space" in f:  # a CDC arrived: the peer's producer and consumer cursors
             prod = f.get("prod")
             if prod is not None and prod != c.rx_prod:

@@ -29,6 +29,7 @@ from smctop.app import build_source, parse_args
 from smctop.model import Model
 from smctop.once import model_snapshots, render
 from smctop.sources import CombinedSource, KernelTuiSource
+from stack.events import Event
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "smckernel"
 PROJECT = Path(__file__).resolve().parents[2]
@@ -199,3 +200,24 @@ def test_from_raw_renders_one_namespace() -> None:
 def test_all_on_a_host_without_smc_says_what_is_missing() -> None:
     r = run("-m", "smckernel", "--once", "--netns", "all")
     assert r.returncode == 2 and "smc_diag" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_smctop_rates_come_from_the_kernels_per_call_counts() -> None:
+    """As root the kernel source reports each send and receive call's length (source
+    tracepoint); smctop's rates and byte counts are built from them (without them a kernel
+    connection only moves when a stats snapshot arrives)."""
+    m = Model()
+    t = 100.0
+    m.feed_timed([Event(t, "conn.open", "vm-a", conn=1, fields={"role": "client", "local": "10.2.0.1:40000", "peer": "10.2.0.2:5001"}),
+                  Event(t, "conn.mode", "vm-a", conn=1, fields={"mode": "SMCR", "version": 2})])  # fmt: skip
+    m.advance(t)
+    for sec in (0, 1):  # 10 calls of 32 KiB sent in each of 2 seconds, 2 reads of 1000 bytes in the second
+        for i in range(10):
+            m.feed_timed([Event(t + sec + 0.05 * i, "conn.cursor", "vm-a", conn=1, fields={"side": "tx", "len": 32768, "source": "tracepoint"})])
+    m.feed_timed([Event(t + 1.5, "conn.cursor", "vm-a", conn=1, fields={"side": "rx", "len": 1000, "source": "tracepoint"}),
+                  Event(t + 1.6, "conn.cursor", "vm-a", conn=1, fields={"side": "rx", "len": 1000, "source": "tracepoint"}),
+                  Event(t + 1.7, "conn.cursor", "vm-a", conn=1, fields={"side": "tx", "prod": "0:4096", "source": "snapshot"})])  # fmt: skip
+    m.advance(t + 2.0)
+    c = m.conns[("vm-a", 1)]
+    assert (c.bytes_sent, c.bytes_received) == (20 * 32768, 2000)
+    assert c.rate == 10 * 32768 + 2000  # the last second: its sends and reads, per second
