@@ -294,3 +294,9 @@ def test_second_pass_survivors():
     # A forced order that reads more than 8192.
     e = err(llc.decode, llc.TestLink(version=2).encode("big"), order="little")
     assert (e.offset, e.reason) == (1, "length_v2 11264 (little-endian) is outside 44..8192")
+    # An order given as a string built at run time (from a configuration, say) works as the literal.
+    t = (llc.RkeyTriple(1, 2, 3),)
+    m = llc.AddLink(version=2, mac=MAC, gid=GID, qpn=1, link_num=2, qp_mtu=3, psn=4, rkeys=t, num_rkeys=3)
+    little = "".join(["lit", "tle"])
+    assert little == llc.ORDERS[0] and little is not llc.ORDERS[0]  # equal, not the same object
+    assert llc.decode(m.encode(), order=little) == m
