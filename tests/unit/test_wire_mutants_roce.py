@@ -65,6 +65,12 @@ def test_bth_encode_into_checks_pad_and_offset():
     assert b.bytes()[4:16] == bytes([0x11, 0x30, 0xFF, 0xFF, 0, 0, 0, 7, 0x80, 0, 0, 9])
     e = err(roce.RoceError, roce.Bth(0x11, 7, 9, pad=4).encode_into, roce.Builder(12, "RoCE x", roce.RoceError))
     assert (e.offset, e.reason) == (1, "pad count=4 does not fit in 2 bits")
+    # At an odd offset too (a BTH after a header of odd length).
+    b = roce.Builder(13, "RoCE x", roce.RoceError)
+    roce.Bth(0x04, 1, 2, se=True, pad=1).encode_into(b, 1)
+    assert b.bytes() == bytes([0, 0x04, 0x90, 0xFF, 0xFF, 0, 0, 0, 1, 0, 0, 0, 2])
+    e = err(roce.RoceError, roce.Bth(0x04, 1, 2, pad=4).encode_into, roce.Builder(13, "RoCE x", roce.RoceError), 1)
+    assert e.offset == 2
 
 
 def test_aeth_kinds():
