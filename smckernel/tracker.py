@@ -133,6 +133,7 @@ class Tracker:
         self.skipped: Counter = Counter()  # records that could not become events, by why
         self.net_cookie: int | None = None  # this namespace's: records of others are left out
         self.del_reasons: dict[tuple[str, int], tuple[int, bool, str]] = {}  # (lgr, link) -> DELETE LINK (reason, orderly, "peer"/"local")
+        self.gone: set[tuple[str, int]] = set()  # links a snapshot told deleted (genl lists only usable ones) not yet cleared
         self.told: set[tuple] = set()  # ("type", lgr) / ("link", lgr, link) / ("free", lgr) a probe told of since the last snapshot
 
     # ------------------------------------------------------------------ helpers
@@ -312,6 +313,7 @@ class Tracker:
                     if ("link", gid, lid) in self.told:
                         continue  # read before what a probe told of this link
                     if lid not in known:
+                        self.gone.discard((gid, lid))
                         out.append(self._ev(t, "link.event", SNAPSHOT, lgr=gid, link=lid, event="added", device=lk.ib_dev))
                         out.append(self._ev(t, "link.state", SNAPSHOT, lgr=gid, link=lid, old="LINK_UNUSED", new=lk.state or "LINK_UNUSED",
                                             cause="first seen by SMC_GEN_NETLINK"))  # fmt: skip
@@ -320,6 +322,7 @@ class Tracker:
                     known[lid] = lk.state or known.get(lid, "LINK_UNUSED")
                 for lid in [x for x in known if x not in links and ("link", gid, x) not in self.told]:
                     del known[lid]
+                    self.gone.add((gid, lid))
                     out.append(self._deleted(t, SNAPSHOT, gid, lid))
         return out
 
@@ -528,6 +531,7 @@ class Tracker:
         old = g.links.get(lid)
         if old is None:
             self.del_reasons.pop((gid, lid), None)  # (a reason seen for an earlier link of this id)
+            self.gone.discard((gid, lid))
             out.append(self._ev(t, "link.event", source, lgr=gid, link=lid, event="added", device=device))
             old = "LINK_ACTIVATING" if new == "LINK_ACTIVE" else "LINK_UNUSED"
         if old != new:
@@ -545,6 +549,9 @@ class Tracker:
             return []
         g = self.lgrs.get(gid)
         self.told.add(("link", gid, lid))
+        if (gid, lid) in self.gone:  # a poll told it deleted when it left genl's list (link down: no longer usable)
+            self.gone.discard((gid, lid))
+            return []
         out = [self._deleted(rec.t, PROBE, gid, lid)]
         if g is not None and lid in g.links:
             out.append(self._ev(rec.t, "link.state", PROBE, lgr=gid, link=lid, old=g.links.pop(lid), new="LINK_UNUSED", cause="smcr_link_clear"))

@@ -141,3 +141,25 @@ def test_a_group_still_setting_up_its_first_link_is_told_once_it_has_a_type() ->
     tr = Tracker("a", stats_every=None)
     assert lgr_states(tr.snapshot(s, frozenset({"link_groups", "links"}))) == []
     assert [(o, n) for o, n, _ in lgr_states(tr.snapshot(snap("sym", 2.0)))] == [("NONE", "SYM")]
+
+
+def test_a_link_a_poll_saw_leave_genl_is_deleted_once_when_the_kernel_clears_it() -> None:
+    """genl lists only usable links: a link going down leaves the list before smcr_link_clear."""
+    lid = rxe1_link(snap("sym", 0.0))
+    recs = the_failover("client")
+    k = next(i for i, r in enumerate(recs) if r.event == "link_clear" and r.int("link") == lid)
+    f = next(i for i, r in enumerate(recs) if r.t >= steps("a")["down_begin"])
+    tr = tracker(recs)
+    out = []
+    for r in recs[:f]:
+        out += tr.trace(r)
+    out += tr.snapshot(snap("sym", recs[f].t - 0.01))  # a poll while SYM, before the failover
+    for r in recs[f:k]:
+        out += tr.trace(r)
+    out += tr.snapshot(snap("single", recs[k].t - 0.001))  # read after the link left genl's list, before its clear
+    for r in recs[k:]:
+        out += tr.trace(r)
+    out += tr.snapshot(snap("single", recs[-1].t + 0.5))
+    deleted = [e for e in out if e.kind == "link.event" and e.fields["event"] == "deleted" and e.link == lid]
+    assert len(deleted) == 1 and deleted[0].fields["source"] == "snapshot", deleted
+    assert deleted[0].fields["reason_text"] == "0x00010000 LOST_PATH (the peer's DELETE LINK)"
