@@ -384,3 +384,52 @@ def test_survivors_of_the_sampled_run():
     assert (e.offset, e.reason) == (24, "the v2 Decline carries exactly 4 additional diagnosis words")
     d = clc.Decline(PEER, 1).encode()
     assert clc.split_stream(d) == ([d], b"")
+
+
+def test_rerun_survivors():
+    # The kernel's SMC_CLC_OS_* numbers.
+    assert (clc.OS_ZOS, clc.OS_LINUX, clc.OS_AIX) == (1, 2, 3)
+    # Prefixes are values: hashable, not assignable.
+    pfx = clc.Ipv6Prefix(V6[0].prefix, 64)
+    assert {pfx, clc.Ipv6Prefix(V6[0].prefix, 64)} == {pfx}
+    with pytest.raises(AttributeError):
+        pfx.length = 48  # type: ignore[misc]
+    # SMC-Dv2 with one user EID: the SMC-Dv2 extension starts 64 bytes after the EID list's start.
+    one = proposal(typev1=clc.SmcType.R, typev2=clc.SmcType.B, prefix=clc.IpPrefixArea(),
+                   v2=clc.V2Extension(eids=(b"E".ljust(32),), smcd=clc.SmcdV2Extension(gids=((1, 2),))))  # fmt: skip
+    data = one.encode()
+    assert data[88 + 6 : 88 + 8] == (64).to_bytes(2, "big") and clc.decode(data) == one
+    # Two IPv6 prefixes, two EIDs, eight GIDs: the v2 extension at 122, offsets that are not multiples of 8.
+    gids = tuple((0x0100 + i, 0x10 + i) for i in range(8))
+    many = proposal(typev1=clc.SmcType.R, typev2=clc.SmcType.B, prefix=clc.IpPrefixArea(ipv6=V6[:2]),
+                    v2=clc.V2Extension(eids=(b"E1".ljust(32), b"E2".ljust(32)), smcd=clc.SmcdV2Extension(seid=b"S" * 32, gids=gids)))  # fmt: skip
+    data = many.encode()
+    assert data[50:52] == (122 - 52).to_bytes(2, "big") and data[122 + 40 : 122 + 104] == b"E1".ljust(32) + b"E2".ljust(32)
+    assert data[274 + 10 : 274 + 20] == (0x0101).to_bytes(8, "big") + (0x11).to_bytes(2, "big")
+    assert clc.decode(data) == many
+    # A v2 Proposal too short for its SMC-D/v2 area.
+    short = data[:5] + (64).to_bytes(2, "big") + data[7:60] + SMCR
+    e = err(clc.decode, short)
+    assert (e.offset, e.reason) == (40, "SMC-D/v2 area needs bytes 40..79 but the message has 64 bytes")
+    # The first-contact extension's direct bit is bit 7 only.
+    a = bytearray(clc.Accept(**accept(version=2, first_contact=True, fce=clc.FirstContactExt())).encode())
+    a[104] = 0x7F
+    assert not clc.decode(bytes(a)).fce.v2_direct
+    # A first-contact Confirm with an empty GID list.
+    c = clc.Confirm(**accept(version=2, first_contact=True, fce=clc.FirstContactExt(max_conns=255)))
+    data = c.encode()
+    assert len(data) == 108 + 52 + 4 and data[156] == 0
+    assert clc.decode(data) == c
+
+
+def test_smcd_accept_version_3_reads_the_v2_fields():
+    body = bytearray(78)
+    body[0:4] = clc.EYECATCHER_SMCD
+    body[4] = 3
+    body[5:7] = (78).to_bytes(2, "big")
+    body[7] = 0x31
+    body[32:34] = (0x0456).to_bytes(2, "big")
+    body[34:66] = b"V3".ljust(32)
+    body[74:78] = clc.EYECATCHER_SMCD
+    m = clc.decode(bytes(body))
+    assert (m.type, m.version, m.chid, m.eid) == (clc.ClcType.CONFIRM, 3, 0x456, b"V3".ljust(32))

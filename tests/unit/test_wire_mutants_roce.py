@@ -73,6 +73,37 @@ def test_bth_encode_into_checks_pad_and_offset():
     assert e.offset == 2
 
 
+def test_bth_encode_into_at_every_offset_is_pack():
+    for bth in (roce.Bth(0x0A, 0x123456, 0xABCDEF, se=True, migreq=True, pad=2, tver=1, fecn=True, ackreq=True, pkey=0x1234),
+                roce.Bth(0x04, 1, 2, becn=True), roce.Bth(0x04, 1, 2, fecn=True), roce.Bth(0x04, 1, 2, se=True, migreq=True)):  # fmt: skip
+        for off in range(13):
+            b = roce.Builder(off + 12, "RoCE x", roce.RoceError)
+            bth.encode_into(b, off)
+            assert b.bytes() == bytes(off) + bth.pack(bth.pad), (bth, off)
+    # SE is bit 7 of byte 1 only; the transport version's low bit is not it.
+    d = roce.decode_bth(roce.View(roce.Bth(0x04, 1, 2, tver=1).pack(0), "x", roce.RoceError))
+    assert not d.se and d.tver == 1
+
+
+def test_opcode_numbers_are_the_ibas():
+    # IBA volume 1 table 38 (RC 0x00-0x17, UC 0x20 family, UD 0x60 family) and the RoCEv2 CNP.
+    assert {o.name: o.value for o in roce.Opcode} == {
+        "SEND_FIRST": 0x00, "SEND_MIDDLE": 0x01, "SEND_LAST": 0x02, "SEND_LAST_WITH_IMMEDIATE": 0x03, "SEND_ONLY": 0x04,
+        "SEND_ONLY_WITH_IMMEDIATE": 0x05, "RDMA_WRITE_FIRST": 0x06, "RDMA_WRITE_MIDDLE": 0x07, "RDMA_WRITE_LAST": 0x08,
+        "RDMA_WRITE_LAST_WITH_IMMEDIATE": 0x09, "RDMA_WRITE_ONLY": 0x0A, "RDMA_WRITE_ONLY_WITH_IMMEDIATE": 0x0B,
+        "RDMA_READ_REQUEST": 0x0C, "RDMA_READ_RESPONSE_FIRST": 0x0D, "RDMA_READ_RESPONSE_MIDDLE": 0x0E,
+        "RDMA_READ_RESPONSE_LAST": 0x0F, "RDMA_READ_RESPONSE_ONLY": 0x10, "ACKNOWLEDGE": 0x11, "ATOMIC_ACKNOWLEDGE": 0x12,
+        "COMPARE_SWAP": 0x13, "FETCH_ADD": 0x14, "SEND_LAST_WITH_INVALIDATE": 0x16, "SEND_ONLY_WITH_INVALIDATE": 0x17,
+        "UC_SEND_ONLY": 0x24, "UD_SEND_ONLY": 0x64, "UD_SEND_ONLY_WITH_IMMEDIATE": 0x65, "CNP": 0x81,
+    }  # fmt: skip
+    # The invalidate sends carry a 4-byte IETH.
+    inv = roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY_WITH_INVALIDATE, 1, 2), other=b"\x01\x02\x03\x04", payload=b"abcd")
+    data = inv.encode()
+    assert data[12:16] == b"\x01\x02\x03\x04" and data[16:] == b"abcd" and roce.decode_packet(data) == inv
+    e = err(roce.RoceError, roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY_WITH_IMMEDIATE, 1, 2)).encode)
+    assert (e.offset, e.reason) == (12, "opcode 0x05 takes extension headers ('imm',)")
+
+
 def test_aeth_kinds():
     assert roce.Aeth.ack(5) == roce.Aeth(0x1F, 5)
     assert roce.Aeth.ack(5, credits=3).value == 3
