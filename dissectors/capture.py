@@ -23,7 +23,7 @@ from typing import Iterator
 from stack.events import Event, Skipped, read_jsonl
 
 from .derive import derive_events, observe
-from .pcap import CaptureError, read_capture
+from .pcap import CaptureError, is_pcapng, read_capture
 from .pcapng import LINKTYPE_WIRESHARK_UPPER_PDU, Packet
 from .records import RecordError, decode_record, is_event_record
 from .roce_analysis import RoceAnalysis
@@ -32,6 +32,7 @@ __all__ = ["CaptureError", "read_events", "read_packets_and_error", "has_event_r
 
 
 MAX_FILE = 4 << 30  # bytes: a capture is read whole
+EVENT_LINKTYPES = frozenset({LINKTYPE_WIRESHARK_UPPER_PDU})  # where a recording of ours keeps its events
 
 
 def _load(source: str | Path | bytes) -> bytes:
@@ -53,10 +54,10 @@ def _load(source: str | Path | bytes) -> bytes:
         raise CaptureError(f"cannot read {source}: not enough memory for the whole file") from None
 
 
-def read_packets_and_error(data: bytes) -> tuple[list[Packet], CaptureError | None]:
+def read_packets_and_error(data: bytes, linktypes: frozenset[int] | None = None) -> tuple[list[Packet], CaptureError | None]:
     packets: list[Packet] = []
     try:
-        for p in read_capture(data):
+        for p in read_capture(data, linktypes):
             packets.append(p)
     except CaptureError as e:
         return packets, e
@@ -77,7 +78,13 @@ def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce
         except ValueError as e:
             raise CaptureError(f"JSONL events: {e}") from None
         return
-    packets, error = read_packets_and_error(data)
+    packets, error = None, None
+    if roce is None and is_pcapng(data):  # a recording of ours is read for its events: its frames are passed over
+        packets, error = read_packets_and_error(data, EVENT_LINKTYPES)
+        if not has_event_records(packets):
+            packets = None
+    if packets is None:
+        packets, error = read_packets_and_error(data)
     if has_event_records(packets):
         for n, p in enumerate(packets, 1):
             if roce is not None and p.linktype != LINKTYPE_WIRESHARK_UPPER_PDU:

@@ -41,14 +41,19 @@ def read_pcap(data: bytes) -> Iterator[Packet]:
         pos += 16 + caplen
 
 
-def read_capture(data: bytes) -> Iterator[Packet]:
-    """The packets of a pcap or pcapng file, in file order."""
+def is_pcapng(data: bytes) -> bool:
+    return len(data) >= 4 and struct.unpack_from("<I", data)[0] == SHB_TYPE
+
+
+def read_capture(data: bytes, linktypes: frozenset[int] | None = None) -> Iterator[Packet]:
+    """The packets of a pcap or pcapng file, in file order (of a pcapng file, with
+    ``linktypes``, only those of interfaces of these link types)."""
     head = data[:4]
     if head in PCAP_MAGICS:
         yield from read_pcap(data)
-    elif len(head) == 4 and struct.unpack("<I", head)[0] == SHB_TYPE:
+    elif is_pcapng(data):
         try:
-            yield from read_packets(data)
+            yield from read_packets(data, linktypes=linktypes)
         except PcapngError as e:
             raise CaptureError(str(e)) from None
     else:

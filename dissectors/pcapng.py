@@ -154,11 +154,14 @@ def _parse_options(buf: bytes, order: str, block: int, btype: int, offset: int) 
     return opts
 
 
-def read_packets(src: BinaryIO | bytes, *, strict: bool = True) -> Iterator[Packet]:
+def read_packets(src: BinaryIO | bytes, *, strict: bool = True, linktypes: frozenset[int] | None = None) -> Iterator[Packet]:
     """Yield the packets of a pcapng file in file order.
 
     With ``strict`` a damaged block raises :class:`PcapngError` after the good packets
-    before it were yielded; without it, reading stops quietly at the damage.
+    before it were yielded; without it, reading stops quietly at the damage. ``linktypes``:
+    only the packets of interfaces with these link types (the others' blocks are checked
+    and passed over, with no packet made: a replay of a recording reads its events and not
+    its millions of frames).
     """
     data = src if isinstance(src, (bytes, bytearray)) else src.read()
     data = bytes(data)
@@ -193,6 +196,11 @@ def read_packets(src: BinaryIO | bytes, *, strict: bool = True) -> Iterator[Pack
             (trailer,) = struct.unpack_from(order + "I", data, pos + total - 4)
             if trailer != total:
                 raise PcapngError(block, btype, pos + total - 4, f"trailing length {trailer} differs from the leading {total}")
+            if btype == EPB_TYPE and linktypes is not None and total >= 32:  # passed over without a copy when not wanted
+                ifidx, caplen = struct.unpack_from(order + "I8xI", data, pos + 8)
+                if ifidx < len(interfaces) and 32 + caplen <= total and interfaces[ifidx].linktype not in linktypes:
+                    pos += total
+                    continue
             body = data[pos + 8 : pos + total - 4]
             if btype == IDB_TYPE:
                 if len(body) < 8:

@@ -70,6 +70,8 @@ def parse_tags(data: bytes) -> tuple[dict[int, bytes], int]:
 
 
 def is_event_record(data: bytes) -> bool:
+    if data.startswith(HEADER):  # as the recorder writes every one
+        return True
     try:
         tags, _ = parse_tags(data)
     except RecordError:
@@ -79,9 +81,12 @@ def is_event_record(data: bytes) -> bool:
 
 def decode_record(data: bytes) -> Event:
     """The event in one of our records; RecordError names what is wrong."""
-    tags, pos = parse_tags(data)
-    if tags.get(TAG_COL_PROT, b"").rstrip(b"\0") != MARKER.encode():
-        raise RecordError("exported PDU is not an smctop event record (no SMCTOP protocol tag)")
+    if data.startswith(HEADER):  # the recorder's own tags: nothing to parse
+        pos = len(HEADER)
+    else:
+        tags, pos = parse_tags(data)
+        if tags.get(TAG_COL_PROT, b"").rstrip(b"\0") != MARKER.encode():
+            raise RecordError("exported PDU is not an smctop event record (no SMCTOP protocol tag)")
     try:
         return from_json(data[pos:].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
