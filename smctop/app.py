@@ -36,7 +36,7 @@ from stack.events import Skipped
 from .model import Model
 from .record import Recorder, default_name, open_recorder
 from .screens import ConnDetailScreen, DeclineScreen, HelpScreen, help_text
-from .sources import AttachSource, CombinedSource, DemoSource, KernelTuiSource, ReplaySource, Source, SourceError, load_events
+from .sources import LOAD_IN_BACKGROUND, AttachSource, CombinedSource, DemoSource, KernelTuiSource, ReplaySource, Source, SourceError, file_size, load_events
 from .views import VIEWS, ConnsPane, EventsPane, HeaderBar, Pane
 from .widgets import RowTable
 
@@ -133,6 +133,7 @@ class SmctopApp(App):
         self.paused = False
         self.status = "starting…"
         self.started = False
+        self._loading = False  # a replay being read in the background
         self.frames = 0
         self._drawn = 0.0  # time.monotonic() of the last redraw
         self._finished = False  # a replay reached its end (and was drawn there)
@@ -161,6 +162,8 @@ class SmctopApp(App):
             return
         self.started = True
         self.status = f"{self.source.describe()}: watching"
+        if getattr(self.source, "loading", False):
+            self.status = "reading the recording: the replay begins when it is read"
         if self.source.label == "demo":  # the demo's story, on its first screen
             self.status = "demo: f pulls beta's port (failover), r restores, d forces a decline, ? help"
         if self.record_at_start:
@@ -183,6 +186,17 @@ class SmctopApp(App):
         """Poll the source, feed the model, and redraw when a sample closed (or ``force``)."""
         if not self.started:
             return
+        fatal = getattr(self.source, "fatal", None)  # a replay read in the background that could not be
+        if fatal:
+            self.exit(return_code=1, message=f"smctop: cannot start the {self.source.label} source: {fatal}")
+            return
+        if getattr(self.source, "loading", False):
+            self._loading = True
+            self._header()  # how far the reading is
+            return
+        if self._loading:  # read: the replay begins
+            self._loading = False
+            self.status = f"{self.source.describe()}: watching"
         events = self.source.poll(self.model)
         if self.recorder is not None and events:
             self.recorder.write(events)
@@ -490,6 +504,10 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
     if args.replay:
         skipped = Skipped()
         try:
+            if not getattr(args, "once", False) and file_size(args.replay) >= LOAD_IN_BACKGROUND:
+                src = ReplaySource(args.replay, speed=args.speed, skipped=skipped)  # read on a thread with the screen up
+                src.paused = args.paused
+                return src
             events = load_events(args.replay, skipped)
         except SourceError as e:
             ap.error(str(e))

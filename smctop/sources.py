@@ -17,6 +17,7 @@ import asyncio
 import importlib
 import os
 import stat
+import threading
 import time
 from collections import deque
 from typing import Callable
@@ -447,6 +448,20 @@ def load_events(path: str, skipped: Skipped | None = None) -> list[Event]:
     return events
 
 
+LOAD_IN_BACKGROUND = 16 << 20  # bytes: a file this large is read on a thread while the screen is up
+
+
+def file_size(path: str) -> int:
+    """The size of a regular file to replay; SourceError names what is wrong."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise SourceError(f"cannot read {path if isinstance(e, OSError) else repr(path)}: {getattr(e, 'strerror', None) or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(f"cannot read {path}: not a regular file")
+    return st.st_size
+
+
 class ReplaySource(Source):
     """Plays recorded events on their own clock: ``speed`` x real time, with pause, step
     (one event) and seek (backwards replays from the start into a cleared model)."""
@@ -470,16 +485,58 @@ class ReplaySource(Source):
         self._reset = False
         self._stepped = False  # paused by a step: the events at the same instant wait for the next step
         self._seeded = False  # the recording's starting snapshots are in the model
+        self._loading: threading.Thread | None = None  # reading a large file in the background
+        self._read: list[Event] = []
+        self._size = 0
+        self._load_started = 0.0
+        self.fatal: str | None = None  # the file could not be replayed (read in the background): smctop ends with it
 
     async def start(self) -> None:
+        """A small file is read here; a large one (LOAD_IN_BACKGROUND) on a thread, so that
+        the screen, the keys and ``q`` work while it is read (the replay starts when it is)."""
         if not self._loaded:
+            size = file_size(self.path)
+            if size >= LOAD_IN_BACKGROUND:
+                self._size = size
+                self._load_started = time.monotonic()
+                self._loading = threading.Thread(target=self._load, name="smctop replay load", daemon=True)  # q does not wait for it
+                self._loading.start()
+                return
             self.events = load_events(self.path, self.skipped)
             self._loaded = True
+        self._ready()
+
+    def _load(self) -> None:
+        try:
+            self._read = load_events(self.path, self.skipped)
+        except SourceError as e:
+            self.fatal = str(e)
+        except MemoryError:
+            self.fatal = f"{self.path}: not enough memory to replay it"
+
+    def _ready(self) -> None:
         if self.skipped:
             self.notices.append(f"{self.path}: {self.skipped.summary()}")
         if not self.events:
             raise SourceError(f"{self.path}: no events to replay")
         self.t = self.events[0].t
+
+    @property
+    def loading(self) -> bool:
+        """The file is still being read (in the background)."""
+        if self._loading is None:
+            return False
+        if self._loading.is_alive():
+            return True
+        self._loading = None
+        if self.fatal is None:
+            self.events, self._read, self._loaded = self._read, [], True
+            try:
+                self._ready()
+            except SourceError as e:
+                self.fatal = str(e)
+        self._wall = None  # the replay's clock starts now
+        return False
 
     @property
     def start_t(self) -> float:
@@ -491,9 +548,13 @@ class ReplaySource(Source):
 
     @property
     def done(self) -> bool:
-        return self.i >= len(self.events)
+        return not self.loading and self.i >= len(self.events)
 
     def describe(self) -> str:
+        if self.loading:
+            return f"replay {self.path}: reading {self._size / 1e6:,.0f} MB, {time.monotonic() - self._load_started:.0f} s (q quits)"
+        if self.fatal:
+            return f"replay {self.path}: {self.fatal}"
         state = "paused" if self.paused else ("at the end" if self.done else f"playing {self.speed:g}x")
         bad = f", {self.skipped.count:,} bad records skipped" if self.skipped else ""
         return f"replay {self.path} {self.t - self.start_t:.1f}/{self.end_t - self.start_t:.1f} s, event {self.i}/{len(self.events)}, {state}{bad}"
@@ -502,6 +563,8 @@ class ReplaySource(Source):
         return self.t if self.events else None
 
     def poll(self, model: Model) -> list[Event]:
+        if self.loading or self.fatal:
+            return []
         wall = self.clock()
         if self._wall is not None and not self.paused and not self.done:
             self.t = min(self.t + (wall - self._wall) * self.speed, self.end_t)
@@ -587,6 +650,8 @@ class ReplaySource(Source):
         """Pause, and play exactly one more event (the next poll adds none)."""
         self.paused = True
         self._stepped = True
+        if self.loading or self.fatal:
+            return None
         if self._reset:  # a seek back not yet played: replay up to it first
             self._restart(model, self.t)
             if self.i == 0:
