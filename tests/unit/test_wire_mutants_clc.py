@@ -433,3 +433,12 @@ def test_smcd_accept_version_3_reads_the_v2_fields():
     body[74:78] = clc.EYECATCHER_SMCD
     m = clc.decode(bytes(body))
     assert (m.type, m.version, m.chid, m.eid) == (clc.ClcType.CONFIRM, 3, 0x456, b"V3".ljust(32))
+
+
+def test_header_version_and_v2_release_defaults():
+    e = err(clc.Decline(PEER, 1, version=16).encode)
+    assert (e.offset, e.reason) == (7, "version=16 does not fit in 4 bits")
+    assert clc.Decline(PEER, 1, version=15).encode()[7] == 0xF0
+    # A v2 extension announces release 1 (SMC_RELEASE_1, v2.1) unless told otherwise.
+    data = proposal(typev1=clc.SmcType.R, typev2=clc.SmcType.R, prefix=clc.IpPrefixArea(), v2=clc.V2Extension()).encode()
+    assert data[88 + 3] == 0x10
