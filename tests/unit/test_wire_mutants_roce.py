@@ -335,6 +335,8 @@ def test_tcp_segments_and_checksums():
         (bytes([0x02, 0x0C]) + inet.SMC_TCP_OPTION, False),  # a length beyond the options
         (bytes([0x02, 0x0A]) + inet.SMC_TCP_OPTION, False),  # a length exactly to the end swallows it
         (bytes([0x01, 0x02]), False),  # a kind with no length byte
+        (bytes([0x01]) + inet.SMC_TCP_OPTION[2:], True),  # one NOP before it
+        (bytes([0xFE, 0x08, 0xE2, 0xD4, 0xC3, 0xD9]), False),  # its length runs past the options
         (b"", False),
     ],
 )
@@ -356,3 +358,32 @@ def test_frame_helpers():
     ip, off = inet.decode_ipv4(u, 14)
     assert (ip.ident, ip.ttl, ip.tos, ip.dont_fragment, ip.total_length) == (3, 9, 4, False, 31)
     assert inet.decode_udp(u, off)[0] == inet.Udp(5, 6, 11) and u[-3:] == b"xyz"
+
+
+def test_rerun_survivors_roce_and_inet():
+    # Each BTH flag decodes on its own.
+    se = roce.decode_bth(roce.View(roce.Bth(0x04, 1, 2, se=True).pack(0), "x", roce.RoceError))
+    assert se.se and not se.migreq
+    fecn = roce.decode_bth(roce.View(roce.Bth(0x04, 1, 2, fecn=True).pack(0), "x", roce.RoceError))
+    assert fecn.fecn and not fecn.becn
+    # IBA NAK codes.
+    assert [c.value for c in roce.NakCode] == [0, 1, 2, 3, 4]
+    # The headers' arguments after the addresses are keyword-only; the first ones may be named.
+    p = roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY, 1, 2), payload=b"abcd")
+    dg = roce.encode_datagram(packet=p, src=A, dst=B, sport=1)
+    assert roce.decode_datagram(data=dg, src=A, dst=B, sport=1) == p
+    fr = roce.encode_frame(packet=p, src=A, dst=B, sport=1)
+    assert roce.decode_frame(fr).packet == p
+    with pytest.raises(TypeError):
+        roce.encode_datagram(p, A, B, 1, 4791, 7)
+    with pytest.raises(TypeError):
+        roce.encode_frame(p, A, B, 1, 4791, b"\x02" * 6)
+    # A wrong ICRC is wrong whichever way it compares.
+    for bad in (b"\x00" * 4, b"\xff" * 4):
+        assert not roce.decode_frame(fr[:-4] + bad).icrc_ok
+    # TCP with 4 bytes of options: a 24-byte header.
+    t = inet.Tcp(1, 2, 3, 4, inet.TCP_SYN, options=bytes([2, 4, 5, 0xB4]))
+    assert t.header_length == 24 and t.encode(A, B, b"")[12] >> 4 == 6
+    # A UDP frame's IP identification is 0 unless given.
+    u = inet.ipv4_udp_frame(b"\x02" * 6, b"\x04" * 6, A, B, 5, 6, b"")
+    assert u[18:20] == b"\0\0"
