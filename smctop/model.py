@@ -736,8 +736,8 @@ class Model:
                 return
         f = e.fields
         side = f.get("side")
-        n = f.get("len")  # the kernel source's per-call count (smc_tx_sendmsg / smc_rx_recvmsg): bytes moved
-        if type(n) is int and n > 0 and f.get("source") == "tracepoint":
+        n = f.get("len")  # the kernel source's per-call count (smc_tx_sendmsg / smc_rx_recvmsg), or what a cursor moved
+        if type(n) is int and n > 0 and f.get("source") in ("tracepoint", "snapshot"):  # since the last poll (KernelTuiSource)
             if side == "tx":
                 c.ev_tx += n
             else:

@@ -697,6 +697,8 @@ class KernelTuiSource(Source):
         self.factory = factory  # tests give a KernelSource stand-in
         self.src = None
         self.inbox: deque[Event] = deque()
+        self._sizes: dict[tuple, tuple] = {}  # (host, conn) -> (rmb_size, peer_rmb_size), from conn.mode
+        self._cursors: dict[tuple, tuple[int, int] | None] = {}  # (host, conn, side) -> the last producer cursor
 
     async def start(self) -> None:
         from smckernel.kio import KernelUnavailable
@@ -726,8 +728,44 @@ class KernelTuiSource(Source):
         events = []
         while self.inbox:
             events.append(self.inbox.popleft())
+        events = self._moved(events)
         feed_seeded(model, events, self.notices)
         return events
+
+    def _moved(self, events: list[Event]) -> list[Event]:
+        """Without the per-call probes (unprivileged, or another process holds them), what a
+        connection moved comes from its cursors: each snapshot's tx or rx producer cursor
+        against the one before, in bytes (the wrap counter times the buffer, 16 bits), given
+        to the model as the cursor event's ``len``, as the probes give theirs; so rates are
+        live at the poll rate rather than once per stats snapshot."""
+        installed = getattr(getattr(self.src, "tracker", None), "installed", None) or set()
+        out = []
+        for e in events:
+            f = e.fields
+            if e.kind == "conn.mode" and e.conn is not None:
+                self._sizes[(e.host, e.conn)] = (f.get("rmb_size"), f.get("peer_rmb_size"))
+            elif e.kind == "conn.state" and f.get("new") == "CLOSED":  # forgotten with the connection
+                self._sizes.pop((e.host, e.conn), None)
+                self._cursors.pop((e.host, e.conn, "tx"), None)
+                self._cursors.pop((e.host, e.conn, "rx"), None)
+            elif e.kind == "conn.cursor" and f.get("source") == "snapshot" and isinstance(f.get("prod"), str) and "len" not in f:
+                side = f.get("side")
+                key = (e.host, e.conn, side)
+                try:
+                    w, _, n = f["prod"].partition(":")
+                    cur = (int(w), int(n))
+                except ValueError:
+                    cur = None
+                last, self._cursors[key] = self._cursors.get(key), cur
+                if side not in ("tx", "rx") or cur is None or last is None or ("sendmsg" if side == "tx" else "recvmsg") in installed:
+                    out.append(e)
+                    continue
+                size = self._sizes.get((e.host, e.conn), (None, None))[side == "tx"]  # tx: the peer's RMB; rx: ours
+                d = ((cur[0] - last[0]) & 0xFFFF) * size + cur[1] - last[1] if size else 0
+                if 0 < d < size << 15:  # forward, by less than half the counters' range
+                    e = Event(e.t, e.kind, e.host, e.lgr, e.link, e.conn, {**f, "len": d})
+            out.append(e)
+        return out
 
     def now(self) -> float | None:
         return time.monotonic()  # the kernel source's events carry CLOCK_MONOTONIC

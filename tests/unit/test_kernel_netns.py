@@ -221,3 +221,65 @@ def test_smctop_rates_come_from_the_kernels_per_call_counts() -> None:
     c = m.conns[("vm-a", 1)]
     assert (c.bytes_sent, c.bytes_received) == (20 * 32768, 2000)
     assert c.rate == 10 * 32768 + 2000  # the last second: its sends and reads, per second
+
+
+class EventsSource:
+    """A KernelSource stand-in that hands out given events (``installed``: the probes in place)."""
+
+    def __init__(self, events, installed=()) -> None:
+        self.events, self.listeners, self.notes, self.host = events, [], [], "vm-a"
+        self.tracker = type("T", (), {"installed": set(installed)})()
+
+    def add_listener(self, fn) -> None:
+        self.listeners.append(fn)
+
+    def start(self) -> None:
+        for e in self.events:
+            for fn in self.listeners:
+                fn(e)
+
+    def close(self) -> None:
+        pass
+
+
+def _cursor_run(installed=()) -> tuple[Model, list]:
+    t = 100.0
+    events = [Event(t, "conn.open", "vm-a", conn=1, fields={"role": "client", "local": "10.2.0.1:40000", "peer": "10.2.0.2:5001"}),
+              Event(t, "conn.mode", "vm-a", conn=1, fields={"mode": "SMCR", "version": 2, "rmb_size": 65536, "peer_rmb_size": 16384}),
+              Event(t, "conn.cursor", "vm-a", conn=1, fields={"side": "tx", "prod": "65534:100", "source": "snapshot"}),
+              Event(t, "conn.cursor", "vm-a", conn=1, fields={"side": "rx", "prod": "0:0", "source": "snapshot"}),
+              # a second later: tx wrapped 3 times (16 KiB buffer; the counter is 16 bits: 65535 -> 0 is
+              # one wrap forward), rx moved 5000 bytes
+              Event(t + 1, "conn.cursor", "vm-a", conn=1, fields={"side": "tx", "prod": "1:200", "source": "snapshot"}),
+              Event(t + 1, "conn.cursor", "vm-a", conn=1, fields={"side": "rx", "prod": "0:5000", "source": "snapshot"}),
+              # backwards (a counter reset, a wrong reading): nothing moved
+              Event(t + 2, "conn.cursor", "vm-a", conn=1, fields={"side": "tx", "prod": "0:200", "source": "snapshot"}),
+              Event(t + 3, "conn.cursor", "vm-a", conn=1, fields={"side": "tx", "prod": "1:200", "source": "snapshot"})]  # fmt: skip
+    src = KernelTuiSource(factory=lambda: EventsSource(events, installed))
+    m = Model()
+    m.advance(t - 0.5)  # samples close at t + 0.5, t + 1.5, ...
+
+    async def go() -> list:
+        await src.start()
+        fed = src.poll(m)
+        await src.stop()
+        return fed
+
+    fed = asyncio.run(go())
+    m.advance(t + 3.5)
+    return m, fed
+
+
+def test_unprivileged_smctop_moves_a_kernel_connections_bytes_with_its_cursors() -> None:
+    m, fed = _cursor_run()
+    moved = [e.fields.get("len") for e in fed if e.kind == "conn.cursor"]
+    assert moved == [None, None, 3 * 16384 + 100, 5000, None, 16384]
+    c = m.conns[("vm-a", 1)]
+    assert (c.bytes_sent, c.bytes_received) == (3 * 16384 + 100 + 16384, 5000)
+    assert c.rate == 16384  # the last second: one wrap of the peer's buffer
+
+
+def test_with_the_per_call_probes_the_cursors_add_nothing() -> None:
+    m, fed = _cursor_run(installed=("sendmsg", "recvmsg"))
+    assert all("len" not in e.fields for e in fed if e.kind == "conn.cursor")
+    assert m.conns[("vm-a", 1)].bytes_sent == 0  # the probes' own events count (none here)
