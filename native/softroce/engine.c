@@ -190,7 +190,7 @@ uint32_t sr_icrc(uint32_t src_be, uint32_t dst_be, uint16_t sport, uint16_t dpor
 static int is_write_opcode(uint8_t op) { return op >= 0x06 && op <= 0x0B; }
 
 static void tap_put(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const uint8_t *frame,
-                    size_t flen, size_t orig, const char *reason);
+                    size_t flen, size_t orig, const char *reason, int64_t ts);
 
 /* how much of a frame of flen bytes starting with opcode op the tap keeps */
 static size_t tap_keep(const sr_dev *d, uint8_t op, size_t flen) {
@@ -198,17 +198,19 @@ static size_t tap_keep(const sr_dev *d, uint8_t op, size_t flen) {
 }
 
 static void tap_record(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const uint8_t *frame,
-                       size_t flen, const char *reason) {
-    tap_put(d, dir, src, sport, dst, dport, frame, flen ? tap_keep(d, frame[0], flen) : 0, flen, reason);
+                       size_t flen, const char *reason, int64_t ts) {
+    tap_put(d, dir, src, sport, dst, dport, frame, flen ? tap_keep(d, frame[0], flen) : 0, flen, reason, ts);
 }
 
 static void tap_record_cut(sr_dev *d, int dir, uint32_t src, uint32_t dst, const uint8_t *frame, size_t keep, size_t orig,
-                           const char *reason) {
-    tap_put(d, dir, src, 4791, dst, 4791, frame, keep, orig, reason);
+                           const char *reason, int64_t ts) {
+    tap_put(d, dir, src, 4791, dst, 4791, frame, keep, orig, reason, ts);
 }
 
+/* ts: the frame's time (ns, wall clock): a frame sent is stamped before its send, since on
+ * loopback the peer may take, answer and stamp it before the send call returns; 0: now */
 static void tap_put(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const uint8_t *frame,
-                    size_t flen, size_t orig, const char *reason) {
+                    size_t flen, size_t orig, const char *reason, int64_t ts) {
     size_t rlen = reason ? strlen(reason) : 0;
     if (rlen > 255) rlen = 255;
     size_t size = (sizeof(sr_taprec) + rlen + flen + 7) & ~(size_t)7;
@@ -245,7 +247,7 @@ static void tap_put(sr_dev *d, int dir, uint32_t src, uint16_t sport, uint32_t d
     r->dst = dst;
     r->len = flen;
     r->orig = orig;
-    r->ts_ns = now_wall_ns();
+    r->ts_ns = ts ? ts : now_wall_ns();
     uint8_t *p = (uint8_t *)(r + 1);
     memcpy(p, reason, rlen);
     if (flen) memcpy(p + rlen, frame, flen);
@@ -471,6 +473,7 @@ typedef struct {
     sr_dev *d;
     int n;
     int hold_acks; /* the application's receive turn: ACKs wait in d->ack_* */
+    int64_t ts;    /* when the batch's send began (the tap's time of its frames) */
     struct mmsghdr msg[SR_TX_BATCH];
     struct iovec iov[SR_TX_BATCH][TX_IOV];
     struct sockaddr_in to[SR_TX_BATCH];
@@ -479,7 +482,7 @@ typedef struct {
 } txbatch;
 
 /* a frame's parts as the tap stores them: one contiguous copy of what it keeps */
-static void tap_iov(sr_dev *d, int dir, uint32_t src, uint32_t dst, const struct iovec *iov, int n, const char *reason) {
+static void tap_iov(sr_dev *d, int dir, uint32_t src, uint32_t dst, const struct iovec *iov, int n, const char *reason, int64_t ts) {
     uint8_t stack[4608], *buf = stack;
     stack[0] = 0;
     size_t orig = 0;
@@ -492,7 +495,7 @@ static void tap_iov(sr_dev *d, int dir, uint32_t src, uint32_t dst, const struct
         if (take) memcpy(buf + pos, iov[i].iov_base, take);
         pos += take;
     }
-    tap_record_cut(d, dir, src, dst, buf, keep, orig, reason);
+    tap_record_cut(d, dir, src, dst, buf, keep, orig, reason, ts);
     if (buf != stack) free(buf);
 }
 
@@ -510,7 +513,7 @@ static void tx_done(sr_dev *d, txbatch *b, int first, int count, int err) {
             d->st.tx_dropped++;
         else
             d->st.tx_frames++;
-        if (d->tap_on) tap_iov(d, 0, d->ip, b->to[i].sin_addr.s_addr, b->iov[i], (int)b->msg[i].msg_hdr.msg_iovlen, err ? why : NULL);
+        if (d->tap_on) tap_iov(d, 0, d->ip, b->to[i].sin_addr.s_addr, b->iov[i], (int)b->msg[i].msg_hdr.msg_iovlen, err ? why : NULL, b->ts);
     }
 }
 
@@ -591,6 +594,7 @@ static void tx_flush_gso(txbatch *b) {
 }
 
 static void tx_flush(txbatch *b) {
+    b->ts = b->d->tap_on ? now_wall_ns() : 0;
     if (b->d->gso && b->n > 1)
         tx_flush_gso(b);
     else
@@ -648,7 +652,7 @@ static void emitv(txbatch *b, uint32_t dst, const uint8_t *hdr, size_t hlen, con
     }
     if (reason) {
         d->st.tx_dropped++;
-        if (d->tap_on) tap_iov(d, 0, d->ip, dst, parts, nparts, reason);
+        if (d->tap_on) tap_iov(d, 0, d->ip, dst, parts, nparts, reason, 0);
         return;
     }
     if (b->n == SR_TX_BATCH) tx_flush(b);
@@ -725,6 +729,7 @@ static void send_delayed(sr_dev *d, double now) {
         sr_delayed e = delay_pop(d);
         const char *reason = d->port_up ? NULL : "port down";
         char why[96];
+        int64_t ts = d->tap_on ? now_wall_ns() : 0;
         if (!reason) {
             struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(ROCE_PORT), .sin_addr.s_addr = e.dst};
             if (sendto(d->sock, e.data, e.len, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) < 0) {
@@ -736,7 +741,7 @@ static void send_delayed(sr_dev *d, double now) {
             d->st.tx_dropped++;
         else
             d->st.tx_frames++;
-        if (d->tap_on) tap_record(d, 0, d->ip, ROCE_PORT, e.dst, ROCE_PORT, e.data, e.len, reason);
+        if (d->tap_on) tap_record(d, 0, d->ip, ROCE_PORT, e.dst, ROCE_PORT, e.data, e.len, reason, ts);
         free(e.data);
     }
 }
@@ -1314,7 +1319,7 @@ static void rx_frame(txbatch *b, const uint8_t *data, size_t len, uint32_t src, 
             p.plen = ib - 12 - el - ((data[1] >> 4) & 3);
             ok = 1;
             d->st.rx_frames++;
-            if (d->tap_on) tap_record(d, 1, src, sport, d->ip, ROCE_PORT, data, len, NULL);
+            if (d->tap_on) tap_record(d, 1, src, sport, d->ip, ROCE_PORT, data, len, NULL, 0);
             sr_qp *qp = map_get(&d->qps, get24(data + 5));
             /* RC accepts packets only from the address it is connected to */
             if (!qp || qp->remote_ip != src) {
@@ -1329,7 +1334,7 @@ static void rx_frame(txbatch *b, const uint8_t *data, size_t len, uint32_t src, 
         }
     }
     (void)ok;
-    if (d->tap_on) tap_record(d, 1, src, sport, d->ip, ROCE_PORT, data, len, reason);
+    if (d->tap_on) tap_record(d, 1, src, sport, d->ip, ROCE_PORT, data, len, reason, 0);
     d->st.rx_dropped++;
 }
 

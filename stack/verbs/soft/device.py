@@ -307,6 +307,7 @@ class SoftDevice(SoftDeviceBase):
             heapq.heappush(self._delayed, (self.now() + f.delay, next(self._timer_seq), dst, datagram))
             self._wake()
             return
+        sent_at = time.time_ns()  # before the send: on loopback the peer may take and answer it before sendto returns
         if reason is None:
             try:
                 self._sock.sendto(datagram, (dst, ROCE_V2_PORT))
@@ -317,7 +318,7 @@ class SoftDevice(SoftDeviceBase):
         else:
             self.stats["tx_dropped"] += 1
         if self._taps:
-            self._tap(FrameRecord("tx", time.time_ns(), self.addr, ROCE_V2_PORT, dst, ROCE_V2_PORT, datagram, reason))
+            self._tap(FrameRecord("tx", sent_at, self.addr, ROCE_V2_PORT, dst, ROCE_V2_PORT, datagram, reason))
 
     def arm_timer(self, qp: SoftQP, key: str, when: float) -> None:
         seq = next(self._timer_seq)
