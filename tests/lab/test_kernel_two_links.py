@@ -430,7 +430,7 @@ def _last_cursor(events: list, local: str, peer: str, side: str) -> dict:
 def test_every_byte_arrived_intact_across_the_failover(run) -> None:
     """What the server read is exactly the start of what the client sent, for each
     connection; and all of it, unless the kernel lost a consumer-cursor update in the
-    failover (seen in about one run in four): the server's last CDC announced a consumer
+    failover (seen in two runs of five): the server's last CDC announced a consumer
     cursor the client never received, so the client's kernel, seeing the server's RMB full,
     never sent its last bytes (smcr_cdc_msg_send_validation re-announces only the sequence
     number, not the cursors, and smc_cdc_msg_send counts a cursor as confirmed once posted).
@@ -440,16 +440,17 @@ def test_every_byte_arrived_intact_across_the_failover(run) -> None:
     assert len(sent) == len(received) == 2
     short = []
     for seed, (s, c) in enumerate(zip(sent, a["conns"], strict=True), start=1):
-        assert s["error"] is None and s["sent"] > 0, s
-        assert s["sha256"] == _stream_sha(seed, s["sent"])  # (the host regenerates the stream)
+        assert s["sent"] > 0 and s["sha256"] == _stream_sha(seed, s["sent"]), s  # (the host regenerates the stream)
         r = received[c["local"]]
         assert r["received"] <= s["sent"] and r["sha256"] == _stream_sha(seed, r["received"]), (s, r)  # a prefix, unaltered
         assert s["peer_says"] == f"{r['sha256']} {r['received']}"
-        if r["received"] < s["sent"]:
+        if r["received"] < s["sent"] or s["error"] is not None:
+            # the stall's signature; then the sender was still blocked at the end, and its
+            # sendall() failed with EPIPE when the test shut the connection down
             seen = _last_cursor(run["a_events"], c["local"], c["peer"], "rx")["cons"]  # the server's cons, as the client last got it
             announced = _last_cursor(run["b_events"], c["peer"], c["local"], "tx")["cons"]  # as the server last sent it
-            assert seen != announced, (s, r, seen, announced)  # any other shortfall is a failure
-            short.append(f"connection {seed}: {r['received']} of {s['sent']} bytes; server announced cons {announced}, client got {seen}")
+            assert seen != announced and s["error"] in (None, "BrokenPipeError: [Errno 32] Broken pipe"), (s, r, seen, announced)
+            short.append(f"connection {seed}: {r['received']} of {s['sent']}+ bytes; server announced cons {announced}, client got {seen}")
     # both connections kept sending through the failover (the second one moved off the lost link)
     assert all(after > at_down for at_down, after in zip(a["sent_at_down"], a["sent_after_failover"], strict=True)), a
     if short:
