@@ -336,6 +336,8 @@ def test_tcp_segments_and_checksums():
         (bytes([0x02, 0x0A]) + inet.SMC_TCP_OPTION, False),  # a length exactly to the end swallows it
         (bytes([0x01, 0x02]), False),  # a kind with no length byte
         (bytes([0x01]) + inet.SMC_TCP_OPTION[2:], True),  # one NOP before it
+        (bytes([0x04, 0x02]) + inet.SMC_TCP_OPTION[2:], True),  # after SACK permitted (2 bytes)
+        (bytes([0x00, 0x02]) + inet.SMC_TCP_OPTION[2:], False),  # after the end of the options
         (bytes([0xFE, 0x08, 0xE2, 0xD4, 0xC3, 0xD9]), False),  # its length runs past the options
         (b"", False),
     ],
@@ -387,3 +389,18 @@ def test_rerun_survivors_roce_and_inet():
     # A UDP frame's IP identification is 0 unless given.
     u = inet.ipv4_udp_frame(b"\x02" * 6, b"\x04" * 6, A, B, 5, 6, b"")
     assert u[18:20] == b"\0\0"
+
+
+def test_rerun_survivors_inet():
+    assert inet.Ethernet().encode() == bytes(12) + b"\x08\x00"
+    hdr = bytearray(inet.IPv4(A, B, 17, 20, dont_fragment=False).encode())
+    hdr[6:8] = b"\x00\x01"  # fragment offset 1, no DF
+    assert not inet.decode_ipv4(bytes(hdr))[0].dont_fragment
+    seg = inet.Tcp(1, 2, 3, 4, inet.TCP_SYN, options=bytes([2, 4, 5, 0xB4])).encode(A, B, b"data")
+    t, off = inet.decode_tcp(seg)
+    assert t.options == bytes([2, 4, 5, 0xB4]) and off == 24 and seg[off:] == b"data"
+    u = inet.ipv4_udp_frame(b"\x02" * 6, b"\x04" * 6, A, B, 5, 6, b"four")
+    ip, _ = inet.decode_ipv4(u, 14)
+    assert ip.total_length == 20 + 8 + 4 and ip.checksum_ok
+    f = inet.ipv4_tcp_frame(b"\x02" * 6, b"\x04" * 6, A, B, inet.Tcp(1, 2, 3, 4, 0))
+    assert f[18:20] == b"\0\0" and inet.decode_ipv4(f, 14)[0].ident == 0
