@@ -404,3 +404,15 @@ def test_rerun_survivors_inet():
     assert ip.total_length == 20 + 8 + 4 and ip.checksum_ok
     f = inet.ipv4_tcp_frame(b"\x02" * 6, b"\x04" * 6, A, B, inet.Tcp(1, 2, 3, 4, 0))
     assert f[18:20] == b"\0\0" and inet.decode_ipv4(f, 14)[0].ident == 0
+
+
+def test_rerun_survivors_roce_second_pass():
+    # 12 bytes of BTH, 11 of payload, 1 of pad: 24 bytes, a multiple of the header length.
+    p = roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY, 1, 2), payload=b"x" * 11)
+    data = p.encode()
+    assert len(data) == 24 and data[1] == 0x10 and roce.decode_packet(data).payload == b"x" * 11
+    fr = roce.decode_frame(frame=roce.encode_frame(p, A, B, 1), check_icrc=True)
+    with pytest.raises(AttributeError):
+        fr.icrc_ok = False  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        roce.decode_frame(roce.encode_frame(p, A, B, 1), True)
