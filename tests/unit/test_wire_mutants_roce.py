@@ -46,6 +46,7 @@ def test_bth_every_bit():
     "kw, offset, words",
     [
         ({"dest_qp": 1 << 24}, 5, "DestQP=16777216 does not fit in 24 bits"),
+        ({"dest_qp": 24 << 24}, 5, "DestQP=402653184 does not fit in 24 bits"),
         ({"psn": 1 << 24}, 9, "PSN=16777216 does not fit in 24 bits"),
         ({"tver": 16}, 1, "transport version=16 does not fit in 4 bits"),
         ({"opcode": 256}, 0, "opcode=256 does not fit in 8 bits"),
