@@ -61,6 +61,10 @@ def test_code_table_lookups():
     assert (t.meaning(1), t.meaning(5)) == ("the first", "not a known thing code")
     assert t.format(0x20) == "0x00000020 TWO" and t.format(0xABCDEF12) == "0xabcdef12 UNKNOWN"
     assert str(codes.Code(0x03030000, "NOSMCDEV", "x")) == "0x03030000 NOSMCDEV"
+    code = codes.DECLINE_REASONS.get(0x03030000)
+    with pytest.raises(AttributeError):
+        code.value = 1  # type: ignore[misc]  # the tables are shared: a code cannot be changed
+    assert {code: 1}[codes.Code(0x03030000, "NOSMCDEV", code.meaning)] == 1
     for dup in ([(1, "A", ""), (1, "B", "")], [(1, "A", ""), (2, "A", "")]):
         with pytest.raises(ValueError, match="dup: duplicate value or name"):
             codes.CodeTable("dup", dup)
