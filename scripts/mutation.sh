@@ -39,7 +39,7 @@ tests_for() {  # the tests that speak for a module (fast ones: each mutant runs 
         stack/wire/clc.py) echo "tests/unit/test_wire_mutants_clc.py tests/unit/test_wire_kat.py tests/core/test_decline_order.py tests/core/test_derived_declines.py tests/core/test_prefix.py tests/core/test_ipv6_handshake.py tests/core/test_golden_session.py tests/core/test_core_behaviour.py" ;;
         stack/wire/roce.py|stack/wire/inet.py) echo "tests/unit/test_wire_mutants_roce.py tests/unit/test_wire_kat.py tests/unit/test_icrc_paths.py tests/unit/test_roce_analysis.py tests/integration/test_ipv6_frames.py tests/core/test_golden_session.py" ;;
         stack/wire/*) echo "tests/unit/test_wire_mutants_base.py tests/unit/test_wire_kat.py tests/unit/test_cdc_codec.py tests/unit/test_icrc_paths.py tests/unit/test_llc_addlink_v2.py tests/unit/test_cursor.py tests/core/test_golden_session.py tests/core/test_close_flags.py tests/core/test_fin_close_waits.py tests/core/test_derived_declines.py" ;;  # test_wire_properties.py takes 2 min a run
-        smctop/model.py) echo "tests/tui/test_model_mutants.py tests/tui/test_tui_model.py tests/tui/test_byte_accounting.py tests/tui/test_tui_widgets.py" ;;
+        smctop/model.py) echo "tests/tui/test_model_mutants.py tests/tui/test_tui_model.py" ;;  # test_byte_accounting.py and test_tui_widgets.py: 8 s more a mutant
         stack/core/*) echo "tests/core" ;;
         *) echo "tests/unit" ;;
     esac
