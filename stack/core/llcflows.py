@@ -469,8 +469,12 @@ class ServerAddLink(_AddLinkBase):
                 self.new_type, new.asym = LgrType.ASYMMETRIC_PEER, True
             new.peer_qpn, new.peer_psn, new.peer_gid, new.peer_mac = msg.qpn, msg.psn, msg.gid, msg.mac
             new.mtu = min(new.qp.mtu, msg.qp_mtu)
-            self.ctx.io.qp_to_rtr(new.qp.handle, msg.qpn, msg.psn, msg.gid, new.mtu)
-            self.ctx.io.qp_to_rts(new.qp.handle)
+            try:
+                self.ctx.io.qp_to_rtr(new.qp.handle, msg.qpn, msg.psn, msg.gid, new.mtu)
+                self.ctx.io.qp_to_rts(new.qp.handle)
+            except OSError as e:  # (smc_llc_srv_add_link: smc_ib_ready_link failed, the new link is cleared)
+                self._fail(now, f"the new QP cannot reach the peer: {e}")
+                return True
             if lgr.version >= 2:
                 lgr.rtoken_set(self.link.link_id, new.link_id, msg.rkeys)
                 self._confirm_link(now)
@@ -533,7 +537,13 @@ class ClientAddLink(_AddLinkBase):
         new = self.new
         new.peer_qpn, new.peer_psn, new.peer_gid, new.peer_mac = req.qpn, req.psn, req.gid, req.mac
         new.mtu = min(new.qp.mtu, req.qp_mtu)
-        self.ctx.io.qp_to_rtr(new.qp.handle, req.qpn, req.psn, req.gid, new.mtu)
+        try:
+            self.ctx.io.qp_to_rtr(new.qp.handle, req.qpn, req.psn, req.gid, new.mtu)
+        except OSError as e:  # the device cannot reach the peer's GID (its netdev down, no route): the kernel rejects too
+            lgr.clear_link(new, now)
+            self.new = None
+            self._reject(now, f"the new QP cannot reach the peer: {e}")
+            return
         self.event(now, "add_link_begin", link=new.link_id, device=device.name, cause="server request", asym=new.asym)
         if not self.link.post_llc(self._add_link_msg(True, req.link_num), now):
             self._fail(now, "could not send the ADD LINK response")
