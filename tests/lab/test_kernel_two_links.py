@@ -72,12 +72,17 @@ def _sh(cmd: str) -> None:
     subprocess.run(cmd, shell=True, check=True)
 
 
-def _setup() -> list[dict]:
-    """UEID, eth1 readdressed to /16 (see the module's doc), both NICs under one PNET ID."""
-    import ksmc
-
+def _setup_addresses_only() -> None:
+    """eth1 readdressed to /16 (see the module's doc)."""
     ip2 = os.environ["LAB_IP2"]
     _sh(f"ip addr del {ip2}/24 dev eth1 && ip addr add {ip2}/16 dev eth1")
+
+
+def _setup() -> list[dict]:
+    """UEID, eth1 readdressed to /16, both NICs under one PNET ID."""
+    import ksmc
+
+    _setup_addresses_only()
     ksmc.ueid_add(UEID)
     ksmc.pnet_add(PNETID, eth="eth0", ib="rxe0")
     ksmc.pnet_add(PNETID, eth="eth1", ib="rxe1")
