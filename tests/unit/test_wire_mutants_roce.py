@@ -417,3 +417,15 @@ def test_rerun_survivors_roce_second_pass():
         fr.icrc_ok = False  # type: ignore[misc]
     with pytest.raises(TypeError):
         roce.decode_frame(roce.encode_frame(p, A, B, 1), True)
+
+
+def test_rerun_survivors_inet_second_pass():
+    assert (inet.TCP_FIN, inet.TCP_SYN, inet.TCP_RST, inet.TCP_PSH, inet.TCP_ACK) == (1, 2, 4, 8, 16)  # RFC 793
+    eth = inet.Ethernet()
+    with pytest.raises(AttributeError):
+        eth.ethertype = 0  # type: ignore[misc]
+    s, d = ipaddress.IPv6Address("fd00::1"), ipaddress.IPv6Address("fd00::2")
+    data = inet.IPv6(s, d, 6, 8).encode() + bytes(8)
+    assert inet.decode_ipv6(data + b"trailer")[0].payload_length == 8  # bytes after the packet (Ethernet padding)
+    with pytest.raises(inet.InetError, match="are not of one family"):
+        inet.ip_tcp_frame(b"\x02" * 6, b"\x04" * 6, "::ffff:10.2.0.1", "10.2.0.2", inet.Tcp(1, 2, 3, 4, 0))
