@@ -400,3 +400,91 @@ def test_event_log_bound(kept):
     m.feed_many([ev(float(i), "stats") for i in range(10)])
     assert len(m.events) <= 2 * kept and m.events[-1].t == 9.0
     assert [e.t for e in m.events_since(9)] == [9.0] and m.events_since(10) == []
+
+
+def test_survivors_of_the_sampled_run():
+    assert M.cursor_delta("3:10", "3:5", 100) == 0  # backwards within one wrap
+    m = Model()
+    assert m.conn_log == 16
+    m.feed(ev(0, "conn.open", conn=1))
+    c = m.conns[("h", 1)]
+    assert (c.token, c.peer_diagnosis, m.conns_added) == (0, 0, 1)
+    assert isinstance(c.change_no, int) and c.change_no == c.version_no + c.htick
+    for i in range(20):
+        m.feed(ev(0.1, "conn.error", conn=1, reason=str(i)))
+    assert len(c.log) == 16
+    assert m.lgr("h", "g").version == 0
+    # A fallback that says nothing of the peer's diagnosis: 0, not unknown.
+    m.feed(ev(0.2, "conn.fallback", conn=1, reason=DIFFPREFIX))
+    assert c.peer_diagnosis == 0
+    # Changes are seen after a sample moves a connection again.
+    m.advance(0.0)
+    m.take_conn_changes()
+    m.feed(ev(0.5, "rdma.write", conn=1, length=1))
+    m.advance(1.0)
+    assert ("h", 1) in m.take_conn_changes()[0]
+    m.feed(ev(1.5, "rdma.write", conn=1, length=1))
+    m.advance(2.0)
+    assert ("h", 1) in m.take_conn_changes()[0]
+
+
+def test_first_sample_rates_and_fractional_link_rates():
+    m = Model(interval=2.0)
+    m.advance(0.0)
+    c = smc_conn(m, lgr="g", link=1)
+    m.apply_snapshot({"host": "h", "t": 0.1, "lgrs": [{"id": "g", "links": [{"id": 1, "state": "LINK_ACTIVE"}]}],
+                      "conns": [{"conn": 1, "mode": "SMCR", "lgr": "g", "link": 1}]})  # fmt: skip
+    m.feed(ev(0.5, "rdma.write", "h", "g", 1, 1, length=3))
+    m.advance(2.0)
+    assert m.lgrs[("h", "g")].links[1].rate == 1.5 and c.rate == 1.5
+    assert m.perf.series(5) == [m.seq / 2.0] and m.perf.series(3) == [0.5]  # events and connections opened a second
+
+
+def test_feed_keeps_the_newest_events_when_it_trims():
+    m = Model(events_kept=100)
+    for i in range(201):
+        m.feed(ev(float(i), "stats"))
+    assert len(m.events) == 100 and m.events[0].t == 101.0
+
+
+def test_feed_timed_advances_as_feeding_one_by_one():
+    m = Model(interval=1.0)
+    m.advance(0.0)
+    m.feed_timed([ev(0.2, "stats"), ev(1.5, "stats"), ev(1.7, "stats")])
+    assert m.now == 1.5 and m.ticks == 1
+
+
+def test_local_only_addresses_do_not_pair_two_hosts():
+    m = Model()
+    for host in ("h1", "h2"):
+        m.feed(ev(0, "conn.open", host, conn=1, role="client", local="10.0.0.1:5000"))
+        m.feed(ev(1, "conn.fallback", host, conn=1, reason=NOSMCDEV))
+    assert m.totals()["fallback_conns"] == 2
+
+
+def test_kernel_per_call_lengths_count_bytes():
+    m = Model()
+    c = smc_conn(m)
+    m.feed(ev(1, "conn.cursor", conn=1, lgr="g1", link=1, side="tx", len=100, source="tracepoint"))
+    m.feed(ev(1, "conn.cursor", conn=1, lgr="g1", link=1, side="rx", len=40, source="snapshot"))
+    m.feed(ev(1, "conn.cursor", conn=1, lgr="g1", link=1, side="rx", len=7, source="probe"))
+    m.feed(ev(1, "conn.cursor", conn=1, lgr="g1", link=1, side="rx", len=0, source="tracepoint"))
+    assert (c.bytes_sent, c.bytes_received) == (100, 40)
+
+
+def test_a_write_on_a_connection_without_a_link_yet():
+    m = Model()
+    m.feed(ev(0, "conn.open", conn=1))
+    m.feed(ev(1, "rdma.write", "h", "g", 2, 1, length=9))
+    c = m.conns[("h", 1)]
+    assert (c.link, c.lgr, c.bytes_sent) == (2, "g", 9)
+
+
+def test_handshake_count_in_totals():
+    m = Model()
+    for i in (1, 2, 3):
+        m.feed(ev(0, "conn.open", conn=i))
+    m.feed(ev(1, "conn.mode", conn=1, mode="SMCR"))
+    m.feed(ev(1, "conn.mode", conn=2, mode="TCP"))
+    t = m.totals()
+    assert (t["conns"], t["smcr"], t["tcp"], t["handshake"]) == (3, 1, 1, 1)
