@@ -488,3 +488,30 @@ def test_handshake_count_in_totals():
     m.feed(ev(1, "conn.mode", conn=2, mode="TCP"))
     t = m.totals()
     assert (t["conns"], t["smcr"], t["tcp"], t["handshake"]) == (3, 1, 1, 1)
+
+
+def test_rerun_survivors_model():
+    assert Model(events_kept=10).rare.maxlen == 50  # the rare kinds are kept five times longer
+    m = Model()
+    for host in ("a", "b"):
+        m.feed(ev(0, "conn.open", host, conn=1))
+        m.feed(ev(0, "conn.mode", host, conn=1, mode="SMCR", rmb_size=100))
+    assert m.rmb_usage("a") == (1, 100, 0) and m.rmb_usage("b") == (1, 100, 0)
+    c = smc_conn(m, host="a", conn=2)
+    m.feed(ev(1, "conn.cursor", "a", "g1", 1, 2, side="tx", len=1, source="tracepoint"))
+    assert c.bytes_sent == 1
+
+
+def test_a_connection_moved_to_an_unknown_link_group_stops_counting_on_its_old_link():
+    m = Model()
+    m.advance(0.0)
+    c = smc_conn(m, lgr="g", link=1)
+    m.feed(ev(0.1, "link.event", "h", "g", 1, event="added"))
+    m.feed(ev(0.1, "link.state", "h", "g", 1, old="LINK_ACTIVATING", new="LINK_ACTIVE"))
+    m.feed(ev(0.5, "rdma.write", "h", "g", 1, 1, length=10))
+    m.advance(1.0)
+    old = m.lgrs[("h", "g")].links[1]
+    assert old.bytes == 10 and c.lk is old
+    m.feed(ev(1.5, "rdma.write", "h", "g2", 1, 1, length=10))  # now in a link group the model has no link of
+    m.advance(2.0)
+    assert old.bytes == 10 and c.bytes_sent == 20 and c.lk is None

@@ -130,6 +130,11 @@ def test_builder_writes_and_checks():
     with pytest.raises(Err) as e:
         b.raw(20, b"abc", 4, "g")
     assert (e.value.offset, e.value.reason) == (20, "g must be 4 bytes, got 3")
+    with pytest.raises(Err, match="g must be 4 bytes, got 5"):
+        b.raw(20, b"abcde", 4, "g")
+    assert len(b.bytes()) == 24
+    b.uint(offset=22, size=2, value=0x0102, field="f", order="little")  # every argument may be named
+    assert b.bytes()[22:] == b"\x02\x01"
     assert b.fail(5, "r").offset == 5
     with pytest.raises(Err) as e:
         _base.check_choice(3, (1, 2), "mode", "MSG", 7, Err)
