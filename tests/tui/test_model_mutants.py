@@ -515,3 +515,36 @@ def test_a_connection_moved_to_an_unknown_link_group_stops_counting_on_its_old_l
     m.feed(ev(1.5, "rdma.write", "h", "g2", 1, 1, length=10))  # now in a link group the model has no link of
     m.advance(2.0)
     assert old.bytes == 10 and c.bytes_sent == 20 and c.lk is None
+
+
+def test_more_survivors_of_the_sampled_run():
+    h = M.History(300, 1)  # longer than 256 samples: counts compared by value
+    for i in range(301):
+        h.push(i)
+    assert len(h.series(0)) == 300 and h.series(0)[0] == 1.0
+    m = Model(interval=1.0)
+    assert m.watched_log == 400
+    m.advance(0.0)
+    m.feed(ev(0.5, "cdc.msg", conn=1, dir="rx", seqno=1, prod="0:0", cons="0:0"))
+    m.feed(ev(0.6, "cdc.msg", conn=1, dir="rx", seqno=2, prod="0:0", cons="0:0"))
+    m.feed(ev(0.7, "cdc.msg", conn=1, dir="tx", seqno=3, prod="0:0", cons="0:0"))
+    assert [x[2] for x in m.conns[("h", 1)].log] == ["rx", "rx", "tx"]
+    m.advance(1.0)
+    m.feed(ev(1.5, "cdc.msg", conn=1, dir="rx", seqno=4, prod="0:0", cons="0:0"))
+    # A connection that first moves in the second sample: its history holds exactly its samples.
+    m.feed(ev(1.6, "rdma.write", conn=2, length=5))
+    m.advance(2.0)
+    assert m.perf.series(1) == [3.0, 1.0] and m.totals()["cdc_rate"] == 1.0  # the last sample's rate
+    c2 = m.conns[("h", 2)]
+    assert c2.hfirst == 2 and c2.hist.n == 1 and c2.hist.series(0) == [5.0]
+    m.advance(3.0)
+    assert c2.hist.n == 2 and c2.hist.series(0) == [5.0, 0.0]
+    # feed_timed counts every event, on both sides of a sample.
+    n = Model(interval=1.0)
+    n.advance(0.0)
+    n.feed_timed([ev(0.2, "stats"), ev(1.5, "stats"), ev(1.7, "stats"), ev(1.8, "stats")])
+    assert n.seq == 4 and n.kinds["stats"] == 4
+    # Critical link groups are counted once each.
+    m.apply_snapshot({"host": "h", "t": 4.5, "lgrs": [{"id": "g", "type": "SINGLE", "crit": True, "links": [{"id": 1, "state": "LINK_ACTIVE"}]}]})
+    m.feed(ev(4.6, "stats"))
+    assert m.totals()["crit"] == 1
