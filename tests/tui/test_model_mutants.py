@@ -548,3 +548,24 @@ def test_more_survivors_of_the_sampled_run():
     m.apply_snapshot({"host": "h", "t": 4.5, "lgrs": [{"id": "g", "type": "SINGLE", "crit": True, "links": [{"id": 1, "state": "LINK_ACTIVE"}]}]})
     m.feed(ev(4.6, "stats"))
     assert m.totals()["crit"] == 1
+
+
+def test_third_pass_survivors():
+    m = Model(interval=1.0, closed_keep=2.0)
+    m.feed(ev(0, "link.state", "h", "g", 1, old="", new="LINK_ACTIVE"))
+    assert m.lgrs[("h", "g")].links[1].qpn == 0
+    m.advance(0.0)
+    c = smc_conn(m, lgr="g", link=1)
+    m.feed(ev(0.5, "cdc.msg", "h", "g", 2, 1, dir="rx", seqno=1, prod="0:0", cons="0:0"))
+    assert c.link == 2 and c.lgr == "g"
+    # Past 256 samples a connection that moves in each is still counted once a sample.
+    for t in range(1, 301):
+        m.feed(ev(t - 0.5, "rdma.write", "h", "g", 2, 1, length=10))
+        m.advance(float(t))
+    assert m.ticks == 300 and c.rate == 10.0 and c.bytes_sent == 3000
+    # A connection closed exactly closed_keep seconds ago is forgotten.
+    m.feed(ev(300.0, "conn.state", "h", conn=1, old="ACTIVE", new="CLOSED"))
+    m.advance(301.0)
+    assert ("h", 1) in m.conns
+    m.advance(302.0)
+    assert ("h", 1) not in m.conns
