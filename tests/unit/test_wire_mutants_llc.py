@@ -300,3 +300,12 @@ def test_second_pass_survivors():
     little = "".join(["lit", "tle"])
     assert little == llc.ORDERS[0] and little is not llc.ORDERS[0]  # equal, not the same object
     assert llc.decode(m.encode(), order=little) == m
+
+
+def test_fresh_sample_survivors():
+    # A REQUEST ADD LINK v2 with no GIDs is 44 bytes: the count needs fewer bytes than there are.
+    empty = llc.RequestAddLink(version=2, response=True).encode()
+    assert len(empty) == 44 and llc.decode(empty) == llc.RequestAddLink(version=2, response=True)
+    # A 3-byte v2 buffer: the length reads, and fits nothing.
+    e = err(llc.decode, b"\x27\x2c\x00")
+    assert (e.offset, e.reason) == (1, "length_v2 reads 44 (little-endian) or 11264 (big-endian); neither fits the 3 bytes given")
