@@ -569,3 +569,80 @@ def test_third_pass_survivors():
     assert ("h", 1) in m.conns
     m.advance(302.0)
     assert ("h", 1) not in m.conns
+
+
+def test_fourth_pass_survivors():
+    assert M.cursor_delta("3:10", "3:9", 100) == 0
+    m = Model(interval=1.0)
+    m.feed(ev(0, "lgr.state", "h", "g", old="NONE", new="SINGLE"))
+    assert m.lgrs[("h", "g")].conns == 0
+    # Changes before the first sample are seen too.
+    m.feed(ev(0, "conn.open", conn=1))
+    m.take_conn_changes()
+    m.feed(ev(0.1, "conn.error", conn=1, reason="x"))
+    assert m.take_conn_changes()[0] == {("h", 1)}
+    # The first sample's LLC rate counts from zero.
+    m.advance(0.0)
+    m.feed(ev(0.2, "llc.msg", "h", "g", 1, dir="rx", type="LLC TEST LINK"))
+    m.advance(1.0)
+    assert m.perf.series(2) == [1.0]
+    assert m.percentile([1, 2, 3, 4], 40) == 2 and m.percentile([1, 2, 3, 4, 5], 40) == 3
+
+
+def test_a_connection_moved_to_an_unknown_link_of_its_group():
+    m = Model()
+    m.advance(0.0)
+    c = smc_conn(m, lgr="g", link=1)
+    m.feed(ev(0.1, "link.event", "h", "g", 1, event="added"))
+    m.feed(ev(0.5, "rdma.write", "h", "g", 1, 1, length=10))
+    m.advance(1.0)
+    old = m.lgrs[("h", "g")].links[1]
+    assert old.bytes == 10 and c.lk is old
+    m.feed(ev(1.5, "rdma.write", "h", "g", 2, 1, length=10))  # link 2: not known to the model
+    m.advance(2.0)
+    assert old.bytes == 10 and c.lk is None and c.link == 2
+
+
+def test_writes_that_change_only_the_link_group():
+    m = Model()
+    m.feed(ev(0, "conn.open", "h", None, 2, 1))
+    m.feed(ev(1, "rdma.write", "h", "g", 2, 1, length=1))
+    assert m.conns[("h", 1)].lgr == "g"
+    m.feed(ev(0, "conn.open", "h", "b", 1, 2))
+    m.feed(ev(1, "rdma.write", "h", "a", 1, 2, length=1))
+    assert m.conns[("h", 2)].lgr == "a"
+
+
+def test_two_moves_a_sample_past_256_samples():
+    m = Model(interval=1.0)
+    m.advance(0.0)
+    c = smc_conn(m)
+    for t in range(1, 301):
+        m.feed(ev(t - 0.5, "rdma.write", "h", "g1", 1, 1, length=10))
+        m.feed(ev(t - 0.4, "rdma.write", "h", "g1", 1, 1, length=10))
+        m.advance(float(t))
+    assert c.rate == 20.0 and m.rate == 20.0
+
+
+def test_bounds_on_closed_connections_and_pending_fallbacks():
+    m = Model(closed_keep=1000.0)
+    m.advance(0.0)
+    m.feed_many([ev(0.5, "conn.state", conn=i, old="ACTIVE", new="CLOSED") for i in range(2001)])
+    m.advance(1.0)
+    assert len(m.conns) == 2000 and ("h", 0) not in m.conns  # at most max_closed (2,000) closed ones kept
+    n = Model()
+    n.feed_many([ev(1.0, "conn.open", conn=i, local=f"10.0.{i // 250}.{i % 250}:1", peer="10.9.9.9:80") for i in range(10_002)])
+    n.feed_many([ev(1.0, "conn.fallback", conn=i, reason=NOSMCDEV) for i in range(10_002)])
+    assert len(n._fb_pending) <= 10_001  # waiting for the other end: bounded
+
+
+def test_pruned_links_tell_the_views():
+    m = Model(interval=1.0, history=2)
+    m.feed(ev(0, "link.event", "h", "g", 1, event="added"))
+    m.feed(ev(0, "link.event", "h", "g", 2, event="added"))
+    m.feed(ev(0, "link.state", "h", "g", 2, old="", new="LINK_ACTIVE"))
+    m.advance(0.0)
+    m.advance(1.0)
+    m.links_changed = False
+    m.advance(3.0)
+    assert set(m.lgrs[("h", "g")].links) == {2} and m.links_changed
