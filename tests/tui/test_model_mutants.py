@@ -646,3 +646,19 @@ def test_pruned_links_tell_the_views():
     m.links_changed = False
     m.advance(3.0)
     assert set(m.lgrs[("h", "g")].links) == {2} and m.links_changed
+
+
+def test_fifth_pass_survivors():
+    m = Model(interval=1.0)
+    m.advance(0.0)
+    c = smc_conn(m, lgr="g1", link=1)
+    m.feed(ev(0.1, "conn.error", conn=1, reason="x"))  # an event without link or group keeps both
+    assert (c.link, c.lgr) == (1, "g1")
+    m.feed(ev(0.2, "conn.cursor", "h", "g1", 1, 1, side="rx", prod="0:100", peer_rmbe_space=1))
+    m.advance(1.0)
+    assert c.rate == 100.0
+    # A snapshot that says fewer bytes received than events did, while we sent 50: the sample counts the 50.
+    m.apply_snapshot({"host": "h", "t": 1.2, "conns": [{"conn": 1, "mode": "SMCR", "lgr": "g1", "link": 1, "bytes_sent": 0, "bytes_received": 0}]})
+    m.feed(ev(1.5, "rdma.write", "h", "g1", 1, 1, length=50))
+    m.advance(2.0)
+    assert c.rate == 50.0
