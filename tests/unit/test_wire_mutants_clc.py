@@ -442,3 +442,20 @@ def test_header_version_and_v2_release_defaults():
     # A v2 extension announces release 1 (SMC_RELEASE_1, v2.1) unless told otherwise.
     data = proposal(typev1=clc.SmcType.R, typev2=clc.SmcType.R, prefix=clc.IpPrefixArea(), v2=clc.V2Extension()).encode()
     assert data[88 + 3] == 0x10
+
+
+def test_fresh_sample_survivors():
+    e = err(proposal(typev1=clc.SmcType.R, typev2=clc.SmcType.R, prefix=clc.IpPrefixArea(), v2=clc.V2Extension(release=16)).encode)
+    assert (e.offset, e.reason) == (91, "release=16 does not fit in 4 bits")
+    # typev1 N with ip_area_offset 40: the count the kernel reads is at 87.
+    p = bytearray(proposal(typev1=clc.SmcType.N, typev2=clc.SmcType.R, v2=clc.V2Extension()).encode())
+    p[38:40] = (40).to_bytes(2, "big")
+    p[87] = 9
+    e = err(clc.decode, bytes(p))
+    assert (e.offset, e.reason) == (87, "IPv6 prefix count 9 exceeds 8")
+    # The first-contact extension announces two links unless told otherwise.
+    a = clc.Accept(**accept(version=2, first_contact=True, fce=clc.FirstContactExt())).encode()
+    assert a[140:142] == bytes([255, 2])
+    # An 8-byte bad header at the front of the stream is refused, not left for later.
+    with pytest.raises(clc.ClcError, match="unknown CLC message type 9"):
+        clc.split_stream(SMCR + b"\x09\x00\x10\x10")
