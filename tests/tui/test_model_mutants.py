@@ -633,7 +633,7 @@ def test_bounds_on_closed_connections_and_pending_fallbacks():
     n = Model()
     n.feed_many([ev(1.0, "conn.open", conn=i, local=f"10.0.{i // 250}.{i % 250}:1", peer="10.9.9.9:80") for i in range(10_002)])
     n.feed_many([ev(1.0, "conn.fallback", conn=i, reason=NOSMCDEV) for i in range(10_002)])
-    assert len(n._fb_pending) <= 10_001  # waiting for the other end: bounded
+    assert len(n._fb_pending) == 10_000  # waiting for the other end: the newest 10,000
 
 
 def test_pruned_links_tell_the_views():
@@ -662,3 +662,10 @@ def test_fifth_pass_survivors():
     m.feed(ev(1.5, "rdma.write", "h", "g1", 1, 1, length=50))
     m.advance(2.0)
     assert c.rate == 50.0
+
+
+def test_a_new_link_carries_no_connections():
+    m = Model()
+    m.feed(ev(0, "link.event", "h", "g", 1, event="added", qpn=5))
+    link = m.lgrs[("h", "g")].links[1]
+    assert (link.conns, link.qpn, link.bytes, link.state) == (0, 5, 0, "LINK_UNUSED")
