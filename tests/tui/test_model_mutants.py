@@ -669,3 +669,12 @@ def test_a_new_link_carries_no_connections():
     m.feed(ev(0, "link.event", "h", "g", 1, event="added", qpn=5))
     link = m.lgrs[("h", "g")].links[1]
     assert (link.conns, link.qpn, link.bytes, link.state) == (0, 5, 0, "LINK_UNUSED")
+
+
+def test_a_removed_link_group_tells_the_views():
+    m = Model(interval=1.0)
+    m.feed(ev(0, "lgr.state", "h", "g", old="SINGLE", new="NONE", cause="freed"))
+    m.advance(0.0)
+    m.links_changed = False
+    m.advance(1.0)
+    assert ("h", "g") not in m.lgrs and m.links_changed
