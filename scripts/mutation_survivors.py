@@ -4,8 +4,8 @@ docs/testing.md: ``python scripts/mutation_survivors.py SESSION.sqlite [--short]
 The score counts the mutants that ran (killed / (killed + survived)); mutants that
 scripts/mutation_sample.py skipped (in an annotation, or not in the sample) are counted
 apart by reason. ``--short`` prints one line a survivor (line, operator, the mutated line)
-instead of its diff; each survivor's job id is printed so it can be applied again
-(``scripts/mutation_apply.py``)."""
+instead of its diff; each survivor's job id is printed (``MUTATION_RERUN`` in
+scripts/mutation.sh applies a kept run's survivors again, scripts/mutation_rerun.py)."""
 
 from __future__ import annotations
 
