@@ -193,3 +193,20 @@ def test_event_fields_of_each_codec():
     a = clc.Confirm(b"\x02" * 8, bytes(16), bytes(6), qpn=1, rmb_rkey=2, rmbe_alert_token=3, rmbe_size=4, qp_mtu=5, rmb_vaddr=6, psn=7, first_contact=True)
     assert fields.clc_fields(a, b"") == {"type": "Confirm", "raw": b"", "version": 1, "first_contact": True, "qpn": 1, "token": 3, "rkey": 2,
                                          "rmbe_size": 4, "qp_mtu": 5, "psn": 7, "peer_id": "0202020202020202"}  # fmt: skip
+
+
+def test_cdc_pack_names_the_flag_byte_that_does_not_fit():
+    p, c = cdc.Cursor(1, 2), cdc.Cursor(3, 4)
+    for kw, offset, reason in (
+        ({"prod_flags": 256}, 24, "prod_flags 256 is not a byte"),
+        ({"conn_state_flags": 256}, 25, "conn_state_flags 256 is not a byte"),
+        ({"conn_state_flags": -1}, 25, "conn_state_flags -1 is not a byte"),
+    ):
+        with pytest.raises(cdc.CdcError) as e:
+            cdc.pack(7, 8, p, c, **kw)
+        assert (e.value.offset, e.value.reason) == (offset, reason)
+    # Flags that fit (0xFF included) leave the error to the field that does not.
+    with pytest.raises(cdc.CdcError) as e:
+        cdc.pack(1 << 16, 8, p, c, prod_flags=0xFF, conn_state_flags=0x05)
+    assert (e.value.offset, e.value.reason) == (2, "seqno=65536 does not fit in 16 bits")
+    assert cdc.pack(7, 8, p, c, 0xFF, 0xE0)[24:26] == b"\xff\xe0"
