@@ -210,3 +210,22 @@ def test_cdc_pack_names_the_flag_byte_that_does_not_fit():
         cdc.pack(1 << 16, 8, p, c, prod_flags=0xFF, conn_state_flags=0x05)
     assert (e.value.offset, e.value.reason) == (2, "seqno=65536 does not fit in 16 bits")
     assert cdc.pack(7, 8, p, c, 0xFF, 0xE0)[24:26] == b"\xff\xe0"
+
+
+@pytest.mark.parametrize(
+    "kw, offset, reason",
+    [
+        ({"seqno": 1 << 16}, 2, "seqno=65536 does not fit in 16 bits"),
+        ({"token": 1 << 32}, 4, "token=4294967296 does not fit in 32 bits"),
+        ({"prod": cdc.Cursor(1 << 16, 0)}, 10, "producer wrap=65536 does not fit in 16 bits"),
+        ({"prod": cdc.Cursor(0, 1 << 32)}, 12, "producer count=4294967296 does not fit in 32 bits"),
+        ({"cons": cdc.Cursor(1 << 16, 0)}, 18, "consumer wrap=65536 does not fit in 16 bits"),
+        ({"cons": cdc.Cursor(0, 1 << 32)}, 20, "consumer count=4294967296 does not fit in 32 bits"),
+    ],
+)
+def test_cdc_errors_name_the_fields_offset(kw, offset, reason):
+    fields = {"seqno": 1, "token": 2, "prod": cdc.Cursor(0, 0), "cons": cdc.Cursor(0, 0), **kw}
+    for encode in (lambda: cdc.CdcMessage(**fields).encode(), lambda: cdc.pack(**fields)):
+        with pytest.raises(cdc.CdcError) as e:
+            encode()
+        assert (e.value.offset, e.value.reason) == (offset, reason)
