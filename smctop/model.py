@@ -877,6 +877,7 @@ class Model:
         summary reads one); one that does not match raises BadRecord and changes nothing.
         Returns the snapshot as parsed."""
         snap = parse_snapshot(snap)
+        self._totals = None  # a snapshot can change link and link-group states that no stamp of totals() counts
         name = snap.get("host", "")
         t = snap.get("t", self.now or 0.0)
         if self.t0 is None:
