@@ -163,12 +163,18 @@ def want_link(lgr: LinkGroup, now: float, cause: str) -> None:
     """A second link may be possible now: the server adds one, the client asks for one."""
     if lgr.terminated or lgr.max_links <= 1 or lgr.type not in (LgrType.SINGLE, LgrType.ASYMMETRIC_LOCAL):
         return
+    if lgr.role == LgrRole.SERVER:
+        # an ADD LINK already running may be the one that fails (its peer's side of the path
+        # going too): this one waits for it, as the kernel's llc_event_q keeps a local ADD
+        # LINK while a flow runs (smc_llc_add_link_local); one waiting is enough, and it
+        # looks again at the group when it starts
+        if any(isinstance(f, ServerAddLink) for f in lgr.flows) or lgr.has_flow(ClientInvite):
+            return
+        lgr.start_flow(ServerAddLink(lgr, cause), now)
+        return
     if lgr.has_flow(ServerAddLink) or lgr.has_flow(ClientInvite):
         return
-    if lgr.role == LgrRole.SERVER:
-        lgr.start_flow(ServerAddLink(lgr, cause), now)
-    else:
-        lgr.start_flow(ClientInvite(lgr), now)
+    lgr.start_flow(ClientInvite(lgr), now)
 
 
 # --------------------------------------------------------------------------- TEST LINK
@@ -460,6 +466,11 @@ class ServerAddLink(_AddLinkBase):
         if self.peer_gave_up(link, msg, now):
             return True
         if self.step == "ADD LINK response" and isinstance(msg, llc.AddLink) and msg.response:
+            if msg.link_num and msg.link_num != new.link_id:
+                # the late answer to an earlier ADD LINK of ours (a peer names the link it
+                # answers for: smc_llc_cli_add_link keeps the server's link_num): not ours to
+                # take; its llc.msg event shows it, and this flow waits on for its own
+                return True
             if msg.rejected:
                 self.event(now, "add_link_rejected", link=new.link_id, reason=msg.reject_reason)
                 lgr.clear_link(new, now)

@@ -389,3 +389,56 @@ def test_both_links_killed_while_idle_test_link_ends_it():
     assert b.apps[1].closed and a.apps[1].closed and "terminated" in a.apps[1].close_error
     (closed,) = kinds(a, "conn.state", conn=1, new="CLOSED")
     assert closed.t - kill <= 5.0 + 2.0 + 0.01  # TEST LINK interval + its 2 s answer time
+
+
+def test_a_port_that_comes_back_while_an_add_link_runs_gets_its_link_after_it():
+    """The lab's two-link differential: our server's asymmetric ADD LINK after a link loss
+    was still waiting (for a peer whose side of the path had gone too) when rxe1's port came
+    back, and the port's ADD LINK was dropped: the group stayed SINGLE. As the kernel's
+    llc_event_q keeps it, it now waits for the running flow and then adds the link."""
+    from stack.core.llcflows import ServerAddLink
+
+    f, a, b = hosts(frozenset({2}))
+    b.port("fab1", False)
+    f.run(until=0.001)
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)
+    lgr = b.host.lgrs[0]
+    assert lgr.type == LgrType.ASYMMETRIC_LOCAL
+    busy = ServerAddLink(lgr, "an ADD LINK still waiting for its peer")
+    lgr.running = busy  # as the failed asymmetric add was, when the port came back
+    b.port("fab1", True)
+    f.run(until=f.now + 0.001)
+    assert [type(x).__name__ for x in lgr.flows] == ["ServerAddLink"]  # kept for when the running one ends
+    b.port("fab1", True)  # a second port event while one waits: still one
+    f.run(until=f.now + 0.001)
+    assert len(lgr.flows) == 1
+    lgr.flow_done(busy, f.now)
+    f.run(until=f.now + 0.01)
+    assert_symmetric(a, b)
+
+
+def test_a_late_answer_to_an_earlier_add_link_is_not_taken_for_the_running_ones():
+    """The lab again: the kernel client's rejection of our timed-out ADD LINK (link 3)
+    arrived while our next ADD LINK (link 4) waited for its answer, and ended it. A response
+    names its link (smc_llc_cli_add_link keeps the server's link_num): another link's is left."""
+    from stack.core.llcflows import ServerAddLink
+    from stack.wire import llc
+
+    f, a, b = hosts(frozenset({2}))
+    b.port("fab1", False)
+    f.run(until=0.001)
+    open_conn(f, a, b, 1)
+    f.run(until=f.now + 0.01)
+    lgr = b.host.lgrs[0]
+    b.port("fab1", True)
+    f.run(until=f.now + 1e-6)  # the port event: the server's ADD LINK is on its way, not yet answered
+    flow = lgr.running
+    assert isinstance(flow, ServerAddLink) and flow.step == "ADD LINK response", (flow, getattr(flow, "step", None))
+    stale = llc.AddLink(version=2, response=True, rejected=True, mac=bytes(6), gid=bytes(16), qpn=0, link_num=flow.new.link_id + 7,
+                        qp_mtu=3, psn=0)  # fmt: skip
+    assert flow.on_llc(flow.link, stale, f.now)
+    assert lgr.running is flow and flow.new is not None  # still waiting for its own answer
+    f.run(until=f.now + 0.01)
+    assert_symmetric(a, b)
+    assert not kinds(b, "link.event", event="add_link_rejected")
