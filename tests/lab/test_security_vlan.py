@@ -260,19 +260,25 @@ def test_guest_side() -> None:
     if vm == "a":
         err = share / "tcpdump.err"
         capture = subprocess.Popen(
-            ["tcpdump", "-i", "eth0", "-s", "256", "-U", "-w", str(share / "eth0.pcap"),
+            ["tcpdump", "-i", "eth0", "-s", "256", "-U", "--immediate-mode", "-w", str(share / "eth0.pcap"),
              # untagged first: after "vlan" every offset of the expression is shifted by the tag
              f"udp port {ROCE_PORT} or tcp port {PORT} or (vlan and (udp port {ROCE_PORT} or tcp port {PORT}))"],
             stdout=subprocess.DEVNULL, stderr=err.open("w"),
         )  # fmt: skip
-        for _ in range(100):
+        for _ in range(600):  # (under a loaded host, tcpdump in a TCG guest can take many seconds)
             if "listening" in err.read_text():
                 break
             time.sleep(0.1)
+        else:
+            raise AssertionError(f"tcpdump did not start listening within 60 s: {err.read_text()[-500:]}")
+        time.sleep(0.5)  # its socket is open when it says so; a moment for the filter to be in place
     try:
         record = asyncio.run(_client() if vm == "a" else _server())
     finally:
         if capture is not None:
+            # tcpdump stops reading at SIGINT: what the kernel still held for it would be lost (a
+            # loaded run lost the last, untagged connection's CLC that way), so let it catch up
+            time.sleep(2.0)
             capture.send_signal(signal.SIGINT)
             capture.wait(30)
     record["kernel_vlans"] = kernel_vlans
