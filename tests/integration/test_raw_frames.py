@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.fakestack import FakeStack
 from support.stacks import ROOT, addrs, config, run
 
 from dissectors.capture import read_events
@@ -95,34 +96,6 @@ def test_raw_batches_carry_exactly_the_frames_the_json_lines_carry(tmp_path):
     assert cut and all(len(k[6]) <= SNAP + 40 and k[7] > len(k[6]) for k in cut)
     ends = [m for m in as_raw if m["type"] == "end"]
     assert ends and ends[-1]["frames_dropped"] == 0
-
-
-class FakeStack:
-    """A control socket that sends what the test says, bytes as they are."""
-
-    def __init__(self, path: Path, chunks: list[bytes]) -> None:
-        import threading
-
-        self.path, self.chunks = str(path), chunks
-        self.ready = threading.Event()
-        threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True).start()
-        assert self.ready.wait(10)
-
-    async def _main(self) -> None:
-        done = asyncio.Event()
-
-        async def serve(reader, writer):
-            await reader.readline()  # subscribe
-            for chunk in self.chunks:
-                writer.write(chunk)
-                await writer.drain()
-            writer.close()
-            done.set()
-
-        server = await asyncio.start_unix_server(serve, self.path)
-        self.ready.set()
-        await done.wait()
-        server.close()
 
 
 HELLO = b'{"type":"hello","host":"fake","protocol":1}\n'

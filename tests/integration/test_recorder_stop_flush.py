@@ -6,16 +6,15 @@ traceback."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from support.fakestack import FakeStack
 from support.stacks import ROOT, TrafficServer, addrs, wait_for
 
 from dissectors.capture import read_events
@@ -146,33 +145,6 @@ def _is_server(pid: str, sock: Path) -> bool:
         return str(sock).encode() in Path(f"/proc/{pid}/cmdline").read_bytes() and b"server" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-
-
-class FakeStack:
-    """A control socket that speaks the protocol badly on purpose: what it sends is the test."""
-
-    def __init__(self, path: Path, lines: list[bytes]) -> None:
-        self.path, self.lines = str(path), lines
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
-        self.thread.start()
-        assert self.ready.wait(10)
-
-    async def _main(self) -> None:
-        done = asyncio.Event()
-
-        async def serve(reader, writer):
-            await reader.readline()  # subscribe
-            for line in self.lines:
-                writer.write(line)
-                await writer.drain()
-            writer.close()
-            done.set()
-
-        server = await asyncio.start_unix_server(serve, self.path)
-        self.ready.set()
-        await done.wait()
-        server.close()
 
 
 def _event_line(e: Event) -> bytes:
