@@ -95,27 +95,25 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
     ended = False
     cut = 0  # bytes of a last line without its newline
     last_t = time.monotonic()  # the stack's clock (CLOCK_MONOTONIC) for a drop found here
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
+
+    async def pump() -> None:
+        """Read and record lines until the stream ends. One task for the whole stream (a
+        task and a wait per line cost more than the line): ``stop`` cancels it."""
+        nonlocal host, ended, cut, last_t
         while not stop.is_set():  # checked each line: a stream that never pauses must not outlast --duration or Ctrl-C
-            line_task = asyncio.ensure_future(reader.readline())
-            done, _ = await asyncio.wait({line_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if line_task not in done:
-                line_task.cancel()
-                break
             try:
-                line = line_task.result()
+                line = await reader.readline()
             except (ValueError, asyncio.LimitOverrunError) as e:  # a line longer than the reader's limit: the stream is lost from here
                 _source_drop(rec, host, path, last_t, 1, 0, f"a line longer than 16 MiB ({e}): the rest of the stream is lost")
                 ended = True
-                break
+                return
             except ConnectionError:
-                break
+                return
             if not line:
-                break
+                return
             if not line.endswith(b"\n"):  # EOF inside a line: the stream was cut mid-record
                 cut = len(line)
-                break
+                return
             try:
                 msg = loads(line)
                 if type(msg) is not dict:
@@ -135,12 +133,12 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
                     if type(size) is not int or not 0 < size <= RAW_BATCH_MAX:
                         _source_drop(rec, host, path, last_t, 1, 0, f"a frames.raw line with a bad size ({str(size)[:40]}): the rest of the stream is lost")
                         ended = True
-                        break
+                        return
                     try:
                         blob = await reader.readexactly(size)
                     except asyncio.IncompleteReadError as e:
                         cut = len(e.partial)
-                        break
+                        return
                     rec.on_frames(blob)  # the spool checks each record's bounds
                     continue
                 elif kind == "frames.dropped":
@@ -177,13 +175,26 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
                     rec.on_event(Event(t, "stats", snap.get("host", host), fields={"cause": "snapshot", "snapshot": snap}))
             elif kind == "error":
                 raise UsageError(f"{path}: {msg.get('error')}")
-        else:
-            ended = True  # we stopped: the recording ends here by choice
+        ended = True  # we stopped: the recording ends here by choice
+
+    pumping = asyncio.ensure_future(pump())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({pumping, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not pumping.done():  # stopped while the stack still talks: the recording ends here by choice
+            pumping.cancel()
+            ended = True
+        try:
+            await pumping
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise
         if not ended and not stop.is_set():
             _source_drop(rec, host, path, last_t, 1 if cut else 0, 0,
                          (f"its stream ended inside a line ({cut} bytes of a record), " if cut else "its stream ended ")
                          + "without the stack's end line: the stack was killed or its exit cut short, and what it had not sent yet is lost")  # fmt: skip
     finally:
+        pumping.cancel()
         stopper.cancel()
         writer.close()
     return host
