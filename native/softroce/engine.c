@@ -274,20 +274,34 @@ void sr_tap_enable(sr_dev *d, int on, uint32_t write_snap) {
     pthread_mutex_unlock(&d->taplock);
 }
 
+size_t sr_tap_avail(sr_dev *d) {
+    pthread_mutex_lock(&d->taplock);
+    size_t n = d->taphead - d->taptail;
+    pthread_mutex_unlock(&d->taplock);
+    return n;
+}
+
+/* One reader at a time (the Python side holds its tap lock). The records between tail and
+ * head stay where they are until the tail moves past them, so they are copied without the
+ * lock: the NIC's tap_put is never held up by a reader's copy of megabytes. */
 size_t sr_tap_read(sr_dev *d, uint8_t *out, size_t cap) {
     size_t done = 0;
     pthread_mutex_lock(&d->taplock);
-    while (d->taptail < d->taphead) {
-        sr_taprec *r = (sr_taprec *)(d->tapbuf + d->taptail % d->tapcap);
+    size_t tail = d->taptail, head = d->taphead;
+    pthread_mutex_unlock(&d->taplock);
+    while (tail < head) {
+        sr_taprec *r = (sr_taprec *)(d->tapbuf + tail % d->tapcap);
         if (r->dir == 255) {
-            d->taptail += r->size;
+            tail += r->size;
             continue;
         }
         if (done + r->size > cap) break;
         memcpy(out + done, r, r->size);
         done += r->size;
-        d->taptail += r->size;
+        tail += r->size;
     }
+    pthread_mutex_lock(&d->taplock);
+    d->taptail = tail;
     if (d->taptail == d->taphead && d->tap_signaled) {
         uint64_t v;
         ssize_t n = read(d->tapfd, &v, 8);

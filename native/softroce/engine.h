@@ -270,6 +270,7 @@ int sr_take_events(sr_dev *d, sr_event *out, int max);
 void sr_tap_enable(sr_dev *d, int on, uint32_t write_snap);
 /* copies whole records into out (at most cap bytes); returns bytes copied */
 size_t sr_tap_read(sr_dev *d, uint8_t *out, size_t cap);
+size_t sr_tap_avail(sr_dev *d); /* bytes of records waiting (an upper bound of what sr_tap_read gives) */
 
 /* CRC-32 (zlib's), folded with PCLMULQDQ on CPUs that have it (crc.c) */
 uint32_t sr_crc32(uint32_t crc, const uint8_t *buf, size_t len);

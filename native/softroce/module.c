@@ -586,18 +586,20 @@ static PyObject *Device_tap_read_raw(DeviceObject *self, PyObject *args) {
     CHECK_OPEN(self);
     if (!PyArg_ParseTuple(args, "d", &timeout)) return NULL;
     sr_dev *d = self->dev;
-    size_t cap = 4u << 20;
-    uint8_t *buf = PyMem_Malloc(cap);
-    if (!buf) return PyErr_NoMemory();
-    size_t got;
-    Py_BEGIN_ALLOW_THREADS got = sr_tap_read(d, buf, cap);
-    if (!got && timeout > 0) {
+    size_t cap = 4u << 20, avail;
+    Py_BEGIN_ALLOW_THREADS avail = sr_tap_avail(d);
+    if (!avail && timeout > 0) {
         struct pollfd p = {d->tapfd, POLLIN, 0};
         poll(&p, 1, (int)(timeout * 1000));
-        got = sr_tap_read(d, buf, cap);
+        avail = sr_tap_avail(d);
     }
-    Py_END_ALLOW_THREADS PyObject *out = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)got);
-    PyMem_Free(buf);
+    Py_END_ALLOW_THREADS if (!avail) return PyBytes_FromStringAndSize(NULL, 0);
+    /* straight into the bytes object handed out: one copy, sized to what waits */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(avail < cap ? avail : cap));
+    if (!out) return NULL;
+    size_t got;
+    Py_BEGIN_ALLOW_THREADS got = sr_tap_read(d, (uint8_t *)PyBytes_AS_STRING(out), (size_t)PyBytes_GET_SIZE(out));
+    Py_END_ALLOW_THREADS if (got < (size_t)PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, (Py_ssize_t)got) < 0) return NULL;
     return out;
 }
 
