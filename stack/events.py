@@ -475,9 +475,8 @@ def loads(text: str | bytes) -> Any:
     if len(text) > MAX_LINE:
         raise BadRecord(f"a record of {len(text)} bytes is longer than {MAX_LINE}")
     try:
-        if type(text) is str:  # one decoder for every record, not one built per call as json.loads does
-            return _DECODER.decode(text)
-        return json.loads(text, parse_constant=_reject_constant)
+        # one decoder for every record, not one built per call as json.loads(parse_constant=...) does
+        return _DECODER.decode(text if type(text) is str else str(text, "utf-8"))
     except RecursionError:
         raise BadRecord("JSON nested too deeply") from None
     except UnicodeDecodeError as e:

@@ -269,16 +269,20 @@ class _Session:
         if not self.writer.is_closing():
             self.writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
 
-    def send_event(self, event) -> None:
+    def send_events(self, events: list) -> None:
+        """Event lines in one write: a system call (and a wake-up of the reader) per batch,
+        not per event."""
+        if events and not self.writer.is_closing():
+            self.writer.write(b"".join(map(self._event_line, events)))
+
+    @staticmethod
+    def _event_line(event) -> bytes:
         """An event line; its record in canonical JSON (the compiled encoder: no dict built)."""
-        if self.writer.is_closing():
-            return
         try:
             record = to_json(event)
         except (ValueError, TypeError):  # what the canonical form refuses goes as before, with str() for the odd value
-            self.send({"type": "event", "event": to_dict(event)})
-            return
-        self.writer.write(b'{"type":"event","event":' + record.encode() + b"}\n")
+            return json.dumps({"type": "event", "event": to_dict(event)}, separators=(",", ":"), default=str).encode() + b"\n"
+        return b'{"type":"event","event":' + record.encode() + b"}\n"
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._snapshots()))
@@ -306,8 +310,7 @@ class _Session:
         self._untap()
         if self.frames is not None:
             self._send_frames()
-        for event in self.sub.get_nowait():
-            self.send_event(event)
+        self.send_events(self.sub.get_nowait())
         self.send({"type": "end", "events_dropped": self.sub.dropped_total, "frames_dropped": self.frames_dropped_total})
         try:
             async with asyncio.timeout(timeout):
@@ -326,8 +329,8 @@ class _Session:
 
     async def _events(self) -> None:
         while True:
-            event = await self.sub.get()
-            self.send_event(event)
+            first = await self.sub.get()
+            self.send_events([first, *self.sub.get_nowait()])  # what the loop's last turn emitted, together
             if self.writer.transport.get_write_buffer_size() > (1 << 20):
                 await self.writer.drain()  # the subscription queue absorbs the wait, and counts drops
 
