@@ -24,12 +24,8 @@ not built the twins run and nothing else changes, only the cost per event.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sysconfig
+from .extension import Extension
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-MODULE = os.path.join(HERE, "build", "_eventenc" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 BUILD_HINT = "native/build_eventenc.sh builds it (it needs gcc and the Python headers)"
 DISABLE_ENV = "SMCTOP_PURE_PYTHON_EVENTS"  # set to 1: use the pure-Python twins (tests, benchmarks)
 
@@ -38,40 +34,17 @@ class EncoderUnavailable(ImportError):
     """The compiled event encoder cannot be used here; the message says why and what to do."""
 
 
-_module = None
-_why = ""
+_EXT = Extension("_eventenc", "the compiled event encoder", BUILD_HINT, EncoderUnavailable, disable_env=DISABLE_ENV)
+MODULE = _EXT.path
 
 
 def load():
-    """The configured extension module (stack.events must be importable)."""
-    global _module, _why
-    if _module is not None:
-        return _module
-    if _why:
-        raise EncoderUnavailable(_why)
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
-        _why = f"the compiled event encoder is switched off ({DISABLE_ENV} is set)"
-        raise EncoderUnavailable(_why)
-    if not os.path.exists(MODULE):
-        _why = f"the compiled event encoder is not built ({os.path.relpath(MODULE, os.path.dirname(HERE))} is missing): {BUILD_HINT}"
-        raise EncoderUnavailable(_why)
-    try:
-        spec = importlib.util.spec_from_file_location("native._eventenc", MODULE)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    except (ImportError, OSError) as e:
-        _why = f"the compiled event encoder does not load ({e}): rebuild it; {BUILD_HINT}"
-        raise EncoderUnavailable(_why) from None
-    _module = mod
-    return mod
+    """The configured extension module; EncoderUnavailable says why when it cannot be used."""
+    return _EXT.load()
 
 
 def available() -> tuple[bool, str]:
-    try:
-        load()
-        return True, ""
-    except EncoderUnavailable as e:
-        return False, str(e)
+    return _EXT.available()
 
 
 if __name__ == "__main__":

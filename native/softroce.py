@@ -11,12 +11,8 @@ thread of its own that never takes the interpreter lock.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sysconfig
+from .extension import Extension
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-MODULE = os.path.join(HERE, "build", "_softroce" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 BUILD_HINT = "native/build.sh builds it (scripts/setup.sh runs it; it needs gcc and the Python headers)"
 
 
@@ -24,33 +20,14 @@ class EngineUnavailable(ImportError):
     """The compiled engine cannot be used here; the message says why and what to do."""
 
 
-_module = None
-_why = ""
+_EXT = Extension("_softroce", "the compiled soft RoCE engine", BUILD_HINT, EngineUnavailable)
+MODULE = _EXT.path
 
 
 def load():
-    global _module, _why
-    if _module is not None:
-        return _module
-    if _why:
-        raise EngineUnavailable(_why)
-    if not os.path.exists(MODULE):
-        _why = f"the compiled soft RoCE engine is not built ({os.path.relpath(MODULE, os.path.dirname(HERE))} is missing): {BUILD_HINT}"
-        raise EngineUnavailable(_why)
-    try:
-        spec = importlib.util.spec_from_file_location("native._softroce", MODULE)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    except (ImportError, OSError) as e:
-        _why = f"the compiled soft RoCE engine does not load ({e}): rebuild it; {BUILD_HINT}"
-        raise EngineUnavailable(_why) from None
-    _module = mod
-    return mod
+    """The configured extension module; EngineUnavailable says why when it cannot be used."""
+    return _EXT.load()
 
 
 def available() -> tuple[bool, str]:
-    try:
-        load()
-        return True, ""
-    except EngineUnavailable as e:
-        return False, str(e)
+    return _EXT.available()

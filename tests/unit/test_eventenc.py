@@ -218,7 +218,7 @@ def _python(code: str, **env) -> str:
 def test_without_the_compiled_encoder_the_twins_run_and_say_so():
     """Not built: everything works through the twins, and one line (logging, once) says why."""
     out = _python(
-        "import native.eventenc as n; n.MODULE = '/nonexistent/_eventenc.so'\n"
+        "import native.eventenc as n; n._EXT.path = '/nonexistent/_eventenc.so'\n"
         "import io, logging; from stack import events as E\n"
         "assert E.native_encoder() is None and E.to_json is E._to_json_py\n"
         "w = E.JsonlWriter(io.StringIO()); w(E.Event(1.0, 'x', 'h')); assert w.written == 1\n"

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from native import softroce
+from native.extension import Extension
 from stack.verbs import open_provider
 from stack.verbs.api import Access, Mtu, QPCap, RCPath, RecvWR, SendFlags, SendWR, Sge, WcStatus, WrOpcode, poll_wait
 from stack.wire import roce
@@ -104,9 +105,8 @@ def test_auto_says_why_it_runs_python(monkeypatch):
     from stack.verbs import VerbsError
     from stack.verbs.soft import resolve_engine
 
-    monkeypatch.setattr(softroce, "_module", None)
-    monkeypatch.setattr(softroce, "_why", "")
-    monkeypatch.setattr(softroce, "MODULE", "/nonexistent/_softroce.so")
+    missing = Extension("_softroce", "the compiled soft RoCE engine", softroce.BUILD_HINT, softroce.EngineUnavailable, "/nonexistent/_softroce.so")
+    monkeypatch.setattr(softroce, "_EXT", missing)
     engine, note = resolve_engine("auto")
     assert engine == "python" and "not built" in note and "native/build.sh" in note
     with pytest.raises(VerbsError, match="not built"):
