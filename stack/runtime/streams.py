@@ -268,35 +268,16 @@ class SmcStreamWriter:
         return default
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._eof_pending:
-            raise RuntimeError("write after close or write_eof")
-        h = self._h
-        if h.error is not None:
-            raise ConnectionResetError(h.error)
-        if not data:
-            return
-        if h.mode == "TCP":
-            h.transport.write(data)
-            return
-        if not self._pending:  # straight into the sndbuf; only what does not fit waits here
-            try:
-                n = h.smc_send(data)
-            except (ConnectionError, KeyError) as e:
-                self._lose(e)
-                return
-            if n == len(data):
-                return
-            data = memoryview(data)[n:]
-        self._pending.append(memoryview(bytes(data)))
-        self._urgent.append(False)
-        self._pending_bytes += len(data)
-        self._push()
+        self._write(data, False)
 
     def write_urgent(self, data: bytes | bytearray | memoryview) -> None:
         """send(data, MSG_OOB): ``data`` goes after what was written before it, and its last
         byte is the urgent byte the peer reads with ``read_urgent`` (or inline). On SMC-R,
         what is written after it waits in the writer until the peer has consumed all of it
         (smc_tx_sendmsg's urg_tx_pend); ``drain`` and ``get_write_buffer_size`` show it."""
+        self._write(data, True)
+
+    def _write(self, data: bytes | bytearray | memoryview, urgent: bool) -> None:
         if self._closing or self._eof_pending:
             raise RuntimeError("write after close or write_eof")
         h = self._h
@@ -305,11 +286,14 @@ class SmcStreamWriter:
         if not data:
             return
         if h.mode == "TCP":
-            self._tcp_write_urgent(bytes(data))
+            if urgent:
+                self._tcp_write_urgent(bytes(data))
+            else:
+                h.transport.write(data)
             return
-        if not self._pending:
+        if not self._pending:  # straight into the sndbuf; only what does not fit waits here
             try:
-                n = h.smc_send(data, urgent=True)
+                n = h.smc_send(data, urgent)
             except (ConnectionError, KeyError) as e:
                 self._lose(e)
                 return
@@ -317,7 +301,7 @@ class SmcStreamWriter:
                 return
             data = memoryview(data)[n:]
         self._pending.append(memoryview(bytes(data)))
-        self._urgent.append(True)
+        self._urgent.append(urgent)
         self._pending_bytes += len(data)
         self._push()
 
