@@ -103,32 +103,6 @@ def k_lgrs() -> list[dict]:
     return [{"id": r.get("id"), "type": r.get("type"), "conns": r.get("conns")} for r in groups]
 
 
-def k_recv_exactly(s: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(min(1 << 16, n - len(buf)))
-        if not chunk:
-            raise EOFError(f"end of file after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-def k_line(s: socket.socket) -> str:
-    buf = bytearray()
-    while not buf.endswith(b"\n"):
-        c = s.recv(1)
-        if not c:
-            raise EOFError("end of file in the scenario line")
-        buf += c
-    return buf.decode().strip()
-
-
-def k_sendall(s: socket.socket, data: bytes, flags: int = 0) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[s.send(view[: 1 << 16], flags) :]
-
-
 def k_next(s: socket.socket) -> str:
     """What the application sees next on a socket whose peer closed: eof, data or an error."""
     try:
@@ -158,30 +132,30 @@ def k_serve_one(s: socket.socket, port: int, i: int) -> None:
     rec: dict = {"impl": "kernel", "role": "server", "i": i}
     try:
         s.settimeout(60)
-        scenario, rec["peer"] = k_line(s).split()
+        scenario, rec["peer"] = ksmc.recv_line(s, "scenario line").split()
         rec["scenario"] = scenario
         rec["diag"] = ksmc.mode_of(s)
         if scenario == "urgent":
             data, urgent = k_read_with_urgent(s)
             rec.update(received=sha(data), urgent=urgent)
-            k_sendall(s, json.dumps({"len": len(data), "urgent": urgent}).encode() + b"\n")
+            ksmc.sendall(s, json.dumps({"len": len(data), "urgent": urgent}).encode() + b"\n")
             s.shutdown(socket.SHUT_WR)
             rec["next"] = k_next(s)
         elif scenario in ("conc50", "ipv6"):
-            got = k_recv_exactly(s, CONC_BYTES)
+            got = ksmc.recv_exactly(s, CONC_BYTES)
             rec["received"] = sha(got)
-            k_sendall(s, got)
+            ksmc.sendall(s, got)
             if scenario == "conc50":
                 rec["lgrs"] = k_lgrs()
             rec["next"] = k_next(s)
         elif scenario == "unread-client":
-            k_sendall(s, pattern(UNREAD_BYTES, i))
+            ksmc.sendall(s, pattern(UNREAD_BYTES, i))
             rec["next"] = k_next(s)  # the client closes with this unread
         elif scenario == "unread-server":
             rec["stage"] = "send"
-            k_sendall(s, pattern(UNREAD_BYTES, i))
+            ksmc.sendall(s, pattern(UNREAD_BYTES, i))
             rec["stage"] = "recv"
-            k_recv_exactly(s, 10)  # the client's first bytes, not the rest
+            ksmc.recv_exactly(s, 10)  # the client's first bytes, not the rest
             time.sleep(PAUSE)
             rec["closed_unread"] = True
         else:
@@ -224,12 +198,12 @@ def kernel_client(host: str, port: int, scenarios: list[str], host6: str | None 
             try:
                 s.settimeout(60)
                 rec["diag"] = ksmc.mode_of(s)
-                k_sendall(s, f"{scenario} kernel\n".encode())
+                ksmc.sendall(s, f"{scenario} kernel\n".encode())
                 if scenario == "urgent":
                     before, after = pattern(URGENT_BEFORE, 1), pattern(URGENT_AFTER, 2)
-                    k_sendall(s, before)
-                    k_sendall(s, bytes([URGENT_BYTE]), socket.MSG_OOB)
-                    k_sendall(s, after)
+                    ksmc.sendall(s, before)
+                    ksmc.sendall(s, bytes([URGENT_BYTE]), socket.MSG_OOB)
+                    ksmc.sendall(s, after)
                     s.shutdown(socket.SHUT_WR)
                     rec["sent"] = sha(before + after)
                     line = b""
@@ -242,16 +216,16 @@ def kernel_client(host: str, port: int, scenarios: list[str], host6: str | None 
                     rec["next"] = k_next(s)
                 elif scenario in ("conc50", "ipv6"):
                     data = pattern(CONC_BYTES, 100 + i)
-                    k_sendall(s, data)
+                    ksmc.sendall(s, data)
                     rec["sent"] = sha(data)
-                    rec["received"] = sha(k_recv_exactly(s, CONC_BYTES))
+                    rec["received"] = sha(ksmc.recv_exactly(s, CONC_BYTES))
                 elif scenario == "unread-client":
-                    k_recv_exactly(s, 10)
+                    ksmc.recv_exactly(s, 10)
                     time.sleep(PAUSE)
                     rec["closed_unread"] = True
                 elif scenario == "unread-server":
                     rec["stage"] = "send"
-                    k_sendall(s, pattern(30_000, 7))
+                    ksmc.sendall(s, pattern(30_000, 7))
                     rec["stage"] = "next"
                     rec["next"] = k_next(s)
                     rec["stage"] = "done"

@@ -61,36 +61,8 @@ def report(role: str, record: dict) -> None:
 # ---------------------------------------------------------------- kernel AF_SMC (blocking sockets)
 
 
-def _recv_exactly(s: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(min(1 << 16, n - len(buf)))
-        if not chunk:
-            raise EOFError(f"end of file after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv_line(s: socket.socket) -> str:
-    buf = bytearray()
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(1)
-        if not chunk:
-            raise EOFError("end of file in the header line")
-        buf += chunk
-    return buf.decode().strip()
-
-
 def _eof(s: socket.socket) -> bool:
     return s.recv(1 << 16) == b""
-
-
-def _sendall(s: socket.socket, data: bytes) -> None:
-    # AF_SMC sockets in fallback or SMC mode both take plain send()
-    view = memoryview(data)
-    while view:
-        n = s.send(view[: 1 << 16])
-        view = view[n:]
 
 
 def kernel_server(port: int, conns: int) -> None:
@@ -100,11 +72,11 @@ def kernel_server(port: int, conns: int) -> None:
         s = ksmc.accept(lst, timeout=90)
         s.settimeout(60)
         t0 = time.monotonic()
-        up, down, closer = _recv_line(s).split()
+        up, down, closer = ksmc.recv_line(s, "header line").split()
         diag = ksmc.mode_of(s)
-        got = _recv_exactly(s, int(up))
+        got = ksmc.recv_exactly(s, int(up))
         data = os.urandom(int(down))
-        _sendall(s, data)
+        ksmc.sendall(s, data)
         if closer == "server":
             s.shutdown(socket.SHUT_WR)
             eof = _eof(s)
@@ -123,8 +95,8 @@ def kernel_client(host: str, port: int, items: list) -> None:
         s.settimeout(60)
         diag = ksmc.mode_of(s)
         data = os.urandom(up)
-        _sendall(s, f"{up} {down} {closer}\n".encode() + data)
-        got = _recv_exactly(s, down)
+        ksmc.sendall(s, f"{up} {down} {closer}\n".encode() + data)
+        got = ksmc.recv_exactly(s, down)
         if closer == "client":
             s.shutdown(socket.SHUT_WR)
         eof = _eof(s)

@@ -12,6 +12,8 @@ the sockets through ctypes).
 * :func:`smc_socket`, :func:`connect`, :func:`listen`, :func:`accept`: AF_SMC sockets.
   Python's socket module cannot bind, connect or accept family 43 with an address, so
   these go through libc and hand back ordinary ``socket.socket`` objects for the I/O.
+* :func:`recv_exactly`, :func:`recv_line`, :func:`sendall`: blocking I/O on them, in
+  64 KiB steps (an AF_SMC socket in SMC mode or in fallback takes plain send and recv).
 """
 
 from __future__ import annotations
@@ -271,3 +273,33 @@ def mode_of(sock: socket.socket) -> dict | None:
     """smc_diag's line for this connected AF_SMC socket (matched by its TCP ports)."""
     local, peer = names(sock)
     return next((r for r in ss() if r["local"] == local and r["peer"] == peer), None)
+
+
+# ------------------------------------------------------------------ blocking I/O
+
+
+def recv_exactly(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(min(1 << 16, n - len(buf)))
+        if not chunk:
+            raise EOFError(f"end of file after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_line(s: socket.socket, what: str = "line") -> str:
+    """One newline-ended text line, read a byte at a time (nothing after it is consumed)."""
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        c = s.recv(1)
+        if not c:
+            raise EOFError(f"end of file in the {what}")
+        buf += c
+    return buf.decode().strip()
+
+
+def sendall(s: socket.socket, data: bytes, flags: int = 0) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[s.send(view[: 1 << 16], flags) :]
