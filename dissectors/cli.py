@@ -100,7 +100,11 @@ async def follow(path: str, rec: Recorder, stop: asyncio.Event) -> str:
         """Read and record lines until the stream ends. One task for the whole stream (a
         task and a wait per line cost more than the line): ``stop`` cancels it."""
         nonlocal host, ended, cut, last_t
+        n = 0
         while not stop.is_set():  # checked each line: a stream that never pauses must not outlast --duration or Ctrl-C
+            n += 1
+            if n % 1000 == 0:  # a line already buffered is read without yielding: let the stop in now and then
+                await asyncio.sleep(0)
             try:
                 line = await reader.readline()
             except (ValueError, asyncio.LimitOverrunError) as e:  # a line longer than the reader's limit: the stream is lost from here
