@@ -152,8 +152,13 @@ def _lgr_table(snaps: dict[str, dict]) -> list[str]:
 
 
 def _failovers(snaps: dict[str, dict]) -> list[str]:
-    return [f"  {name:6} link group {fo['lgr']} link {fo['from_link']} -> {fo['to_link']}: {fo['conns']} connections moved in "
-            f"{fo['duration_ms']} ms ({fo['reason']})" for name, snap in snaps.items() for fo in snap["failovers"]]  # fmt: skip
+    """The failovers that moved connections; a deleted link with none on it is listed apart,
+    as smctop and smc-trace summary count them."""
+    every = [(name, fo) for name, snap in snaps.items() for fo in snap["failovers"]]
+    lines = [f"  {name:6} link group {fo['lgr']} link {fo['from_link']} -> {fo['to_link']}: {fo['conns']} connections moved in "
+             f"{fo['duration_ms']} ms ({fo['reason']})" for name, fo in every if fo["conns"] or fo.get("failed")]  # fmt: skip
+    idle = [f"{name} {fo['lgr']} link {fo['from_link']}" for name, fo in every if not (fo["conns"] or fo.get("failed"))]
+    return lines + ([f"  link deletions that moved no connection: {', '.join(idle)}"] if idle else [])
 
 
 def _smcr_conns(snaps: dict[str, dict]) -> int:

@@ -302,12 +302,20 @@ def schedule_faults(host: Stack, args) -> None:
 def link_report(host: Stack, started: float) -> dict:
     """What the links went through: failovers (when, how long) and where the link groups ended."""
     snap = host.host.snapshot()
-    failovers = [{**{k: v for k, v in fo.items() if k != "t"}, "at_s": round(fo["t"] - started, 3)} for fo in snap["failovers"]]
+    every = [{**{k: v for k, v in fo.items() if k != "t"}, "at_s": round(fo["t"] - started, 3)} for fo in snap["failovers"]]
+    # a failover moved connections (or failed to); a deleted link with nothing on it is a link
+    # deletion, as smctop and smc-trace summary count them
+    moved = [fo for fo in every if fo.get("conns") or fo.get("failed")]
     return {
-        "failovers": failovers, "links_down": snap["stats"]["links_down"], "links_added": snap["stats"]["links_added"],
+        "failovers": moved, "link_deletions": [fo for fo in every if fo not in moved],
+        "links_down": snap["stats"]["links_down"], "links_added": snap["stats"]["links_added"],
         "link_groups": [{"id": g["id"], "type": g["type"], "links": [f"{l['id']}:{l['device']}:{l['state']}" for l in g["links"]]}
                         for g in snap["lgrs"]],
     }  # fmt: skip
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def print_report(rep: dict, as_json: bool) -> None:
@@ -331,11 +339,15 @@ def print_report(rep: dict, as_json: bool) -> None:
         print(f"  connect:   p50 {rep['connect_ms_p50']} ms")
     print(f"  verified:  {rep['verified']}/{rep['connections']}")
     links = rep.get("links")
-    if links and (links["failovers"] or links["links_down"] or links["links_added"]):
-        print(f"  links:     {links['links_down']} went down, {links['links_added']} added, {len(links['failovers'])} failovers")
+    if links and (links["failovers"] or links["link_deletions"] or links["links_down"] or links["links_added"]):
+        print(f"  links:     {links['links_down']} went down, {links['links_added']} added, {_count(len(links['failovers']), 'failover')}, "
+              f"{_count(len(links['link_deletions']), 'link deletion')} that moved nothing")  # fmt: skip
         for fo in links["failovers"][:10]:
             print(f"  failover:  at {fo['at_s']} s link group {fo['lgr']} link {fo['from_link']} -> {fo['to_link']}:"
-                  f" {fo['conns']} connections in {fo['duration_ms']} ms ({fo['reason']})")  # fmt: skip
+                  f" {_count(fo['conns'], 'connection')} in {fo['duration_ms']} ms"
+                  + (f", {fo['failed']} failed" if fo.get("failed") else "") + f" ({fo['reason']})")  # fmt: skip
+        for fo in links["link_deletions"][:10]:
+            print(f"  deleted:   at {fo['at_s']} s link group {fo['lgr']} link {fo['from_link']}: no connection on it ({fo['reason']})")
         for g in links["link_groups"]:
             print(f"  now:       link group {g['id']} {g['type']}  {'  '.join(g['links'])}")
     for e in rep["errors"][:10]:
