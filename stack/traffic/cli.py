@@ -322,7 +322,7 @@ def print_report(rep: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(rep, indent=2, sort_keys=True))
         return
-    print(f"mode {rep['mode']}: {rep['connections']} connections in {rep['seconds']} s")
+    print(f"mode {rep['mode']}: {_count(rep['connections'], 'connection')} in {rep['seconds']} s")
     if rep.get("engine"):
         print(f"  engine:    {rep['engine']}")
     print("  modes:     " + (", ".join(f"{k} {v}" for k, v in rep["modes"].items()) or "none")
