@@ -49,3 +49,35 @@ def test_ipv4_and_ipv6_listeners_share_a_port_and_both_are_opted_in():
             v6.close()
     finally:
         v4.close()
+
+
+def test_connect_takes_a_numeric_address_without_the_resolver(monkeypatch):
+    """An address written as numbers is connected to straight away (no executor round trip
+    through getaddrinfo); a name still goes through the resolver."""
+    import asyncio
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        asked: list[str] = []
+        real = loop.getaddrinfo
+
+        async def spy(host, *a, **k):  # a name this machine need not know: the resolver answers it here
+            asked.append(host)
+            return await real("127.0.0.1" if host == "peer.test" else host, *a, **k)
+
+        monkeypatch.setattr(loop, "getaddrinfo", spy)
+        srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        opt = SmcOption("option")
+        opt.map = _Map()
+        try:
+            for host in ("127.0.0.1", "peer.test"):
+                sock = await opt.connect(loop, host, port, None)
+                assert sock.getpeername() == ("127.0.0.1", port)
+                sock.close()
+        finally:
+            srv.close()
+        return asked, opt.map.opted
+
+    asked, opted = asyncio.run(main())
+    assert asked == ["peer.test"] and opted == [socket.AF_INET, socket.AF_INET]
