@@ -25,14 +25,15 @@ class Devices:
     def __init__(self, devices: Iterable[DeviceInfo]) -> None:
         self.all = list(devices)
 
-    def device(self) -> DeviceInfo | None:
-        return next((d for d in self.all if d.up), None)
+    def device(self, vlan: int = 0) -> DeviceInfo | None:
+        return next((v for d in self.all if d.up and (v := d.on_vlan(vlan)) is not None), None)
 
-    def device_info(self, name: str) -> DeviceInfo | None:
-        return next((d for d in self.all if d.name == name), None)
+    def device_info(self, name: str, vlan: int | None = None) -> DeviceInfo | None:
+        d = next((d for d in self.all if d.name == name), None)
+        return d if d is None or vlan is None else d.on_vlan(vlan)
 
-    def alt_device(self, used: Collection[str]) -> DeviceInfo | None:
-        return next((d for d in self.all if d.up and d.name not in used), None)
+    def alt_device(self, used: Collection[str], vlan: int = 0) -> DeviceInfo | None:
+        return next((v for d in self.all if d.up and d.name not in used and (v := d.on_vlan(vlan)) is not None), None)
 
     def set_state(self, name: str, up: bool) -> None:
         self.all = [replace(d, up=up) if d.name == name else d for d in self.all]
@@ -70,7 +71,7 @@ class Directory:
         """The connection's context as the runtime read it (network namespace, VLAN), with
         the P_Key of the device it will use when the context names none."""
         if security is not None and security.pkey is None:
-            device = self.ctx.devices.device()
+            device = self.ctx.devices.device(security.vlan)
             if device is not None and device.pkey is not None:
                 security = replace(security, pkey=device.pkey)
         if security is None or security == NO_CONTEXT:

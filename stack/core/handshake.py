@@ -135,6 +135,12 @@ class Handshake:
                 plans[id(rule)] = tuple(steps)
         return plans
 
+    def _device(self, conn: SmcConnection):
+        """The device a connection uses, with the GID of its VLAN (smc_ib_determine_gid by
+        the VLAN of its security context); None when no device that is up has one: the
+        client proposes nothing (NOSMCDEV), the server finds no device (NOSMCRDEV / NOSMCDEV)."""
+        return self.ctx.devices.device(self.directory.context_of(conn).vlan)
+
     def _first_contact_pending(self, conn: SmcConnection, inp: Input) -> bool:
         pending = self._first_contact.get(server_peer_key(inp.msg, inp.choice))
         return pending is not None and pending is not conn and conn.smc_listener
@@ -148,7 +154,7 @@ class Handshake:
         its addresses (None: unknown, see ``negotiation.Netdev.assumed``)."""
         inp = Input(peer_smc=peer_smc, version=2 if self.ctx.config.v2 else 1)
         if peer_smc is not False:
-            inp.proposal, inp.reason = build_proposal(self.ctx.config, self.ctx.devices.device(), conn.local[0], self.peer_id, netdev)
+            inp.proposal, inp.reason = build_proposal(self.ctx.config, self._device(conn), conn.local[0], self.peer_id, netdev)
         self.input(conn, "start_client", now, inp)
 
     def start_server(self, conn: SmcConnection, now: float, peer_smc: bool | None, netdev: Netdev | None = None) -> None:
@@ -200,7 +206,7 @@ class Handshake:
     def _proposal(self, conn: SmcConnection, p: clc.Proposal, now: float) -> None:
         conn.proposal = p
         inp = Input(p, version=p.version)
-        inp.choice = choose(self.ctx.config, p, self.ctx.devices.device(), conn.local[0], self._netdevs.get(conn.id))
+        inp.choice = choose(self.ctx.config, p, self._device(conn), conn.local[0], self._netdevs.get(conn.id))
         inp.reason = inp.choice.decline
         if not inp.reason:
             peer_gid = p.v2.roce_gid if inp.choice.version >= 2 else p.gid
@@ -347,7 +353,7 @@ class Handshake:
         return self._attach_buffers(conn, now)
 
     def _do_new_link_group(self, conn: SmcConnection, inp: Input, now: float, arg) -> bool:
-        device = self.ctx.devices.device()
+        device = self._device(conn)
         if conn.role == "server":
             p, choice = inp.msg, inp.choice
             conn.choice, conn.version = choice, choice.version

@@ -205,7 +205,7 @@ class LinkGroup:
             self.emit(now, "link.event", event="qp_create_failed", reason=f"QP limit reached ({self.ctx.config.limits.qps})")
             return None
         try:
-            qp = self.ctx.io.create_qp(device.name)
+            qp = self.ctx.io.create_qp(device.name, device.gid)  # the GID of the group's VLAN (Devices.device)
         except OSError as e:
             self.emit(now, "link.event", event="qp_create_failed", reason=str(e))
             return None

@@ -52,9 +52,10 @@ def _alt_device(lgr: LinkGroup) -> DeviceInfo | None:
     """A device for another link of ``lgr``: up, and not used by its symmetric links (the
     kernel's alternate RoCE device; we have no PNET ids, every device qualifies), and on the
     P_Key of the group's security context when it names one (a link on another partition
-    would take the group out of its context)."""
+    would take the group out of its context), with a GID on the group's VLAN (that GID:
+    smc_pnet_find_alt_roce looks for the same vlan_id)."""
     used = {link.device for link in lgr.usable_links() if not link.asym}
-    while (device := lgr.ctx.devices.alt_device(used)) is not None:
+    while (device := lgr.ctx.devices.alt_device(used, lgr.security.vlan)) is not None:
         if lgr.security.pkey is None or device.pkey == lgr.security.pkey:
             return device
         used.add(device.name)
@@ -449,7 +450,7 @@ class ServerAddLink(_AddLinkBase):
             return
         device = _alt_device(lgr)
         if device is None:  # no other device: an asymmetric link on the one we have
-            device, self.new_type = self.ctx.devices.device_info(self.link.device), LgrType.ASYMMETRIC_LOCAL
+            device, self.new_type = self.ctx.devices.device_info(self.link.device, lgr.security.vlan), LgrType.ASYMMETRIC_LOCAL
         if device is None or not device.up or not lgr.may_add_link(self.new_type) or not self._new_link(device, lgr.next_link_id(), now):
             self.finish(now)
             return
@@ -538,7 +539,7 @@ class ClientAddLink(_AddLinkBase):
                 return
             self.new_type = LgrType.ASYMMETRIC_PEER
         if device is None:
-            device, self.new_type = self.ctx.devices.device_info(self.link.device), LgrType.ASYMMETRIC_LOCAL
+            device, self.new_type = self.ctx.devices.device_info(self.link.device, lgr.security.vlan), LgrType.ASYMMETRIC_LOCAL
         if device is None or not lgr.may_add_link(self.new_type) or req.link_num == 0 or req.link_num in lgr.links:
             self._reject(now, f"no room for a {self.new_type.smc_tools_name} link {req.link_num}")
             return

@@ -13,7 +13,7 @@ tell their owner goes through callbacks or return values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Collection, Protocol, Sequence
 
 from stack.events import Event, EventBus
@@ -38,6 +38,22 @@ class DeviceInfo:
     # device); a link group is shared only by connections on the same one. None: no table
     pkey: int | None = None
     pkey_index: int = 0
+    # the port's GID for each VLAN (0: the untagged LAN), read from its GID table: the
+    # RoCEv2 IPv4-mapped GID whose net device is that VLAN's interface (the kernel's
+    # smc_ib_determine_gid). None: the device does not tie its GIDs to net devices (the
+    # soft devices: one UDP socket, one address) and ``gid`` serves every VLAN
+    vlan_gids: tuple[tuple[int, bytes], ...] | None = None
+
+    def on_vlan(self, vlan: int) -> "DeviceInfo | None":
+        """The device as a connection on ``vlan`` uses it: ``gid`` the VLAN's GID, or None
+        when the port has no GID for that VLAN (the kernel finds no device then:
+        smc_pnet_determine_gid fails, and the connection falls back or is declined)."""
+        if self.vlan_gids is None:
+            return self
+        gid = next((g for v, g in self.vlan_gids if v == vlan), None)
+        if gid is None:
+            return None
+        return self if gid == self.gid else replace(self, gid=gid)
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,11 @@ class HostIO(Protocol):
     def cancel_timer(self, key: tuple) -> None: ...
 
     # RDMA
-    def create_qp(self, device: str) -> QpInfo: ...
+    def create_qp(self, device: str, gid: bytes | None = None) -> QpInfo:
+        """A QP on ``device`` whose path uses ``gid`` as its source GID (None: the device's
+        ``gid``); the QP's ``gid`` says which one it got."""
+        ...
+
     def qp_to_rtr(self, qp: int, peer_qpn: int, peer_psn: int, peer_gid: bytes, mtu: int) -> None: ...
     def qp_to_rts(self, qp: int) -> None: ...
     def destroy_qp(self, qp: int) -> None: ...
@@ -98,14 +118,18 @@ class HostIO(Protocol):
 class DeviceLookup(Protocol):
     """The host's RDMA devices, as its parts look them up."""
 
-    def device(self) -> DeviceInfo | None:
-        """The first device that is up (the one a new connection uses)."""
+    def device(self, vlan: int = 0) -> DeviceInfo | None:
+        """The first device that is up and has a GID on ``vlan`` (the one a new connection
+        on that VLAN uses), with that GID."""
         ...
 
-    def device_info(self, name: str) -> DeviceInfo | None: ...
+    def device_info(self, name: str, vlan: int | None = None) -> DeviceInfo | None:
+        """The device ``name``; with ``vlan``, as that VLAN sees it (None: no GID on it)."""
+        ...
 
-    def alt_device(self, used: Collection[str]) -> DeviceInfo | None:
-        """A device that is up and not in ``used`` (the kernel's alternate RoCE device)."""
+    def alt_device(self, used: Collection[str], vlan: int = 0) -> DeviceInfo | None:
+        """A device that is up, not in ``used`` and has a GID on ``vlan`` (the kernel's
+        alternate RoCE device, smc_pnet_find_alt_roce: same VLAN), with that GID."""
         ...
 
 

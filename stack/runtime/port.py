@@ -62,8 +62,8 @@ class HostPort:
 
     # ---------------------------------------------------------------- RDMA (the driver does it)
 
-    def create_qp(self, device: str) -> QpInfo:
-        return self.rdma.create_qp(device)
+    def create_qp(self, device: str, gid: bytes | None = None) -> QpInfo:
+        return self.rdma.create_qp(device, gid)
 
     def qp_to_rtr(self, qp: int, peer_qpn: int, peer_psn: int, peer_gid: bytes, mtu: int) -> None:
         self.rdma.qp_to_rtr(qp, peer_qpn, peer_psn, peer_gid, mtu)

@@ -20,9 +20,10 @@ import asyncio
 import errno
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from stack.core.link import gid_text
 from stack.core.ports import DeviceInfo, MrInfo, QpInfo
 from stack.verbs import VerbsError, open_provider
 from stack.verbs.api import (
@@ -45,7 +46,7 @@ from stack.verbs.api import (
     WrOpcode,
 )
 
-from .security import device_pkey
+from .security import device_pkey, netdev_vlans, vlan_gids
 
 RECV_BUFFERS = 64
 REPOST_BATCH = 16  # receive buffers go back to the QP in groups: at least RECV_BUFFERS - REPOST_BATCH stay posted
@@ -80,6 +81,7 @@ class _Qp:
     send_mr: object
     send_slots: int
     remote_gid: bytes = b""
+    sgid_index: int = 0  # the GID table entry of its source GID (the GID of its link group's VLAN)
     path: RCPath | None = None
     psn: int = 0
     raw: bool = False  # the compiled engine's tuple interface
@@ -107,6 +109,7 @@ class _Dev:
     c_rx_poll: Callable | None = None
     c_flush_acks: Callable | None = None
     ack_flush_due: bool = False
+    gid_indexes: dict[bytes, int] = field(default_factory=dict)  # the GIDs a QP may use (one per VLAN) -> index
 
 
 class RdmaDriver:
@@ -141,13 +144,23 @@ class RdmaDriver:
         else:
             device = provider.open_device(spec.name)
         port = device.query_port(1)
+        table = device.gid_table(1)
         gid = device.roce_v2_gid(1)
+        # one GID per VLAN: the one whose net device is the VLAN's interface (None: the device
+        # ties no GID to a net device, as the soft devices: its one GID serves every VLAN)
+        per_vlan = vlan_gids(table, netdev_vlans())
+        if per_vlan:
+            untagged = next(((g, i) for v, g, i in per_vlan if v == 0), None)
+            if untagged is not None:  # the device's own GID: the untagged LAN's, as the kernel's VLAN 0
+                gid = replace(gid, gid=untagged[0], index=untagged[1])
         # a kernel offers SMC-Rv1 only on a port with a RoCE v1 GID (rxe has none); the soft
         # devices run v1 over their RoCEv2 GID, an emulation kept for stack-to-stack v1
-        roce_v1 = spec.provider == "soft" or any(e.type == "roce_v1" for e in device.gid_table(1))
+        roce_v1 = spec.provider == "soft" or any(e.type == "roce_v1" for e in table)
         pkey, pkey_index = device_pkey(device.pkey_table(1))  # the link group's P_Key (security context)
-        info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE, roce_v1, pkey, pkey_index)
+        info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE, roce_v1, pkey, pkey_index,
+                          None if per_vlan is None else tuple((v, g) for v, g, _ in per_vlan))  # fmt: skip
         dev = _Dev(spec, device, device.alloc_pd(), device.create_cq(8192), info, gid.index, info.up)
+        dev.gid_indexes = {gid.gid: gid.index} | {g: i for _, g, i in per_vlan or ()}
         dev.raw = device.has(Capability.FAST_PATH)
         if dev.raw:
             dev.c_cq_poll, dev.c_rx_poll, dev.c_flush_acks = device.engine_calls("cq_poll", "rx_poll", "flush_acks")
@@ -182,12 +195,16 @@ class RdmaDriver:
 
     # ---------------------------------------------------------------- HostIO: RDMA
 
-    def create_qp(self, device: str) -> QpInfo:
+    def create_qp(self, device: str, gid: bytes | None = None) -> QpInfo:
         dev = self.devs[device]
+        gid = dev.info.gid if gid is None else gid
+        sgid_index = dev.gid_indexes.get(gid)
+        if sgid_index is None:  # the core asks only for GIDs the device gave it
+            raise OSError(errno.EADDRNOTAVAIL, f"{device} has no GID {gid_text(gid)}")
         qp = dev.pd.create_rc_qp(dev.cq, dev.cq, QPCap(max_send_wr=256, max_recv_wr=RECV_BUFFERS, max_send_sge=2, max_recv_sge=1))
         handle = next(self._ids)
         q = _Qp(handle, qp, dev, dev.pd.reg_mr(RECV_BUFFERS * RECV_SIZE, Access.LOCAL_WRITE),
-                dev.pd.reg_mr(256 * SLOT_SIZE, Access.LOCAL_WRITE), 256, psn=self.rng.getrandbits(24), raw=dev.raw)  # fmt: skip
+                dev.pd.reg_mr(256 * SLOT_SIZE, Access.LOCAL_WRITE), 256, sgid_index=sgid_index, psn=self.rng.getrandbits(24), raw=dev.raw)  # fmt: skip
         qp.to_init(RW, pkey_index=dev.info.pkey_index)
         qp.post_recv([RecvWR(RECV_TAG | i, (Sge(q.recv_mr, i * RECV_SIZE, RECV_SIZE),)) for i in range(RECV_BUFFERS)])
         if q.raw:
@@ -195,12 +212,13 @@ class RdmaDriver:
             q.c_post_send, q.c_post_recv = dev.device.engine_calls("post_send", "post_recv")
         self.qps[handle] = q
         dev.qps[qp.qp_num] = q
-        return QpInfo(handle, qp.qp_num, q.psn, device, dev.info.gid, dev.info.mac, dev.info.mtu)
+        return QpInfo(handle, qp.qp_num, q.psn, device, gid, dev.info.mac, dev.info.mtu)
 
     def qp_to_rtr(self, qp: int, peer_qpn: int, peer_psn: int, peer_gid: bytes, mtu: int) -> None:
         q = self.qps[qp]
         # Linux net/smc QP attributes: timeout 15, retry 7, RNR retry 7 (forever), min RNR timer 5
-        q.path = RCPath(peer_qpn, peer_psn, q.psn, peer_gid, q.dev.gid_index, Mtu(mtu), 15, 7, 7, 5)
+        # the source GID is the QP's own (its link group's VLAN): its frames go out on that VLAN
+        q.path = RCPath(peer_qpn, peer_psn, q.psn, peer_gid, q.sgid_index, Mtu(mtu), 15, 7, 7, 5)
         q.qp.to_rtr(q.path)
 
     def qp_to_rts(self, qp: int) -> None:

@@ -24,12 +24,14 @@ import struct
 import threading
 
 from stack.core.linkgroup import SecurityContext
+from stack.verbs.api import GidEntry
 
 SIOCGSKNS = 0x894C  # linux/sockios.h: the socket's network namespace as a new fd
 SIOCGIFCONF = 0x8912
 CLONE_NEWNET = 0x40000000
 
 
+IPV4_MAPPED = bytes(10) + b"\xff\xff"  # the first 12 bytes of a RoCEv2 GID made from an IPv4 address
 PKEY_INDEX = 0  # the entry SMC-R QPs use (smc_ib_modify_qp_init: pkey_index 0)
 
 
@@ -41,6 +43,28 @@ def device_pkey(table: list[int]) -> tuple[int | None, int]:
         return None, PKEY_INDEX
     pkey = table[PKEY_INDEX]
     return (pkey if pkey & 0x7FFF else None), PKEY_INDEX
+
+
+def vlan_gids(table: list[GidEntry], vlans: dict[str, int]) -> tuple[tuple[int, bytes, int], ...] | None:
+    """(VLAN, GID, index) for each VLAN a port has a GID on, from its GID table and the
+    VLAN id of each VLAN interface (``netdev_vlans``): the first RoCEv2 IPv4-mapped GID, in
+    table order, whose net device is that VLAN's interface, or for VLAN 0 a net device that
+    is no VLAN's, as the kernel's ``smc_ib_determine_gid`` picks them. (The kernel also wants
+    the TCP source address in a subnet of that net device; a connection's VLAN is the one of
+    the interface owning that address, ``vlan_of``, so it is.) None when no entry names a net
+    device (the soft devices, IB): the port's one GID serves every VLAN."""
+    if not any(e.netdev for e in table):
+        return None
+    out: dict[int, tuple[bytes, int]] = {}
+    for e in sorted(table, key=lambda e: e.index):
+        if e.netdev and e.type == "roce_v2" and e.gid[:12] == IPV4_MAPPED:
+            out.setdefault(vlans.get(e.netdev, 0), (e.gid, e.index))
+    return tuple((vlan, gid, index) for vlan, (gid, index) in sorted(out.items()))
+
+
+def netdev_vlans() -> dict[str, int]:
+    """VLAN interface name -> VLAN id, in the calling thread's network namespace."""
+    return _vlans()
 
 
 def _ns_inode(path: str) -> int:

@@ -156,6 +156,9 @@ class GidEntry:
     gid: bytes  # 16 bytes; RoCEv2 IPv4-mapped ::ffff:a.b.c.d
     type: str  # "roce_v2", "roce_v1" or "ib"
     port: int = 1
+    # the net device the entry belongs to (RoCE: an address of that interface, a VLAN's on
+    # the VLAN's interface); "" when the device does not say (IB, the soft devices)
+    netdev: str = ""
 
 
 @dataclass(frozen=True)

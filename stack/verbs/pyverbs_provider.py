@@ -260,7 +260,8 @@ class PyverbsDevice(api.Device):
                     continue
                 with _errors(f"query_gid {self.name}/{port}/{ent.gid_index}"):
                     gid = _gid_bytes(self._ctx.query_gid(port, ent.gid_index))
-                table.append(GidEntry(ent.gid_index, gid, _GID_TYPES.get(ent.gid_type, "ib"), port))
+                netdev = self._gid_netdev(port, ent.gid_index, getattr(ent, "ndev_ifindex", 0))
+                table.append(GidEntry(ent.gid_index, gid, _GID_TYPES.get(ent.gid_type, "ib"), port, netdev))
             return sorted(table, key=lambda g: g.index)
         v1 = "ib" if attr.link_layer == e.IBV_LINK_LAYER_INFINIBAND else "roce_v1"
         for index in range(attr.gid_tbl_len):
@@ -270,8 +271,23 @@ class PyverbsDevice(api.Device):
             except self._pv.error.PyverbsError:
                 continue  # unset entries fail to query
             if gid != bytes(16):
-                table.append(GidEntry(index, gid, "roce_v2" if kind == e.IBV_GID_TYPE_SYSFS_ROCE_V2 else v1, port))
+                kind = "roce_v2" if kind == e.IBV_GID_TYPE_SYSFS_ROCE_V2 else v1
+                table.append(GidEntry(index, gid, kind, port, self._gid_netdev(port, index, 0)))
         return table
+
+    def _gid_netdev(self, port: int, index: int, ifindex: int) -> str:
+        """The net device of GID entry ``index``: by the ifindex the GID query gave (struct
+        ibv_gid_entry's ndev_ifindex), else sysfs ``gid_attrs/ndevs/<index>``; "" when
+        neither names one (IB). A VLAN's addresses are on the VLAN's interface (eth0.100)."""
+        if ifindex:
+            try:
+                return socket.if_indextoname(ifindex)
+            except OSError:
+                pass  # an interface of another namespace: sysfs still names it
+        try:
+            return Path(f"/sys/class/infiniband/{self.name}/ports/{port}/gid_attrs/ndevs/{index}").read_text().strip()
+        except OSError:
+            return ""
 
     def pkey_table(self, port: int = 1) -> list[int]:
         """The port's P_Key table through ibv_query_pkey (rxe: one entry, 0xffff); from

@@ -168,7 +168,7 @@ def test_request_add_link_is_answered_when_the_new_link_cannot_be_made(monkeypat
     open_conn(f, a, b, 1)
     f.run(until=f.now + 0.01)
 
-    def no_qp(device):
+    def no_qp(device, gid=None):
         raise OSError("out of QPs")
 
     monkeypatch.setattr(b, "create_qp", no_qp)

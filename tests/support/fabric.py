@@ -151,9 +151,9 @@ class FabricIO:
             self.host.on_timer(key, self.fabric.now)
 
     # -------------------------------------------------------------- RDMA
-    def create_qp(self, device: str) -> QpInfo:
+    def create_qp(self, device: str, gid: bytes | None = None) -> QpInfo:
         handle = next(self._ids)
-        gid = self.dev_gid[device]
+        gid = self.dev_gid[device] if gid is None else gid  # another GID: a VLAN's (DeviceInfo.vlan_gids)
         qp = FakeQP(self.name, handle, 0x100 + handle, self.rng.getrandbits(24), gid, device)
         self.fabric.qps[(self.name, handle)] = qp
         self.fabric.by_qpn[(gid, qp.qpn)] = qp

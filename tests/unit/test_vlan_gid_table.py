@@ -1,0 +1,168 @@
+"""The runtime's GID per VLAN, from a device's GID table (#15): the first RoCEv2
+IPv4-mapped GID whose net device is the VLAN's interface, for VLAN 0 one whose net device
+is no VLAN's (the kernel's ``smc_ib_determine_gid``); a QP's path takes the index of the
+GID its link group uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+import pytest
+
+from stack.runtime import rdma as rdma_mod
+from stack.runtime.rdma import DeviceSpec, RdmaDriver
+from stack.runtime.security import vlan_gids
+from stack.verbs.api import GidEntry
+
+
+def _gid(ip: str) -> bytes:
+    return bytes(10) + b"\xff\xff" + bytes(int(x) for x in ip.split("."))
+
+
+LL = bytes.fromhex("fe800000000000000250 56fffe000001".replace(" ", ""))
+# what rxe0 on a VM with eth0.100 and eth0.200 shows (both GID types per address, link-local first)
+TABLE = [
+    GidEntry(0, LL, "roce_v1", 1, "eth0"),
+    GidEntry(1, LL, "roce_v2", 1, "eth0"),
+    GidEntry(2, _gid("10.2.0.1"), "roce_v1", 1, "eth0"),
+    GidEntry(3, _gid("10.2.0.1"), "roce_v2", 1, "eth0"),
+    GidEntry(4, LL, "roce_v2", 1, "eth0.100"),
+    GidEntry(5, _gid("10.3.100.1"), "roce_v1", 1, "eth0.100"),
+    GidEntry(6, _gid("10.3.100.1"), "roce_v2", 1, "eth0.100"),
+    GidEntry(7, _gid("10.3.200.1"), "roce_v2", 1, "eth0.200"),
+]
+VLANS = {"eth0.100": 100, "eth0.200": 200}
+
+
+def test_each_vlan_gets_the_gid_of_its_interface():
+    assert vlan_gids(TABLE, VLANS) == ((0, _gid("10.2.0.1"), 3), (100, _gid("10.3.100.1"), 6), (200, _gid("10.3.200.1"), 7))
+
+
+def test_a_vlan_without_an_interface_on_the_device_has_no_gid():
+    by_vlan = {v: g for v, g, _ in vlan_gids(TABLE, VLANS)}
+    assert 300 not in by_vlan
+    # eth0.200 not known as a VLAN (8021q gone): its entry counts as the untagged LAN's, after eth0's
+    assert {v for v, _, _ in vlan_gids(TABLE, {"eth0.100": 100})} == {0, 100}
+
+
+def test_the_first_entry_in_table_order_wins():
+    table = [GidEntry(9, _gid("10.3.100.9"), "roce_v2", 1, "eth0.100")] + TABLE
+    assert dict((v, i) for v, _, i in vlan_gids(table, VLANS))[100] == 6
+
+
+def test_a_device_that_names_no_net_devices_has_one_gid_for_every_vlan():
+    soft = [GidEntry(0, LL, "roce_v2"), GidEntry(1, _gid("127.1.0.1"), "roce_v2")]
+    assert vlan_gids(soft, VLANS) is None
+
+
+# ---------------------------------------------------------------- the driver: DeviceInfo and the QP's path
+
+
+class _Port:
+    state, active_mtu, mac = 4, 3, bytes(6)
+
+
+class _Qp:
+    qp_num = 17
+
+    def __init__(self):
+        self.rtr = None
+
+    def to_init(self, access, pkey_index=0):
+        pass
+
+    def post_recv(self, wrs):
+        pass
+
+    def to_rtr(self, path):
+        self.rtr = path
+
+    def destroy(self):
+        pass
+
+
+class _Mr:
+    lkey = rkey = addr = 1
+    buf = memoryview(bytearray(1))
+
+
+class _Pd:
+    def __init__(self):
+        self.qps = []
+
+    def create_rc_qp(self, *a):
+        self.qps.append(_Qp())
+        return self.qps[-1]
+
+    def reg_mr(self, *a, **kw):
+        return _Mr()
+
+
+class _Cq:
+    def fileno(self):
+        return None
+
+
+class _Device:
+    name = "rxe0"
+
+    def __init__(self):
+        self.pd = _Pd()
+
+    def query_port(self, port):
+        return _Port()
+
+    def gid_table(self, port):
+        return TABLE
+
+    def roce_v2_gid(self, port):
+        return next(e for e in TABLE if e.type == "roce_v2" and e.gid[:12] == bytes(10) + b"\xff\xff")
+
+    def pkey_table(self, port):
+        return [0xFFFF]
+
+    def alloc_pd(self):
+        return self.pd
+
+    def create_cq(self, depth):
+        return _Cq()
+
+    def has(self, capability):
+        return False
+
+    def poll_events(self):
+        return []
+
+    def close(self):
+        pass
+
+
+class _Provider:
+    def open_device(self, name):
+        return _Device()
+
+
+def test_the_driver_gives_the_core_a_gid_per_vlan_and_the_qp_its_index(monkeypatch):
+    monkeypatch.setattr(rdma_mod, "open_provider", lambda name, **kw: _Provider())
+    monkeypatch.setattr(rdma_mod, "netdev_vlans", lambda: dict(VLANS))
+    loop = asyncio.new_event_loop()
+    try:
+        driver = RdmaDriver(loop)
+        info = driver.open(DeviceSpec("pyverbs", "rxe0"))
+        assert info.gid == _gid("10.2.0.1")
+        assert info.vlan_gids == ((0, _gid("10.2.0.1")), (100, _gid("10.3.100.1")), (200, _gid("10.3.200.1")))
+        q100 = driver.create_qp("rxe0", _gid("10.3.100.1"))
+        q0 = driver.create_qp("rxe0")
+        assert (q100.gid, q0.gid) == (_gid("10.3.100.1"), _gid("10.2.0.1"))
+        driver.qp_to_rtr(q100.handle, 5, 0, _gid("10.3.100.2"), 3)
+        driver.qp_to_rtr(q0.handle, 6, 0, _gid("10.2.0.2"), 3)
+        assert [qp.rtr.sgid_index for qp in driver.devs["rxe0"].pd.qps] == [6, 3]  # each QP's source GID, by index
+        with pytest.raises(OSError) as e:  # a GID the device does not have: a named error, no QP
+            driver.create_qp("rxe0", _gid("10.3.44.1"))
+        assert e.value.errno == errno.EADDRNOTAVAIL and "rxe0 has no GID ::ffff:10.3.44.1" in str(e.value)
+        assert len(driver.devs["rxe0"].pd.qps) == 2
+        driver.close()
+    finally:
+        loop.close()
