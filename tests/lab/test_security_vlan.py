@@ -10,11 +10,14 @@ its snapshot. Each side writes ``vlan-<vm>.json`` to its share; VM a also captur
 What the host asserts, for both sides: the two connections on VLAN 100 share one link group,
 VLAN 200 and the untagged one each get their own (three groups, each recording the VLAN id
 the kernel gave its interface: ``ip -d link``); the groups pair up the same way on the two
-sides; the server counted the refusals (``lgr_not_shared_vlan``); every byte came back; the
+sides; every byte came back; the
 P_Key in each group's context is the one rxe0's sysfs table holds at index 0 (0xffff) and
-every RoCE frame's BTH carries it. The capture also shows the CLC traffic tagged with its
-VLAN and the RDMA traffic untagged: our links use the device's own GID (eth0's), where a
-kernel takes the GID of the VLAN's interface (``smc_ib_determine_gid``; docs/security.md).
+every RoCE frame's BTH carries it. Each group's links run on the GID of its VLAN's interface,
+as a kernel's (``smc_ib_determine_gid``): the link's local GID is ::ffff:10.3.<vid>.N (eth0's
+::ffff:10.2.0.N untagged), its peer's the peer's address on the same VLAN, the GID table
+rxe0 showed each side names those addresses on eth0.100 and eth0.200, and on the wire every
+RoCEv2 frame of a VLAN's group carries that VLAN's tag (100, 200; none for eth0), like the
+CLC handshake before it.
 """
 
 from __future__ import annotations
@@ -40,16 +43,22 @@ PLAN = (100, 100, 200, 0)  # VM a's connections, by the VLAN of their route (0: 
 ROCE_PORT = 4791
 
 
+def _addr(vid: int, n: int) -> str:
+    """VM n's address on VLAN ``vid`` (0: eth0 itself)."""
+    return f"10.3.{vid}.{n}" if vid else f"10.2.0.{n}"
+
+
 def _peer_addr(vid: int) -> str:
-    return f"10.3.{vid}.2" if vid else "10.2.0.2"
+    return _addr(vid, 2)
 
 
 # ------------------------------------------------------------------ host side
 
 
-def _frames(pcap: Path) -> list[tuple[int | None, str, int, int, bytes]]:
-    """(VLAN id or None, protocol, source port, destination port, payload) of each IPv4
-    TCP/UDP frame of a classic pcap (Ethernet, at most one 802.1Q tag)."""
+def _frames(pcap: Path) -> list[tuple[int | None, str, int, int, bytes, str, str]]:
+    """(VLAN id or None, protocol, source port, destination port, payload, source address,
+    destination address) of each IPv4 TCP/UDP frame of a classic pcap (Ethernet, at most
+    one 802.1Q tag)."""
     raw = pcap.read_bytes()
     order = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">"}.get(raw[:4])
     assert order, f"{pcap}: not a classic pcap"
@@ -65,12 +74,13 @@ def _frames(pcap: Path) -> list[tuple[int | None, str, int, int, bytes]]:
             continue
         ihl, proto = (frame[l3] & 0x0F) * 4, frame[l3 + 9]
         l4 = l3 + ihl
+        src, dst = socket.inet_ntoa(frame[l3 + 12 : l3 + 16]), socket.inet_ntoa(frame[l3 + 16 : l3 + 20])
         if proto == 17:
             sport, dport = struct.unpack_from(">HH", frame, l4)
-            out.append((vid, "udp", sport, dport, frame[l4 + 8 :]))
+            out.append((vid, "udp", sport, dport, frame[l4 + 8 :], src, dst))
         elif proto == 6:
             sport, dport = struct.unpack_from(">HH", frame, l4)
-            out.append((vid, "tcp", sport, dport, frame[l4 + (frame[l4 + 12] >> 4) * 4 :]))
+            out.append((vid, "tcp", sport, dport, frame[l4 + (frame[l4 + 12] >> 4) * 4 :], src, dst))
     return out
 
 
@@ -101,18 +111,27 @@ def test_vlans_and_the_pkey_keep_link_groups_apart() -> None:
         assert len(set(ids)) == 3, by_vlan
         lgrs = {g["id"]: g for g in side["lgrs"]}
         assert set(lgrs) == set(ids)
+        n, peer_n = (1, 2) if side is client else (2, 1)
         for vid, lgr_id in zip((100, 200, 0), ids):
             g = lgrs[lgr_id]
             assert g["security"]["vlan"] == vid and g["security"]["pkey"] == int(side["sysfs_pkey0"], 16), g
             assert g["conns"] == PLAN.count(vid)
+            # the group's links on the GID of its VLAN's interface, both ends (smc_ib_determine_gid)
+            assert {(lk["gid"], lk["peer_gid"]) for lk in g["links"]} == {(f"::ffff:{_addr(vid, n)}", f"::ffff:{_addr(vid, peer_n)}")}, g
+        # the GIDs the device gave the core, one per VLAN, are the interfaces' addresses in rxe0's table
+        assert side["vlan_gids"] == {str(v): f"::ffff:{_addr(v, n)}" for v in (0, 100, 200)}
+        assert {gid: side["gid_table"][gid] for gid in side["vlan_gids"].values()} == {
+            f"::ffff:{_addr(0, n)}": "eth0", f"::ffff:{_addr(100, n)}": "eth0.100", f"::ffff:{_addr(200, n)}": "eth0.200"}  # fmt: skip
         assert len({g["security"]["netns"] for g in side["lgrs"]}) == 1  # one namespace: only the VLAN differs
     # the groups pair up the same way on both sides
     cg, sg = _groups(client), _groups(server)
     assert set(cg) == set(sg)
     pairing = {(cg[k], sg[k]) for k in cg}
     assert len(pairing) == 3 and len({x for x, _ in pairing}) == len({y for _, y in pairing}) == 3
-    # VLAN 200 was refused the VLAN-100 group, the untagged one both
-    assert server["stats"].get("lgr_not_shared_vlan") == 3
+    # no group was even a candidate for another VLAN: each VLAN's Proposal carries the GID of
+    # its own interface, so the groups' peers differ before the contexts are compared (with
+    # one GID per device the server refused 3 times here: lgr_not_shared_vlan)
+    assert server["stats"] == {}, server["stats"]
     # every byte came back
     for c in client["conns"]:
         assert c["sent"] == c["echoed"]
@@ -126,8 +145,14 @@ def test_vlans_and_the_pkey_keep_link_groups_apart() -> None:
     # the CLC handshakes ran over the real VLANs (tagged on the wire) ...
     clc_tags = {f[0] for f in frames if f[1] == "tcp" and PORT in (f[2], f[3])}
     assert clc_tags == {100, 200, None}
-    # ... and the links on the device's own GID, untagged (the documented difference)
-    assert {f[0] for f in roce} == {None}
+    # ... and so did each group's RoCEv2 frames, both directions: a VLAN's tagged with it,
+    # between the two VLAN interfaces' addresses; eth0's untagged
+    tags = {f[0] for f in roce}
+    assert tags == {100, 200, None}, tags
+    for vid, _, _, _, _, src, dst in roce:
+        vlan = _vlan_of(src)
+        assert _vlan_of(dst) == vlan and vid == (vlan or None), (vid, src, dst)
+        assert {src, dst} == {_addr(vlan, 1), _addr(vlan, 2)}
 
 
 # ------------------------------------------------------------------ guest side
@@ -169,13 +194,22 @@ def _vlan_of(addr: str) -> int:
     return int(addr.split(".")[2]) if addr.startswith("10.3.") else 0
 
 
+def _gid_text(gid: bytes) -> str:
+    return f"::ffff:{socket.inet_ntoa(gid[12:])}" if gid[:12] == bytes(10) + b"\xff\xff" else gid.hex()
+
+
 def _record(host, conns: list[dict]) -> dict:
     snap = host.snapshot()
+    dev = host.rdma.devs["rxe0"]
+    links = lambda g: [{"gid": lk["gid"], "peer_gid": lk["peer_gid"]} for lk in g["links"]]  # noqa: E731
     return {
         "conns": conns,
-        "lgrs": [{"id": g["id"], "security": g["security"], "conns": g["conns"]} for g in snap["lgrs"]],
+        "lgrs": [{"id": g["id"], "security": g["security"], "conns": g["conns"], "links": links(g)} for g in snap["lgrs"]],
         "stats": {k: v for k, v in snap["stats"].items() if k.startswith("lgr_not_shared")},
         "device": _device(host),
+        # the GID per VLAN the runtime read, and rxe0's GID table (GID -> net device) it read it from
+        "vlan_gids": {str(v): _gid_text(g) for v, g in dev.info.vlan_gids or ()},
+        "gid_table": {_gid_text(e.gid): e.netdev for e in dev.device.gid_table(1) if e.type == "roce_v2"},
     }
 
 
