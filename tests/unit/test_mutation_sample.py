@@ -6,10 +6,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("cosmic_ray")  # the optional dependency group [mutation]
-
 _spec = importlib.util.spec_from_file_location("mutation_sample", Path(__file__).parents[2] / "scripts" / "mutation_sample.py")
 sample = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sample)
