@@ -35,6 +35,10 @@ class Devices:
     def alt_device(self, used: Collection[str], vlan: int = 0) -> DeviceInfo | None:
         return next((v for d in self.all if d.up and d.name not in used and (v := d.on_vlan(vlan)) is not None), None)
 
+    def update(self, info: DeviceInfo) -> None:
+        """The device ``info.name`` read again (its GIDs); its port state stays ours."""
+        self.all = [replace(info, up=d.up) if d.name == info.name else d for d in self.all]
+
     def set_state(self, name: str, up: bool) -> None:
         self.all = [replace(d, up=up) if d.name == name else d for d in self.all]
 

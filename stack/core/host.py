@@ -28,7 +28,7 @@ from .config import SmcConfig
 from .connection import SmcConnection
 from .directory import Devices, Directory
 from .handshake import Handshake
-from .link import Link
+from .link import Link, gid_text
 from .linkgroup import LinkGroup, SecurityContext
 from .negotiation import Netdev
 from .ports import DeviceInfo, HostIO, Services
@@ -96,6 +96,17 @@ class SmcHost:
 
     def set_device_state(self, name: str, up: bool) -> None:
         self.device_table.set_state(name, up)
+
+    def gids_changed(self, info: DeviceInfo, now: float) -> None:
+        """A device's GIDs per VLAN changed (a VLAN interface made or removed): new
+        connections on a VLAN take its new GID (or find no device), and a link whose GID is
+        gone goes down, its connections failing over where the group has another link (the
+        kernel's smc_ib_gid_check takes the whole port down then: smcr_port_err)."""
+        self.device_table.update(info)
+        gids = {g for _, g in info.vlan_gids} if info.vlan_gids is not None else {info.gid}
+        for lgr in list(self.lgrs):
+            for link in [lk for lk in lgr.links.values() if lk.device == info.name and lk.usable and lk.qp.gid not in gids]:
+                llcflows.link_down(lgr, link, now, f"GID {gid_text(link.qp.gid)} gone from {info.name}")
 
     def port_event(self, name: str, up: bool, now: float) -> None:
         """A device port went down (its links fail over) or came back (links are added again)."""

@@ -83,6 +83,8 @@ class HostPort:
     def device_event(self, device: str, event: EventType) -> None:
         if event in (EventType.PORT_ERR, EventType.PORT_ACTIVE) and self.host is not None:
             self.host.port_event(device, event == EventType.PORT_ACTIVE, self.now())
+        elif event == EventType.GID_CHANGE and self.host is not None and device in self.rdma.devs:
+            self.host.gids_changed(self.rdma.devs[device].info, self.now())
 
     # ---------------------------------------------------------------- the application
 

@@ -57,6 +57,7 @@ RW = Access.LOCAL_WRITE | Access.REMOTE_WRITE
 _WRITE, _SEND = int(WrOpcode.RDMA_WRITE), int(WrOpcode.SEND)
 _SIGNALED_SOLICITED = int(SendFlags.SIGNALED | SendFlags.SOLICITED)
 EVENT_POLL = 0.02  # seconds between looks at a device's async events (port up/down)
+GID_POLL_EVERY = 50  # event looks between reads of a device's GID table (about 1 s): a VLAN made or removed
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,23 @@ class _Dev:
     c_rx_poll: Callable | None = None
     c_flush_acks: Callable | None = None
     ack_flush_due: bool = False
+    event_looks: int = 0  # how often its events were looked at (every GID_POLL_EVERY-th: its GID table too)
     gid_indexes: dict[bytes, int] = field(default_factory=dict)  # the GIDs a QP may use (one per VLAN) -> index
+
+
+def _gids(device: Device, table: list) -> tuple[bytes, int, tuple[tuple[int, bytes], ...] | None, dict[bytes, int]]:
+    """(the device's own GID, its index, the GID per VLAN or None, GID -> index) from its GID
+    table: one GID per VLAN, the one whose net device is the VLAN's interface, the device's
+    own the untagged LAN's (VLAN 0); None: the device ties no GID to a net device (the soft
+    devices), its one IPv4-mapped RoCEv2 GID serves every VLAN."""
+    own = device.roce_v2_gid(1)
+    per_vlan = vlan_gids(table, netdev_vlans())
+    gid, index = own.gid, own.index
+    untagged = next(((g, i) for v, g, i in per_vlan or () if v == 0), None)
+    if untagged is not None:
+        gid, index = untagged
+    indexes = {gid: index} | {g: i for _, g, i in per_vlan or ()}
+    return gid, index, None if per_vlan is None else tuple((v, g) for v, g, _ in per_vlan), indexes
 
 
 class RdmaDriver:
@@ -145,22 +162,14 @@ class RdmaDriver:
             device = provider.open_device(spec.name)
         port = device.query_port(1)
         table = device.gid_table(1)
-        gid = device.roce_v2_gid(1)
-        # one GID per VLAN: the one whose net device is the VLAN's interface (None: the device
-        # ties no GID to a net device, as the soft devices: its one GID serves every VLAN)
-        per_vlan = vlan_gids(table, netdev_vlans())
-        if per_vlan:
-            untagged = next(((g, i) for v, g, i in per_vlan if v == 0), None)
-            if untagged is not None:  # the device's own GID: the untagged LAN's, as the kernel's VLAN 0
-                gid = replace(gid, gid=untagged[0], index=untagged[1])
+        gid, gid_index, per_vlan, indexes = _gids(device, table)
         # a kernel offers SMC-Rv1 only on a port with a RoCE v1 GID (rxe has none); the soft
         # devices run v1 over their RoCEv2 GID, an emulation kept for stack-to-stack v1
         roce_v1 = spec.provider == "soft" or any(e.type == "roce_v1" for e in table)
         pkey, pkey_index = device_pkey(device.pkey_table(1))  # the link group's P_Key (security context)
-        info = DeviceInfo(device.name, gid.gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE, roce_v1, pkey, pkey_index,
-                          None if per_vlan is None else tuple((v, g) for v, g, _ in per_vlan))  # fmt: skip
-        dev = _Dev(spec, device, device.alloc_pd(), device.create_cq(8192), info, gid.index, info.up)
-        dev.gid_indexes = {gid.gid: gid.index} | {g: i for _, g, i in per_vlan or ()}
+        info = DeviceInfo(device.name, gid, port.mac, int(port.active_mtu), port.state == PortState.ACTIVE, roce_v1, pkey, pkey_index, per_vlan)
+        dev = _Dev(spec, device, device.alloc_pd(), device.create_cq(8192), info, gid_index, info.up)
+        dev.gid_indexes = indexes
         dev.raw = device.has(Capability.FAST_PATH)
         if dev.raw:
             dev.c_cq_poll, dev.c_rx_poll, dev.c_flush_acks = device.engine_calls("cq_poll", "rx_poll", "flush_acks")
@@ -174,6 +183,22 @@ class RdmaDriver:
             self.loop.add_reader(device.rx_fileno(), self._rx_inline, dev)
         self._poll_handles.append(self.loop.call_later(EVENT_POLL, self._events_loop, dev))
         return info
+
+    def check_gids(self, dev: _Dev) -> bool:
+        """Read the device's GID table again (the kernel reads it for each connection): a
+        VLAN interface made or removed since changes the GIDs per VLAN. True, and the core is
+        told (``on_device_event`` GID_CHANGE, the new ``info``), when they changed."""
+        try:
+            gid, gid_index, per_vlan, indexes = _gids(dev.device, dev.device.gid_table(1))
+        except (VerbsError, OSError, ValueError):
+            return False  # the device is failing or gone: its port events say so
+        if (gid, per_vlan) == (dev.info.gid, dev.info.vlan_gids):
+            return False
+        dev.info = replace(dev.info, gid=gid, vlan_gids=per_vlan)
+        dev.gid_index = gid_index
+        dev.gid_indexes = indexes  # the QPs made before keep their own index (_Qp.sgid_index)
+        self.on_device_event(dev.device.name, EventType.GID_CHANGE)
+        return True
 
     def close(self) -> None:
         self._closed = True
@@ -389,7 +414,13 @@ class RdmaDriver:
     def _events_loop(self, dev: _Dev) -> None:
         if self._closed:
             return
+        dev.event_looks += 1
+        if dev.event_looks % GID_POLL_EVERY == 0:
+            self.check_gids(dev)
         for ev in dev.device.poll_events():
+            if ev.type == EventType.GID_CHANGE:
+                self.check_gids(dev)  # tells the core itself when what it uses changed
+                continue
             if ev.type in (EventType.PORT_ERR, EventType.PORT_ACTIVE):
                 dev.port_up = ev.type == EventType.PORT_ACTIVE
                 # What the NIC received before the port went down is in the CQs: hand it to the

@@ -165,3 +165,29 @@ def test_no_second_link_on_a_device_without_a_gid_on_the_vlan():
         links = io.host.conns[1].lgr.usable_links()
         assert {lk.device for lk in links} == {"fab0"}
         assert {lk.qp.gid for lk in links} == {_gid(f"10.3.100.{n}")}
+
+
+def test_gids_read_again_take_effect_for_new_connections_and_links_on_a_vanished_gid_go_down():
+    """A VLAN interface removed (its GID gone) and another made, while the stack runs: the
+    link on the vanished GID goes down (its group has no other link: it ends), a new
+    connection on that VLAN finds no device (NOSMCDEV), one on the new VLAN runs SMC-R on
+    its GID, and the group of a VLAN that kept its GID is untouched."""
+    f, a, b = hosts()
+    _on_vlans(a, 1)
+    _on_vlans(b, 2, vlans=(100, 200, 300))
+    open_on(f, a, b, 1, 100)
+    open_on(f, a, b, 2, 200)
+    lgr100, lgr200 = a.host.conns[1].lgr, a.host.conns[2].lgr
+    dev = a.host.device_table.all[0]
+    a.host.gids_changed(dataclasses.replace(dev, up=False, vlan_gids=_vlan_table(1, vlans=(200, 300))), f.now)
+    f.run(until=f.now + 1.0)
+    assert a.host.device_table.all[0].up  # the port state is the host's, not the new reading's
+    assert lgr100.terminated and not lgr200.terminated
+    assert any(e.kind == "link.event" and e.lgr == lgr100.name and e.fields == {"event": "down", "reason": "GID ::ffff:10.3.100.1 gone from fab0"}
+               for e in a.events)  # fmt: skip
+    open_on(f, a, b, 3, 100)
+    assert a.apps[3].fallback and a.host.conns[3].fallback_reason == DECL.NOSMCDEV
+    open_on(f, a, b, 4, 300)
+    assert a.apps[4].established and a.host.conns[4].link.qp.gid == _gid("10.3.44.1")
+    open_on(f, a, b, 5, 200)
+    assert a.host.conns[5].lgr is lgr200  # still shared

@@ -166,3 +166,40 @@ def test_the_driver_gives_the_core_a_gid_per_vlan_and_the_qp_its_index(monkeypat
         driver.close()
     finally:
         loop.close()
+
+
+def test_a_vlan_made_or_removed_while_the_stack_runs_changes_the_gids(monkeypatch):
+    """The GID table is read again (about every second, and on a GID_CHANGE event): a new
+    VLAN interface's GID is offered, a removed one's no longer; a QP made before keeps its
+    source GID index; the core hears of it only when the GIDs per VLAN changed."""
+    monkeypatch.setattr(rdma_mod, "open_provider", lambda name, **kw: _Provider())
+    monkeypatch.setattr(rdma_mod, "netdev_vlans", lambda: dict(VLANS))
+    table = list(TABLE)
+    monkeypatch.setattr(_Device, "gid_table", lambda self, port: table)
+    loop = asyncio.new_event_loop()
+    try:
+        driver = RdmaDriver(loop)
+        heard = []
+        driver.on_device_event = lambda name, ev: heard.append((name, ev, driver.devs[name].info.vlan_gids))
+        driver.open(DeviceSpec("pyverbs", "rxe0"))
+        dev = driver.devs["rxe0"]
+        old = driver.create_qp("rxe0", _gid("10.3.200.1"))
+        assert driver.check_gids(dev) is False and heard == []  # nothing changed
+        table[:] = [e for e in TABLE if e.netdev != "eth0.200"] + [GidEntry(8, _gid("10.3.44.1"), "roce_v2", 1, "eth0.300")]
+        monkeypatch.setattr(rdma_mod, "netdev_vlans", lambda: {"eth0.100": 100, "eth0.300": 300})
+        assert driver.check_gids(dev) is True
+        assert heard == [("rxe0", rdma_mod.EventType.GID_CHANGE, ((0, _gid("10.2.0.1")), (100, _gid("10.3.100.1")), (300, _gid("10.3.44.1"))))]
+        assert driver.create_qp("rxe0", _gid("10.3.44.1")).gid == _gid("10.3.44.1")
+        with pytest.raises(OSError):
+            driver.create_qp("rxe0", _gid("10.3.200.1"))
+        driver.qp_to_rtr(old.handle, 5, 0, _gid("10.3.200.2"), 3)
+        assert dev.pd.qps[0].rtr.sgid_index == 7
+        # the event loop reads the table every GID_POLL_EVERY looks
+        table.append(GidEntry(9, _gid("10.3.100.9"), "roce_v2", 1, "eth0.100"))  # a second address: VLAN 100 keeps its first
+        table[:] = [e for e in table if e.netdev != "eth0.300"]
+        for _ in range(rdma_mod.GID_POLL_EVERY):
+            driver._events_loop(dev)
+        assert len(heard) == 2 and heard[-1][2] == ((0, _gid("10.2.0.1")), (100, _gid("10.3.100.1")))
+        driver.close()
+    finally:
+        loop.close()
