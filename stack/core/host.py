@@ -329,6 +329,9 @@ class SmcHost:
             "fallbacks": [{"role": r, "reason": c, "text": codes.format_reason(c), "count": n} for (r, c), n in sorted(self.fallback_reasons.items())],
             "lgrs": [lgr.info() for lgr in self.lgrs], "conns": [c.snapshot() for c in self.conns.values()],
             "failovers": list(self.failovers),
-            "devices": [{"name": d.name, "up": d.up, "mtu": d.mtu, "pkey": d.pkey} for d in self.devices],
+            "devices": [{"name": d.name, "up": d.up, "mtu": d.mtu, "pkey": d.pkey, "gid": gid_text(d.gid),
+                         # the GID each VLAN's links use (null: the device has one GID for every VLAN)
+                         "vlan_gids": None if d.vlan_gids is None else {str(v): gid_text(g) for v, g in d.vlan_gids}}
+                        for d in self.devices],  # fmt: skip
             "limits": self.directory.limits_info(),
         }  # fmt: skip

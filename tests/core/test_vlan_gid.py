@@ -111,6 +111,7 @@ def test_a_vlan_connection_runs_its_link_on_the_vlans_gid(version):
         assert clc.decode(_clc(b, cid, "tx", "Accept")["raw"]).gid == theirs
         assert clc.decode(_clc(a, cid, "tx", "Confirm")["raw"]).gid == ours
     assert len({a.host.conns[c].lgr.lgr_id for c in gids}) == 3  # one group per VLAN
+    assert a.host.snapshot()["devices"][0]["vlan_gids"] == {"0": "::ffff:10.2.0.1", "100": "::ffff:10.3.100.1", "200": "::ffff:10.3.200.1"}
 
 
 def test_a_client_on_a_vlan_without_a_gid_proposes_nothing():
