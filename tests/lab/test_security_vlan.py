@@ -285,36 +285,44 @@ async def _client() -> dict:
     return record
 
 
+def start_capture(share: Path, port: int) -> subprocess.Popen:
+    """tcpdump on eth0 into ``share``/eth0.pcap: RoCEv2 and TCP ``port``, tagged or not."""
+    err = share / "tcpdump.err"
+    capture = subprocess.Popen(
+        ["tcpdump", "-i", "eth0", "-s", "256", "-U", "--immediate-mode", "-w", str(share / "eth0.pcap"),
+         # untagged first: after "vlan" every offset of the expression is shifted by the tag
+         f"udp port {ROCE_PORT} or tcp port {port} or (vlan and (udp port {ROCE_PORT} or tcp port {port}))"],
+        stdout=subprocess.DEVNULL, stderr=err.open("w"),
+    )  # fmt: skip
+    for _ in range(600):  # (under a loaded host, tcpdump in a TCG guest can take many seconds)
+        if "listening" in err.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"tcpdump did not start listening within 60 s: {err.read_text()[-500:]}")
+    time.sleep(0.5)  # its socket is open when it says so; a moment for the filter to be in place
+    return capture
+
+
+def stop_capture(capture: subprocess.Popen) -> None:
+    # tcpdump stops reading at SIGINT: what the kernel still held for it would be lost (a
+    # loaded run lost the last, untagged connection's CLC that way), so let it catch up
+    time.sleep(2.0)
+    capture.send_signal(signal.SIGINT)
+    capture.wait(30)
+
+
 @pytest.mark.lab_guest
 def test_guest_side() -> None:
     vm, share = os.environ["LAB_VM"], Path(os.environ["LAB_SHARE"])
     n = int(socket.inet_aton(os.environ["LAB_IP"])[3])
     kernel_vlans = _setup_vlans(n)
-    capture = None
-    if vm == "a":
-        err = share / "tcpdump.err"
-        capture = subprocess.Popen(
-            ["tcpdump", "-i", "eth0", "-s", "256", "-U", "--immediate-mode", "-w", str(share / "eth0.pcap"),
-             # untagged first: after "vlan" every offset of the expression is shifted by the tag
-             f"udp port {ROCE_PORT} or tcp port {PORT} or (vlan and (udp port {ROCE_PORT} or tcp port {PORT}))"],
-            stdout=subprocess.DEVNULL, stderr=err.open("w"),
-        )  # fmt: skip
-        for _ in range(600):  # (under a loaded host, tcpdump in a TCG guest can take many seconds)
-            if "listening" in err.read_text():
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"tcpdump did not start listening within 60 s: {err.read_text()[-500:]}")
-        time.sleep(0.5)  # its socket is open when it says so; a moment for the filter to be in place
+    capture = start_capture(share, PORT) if vm == "a" else None
     try:
         record = asyncio.run(_client() if vm == "a" else _server())
     finally:
         if capture is not None:
-            # tcpdump stops reading at SIGINT: what the kernel still held for it would be lost (a
-            # loaded run lost the last, untagged connection's CLC that way), so let it catch up
-            time.sleep(2.0)
-            capture.send_signal(signal.SIGINT)
-            capture.wait(30)
+            stop_capture(capture)
     record["kernel_vlans"] = kernel_vlans
     record["sysfs_pkey0"] = Path("/sys/class/infiniband/rxe0/ports/1/pkeys/0").read_text().strip()
     (share / f"vlan-{vm}.json").write_text(json.dumps(record, indent=1))
