@@ -285,7 +285,7 @@ class PyverbsDevice(api.Device):
             except OSError:
                 pass  # an interface of another namespace: sysfs still names it
         try:
-            return Path(f"/sys/class/infiniband/{self.name}/ports/{port}/gid_attrs/ndevs/{index}").read_text().strip()
+            return (SYSFS_INFINIBAND / self.name / "ports" / str(port) / "gid_attrs" / "ndevs" / str(index)).read_text().strip()
         except OSError:
             return ""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 
 import pytest
 
@@ -203,3 +204,64 @@ def test_a_vlan_made_or_removed_while_the_stack_runs_changes_the_gids(monkeypatc
         driver.close()
     finally:
         loop.close()
+
+
+# ---------------------------------------------------------------- pyverbs: the net device of each entry
+
+
+def _fake_pyverbs(monkeypatch, tmp_path, entries):
+    """A PyverbsDevice over a stand-in context whose GID table is ``entries`` (index, GID
+    text, type code, ndev_ifindex); None: an old kernel without the ioctl GID query."""
+    from types import SimpleNamespace
+
+    from stack.verbs import pyverbs_provider
+    from stack.verbs.pyverbs_provider import PyverbsDevice
+
+    class PyverbsError(Exception):
+        pass
+
+    e = SimpleNamespace(IBV_LINK_LAYER_INFINIBAND=1, IBV_GID_TYPE_SYSFS_ROCE_V2=1)
+    pv = SimpleNamespace(e=e, error=SimpleNamespace(PyverbsError=PyverbsError, PyverbsRDMAError=PyverbsError))
+    monkeypatch.setattr(pyverbs_provider, "_load", lambda: pv)
+    monkeypatch.setattr(pyverbs_provider, "SYSFS_INFINIBAND", tmp_path)
+    gids = {i: g for i, g, _, _ in entries}
+
+    def query_gid_table(n):
+        if entries is None:
+            raise PyverbsError("no ioctl")
+        return [SimpleNamespace(gid_index=i, gid_type=t, ndev_ifindex=x, port_num=1) for i, _, t, x in entries]
+
+    def query_gid(port, index):
+        if index not in gids:
+            raise PyverbsError("unset")
+        return gids[index]
+
+    ctx = SimpleNamespace(query_port=lambda port: SimpleNamespace(gid_tbl_len=4, link_layer=2), query_gid_table=query_gid_table,
+                          query_gid=query_gid, query_gid_type=lambda port, index: 1)  # fmt: skip
+    dev = PyverbsDevice.__new__(PyverbsDevice)
+    dev._pv, dev._ctx, dev.name, dev.ports = pv, ctx, "rxe0", [1]
+    return dev
+
+
+def _ndev(tmp_path, index: int, name: str) -> None:
+    folder = tmp_path / "rxe0" / "ports" / "1" / "gid_attrs" / "ndevs"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / str(index)).write_text(name + "\n")
+
+
+def test_pyverbs_names_each_gids_net_device_by_ifindex_else_sysfs(monkeypatch, tmp_path):
+    lo = socket.if_nametoindex("lo")
+    entries = [(1, "0000:0000:0000:0000:0000:ffff:7f00:0001", 2, lo), (6, "0000:0000:0000:0000:0000:ffff:0a03:6401", 2, 0)]
+    dev = _fake_pyverbs(monkeypatch, tmp_path, entries)
+    _ndev(tmp_path, 6, "eth0.100")  # no ifindex given: sysfs names it
+    table = dev.gid_table(1)
+    assert [(g.index, g.gid, g.type, g.netdev) for g in table] == [(1, _gid("127.0.0.1"), "roce_v2", "lo"), (6, _gid("10.3.100.1"), "roce_v2", "eth0.100")]
+    assert vlan_gids(table, {"eth0.100": 100}) == ((0, _gid("127.0.0.1"), 1), (100, _gid("10.3.100.1"), 6))
+
+
+def test_pyverbs_without_the_gid_table_query_reads_the_net_devices_from_sysfs(monkeypatch, tmp_path):
+    dev = _fake_pyverbs(monkeypatch, tmp_path, [(0, "0000:0000:0000:0000:0000:ffff:0a02:0001", 2, 0), (2, "0000:0000:0000:0000:0000:ffff:0a03:c801", 2, 0)])
+    dev._ctx.query_gid_table = lambda n: (_ for _ in ()).throw(dev._pv.error.PyverbsError("old kernel"))
+    _ndev(tmp_path, 0, "eth0")
+    _ndev(tmp_path, 2, "eth0.200")
+    assert [(g.index, g.netdev) for g in dev.gid_table(1)] == [(0, "eth0"), (2, "eth0.200")]
