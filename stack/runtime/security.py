@@ -10,6 +10,10 @@ VLAN the one of the interface that owns the connection's local address, from
 ``/proc/net/vlan/config`` (no 8021q module: no VLAN). The P_Key is the device's, entry 0 of
 its port's P_Key table (``device_pkey``; the kernel's SMC-R QPs use ``pkey_index`` 0): the
 core adds it to the context of each connection (``Directory.set_context``).
+
+The VLAN also picks the GID a connection's links use (``vlan_gids``): the device's RoCEv2
+GID whose net device is the VLAN's interface, as the kernel's ``smc_ib_determine_gid``, so
+a VLAN's RDMA frames are tagged like its TCP connection.
 """
 
 from __future__ import annotations
