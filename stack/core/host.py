@@ -40,7 +40,7 @@ class SmcHost:
         self.rng = rng or random.Random()
         self.name = config.host
         self.device_table = Devices(devices)
-        first = self.device_table.device()
+        first = next((d for d in self.device_table.all if d.up), None)  # its MAC: the system id, whatever VLANs it serves
         self.peer_id = self.rng.getrandbits(16).to_bytes(2, "big") + (first.mac if first else bytes(6))
         self.stats = {"smc_client": 0, "smc_server": 0, "fallback_client": 0, "fallback_server": 0, "handshake_errors": 0,
                       "links_down": 0, "links_added": 0, "failovers": 0}  # fmt: skip
