@@ -36,6 +36,10 @@ from .model import RawDumps, Snapshot, from_kernel
 from .tracker import Tracker
 
 SO_NETNS_COOKIE = 71
+# the share of the time a process's polls may take: a poll that costs more stretches the
+# interval to the next (on a loaded one-CPU VM a poll of three namespaces took 0.56 s at two
+# polls a second each, and the trace reader, starved, fell minutes behind)
+POLL_SHARE = 0.5
 # the genl dumps a poll reads, in this order; GET_LINK_SMCR includes the link groups
 POLL_CMDS = (kgenl.GET_SYS_INFO, kgenl.GET_LINK_SMCR, kgenl.GET_DEV_SMCR, kgenl.GET_STATS, kgenl.GET_FBACK_STATS, kgenl.DUMP_UEID)
 
@@ -188,7 +192,10 @@ def sources_for(netns: list[str] | str | None = None, host: str | None = None, *
     namespaces = kio.resolve_netns(netns)
     if len(namespaces) == 1:
         return [KernelSource(netns=namespaces[0], host=host, **kwargs)]
-    return [KernelSource(netns=ns, host=h, trace_tag=i, **kwargs) for i, (ns, h) in enumerate(zip(namespaces, hosts_for(namespaces, host)))]
+    srcs = [KernelSource(netns=ns, host=h, trace_tag=i, **kwargs) for i, (ns, h) in enumerate(zip(namespaces, hosts_for(namespaces, host)))]
+    for src in srcs:
+        src.siblings = srcs  # one process: they share its CPU (poll budget) and stop polling together (close)
+    return srcs
 
 
 class KernelSource:
@@ -232,6 +239,9 @@ class KernelSource:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.emitted = 0
+        self.siblings: list[KernelSource] = [self]  # the sources of this process (sources_for: one per namespace)
+        self.drain_timeout = 60.0  # seconds close() lets the trace reader catch up (TraceSession.drain)
+        self.stretched = 0  # polls whose next one came later than the rate asks (POLL_SHARE)
 
     # ------------------------------------------------------------------ life
 
@@ -267,6 +277,7 @@ class KernelSource:
             return
         self.notes.extend(self.tracing.notes)
         self.tracker.installed = set(self.tracing.installed)
+        self.tracker.trace_clock_mono = self.tracing.clock_mono
         self.tracepoints = list(self.tracing.tracepoints)
 
     def _open_capture(self) -> None:
@@ -298,11 +309,16 @@ class KernelSource:
         self._poller.start()
 
     def close(self) -> None:
-        self._stop.set()
+        for src in self.siblings:
+            src._stop.set()  # every poller of the process stops first: the trace readers get the CPU to catch up
         if self._poller is not None:
             self._poller.join(5.0)
         if self.tracing is not None:
-            self.tracing.drain(1.0)
+            self.tracing.drain(self.drain_timeout)
+            if self.tracing.unread:
+                with self._lock:
+                    self._emit([self.tracker._ev(time.monotonic(), "events.dropped", "tracepoint", count=self.tracing.unread,
+                                                 by="left in the kernel's trace buffer at close (the trace reader was behind)")])  # fmt: skip
             self.notes.extend(n for n in self.tracing.notes if n not in self.notes)
             self.tracing.close()
             self.tracing = None
@@ -388,15 +404,21 @@ class KernelSource:
     def _run(self) -> None:
         next_t = time.monotonic() + self.interval
         while not self._stop.wait(max(0.0, next_t - time.monotonic())):
+            start = time.monotonic()
             next_t += self.interval
-            if next_t < time.monotonic():
-                next_t = time.monotonic() + self.interval  # fell behind: no burst of catch-up polls
+            if next_t < start:
+                next_t = start + self.interval  # fell behind: no burst of catch-up polls
             try:
                 self.poll()
             except Exception as e:  # noqa: BLE001 - a failed poll is a note, the next one tries again
                 note = f"a poll failed: {type(e).__name__}: {e}"
                 if note not in self.notes:
                     self.notes.append(note)
+            spent = time.monotonic() - start
+            budget = start + spent * len(self.siblings) / POLL_SHARE  # the process's polls take at most POLL_SHARE of the time
+            if budget > next_t:
+                next_t = budget
+                self.stretched += 1
 
     def _on_trace(self, records: list) -> None:
         with self._lock:
@@ -430,5 +452,6 @@ class KernelSource:
                 "frames": self.frames + sum(c.frames for c in self.captures),
                 "frames_dropped": self.frames_dropped + sum(c.drops() for c in self.captures),
                 "net_cookie": self.net_cookie, "skipped": dict(self.tracker.skipped),
+                "polls_stretched": self.stretched, "late_trace_records": self.tracker.late,
                 "clock_offset_ns": self.clock_offset_ns,
                 "notes": list(self.notes)}  # fmt: skip

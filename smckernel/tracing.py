@@ -86,7 +86,11 @@ class TraceSession:
         self.net_cookie = net_cookie
         self.raw_log = raw_log  # a file every line read is appended to (fixtures, bug reports)
         self.errors = 0  # lines that did not parse
+        self.clock_mono = True  # record times are CLOCK_MONOTONIC (trace_clock mono taken)
+        self.records = 0  # records handed over
+        self.unread = 0  # records the kernel still held when drain gave up (see drain)
         self._stop = threading.Event()
+        self._abort = threading.Event()
         self._thread: threading.Thread | None = None
         self._cleanup_stale()
         try:
@@ -98,6 +102,7 @@ class TraceSession:
         try:
             _write(os.path.join(self.instance, "trace_clock"), "mono")
         except OSError as e:
+            self.clock_mono = False
             self.notes.append(f"trace_clock mono refused ({e.strerror}): trace times are the instance's default clock, "
                               "not CLOCK_MONOTONIC")  # fmt: skip
         try:
@@ -248,7 +253,7 @@ class TraceSession:
         log = open(self.raw_log, "a") if self.raw_log else None
         pending = b""
         try:
-            while True:
+            while not self._abort.is_set():
                 stopping = self._stop.is_set()
                 r, _, _ = select.select([fd], [], [], 0.1)
                 data = b""
@@ -272,6 +277,7 @@ class TraceSession:
                         except ktrace.TraceFormatError:
                             self.errors += 1
                     if records:
+                        self.records += len(records)
                         try:
                             callback(records)
                         except Exception as e:  # noqa: BLE001 - the reader must go on
@@ -283,16 +289,56 @@ class TraceSession:
             if log is not None:
                 log.close()
 
-    def drain(self, timeout: float = 1.0) -> None:
-        """Give the reader ``timeout`` seconds to hand over what the kernel buffered, then stop it."""
+    def unread_entries(self) -> int | None:
+        """Records the instance's buffer holds that nobody has read yet (the per-CPU ``entries``
+        of ``per_cpu/cpuN/stats``): how far the reader is behind. None when unreadable."""
+        total, found = 0, False
+        try:
+            cpus = os.listdir(os.path.join(self.instance, "per_cpu"))
+        except OSError:
+            return None
+        for cpu in cpus:
+            try:
+                with open(os.path.join(self.instance, "per_cpu", cpu, "stats")) as f:
+                    for line in f:
+                        if line.startswith("entries:"):
+                            total += int(line.split(":", 1)[1])
+                            found = True
+            except (OSError, ValueError):
+                continue
+        return total if found else None
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """End the session's trace at this moment and hand over what the kernel still holds.
+
+        The instance stops recording (``tracing_on`` 0: nothing that happens later is taken),
+        then the reader goes on until the buffer is empty: a reader that fell behind (a loaded
+        host: the trace buffer held minutes of records in the lab) loses nothing that happened
+        before the close. After ``timeout`` seconds it stops anyway; what is left is counted
+        in ``unread`` and said in ``notes``."""
         if self._thread is None:
             return
-        time.sleep(min(timeout, 0.3))
-        self._stop.set()
+        try:
+            _write(os.path.join(self.instance, "tracing_on"), "0")
+        except OSError:
+            pass
+        before, t0 = self.records, time.monotonic()
+        self._stop.set()  # the reader ends at its first empty read: the buffer is drained
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abort.set()
+            self._thread.join(5.0)
+            self.unread = self.unread_entries() or 0
+            self.notes.append(f"the trace reader was behind: {self.unread} records left unread after reading for {timeout:g} s at close")
+        elif self.records - before > 1000:
+            self.notes.append(f"the trace reader was behind: {self.records - before} records read at close "
+                              f"({time.monotonic() - t0:.1f} s)")  # fmt: skip
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(5.0)
+            if self._thread.is_alive():  # (close without drain on a reader far behind)
+                self._abort.set()
+                self._thread.join(5.0)
         self._remove(self.instance, self.group)

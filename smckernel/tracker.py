@@ -43,6 +43,7 @@ from .model import Snapshot, to_stack_snapshot
 
 SOURCE = "source"  # the field every event carries (see the report: a schema addition)
 SNAPSHOT, TRACEPOINT, PROBE, CAPTURE = "snapshot", "tracepoint", "probe", "capture"
+CLOSED_KEPT = 4096  # names of gone connections kept for records read late (two per connection)
 _CRIT = {"SINGLE": True, "ASYML": True, "SYM": False, "ASYMP": False, "NONE": True}
 
 
@@ -135,6 +136,12 @@ class Tracker:
         self.del_reasons: dict[tuple[str, int], tuple[int, bool, str]] = {}  # (lgr, link) -> DELETE LINK (reason, orderly, "peer"/"local")
         self.gone: set[tuple[str, int]] = set()  # links a snapshot told deleted (genl lists only usable ones) not yet cleared
         self.told: set[tuple] = set()  # ("type", lgr) / ("link", lgr, link) / ("free", lgr) a probe told of since the last snapshot
+        # connections taken as gone, by ("token", alert token) and ("key", TCP ends): (the connection, the snapshot time that
+        # did not show it). A trace reader that falls behind hands over records of a socket after a snapshot told it closed;
+        # a record from before that time is the gone socket's, not a new connection's (see _gone_conn)
+        self.closed: dict[tuple, tuple[_Conn, float]] = {}
+        self.trace_clock_mono = True  # record times are CLOCK_MONOTONIC like snapshot times (the instance's trace_clock is mono)
+        self.late = 0  # records read after a snapshot told their connection gone (the trace reader was behind)
 
     # ------------------------------------------------------------------ helpers
 
@@ -183,6 +190,29 @@ class Tracker:
             del self.by_key[e.key]
         if e.token is not None and self.by_token.get(e.token) is e:
             del self.by_token[e.token]
+
+    def _close(self, e: _Conn, t: float) -> None:
+        """Forget ``e``, gone from smc_diag at snapshot time ``t``, but keep its names for records read late."""
+        for name in (("token", e.token) if e.token else None, ("key", e.key) if e.key is not None else None):
+            if name is not None:
+                self.closed.pop(name, None)
+                self.closed[name] = (e, t)
+        while len(self.closed) > CLOSED_KEPT:
+            del self.closed[next(iter(self.closed))]
+        self._forget(e)
+
+    def _gone_conn(self, t: float, token: int | None, key: tuple | None) -> _Conn | None:
+        """The connection a record of time ``t`` names when a snapshot taken after ``t`` had
+        already told it gone (its socket's alert token or TCP ends; no live connection has
+        them): the trace reader was behind the poller. None when the clocks differ (trace_clock
+        not mono) or the record is newer than the snapshot (then it is another socket's)."""
+        if not self.trace_clock_mono:
+            return None
+        for name in (("token", token) if token else None, ("key", key) if key is not None else None):
+            got = self.closed.get(name) if name is not None else None
+            if got is not None and t <= got[1]:
+                return got[0]
+        return None
 
     def _open(self, t: float, e: _Conn, source: str, role: str | None, local: str | None, peer: str | None) -> list[Event]:
         if e.opened:
@@ -265,12 +295,12 @@ class Tracker:
             if e.cookie is not None or e.state is not None:
                 if e.opened and e.state is not None and e.state != "CLOSED":
                     out.append(self._ev(t, "conn.state", SNAPSHOT, conn=e.id, old=e.state, new="CLOSED", cause="gone from smc_diag"))
-                self._forget(e)
+                self._close(e, t)
             elif t - e.touched > self.grace:
                 # only a probe named it, and smc_diag has not shown it since: it closed in between
                 if e.opened:
                     out.append(self._ev(t, "conn.state", SNAPSHOT, conn=e.id, old="", new="CLOSED", cause="closed before smc_diag showed it"))
-                self._forget(e)
+                self._close(e, t)
         return out
 
     def _fallback_time(self, t: float, reason: int | None) -> tuple[float, str]:
@@ -367,6 +397,11 @@ class Tracker:
         if e is None:
             ends = ktrace.tuple_of(rec, self.byteorder)
             key = _key(*ends) if ends is not None else None
+            if key is None or key not in self.by_key:
+                gone = self._gone_conn(rec.t, token, key)
+                if gone is not None:  # read after a snapshot told its socket gone: still that connection
+                    self.late += 1
+                    return gone, []
             if key is None:
                 self.skipped[f"{rec.event}: no TCP ends"] += 1
                 return None
@@ -603,6 +638,6 @@ class Tracker:
             return [self._ev(t, kind, CAPTURE, **fields)] if direction == "tx" else []
         conn = None
         if kind == "cdc.msg" and direction == "rx":
-            e = self.by_token.get(fields.get("token") or -1)
+            e = self.by_token.get(fields.get("token") or -1) or self._gone_conn(t, fields.get("token") or None, None)
             conn = e.id if e is not None else None
         return [self._ev(t, kind, CAPTURE, conn=conn, dir=direction, **fields)]
