@@ -22,6 +22,10 @@ change the snapshot's dumps were read just before. A snapshot that contradicts a
 group's type or a link that a probe told of since the previous snapshot is therefore taken
 as read before the change and not diffed there; the next snapshot is (a change the probe
 missed is told one poll later, never lost).
+
+A trace reader can also fall behind the poller (a loaded host): a socket's records then come
+after the snapshot that told it gone. The names of gone connections are kept with that
+snapshot's time, and a record older than it is still theirs (see ``_gone_conn``).
 """
 
 from __future__ import annotations

@@ -122,8 +122,14 @@ def _smctop_start(share: Path) -> list[str]:
 
 
 def _smctop_stop(share: Path, tmux: list[str]) -> None:
+    """q, then wait until smctop has closed its source (the pane runs the sleep after it)."""
     subprocess.run([*tmux, "send-keys", "-t", "k", "q"])
-    time.sleep(3.0)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        cmd = subprocess.run([*tmux, "list-panes", "-t", "k", "-F", "#{pane_current_command}"], capture_output=True, text=True).stdout
+        if cmd.strip() == "sleep":
+            break
     subprocess.run([*tmux, "kill-server"])
 
 
@@ -196,6 +202,7 @@ def guest_client() -> None:
         second = subprocess.Popen([str(BIN / "python"), "-m", "smckernel", "--rate", "2", "--text"], stdout=open(share / "second.out", "w"),
                                   stderr=open(err2, "w"), cwd=PROJECT)  # fmt: skip
         _wait_for(share / "second.out", " stats ", second, "python -m smckernel")
+    truth["recorder_pid"] = rec.pid
     truth["second_started"] = time.monotonic() - t0
     (share / "tracefs-2-both.txt").write_text(tracefs_state())
     time.sleep(max(0.0, SECOND_STOP - (time.monotonic() - t0)))
@@ -240,7 +247,7 @@ PY = ".venv/bin/python"
 def run() -> dict:
     env = {k: v for k, v in os.environ.items() if k.startswith("TWO_SOURCES_")}
     a, b = lab.run_pair(f"{PY} tests/lab/test_kernel_two_sources.py guest-client", f"{PY} tests/lab/test_kernel_two_sources.py guest-server",
-                        timeout=600, env=env)  # fmt: skip
+                        timeout=900, env=env)  # fmt: skip
     for r in (a, b):
         r.check()
     out: dict = {"a": a, "b": b, "truth": json.loads((a.share / "truth.json").read_text()),
@@ -272,3 +279,23 @@ def test_the_recordings_bytes_are_the_kernels(run) -> None:
     assert summary["dropped"]["events"] == 0, summary["dropped"]
     smcr = [c for c in summary["conns"] if c["mode"] == "SMCR"]
     assert sum(c["bytes_sent"] or 0 for c in smcr) == _smcr_delta(truth, "tx_bytes") == truth["sent"], (smcr, truth)
+
+
+def test_the_second_source_left_the_first_alone_and_nothing_behind(run) -> None:
+    """While both ran each had its instance and group; after the second stopped only the
+    first's are there, its probes all still defined and enabled."""
+    share, pid = run["a"].share, run["truth"]["recorder_pid"]
+    both, after = (share / "tracefs-2-both.txt").read_text(), (share / "tracefs-3-after-second.txt").read_text()
+
+    def instances(text: str) -> set[str]:
+        return {line.split()[2].rstrip(":") for line in text.splitlines() if line.startswith("## instance") and line.endswith("set_event")}
+
+    def groups(text: str) -> set[str]:
+        return {line.split()[0].split(":")[1].split("/")[0] for line in text.splitlines() if line[:2] in ("f:", "t:")}
+
+    mine = {i for i in instances(both) if i == f"smckernel-{pid}" or i.startswith(f"smckernel-{pid}_")}
+    assert mine and len(instances(both) - mine) == 1, instances(both)  # the second's own instance
+    assert len(groups(both)) == len(mine) + 1, groups(both)
+    assert instances(after) == mine and groups(after) == {f"smck{pid}" + i[len(f"smckernel-{pid}") :] for i in mine}, (instances(after), groups(after))
+    first = [line for line in after.split(f"## instance smckernel-{pid}: set_event")[1].split("##")[0].splitlines() if line.strip()]
+    assert {x.split(":")[1] for x in first if x.startswith(f"smck{pid}:")} >= {"sendmsg", "recvmsg", "cdc_rx", "fallback"}, first
