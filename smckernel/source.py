@@ -33,6 +33,7 @@ from . import genl as kgenl
 from . import kio
 from . import netlink as nl
 from .model import RawDumps, Snapshot, from_kernel
+from .trace import PROBES, REPLACES
 from .tracker import Tracker
 
 SO_NETNS_COOKIE = 71
@@ -239,6 +240,7 @@ class KernelSource:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.emitted = 0
+        self.routes: dict[int, KernelSource] = {}  # net cookie -> the sibling whose records this session's probes also take
         self.siblings: list[KernelSource] = [self]  # the sources of this process (sources_for: one per namespace)
         self.drain_timeout = 60.0  # seconds close() lets the trace reader catch up (TraceSession.drain)
         self.stretched = 0  # polls whose next one came later than the rate asks (POLL_SHARE)
@@ -279,6 +281,31 @@ class KernelSource:
         self.tracker.installed = set(self.tracing.installed)
         self.tracker.trace_clock_mono = self.tracing.clock_mono
         self.tracepoints = list(self.tracing.tracepoints)
+        if len(self.siblings) > 1:
+            self._share_call_probes()
+
+    def _share_call_probes(self) -> None:
+        """The probes on tracepoints (sendmsg, recvmsg, link_down) are the system's once: a
+        namespace whose session could not have them reads them through the session of another
+        namespace of this process, which widens its filter and hands their records over."""
+        call = {name for name, (kind, _) in PROBES.items() if kind == "t"}
+        missing = call - self.tracker.installed
+        if not missing or self.tracing is None or self.net_cookie is None:
+            return
+        for owner in self.siblings:
+            if owner is self or owner.tracing is None or not (missing & owner.tracker.installed):
+                continue
+            got = set(owner.tracing.share_with(self.net_cookie)) & missing
+            if not got:
+                continue
+            with owner._lock:
+                owner.routes[self.net_cookie] = self
+            self.tracker.installed |= got
+            self.tracing.disable_tracepoints([REPLACES[n] for n in sorted(got) if n in REPLACES])
+            self.tracepoints = [tp for tp in self.tracepoints if tp not in {REPLACES.get(n) for n in got}]
+            self.notes.append(f"{', '.join(sorted(got))}: read through the probes of {owner.host}'s trace session "
+                              "(a probe on a tracepoint is the system's once)")  # fmt: skip
+            return
 
     def _open_capture(self) -> None:
         from .capture import Capture
@@ -421,11 +448,20 @@ class KernelSource:
                 self.stretched += 1
 
     def _on_trace(self, records: list) -> None:
+        routed: dict[int, list] = {}
         with self._lock:
             out: list[Event] = []
             for rec in records:
+                if self.routes:
+                    net = rec.int("net")
+                    if net in self.routes:  # another namespace's, read through this session's probes
+                        routed.setdefault(net, []).append(rec)
+                        continue
                 out += self.tracker.trace(rec)
             self._emit(out)
+            dests = [(self.routes[net], recs) for net, recs in routed.items()]
+        for dest, recs in dests:
+            dest._on_trace(recs)
 
     def _on_frame(self, ts_ns: int, direction: str, frame: bytes) -> None:
         from .capture import decode

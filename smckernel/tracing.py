@@ -89,6 +89,8 @@ class TraceSession:
         self.clock_mono = True  # record times are CLOCK_MONOTONIC (trace_clock mono taken)
         self.records = 0  # records handed over
         self.unread = 0  # records the kernel still held when drain gave up (see drain)
+        self.shared: list[int] = []  # other namespaces' cookies this session's t: probes also take (share_with)
+        self.refused: dict[str, str] = {}  # probes refused because another session holds the tracepoint's: name -> why
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,13 +117,38 @@ class TraceSession:
 
     # ------------------------------------------------------------------ set-up
 
-    def _filter(self, event_dir: str, field: str = "net") -> None:
-        if self.net_cookie is None:
-            return
+    def _filter(self, event_dir: str, field: str = "net", cookies: list[int] | None = None) -> bool:
+        cookies = cookies or ([self.net_cookie] if self.net_cookie is not None else [])
+        if not cookies:
+            return True
         try:
-            _write(os.path.join(event_dir, "filter"), f"{field} == {self.net_cookie}")
+            _write(os.path.join(event_dir, "filter"), " || ".join(f"{field} == {c}" for c in cookies))
+            return True
         except OSError:
-            pass  # filtered in Python instead (the tracker drops other namespaces' records)
+            return False  # filtered in Python instead (the tracker drops other namespaces' records)
+
+    def share_with(self, cookie: int) -> list[str]:
+        """Let this session's probes on tracepoints (``t:``, which the kernel takes once on the
+        whole system) also take the records of network namespace ``cookie``, for another
+        session of this process to be handed (smckernel.source routes them by their ``net``).
+        Returns the probes that now do."""
+        if self.net_cookie is None:
+            return [n for n in self.installed if ktrace.PROBES[n][0] == "t"]  # unfiltered: they take every namespace already
+        if cookie not in self.shared:
+            self.shared.append(cookie)
+        out = []
+        for name in self.installed:
+            if ktrace.PROBES[name][0] == "t" and self._filter(os.path.join(self.instance, "events", self.group, name), cookies=[self.net_cookie, *self.shared]):
+                out.append(name)
+        return out
+
+    def disable_tracepoints(self, names: list[str]) -> None:
+        """Turn off plain smc tracepoints this session no longer needs (their probe is read elsewhere)."""
+        for tp in names:
+            try:
+                _write(os.path.join(self.instance, "events", "smc", tp, "enable"), "0")
+            except OSError:
+                pass
 
     def _enable_tracepoints(self) -> None:
         base = os.path.join(self.instance, "events", "smc")
@@ -169,6 +196,9 @@ class TraceSession:
                     self.notes.append(f"probe {name}: without the namespace cookie ({err}); records of every namespace")
                     err = None
             if err is not None:
+                if ktrace.PROBES[name][0] == "t" and err.startswith(os.strerror(errno.EEXIST)):
+                    self.refused[name] = err  # the kernel takes a probe on a tracepoint once per system
+                    continue
                 failed.append(f"{name} ({err})")
                 continue
             d = os.path.join(self.instance, "events", self.group, name)
@@ -178,6 +208,9 @@ class TraceSession:
                 self.installed.append(name)
             except OSError as e:
                 failed.append(f"{name} (enable: {e.strerror})")
+        if self.refused:
+            self.notes.append(f"probes on tracepoints another session holds (the kernel takes one per tracepoint on the whole system): "
+                              f"{', '.join(self.refused)}")  # fmt: skip
         if failed:
             self.notes.append("probes the kernel did not take (it needs fprobe events with BTF arguments, Linux 6.6+, "
                               "CONFIG_PROBE_EVENTS_BTF_ARGS): " + "; ".join(failed))  # fmt: skip
