@@ -133,7 +133,7 @@ def test_drain_takes_everything_in_order():
 
 def test_without_the_compiled_spool_the_recorder_runs_its_twin(tmp_path):
     out = _python(
-        "import native.eventenc as n; n.MODULE = '/nonexistent/_eventenc.so'\n"
+        "import native.eventenc as n; n._EXT.path = '/nonexistent/_eventenc.so'\n"
         "from stack.events import Event\n"
         "from dissectors.recorder import Recorder\n"
         f"r = Recorder({str(tmp_path / 'x.pcapng')!r}); r.on_event(Event(1.0, 'events.dropped', 'h', fields={{'count': 1}})); s = r.close()\n"
