@@ -1,16 +1,23 @@
 """Two kernel sources at once on one VM over a bulk SMC-R transfer (issue 18).
 
-One boot of two VMs. VM a starts a recorder (``smc-trace record --kernel``: the first
-kernel source), opens one SMC-R connection to VM b's AF_SMC server and streams into it
-without pause; a few seconds in it starts a second kernel source on the same VM
-(``python -m smckernel``: its own trace instance, its own probe group) and stops it again
-(SIGINT) while the stream goes on; then the stream ends, the recorder stops. Each side
-reads the kernel's own counters (SMC_NETLINK_GET_STATS) before and after.
+One boot of two VMs. VM a makes two more network namespaces and starts a recorder of all
+three (the first kernel source: ``python -m smckernel --record --netns all``, which also
+logs every trace_pipe line, or with TWO_SOURCES_FIRST=smc-trace ``smc-trace record --kernel
+--netns all``), opens one SMC-R connection to VM b's AF_SMC server and streams 64 KiB writes
+into it (10 ms apart); 4 s in it starts ``smctop --kernel`` in tmux (the second source: its
+own trace instance and probe group; its probes on tracepoints are refused, the kernel takes
+those once per system), quits it with q after 60 s of the stream, and ends the stream at
+75 s (both later when smctop is slow to show: on this one-CPU VM it took 100-250 s). Each
+side reads the kernel's own counters (SMC_NETLINK_GET_STATS) before and after, and VM a
+what tracefs holds at each step (``tracefs-*.txt`` in its share: dynamic_events, the
+instances, each one's enabled events and per-CPU buffer statistics).
 
 The host holds the first recording to the truth: exactly one connection id for the one
 socket, its bytes sent equal to what the application sent and to the kernel's tx_bytes
-delta, and what the tracefs looked like while both ran (``tracefs-*.txt`` in the share:
-dynamic_events, the instances, each one's enabled events and per-CPU buffer statistics).
+delta, nothing dropped; and tracefs after the second stopped holds the first's instances
+and groups only, its probes still enabled. Before the fix the recorder's trace reader,
+starved by its pollers, fell 135 s behind and the socket became four connection ids with
+226 of 390 MB (docs/kernel-source.md, "Two kernel sources at once").
 
 ``python tests/lab/test_kernel_two_sources.py guest-client|guest-server`` is the guest side.
 """
