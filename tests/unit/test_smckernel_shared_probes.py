@@ -102,3 +102,63 @@ def test_nothing_is_routed_when_no_sibling_can_share() -> None:
     a.add_listener(got.append)
     a._on_trace([send(2, 700, 40000)])
     assert got == [] and a.tracker.skipped["another network namespace"] == 1
+
+
+# ---------------------------------------------------------------------------- drain at close (a reader behind)
+
+LINE = ("python-179 [000] ...1. {t:.6f}: sendmsg: (__probestub_smc_tx_sendmsg+0x4/0x10 [smc]) token=0x1 len=100 listen=0x0 sport=40000 "
+        "dport=35091 saddr=0x100020a daddr=0x200020a net=1\n")  # fmt: skip
+
+
+def fifo_session(tmp: Path) -> tuple[TraceSession, Path]:
+    """A session whose instance is a directory with a FIFO for trace_pipe (what the kernel's
+    buffer would hold is what a writer puts in it)."""
+    import os
+    import threading
+
+    s = session_in(tmp, [])
+    inst = Path(s.instance)
+    inst.mkdir(parents=True, exist_ok=True)
+    (inst / "tracing_on").write_text("1\n")
+    (inst / "per_cpu" / "cpu0").mkdir(parents=True)
+    (inst / "per_cpu" / "cpu0" / "stats").write_text("entries: 17\noverrun: 0\n")
+    os.mkfifo(inst / "trace_pipe")
+    s.raw_log, s.errors, s.records, s.unread = None, 0, 0, 0
+    s._stop, s._abort, s._thread = threading.Event(), threading.Event(), None
+    return s, inst / "trace_pipe"
+
+
+def test_drain_stops_the_instance_and_hands_over_everything_it_still_holds(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    s, pipe = fifo_session(tmp_path)
+    got: list = []
+    s.start(got.extend)
+    w = os.open(pipe, os.O_WRONLY)  # (the reader opened it non-blocking: this open finds it)
+    backlog = "".join(LINE.format(t=1 + i / 1000) for i in range(3000)).encode()
+    writer = threading.Thread(target=lambda: (os.write(w, backlog[: len(backlog) // 2]), os.write(w, backlog[len(backlog) // 2 :])))
+    writer.start()
+    writer.join()
+    s.drain(timeout=60.0)  # the writer stays open: the reader ends because it found the buffer empty
+    os.close(w)
+    assert (Path(s.instance) / "tracing_on").read_text() == "0"
+    assert len(got) == 3000 and s.records == 3000 and s.unread == 0
+    assert sum(int(r.args["len"]) for r in got) == 300_000
+    assert not any("left unread" in n for n in s.notes), s.notes
+
+
+def test_a_drain_that_runs_out_of_time_counts_what_is_left(tmp_path: Path) -> None:
+    import os
+    import time
+
+    s, pipe = fifo_session(tmp_path)
+    s.start(lambda recs: time.sleep(0.5))  # a reader far behind
+    w = os.open(pipe, os.O_WRONLY)
+    for i in range(50):
+        os.write(w, LINE.format(t=1 + i).encode())
+        time.sleep(0.001)
+    s.drain(timeout=0.2)
+    os.close(w)
+    assert s.unread == 17 and not s._thread.is_alive()
+    assert s.notes[-1] == "the trace reader was behind: 17 records left unread after reading for 0.2 s at close"
