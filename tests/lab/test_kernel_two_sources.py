@@ -128,16 +128,22 @@ def _smctop_start(share: Path) -> list[str]:
     return tmux
 
 
-def _smctop_stop(share: Path, tmux: list[str]) -> None:
-    """q, then wait until smctop has closed its source (the pane runs the sleep after it)."""
+def _smctop_stop(share: Path, tmux: list[str]) -> dict:
+    """q, then wait until smctop has closed its source (no smctop process is left)."""
+    t0 = time.monotonic()
     subprocess.run([*tmux, "send-keys", "-t", "k", "q"])
-    deadline = time.monotonic() + 150
+    deadline = t0 + 150
+    seen = []
     while time.monotonic() < deadline:
         time.sleep(1.0)
-        cmd = subprocess.run([*tmux, "list-panes", "-t", "k", "-F", "#{pane_current_command}"], capture_output=True, text=True).stdout
-        if cmd.strip() == "sleep":
+        cmd = subprocess.run([*tmux, "list-panes", "-t", "k", "-F", "#{pane_current_command}"], capture_output=True, text=True).stdout.strip()
+        if cmd not in seen:
+            seen.append(cmd)
+        if subprocess.run(["pgrep", "-f", "^[^ ]*python[^ ]* [^ ]*bin/smctop --kernel$"], capture_output=True).returncode != 0:
             break
+    quit_s = time.monotonic() - t0
     subprocess.run([*tmux, "kill-server"])
+    return {"smctop_quit_s": round(quit_s, 1), "pane_commands": seen}
 
 
 def guest_server() -> None:
@@ -214,7 +220,7 @@ def guest_client() -> None:
     (share / "tracefs-2-both.txt").write_text(tracefs_state())
     time.sleep(max(0.0, SECOND_STOP - (time.monotonic() - t0)))
     if SECOND == "smctop":
-        _smctop_stop(share, tmux)
+        truth.update(_smctop_stop(share, tmux))
     else:
         _stop(second, "python -m smckernel")
     truth["second_stopped"] = time.monotonic() - t0
