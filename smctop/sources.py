@@ -681,6 +681,9 @@ class ReplaySource(Source):
 # ---------------------------------------------------------------------------- the kernel's SMC-R
 
 
+QUIT_DRAIN = 2.0  # seconds the kernel source's trace reader gets at quit (smckernel's own default is a minute)
+
+
 class KernelTuiSource(Source):
     """The Linux kernel's own SMC-R (``smckernel.source.KernelSource``): smc_diag and
     SMC_GEN_NETLINK polled ``rate`` times a second and diffed into our events, tracepoints and
@@ -707,6 +710,9 @@ class KernelTuiSource(Source):
         make = self.factory or (lambda: KernelSource(rate=self.rate, netns=self.netns, host=self.host, trace_tag=self.trace_tag))
         try:
             self.src = make()
+            # at quit what the trace reader has not read has nowhere to go (smctop's recording is
+            # closed first): waiting for it would hold q for up to a minute on a loaded host
+            self.src.drain_timeout = QUIT_DRAIN
             self.src.add_listener(self.inbox.append)  # called on the source's threads; deque.append is atomic
             await asyncio.get_running_loop().run_in_executor(None, self.src.start)
         except KernelUnavailable as e:

@@ -130,3 +130,23 @@ def test_once_prints_the_kernel_and_the_attached_stack_in_one_document(tmp_path)
     kernel = [c for c in doc["connections"] if c["host"] == kernel_host]
     assert sorted(c["local"] for c in kernel) == ["10.2.0.1:36452", "10.2.0.1:36464", "10.2.0.1:36476"]
     assert "solo" in doc["stats"] and kernel_host in doc["stats"]
+
+
+def test_smctop_gives_the_kernel_sources_drain_a_short_limit_at_quit():
+    """smckernel's close lets the trace reader catch up for up to a minute (for a recorder);
+    smctop has closed its recording before it stops the source, so q must not wait that long."""
+    from smctop.sources import QUIT_DRAIN
+
+    made: list[_KernelReplies] = []
+
+    def make():
+        made.append(_KernelReplies())
+        return made[-1]
+
+    async def go():
+        src = KernelTuiSource(factory=make)
+        await src.start()
+        await src.stop()
+
+    asyncio.run(go())
+    assert made[0].drain_timeout == QUIT_DRAIN <= 5
