@@ -331,6 +331,13 @@ def record_kernel(args) -> int:
         raise UsageError(f"cannot write {args.write}: {e.strerror or e}") from None
     stop = threading.Event()
     old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    shown: dict[int, int] = {}  # notes of each source already printed
+
+    def say_notes(src) -> None:
+        for note in src.notes[shown.get(id(src), 0) :]:
+            print(f"smc-trace: kernel {src.host}: {note}" if len(srcs) > 1 else f"smc-trace: kernel: {note}", file=sys.stderr)
+        shown[id(src)] = len(src.notes)
+
     try:
         for src in srcs:
             try:
@@ -338,8 +345,7 @@ def record_kernel(args) -> int:
             except KernelUnavailable as e:
                 print(f"smc-trace: the kernel's SMC-R ({src.host}): {e.strerror}", file=sys.stderr)
                 return 2
-            for note in src.notes:
-                print(f"smc-trace: kernel {src.host}: {note}" if len(srcs) > 1 else f"smc-trace: kernel: {note}", file=sys.stderr)
+            say_notes(src)
         print(f"smc-trace: recording the kernel's SMC-R of {', '.join(getattr(src, 'host', None) or 'this host' for src in srcs)} to {args.write}"
               + (f" for {args.duration:g} s" if args.duration else "") + "; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)  # fmt: skip
         stop.wait(args.duration or None)
@@ -349,6 +355,8 @@ def record_kernel(args) -> int:
         st = rec.close()
         for sig, handler in old.items():
             signal.signal(sig, handler)
+    for src in srcs:
+        say_notes(src)  # what closing found (records the trace reader could not catch up with)
     capturing = [f"{c} ({src.host})" if len(srcs) > 1 else c for src in srcs for c in src.capturing]
     snap = f"RDMA WRITE frames cut to {args.write_snaplen} bytes" if args.write_snaplen else "whole RDMA WRITE frames"
     hosts = f" of {', '.join(src.host for src in srcs)}" if len(srcs) > 1 else ""

@@ -97,16 +97,20 @@ class FakeKernelSource:
 
     def close(self) -> None:
         self.closed = True
+        self.notes.append("3 records left in the trace buffer at close: test")  # what a drain that gave up says
 
     def status(self) -> dict:
         return {"frames_dropped": 0}
 
 
-def test_record_kernel_writes_events_and_frames_on_one_timeline(tmp_path, monkeypatch):
+def test_record_kernel_writes_events_and_frames_on_one_timeline(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ksource, "KernelSource", FakeKernelSource)
     FakeKernelSource.made.clear()
     out = tmp_path / "kernel.pcapng"
     assert cli.main(["record", "-w", str(out), "--kernel", "--duration", "0.3", "--no-trace"]) == 0
+    err = capsys.readouterr().err
+    # the notes of the start, and the ones closing found, each said once
+    assert err.count("kernel: no tracepoints or probes: test") == 1 and err.count("kernel: 3 records left in the trace buffer at close: test") == 1
     (src,) = FakeKernelSource.made
     assert src.opened and src.closed and src.kw["trace"] is False and src.kw["capture"] == "auto"
     skipped = Skipped()
