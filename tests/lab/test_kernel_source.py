@@ -57,26 +57,6 @@ def _share() -> Path:
     return Path(os.environ["LAB_SHARE"])
 
 
-def _recv_exactly(s: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(min(1 << 16, n - len(buf)))
-        if not chunk:
-            raise EOFError(f"end of file after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-def _line(s: socket.socket) -> str:
-    buf = bytearray()
-    while not buf.endswith(b"\n"):
-        c = s.recv(1)
-        if not c:
-            raise EOFError("end of file in the header line")
-        buf += c
-    return buf.decode().strip()
-
-
 def _start_source(share: Path, capture):
     from smckernel.record import KernelRecording
     from smckernel.source import KernelSource
@@ -133,8 +113,8 @@ def guest_server() -> None:
     for _i in range(len(PLAN) + 1):
         s = ksmc.accept(lst, timeout=120)
         s.settimeout(180)  # the client runs the readers (smckernel, smctop) between its sends and its closes
-        up, down, note = _line(s).split()
-        _recv_exactly(s, int(up))
+        up, down, note = ksmc.recv_line(s, "header line").split()
+        ksmc.recv_exactly(s, int(up))
         if note == "drop-ueid":
             ksmc.ueid_remove(UEID)  # the next connection falls back: this side declines (NOSMCDEV)
         s.sendall(os.urandom(int(down)))
@@ -170,7 +150,7 @@ def guest_client() -> None:
         t1 = time.monotonic()
         s.settimeout(60)
         s.sendall(f"{up} {down} {note}\n".encode() + os.urandom(up))
-        _recv_exactly(s, down)
+        ksmc.recv_exactly(s, down)
         local, remote = ksmc.names(s)
         truth["conns"].append({"i": i, "local": local, "peer": remote, "sent": up + len(f"{up} {down} {note}\n"), "received": down,
                                "connect": [t0, t1], "fallback": i == len(PLAN)})  # fmt: skip
