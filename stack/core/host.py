@@ -107,6 +107,13 @@ class SmcHost:
         for lgr in list(self.lgrs):
             for link in [lk for lk in lgr.links.values() if lk.device == info.name and lk.usable and lk.qp.gid not in gids]:
                 llcflows.link_down(lgr, link, now, f"GID {gid_text(link.qp.gid)} gone from {info.name}")
+        device = self.device_table.device_info(info.name)
+        if device is not None and device.up:
+            # smc_ib_port_event_work on a GID change of an active port: smcr_port_add, the
+            # groups look for a link again. A port that came back before its GIDs did (its
+            # net device's addresses are re-added after the port event) is only usable now.
+            for lgr in list(self.lgrs):
+                llcflows.want_link(lgr, now, f"GIDs changed on {info.name}")
 
     def port_event(self, name: str, up: bool, now: float) -> None:
         """A device port went down (its links fail over) or came back (links are added again)."""

@@ -19,7 +19,7 @@ from stack.core.directory import Devices
 from stack.core.linkgroup import SecurityContext
 from stack.core.ports import DeviceInfo
 from stack.wire import clc
-from stack.wire.codes import DECL
+from stack.wire.codes import DECL, LgrType
 
 SMALL = {"rmb_size": 16384, "sndbuf_size": 16384}
 NETNS = 4026531840
@@ -192,3 +192,29 @@ def test_gids_read_again_take_effect_for_new_connections_and_links_on_a_vanished
     assert a.apps[4].established and a.host.conns[4].link.qp.gid == _gid("10.3.44.1")
     open_on(f, a, b, 5, 200)
     assert a.host.conns[5].lgr is lgr200  # still shared
+
+
+def test_a_port_back_before_its_gids_gets_its_link_when_they_return():
+    """A net device brought up again: the port event can come before its addresses' GIDs are
+    back (the kernel re-adds them after NETDEV_UP). The group that wanted its second link
+    then finds no GID on that device; when the GIDs return (GID_CHANGE), it looks again, as
+    the kernel's port-event work runs smcr_port_add on a GID change, and is SYM again."""
+    f, a, b = hosts(client_devices=2, server_devices=2)
+    for io, n in ((a, 1), (b, 2)):
+        _on_vlans(io, n, vlans=(), device=0)
+        _on_vlans(io, n + 10, vlans=(), device=1)
+    open_on(f, a, b, 1, 0)
+    f.run(until=f.now + 1.0)
+    lgr = b.host.conns[1].lgr
+    assert lgr.type == LgrType.SYMMETRIC
+    dev = b.host.device_table.all[1]
+    b.host.port_event(dev.name, False, f.now)
+    f.run(until=f.now + 2.0)
+    assert lgr.type != LgrType.SYMMETRIC and {lk.device for lk in lgr.usable_links()} == {"fab0"}
+    b.host.gids_changed(dataclasses.replace(dev, vlan_gids=()), f.now)  # the net device down: its GIDs gone
+    b.host.port_event(dev.name, True, f.now)  # the port is back, its GIDs not yet
+    f.run(until=f.now + 2.0)
+    assert lgr.type != LgrType.SYMMETRIC
+    b.host.gids_changed(dev, f.now)  # its GIDs again
+    f.run(until=f.now + 2.0)
+    assert lgr.type == LgrType.SYMMETRIC and {lk.device for lk in lgr.usable_links()} == {"fab0", "fab1"}
