@@ -242,7 +242,8 @@ class KernelSource:
         self.emitted = 0
         self.routes: dict[int, KernelSource] = {}  # net cookie -> the sibling whose records this session's probes also take
         self.siblings: list[KernelSource] = [self]  # the sources of this process (sources_for: one per namespace)
-        self.drain_timeout = 60.0  # seconds close() lets the trace reader catch up (TraceSession.drain)
+        self.drain_timeout = 60.0  # seconds close() lets the trace readers catch up (TraceSession.drain), all siblings together
+        self._drain_until: float | None = None  # set when the first sibling closes
         self.stretched = 0  # polls whose next one came later than the rate asks (POLL_SHARE)
 
     # ------------------------------------------------------------------ life
@@ -338,10 +339,14 @@ class KernelSource:
     def close(self) -> None:
         for src in self.siblings:
             src._stop.set()  # every poller of the process stops first: the trace readers get the CPU to catch up
+        if self._drain_until is None:  # one budget for the drains of the whole process, not one per namespace
+            until = time.monotonic() + self.drain_timeout
+            for src in self.siblings:
+                src._drain_until = until
         if self._poller is not None:
             self._poller.join(5.0)
         if self.tracing is not None:
-            self.tracing.drain(self.drain_timeout)
+            self.tracing.drain(max(0.0, self._drain_until - time.monotonic()))
             if self.tracing.unread:
                 with self._lock:
                     self._emit([self.tracker._ev(time.monotonic(), "events.dropped", "tracepoint", count=self.tracing.unread,

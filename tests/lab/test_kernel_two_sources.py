@@ -105,7 +105,7 @@ def _wait_for(path: Path, text: str, p: subprocess.Popen, what: str, seconds: fl
 
 def _stop(p: subprocess.Popen, what: str) -> None:
     p.send_signal(signal.SIGINT)
-    rc = p.wait(120)
+    rc = p.wait(300)  # a recorder drains the trace buffer first (at most a minute), slow on a loaded one-CPU VM
     if rc != 0:
         raise RuntimeError(f"{what} exited {rc}")
 
