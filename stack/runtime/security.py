@@ -66,11 +66,6 @@ def vlan_gids(table: list[GidEntry], vlans: dict[str, int]) -> tuple[tuple[int, 
     return tuple((vlan, gid, index) for vlan, (gid, index) in sorted(out.items()))
 
 
-def netdev_vlans() -> dict[str, int]:
-    """VLAN interface name -> VLAN id, in the calling thread's network namespace."""
-    return _vlans()
-
-
 def _ns_inode(path: str) -> int:
     try:
         return os.stat(path).st_ino
@@ -125,7 +120,7 @@ def _ipv6_interfaces() -> dict[str, str]:
     return out
 
 
-def _vlans() -> dict[str, int]:
+def netdev_vlans() -> dict[str, int]:
     """Interface name -> VLAN id (/proc/net/vlan/config: "name | id | parent")."""
     out: dict[str, int] = {}
     try:
@@ -149,7 +144,7 @@ def vlan_of(local_ip: str) -> int:
         ip = ip.ipv4_mapped
     table = _ipv4_interfaces() if ip.version == 4 else _ipv6_interfaces()
     name = table.get(str(ip))
-    return _vlans().get(name, 0) if name else 0
+    return netdev_vlans().get(name, 0) if name else 0
 
 
 def setns(fd: int) -> None:
