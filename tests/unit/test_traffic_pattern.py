@@ -1,0 +1,49 @@
+"""smc-traffic's byte-for-byte check: every corrupted byte is caught, wherever it falls
+(inside a read, at its edges, across the pattern block's end), for bytes, bytearray and
+memoryview reads, and the CRC follows the bytes actually received."""
+
+import zlib
+
+import pytest
+
+from stack.traffic.protocol import BLOCK, Pattern
+
+
+def _stream(seed: int, n: int) -> bytes:
+    p = Pattern(seed)
+    out = bytearray()
+    while len(out) < n:
+        out += p.next(n - len(out))
+    return bytes(out)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_clean_stream_verifies_in_any_read_sizes(kind):
+    data = _stream(7, BLOCK + 300_000)  # crosses the block's end
+    checker = Pattern(7)
+    pos = 0
+    for size in (1, 4, 65536, 1000, BLOCK + 5, 1 << 16):
+        piece = data[pos : pos + size]
+        assert checker.check(kind(piece))
+        pos += len(piece)
+    assert checker.check(kind(data[pos:]))
+    assert checker.offset == len(data) and checker.crc == zlib.crc32(data)
+
+
+@pytest.mark.parametrize("where", [0, 1, 65535, 65536, BLOCK - 1, BLOCK, BLOCK + 1, BLOCK + 299_999])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_one_flipped_byte_fails(where, kind):
+    data = bytearray(_stream(3, BLOCK + 300_000))
+    data[where] ^= 0x01
+    checker = Pattern(3)
+    ok = True
+    for pos in range(0, len(data), 65536):
+        ok &= checker.check(kind(bytes(data[pos : pos + 65536])))
+    assert not ok
+    assert checker.crc == zlib.crc32(data)  # the CRC is of what came, so the trailer check fails too
+
+
+def test_whole_read_larger_than_a_block_with_a_bad_last_byte():
+    data = bytearray(_stream(11, 2 * BLOCK + 17))
+    data[-1] ^= 0x80
+    assert not Pattern(11).check(bytes(data))
