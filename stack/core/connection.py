@@ -23,6 +23,7 @@ from stack.wire.cdc import CdcMessage, Cursor
 from stack.wire.cdc import pack as cdc_pack
 from stack.wire.codes import SmcState
 from stack.wire.fields import cdc_fields as _cdc_fields
+from stack.wire.fields import cdc_fields_of as _cdc_fields_of
 from stack.wire.fields import cursor_text as _c
 
 from . import cursor as curs
@@ -522,39 +523,28 @@ class SmcConnection:
             if self.ctx.bus.active:
                 self.emit(now, "rdma.write", offset=dst_off, length=length, rkey=rkey)
 
-    def send_cdc(self, now: float, **flags) -> bool:
+    def send_cdc(self, now: float) -> bool:
         """One CDC with the current producer and consumer cursors (and flags)."""
         if self.link is None:
             return False
-        self.tx_seq = (self.tx_seq + 1) & 0xFFFF
-        sent = self.sent
-        extra = {k: v for k, v in flags.items() if k in _CDC_EXTRA} if flags else None
-        msg = None
-        if extra or self.ctx.bus.active:
-            msg = CdcMessage(
-                seqno=self.tx_seq, token=self.peer_token, prod=self.tx_prod, cons=self.cons,
-                write_blocked=self.write_blocked, cons_curs_upd_req=False, urg_data_pending=self.urg_data_pending,
-                urg_data_present=self.urg_data_present, peer_done_writing=sent["done_writing"], peer_conn_closed=sent["closed"],
-                peer_conn_abort=sent["abort"], **(extra or {}),
-            )  # fmt: skip
-            payload = msg.encode()
-        else:  # the common case, without building a message object
-            state = (0x80 if sent["done_writing"] else 0) | (0x40 if sent["closed"] else 0) | (0x20 if sent["abort"] else 0)
-            prod_flags = (0x80 if self.write_blocked else 0) | (0x40 if self.urg_data_pending else 0) | (0x20 if self.urg_data_present else 0)
-            payload = cdc_pack(self.tx_seq, self.peer_token, self.tx_prod, self.cons, prod_flags, state)
-        marks = (self.tx_sent, self.tx_prod, self.tx_seq, self.tx_epoch)
+        self.tx_seq = seq = (self.tx_seq + 1) & 0xFFFF
+        token, prod, cons, sent = self.peer_token, self.tx_prod, self.cons, self.sent
+        state = (0x80 if sent["done_writing"] else 0) | (0x40 if sent["closed"] else 0) | (0x20 if sent["abort"] else 0)
+        prod_flags = (0x80 if self.write_blocked else 0) | (0x40 if self.urg_data_pending else 0) | (0x20 if self.urg_data_present else 0)
+        payload = cdc_pack(seq, token, prod, cons, prod_flags, state)
+        marks = (self.tx_sent, prod, seq, self.tx_epoch)
         if not self.link.post_cdc_bytes(payload, lambda ok, t: self.cdc_completed(marks, ok, t), now):
-            self.tx_seq = (self.tx_seq - 1) & 0xFFFF  # the kernel rolls back when the post fails
+            self.tx_seq = (seq - 1) & 0xFFFF  # the kernel rolls back when the post fails
             return False
-        if curs.ahead(self.tx_prod, self.tx_prod_max):
-            self.tx_prod_max = self.tx_prod
-        self.cons_confirmed = self.cons
+        if curs.ahead(prod, self.tx_prod_max):
+            self.tx_prod_max = prod
+        self.cons_confirmed = cons
         self.cons_update_requested = False
         self.cdc_sent += 1
         self.cdc_pend += 1
-        if msg is not None and self.ctx.bus.active:
-            self.emit(now, "cdc.msg", dir="tx", **_cdc_fields(msg))
-            self.emit(now, "conn.cursor", side="tx", prod=_c(self.tx_prod), cons=_c(self.cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
+        if self.ctx.bus.active:  # the event's fields from the values packed, without a CdcMessage
+            self.emit(now, "cdc.msg", dir="tx", **_cdc_fields_of(seq, token, prod, cons, prod_flags, state, payload))
+            self.emit(now, "conn.cursor", side="tx", prod=_c(prod), cons=_c(cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
         return True
 
     def cdc_completed(self, marks: tuple[Cursor, Cursor, int, int], ok: bool, now: float) -> None:
@@ -743,9 +733,6 @@ class SmcConnection:
     def abort_done(self, now: float) -> None:
         if self.state == SmcState.PEERABORTWAIT:
             self.input("abort_done", now)
-
-
-_CDC_EXTRA = {"failover_validation"}
 
 
 def _s16(v: int) -> int:

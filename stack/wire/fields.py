@@ -8,6 +8,7 @@ from dataclasses import fields as dc_fields
 
 from . import clc, codes
 from .cdc import CdcMessage, Cursor
+from .cdc import pack as cdc_pack
 from .llc import LlcMessage
 
 CDC_FLAGS = ("write_blocked", "urg_data_pending", "urg_data_present", "cons_curs_upd_req", "failover_validation",
@@ -16,7 +17,7 @@ CDC_FLAGS = ("write_blocked", "urg_data_pending", "urg_data_present", "cons_curs
 
 def cursor_text(c: Cursor) -> str:
     """A cursor as the events show it: ``wrap:count``."""
-    return f"{c.wrap}:{c.count}"
+    return f"{c[0]}:{c[1]}"
 
 
 def clc_fields(msg, raw: bytes) -> dict:
@@ -45,6 +46,23 @@ def llc_fields(msg: LlcMessage, raw: bytes) -> dict:
     return out
 
 
+def _flag_names(bits: tuple[int, ...], names: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """For every value of a flags byte, the names of its set flags in CDC_FLAGS order."""
+    return tuple(tuple(n for b, n in zip(bits, names) if v & b) for v in range(256))
+
+
+_PROD_FLAG_NAMES = _flag_names((0x80, 0x40, 0x20, 0x10, 0x08), CDC_FLAGS[:5])
+_STATE_FLAG_NAMES = _flag_names((0x80, 0x40, 0x20), CDC_FLAGS[5:])
+
+
 def cdc_fields(m: CdcMessage) -> dict:
-    flags = [name for name in CDC_FLAGS if getattr(m, name)]
-    return {"seqno": m.seqno, "token": m.token, "prod": cursor_text(m.prod), "cons": cursor_text(m.cons), "flags": flags, "raw": m.encode()}
+    pf, cf = m.prod_flags, m.conn_state_flags
+    return cdc_fields_of(m.seqno, m.token, m.prod, m.cons, pf, cf, cdc_pack(m.seqno, m.token, m.prod, m.cons, pf, cf))
+
+
+def cdc_fields_of(seqno: int, token: int, prod: Cursor, cons: Cursor, prod_flags: int, conn_state_flags: int, raw: bytes) -> dict:
+    """cdc_fields from the values a CDC is packed from (the transmit path has them without a
+    CdcMessage; events on the data path come by the hundred thousand). ``prod_flags`` and
+    ``conn_state_flags`` are the message's two flag bytes, ``raw`` its 44 bytes."""
+    return {"seqno": seqno, "token": token, "prod": f"{prod[0]}:{prod[1]}", "cons": f"{cons[0]}:{cons[1]}",
+            "flags": [*_PROD_FLAG_NAMES[prod_flags], *_STATE_FLAG_NAMES[conn_state_flags]], "raw": raw}  # fmt: skip

@@ -165,6 +165,19 @@ def test_event_fields_of_each_codec():
         "peer_conn_closed",
         "peer_conn_abort",
     )
+    # every combination of the eight flags: exactly the set ones, in CDC_FLAGS order, and the
+    # fields built from packed values (the transmit path) equal those of the message
+    for bits in range(256):
+        flags = [bool(bits & (0x80 >> i)) for i in range(8)]
+        m = cdc.CdcMessage(0xFFFF, 0xFFFFFFFF, cdc.Cursor(0xFFFF, 0xFFFFFFFF), cdc.Cursor(0, 1), *flags)
+        want = [name for name, on in zip(fields.CDC_FLAGS, flags) if on]
+        got = fields.cdc_fields(m)
+        assert got["flags"] == want and got["raw"] == m.encode() and (got["prod"], got["cons"]) == ("65535:4294967295", "0:1")
+        raw = m.encode()
+        assert fields.cdc_fields_of(m.seqno, m.token, m.prod, m.cons, raw[24], raw[25], raw) == got
+    # reserved bits (as a peer may set them on the wire) name nothing
+    for pf, cf, want in ((0x07, 0x1F, []), (0xFF, 0xFF, list(fields.CDC_FLAGS)), (0x09, 0x21, ["failover_validation", "peer_conn_abort"])):
+        assert fields.cdc_fields_of(1, 2, cdc.Cursor(), cdc.Cursor(), pf, cf, b"")["flags"] == want
     rk = llc.ConfirmRkey(rkey=5, vaddr=6, others=(llc.Rtoken(2, 3, 4),), response=True)
     assert fields.llc_fields(rk, b"r") == {"type": "LLC CONFIRM RKEY", "response": True, "rkey": 5, "vaddr": 6,
                                            "others": [{"link_id": 2, "rkey": 3, "vaddr": 4}], "negative": False, "retry": False, "raw": b"r"}  # fmt: skip
