@@ -494,7 +494,7 @@ _CLASSES: dict[LlcType, type[LlcMessage]] = {
 }
 
 
-def _v2_length(v: View, order: str) -> tuple[int, str]:
+def _v2_length(v: View, order: str, echo: bool = False) -> tuple[int, str]:
     v.need(1, 2, "length_v2")
     little = v.u16le(1, "length_v2")
     big = v.u16(1, "length_v2")
@@ -509,6 +509,11 @@ def _v2_length(v: View, order: str) -> tuple[int, str]:
         return little, "little"
     if LLC_LEN <= big <= min(have, LLC_V2_MAX_LEN):
         return big, "big"
+    if echo:  # a 44-byte reject that echoes a longer request's header (see decode)
+        if LLC_LEN < little <= LLC_V2_MAX_LEN:
+            return little, "little"
+        if LLC_LEN < big <= LLC_V2_MAX_LEN:
+            return big, "big"
     raise v.fail(1, f"length_v2 reads {little} (little-endian) or {big} (big-endian); neither fits the {have} bytes given")
 
 
@@ -533,9 +538,15 @@ def decode(buf: bytes | bytearray | memoryview, *, order: str = "auto") -> LlcMe
             raise v.fail(1, f"length {length}: a v1 LLC message is 44 bytes")
         used = "little"
     else:
-        length, used = _v2_length(v, order)
+        # The kernel's reject of an ADD LINK (smc_llc_cli_add_link_reject) echoes the request's
+        # first 44 bytes, its longer length_v2 included, as a 44-byte SEND; its receive rule
+        # (smc_llc_rx_handler) asks only length_v2 >= 44, so it reads what came, as we do.
+        echo = llc_type == LlcType.ADD_LINK and len(v) == LLC_LEN and v.u8(3, "flags") & (FLAG_RESP | FLAG_ADD_LNK_REJ) == FLAG_RESP | FLAG_ADD_LNK_REJ
+        length, used = _v2_length(v, order, echo)
         if not LLC_LEN <= length <= LLC_V2_MAX_LEN:
             raise v.fail(1, f"length_v2 {length} ({used}-endian) is outside 44..8192")
+        if echo:
+            length = LLC_LEN
     if len(v) < length:
         raise v.fail(1, f"length {length} but only {len(v)} bytes given")
     v = View(v.buf[:length], v.name, LlcError)

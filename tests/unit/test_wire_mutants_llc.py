@@ -68,6 +68,21 @@ def test_add_link_v2_reject_reason_in_flags_and_bare_reject():
     assert e.offset == 70
 
 
+def test_a_kernel_reject_echoing_a_longer_request_is_read_as_the_kernel_reads_it():
+    """smc_llc_cli_add_link_reject echoes the request's first 44 bytes, its length_v2 too: our
+    104-byte ADD LINK v2 (two rkeys) came back as a 44-byte SEND saying 104 (a lab run, kernel
+    6.12). The kernel's receive rule asks only length_v2 >= 44; only such a reject is read so."""
+    request = bytes.fromhex("22680000525400120101000000000000000000000000ffff0a02010100001304031797c30000000000000000")
+    echo = request[:3] + b"\xc1" + request[4:]
+    r = llc.decode(echo)
+    assert (r.rejected, r.response, r.reject_reason, r.link_num, r.qpn, r.order) == (True, True, 1, 4, 0x13, "little")
+    assert llc.decode(echo, order="little") == r
+    assert err(llc.decode, echo, order="big").offset == 1  # 26624: no length at all
+    for flags in (0x00, 0x80, 0x40):  # a request, a plain response, REJ without RESP: their rkeys are missing
+        assert err(llc.decode, request[:3] + bytes([flags]) + request[4:]).offset == 1
+    assert err(llc.decode, echo + b"\0").offset == 1  # 45 bytes: not the 44-byte echo either
+
+
 def test_add_link_v2_direct_is_bit_7_only():
     base = llc.AddLink(version=2, mac=MAC, gid=GID, qpn=1, link_num=2, qp_mtu=3, psn=4).encode()
     assert base[44] == 0
