@@ -201,7 +201,12 @@ class SmcStreamReader:
             await self._wait()
 
     async def readexactly(self, n: int) -> bytes:
-        out = bytearray()
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        first = await self.read(n) if n else b""
+        if len(first) == n:  # all of it in one piece (bulk, usually): no second copy
+            return first
+        out = bytearray(first)
         while len(out) < n:
             chunk = await self.read(n - len(out))
             if not chunk:
