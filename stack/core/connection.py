@@ -332,6 +332,11 @@ class SmcConnection:
         return self.bytes_to_rcv
 
     @property
+    def aborted(self) -> bool:
+        """An abort went either way: nothing more will be delivered."""
+        return self.sent["abort"] or self.peer_abort
+
+    @property
     def eof(self) -> bool:
         """No more data will come: the peer is done writing, closed or aborted, and all is read."""
         return self.bytes_to_rcv == 0 and (self.peer_done_writing or self.peer_closed or self.peer_abort or self.state == SmcState.CLOSED)

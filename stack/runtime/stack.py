@@ -45,6 +45,10 @@ from .tcp import SmcServer, TcpProtocol
 CONTROL_DIR_ENV = "SMCTOP_CONTROL_DIR"  # a directory: each Stack started opens a control socket there
 CONTROL_WAIT_ENV = "SMCTOP_CONTROL_WAIT"  # seconds a Stack waits at start for a subscriber (a recorder)
 _STACK_SEQ = itertools.count(1)
+# Seconds close() lets connections the application closed finish their close: a kernel
+# finishes a closed socket's close after its process has gone, but ending our link groups
+# (DELETE LINK) makes a kernel peer kill its connections, with what it had not read yet.
+CLOSE_LINGER = 2.0
 
 __all__ = ["Stack", "StackConfig", "DeviceSpec", "SmcServer", "ConnHandle"]
 
@@ -120,11 +124,21 @@ class Stack:
                 await self.control.wait_subscribed(float(wait))
         return self
 
-    async def close(self) -> None:
+    async def close(self, linger: float = CLOSE_LINGER) -> None:
+        """Shut the stack down: connections the application closed may finish their orderly
+        close for up to ``linger`` seconds (a peer that has not read our last bytes would lose
+        them when the link group ends); the others are aborted, the link groups ended."""
         if self.host is None:
             return
         for server in self.servers:
             server.close()
+        conns = self.host.conns
+        closing = [h.closed for h in self.handles.values() if h.mode == "SMCR" and h.writer.is_closing() and not h.closed.done()
+                   and (c := conns.get(h.conn_id)) is not None and not c.aborted]  # fmt: skip
+        if closing and linger > 0:
+            await asyncio.wait(closing, timeout=linger)
+        if self.host is None:  # closed meanwhile by another caller
+            return
         now = self.now()
         for conn_id in list(self.host.conns):
             self.host.app_abort(conn_id, now, "stack closing")

@@ -212,3 +212,37 @@ def test_close_with_data_the_application_never_read_aborts_and_the_peer_reads_en
     seen, aborts = run(main())
     assert seen == {"read": b"", "write": "reset"}
     assert len(aborts) == 1, aborts  # the closer's one abort went on the wire
+
+
+def test_a_stack_closing_lets_connections_its_application_closed_finish():
+    """A server writes its answer, closes the writer and its stack shuts down at once (the
+    lab's two-NIC server did, and a kernel client read nothing: our stack aborted the
+    connection and ended the link group, and a kernel kills its connections then, unread
+    data and all). Closing the stack now lets such connections finish their close first;
+    the client, reading only later, gets every byte and a clean end of file."""
+
+    async def go():
+        answer = os.urandom(200_000)
+        answered = asyncio.Event()
+
+        async def serve(r, w):
+            await r.readexactly(5)
+            w.write(answer)
+            w.close()
+            answered.set()
+
+        async with two_stacks(pair=pair()) as (client, server, ca, sa):
+            states = _events(client, "conn.state")
+            await server.start_server(serve, sa, 5000)
+            r, w = await client.open_connection(sa, 5000, local_addr=(ca, 0))
+            w.write(b"hello")
+            await answered.wait()
+            closing = asyncio.ensure_future(server.close())
+            await asyncio.sleep(0.2)  # the client's application reads only now
+            got = await r.read()
+            w.close()
+            await closing
+            assert len(got) == len(answer) and got == answer
+            assert not [e for e in states if "abort" in e.get("cause", "")], [(e.get("old"), e.get("new"), e.get("cause")) for e in states]
+
+    run(go())
