@@ -24,3 +24,47 @@ def test_the_lab_does_not_nest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(lab.GUEST_ENV, "1")
     with pytest.raises(lab.LabError, match="does not nest"):
         lab.run("true")
+
+
+PANIC_CONSOLE = """LAB_MARK BOOTED 3.51
+LAB_MARK READY 5.69
+[   20.923273] traps: PANIC: double fault, error_code: 0x0
+[   20.925152] Oops: double fault: 0000 [#1] PREEMPT SMP NOPTI
+[   20.926103] Workqueue: rxe_wq do_work [rdma_rxe]
+[   20.929165]  rxe_init_packet+0xa1/0x150 [rdma_rxe]
+[   20.930317] Kernel panic - not syncing: Fatal exception in interrupt
+"""
+
+
+def _result(name: str, rc, console: str, tmp_path) -> "lab.GuestResult":
+    return lab.GuestResult(name, rc, "", console, tmp_path, tmp_path / f"{name}.console.log", 30.0, 120.0,
+                           marks={"BOOTED": 3.51, "READY": 5.69})  # fmt: skip
+
+
+def test_a_guest_kernel_panic_is_named(tmp_path) -> None:
+    """A lab run of 2026-12-06: VM a's kernel died in Soft-RoCE's receiver under the test."""
+    r = _result("a", None, PANIC_CONSOLE, tmp_path)
+    assert r.kernel_panic() == "Oops: double fault: 0000 [#1] PREEMPT SMP NOPTI; Workqueue: rxe_wq do_work [rdma_rxe]"
+    assert r.failure().startswith("VM a's kernel panicked before the guest command finished: Oops: double fault")
+    assert _result("a", 0, PANIC_CONSOLE, tmp_path).kernel_panic() is None  # the command had finished
+    plain = _result("a", None, "LAB_MARK BOOTED 3.5\n", tmp_path)
+    assert plain.kernel_panic() is None and "stopped before the guest command finished" in plain.failure()
+
+
+def test_a_panicked_run_is_booted_again_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    runs = []
+
+    def boot(commands, **kwargs):
+        runs.append(commands)
+        panicked = len(runs) <= panics
+        return [_result("a", None if panicked else 0, PANIC_CONSOLE if panicked else "", tmp_path), _result("b", 0, "", tmp_path)]
+
+    monkeypatch.setattr(lab, "boot", boot)
+    for panics, boots, ok in ((0, 1, True), (1, 2, True), (2, 2, False)):
+        runs.clear()
+        if panics:
+            with pytest.warns(UserWarning, match="VM a's kernel panicked .*booting the run again once"):
+                a, b = lab.run_pair("x", "y")
+        else:
+            a, b = lab.run_pair("x", "y")
+        assert len(runs) == boots and a.ok == ok and b.ok
