@@ -167,7 +167,6 @@ async def _server(share: Path) -> dict:
                     f.write("ok\n")
                     f.flush()
 
-    threading.Thread(target=orders, daemon=True).start()
     events = open(share / "ours.jsonl", "w")  # our server's events: what it did when rxe1 came back
     async with Stack(config) as host:
         from stack.events import JsonlWriter
@@ -199,6 +198,10 @@ async def _server(share: Path) -> dict:
                 await asyncio.sleep(0.2)
 
         await host.start_server(serve, os.environ["LAB_IP"], control.PORT)
+        # the control port opens once our SMC listener is armed: the client connects to it first,
+        # so its connections cannot reach the listener inside listen() before the option program
+        # armed it (their SYN-ACK would lack the SMC option: docs/kernel-fidelity.md)
+        threading.Thread(target=orders, daemon=True).start()
         watcher = asyncio.ensure_future(watch())
         await asyncio.wait_for(done.wait(), 200)
         await watcher

@@ -32,6 +32,10 @@ import pytest
 from test_security_vlan import ROCE_PORT, _frames, _setup_vlans, start_capture, stop_capture
 
 PORT = 5310
+# Our server listens here once its SMC listener is armed: a SYN that reaches a listener between
+# listen() hashing it and the option program's TCP_LISTEN_CB gets a SYN-ACK without the SMC
+# option (docs/kernel-fidelity.md), and a client that retries while refused can land there.
+READY_PORT = PORT + 1
 SIZE = 256 * 1024
 LAB_UEID = "SMCTOP-LAB"
 TARGETS = ("10.3.100.1", "10.2.0.1")  # VM a's address on VLAN 100, on eth0
@@ -120,7 +124,9 @@ async def _our_server() -> dict:
 
     async with Stack(_our_config()) as host:
         server = await host.start_server(handle, "0.0.0.0", PORT)
+        ready = await asyncio.start_server(lambda r, w: w.close(), "0.0.0.0", READY_PORT)
         await asyncio.wait_for(echoed.wait(), 180)
+        ready.close()
         snap = host.snapshot()
         record = {"conns": conns, "lgrs": [{"id": g["id"], "security": g["security"], "links": g["links"]} for g in snap["lgrs"]]}
         released.set()
@@ -151,6 +157,15 @@ def _kernel_client() -> dict:
     import ksmc
 
     ksmc.ueid_add(LAB_UEID)
+    deadline = time.monotonic() + 120
+    while True:  # our server's SMC listener is armed once this port answers
+        try:
+            socket.create_connection((TARGETS[1], READY_PORT), timeout=5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     conns, socks = [], []
     for target in TARGETS:
         deadline = time.monotonic() + 120
