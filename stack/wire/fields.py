@@ -64,5 +64,5 @@ def cdc_fields_of(seqno: int, token: int, prod: Cursor, cons: Cursor, prod_flags
     """cdc_fields from the values a CDC is packed from (the transmit path has them without a
     CdcMessage; events on the data path come by the hundred thousand). ``prod_flags`` and
     ``conn_state_flags`` are the message's two flag bytes, ``raw`` its 44 bytes."""
-    return {"seqno": seqno, "token": token, "prod": f"{prod[0]}:{prod[1]}", "cons": f"{cons[0]}:{cons[1]}",
+    return {"seqno": seqno, "token": token, "prod": cursor_text(prod), "cons": cursor_text(cons),
             "flags": [*_PROD_FLAG_NAMES[prod_flags], *_STATE_FLAG_NAMES[conn_state_flags]], "raw": raw}  # fmt: skip
