@@ -248,6 +248,17 @@ class SmcStreamReader:
         return line
 
 
+def _kept(data: bytes | bytearray | memoryview) -> memoryview:
+    """What the writer keeps of bytes the sndbuf could not take yet: a view of them when
+    nothing can change them (bytes, or a view of bytes), a copy otherwise, as a
+    transport's write copies, since the caller may reuse a mutable buffer at once."""
+    if type(data) is bytes:
+        return memoryview(data)
+    if type(data) is memoryview and type(data.obj) is bytes and data.format == "B" and data.ndim == 1 and data.c_contiguous:
+        return data
+    return memoryview(bytes(data))
+
+
 class SmcStreamWriter:
     def __init__(self, handle: Conn, reader: SmcStreamReader) -> None:
         self._h = handle
@@ -305,7 +316,7 @@ class SmcStreamWriter:
             if n == len(data):
                 return
             data = memoryview(data)[n:]
-        self._pending.append(memoryview(bytes(data)))
+        self._pending.append(_kept(data))
         self._urgent.append(urgent)
         self._pending_bytes += len(data)
         self._push()

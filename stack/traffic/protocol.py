@@ -4,7 +4,8 @@ Header, client to server (32 bytes): "SMCT", version, mode (1 bulk, 2 request/re
 direction (bulk: 1 up, 2 down, 3 both), flags, message size (u32), total bytes (u64, 0 =
 until the duration ends), seed (u64), duration in ms (u32).
 
-Bulk data travels in chunks (u32 length + bytes) and ends with a zero length, the byte
+Bulk data travels in chunks (u32 length + bytes; the sender writes 1 MiB chunks, a receiver
+checks each in whatever pieces arrive) and ends with a zero length, the byte
 count (u64) and the CRC-32 of everything sent. The receiver checks both; the server
 answers with a verdict: ok (u8), bytes it received (u64), their CRC-32 (u32).
 Request/response: a request is u32 length + bytes, the reply the same; length

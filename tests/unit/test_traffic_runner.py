@@ -1,0 +1,112 @@
+"""smc-traffic's bulk receiver checks each chunk in whatever pieces the stream has ready,
+never reads past a chunk (what follows the end marker, the verdict, stays in the stream),
+and catches corruption and truncation; the SMC writer keeps bytes it could not send yet
+without copying what cannot change, and copies what can."""
+
+import asyncio
+import random
+import zlib
+
+import pytest
+
+from stack.runtime.streams import _kept
+from stack.traffic import runner
+from stack.traffic.protocol import CHUNK, TRAILER, VERDICT, Pattern
+
+
+def _bulk_stream(seed: int, chunks: list[int]) -> tuple[bytes, int, int]:
+    """What a sender writes: chunks of the pattern, the end marker, the count and CRC."""
+    p = Pattern(seed)
+    out = bytearray()
+    for n in chunks:
+        data = p.next(n)
+        out += CHUNK.pack(len(data)) + data
+    out += CHUNK.pack(0) + TRAILER.pack(p.offset, p.crc)
+    return bytes(out), p.offset, p.crc
+
+
+async def _receive(stream: bytes, seed: int, pieces: int, tail: bytes = b"") -> tuple:
+    """Feed ``stream`` (and ``tail`` after it) to a real asyncio StreamReader in random
+    pieces while the receiver runs; returns its verdict, totals and the reader."""
+    reader = asyncio.StreamReader(limit=1 << 22)
+    data = stream + tail
+    cuts = sorted(random.Random(pieces).sample(range(1, len(data)), pieces))
+
+    async def feed():
+        for a, b in zip([0, *cuts], [*cuts, len(data)]):
+            reader.feed_data(data[a:b])
+            await asyncio.sleep(0)
+        reader.feed_eof()
+
+    totals = runner.Totals()
+    feeder = asyncio.create_task(feed())
+    try:
+        result = await runner._recv_bulk(reader, Pattern(seed), totals)
+    finally:
+        await feeder
+    return result, totals, reader
+
+
+@pytest.mark.parametrize("chunks", [[65536] * 20, [1 << 20] * 3, [1, 4096, (1 << 20) - 3, 777, 1 << 20]])
+def test_chunks_verify_in_any_pieces_and_the_verdict_after_them_stays_in_the_stream(chunks):
+    stream, count, crc = _bulk_stream(5, chunks)
+    verdict = VERDICT.pack(1, 123, 456)
+
+    async def go():
+        (ok, got_count, got_crc), totals, reader = await _receive(stream, 5, 300, tail=verdict)
+        assert ok and (got_count, got_crc) == (count, crc) == (sum(chunks), zlib.crc32(_payload(stream)))
+        assert totals.bytes_received == sum(chunks)
+        assert await reader.readexactly(VERDICT.size) == verdict and await reader.read() == b""
+
+    asyncio.run(go())
+
+
+def _payload(stream: bytes) -> bytes:
+    out, pos = bytearray(), 0
+    while True:
+        (n,) = CHUNK.unpack_from(stream, pos)
+        pos += CHUNK.size
+        if n == 0:
+            return bytes(out)
+        out += stream[pos : pos + n]
+        pos += n
+
+
+@pytest.mark.parametrize("where", [0, 65535, (1 << 20) - 1, 1 << 20, 2 << 20])
+def test_a_flipped_byte_in_any_piece_fails_the_check(where):
+    stream, _, _ = _bulk_stream(9, [1 << 20, 1 << 20, 65537])
+    bad = bytearray(stream)
+    at = CHUNK.size + where + (CHUNK.size if where >= 1 << 20 else 0) + (CHUNK.size if where >= 2 << 20 else 0)
+    bad[at] ^= 0x40
+
+    async def go():
+        (ok, _, _), totals, _ = await _receive(bytes(bad), 9, 200)
+        assert not ok and totals.bytes_received == (2 << 20) + 65537
+
+    asyncio.run(go())
+
+
+def test_a_stream_cut_inside_a_chunk_is_an_incomplete_read():
+    stream, _, _ = _bulk_stream(2, [1 << 20])
+
+    async def go():
+        with pytest.raises(asyncio.IncompleteReadError):
+            await _receive(stream[: CHUNK.size + 500_000], 2, 50)
+
+    asyncio.run(go())
+
+
+def test_the_writer_keeps_immutable_bytes_as_they_are_and_copies_what_the_caller_may_change():
+    block = bytes(range(256)) * 16
+    view = memoryview(block)[100:3000]
+    kept = _kept(view)
+    assert kept.obj is block and kept.tobytes() == block[100:3000]  # no copy: bytes cannot change
+    assert _kept(block).obj is block
+    for mutable in (bytearray(block), memoryview(bytearray(block))[5:], memoryview(bytearray(block)).toreadonly()):
+        kept = _kept(mutable)
+        before = kept.tobytes()
+        target = mutable.obj if isinstance(mutable, memoryview) else mutable
+        target[0:300] = b"\xff" * 300  # the caller reuses its buffer at once
+        assert kept.tobytes() == before and type(kept.obj) is bytes
+    wide = memoryview(bytes(8)).cast("I")  # not a byte view: kept as its bytes
+    assert _kept(wide).tobytes() == bytes(8) and _kept(wide).format == "B"
