@@ -20,6 +20,7 @@ import random
 import socket
 import sys
 import threading
+import time
 from typing import Sequence
 
 from native import softroce
@@ -50,6 +51,9 @@ from .device import FrameRecord, SoftDeviceBase
 from .memory import _check_buffer
 
 TAP_WAIT = 0.05  # seconds the tap thread waits for frames before it looks whether it should stop
+TAP_GATHER = 0.01  # seconds the tap thread lets frames gather after a small batch
+TAP_GATHER_BELOW = 1 << 20  # bytes: a batch this large reads on at once (the engine's tap ring holds 32 MiB)
+TAP_GATHER_BYTES = 4 << 20  # bytes the ring may gather at the rate last seen
 
 
 GSO_ENV = "SMCTOP_SOFT_GSO"
@@ -437,7 +441,9 @@ class SoftDeviceNative(SoftDeviceBase):
     def flush_taps(self) -> None:
         """Hand every frame the engine has seen so far to the taps before returning."""
         if not self._closed and self._taps:
-            self._deliver(0)
+            for _ in range(16):  # a read takes at most 4 MiB of the 32 MiB ring (module.c tap_read_raw)
+                if not self._deliver(0):
+                    break
 
     def _stop_tap_thread(self) -> None:
         t = self._tap_thread
@@ -449,22 +455,34 @@ class SoftDeviceNative(SoftDeviceBase):
                 self._c.tap_enable(False)
 
     def _tap_loop(self) -> None:
+        # Each batch takes the interpreter lock from the busy application thread, so after a
+        # small batch the thread lets frames gather (10 ms of a 2 GB/s bulk's 128-byte cuts is
+        # a few hundred KiB), for no longer than the rate it sees takes to fill 4 MiB of the
+        # engine's 32 MiB ring; after a large batch it reads on at once.
+        last = time.monotonic()
         while not self._tap_stop.is_set():
-            self._deliver(TAP_WAIT)
-        self._deliver(0)
+            got = self._deliver(TAP_WAIT)
+            now = time.monotonic()
+            if 0 < got < TAP_GATHER_BELOW:
+                pause = min(TAP_GATHER, TAP_GATHER_BYTES * (now - last) / got)
+                if pause > 0.0005:
+                    self._tap_stop.wait(pause)
+            last = now
+        self.flush_taps()
 
-    def _deliver(self, wait: float) -> None:
+    def _deliver(self, wait: float) -> int:
+        """Hand what the tap holds to the taps; returns about how many bytes that was."""
         with self._tap_lock:
             if self._closed:
-                return
+                return 0
             if any(t[3] for t in self._taps):  # a consumer in C: the raw records, and records made from them for the others
                 blob, records = self._c.tap_read_raw(wait), []
                 if not blob:
-                    return
+                    return 0
             else:
                 blob, records = b"", self._c.tap_read(wait)  # FrameRecords, made by the engine in one go
                 if not records:
-                    return
+                    return 0
             taps = list(self._taps)  # a tap added while the read waited gets this batch too
             if blob and not all(t[3] for t in taps):
                 records = parse_raw(blob)
@@ -484,6 +502,7 @@ class SoftDeviceNative(SoftDeviceBase):
                     with self._lock:
                         if entry in self._taps:
                             self._taps.remove(entry)
+        return len(blob) or sum(len(r.payload) + _TAPREC.size for r in records)
 
 
 _TAPREC = TAPREC  # module.c tap_read_raw (stack/verbs/taprec.py)
