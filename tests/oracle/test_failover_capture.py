@@ -12,13 +12,17 @@ Wireshark 4.0's known mistakes, kept visible here rather than hidden:
 
 from __future__ import annotations
 
-import asyncio
+import os
 
 import pytest
 from support import tshark
-from support.stacks import addrs, echo_exchanges, run, second_device, two_stacks
+from support.stacks import addrs, echo_exchanges, run, second_device, two_stacks, until
 
 pytestmark = pytest.mark.oracle
+
+
+def _types(*stacks) -> list[str]:
+    return [g["type"] for s in stacks for g in s.snapshot()["lgrs"]]
 
 
 def session(versions: frozenset[int], pair: tuple[str, str], seen: dict):
@@ -30,13 +34,24 @@ def session(versions: frozenset[int], pair: tuple[str, str], seen: dict):
             b.bus.listen(events.append)
 
             await echo_exchanges(a, b, ca, sa, 2)  # first contact with a second link, then CONFIRM RKEY on both links
-            await asyncio.sleep(0.1)
+            # a connection held open through the port changes: every ADD LINK that brings a
+            # link back carries its RMB's rkey (in a CONTINUATION for SMC-Rv1), however the
+            # first contact's second link raced the first connection's close
+            r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
+            await until(lambda: _types(a, b) == ["SYM", "SYM"], what="a symmetric link group")
             for stack, dev in ((b, sa), (a, ca)):  # the server's port, then the client's
                 stack.set_port(dev, False)
-                await asyncio.sleep(0.3)
+                await until(lambda: sorted(_types(a, b)) == ["ASYML", "ASYMP"], what="an asymmetric link after the port went down")
                 stack.set_port(dev, True)
-                await asyncio.sleep(0.3)
-            seen["types"] = [g["type"] for s in (a, b) for g in s.snapshot()["lgrs"]]
+                await until(lambda: _types(a, b) == ["SYM", "SYM"] and all(len(g["links"]) == 2 for s in (a, b) for g in s.snapshot()["lgrs"]),
+                            what="a symmetric link group again, its asymmetric link deleted")  # fmt: skip
+            sent = os.urandom(20_000)
+            w.write(sent)
+            w.write_eof()
+            seen["echoed"] = await r.read() == sent
+            w.close()
+            await w.wait_closed()
+            seen["types"] = _types(a, b)
             seen["cont_rkeys"] = [t["rkey"] for e in events if e.kind == "llc.msg" and e.get("dir") == "tx"
                                   and "CONTINUATION" in e.get("type") for t in e.get("rkeys")]  # fmt: skip
 
@@ -49,7 +64,7 @@ def test_link_management_decodes_in_tshark(tmp_path, version):
     seen: dict = {}
     pcap = tmp_path / f"failover-v{version}.pcapng"
     tshark.capture_lo(pcap, "udp port 4791 or tcp port 5000", lambda: run(session(frozenset({version}), (ca, sa), seen)()))
-    assert seen["types"] == ["SYM", "SYM"]
+    assert seen["types"] == ["SYM", "SYM"] and seen["echoed"]
     frames = tshark.decode(str(pcap))
     ours = {ca, sa, second_device(ca), second_device(sa)}
     frames = [f for f in frames if f.layers.get("ip", {}).get("ip.src") in ours]
