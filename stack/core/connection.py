@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from stack.events import Event
-from stack.wire.cdc import CdcMessage, Cursor
+from stack.wire.cdc import CDC_LEN, CdcMessage, Cursor
 from stack.wire.cdc import pack as cdc_pack
 from stack.wire.codes import SmcState
 from stack.wire.fields import cdc_fields as _cdc_fields
@@ -136,6 +136,11 @@ class SmcConnection:
         if ctx.bus.active:  # the record straight away: events on the data path come by the hundred thousand
             lgr, link = self.lgr, self.link
             ctx.bus.emit(Event(now, kind, ctx.name, lgr.name if lgr else None, link.link_id if link else None, self.id, fields))
+
+    def emit_fields(self, now: float, kind: str, fields: dict) -> None:
+        """emit with the fields in a dict of their own (no copy; the caller checked bus.active)."""
+        ctx, lgr, link = self.ctx, self.lgr, self.link
+        ctx.bus.emit(Event(now, kind, ctx.name, lgr.name if lgr else None, link.link_id if link else None, self.id, fields))
 
     @property
     def rmb_size(self) -> int:
@@ -548,7 +553,7 @@ class SmcConnection:
         self.cdc_sent += 1
         self.cdc_pend += 1
         if self.ctx.bus.active:  # the event's fields from the values packed, without a CdcMessage
-            self.emit(now, "cdc.msg", dir="tx", **_cdc_fields_of(seq, token, prod, cons, prod_flags, state, payload))
+            self.emit_fields(now, "cdc.msg", _cdc_fields_of(seq, token, prod, cons, prod_flags, state, payload, "tx"))
             self.emit(now, "conn.cursor", side="tx", prod=_c(prod), cons=_c(cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
         return True
 
@@ -573,7 +578,8 @@ class SmcConnection:
 
     # ------------------------------------------------------------------ receive
 
-    def on_cdc(self, msg: CdcMessage, now: float) -> None:
+    def on_cdc(self, msg: CdcMessage, now: float, data: bytes | None = None) -> None:
+        """A CDC for this connection; ``data``: the bytes it came in (its event shows them)."""
         if self.mode != "SMCR":
             # The peer may be done with its handshake and writing while our last CLC step is
             # still on its way over TCP: keep its CDCs until we know its RMB, then replay them.
@@ -582,7 +588,11 @@ class SmcConnection:
             return
         self.cdc_received += 1
         if self.ctx.bus.active:
-            self.emit(now, "cdc.msg", dir="rx", **_cdc_fields(msg))
+            if data is not None and len(data) >= CDC_LEN:  # the bytes as received, flags read from them
+                raw = bytes(data[:CDC_LEN])
+                self.emit_fields(now, "cdc.msg", _cdc_fields_of(msg.seqno, msg.token, msg.prod, msg.cons, raw[24], raw[25], raw, "rx"))
+            else:
+                self.emit_fields(now, "cdc.msg", _cdc_fields(msg, "rx"))
         if msg.failover_validation:
             # the peer's last completed CDC must be one we saw; otherwise we are out of sync
             if self.rx_seq_seen and _s16(self.rx_seq - msg.seqno) < 0:
@@ -704,7 +714,7 @@ class SmcConnection:
         if not to.post_cdc(validation, on_validated, now):
             return False
         if self.ctx.bus.active:
-            self.emit(now, "cdc.msg", dir="tx", **_cdc_fields(validation))
+            self.emit_fields(now, "cdc.msg", _cdc_fields(validation, "tx"))
         seq = self.tx_seq
         self.tx_step(now)
         if self.tx_seq == seq:  # nothing to write: still re-announce cursors and close flags the old link may have lost

@@ -180,7 +180,7 @@ class Link:
                 return
             conn = self.conns.get(msg.token)
             if conn is not None:
-                conn.on_cdc(msg, now)
+                conn.on_cdc(msg, now, data)
             return
         try:
             msg = llc.decode(data)

@@ -17,7 +17,7 @@ CDC_FLAGS = ("write_blocked", "urg_data_pending", "urg_data_present", "cons_curs
 
 def cursor_text(c: Cursor) -> str:
     """A cursor as the events show it: ``wrap:count``."""
-    return f"{c[0]}:{c[1]}"
+    return "%s:%s" % c  # a shade faster than an f-string, and events carry millions of cursors
 
 
 def clc_fields(msg, raw: bytes) -> dict:
@@ -55,14 +55,19 @@ _PROD_FLAG_NAMES = _flag_names((0x80, 0x40, 0x20, 0x10, 0x08), CDC_FLAGS[:5])
 _STATE_FLAG_NAMES = _flag_names((0x80, 0x40, 0x20), CDC_FLAGS[5:])
 
 
-def cdc_fields(m: CdcMessage) -> dict:
+def cdc_fields(m: CdcMessage, direction: str | None = None) -> dict:
     pf, cf = m.prod_flags, m.conn_state_flags
-    return cdc_fields_of(m.seqno, m.token, m.prod, m.cons, pf, cf, cdc_pack(m.seqno, m.token, m.prod, m.cons, pf, cf))
+    return cdc_fields_of(m.seqno, m.token, m.prod, m.cons, pf, cf, cdc_pack(m.seqno, m.token, m.prod, m.cons, pf, cf), direction)
 
 
-def cdc_fields_of(seqno: int, token: int, prod: Cursor, cons: Cursor, prod_flags: int, conn_state_flags: int, raw: bytes) -> dict:
+def cdc_fields_of(seqno: int, token: int, prod: Cursor, cons: Cursor, prod_flags: int, conn_state_flags: int, raw: bytes,
+                  direction: str | None = None) -> dict:  # fmt: skip
     """cdc_fields from the values a CDC is packed from (the transmit path has them without a
     CdcMessage; events on the data path come by the hundred thousand). ``prod_flags`` and
-    ``conn_state_flags`` are the message's two flag bytes, ``raw`` its 44 bytes."""
-    return {"seqno": seqno, "token": token, "prod": cursor_text(prod), "cons": cursor_text(cons),
-            "flags": [*_PROD_FLAG_NAMES[prod_flags], *_STATE_FLAG_NAMES[conn_state_flags]], "raw": raw}  # fmt: skip
+    ``conn_state_flags`` are the message's two flag bytes, ``raw`` its 44 bytes; ``direction``
+    ("tx" or "rx") comes first as the event's ``dir`` when given."""
+    flags = [*_PROD_FLAG_NAMES[prod_flags], *_STATE_FLAG_NAMES[conn_state_flags]]
+    if direction is None:
+        return {"seqno": seqno, "token": token, "prod": cursor_text(prod), "cons": cursor_text(cons), "flags": flags, "raw": raw}
+    return {"dir": direction, "seqno": seqno, "token": token, "prod": cursor_text(prod), "cons": cursor_text(cons),
+            "flags": flags, "raw": raw}  # fmt: skip

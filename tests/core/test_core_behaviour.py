@@ -375,3 +375,21 @@ def test_aborting_a_connection_mid_handshake_frees_it_and_the_group_can_end():
     b.host.lgrs[0].terminate(f.now, 0x00020000, "stack closing")  # must not raise
     f.run(until=f.now + 1)
     assert not b.host.lgrs
+
+
+def test_a_received_cdc_event_shows_the_bytes_as_they_came():
+    """The rx cdc.msg event carries the 44 bytes as received (reserved bytes and unknown flag
+    bits included, as the llc.msg event shows its message's own bytes), and its flags are the
+    ones the stack acts on."""
+    f, a, b = pair()
+    open_conn(f, a, b, 1)
+    victim = b.host.conns[1]
+    wire = bytearray(cdc.CdcMessage(seqno=victim.rx_seq + 1, token=victim.token, prod=victim.rx_prod, cons=victim.rx_cons,
+                                    write_blocked=True, peer_done_writing=True).encode())  # fmt: skip
+    wire[24] |= 0x03  # producer flag bits the protocol does not define
+    wire[30:34] = b"\xde\xad\xbe\xef"  # reserved
+    since = len(b.events)
+    victim.link.received(bytes(wire), f.now)
+    (ev,) = [e for e in b.events[since:] if e.kind == "cdc.msg" and e.get("dir") == "rx"]
+    assert ev.get("raw") == bytes(wire) and ev.get("seqno") == victim.rx_seq
+    assert ev.get("flags") == ["write_blocked", "peer_done_writing"] and victim.peer_done_writing
