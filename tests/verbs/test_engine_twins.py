@@ -160,39 +160,58 @@ def test_gso_batches_carry_the_frames_a_lone_send_would(monkeypatch, receiver):
     assert sessions["on"] == sessions["off"]
 
 
+def _tapped_pair(write_snap: int, seeds: tuple[int, int], psn: int | None = None):
+    """Two compiled-engine endpoints with a connected QP each; the first one's raw tap
+    appends its batches to the list returned."""
+    from support.verbs_endpoint import Endpoint
+
+    a = Endpoint("soft", "127.78.1.1", engine="native", seed=seeds[0])
+    b = Endpoint("soft", "127.78.1.2", engine="native", seed=seeds[1])
+    blobs: list[bytes] = []
+    a.device.add_tap(blobs.append, batch=True, write_snap=write_snap, raw=True)
+    qa, qb = a.create_qp(), b.create_qp()
+    if psn is not None:
+        qa["psn"] = qb["psn"] = psn
+    a.connect(qa["handle"], qa, qb)
+    b.connect(qb["handle"], qb, qa)
+    return a, b, qa, blobs
+
+
+def _tapped_writes(a, b, qa, count: int, size: int, pause: float = 0.0, fill: bytes | None = None) -> dict:
+    """``count`` RDMA WRITEs of ``size`` bytes from a to b, each waited for (``pause`` seconds
+    apart); the taps flushed, both endpoints closed; returns a's statistics."""
+    import time
+
+    try:
+        src, dst = a.reg_mr(max(size, 4096)), b.reg_mr(max(size, 4096))
+        if fill is not None:
+            a.write_mem(src["handle"], 0, fill)
+        for i in range(count):
+            a.post_send(qa["handle"], i, 0, [(src["handle"], 0, size)], remote_addr=dst["addr"], rkey=dst["rkey"])
+            (wc,), _ = a.poll(1, 30)
+            assert wc.status == WcStatus.SUCCESS
+            if pause:
+                time.sleep(pause)
+        a.device.flush_taps()
+        return a.stats()
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.skipif(not softroce.available()[0], reason="the compiled engine is not built (native/build.sh)")
 def test_the_raw_tap_reader_copies_while_the_nic_keeps_writing(monkeypatch):
     """The raw tap's reader copies records out of the ring without the tap lock while the NIC
     keeps adding to it: over many batches of bulk, every frame the device sent is handed out
     once, whole (it parses, its PSN follows the one before), and none was dropped."""
-    from support.verbs_endpoint import Endpoint
-
     from stack.verbs.soft import native as native_provider
     from stack.verbs.soft.native import parse_raw
     from stack.wire import roce
 
     monkeypatch.setattr(native_provider, "TAP_GATHER", 0)  # a batch whenever frames wait: the reader races the NIC
-    a = Endpoint("soft", "127.78.0.1", engine="native", seed=8)
-    b = Endpoint("soft", "127.78.0.2", engine="native", seed=9)
-    blobs: list[bytes] = []
-    try:
-        a.device.add_tap(blobs.append, batch=True, write_snap=64, raw=True)
-        qa, qb = a.create_qp(), b.create_qp()
-        qa["psn"] = qb["psn"] = 1000
-        a.connect(qa["handle"], qa, qb)
-        b.connect(qb["handle"], qb, qa)
-        size = 1 << 20
-        src, dst = a.reg_mr(size), b.reg_mr(size)
-        a.write_mem(src["handle"], 0, random.Random(4).randbytes(size))
-        for i in range(48):  # 48 MiB at MTU 1024: ~49,000 frames, the tap thread reading as they come
-            a.post_send(qa["handle"], i, 0, [(src["handle"], 0, size)], remote_addr=dst["addr"], rkey=dst["rkey"])
-            (wc,), _ = a.poll(1, 30)
-            assert wc.status == WcStatus.SUCCESS
-        a.device.flush_taps()
-        stats = a.stats()
-    finally:
-        a.close()
-        b.close()
+    a, b, qa, blobs = _tapped_pair(64, (8, 9), psn=1000)
+    # 48 MiB at MTU 1024: ~49,000 frames, the tap thread reading as they come
+    stats = _tapped_writes(a, b, qa, 48, 1 << 20, fill=random.Random(4).randbytes(1 << 20))
     assert len(blobs) > 10  # many batches: the reader ran while the NIC wrote
     records = [r for blob in blobs for r in parse_raw(blob)]
     sent = [r for r in records if r.direction == "tx"]
@@ -203,41 +222,15 @@ def test_the_raw_tap_reader_copies_while_the_nic_keeps_writing(monkeypatch):
     assert psns == {(1000 + i) & 0xFFFFFF for i in range(48 * 1024)}
 
 
-def _tapped_pair(write_snap: int, seeds: tuple[int, int]):
-    from support.verbs_endpoint import Endpoint
-
-    a = Endpoint("soft", "127.78.1.1", engine="native", seed=seeds[0])
-    b = Endpoint("soft", "127.78.1.2", engine="native", seed=seeds[1])
-    blobs: list[bytes] = []
-    a.device.add_tap(blobs.append, batch=True, write_snap=write_snap, raw=True)
-    qa, qb = a.create_qp(), b.create_qp()
-    a.connect(qa["handle"], qa, qb)
-    b.connect(qb["handle"], qb, qa)
-    return a, b, qa, blobs
-
-
 @pytest.mark.skipif(not softroce.available()[0], reason="the compiled engine is not built (native/build.sh)")
 def test_the_tap_thread_lets_a_slow_stream_of_frames_gather_into_few_batches():
     """Each batch the tap thread hands over takes the interpreter lock from the application:
     frames about a millisecond apart reach the taps in batches about TAP_GATHER (10 ms)
     apart, not a batch a frame, and every frame still arrives."""
-    import time
-
     from stack.verbs.soft.native import parse_raw
 
     a, b, qa, blobs = _tapped_pair(128, (21, 22))
-    try:
-        src, dst = a.reg_mr(4096), b.reg_mr(4096)
-        for i in range(300):
-            a.post_send(qa["handle"], i, 0, [(src["handle"], 0, 256)], remote_addr=dst["addr"], rkey=dst["rkey"])
-            (wc,), _ = a.poll(1, 30)
-            assert wc.status == WcStatus.SUCCESS
-            time.sleep(0.001)
-        a.device.flush_taps()
-        stats = a.stats()
-    finally:
-        a.close()
-        b.close()
+    stats = _tapped_writes(a, b, qa, 300, 256, pause=0.001)
     sent = [r for blob in blobs for r in parse_raw(blob) if r.direction == "tx"]
     assert len(sent) == stats["tx_frames"] == 300 and stats["tap_dropped"] == 0
     assert len(blobs) <= 75, f"{len(blobs)} batches for 300 frames"  # about 300 without gathering
@@ -250,18 +243,8 @@ def test_whole_frames_at_full_speed_do_not_overflow_the_tap_while_it_gathers():
     from stack.verbs.soft.native import parse_raw
 
     a, b, qa, blobs = _tapped_pair(0, (23, 24))
-    try:
-        size = 1 << 20
-        src, dst = a.reg_mr(size), b.reg_mr(size)
-        for i in range(64):
-            a.post_send(qa["handle"], i, 0, [(src["handle"], 0, size)], remote_addr=dst["addr"], rkey=dst["rkey"])
-            (wc,), _ = a.poll(1, 30)
-            assert wc.status == WcStatus.SUCCESS
-        a.device.flush_taps()
-        stats = a.stats()
-    finally:
-        a.close()
-        b.close()
+    size = 1 << 20
+    stats = _tapped_writes(a, b, qa, 64, size)
     sent = [r for blob in blobs for r in parse_raw(blob) if r.direction == "tx"]
     assert stats["tap_dropped"] == 0 and len(sent) == stats["tx_frames"]
     assert sum(len(r.payload) for r in sent if r.payload[0] != roce.Opcode.ACKNOWLEDGE) > 64 * size  # whole frames
