@@ -58,7 +58,11 @@ async def _client(share: Path) -> dict:
                          (DeviceSpec("pyverbs", "rxe0"), DeviceSpec("pyverbs", "rxe1")), tcp_option="option")  # fmt: skip
     truth: dict = {"steps": {}, "sent": []}
     steps = truth["steps"]
+    events = open(share / "ours.jsonl", "w")  # our client's events, line by line: what it did if the run stalls
     async with Stack(config) as host:
+        from stack.events import JsonlWriter
+
+        host.bus.listen(JsonlWriter(events))
         ctl = None
         for _ in range(300):
             try:
@@ -138,6 +142,7 @@ async def _client(share: Path) -> dict:
         truth["failovers"] = host.snapshot().get("failovers")
         truth["groups_end"] = _groups(host)
         ctl.close()
+    events.close()
     return truth
 
 
