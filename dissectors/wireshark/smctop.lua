@@ -511,10 +511,12 @@ local E = {
         expert.group.SEQUENCE, expert.severity.WARN),
     add_link_reject = ProtoExpert.new("smctop.expert.add_link_reject", "LLC Add Link rejected",
         expert.group.SEQUENCE, expert.severity.NOTE),
+    add_link_echo = ProtoExpert.new("smctop.expert.add_link_echo", "LLC Add Link sent back unanswered",
+        expert.group.SEQUENCE, expert.severity.WARN),
 }
 smctop.experts = { E.fallback, E.delete_link, E.delete_link_resp, E.abnormal_close, E.write_blocked,
     E.cursor_back, E.failover, E.failover_end, E.conn_error, E.llc_le, E.bad_record, E.retransmission, E.nak, E.rnr_nak,
-    E.add_link_reject }
+    E.add_link_reject, E.add_link_echo }
 
 ------------------------------------------------------------------------------ field extractors
 
@@ -1311,25 +1313,32 @@ local function llc_v2_le(tvb, pinfo, tree)
     local ty = tvb(0, 1):uint()
     if ty < 0x21 or ty > 0x29 then return false end
     local flags = tvb(3, 1):uint()
-    -- the kernel rejects an ADD LINK v2 by echoing the request's first 44 bytes, its longer
-    -- length included (smc_llc_cli_add_link_reject); its receiver asks only length >= 44
-    local echo = ty == 0x22 and n == 44 and has_bit(flags, 0x80) and has_bit(flags, 0x40)
+    -- a kernel client answers an ADD LINK v2 by echoing the request's first 44 bytes, its
+    -- longer length included, flagged a response: when it rejects it (smc_llc_cli_add_link_reject,
+    -- REJ set too) and when it came while the client waited for CONFIRM LINK
+    -- (smc_llc_cli_conf_link takes it for a DELETE LINK); its receiver asks only length >= 44
+    local echo = ty == 0x22 and n == 44 and has_bit(flags, 0x80)
         and tvb(1, 2):le_uint() > 44 and tvb(1, 2):le_uint() <= 8192
+    local rejected = echo and has_bit(flags, 0x40)
     if not echo and (tvb(1, 2):le_uint() ~= n or tvb(1, 2):uint() == n) then return false end
 
     local name = LLC_TYPES[ty]
     local resp = has_bit(flags, 0x80)
     pinfo.cols.protocol = "SMC-R"
-    pinfo.cols.info:append("[SMC-R] " .. name .. (resp and "(Resp)" or "") .. (echo and " rejected" or ""))
+    pinfo.cols.info:append("[SMC-R] " .. name .. (resp and "(Resp)" or "") .. (rejected and " rejected" or echo and " sent back" or ""))
     local t = tree:add(smctop, tvb(), "SMC-Rv2 LLC: " .. name .. (resp and " (response)" or "") .. ", length little-endian")
     t:add(F.llc_type, tvb(0, 1))
     t:add_le(F.llc_length, tvb(1, 2))
     local ft = t:add(F.llc_flags, tvb(3, 1))
     ft:add(F.llc_response, tvb(3, 1))
-    if echo then
+    if rejected then
         t:add_proto_expert_info(E.add_link_reject, string.format(
             "%s rejected (reason %d): 44 bytes echoing the request's length %d, as the kernel rejects (smc_llc_cli_add_link_reject)",
             name, flags % 16, tvb(1, 2):le_uint()))
+    elseif echo then
+        t:add_proto_expert_info(E.add_link_echo, string.format(
+            "%s sent back: 44 bytes echoing the request's length %d, not an answer; a kernel client waiting for the CONFIRM LINK of another link takes it for a DELETE LINK (smc_llc_cli_conf_link)",
+            name, tvb(1, 2):le_uint()))
     else
         t:add_proto_expert_info(E.llc_le, string.format(
             "%s: length %d written little-endian (Linux on x86); Wireshark's SMC dissector reads it as %d", name, n, tvb(1, 2):uint()))

@@ -429,18 +429,39 @@ class ServerAddLink(_AddLinkBase):
         self.cause = cause
         self.to_send: list[llc.RkeyTriple] = []
         self.request = request  # the client's REQUEST ADD LINK, answered unless an ADD LINK goes out
+        self.later: tuple[Link, llc.RequestAddLink] | None = None  # one that came after our ADD LINK went out
+        self.added = False
 
     def finish(self, now: float) -> None:
         """smc_llc_srv_add_link: a REQUEST ADD LINK that did not lead to an ADD LINK is
-        answered (smc_llc_send_req_add_link_response), so the client's flow ends."""
+        answered (smc_llc_send_req_add_link_response), so the client's flow ends. One that
+        came while this flow ran gets a flow of its own when this one added no link."""
         if self.request is not None:
             answer_request_add_link(self.lgr, *self.request, now)
             self.request = None
+        later, self.later = self.later, None
         super().finish(now)
+        if later is not None:
+            if self.added:
+                answer_request_add_link(self.lgr, *later, now)
+            else:
+                self.lgr.start_flow(ServerAddLink(self.lgr, "client request after a failed add", request=later), now)
 
     def abandon(self, now: float) -> None:
-        self.request = None  # the group is going: nothing to answer on
+        self.request = self.later = None  # the group is going: nothing to answer on
         super().abandon(now)
+
+    def take_request(self, link: Link, msg: llc.RequestAddLink) -> None:
+        """A REQUEST ADD LINK while this flow is queued or running: answered by this flow's
+        ADD LINK if it has not gone out yet, else after this flow (see finish)."""
+        if self.step == "start" and self.request is None:
+            self.request = (link, msg)
+        else:
+            self.later = (link, msg)
+
+    def _confirmed(self, now: float) -> None:
+        self.added = True
+        super()._confirmed(now)
 
     def start(self, now: float) -> None:
         lgr = self.lgr
@@ -471,6 +492,14 @@ class ServerAddLink(_AddLinkBase):
                 # the late answer to an earlier ADD LINK of ours (a peer names the link it
                 # answers for: smc_llc_cli_add_link keeps the server's link_num): not ours to
                 # take; its llc.msg event shows it, and this flow waits on for its own
+                return True
+            if msg.qpn == new.qp.qpn and msg.gid == new.qp.gid and not msg.rejected:
+                # our own ADD LINK back, flagged a response: a kernel client still waiting for
+                # the CONFIRM LINK of a link it was adding takes any other message for a DELETE
+                # LINK, echoes it and gives that link up (smc_llc_cli_conf_link). Our request
+                # was dropped; waiting for an answer would only let the client's own REQUEST
+                # ADD LINK, which follows, find this flow busy.
+                self._fail(now, "the peer sent our ADD LINK back: it was busy adding another link")
                 return True
             if msg.rejected:
                 self.event(now, "add_link_rejected", link=new.link_id, reason=msg.reject_reason)
@@ -709,11 +738,14 @@ def answer_request_add_link(lgr: LinkGroup, link: Link, msg: llc.RequestAddLink,
 def peer_request_add_link(lgr: LinkGroup, link: Link, msg: llc.RequestAddLink, now: float) -> None:
     """A client asks for a link. It is always answered (the kernel client's REQUEST ADD LINK
     flow waits for that): by the ADD LINK of a flow started for it, or by a response when
-    no link can be added (smc_llc_srv_add_link) or another add-link flow already covers it."""
+    no link can be added (smc_llc_srv_add_link). One that comes while an add-link flow runs
+    waits for it, and gets a flow of its own if that one added no link (the kernel drops
+    such a request, and the group then stays SINGLE until the next port event)."""
     if lgr.role != LgrRole.SERVER:
         return
-    if lgr.has_flow(ServerAddLink):
-        answer_request_add_link(lgr, link, msg, now)
+    flows = [f for f in (lgr.running, *lgr.flows) if isinstance(f, ServerAddLink)]
+    if flows:
+        flows[-1].take_request(link, msg)
         return
     lgr.start_flow(ServerAddLink(lgr, "client request", request=(link, msg)), now)
 

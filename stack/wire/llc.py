@@ -256,8 +256,10 @@ class AddLink(LlcMessage):
             fields["reject_reason"] = v.u8(2, "reject_reason") & 0x0F
             return cls(**common, **fields)
         fields["reject_reason"] = flags & 0x0F
-        if len(v) == LLC_LEN and fields["rejected"]:
-            return cls(**common, **fields)  # the kernel rejects with a bare 44-byte message (smc_llc_cli_add_link_reject)
+        if len(v) == LLC_LEN and (fields["rejected"] or (v.u16le(1, "length_v2") if order == "little" else v.u16(1, "length_v2")) > LLC_LEN):
+            # 44 bytes: the kernel's bare reject (smc_llc_cli_add_link_reject), or its echo of a
+            # longer request, length_v2 and all (see decode); neither carries the extension
+            return cls(**common, **fields)
         n = v.u16le(70, "num_rkeys") if order == "little" else v.u16(70, "num_rkeys")
         # The length says how many triples were filled in; num_rkeys may count more (the
         # kernel's sender counts connections, smc_llc_fill_ext_v2) and its receiver reads
@@ -538,10 +540,13 @@ def decode(buf: bytes | bytearray | memoryview, *, order: str = "auto") -> LlcMe
             raise v.fail(1, f"length {length}: a v1 LLC message is 44 bytes")
         used = "little"
     else:
-        # The kernel's reject of an ADD LINK (smc_llc_cli_add_link_reject) echoes the request's
-        # first 44 bytes, its longer length_v2 included, as a 44-byte SEND; its receive rule
+        # A kernel client answers an ADD LINK v2 by echoing the request's first 44 bytes (all
+        # it keeps of a message), its longer length_v2 included, flagged a response, in a
+        # 44-byte SEND: when it rejects it (smc_llc_cli_add_link_reject: RESP and REJ), and
+        # when it arrives while the client waits for CONFIRM LINK (smc_llc_cli_conf_link takes
+        # any other message for a DELETE LINK and sends it back with RESP). Its receive rule
         # (smc_llc_rx_handler) asks only length_v2 >= 44, so it reads what came, as we do.
-        echo = llc_type == LlcType.ADD_LINK and len(v) == LLC_LEN and v.u8(3, "flags") & (FLAG_RESP | FLAG_ADD_LNK_REJ) == FLAG_RESP | FLAG_ADD_LNK_REJ
+        echo = llc_type == LlcType.ADD_LINK and len(v) == LLC_LEN and bool(v.u8(3, "flags") & FLAG_RESP)
         length, used = _v2_length(v, order, echo)
         if not LLC_LEN <= length <= LLC_V2_MAX_LEN:
             raise v.fail(1, f"length_v2 {length} ({used}-endian) is outside 44..8192")

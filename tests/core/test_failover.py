@@ -10,6 +10,7 @@ import pytest
 from support.fabric import RETRY_TIMEOUT, Bulk, open_conn, pair
 
 from stack.core.config import SmcConfig, Timeouts
+from stack.wire import llc
 from stack.wire.codes import DECL, LgrType, LinkState
 
 SMALL = {"rmb_size": 16384, "sndbuf_size": 16384}  # small rings: every transfer wraps many times
@@ -474,3 +475,42 @@ def test_the_kernels_44_byte_echo_of_a_longer_add_link_ends_the_servers_flow_at_
     (rej,) = kinds(b, "link.event", event="add_link_rejected")
     assert rej.link == new_link and rej.get("reason") == 1
     assert lgr.running is not flow and not kinds(b, "link.event", event="llc_timeout")
+
+
+def test_the_kernels_echo_of_our_add_link_while_it_confirms_another_ends_our_flow_and_its_request_gets_a_link():
+    """The lab: a kernel client still waiting for the CONFIRM LINK of a link it was adding got
+    our next ADD LINK, took it for a DELETE LINK and sent it back flagged a response
+    (smc_llc_cli_conf_link), 44 bytes of our 104. Then it asked for a link itself (REQUEST ADD
+    LINK) while our flow still waited for an answer, and was told no: the group stayed
+    SINGLE. Now the echo ends our flow at once (its own QPN and GID in it), and a REQUEST ADD
+    LINK that comes while an ADD LINK flow runs gets a flow of its own when that one fails."""
+    from stack.core.llcflows import ServerAddLink
+
+    f, a, b = hosts(frozenset({2}))
+    b.port("fab1", False)
+    f.run(until=0.001)
+    for cid in (1, 2):  # RMBs to announce: the request carries rkeys and is longer than 44 bytes
+        open_conn(f, a, b, cid)
+    f.run(until=f.now + 0.01)
+    lgr = b.host.lgrs[0]
+    t0 = f.now
+    b.port("fab1", True)
+    f.run(until=f.now + 1e-6)  # the server's ADD LINK is on its way, not yet answered
+    flow = lgr.running
+    assert isinstance(flow, ServerAddLink) and flow.step == "ADD LINK response"
+    (req,) = [e for e in b.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type") == "LLC ADD LINK v2" and e.get("dir") == "tx"]
+    request = req.get("raw")
+    assert len(request) > 44
+    # the client's REQUEST ADD LINK comes while our flow waits: it is kept, not refused
+    flow.link.received(llc.RequestAddLink(version=2, gids=(a.host.lgrs[0].links[1].qp.gid,)).encode("little"), f.now)
+    assert not [e for e in b.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type") == "LLC REQUEST ADD LINK v2" and e.get("dir") == "tx"]
+    first_link = flow.new.link_id
+    flow.link.received(request[:3] + bytes([0x80]) + request[4:44], f.now)  # our request back, RESP only
+    assert not kinds(b, "link.event", event="bad_llc") and not kinds(b, "link.event", event="llc_timeout")
+    (failed,) = kinds(b, "link.event", event="add_link_failed")
+    assert failed.link == first_link and "sent our ADD LINK back" in failed.get("reason")
+    again = lgr.running
+    assert isinstance(again, ServerAddLink) and again is not flow and again.cause == "client request after a failed add"
+    assert again.step == "ADD LINK response" and again.new.link_id != first_link
+    f.run(until=f.now + 1.0)  # the peer answers this one: the group is symmetric again
+    assert lgr.type.smc_tools_name == "SYM" and len(lgr.active_links()) == 2

@@ -178,7 +178,9 @@ def test_request_add_link_is_answered_when_the_new_link_cannot_be_made(monkeypat
     assert kinds(b, "link.event", event="qp_create_failed")
 
 
-def test_request_add_link_is_answered_when_an_add_link_flow_is_already_queued():
+def test_request_add_link_is_answered_by_the_add_link_flow_already_queued():
+    """A REQUEST ADD LINK while an ADD LINK flow waits for the slot is that flow's to answer:
+    with no link to add (max_links 1) it answers when it runs, once, and not before."""
     f, a, b = hosts(frozenset({2}), server_kw={"max_links": 1})
     open_conn(f, a, b, 1)
     f.run(until=f.now + 0.01)
@@ -186,10 +188,13 @@ def test_request_add_link_is_answered_when_an_add_link_flow_is_already_queued():
 
     (lgr,) = b.host.lgrs
     lgr.flows.append(llcflows.ServerAddLink(lgr, "test"))  # one waits already
-    lgr.running = llcflows.LlcFlow(lgr)  # and the slot is busy
+    busy = lgr.running = llcflows.LlcFlow(lgr)  # and the slot is busy
     t = _request_add_link(f, a)
+    assert not llc_tx(b, "LLC REQUEST ADD LINK", t)
+    busy.finish(f.now)
+    f.run(until=f.now + 0.01)
     (resp,) = llc_tx(b, "LLC REQUEST ADD LINK", t)
-    assert resp.get("response") is True
+    assert resp.get("response") is True and lgr.running is None and not lgr.flows
 
 
 def test_request_add_link_that_leads_to_an_add_link_gets_no_extra_response():

@@ -283,6 +283,7 @@ def write_crafted(path: str) -> dict[str, int]:
         # a kernel's ADD LINK v2 reject: the first 44 bytes of a 104-byte request, its length too (a lab run)
         request = bytes.fromhex("22680000525400120101000000000000000000000000ffff0a02010100001304031797c30000000000000000")
         send("add_link_echo", request[:3] + b"\xc1" + request[4:])
+        send("add_link_back", request[:3] + b"\x80" + request[4:])  # RESP only: smc_llc_cli_conf_link's echo
         send("add_link_cut", request)  # not a reject: a request cut short is not one
         ev = {"t": 1.5, "kind": "conn.error", "host": 'h\u00e9"x', "lgr": None, "link": None, "conn": 7,
               "reason": "a\\b\nc \U0001F600", "nested": {"a": [1, 2.5, -3e2, True, False, None]}}  # fmt: skip
@@ -435,6 +436,9 @@ def test_crafted_capture(tmp_path):
     echo = frames[n["add_link_echo"]]
     assert echo.one("smctop.llc.type") == "0x22" and echo.one("smctop.llc.link_num") == "4" and echo.one("smctop.llc.length") == "104"
     assert [m for m in echo.expert("smctop.expert.add_link_reject") if "reason 1" in m and "length 104" in m]
+    back = frames[n["add_link_back"]]
+    assert back.one("smctop.llc.type") == "0x22" and back.one("smctop.llc.length") == "104" and not back.expert("smctop.expert.add_link_reject")
+    assert [m for m in back.expert("smctop.expert.add_link_echo") if "length 104" in m and "smc_llc_cli_conf_link" in m]
     assert n["add_link_cut"] not in frames or frames[n["add_link_cut"]].one("smctop.llc.type") is None
     for name, conn in (("escapes", "7"), ("utf8", "8")):
         d = frames[n[name]]

@@ -71,16 +71,27 @@ def test_add_link_v2_reject_reason_in_flags_and_bare_reject():
 def test_a_kernel_reject_echoing_a_longer_request_is_read_as_the_kernel_reads_it():
     """smc_llc_cli_add_link_reject echoes the request's first 44 bytes, its length_v2 too: our
     104-byte ADD LINK v2 (two rkeys) came back as a 44-byte SEND saying 104 (a lab run, kernel
-    6.12). The kernel's receive rule asks only length_v2 >= 44; only such a reject is read so."""
+    6.12). The kernel's receive rule asks only length_v2 >= 44; such an echo (a response) is read so."""
     request = bytes.fromhex("22680000525400120101000000000000000000000000ffff0a02010100001304031797c30000000000000000")
     echo = request[:3] + b"\xc1" + request[4:]
     r = llc.decode(echo)
     assert (r.rejected, r.response, r.reject_reason, r.link_num, r.qpn, r.order) == (True, True, 1, 4, 0x13, "little")
     assert llc.decode(echo, order="little") == r
     assert err(llc.decode, echo, order="big").offset == 1  # 26624: no length at all
-    for flags in (0x00, 0x80, 0x40):  # a request, a plain response, REJ without RESP: their rkeys are missing
+    for flags in (0x00, 0x40):  # a request, REJ without RESP: their rkeys are missing
         assert err(llc.decode, request[:3] + bytes([flags]) + request[4:]).offset == 1
     assert err(llc.decode, echo + b"\0").offset == 1  # 45 bytes: not the 44-byte echo either
+
+
+def test_a_kernel_client_busy_confirming_echoes_an_add_link_flagged_a_response():
+    """smc_llc_cli_conf_link: a kernel client waiting for the CONFIRM LINK of a link it is
+    adding takes any other message for a DELETE LINK and sends it back with RESP set. Our
+    104-byte ADD LINK v2 came back so (a lab run): 44 bytes, length_v2 104, RESP without REJ,
+    our own QPN and GID in it. It is read as that response, not as a malformed message."""
+    request = bytes.fromhex("22680000525400120101000000000000000000000000ffff0a02010100001304031797c30000000000000000")
+    echo = request[:3] + b"\x80" + request[4:]
+    r = llc.decode(echo)
+    assert (r.response, r.rejected, r.link_num, r.qpn, r.gid, r.rkeys, r.order) == (True, False, 4, 0x13, request[12:28], (), "little")
 
 
 def test_add_link_v2_direct_is_bit_7_only():
