@@ -445,12 +445,11 @@ def test_a_late_answer_to_an_earlier_add_link_is_not_taken_for_the_running_ones(
     assert not kinds(b, "link.event", event="add_link_rejected")
 
 
-def test_the_kernels_44_byte_echo_of_a_longer_add_link_ends_the_servers_flow_at_once():
-    """The lab: a kernel client whose port was not up yet rejected our ADD LINK v2 with the
-    first 44 bytes of our request, its length_v2 of 104 included (smc_llc_cli_add_link_reject
-    echoes the request; the kernel's own receive rule asks only length_v2 >= 44). We took that
-    for a malformed message, waited 2 s for an answer that had come, and the client's REQUEST
-    ADD LINK in between found our flow busy: the group stayed SINGLE. The echo is a reject."""
+def _server_add_link_unanswered():
+    """v2 hosts whose server gets its second port back with two connections open: its ADD
+    LINK v2 (two rkeys, longer than 44 bytes) is on its way, not yet answered. Returns the
+    fabric, the hosts, the group, the running ServerAddLink, the request's bytes and when
+    the port came back."""
     from stack.core.llcflows import ServerAddLink
 
     f, a, b = hosts(frozenset({2}))
@@ -462,12 +461,22 @@ def test_the_kernels_44_byte_echo_of_a_longer_add_link_ends_the_servers_flow_at_
     lgr = b.host.lgrs[0]
     t0 = f.now
     b.port("fab1", True)
-    f.run(until=f.now + 1e-6)  # the server's ADD LINK is on its way, not yet answered
+    f.run(until=f.now + 1e-6)
     flow = lgr.running
     assert isinstance(flow, ServerAddLink) and flow.step == "ADD LINK response"
     (req,) = [e for e in b.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type") == "LLC ADD LINK v2" and e.get("dir") == "tx"]
     request = req.get("raw")
     assert len(request) > 44 and int.from_bytes(request[1:3], "little") == len(request)
+    return f, a, b, lgr, flow, request, t0
+
+
+def test_the_kernels_44_byte_echo_of_a_longer_add_link_ends_the_servers_flow_at_once():
+    """The lab: a kernel client whose port was not up yet rejected our ADD LINK v2 with the
+    first 44 bytes of our request, its length_v2 of 104 included (smc_llc_cli_add_link_reject
+    echoes the request; the kernel's own receive rule asks only length_v2 >= 44). We took that
+    for a malformed message, waited 2 s for an answer that had come, and the client's REQUEST
+    ADD LINK in between found our flow busy: the group stayed SINGLE. The echo is a reject."""
+    f, a, b, lgr, flow, request, _ = _server_add_link_unanswered()
     echo = request[:3] + bytes([0xC1]) + request[4:44]  # RESP | REJ, reason 1 (NO_ALT_PATH)
     new_link = flow.new.link_id
     flow.link.received(echo, f.now)
@@ -486,21 +495,7 @@ def test_the_kernels_echo_of_our_add_link_while_it_confirms_another_ends_our_flo
     LINK that comes while an ADD LINK flow runs gets a flow of its own when that one fails."""
     from stack.core.llcflows import ServerAddLink
 
-    f, a, b = hosts(frozenset({2}))
-    b.port("fab1", False)
-    f.run(until=0.001)
-    for cid in (1, 2):  # RMBs to announce: the request carries rkeys and is longer than 44 bytes
-        open_conn(f, a, b, cid)
-    f.run(until=f.now + 0.01)
-    lgr = b.host.lgrs[0]
-    t0 = f.now
-    b.port("fab1", True)
-    f.run(until=f.now + 1e-6)  # the server's ADD LINK is on its way, not yet answered
-    flow = lgr.running
-    assert isinstance(flow, ServerAddLink) and flow.step == "ADD LINK response"
-    (req,) = [e for e in b.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type") == "LLC ADD LINK v2" and e.get("dir") == "tx"]
-    request = req.get("raw")
-    assert len(request) > 44
+    f, a, b, lgr, flow, request, t0 = _server_add_link_unanswered()
     # the client's REQUEST ADD LINK comes while our flow waits: it is kept, not refused
     flow.link.received(llc.RequestAddLink(version=2, gids=(a.host.lgrs[0].links[1].qp.gid,)).encode("little"), f.now)
     assert not [e for e in b.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type") == "LLC REQUEST ADD LINK v2" and e.get("dir") == "tx"]
