@@ -58,7 +58,7 @@ async def _client(share: Path) -> dict:
                          (DeviceSpec("pyverbs", "rxe0"), DeviceSpec("pyverbs", "rxe1")), tcp_option="option")  # fmt: skip
     truth: dict = {"steps": {}, "sent": []}
     steps = truth["steps"]
-    events = open(share / "ours.jsonl", "w")  # our client's events, line by line: what it did if the run stalls
+    events = open(share / "ours.jsonl", "w", buffering=1)  # our client's events, line by line: what it did if the run stalls
     async with Stack(config) as host:
         from stack.events import JsonlWriter
 
@@ -172,7 +172,7 @@ async def _server(share: Path) -> dict:
                     f.write("ok\n")
                     f.flush()
 
-    events = open(share / "ours.jsonl", "w")  # our server's events: what it did when rxe1 came back
+    events = open(share / "ours.jsonl", "w", buffering=1)  # our server's events: what it did when rxe1 came back
     async with Stack(config) as host:
         from stack.events import JsonlWriter
 
