@@ -90,8 +90,21 @@ class GuestResult:
         if self.rc == 137:
             return f"VM {self.name}: guest command was killed (SIGKILL: it ignored the timeout's SIGTERM, or OOM)"
         if self.rc != 0:
-            return f"VM {self.name}: guest command exited with {self.rc}"
+            fault = self.kernel_fault()
+            return f"VM {self.name}: guest command exited with {self.rc}" + (f" after the guest kernel faulted: {fault}" if fault else "")
         return None
+
+    def kernel_fault(self) -> str | None:
+        """The guest kernel's own words when it faulted in kernel code (a register dump of
+        a kernel-mode exception) and the guest command then failed or never finished, else
+        None: what the command saw after that is not the software under test's doing."""
+        if self.rc == 0 or "RIP: 0010:" not in self.console:
+            return None
+        lines = [ln.split("] ", 1)[-1].strip() for ln in self.console.splitlines()]
+        first = next((ln for ln in lines if ln.startswith(("Oops:", "BUG:", "general protection", "Kernel panic"))), None)
+        first = first or next(ln for ln in lines if ln.startswith("RIP: 0010:"))
+        where = next((ln for ln in lines if ln.startswith(("Workqueue:", "Comm:")) or "[rdma_rxe]" in ln), "")
+        return f"{first}{'; ' + where if where else ''}"
 
     def kernel_panic(self) -> str | None:
         """The guest kernel's own words when it died under the guest command (its first Oops
@@ -374,16 +387,18 @@ def _result(g: _Guest, run: Path, timeout: float, wall: float, killed: bool) -> 
 
 
 def boot_again_after_a_panic(commands: Sequence[str], **kwargs) -> list[GuestResult]:
-    """``boot``, and once more when a guest's kernel panicked under its command (the lab's
-    Debian kernel has died in Soft-RoCE's own code, e.g. a double fault allocating an ACK's
-    skb in rxe_receiver, once in many runs). The panic is reported as a warning with its
-    console log; a second panic is returned as the failure it is."""
+    """``boot``, and once more when a guest's kernel panicked under its command, or faulted
+    in kernel code and the command then failed (the lab's Debian kernel has died in
+    Soft-RoCE's own code, e.g. a double fault allocating an ACK's skb in rxe_receiver, once
+    in many runs; once it corrupted memory instead, and our process died of it). Either is
+    reported as a warning with its console log; a second is returned as the failure it is."""
     results = boot(commands, **kwargs)
-    panics = [(r.name, r.kernel_panic(), r.log) for r in results if r.kernel_panic()]
+    panics = [(r.name, "panicked", r.kernel_panic(), r.log) for r in results if r.kernel_panic()]
+    panics += [(r.name, "faulted", r.kernel_fault(), r.log) for r in results if not r.kernel_panic() and r.kernel_fault()]
     if not panics:
         return results
-    for name, panic, log in panics:
-        warnings.warn(f"lab: VM {name}'s kernel panicked ({panic}; {log}); booting the run again once", stacklevel=3)
+    for name, how, panic, log in panics:
+        warnings.warn(f"lab: VM {name}'s kernel {how} ({panic}; {log}); booting the run again once", stacklevel=3)
     return boot(commands, **kwargs)
 
 

@@ -51,6 +51,32 @@ def test_a_guest_kernel_panic_is_named(tmp_path) -> None:
     assert plain.kernel_panic() is None and "stopped before the guest command finished" in plain.failure()
 
 
+FAULT_CONSOLE = """LAB_MARK BOOTED 3.53
+LAB_MARK READY 5.42
+/tmp/run/a/cmd.sh: line 2:   192 Segmentation fault      .venv/bin/python tests/lab/test_kernel_two_links_stack.py guest-stack-server
+LAB_MARK DONE 22.58
+--- dmesg (last 30 lines)
+[   22.492707] RIP: 0010:kmem_cache_alloc_node_noprof+0x74/0x330
+[   22.492817]  ? __alloc_skb+0x160/0x1a0
+[   22.492984]  </#DB>
+[   22.493033]  rxe_init_packet+0xa1/0x150 [rdma_rxe]
+[   22.493141]  send_common_ack.isra.0+0x48/0xb0 [rdma_rxe]
+[   22.493373] ---[ end trace 0000000000000000 ]---
+[   22.521049] traps: python[196] general protection fault ip:7fb636082193 sp:7fb6339d1728 error:0 in libc.so.6[86193,7fb636022000+156000]
+"""
+
+
+def test_a_guest_kernel_fault_before_a_failed_command_is_named(tmp_path) -> None:
+    """A lab run of 2026-12-06: VM a's kernel faulted in Soft-RoCE's ACK path without
+    panicking, and 28 ms later our process on it died of a general protection fault."""
+    r = _result("a", 139, FAULT_CONSOLE, tmp_path)
+    assert r.kernel_fault() == "RIP: 0010:kmem_cache_alloc_node_noprof+0x74/0x330; rxe_init_packet+0xa1/0x150 [rdma_rxe]"
+    assert r.kernel_panic() is None
+    assert r.failure() == "VM a: guest command exited with 139 after the guest kernel faulted: " + r.kernel_fault()
+    assert _result("a", 0, FAULT_CONSOLE, tmp_path).kernel_fault() is None  # the command succeeded all the same
+    assert _result("a", 1, "LAB_MARK BOOTED 3.5\n[ 1.0] traps: python[9] general protection fault\n", tmp_path).kernel_fault() is None  # ours alone
+
+
 def test_a_panicked_run_is_booted_again_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     runs = []
 
@@ -68,3 +94,25 @@ def test_a_panicked_run_is_booted_again_once(monkeypatch: pytest.MonkeyPatch, tm
         else:
             a, b = lab.run_pair("x", "y")
         assert len(runs) == boots and a.ok == ok and b.ok
+
+
+def test_a_run_whose_kernel_faulted_is_booted_again_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    runs: list = []
+    faults = {"left": 0}
+
+    def boot(commands, **kwargs):
+        runs.append(commands)
+        faulted = faults["left"] > 0
+        faults["left"] -= 1
+        return [_result("a", 139 if faulted else 0, FAULT_CONSOLE if faulted else "", tmp_path), _result("b", 1, "", tmp_path)]
+
+    monkeypatch.setattr(lab, "boot", boot)
+    for n, boots, ok in ((1, 2, True), (2, 2, False)):
+        runs.clear()
+        faults["left"] = n
+        with pytest.warns(UserWarning, match=r"VM a's kernel faulted \(RIP: 0010:kmem_cache_alloc.*booting the run again once"):
+            a, _ = lab.run_pair("x", "y")
+        assert len(runs) == boots and a.ok == ok
+    runs.clear()
+    monkeypatch.setattr(lab, "boot", lambda commands, **kw: runs.append(commands) or [_result("a", 1, "", tmp_path)])
+    assert not lab.run("x").ok and len(runs) == 1  # a command that failed on its own is not booted again
