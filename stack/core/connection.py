@@ -132,10 +132,8 @@ class SmcConnection:
         return {"lgr": self.lgr.name if self.lgr else None, "link": self.link.link_id if self.link else None, "conn": self.id}
 
     def emit(self, now: float, kind: str, **fields) -> None:
-        ctx = self.ctx
-        if ctx.bus.active:  # the record straight away: events on the data path come by the hundred thousand
-            lgr, link = self.lgr, self.link
-            ctx.bus.emit(Event(now, kind, ctx.name, lgr.name if lgr else None, link.link_id if link else None, self.id, fields))
+        if self.ctx.bus.active:  # the record straight away: events on the data path come by the hundred thousand
+            self.emit_fields(now, kind, fields)
 
     def emit_fields(self, now: float, kind: str, fields: dict) -> None:
         """emit with the fields in a dict of their own (no copy; the caller checked bus.active)."""

@@ -430,7 +430,6 @@ class ServerAddLink(_AddLinkBase):
         self.to_send: list[llc.RkeyTriple] = []
         self.request = request  # the client's REQUEST ADD LINK, answered unless an ADD LINK goes out
         self.later: tuple[Link, llc.RequestAddLink] | None = None  # one that came after our ADD LINK went out
-        self.added = False
 
     def finish(self, now: float) -> None:
         """smc_llc_srv_add_link: a REQUEST ADD LINK that did not lead to an ADD LINK is
@@ -442,7 +441,7 @@ class ServerAddLink(_AddLinkBase):
         later, self.later = self.later, None
         super().finish(now)
         if later is not None:
-            if self.added:
+            if self.new is not None and self.new.state == LinkState.ACTIVE:  # this flow added its link
                 answer_request_add_link(self.lgr, *later, now)
             else:
                 self.lgr.start_flow(ServerAddLink(self.lgr, "client request after a failed add", request=later), now)
@@ -458,10 +457,6 @@ class ServerAddLink(_AddLinkBase):
             self.request = (link, msg)
         else:
             self.later = (link, msg)
-
-    def _confirmed(self, now: float) -> None:
-        self.added = True
-        super()._confirmed(now)
 
     def start(self, now: float) -> None:
         lgr = self.lgr

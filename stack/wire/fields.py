@@ -66,8 +66,8 @@ def cdc_fields_of(seqno: int, token: int, prod: Cursor, cons: Cursor, prod_flags
     CdcMessage; events on the data path come by the hundred thousand). ``prod_flags`` and
     ``conn_state_flags`` are the message's two flag bytes, ``raw`` its 44 bytes; ``direction``
     ("tx" or "rx") comes first as the event's ``dir`` when given."""
-    flags = [*_PROD_FLAG_NAMES[prod_flags], *_STATE_FLAG_NAMES[conn_state_flags]]
+    out = {"dir": direction, "seqno": seqno, "token": token, "prod": cursor_text(prod), "cons": cursor_text(cons),
+           "flags": [*_PROD_FLAG_NAMES[prod_flags], *_STATE_FLAG_NAMES[conn_state_flags]], "raw": raw}  # fmt: skip
     if direction is None:
-        return {"seqno": seqno, "token": token, "prod": cursor_text(prod), "cons": cursor_text(cons), "flags": flags, "raw": raw}
-    return {"dir": direction, "seqno": seqno, "token": token, "prod": cursor_text(prod), "cons": cursor_text(cons),
-            "flags": flags, "raw": raw}  # fmt: skip
+        del out["dir"]
+    return out

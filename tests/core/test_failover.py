@@ -509,3 +509,15 @@ def test_the_kernels_echo_of_our_add_link_while_it_confirms_another_ends_our_flo
     assert again.step == "ADD LINK response" and again.new.link_id != first_link
     f.run(until=f.now + 1.0)  # the peer answers this one: the group is symmetric again
     assert lgr.type.smc_tools_name == "SYM" and len(lgr.active_links()) == 2
+
+
+def test_a_request_add_link_during_an_add_that_succeeds_is_answered_after_it():
+    """The other way a kept REQUEST ADD LINK ends: the flow it came during adds its link, and
+    the request gets one answer, a response (smc_llc_send_req_add_link_response). (With both
+    links up, a second flow would answer the same way: the peer cannot tell them apart.)"""
+    f, a, b, lgr, flow, _, t0 = _server_add_link_unanswered()
+    flow.link.received(llc.RequestAddLink(version=2, gids=(a.host.lgrs[0].links[1].qp.gid,)).encode("little"), f.now)
+    f.run(until=f.now + 1.0)
+    answers = [e for e in b.events if e.kind == "llc.msg" and e.t >= t0 and e.get("type") == "LLC REQUEST ADD LINK v2" and e.get("dir") == "tx"]
+    assert [e.get("response") for e in answers] == [True]
+    assert lgr.type == LgrType.SYMMETRIC and len(lgr.active_links()) == 2 and lgr.running is None
