@@ -328,8 +328,10 @@ SCHEMA: dict[str, Kind] = {k.name: k for k in (
              _link_event("qp_create_failed", "a QP could not be created for a new link", "QP not created[: {reason}]", F("reason", "str", "why")),
              _link_event("qp_error", "a QP failed (completion error or async event)", "QP error[: {status}]",
                          F("status", "str", "the completion status or event")),
-             _link_event("bad_cdc", "a CDC from the peer could not be decoded", "bad CDC[: {reason}]", F("reason", "str", "why")),
-             _link_event("bad_llc", "an LLC message from the peer could not be decoded", "bad LLC message[: {reason}]", F("reason", "str", "why")),
+             _link_event("bad_cdc", "a CDC from the peer could not be decoded", "bad CDC[: {reason}]", F("reason", "str", "why"),
+                         F("raw", "hex", "the message's bytes, as received")),
+             _link_event("bad_llc", "an LLC message from the peer could not be decoded", "bad LLC message[: {reason}]", F("reason", "str", "why"),
+                         F("raw", "hex", "the message's bytes, as received")),
              _link_event("suspect_frames", "frames far outside a QP's PSN window arrived: no honest peer sends them, so a possible "
                          "attack (someone guessing PSNs to inject); reported at most once a second per link while they keep coming",
                          "possible attack: {new} frames outside the PSN window[ on {device}][ QPN {qpn}][, {psn_out_of_window} dropped in all]"

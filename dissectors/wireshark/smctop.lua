@@ -139,9 +139,9 @@ local EVENT_KINDS = {  -- the event schema: kind -> {doc, render, expert, fields
             ["added"] =
                 { doc = "a link was added to the group", render = "link added[ on {device}][ QPN {qpn}]", expert = nil, fields = { ["event"] = "str", ["qpn"] = "x24", ["device"] = "str" }, },
             ["bad_cdc"] =
-                { doc = "a CDC from the peer could not be decoded", render = "bad CDC[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str" }, },
+                { doc = "a CDC from the peer could not be decoded", render = "bad CDC[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str", ["raw"] = "hex" }, },
             ["bad_llc"] =
-                { doc = "an LLC message from the peer could not be decoded", render = "bad LLC message[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str" }, },
+                { doc = "an LLC message from the peer could not be decoded", render = "bad LLC message[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str", ["raw"] = "hex" }, },
             ["deleted"] =
                 { doc = "a link was deleted (DELETE LINK, or cleared)", render = "link deleted[ (all links){?all}][ orderly{?orderly}][ {reason}]", expert = nil, fields = { ["event"] = "str", ["all"] = "bool", ["orderly"] = "bool", ["reason"] = "dl_reason", ["reason_text"] = "str" }, },
             ["down"] =

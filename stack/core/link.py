@@ -176,7 +176,7 @@ class Link:
                 msg = cdc.decode(data)
             except CdcError as e:
                 self.rx_errors += 1
-                self.emit(now, "link.event", link=self.link_id, event="bad_cdc", reason=str(e))
+                self.emit(now, "link.event", link=self.link_id, event="bad_cdc", reason=str(e), raw=bytes(data[: llc.LLC_V2_MAX_LEN]))
                 return
             conn = self.conns.get(msg.token)
             if conn is not None:
@@ -187,7 +187,7 @@ class Link:
         except LlcError as e:
             # unknown LLC types are dropped, as the kernel's demultiplexer does
             self.rx_errors += 1
-            self.emit(now, "link.event", link=self.link_id, event="bad_llc", reason=str(e))
+            self.emit(now, "link.event", link=self.link_id, event="bad_llc", reason=str(e), raw=bytes(data[: llc.LLC_V2_MAX_LEN]))
             return
         if self.ctx.bus.active:
             self.emit(now, "llc.msg", link=self.link_id, dir="rx", **_llc_fields(msg, data[: len(msg.encode(msg.order))]))

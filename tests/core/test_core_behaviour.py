@@ -393,3 +393,20 @@ def test_a_received_cdc_event_shows_the_bytes_as_they_came():
     (ev,) = [e for e in b.events[since:] if e.kind == "cdc.msg" and e.get("dir") == "rx"]
     assert ev.get("raw") == bytes(wire) and ev.get("seqno") == victim.rx_seq
     assert ev.get("flags") == ["write_blocked", "peer_done_writing"] and victim.peer_done_writing
+
+
+@pytest.mark.parametrize("wire, event", [
+    (b"\xfe" + bytes(10), "bad_cdc"),  # a CDC cut short
+    (bytes([0x7f, 44]) + bytes(42), "bad_llc"),  # an LLC type nobody defines
+])  # fmt: skip
+def test_a_message_that_cannot_be_decoded_is_reported_with_its_bytes(wire, event):
+    """What the peer sent is in the event, so an operator can tell a corrupt frame from a
+    message we do not know (the kernel's ADD LINK echo was first seen this way)."""
+    f, a, b = pair()
+    open_conn(f, a, b, 1)
+    link = b.host.conns[1].link
+    since, errors = len(b.events), link.rx_errors
+    link.received(wire, f.now)
+    (ev,) = [e for e in b.events[since:] if e.kind == "link.event"]
+    assert ev.get("event") == event and ev.get("raw") == wire and ev.get("reason")
+    assert link.rx_errors == errors + 1 and b.apps[1].established
