@@ -5,8 +5,12 @@ memoryview reads, and the CRC follows the bytes actually received."""
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from stack.traffic.protocol import BLOCK, Pattern
+from native import softroce
+from native.extension import Extension
+from stack.traffic.protocol import BLOCK, Pattern, crc32
 
 
 def _stream(seed: int, n: int) -> bytes:
@@ -47,3 +51,17 @@ def test_whole_read_larger_than_a_block_with_a_bad_last_byte():
     data = bytearray(_stream(11, 2 * BLOCK + 17))
     data[-1] ^= 0x80
     assert not Pattern(11).check(bytes(data))
+
+
+@given(st.binary(max_size=5000), st.integers(0, 0xFFFFFFFF), st.integers(0, 15))
+def test_the_checksum_is_zlibs_crc32_whichever_runs(data, seed, skip):
+    """smc-traffic's CRC-32 (the compiled engine's fold when built) gives zlib's values for
+    any length, start value and alignment, so either end may run either one."""
+    view = memoryview(data)[min(skip, len(data)) :]
+    assert crc32(view, seed) == zlib.crc32(view, seed)
+
+
+def test_without_the_compiled_engine_the_checksum_is_zlibs(monkeypatch):
+    missing = Extension("_softroce", "the compiled soft RoCE engine", softroce.BUILD_HINT, softroce.EngineUnavailable, "/nonexistent/_softroce.so")
+    monkeypatch.setattr(softroce, "_EXT", missing)
+    assert softroce.crc32_function() is zlib.crc32
