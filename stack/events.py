@@ -41,6 +41,7 @@ from dataclasses import field as dataclass_field
 from typing import Any, Callable, Iterable, TextIO
 
 from stack.wire import codes
+from stack.wire.text import printable
 
 # ---------------------------------------------------------------------------- the schema
 #
@@ -477,14 +478,28 @@ def loads(text: str | bytes) -> Any:
     if len(text) > MAX_LINE:
         raise BadRecord(f"a record of {len(text)} bytes is longer than {MAX_LINE}")
     try:
+        text = text if type(text) is str else str(text, "utf-8")
         # one decoder for every record, not one built per call as json.loads(parse_constant=...) does
-        return _DECODER.decode(text if type(text) is str else str(text, "utf-8"))
+        obj = _DECODER.decode(text)
     except RecursionError:
         raise BadRecord("JSON nested too deeply") from None
     except UnicodeDecodeError as e:
         raise BadRecord(f"not UTF-8 at byte {e.start}") from None
     except json.JSONDecodeError as e:
-        raise BadRecord(f"not JSON: {e.msg} at column {e.colno}") from None
+        raise BadRecord(f"not JSON: {e.msg} (column {e.colno})") from None
+    # only non-ASCII text or a \u escape can carry what a terminal acts on (an escape
+    # sequence, a lone surrogate): then every string is made printable, keys included
+    return obj if text.isascii() and "\\u" not in text else _printable_json(obj)
+
+
+def _printable_json(v: Any) -> Any:
+    if type(v) is str:
+        return printable(v)
+    if type(v) is dict:
+        return {printable(k): _printable_json(x) for k, x in v.items()}
+    if type(v) is list:
+        return [_printable_json(x) for x in v]
+    return v
 
 
 class Skipped:
@@ -965,6 +980,7 @@ class EventBus:
         self._targets: tuple[Callable[[Event], None], ...] = ()  # listeners, then each subscription's offer
         self.active = False
         self.emitted = 0
+        self.failures: list[tuple[Callable[[Event], None], Exception]] = []  # listeners removed because they raised
 
     def _update(self) -> None:
         self._targets = (*self._listeners, *(sub.offer for sub in self._subs))
@@ -974,8 +990,34 @@ class EventBus:
 
     def emit(self, event: Event) -> None:
         self.emitted += 1
-        for fn in self._targets:
-            fn(event)
+        done = 0
+        try:
+            for fn in self._targets:
+                fn(event)
+                done += 1
+        except Exception as e:  # noqa: BLE001 - a listener's failure must not become the emitter's
+            self._listener_failed(event, done, e)
+
+    def _listener_failed(self, event: Event, at: int, error: Exception) -> None:
+        """A listener raised (a JSONL writer on a full disk, a broken pipe): it is removed and
+        named in the log and in ``failures``, and the stack that emitted goes on; the
+        listeners after it still get the event."""
+        targets = self._targets
+        self._remove_failed(targets[at], error)
+        for fn in targets[at + 1 :]:
+            try:
+                fn(event)
+            except Exception as e:  # noqa: BLE001
+                self._remove_failed(fn, e)
+
+    def _remove_failed(self, fn: Callable[[Event], None], error: Exception) -> None:
+        self.failures.append((fn, error))
+        logging.getLogger("smctop.events").error("%s", listener_error_text(fn, error))
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+        else:  # a subscription's offer (it does not raise) or the emit checker
+            self._subs = [s for s in self._subs if s.offer != fn]
+        self._update()
 
     def listen(self, fn: Callable[[Event], None]) -> None:
         self._listeners.append(fn)
@@ -996,6 +1038,14 @@ class EventBus:
         if sub in self._subs:
             self._subs.remove(sub)
         self._update()
+
+
+def listener_error_text(fn: Callable, error: Exception) -> str:
+    """What to tell the operator when an event listener failed."""
+    out = getattr(fn, "out", None)
+    what = f"writing events to {getattr(out, 'name', out)}" if out is not None else f"the event listener {fn!r}"
+    why = (error.strerror or str(error)) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
+    return f"{what} failed ({why}); no more events go there"
 
 
 class _LineWriterPy:

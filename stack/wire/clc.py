@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from ._base import Builder, View, WireError, check_uint
+from .text import printable_ascii
 
 EYECATCHER_SMCR = b"\xe2\xd4\xc3\xd9"  # EBCDIC "SMCR"
 EYECATCHER_SMCD = b"\xe2\xd4\xc3\xc4"  # EBCDIC "SMCD"
@@ -751,7 +752,8 @@ def make_eid(text: str) -> bytes:
 
 
 def eid_text(eid: bytes) -> str:
-    return eid.rstrip(b" \0").decode("ascii", "replace")
+    """An EID as text; a hostile peer's control bytes come out escaped, never raw."""
+    return printable_ascii(eid.rstrip(b" \0"))
 
 
 def make_hostname(text: str) -> bytes:

@@ -4,6 +4,7 @@ refused with a message that names the kind and the field."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -142,3 +143,36 @@ def test_skipped_counts_names_and_summarises():
 ])  # fmt: skip
 def test_render(kind, fields, ids, text):
     assert render(Event(1.0, kind, "h", conn=1, fields=fields, **ids)) == text
+
+
+@pytest.mark.parametrize("raw, shown", [
+    (r"evil\u001b]0;PWNED\u0007\u001b[2J", r"evil\x1b]0;PWNED\x07\x1b[2J"),  # a window title, then clear screen
+    (r"\ud800x", r"\ud800x"),  # a lone surrogate: no UTF-8 output could print it
+    ("\u202eabc", r"\u202eabc"),  # right-to-left override, raw in the file
+    ("h\u00e9te \u4e2d", "h\u00e9te \u4e2d"),  # letters stay letters
+])  # fmt: skip
+def test_text_from_a_file_or_peer_reaches_no_terminal_as_control_sequences(raw, shown):
+    """A hostile recording or control socket cannot drive the operator's terminal: every
+    string a reader takes (host, fields, snapshot text, keys) comes out printable."""
+    line = '{"t": 1.0, "kind": "conn.state", "host": "%s", "conn": 1, "old": "INIT", "new": "ACTIVE", "note": ["%s"]}' % (raw, raw)
+    e = from_json(line)
+    assert e.host == shown and e.get("note") == [shown] and e.host.isprintable()
+    assert events.loads('{"%s": 1}' % raw) == {shown: 1}
+
+
+def test_a_listener_that_fails_is_removed_named_and_the_rest_go_on(caplog):
+    """A JSONL writer on a full disk must not raise into the stack that emits (that stalled
+    a transfer): it is removed, its error logged and kept, and later listeners get every event."""
+    bus = EventBus()
+    got = []
+    full = open("/dev/full", "w")
+    writer = events.JsonlWriter(full)
+    bus.listen(writer)
+    bus.listen(got.append)
+    for n in range(5000):  # enough to fill the file's buffer
+        bus.emit(Event(float(n), "conn.state", "h", None, None, 1, {"old": "INIT", "new": "ACTIVE"}))
+    assert len(got) == 5000 and [f for f, _ in bus.failures] == [writer]
+    assert isinstance(bus.failures[0][1], OSError) and "writing events to /dev/full failed (No space left on device)" in caplog.text
+    assert bus.active and writer not in bus._listeners
+    with contextlib.suppress(OSError):
+        full.close()

@@ -498,3 +498,10 @@ def test_a_kernel_add_link_v2_reject_is_a_bare_44_byte_message():
     m = llc.decode(raw)
     assert isinstance(m, llc.AddLink) and m.version == 2 and m.response and m.rejected and m.rkeys == ()
     assert m.mac == bytes.fromhex("525400120001") and m.gid[-4:] == bytes([10, 2, 0, 1])
+
+
+def test_an_eid_with_control_bytes_is_shown_escaped():
+    """A peer's EID is ASCII text by the protocol; a hostile one cannot put escape sequences
+    or undecodable bytes on an operator's screen."""
+    assert clc.eid_text(b"SEID\x1b[2J\x07\xff".ljust(32, b" ")) == r"SEID\x1b[2J\x07\xff"
+    assert clc.eid_text(b"IBM-SYSZ-ISMSEID00000000".ljust(32, b" ")) == "IBM-SYSZ-ISMSEID00000000"
