@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.stacks import addrs
 
 from smckernel import kio
 from smckernel import model as kmodel
@@ -23,7 +24,7 @@ from stack.runtime import DeviceSpec, Stack, StackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "unit" / "fixtures" / "smckernel"
-DEV = "127.32.9.1"
+DEV = addrs()[0]  # per run: two runs at once never share a device
 
 
 class _KernelReplies:
@@ -67,7 +68,7 @@ def test_one_model_holds_the_attached_stack_and_the_kernel_and_actions_go_to_the
                 kernel_conns = [c for c in m.conns.values() if c.host == "kern"]
                 assert len(kernel_conns) == 3 and {c.mode for c in kernel_conns} == {"SMCR", "TCP"}
                 assert src.can == {"fail_link", "restore_link", "decline"}  # the kernel part is watched, not driven
-                assert "port of 127.32.9.1 pulled" in await src.fail_link()
+                assert f"port of {DEV} pulled" in await src.fail_link()
                 for _ in range(50):
                     await asyncio.sleep(0.05)
                     src.poll(m)
@@ -90,7 +91,8 @@ def test_a_part_that_cannot_start_stops_the_ones_that_did(tmp_path):
         raise kio.KernelUnavailable(2, "the smc module is not loaded")
 
     async def go():
-        cfg = StackConfig(SmcConfig(host="solo"), (DeviceSpec("soft", "127.32.9.3", "127.32.9.3", None, 4096),), control_path=path)
+        dev = addrs()[0]
+        cfg = StackConfig(SmcConfig(host="solo"), (DeviceSpec("soft", dev, dev, None, 4096),), control_path=path)
         async with Stack(cfg):
             attach = AttachSource([path])
             src = CombinedSource([attach, KernelTuiSource(factory=broken)])
@@ -117,7 +119,8 @@ def test_once_prints_the_kernel_and_the_attached_stack_in_one_document(tmp_path)
     path = str(tmp_path / "h.sock")
 
     async def go():
-        cfg = StackConfig(SmcConfig(host="solo"), (DeviceSpec("soft", "127.32.9.5", "127.32.9.5", None, 4096),), control_path=path)
+        dev = addrs()[0]
+        cfg = StackConfig(SmcConfig(host="solo"), (DeviceSpec("soft", dev, dev, None, 4096),), control_path=path)
         async with Stack(cfg):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, lambda: _smctop("--attach", path, "--kernel", "--once", "--json", "--from-raw", str(FIX / "client-open")))

@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 import pytest
+from support.stacks import addrs
 from tuihelp import run
 
 from smctop import app as app_mod
@@ -17,7 +18,7 @@ from stack.core.config import SmcConfig
 from stack.events import Skipped, to_json
 from stack.runtime import DeviceSpec, Stack, StackConfig
 
-DEV = "127.32.7.1"
+DEV = addrs()[0]  # per run: two runs at once never share a device
 
 
 def test_attach_follows_a_control_socket_and_sends_commands(tmp_path):
@@ -38,7 +39,7 @@ def test_attach_follows_a_control_socket_and_sends_commands(tmp_path):
                 assert "solo" in m.hosts and src.devices[path] == [DEV] and src.describe() == "attach solo"
                 assert src.now() is not None
                 assert "0x03030000 NOSMCDEV" in await src.decline(0x03030000)
-                assert "port of 127.32.7.1 pulled" in await src.fail_link()
+                assert f"port of {DEV} pulled" in await src.fail_link()
                 for _ in range(50):
                     await asyncio.sleep(0.05)
                     src.poll(m)

@@ -4,6 +4,7 @@ capabilities it has (stack.verbs.api.Capability) and has each one's interface.""
 from __future__ import annotations
 
 import pytest
+from support.stacks import addrs
 
 from stack.verbs.api import CAPABILITY_INTERFACES, FAULTS, Capability
 from stack.verbs.pyverbs_provider import PyverbsDevice
@@ -15,7 +16,7 @@ ENGINES = ["python"] + (["native"] if SoftProvider(engine="auto").engine == "nat
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_soft_device_has_every_capability_it_declares(engine):
     provider = SoftProvider(engine=engine)
-    dev = provider.open_device("127.77.0.1")
+    dev = provider.open_device(addrs()[0])
     try:
         expected = {Capability.PORT_CONTROL, Capability.FAULT_INJECTION, Capability.FRAME_TAP}
         assert set(dev.capabilities) == expected | ({Capability.FAST_PATH} if engine == "native" else set())

@@ -11,6 +11,7 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.stacks import addrs
 
 from native import softroce
 from native.extension import Extension
@@ -19,11 +20,11 @@ from stack.verbs.api import Access, Mtu, QPCap, RCPath, RecvWR, SendFlags, SendW
 from stack.wire import roce
 
 RW = Access.LOCAL_WRITE | Access.REMOTE_WRITE
-A, B = "127.76.0.1", "127.76.0.2"
 
 
-def _session(engine: str) -> tuple[dict[str, list], list]:
-    """A scripted conversation; returns each device's transmitted frames and every completion."""
+def _session(engine: str, A: str, B: str) -> tuple[dict[str, list], list]:  # noqa: N803 - the two hosts
+    """A scripted conversation between the devices at A and B; returns each device's
+    transmitted frames and every completion."""
     prov = open_provider("soft", engine=engine, seed=11, mtu=Mtu.MTU_1024)
     da, db = prov.open_device(A), prov.open_device(B)
     assert da.engine == db.engine == engine
@@ -78,8 +79,9 @@ def _session(engine: str) -> tuple[dict[str, list], list]:
 
 @pytest.mark.skipif(not softroce.available()[0], reason="the compiled engine is not built (native/build.sh)")
 def test_both_engines_put_the_same_bytes_on_the_wire():
-    python_frames, python_wcs = _session("python")
-    native_frames, native_wcs = _session("native")
+    A, B = addrs()  # noqa: N806 - one pair for both sessions: the ICRC covers the addresses
+    python_frames, python_wcs = _session("python", A, B)
+    native_frames, native_wcs = _session("native", A, B)
     assert native_wcs == python_wcs
     for dev in (A, B):
         assert len(native_frames[dev]) == len(python_frames[dev]), dev
@@ -126,10 +128,11 @@ def test_gso_batches_carry_the_frames_a_lone_send_would(monkeypatch, receiver):
     from support.verbs_endpoint import Endpoint
 
     sessions = {}
+    pa, pb = addrs()  # the same pair both times: the frames are compared byte for byte
     for gso in ("on", "off"):
         monkeypatch.setenv("SMCTOP_SOFT_GSO", gso)
-        a = Endpoint("soft", "127.77.0.1", engine="native", seed=5)
-        b = Endpoint("soft", "127.77.0.2", engine=receiver, seed=6)
+        a = Endpoint("soft", pa, engine="native", seed=5)
+        b = Endpoint("soft", pb, engine=receiver, seed=6)
         try:
             frames = []
             a.device.add_tap(lambda f: frames.append((f.direction, f.payload)) if f.direction == "tx" else None)
@@ -165,8 +168,9 @@ def _tapped_pair(write_snap: int, seeds: tuple[int, int], psn: int | None = None
     appends its batches to the list returned."""
     from support.verbs_endpoint import Endpoint
 
-    a = Endpoint("soft", "127.78.1.1", engine="native", seed=seeds[0])
-    b = Endpoint("soft", "127.78.1.2", engine="native", seed=seeds[1])
+    pa, pb = addrs()
+    a = Endpoint("soft", pa, engine="native", seed=seeds[0])
+    b = Endpoint("soft", pb, engine="native", seed=seeds[1])
     blobs: list[bytes] = []
     a.device.add_tap(blobs.append, batch=True, write_snap=write_snap, raw=True)
     qa, qb = a.create_qp(), b.create_qp()

@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 from support import tshark
+from support.stacks import addrs
 from support.verbs_endpoint import Endpoint
 
 from dissectors.pcapng import read_packets
@@ -24,7 +25,6 @@ from stack.wire import cdc, llc, roce
 from stack.wire.roce import AckKind, Opcode
 
 SEND, WRITE = int(WrOpcode.SEND), int(WrOpcode.RDMA_WRITE)
-_n = iter(range(1, 250))
 
 
 ENGINES = ["python", "native"]
@@ -37,8 +37,8 @@ def engine(request):
 
 @pytest.fixture
 def ends(engine):
-    n = next(_n)
-    a, b = Endpoint("soft", f"127.71.{n}.1", engine=engine), Endpoint("soft", f"127.72.{n}.1", engine=engine)
+    pa, pb = addrs()
+    a, b = Endpoint("soft", pa, engine=engine), Endpoint("soft", pb, engine=engine)
     assert a.engine() == b.engine() == engine
     yield a, b
     a.close()
@@ -152,13 +152,14 @@ def test_device_errors_are_clear(engine):
         p.open_device("rxe0")
     with pytest.raises(VerbsError, match="cannot bind 192.0.2.1:4791"):
         p.open_device("192.0.2.1")
-    dev = p.open_device("127.74.0.1")
+    addr = addrs()[0]
+    dev = p.open_device(addr)
     try:
         with pytest.raises(VerbsError, match="already open"):
-            p.open_device("127.74.0.1")
+            p.open_device(addr)
         with pytest.raises(VerbsError, match="one port"):
             dev.query_port(2)
-        assert dev.roce_v2_gid().gid == ipaddress.IPv6Address("::ffff:127.74.0.1").packed
+        assert dev.roce_v2_gid().gid == ipaddress.IPv6Address(f"::ffff:{addr}").packed
         assert dev.query_port().active_mtu == Mtu.MTU_1024
     finally:
         p.close()

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import pytest
+from support.stacks import addrs
 from support.verbs_endpoint import Endpoint
 
 from native import softroce
@@ -52,15 +53,16 @@ def _attempts(out: str) -> list[str]:
 def test_no_one_else_can_bind_the_devices_port(engine):
     """With SO_REUSEADDR on the device's socket any local user could bind the same address and
     port and the kernel handed them the traffic; now every attempt is refused (EADDRINUSE)."""
-    dev = Endpoint("soft", "127.77.9.1", engine=engine)
+    addr = addrs()[0]
+    dev = Endpoint("soft", addr, engine=engine)
     try:
-        same_user = subprocess.run(["python3", "-I", "-c", _BIND, "127.77.9.1"], capture_output=True, text=True, timeout=30)
+        same_user = subprocess.run(["python3", "-I", "-c", _BIND, addr], capture_output=True, text=True, timeout=30)
         lines = _attempts(same_user.stdout)
         assert len(lines) == 6, same_user.stderr
         assert all(line.endswith(str(errno.EADDRINUSE)) for line in lines), lines
         if os.geteuid() != 0:
             pytest.skip("the second-user half needs root to become nobody")
-        other = subprocess.run(["/usr/bin/python3", "-I", "-c", _BIND, "127.77.9.1"], capture_output=True, text=True, timeout=30,
+        other = subprocess.run(["/usr/bin/python3", "-I", "-c", _BIND, addr], capture_output=True, text=True, timeout=30,
                                user=65534, group=65534, extra_groups=[], cwd="/")  # fmt: skip
         lines = _attempts(other.stdout)
         assert len(lines) == 6, other.stderr
@@ -70,7 +72,7 @@ def test_no_one_else_can_bind_the_devices_port(engine):
 
 
 def _identifiers(engine: str) -> tuple:
-    e = Endpoint("soft", "127.77.9.5", engine=engine)
+    e = Endpoint("soft", addrs()[0], engine=engine)
     try:
         qp = e.create_qp()
         mr = e.reg_mr(4096)
@@ -122,8 +124,9 @@ def test_a_forged_write_needs_the_psn(engine):
     but a PSN outside the window, writes nothing, is counted per QP and answered with nothing;
     a burst past the budget is not examined; the real peer's traffic still flows. With the
     exact PSN the frame is accepted, as an RNIC would (RoCE has no authentication)."""
-    a, b = Endpoint("soft", "127.77.9.11", engine=engine), Endpoint("soft", "127.77.9.12", engine=engine)
-    forger = _Forger("127.77.9.12", "127.77.9.11")
+    pa, pb = addrs()
+    a, b = Endpoint("soft", pa, engine=engine), Endpoint("soft", pb, engine=engine)
+    forger = _Forger(pb, pa)
     try:
         qa, qb = a.create_qp(), b.create_qp()
         a.connect(qa["handle"], qa, qb)
