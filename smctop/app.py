@@ -206,6 +206,8 @@ class SmctopApp(App):
             self.status = self.source.notices.popleft()
         done = bool(getattr(self.source, "done", False))
         finished, self._finished = done and not self._finished, done
+        if finished:
+            self.model.finish()
         # a sample closing redraws; so do events that no sample closed for a second (a recording
         # shorter than a sample, a source that went quiet) and the end of a replay
         stale = bool(events) and time.monotonic() - self._drawn >= self.model.interval

@@ -885,6 +885,7 @@ class Model:
         self.apply_host_info(snap)
         seen = set()
         for s in snap.get("conns", []):
+            known = (name, s["conn"]) in self.conns
             c = self.conn(name, s["conn"], t)
             seen.add(c.id)
             c.state = s.get("state", c.state)
@@ -910,6 +911,8 @@ class Model:
             c.rxw, c.rxc = parse_cursor(c.rx_prod)
             c.txc = parse_cursor(c.tx_prod)[1]
             c.ev_tx, c.ev_rx = s.get("bytes_sent", 0), s.get("bytes_received", 0)  # the truth at t; events add to it
+            if not known:  # what it moved before we watched is no rate and no part of what moved while watched
+                c.last_tx, c.last_rx = c.ev_tx, c.ev_rx
             self._touch(c)
         for key, c in list(self.conns.items()):  # gone from the stack: closed
             if key[0] == name and c.id not in seen and c.closed is None and c.opened <= t:
@@ -990,6 +993,12 @@ class Model:
                 break
             self.next_tick = tick
         return closed
+
+    def finish(self) -> None:
+        """The source ended (a replay at its end): close the open sample, so that what moved
+        in its last part counts (a recording shorter than a sample would show nothing)."""
+        if self.next_tick is not None and self._moved:
+            self.advance(self.next_tick)
 
     def _sample(self, t: float) -> None:
         """Close sample number ``ticks``: the rate and history of each connection that moved

@@ -151,6 +151,7 @@ def run_once(args, ap, build_source) -> int:
                 source.t = source.end_t  # the state at its end: every event fed, the recorded snapshots applied
                 source.poll(model)
                 model.advance(source.end_t)
+                model.finish()
                 ok = True
             elif isinstance(source, AttachSource):
 

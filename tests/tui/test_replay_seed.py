@@ -99,6 +99,31 @@ def test_a_recording_begun_mid_session_seeds_the_model_at_its_start(session):
     assert c.bytes_sent > 0 and c.bytes_received > 0  # the counts at the start, not 0
 
 
+def test_a_mid_session_replay_counts_only_what_moved_while_it_was_recorded(session):
+    """The starting snapshot's byte counts (what moved before the recording) are no rate and
+    no part of "Total moved"; and the last part-second of the recording counts (the final
+    sample closes when the replay ends): Total moved is the connection's counts at the end
+    less those at the start."""
+    events = load_events(str(session["capture"]))
+    wall = [0.0]
+    src = started(ReplaySource(str(session["capture"]), events=events, clock=lambda: wall[0]))
+    m = Model()
+    src.paused = True
+    src.poll(m)
+    c = next(c for c in m.conns.values() if c.mode == "SMCR")
+    start = (c.bytes_sent, c.bytes_received)
+    src.paused = False
+    while not src.done:
+        wall[0] += 0.25
+        src.poll(m)
+        m.advance(src.now())
+    m.finish()
+    moved = c.bytes_sent - start[0] + c.bytes_received - start[1]
+    # (up to one 68-byte message more: the first instant's events, which the snapshot holds too)
+    assert moved > 0 and 0 <= m.bytes - moved <= 68
+    assert max(x.rate_ for x in m.conns.values()) < 2 * moved  # no sample carried the bytes moved before
+
+
 def test_a_step_moves_exactly_one_event(session):
     events = load_events(str(session["capture"]))
     src = started(ReplaySource(str(session["capture"]), events=events, clock=lambda: 0.0))
