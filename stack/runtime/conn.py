@@ -40,6 +40,14 @@ class ConnHandle:
         self.urg_byte = 0
         self.urg_unread = False
 
+    def tcp_moved(self, sent: int = 0, received: int = 0) -> None:
+        """Bytes a connection that fell back moved over TCP, counted where SMC-R's are (the
+        core connection's counters), so its snapshot and smctop show them, not 0."""
+        conn = self.port.host.conns.get(self.conn_id)
+        if conn is not None:
+            conn.bytes_sent += sent
+            conn.bytes_received += received
+
     # SMC data path
     def smc_send(self, data, urgent: bool = False) -> int:
         """Bytes taken into the sndbuf; ``urgent``: send(MSG_OOB), its last byte urgent

@@ -100,6 +100,7 @@ class HostPort:
         h.mode = "TCP"
         h.smc_info()
         if leftover:
+            h.tcp_moved(received=len(leftover))
             h.reader._feed(leftover)
         if not h.ready.done():
             h.ready.set_result(None)

@@ -306,6 +306,7 @@ class SmcStreamWriter:
                 self._tcp_write_urgent(bytes(data))
             else:
                 h.transport.write(data)
+            h.tcp_moved(sent=len(data))
             return
         if not self._pending:  # straight into the sndbuf; only what does not fit waits here
             try:

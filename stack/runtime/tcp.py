@@ -32,6 +32,7 @@ class TcpProtocol(asyncio.Protocol):
             port = h.port
             port.host.tcp_data(h.conn_id, data, port.now())
         elif h.mode == "TCP":
+            h.tcp_moved(received=len(data))
             h.reader._feed(data)
         # SMC mode: the TCP connection stays idle; stray bytes are ignored, as the kernel's clcsock
 

@@ -269,6 +269,7 @@ def test_fallback_carries_data_and_reports_the_reason_on_both_sides(case):
                 data = await r.read()
                 w.write(hashlib.sha256(data).digest())
                 await w.drain()
+                infos["server_counts"] = _counts(b)
                 w.close()
 
             await b.start_server(server, sa, 5000, smc=server_smc)
@@ -279,6 +280,7 @@ def test_fallback_carries_data_and_reports_the_reason_on_both_sides(case):
             await w.drain()
             w.write_eof()
             digest = await r.read()
+            infos["client_counts"] = _counts(a)
             w.close()
             return infos, digest == hashlib.sha256(payload).digest()
 
@@ -289,6 +291,15 @@ def test_fallback_carries_data_and_reports_the_reason_on_both_sides(case):
     assert (s["mode"], s["fallback_reason"]) == want_s, s
     if want_c[1]:
         assert c["fallback_reason_text"] == codes.format_reason(want_c[1])
+    # what a stack's end that fell back moved over TCP is in its snapshot, as SMC-R's is (smctop shows it)
+    if want_c[0] == "TCP" and client_smc:
+        assert infos["client_counts"] == [(300_000, 32)]
+    if want_s[0] == "TCP" and server_smc:
+        assert infos["server_counts"] == [(32, 300_000)]
+
+
+def _counts(stack) -> list[tuple[int, int]]:
+    return [(c["bytes_sent"], c["bytes_received"]) for c in stack.snapshot()["conns"]]
 
 
 def test_clc_timeout_and_malformed_clc_fail_the_connection():
