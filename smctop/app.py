@@ -503,6 +503,12 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
         ap.error(f"--speed {args.speed}: a finite number above 0 (at most 1e6)")
     if not os.path.isdir(args.record_dir):
         ap.error(f"--record-dir {args.record_dir}: no such folder")
+    if args.record is not None:
+        folder = os.path.dirname(os.path.abspath(args.record)) if args.record else ""
+        if not args.record or os.path.isdir(args.record) or not os.path.isdir(folder):
+            ap.error(f"--record {args.record!r}: give a file in a folder that exists")
+    if args.replay is not None and not args.replay:
+        ap.error("--replay '': give a recording (JSONL events or an smc-trace pcapng capture)")
     if args.replay:
         skipped = Skipped()
         try:
@@ -570,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         pass  # stderr is not a file (a test harness)
     args, ap = parse_args(argv)
     if args.once or args.json or args.from_raw:
+        ignored = [name for name, given in (("--record", args.record), ("--prometheus", args.prometheus), ("--headless", args.headless)) if given]
+        if ignored:
+            ap.error(f"{', '.join(ignored)}: not with --once, which prints one snapshot and exits")
         from .once import run_once
 
         return run_once(args, ap, build_source)

@@ -104,6 +104,11 @@ def test_non_jsonl_files_go_to_dissectors_capture(tmp_path, monkeypatch):
     (["--replay", "x", "--attach", "y"], "not allowed with argument"),
     (["--speed", "0"], "--speed 0.0: a finite number above 0"),
     (["--record-dir", "/nonexistent"], "no such folder"),
+    (["--replay", ""], "--replay '': give a recording"),  # not the demo
+    (["--record", "/nonexistent/x.pcapng"], "give a file in a folder that exists"),
+    (["--record", "/tmp"], "give a file in a folder that exists"),
+    (["--once", "--record", "x.pcapng"], "--record: not with --once"),
+    (["--once", "--prometheus", "127.0.0.1:9717"], "--prometheus: not with --once"),
 ])  # fmt: skip
 def test_bad_arguments_exit_2_with_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
