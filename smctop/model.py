@@ -946,6 +946,26 @@ class Model:
         self.links_changed = True
         return snap
 
+    def host_gone(self, name: str, t: float | None = None) -> None:
+        """A host's source ended (its control socket closed: the stack exited). What it had
+        open went with it, as an empty snapshot of it would say: its connections close, its
+        link groups end and their links go unused (and leave the views in time)."""
+        t = self.now if t is None else t
+        t = 0.0 if t is None else t
+        for key, c in list(self.conns.items()):
+            if key[0] == name and c.closed is None:
+                c.state = "CLOSED"
+                self._close(c, t)
+                self._touch(c)
+        for (hn, _gid), g in self.lgrs.items():
+            if hn == name:
+                g.terminated = True
+                for link in g.links.values():
+                    link.state = "LINK_UNUSED"
+                    link.unused_since = t if link.unused_since is None else link.unused_since
+        self.links_changed = True
+        self._totals = None
+
     def apply_host_info(self, snap: dict[str, Any]) -> Host:
         """The host-wide part of a snapshot (counters, devices and their counters, listening
         sockets, UEIDs, other keys), read defensively: keys the schema does not declare may be

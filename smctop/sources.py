@@ -299,6 +299,7 @@ class AttachSource(Source):
         self._clock: tuple[float, float] | None = None  # (remote t, local monotonic)
         self.failed: tuple[str, str] | None = None  # (path, device) of the port we pulled
         self.closed: set[str] = set()
+        self._gone: set[str] = set()  # closed sockets whose host the model was told about
         self.skipped = Skipped()  # bad lines from the sockets: counted, named, left out
 
     async def start(self) -> None:
@@ -386,6 +387,10 @@ class AttachSource(Source):
                 self.hostnames[path] = host[:256] if type(host) is str else path
             elif kind == "error":
                 self.notices.append(f"{self.hostnames.get(path, path)}: {str(msg.get('error'))[:300]}")
+        for path in self.closed - self._gone:  # after all it sent: its stack is gone, and what it had open
+            self._gone.add(path)
+            if path in self.hostnames:
+                model.host_gone(self.hostnames[path], self.now())
         return events
 
     def _target(self) -> tuple[str, str]:

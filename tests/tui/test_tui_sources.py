@@ -130,3 +130,42 @@ def test_help_names_the_sources(capsys):
         app_mod.main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "--attach PATH" in out and "--replay FILE" in out and "embedded demo" in out
+
+
+def test_a_host_whose_control_socket_closed_keeps_nothing_open(tmp_path):
+    """When a stack's control socket closes (the stack exited, or was killed before it could
+    say so), its connections close and its link groups end in the model: before, the rows
+    stayed ACTIVE and LINK_ACTIVE for as long as smctop ran."""
+    path = str(tmp_path / "h.sock")
+
+    async def go():
+        cfg = StackConfig(SmcConfig(host="solo"), (DeviceSpec("soft", DEV, DEV, None, 4096),), control_path=path, snapshot_interval=0.2)
+        m = Model()
+        src = AttachSource([path])
+        async with Stack(cfg):
+            await src.start()
+            for _ in range(50):
+                await asyncio.sleep(0.05)
+                src.poll(m)
+                if src.devices.get(path):
+                    break
+            # what the stack had open (as its events would have said), the other host's too
+            for host in ("solo", "other"):
+                c = m.conn(host, 1, 1.0)
+                c.state = "ACTIVE"
+                g = m.lgr(host, "00000001")
+                m.link(host, "00000001", 1).state = "LINK_ACTIVE"
+            src.poll(m)
+            assert m.conns[("solo", 1)].state == "ACTIVE"
+        for _ in range(50):  # the stack is gone: its socket closed
+            await asyncio.sleep(0.05)
+            src.poll(m)
+            if path in src.closed:
+                break
+        await src.stop()
+        assert path in src.closed
+        assert m.conns[("solo", 1)].state == "CLOSED" and m.conns[("solo", 1)].closed is not None
+        assert m.lgrs[("solo", "00000001")].terminated and m.lgrs[("solo", "00000001")].links[1].state == "LINK_UNUSED"
+        assert m.conns[("other", 1)].state == "ACTIVE" and not g.terminated and g.links[1].state == "LINK_ACTIVE"
+
+    run(go())
