@@ -428,7 +428,8 @@ def load_events(path: str, skipped: Skipped | None = None) -> list[Event]:
     event schema are left out and counted in ``skipped``."""
     skipped = skipped if skipped is not None else Skipped()
     try:
-        with open(path, "rb") as f:
+        # non-blocking: a FIFO is refused at once, not waited on for a writer that never comes
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise SourceError(f"cannot read {path}: not a regular file")
             head = f.read(4096)

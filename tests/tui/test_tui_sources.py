@@ -4,6 +4,7 @@ the command line."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import pytest
@@ -169,3 +170,12 @@ def test_a_host_whose_control_socket_closed_keeps_nothing_open(tmp_path):
         assert m.conns[("other", 1)].state == "ACTIVE" and not g.terminated and g.links[1].state == "LINK_ACTIVE"
 
     run(go())
+
+
+def test_a_fifo_to_replay_is_refused_at_once(tmp_path, capsys):
+    """docs/security.md: a FIFO is refused before a byte is read; --once used to wait in open()
+    for a writer for ever."""
+    fifo = tmp_path / "events.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match="not a regular file"):
+        load_events(str(fifo))
