@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -36,14 +37,14 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from stack.events import BadRecord, Event, Skipped, check_record, check_snapshot, loads, to_json
+from stack.events import SCHEMA, BadRecord, Event, Skipped, check_record, check_snapshot, loads, to_json
 
-from .capture import CaptureError, read_events
+from .capture import CaptureError, FileError, read_events
 from .recorder import WRITE_SNAP, Frame, Recorder, snapshot_event
 from .roce_analysis import RoceAnalysis
 from .summary import render, summarize
 from .timeline import Filter, timeline
-from .timeorder import merged
+from .timeorder import ClockMismatch, merged
 
 PLUGIN = Path(__file__).parent / "wireshark" / "smctop.lua"
 CONTROL_DIR_ENV = "SMCTOP_CONTROL_DIR"  # the names stack.runtime.stack reads
@@ -382,8 +383,12 @@ def seconds(text: str) -> float:
 
 
 def _rate(text: str) -> float:
-    v = seconds(text)
-    if not 0.01 <= v <= 100:
+    """Polls per second (not seconds: its own words in its errors)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of polls per second") from None
+    if not 0.01 <= v <= 100:  # NaN fails this too
         raise argparse.ArgumentTypeError(f"{text!r}: polls per second from 0.01 to 100")
     return v
 
@@ -400,8 +405,76 @@ def _snaplen(text: str) -> int:
     return n
 
 
+def _command(args) -> list[str]:
+    """The command after ``--`` (REMAINDER keeps the ``--``)."""
+    cmd = args.command or []
+    return cmd[1:] if cmd[:1] == ["--"] else cmd
+
+
+def _check_runnable(cmd: str) -> None:
+    """A command that cannot be started is refused before the file is made."""
+    try:
+        if os.sep in cmd:
+            why = "" if os.path.isfile(cmd) and os.access(cmd, os.X_OK) else "No such file or directory" if not os.path.exists(cmd) else "Permission denied"
+        else:
+            why = "" if shutil.which(cmd) else "not found in PATH"
+    except ValueError as e:  # a NUL in the name
+        raise UsageError(f"cannot run {cmd!r}: {e}") from None
+    if why:
+        raise UsageError(f"cannot run {cmd}: {why}")
+
+
+def _check_socket(path: str) -> None:
+    """An --attach path must be a unix socket: anything else is refused before the file is made."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, ValueError):  # ValueError: a NUL in the path
+        raise UsageError(f"no control socket at {path}") from None
+    except OSError as e:
+        raise UsageError(f"cannot attach to {path}: {e.strerror or e}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UsageError(f"{path} is not a socket (--attach takes a running stack's control socket)")
+
+
+def _scratch_for(target: str) -> tuple[str | None, os.stat_result | None]:
+    """A temporary file beside an existing regular ``target`` to record into, and the target's
+    stat: a recording that writes nothing must not replace it with an empty capture. (None,
+    None) when there is nothing to keep: the recording goes to ``target`` itself."""
+    real = os.path.realpath(target)  # a symlink is written through, as open() would
+    try:
+        st = os.stat(real)
+    except (OSError, ValueError):
+        return None, None
+    if not stat.S_ISREG(st.st_mode):  # /dev/null and the like are written as they are
+        return None, None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(real)}.", suffix=".recording", dir=os.path.dirname(real))
+    except OSError as e:
+        raise UsageError(f"cannot write {target}: {e.strerror or e}") from None
+    os.close(fd)
+    return tmp, st
+
+
+def _settle(tmp: str, target: str, old: os.stat_result, st) -> bool:
+    """Put a recording made in ``tmp`` in place of ``target``, unless it holds nothing at all
+    (no event, frame or CLC segment): then the old file stays. True when it stayed."""
+    if not (st.events or st.frames or st.clc_frames):
+        os.unlink(tmp)
+        print(f"smc-trace: nothing was recorded: {target} was left as it was", file=sys.stderr)
+        return True
+    try:
+        os.chmod(tmp, stat.S_IMODE(old.st_mode))
+        os.replace(tmp, os.path.realpath(target))
+    except OSError as e:
+        raise UsageError(f"cannot write {target}: {e.strerror or e} (the recording is in {tmp})") from None
+    return False
+
+
 def cmd_record(args) -> int:
-    given = sum(map(bool, (args.command, args.attach, args.kernel)))
+    argv = _command(args)
+    if args.command and not argv:
+        raise UsageError("record needs a command after --")
+    given = sum(map(bool, (argv, args.attach, args.kernel)))
     if not given:
         raise UsageError("record needs a command after -- or --attach SOCKET, or --kernel")
     if given > 1:
@@ -411,22 +484,29 @@ def cmd_record(args) -> int:
     if args.kernel:
         return record_kernel(args)
     for p in args.attach or ():
-        if not os.path.exists(p):
-            raise UsageError(f"no control socket at {p}")
+        _check_socket(p)
+    if argv:
+        _check_runnable(argv[0])
+    tmp, old = _scratch_for(args.write)
     try:
-        rec = Recorder(args.write, write_snap=args.write_snaplen)
+        rec = Recorder(tmp or args.write, write_snap=args.write_snaplen)
     except OSError as e:
+        if tmp:
+            os.unlink(tmp)
         raise UsageError(f"cannot write {args.write}: {e.strerror or e}") from None
+    kept = False
     try:
-        if args.command:
-            argv = args.command[1:] if args.command[0] == "--" else args.command
+        if argv:
             rc = asyncio.run(record_command(argv, rec, args.wait, args.duration))
         else:
             rc = asyncio.run(record_attach(args.attach, rec, args.duration))
     finally:
         st = rec.close()
+        if tmp:
+            kept = _settle(tmp, args.write, old, st)
     snap = f"RDMA WRITE frames cut to {rec.write_snap} bytes" if rec.write_snap else "whole RDMA WRITE frames"
-    print(f"smc-trace: {st.events} events, {st.frames} RoCE frames ({snap}), {st.clc_frames} CLC segments written to {args.write}"
+    print(f"smc-trace: {st.events} events, {st.frames} RoCE frames ({snap}), {st.clc_frames} CLC segments "
+          + ("recorded" if kept else f"written to {args.write}")
           + (f"; DROPPED by the recorder {st.dropped_events} events, {st.dropped_frames} frames" if st.dropped_events or st.dropped_frames else ""),
           file=sys.stderr)  # fmt: skip
     if st.last_error and st.dropped_events:
@@ -450,68 +530,202 @@ def _ids(text: str | None, cast=int):
         raise UsageError(f"expected a comma-separated list of numbers, got {text!r}") from None
 
 
+def _kinds(text: str | None) -> tuple[str, ...] | None:
+    """--kind: kinds or prefixes of kinds (``conn``, ``link.event``), spaces around each
+    ignored; one that matches no kind of the schema is refused rather than matching nothing."""
+    if not text:
+        return None
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    for k in kinds:
+        stem = k.rstrip(".")
+        if not any(name == stem or name.startswith(stem + ".") for name in SCHEMA):
+            raise UsageError(f"--kind {k!r} is not a kind or the prefix of one; the kinds: {', '.join(sorted(SCHEMA))}")
+    if not kinds:
+        raise UsageError(f"--kind {text!r} names no kind; the kinds: {', '.join(sorted(SCHEMA))}")
+    return kinds
+
+
+class WriteError(Exception):
+    """The output cannot be written (a full disk): one line naming it, exit 1."""
+
+    def __init__(self, name: str, error: OSError, stdout: bool) -> None:
+        super().__init__(f"cannot write {name}: {error.strerror or error}")
+        self.stdout = stdout
+
+
+class Output:
+    """A text output whose write errors are a WriteError naming it. A closed pipe stays a
+    BrokenPipeError: its reader left, which is not an error."""
+
+    def __init__(self, stream, name: str) -> None:
+        self.stream = stream
+        self.name = name
+
+    def _do(self, call, *args) -> None:
+        try:
+            call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise WriteError(self.name, e, self.stream is sys.stdout) from None
+
+    def write(self, text: str) -> None:
+        self._do(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._do(self.stream.flush)
+
+    def close(self) -> None:
+        self._do(self.stream.close)
+
+
+def stdout() -> Output:
+    return Output(sys.stdout, "standard output")
+
+
 def report_skipped(skipped: Skipped) -> None:
     """Bad event records the reader left out: how many and why, on stderr (the output stays clean)."""
     if skipped:
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()  # what was read comes first
+        except OSError:
+            pass  # the output's own error is reported by whoever wrote to it
         print(f"smc-trace: {skipped.summary()}", file=sys.stderr)
         for where in skipped.named[:5]:
             print(f"  {where}", file=sys.stderr)
 
 
+class _SkippedIn:
+    """Bad records of one of several files: named with the file's path."""
+
+    def __init__(self, skipped: Skipped, path: str) -> None:
+        self.skipped = skipped
+        self.path = path
+
+    def add(self, where: str, error: Exception | str) -> None:
+        self.skipped.add(f"{self.path}: {where}", error)
+
+
+def _named(path: str, events: Iterator[Event]) -> Iterator[Event]:
+    """A file's events whose damage, of one of several files, names the file."""
+    try:
+        yield from events
+    except FileError:  # names its file already
+        raise
+    except CaptureError as e:
+        raise CaptureError(f"{path}: {e}") from None
+
+
+def _check_distinct(files: list[str]) -> None:
+    """The same file twice would count every event twice: refused, naming it."""
+    seen: dict[tuple[int, int], str] = {}
+    for f in files:
+        try:
+            st = os.stat(f)
+        except (OSError, ValueError):
+            continue  # the reader says what is wrong with it
+        first = seen.get((st.st_dev, st.st_ino))
+        if first is None:
+            seen[(st.st_dev, st.st_ino)] = f
+        else:
+            same = "twice" if first == f else f"twice ({first} and {f})"
+            raise UsageError(f"{f} is given {same}: give each file once (its events would count twice)")
+
+
 def _read_files(args, skipped: Skipped, with_roce: bool = True) -> tuple[Iterator[Event], dict[str, RoceAnalysis]]:
     """The events of every file given, in one time order (dissectors.timeorder), and each
-    file's RoCE analysis (frame numbers are per file, as Wireshark counts them)."""
+    file's RoCE analysis (frame numbers are per file, as Wireshark counts them). Of several
+    files, bad records and damage are named with their file's path."""
     roces = {f: RoceAnalysis() for f in args.files} if with_roce else {}
-    streams = [(f, read_events(f, skipped, roces.get(f))) for f in args.files]
+    if len(args.files) == 1:
+        streams = [(f, read_events(f, skipped, roces.get(f))) for f in args.files]
+    else:
+        streams = [(f, _named(f, read_events(f, _SkippedIn(skipped, f), roces.get(f)))) for f in args.files]
     return merged(streams), roces
 
 
+def _until_error(events: Iterator[Event], errors: list[CaptureError]) -> Iterator[Event]:
+    """``events`` until a file's damage, which is kept for after what was read is shown.
+    Files that cannot share a timeline show nothing."""
+    try:
+        yield from events
+    except ClockMismatch:
+        raise
+    except CaptureError as e:
+        errors.append(e)
+
+
 def cmd_decode(args) -> int:
-    flt = Filter(_ids(args.conn), _ids(args.link), _ids(args.lgr, str), _ids(args.host, str),
-                 tuple(args.kind.split(",")) if args.kind else None)  # fmt: skip
+    flt = Filter(_ids(args.conn), _ids(args.link), _ids(args.lgr, str), _ids(args.host, str), _kinds(args.kind))
+    _check_distinct(args.files)
     skipped = Skipped()
+    out = stdout()
     all_events, roces = _read_files(args, skipped)  # frames sent again are not events: listed apart
     events = (e for e in all_events if flt(e))
     try:
         if args.json:
             for e in events:
-                print(to_json(e))
+                out.write(to_json(e) + "\n")
         else:
             for line in timeline(events):
-                print(line)
+                out.write(line + "\n")
             # a filtered timeline (--conn, --kind, ...) shows what was asked for and nothing else
             unfiltered = not (args.conn or args.link or args.lgr or args.host or args.kind)
             for name, roce in roces.items():
                 if unfiltered and roce.timeline():
                     of = f" in {name}" if len(roces) > 1 else ""
-                    print(f"\nRoCE retransmissions{of} ({roce.totals()['retransmissions']} frames, not counted as messages):")
+                    out.write(f"\nRoCE retransmissions{of} ({roce.totals()['retransmissions']} frames, not counted as messages):\n")
                     for line in roce.timeline():
-                        print("  " + line)
+                        out.write("  " + line + "\n")
+        out.flush()
     finally:
         report_skipped(skipped)
     return 0
 
 
 def cmd_summary(args) -> int:
+    _check_distinct(args.files)
     skipped = Skipped()
+    out = stdout()
     events, roces = _read_files(args, skipped)
-    s = summarize(events)
+    errors: list[CaptureError] = []
+    s = summarize(_until_error(events, errors))  # a damaged file: the summary of what was read, then the error
+    if errors and not s.events:  # nothing read at all (not a capture, unreadable): only the error
+        report_skipped(skipped)
+        raise errors[0]
     s.skipped = skipped
     if len(roces) == 1:
         roce = next(iter(roces.values()))
-        print(json.dumps({**s.to_dict(), "roce": roce.to_dict()}, indent=2) if args.json else "\n".join([render(s), *roce.render()]))
+        out.write((json.dumps({**s.to_dict(), "roce": roce.to_dict()}, indent=2) if args.json else "\n".join([render(s), *roce.render()])) + "\n")
     elif args.json:
-        print(json.dumps({**s.to_dict(), "roce": {name: r.to_dict() for name, r in roces.items()}}, indent=2))
+        out.write(json.dumps({**s.to_dict(), "roce": {name: r.to_dict() for name, r in roces.items()}}, indent=2) + "\n")
     else:
-        print("\n".join([render(s), *(f"{name}: {line}" for name, r in roces.items() for line in r.render())]))
+        out.write("\n".join([render(s), *(f"{name}: {line}" for name, r in roces.items() for line in r.render())]) + "\n")
+    out.flush()
     report_skipped(skipped)
+    if errors:
+        raise errors[0]
     return 0
 
 
+def _check_not_an_input(output: str, files: list[str]) -> None:
+    """-o naming one of the inputs (by any path) would empty it before it is read."""
+    for f in files:
+        try:
+            same = os.path.samefile(output, f)
+        except (OSError, ValueError):
+            continue
+        if same:
+            named = output if output == f else f"{output} ({f})"
+            raise UsageError(f"-o {named} is one of the files to read: writing it would destroy it; give another output file")
+
+
 def cmd_export(args) -> int:
+    _check_distinct(args.files)
+    if args.output:
+        _check_not_an_input(args.output, args.files)
     try:
-        out = open(args.output, "w") if args.output else sys.stdout
+        out = Output(open(args.output, "w"), args.output) if args.output else stdout()
     except OSError as e:
         raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
     skipped = Skipped()
@@ -519,10 +733,13 @@ def cmd_export(args) -> int:
         events, _ = _read_files(args, skipped, with_roce=False)
         for e in events:
             out.write(to_json(e) + "\n")
+        out.flush()
     finally:
-        if args.output:
-            out.close()
-        report_skipped(skipped)
+        try:
+            if args.output:
+                out.close()
+        finally:
+            report_skipped(skipped)
     return 0
 
 
@@ -613,12 +830,35 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         p.error(str(e))
     except CaptureError as e:
-        sys.stdout.flush()
+        try:
+            stdout().flush()  # what came before the damage is shown first
+        except WriteError as w:
+            _quiet_stdout()
+            print(f"smc-trace: error: {w}", file=sys.stderr)
+        except BrokenPipeError:
+            _quiet_stdout()
+        print(f"smc-trace: error: {e}", file=sys.stderr)
+        return 1
+    except WriteError as e:
+        if e.stdout:
+            _quiet_stdout()
         print(f"smc-trace: error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:
+        _quiet_stdout()
         return 0
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Standard output failed (a full disk, a reader gone): what it still buffers goes to
+    /dev/null, so that Python's flush at exit does not print a traceback of its own."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        pass
 
 
 if __name__ == "__main__":
