@@ -29,6 +29,7 @@ from .pcap import PCAP_MAGICS, CaptureError, is_pcapng, read_capture
 from .pcapng import LINKTYPE_WIRESHARK_UPPER_PDU, Packet
 from .records import RecordError, decode_record, is_event_record
 from .roce_analysis import RoceAnalysis
+from .timeorder import WallOffset
 
 __all__ = ["CaptureError", "FileError", "read_events", "read_packets_and_error", "has_event_records"]
 
@@ -143,9 +144,11 @@ def has_event_records(packets: list[Packet]) -> bool:
     return any(p.linktype == LINKTYPE_WIRESHARK_UPPER_PDU and is_event_record(p.data) for p in packets)
 
 
-def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce: RoceAnalysis | None = None) -> Iterator[Event]:
+def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce: RoceAnalysis | None = None,
+                clock: WallOffset | None = None) -> Iterator[Event]:  # fmt: skip
     """The events of a capture (see the module's doc). ``roce``: an analysis that also sees
-    every RoCEv2 frame, for retransmission counts (a frame sent again is never a new event)."""
+    every RoCEv2 frame, for retransmission counts (a frame sent again is never a new event).
+    ``clock``: learns the recording's wall-clock offset from its first event record."""
     data = _load(source)
     if data[:4] not in PCAP_MAGICS and not is_pcapng(data):
         start = _text_start(data)
@@ -172,7 +175,10 @@ def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce
                 observe(roce, p, n)
             if p.linktype == LINKTYPE_WIRESHARK_UPPER_PDU and is_event_record(p.data):
                 try:
-                    yield decode_record(p.data)
+                    event = decode_record(p.data)
+                    if clock is not None and clock.offset is None:
+                        clock.offset = p.timestamp_ns / 1e9 - event.t
+                    yield event
                 except RecordError as e:
                     where = f"pcapng block {p.block} at byte offset {p.offset}"
                     if skipped is None:

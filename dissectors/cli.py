@@ -44,7 +44,7 @@ from .recorder import WRITE_SNAP, Frame, Recorder, snapshot_event
 from .roce_analysis import RoceAnalysis
 from .summary import render, summarize
 from .timeline import Filter, timeline
-from .timeorder import ClockMismatch, merged
+from .timeorder import ClockMismatch, WallOffset, merged
 
 PLUGIN = Path(__file__).parent / "wireshark" / "smctop.lua"
 CONTROL_DIR_ENV = "SMCTOP_CONTROL_DIR"  # the names stack.runtime.stack reads
@@ -637,10 +637,11 @@ def _read_files(args, skipped: Skipped, with_roce: bool = True) -> tuple[Iterato
     file's RoCE analysis (frame numbers are per file, as Wireshark counts them). Of several
     files, bad records and damage are named with their file's path."""
     roces = {f: RoceAnalysis() for f in args.files} if with_roce else {}
+    clocks = {f: WallOffset() for f in args.files}  # recordings of hosts that booted apart line up by the wall clock
     if len(args.files) == 1:
-        streams = [(f, read_events(f, skipped, roces.get(f))) for f in args.files]
+        streams = [(f, read_events(f, skipped, roces.get(f), clocks[f]), clocks[f]) for f in args.files]
     else:
-        streams = [(f, _named(f, read_events(f, _SkippedIn(skipped, f), roces.get(f)))) for f in args.files]
+        streams = [(f, _named(f, read_events(f, _SkippedIn(skipped, f), roces.get(f), clocks[f])), clocks[f]) for f in args.files]
     return merged(streams), roces
 
 

@@ -25,11 +25,26 @@ from stack.events import Event
 
 from .pcap import CaptureError
 
-__all__ = ["REORDER_WINDOW", "WALL_CLOCK_FROM", "clock_of", "in_time_order", "merged"]
+__all__ = ["REORDER_WINDOW", "WALL_CLOCK_FROM", "WallOffset", "clock_of", "in_time_order", "merged"]
 
 REORDER_WINDOW = 5.0  # seconds: how late a record may be written and still take its place
 REORDER_LIMIT = 200_000  # events held at most (memory bound); beyond it the oldest goes out
 WALL_CLOCK_FROM = 1e9  # seconds: times at or above this are wall clock (after 2001-09-09)
+
+
+class WallOffset:
+    """What a reader learns of a file's clock: wall-clock time minus its events' times, when
+    the file says (an smc-trace recording: each event record's block is stamped with the
+    wall clock, its event with the stack's monotonic clock). Recordings of hosts that booted
+    at different times count from different origins; this is how they share one timeline."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset: float | None = None
+
+
+ALIGN_FROM = 1e-3  # seconds: smaller differences of offset are the recorders' own jitter, not another boot
 
 
 def clock_of(t: float) -> str:
@@ -66,17 +81,23 @@ def _until_error(events: Iterable[Event], errors: list[Exception]) -> Iterator[E
         errors.append(e)
 
 
-def merged(streams: Sequence[tuple[str, Iterable[Event]]], window: float = REORDER_WINDOW) -> Iterator[Event]:
-    """One time order over several named streams (each put in order first). A stream that
-    fails (a damaged file) gives what it read; its error is raised after every event of
-    every stream. Raises :class:`ClockMismatch`, naming the files, when one counts
+def merged(streams: Sequence[tuple], window: float = REORDER_WINDOW) -> Iterator[Event]:
+    """One time order over several named streams, each ``(name, events)`` or ``(name,
+    events, WallOffset)`` (each put in order first). Streams whose offsets are known are put
+    on the first such stream's clock (hosts that booted apart line up by the wall clock). A
+    stream that fails (a damaged file) gives what it read; its error is raised after every
+    event of every stream. Raises :class:`ClockMismatch`, naming the files, when one counts
     wall-clock time and another time since boot: their events cannot be interleaved."""
     errors: list[Exception] = []
-    ordered = [(name, in_time_order(_until_error(events, errors), window)) for name, events in streams]
+    ordered = [(s[0], in_time_order(_until_error(s[1], errors), window), s[2] if len(s) > 2 else None) for s in streams]
     firsts: list[tuple[str, Event | None, Iterator[Event]]] = []
-    for name, it in ordered:
+    for name, it, _clock in ordered:
         first = next(it, None)
         firsts.append((name, first, it))
+    known = [clock.offset for _, _, clock in ordered if clock is not None and clock.offset is not None]
+    if known:
+        firsts = [(name, *_shifted(first, it, clock.offset - known[0])) if clock is not None and clock.offset is not None
+                  else (name, first, it) for (name, first, it), (_, _, clock) in zip(firsts, ordered)]  # fmt: skip
     clocks = {name: clock_of(first.t) for name, first, _ in firsts if first is not None}
     if len(set(clocks.values())) > 1:
         wall = [n for n, c in clocks.items() if c == "wall"]
@@ -95,3 +116,11 @@ def merged(streams: Sequence[tuple[str, Iterable[Event]]], window: float = REORD
     yield from heapq.merge(*(chain(first, it) for _, first, it in firsts), key=lambda e: e.t)
     if errors:
         raise errors[0]
+
+
+def _shifted(first: Event | None, it: Iterator[Event], shift: float) -> tuple[Event | None, Iterator[Event]]:
+    """A stream's events moved by ``shift`` seconds (none below ALIGN_FROM)."""
+    if abs(shift) < ALIGN_FROM:
+        return first, it
+    move = lambda e: Event(e.t + shift, e.kind, e.host, e.lgr, e.link, e.conn, e.fields)  # noqa: E731
+    return (move(first) if first is not None else None), map(move, it)

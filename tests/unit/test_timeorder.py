@@ -152,3 +152,22 @@ def test_a_damaged_file_gives_what_it_read_and_its_error_comes_after_every_other
             out.append(e)
     assert len(out) == len(good) + len(part)
     assert [e.t for e in out] == sorted(e.t for e in out)
+
+
+def test_recordings_of_hosts_that_booted_apart_line_up_by_the_wall_clock(tmp_path, capsys):
+    """Each recording's events carry its host's time since boot; a host that booted 5,000 s
+    earlier used to have all its events 5,000 s later in the merged timeline. The records'
+    wall-clock stamps put both on one clock: a Proposal is received after it was sent."""
+    from dissectors.recorder import Recorder
+    from stack.events import Event
+
+    wall = 1_765_000_000 * 10**9  # the same wall-clock instant on both hosts
+    steps = {"a": [(100.000, "sent"), (100.004, "received")], "b": [(5100.002, "received"), (5100.003, "sent")]}
+    for host, boot_ago in (("a", 100), ("b", 5100)):
+        rec = Recorder(str(tmp_path / f"{host}.pcapng"), clock_offset_ns=wall - boot_ago * 10**9, native=False)
+        for t, what in steps[host]:
+            rec.on_event(Event(t, "conn.state", host, None, None, 1, {"old": "INIT", "new": "ACTIVE", "cause": what}))
+        rec.close()
+    assert cli.main(["decode", "--json", str(tmp_path / "a.pcapng"), str(tmp_path / "b.pcapng")]) == 0
+    order = [(e["host"], e["cause"]) for e in map(json.loads, capsys.readouterr().out.splitlines())]
+    assert order == [("a", "sent"), ("b", "received"), ("b", "sent"), ("a", "received")]
