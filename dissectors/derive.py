@@ -64,6 +64,7 @@ SENDS = {roce.Opcode.SEND_ONLY, roce.Opcode.SEND_FIRST, roce.Opcode.SEND_ONLY_WI
 
 
 _IP_TYPES = (ETH_P_IP, ETH_P_IPV6)
+_READ_LINKTYPES = frozenset((LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_NULL))
 _NULL_FAMILIES = (2, 10, 24, 28, 30)  # AF_INET; AF_INET6 as Linux, NetBSD/OpenBSD, FreeBSD and macOS number it
 
 
@@ -147,6 +148,9 @@ class Deriver:
                 return
             ip_bytes = ip_payload(p)
             if ip_bytes is None:
+                if p.linktype not in _READ_LINKTYPES:  # counted and named, not passed over as other traffic
+                    yield Event(t, "trace.note", "", fields={"frame": number, "error": f"interface {p.interface}: link type {p.linktype} "
+                                                             "is not one smc-trace reads (Ethernet, Linux cooked, raw IP, BSD loopback)"})  # fmt: skip
                 return
             cut = p.original_length > len(p.data)  # a snap length kept only its start
             src, dst, protocol, off, end = ip_header(ip_bytes, cut)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -374,3 +375,16 @@ def test_kind_takes_spaces_and_refuses_what_matches_no_kind(tmp_path, capsys):
     assert want and cli.main(["decode", str(GOLDEN), "--json", "--kind", " conn , cdc.msg "]) == 0
     assert capsys.readouterr().out == want
     assert {json.loads(x)["kind"].split(".")[0] for x in want.splitlines()} == {"conn", "cdc"}
+
+
+def test_frames_of_a_link_type_we_do_not_read_are_counted_and_named(tmp_path, capsys):
+    """A capture of a link type smc-trace does not read used to give 0 events and no word:
+    each frame is counted as not decoded, and the note names the interface and link type."""
+    path = tmp_path / "odd.pcap"
+    frame = bytes(60)
+    record = struct.pack("<IIII", 1_765_000_000, 0, len(frame), len(frame)) + frame
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 9999) + record * 3)
+    assert cli.main(["summary", str(path)]) == 0
+    assert "3 frames could not be decoded" in capsys.readouterr().out
+    assert cli.main(["decode", "--kind", "trace.note", str(path)]) == 0
+    assert "interface 0: link type 9999 is not one smc-trace reads" in capsys.readouterr().out
