@@ -7,6 +7,7 @@ the kernel's.
 from __future__ import annotations
 
 from stack.wire import cdc, clc, codes, llc
+from stack.wire.text import printable_ascii
 
 
 def _gid(g: bytes) -> str:
@@ -39,7 +40,7 @@ def describe_clc(m: clc.ClcMessage) -> str:
             f"rkey 0x{m.rmb_rkey:08x} MTU {clc.qp_mtu_bytes(m.qp_mtu) if 1 <= m.qp_mtu <= 5 else m.qp_mtu}"
         )
         if m.fce is not None:
-            text += f" host {m.fce.hostname.decode('ascii', 'replace').strip()} max_conns {m.fce.max_conns} max_links {m.fce.max_links}"
+            text += f" host {printable_ascii(m.fce.hostname).strip()} max_conns {m.fce.max_conns} max_links {m.fce.max_links}"
         if isinstance(m, clc.Confirm) and m.gids:
             text += " GIDs " + ",".join(_gid(g) for g in m.gids)
         return text

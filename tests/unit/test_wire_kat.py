@@ -505,3 +505,16 @@ def test_an_eid_with_control_bytes_is_shown_escaped():
     or undecodable bytes on an operator's screen."""
     assert clc.eid_text(b"SEID\x1b[2J\x07\xff".ljust(32, b" ")) == r"SEID\x1b[2J\x07\xff"
     assert clc.eid_text(b"IBM-SYSZ-ISMSEID00000000".ljust(32, b" ")) == "IBM-SYSZ-ISMSEID00000000"
+
+
+def test_a_hostile_clc_host_name_is_described_escaped():
+    """smc-trace decode of a real host's capture shows the CLC host name: a peer's escape
+    sequence in it is shown escaped."""
+    import dataclasses
+
+    from dissectors.describe import describe_clc
+
+    a = clc.decode(ACCEPT_V2_FIRST)
+    evil = dataclasses.replace(a, fce=dataclasses.replace(a.fce, hostname=b"vm\x1b]0;x\x07".ljust(32, b" ")))
+    text = describe_clc(clc.decode(evil.encode()))
+    assert r"host vm\x1b]0;x\x07 max_conns" in text and "\x1b" not in text
