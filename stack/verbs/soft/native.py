@@ -56,6 +56,17 @@ TAP_GATHER_BELOW = 1 << 20  # bytes: a batch this large reads on at once (the en
 TAP_GATHER_BYTES = 4 << 20  # bytes the ring may gather at the rate last seen
 
 
+def gather_pause(got: int, elapsed: float) -> float:
+    """How long the tap thread lets frames gather after a batch of ``got`` bytes that came
+    in ``elapsed`` seconds: after a small batch up to TAP_GATHER, never longer than that rate
+    takes to put TAP_GATHER_BYTES in the engine's ring; after a large one, or below half a
+    millisecond, none."""
+    if not 0 < got < TAP_GATHER_BELOW:
+        return 0.0
+    pause = min(TAP_GATHER, TAP_GATHER_BYTES * elapsed / got)
+    return pause if pause > 0.0005 else 0.0
+
+
 GSO_ENV = "SMCTOP_SOFT_GSO"
 GSO_MODES = ("auto", "on", "off")
 CAPTURE_CHECK = 0.1  # seconds between looks for a packet capture on the device's interface
@@ -463,10 +474,9 @@ class SoftDeviceNative(SoftDeviceBase):
         while not self._tap_stop.is_set():
             got = self._deliver(TAP_WAIT)
             now = time.monotonic()
-            if 0 < got < TAP_GATHER_BELOW:
-                pause = min(TAP_GATHER, TAP_GATHER_BYTES * (now - last) / got)
-                if pause > 0.0005:
-                    self._tap_stop.wait(pause)
+            pause = gather_pause(got, now - last)
+            if pause:
+                self._tap_stop.wait(pause)
             last = now
         self.flush_taps()
 
