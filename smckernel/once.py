@@ -181,7 +181,7 @@ def link_show(snap: Snapshot, detail: int = 0) -> str:
         line = (f"{_lgid(lk.lgr or '-')} {role:<8} {(g.type if g else None) or '-':<8} {(lk.net_dev or '-')[:15]:<15} "
                 f"{lk.state or '-':<15} {_num(lk.conns, '6d', 6)}  ")  # fmt: skip
         if detail >= 1:
-            line += f"{lk.uid or '-':<8}  {lk.peer_uid or '-':<8}  {(lk.ib_dev or '-')[:8]:<8}  {_num(lk.ib_port, '4d', 4)}  "
+            line += f"{lk.uid or '-':<8}  {lk.peer_uid or '-':<8}  {lk.ib_dev or '-':<8}  {_num(lk.ib_port, '4d', 4)}  "
             if detail >= 2:
                 line += f"{lk.gid or '-':<40}  {lk.peer_gid or '-'}  "
         lines.append(line)
@@ -203,7 +203,7 @@ def device(snap: Snapshot, detail: int = 0) -> str:
                 continue
             dtype = "-" if d.pci_device is None else DEV_TYPES.get(d.pci_device, f"{d.pci_device:#x}" if d.pci_device else "0")
             crit = "-" if d.crit is None else ("Yes" if d.crit else "No")
-            line = f"{(p.net_dev or '-')[:15]:<15} {d.name[:8]:<8} {p.port:4d}  {p.state or '-':>8}  {dtype:<13}  {crit:>3}   "
+            line = f"{(p.net_dev or '-')[:15]:<15} {d.name:<8} {p.port:4d}  {p.state or '-':>8}  {dtype:<13}  {crit:>3}   "
             if detail >= 1:
                 line += f"{_num(d.pci_fid, '04x', 4)}  {d.pci_id or '-':<12}  {_num(d.pci_chid, '04x', 4)}    "
             pnet = ("*" if p.pnet_by_user else "") + (p.pnet_id or "")

@@ -224,3 +224,14 @@ def test_the_source_hands_events_to_an_asyncio_iterator_in_order() -> None:
 
     got = asyncio.run(consume())
     assert [e.kind for e in got] == [e.kind for e in events] and src._listeners == []
+
+
+def test_a_long_device_name_is_printed_whole() -> None:
+    """Names are padded, never cut (as smcr's %-8s): soft devices are named by their address,
+    and 127.30.28.1 and 127.30.2x.x cut to 8 characters read as one device."""
+    import dataclasses
+
+    s = snap("client-open")
+    s.links = [dataclasses.replace(lk, ib_dev="127.30.28.1") for lk in s.links]
+    s.devices = [dataclasses.replace(d, name="127.30.28.1") for d in s.devices]
+    assert "127.30.28.1" in once.link_show(s, detail=1) and once.device(s).splitlines()[1].split()[1] == "127.30.28.1"
