@@ -120,23 +120,45 @@ def parse_reason(value: Any) -> int | None:
                 raise CommandError(f"unknown decline reason {value!r}") from None
     else:
         raise CommandError("reason must be a number, a hex string or a reason name")
-    if not 0 < code <= 0xFFFFFFFF:
-        raise CommandError(f"reason 0x{code:x} is not a 32-bit decline code")
+    if not 0 < code <= 0xFFFFFFFF:  # the value as given: "0x-1" for -1 made no sense
+        raise CommandError(f"reason {value[:40] if isinstance(value, str) else code} is not a decline code (1 to 0xffffffff)")
     return code
+
+
+def _owner_uid(path: str) -> str:
+    try:
+        return f"uid {os.lstat(path).st_uid}"
+    except OSError:
+        return "an unknown user"
 
 
 def _live_owner(path: str) -> str | None:
     """Who serves this unix socket path, or None when nobody does (a stale file).
 
     Probed by connecting: a live stack answers with its ``hello`` line (its host name);
-    the kernel names the listening process (SO_PEERCRED)."""
+    the kernel names the listening process (SO_PEERCRED). Only a refused connection means
+    nobody listens: a socket we may not connect to (another user's, mode 0600) or one that
+    does not answer in time may well be live, so that is refused (FileExistsError), never
+    taken over."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(path)
-    except OSError:
+    except (ConnectionRefusedError, FileNotFoundError):
         probe.close()
         return None
+    except PermissionError:
+        probe.close()
+        raise FileExistsError(
+            f"control socket {path} is in use by another user: it belongs to {_owner_uid(path)}, and this user "
+            f"(uid {os.getuid()}) may not connect to it to see whether a stack serves it; give this one another path"
+        ) from None
+    except OSError as e:
+        probe.close()
+        raise FileExistsError(
+            f"control socket {path} (owner {_owner_uid(path)}) may be in use: connecting to it failed "
+            f"({e.strerror or type(e).__name__}); give this one another path"
+        ) from None
     try:
         who = []
         try:
@@ -193,7 +215,13 @@ class ControlServer:
                 owner = _live_owner(self.path)
                 if owner is not None:
                     raise FileExistsError(f"control socket {self.path} is in use: a live stack serves it ({owner}); stop it or give this one another path")
-                os.unlink(self.path)  # a stale socket a stack left behind
+                try:
+                    os.unlink(self.path)  # a stale socket a stack left behind
+                except PermissionError:  # another user's, in a sticky directory such as /tmp
+                    raise FileExistsError(
+                        f"control socket {self.path} is a stale socket of {_owner_uid(self.path)}, which this user "
+                        f"(uid {os.getuid()}) may not remove; remove it as that user or give this one another path"
+                    ) from None
             old = os.umask(0o177)
             try:
                 self.server = await asyncio.start_unix_server(self._serve, self.path, limit=MAX_LINE)
@@ -464,11 +492,20 @@ class _Session:
 
     def cmd_fail_link(self, req: dict) -> dict:
         lgr, link = req["lgr"], req["link"]
-        if type(lgr) is not str or type(link) is not int or not 0 <= link <= 255:
+        if type(lgr) is not str or type(link) is not int:
             raise CommandError("fail_link needs 'lgr' (string) and 'link' (integer)")
-        if not self.stack.fail_link(lgr, link):
-            raise CommandError(f"no link {link} in link group {lgr}")
+        if not (0 <= link <= 255 and self.stack.fail_link(lgr, link)):
+            raise CommandError(self._no_link(lgr, link))
         return {}
+
+    def _no_link(self, lgr: str, link: int) -> str:
+        """Why fail_link found nothing to fail: no such link group, or no such link in it."""
+        groups = {g.get("id"): g for g in self.stack.snapshot().get("lgrs", ()) if isinstance(g, dict)}
+        if lgr not in groups:
+            return f"no link group {lgr[:40]!r}; link groups: {', '.join(map(str, groups)) or 'none'}"
+        ids = [str(x.get("id")) for x in groups[lgr].get("links", ()) if isinstance(x, dict)]
+        what = f"link {link}" if 0 <= link <= 255 else f"link {link} (link ids are 0 to 255)"
+        return f"no {what} in link group {lgr!r}; its links: {', '.join(ids) or 'none'}"
 
     def cmd_port(self, req: dict) -> dict:
         device, up = req["device"], req["up"]

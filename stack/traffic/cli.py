@@ -8,9 +8,11 @@
     smc-traffic client --device 127.1.0.1 --device 127.1.1.1 --bytes 1G \
         --fail-link 2 --restore-link 5                                    # failover and back
 
-Each side runs its own stack with a soft RoCE device on its address (``--device``,
-default: the listen address for the server, 127.1.0.1 for the client, whose TCP
-connection also leaves from the first device's address). Give ``--device`` twice for a
+Each side runs its own stack with a soft RoCE device on its IPv4 address (``--device``,
+default: the listen address for the server, or 127.1.0.2 when that is IPv6, and 127.1.0.1
+for the client, whose IPv4 TCP connection also leaves from the first device's address).
+IPv6 addresses go in brackets (``--connect [::1]:5000``); the devices stay IPv4 and an
+IPv6 connection negotiates SMC-Rv1, as the kernel's does. Give ``--device`` twice for a
 second device: link groups then get a second link and survive the loss of one.
 ``--provider pyverbs --rdma-device rxe0`` uses a real device instead.
 """
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import math
 import signal
+import socket
 import sys
 import time
 from contextlib import ExitStack
@@ -84,10 +88,76 @@ def limit(text: str) -> tuple[str, int | None]:
 
 
 def hostport(text: str) -> tuple[str, int]:
+    """HOST:PORT, an IPv6 address in brackets ([::1]:5000); the host without its brackets."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (an IPv6 address in brackets: [::1]:5000)")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: {host} is not an IPv6 address") from None
+        return host[1:-1], int(port)
+    if ":" in host or "[" in host or "]" in host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT: an IPv6 address goes in brackets, like [::1]:5000")
     return host, int(port)
+
+
+def hostport_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def device_addr(text: str) -> str:
+    """A soft RoCE device's address: IPv4 (its GID is IPv4-mapped, as Soft-RoCE's are)."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address (a soft RoCE device is on one, also for IPv6 traffic)") from None
+
+
+MAX_SEED = (1 << 32) - 1
+
+
+def seed(text: str) -> int:
+    """The data pattern's seed: each connection's pattern and the header's u64 derive from it."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is 0 to {MAX_SEED}")
+    return v
+
+
+MAX_MESSAGE = 16 << 20  # the largest request a server takes
+
+
+def message_size(text: str) -> int:
+    v = size(text)
+    if v > MAX_MESSAGE:
+        raise argparse.ArgumentTypeError(f"{text!r}: a message is at most 16M")
+    return v
+
+
+def bulk_bytes(text: str) -> int:
+    v = size(text)
+    if v == 0:  # 0 used to mean "run for --duration" without a word
+        raise argparse.ArgumentTypeError("0: give at least 1 byte, or leave --bytes out to run for --duration")
+    return v
+
+
+def host_name(text: str) -> str:
+    """A host name: shown in terminals (smctop, reports) and put in socket file names, so
+    no control characters (escape sequences would reach an operator's terminal), no '/'
+    (smc-trace record names a stack's socket after it), at most 64 characters."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a host name must not be empty")
+    bad = next((c for c in text if not c.isprintable() or c == "/"), None)
+    if bad is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: a host name must not contain {bad!r} (control characters and '/' are refused)")
+    if len(text) > 64:
+        raise argparse.ArgumentTypeError(f"{text[:64]!r}...: a host name is at most 64 characters")
+    return text
 
 
 def reason(text: str) -> int:
@@ -146,7 +216,7 @@ def probability(text: str) -> float:
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("stack")
-    g.add_argument("--device", action="append", help="soft RoCE device address (repeat for a second device; default: see above)")
+    g.add_argument("--device", action="append", type=device_addr, help="soft RoCE device IPv4 address (repeat for a second device; default: see above)")
     g.add_argument("--provider", choices=["soft", "pyverbs"], default="soft")
     g.add_argument("--rdma-device", action="append", help="pyverbs device name (repeatable; default rxe0)")
     g.add_argument("--netns", help="open the soft device in this network namespace")
@@ -177,7 +247,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="a resource limit of the stack: lgrs, qps, reg-mem (a size) or conns, or NAME=none (repeatable; defaults: lgrs=128 qps=256 reg-mem=1G conns=1024)",
     )
     g.add_argument("--test-link", type=positive_float, default=30.0, help="TEST LINK interval in seconds (0 disables)")
-    g.add_argument("--host-name", help="host name in events and CLC (default: client/server)")
+    g.add_argument("--host-name", type=host_name, help="host name in events and CLC (default: client/server)")
     g.add_argument(
         "--tcp-option",
         choices=["auto", "option", "inband"],
@@ -221,13 +291,25 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", choices=["bulk", "rr", "crr"], default="bulk", help="bulk, request/response, connect/request/response")
     c.add_argument("--direction", choices=["up", "down", "both"], default="up", help="bulk: who sends")
     c.add_argument("--connections", type=int, default=1, help="connections (bulk, rr) or parallel workers (crr)")
-    c.add_argument("--size", type=size, default=64, help="rr/crr message size (default 64)")
-    c.add_argument("--bytes", type=size, default=0, help="bulk bytes per connection and direction (default: --duration)")
-    c.add_argument("--duration", type=positive_float, default=5.0, help="seconds, when no --bytes/--count (default 5)")
-    c.add_argument("--count", type=int, default=0, help="rr/crr: requests per connection or worker")
-    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--size", type=message_size, default=64, help="rr/crr message size, 0 to 16M (default 64)")
+    c.add_argument("--bytes", type=bulk_bytes, default=None, help="bulk bytes per connection and direction (default: run for --duration)")
+    c.add_argument("--duration", type=positive_float, default=5.0,
+                   help="seconds, when no --bytes/--count (default 5; 0 only with --bytes or --count: a run needs an end)")  # fmt: skip
+    c.add_argument("--count", type=int, default=0, help="rr/crr: requests per connection or worker (default: run for --duration)")
+    c.add_argument("--seed", type=seed, default=1, help=f"seed of the data patterns, 0 to {MAX_SEED} (default 1)")
     _common(c)
     return ap
+
+
+def default_device(args, role: str) -> str:
+    """The server's listen address when it is IPv4, else (IPv6, a name) 127.1.0.2; 127.1.0.1
+    for the client."""
+    if role == "server":
+        try:
+            return str(ipaddress.IPv4Address(args.listen[0]))
+        except ValueError:
+            return "127.1.0.2"
+    return "127.1.0.1"
 
 
 def stack_config(args, role: str) -> StackConfig:
@@ -236,7 +318,7 @@ def stack_config(args, role: str) -> StackConfig:
         if args.provider == "pyverbs":
             devices = tuple(DeviceSpec("pyverbs", name) for name in args.rdma_device or ["rxe0"])
         else:
-            addrs = args.device or [args.listen[0] if role == "server" else "127.1.0.1"]
+            addrs = args.device or [default_device(args, role)]
             devices = tuple(DeviceSpec("soft", addr, addr, args.netns, args.mtu, args.engine, args.gso) for addr in addrs)
     smc = SmcConfig(
         host=args.host_name or role, versions=args.versions, ueids=tuple(args.ueid or ("SMCTOP",)), rmb_size=args.rmb_size,
@@ -380,7 +462,7 @@ async def run_server(args) -> int:
                 loop.call_later(args.duration, done.set)
             progress = Progress(totals, args.progress if args.progress is not None else sys.stderr.isatty())
             progress.start()
-            banner = (f"smc-traffic server on {args.listen[0]}:{args.listen[1]}" + (" (plain TCP)" if args.no_smc else "")
+            banner = (f"smc-traffic server on {hostport_text(*args.listen)}" + (" (plain TCP)" if args.no_smc else "")
                       + (f", declining with {codes.format_reason(args.decline)}" if args.decline else "")
                       + (f"; engine {host.engine_summary()}" if host.rdma.devs else ""))  # fmt: skip
             print(banner, file=sys.stderr if args.json else sys.stdout, flush=True)  # stdout stays pure JSON
@@ -406,7 +488,9 @@ async def run_client(args) -> int:
         async with Stack(cfg) as host:
             if events:
                 host.bus.listen(events)
-            local = (cfg.devices[0].addr, 0) if cfg.devices and cfg.devices[0].provider == "soft" else None
+            # an IPv4 connection leaves from the first device's address; an IPv6 one cannot
+            ipv4 = args.connect_family == socket.AF_INET
+            local = (cfg.devices[0].addr, 0) if ipv4 and cfg.devices and cfg.devices[0].provider == "soft" else None
 
             async def open_conn():
                 return await host.open_connection(*args.connect, smc=not args.no_smc, local_addr=local)
@@ -419,7 +503,7 @@ async def run_client(args) -> int:
             for i in range(args.connections):
                 seed = args.seed * 1000 + i
                 if args.mode == "bulk":
-                    jobs.append(runner.bulk(open_conn, totals, direction=direction, total=args.bytes, duration=args.duration, seed=seed))
+                    jobs.append(runner.bulk(open_conn, totals, direction=direction, total=args.bytes or 0, duration=args.duration, seed=seed))
                 elif args.mode == "rr":
                     jobs.append(runner.rr(open_conn, totals, size=args.size, duration=args.duration, count=args.count, seed=seed))
                 else:
@@ -442,16 +526,41 @@ async def run_client(args) -> int:
     return 1 if totals.errors else 0
 
 
+def resolve(host: str, port: int) -> tuple[tuple[str, int], int]:
+    """--connect's address and family, looked up once before the run; UsageError naming the host."""
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, socket.gaierror) else str(e)
+        raise UsageError(f"--connect {hostport_text(host, port)}: cannot resolve host {host!r}: {reason}") from None
+    return (addr[0], addr[1]), family
+
+
+def check_client(args) -> None:
+    """What the options mean together; UsageError when a run would have no end."""
+    bounded = args.bytes if args.mode == "bulk" else args.count
+    if not args.duration and not bounded:
+        end = "--bytes" if args.mode == "bulk" else "--count"
+        raise UsageError(f"--duration 0 with no {end}: the run would never end; give a duration or {end}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
     if args.role == "client" and (not 1 <= args.connections <= 10_000 or args.count < 0):
-        parser().error("--connections must be at least 1 (at most 10,000) and --count not negative")
+        ap.error("--connections must be at least 1 (at most 10,000) and --count not negative")
     if args.count < 0:
-        parser().error("--count must not be negative")
+        ap.error("--count must not be negative")
+    if args.role == "client":
+        try:
+            check_client(args)
+            args.connect, args.connect_family = resolve(*args.connect)
+        except UsageError as e:
+            ap.error(str(e))
     try:
         stack_config(args, args.role)  # what the stack's configuration refuses is a usage error too
     except ValueError as e:
-        parser().error(str(e))
+        ap.error(str(e))
     try:
         return asyncio.run(run_server(args) if args.role == "server" else run_client(args))
     except (OSError, UsageError) as e:

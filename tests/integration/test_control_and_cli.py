@@ -82,7 +82,7 @@ def test_control_socket_streams_events_and_snapshots_and_takes_commands(tmp_path
     texts = [e["error"] for e in errors]
     assert texts[0].startswith("not JSON")
     assert texts[1].startswith("unknown command 'no_such_command'")
-    assert texts[2] == "no link 1 in link group nope"
+    assert texts[2].startswith("no link group 'nope'; link groups: ")  # the group, not the link, is what is missing
     assert texts[3] == "unknown decline reason 'NOT_A_REASON'"
     assert texts[4] == "seconds must be a number >= 0"
     assert ok["reason"] == 0x03070000 and "pong" in pong and failed["ok"]

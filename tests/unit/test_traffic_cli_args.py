@@ -1,0 +1,148 @@
+"""smc-traffic's command line: a bad value is a usage error (exit 2) naming the option and
+the value, never a traceback; IPv6 addresses in brackets work end to end; a run always has
+an end; the server counts request/response sessions it saw complete as verified."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.stacks import addrs, has_ipv6_loopback
+
+from stack.traffic import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _main(capsys, *argv: str) -> tuple[int, str, str]:
+    """cli.main in this process: its exit status (argparse's SystemExit too), stdout, stderr."""
+    try:
+        rc = cli.main(list(argv))
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stack.traffic.cli", *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _server(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stack.traffic.cli", "server", "--json", *argv], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_banner(proc: subprocess.Popen) -> str:
+    line = proc.stderr.readline()  # with --json the banner goes to stderr, once the server listens
+    assert line.startswith("smc-traffic server on"), (line, proc.stderr.read() if proc.poll() is not None else "")
+    return line
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["client", "--seed", "-1", "--bytes", "1M"], "argument --seed: -1 is out of range: a seed is 0 to 4294967295"),
+    (["client", "--seed", "18446744073709551616", "--bytes", "1M"], "argument --seed: 18446744073709551616 is out of range"),
+    (["client", "--seed", "x"], "argument --seed: 'x' is not a whole number"),
+    (["client", "--mode", "rr", "--size", "5G", "--count", "1"], "argument --size: '5G': a message is at most 16M"),
+    (["client", "--device", "notanip"], "argument --device: 'notanip' is not an IPv4 address"),
+    (["server", "--device", "notanip"], "argument --device: 'notanip' is not an IPv4 address"),
+    (["server", "--listen", "::1:5000"], "an IPv6 address goes in brackets, like [::1]:5000"),
+    (["client", "--connect", "[zz]:5000"], "'[zz]:5000': [zz] is not an IPv6 address"),
+    (["client", "--connect", "999.1.1.1:5000", "--bytes", "1M"], "--connect 999.1.1.1:5000: cannot resolve host '999.1.1.1'"),
+    (["client", "--host-name", ""], "argument --host-name: a host name must not be empty"),
+    (["server", "--host-name", "a\x1b[2Jb"], "a host name must not contain '\\x1b'"),
+    (["client", "--host-name", "a\nb"], "a host name must not contain '\\n'"),
+    (["client", "--host-name", "../x"], "a host name must not contain '/'"),
+    (["client", "--bytes", "0"], "argument --bytes: 0: give at least 1 byte, or leave --bytes out to run for --duration"),
+    (["client", "--duration", "0"], "--duration 0 with no --bytes: the run would never end"),
+    (["client", "--mode", "rr", "--duration", "0"], "--duration 0 with no --count: the run would never end"),
+    (["client", "--mode", "crr", "--duration", "0", "--bytes", "1M"], "--duration 0 with no --count"),
+    (["server", "--decline", "-1"], "argument --decline: reason -1 is not a decline code (1 to 0xffffffff)"),
+    (["server", "--decline", "0x100000000"], "reason 0x100000000 is not a decline code"),
+])  # fmt: skip
+def test_bad_arguments_are_usage_errors_naming_option_and_value(capsys, argv, words) -> None:
+    rc, out, err = _main(capsys, *argv)
+    assert rc == 2, (rc, out, err)
+    assert words in err, err
+    assert "Traceback" not in err and out == "", (out, err)
+
+
+def test_a_bad_seed_is_a_usage_error_as_a_process_too() -> None:
+    res = _cli("client", "--connect", "127.1.0.2:5101", "--seed", "-1", "--bytes", "1M")
+    assert res.returncode == 2 and "argument --seed: -1 is out of range" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and "struct.error" not in res.stderr, res.stderr
+
+
+def test_host_and_port_parsing() -> None:
+    assert cli.hostport("[::1]:5000") == ("::1", 5000)
+    assert cli.hostport("127.1.0.2:5000") == ("127.1.0.2", 5000)
+    assert cli.hostport("localhost:80") == ("localhost", 80)
+    assert cli.hostport_text("::1", 5000) == "[::1]:5000"
+    args = cli.parser().parse_args(["server", "--listen", "[::1]:5000"])
+    assert cli.default_device(args, "server") == "127.1.0.2"  # a soft device needs an IPv4 address
+    args = cli.parser().parse_args(["server", "--listen", "127.1.3.4:5000"])
+    assert cli.default_device(args, "server") == "127.1.3.4"
+
+
+def test_the_largest_seed_runs_and_verifies() -> None:
+    client, server = addrs()
+    srv = _server("--listen", f"{server}:5210", "--count", "1", "--duration", "60")
+    try:
+        _wait_banner(srv)
+        res = _cli("client", "--connect", f"{server}:5210", "--device", client, "--seed", "4294967295", "--bytes", "256K", "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["verified"] == 1
+    finally:
+        out, err = srv.communicate(timeout=60)
+    assert srv.returncode == 0 and json.loads(out)["verified"] == 1, err
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 on the loopback interface (::1)")
+def test_ipv6_in_brackets_runs_smcr_v1_end_to_end() -> None:
+    client, server = addrs()
+    srv = _server("--listen", "[::1]:5211", "--device", server, "--count", "1", "--duration", "60")
+    try:
+        assert "smc-traffic server on [::1]:5211" in _wait_banner(srv)
+        res = _cli("client", "--connect", "[::1]:5211", "--device", client, "--bytes", "1M", "--direction", "both", "--json")
+        assert res.returncode == 0, res.stderr
+        rep = json.loads(res.stdout)
+        # as the kernel: an IPv6 connection negotiates SMC-Rv1 (the devices stay IPv4)
+        assert (rep["modes"], rep["versions"], rep["verified"]) == ({"SMCR": 1}, {"1": 1}, 1), rep
+        assert rep["bytes_sent"] == rep["bytes_received"] == 1 << 20
+    finally:
+        out, err = srv.communicate(timeout=60)
+    assert srv.returncode == 0, err
+    assert json.loads(out)["verified"] == 1
+
+
+def test_duration_zero_with_bytes_is_a_bounded_run() -> None:
+    client, server = addrs()
+    srv = _server("--listen", f"{server}:5212", "--count", "1", "--duration", "60")
+    try:
+        _wait_banner(srv)
+        res = _cli("client", "--connect", f"{server}:5212", "--device", client, "--duration", "0", "--bytes", "2M", "--json")
+        assert res.returncode == 0, res.stderr
+        rep = json.loads(res.stdout)
+        assert rep["bytes_sent"] == 2 << 20 and rep["verified"] == 1, rep
+    finally:
+        srv.communicate(timeout=60)
+
+
+def test_the_server_counts_completed_rr_and_crr_sessions_as_verified() -> None:
+    client, server = addrs()
+    # 2 rr connections and 4 crr connections: 6 sessions, each ended by a client that checked every reply
+    srv = _server("--listen", f"{server}:5213", "--count", "6", "--duration", "60")
+    try:
+        _wait_banner(srv)
+        rr = _cli("client", "--connect", f"{server}:5213", "--device", client, "--mode", "rr", "--count", "3", "--connections", "2", "--json")
+        crr = _cli("client", "--connect", f"{server}:5213", "--device", client, "--mode", "crr", "--count", "4", "--json")
+        assert rr.returncode == 0 and crr.returncode == 0, (rr.stderr, crr.stderr)
+        assert json.loads(rr.stdout)["verified"] == 2 and json.loads(crr.stdout)["verified"] == 4
+    finally:
+        out, err = srv.communicate(timeout=60)
+    assert srv.returncode == 0, err
+    rep = json.loads(out)
+    assert (rep["connections"], rep["verified"], rep["errors"]) == (6, 6, []), rep
