@@ -28,7 +28,6 @@ import signal
 import socket
 import sys
 import time
-from contextlib import ExitStack
 
 from stack.core.config import Limits, SmcConfig, Timeouts
 from stack.events import JsonlWriter
@@ -436,13 +435,40 @@ def print_report(rep: dict, as_json: bool) -> None:
         print(f"  error:     {e}")
 
 
+class EventsFile:
+    """--events: every event as a JSON line. A write that fails (a full disk) ends the
+    recording, not the run: the bus drops the writer and logs it at once, and ``close``
+    names it for the report (the run then exits 1)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file = open(path, "w")
+        self.writer = JsonlWriter(self.file)
+        self.bus = None
+
+    def listen(self, bus) -> None:
+        self.bus = bus
+        bus.listen(self.writer)
+
+    def close(self) -> str | None:
+        failed = [e for fn, e in self.bus.failures if fn is self.writer] if self.bus is not None else []
+        try:
+            self.file.close()
+        except OSError as e:  # what the buffer held
+            failed.append(e)
+        if not failed:
+            return None
+        e = failed[0]
+        return f"events file {self.path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}; the events after that were not written"
+
+
 async def run_server(args) -> int:
     totals = runner.Totals()
-    with ExitStack() as files:
-        events = JsonlWriter(files.enter_context(open(args.events, "w"))) if args.events else None
+    events = EventsFile(args.events) if args.events else None
+    try:
         async with Stack(stack_config(args, "server")) as host:
             if events:
-                host.bus.listen(events)
+                events.listen(host.bus)
             done = asyncio.Event()
             served = 0
 
@@ -473,6 +499,10 @@ async def run_server(args) -> int:
             progress.stop()
             links = link_report(host, totals.started)
             engine = host.engine_summary()
+    finally:
+        failed = events.close() if events else None
+    if failed:
+        totals.errors.append(failed)
     rep = totals.report("server")
     rep["links"] = links
     rep["engine"] = engine
@@ -483,11 +513,11 @@ async def run_server(args) -> int:
 async def run_client(args) -> int:
     totals = runner.Totals()
     cfg = stack_config(args, "client")
-    with ExitStack() as files:
-        events = JsonlWriter(files.enter_context(open(args.events, "w"))) if args.events else None
+    events = EventsFile(args.events) if args.events else None
+    try:
         async with Stack(cfg) as host:
             if events:
-                host.bus.listen(events)
+                events.listen(host.bus)
             # an IPv4 connection leaves from the first device's address; an IPv6 one cannot
             ipv4 = args.connect_family == socket.AF_INET
             local = (cfg.devices[0].addr, 0) if ipv4 and cfg.devices and cfg.devices[0].provider == "soft" else None
@@ -519,6 +549,10 @@ async def run_client(args) -> int:
             progress.stop()
             links = link_report(host, totals.started)
             engine = host.engine_summary()
+    finally:
+        failed = events.close() if events else None
+    if failed:
+        totals.errors.append(failed)
     rep = totals.report(args.mode)
     rep["links"] = links
     rep["engine"] = engine

@@ -146,3 +146,21 @@ def test_the_server_counts_completed_rr_and_crr_sessions_as_verified() -> None:
     assert srv.returncode == 0, err
     rep = json.loads(out)
     assert (rep["connections"], rep["verified"], rep["errors"]) == (6, 6, []), rep
+
+
+def test_an_events_file_that_cannot_be_written_ends_the_recording_not_the_run() -> None:
+    """--events on a full disk raised into the stack's completion handler: tracebacks, and the
+    transfer never finished. Now the transfer completes and verifies, the report names the
+    events file, and the exit code says something went wrong."""
+    client, server = addrs()
+    srv = _server("--listen", f"{server}:5214", "--count", "1", "--duration", "60")
+    try:
+        _wait_banner(srv)
+        res = _cli("client", "--connect", f"{server}:5214", "--device", client, "--bytes", "4M", "--events", "/dev/full", "--json")
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        rep = json.loads(res.stdout)
+        assert rep["bytes_sent"] == 4 << 20 and rep["verified"] == 1, rep
+        assert rep["errors"] == ["events file /dev/full: No space left on device; the events after that were not written"]
+        assert "writing events to /dev/full failed (No space left on device)" in res.stderr
+    finally:
+        srv.communicate(timeout=60)
