@@ -36,10 +36,16 @@ class ConnSummary:
     error: str | None = None
 
     @property
+    def moved(self) -> int:
+        """What this end sent, each byte once: its RDMA WRITE payload, or, where the trace
+        shows no WRITEs (the kernel as a source sees the application's sends), its sends."""
+        return self.bytes_written or self.bytes_sent or 0
+
+    @property
     def throughput_mbps(self) -> float:
         if self.first_write is None or self.last_write is None or self.last_write <= self.first_write:
             return 0.0
-        return self.bytes_written * 8 / (self.last_write - self.first_write) / 1e6
+        return self.moved * 8 / (self.last_write - self.first_write) / 1e6
 
 
 @dataclass
@@ -80,7 +86,7 @@ class Summary:
             "conns": [
                 {"host": c.host, "conn": c.conn, "role": c.role, "local": c.local, "peer": c.peer, "mode": c.mode, "version": c.version,
                  "reason": c.reason, "reason_text": c.reason_text, "lgr": c.lgr, "bytes_written": c.bytes_written,
-                 "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,
+                 "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received, "moved": c.moved,
                  "throughput_mbps": round(c.throughput_mbps, 3), "state": c.state, "error": c.error}
                 for c in sorted(self.conns.values(), key=lambda c: (c.host, c.conn))
             ],
@@ -119,6 +125,9 @@ def summarize(events: Iterable[Event]) -> Summary:
         elif k == "conn.cursor" and c is not None and type(g("len")) is int and g("side") in ("tx", "rx"):
             if g("side") == "tx":
                 c.bytes_sent = (c.bytes_sent or 0) + g("len")
+                if not c.bytes_written:  # no WRITEs seen (yet): the sends time the throughput
+                    c.first_write = e.t if c.first_write is None else c.first_write
+                    c.last_write = e.t
             else:
                 c.bytes_received = (c.bytes_received or 0) + g("len")
         elif k == "conn.error":
@@ -177,12 +186,12 @@ def render(s: Summary) -> str:
     if s.frames_not_decoded:
         out.append(f"{s.frames_not_decoded} frames could not be decoded (see decode --kind trace.note)")
     out.append("")
-    moved = sum(c["bytes_written"] for c in d["conns"])  # RDMA WRITE payload, at the end that sent it: each byte once
+    moved = sum(c["moved"] for c in d["conns"])  # at the end that sent it: each byte once
     out.append(f"Moved: {moved:,} bytes over SMC-R (each byte once, as smctop counts it)")
     out.append(f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Bytes':>12}{'MB/s':>10}  State")
     for c in d["conns"]:
         out.append(f"{c['host'][:13]:<14}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
-                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{c['bytes_written']:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
+                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{c['moved']:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
                    + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
     out.append("")
     out.append("Fallbacks: " + (", ".join(f"{f['text']} x{f['count']}" for f in d["fallbacks"]) or "none"))
