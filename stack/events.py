@@ -487,6 +487,10 @@ def loads(text: str | bytes) -> Any:
         raise BadRecord(f"not UTF-8 at byte {e.start}") from None
     except json.JSONDecodeError as e:
         raise BadRecord(f"not JSON: {e.msg} (column {e.colno})") from None
+    except BadRecord:  # NaN or Infinity, said by the decoder's parse_constant
+        raise
+    except ValueError:  # an integer of more digits than Python converts (4,300)
+        raise BadRecord("a number with more digits than any field holds") from None
     # only non-ASCII text or a \u escape can carry what a terminal acts on (an escape
     # sequence, a lone surrogate): then every string is made printable, keys included
     return obj if text.isascii() and "\\u" not in text else _printable_json(obj)

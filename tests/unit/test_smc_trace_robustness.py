@@ -388,3 +388,28 @@ def test_frames_of_a_link_type_we_do_not_read_are_counted_and_named(tmp_path, ca
     assert "3 frames could not be decoded" in capsys.readouterr().out
     assert cli.main(["decode", "--kind", "trace.note", str(path)]) == 0
     assert "interface 0: link type 9999 is not one smc-trace reads" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["install-plugin", "--dir", ""], {}, "--dir '': give the plugin folder"),
+    (["install-plugin", "--dir", "FILE"], {}, "not a directory"),
+    (["install-plugin"], {"HOME": "/nonexistent-home"}, "the home folder /nonexistent-home does not exist"),
+])  # fmt: skip
+def test_install_plugin_refuses_a_folder_it_cannot_mean(argv, env, message, tmp_path, monkeypatch, capsys):
+    """--dir '' installed into the default folder, a file as --dir said 'File exists', and a
+    missing home folder was created as root."""
+    some_file = tmp_path / "run.pcapng"
+    some_file.write_bytes(b"x")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(some_file) if a == "FILE" else a for a in argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not os.path.exists("/nonexistent-home")
+
+
+def test_a_number_too_long_to_convert_is_a_bad_record_in_our_words():
+    from stack.events import BadRecord, loads
+
+    with pytest.raises(BadRecord, match="a number with more digits than any field holds"):
+        loads('{"t": ' + "9" * 5000 + "}")
