@@ -751,8 +751,6 @@ def plugin_dir() -> Path:
 def cmd_install_plugin(args) -> int:
     if args.dir is not None and not args.dir.strip():
         raise UsageError("--dir '': give the plugin folder (or leave --dir out for ~/.local/lib/wireshark/plugins)")
-    if not args.dir and not Path.home().is_dir():  # HOME unset or wrong: no folders made in a made-up place
-        raise UsageError(f"the home folder {Path.home()} does not exist: give the plugin folder with --dir")
     target = Path(args.dir) if args.dir else plugin_dir()
     if target.exists() and not target.is_dir():
         raise UsageError(f"cannot install the plugin into {target}: not a directory")
