@@ -42,6 +42,31 @@ def _wait_banner(proc: subprocess.Popen) -> str:
     return line
 
 
+class _Serving:
+    """A server for the length of a with-block; its report (``rep``, ``err``, ``returncode``)
+    once the block is over and the server has ended."""
+
+    def __init__(self, *argv: str) -> None:
+        self.proc = _server(*argv)
+        try:
+            self.banner = _wait_banner(self.proc)
+        except BaseException:
+            self.proc.kill()
+            self.proc.communicate()
+            raise
+        self.rep: dict | None = None
+        self.err = ""
+        self.returncode: int | None = None
+
+    def __enter__(self) -> "_Serving":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        out, self.err = self.proc.communicate(timeout=60)
+        self.returncode = self.proc.returncode
+        self.rep = json.loads(out) if out.strip().startswith("{") else None
+
+
 @pytest.mark.parametrize("argv,words", [
     (["client", "--seed", "-1", "--bytes", "1M"], "argument --seed: -1 is out of range: a seed is 0 to 4294967295"),
     (["client", "--seed", "18446744073709551616", "--bytes", "1M"], "argument --seed: 18446744073709551616 is out of range"),
@@ -89,63 +114,46 @@ def test_host_and_port_parsing() -> None:
 
 def test_the_largest_seed_runs_and_verifies() -> None:
     client, server = addrs()
-    srv = _server("--listen", f"{server}:5210", "--count", "1", "--duration", "60")
-    try:
-        _wait_banner(srv)
+    with _Serving("--listen", f"{server}:5210", "--count", "1", "--duration", "60") as srv:
         res = _cli("client", "--connect", f"{server}:5210", "--device", client, "--seed", "4294967295", "--bytes", "256K", "--json")
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout)["verified"] == 1
-    finally:
-        out, err = srv.communicate(timeout=60)
-    assert srv.returncode == 0 and json.loads(out)["verified"] == 1, err
+    assert srv.returncode == 0 and srv.rep["verified"] == 1, srv.err
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 on the loopback interface (::1)")
 def test_ipv6_in_brackets_runs_smcr_v1_end_to_end() -> None:
     client, server = addrs()
-    srv = _server("--listen", "[::1]:5211", "--device", server, "--count", "1", "--duration", "60")
-    try:
-        assert "smc-traffic server on [::1]:5211" in _wait_banner(srv)
+    with _Serving("--listen", "[::1]:5211", "--device", server, "--count", "1", "--duration", "60") as srv:
+        assert "smc-traffic server on [::1]:5211" in srv.banner
         res = _cli("client", "--connect", "[::1]:5211", "--device", client, "--bytes", "1M", "--direction", "both", "--json")
         assert res.returncode == 0, res.stderr
         rep = json.loads(res.stdout)
         # as the kernel: an IPv6 connection negotiates SMC-Rv1 (the devices stay IPv4)
         assert (rep["modes"], rep["versions"], rep["verified"]) == ({"SMCR": 1}, {"1": 1}, 1), rep
         assert rep["bytes_sent"] == rep["bytes_received"] == 1 << 20
-    finally:
-        out, err = srv.communicate(timeout=60)
-    assert srv.returncode == 0, err
-    assert json.loads(out)["verified"] == 1
+    assert srv.returncode == 0 and srv.rep["verified"] == 1, srv.err
 
 
 def test_duration_zero_with_bytes_is_a_bounded_run() -> None:
     client, server = addrs()
-    srv = _server("--listen", f"{server}:5212", "--count", "1", "--duration", "60")
-    try:
-        _wait_banner(srv)
+    with _Serving("--listen", f"{server}:5212", "--count", "1", "--duration", "60"):
         res = _cli("client", "--connect", f"{server}:5212", "--device", client, "--duration", "0", "--bytes", "2M", "--json")
         assert res.returncode == 0, res.stderr
         rep = json.loads(res.stdout)
         assert rep["bytes_sent"] == 2 << 20 and rep["verified"] == 1, rep
-    finally:
-        srv.communicate(timeout=60)
 
 
 def test_the_server_counts_completed_rr_and_crr_sessions_as_verified() -> None:
     client, server = addrs()
     # 2 rr connections and 4 crr connections: 6 sessions, each ended by a client that checked every reply
-    srv = _server("--listen", f"{server}:5213", "--count", "6", "--duration", "60")
-    try:
-        _wait_banner(srv)
+    with _Serving("--listen", f"{server}:5213", "--count", "6", "--duration", "60") as srv:
         rr = _cli("client", "--connect", f"{server}:5213", "--device", client, "--mode", "rr", "--count", "3", "--connections", "2", "--json")
         crr = _cli("client", "--connect", f"{server}:5213", "--device", client, "--mode", "crr", "--count", "4", "--json")
         assert rr.returncode == 0 and crr.returncode == 0, (rr.stderr, crr.stderr)
         assert json.loads(rr.stdout)["verified"] == 2 and json.loads(crr.stdout)["verified"] == 4
-    finally:
-        out, err = srv.communicate(timeout=60)
-    assert srv.returncode == 0, err
-    rep = json.loads(out)
-    assert (rep["connections"], rep["verified"], rep["errors"]) == (6, 6, []), rep
+    assert srv.returncode == 0, srv.err
+    assert (srv.rep["connections"], srv.rep["verified"], srv.rep["errors"]) == (6, 6, []), srv.rep
 
 
 def test_an_events_file_that_cannot_be_written_ends_the_recording_not_the_run() -> None:
@@ -153,14 +161,10 @@ def test_an_events_file_that_cannot_be_written_ends_the_recording_not_the_run() 
     transfer never finished. Now the transfer completes and verifies, the report names the
     events file, and the exit code says something went wrong."""
     client, server = addrs()
-    srv = _server("--listen", f"{server}:5214", "--count", "1", "--duration", "60")
-    try:
-        _wait_banner(srv)
+    with _Serving("--listen", f"{server}:5214", "--count", "1", "--duration", "60"):
         res = _cli("client", "--connect", f"{server}:5214", "--device", client, "--bytes", "4M", "--events", "/dev/full", "--json")
         assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
         rep = json.loads(res.stdout)
         assert rep["bytes_sent"] == 4 << 20 and rep["verified"] == 1, rep
         assert rep["errors"] == ["events file /dev/full: No space left on device; the events after that were not written"]
         assert "writing events to /dev/full failed (No space left on device)" in res.stderr
-    finally:
-        srv.communicate(timeout=60)
