@@ -1406,8 +1406,12 @@ static int rx_rounds(sr_dev *d, int max_rounds, int app) {
                 msg[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
             }
         }
+        pthread_mutex_lock(&d->rxlock);
         int n = recvmmsg(d->sock, msg, batch, MSG_DONTWAIT, NULL);
-        if (n <= 0) break;
+        if (n <= 0) {
+            pthread_mutex_unlock(&d->rxlock);
+            break;
+        }
         double now = now_mono();
         pthread_mutex_lock(&d->lock);
         if (app) {
@@ -1438,6 +1442,7 @@ static int rx_rounds(sr_dev *d, int max_rounds, int app) {
         if (b.n) tx_flush(&b);
         d->inline_active = 0;
         pthread_mutex_unlock(&d->lock);
+        pthread_mutex_unlock(&d->rxlock);
         total += n;
         if (n < batch) break;
     }
@@ -1540,6 +1545,7 @@ sr_dev *sr_dev_open(int sock, uint32_t ip_be, uint32_t mtu, uint64_t seed, int g
         free(d);
         return NULL;
     }
+    pthread_mutex_init(&d->rxlock, NULL);
     pthread_mutex_init(&d->lock, NULL);
     pthread_mutex_init(&d->taplock, NULL);
     return d;

@@ -162,6 +162,11 @@ typedef struct sr_dev {
     volatile int running;
     int port_up;
     pthread_t thread;
+    /* held from a recvmmsg to the end of its frames' processing: the engine thread and the
+     * application (rx_poll) both receive, and the frames of one dequeue must not overtake
+     * those of an earlier one (a responder would see a PSN gap, NAK it, and the requester
+     * go back: retransmissions on a lossless loopback) */
+    pthread_mutex_t rxlock;
     pthread_mutex_t lock;     /* everything below */
     sr_map qps, lkeys, rkeys;
     sr_cq **cqs;

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 
@@ -256,3 +257,50 @@ def test_tshark_decodes_a_live_capture_of_lo(tmp_path, ends):
     # the ICRC we computed before sending is right on the real wire (IP id 0, DF)
     for pkt in read_packets(out.read_bytes()):
         assert roce.decode_frame(pkt.data, check_icrc=True).icrc_ok
+
+
+def test_frames_stay_in_order_when_the_application_and_the_engine_both_receive():
+    """The compiled engine's thread drains the socket when the application has not polled
+    for a while, and the application's rx_poll takes over again: two receivers of one
+    socket. The frames of one dequeue must not overtake those of an earlier one, or the
+    responder sees a PSN gap on a lossless loopback and NAKs it (each go-back is a
+    retransmission an operator would read as loss). b's application polls in bursts with
+    pauses longer than the engine's grace, so the hand-over happens hundreds of times."""
+    pa, pb = addrs()
+    a, b = Endpoint("soft", pa, engine="native"), Endpoint("soft", pb, engine="native")
+    stop = threading.Event()
+    poller = None
+    try:
+        qa, qb = connect(a, b, max_send_wr=256)
+        src, dst = a.reg_mr(4096), b.reg_mr(4096)
+
+        def application():
+            while not stop.is_set():
+                end = time.monotonic() + 0.002
+                while time.monotonic() < end:
+                    b.device.rx_poll()
+                time.sleep(0.0012)  # longer than the engine's grace (1 ms): its thread takes the socket
+
+        poller = threading.Thread(target=application, daemon=True)
+        poller.start()
+        sent = done = 0
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            while sent - done < 200:
+                a.post_send(qa["handle"], sent, WRITE, [(src["handle"], 0, 64)], remote_addr=dst["addr"], rkey=dst["rkey"])
+                sent += 1
+            got, _ = a.poll(1, 5)
+            assert got and all(w.status == WcStatus.SUCCESS for w in got)
+            done += len(got)
+        stop.set()
+        poller.join(5)
+        got, _ = a.poll(sent - done, 10)
+        assert len(got) == sent - done and sent > 10_000
+        st = a.qp_stats(qa["handle"])
+        assert st["seq_naks_rx"] == 0 and st["retransmits"] == 0 and st["tx"] == sent, st
+    finally:
+        stop.set()
+        if poller is not None:
+            poller.join(5)
+        a.close()
+        b.close()
