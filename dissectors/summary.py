@@ -34,6 +34,28 @@ class ConnSummary:
     last_write: float | None = None
     state: str = ""
     error: str | None = None
+    rmb_size: int = 0
+    rx_prod: tuple[int, int] | None = None  # the peer's producer cursor as the last CDC said
+    rx_written: int = 0  # what the peer wrote into our RMB, from those cursors' advances
+
+    @property
+    def received(self) -> int:
+        """What this end received: the application's reads where the trace counts them (the
+        kernel source), else what the peer's producer cursor advanced by (as smctop counts)."""
+        return self.bytes_received if self.bytes_received is not None else self.rx_written
+
+    def peer_cursor(self, prod: object) -> None:
+        """A CDC arrived with the peer's producer cursor ``wrap:count``: count its advance."""
+        try:
+            w, _, n = str(prod).partition(":")
+            cur = (int(w), int(n))
+        except ValueError:
+            return
+        if self.rx_prod is not None and self.rmb_size:
+            d = ((cur[0] - self.rx_prod[0]) & 0xFFFF) * self.rmb_size + cur[1] - self.rx_prod[1]
+            if 0 < d < self.rmb_size << 15:  # forward (wrap counters are 16 bits)
+                self.rx_written += d
+        self.rx_prod = cur
 
     @property
     def moved(self) -> int:
@@ -65,6 +87,13 @@ class Summary:
     skipped: Skipped = field(default_factory=Skipped)  # bad records the reader left out
 
     @property
+    def moved(self) -> int:
+        """Every byte once, as smctop counts it: what each end sent, and what an end received
+        from a peer the trace does not have (a recording of one host)."""
+        ends = {(c.local, c.peer) for c in self.conns.values() if c.local and c.peer}
+        return sum(c.moved + (c.received if not c.local or not c.peer or (c.peer, c.local) not in ends else 0) for c in self.conns.values())
+
+    @property
     def failovers(self) -> list[dict]:
         """The failovers that ended (one that only began is still going when the trace ends)."""
         return [{"host": fo.host, "lgr": fo.lgr, "from_link": fo.from_link, "to_link": fo.to_link, "conns": fo.conns, "failed": fo.failed,
@@ -79,6 +108,7 @@ class Summary:
                         "by": [{"by": by, **v} for by, v in sorted(self.drop_sources.items())]},
             "frames_not_decoded": self.frames_not_decoded,
             "connections": {"total": len(self.conns), "modes": dict(modes)},
+            "moved": self.moved,
             "fallbacks": [{"reason": r, "text": codes.format_reason(r) if r else "not SMC", "count": n} for r, n in sorted(self.fallbacks.items())],
             "failovers": self.failovers,
             "link_groups": [{"host": h, "lgr": g, "types": t} for (h, g), t in sorted(self.lgr_types.items())],
@@ -86,7 +116,7 @@ class Summary:
             "conns": [
                 {"host": c.host, "conn": c.conn, "role": c.role, "local": c.local, "peer": c.peer, "mode": c.mode, "version": c.version,
                  "reason": c.reason, "reason_text": c.reason_text, "lgr": c.lgr, "bytes_written": c.bytes_written,
-                 "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received, "moved": c.moved,
+                 "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received, "moved": c.moved, "received": c.received,
                  "throughput_mbps": round(c.throughput_mbps, 3), "state": c.state, "error": c.error}
                 for c in sorted(self.conns.values(), key=lambda c: (c.host, c.conn))
             ],
@@ -111,9 +141,12 @@ def summarize(events: Iterable[Event]) -> Summary:
                 c.lgr = e.lgr
         if k == "conn.open":
             c.role, c.local, c.peer = g("role", ""), g("local", ""), g("peer", "")
+            c.rx_prod = c.rx_prod or (0, 0)  # a connection opened in the trace: the peer writes from its start
         elif k == "conn.mode":
             c.mode = g("mode", "?")
             c.version = g("version")
+            if type(g("rmb_size")) is int and g("rmb_size") > 0:
+                c.rmb_size = g("rmb_size")
         elif k == "conn.fallback":
             reason = g("reason") or 0
             c.reason, c.reason_text = reason, g("reason_text") or (codes.format_reason(reason) if reason else "not SMC")
@@ -130,6 +163,10 @@ def summarize(events: Iterable[Event]) -> Summary:
                     c.last_write = e.t
             else:
                 c.bytes_received = (c.bytes_received or 0) + g("len")
+        elif k == "conn.cursor" and c is not None and g("side") == "rx" and "peer_rmbe_space" in e.fields and g("prod") is not None:
+            c.peer_cursor(g("prod"))  # a CDC arrived: the peer wrote up to its producer cursor
+        elif k == "conn.rmb" and c is not None and type(g("size")) is int and g("size") > 0:
+            c.rmb_size = g("size")
         elif k == "conn.error":
             c.error = g("reason")
         elif k == "rdma.write" and c is not None:
@@ -157,6 +194,10 @@ def summarize(events: Iterable[Event]) -> Summary:
                     continue
                 c = s.conns[key] = ConnSummary(e.host, cs["conn"], cs.get("role", ""), cs.get("local", ""), cs.get("peer", ""),
                                                cs.get("mode", "?"), cs.get("version"), lgr=cs.get("lgr"), state=cs.get("state", ""))  # fmt: skip
+                if type(cs.get("rmb_size")) is int:
+                    c.rmb_size = cs["rmb_size"]
+                if isinstance(cs.get("rx_prod"), str):  # where the peer's writes stood when the recording began
+                    c.peer_cursor(cs["rx_prod"])
                 if cs.get("fallback_reason"):
                     c.reason, c.reason_text = cs["fallback_reason"], codes.format_reason(cs["fallback_reason"])
         elif k == "events.dropped":
@@ -186,12 +227,14 @@ def render(s: Summary) -> str:
     if s.frames_not_decoded:
         out.append(f"{s.frames_not_decoded} frames could not be decoded (see decode --kind trace.note)")
     out.append("")
-    moved = sum(c["moved"] for c in d["conns"])  # at the end that sent it: each byte once
-    out.append(f"Moved: {moved:,} bytes over SMC-R (each byte once, as smctop counts it)")
-    out.append(f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Bytes':>12}{'MB/s':>10}  State")
+    out.append(
+        f"Moved: {d['moved']:,} bytes over SMC-R (each byte once, as smctop counts it: what each end sent, "
+        "and what an end received from a peer not in the trace)"
+    )
+    out.append(f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Sent':>12}{'Received':>12}{'MB/s':>10}  State")
     for c in d["conns"]:
         out.append(f"{c['host'][:13]:<14}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
-                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{c['moved']:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
+                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{c['moved']:>12}{c['received']:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
                    + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
     out.append("")
     out.append("Fallbacks: " + (", ".join(f"{f['text']} x{f['count']}" for f in d["fallbacks"]) or "none"))

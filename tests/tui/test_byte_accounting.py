@@ -52,6 +52,12 @@ def test_smctop_summary_and_smc_traffic_count_the_same_bytes(tmp_path):
 
     one = _model(_events(cev))  # one end watched: what it received counts too, so the total is the same
     assert one.bytes == wire
+    for end in (cev, sev):  # and smc-trace summary of one end's recording says so too (it counted what the end sent)
+        alone = summarize(_events(end))
+        assert alone.moved == wire, (end.name, alone.moved, wire)
+        assert f"Moved: {wire:,} bytes" in render(alone)
+        (c,) = [c for c in alone.conns.values() if c.mode == "SMCR"]
+        assert c.moved + c.received == wire and c.moved > 2**20 and c.received > 2**20  # both directions, each counted
 
 
 def test_a_fallback_counts_once_with_both_ends_view(tmp_path):
