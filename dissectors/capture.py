@@ -56,10 +56,12 @@ def _load(source: str | Path | bytes) -> bytes:
         raise FileError(f"cannot read {source}: {e.strerror or e}") from None
     except ValueError as e:  # a NUL in the path
         raise FileError(f"cannot read {source!r}: {e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # looked at before fdopen, which refuses a directory with a traceback
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise FileError(f"cannot read {source}: {what}")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileError(f"cannot read {source}: not a regular file")
         if st.st_size > MAX_FILE:
             raise FileError(f"cannot read {source}: {st.st_size:,} bytes is more than the {MAX_FILE:,} smc-trace reads")
         try:

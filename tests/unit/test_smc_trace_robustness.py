@@ -262,6 +262,12 @@ def test_a_fifo_is_refused_at_once_without_a_writer(tmp_path, cmd):
     assert res.returncode == 1 and res.stderr == f"smc-trace: error: cannot read {fifo}: not a regular file\n", res.stderr
 
 
+@pytest.mark.parametrize("cmd", [["decode"], ["summary"], ["export", "--jsonl"]])
+def test_a_directory_is_refused_in_one_line(tmp_path, cmd):
+    res = trace(*cmd, str(tmp_path), timeout=20)  # os.fdopen's IsADirectoryError was a traceback
+    assert res.returncode == 1 and res.stderr == f"smc-trace: error: cannot read {tmp_path}: a directory\n", res.stderr
+
+
 def test_a_fifo_is_refused_by_the_reader_smctop_replays_with(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
