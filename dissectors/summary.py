@@ -189,16 +189,23 @@ def summarize(events: Iterable[Event]) -> Summary:
             except BadRecord:
                 continue
             for cs in snap.get("conns", []):
-                key = (e.host, cs.get("conn"))
-                if key in s.conns or cs.get("conn") is None:
+                if cs.get("conn") is None:
                     continue
-                c = s.conns[key] = ConnSummary(e.host, cs["conn"], cs.get("role", ""), cs.get("local", ""), cs.get("peer", ""),
-                                               cs.get("mode", "?"), cs.get("version"), lgr=cs.get("lgr"), state=cs.get("state", ""))  # fmt: skip
-                if type(cs.get("rmb_size")) is int:
+                key = (e.host, cs["conn"])
+                c = s.conns.get(key)
+                if c is None:
+                    c = s.conns[key] = ConnSummary(e.host, cs["conn"])
+                # what the events did not say yet: they may come first (a stack's events queued
+                # before the recorder's snapshot was taken), and they know better what they said
+                c.role, c.local, c.peer = c.role or cs.get("role", ""), c.local or cs.get("local", ""), c.peer or cs.get("peer", "")
+                c.mode = cs.get("mode", "?") if c.mode == "?" else c.mode
+                c.version = cs.get("version") if c.version is None else c.version
+                c.lgr, c.state = c.lgr or cs.get("lgr"), c.state or cs.get("state", "")
+                if not c.rmb_size and type(cs.get("rmb_size")) is int:
                     c.rmb_size = cs["rmb_size"]
-                if isinstance(cs.get("rx_prod"), str):  # where the peer's writes stood when the recording began
+                if c.rx_prod is None and isinstance(cs.get("rx_prod"), str):  # where the peer's writes stood when the recording began
                     c.peer_cursor(cs["rx_prod"])
-                if cs.get("fallback_reason"):
+                if c.reason is None and cs.get("fallback_reason"):
                     c.reason, c.reason_text = cs["fallback_reason"], codes.format_reason(cs["fallback_reason"])
         elif k == "events.dropped":
             s.dropped_events += g("count") or 0
@@ -231,7 +238,9 @@ def render(s: Summary) -> str:
         f"Moved: {d['moved']:,} bytes over SMC-R (each byte once, as smctop counts it: what each end sent, "
         "and what an end received from a peer not in the trace)"
     )
-    out.append(f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Sent':>12}{'Received':>12}{'MB/s':>10}  State")
+    out.append(
+        f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Sent':>12}{'Received':>12}{'MB/s':>10}  State"
+    )
     for c in d["conns"]:
         out.append(f"{c['host'][:13]:<14}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
                    f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{c['moved']:>12}{c['received']:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
