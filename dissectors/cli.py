@@ -662,13 +662,13 @@ def cmd_decode(args) -> int:
     skipped = Skipped()
     out = stdout()
     all_events, roces = _read_files(args, skipped)  # frames sent again are not events: listed apart
-    events = (e for e in all_events if flt(e))
     try:
         if args.json:
-            for e in events:
-                out.write(to_json(e) + "\n")
+            for e in all_events:
+                if flt(e):
+                    out.write(to_json(e) + "\n")
         else:
-            for line in timeline(events):
+            for line in timeline(all_events, flt):  # times from the trace's start, filtered or not
                 out.write(line + "\n")
             # a filtered timeline (--conn, --kind, ...) shows what was asked for and nothing else
             unfiltered = not (args.conn or args.link or args.lgr or args.host or args.kind)

@@ -40,8 +40,8 @@ def format_line(e: Event, t0: float = 0.0) -> str:
 def timeline(events: Iterable[Event], flt: Filter | None = None) -> Iterator[str]:
     t0 = None
     for e in events:
+        if t0 is None:  # the trace's start, shown or not: a filtered timeline keeps the unfiltered one's times
+            t0 = e.t
         if flt is not None and not flt(e):
             continue
-        if t0 is None:
-            t0 = e.t
         yield format_line(e, t0)

@@ -416,3 +416,12 @@ def test_a_number_too_long_to_convert_is_a_bad_record_in_our_words():
 
     with pytest.raises(BadRecord, match="a number with more digits than any field holds"):
         loads('{"t": ' + "9" * 5000 + "}")
+
+
+def test_a_filtered_timeline_keeps_the_traces_times():
+    """decode --kind X showed its first line at 0.000000: times from the first line shown,
+    so two decodes of one file could not be compared."""
+    whole = trace("decode", str(GOLDEN)).stdout.splitlines()
+    shown = trace("decode", str(GOLDEN), "--kind", "conn.state").stdout.splitlines()
+    assert shown and all(line in whole for line in shown)  # each line as the whole timeline has it, its time included
+    assert float(shown[0].split()[0]) > 0
