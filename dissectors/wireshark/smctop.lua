@@ -629,17 +629,24 @@ local function qp_key(ip, qpn)
     return tostring(ip) .. "|" .. tostring(qpn)
 end
 
-local function learn_qp(ip, qpn, lg, side)
+-- guessed: ip is not the QP's own address (no IPv4 in its GID: the sender's address stands
+-- in), so its frames may come from another; only such a QP may be found by its QPN alone
+local function learn_qp(ip, qpn, lg, side, guessed)
     if not ip or not qpn or qpn == 0 then return end
     local key = qp_key(ip, qpn)
     S.qps[key] = { lg = lg, side = side }
+    if not guessed then return end
     local known = S.qpn_only[qpn]
     if known == nil then S.qpn_only[qpn] = key elseif known ~= key then S.qpn_only[qpn] = false end
 end
 
-local function find_qp(ip, qpn)
+-- ip_known: the address is the QP's own (the GID's IPv4). Then only that address counts:
+-- kernels number QPs alike (both start at 0x11), so the same QPN on another host is another
+-- QP. Otherwise (a frame, or a GID that is not IPv4-mapped) a QP learned under a guessed
+-- address may be found by its QPN alone, when no other QP learned that way has it.
+local function find_qp(ip, qpn, ip_known)
     local q = S.qps[qp_key(ip, qpn)]
-    if q then return q end
+    if q or ip_known then return q end
     local key = S.qpn_only[qpn]
     return key and S.qps[key] or nil
 end
@@ -1149,19 +1156,21 @@ local function smc_result(pinfo)
                 S.conns[stream] = c
             end
             if #aq > 0 then
-                local qpn, ip = aq[1].value, ipv4_of_gid(ag[1] and ag[1].value) or src
-                local q = find_qp(ip, qpn)
+                local gip = ipv4_of_gid(ag[1] and ag[1].value)
+                local qpn, ip = aq[1].value, gip or src
+                local q = find_qp(ip, qpn, gip ~= nil)
                 c.lg = c.lg or (q and q.lg) or new_lg()
-                learn_qp(ip, qpn, c.lg, "server")
+                learn_qp(ip, qpn, c.lg, "server", gip == nil)
                 c.server_qp = qpn
                 if at[1] then c.server_token = at[1].value; S.tokens[at[1].value] = { stream = stream, to = "to the server" } end
                 if ak[1] then S.rkeys[ak[1].value] = stream end
             end
             if #cq > 0 then
-                local qpn, ip = cq[1].value, ipv4_of_gid(cg[1] and cg[1].value) or src
-                local q = find_qp(ip, qpn)
+                local gip = ipv4_of_gid(cg[1] and cg[1].value)
+                local qpn, ip = cq[1].value, gip or src
+                local q = find_qp(ip, qpn, gip ~= nil)
                 c.lg = c.lg or (q and q.lg) or new_lg()
-                learn_qp(ip, qpn, c.lg, "client")
+                learn_qp(ip, qpn, c.lg, "client", gip == nil)
                 c.client_qp = qpn
                 if ct[1] then c.client_token = ct[1].value; S.tokens[ct[1].value] = { stream = stream, to = "to the client" } end
                 if ck[1] then S.rkeys[ck[1].value] = stream end
@@ -1204,7 +1213,10 @@ local function smc_result(pinfo)
     -- LLC (built-in decoding, v1 or big-endian v2): ADD LINK / CONFIRM LINK teach new QPs; DELETE LINK reasons
     if first(X.llc_msg) ~= nil then
         local newq, newg = first(X.add_qp) or first(X.cl_qp), first(X.add_gid) or first(X.cl_gid)
-        if newq and lg_of_frame then learn_qp(ipv4_of_gid(newg) or src, newq, lg_of_frame, OTHER_SIDE[q_of_frame.side]) end
+        if newq and lg_of_frame then
+            local gip = ipv4_of_gid(newg)
+            learn_qp(gip or src, newq, lg_of_frame, OTHER_SIDE[q_of_frame.side], gip == nil)
+        end
         local r = first(X.del_reason)
         if r ~= nil then
             any = true
@@ -1213,7 +1225,7 @@ local function smc_result(pinfo)
     end
     local heur = S.llc[pinfo.number]
     if heur and heur.new_qp and lg_of_frame then
-        learn_qp(heur.new_qp[1] or src, heur.new_qp[2], lg_of_frame, OTHER_SIDE[q_of_frame.side])
+        learn_qp(heur.new_qp[1] or src, heur.new_qp[2], lg_of_frame, OTHER_SIDE[q_of_frame.side], heur.new_qp[1] == nil)
         for _, pair in ipairs(heur.rkeys or {}) do
             if S.rkeys[pair[1]] then S.rkeys[pair[2]] = S.rkeys[pair[1]] end
         end

@@ -538,3 +538,23 @@ def test_tests_ignore_the_users_installed_plugin(plain, tmp_path, monkeypatch):
     frames = tshark.decode(plain[0])
     assert [f for f in frames if f.smc and "smc.clc_msg" in f.smc[0]]
     assert not [f for f in frames if "smctop" in f.layers]
+
+
+def test_kernel_capture_keeps_link_groups_with_the_same_qpns_apart():
+    """Two kernels number their QPs alike (both start at 0x11). In the lab's capture the hosts
+    connect both ways, so there are two link groups, each with a QP 0x11 and a QP 0x12 on
+    different hosts; the plugin found the second group's QPs by their number alone and put
+    every frame in link group #1. Each group holds the connections of one direction."""
+    fixture = ROOT / "tests" / "lab" / "fixtures" / "kernel_interop_smcr.pcap"
+    frames = decode_with_plugin(fixture)
+    syns = tshark.run(["-n", "-r", str(fixture), "-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 0", "-T", "fields", "-e", "tcp.stream", "-e", "tcp.dstport"])
+    server_port = {int(a): int(b) for a, b in (line.split("\t") for line in syns.stdout.splitlines() if line)}  # stream -> port connected to
+    groups: dict[str, set[int]] = {}
+    for d in frames.values():
+        if "infiniband" in d.layers and d.one("smctop.link_group"):
+            label = d.one("smctop.link_group")
+            groups.setdefault(label.split(" (")[0], set()).update(int(x) for x in label.split("tcp.stream ")[1].rstrip(")").split(", "))
+    assert len(groups) == 2, groups
+    assert set().union(*groups.values()) <= set(server_port), server_port
+    for streams in groups.values():
+        assert len({server_port.get(s) for s in streams}) == 1, (groups, server_port)  # one direction each
