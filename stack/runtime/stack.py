@@ -177,8 +177,10 @@ class Stack:
                 await self.loop.create_connection(lambda: TcpProtocol(h), sock=sock)
             else:
                 await self.loop.create_connection(lambda: TcpProtocol(h), host, port, local_addr=local_addr)
-        except OSError:
+        except BaseException:  # refused, or the opener gave up (cancelled, timed out): nothing stays behind
             self.handles.pop(h.conn_id, None)
+            if h.transport is not None:
+                h.transport.close()
             raise
         local = h.transport.get_extra_info("sockname")[:2]
         peer = h.transport.get_extra_info("peername")[:2]
@@ -187,10 +189,23 @@ class Stack:
             return h.reader, h.writer
         self.host.client_start(h.conn_id, local, peer, self.now(), security=socket_context(h.transport), peer_smc=self.option.peer(h.transport),
                                netdev=self._netdev(h.transport))  # fmt: skip
-        await h.ready
+        try:
+            await h.ready
+        except BaseException:
+            # the opener gave up during the handshake: nobody holds this connection's streams,
+            # so nobody would close it; it is aborted (an SMC-R peer sees the abort flag, a
+            # peer still in the handshake sees the TCP connection go)
+            self._abandon(h, "the application gave up on the connection during its handshake")
+            raise
         if h.mode == "FAILED":
             raise ConnectionError(h.error)
         return h.reader, h.writer
+
+    def _abandon(self, h: ConnHandle, why: str) -> None:
+        if self.host is not None and h.conn_id in self.host.conns:
+            self.host.app_abort(h.conn_id, self.now(), why)
+        if h.transport is not None:
+            h.transport.close()
 
     async def start_server(self, cb: Callable[[SmcStreamReader, SmcStreamWriter], Awaitable[None] | None], host: str, port: int,
                            *, smc: bool = True, backlog: int = 512) -> SmcServer:  # fmt: skip
