@@ -1,4 +1,4 @@
-"""smc-traffic: drive test traffic through the embedded SMC-R stack.
+r"""smc-traffic: drive test traffic through the embedded SMC-R stack.
 
     smc-traffic server --listen 127.1.0.2:5000
     smc-traffic client --connect 127.1.0.2:5000 --mode bulk --bytes 256M --direction both
@@ -19,26 +19,41 @@ second device: link groups then get a second link and survive the loss of one.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import ipaddress
-import json
-import math
+import os
 import signal
-import socket
 import sys
-import time
 
-from stack.core.config import Limits, SmcConfig, Timeouts
-from stack.events import JsonlWriter
-from stack.runtime import Capability
-from stack.runtime.control import CommandError, parse_reason
-from stack.runtime.rdma import DeviceSpec
-from stack.runtime.stack import Stack, StackConfig
-from stack.wire import codes
 
-from . import runner
-from .protocol import BOTH, DOWN, UP
+def _stopped_early(signum: int, frame) -> None:
+    """SIGINT or SIGTERM before a run's own handlers are in place: one line, the shell's exit code."""
+    sys.stderr.write(f"smc-traffic: {signal.Signals(signum).name} while starting; nothing ran\n")
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "smc-traffic":
+    # the program, not a library import: the imports below take about 0.3 s, and a Ctrl-C
+    # in them was a KeyboardInterrupt traceback
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _stopped_early)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import ipaddress  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+from stack.core.config import Limits, SmcConfig, Timeouts  # noqa: E402
+from stack.events import JsonlWriter  # noqa: E402
+from stack.runtime import Capability  # noqa: E402
+from stack.runtime.control import CommandError, parse_reason  # noqa: E402
+from stack.runtime.rdma import DeviceSpec  # noqa: E402
+from stack.runtime.stack import Stack, StackConfig  # noqa: E402
+from stack.wire import codes  # noqa: E402
+
+from . import runner  # noqa: E402
+from .protocol import BOTH, DOWN, UP  # noqa: E402
 
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -403,12 +418,13 @@ def print_report(rep: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(rep, indent=2, sort_keys=True))
         return
-    print(f"mode {rep['mode']}: {_count(rep['connections'], 'connection')} in {rep['seconds']} s")
+    print(f"mode {rep['mode']}: {_count(rep['connections'], 'connection')} in {rep['seconds']} s"
+          + (f", interrupted by {rep['signal']}: what it did until then" if rep.get("interrupted") else ""))  # fmt: skip
     if rep.get("engine"):
         print(f"  engine:    {rep['engine']}")
     print("  modes:     " + (", ".join(f"{k} {v}" for k, v in rep["modes"].items()) or "none")
           + (f"  (SMC-R versions: {', '.join(f'v{k} {v}' for k, v in rep['versions'].items())})" if rep["versions"] else ""))  # fmt: skip
-    for text, n in rep["fallbacks"].items():
+    for text, n in rep["fallback_details"].items():
         print(f"  fallback:  {text}  x{n}")
     print(f"  bytes:     sent {rep['bytes_sent']:,}  received {rep['bytes_received']:,}  ({rep['throughput_mbs']} MB/s)")
     if rep["ops"]:
@@ -513,6 +529,23 @@ async def run_server(args) -> int:
 async def run_client(args) -> int:
     totals = runner.Totals()
     cfg = stack_config(args, "client")
+    loop = asyncio.get_running_loop()
+    stopped_by: int | None = None  # the signal that ended the run early
+    work: asyncio.Future | None = None
+
+    def stop(signum: int) -> None:
+        nonlocal stopped_by
+        if stopped_by is not None:  # a second one: the first did not end it soon enough
+            sys.stdout.flush()
+            sys.stderr.write(f"\nsmc-traffic: {signal.Signals(signum).name} again; exiting without a report\n")
+            os._exit(128 + signum)
+        stopped_by = signum
+        if work is not None:
+            work.cancel()
+
+    # SIGINT and SIGTERM end the workload, not the program: the report still comes, marked
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
     events = EventsFile(args.events) if args.events else None
     try:
         async with Stack(cfg) as host:
@@ -538,13 +571,19 @@ async def run_client(args) -> int:
                     jobs.append(runner.rr(open_conn, totals, size=args.size, duration=args.duration, count=args.count, seed=seed))
                 else:
                     jobs.append(runner.crr(open_conn, totals, size=args.size, duration=args.duration, count=args.count, seed=seed))
+            work = asyncio.gather(*jobs)
+            if stopped_by is not None:  # a signal while the stack started
+                work.cancel()
             try:
-                await asyncio.gather(*jobs)
+                await work
+            except asyncio.CancelledError:
+                if stopped_by is None:  # not ours: the run itself is being cancelled
+                    raise
             except (ConnectionError, OSError) as e:
                 totals.errors.append(f"{type(e).__name__}: {e}")
             # stay for the last port change asked for, so the report shows what it did
             last = max([t for t, _ in args.fail_link + args.restore_link], default=None)
-            if last is not None:
+            if last is not None and stopped_by is None:
                 await asyncio.sleep(max(0.0, totals.started + last + 0.5 - time.monotonic()))
             progress.stop()
             links = link_report(host, totals.started)
@@ -556,7 +595,12 @@ async def run_client(args) -> int:
     rep = totals.report(args.mode)
     rep["links"] = links
     rep["engine"] = engine
+    rep["interrupted"] = stopped_by is not None
+    if stopped_by is not None:
+        rep["signal"] = signal.Signals(stopped_by).name
     print_report(rep, args.json)
+    if stopped_by is not None:
+        return 128 + stopped_by  # the shell's code for a program a signal ended
     return 1 if totals.errors else 0
 
 
@@ -600,7 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, UsageError) as e:
         print(f"smc-traffic: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # after the run's own handlers were gone
+        print("smc-traffic: interrupted", file=sys.stderr)
         return 130
 
 

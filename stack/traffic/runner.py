@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from .protocol import BOTH, BULK, CHUNK, DOWN, END_RR, HEADER, RR, TRAILER, UP, VERDICT, Header, Pattern, TrafficError
+from stack.wire import codes
+
+from .protocol import BLOCK, BOTH, BULK, CHUNK, DOWN, END_RR, HEADER, RR, TRAILER, UP, VERDICT, Header, Pattern, TrafficError
 
 # A sender writes 1 MiB chunks and a receiver checks what the stream has ready, up to 1 MiB a
 # read: per byte, the tool costs little next to the transport it measures. With 64 KiB reads
@@ -38,6 +40,9 @@ class Totals:
     connect_times: list[float] = field(default_factory=list)
     modes: dict[str, int] = field(default_factory=dict)
     fallbacks: dict[str, int] = field(default_factory=dict)
+    # the same with the peer's diagnosis when its decline carried one, as smc-trace summary
+    # prints it ("0x05000000 PEERDECL (peer 0x03070000 DIFFPREFIX)"); fallbacks keeps its keys
+    fallback_details: dict[str, int] = field(default_factory=dict)
     versions: dict[int, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     verified: int = 0
@@ -57,6 +62,9 @@ class Totals:
         if info.get("fallback_reason"):
             key = info.get("fallback_reason_text") or f"0x{info['fallback_reason']:08x}"
             self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
+            if info.get("peer_diagnosis"):
+                key += f" (peer {codes.format_reason(info['peer_diagnosis'])})"
+            self.fallback_details[key] = self.fallback_details.get(key, 0) + 1
 
     def report(self, mode: str) -> dict:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -64,6 +72,7 @@ class Totals:
         out = {
             "mode": mode, "seconds": round(elapsed, 3), "connections": self.connections, "modes": self.modes,
             "versions": {str(k): v for k, v in self.versions.items()}, "fallbacks": self.fallbacks,
+            "fallback_details": self.fallback_details,
             "first_contacts": self.first_contacts, "link_groups": sorted(self.link_groups),
             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
             "throughput_mbs": round((self.bytes_sent + self.bytes_received) / elapsed / 1e6, 3),
@@ -260,12 +269,18 @@ async def _rr_end(reader, writer) -> None:
     await reader.read()
 
 
+def _message(seed: int, size: int) -> bytes:
+    """A request of exactly ``size`` bytes: Pattern.next gives at most one block (1 MiB) a call."""
+    pattern = Pattern(seed)
+    return b"".join(pattern.next(min(BLOCK, size - at)) for at in range(0, size, BLOCK))
+
+
 async def rr(open_conn: Opener, totals: Totals, *, size: int, duration: float, count: int, seed: int) -> None:
     t0 = time.monotonic()
     reader, writer = await open_conn()
     totals.connect_times.append(time.monotonic() - t0)
     totals.count_conn(_smc_info(writer))
-    request = Pattern(seed).next(size).tobytes()
+    request = _message(seed, size)
     async with _session(writer, totals):
         writer.write(Header(RR, UP, size, 0, seed).encode())
         deadline = time.monotonic() + duration
@@ -278,7 +293,7 @@ async def rr(open_conn: Opener, totals: Totals, *, size: int, duration: float, c
 
 
 async def crr(open_conn: Opener, totals: Totals, *, size: int, duration: float, count: int, seed: int) -> None:
-    request = Pattern(seed).next(size).tobytes()
+    request = _message(seed, size)
     deadline = time.monotonic() + duration
     done = 0
     while (count and done < count) or (not count and time.monotonic() < deadline):

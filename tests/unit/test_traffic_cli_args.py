@@ -5,14 +5,19 @@ an end; the server counts request/response sessions it saw complete as verified.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from support.stacks import addrs, has_ipv6_loopback
 
+from native import softroce
 from stack.traffic import cli
+from stack.verbs.soft import native as soft_native
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,3 +173,97 @@ def test_an_events_file_that_cannot_be_written_ends_the_recording_not_the_run() 
         assert rep["bytes_sent"] == 4 << 20 and rep["verified"] == 1, rep
         assert rep["errors"] == ["events file /dev/full: No space left on device; the events after that were not written"]
         assert "writing events to /dev/full failed (No space left on device)" in res.stderr
+
+
+def test_the_client_names_the_peers_reason_for_declining() -> None:
+    client, server = addrs()
+    with _Serving("--listen", f"{server}:5215", "--decline", "DIFFPREFIX", "--count", "3", "--duration", "60") as srv:
+        text = _cli("client", "--connect", f"{server}:5215", "--device", client, "--mode", "crr", "--count", "2", "--no-progress")
+        js = _cli("client", "--connect", f"{server}:5215", "--device", client, "--mode", "rr", "--count", "1", "--json")
+        assert text.returncode == 0 and js.returncode == 0, (text.stderr, js.stderr)
+        assert "  fallback:  0x05000000 PEERDECL (peer 0x03070000 DIFFPREFIX)  x2\n" in text.stdout, text.stdout
+        rep = json.loads(js.stdout)
+        assert rep["fallback_details"] == {"0x05000000 PEERDECL (peer 0x03070000 DIFFPREFIX)": 1}, rep
+        assert rep["fallbacks"] == {"0x05000000 PEERDECL": 1}, rep
+    assert srv.returncode == 0 and srv.rep["fallback_details"] == srv.rep["fallbacks"] == {"0x03070000 DIFFPREFIX": 3}, srv.rep
+
+
+@pytest.mark.parametrize("mode,sig", [(["--mode", "bulk", "--direction", "both", "--json"], signal.SIGINT), (["--mode", "crr"], signal.SIGTERM)])
+def test_a_signal_ends_the_client_with_the_report_of_what_it_did_marked_interrupted(mode, sig) -> None:
+    """SIGINT used to end the client with exit 130 and nothing printed: no report at all."""
+    client, server = addrs()
+    with _Serving("--listen", f"{server}:5216", "--duration", "60") as srv:
+        proc = subprocess.Popen([sys.executable, "-m", "stack.traffic.cli", "client", "--connect", f"{server}:5216", "--device", client,
+                                 "--duration", "60", "--progress", *mode], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            seen = ""
+            while "MB/s" not in seen:  # the first progress line: traffic is flowing
+                c = proc.stderr.read(1)
+                assert c, (seen, proc.communicate())
+                seen += c
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        srv.proc.send_signal(signal.SIGINT)  # the server's normal end
+    assert proc.returncode == 128 + sig and "Traceback" not in err, (proc.returncode, err)
+    name = signal.Signals(sig).name
+    if "--json" in mode:
+        rep = json.loads(out)
+        assert (rep["interrupted"], rep["signal"], rep["connections"], rep["mode"]) == (True, name, 1, "bulk"), rep
+        assert rep["bytes_sent"] > 0 and rep["bytes_received"] > 0, rep
+    else:
+        assert out.startswith("mode crr: ") and f", interrupted by {name}: what it did until then\n" in out.splitlines(True)[0], out
+        assert int(out.split("sent ")[1].split()[0].replace(",", "")) > 0, out
+
+
+def test_a_ctrl_c_while_the_program_imports_is_one_line_not_a_traceback() -> None:
+    # SIGINT as the cli module imports the runtime (about 0.3 s of imports): the program
+    # (sys.argv[0] smc-traffic, as the console script) has its handler in place by then
+    code = textwrap.dedent("""
+        import os, signal, sys
+        sys.argv[0] = "/venv/bin/smc-traffic"
+        class Hook:
+            def find_spec(self, name, path, target=None):
+                if name == "stack.runtime":
+                    os.kill(os.getpid(), signal.SIGINT)
+        sys.meta_path.insert(0, Hook())
+        from stack.traffic.cli import main
+        sys.exit(main(["client", "--bytes", "1M"]))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (res.returncode, res.stdout, res.stderr) == (130, "", "smc-traffic: SIGINT while starting; nothing ran\n")
+
+
+@pytest.mark.skipif(not softroce.available()[0], reason="the compiled engine is not built")
+def test_the_banner_and_the_report_name_the_engine_as_it_runs(capsys, monkeypatch) -> None:
+    """GSO "auto" turns on after the device's watcher first looks for a capture: a banner or
+    a report read before that said "native", the rest of the run "native (GSO)". A new
+    device now waits for that first look; a slow one (no capture) showed the race every time."""
+    real_sleep = time.sleep
+
+    def slow_no_capture(ifindexes):
+        real_sleep(0.2)
+        return False
+
+    monkeypatch.setattr(soft_native, "captured", slow_no_capture)
+    client, server = addrs()
+    rc, out, err = _main(capsys, "server", "--listen", f"{server}:5217", "--engine", "native", "--gso", "auto", "--duration", "0.01", "--json")
+    assert rc == 0, err
+    assert f"; engine {server} native (GSO)\n" in err and json.loads(out)["engine"] == f"{server} native (GSO)", (out, err)
+    for extra in (["--json"], ["--no-progress"]):  # nothing listens: the connect is refused at once
+        rc, out, err = _main(
+            capsys, "client", "--connect", f"{server}:5217", "--device", client, "--engine", "native", "--gso", "auto", "--bytes", "1M", *extra
+        )
+        assert rc == 1, err
+        engine = json.loads(out)["engine"] if extra == ["--json"] else out.split("engine:    ")[1].split("\n")[0]
+        assert engine == f"{client} native (GSO)", out
+
+
+def test_the_help_keeps_the_examples_line_continuation() -> None:
+    res = _cli("--help")
+    assert res.returncode == 0
+    assert "--bytes 1G \\\n        --fail-link 2 --restore-link 5" in res.stdout, res.stdout
+    assert "1G         --fail-link" not in res.stdout

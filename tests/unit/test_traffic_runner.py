@@ -11,7 +11,7 @@ import pytest
 
 from stack.runtime.streams import _kept
 from stack.traffic import runner
-from stack.traffic.protocol import CHUNK, TRAILER, VERDICT, Pattern
+from stack.traffic.protocol import BLOCK, CHUNK, TRAILER, VERDICT, Pattern
 
 
 def _bulk_stream(seed: int, chunks: list[int]) -> tuple[bytes, int, int]:
@@ -110,3 +110,47 @@ def test_the_writer_keeps_immutable_bytes_as_they_are_and_copies_what_the_caller
         assert kept.tobytes() == before and type(kept.obj) is bytes
     wide = memoryview(bytes(8)).cast("I")  # not a byte view: kept as its bytes
     assert _kept(wide).tobytes() == bytes(8) and _kept(wide).format == "B"
+
+
+def test_a_request_is_the_size_asked_for_also_over_one_pattern_block():
+    """Pattern.next gives at most one 1 MiB block: an rr/crr request of 16M went out as 1 MiB
+    (and was counted so) while the server answered 16M."""
+    for size in (0, 1, BLOCK, BLOCK + 1, (3 << 20) + 5):
+        p = Pattern(4)
+        expected = b"".join(bytes(p.next(min(BLOCK, size - i))) for i in range(0, size, BLOCK))
+        assert runner._message(4, size) == expected and len(expected) == size
+
+
+@pytest.mark.parametrize("mode", ["rr", "crr"])
+def test_rr_and_crr_send_and_count_requests_over_one_mib_whole(mode):
+    size, count = (3 << 20) + 5, 2
+
+    async def go():
+        served = runner.Totals()
+        server = await asyncio.start_server(lambda r, w: runner.serve(r, w, served), "127.215.9.2", 0)
+        port = server.sockets[0].getsockname()[1]
+        totals = runner.Totals()
+        try:
+            await getattr(runner, mode)(lambda: asyncio.open_connection("127.215.9.2", port), totals, size=size, duration=60, count=count, seed=3)
+            async with asyncio.timeout(30):
+                while served.verified < (count if mode == "crr" else 1):
+                    await asyncio.sleep(0.01)  # the server counts a session once its handler ended
+        finally:
+            server.close()
+            await server.wait_closed()
+        return totals, served
+
+    totals, served = asyncio.run(go())
+    assert (totals.bytes_sent, totals.bytes_received, totals.ops, totals.errors) == (count * size, count * size, count, [])
+    assert (served.bytes_received, served.bytes_sent, served.errors) == (count * size, count * size, [])
+
+
+def test_a_fallback_names_the_peers_diagnosis_as_smc_trace_summary_does():
+    totals = runner.Totals()
+    info = {"mode": "TCP", "fallback_reason": 0x05000000, "fallback_reason_text": "0x05000000 PEERDECL", "peer_diagnosis": 0x03070000}
+    totals.count_conn(info)
+    totals.count_conn(info)
+    totals.count_conn({"mode": "TCP", "fallback_reason": 0x03030000, "fallback_reason_text": "0x03030000 NOSMCDEV", "peer_diagnosis": 0})
+    rep = totals.report("crr")
+    assert rep["fallback_details"] == {"0x05000000 PEERDECL (peer 0x03070000 DIFFPREFIX)": 2, "0x03030000 NOSMCDEV": 1}
+    assert rep["fallbacks"] == {"0x05000000 PEERDECL": 2, "0x03030000 NOSMCDEV": 1}  # as before, for what reads its keys

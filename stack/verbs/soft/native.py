@@ -72,6 +72,9 @@ GSO_MODES = ("auto", "on", "off")
 CAPTURE_CHECK = 0.1  # seconds between looks for a packet capture on the device's interface
 
 
+FIRST_LOOK_WAIT = 1.0  # seconds a new device waits for its watcher's first look for a capture
+
+
 def gso_mode(mode: str | None = None) -> str:
     """UDP segmentation offload of the compiled engine: "auto" (the default: batches, but
     frame by frame while a packet capture watches the device's interface), "on", "off".
@@ -349,9 +352,13 @@ class SoftDeviceNative(SoftDeviceBase):
         self._tap_lock = threading.Lock()  # one reader of the engine's tap ring at a time
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._first_look = threading.Event()
         if self.gso_mode == "auto":
             self._watcher = threading.Thread(target=self._watch_captures, name=f"soft-roce gso {self.addr}", daemon=True)
             self._watcher.start()
+            # the device is what its first look says from the start: an engine named "native"
+            # in a banner and "native (GSO)" in the report of the same run was this race
+            self._first_look.wait(FIRST_LOOK_WAIT)
 
     @property
     def stats(self) -> dict:
@@ -367,6 +374,7 @@ class SoftDeviceNative(SoftDeviceBase):
             else:
                 ifindexes = {socket.if_nametoindex("lo")} if self.ip.is_loopback else None
         except OSError:
+            self._first_look.set()
             return
         while not self._watch_stop.is_set():
             want = not captured(ifindexes)
@@ -375,7 +383,9 @@ class SoftDeviceNative(SoftDeviceBase):
                 try:
                     self._c.set_gso(want)
                 except ValueError:
+                    self._first_look.set()
                     return
+            self._first_look.set()
             self._watch_stop.wait(CAPTURE_CHECK)
 
     def engine_calls(self, *names: str) -> tuple:
