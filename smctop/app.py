@@ -132,6 +132,7 @@ class SmctopApp(App):
         self.recorder: Recorder | None = None
         self.paused = False
         self.status = "starting…"
+        self._filter_said: tuple[str, str] | None = None  # (view, message) when the message line says a view's filter
         self.started = False
         self._loading = False  # a replay being read in the background
         self.frames = 0
@@ -285,6 +286,12 @@ class SmctopApp(App):
         pane = PANES.get(event.pane.id or "")
         if pane is not None and not self.paused and self.started:
             self.query_one(pane).update_from(self.model)
+        said = self._filter_said
+        if said is not None and said[1] == self.status and said[0] != event.pane.id:
+            # the message line spoke of another view's filter: say this view's, or nothing
+            shown = self._pane_filter()
+            self.say(f"filter '{shown}' on {self._active()}" if shown else "")
+            self._filter_said = (self._active(), self.status)
 
     def action_pause(self) -> None:
         self.paused = not self.paused
@@ -323,6 +330,7 @@ class SmctopApp(App):
         pane.set_filter(text, self.model)
         pane.update_from(self.model)
         self.say(f"filter '{text}' on {self._active()}" if text else f"filter cleared on {self._active()}")
+        self._filter_said = (self._active(), self.status)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":

@@ -349,6 +349,7 @@ class Host:
     listeners: list = field(default_factory=list)  # listening sockets, when the snapshot lists them
     ueids: list = field(default_factory=list)  # the host's user EIDs (SMC-Rv2), when known
     extra: dict = field(default_factory=dict)  # other snapshot keys a view may show (limits, security counters)
+    up: bool = True  # its source feeds it: False from host_gone until its next snapshot
 
 
 class Model:
@@ -371,6 +372,7 @@ class Model:
         self.hosts: dict[str, Host] = {}
         self.conns: dict[tuple[str, int], Conn] = {}
         self.lgrs: dict[tuple[str, str], LinkGroup] = {}
+        self._ended: dict[tuple[str, str], float] = {}  # link groups that ended and left the model, oldest first
         self.failovers = Failovers(maxlen=200)  # paired as smc-trace summary pairs them
         self.fallbacks: Counter = Counter()  # (host, role, reason) -> connection ends (each end's own view)
         self.fallback_causes: Counter = Counter()  # (cause, decided by, the other end's view) -> connections
@@ -672,7 +674,9 @@ class Model:
             hs = f.get("handshake_ms")
             if hs is not None:
                 c.handshake_ms = hs
-                self.handshakes.append(hs)
+                other = c.peer_end
+                if other is None or not (c.role == "server" and other.role == "client"):  # one a connection: the client's, when both ends are watched
+                    self.handshakes.append(hs)
         elif c.mode == "TCP":
             self.tcp_conns += 1
             c.reason = f.get("reason", c.reason) or c.reason
@@ -822,7 +826,12 @@ class Model:
         self.llc += 1
         if e.lgr is None:
             return
-        g = self.lgr(e.host, e.lgr)
+        g = self.lgrs.get((e.host, e.lgr))
+        if g is None:
+            # a late message of a group that ended does not bring it back; a new group starts with CONFIRM LINK
+            if (e.host, e.lgr) in self._ended and "CONFIRM LINK" not in str(e.fields.get("type", "")):
+                return
+            g = self.lgr(e.host, e.lgr)
         g.llc_log.append((e.t, e.link, e.fields.get("dir", ""), render(e)))
         if e.link:
             self.link(e.host, e.lgr, e.link).llc += 1
@@ -836,17 +845,27 @@ class Model:
     def _on_link_event(self, e: Event) -> None:
         f = e.fields
         ev = f.get("event")
-        if e.lgr is None or not e.link:
+        if e.lgr is None:
             return
-        g = self.lgr(e.host, e.lgr)
-        if ev == "added":
+        if ev == "deleted" and f.get("all"):  # DELETE LINK for every link (no link number): the link group ends
+            g = self.lgrs.get((e.host, e.lgr))
+            if g is not None:
+                g.terminated = True
+                for link in g.links.values():
+                    link.state = "LINK_UNUSED"
+                self.links_changed = True
+            return
+        if not e.link:
+            return
+        if ev == "deleted":
+            g = self.lgrs.get((e.host, e.lgr))  # a link of a group we do not show (any more): nothing to mark
+            link = g.links.get(e.link) if g is not None else None
+            if link is not None:
+                link.state = "LINK_UNUSED"
+        elif ev == "added":
             link = self.link(e.host, e.lgr, e.link)
             link.qpn = f.get("qpn", link.qpn)
             link.device = f.get("device", link.device)
-        elif ev == "deleted":
-            link = g.links.get(e.link)
-            if link is not None:
-                link.state = "LINK_UNUSED"
         elif ev in ("failover_begin", "failover_end"):
             self.failovers.feed(e)
         self.links_changed = True
@@ -952,6 +971,8 @@ class Model:
         link groups end and their links go unused (and leave the views in time)."""
         t = self.now if t is None else t
         t = 0.0 if t is None else t
+        if name in self.hosts:
+            self.hosts[name].up = False
         for key, c in list(self.conns.items()):
             if key[0] == name and c.closed is None:
                 c.state = "CLOSED"
@@ -966,11 +987,22 @@ class Model:
         self.links_changed = True
         self._totals = None
 
+    def host_back(self, name: str) -> None:
+        """A gone host's source is back (a new stack serves its control socket): the closed
+        connections of its last run go now, so that the new run's connection numbers, which
+        start again, are new connections and not old ones brought back. Its next snapshot
+        marks it up."""
+        for key, c in list(self.conns.items()):
+            if key[0] == name and c.closed is not None and key != self.watched:
+                self._forget(c)
+        self._totals = None
+
     def apply_host_info(self, snap: dict[str, Any]) -> Host:
         """The host-wide part of a snapshot (counters, devices and their counters, listening
         sockets, UEIDs, other keys), read defensively: keys the schema does not declare may be
         absent or of any shape. Connections and link groups are :meth:`apply_snapshot`'s."""
         h = self.host(str(snap.get("host", "")))
+        h.up = True
         stats = snap.get("stats")
         h.stats = {str(k): v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} if isinstance(stats, dict) else {}
         devs = snap.get("devices")
@@ -1050,8 +1082,11 @@ class Model:
             delta = dtx + drx
             if delta > 0:
                 rate = delta / dt
-                # each byte once: what an end received was counted as sent by its other end, when watched
-                total += dtx if c.peer_end is not None else delta
+                # each byte once: what an end received was counted as sent by its other end, when watched.
+                # SMC-R bytes only: a fallen-back connection's TCP bytes reach the model only when a snapshot
+                # catches it open (no event reports them), so counting them would count a few connections' bytes
+                if c.mode != "TCP":
+                    total += dtx if c.peer_end is not None else delta
                 if c.lk_gen != gen:
                     self._find_link(c)
                 link = c.lk
@@ -1098,23 +1133,28 @@ class Model:
             link = g.links.get(c.link) if g is not None else None
         c.lk = link
 
+    def _forget(self, c: Conn) -> None:
+        """Let a closed connection go (views drop its row)."""
+        key = c.key
+        del self.conns[key]
+        if self._ends.get((c.local, c.peer)) is c:
+            del self._ends[(c.local, c.peer)]
+        c.peer_end = None
+        self.conns_removed += 1
+        if c.slot >= 0:
+            self._free.append(c.slot)
+            c.slot = -1
+        if len(self._removed) > self.max_closed:  # nobody asked for a long time: keep the latest
+            self._removed.clear()
+        self._removed.add(key)
+
     def _prune(self, t: float) -> None:
         closed = self._closed
         while closed and (closed[0][0] <= t - self.closed_keep or len(closed) > self.max_closed):
             _, key = closed.popleft()
             c = self.conns.get(key)
             if c is not None and c.closed is not None and key != self.watched:
-                del self.conns[key]
-                if self._ends.get((c.local, c.peer)) is c:
-                    del self._ends[(c.local, c.peer)]
-                c.peer_end = None
-                self.conns_removed += 1
-                if c.slot >= 0:
-                    self._free.append(c.slot)
-                    c.slot = -1
-                if len(self._removed) > self.max_closed:  # nobody asked for a long time: keep the latest
-                    self._removed.clear()
-                self._removed.add(key)
+                self._forget(c)
         for g in self.lgrs.values():
             gone = [lid for lid, link in g.links.items() if link.state == "LINK_UNUSED" and link.unused_since is not None
                     and link.unused_since <= t - self.history * self.interval]  # fmt: skip
@@ -1125,6 +1165,9 @@ class Model:
         dead = [k for k, g in self.lgrs.items() if g.terminated and all(link.state == "LINK_UNUSED" for link in g.links.values())]
         for k in dead:
             del self.lgrs[k]
+            self._ended[k] = t
+            if len(self._ended) > 10_000:
+                del self._ended[next(iter(self._ended))]
             self.links_changed = True
             self._link_gen += 1
 

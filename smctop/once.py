@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from smckernel.model import Conn as KConn
 from smckernel.model import Snapshot, from_stack_snapshot
-from smckernel.once import render_many
+from smckernel.once import VIEWS, reason_text, render_many, render_text
 
 from .model import Model
 
@@ -83,15 +83,80 @@ def model_snapshots(model: Model, source: str) -> list[Snapshot]:
             snap.notes.append(f"no snapshot of {host} reached smctop: devices and counters are unknown")
         if model.dropped:
             snap.notes.append(f"the source missed {model.dropped:,} events")
+        _same_ports(snap)
         out.append(snap)
     return out
 
 
+def _same_ports(snap: Snapshot) -> None:
+    """A stack's device has one port, 1 (smcr device says so): its links and connections use
+    that port, and the device's #Links counts the links on it, so the tables agree."""
+    for lk in snap.links:
+        if lk.ib_dev and lk.ib_port is None:
+            lk.ib_port = 1
+    for c in snap.connections:
+        if c.ib_dev and c.link is not None and c.ib_port is None:
+            c.ib_port = 1
+    for d in snap.devices:
+        for p in d.ports:
+            if p.links is None and p.port == 1:
+                p.links = sum(1 for lk in snap.links if lk.ib_dev == d.name)
+
+
+STACK_COUNTERS = ("smc_client", "smc_server", "fallback_client", "fallback_server", "handshake_errors")
+
+
+def stack_stats(snap: Snapshot) -> str:
+    """``smcr stats -d`` of a stack's snapshot: the counters a stack keeps (SMC-R and fallback
+    connections by role, handshake errors, fallback reasons), in smcr's words and widths.
+    What only the kernel counts (bytes, requests, buffers) is said to be unknown."""
+    st = snap.stats or {}
+    fb = snap.fallbacks or {}
+
+    def n(key: str) -> int:
+        v = st.get(key)
+        return int(v) if isinstance(v, (int, float)) else 0
+
+    client, server = n("smc_client"), n("smc_server")
+    fb_client = n("fallback_client") if "fallback_client" in st else fb.get("client_total") or 0
+    fb_server = n("fallback_server") if "fallback_server" in st else fb.get("server_total") or 0
+    hs_err = n("handshake_errors")
+    out = ["SMC-R Connections Summary", f"  Total connections handled  {client + server + hs_err + fb_client + fb_server:12d}",
+           f"  SMC connections            {client + server:12d} (client {client}, server {server})",
+           f"  Handshake errors           {hs_err:12d}",
+           f"  TCP fallback               {fb_client + fb_server:12d} (client {fb_client}, server {fb_server})"]  # fmt: skip
+    for role, caption in (("server", "    Server"), ("client", "    Client")):
+        reasons = sorted((r for r in fb.get("reasons", []) if r.get("role") == role), key=lambda r: -(r.get("count") or 0))[:3]
+        if reasons:
+            out.append(caption)
+            out += [f"     {reason_text(r['code']) or '-':<25}  {r.get('count') or 0:12d}" for r in reasons]
+    out.append(f"  (data, requests and buffers: unknown, the {snap.source} source's stacks do not count them)")
+    return "\n".join(out) + "\n"
+
+
+def render_snapshot(snap: Snapshot) -> str:
+    """One snapshot as text: smckernel's, with ``smcr stats`` from the counters a stack's
+    snapshot carries (smckernel's reads only the kernel's SMC_NETLINK_GET_STATS layout)."""
+    if snap.source == "kernel" or not any(k in (snap.stats or {}) for k in STACK_COUNTERS):
+        return render_text(snap)
+    notes, snap.notes = snap.notes, []
+    try:
+        text = render_text(snap, [v for v in VIEWS if v != "smcr stats"])
+    finally:
+        snap.notes = notes
+    text += f"\n# smcr stats\n{stack_stats(snap)}"
+    if notes:
+        text += "\n# notes\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+    return text
+
+
 def render(snaps: list[Snapshot], as_json: bool) -> str:
-    """The text of each snapshot, or one JSON document (``smckernel.once.to_json_many``: one
-    snapshot's document as ``python -m smckernel --once --json`` prints it; with several,
-    each entry names its host and network namespace)."""
-    return render_many(snaps, as_json)
+    """The text of each snapshot (:func:`render_snapshot`), or one JSON document
+    (``smckernel.once.to_json_many``: one snapshot's document as ``python -m smckernel --once
+    --json`` prints it; with several, each entry names its host and network namespace)."""
+    if as_json:
+        return render_many(snaps, as_json)
+    return "\n".join(render_snapshot(s) for s in snaps)
 
 
 async def collect(source, model: Model, ready: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:

@@ -66,6 +66,8 @@ class Metric:
 
 METRICS: tuple[Metric, ...] = (
     Metric("smc_host_info", "gauge", ("host",), "A host the exporter watches (always 1); its name as the model has it", per_host=False),
+    Metric("smctop_source_up", "gauge", ("host",),
+           "1 while the host's source feeds smctop, 0 while it does not (its control socket closed); a host that is down has no other series", per_host=False),
     Metric("smc_link_groups", "gauge", ("type", "role"), "SMC-R link groups now, by type (SINGLE, SYM, ASYMP, ASYML; NONE until the first link) and role"),
     Metric("smc_link_groups_critical", "gauge", (), "SMC-R link groups without a failover path now (smcr's Crit: SINGLE or ASYML)"),
     Metric("smc_links", "gauge", ("state",), "SMC-R links now, by state (deleted links, LINK_UNUSED, are not counted)"),
@@ -100,6 +102,10 @@ METRICS: tuple[Metric, ...] = (
            "counter", ("technology", "call"), "Special socket calls (smcr stats: cork, nodelay, sendpage, splice, urgent data)", True),
 )  # fmt: skip
 BY_NAME = {m.name: m for m in METRICS}
+
+# the series a host's labelled gauge has before it ever had one: these read 0 (the states a
+# host in good health shows); smc_link_groups has no such label set (type and role say what a group is)
+_BASELINE = {"smc_links": ("LINK_ACTIVE",), "smc_connections": ("SMCR", "ACTIVE")}
 
 # the kernel's flattened counter names (smckernel.model.flat_stats of SMC_GEN_STATS)
 _K_SCALARS = {  # field -> (metric, labels)
@@ -239,10 +245,12 @@ class Ledger:
 
     def _see(self, s: _Seen) -> None:
         c = s.conn
-        if c.ev_tx > s.tx:  # a counter: a snapshot that says less than events did never takes bytes back
-            s.tx = c.ev_tx
-        if c.ev_rx > s.rx:
-            s.rx = c.ev_rx
+        # SMC-R bytes only, as the model counts them: a fallen-back connection's TCP bytes show only when a snapshot catches it
+        if c.mode != "TCP":
+            if c.ev_tx > s.tx:  # a counter: a snapshot that says less than events did never takes bytes back
+                s.tx = c.ev_tx
+            if c.ev_rx > s.rx:
+                s.rx = c.ev_rx
         if not s.counted and c.mode in DECIDED:
             s.counted = True
             self.opened[(c.host, c.mode)] += 1
@@ -280,6 +288,7 @@ class ModelCollector(Collector):
         self.host_label = host_label
         self.ledger = Ledger()
         self._several = False
+        self._had: dict[str, set[tuple]] = {}  # gauge -> (host, *labels) it has served: they read 0 when the count is gone
 
     def collect(self) -> Iterable[Family]:
         return self._on_model_thread(self.families)
@@ -299,6 +308,20 @@ class ModelCollector(Collector):
                 if "not running" not in str(e) and "different thread" not in str(e):
                     raise
         return fn()
+
+    def _gauge(self, add: Callable, metric: str, counts: Counter) -> None:
+        """A labelled gauge of every known host: its counts now, 0 for each label set it had
+        before (a series that drops to nothing reads 0, not absent), and 0 in the baseline
+        label set for a host that never had any (``sum(smc_links{host="x"})`` is 0, not empty)."""
+        had = self._had.setdefault(metric, set())
+        had.update(counts)
+        base = _BASELINE.get(metric)
+        hosts = self.model.hosts
+        for host in hosts:
+            if base is not None and not any(k[0] == host for k in had):
+                had.add((host, *base))
+        for key in sorted(k for k in had if k[0] in hosts):
+            add(metric, key[0], key[1:], counts.get(key, 0))
 
     def _hosts_labelled(self) -> bool:
         if self.host_label is not None:
@@ -320,11 +343,17 @@ class ModelCollector(Collector):
             cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "summary": SummaryMetricFamily}[spec.type]
             fams[spec.name] = cls(name, spec.help, labels=labels)
 
+        # a host whose source went away: no value of it is served as if live (Prometheus marks its
+        # series stale); smctop_source_up says it is down, smc_host_info that it is known
+        down = {name for name, h in m.hosts.items() if not h.up}
+
         def add(metric: str, host: str, values: Iterable[str], value: float) -> None:
-            fams[metric].add_metric(([host] if with_host else []) + list(values), value)
+            if host not in down:
+                fams[metric].add_metric(([host] if with_host else []) + list(values), value)
 
         for name in sorted(m.hosts):
             fams["smc_host_info"].add_metric([name], 1)
+            fams["smctop_source_up"].add_metric([name], 0 if name in down else 1)
 
         # link groups and links, as the header counts them (terminated groups and deleted links left out)
         groups: Counter = Counter()
@@ -338,12 +367,12 @@ class ModelCollector(Collector):
                 continue
             groups[(g.host, g.type, g.role or "unknown")] += 1
             crit[g.host] += bool(g.crit)
-        for (host, typ, role), n in sorted(groups.items()):
-            add("smc_link_groups", host, (typ, role), n)
+        for host in m.hosts:  # a known host's gauges read 0, not nothing, when it has none
+            crit[host] += 0
+        self._gauge(add, "smc_link_groups", groups)
         for host, n in sorted(crit.items()):
             add("smc_link_groups_critical", host, (), n)
-        for (host, state), n in sorted(links.items()):
-            add("smc_links", host, (state,), n)
+        self._gauge(add, "smc_links", links)
 
         # connections: open ones by mode and state; bytes and modes through the ledger
         conns: Counter = Counter()
@@ -354,8 +383,7 @@ class ModelCollector(Collector):
                 conns[(c.host, c.mode, c.state)] += 1
             sent[c.host] += s.tx
             received[c.host] += s.rx
-        for (host, mode, state), n in sorted(conns.items()):
-            add("smc_connections", host, (mode, state), n)
+        self._gauge(add, "smc_connections", conns)
         for (host, mode), n in sorted(led.opened.items()):
             add("smc_connections_established_total", host, (mode,), n)
         for host in sorted(set(sent) | set(received)):
@@ -372,7 +400,8 @@ class ModelCollector(Collector):
             add("smc_failover_connections_total", host, (), moved)
             add("smc_failover_failed_connections_total", host, (), failed)
             add("smc_link_deletions_total", host, (), deletions)
-            fams["smc_failover_duration_seconds"].add_metric([host] if with_host else [], timed, seconds)
+            if host not in down:
+                fams["smc_failover_duration_seconds"].add_metric([host] if with_host else [], timed, seconds)
 
         kernel = False
         for name in sorted(m.hosts):

@@ -280,6 +280,9 @@ class DemoSource(Source):
 
 # ---------------------------------------------------------------------------- a control socket
 
+# what the reader puts in the inbox besides the stack's lines (told apart by identity: no line a stack sends is one of them)
+_CLOSED, _ATTACHED = {"type": "closed"}, {"type": "attached"}
+
 
 class AttachSource(Source):
     """One or more running stacks' control sockets (``StackConfig(control_path=...)``)."""
@@ -287,9 +290,10 @@ class AttachSource(Source):
     label = "attach"
     can = frozenset({"fail_link", "restore_link", "decline"})
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, paths: list[str], *, retry: float = 1.0) -> None:
         super().__init__()
         self.paths = list(paths)
+        self.retry = retry  # seconds between tries to attach again to a socket that closed
         self.clients: dict[str, object] = {}  # path -> ControlClient
         self.hostnames: dict[str, str] = {}
         self.engines: dict[tuple[str, str], str] = {}  # (host, device) -> engine, from snapshots
@@ -298,31 +302,54 @@ class AttachSource(Source):
         self.devices: dict[str, list[str]] = {}  # path -> device names, from snapshots
         self._clock: tuple[float, float] | None = None  # (remote t, local monotonic)
         self.failed: tuple[str, str] | None = None  # (path, device) of the port we pulled
-        self.closed: set[str] = set()
-        self._gone: set[str] = set()  # closed sockets whose host the model was told about
+        self.closed: set[str] = set()  # paths whose socket is closed now (tried again every retry seconds)
         self.skipped = Skipped()  # bad lines from the sockets: counted, named, left out
 
     async def start(self) -> None:
-        from stack.runtime.control import ControlClient
-
         for path in self.paths:
             try:
-                client = await ControlClient.connect(path)
+                client = await self._attach(path)
             except OSError as e:
                 raise SourceError(f"cannot attach to {path}: {e.strerror or e}") from None
-            self.clients[path] = client
-            await client.send("subscribe")
-            await client.send("snapshot")
             self.tasks.append(asyncio.create_task(self._read(path, client)))
 
-    async def _read(self, path: str, client) -> None:
+    async def _attach(self, path: str):
+        """Connect, subscribe to the events and ask for a snapshot (what the stack has now)."""
+        from stack.runtime.control import ControlClient
+
+        client = await ControlClient.connect(path)
         try:
-            async for msg in client.messages(self.skipped):
-                self.inbox.append((path, msg))
-        except (ConnectionError, ValueError, asyncio.LimitOverrunError) as e:
-            self.notices.append(f"{path}: {e}")
-        self.closed.add(path)
-        self.notices.append(f"{self.hostnames.get(path, path)}: control socket closed")
+            await client.send("subscribe")
+            await client.send("snapshot")
+        except OSError:
+            await client.close()
+            raise
+        self.clients[path] = client
+        return client
+
+    async def _read(self, path: str, client) -> None:
+        """Follow one socket for as long as the source runs: when it closes (the stack exited),
+        try again every ``retry`` seconds, quietly, until a stack serves the path again."""
+        while True:
+            try:
+                async for msg in client.messages(self.skipped):
+                    self.inbox.append((path, msg))
+            except (ConnectionError, ValueError, asyncio.LimitOverrunError) as e:
+                self.notices.append(f"{path}: {e}")
+            await client.close()
+            self.closed.add(path)
+            self.inbox.append((path, _CLOSED))  # in order: what it sent before is fed first
+            self.notices.append(f"{self.hostnames.get(path, path)}: control socket closed (trying again every {self.retry:g} s)")
+            while True:
+                await asyncio.sleep(self.retry)
+                try:
+                    client = await self._attach(path)
+                    break
+                except OSError:  # no stack there yet (refused, no such file): try again
+                    continue
+            self.closed.discard(path)
+            self.inbox.append((path, _ATTACHED))
+            self.notices.append(f"{self.hostnames.get(path, path)}: attached again")
 
     async def stop(self) -> None:
         for t in self.tasks:
@@ -357,6 +384,13 @@ class AttachSource(Source):
         events: list[Event] = []
         while self.inbox:
             path, msg = self.inbox.popleft()
+            if msg is _CLOSED or msg is _ATTACHED:
+                if path in self.hostnames:
+                    if msg is _CLOSED:  # after all it sent: its stack is gone, and what it had open
+                        model.host_gone(self.hostnames[path], self.now())
+                    else:  # a new stack: its snapshot follows
+                        model.host_back(self.hostnames[path])
+                continue
             kind = msg.get("type")
             if kind == "event":
                 try:
@@ -387,10 +421,6 @@ class AttachSource(Source):
                 self.hostnames[path] = host[:256] if type(host) is str else path
             elif kind == "error":
                 self.notices.append(f"{self.hostnames.get(path, path)}: {str(msg.get('error'))[:300]}")
-        for path in self.closed - self._gone:  # after all it sent: its stack is gone, and what it had open
-            self._gone.add(path)
-            if path in self.hostnames:
-                model.host_gone(self.hostnames[path], self.now())
         return events
 
     def _target(self) -> tuple[str, str]:

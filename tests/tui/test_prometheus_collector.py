@@ -153,7 +153,7 @@ def test_counters_keep_what_the_model_forgets() -> None:
     s = scrape(e)
     assert pick(s, "smc_sent_bytes_total") == {L(): 1000 * sum(range(1, 31))}
     assert pick(s, "smc_connections_established_total") == {L(mode="SMCR"): 30}
-    assert pick(s, "smc_connections") == {}
+    assert pick(s, "smc_connections") == {L(mode="SMCR", state="ACTIVE"): 0}  # a known host reads 0, not nothing
     # a snapshot that says less than the events did never takes bytes back
     m.feed(Event(t, "conn.open", "a", conn=99, fields={"role": "client"}))
     m.feed(Event(t, "rdma.write", "a", "g", 1, 99, {"offset": 0, "length": 500, "rkey": 1}))
@@ -174,6 +174,78 @@ def test_counters_keep_what_the_model_forgets() -> None:
     # a replay seeking backwards clears the model: the counters start again (a reset to Prometheus)
     m.clear()
     assert pick(scrape(e), "smc_sent_bytes_total") == {}
+
+
+def test_a_known_hosts_gauges_read_0_not_nothing() -> None:
+    """A host without link groups (gamma, srv: every connection declined) had no
+    smc_link_groups_critical, smc_links or smc_connections series at all; a group that went
+    took its series with it."""
+    m = Model()
+    m.feed_many(known_events())
+    m.apply_snapshot({"host": "srv", "t": 3.0, "stats": {"smc_server": 0}})
+    m.advance(3.5)
+    e = prom.Exporter(m, process_metrics=False)
+    s = scrape(e)
+    assert pick(s, "smc_link_groups_critical")[L(host="srv")] == 0
+    assert {k: v for k, v in pick(s, "smc_links").items() if ("host", "srv") in k} == {L(host="srv", state="LINK_ACTIVE"): 0}
+    assert {k: v for k, v in pick(s, "smc_connections").items() if ("host", "srv") in k} == {L(host="srv", mode="SMCR", state="ACTIVE"): 0}
+    # a's link group ends and its connections close: what a had reads 0
+    m.feed_many([Event(4.0, "link.event", "a", "00000100", fields={"event": "deleted", "all": True}),
+                 Event(4.0, "conn.state", "a", conn=1, fields={"old": "ACTIVE", "new": "CLOSED"}),
+                 Event(4.0, "conn.state", "a", conn=2, fields={"old": "INIT", "new": "CLOSED"})])  # fmt: skip
+    s = scrape(e)
+    assert pick(s, "smc_link_groups")[L(host="a", type="SINGLE", role="client")] == 0
+    assert pick(s, "smc_link_groups_critical")[L(host="a")] == 0
+    assert pick(s, "smc_links")[L(host="a", state="LINK_ACTIVE")] == 0
+    assert pick(s, "smc_connections")[L(host="a", mode="SMCR", state="ACTIVE")] == 0
+    assert pick(s, "smc_connections")[L(host="a", mode="TCP", state="INIT")] == 0
+    assert pick(s, "smc_links")[L(host="b", state="LINK_ACTIVE")] == 1  # b is as it was
+
+
+def test_a_host_whose_source_went_away_is_down_with_no_stale_series_until_it_is_back() -> None:
+    """smctop_source_up says whether a host's source feeds smctop; while it does not, none of
+    the host's values is served as if live, and when it is back its counters go on."""
+    m = Model()
+    m.feed_many(known_events())
+    m.advance(3.5)
+    e = prom.Exporter(m, process_metrics=False)
+    s = scrape(e)
+    assert pick(s, "smctop_source_up") == {L(host="a"): 1, L(host="b"): 1}
+    m.host_gone("b", 4.0)
+    s = scrape(e)
+    assert pick(s, "smctop_source_up") == {L(host="a"): 1, L(host="b"): 0}
+    assert pick(s, "smc_host_info") == {L(host="a"): 1, L(host="b"): 1}
+    b_series = sorted(n for n, labels in s if ("host", "b") in labels and n not in ("smctop_source_up", "smc_host_info"))
+    assert b_series == []
+    assert pick(s, "smc_sent_bytes_total") == {L(host="a"): 3500}  # a goes on being served
+    m.host_back("b")
+    m.apply_snapshot({"host": "b", "t": 5.0, "stats": {"smc_server": 0}})  # a new stack, nothing open yet
+    s = scrape(e)
+    assert pick(s, "smctop_source_up") == {L(host="a"): 1, L(host="b"): 1}
+    assert pick(s, "smc_received_bytes_total")[L(host="b")] == 3500  # the counter goes on from where it was
+    assert pick(s, "smc_connections")[L(host="b", mode="SMCR", state="ACTIVE")] == 0
+
+
+def test_bytes_of_a_connection_that_fell_back_are_not_counted_as_the_model_does_not() -> None:
+    """The demo's gamma (every connection declined) read 68 sent and 100 received: the TCP
+    bytes of the one connection a snapshot happened to catch open. The model's total counts
+    SMC-R bytes only; so do the counters: such a host reads 0."""
+    m = Model()
+    m.feed_many(known_events())
+    m.advance(3.5)
+    m.advance(4.5)  # a sample closes: the SMC-R bytes are in the total
+    e = prom.Exporter(m, process_metrics=False)
+    scrape(e)
+    moved = m.bytes
+    assert moved > 0
+    m.apply_snapshot({"host": "a", "t": 4.6, "conns": [{"conn": 1, "mode": "SMCR", "bytes_sent": 3500},
+                                                      {"conn": 2, "mode": "TCP", "bytes_sent": 68, "bytes_received": 100}]})  # fmt: skip
+    m.advance(6.0)
+    s = scrape(e)
+    assert m.conns[("a", 2)].bytes_sent == 68  # the connection's row shows what its snapshot says
+    assert m.bytes == moved  # the model's "Total moved" (SMC-R bytes) did not take the 168 TCP bytes
+    assert pick(s, "smc_sent_bytes_total") == {L(host="a"): 3500, L(host="b"): 0}
+    assert pick(s, "smc_received_bytes_total") == {L(host="a"): 0, L(host="b"): 3500}
 
 
 def test_a_failover_counts_when_it_ends_so_no_counter_goes_back() -> None:

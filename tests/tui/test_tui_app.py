@@ -384,3 +384,30 @@ def test_views_not_on_screen_are_drawn_when_shown_and_stand_still_when_paused():
             assert [link.id for g, link in links.items if g.host == "beta"] == [1, 2, 3]
 
     run(go())
+
+
+def test_the_message_line_names_only_the_shown_views_filter():
+    """After a filter on the events view, the message line said "filter 'fallback' on events"
+    on every other view too, where that filter does not apply."""
+
+    async def go():
+        app, src = make_app(2)
+        async with app.run_test(size=SIZE) as pilot:
+            await advance(app, pilot, src, 1)
+            await pilot.press("3", "slash", *"fallback", "enter")
+            await pilot.pause()
+            assert app.status == "filter 'fallback' on events" and "filter 'fallback' on events" in app.screen_text()
+            await pilot.press("1")  # links: nothing filters it
+            await pilot.pause()
+            assert app.status == "" and "filter 'fallback'" not in app.screen_text()
+            await pilot.press("3")  # back: the events view is still filtered, and the line says so
+            await pilot.pause()
+            assert app.status == "filter 'fallback' on events"
+            await pilot.press("f")  # another message stays when the view changes
+            await pilot.pause()
+            message = app.status
+            await pilot.press("1")
+            await pilot.pause()
+            assert app.status == message and "filter" not in message
+
+    run(go())

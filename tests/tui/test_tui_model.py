@@ -241,3 +241,35 @@ def test_a_forgotten_connection_slot_is_reused_without_its_history():
     assert len(set(slots)) == len(slots) and max(slots) < 2 + 4 * 10  # slots are reused, none shared
     young = max(m.conns.values(), key=lambda c: c.opened)
     assert young.hist.n == 1 and young.hist.series(0) == [0.0]  # a fallback connection: one sample, no bytes
+
+
+def test_a_handshake_counts_once_per_connection_when_both_ends_are_watched():
+    """The Perf view's handshake n= counted both ends of one connection (n=210 for 105
+    connections): with both ends watched it counts the client's view, once."""
+    m = Model()
+    for host, role, local, peer in (("a", "client", "10.0.0.1:4000", "10.0.0.2:5000"), ("b", "server", "10.0.0.2:5000", "10.0.0.1:4000")):
+        m.feed(Event(1.0, "conn.open", host, conn=1, fields={"role": role, "local": local, "peer": peer}))
+    for host, ms in (("b", 2.0), ("a", 3.0)):  # the server says it first
+        m.feed(Event(1.1, "conn.mode", host, "g", 1, 1, {"mode": "SMCR", "version": 2, "handshake_ms": ms}))
+    assert list(m.handshakes) == [3.0]
+    # a connection of which only one end is watched counts once too
+    m.feed(Event(2.0, "conn.open", "b", conn=2, fields={"role": "server", "local": "10.0.0.2:5000", "peer": "10.0.0.9:4000"}))
+    m.feed(Event(2.1, "conn.mode", "b", "g", 1, 2, {"mode": "SMCR", "version": 2, "handshake_ms": 4.0}))
+    assert list(m.handshakes) == [3.0, 4.0]
+
+
+def test_a_link_group_deleted_with_all_its_links_ends_and_a_late_message_does_not_bring_it_back():
+    m = Model(history=2)
+    m.feed(Event(1.0, "llc.msg", "h", "g1", 1, fields={"dir": "tx", "type": "LLC CONFIRM LINK v2"}))
+    m.feed(Event(1.0, "link.state", "h", "g1", 1, fields={"old": "LINK_UNUSED", "new": "LINK_ACTIVE"}))
+    m.feed(Event(2.0, "link.event", "h", "g1", fields={"event": "deleted", "all": True}))  # no link number: every link
+    g = m.lgrs[("h", "g1")]
+    assert g.terminated and g.links[1].state == "LINK_UNUSED" and m.totals()["lgrs"] == 0
+    m.advance(2.0)
+    m.advance(10.0)  # the ended group leaves the model
+    assert ("h", "g1") not in m.lgrs
+    m.feed(Event(10.1, "llc.msg", "h", "g1", 1, fields={"dir": "tx", "type": "LLC CONFIRM RKEY v2"}))
+    m.feed(Event(10.1, "link.event", "h", "g1", 2, fields={"event": "deleted", "all": False}))
+    assert ("h", "g1") not in m.lgrs
+    m.feed(Event(11.0, "llc.msg", "h", "g1", 1, fields={"dir": "tx", "type": "LLC CONFIRM LINK v2"}))  # a new group of that id
+    assert ("h", "g1") in m.lgrs and not m.lgrs[("h", "g1")].terminated

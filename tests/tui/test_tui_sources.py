@@ -172,6 +172,51 @@ def test_a_host_whose_control_socket_closed_keeps_nothing_open(tmp_path):
     run(go())
 
 
+def test_attach_reattaches_when_a_new_stack_serves_the_socket_again(tmp_path):
+    """A stack exits and a new one serves the same control socket: smctop used to say
+    "control socket closed" once and keep the host frozen for ever. It tries again, quietly,
+    and takes the new stack's snapshot; the model says the host was down meanwhile."""
+    path = str(tmp_path / "h.sock")
+
+    def cfg():
+        return StackConfig(SmcConfig(host="solo"), (DeviceSpec("soft", DEV, DEV, None, 4096),), control_path=path, snapshot_interval=0.2)
+
+    async def poll_until(src, m, done):
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            src.poll(m)
+            if done():
+                return
+        raise AssertionError("the source did not get there")
+
+    async def go():
+        m = Model()
+        src = AttachSource([path], retry=0.1)
+        try:
+            async with Stack(cfg()):
+                await src.start()
+                await poll_until(src, m, lambda: "solo" in m.hosts and m.hosts["solo"].snapshot_t is not None)
+                m.conn("solo", 1, 1.0).state = "ACTIVE"  # what the first stack had open
+                first_t = m.hosts["solo"].snapshot_t
+            await poll_until(src, m, lambda: path in src.closed)
+            await asyncio.sleep(0.5)  # several tries while nothing serves the path
+            src.poll(m)
+            assert not m.hosts["solo"].up and m.conns[("solo", 1)].state == "CLOSED"
+            assert src.describe() == "attach solo (1 closed)"
+            async with Stack(cfg()):  # a new stack on the same path
+                await poll_until(src, m, lambda: m.hosts["solo"].up)
+                assert path not in src.closed and src.describe() == "attach solo"
+                assert m.hosts["solo"].snapshot_t > first_t  # the new stack's snapshot
+                assert ("solo", 1) not in m.conns  # the old run's connection went: the new run's number 1 is a new connection
+                notices = list(src.notices)
+                assert sum("control socket closed" in n for n in notices) == 1  # the tries in between were quiet
+                assert notices[-1] == "solo: attached again"
+        finally:
+            await src.stop()
+
+    run(go())
+
+
 def test_a_fifo_to_replay_is_refused_at_once(tmp_path, capsys):
     """docs/security.md: a FIFO is refused before a byte is read; --once used to wait in open()
     for a writer for ever."""
