@@ -119,6 +119,8 @@ def _smcss_line(c: Conn, debug: bool, smcr: bool, wide: bool) -> str:
     if debug:
         if c.shutdown is not None:
             out += f" {'R' if c.shutdown & 1 else '<'}-{'W' if c.shutdown & 2 else '>'}  "
+        else:  # not reported (the embedded stack's snapshots): the column stays, so the rest lines up
+            out += " -    "
         if c.token is not None:
             fl = c.flags
             out += (f"{c.token:08x} {_num(c.sndbuf_size, '08x', 8)} {_num(c.rmb_size, '08x', 8)} {_num(c.peer_rmb_size, '08x', 8)} "
@@ -169,8 +171,9 @@ def linkgroup_show(snap: Snapshot, detail: int = 0) -> str:
 
 def link_show(snap: Snapshot, detail: int = 0) -> str:
     head = "LG-ID    LG-Role  LG-Type  Net-Dev         Link-State      #Conns  "
+    width = _ib_dev_width(lk.ib_dev or "-" for lk in snap.links)
     if detail >= 1:
-        head += "Link-UID  Peer-UID  IB-Dev    IB-P  "
+        head += f"Link-UID  Peer-UID  {'IB-Dev':<{width}}  IB-P  "
         if detail >= 2:
             head += "Local-GID                                 Peer-GID  "
     lines = [head]
@@ -181,7 +184,7 @@ def link_show(snap: Snapshot, detail: int = 0) -> str:
         line = (f"{_lgid(lk.lgr or '-')} {role:<8} {(g.type if g else None) or '-':<8} {(lk.net_dev or '-')[:15]:<15} "
                 f"{lk.state or '-':<15} {_num(lk.conns, '6d', 6)}  ")  # fmt: skip
         if detail >= 1:
-            line += f"{lk.uid or '-':<8}  {lk.peer_uid or '-':<8}  {lk.ib_dev or '-':<8}  {_num(lk.ib_port, '4d', 4)}  "
+            line += f"{lk.uid or '-':<8}  {lk.peer_uid or '-':<8}  {lk.ib_dev or '-':<{width}}  {_num(lk.ib_port, '4d', 4)}  "
             if detail >= 2:
                 line += f"{lk.gid or '-':<40}  {lk.peer_gid or '-'}  "
         lines.append(line)
@@ -191,8 +194,15 @@ def link_show(snap: Snapshot, detail: int = 0) -> str:
 # ---------------------------------------------------------------------------- smcr device
 
 
+def _ib_dev_width(names) -> int:
+    """The IB-Dev column: 8 wide as smc-tools prints it (mlx5_0, rxe0), wider for longer names
+    (a soft device is named by its address), so the columns after it stay under their headers."""
+    return max([8, *(len(n) for n in names)])
+
+
 def device(snap: Snapshot, detail: int = 0) -> str:
-    head = "Net-Dev         IB-Dev   IB-P  IB-State  Type          Crit  "
+    width = _ib_dev_width(d.name for d in snap.devices)
+    head = f"Net-Dev         {'IB-Dev':<{width}} IB-P  IB-State  Type          Crit  "
     if detail >= 1:
         head += " FID   PCI-ID        PCHID  "
     head += "#Links  PNET-ID  "
@@ -203,7 +213,7 @@ def device(snap: Snapshot, detail: int = 0) -> str:
                 continue
             dtype = "-" if d.pci_device is None else DEV_TYPES.get(d.pci_device, f"{d.pci_device:#x}" if d.pci_device else "0")
             crit = "-" if d.crit is None else ("Yes" if d.crit else "No")
-            line = f"{(p.net_dev or '-')[:15]:<15} {d.name:<8} {p.port:4d}  {p.state or '-':>8}  {dtype:<13}  {crit:>3}   "
+            line = f"{(p.net_dev or '-')[:15]:<15} {d.name:<{width}} {p.port:4d}  {p.state or '-':>8}  {dtype:<13}  {crit:>3}   "
             if detail >= 1:
                 line += f"{_num(d.pci_fid, '04x', 4)}  {d.pci_id or '-':<12}  {_num(d.pci_chid, '04x', 4)}    "
             pnet = ("*" if p.pnet_by_user else "") + (p.pnet_id or "")

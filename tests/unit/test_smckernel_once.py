@@ -235,3 +235,33 @@ def test_a_long_device_name_is_printed_whole() -> None:
     s.links = [dataclasses.replace(lk, ib_dev="127.30.28.1") for lk in s.links]
     s.devices = [dataclasses.replace(d, name="127.30.28.1") for d in s.devices]
     assert "127.30.28.1" in once.link_show(s, detail=1) and once.device(s).splitlines()[1].split()[1] == "127.30.28.1"
+
+
+def _under(table: str, header: str, row: int = 1) -> str:
+    """The value in ``row`` that starts in ``header``'s column."""
+    lines = table.splitlines()
+    at = lines[0].index(header)
+    return lines[row][at:].split()[0]
+
+
+def test_columns_stay_under_their_headers_with_long_names_and_no_shutdown() -> None:
+    """A soft device's name (its address) overflowed the 8-wide IB-Dev column and shifted
+    IB-P and the rest; a stack snapshot has no shutdown, and smcss -d left its column out, so
+    the token stood under Shutd and every later value one column left."""
+    import dataclasses
+
+    s = snap("client-open")
+    s.links = [dataclasses.replace(lk, ib_dev="127.213.47.1") for lk in s.links]
+    s.devices = [dataclasses.replace(d, name="127.213.47.1") for d in s.devices]
+    dev = once.device(s)
+    assert _under(dev, "IB-Dev") == "127.213.47.1" and _under(dev, "IB-P") == str(s.devices[0].ports[0].port)
+    assert _under(dev, "IB-State") == s.devices[0].ports[0].state
+    show = once.link_show(s, detail=1)
+    assert _under(show, "IB-Dev") == "127.213.47.1" and _under(show, "IB-P") == str(s.links[0].ib_port)
+    neutral = model.from_stack_snapshot(model.to_stack_snapshot(snap("client-open")))
+    conn = next(c for c in neutral.connections if c.token is not None)
+    assert conn.shutdown is None
+    table = once.smcss(neutral, debug=True)
+    row = next(i for i, line in enumerate(table.splitlines()) if f"{conn.token:08x}" in line)
+    assert _under(table, "Token", row) == f"{conn.token:08x}" and _under(table, "Shutd", row) == "-"
+    assert _under(table, "Rcvbuf", row) == f"{conn.rmb_size:08x}" and _under(table, "rxprod-Cursor", row).count(":") == 1
