@@ -346,10 +346,18 @@ class _Session:
         except (TimeoutError, ConnectionError):
             pass
 
+    def _events_before_snapshot(self) -> None:
+        """Send the events still queued for this client ahead of a snapshot: they happened
+        before it, and after it a reader would add them to what the snapshot already counts
+        (a byte counted twice, a connection the snapshot says is open closed by an old event)."""
+        if self.sub is not None:
+            self.send_events(self.sub.get_nowait())
+
     async def _snapshots(self) -> None:
         while True:
             if self.interval > 0:
                 await asyncio.sleep(self.interval)
+                self._events_before_snapshot()
                 self.send({"type": "snapshot", "snapshot": self.stack.snapshot()})
                 await self.writer.drain()
             else:
@@ -481,6 +489,7 @@ class _Session:
         return {}
 
     def cmd_snapshot(self, req: dict) -> dict:
+        self._events_before_snapshot()
         return {"snapshot": self.stack.snapshot()}
 
     def cmd_interval(self, req: dict) -> dict:
