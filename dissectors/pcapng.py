@@ -35,13 +35,18 @@ LINKTYPE_LINUX_SLL2 = 276
 
 
 class PcapngError(ValueError):
-    def __init__(self, block: int, block_type: int | None, offset: int, reason: str) -> None:
+    """Damage in block ``block``: the message names where the block starts (``start``) and,
+    when that is elsewhere, the byte of the field at fault (``offset``)."""
+
+    def __init__(self, block: int, block_type: int | None, offset: int, reason: str, start: int | None = None) -> None:
         self.block = block
         self.block_type = block_type
         self.offset = offset
         self.reason = reason
+        self.start = offset if start is None else start
         kind = f"type 0x{block_type:08x}" if block_type is not None else "unknown type"
-        super().__init__(f"pcapng block {block} ({kind}) at byte offset {offset}: {reason}")
+        field = f"; the field at byte {offset}" if offset != self.start else ""
+        super().__init__(f"pcapng block {block} ({kind}) at byte offset {self.start}: {reason}{field}")
 
 
 def _pad4(data: bytes) -> bytes:
@@ -173,7 +178,9 @@ def read_packets(src: BinaryIO | bytes, *, strict: bool = True, linktypes: froze
         block += 1
         try:
             if len(data) - pos < 12:
-                raise PcapngError(block, None, pos, f"{len(data) - pos} trailing bytes are too few for a block header")
+                left = len(data) - pos  # four bytes or more name the block's type
+                btype = struct.unpack_from(order + "I", data, pos)[0] if left >= 4 else None
+                raise PcapngError(block, btype, pos, f"{left} trailing bytes are too few for a block header")
             raw_type = struct.unpack_from("<I", data, pos)[0]
             if raw_type == SHB_TYPE:
                 if len(data) - pos < 28:
@@ -234,7 +241,9 @@ def read_packets(src: BinaryIO | bytes, *, strict: bool = True, linktypes: froze
                 caplen = min(origlen, interfaces[0].snaplen or origlen, len(body) - 4)
                 yield Packet(0, interfaces[0].linktype, 0, body[4 : 4 + caplen], origlen, [], block, pos)
             pos += total
-        except PcapngError:
+        except PcapngError as e:
             if strict:
+                if e.start != pos:  # named by where its block starts, and the field's own byte
+                    raise PcapngError(e.block, e.block_type, e.offset, e.reason, start=pos) from None
                 raise
             return

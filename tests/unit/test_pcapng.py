@@ -80,3 +80,29 @@ def test_packet_on_undescribed_interface():
     bad = good[: at + 8] + struct.pack("<I", 7) + good[at + 12 :]
     with pytest.raises(PcapngError, match="interface 7 was not described"):
         list(read_packets(bad))
+
+
+def _block_starts(data: bytes) -> list[int]:
+    starts, pos = [], 0
+    while pos < len(data):
+        starts.append(pos)
+        pos += struct.unpack_from("<I", data, pos + 4)[0]
+    return starts
+
+
+def test_a_cut_anywhere_is_named_by_where_its_block_starts_and_its_type_when_it_has_one():
+    """The offset was sometimes the block's start and sometimes the field at fault (a cut
+    SHB said offset 4, a cut header offset 0), and four bytes left were "unknown type"
+    though they are the type."""
+    data = _file(PKTS)
+    starts = _block_starts(data)
+    for n in range(1, len(data)):
+        if n in starts:  # a cut between blocks is a shorter good file
+            continue
+        with pytest.raises(PcapngError) as e:
+            list(read_packets(data[:n]))
+        err = e.value
+        assert err.start == starts[err.block - 1], (n, str(err))
+        assert f"at byte offset {err.start}: " in str(err)
+        if n - err.start >= 4:  # the type is there to read
+            assert err.block_type == struct.unpack_from("<I", data, err.start)[0], (n, str(err))
