@@ -59,6 +59,7 @@ LINKTYPE_IPV4 = 228
 TAG_HEUR_NAME = 13
 TAG_IPV4_SRC, TAG_IPV4_DST = 20, 21
 PEERNOSMC = 0x03010000
+PEERDECL = 0x05000000  # the end that received a Decline (its peer declined)
 RDMA_WRITES = {roce.Opcode.RDMA_WRITE_ONLY, roce.Opcode.RDMA_WRITE_FIRST, roce.Opcode.RDMA_WRITE_ONLY_WITH_IMMEDIATE}
 SENDS = {roce.Opcode.SEND_ONLY, roce.Opcode.SEND_FIRST, roce.Opcode.SEND_ONLY_WITH_IMMEDIATE, roce.Opcode.UC_SEND_ONLY}
 
@@ -120,7 +121,18 @@ class _Flow:
 @dataclass
 class _Lgr:
     name: str
-    qpns: dict[int, int] = field(default_factory=dict)  # QPN -> link id
+    qpns: dict[tuple[str, int], int] = field(default_factory=dict)  # (owner's address, QPN) -> link id
+
+    def link_of(self, qpn: int) -> int | None:
+        """The link of a QP known by a guessed address (found by its number)."""
+        return next((lid for (_, q), lid in self.qpns.items() if q == qpn), None)
+
+
+def _gid_ip(gid: bytes | None) -> str | None:
+    """The IPv4 address of an IPv4-mapped GID (::ffff:a.b.c.d, as RoCEv2 over IPv4 has it)."""
+    if gid and len(gid) == 16 and gid[:10] == bytes(10) and gid[10:12] == b"\xff\xff":
+        return str(ipaddress.IPv4Address(gid[12:]))
+    return None
 
 
 class Deriver:
@@ -131,8 +143,13 @@ class Deriver:
         self.flows: dict[frozenset, _Flow] = {}
         self.tokens: dict[int, int] = {}  # alert token -> conn
         self.rkeys: dict[int, int] = {}  # rkey -> conn
-        self.lgrs: dict[tuple[str, str], _Lgr] = {}  # (client peer id, server peer id) -> lgr
-        self.qpn_lgr: dict[int, _Lgr] = {}
+        self.lgrs: dict[tuple[str, str], _Lgr] = {}  # (client peer id, server peer id) -> its latest lgr
+        self.nlgrs = 0
+        # a QP by its owner's address and number: kernels number QPs alike (both from 0x11),
+        # so a QPN alone names a QP on each host. By number alone only QPs whose address was a
+        # guess (a GID without IPv4: the CLC sender's address stands in), when one has it.
+        self.qp_lgr: dict[tuple[str, int], _Lgr] = {}
+        self.qpn_guessed: dict[int, _Lgr | None] = {}
         self.conn_lgr: dict[int, str] = {}
         self.frames = 0
         self.opened = 0  # connections numbered in order of opening, like tcp.stream without the probes
@@ -261,11 +278,15 @@ class Deriver:
                 flow.accept = msg
             else:
                 accept = flow.accept
-                lgr = self._lgr(msg.peer_id.hex(), accept.peer_id.hex() if accept else "")
-                for qpn in (msg.qpn, accept.qpn if accept else None):
-                    if qpn:
-                        lgr.qpns.setdefault(qpn, 1)
-                        self.qpn_lgr[qpn] = lgr
+                server_ip = flow.server[0]
+                lgr = None
+                if not msg.first_contact and accept is not None and accept.qpn:  # the group whose link it uses
+                    lgr = self._qp(_gid_ip(accept.gid) or server_ip, accept.qpn)
+                if lgr is None:  # first contact makes a new link group (a VLAN, a second group between the hosts)
+                    lgr = self._lgr(msg.peer_id.hex(), accept.peer_id.hex() if accept else "", new=msg.first_contact)
+                self._learn_qp(msg.gid, host, msg.qpn, lgr, 1)
+                if accept is not None:
+                    self._learn_qp(accept.gid, server_ip, accept.qpn, lgr, 1)
                 self.conn_lgr[flow.conn] = lgr.name
                 flow.outcome = "SMCR"
                 flow.clc_done.update((flow.client, flow.server))
@@ -274,21 +295,44 @@ class Deriver:
         elif isinstance(msg, clc.Decline):
             flow.outcome = "TCP"
             flow.clc_done.update((flow.client, flow.server))
-            yield from self._fallback(t, flow, msg.diagnosis, f"CLC Decline from {host}", declined_by=host)
+            yield from self._fallback(t, flow, msg.diagnosis, f"CLC Decline from {host}", declined_by=src)
 
-    def _fallback(self, t: float, flow: _Flow, reason: int, why: str, declined_by: str | None = None) -> Iterator[Event]:
-        fields = {"reason": reason, "reason_text": codes.format_reason(reason) if reason else "not SMC", "cause": why}
-        if declined_by:
-            fields["declined_by"] = declined_by
+    def _fallback(self, t: float, flow: _Flow, reason: int, why: str, declined_by: tuple[str, int] | None = None) -> Iterator[Event]:
+        """Both ends fall back. With a Decline, each end's own view, as the kernel keeps it:
+        the end that declined has its reason, the other PEERDECL with the peer's diagnosis."""
         for end in (flow.client, flow.server):
+            own = reason if declined_by is None or end == declined_by else PEERDECL
+            fields = {"reason": own, "reason_text": codes.format_reason(own) if own else "not SMC", "cause": why}
+            if declined_by is not None:
+                fields["declined_by"] = declined_by[0]
+                if end != declined_by:
+                    fields["peer_diagnosis"], fields["peer_diagnosis_text"] = reason, codes.format_reason(reason) if reason else ""
             yield Event(t, "conn.fallback", end[0], conn=flow.conn, fields=fields)
-            yield Event(t, "conn.mode", end[0], conn=flow.conn, fields={"mode": "TCP", "reason": reason})
+            yield Event(t, "conn.mode", end[0], conn=flow.conn, fields={"mode": "TCP", "reason": own})
 
-    def _lgr(self, client_id: str, server_id: str) -> _Lgr:
+    def _lgr(self, client_id: str, server_id: str, new: bool = False) -> _Lgr:
         lgr = self.lgrs.get((client_id, server_id))
-        if lgr is None:
-            lgr = self.lgrs[(client_id, server_id)] = _Lgr(f"lgr{len(self.lgrs) + 1}")
+        if lgr is None or new:
+            self.nlgrs += 1
+            lgr = self.lgrs[(client_id, server_id)] = _Lgr(f"lgr{self.nlgrs}")
         return lgr
+
+    def _learn_qp(self, gid: bytes, sender: str, qpn: int, lgr: _Lgr, link: int | None) -> None:
+        """The QP ``qpn`` of the host whose GID is ``gid`` (its RoCE address when IPv4-mapped;
+        else the address it sent from stands in) belongs to ``lgr``, as link ``link``."""
+        if not qpn:
+            return
+        ip = _gid_ip(gid)
+        if link is not None:
+            lgr.qpns.setdefault((ip or sender, qpn), link)
+        self.qp_lgr[(ip or sender, qpn)] = lgr
+        if ip is None:
+            known = self.qpn_guessed.get(qpn, lgr)
+            self.qpn_guessed[qpn] = lgr if known is lgr else None  # two guessed QPs with one number: ambiguous
+
+    def _qp(self, ip: str, qpn: int) -> _Lgr | None:
+        lgr = self.qp_lgr.get((ip, qpn))
+        return lgr if lgr is not None else self.qpn_guessed.get(qpn)
 
     # ------------------------------------------------------------------ RoCEv2
 
@@ -310,8 +354,8 @@ class Deriver:
         yield from self._ib(t, src, dst, pkt.bth.opcode, pkt.bth.dest_qp, pkt.payload, pkt.reth)
 
     def _ib(self, t: float, src: str, dst: str, opcode: int, dest_qp: int, payload: bytes, reth) -> Iterator[Event]:
-        lgr = self.qpn_lgr.get(dest_qp)
-        link = lgr.qpns.get(dest_qp) if lgr else None
+        lgr = self._qp(dst, dest_qp)
+        link = (lgr.qpns.get((dst, dest_qp)) or lgr.link_of(dest_qp)) if lgr else None
         lgr_name = lgr.name if lgr else None
         if opcode in SENDS and payload:
             if payload[0] == cdc.CDC_TYPE:
@@ -334,14 +378,14 @@ class Deriver:
     def _llc_effects(self, t: float, src: str, lgr: _Lgr | None, link: int | None, msg) -> Iterator[Event]:
         name = lgr.name if lgr else None
         if isinstance(msg, llc.ConfirmLink) and lgr is not None:
-            lgr.qpns[msg.qpn] = msg.link_num
-            self.qpn_lgr[msg.qpn] = lgr
-            for qpn, lid in list(lgr.qpns.items()):
+            self._learn_qp(msg.gid, src, msg.qpn, lgr, None)
+            lgr.qpns[(_gid_ip(msg.gid) or src, msg.qpn)] = msg.link_num
+            for key, lid in list(lgr.qpns.items()):
                 if lid == 1 and link == 1:
-                    lgr.qpns[qpn] = msg.link_num
+                    lgr.qpns[key] = msg.link_num
         elif isinstance(msg, llc.AddLink) and lgr is not None and not msg.rejected and msg.qpn:
-            lgr.qpns[msg.qpn] = msg.link_num
-            self.qpn_lgr[msg.qpn] = lgr
+            self._learn_qp(msg.gid, src, msg.qpn, lgr, None)
+            lgr.qpns[(_gid_ip(msg.gid) or src, msg.qpn)] = msg.link_num
             for r in msg.rkeys:
                 if r.rkey in self.rkeys:
                     self.rkeys[r.new_rkey] = self.rkeys[r.rkey]

@@ -4,6 +4,7 @@ block and offset, with what came before kept; the recorder counts what it drops.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import shutil
 import struct
@@ -61,7 +62,8 @@ def test_a_classic_pcap_of_the_wire_summarizes_like_the_recording(recorded, tmp_
     ours = summarize(events).to_dict()
     # the wire shows each connection from both of its ends, as the two recorded hosts do
     assert derived["connections"] == ours["connections"] == {"total": 6, "modes": {"SMCR": 4, "TCP": 2}}
-    assert [f["reason"] for f in derived["fallbacks"]] == [DIFFPREFIX]
+    # each end's own view, as the two recorded hosts had it: the server's DIFFPREFIX, the client's PEERDECL
+    assert [f["reason"] for f in derived["fallbacks"]] == [f["reason"] for f in ours["fallbacks"]] == [DIFFPREFIX, 0x05000000]
     assert sorted(c["bytes_written"] for c in derived["conns"]) == sorted(c["bytes_written"] for c in ours["conns"])
     kinds = {e.kind for e in read_events(pcap)}
     assert {"conn.open", "clc.msg", "llc.msg", "cdc.msg", "rdma.write", "conn.mode", "conn.fallback"} <= kinds
@@ -263,3 +265,77 @@ def test_rdma_write_frames_are_recorded_with_a_snap_length(recorded, tmp_path):
     assert writes and sends
     derived = summarize(read_events(path)).to_dict()
     assert sorted(c["bytes_written"] for c in derived["conns"]) == sorted(c["bytes_written"] for c in summarize(events).to_dict()["conns"])
+
+
+def _conn_lgr(events) -> dict[tuple[str, int], str]:
+    return {(e.host, e.conn): e.lgr for e in events if e.kind == "conn.mode" and e.get("mode") == "SMCR"}
+
+
+def test_a_kernel_capture_keeps_each_qp_with_its_own_hosts_link_group():
+    """Two kernels number their QPs alike (both from 0x11); the lab's capture has a link
+    group each way, each with a QP 0x11 and 0x12 on different hosts. A QP was looked up by its
+    number alone, so lgr1's LLC messages (DELETE RKEY, the DELETE LINK of its link 2) went to
+    lgr2, a group that had ended and never had a link 2."""
+    events = list(read_events(KERNEL_CAPTURE))
+    lgr_of = _conn_lgr(events)
+    assert len(set(lgr_of.values())) == 2
+    for e in events:
+        if e.kind == "cdc.msg" and e.conn is not None:
+            assert e.lgr == lgr_of[(e.host, e.conn)], e
+    ended = {e.lgr: e.t for e in events if e.kind == "link.event" and e.get("event") == "deleted" and e.get("all")}
+    assert ended  # a group deleted with all its links, early in the capture
+    late = [e for e in events if e.kind in ("llc.msg", "link.event") and e.lgr in ended and e.t > ended[e.lgr] + 0.1]
+    assert not late, late[:3]  # nothing of a group after it ended (its DELETE LINK response comes at once)
+    lost = [e for e in events if e.kind == "link.event" and e.get("reason") == 0x00010000]  # LOST_PATH: lgr1's second link
+    assert len(lost) == 1 and lost[0].t < ended.get(lost[0].lgr, float("inf"))  # in a group that was still there
+
+
+VLAN_CAPTURE = KERNEL_CAPTURE.with_name("kernel_vlans_smcr.pcap")
+
+
+def test_first_contact_makes_a_new_link_group_between_the_same_hosts():
+    """tcpdump of two kernels with connections on VLAN 100, VLAN 200 and untagged (the lab's
+    VLAN test; the RDMA WRITE middle frames taken out to keep the file small): one link group
+    per VLAN, for each Confirm with first contact starts one; they were all one group,
+    keyed by the two hosts' peer ids."""
+    events = list(read_events(VLAN_CAPTURE))
+    lgr_of = _conn_lgr(events)
+    groups = {}
+    for (host, _), lgr in lgr_of.items():
+        groups.setdefault(lgr, set()).add(host.rsplit(".", 1)[0])  # the subnet: untagged 10.2.0, VLAN 100 10.3.100, VLAN 200 10.3.200
+    assert sorted(map(sorted, groups.values())) == [["10.2.0"], ["10.3.100"], ["10.3.200"]], groups
+    first = [e for e in events if e.kind == "clc.msg" and "Confirm" in str(e.get("type")) and e.get("first_contact")]
+    assert len(first) == 3
+
+
+def _segment(t: float, src: tuple[str, int], dst: tuple[str, int], seq: int, flags: int, payload: bytes = b"", options: bytes = b""):
+    from dissectors.pcapng import Packet
+    from stack.wire.inet import Tcp, ipv4_tcp_frame
+
+    frame = ipv4_tcp_frame(
+        b"\2" * 6, b"\4" * 6, ipaddress.IPv4Address(src[0]), ipaddress.IPv4Address(dst[0]), Tcp(src[1], dst[1], seq, 1, flags, options=options), payload
+    )
+    return Packet(0, LINKTYPE_ETHERNET, int(t * 1e9), frame, len(frame))
+
+
+def test_a_captured_decline_gives_each_end_its_own_view():
+    """A capture of a Decline said the decliner's reason at both ends; the kernel and the
+    stack keep PEERDECL with the peer's diagnosis at the end that received it."""
+    from dissectors.derive import derive_events
+    from stack.wire import clc
+
+    cli, srv = ("10.9.0.1", 40000), ("10.9.0.2", 5000)
+    smc_opt = bytes.fromhex("fe06e2d4c3d9") + b"\x01\x01"  # the SMC experimental option, padded with NOPs
+    decline = clc.Decline(peer_id=bytes(8), diagnosis=0x03030000).encode()  # NOSMCDEV, from the server
+    packets = [
+        _segment(1.0, cli, srv, 100, 0x02, options=smc_opt),  # SYN
+        _segment(1.001, srv, cli, 500, 0x12, options=smc_opt),  # SYN-ACK
+        _segment(1.003, srv, cli, 501, 0x18, decline),  # the server declines at once (as a kernel without a device does)
+    ]
+    events = list(derive_events(packets))
+    fb = {e.host: e.fields for e in events if e.kind == "conn.fallback"}
+    assert fb["10.9.0.2"]["reason"] == 0x03030000 and "peer_diagnosis" not in fb["10.9.0.2"]
+    assert fb["10.9.0.1"]["reason"] == 0x05000000 and fb["10.9.0.1"]["peer_diagnosis"] == 0x03030000
+    assert fb["10.9.0.1"]["declined_by"] == fb["10.9.0.2"]["declined_by"] == "10.9.0.2"
+    s = summarize(events)
+    assert dict(s.fallbacks) == {0x03030000: 1, 0x05000000: 1}
