@@ -94,6 +94,14 @@ class Summary:
         return sum(c.moved + (c.received if not c.local or not c.peer or (c.peer, c.local) not in ends else 0) for c in self.conns.values())
 
     @property
+    def sees_data(self) -> bool:
+        """The trace shows an SMC-R data path (RoCEv2 frames, or a source that counts sends).
+        A capture of a host with a hardware RNIC has the CLC over TCP and nothing of RDMA:
+        its connections' bytes are unknown there, not 0."""
+        k = self.kinds
+        return bool(k["rdma.write"] or k["cdc.msg"] or k["llc.msg"] or k["conn.cursor"] or k["stats"])
+
+    @property
     def failovers(self) -> list[dict]:
         """The failovers that ended (one that only began is still going when the trace ends)."""
         return [{"host": fo.host, "lgr": fo.lgr, "from_link": fo.from_link, "to_link": fo.to_link, "conns": fo.conns, "failed": fo.failed,
@@ -108,7 +116,7 @@ class Summary:
                         "by": [{"by": by, **v} for by, v in sorted(self.drop_sources.items())]},
             "frames_not_decoded": self.frames_not_decoded,
             "connections": {"total": len(self.conns), "modes": dict(modes)},
-            "moved": self.moved,
+            "moved": self.moved if self.sees_data or not modes.get("SMCR") else None,  # null: the trace cannot tell
             "fallbacks": [{"reason": r, "text": codes.format_reason(r) if r else "not SMC", "count": n} for r, n in sorted(self.fallbacks.items())],
             "failovers": self.failovers,
             "link_groups": [{"host": h, "lgr": g, "types": t} for (h, g), t in sorted(self.lgr_types.items())],
@@ -234,16 +242,20 @@ def render(s: Summary) -> str:
     if s.frames_not_decoded:
         out.append(f"{s.frames_not_decoded} frames could not be decoded (see decode --kind trace.note)")
     out.append("")
-    out.append(
-        f"Moved: {d['moved']:,} bytes over SMC-R (each byte once, as smctop counts it: what each end sent, "
-        "and what an end received from a peer not in the trace)"
-    )
+    if d["moved"] is None:
+        out.append("Moved: unknown: the trace has SMC-R connections but no RoCEv2 frames (a hardware RNIC's RDMA "
+                   "traffic does not pass the network interface a capture watches)")  # fmt: skip
+    else:
+        out.append(f"Moved: {d['moved']:,} bytes over SMC-R (each byte once, as smctop counts it: what each end sent, "
+                   "and what an end received from a peer not in the trace)")  # fmt: skip
     out.append(
         f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Sent':>12}{'Received':>12}{'MB/s':>10}  State"
     )
+    known = d["moved"] is not None
     for c in d["conns"]:
+        sent, received = (c["moved"], c["received"]) if known else ("?", "?")
         out.append(f"{c['host'][:13]:<14}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
-                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{c['moved']:>12}{c['received']:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
+                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{sent:>12}{received:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
                    + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
     out.append("")
     out.append("Fallbacks: " + (", ".join(f"{f['text']} x{f['count']}" for f in d["fallbacks"]) or "none"))

@@ -339,3 +339,20 @@ def test_a_captured_decline_gives_each_end_its_own_view():
     assert fb["10.9.0.1"]["declined_by"] == fb["10.9.0.2"]["declined_by"] == "10.9.0.2"
     s = summarize(events)
     assert dict(s.fallbacks) == {0x03030000: 1, 0x05000000: 1}
+
+
+def test_a_capture_without_roce_frames_says_its_bytes_are_unknown():
+    """tcpdump on a host with a hardware RNIC sees the CLC over TCP and none of the RDMA
+    traffic: summary said "Moved: 0 bytes" and 0 for every SMC-R connection."""
+    from dissectors.derive import derive_events, ip_header, ip_payload
+    from dissectors.pcap import read_pcap
+    from dissectors.summary import render
+
+    tcp_only = [p for p in read_pcap(KERNEL_CAPTURE.read_bytes()) if ip_header(ip_payload(p), False)[2] == 6]
+    s = summarize(derive_events(tcp_only))
+    d = s.to_dict()
+    assert d["connections"]["modes"] == {"SMCR": 8} and d["moved"] is None
+    text = render(s)
+    assert "Moved: unknown: the trace has SMC-R connections but no RoCEv2 frames" in text
+    assert d["conns"] and all(line.split()[-4:-2] == ["?", "?"] for line in text.splitlines() if " SMCR " in line)
+    assert summarize(read_events(KERNEL_CAPTURE)).to_dict()["moved"] == 65_604  # with the frames it is known
