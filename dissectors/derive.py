@@ -111,6 +111,7 @@ class _Flow:
     clc_done: set[tuple[str, int]] = field(default_factory=set)
     outcome: str | None = None  # "SMCR" or "TCP"
     data_seen: bool = False
+    data_t: float | None = None  # when its first payload was seen
     proposal: clc.Proposal | None = None
     accept: clc.Accept | None = None
     opened: bool = False
@@ -183,26 +184,38 @@ class Deriver:
             yield Event(t, "trace.note", "", fields={"frame": number, "error": str(e)})
 
     def finish(self, t: float) -> Iterator[Event]:
-        """Flows that never showed CLC: TCP connections without SMC (no option, or ignored)."""
+        """Connections that offered SMC and carried data without CLC: they fell back, each end
+        as the kernel would say (dated when their data began, not when the capture ended)."""
         for flow in self.flows.values():
-            if flow.outcome is None and flow.data_seen:
+            if flow.outcome is None and flow.data_seen and flow.opened:
                 flow.outcome = "TCP"
-                reason = PEERNOSMC if not flow.syn_option or not flow.synack_option else 0
-                yield from self._fallback(t, flow, reason, "no CLC handshake on this connection")
+                yield from self._no_clc(flow)
+
+    def _no_clc(self, flow: _Flow) -> Iterator[Event]:
+        """An end that offered SMC in its SYN or SYN-ACK and whose peer did not falls back
+        with PEERNOSMC (smc_connect, smc_listen_work); an end that offered nothing is a plain
+        TCP socket (reason 0); both offered and no CLC seen: the capture missed it (0)."""
+        t = flow.data_t
+        offered = {flow.client: flow.syn_option, flow.server: flow.synack_option}
+        for end, other in ((flow.client, flow.server), (flow.server, flow.client)):
+            reason = PEERNOSMC if offered[end] and not offered[other] else 0
+            fields = {"reason": reason, "reason_text": codes.format_reason(reason) if reason else "not SMC", "cause": "no CLC handshake on this connection"}
+            yield Event(t, "conn.fallback", end[0], conn=flow.conn, fields=fields)
+            yield Event(t, "conn.mode", end[0], conn=flow.conn, fields={"mode": "TCP", "reason": reason})
 
     # ------------------------------------------------------------------ TCP and CLC
 
-    def _flow(self, src: tuple[str, int], dst: tuple[str, int], synack: bool) -> _Flow:
+    def _flow(self, src: tuple[str, int], dst: tuple[str, int]) -> _Flow:
         key = frozenset((src, dst))
         flow = self.flows.get(key)
-        if flow is None:
-            client, server = (dst, src) if synack else (src, dst)  # the first segment seen is the client's, unless a SYN-ACK
-            flow = self.flows[key] = _Flow(-1, client, server)
+        if flow is None:  # the sender of the first segment seen, until a SYN or a CLC message says otherwise
+            flow = self.flows[key] = _Flow(-1, src, dst)
         return flow
 
     def _opened(self, t: float, flow: _Flow) -> list[Event]:
-        """conn.open for both ends, once the connection is real (SYN-ACK or data): a SYN
-        answered by a RST (a port probe) is no connection."""
+        """conn.open for both ends, once the connection is real and SMC's business: a SYN
+        answered by a RST (a port probe) is no connection, nor is TCP that never offered SMC
+        (no option in its SYN or SYN-ACK, no CLC: an ssh session in the same capture)."""
         if flow.opened:
             return []
         flow.opened = True
@@ -214,14 +227,17 @@ class Deriver:
 
     def _tcp(self, t: float, src_ip: str, dst_ip: str, tcp, payload: bytes) -> Iterator[Event]:
         src, dst = (src_ip, tcp.sport), (dst_ip, tcp.dport)
-        flow = self._flow(src, dst, tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK)
+        flow = self._flow(src, dst)
         if tcp.flags & TCP_SYN:
             has = has_smc_option(tcp.options)
-            if src == flow.client:
-                flow.syn_option = has
-            else:
+            if tcp.flags & TCP_ACK:  # the SYN-ACK: its sender is the server
+                flow.client, flow.server = dst, src
                 flow.synack_option = has
-                yield from self._opened(t, flow)
+                if flow.syn_option or has:
+                    yield from self._opened(t, flow)
+            else:
+                flow.client, flow.server = src, dst
+                flow.syn_option = has
             flow.next_seq[src] = (tcp.seq + 1) & 0xFFFFFFFF
             return
         if tcp.flags & (TCP_FIN | TCP_RST) and flow.opened and not flow.closed:
@@ -234,7 +250,6 @@ class Deriver:
                     )
         if not payload:
             return
-        yield from self._opened(t, flow)
         nxt = flow.next_seq.setdefault(src, tcp.seq)
         delta = (tcp.seq - nxt) & 0xFFFFFFFF
         if delta >= 0x80000000:  # a retransmission, perhaps overlapping: keep only the new bytes
@@ -245,6 +260,8 @@ class Deriver:
         elif delta:
             return  # a gap (a lost capture segment): CLC cannot be parsed past it
         flow.next_seq[src] = (nxt + len(payload)) & 0xFFFFFFFF
+        if flow.data_t is None:
+            flow.data_t = t
         if src in flow.clc_done:
             flow.data_seen = True
             return
@@ -255,6 +272,8 @@ class Deriver:
                 flow.clc_done.add(src)
                 flow.data_seen = True
                 buf.clear()
+                if flow.syn_option or flow.synack_option:  # offered SMC, and this is not CLC: a fallback to come
+                    yield from self._opened(t, flow)
                 break
             length = struct.unpack_from("!H", buf, 5)[0]
             if len(buf) < length:
@@ -266,11 +285,15 @@ class Deriver:
     def _clc(self, t: float, flow: _Flow, src: tuple[str, int], raw: bytes) -> Iterator[Event]:
         msg = clc.decode(raw)
         host = src[0]
+        # the Proposal and the Confirm come from the client, the Accept from the server: when
+        # the capture missed the SYN, the first segment's sender was only a guess
+        from_client = isinstance(msg, (clc.Proposal, clc.Confirm))
+        if (from_client or isinstance(msg, clc.Accept)) and not flow.opened and (src == flow.client) != from_client:
+            flow.client, flow.server = flow.server, flow.client
+        yield from self._opened(t, flow)
         yield Event(t, "clc.msg", host, conn=flow.conn, fields={"dir": "tx", **clc_fields(msg, raw)})
         if isinstance(msg, clc.Proposal):
             flow.proposal = msg
-            if src != flow.client:  # the Proposal comes from the client: we guessed the ends wrong
-                flow.client, flow.server = flow.server, flow.client
         elif isinstance(msg, (clc.Accept, clc.Confirm)):
             self.tokens[msg.rmbe_alert_token] = flow.conn
             self.rkeys[msg.rmb_rkey] = flow.conn
@@ -414,8 +437,7 @@ class Deriver:
         src = str(ipaddress.IPv4Address(tags[TAG_IPV4_SRC])) if len(tags.get(TAG_IPV4_SRC, b"")) == 4 else ""
         dst = str(ipaddress.IPv4Address(tags[TAG_IPV4_DST])) if len(tags.get(TAG_IPV4_DST, b"")) == 4 else ""
         if name in ("smc", "smc_tcp"):
-            flow = self._flow((src, 0), (dst, 0), False)
-            yield from self._opened(t, flow)
+            flow = self._flow((src, 0), (dst, 0))
             yield from self._clc(t, flow, flow.client if src == flow.client[0] else flow.server, body)
         elif name in ("smcr_infiniband", "smc.infiniband"):
             yield from self._ib(t, src, dst, roce.Opcode.SEND_ONLY, 0, body, None)

@@ -85,20 +85,40 @@ def test_a_pcapng_rewritten_by_tshark_without_our_records_is_derived(recorded, t
     assert [d.get("diagnosis") for d in declines] == [DIFFPREFIX]
 
 
-def test_a_tcp_connection_without_the_smc_option_is_a_peernosmc_fallback():
-    import ipaddress
-
-    flow = TcpFlow(Endpoint(ipaddress.IPv4Address("10.0.0.1"), 40000, smc=False), Endpoint(ipaddress.IPv4Address("10.0.0.2"), 80))
+def _http_over(client_smc: bool, server_smc: bool, tail_s: float = 0.0) -> bytes:
+    """A TCP connection carrying HTTP, the client's SYN with the SMC option or not (the
+    server echoes it only when it is an SMC socket and the SYN had it), and a last frame
+    ``tail_s`` seconds later (the capture goes on)."""
     import io
 
+    flow = TcpFlow(Endpoint(ipaddress.IPv4Address("10.0.0.1"), 40000, smc=client_smc), Endpoint(ipaddress.IPv4Address("10.0.0.2"), 80, smc=server_smc))
     buf = io.BytesIO()
     w = PcapngWriter(buf)
     w.add_interface(LINKTYPE_ETHERNET, "eth0")
-    for i, frame in enumerate([*flow.handshake(), flow.data(True, b"GET / HTTP/1.0\r\n\r\n"), flow.data(False, b"HTTP/1.0 200 OK\r\n\r\n")]):
+    frames = [*flow.handshake(), flow.data(True, b"GET / HTTP/1.0\r\n\r\n"), flow.data(False, b"HTTP/1.0 200 OK\r\n\r\n")]
+    for i, frame in enumerate(frames):
         w.write_packet(0, 1_000_000_000 + i, frame)
-    s = summarize(read_events(buf.getvalue())).to_dict()
-    assert s["connections"]["modes"] == {"TCP": 2}
-    assert [f["reason"] for f in s["fallbacks"]] == [PEERNOSMC]
+    w.write_packet(0, 1_000_000_000 + len(frames) + int(tail_s * 1e9), flow.ack(True))
+    return buf.getvalue()
+
+
+def test_tcp_that_never_offered_smc_is_not_a_connection_of_smcs():
+    """No SMC option in the SYN (so none in the SYN-ACK) and no CLC: a plain TCP socket, an
+    ssh or HTTP session in the same capture. It was listed as two PEERNOSMC fallbacks."""
+    s = summarize(read_events(_http_over(False, True))).to_dict()
+    assert s["connections"] == {"total": 0, "modes": {}} and s["fallbacks"] == []
+
+
+def test_a_client_whose_option_was_not_echoed_falls_back_with_peernosmc_when_its_data_begins():
+    """The client offered SMC and the server's SYN-ACK did not: the client falls back with
+    PEERNOSMC (smc_connect), the server is a plain TCP socket (reason 0); the fallback is
+    dated when the data began, not when the capture ended (60 s later here)."""
+    events = list(read_events(_http_over(True, False, tail_s=60.0)))
+    fb = {e.host: (e.fields["reason"], e.t) for e in events if e.kind == "conn.fallback"}
+    assert fb["10.0.0.1"][0] == PEERNOSMC and fb["10.0.0.2"][0] == 0
+    assert fb["10.0.0.1"][1] == fb["10.0.0.2"][1] == 1.000000003  # the first data frame
+    s = summarize(events).to_dict()
+    assert s["connections"] == {"total": 2, "modes": {"TCP": 2}}
 
 
 def test_truncated_files_name_the_block_and_offset_and_keep_what_came_before(recorded):
@@ -356,3 +376,29 @@ def test_a_capture_without_roce_frames_says_its_bytes_are_unknown():
     assert "Moved: unknown: the trace has SMC-R connections but no RoCEv2 frames" in text
     assert d["conns"] and all(line.split()[-4:-2] == ["?", "?"] for line in text.splitlines() if " SMCR " in line)
     assert summarize(read_events(KERNEL_CAPTURE)).to_dict()["moved"] == 65_604  # with the frames it is known
+
+
+def test_roles_come_from_the_clc_when_the_capture_missed_the_syn_and_the_proposal():
+    """A capture begun after a connection's SYN and Proposal: its first segment (the server's
+    Accept) made the server the client; an Accept comes from the server, a Confirm from the
+    client. A port probe whose RST is first in the file is no connection either way."""
+    from dissectors.derive import derive_events, ip_header, ip_payload
+    from dissectors.pcap import read_pcap
+    from stack.wire.inet import decode_tcp
+
+    keep, proposals = [], 0
+    for p in read_pcap(KERNEL_CAPTURE.read_bytes()):
+        ip = ip_payload(p)
+        src, dst, proto, off, end = ip_header(ip, False)
+        if proto == 6:
+            tcp, poff = decode_tcp(ip, off)
+            if tcp.flags & 0x02 or poff == end:  # SYN, SYN-ACK and bare ACKs: not captured
+                continue
+            if ip[poff:end][:4] == b"\xe2\xd4\xc3\xd9" and ip[poff + 4] == 1:  # a CLC Proposal: not captured
+                proposals += 1
+                continue
+        keep.append(p)
+    assert proposals == 4
+    roles = {(e.get("role"), e.get("local"), e.get("peer")) for e in derive_events(keep) if e.kind == "conn.open"}
+    whole = {(e.get("role"), e.get("local"), e.get("peer")) for e in read_events(KERNEL_CAPTURE) if e.kind == "conn.open"}
+    assert roles == whole and len(roles) == 8  # (numbered in another order: by their first CLC message now)
