@@ -162,7 +162,7 @@ class SmctopApp(App):
             self.exit(return_code=1, message=f"smctop: cannot start the {self.source.label} source: {e}")
             return
         self.started = True
-        self.status = f"{self.source.describe()}: watching"
+        self.status = self._watching()
         if getattr(self.source, "loading", False):
             self.status = "reading the recording: the replay begins when it is read"
         if self.source.label == "demo":  # the demo's story, on its first screen
@@ -197,7 +197,7 @@ class SmctopApp(App):
             return
         if self._loading:  # read: the replay begins
             self._loading = False
-            self.status = f"{self.source.describe()}: watching"
+            self.status = self._watching()
         events = self.source.poll(self.model)
         if self.recorder is not None and events:
             self.recorder.write(events)
@@ -209,6 +209,8 @@ class SmctopApp(App):
         finished, self._finished = done and not self._finished, done
         if finished:
             self.model.finish()
+            if isinstance(self.source, ReplaySource):  # where it ended (the header's first line says it too)
+                self.status = f"the replay reached its end: {self.source.position()} ([ seeks back)"
         # a sample closing redraws; so do events that no sample closed for a second (a recording
         # shorter than a sample, a source that went quiet) and the end of a replay
         stale = bool(events) and time.monotonic() - self._drawn >= self.model.interval
@@ -244,6 +246,13 @@ class SmctopApp(App):
             soft = engine in ("native", "python", "native+python")
             flags.append(f"soft RoCE ({engine}): a NIC emulated in software" if soft else f"engine {engine}")
         self.query_one(HeaderBar).show(self.model, self.source.describe(), flags, self.status)
+
+    def _watching(self) -> str:
+        """The message line's first words. A replay's position is not in them: the header's
+        first line keeps it current, and a copy here stood at event 0 after the replay ended."""
+        if isinstance(self.source, ReplaySource):
+            return f"replay {self.source.path}: p pauses, n steps one event, [ and ] seek 10 s"
+        return f"{self.source.describe()}: watching"
 
     def say(self, text: str, error: bool = False) -> None:
         self.status = text

@@ -352,6 +352,11 @@ class Host:
     up: bool = True  # its source feeds it: False from host_gone until its next snapshot
 
 
+# a snapshot that names no host (its "host" null or absent) is this host's: "?" reads as
+# "not known" in every table and label, where "" left an empty Host column and "on " headings
+UNNAMED = "?"
+
+
 class Model:
     def __init__(self, *, interval: float = 1.0, history: int = 60, conn_log: int = 16, watched_log: int = 400,
                  events_kept: int = 20_000, closed_keep: float = 5.0, max_closed: int = 2_000, rare_kept: int | None = None) -> None:  # fmt: skip
@@ -374,6 +379,9 @@ class Model:
         self.lgrs: dict[tuple[str, str], LinkGroup] = {}
         self._ended: dict[tuple[str, str], float] = {}  # link groups that ended and left the model, oldest first
         self.failovers = Failovers(maxlen=200)  # paired as smc-trace summary pairs them
+        # both ends of a link group fail over when its link dies (each moves its ends of the
+        # connections): id -> (failover, counted); the end that began second is not counted
+        self._fo_ends: dict[int, tuple[Failover, bool]] = {}
         self.fallbacks: Counter = Counter()  # (host, role, reason) -> connection ends (each end's own view)
         self.fallback_causes: Counter = Counter()  # (cause, decided by, the other end's view) -> connections
         self.fallback_cause_last: dict[tuple, float] = {}
@@ -867,8 +875,32 @@ class Model:
             link.qpn = f.get("qpn", link.qpn)
             link.device = f.get("device", link.device)
         elif ev in ("failover_begin", "failover_end"):
-            self.failovers.feed(e)
+            last = self.failovers[-1] if self.failovers else None
+            fo = self.failovers.feed(e)
+            if fo is not None and fo is not last and self.failovers[-1] is fo:  # a new one
+                self._pair_failover(fo)
         self.links_changed = True
+
+    def _pair_failover(self, fo: Failover) -> None:
+        """``fo`` is the other end of an earlier failover when that one is on the link group at
+        the other end of this one's connections, off the same link (SMC-R numbers a link alike
+        at both ends), and not paired yet: one failover, counted at the end that began it."""
+        peers = {(o.host, o.lgr) for c in self.conns.values() if c.host == fo.host and c.lgr == fo.lgr and (o := c.peer_end) is not None}
+        if not peers:
+            return
+        ends = self._fo_ends
+        for other in reversed(self.failovers):
+            if other is not fo and other.from_link == fo.from_link and (other.host, other.lgr) in peers and id(other) not in ends:
+                ends[id(other)], ends[id(fo)] = (other, True), (fo, False)
+                break
+        if len(ends) > 4 * (self.failovers.maxlen or 200):  # forget those the deque let go
+            kept = {id(x) for x in self.failovers}
+            self._fo_ends = {k: v for k, v in ends.items() if k in kept}
+
+    def failover_counted(self, fo: Failover) -> bool:
+        """False for the second end of a failover whose first end the model also watched."""
+        end = self._fo_ends.get(id(fo))
+        return end is None or end[0] is not fo or end[1]
 
     def _on_lgr_state(self, e: Event) -> None:
         if e.lgr is None:
@@ -897,7 +929,7 @@ class Model:
         Returns the snapshot as parsed."""
         snap = parse_snapshot(snap)
         self._totals = None  # a snapshot can change link and link-group states that no stamp of totals() counts
-        name = snap.get("host", "")
+        name = snap.get("host") or UNNAMED
         t = snap.get("t", self.now or 0.0)
         if self.t0 is None:
             self.t0 = t
@@ -1001,7 +1033,7 @@ class Model:
         """The host-wide part of a snapshot (counters, devices and their counters, listening
         sockets, UEIDs, other keys), read defensively: keys the schema does not declare may be
         absent or of any shape. Connections and link groups are :meth:`apply_snapshot`'s."""
-        h = self.host(str(snap.get("host", "")))
+        h = self.host(str(snap.get("host") or UNNAMED))
         h.up = True
         stats = snap.get("stats")
         h.stats = {str(k): v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} if isinstance(stats, dict) else {}
@@ -1194,8 +1226,9 @@ class Model:
             "fallbacks": sum(self.fallbacks.values()),  # connection ends that fell back, each end's own view (smcr stats, Prometheus)
             "fallback_conns": sum(self.fallback_causes.values()),  # connections that fell back (both ends of one count once)
             "fallback_ratio": self.tcp_conns / decided if decided else 0.0,
-            "failovers": sum(1 for fo in self.failovers if fo.conns),  # those that moved connections
-            "link_deletions": sum(1 for fo in self.failovers if not fo.conns),  # the others: a link went, nothing moved
+            # those that moved connections, each once (both ends of a link group fail over)
+            "failovers": sum(1 for fo in self.failovers if fo.conns and self.failover_counted(fo)),
+            "link_deletions": sum(1 for fo in self.failovers if not fo.conns and self.failover_counted(fo)),  # a link went, nothing moved
             "elapsed": (self.now - self.t0) if self.now is not None and self.t0 is not None else 0.0,
         }  # fmt: skip
         self._totals = (stamp, out)

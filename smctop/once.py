@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import time
 from typing import Any, Callable
 
 from smckernel.model import Conn as KConn
 from smckernel.model import Snapshot, from_stack_snapshot
-from smckernel.once import VIEWS, reason_text, render_many, render_text
+from smckernel.once import VIEWS, reason_text, render_text, smcss, to_json_obj
 
 from .model import Model
 
@@ -134,28 +136,66 @@ def stack_stats(snap: Snapshot) -> str:
     return "\n".join(out) + "\n"
 
 
+def smcss_all(snap: Snapshot) -> str:
+    """``smcss -a`` of a stack's snapshot. smcss prints a kernel socket in INIT without
+    addresses (the kernel has none to give before connect); a stack's connection in its
+    handshake has both, and the model knows them: its row shows them, with mode ``-``."""
+    lines = smcss(snap, all=True).split("\n")
+    rows = iter(lines[1:])
+    out = [lines[0]]
+    for c in snap.connections:  # smcss -a prints every connection, in order
+        row = next(rows)
+        if c.state == "INIT" and (c.local or c.peer):
+            shown = smcss(dataclasses.replace(snap, connections=[dataclasses.replace(c, state="HANDSHAKE")]), all=True).split("\n")[1]
+            row = f"{'INIT':<14}{shown[14:]}"  # the row of a socket past INIT, its state column INIT again
+        out.append(row)
+    out += list(rows)
+    return "\n".join(out)
+
+
 def render_snapshot(snap: Snapshot) -> str:
     """One snapshot as text: smckernel's, with ``smcr stats`` from the counters a stack's
-    snapshot carries (smckernel's reads only the kernel's SMC_NETLINK_GET_STATS layout)."""
-    if snap.source == "kernel" or not any(k in (snap.stats or {}) for k in STACK_COUNTERS):
+    snapshot carries (smckernel's reads only the kernel's SMC_NETLINK_GET_STATS layout) and
+    a stack's connections in their handshake with their addresses (:func:`smcss_all`)."""
+    if snap.source == "kernel":
         return render_text(snap)
+    counters = any(k in (snap.stats or {}) for k in STACK_COUNTERS)
     notes, snap.notes = snap.notes, []
     try:
-        text = render_text(snap, [v for v in VIEWS if v != "smcr stats"])
+        text = render_text(snap, [v for v in VIEWS if v not in ("smcss -a", "smcr stats")])
     finally:
         snap.notes = notes
-    text += f"\n# smcr stats\n{stack_stats(snap)}"
+    head, _, rest = text.partition("\n")  # the "# <source> SMC on <host>" line, then the views
+    text = f"{head}\n# smcss -a\n{smcss_all(snap)}\n{rest}"
+    text += f"\n# smcr stats\n{stack_stats(snap) if counters else VIEWS['smcr stats'](snap)}"
     if notes:
         text += "\n# notes\n" + "\n".join(f"- {note}" for note in notes) + "\n"
     return text
 
 
+def to_json_doc(snaps: list[Snapshot]) -> dict[str, Any]:
+    """One document of one shape whatever the number of hosts (a script need not count them
+    first): ``hosts`` and ``namespaces`` (host -> netns) at the top, every connection, link
+    group, link and device naming its ``host`` and ``netns``, ``stats`` mapping each host to
+    its counters. It is ``smckernel.once.to_json_many``'s document for several snapshots, which
+    gave one snapshot's document as is (``host`` at the top, ``stats`` its counters alone)."""
+    doc: dict[str, Any] = {"hosts": [s.host for s in snaps], "namespaces": {s.host: s.netns for s in snaps},
+                           "source": snaps[0].source if snaps else None, "connections": [], "link_groups": [], "links": [],
+                           "devices": [], "stats": {}, "notes": []}  # fmt: skip
+    for s in snaps:
+        one = to_json_obj(s)
+        for key in ("connections", "link_groups", "links", "devices"):
+            doc[key].extend({"host": s.host, "netns": s.netns, **item} for item in one[key])
+        doc["stats"][s.host] = one["stats"]
+        doc["notes"].extend(f"{s.host}: {n}" for n in one["notes"])
+    return doc
+
+
 def render(snaps: list[Snapshot], as_json: bool) -> str:
     """The text of each snapshot (:func:`render_snapshot`), or one JSON document
-    (``smckernel.once.to_json_many``: one snapshot's document as ``python -m smckernel --once
-    --json`` prints it; with several, each entry names its host and network namespace)."""
+    (:func:`to_json_doc`)."""
     if as_json:
-        return render_many(snaps, as_json)
+        return json.dumps(to_json_doc(snaps), indent=2) + "\n"
     return "\n".join(render_snapshot(s) for s in snaps)
 
 

@@ -25,7 +25,7 @@ from typing import Callable
 from stack.events import BadRecord, Event, Skipped, check_record, read_jsonl
 from stack.wire import codes
 
-from .model import Model
+from .model import UNNAMED, Model
 from .synthetic import SyntheticStack
 
 
@@ -41,6 +41,8 @@ def snapshot_of(e: Event) -> dict | None:
     if e.kind == "stats":
         snap = e.fields.get("snapshot")
         if isinstance(snap, dict):
+            if snap.get("host") is None and e.host:  # a snapshot that names no host is its record's host's
+                return {**snap, "host": e.host}
             return snap
     return None
 
@@ -280,6 +282,8 @@ class DemoSource(Source):
 
 # ---------------------------------------------------------------------------- a control socket
 
+REPLY_TIMEOUT = 5.0  # seconds a command waits for the stack's answer
+
 # what the reader puts in the inbox besides the stack's lines (told apart by identity: no line a stack sends is one of them)
 _CLOSED, _ATTACHED = {"type": "closed"}, {"type": "attached"}
 
@@ -304,6 +308,8 @@ class AttachSource(Source):
         self.failed: tuple[str, str] | None = None  # (path, device) of the port we pulled
         self.closed: set[str] = set()  # paths whose socket is closed now (tried again every retry seconds)
         self.skipped = Skipped()  # bad lines from the sockets: counted, named, left out
+        self.pending: dict[tuple[str, object], asyncio.Future] = {}  # (path, command id) -> its reply or error line
+        self._ids = 0
 
     async def start(self) -> None:
         for path in self.paths:
@@ -333,11 +339,16 @@ class AttachSource(Source):
         while True:
             try:
                 async for msg in client.messages(self.skipped):
+                    if self._answer(path, msg):
+                        continue
                     self.inbox.append((path, msg))
             except (ConnectionError, ValueError, asyncio.LimitOverrunError) as e:
                 self.notices.append(f"{path}: {e}")
             await client.close()
             self.closed.add(path)
+            for (p, _), fut in list(self.pending.items()):  # a command sent there has no answer coming
+                if p == path and not fut.done():
+                    fut.set_result({"type": "error", "error": "control socket closed before it answered"})
             self.inbox.append((path, _CLOSED))  # in order: what it sent before is fed first
             self.notices.append(f"{self.hostnames.get(path, path)}: control socket closed (trying again every {self.retry:g} s)")
             while True:
@@ -357,6 +368,43 @@ class AttachSource(Source):
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for client in self.clients.values():
             await client.close()
+
+    def _answer(self, path: str, msg: dict) -> bool:
+        """A ``reply`` or ``error`` to a command of ours goes to the one awaiting it (True);
+        anything else (a snapshot, an event, an error to no command of ours) to the inbox."""
+        if msg.get("type") not in ("reply", "error"):
+            return False
+        fut = self.pending.pop((path, msg.get("id")), None)
+        if fut is None or fut.done():
+            return False
+        fut.set_result(msg)
+        return "snapshot" not in msg  # a reply that carries a snapshot is applied too
+
+    async def command(self, path: str, cmd: str, timeout: float = REPLY_TIMEOUT, **args) -> dict:
+        """Send ``cmd`` to one stack and wait for its answer: the ``reply`` line; SourceError
+        with the stack's words when it answers ``error`` (or none comes)."""
+        host = self.hostnames.get(path, path)
+        client = self.clients.get(path)
+        if client is None or path in self.closed:
+            raise SourceError(f"{host}: control socket closed")
+        fut = asyncio.get_running_loop().create_future()
+        # our own id (a string: the client's own are numbers), registered before the line goes
+        # out, so an answer that comes while the send waits still finds it
+        self._ids += 1
+        key = (path, f"smctop-{self._ids}")
+        self.pending[key] = fut
+        try:
+            await client.send(cmd, id=key[1], **args)
+            msg = await asyncio.wait_for(fut, timeout)
+        except OSError as e:
+            raise SourceError(f"{host}: {cmd}: {e.strerror or e}") from None
+        except asyncio.TimeoutError:
+            raise SourceError(f"{host}: {cmd}: no answer within {timeout:g} s") from None
+        finally:
+            self.pending.pop(key, None)
+        if msg.get("type") == "error":
+            raise SourceError(f"{host} refused {cmd}: {str(msg.get('error'))[:300]}")
+        return msg
 
     def engine(self) -> str:
         return engine_text(self.engines.values())
@@ -398,12 +446,17 @@ class AttachSource(Source):
                 except BadRecord as err:
                     self._bad(path, err)
                     continue
+                if not e.host:  # a record with "host": null: the stack on this socket's
+                    e.host = self.hostnames.get(path) or path
                 events.append(e)
                 model.feed(e)
                 self._saw(e.t)
             elif kind in ("snapshot", "reply") and "snapshot" in msg:
+                raw = msg["snapshot"]
+                if isinstance(raw, dict) and not raw.get("host"):  # names no host: the socket's path names it, as describe() does
+                    raw = {**raw, "host": self.hostnames.get(path) or path}
                 try:
-                    snap = model.apply_snapshot(msg["snapshot"])  # checked there (stack.events.parse_snapshot)
+                    snap = model.apply_snapshot(raw)  # checked there (stack.events.parse_snapshot)
                 except BadRecord as err:
                     self._bad(path, err)
                     continue
@@ -413,12 +466,12 @@ class AttachSource(Source):
                         if isinstance(info, dict) and isinstance(info.get("engine"), str):
                             self.engines[(str(snap.get("host", "")), str(dev))] = info["engine"][:16]
                 self.devices[path] = [d["name"] for d in snap.get("devices", [])]
-                self.hostnames[path] = snap.get("host", path)
+                self.hostnames[path] = snap.get("host") or path
                 if "t" in snap:
                     self._saw(snap["t"])
             elif kind == "hello":
                 host = msg.get("host")
-                self.hostnames[path] = host[:256] if type(host) is str else path
+                self.hostnames[path] = host[:256] if type(host) is str and host else path
             elif kind == "error":
                 self.notices.append(f"{self.hostnames.get(path, path)}: {str(msg.get('error'))[:300]}")
         return events
@@ -433,20 +486,34 @@ class AttachSource(Source):
 
     async def fail_link(self) -> str:
         path, device = self._target()
-        await self.clients[path].send("port", device=device, up=False)
+        await self.command(path, "port", device=device, up=False)
         self.failed = (path, device)
         return f"{self.hostnames.get(path, path)}: port of {device} pulled"
 
     async def restore_link(self) -> str:
         path, device = self.failed or self._target()
-        await self.clients[path].send("port", device=device, up=True)
+        await self.command(path, "port", device=device, up=True)
         self.failed = None
         return f"{self.hostnames.get(path, path)}: port of {device} back up"
 
     async def decline(self, reason: int | None) -> str:
-        for client in self.clients.values():
-            await client.send("decline", reason=reason)
-        return "all attached hosts: " + _decline_text(reason)
+        """Each stack's answer, as it came: who set it (with the reason it echoed), who refused."""
+        paths = [p for p in self.paths if p in self.clients]
+        answers = await asyncio.gather(*(self.command(p, "decline", reason=reason) for p in paths), return_exceptions=True)
+        done: dict[int | None, list[str]] = {}
+        refused = []
+        for path, a in zip(paths, answers):
+            if isinstance(a, SourceError):
+                refused.append(str(a))
+            elif isinstance(a, BaseException):
+                raise a
+            else:
+                echoed = a.get("reason", reason)
+                done.setdefault(echoed if type(echoed) is int else reason, []).append(self.hostnames.get(path, path))
+        said = [f"{' and '.join(hosts)}: {_decline_text(r)}" for r, hosts in done.items()]
+        if refused and not said:
+            raise SourceError("; ".join(refused))
+        return "; ".join(said + refused)
 
 
 # ---------------------------------------------------------------------------- a recorded file
@@ -476,10 +543,19 @@ def load_events(path: str, skipped: Skipped | None = None) -> list[Event]:
             capture = importlib.import_module("dissectors.capture")  # the smc-trace reader
         except ImportError:
             raise SourceError(f"{path} is not a JSONL event file, and pcapng replay needs dissectors.capture") from None
+        events = []
         try:
-            events = list(capture.read_events(path, skipped))
+            for e in capture.read_events(path, skipped):
+                events.append(e)
         except (ValueError, OSError, getattr(capture, "CaptureError", ValueError)) as e:
-            raise SourceError(f"{path}: {e}") from None
+            if not events:
+                raise SourceError(f"{path}: {e}") from None
+            # a capture cut short (tcpdump killed, a disk that filled): replay what it holds, as
+            # smc-trace reads it, and say where it ends
+            skipped.add(path, f"the file ends damaged after {len(events):,} events: {e}")
+    for e in events:
+        if not e.host:  # a record with "host": null (read as ""): named as the model names such a snapshot's host
+            e.host = UNNAMED
     events.sort(key=lambda e: e.t)  # stable: events of one instant keep their order
     return events
 
@@ -593,7 +669,11 @@ class ReplaySource(Source):
             return f"replay {self.path}: {self.fatal}"
         state = "paused" if self.paused else ("at the end" if self.done else f"playing {self.speed:g}x")
         bad = f", {self.skipped.count:,} bad records skipped" if self.skipped else ""
-        return f"replay {self.path} {self.t - self.start_t:.1f}/{self.end_t - self.start_t:.1f} s, event {self.i}/{len(self.events)}, {state}{bad}"
+        return f"replay {self.path} {self.position()}, {state}{bad}"
+
+    def position(self) -> str:
+        """Where the replay is: its clock against the recording's length, and the events fed."""
+        return f"{self.t - self.start_t:.1f}/{self.end_t - self.start_t:.1f} s, event {self.i}/{len(self.events)}"
 
     def now(self) -> float | None:
         return self.t if self.events else None

@@ -444,10 +444,10 @@ class PerfPane(Pane, VerticalScroll):
         lat = list(model.latencies)
         out.append("\nRequest/response round trip              ", style="bold")
         out.append(self._pcts(model, lat, fmt.us) if lat else "not measured by this source")
-        fos = [fo.duration_ms for fo in model.failovers if fo.duration_ms is not None and fo.conns]
+        fos = [fo.duration_ms for fo in model.failovers if fo.duration_ms is not None and fo.conns and model.failover_counted(fo)]  # each once
         out.append("\nFailover (link down to connections moved)  ", style="bold")
         out.append(self._pcts(model, fos, fmt.ms) if fos else "none yet")
-        dels = sum(1 for fo in model.failovers if not fo.conns and fo.duration_ms is not None)
+        dels = sum(1 for fo in model.failovers if not fo.conns and fo.duration_ms is not None and model.failover_counted(fo))
         if dels:
             out.append(f"\n{'':43}plus {dels} link deletion{'s' if dels != 1 else ''} that moved no connection (not counted)")
         self.query_one("#perf-body", Static).update(out)

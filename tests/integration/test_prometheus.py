@@ -136,9 +136,10 @@ def model_numbers(m: Model) -> dict[str, dict[frozenset, float]]:
     lgrs = Counter((g.host, g.type, g.role) for g in m.lgrs.values() if not g.terminated)
     fo = Counter(f.host for f in m.failovers if f.conns)
     sent, received = Counter(), Counter()
-    for c in m.conns.values():
-        sent[c.host] += c.bytes_sent
-        received[c.host] += c.bytes_received
+    for c in m.conns.values():  # SMC-R bytes, as the model totals them (a fallback's TCP bytes reach it only by snapshot)
+        smcr = c.mode != "TCP"
+        sent[c.host] += c.bytes_sent if smcr else 0  # (a host with only fallbacks reads 0)
+        received[c.host] += c.bytes_received if smcr else 0
     return {
         "conns": {L(host=h, mode=mode): n for (h, mode), n in conns.items()},
         "fallbacks": {L(host=r["host"], role=r["role"], reason=f"0x{r['reason']:08x}", reason_name=codes.DECLINE_REASONS.name(r["reason"])): r["count"]

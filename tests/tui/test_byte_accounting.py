@@ -88,3 +88,32 @@ def test_failovers_count_only_when_connections_moved_in_smctop_and_summary():
     text = render(summarize(evs))
     assert "b g1 link 1 -> 2: 3 connections, 0 failed, 4.0 ms" in text and "link 2 -> 3" not in text
     assert "Link deletions that moved no connection: b g1 link 2" in text
+
+
+def test_a_failover_watched_at_both_ends_counts_once():
+    """beta's port goes down: beta and alpha each move their ends of the connections off link
+    1 (each emits failover_begin/end). The Performance view's n= and the header counted 2 for
+    one failover; now 1, at the end that began it (beta), as handshakes count once a
+    connection. The links view still lists each end's line."""
+    from tuihelp import SIZE, advance, make_app, run
+
+    async def go():
+        app, src = make_app(3)
+        async with app.run_test(size=SIZE) as pilot:
+            await advance(app, pilot, src, 2)
+            await pilot.press("f")
+            await pilot.pause()
+            await advance(app, pilot, src, 2)
+            m = app.model
+            moved = [fo for fo in m.failovers if fo.conns]
+            assert sorted(fo.host for fo in moved) == ["alpha", "beta"]  # both ends watched
+            assert [fo.host for fo in moved if m.failover_counted(fo)] == ["beta"]
+            assert m.totals()["failovers"] == 1
+            await pilot.press("5")
+            await pilot.pause()
+            text = app.screen_text()
+            assert "failovers 1 " in text.splitlines()[1] + " "
+            line = next(row for row in text.splitlines() if row.strip().startswith("Failover (link down"))
+            assert line.rstrip().endswith("(n=1)"), line
+
+    run(go())

@@ -4,8 +4,10 @@ the command line."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from support.stacks import addrs
@@ -19,6 +21,7 @@ from stack.core.config import SmcConfig
 from stack.events import Skipped, to_json
 from stack.runtime import DeviceSpec, Stack, StackConfig
 
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "session.jsonl"
 DEV = addrs()[0]  # per run: two runs at once never share a device
 
 
@@ -62,6 +65,53 @@ def test_attach_follows_a_control_socket_and_sends_commands(tmp_path):
                     await src.set_traffic(True)
             finally:
                 await src.stop()
+
+    run(go())
+
+
+def test_decline_on_an_attached_stack_says_what_the_stack_answered(tmp_path):
+    """``d`` on an attached stack said "all attached hosts: the next connections fall back
+    with ..." as soon as the command was written, before the stack answered: a stack that
+    refused it (an error line) left the message line saying it was set. The message line now
+    says each stack's answer: set (with the reason it echoed), or its error."""
+    path = str(tmp_path / "h.sock")
+
+    async def choose(app, pilot, reason):
+        await pilot.press("d")
+        await pilot.pause()
+        options = app.screen.query_one("#decline-list")
+        options.highlighted = next(i for i in range(options.option_count) if options.get_option_at_index(i).id == str(reason))
+        app.status = ""
+        await pilot.press("enter")
+        for _ in range(100):  # the answer comes through the control socket
+            await asyncio.sleep(0.05)
+            if app.status.startswith(("solo: the next", "solo refused")):
+                return app.status
+        return app.status
+
+    async def go():
+        cfg = StackConfig(SmcConfig(host="solo"), (DeviceSpec("soft", DEV, DEV, None, 4096),), control_path=path, snapshot_interval=0.2)
+        async with Stack(cfg) as stack:
+            src = AttachSource([path])
+            app = app_mod.SmctopApp(src, poll_interval=0.05)
+            async with app.run_test(size=(180, 40)) as pilot:
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    if src.hostnames.get(path) == "solo":
+                        break
+                status = await choose(app, pilot, 0x03030000)
+                assert status == "solo: the next connections fall back with 0x03030000 NOSMCDEV"
+                assert stack.host.config.forced_decline == 0x03030000
+
+                def refuse(reason):
+                    raise ValueError("declines are locked on this host")
+
+                stack.force_decline = refuse  # the control socket answers {"type": "error", ...}
+                status = await choose(app, pilot, 0x03070000)
+                assert status == "solo refused decline: declines are locked on this host"
+                assert "fall back with 0x03070000" not in app.screen_text()
+                assert stack.host.config.forced_decline == 0x03030000
+                assert not src.pending
 
     run(go())
 
@@ -224,3 +274,56 @@ def test_a_fifo_to_replay_is_refused_at_once(tmp_path, capsys):
     os.mkfifo(fifo)
     with pytest.raises(SourceError, match="not a regular file"):
         load_events(str(fifo))
+
+
+def test_the_message_line_says_where_a_replay_ended(tmp_path):
+    """The message line kept a copy of the replay's position as it began ("0.0/3.0 s, event
+    0/227, playing 1x: watching") while the header's first line said the replay was at its end."""
+    from smctop.sources import ReplaySource
+
+    events = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    t0 = events[0]["t"]
+    for i, rec in enumerate(events):  # the same records spread over 3 s
+        rec["t"] = t0 + 3.0 * i / (len(events) - 1)
+    path = tmp_path / "three.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in events))
+    wall = [0.0]
+    src = ReplaySource(str(path), clock=lambda: wall[0])
+
+    async def go():
+        app = app_mod.SmctopApp(src, poll_interval=3600)
+        async with app.run_test(size=(180, 40)) as pilot:
+            await pilot.pause()
+            assert "event 0/" not in app.status  # the header's first line keeps the position, not a stale copy
+            wall[0] = 1.5
+            app.sync(force=True)
+            await pilot.pause()
+            assert not src.done and 0 < src.i < len(events)
+            wall[0] = 4.0
+            app.sync(force=True)
+            await pilot.pause()
+            assert src.done
+            assert app.status == f"the replay reached its end: 3.0/3.0 s, event {len(events)}/{len(events)} ([ seeks back)"
+            head = "\n".join(app.screen_text().splitlines()[:3])
+            assert f"3.0/3.0 s, event {len(events)}/{len(events)}, at the end" in head
+            assert "event 0/" not in head and "reached its end" in head
+
+    run(go())
+
+
+def test_a_capture_cut_short_replays_what_it_holds_and_names_the_damage(tmp_path):
+    """tcpdump killed mid-write leaves a last record cut short: smc-trace read what came
+    before it, smctop --replay refused the whole file."""
+    whole = Path(__file__).parents[1] / "lab" / "fixtures" / "kernel_interop_smcr.pcap"
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    skipped = Skipped()
+    events = load_events(str(cut), skipped)
+    all_events = load_events(str(whole))
+    assert 0 < len(events) < len(all_events)
+    assert [(e.t, e.kind) for e in events] == [(e.t, e.kind) for e in all_events[: len(events)]]
+    assert skipped.count == 1 and "the file ends damaged after" in skipped.summary() and "pcap record" in skipped.summary()
+    cut.write_bytes(data[:30])  # nothing to replay: still refused, in one line
+    with pytest.raises(SourceError, match="cut.pcap"):
+        load_events(str(cut))

@@ -101,7 +101,8 @@ def test_demo_in_tmux_fail_a_link_from_the_keyboard(tmp_path):
         one = term.wait_for(lambda s: len(conn_rows(s)) >= 4 and "Sent" in s, what="the connections view")
         time.sleep(3)
         two = term.wait_for(lambda s: len(conn_rows(s)) >= 4 and sent_bytes(s) > sent_bytes(one), what="bytes still moving after the failover")
-        assert re.search(r"failovers [234]\b", two), two  # not "failovers 20"
+        # each failover once though both ends moved their connections (was 2 to 4), and not "failovers 20"
+        assert re.search(r"failovers [12]\b", two), two
         term.keys("r")  # restore the port
         term.keys("1")
         term.wait_for(lambda s: re.search(r"beta: port of 127\.30\.\d+\.2 back up", s), what="the port restored")
