@@ -19,6 +19,8 @@ from ._base import View, WireError
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8  # a QinQ service tag (0x9100 on older switches)
+_VLAN_TAGS = (ETH_P_8021Q, ETH_P_8021AD, 0x9100)
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 ETH_HLEN = 14
@@ -65,9 +67,9 @@ def decode_ethernet(frame: bytes) -> tuple[Ethernet, int]:
     v = View(frame, "Ethernet", InetError)
     ethertype = v.u16(12, "ethertype")
     vlan, off = None, ETH_HLEN
-    if ethertype == ETH_P_8021Q:
-        vlan = v.u16(14, "VLAN tag") & 0x0FFF
-        ethertype = v.u16(16, "ethertype")
+    while ethertype in _VLAN_TAGS:  # 802.1Q, and 802.1ad (QinQ) outer tags: the innermost names the VLAN
+        vlan = v.u16(off, "VLAN tag") & 0x0FFF
+        ethertype = v.u16(off + 2, "ethertype")
         off += 4
     return Ethernet(v.raw(0, 6, "dst"), v.raw(6, 6, "src"), ethertype, vlan), off
 

@@ -278,6 +278,10 @@ def test_ethernet_and_vlan():
     tagged = b"\x01" * 6 + b"\x02" * 6 + b"\x81\x00" + b"\xf0\x64" + b"\x08\x00"
     e, off = inet.decode_ethernet(tagged)
     assert (e.vlan, e.ethertype, off) == (0x064, 0x0800, 18)
+    # QinQ (802.1ad service tag outside, 802.1Q inside): the customer VLAN, the inner ethertype
+    qinq = b"\x01" * 6 + b"\x02" * 6 + b"\x88\xa8" + b"\x00\x0a" + b"\x81\x00" + b"\x00\xc8" + b"\x08\x00"
+    e, off = inet.decode_ethernet(qinq)
+    assert (e.vlan, e.ethertype, off) == (200, 0x0800, 22)
     with pytest.raises(inet.InetError, match="MAC addresses are 6 bytes"):
         inet.Ethernet(b"\x01" * 5).encode()
     with pytest.raises(inet.InetError, match="MAC addresses are 6 bytes"):
