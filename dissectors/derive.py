@@ -60,6 +60,7 @@ TAG_HEUR_NAME = 13
 TAG_IPV4_SRC, TAG_IPV4_DST = 20, 21
 PEERNOSMC = 0x03010000
 PEERDECL = 0x05000000  # the end that received a Decline (its peer declined)
+AHEAD_LIMIT = 1 << 20  # bytes past a gap a segment may be kept for, until the gap closes
 RDMA_WRITES = {roce.Opcode.RDMA_WRITE_ONLY, roce.Opcode.RDMA_WRITE_FIRST, roce.Opcode.RDMA_WRITE_ONLY_WITH_IMMEDIATE}
 SENDS = {roce.Opcode.SEND_ONLY, roce.Opcode.SEND_FIRST, roce.Opcode.SEND_ONLY_WITH_IMMEDIATE, roce.Opcode.UC_SEND_ONLY}
 
@@ -117,6 +118,8 @@ class _Flow:
     opened: bool = False
     closed: bool = False
     fins: set[tuple[str, int]] = field(default_factory=set)
+    ahead: dict[tuple[str, int], dict[int, tuple[bytes, int]]] = field(default_factory=dict)  # segments past a gap: seq -> (payload, frame)
+    stuck: dict[tuple[str, int], str] = field(default_factory=dict)  # a direction whose CLC cannot be read on: why
 
 
 @dataclass
@@ -174,7 +177,9 @@ class Deriver:
             src, dst, protocol, off, end = ip_header(ip_bytes, cut)
             if protocol == IPPROTO_TCP:
                 tcp, poff = decode_tcp(ip_bytes, off)
-                yield from self._tcp(t, src, dst, tcp, ip_bytes[poff:end])
+                # a snap length that kept only the start of the segment: what is missing of its payload
+                short = max(0, struct.unpack_from("!H", ip_bytes, 2)[0] - len(ip_bytes)) if cut and ip_bytes[0] >> 4 == 4 else 0
+                yield from self._tcp(t, src, dst, tcp, ip_bytes[poff:end], number, short)
             elif protocol == IPPROTO_UDP:
                 udp, poff = decode_udp(ip_bytes, off, cut=cut)
                 if udp.dport == roce.ROCE_V2_PORT:
@@ -183,9 +188,19 @@ class Deriver:
         except (WireError, RecordError, ValueError) as e:
             yield Event(t, "trace.note", "", fields={"frame": number, "error": str(e)})
 
+    def _stuck_note(self, t: float, number: int, flow: _Flow, src: tuple[str, int]) -> Event:
+        return Event(t, "trace.note", "", fields={"frame": number, "error": f"CLC from {src[0]}:{src[1]} not read on: {flow.stuck[src]}"})
+
     def finish(self, t: float) -> Iterator[Event]:
         """Connections that offered SMC and carried data without CLC: they fell back, each end
-        as the kernel would say (dated when their data began, not when the capture ended)."""
+        as the kernel would say (dated when their data began, not when the capture ended).
+        A direction whose CLC waited behind a gap that never closed is named."""
+        for flow in self.flows.values():
+            for src, pending in flow.ahead.items():
+                if pending and src not in flow.clc_done and src not in flow.stuck:
+                    first = min(pending, key=lambda seq: (seq - flow.next_seq.get(src, seq)) & 0xFFFFFFFF)
+                    flow.stuck[src] = f"{(first - flow.next_seq.get(src, first)) & 0xFFFFFFFF} bytes of its TCP stream before this frame were not captured"
+                    yield self._stuck_note(t, pending[first][1], flow, src)
         for flow in self.flows.values():
             if flow.outcome is None and flow.data_seen and flow.opened:
                 flow.outcome = "TCP"
@@ -225,7 +240,7 @@ class Deriver:
         return [Event(t, "conn.open", end[0], conn=flow.conn, fields={"role": role, "local": f"{end[0]}:{end[1]}", "peer": f"{other[0]}:{other[1]}"})
                 for role, end, other in ends]  # fmt: skip
 
-    def _tcp(self, t: float, src_ip: str, dst_ip: str, tcp, payload: bytes) -> Iterator[Event]:
+    def _tcp(self, t: float, src_ip: str, dst_ip: str, tcp, payload: bytes, number: int = 0, short: int = 0) -> Iterator[Event]:
         src, dst = (src_ip, tcp.sport), (dst_ip, tcp.dport)
         flow = self._flow(src, dst)
         if tcp.flags & TCP_SYN:
@@ -248,22 +263,39 @@ class Deriver:
                     yield Event(
                         t, "conn.state", end[0], conn=flow.conn, fields={"old": "", "new": "CLOSED", "cause": "RST" if tcp.flags & TCP_RST else "FIN both ways"}
                     )
-        if not payload:
+        if not payload and not short:
             return
         nxt = flow.next_seq.setdefault(src, tcp.seq)
         delta = (tcp.seq - nxt) & 0xFFFFFFFF
         if delta >= 0x80000000:  # a retransmission, perhaps overlapping: keep only the new bytes
             overlap = (nxt - tcp.seq) & 0xFFFFFFFF
-            payload = payload[overlap:]
-            if not payload:
+            if overlap >= len(payload) + short:
                 return
-        elif delta:
-            return  # a gap (a lost capture segment): CLC cannot be parsed past it
-        flow.next_seq[src] = (nxt + len(payload)) & 0xFFFFFFFF
+            payload = payload[overlap:]
+        elif delta:  # ahead of what came: a segment the capture has later (reordered) or lost
+            if src not in flow.clc_done and src not in flow.stuck and delta < AHEAD_LIMIT:
+                flow.ahead.setdefault(src, {})[tcp.seq] = (bytes(payload) if not short else b"", number)
+            return
         if flow.data_t is None:
             flow.data_t = t
+        if short:  # the capture kept only the start of this segment: what follows cannot be told apart
+            flow.next_seq[src] = (nxt + len(payload) + short) & 0xFFFFFFFF
+            if src not in flow.clc_done and src not in flow.stuck:
+                flow.stuck[src] = f"its segment was cut by the capture's snap length ({short} bytes of TCP payload not captured)"
+                yield self._stuck_note(t, number, flow, src)
+            return
+        flow.next_seq[src] = (nxt + len(payload)) & 0xFFFFFFFF
+        pending = flow.ahead.get(src)
+        while pending and flow.next_seq[src] in pending:  # the gap closed: what waited behind it follows
+            more, _ = pending.pop(flow.next_seq[src])
+            if not more:  # a cut segment waited there
+                break
+            payload += more
+            flow.next_seq[src] = (flow.next_seq[src] + len(more)) & 0xFFFFFFFF
         if src in flow.clc_done:
             flow.data_seen = True
+            return
+        if src in flow.stuck:
             return
         buf = flow.buf.setdefault(src, bytearray())
         buf += payload
@@ -280,9 +312,9 @@ class Deriver:
                 break
             raw = bytes(buf[:length])
             del buf[:length]
-            yield from self._clc(t, flow, src, raw)
+            yield from self._clc(t, flow, src, raw, number)
 
-    def _clc(self, t: float, flow: _Flow, src: tuple[str, int], raw: bytes) -> Iterator[Event]:
+    def _clc(self, t: float, flow: _Flow, src: tuple[str, int], raw: bytes, number: int = 0) -> Iterator[Event]:
         msg = clc.decode(raw)
         host = src[0]
         # the Proposal and the Confirm come from the client, the Accept from the server: when
@@ -302,6 +334,9 @@ class Deriver:
             else:
                 accept = flow.accept
                 server_ip = flow.server[0]
+                if accept is None:  # its segment was not captured: the server's QP, rkey and token are unknown
+                    note = f"the CLC Accept of the connection {flow.client[0]}:{flow.client[1]} -> {flow.server[0]}:{flow.server[1]} was not captured"
+                    yield Event(t, "trace.note", "", fields={"frame": number, "error": note + " (the server's QP, RMB and alert token are unknown)"})
                 lgr = None
                 if not msg.first_contact and accept is not None and accept.qpn:  # the group whose link it uses
                     lgr = self._qp(_gid_ip(accept.gid) or server_ip, accept.qpn)

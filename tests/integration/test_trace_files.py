@@ -402,3 +402,75 @@ def test_roles_come_from_the_clc_when_the_capture_missed_the_syn_and_the_proposa
     roles = {(e.get("role"), e.get("local"), e.get("peer")) for e in derive_events(keep) if e.kind == "conn.open"}
     whole = {(e.get("role"), e.get("local"), e.get("peer")) for e in read_events(KERNEL_CAPTURE) if e.kind == "conn.open"}
     assert roles == whole and len(roles) == 8  # (numbered in another order: by their first CLC message now)
+
+
+def _kernel_packets():
+    """The kernel capture's packets, each with its TCP header and payload when it has them."""
+    from dissectors.derive import ip_header, ip_payload
+    from dissectors.pcap import read_pcap
+    from stack.wire.inet import decode_tcp
+
+    out = []
+    for p in read_pcap(KERNEL_CAPTURE.read_bytes()):
+        ip = ip_payload(p)
+        src, dst, proto, off, end = ip_header(ip, False)
+        tcp, payload = None, b""
+        if proto == 6:
+            tcp, poff = decode_tcp(ip, off)
+            payload = ip[poff:end]
+        out.append((p, src, dst, tcp, payload))
+    return out
+
+
+def _tcp_packet(like, src: str, dst: str, tcp, payload: bytes, ns: int):
+    from dataclasses import replace
+
+    from dissectors.pcapng import Packet
+    from stack.wire.inet import ipv4_tcp_frame
+
+    frame = ipv4_tcp_frame(like.data[6:12], like.data[:6], ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst), replace(tcp, checksum=0), payload)
+    return Packet(0, LINKTYPE_ETHERNET, ns, frame, len(frame))
+
+
+CLC_EYECATCHER = b"\xe2\xd4\xc3\xd9"
+
+
+def test_clc_split_into_segments_that_arrive_out_of_order_is_read():
+    """A busy host's capture can hold a message's second segment before its first. The CLC
+    behind the gap was lost without a word: the whole session showed 8 connections of mode ?."""
+    from dissectors.derive import derive_events
+    from dissectors.summary import summarize as _summarize
+
+    packets = []
+    for p, src, dst, tcp, payload in _kernel_packets():
+        if tcp is not None and payload.startswith(CLC_EYECATCHER):
+            half = len(payload) // 2
+            second = _tcp_packet(p, src, dst, replace_seq(tcp, tcp.seq + half), payload[half:], p.timestamp_ns)
+            first = _tcp_packet(p, src, dst, tcp, payload[:half], p.timestamp_ns + 1)
+            packets += [second, first]  # the second half captured first
+        else:
+            packets.append(p)
+    s = _summarize(derive_events(packets)).to_dict()
+    assert s["connections"] == {"total": 8, "modes": {"SMCR": 8}} and s["moved"] == 65_604
+    assert s["kinds"]["clc.msg"] == 12 and "trace.note" not in s["kinds"]
+
+
+def replace_seq(tcp, seq: int):
+    from dataclasses import replace
+
+    return replace(tcp, seq=seq & 0xFFFFFFFF)
+
+
+def test_clc_the_capture_cut_or_missed_is_named_not_lost_silently():
+    """A snap length that kept 200 bytes of each frame cut most CLC messages, and a segment
+    the capture dropped (the Accept) left a gap: both were passed over without a word."""
+    from dissectors.derive import derive_events
+    from dissectors.pcapng import Packet
+
+    cut = [Packet(p.interface, p.linktype, p.timestamp_ns, p.data[:200], len(p.data)) for p, *_ in _kernel_packets()]
+    notes = [e.get("error") for e in derive_events(cut) if e.kind == "trace.note"]
+    assert any("cut by the capture's snap length" in n for n in notes), notes
+    accepts = [i for i, (p, src, dst, tcp, payload) in enumerate(_kernel_packets()) if payload.startswith(CLC_EYECATCHER) and payload[4] == 2]
+    dropped = [p for i, (p, *_) in enumerate(_kernel_packets()) if i != accepts[0]]
+    notes = [e.get("error") for e in derive_events(dropped) if e.kind == "trace.note"]
+    assert len(notes) == 1 and "CLC Accept of the connection" in notes[0] and "was not captured" in notes[0], notes
