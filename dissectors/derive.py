@@ -242,6 +242,13 @@ class Deriver:
 
     def _tcp(self, t: float, src_ip: str, dst_ip: str, tcp, payload: bytes, number: int = 0, short: int = 0) -> Iterator[Event]:
         src, dst = (src_ip, tcp.sport), (dst_ip, tcp.dport)
+        if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
+            old = self.flows.get(frozenset((src, dst)))
+            if old is not None and (old.opened or old.closed) and old.next_seq.get(src) != (tcp.seq + 1) & 0xFFFFFFFF:
+                del self.flows[frozenset((src, dst))]  # the 4-tuple used again (a new ISN): a new connection
+                if old.outcome is None and old.data_seen and old.opened:  # what finish() would have said of it
+                    old.outcome = "TCP"
+                    yield from self._no_clc(old)
         flow = self._flow(src, dst)
         if tcp.flags & TCP_SYN:
             has = has_smc_option(tcp.options)

@@ -474,3 +474,28 @@ def test_clc_the_capture_cut_or_missed_is_named_not_lost_silently():
     dropped = [p for i, (p, *_) in enumerate(_kernel_packets()) if i != accepts[0]]
     notes = [e.get("error") for e in derive_events(dropped) if e.kind == "trace.note"]
     assert len(notes) == 1 and "CLC Accept of the connection" in notes[0] and "was not captured" in notes[0], notes
+
+
+def test_a_four_tuple_used_again_is_a_new_connection():
+    """The same session an hour later from the same ports, with new ISNs (a client that binds
+    its port): it was taken for the first one, half the connections and CLC messages missing
+    and their bytes given to the old rows."""
+    from dissectors.derive import derive_events
+
+    hour = 3600 * 10**9
+    first = [p for p, *_ in _kernel_packets()]
+    again = []
+    for p, src, dst, tcp, payload in _kernel_packets():
+        if tcp is None:
+            again.append(type(p)(p.interface, p.linktype, p.timestamp_ns + hour, p.data, p.original_length))
+        else:
+            moved = replace_seq(tcp, tcp.seq + 0x10000000)
+            from dataclasses import replace
+
+            moved = replace(moved, ack=(tcp.ack + 0x10000000) & 0xFFFFFFFF if tcp.flags & 0x10 else tcp.ack)
+            again.append(_tcp_packet(p, src, dst, moved, payload, p.timestamp_ns + hour))
+    events = list(derive_events(first + again))
+    opens = [e for e in events if e.kind == "conn.open"]
+    assert len(opens) == 16 and len({e.conn for e in opens}) == 8  # four connections a session, each opened at both ends
+    assert sum(1 for e in events if e.kind == "clc.msg") == 24
+    assert summarize(events).to_dict()["connections"] == {"total": 16, "modes": {"SMCR": 16}}
