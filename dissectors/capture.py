@@ -26,7 +26,7 @@ from stack.events import Event, Skipped, from_json
 
 from .derive import derive_events, observe
 from .pcap import PCAP_MAGICS, CaptureError, is_pcapng, read_capture
-from .pcapng import LINKTYPE_WIRESHARK_UPPER_PDU, Packet
+from .pcapng import LINKTYPE_WIRESHARK_UPPER_PDU, Packet, capture_drops
 from .records import RecordError, decode_record, is_event_record
 from .roce_analysis import RoceAnalysis
 from .timeorder import WallOffset
@@ -187,6 +187,22 @@ def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce
                         raise CaptureError(f"{where}: {e}") from None
                     skipped.add(where, e)
     else:
-        yield from derive_events(packets, roce)
+        last = None
+        for event in derive_events(packets, roce):
+            last = event
+            yield event
+        yield from _capture_drops(data, packets, last)
     if error is not None:
         raise error
+
+
+def _capture_drops(data: bytes, packets: list[Packet], last: Event | None) -> Iterator[Event]:
+    """What the capturing host dropped (pcapng interface statistics, as dumpcap writes them):
+    the capture is incomplete, and summary says by how much."""
+    if not is_pcapng(data):
+        return
+    t = last.t if last is not None else (packets[-1].timestamp_ns / 1e9 if packets else 0.0)
+    for d in capture_drops(data):
+        where = f"the capture (interface {d.interface}{f' {d.name}' if d.name else ''})"
+        why = f"the capturing host dropped them: {d.ifdrop} by the interface, {d.osdrop} by the OS"
+        yield Event(t, "events.dropped", "", fields={"count": 0, "frames": d.ifdrop + d.osdrop, "by": where, "last_error": why})

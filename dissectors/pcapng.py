@@ -19,6 +19,8 @@ SHB_TYPE = 0x0A0D0D0A
 IDB_TYPE = 0x00000001
 SPB_TYPE = 0x00000003
 EPB_TYPE = 0x00000006
+ISB_TYPE = 0x00000005  # interface statistics: what the capturing host dropped
+ISB_IFDROP, ISB_OSDROP = 5, 7  # isb_ifdrop, isb_osdrop
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 
 OPT_ENDOFOPT = 0
@@ -157,6 +159,49 @@ def _parse_options(buf: bytes, order: str, block: int, btype: int, offset: int) 
         opts.append((code, buf[i + 4 : i + 4 + size]))
         i += 4 + size + (-size % 4)
     return opts
+
+
+@dataclass
+class CaptureDrops:
+    """What an interface's capture lost, from its last statistics block (dumpcap writes one
+    when it stops): packets the interface dropped and those the OS dropped (buffer full)."""
+
+    interface: int
+    name: str
+    ifdrop: int
+    osdrop: int
+
+
+def capture_drops(data: bytes) -> list[CaptureDrops]:
+    """The drop counters of a pcapng file's interface statistics blocks, the last one of each
+    interface (the counters are totals since the capture began); [] when there are none or
+    the file is damaged (its packets are read elsewhere, with their errors)."""
+    out: dict[int, CaptureDrops] = {}
+    names: list[str] = []
+    order, pos = "<", 0
+    try:
+        while pos + 12 <= len(data):
+            raw_type = struct.unpack_from("<I", data, pos)[0]
+            if raw_type == SHB_TYPE:
+                order = "<" if data[pos + 8 : pos + 12] == struct.pack("<I", BYTE_ORDER_MAGIC) else ">"
+                names = []
+            btype, total = struct.unpack_from(order + "II", data, pos)
+            if total < 12 or total % 4 or pos + total > len(data):
+                break
+            body = data[pos + 8 : pos + total - 4]
+            if btype == IDB_TYPE:
+                name = next((v.rstrip(b"\0").decode("utf-8", "replace") for c, v in _parse_options(body[8:], order, 0, btype, 0) if c == IF_NAME), "")
+                names.append(name)
+            elif btype == ISB_TYPE and len(body) >= 12:
+                ifidx = struct.unpack_from(order + "I", body, 0)[0]
+                opts = dict(_parse_options(body[12:], order, 0, btype, 0))
+                drops = [struct.unpack_from(order + "Q", opts[c])[0] if len(opts.get(c, b"")) == 8 else 0 for c in (ISB_IFDROP, ISB_OSDROP)]
+                name = names[ifidx] if ifidx < len(names) else ""
+                out[ifidx] = CaptureDrops(ifidx, name, drops[0], drops[1])
+            pos += total
+    except (PcapngError, struct.error):
+        pass
+    return [d for d in out.values() if d.ifdrop or d.osdrop]
 
 
 def read_packets(src: BinaryIO | bytes, *, strict: bool = True, linktypes: frozenset[int] | None = None) -> Iterator[Packet]:

@@ -499,3 +499,25 @@ def test_a_four_tuple_used_again_is_a_new_connection():
     assert len(opens) == 16 and len({e.conn for e in opens}) == 8  # four connections a session, each opened at both ends
     assert sum(1 for e in events if e.kind == "clc.msg") == 24
     assert summarize(events).to_dict()["connections"] == {"total": 16, "modes": {"SMCR": 16}}
+
+
+def test_what_the_capturing_host_dropped_is_counted_and_named():
+    """dumpcap ends a pcapng with interface statistics: packets the interface and the OS
+    dropped. They were passed over, so an incomplete capture read as a complete one."""
+    import io
+
+    buf = io.BytesIO()
+    w = PcapngWriter(buf)
+    w.add_interface(LINKTYPE_ETHERNET, "eth0")
+    for p, *_ in _kernel_packets():
+        w.write_packet(0, p.timestamp_ns, p.data)
+
+    def opt(code: int, value: bytes) -> bytes:
+        return struct.pack("<HH", code, len(value)) + value + bytes(-len(value) % 4)
+
+    body = struct.pack("<III", 0, 0, 0) + opt(5, struct.pack("<Q", 42)) + opt(7, struct.pack("<Q", 7)) + opt(0, b"")
+    isb = struct.pack("<II", 5, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+    s = summarize(read_events(buf.getvalue() + isb)).to_dict()
+    assert s["dropped"]["frames"] == 49 and s["connections"]["total"] == 8
+    (by,) = s["dropped"]["by"]
+    assert by["by"] == "the capture (interface 0 eth0)" and by["frames"] == 49 and "42 by the interface, 7 by the OS" in by["why"]
