@@ -380,7 +380,8 @@ class Model:
         self._ended: dict[tuple[str, str], float] = {}  # link groups that ended and left the model, oldest first
         self.failovers = Failovers(maxlen=200)  # paired as smc-trace summary pairs them
         # both ends of a link group fail over when its link dies (each moves its ends of the
-        # connections): id -> (failover, counted); the end that began second is not counted
+        # connections): id -> (failover, counted); the end that began second is not counted,
+        # whichever end the source delivered first
         self._fo_ends: dict[int, tuple[Failover, bool]] = {}
         self.fallbacks: Counter = Counter()  # (host, role, reason) -> connection ends (each end's own view)
         self.fallback_causes: Counter = Counter()  # (cause, decided by, the other end's view) -> connections
@@ -891,7 +892,10 @@ class Model:
         ends = self._fo_ends
         for other in reversed(self.failovers):
             if other is not fo and other.from_link == fo.from_link and (other.host, other.lgr) in peers and id(other) not in ends:
-                ends[id(other)], ends[id(fo)] = (other, True), (fo, False)
+                # counted at the end that began first (it found the link dead; the other heard of
+                # it by DELETE LINK), whichever host's events the source happened to deliver first
+                first_is_other = other.t <= fo.t
+                ends[id(other)], ends[id(fo)] = (other, first_is_other), (fo, not first_is_other)
                 break
         if len(ends) > 4 * (self.failovers.maxlen or 200):  # forget those the deque let go
             kept = {id(x) for x in self.failovers}

@@ -117,3 +117,22 @@ def test_a_failover_watched_at_both_ends_counts_once():
             assert line.rstrip().endswith("(n=1)"), line
 
     run(go())
+
+
+def test_a_failover_counts_at_the_end_that_began_it_whatever_order_its_hosts_events_came():
+    """The demo feeds each host's events in turn: alpha's failover (begun on beta's DELETE
+    LINK, 4 ms later) could come first and be the one counted, with its 8 ms, instead of
+    beta's, which began at the port going down."""
+    from stack.events import Event
+
+    m = Model()
+    for host, local, peer, role in (("alpha", "10.0.0.1:4000", "10.0.0.2:5000", "client"), ("beta", "10.0.0.2:5000", "10.0.0.1:4000", "server")):
+        lgr = "ga" if host == "alpha" else "gb"
+        m.feed(Event(1.0, "conn.open", host, lgr, 1, 7, fields={"role": role, "local": local, "peer": peer}))
+        m.feed(Event(1.1, "conn.mode", host, lgr, 1, 7, fields={"mode": "SMCR", "version": 2}))
+    fo = lambda t, host, lgr, ev, **f: Event(t, "link.event", host, lgr, 1, fields={"event": ev, "to_link": 2, "conns": 1, **f})  # noqa: E731
+    for e in (fo(5.004, "alpha", "ga", "failover_begin"), fo(5.012, "alpha", "ga", "failover_end", failed=0, duration_ms=8.0),
+              fo(5.000, "beta", "gb", "failover_begin"), fo(5.002, "beta", "gb", "failover_end", failed=0, duration_ms=2.0)):  # fmt: skip
+        m.feed(e)
+    counted = [f for f in m.failovers if f.conns and m.failover_counted(f)]
+    assert [(f.host, f.duration_ms) for f in counted] == [("beta", 2.0)] and m.totals()["failovers"] == 1
