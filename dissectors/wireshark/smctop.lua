@@ -513,10 +513,12 @@ local E = {
         expert.group.SEQUENCE, expert.severity.NOTE),
     add_link_echo = ProtoExpert.new("smctop.expert.add_link_echo", "LLC Add Link sent back unanswered",
         expert.group.SEQUENCE, expert.severity.WARN),
+    cut = ProtoExpert.new("smctop.expert.cut", "RoCE frame cut by the capture's snap length",
+        expert.group.REASSEMBLE, expert.severity.CHAT),
 }
 smctop.experts = { E.fallback, E.delete_link, E.delete_link_resp, E.abnormal_close, E.write_blocked,
     E.cursor_back, E.failover, E.failover_end, E.conn_error, E.llc_le, E.bad_record, E.retransmission, E.nak, E.rnr_nak,
-    E.add_link_reject, E.add_link_echo }
+    E.add_link_reject, E.add_link_echo, E.cut }
 
 ------------------------------------------------------------------------------ field extractors
 
@@ -1127,6 +1129,14 @@ local function smc_result(pinfo)
         any = true
         res.rc = rc
     end
+    -- a RoCE frame the capture cut (smc-trace's --write-snaplen keeps an RDMA WRITE's headers
+    -- and the start of its data; a snap length does the same): the built-in dissector looks
+    -- for the whole payload and writes "Invalid Packet Length from LRH! [Malformed Packet]"
+    local op = first(X.opcode)
+    if op ~= nil and pinfo.caplen < pinfo.len then
+        any = true
+        res.cut = { op = op, qpn = first(X.destqp), psn = first(X.psn), caplen = pinfo.caplen, len = pinfo.len }
+    end
 
     -- CLC: Decline reasons, Accept/Confirm ties
     local clcs = all(X.clc)
@@ -1263,8 +1273,22 @@ local function smc_result(pinfo)
     return res
 end
 
+-- the RC opcodes a cut frame can have (IBA 9.2: the requests that carry payload)
+local RC_OPS = { [0x00] = "Send First", [0x01] = "Send Middle", [0x02] = "Send Last", [0x04] = "Send Only",
+    [0x06] = "RDMA Write First", [0x07] = "RDMA Write Middle", [0x08] = "RDMA Write Last", [0x0a] = "RDMA Write Only",
+    [0x10] = "RDMA Read Response Only" }
+
 local function render_smc(res, tvb, pinfo, tree)
     local t = tree:add(smctop, tvb(0, 0), "smctop analysis")
+    if res.cut then
+        local c = res.cut
+        local name = RC_OPS[c.op] and ("RC " .. RC_OPS[c.op]) or string.format("RC opcode 0x%02x", c.op)
+        local text = string.format("%s QP=0x%06x PSN=%d [%d of %d bytes captured: cut by the capture's snap length]",
+            name, c.qpn or 0, c.psn or 0, c.caplen, c.len)
+        t:add_proto_expert_info(E.cut, text)
+        pinfo.cols.info:clear_fence()
+        pinfo.cols.info = text
+    end
     if res.rc then render_rc(res.rc, tvb, pinfo, t) end
     if res.connection then
         t:add(F.connection, tvb(0, 0), res.connection):set_generated()

@@ -558,3 +558,18 @@ def test_kernel_capture_keeps_link_groups_with_the_same_qpns_apart():
     assert set().union(*groups.values()) <= set(server_port), server_port
     for streams in groups.values():
         assert len({server_port.get(s) for s in streams}) == 1, (groups, server_port)  # one direction each
+
+
+def test_frames_the_recording_cut_are_named_not_called_malformed(plain):
+    """smc-trace keeps an RDMA WRITE's headers and the start of its data (--write-snaplen,
+    128 by default); Wireshark's InfiniBand dissector looks for the whole payload and wrote
+    "Invalid Packet Length from LRH! [Malformed Packet]" in the Info column of every one."""
+    path, _, frames = plain
+    cols = lua_tshark(path, "-T", "fields", "-e", "frame.number", "-e", "frame.cap_len", "-e", "frame.len", "-e", "_ws.col.Info")
+    rows = [line.split("\t") for line in cols.stdout.splitlines() if line]
+    cut = [r for r in rows if int(r[1]) < int(r[2])]
+    assert cut, "the recording cut no frame: the test shows nothing"
+    assert not [r for r in rows if "Malformed" in r[3]], [r for r in rows if "Malformed" in r[3]][:3]
+    for number, caplen, length, info in cut:
+        assert f"[{caplen} of {length} bytes captured: cut by the capture's snap length]" in info and info.startswith("RC RDMA Write"), info
+        assert frames[int(number)].expert("smctop.expert.cut")
