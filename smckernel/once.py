@@ -422,12 +422,18 @@ def render_json(snap: Snapshot, indent: int | None = 2) -> str:
 
 def to_json_many(snaps: list[Snapshot]) -> dict[str, Any]:
     """One document for several snapshots (several network namespaces, or a kernel and our
-    stacks): one snapshot gives ``to_json_obj``'s document as is; several give the same five
-    keys with every connection, link group, link and device naming its ``host`` and
-    ``netns`` (null: the reader's own namespace), ``stats`` mapping each host to its
-    counters, and ``hosts`` / ``namespaces`` (host -> netns) at the top."""
+    stacks): one snapshot gives ``to_json_obj``'s document as is; several give
+    ``to_json_hosts``'s."""
     if len(snaps) == 1:
         return to_json_obj(snaps[0])
+    return to_json_hosts(snaps)
+
+
+def to_json_hosts(snaps: list[Snapshot]) -> dict[str, Any]:
+    """The document of several hosts, whatever their number: the same five keys with every
+    connection, link group, link and device naming its ``host`` and ``netns`` (null: the
+    reader's own namespace), ``stats`` mapping each host to its counters, and ``hosts`` /
+    ``namespaces`` (host -> netns) at the top."""
     doc: dict[str, Any] = {"hosts": [s.host for s in snaps], "namespaces": {s.host: s.netns for s in snaps},
                            "source": snaps[0].source if snaps else None, "connections": [], "link_groups": [], "links": [],
                            "devices": [], "stats": {}, "notes": []}  # fmt: skip

@@ -11,9 +11,9 @@ All but the kernel go through smctop's model: what the views show is what is pri
 text is ``smckernel.once.render_text`` (``smcss -a/-d/-R``, ``smcr linkgroup show`` and
 ``link-show``, ``smcr device``, ``smcr stats``), once per host; the JSON is one document
 with the keys ``connections``, ``link_groups``, ``links``, ``devices`` and ``stats``
-(``smckernel.once.to_json_obj``, the host named at the top). With several hosts every
-connection, link group, link and device names its ``host``, and ``stats`` maps each host to
-its counters (and, from the kernel, each entry names its ``netns``).
+(``smckernel.once.to_json_hosts``), of one shape for one host and for several: every
+connection, link group, link and device names its ``host`` and ``netns``, and ``stats``
+maps each host to its counters.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from smckernel.model import Conn as KConn
 from smckernel.model import Snapshot, from_stack_snapshot
-from smckernel.once import VIEWS, reason_text, render_text, smcss, to_json_obj
+from smckernel.once import VIEWS, reason_text, render_text, smcss, to_json_hosts
 
 from .model import Model
 
@@ -175,20 +175,10 @@ def render_snapshot(snap: Snapshot) -> str:
 
 def to_json_doc(snaps: list[Snapshot]) -> dict[str, Any]:
     """One document of one shape whatever the number of hosts (a script need not count them
-    first): ``hosts`` and ``namespaces`` (host -> netns) at the top, every connection, link
-    group, link and device naming its ``host`` and ``netns``, ``stats`` mapping each host to
-    its counters. It is ``smckernel.once.to_json_many``'s document for several snapshots, which
-    gave one snapshot's document as is (``host`` at the top, ``stats`` its counters alone)."""
-    doc: dict[str, Any] = {"hosts": [s.host for s in snaps], "namespaces": {s.host: s.netns for s in snaps},
-                           "source": snaps[0].source if snaps else None, "connections": [], "link_groups": [], "links": [],
-                           "devices": [], "stats": {}, "notes": []}  # fmt: skip
-    for s in snaps:
-        one = to_json_obj(s)
-        for key in ("connections", "link_groups", "links", "devices"):
-            doc[key].extend({"host": s.host, "netns": s.netns, **item} for item in one[key])
-        doc["stats"][s.host] = one["stats"]
-        doc["notes"].extend(f"{s.host}: {n}" for n in one["notes"])
-    return doc
+    first): ``smckernel.once.to_json_hosts``'s, even for one host (where ``python -m
+    smckernel`` gives that snapshot's own document: ``host`` at the top, ``stats`` its
+    counters alone)."""
+    return to_json_hosts(snaps)
 
 
 def render(snaps: list[Snapshot], as_json: bool) -> str:
