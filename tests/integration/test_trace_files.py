@@ -9,6 +9,7 @@ import random
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -423,8 +424,6 @@ def _kernel_packets():
 
 
 def _tcp_packet(like, src: str, dst: str, tcp, payload: bytes, ns: int):
-    from dataclasses import replace
-
     from dissectors.pcapng import Packet
     from stack.wire.inet import ipv4_tcp_frame
 
@@ -433,6 +432,10 @@ def _tcp_packet(like, src: str, dst: str, tcp, payload: bytes, ns: int):
 
 
 CLC_EYECATCHER = b"\xe2\xd4\xc3\xd9"
+
+
+def replace_seq(tcp, seq: int):
+    return replace(tcp, seq=seq & 0xFFFFFFFF)
 
 
 def test_clc_split_into_segments_that_arrive_out_of_order_is_read():
@@ -453,12 +456,6 @@ def test_clc_split_into_segments_that_arrive_out_of_order_is_read():
     s = _summarize(derive_events(packets)).to_dict()
     assert s["connections"] == {"total": 8, "modes": {"SMCR": 8}} and s["moved"] == 65_604
     assert s["kinds"]["clc.msg"] == 12 and "trace.note" not in s["kinds"]
-
-
-def replace_seq(tcp, seq: int):
-    from dataclasses import replace
-
-    return replace(tcp, seq=seq & 0xFFFFFFFF)
 
 
 def test_clc_the_capture_cut_or_missed_is_named_not_lost_silently():
@@ -490,8 +487,6 @@ def test_a_four_tuple_used_again_is_a_new_connection():
             again.append(type(p)(p.interface, p.linktype, p.timestamp_ns + hour, p.data, p.original_length))
         else:
             moved = replace_seq(tcp, tcp.seq + 0x10000000)
-            from dataclasses import replace
-
             moved = replace(moved, ack=(tcp.ack + 0x10000000) & 0xFFFFFFFF if tcp.flags & 0x10 else tcp.ack)
             again.append(_tcp_packet(p, src, dst, moved, payload, p.timestamp_ns + hour))
     events = list(derive_events(first + again))
