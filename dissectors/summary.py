@@ -11,6 +11,7 @@ from typing import Iterable
 
 from stack.events import BadRecord, Event, Failovers, Skipped, parse_snapshot
 from stack.wire import codes
+from stack.wire.fields import cursor_delta
 
 
 @dataclass
@@ -35,7 +36,7 @@ class ConnSummary:
     state: str = ""
     error: str | None = None
     rmb_size: int = 0
-    rx_prod: tuple[int, int] | None = None  # the peer's producer cursor as the last CDC said
+    rx_prod: str | None = None  # the peer's producer cursor (wrap:count) as the last CDC said
     rx_written: int = 0  # what the peer wrote into our RMB, from those cursors' advances
 
     @property
@@ -44,18 +45,11 @@ class ConnSummary:
         kernel source), else what the peer's producer cursor advanced by (as smctop counts)."""
         return self.bytes_received if self.bytes_received is not None else self.rx_written
 
-    def peer_cursor(self, prod: object) -> None:
-        """A CDC arrived with the peer's producer cursor ``wrap:count``: count its advance."""
-        try:
-            w, _, n = str(prod).partition(":")
-            cur = (int(w), int(n))
-        except ValueError:
-            return
-        if self.rx_prod is not None and self.rmb_size:
-            d = ((cur[0] - self.rx_prod[0]) & 0xFFFF) * self.rmb_size + cur[1] - self.rx_prod[1]
-            if 0 < d < self.rmb_size << 15:  # forward (wrap counters are 16 bits)
-                self.rx_written += d
-        self.rx_prod = cur
+    def peer_cursor(self, prod: str) -> None:
+        """A CDC arrived with the peer's producer cursor ``wrap:count``: count its advance (as
+        smctop's model does)."""
+        self.rx_written += cursor_delta(self.rx_prod, prod, self.rmb_size)
+        self.rx_prod = prod
 
     @property
     def moved(self) -> int:
@@ -149,7 +143,7 @@ def summarize(events: Iterable[Event]) -> Summary:
                 c.lgr = e.lgr
         if k == "conn.open":
             c.role, c.local, c.peer = g("role", ""), g("local", ""), g("peer", "")
-            c.rx_prod = c.rx_prod or (0, 0)  # a connection opened in the trace: the peer writes from its start
+            c.rx_prod = c.rx_prod or "0:0"  # a connection opened in the trace: the peer writes from its start
         elif k == "conn.mode":
             c.mode = g("mode", "?")
             c.version = g("version")
@@ -172,7 +166,7 @@ def summarize(events: Iterable[Event]) -> Summary:
             else:
                 c.bytes_received = (c.bytes_received or 0) + g("len")
         elif k == "conn.cursor" and c is not None and g("side") == "rx" and "peer_rmbe_space" in e.fields and g("prod") is not None:
-            c.peer_cursor(g("prod"))  # a CDC arrived: the peer wrote up to its producer cursor
+            c.peer_cursor(str(g("prod")))  # a CDC arrived: the peer wrote up to its producer cursor
         elif k == "conn.rmb" and c is not None and type(g("size")) is int and g("size") > 0:
             c.rmb_size = g("size")
         elif k == "conn.error":

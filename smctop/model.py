@@ -36,29 +36,7 @@ from typing import Any, Iterable
 
 from stack.events import Event, Failover, Failovers, parse_snapshot, render, renderer  # noqa: F401 (Failover: the views use it)
 from stack.wire import codes
-
-WRAP = 1 << 16  # CDC cursor wrap counters are 16 bits
-
-
-def parse_cursor(text: str | None) -> tuple[int, int]:
-    """``"wrap:count"`` -> (wrap, count); anything else -> (0, 0)."""
-    if not text:
-        return 0, 0
-    w, _, c = str(text).partition(":")
-    try:
-        return int(w), int(c)
-    except ValueError:
-        return 0, 0
-
-
-def cursor_delta(old: str | None, new: str | None, size: int) -> int:
-    """Bytes between two cursors of a ring of ``size`` bytes (wrap counters modulo 2**16)."""
-    if not size or old is None or new is None:
-        return 0
-    w0, c0 = parse_cursor(old)
-    w1, c1 = parse_cursor(new)
-    d = ((w1 - w0) % WRAP) * size + c1 - c0
-    return d if 0 <= d < WRAP * size // 2 else 0
+from stack.wire.fields import parse_cursor
 
 
 def reason_text(code: int) -> str:

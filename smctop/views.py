@@ -17,8 +17,10 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
+from stack.wire.fields import parse_cursor
+
 from . import format as fmt
-from .model import Model, parse_cursor
+from .model import Model
 from .widgets import RowTable
 
 

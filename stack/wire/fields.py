@@ -20,6 +20,31 @@ def cursor_text(c: Cursor) -> str:
     return "%s:%s" % c  # a shade faster than an f-string, and events carry millions of cursors
 
 
+WRAP = 1 << 16  # CDC cursor wrap counters are 16 bits
+
+
+def parse_cursor(text: str | None) -> tuple[int, int]:
+    """``"wrap:count"`` (as ``cursor_text`` writes it) -> (wrap, count); anything else -> (0, 0)."""
+    if not text:
+        return 0, 0
+    w, _, c = str(text).partition(":")
+    try:
+        return int(w), int(c)
+    except ValueError:
+        return 0, 0
+
+
+def cursor_delta(old: str | None, new: str | None, size: int) -> int:
+    """Bytes between two cursors of a ring of ``size`` bytes as events show them (wrap
+    counters modulo 2**16): 0 when ``new`` is not ahead by less than half the counters' range."""
+    if not size or old is None or new is None:
+        return 0
+    w0, c0 = parse_cursor(old)
+    w1, c1 = parse_cursor(new)
+    d = ((w1 - w0) % WRAP) * size + c1 - c0
+    return d if 0 <= d < WRAP * size // 2 else 0
+
+
 def clc_fields(msg, raw: bytes) -> dict:
     out: dict = {"type": type(msg).__name__, "raw": raw, "version": msg.version}
     if isinstance(msg, clc.Decline):

@@ -11,6 +11,7 @@ import pytest
 from smctop import model as M
 from smctop.model import Model
 from stack.events import Event
+from stack.wire import fields
 
 DIFFPREFIX, PEERDECL, NOSMCDEV = 0x03070000, 0x05000000, 0x03030000
 
@@ -26,15 +27,15 @@ def smc_conn(m: Model, host="h", conn=1, t=0.0, size=1000, lgr="g1", link=1, loc
 
 
 def test_parse_cursor_and_delta_limits():
-    assert M.parse_cursor("3:17") == (3, 17)
-    assert M.parse_cursor(None) == (0, 0) and M.parse_cursor("") == (0, 0) and M.parse_cursor("x:1") == (0, 0)
-    assert M.parse_cursor("5") == (0, 0)  # no count
+    assert fields.parse_cursor("3:17") == (3, 17)
+    assert fields.parse_cursor(None) == (0, 0) and fields.parse_cursor("") == (0, 0) and fields.parse_cursor("x:1") == (0, 0)
+    assert fields.parse_cursor("5") == (0, 0)  # no count
     size = 100
-    half = M.WRAP * size // 2
-    assert M.cursor_delta("0:0", f"{half // size - 1}:{size - 1}", size) == half - 1
-    assert M.cursor_delta("0:0", f"{half // size}:0", size) == 0  # half the range or more: not forward
-    assert M.cursor_delta(None, "1:0", size) == 0 and M.cursor_delta("1:0", None, size) == 0
-    assert M.cursor_delta("1:0", "1:1", size) == 1
+    half = fields.WRAP * size // 2
+    assert fields.cursor_delta("0:0", f"{half // size - 1}:{size - 1}", size) == half - 1
+    assert fields.cursor_delta("0:0", f"{half // size}:0", size) == 0  # half the range or more: not forward
+    assert fields.cursor_delta(None, "1:0", size) == 0 and fields.cursor_delta("1:0", None, size) == 0
+    assert fields.cursor_delta("1:0", "1:1", size) == 1
     assert M.reason_text(0) == "" and M.reason_text(DIFFPREFIX) == "0x03070000 DIFFPREFIX"
 
 
@@ -401,7 +402,7 @@ def test_event_log_bound(kept):
 
 
 def test_survivors_of_the_sampled_run():
-    assert M.cursor_delta("3:10", "3:5", 100) == 0  # backwards within one wrap
+    assert fields.cursor_delta("3:10", "3:5", 100) == 0  # backwards within one wrap
     m = Model()
     assert m.conn_log == 16
     m.feed(ev(0, "conn.open", conn=1))
@@ -570,7 +571,7 @@ def test_third_pass_survivors():
 
 
 def test_fourth_pass_survivors():
-    assert M.cursor_delta("3:10", "3:9", 100) == 0
+    assert fields.cursor_delta("3:10", "3:9", 100) == 0
     m = Model(interval=1.0)
     m.feed(ev(0, "lgr.state", "h", "g", old="NONE", new="SINGLE"))
     assert m.lgrs[("h", "g")].conns == 0

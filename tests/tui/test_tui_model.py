@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import tracemalloc
 
-from smctop.model import Model, cursor_delta
+from smctop.model import Model
 from smctop.synthetic import DIFFPREFIX, PEERDECL, SyntheticStack
 from stack.events import Event
+from stack.wire.fields import cursor_delta
 
 
 def fed(conns: int = 3, seconds: int = 4, **kw) -> tuple[Model, SyntheticStack]:
