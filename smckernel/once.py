@@ -64,7 +64,9 @@ def _addr(endpoint: str | None, wide: bool) -> str:
 
 
 def smcss(snap: Snapshot, all: bool = False, listening: bool = False, debug: bool = False, smcr: bool = False,
-          smcd: bool = False, wide: bool = False) -> str:  # fmt: skip
+          smcd: bool = False, wide: bool = False, handshake_addresses: bool = False) -> str:  # fmt: skip
+    """smcss's table. ``handshake_addresses``: a connection in its handshake (INIT) shows the
+    addresses it has (a stack's does; smcss prints none for a kernel socket in INIT)."""
     head = "State          UID   Inode   Local Address           Peer Address            Intf Mode "
     if debug:
         head += ("Shutd Token    Sndbuf   Rcvbuf   Peerbuf  rxprod-Cursor rxcons-Cursor rxFlags txprod-Cursor txcons-Cursor "
@@ -82,7 +84,7 @@ def smcss(snap: Snapshot, all: bool = False, listening: bool = False, debug: boo
             continue
         if smcd and c.mode != "SMCD":
             continue
-        lines.append(_smcss_line(c, debug, smcr, wide))
+        lines.append(_smcss_line(c, debug, smcr, wide, handshake_addresses and bool(c.local or c.peer)))
     return "\n".join(lines) + "\n"
 
 
@@ -91,10 +93,10 @@ def _cur(c: Conn, name: str) -> str:
     return "----:--------" if cur is None else f"{cur[0]:04x}:{cur[1]:08x}"
 
 
-def _smcss_line(c: Conn, debug: bool, smcr: bool, wide: bool) -> str:
+def _smcss_line(c: Conn, debug: bool, smcr: bool, wide: bool, init_addresses: bool = False) -> str:
     state = c.state or "-"
     out = f"{SMCSS_STATE.get(state, state):<14} {_num(c.uid, '05d', 5)} {_num(c.inode, '07d', 7)} "
-    if c.state == "INIT":
+    if c.state == "INIT" and not init_addresses:
         return out.rstrip(" ") + " "
     local = _addr(c.local, wide)
     out += f"{local:<{max(ADDR_LEN_SHORT, len(local))}} "

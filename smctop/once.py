@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import time
 from typing import Any, Callable
@@ -140,17 +139,7 @@ def smcss_all(snap: Snapshot) -> str:
     """``smcss -a`` of a stack's snapshot. smcss prints a kernel socket in INIT without
     addresses (the kernel has none to give before connect); a stack's connection in its
     handshake has both, and the model knows them: its row shows them, with mode ``-``."""
-    lines = smcss(snap, all=True).split("\n")
-    rows = iter(lines[1:])
-    out = [lines[0]]
-    for c in snap.connections:  # smcss -a prints every connection, in order
-        row = next(rows)
-        if c.state == "INIT" and (c.local or c.peer):
-            shown = smcss(dataclasses.replace(snap, connections=[dataclasses.replace(c, state="HANDSHAKE")]), all=True).split("\n")[1]
-            row = f"{'INIT':<14}{shown[14:]}"  # the row of a socket past INIT, its state column INIT again
-        out.append(row)
-    out += list(rows)
-    return "\n".join(out)
+    return smcss(snap, all=True, handshake_addresses=True)
 
 
 def render_snapshot(snap: Snapshot) -> str:
