@@ -134,9 +134,8 @@ class _Lgr:
 
 def _gid_ip(gid: bytes | None) -> str | None:
     """The IPv4 address of an IPv4-mapped GID (::ffff:a.b.c.d, as RoCEv2 over IPv4 has it)."""
-    if gid and len(gid) == 16 and gid[:10] == bytes(10) and gid[10:12] == b"\xff\xff":
-        return str(ipaddress.IPv4Address(gid[12:]))
-    return None
+    mapped = ipaddress.IPv6Address(gid).ipv4_mapped if gid and len(gid) == 16 else None
+    return str(mapped) if mapped is not None else None
 
 
 class Deriver:
