@@ -357,10 +357,6 @@ class Model:
         self.lgrs: dict[tuple[str, str], LinkGroup] = {}
         self._ended: dict[tuple[str, str], float] = {}  # link groups that ended and left the model, oldest first
         self.failovers = Failovers(maxlen=200)  # paired as smc-trace summary pairs them
-        # both ends of a link group fail over when its link dies (each moves its ends of the
-        # connections): id -> (failover, counted); the end that began second is not counted,
-        # whichever end the source delivered first
-        self._fo_ends: dict[int, tuple[Failover, bool]] = {}
         self.fallbacks: Counter = Counter()  # (host, role, reason) -> connection ends (each end's own view)
         self.fallback_causes: Counter = Counter()  # (cause, decided by, the other end's view) -> connections
         self.fallback_cause_last: dict[tuple, float] = {}
@@ -861,28 +857,24 @@ class Model:
         self.links_changed = True
 
     def _pair_failover(self, fo: Failover) -> None:
-        """``fo`` is the other end of an earlier failover when that one is on the link group at
-        the other end of this one's connections, off the same link (SMC-R numbers a link alike
-        at both ends), and not paired yet: one failover, counted at the end that began it."""
+        """Both ends of a link group fail over when its link dies (each moves its ends of the
+        connections): ``fo`` is the other end of an earlier failover when that one is on the
+        link group at the other end of this one's connections, off the same link (SMC-R numbers
+        a link alike at both ends), and not paired yet."""
         peers = {(o.host, o.lgr) for c in self.conns.values() if c.host == fo.host and c.lgr == fo.lgr and (o := c.peer_end) is not None}
         if not peers:
             return
-        ends = self._fo_ends
         for other in reversed(self.failovers):
-            if other is not fo and other.from_link == fo.from_link and (other.host, other.lgr) in peers and id(other) not in ends:
-                # counted at the end that began first (it found the link dead; the other heard of
-                # it by DELETE LINK), whichever host's events the source happened to deliver first
-                first_is_other = other.t <= fo.t
-                ends[id(other)], ends[id(fo)] = (other, first_is_other), (fo, not first_is_other)
+            if other is not fo and not other.paired and other.from_link == fo.from_link and (other.host, other.lgr) in peers:
+                # counted at the end that began it (it found the link dead; the other heard of it
+                # by DELETE LINK), whichever host's events the source delivered first
+                other.paired = fo.paired = True
+                (fo if other.t <= fo.t else other).counted = False
                 break
-        if len(ends) > 4 * (self.failovers.maxlen or 200):  # forget those the deque let go
-            kept = {id(x) for x in self.failovers}
-            self._fo_ends = {k: v for k, v in ends.items() if k in kept}
 
-    def failover_counted(self, fo: Failover) -> bool:
-        """False for the second end of a failover whose first end the model also watched."""
-        end = self._fo_ends.get(id(fo))
-        return end is None or end[0] is not fo or end[1]
+    @staticmethod
+    def failover_counted(fo: Failover) -> bool:
+        return fo.counted
 
     def _on_lgr_state(self, e: Event) -> None:
         if e.lgr is None:

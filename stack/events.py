@@ -637,6 +637,10 @@ class Failover:
     duration_ms: float | None = None  # None: still in progress
     reason: str = ""
     failed: int | None = None
+    # False for the second end of a failover a reader watched at both ends of its link group:
+    # one failover, counted at the end that began it
+    counted: bool = True
+    paired: bool = False
 
 
 class Failovers(deque):
