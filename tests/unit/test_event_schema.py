@@ -89,6 +89,11 @@ def test_the_emit_checker_catches_what_a_producer_gets_wrong():
     ({"t": 1, "kind": "conn.error", "host": ["h"], "conn": 1, "reason": "x"}, "host must be a string"),
     ({"t": 1, "kind": "conn.error", "host": "h", "conn": 1}, "lacks 'reason'"),
     ({"t": 1, "kind": "cdc.msg", "host": "h", "dir": "up"}, "dir must be"),
+    ({"t": 1, "kind": "conn.cursor", "host": "h", "conn": 1, "side": "rx", "prod": "65536:0"}, "prod must be an RMBE cursor"),
+    ({"t": 1, "kind": "conn.cursor", "host": "h", "conn": 1, "side": "rx", "cons": "0:4294967296"}, "cons must be an RMBE cursor"),
+    ({"t": 1, "kind": "conn.cursor", "host": "h", "conn": 1, "side": "rx", "prod": "1:\u0662"}, "prod must be an RMBE cursor"),
+    ({"t": 1, "kind": "conn.cursor", "host": "h", "conn": 1, "side": "rx", "prod": "1:2:3"}, "prod must be an RMBE cursor"),
+    ({"t": 1, "kind": "conn.cursor", "host": "h", "conn": 1, "side": "rx", "prod": "00000000000001:11"}, "prod must be an RMBE cursor"),
     ({"t": 1, "kind": "conn.error", "host": "h", "conn": 1, "reason": "x", "junk": [[[[[[[[[[[1]]]]]]]]]]]}, "nested too deeply"),
     ([1, 2], "must be a JSON object"),
 ])  # fmt: skip
@@ -109,6 +114,25 @@ def test_json_from_outside_is_bounded(line, words):
     with pytest.raises(BadRecord) as info:
         from_json(line)
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("0:0", True), ("65535:4294967295", True), ("00065535:1", True), ("1:0004294967295", True),
+    ("65536:0", False), ("0:4294967296", False), ("99999:1", False), ("1:9999999999", False),
+    (":1", False), ("1:", False), ("1:2:3", False), (" 1:2", False), ("1:2\n", False), ("-1:2", False), ("+1:2", False),
+    ("1:\u0662", False), ("\u00b2:1", False), ("1_0:1", False), ("0000000000001:1", True), ("00000000000001:11", False), (1, False), (None, False),
+])  # fmt: skip
+def test_a_cursor_is_wrap_and_count_in_ascii_digits_within_16_and_32_bits(text, ok):
+    # readers check every data-path event's cursors; the check is quick, not looser
+    assert TYPES["cursor"].check(text) is ok
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("", True), ("00ff", True), ("0123456789abcdef", True), ("abc", False), ("AB", False), ("0g", False), ("ab\n", False),
+    ("\u0660\u0661", False), ("ab" * 65535, True), ("ab" * 65536, False), (b"ab", False),
+])  # fmt: skip
+def test_hex_is_lower_case_digit_pairs_and_bounded(text, ok):
+    assert TYPES["hex"].check(text) is ok
 
 
 def test_unknown_fields_pass_readers_but_not_the_strict_check():
