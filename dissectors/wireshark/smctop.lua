@@ -210,10 +210,14 @@ local function valstring(tbl)
     return out
 end
 
-local function ipv4_of_gid(gid)
-    -- an IPv4-mapped RoCEv2 GID (::ffff:a.b.c.d) -> "a.b.c.d"
-    local s = tostring(gid or "")
-    return s:match("^::ffff:(%d+%.%d+%.%d+%.%d+)$")
+local function host_addr(addr)
+    -- the address a RoCE frame of this host carries, as text: a RoCEv2 GID is the IP address
+    -- of its interface, an IPv4-mapped one (::ffff:a.b.c.d) in IPv4 frames ("a.b.c.d"), any
+    -- other in IPv6 frames (its own text, as ipv6.src shows it). The unspecified GID (::)
+    -- names no host: nil
+    local s = tostring(addr or "")
+    if s == "" or s == "::" or s == "nil" then return nil end
+    return s:match("^::ffff:(%d+%.%d+%.%d+%.%d+)$") or s
 end
 
 ------------------------------------------------------------------------------ a small JSON parser
@@ -550,6 +554,7 @@ local X = {
     exported = field("exported_pdu"),
     ip_src = field("ip.src"), ip_dst = field("ip.dst"),
     ip6_src = field("ipv6.src"), ip6_dst = field("ipv6.dst"),
+    grh_src = field("infiniband.grh.sgid"), grh_dst = field("infiniband.grh.dgid"),
     tcp_stream = field("tcp.stream"), tcp_src = field("tcp.srcport"), tcp_dst = field("tcp.dstport"),
     destqp = field("infiniband.bth.destqp"),
     opcode = field("infiniband.bth.opcode"),
@@ -613,8 +618,10 @@ function smctop.init()
 end
 
 local function ip_pair()
+    -- the frame's addresses: IPv4, IPv6 (RoCEv2 over either), or the GRH's GIDs (RoCE v1)
     local s, d = first(X.ip_src), first(X.ip_dst)
     if s == nil then s, d = first(X.ip6_src), first(X.ip6_dst) end
+    if s == nil then s, d = first(X.grh_src), first(X.grh_dst) end
     return s and tostring(s), d and tostring(d)
 end
 
@@ -628,11 +635,12 @@ local function conn_label(c)
 end
 
 local function qp_key(ip, qpn)
-    return tostring(ip) .. "|" .. tostring(qpn)
+    return tostring(host_addr(ip) or ip) .. "|" .. tostring(qpn)
 end
 
--- guessed: ip is not the QP's own address (no IPv4 in its GID: the sender's address stands
--- in), so its frames may come from another; only such a QP may be found by its QPN alone
+-- guessed: ip is not the QP's own address (its GID was not seen or names no host: the
+-- sender's address stands in), so its frames may come from another; only such a QP may be
+-- found by its QPN alone
 local function learn_qp(ip, qpn, lg, side, guessed)
     if not ip or not qpn or qpn == 0 then return end
     local key = qp_key(ip, qpn)
@@ -642,9 +650,9 @@ local function learn_qp(ip, qpn, lg, side, guessed)
     if known == nil then S.qpn_only[qpn] = key elseif known ~= key then S.qpn_only[qpn] = false end
 end
 
--- ip_known: the address is the QP's own (the GID's IPv4). Then only that address counts:
--- kernels number QPs alike (both start at 0x11), so the same QPN on another host is another
--- QP. Otherwise (a frame, or a GID that is not IPv4-mapped) a QP learned under a guessed
+-- ip_known: the address is the QP's own (its GID's: IPv4 when IPv4-mapped, else IPv6). Then
+-- only that address counts: kernels number QPs alike (both start at 0x11), so the same QPN
+-- on another host is another QP. Otherwise (a frame, or no GID) a QP learned under a guessed
 -- address may be found by its QPN alone, when no other QP learned that way has it.
 local function find_qp(ip, qpn, ip_known)
     local q = S.qps[qp_key(ip, qpn)]
@@ -1166,7 +1174,7 @@ local function smc_result(pinfo)
                 S.conns[stream] = c
             end
             if #aq > 0 then
-                local gip = ipv4_of_gid(ag[1] and ag[1].value)
+                local gip = host_addr(ag[1] and ag[1].value)
                 local qpn, ip = aq[1].value, gip or src
                 local q = find_qp(ip, qpn, gip ~= nil)
                 c.lg = c.lg or (q and q.lg) or new_lg()
@@ -1176,7 +1184,7 @@ local function smc_result(pinfo)
                 if ak[1] then S.rkeys[ak[1].value] = stream end
             end
             if #cq > 0 then
-                local gip = ipv4_of_gid(cg[1] and cg[1].value)
+                local gip = host_addr(cg[1] and cg[1].value)
                 local qpn, ip = cq[1].value, gip or src
                 local q = find_qp(ip, qpn, gip ~= nil)
                 c.lg = c.lg or (q and q.lg) or new_lg()
@@ -1224,7 +1232,7 @@ local function smc_result(pinfo)
     if first(X.llc_msg) ~= nil then
         local newq, newg = first(X.add_qp) or first(X.cl_qp), first(X.add_gid) or first(X.cl_gid)
         if newq and lg_of_frame then
-            local gip = ipv4_of_gid(newg)
+            local gip = host_addr(newg)
             learn_qp(gip or src, newq, lg_of_frame, OTHER_SIDE[q_of_frame.side], gip == nil)
         end
         local r = first(X.del_reason)
@@ -1390,7 +1398,7 @@ local function llc_v2_le(tvb, pinfo, tree)
         t:add(F.llc_link_uid, tvb(30, 4))
         t:add(F.llc_max_links, tvb(34, 1))
         t:add(F.llc_max_conns, tvb(35, 1))
-        learnt.new_qp = { ipv4_of_gid(tvb(10, 16):ipv6()), tvb(26, 3):uint() }
+        learnt.new_qp = { host_addr(tvb(10, 16):ipv6()), tvb(26, 3):uint() }
     elseif ty == 0x22 and n >= 36 then -- ADD LINK v2
         ft:add(F.llc_reject, tvb(3, 1))
         t:add(F.llc_mac, tvb(4, 6))
@@ -1399,7 +1407,7 @@ local function llc_v2_le(tvb, pinfo, tree)
         t:add(F.llc_link_num, tvb(31, 1))
         t:add(F.llc_qp_mtu, tvb(32, 1))
         t:add(F.llc_psn, tvb(33, 3))
-        learnt.new_qp = { ipv4_of_gid(tvb(12, 16):ipv6()), tvb(28, 3):uint() }
+        learnt.new_qp = { host_addr(tvb(12, 16):ipv6()), tvb(28, 3):uint() }
         if n >= 72 then
             t:add(F.llc_direct, tvb(44, 1))
             t:add(F.llc_target_gid, tvb(46, 16))
