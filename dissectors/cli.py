@@ -32,7 +32,6 @@ import signal
 import stat
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -304,34 +303,50 @@ def record_kernel(args) -> int:
     its events (smc_diag and SMC_GEN_NETLINK polled and diffed; tracepoints and probes as
     root) and, where a capture runs (root, Soft-RoCE), its RoCEv2 frames, on one clock.
     What the kernel or the privileges do not allow is said on stderr; a host without SMC
-    is an error (exit 2) that names what is missing, and leaves no file behind."""
+    is an error (exit 2) that names what is missing, and leaves no file behind. Ctrl-C or
+    SIGTERM stops it in any state, each part of the stop bounded and a second signal cutting
+    it short (smckernel.stopping); exit 1 when a part had to be abandoned (said on stderr)."""
+    from smckernel import stopping
     from smckernel.kio import KernelUnavailable
     from smckernel.record import KernelRecording
     from smckernel.source import sources_for
 
     capture = None if args.capture == "none" else ("auto" if args.capture == "auto" else [n for n in args.capture.split(",") if n])
     probes = False if args.no_probes else ([p for p in args.probes.split(",") if p] if args.probes else True)
-    srcs: list = []
-    try:  # one source per namespace (--netns repeated, or all), each under its own host name
-        srcs = sources_for(args.netns, rate=args.rate, trace=False if args.no_trace else None, probes=probes, capture=capture)
-        for src in srcs:
-            src.open()  # before the file: a host without SMC leaves nothing behind
-    except KernelUnavailable as e:
-        for src in srcs:
-            src.close()
-        where = f" (netns {src.netns})" if srcs and src.netns else ""
-        print(f"smc-trace: cannot record the kernel's SMC-R{where}: {e.strerror}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    try:
-        rec = KernelRecording(args.write, srcs, write_snap=args.write_snaplen)
-    except OSError as e:
-        for src in srcs:
-            src.close()
-        raise UsageError(f"cannot write {args.write}: {e.strerror or e}") from None
-    stop = threading.Event()
-    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # the handlers first: a Ctrl-C during the start (seconds: trace sessions, probes) stops it too,
+    # and what was made is undone (a KeyboardInterrupt left trace sessions in the kernel)
+    with stopping.StopSignals() as signals:
+        srcs: list = []
+        try:  # one source per namespace (--netns repeated, or all), each under its own host name
+            srcs = sources_for(args.netns, rate=args.rate, trace=False if args.no_trace else None, probes=probes, capture=capture)
+            for src in srcs:
+                if signals.count:
+                    break
+                src.open()  # before the file: a host without SMC leaves nothing behind
+        except KernelUnavailable as e:
+            for src in srcs:
+                src.close()
+            where = f" (netns {src.netns})" if srcs and src.netns else ""
+            print(f"smc-trace: cannot record the kernel's SMC-R{where}: {e.strerror}", file=sys.stderr)
+            return 2
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if signals.count:
+            _stop_kernel_sources(srcs, None, signals)
+            print("smc-trace: stopped before the recording began: nothing written", file=sys.stderr)
+            return 130
+        try:
+            rec = KernelRecording(args.write, srcs, write_snap=args.write_snaplen)
+        except OSError as e:
+            for src in srcs:
+                src.close()
+            raise UsageError(f"cannot write {args.write}: {e.strerror or e}") from None
+        return _record_kernel(args, srcs, rec, signals)
+
+
+def _record_kernel(args, srcs: list, rec, signals) -> int:
+    from smckernel.kio import KernelUnavailable
+
     shown: dict[int, int] = {}  # notes of each source already printed
 
     def say_notes(src) -> None:
@@ -341,34 +356,57 @@ def record_kernel(args) -> int:
 
     try:
         for src in srcs:
+            if signals.count:
+                break
             try:
                 src.start()
             except KernelUnavailable as e:
                 print(f"smc-trace: the kernel's SMC-R ({src.host}): {e.strerror}", file=sys.stderr)
+                _stop_kernel_sources(srcs, rec, signals)
                 return 2
             say_notes(src)
-        print(f"smc-trace: recording the kernel's SMC-R of {', '.join(getattr(src, 'host', None) or 'this host' for src in srcs)} to {args.write}"
-              + (f" for {args.duration:g} s" if args.duration else "") + "; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)  # fmt: skip
-        stop.wait(args.duration or None)
-    finally:
-        for src in srcs:
-            src.close()
-        st = rec.close()
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        if not signals.count:
+            print(f"smc-trace: recording the kernel's SMC-R of {', '.join(getattr(src, 'host', None) or 'this host' for src in srcs)} to {args.write}"
+                  + (f" for {args.duration:g} s" if args.duration else "") + "; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)  # fmt: skip
+            signals.wait(args.duration or None)
+    except BaseException:
+        _stop_kernel_sources(srcs, rec, signals)
+        raise
+    read_all, st = _stop_kernel_sources(srcs, rec, signals, release=False)
     for src in srcs:
         say_notes(src)  # what closing found (records the trace reader could not catch up with)
-    capturing = [f"{c} ({src.host})" if len(srcs) > 1 else c for src in srcs for c in src.capturing]
-    snap = f"RDMA WRITE frames cut to {args.write_snaplen} bytes" if args.write_snaplen else "whole RDMA WRITE frames"
-    hosts = f" of {', '.join(src.host for src in srcs)}" if len(srcs) > 1 else ""
-    print(f"smc-trace: {st.events} kernel events{hosts}, {st.frames} RoCE frames ({snap}) written to {args.write}"
-          + (f" (captured on {', '.join(capturing)})" if capturing else " (no capture)")
-          + (f"; DROPPED by the recorder {st.dropped_events} events, {st.dropped_frames} frames" if st.dropped_events or st.dropped_frames else ""),
-          file=sys.stderr)  # fmt: skip
+    if st is None:
+        print(f"smc-trace: {args.write} is incomplete: its last writes did not end", file=sys.stderr)
+    else:
+        capturing = [f"{c} ({src.host})" if len(srcs) > 1 else c for src in srcs for c in src.capturing]
+        snap = f"RDMA WRITE frames cut to {args.write_snaplen} bytes" if args.write_snaplen else "whole RDMA WRITE frames"
+        hosts = f" of {', '.join(src.host for src in srcs)}" if len(srcs) > 1 else ""
+        print(f"smc-trace: {st.events} kernel events{hosts}, {st.frames} RoCE frames ({snap}) written to {args.write}"
+              + (f" (captured on {', '.join(capturing)})" if capturing else " (no capture)")
+              + (f"; DROPPED by the recorder {st.dropped_events} events, {st.dropped_frames} frames" if st.dropped_events or st.dropped_frames else ""),
+              file=sys.stderr, flush=True)  # fmt: skip
     lost = sum(src.status().get("frames_dropped") or 0 for src in srcs)
     if lost:
         print(f"smc-trace: LOST before the recorder: {lost} frames (the capture's ring)", file=sys.stderr)
-    return 0
+    from smckernel import stopping
+
+    stopping.release_sources(srcs, signals)  # the file is whole: now the trace sessions leave the kernel
+    for src in srcs:
+        say_notes(src)
+    return 0 if read_all and st is not None else 1
+
+
+def _stop_kernel_sources(srcs: list, rec, signals, release: bool = True) -> tuple[bool, object]:
+    """The sources stop reading, then the recording (if any) writes what is left, then (with
+    ``release``) the trace sessions leave the kernel: each part bounded (smckernel.stopping).
+    Returns whether every source stopped, and the recording's stats (None: not written)."""
+    from smckernel import stopping
+
+    read_all = stopping.stop_sources(srcs, signals)
+    st = stopping.write_recording(rec, signals) if rec is not None else None
+    if release:
+        stopping.release_sources(srcs, signals)
+    return read_all, st
 
 
 def seconds(text: str) -> float:

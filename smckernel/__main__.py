@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 
@@ -128,25 +127,28 @@ def _run(a) -> int:
         rec = KernelRecording(a.record, srcs)
     for src in srcs:
         src.add_listener(show)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        for src in srcs:
-            src.start()
-            for note in src.notes:
-                print(f"smckernel: {src.host}: {note}" if len(srcs) > 1 else f"smckernel: {note}", file=sys.stderr)
-        stop.wait(a.seconds)
-    finally:
-        for src in srcs:
-            src.close()
-        if rec is not None:
-            st = rec.close()
-            print(f"smckernel: recorded {st.events} events and {st.frames} frames to {a.record}"
-                  + (f" ({st.dropped_events} events, {st.dropped_frames} frames dropped)" if st.dropped_events or st.dropped_frames else ""),
-                  file=sys.stderr)  # fmt: skip
-        for src in srcs:
-            print("smckernel: " + json.dumps(src.status(), sort_keys=True), file=sys.stderr)
+    from . import stopping
+
+    with stopping.StopSignals() as signals:  # bounded stops, a second signal cuts them short (see smckernel.stopping)
+        try:
+            for src in srcs:
+                if signals.count:
+                    break
+                src.start()
+                for note in src.notes:
+                    print(f"smckernel: {src.host}: {note}" if len(srcs) > 1 else f"smckernel: {note}", file=sys.stderr)
+            signals.wait(a.seconds)
+        finally:
+            stopping.stop_sources(srcs, signals)
+            if rec is not None:
+                st = stopping.write_recording(rec, signals)
+                if st is not None:
+                    print(f"smckernel: recorded {st.events} events and {st.frames} frames to {a.record}"
+                          + (f" ({st.dropped_events} events, {st.dropped_frames} frames dropped)" if st.dropped_events or st.dropped_frames else ""),
+                          file=sys.stderr)  # fmt: skip
+            stopping.release_sources(srcs, signals)
+            for src in srcs:
+                print("smckernel: " + json.dumps(src.status(), sort_keys=True), file=sys.stderr)
     return 0
 
 

@@ -126,7 +126,8 @@ def in_netns(name: str | None, fn: Callable[[], T]) -> T:
         finally:
             os.close(fd)
 
-    t = threading.Thread(target=worker, name=f"smckernel netns {name}")
+    # a daemon: a worker that never returned would otherwise hold the process at its exit
+    t = threading.Thread(target=worker, name=f"smckernel netns {name}", daemon=True)
     t.start()
     t.join()
     if "error" in result:

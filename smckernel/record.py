@@ -17,6 +17,8 @@ at most 500 ppm: 0.5 ms a second, usually far less).
 
 from __future__ import annotations
 
+import threading
+
 from dissectors.recorder import WRITE_SNAP, Frame, Recorder, RecorderStats
 from stack.events import Event
 
@@ -42,6 +44,7 @@ class KernelRecording:
             src.clock_offset_ns = self.source.clock_offset_ns
         self.recorder = Recorder(out, clock_offset_ns=self.source.clock_offset_ns, write_snap=write_snap)
         self.stats: RecorderStats | None = None
+        self._closing = threading.Lock()
         for src in self.sources:
             if src.latest is not None:  # started already: the state so far comes first
                 snap = src.latest
@@ -63,13 +66,15 @@ class KernelRecording:
         self.close()
 
     def close(self) -> RecorderStats:
-        if self.stats is None:
-            for src in self.sources:
-                src.remove_listener(self.recorder.on_event)
-                if self._frame in src._frame_listeners:
-                    src._frame_listeners.remove(self._frame)
-            self.stats = self.recorder.close()
-        return self.stats
+        """Write what is left and close the file (once: any thread, any number of times)."""
+        with self._closing:
+            if self.stats is None:
+                for src in self.sources:
+                    src.remove_listener(self.recorder.on_event)
+                    if self._frame in src._frame_listeners:
+                        src._frame_listeners.remove(self._frame)
+                self.stats = self.recorder.close()
+            return self.stats
 
 
 def record(out, seconds: float, **source_kwargs) -> tuple[RecorderStats, dict]:

@@ -41,6 +41,7 @@ SO_NETNS_COOKIE = 71
 # interval to the next (on a loaded one-CPU VM a poll of three namespaces took 0.56 s at two
 # polls a second each, and the trace reader, starved, fell minutes behind)
 POLL_SHARE = 0.5
+POLLER_WAIT = 5.0  # seconds stop() waits for the poller to end its poll
 # the genl dumps a poll reads, in this order; GET_LINK_SMCR includes the link groups
 POLL_CMDS = (kgenl.GET_SYS_INFO, kgenl.GET_LINK_SMCR, kgenl.GET_DEV_SMCR, kgenl.GET_STATS, kgenl.GET_FBACK_STATS, kgenl.DUMP_UEID)
 
@@ -244,6 +245,8 @@ class KernelSource:
         self.siblings: list[KernelSource] = [self]  # the sources of this process (sources_for: one per namespace)
         self.drain_timeout = 60.0  # seconds close() lets the trace readers catch up (TraceSession.drain), all siblings together
         self._drain_until: float | None = None  # set when the first sibling closes
+        self._hurried = threading.Event()  # hurry(): the stop waits for nothing more
+        self._stopped = False  # stop() has ended the readers (release() then only removes)
         self.stretched = 0  # polls whose next one came later than the rate asks (POLL_SHARE)
 
     # ------------------------------------------------------------------ life
@@ -337,32 +340,75 @@ class KernelSource:
         self._poller.start()
 
     def close(self) -> None:
+        """Stop reading (``stop``), then take the trace session out of the kernel (``release``)."""
+        self.stop()
+        self.release()
+
+    def stop(self) -> None:
+        """Stop every reader of this source: the poller, the trace reader (after its drain), the
+        captures, the netlink channels. Bounded: the drain by ``drain_timeout`` (one budget for
+        all the siblings), each thread by a few seconds; ``hurry()`` from another thread cuts
+        every wait short, and a thread that does not end is left behind (they are daemons).
+        The trace session stays in the kernel until ``release()``."""
         for src in self.siblings:
             src._stop.set()  # every poller of the process stops first: the trace readers get the CPU to catch up
         if self._drain_until is None:  # one budget for the drains of the whole process, not one per namespace
             until = time.monotonic() + self.drain_timeout
             for src in self.siblings:
-                src._drain_until = until
+                if src._drain_until is None:
+                    src._drain_until = until
         if self._poller is not None:
-            self._poller.join(5.0)
-        if self.tracing is not None:
-            self.tracing.drain(max(0.0, self._drain_until - time.monotonic()))
-            if self.tracing.unread:
+            self._join(self._poller, POLLER_WAIT)
+        tracing = self.tracing
+        if tracing is not None and not self._stopped:
+            tracing.drain(0.0 if self._hurried.is_set() else max(0.0, self._drain_until - time.monotonic()))
+            if tracing.unread:
                 with self._lock:
-                    self._emit([self.tracker._ev(time.monotonic(), "events.dropped", "tracepoint", count=self.tracing.unread,
+                    self._emit([self.tracker._ev(time.monotonic(), "events.dropped", "tracepoint", count=tracing.unread,
                                                  by="left in the kernel's trace buffer at close (the trace reader was behind)")])  # fmt: skip
-            self.notes.extend(n for n in self.tracing.notes if n not in self.notes)
-            self.tracing.close()
-            self.tracing = None
-        for cap in self.captures:
+            tracing.stop()
+            self.notes.extend(n for n in tracing.notes if n not in self.notes)
+        self._stopped = True
+        captures, self.captures = self.captures, []
+        for cap in captures:
             cap.close()
             self.frames += cap.frames
             self.frames_dropped += cap.dropped
             self.notes.extend(cap.notes)
-        self.captures = []
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+
+    def release(self) -> None:
+        """Take this source's trace session (its instance and probes) out of the kernel: after
+        ``stop()``, which ``close()`` does first. Can take seconds on a loaded host (each probe's
+        removal waits for the kernel's RCU); what a process stopped before this leaves, the
+        next session's start removes."""
+        tracing, self.tracing = self.tracing, None
+        if tracing is not None:
+            if not self._stopped:
+                tracing.stop()
+            tracing.remove()
+            self.notes.extend(n for n in tracing.notes if n not in self.notes)
+
+    def hurry(self) -> None:
+        """Cut the stop of this process's sources short (any thread; a second Ctrl-C): no more
+        draining, every wait at its end; what the trace buffers still hold is counted as dropped."""
+        now = time.monotonic()
+        for src in self.siblings:
+            src._stop.set()
+            src._hurried.set()
+            src._drain_until = now
+            tracing = src.tracing
+            if tracing is not None:
+                tracing.abort()
+            for cap in list(src.captures):
+                cap._stop.set()
+
+    def _join(self, thread: threading.Thread, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while thread.is_alive() and not self._hurried.is_set() and time.monotonic() < end:
+            thread.join(0.05)
 
     # ------------------------------------------------------------------ consumers
 

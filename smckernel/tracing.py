@@ -25,6 +25,10 @@ from . import trace as ktrace
 from .kio import KernelUnavailable
 
 TRACEFS_PATHS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+# the reader's ends: how long stop() waits for it to see _stop, and then for an aborted one
+STOP_WAIT = 5.0
+ABORT_WAIT = 2.0
+JOIN_TICK = 0.05  # waits are in slices, so that abort() from another thread cuts them short
 NEED_ROOT = "tracepoints and probes need root (tracefs and dynamic_events are writable by CAP_SYS_ADMIN only)"
 
 
@@ -316,6 +320,7 @@ class TraceSession:
                         except Exception as e:  # noqa: BLE001 - the reader must go on
                             self.notes.append(f"trace record handler failed: {type(e).__name__}: {e}")
                 elif stopping:
+                    self._emptied = True  # an empty read after the stop: the buffer is drained
                     break
         finally:
             os.close(fd)
@@ -347,8 +352,9 @@ class TraceSession:
         The instance stops recording (``tracing_on`` 0: nothing that happens later is taken),
         then the reader goes on until the buffer is empty: a reader that fell behind (a loaded
         host: the trace buffer held minutes of records in the lab) loses nothing that happened
-        before the close. After ``timeout`` seconds it stops anyway; what is left is counted
-        in ``unread`` and said in ``notes``."""
+        before the close. After ``timeout`` seconds, or at once when ``abort()`` is called
+        (a second Ctrl-C), it stops anyway; what is left is counted in ``unread`` and said in
+        ``notes``."""
         if self._thread is None:
             return
         try:
@@ -356,22 +362,50 @@ class TraceSession:
         except OSError:
             pass
         before, t0 = self.records, time.monotonic()
+        self._emptied = False
         self._stop.set()  # the reader ends at its first empty read: the buffer is drained
-        self._thread.join(timeout)
+        end = t0 + timeout
+        while self._thread.is_alive() and not self._abort.is_set() and time.monotonic() < end:
+            self._thread.join(min(JOIN_TICK, max(0.0, end - time.monotonic())))
+        cut = self._abort.is_set()  # abort() came before the time was out
         if self._thread.is_alive():
             self._abort.set()
-            self._thread.join(5.0)
+            self._thread.join(ABORT_WAIT)
+        if self._abort.is_set() and not self._emptied:  # out of time, or aborted: what the buffer still holds is lost
             self.unread = self.unread_entries() or 0
-            self.notes.append(f"the trace reader was behind: {self.unread} records left unread after reading for {timeout:g} s at close")
+            how = f"the stop was cut short after {time.monotonic() - t0:.1f} s" if cut else f"after reading for {timeout:g} s"
+            self.notes.append(f"the trace reader was behind: {self.unread} records left unread {how} at close")
         elif self.records - before > 1000:
             self.notes.append(f"the trace reader was behind: {self.records - before} records read at close "
                               f"({time.monotonic() - t0:.1f} s)")  # fmt: skip
 
-    def close(self) -> None:
+    def abort(self) -> None:
+        """Cut a drain or a stop short (any thread): the reader ends after the batch in its hands."""
+        self._abort.set()
+
+    def stop(self) -> None:
+        """End the reader thread (bounded: one that does not end is left, and said in ``notes``)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            if self._thread.is_alive():  # (close without drain on a reader far behind)
-                self._abort.set()
-                self._thread.join(5.0)
+        if self._thread is None:
+            return
+        end = time.monotonic() + STOP_WAIT
+        while self._thread.is_alive() and not self._abort.is_set() and time.monotonic() < end:
+            self._thread.join(JOIN_TICK)
+        if self._thread.is_alive():  # (a stop without drain on a reader far behind)
+            self._abort.set()
+            self._thread.join(ABORT_WAIT)
+        if self._thread.is_alive():
+            note = f"the trace reader of {self.instance} did not end: left running"
+            if note not in self.notes:
+                self.notes.append(note)
+
+    def remove(self) -> None:
+        """Take the instance and the probe group out of the kernel (stop first). Each write can
+        take a while (a probe's removal waits for an RCU grace period: seconds on a loaded VM)."""
         self._remove(self.instance, self.group)
+        if os.path.isdir(self.instance):
+            self.notes.append(f"the trace instance {self.instance} could not be removed: the next smckernel session removes it")
+
+    def close(self) -> None:
+        self.stop()
+        self.remove()

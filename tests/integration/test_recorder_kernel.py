@@ -61,7 +61,8 @@ class FakeKernelSource:
         self.kw, self.notes, self.latest, self.capturing = kw, [], None, ["rxe-eth1"]
         self.clock_offset_ns = 1_700_000_000 * 10**9
         self._listeners, self._frame_listeners = [], []
-        self.opened = self.closed = False
+        self.opened = self.closed = self.released = False
+        self.host = "kern"
         self.tracker = Tracker("kern", stats_every=None)
         FakeKernelSource.made.append(self)
 
@@ -99,6 +100,15 @@ class FakeKernelSource:
         self.closed = True
         self.notes.append("3 records left in the trace buffer at close: test")  # what a drain that gave up says
 
+    def stop(self) -> None:  # the recorder's stop (smckernel.stopping): reading ends, then the file, then release
+        self.close()
+
+    def release(self) -> None:
+        self.released = True
+
+    def hurry(self) -> None:
+        pass
+
     def status(self) -> dict:
         return {"frames_dropped": 0}
 
@@ -112,7 +122,7 @@ def test_record_kernel_writes_events_and_frames_on_one_timeline(tmp_path, monkey
     # the notes of the start, and the ones closing found, each said once
     assert err.count("kernel: no tracepoints or probes: test") == 1 and err.count("kernel: 3 records left in the trace buffer at close: test") == 1
     (src,) = FakeKernelSource.made
-    assert src.opened and src.closed and src.kw["trace"] is False and src.kw["capture"] == "auto"
+    assert src.opened and src.closed and src.released and src.kw["trace"] is False and src.kw["capture"] == "auto"
     skipped = Skipped()
     events = list(read_events(out, skipped))
     assert not skipped
