@@ -365,6 +365,7 @@ class SmctopApp(App):
         if self.recorder is not None:
             rec, self.recorder = self.recorder, None
             rec.close()
+            self.source.every_event(False)
             self.say(f"recorded {rec.count:,} events to {rec.path}")
             return
         self._start_recording(os.path.join(self.record_dir, default_name(time.strftime("%Y%m%d-%H%M%S"))))
@@ -375,6 +376,7 @@ class SmctopApp(App):
         except OSError as e:
             self.say(f"cannot record: {e}", error=True)
             return
+        self.source.every_event(True)  # a recording holds every event, not what the view needs of the data path
         self.say(f"recording to {path} (w stops)")
 
     def action_sort(self) -> None:
@@ -509,6 +511,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     ap.add_argument("--record", metavar="FILE", help="record events to FILE from the start (w toggles recording)")
     ap.add_argument("--record-dir", metavar="DIR", default=".", help="where w puts recordings (default: here)")
     ap.add_argument("--prometheus", metavar="ADDR:PORT", help="serve Prometheus metrics of the model on ADDR:PORT (e.g. 127.0.0.1:9717)")
+    ap.add_argument("--every-event", action="store_true",
+                    help="--attach: every event of the data path (cursor moves, CDCs, RDMA WRITEs, RMB fill), not coalesced "
+                         f"per connection every {AttachSource.COALESCE:g} s (recording with w asks for every event anyway)")  # fmt: skip
     ap.add_argument("--headless", action="store_true", help="no TUI: feed the model and serve --prometheus until Ctrl-C or SIGTERM")
     return ap.parse_args(argv), ap
 
@@ -556,8 +561,8 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
                 ap.error(f"--attach {path!r}: {getattr(e, 'strerror', None) or e}")
         if args.kernel:  # our stack and the kernel on this host: a connection's two ends side by side
             kern = kernel_source(args.netns, ap)
-            return CombinedSource([AttachSource(args.attach), *(kern.parts if isinstance(kern, CombinedSource) else [kern])])
-        return AttachSource(args.attach)
+            return CombinedSource([AttachSource(args.attach, every_event=args.every_event), *(kern.parts if isinstance(kern, CombinedSource) else [kern])])
+        return AttachSource(args.attach, every_event=args.every_event)
     return DemoSource(traffic=not args.no_traffic)
 
 

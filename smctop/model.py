@@ -722,6 +722,8 @@ class Model:
             if c is None:
                 return
         f = e.fields
+        if "coalesced" in f:
+            self._coalesced(e)
         side = f.get("side")
         n = f.get("len")  # the kernel source's per-call count (smc_tx_sendmsg / smc_rx_recvmsg), or what a cursor moved
         if type(n) is int and n > 0 and f.get("source") in ("tracepoint", "snapshot"):  # since the last poll (KernelTuiSource)
@@ -769,6 +771,8 @@ class Model:
         if c is None:
             return
         f = e.fields
+        if "coalesced" in f:
+            self._coalesced(e)
         if "fill" in f:
             c.fill = f["fill"]
         if "size" in f:
@@ -782,14 +786,27 @@ class Model:
             c = self._conn_of(e)
             if c is None:
                 return
-        c.ev_tx += e.fields.get("length", 0)
+        c.ev_tx += e.fields.get("length", 0)  # coalesced: the WRITEs' sum
+        if "coalesced" in e.fields:
+            self._coalesced(e)
         c.version_no += 1
         if c.mtick != self._period:
             c.mtick = self._period
             self._moved.append(c)
 
+    def _coalesced(self, e: Event) -> None:
+        """A coalesced event (an attached stack's data path, AttachSource.COALESCE) counts as
+        the events it stands for."""
+        n = e.fields["coalesced"]
+        if type(n) is int and n > 1:
+            self.kinds[e.kind] += n - 1
+            if e.kind == "cdc.msg":
+                self.cdc += n - 1
+
     def _on_cdc(self, e: Event) -> None:
         self.cdc += 1
+        if "coalesced" in e.fields:
+            self._coalesced(e)
         c = self.conns.get((e.host, e.conn))  # the hot path: one lookup, the log line inline
         if c is None or (e.link is not None and c.link != e.link) or (e.lgr is not None and c.lgr != e.lgr):
             c = self._conn_of(e)

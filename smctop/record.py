@@ -36,12 +36,25 @@ class Recorder:
         from .once import host_names, stack_snapshot
 
         t = model.now if model.now is not None else (model.events[-1].t if model.events else None)
-        if t is None:
-            return  # nothing seen yet: nothing to start from
-        for host in host_names(model):
+        hosts = host_names(model)
+        # each host's snapshot is dated by the last of its events smctop applied (or its last
+        # snapshot), not by the clock: what the host sends from now on is not in the snapshot,
+        # and must come after it in the recording, however late it arrives (an attached
+        # stack's stream lags under load, and its coalesced data path by up to an interval)
+        seen: dict[str, float] = {}
+        for e in reversed(model.events):
+            if e.host not in seen:
+                seen[e.host] = e.t
+                if len(seen) >= len(hosts):
+                    break
+        for host in hosts:
+            h = model.hosts.get(host)
+            at = max((x for x in (seen.get(host), h.snapshot_t if h is not None else None) if x is not None), default=t)
+            if at is None:
+                continue  # nothing seen of it yet: nothing to start from
             snap = stack_snapshot(model, host)
-            snap["t"] = t
-            self._trace.on_event(snapshot_event(t, snap))
+            snap["t"] = at
+            self._trace.on_event(snapshot_event(at, snap))
 
     @property
     def count(self) -> int:

@@ -121,6 +121,10 @@ class Source:
         """In-process stacks a recorder can attach to directly (their RoCE frames too)."""
         return []
 
+    def every_event(self, on: bool) -> None:
+        """Deliver every data-path event (on: a recording wants them all) or, where the
+        source can, only what they add up to (see AttachSource)."""
+
     def describe(self) -> str:
         return self.label
 
@@ -293,10 +297,17 @@ class AttachSource(Source):
 
     label = "attach"
     can = frozenset({"fail_link", "restore_link", "decline"})
+    # the data path's events (cursors, CDCs, RDMA WRITEs, RMB fill) coalesced by the stacks per
+    # connection every COALESCE seconds: a request/response pair emits tens of thousands a
+    # second, and reading each one cost smctop more CPU than the traffic it watched (the view
+    # needs where each connection got to, and the counts, which coalesced events carry)
+    COALESCE = 0.1
 
-    def __init__(self, paths: list[str], *, retry: float = 1.0) -> None:
+    def __init__(self, paths: list[str], *, retry: float = 1.0, every_event: bool = False) -> None:
         super().__init__()
         self.paths = list(paths)
+        self.always_every_event = every_event
+        self.coalesce = 0.0 if every_event else self.COALESCE
         self.retry = retry  # seconds between tries to attach again to a socket that closed
         self.clients: dict[str, object] = {}  # path -> ControlClient
         self.hostnames: dict[str, str] = {}
@@ -325,7 +336,7 @@ class AttachSource(Source):
 
         client = await ControlClient.connect(path)
         try:
-            await client.send("subscribe")
+            await client.send("subscribe", **({"coalesce": self.coalesce} if self.coalesce else {}))
             await client.send("snapshot")
         except OSError:
             await client.close()
@@ -368,6 +379,21 @@ class AttachSource(Source):
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for client in self.clients.values():
             await client.close()
+
+    def every_event(self, on: bool) -> None:
+        coalesce = 0.0 if on or self.always_every_event else self.COALESCE
+        if coalesce == self.coalesce:
+            return
+        self.coalesce = coalesce
+        for path, client in self.clients.items():  # a new subscription replaces the old one; nothing falls between
+            if path not in self.closed:
+                self.tasks.append(asyncio.ensure_future(self._resubscribe(path, client)))
+
+    async def _resubscribe(self, path: str, client) -> None:
+        try:
+            await client.send("subscribe", **({"coalesce": self.coalesce} if self.coalesce else {}))
+        except OSError as e:
+            self.notices.append(f"{self.hostnames.get(path, path)}: {e.strerror or e}")
 
     def _answer(self, path: str, msg: dict) -> bool:
         """A ``reply`` or ``error`` to a command of ours goes to the one awaiting it (True);
@@ -940,6 +966,10 @@ class CombinedSource(Source):
 
     def stacks(self) -> list:
         return [s for p in self.parts for s in p.stacks()]
+
+    def every_event(self, on: bool) -> None:
+        for p in self.parts:
+            p.every_event(on)
 
     def describe(self) -> str:
         return " + ".join(p.describe() for p in self.parts)

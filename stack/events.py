@@ -219,6 +219,9 @@ def _link_event(name: str, doc: str, render: str, *fields: Field, expert: str | 
 _CAUSE = F("cause", "str", "what made it happen (the input, timer or operator action)")
 _DIR = F("dir", "dir", "sent (tx) or received (rx) by the host", True)
 _RAW = F("raw", "hex", "the message's bytes")
+# a control-socket subscriber that asked for the data path coalesced (subscribe's "coalesce",
+# stack/runtime/coalesce.py) gets one event per connection and interval standing for several
+_COALESCED = F("coalesced", "count", "how many events this one stands for (a coalesced subscription): it is the last of them")
 
 SCHEMA: dict[str, Kind] = {k.name: k for k in (
     Kind("conn.open", "a connection started: role, addresses, SMC wanted or not",
@@ -250,13 +253,14 @@ SCHEMA: dict[str, Kind] = {k.name: k for k in (
          (F("side", "str", "rx: a CDC arrived or the application read; tx: we wrote", True), F("prod", "cursor", "producer cursor"),
           F("cons", "cursor", "consumer cursor"), F("sent", "cursor", "tx: sent up to"), F("fin", "cursor", "tx: confirmed up to"),
           F("bytes_to_rcv", "count", "bytes in our RMB the application has not read"),
-          F("peer_rmbe_space", "int", "room left in the peer's RMB"), _CAUSE, F("rewound", "int", "failover: bytes sent again")),
+          F("peer_rmbe_space", "int", "room left in the peer's RMB"), _CAUSE, F("rewound", "int", "failover: bytes sent again"),
+          _COALESCED),
          ids=("conn",)),
     Kind("conn.rmb", "RMB fill level and write-blocked state",
          "RMB[ fill {fill}][/{size}][ write-blocked{?write_blocked}][ peer write-blocked{?peer_write_blocked}][, {pending} bytes waiting]",
          (F("fill", "count", "bytes in our RMB"), F("size", "count", "our RMB's size"), F("write_blocked", "bool", "we wait for room in the peer's RMB"),
           F("peer_write_blocked", "bool", "the peer waits for room in ours"), F("peer_rmbe_space", "int", "room left in the peer's RMB"),
-          F("pending", "count", "bytes waiting to be written")),
+          F("pending", "count", "bytes waiting to be written"), _COALESCED),
          ids=("conn",)),
     Kind("conn.urgent", "urgent data (MSG_OOB): sent, confirmed by the peer's consumer cursor, arrived, read out of band, skipped in the stream",
          "urgent {event}[ ({dir})][ byte {byte}][ at {cursor}][ inline{?inline}]",
@@ -293,13 +297,13 @@ SCHEMA: dict[str, Kind] = {k.name: k for k in (
           F("orderly", "bool", "DELETE LINK: orderly"), F("err_mask", "u8", "DELETE RKEY: error mask"),
           F("num_invalid", "u8", "DELETE RKEY: invalid rkeys"), F("gids", "json", "REQUEST ADD LINK: GIDs"),
           F("user_data", "hex", "TEST LINK: user data"))),
-    Kind("cdc.msg", "a CDC message sent or received", "{dir} CDC seq {seqno}[ token {token}] prod {prod} cons {cons}[ {flags}]",
+    Kind("cdc.msg", "a CDC message sent or received", "{dir} CDC seq {seqno}[ token {token}] prod {prod} cons {cons}[ {flags}][ (the last of {coalesced})]",
          (_DIR, F("seqno", "u16", "sequence number"), F("token", "x32", "the receiver's RMBE alert token"), F("prod", "cursor", "producer cursor"),
-          F("cons", "cursor", "consumer cursor"), F("flags", "strs", "the flags set (write_blocked, peer_conn_closed, ...)"), _RAW)),
+          F("cons", "cursor", "consumer cursor"), F("flags", "strs", "the flags set (write_blocked, peer_conn_closed, ...)"), _RAW, _COALESCED)),
     Kind("rdma.write", "an RDMA WRITE posted: offset and length in the peer RMB",
-         "RDMA WRITE {length} bytes[ at offset {offset}][ at vaddr {vaddr}][ rkey {rkey}]",
-         (F("length", "count", "bytes written", True), F("offset", "count", "where in the peer's RMB"), F("rkey", "x32", "the peer RMB's rkey"),
-          F("vaddr", "x64", "the virtual address written (captures)"))),
+         "RDMA WRITE {length} bytes[ at offset {offset}][ at vaddr {vaddr}][ rkey {rkey}][ in {coalesced} WRITEs]",
+         (F("length", "count", "bytes written (coalesced: the WRITEs' sum)", True), F("offset", "count", "where in the peer's RMB"),
+          F("rkey", "x32", "the peer RMB's rkey"), F("vaddr", "x64", "the virtual address written (captures)"), _COALESCED)),
     Kind("link.state", "a link changed state (LINK_* kernel names)", "{old} -> {new}[ ({cause})]",
          (F("old", "str", "the state before", True), F("new", "str", "the state after", True), _CAUSE), ids=("lgr", "link")),
     Kind("link.event", "a link was added or deleted, a TEST LINK timed out, a QP failed, failover began or ended", "link {event}",

@@ -48,6 +48,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from stack.events import KINDS, BadRecord, Skipped, loads, to_dict, to_json
+from stack.runtime.coalesce import Coalescer
 from stack.verbs.taprec import count_raw
 from stack.wire import codes
 
@@ -60,6 +61,7 @@ FRAME_QUEUE = 100_000  # frames a session holds for a slow client before it drop
 RAW_QUEUE = 64 << 20  # bytes of raw frame batches a session holds for a slow client (each batch at most 4 MiB)
 EVENT_QUEUE = 50_000  # events a session holds for a slow client by default ('queue' in subscribe)
 MAX_EVENT_QUEUE = 1_000_000
+MAX_COALESCE = 10.0  # seconds a coalesced subscription may hold the data path's events
 FLUSH_WAIT = 10.0  # seconds a closing stack waits for its subscribers to take what it still holds
 MAX_DEPTH = 4  # commands are flat objects (subscribe's kinds: a list)
 # faults a soft device takes (anything else on its fault object, its random generator for one, is not for the socket)
@@ -68,7 +70,9 @@ FAULTS = {"loss": (0.0, 1.0, "a probability from 0 to 1"), "rx_loss": (0.0, 1.0,
           "delay": (0.0, 60.0, "seconds from 0 to 60")}  # fmt: skip
 COMMANDS = {
     "subscribe": "stream events (optional 'kinds': list of event kinds; 'frames': true adds the soft devices' RoCE frames; "
-    f"'queue': events held for a slow client, 1 to {MAX_EVENT_QUEUE:,}, default {EVENT_QUEUE:,})",
+    f"'queue': events held for a slow client, 1 to {MAX_EVENT_QUEUE:,}, default {EVENT_QUEUE:,}; "
+    f"'coalesce': seconds, 0 to {MAX_COALESCE:g}: per connection and interval the last cursor, CDC, RDMA WRITE and RMB event, "
+    "'coalesced' counting what each stands for)",
     "unsubscribe": "stop the event stream",
     "snapshot": "reply with one snapshot now",
     "interval": "periodic snapshots every 'seconds' (0 stops them)",
@@ -292,10 +296,21 @@ class _Session:
         self._tap = self._on_frame
         self.tapped: list[str] = []
         self._tapping = False
+        self.coalescer: Coalescer | None = None  # subscribe's 'coalesce'
 
     def send(self, obj: dict) -> None:
         if not self.writer.is_closing():
             self.writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
+
+    def pass_events(self, events: list, final: bool = False) -> None:
+        """Send what the subscription gave, through the coalescer when the client asked for
+        one (``final``: and whatever it holds)."""
+        c = self.coalescer
+        if c is not None:
+            events = c.add(events, asyncio.get_running_loop().time())
+            if final and c.held:
+                events += c.flush()
+        self.send_events(events)
 
     def send_events(self, events: list) -> None:
         """Event lines in one write: a system call (and a wake-up of the reader) per batch,
@@ -338,7 +353,7 @@ class _Session:
         self._untap()
         if self.frames is not None:
             self._send_frames()
-        self.send_events(self.sub.get_nowait())
+        self.pass_events(self.sub.get_nowait(), final=True)
         self.send({"type": "end", "events_dropped": self.sub.dropped_total, "frames_dropped": self.frames_dropped_total})
         try:
             async with asyncio.timeout(timeout):
@@ -351,7 +366,7 @@ class _Session:
         before it, and after it a reader would add them to what the snapshot already counts
         (a byte counted twice, a connection the snapshot says is open closed by an old event)."""
         if self.sub is not None:
-            self.send_events(self.sub.get_nowait())
+            self.pass_events(self.sub.get_nowait(), final=True)
 
     async def _snapshots(self) -> None:
         while True:
@@ -364,9 +379,19 @@ class _Session:
                 await asyncio.sleep(0.2)
 
     async def _events(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            first = await self.sub.get()
-            self.send_events([first, *self.sub.get_nowait()])  # what the loop's last turn emitted, together
+            c = self.coalescer
+            if c is not None and c.deadline is not None:  # what it holds goes at its deadline, even if nothing follows
+                try:
+                    async with asyncio.timeout(max(0.0, c.deadline - loop.time())):
+                        first = await self.sub.get()
+                except TimeoutError:
+                    self.send_events(c.flush())
+                    continue
+            else:
+                first = await self.sub.get()
+            self.pass_events([first, *self.sub.get_nowait()])  # what the loop's last turn emitted, together
             if self.writer.transport.get_write_buffer_size() > (1 << 20):
                 await self.writer.drain()  # the subscription queue absorbs the wait, and counts drops
 
@@ -413,6 +438,10 @@ class _Session:
         if type(write_snap) is not int or not 0 <= write_snap <= 65535:
             raise CommandError("write_snap must be a whole number of bytes from 0 (whole frames) to 65535")
         queue = _number("queue", req.get("queue", EVENT_QUEUE), 1, MAX_EVENT_QUEUE, f"a whole number of events from 1 to {MAX_EVENT_QUEUE:,}", whole=True)
+        coalesce = _number("coalesce", req.get("coalesce", 0), 0, MAX_COALESCE, f"seconds from 0 (every event) to {MAX_COALESCE:g}")
+        if self.sub is not None and self.coalescer is not None:
+            self.send_events(self.coalescer.flush())  # what the old subscription held goes first
+        self.coalescer = Coalescer(coalesce) if coalesce else None
         self.sub = self.stack.bus.subscribe(maxsize=int(queue), kinds=kinds)
         self._tasks.append(asyncio.create_task(self._events()))
         tapped = self.start_frames(write_snap, raw=frames == "raw") if frames else []

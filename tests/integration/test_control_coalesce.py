@@ -1,0 +1,111 @@
+"""A control-socket subscriber that asks for the data path coalesced gets what every event
+adds up to, with far fewer lines (smctop --attach does; it could not keep up with a
+request/response pair's tens of thousands of events a second)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from support.stacks import run, two_stacks, until
+
+from stack.runtime.control import ControlServer
+
+ROUNDS = 400
+
+
+async def _subscriber(path: str, **args) -> tuple[list[dict], asyncio.Task, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_unix_connection(path)
+    await reader.readline()  # hello
+    writer.write(json.dumps({"cmd": "subscribe", "id": 1, **args}).encode() + b"\n")
+    await writer.drain()
+    while json.loads(await reader.readline()).get("type") != "reply":
+        pass
+    got: list[dict] = []
+
+    async def read():
+        while line := await reader.readline():
+            msg = json.loads(line)
+            if msg.get("type") == "event":
+                got.append(msg["event"])
+
+    return got, asyncio.create_task(read()), writer
+
+
+def _totals(events: list[dict], host: str) -> dict:
+    mine = [e for e in events if e["host"] == host]
+    n = lambda e: e.get("coalesced", 1)  # noqa: E731
+    return {
+        "written": sum(e["length"] for e in mine if e["kind"] == "rdma.write"),
+        "writes": sum(n(e) for e in mine if e["kind"] == "rdma.write"),
+        "cdc_tx": sum(n(e) for e in mine if e["kind"] == "cdc.msg" and e["dir"] == "tx"),
+        "cdc_rx": sum(n(e) for e in mine if e["kind"] == "cdc.msg" and e["dir"] == "rx"),
+        "states": [(e["conn"], e["new"]) for e in mine if e["kind"] == "conn.state"],
+        "last_tx_prod": [e["prod"] for e in mine if e["kind"] == "conn.cursor" and e["side"] == "tx" and "prod" in e][-1],
+    }
+
+
+def test_a_coalesced_subscription_adds_up_to_every_event_in_far_fewer_lines() -> None:
+    async def main():
+        async with two_stacks() as (client, server, ca, sa):
+
+            async def echo(r, w):
+                while data := await r.read(1 << 16):
+                    w.write(data)
+                w.close()
+
+            await server.start_server(echo, sa, 5000)
+            with tempfile.TemporaryDirectory(prefix="smccoal") as d:
+                ctl = ControlServer(client, str(Path(d) / "c.sock"), interval=0)
+                await ctl.start()
+                try:
+                    every, t1, w1 = await _subscriber(ctl.path)
+                    some, t2, w2 = await _subscriber(ctl.path, coalesce=0.1)
+                    r, w = await client.open_connection(sa, 5000, local_addr=(ca, 0))
+                    msg = os.urandom(64)
+                    for _ in range(ROUNDS):
+                        w.write(msg)
+                        assert await r.readexactly(64) == msg
+                    w.close()
+                    await w.wait_closed()
+                    info = w.get_extra_info("smc")
+                    await until(lambda: any(e["kind"] == "conn.state" and e["new"] == "CLOSED" for e in some), 30, "the close, coalesced")
+                    await asyncio.sleep(0.3)  # the last interval's events
+                    a, b = _totals(every, "client"), _totals(some, "client")
+                    assert a["written"] == ROUNDS * 64 == b["written"]
+                    assert a == b, (a, b)
+                    assert a["cdc_tx"] >= ROUNDS and info["mode"] == "SMCR"
+                    assert len(some) * 10 < len(every), (len(some), len(every))
+                    assert [e["t"] for e in some] == sorted(e["t"] for e in some)  # nothing overtook what came before it
+                    assert any(e.get("coalesced", 1) > 1 for e in some)
+                    for t, wr in ((t1, w1), (t2, w2)):
+                        wr.close()
+                        t.cancel()
+                finally:
+                    await ctl.close()
+
+    run(main())
+
+
+def test_coalesce_out_of_range_is_refused_with_a_reason() -> None:
+    async def main():
+        async with two_stacks() as (client, _server, _ca, _sa):
+            with tempfile.TemporaryDirectory(prefix="smccoal") as d:
+                ctl = ControlServer(client, str(Path(d) / "c.sock"), interval=0)
+                await ctl.start()
+                try:
+                    reader, writer = await asyncio.open_unix_connection(ctl.path)
+                    await reader.readline()
+                    for bad in (-1, 11, "0.1", None, [0.1]):
+                        writer.write(json.dumps({"cmd": "subscribe", "id": 1, "coalesce": bad}).encode() + b"\n")
+                        await writer.drain()
+                        msg = json.loads(await reader.readline())
+                        assert msg["type"] == "error" and "coalesce must be seconds from 0" in msg["error"], (bad, msg)
+                    writer.close()
+                finally:
+                    await ctl.close()
+
+    run(main())
