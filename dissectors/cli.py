@@ -711,11 +711,13 @@ def cmd_decode(args) -> int:
             # a filtered timeline (--conn, --kind, ...) shows what was asked for and nothing else
             unfiltered = not (args.conn or args.link or args.lgr or args.host or args.kind)
             for name, roce in roces.items():
+                of = f" in {name}" if len(roces) > 1 else ""
                 if unfiltered and roce.timeline():
-                    of = f" in {name}" if len(roces) > 1 else ""
                     out.write(f"\nRoCE retransmissions{of} ({roce.totals()['retransmissions']} frames, not counted as messages):\n")
                     for line in roce.timeline():
                         out.write("  " + line + "\n")
+                if unfiltered and roce.capture_copies:
+                    out.write(f"\n{roce.copies_line()}{of}\n")
         out.flush()
     finally:
         report_skipped(skipped)

@@ -25,12 +25,14 @@ from typing import Iterable, Iterator
 from stack.events import Event
 from stack.wire import cdc, clc, codes, llc, roce
 from stack.wire._base import WireError
-from stack.wire.fields import cdc_fields, clc_fields, llc_fields
+from stack.wire.fields import cdc_fields, clc_cut_fields, clc_fields, llc_fields
 from stack.wire.inet import (
+    _VLAN_TAGS,
     ETH_P_IP,
     ETH_P_IPV6,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    IPV6_HLEN,
     TCP_ACK,
     TCP_FIN,
     TCP_RST,
@@ -70,21 +72,43 @@ _READ_LINKTYPES = frozenset((LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LIN
 _NULL_FAMILIES = (2, 10, 24, 28, 30)  # AF_INET; AF_INET6 as Linux, NetBSD/OpenBSD, FreeBSD and macOS number it
 
 
-def ip_payload(p: Packet) -> bytes | None:
-    """The IPv4 or IPv6 packet inside a captured frame, or None when it carries something else."""
+def _ip_offset(p: Packet) -> int | None:
+    """Where the IPv4 or IPv6 packet starts in a captured frame (after its 802.1Q / 802.1ad
+    tags: libpcap puts a VLAN's tag back into a Linux cooked header of ``tcpdump -i any``),
+    or None when the frame carries something else."""
     d = p.data
     if p.linktype == LINKTYPE_ETHERNET:
         eth, off = decode_ethernet(d)
-        return d[off:] if eth.ethertype in _IP_TYPES else None
-    if p.linktype == LINKTYPE_LINUX_SLL:
-        return d[16:] if len(d) >= 16 and struct.unpack_from("!H", d, 14)[0] in _IP_TYPES else None
-    if p.linktype == LINKTYPE_LINUX_SLL2:
-        return d[20:] if len(d) >= 20 and struct.unpack_from("!H", d, 0)[0] in _IP_TYPES else None
+        return off if eth.ethertype in _IP_TYPES else None
+    if p.linktype in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
+        off, at = (16, 14) if p.linktype == LINKTYPE_LINUX_SLL else (20, 0)
+        if len(d) < off:
+            return None
+        proto = struct.unpack_from("!H", d, at)[0]
+        while proto in _VLAN_TAGS and len(d) >= off + 4:  # the tag's TCI, then the protocol it carries
+            proto = struct.unpack_from("!H", d, off + 2)[0]
+            off += 4
+        return off if proto in _IP_TYPES else None
     if p.linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
-        return d if d[:1] and d[0] >> 4 in ((4,) if p.linktype == LINKTYPE_IPV4 else (4, 6)) else None
+        return 0 if d[:1] and d[0] >> 4 in ((4,) if p.linktype == LINKTYPE_IPV4 else (4, 6)) else None
     if p.linktype == LINKTYPE_NULL:
-        return d[4:] if len(d) >= 4 and struct.unpack_from("<I", d, 0)[0] in _NULL_FAMILIES else None
+        return 4 if len(d) >= 4 and struct.unpack_from("<I", d, 0)[0] in _NULL_FAMILIES else None
     return None
+
+
+def ip_payload(p: Packet) -> bytes | None:
+    """The IPv4 or IPv6 packet inside a captured frame, or None when it carries something else."""
+    off = _ip_offset(p)
+    return None if off is None else p.data[off:]
+
+
+def capture_point(p: Packet) -> tuple[int, bytes]:
+    """Where a frame was captured, as far as the file tells: its interface and its link-layer
+    header (a VLAN's tag, a cooked header's interface index and packet type). One frame seen
+    twice (``tcpdump -i any`` on a host with a VLAN or a bridge, a pcapng of two interfaces)
+    has one IP packet at two points."""
+    off = _ip_offset(p)
+    return p.interface, bytes(p.data[: off or 0])
 
 
 def ip_header(ip_bytes: bytes, cut: bool) -> tuple[str, str, int, int, int]:
@@ -96,6 +120,13 @@ def ip_header(ip_bytes: bytes, cut: bool) -> tuple[str, str, int, int, int]:
         return str(ip6.src), str(ip6.dst), ip6.next_header, off, min(len(ip_bytes), off + ip6.payload_length)
     ip, off = decode_ipv4(ip_bytes, cut=cut)
     return str(ip.src), str(ip.dst), ip.protocol, off, min(len(ip_bytes), ip.total_length or len(ip_bytes))  # Ethernet padding is not payload
+
+
+def not_captured(ip_bytes: bytes) -> int:
+    """Bytes at the end of an IPv4 or IPv6 packet its capture did not keep (a snap length):
+    its header says how long it was."""
+    total = IPV6_HLEN + struct.unpack_from("!H", ip_bytes, 4)[0] if ip_bytes[0] >> 4 == 6 else struct.unpack_from("!H", ip_bytes, 2)[0]
+    return max(0, total - len(ip_bytes))
 
 
 @dataclass
@@ -120,6 +151,14 @@ class _Flow:
     fins: set[tuple[str, int]] = field(default_factory=set)
     ahead: dict[tuple[str, int], dict[int, tuple[bytes, int]]] = field(default_factory=dict)  # segments past a gap: seq -> (payload, frame)
     stuck: dict[tuple[str, int], str] = field(default_factory=dict)  # a direction whose CLC cannot be read on: why
+    syn_t: float | None = None  # the client's first SYN
+    syns: int = 0  # SYNs the client sent (retransmitted ones too)
+
+    @property
+    def attempt(self) -> bool:
+        """A SYN offering SMC that no SYN-ACK answered (yet) and that is no connection: a
+        failed SMC attempt when a RST answers it or the capture ends."""
+        return bool(self.syn_option) and self.synack_option is None and not self.opened and not self.closed
 
 
 @dataclass
@@ -154,6 +193,9 @@ class Deriver:
         self.qp_lgr: dict[tuple[str, int], _Lgr] = {}
         self.qpn_guessed: dict[int, _Lgr | None] = {}
         self.conn_lgr: dict[int, str] = {}
+        # a host's RoCE address (its GID's IPv4) -> the address its CLC came from, when they
+        # differ in family (CLC over IPv6, RoCE over IPv4): one host, named as its connections are
+        self.alias: dict[str, str] = {}
         self.frames = 0
         self.opened = 0  # connections numbered in order of opening, like tcp.stream without the probes
 
@@ -176,14 +218,13 @@ class Deriver:
             src, dst, protocol, off, end = ip_header(ip_bytes, cut)
             if protocol == IPPROTO_TCP:
                 tcp, poff = decode_tcp(ip_bytes, off)
-                # a snap length that kept only the start of the segment: what is missing of its payload
-                short = max(0, struct.unpack_from("!H", ip_bytes, 2)[0] - len(ip_bytes)) if cut and ip_bytes[0] >> 4 == 4 else 0
+                short = not_captured(ip_bytes) if cut else 0  # a snap length kept only the start of the segment
                 yield from self._tcp(t, src, dst, tcp, ip_bytes[poff:end], number, short)
             elif protocol == IPPROTO_UDP:
                 udp, poff = decode_udp(ip_bytes, off, cut=cut)
                 if udp.dport == roce.ROCE_V2_PORT:
                     yield from self._roce(t, src, dst, ip_bytes[poff : off + udp.length], cut=cut and off + udp.length > len(ip_bytes),
-                                          number=number, dropped=dropped_at(p))  # fmt: skip
+                                          number=number, dropped=dropped_at(p), packet=ip_bytes, point=capture_point(p))  # fmt: skip
         except (WireError, RecordError, ValueError) as e:
             yield Event(t, "trace.note", "", fields={"frame": number, "error": str(e)})
 
@@ -204,6 +245,18 @@ class Deriver:
             if flow.outcome is None and flow.data_seen and flow.opened:
                 flow.outcome = "TCP"
                 yield from self._no_clc(flow)
+            elif flow.attempt:
+                yield self._attempt(flow, "unanswered", "no SYN-ACK in the capture")
+
+    def _attempt(self, flow: _Flow, outcome: str, cause: str, t: float | None = None) -> Event:
+        """A failed SMC attempt, dated at its first SYN, named by its client (``t``: when the RST came)."""
+        flow.closed = True
+        fields = {"outcome": outcome, "local": f"{flow.client[0]}:{flow.client[1]}", "peer": f"{flow.server[0]}:{flow.server[1]}", "cause": cause}
+        if flow.syns > 1:
+            fields["syns"] = flow.syns
+        if t is not None and flow.syn_t is not None:
+            fields["wait_ms"] = round((t - flow.syn_t) * 1000, 3)
+        return Event(flow.syn_t if flow.syn_t is not None else t or 0.0, "conn.attempt", flow.client[0], fields=fields)
 
     def _no_clc(self, flow: _Flow) -> Iterator[Event]:
         """An end that offered SMC in its SYN or SYN-ACK and whose peer did not falls back
@@ -243,11 +296,13 @@ class Deriver:
         src, dst = (src_ip, tcp.sport), (dst_ip, tcp.dport)
         if tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
             old = self.flows.get(frozenset((src, dst)))
-            if old is not None and (old.opened or old.closed) and old.next_seq.get(src) != (tcp.seq + 1) & 0xFFFFFFFF:
+            if old is not None and old.next_seq.get(src) != (tcp.seq + 1) & 0xFFFFFFFF and (old.opened or old.closed or old.attempt):
                 del self.flows[frozenset((src, dst))]  # the 4-tuple used again (a new ISN): a new connection
                 if old.outcome is None and old.data_seen and old.opened:  # what finish() would have said of it
                     old.outcome = "TCP"
                     yield from self._no_clc(old)
+                elif old.attempt:  # a SYN of its own never answered
+                    yield self._attempt(old, "unanswered", "no SYN-ACK in the capture")
         flow = self._flow(src, dst)
         if tcp.flags & TCP_SYN:
             has = has_smc_option(tcp.options)
@@ -259,7 +314,12 @@ class Deriver:
             else:
                 flow.client, flow.server = src, dst
                 flow.syn_option = has
+                flow.syns += 1
+                flow.syn_t = t if flow.syn_t is None else flow.syn_t
             flow.next_seq[src] = (tcp.seq + 1) & 0xFFFFFFFF
+            return
+        if tcp.flags & TCP_RST and flow.attempt and src == flow.server:  # connection refused: the SYN's answer
+            yield self._attempt(flow, "refused", f"RST from {src[0]}:{src[1]}", t)
             return
         if tcp.flags & (TCP_FIN | TCP_RST) and flow.opened and not flow.closed:
             flow.fins.add(src)
@@ -284,20 +344,17 @@ class Deriver:
             return
         if flow.data_t is None:
             flow.data_t = t
-        if short:  # the capture kept only the start of this segment: what follows cannot be told apart
+        if short:  # the capture kept only the start of this segment (read below as far as it goes)
             flow.next_seq[src] = (nxt + len(payload) + short) & 0xFFFFFFFF
-            if src not in flow.clc_done and src not in flow.stuck:
-                flow.stuck[src] = f"its segment was cut by the capture's snap length ({short} bytes of TCP payload not captured)"
-                yield self._stuck_note(t, number, flow, src)
-            return
-        flow.next_seq[src] = (nxt + len(payload)) & 0xFFFFFFFF
-        pending = flow.ahead.get(src)
-        while pending and flow.next_seq[src] in pending:  # the gap closed: what waited behind it follows
-            more, _ = pending.pop(flow.next_seq[src])
-            if not more:  # a cut segment waited there
-                break
-            payload += more
-            flow.next_seq[src] = (flow.next_seq[src] + len(more)) & 0xFFFFFFFF
+        else:
+            flow.next_seq[src] = (nxt + len(payload)) & 0xFFFFFFFF
+            pending = flow.ahead.get(src)
+            while pending and flow.next_seq[src] in pending:  # the gap closed: what waited behind it follows
+                more, _ = pending.pop(flow.next_seq[src])
+                if not more:  # a cut segment waited there
+                    break
+                payload += more
+                flow.next_seq[src] = (flow.next_seq[src] + len(more)) & 0xFFFFFFFF
         if src in flow.clc_done:
             flow.data_seen = True
             return
@@ -319,9 +376,35 @@ class Deriver:
             raw = bytes(buf[:length])
             del buf[:length]
             yield from self._clc(t, flow, src, raw, number)
+        if short and src not in flow.clc_done:
+            yield from self._cut_clc(t, flow, src, number, short)
 
-    def _clc(self, t: float, flow: _Flow, src: tuple[str, int], raw: bytes, number: int = 0) -> Iterator[Event]:
-        msg = clc.decode(raw)
+    def _cut_clc(self, t: float, flow: _Flow, src: tuple[str, int], number: int, short: int) -> Iterator[Event]:
+        """The capture kept only the start of ``src``'s segment (``short`` bytes of it not): the
+        CLC message it cuts is read as far as it was kept. When the message ends with the
+        segment, the next segment starts the next message; else what follows cannot be told
+        apart, and CLC from ``src`` is read no further."""
+        buf = flow.buf.setdefault(src, bytearray())
+        raw = bytes(buf)
+        buf.clear()
+        length = struct.unpack_from("!H", raw, 5)[0] if len(raw) >= clc.HEADER_LEN else None
+        if length != len(raw) + short:
+            flow.stuck[src] = f"its segment was cut by the capture's snap length ({short} bytes of TCP payload not captured)"
+            yield self._stuck_note(t, number, flow, src)
+        if length is None:
+            return
+        cut = clc.decode_cut(raw)
+        yield from self._clc(t, flow, src, raw, number, cut)
+        if src not in flow.stuck:
+            name = type(cut.message).__name__ if cut.message is not None else "SMC-D Accept/Confirm"
+            yield Event(t, "trace.note", "", fields={"frame": number, "error": f"CLC {name} from {src[0]}:{src[1]} cut by the capture's snap length: "
+                                                     f"{len(raw)} of its {length} bytes captured, its fields past them unknown"})  # fmt: skip
+
+    def _clc(self, t: float, flow: _Flow, src: tuple[str, int], raw: bytes, number: int = 0, cut: clc.CutMessage | None = None) -> Iterator[Event]:
+        """One CLC message and what it tells. ``cut``: the message as far as a capture kept it
+        (``raw``, its start); what it did not keep is not given, and unless its fixed fields
+        all were, it tells nothing more."""
+        msg = clc.decode(raw) if cut is None else cut.message
         host = src[0]
         # the Proposal and the Confirm come from the client, the Accept from the server: when
         # the capture missed the SYN, the first segment's sender was only a guess
@@ -329,7 +412,11 @@ class Deriver:
         if (from_client or isinstance(msg, clc.Accept)) and not flow.opened and (src == flow.client) != from_client:
             flow.client, flow.server = flow.server, flow.client
         yield from self._opened(t, flow)
-        yield Event(t, "clc.msg", host, conn=flow.conn, fields={"dir": "tx", **clc_fields(msg, raw)})
+        yield Event(t, "clc.msg", host, conn=flow.conn, fields={"dir": "tx", **(clc_fields(msg, raw) if cut is None else clc_cut_fields(cut, raw))})
+        if cut is not None and not cut.complete:
+            return
+        if isinstance(msg, (clc.Proposal, clc.Accept, clc.Confirm)):
+            self._tie(msg.gid, host)
         if isinstance(msg, clc.Proposal):
             flow.proposal = msg
         elif isinstance(msg, (clc.Accept, clc.Confirm)):
@@ -394,6 +481,18 @@ class Deriver:
             known = self.qpn_guessed.get(qpn, lgr)
             self.qpn_guessed[qpn] = lgr if known is lgr else None  # two guessed QPs with one number: ambiguous
 
+    def host_of(self, ip: str) -> str:
+        """The name of the host a RoCE frame came from (see ``alias``)."""
+        return self.alias.get(ip, ip)
+
+    def _tie(self, gid: bytes, sender: str) -> None:
+        """The host whose CLC came from ``sender`` has the GID ``gid`` (a Proposal's, an
+        Accept's, a Confirm's, with its MAC): its RoCE frames, over IPv4 when the GID is an
+        IPv4-mapped one, are that host's too, though its CLC ran over IPv6."""
+        ip = _gid_ip(gid)
+        if ip is not None and ":" in sender:
+            self.alias[ip] = sender
+
     def _qp(self, ip: str, qpn: int) -> _Lgr | None:
         lgr = self.qp_lgr.get((ip, qpn))
         return lgr if lgr is not None else self.qpn_guessed.get(qpn)
@@ -401,7 +500,9 @@ class Deriver:
     # ------------------------------------------------------------------ RoCEv2
 
     def _roce(self, t: float, src: str, dst: str, udp_payload: bytes, cut: bool = False, number: int = 0,
-              dropped: str | None = None) -> Iterator[Event]:  # fmt: skip
+              dropped: str | None = None, packet: bytes | None = None, point=None) -> Iterator[Event]:  # fmt: skip
+        """``packet`` and ``point``: the frame's IP packet and where it was captured, for the
+        analysis to tell a frame captured twice from one sent twice."""
         if len(udp_payload) < roce.BTH_LEN + (0 if cut else roce.ICRC_LEN):
             raise ValueError(f"RoCEv2 datagram of {len(udp_payload)} bytes is too short for BTH and ICRC")
         if cut:  # the snap length took the ICRC and the end of the data: the headers are what counts
@@ -412,9 +513,9 @@ class Deriver:
             pkt = roce.decode_packet(udp_payload[: -roce.ICRC_LEN])
         bth = pkt.bth
         mark = self.roce.feed(number, t, src, dst, bth.opcode, bth.dest_qp, bth.psn, pkt.aeth.syndrome if pkt.aeth else None,
-                              dropped == "tx", dropped == "rx")  # fmt: skip
+                              dropped == "tx", dropped == "rx", packet, point)  # fmt: skip
         if dropped == "rx" or (mark is not None and mark.copy):
-            return  # a retransmission, or a receiver's copy of a frame that did not arrive: the same message, not a new one
+            return  # a retransmission, a frame captured twice, or a receiver's copy of a frame that did not arrive: not a new message
         yield from self._ib(t, src, dst, pkt.bth.opcode, pkt.bth.dest_qp, pkt.payload, pkt.reth)
 
     def _ib(self, t: float, src: str, dst: str, opcode: int, dest_qp: int, payload: bytes, reth) -> Iterator[Event]:
@@ -425,18 +526,18 @@ class Deriver:
             if payload[0] == cdc.CDC_TYPE:
                 msg = cdc.decode(payload)
                 conn = self.tokens.get(msg.token)
-                yield Event(t, "cdc.msg", src, self.conn_lgr.get(conn, lgr_name), link, conn, {"dir": "tx", **cdc_fields(msg)})
+                yield Event(t, "cdc.msg", self.host_of(src), self.conn_lgr.get(conn, lgr_name), link, conn, {"dir": "tx", **cdc_fields(msg)})
                 if msg.failover_validation:
-                    yield Event(t, "link.event", src, self.conn_lgr.get(conn, lgr_name), link, conn,
+                    yield Event(t, "link.event", self.host_of(src), self.conn_lgr.get(conn, lgr_name), link, conn,
                                 {"event": "failover_validation", "seqno": msg.seqno})  # fmt: skip
                 return
             msg = llc.decode(payload)
             raw = payload[: len(msg.encode(msg.order))]
-            yield Event(t, "llc.msg", src, lgr_name, link, None, {"dir": "tx", **llc_fields(msg, raw)})
+            yield Event(t, "llc.msg", self.host_of(src), lgr_name, link, None, {"dir": "tx", **llc_fields(msg, raw)})
             yield from self._llc_effects(t, src, lgr, link, msg)
         elif opcode in RDMA_WRITES and reth is not None:
             conn = self.rkeys.get(reth.rkey)
-            yield Event(t, "rdma.write", src, self.conn_lgr.get(conn, lgr_name), link, conn,
+            yield Event(t, "rdma.write", self.host_of(src), self.conn_lgr.get(conn, lgr_name), link, conn,
                         {"vaddr": reth.vaddr, "rkey": reth.rkey, "length": reth.dma_len})  # fmt: skip
 
     def _llc_effects(self, t: float, src: str, lgr: _Lgr | None, link: int | None, msg) -> Iterator[Event]:
@@ -448,13 +549,15 @@ class Deriver:
                 if lid == 1 and link == 1:
                     lgr.qpns[key] = msg.link_num
         elif isinstance(msg, llc.AddLink) and lgr is not None and not msg.rejected and msg.qpn:
+            if src in self.alias:  # the sender's second link: the same host
+                self._tie(msg.gid, self.alias[src])
             self._learn_qp(msg.gid, src, msg.qpn, lgr, None)
             lgr.qpns[(_gid_ip(msg.gid) or src, msg.qpn)] = msg.link_num
             for r in msg.rkeys:
                 if r.rkey in self.rkeys:
                     self.rkeys[r.new_rkey] = self.rkeys[r.rkey]
             if msg.response:
-                yield Event(t, "link.event", src, name, msg.link_num, None, {"event": "added"})
+                yield Event(t, "link.event", self.host_of(src), name, msg.link_num, None, {"event": "added"})
         elif isinstance(msg, llc.AddLinkCont):
             for r in msg.rkeys:
                 if r.rkey in self.rkeys:
@@ -465,7 +568,7 @@ class Deriver:
                 if conn is not None:
                     self.rkeys[o.rkey] = conn
         elif isinstance(msg, llc.DeleteLink) and not msg.response:
-            yield Event(t, "link.event", src, name, None if msg.all else msg.link_num, None,
+            yield Event(t, "link.event", self.host_of(src), name, None if msg.all else msg.link_num, None,
                         {"event": "deleted", "all": msg.all, "orderly": msg.orderly, "reason": msg.reason,
                          "reason_text": codes.DELETE_LINK_REASONS.format(msg.reason)})  # fmt: skip
 
@@ -511,7 +614,7 @@ def observe(analysis: RoceAnalysis, p: Packet, number: int) -> None:
     dest_qp, psn = struct.unpack_from("!II", ip_bytes, b + 4)
     syndrome = ip_bytes[b + roce.BTH_LEN] if opcode in (0x11, 0x12) and len(ip_bytes) > b + roce.BTH_LEN else None
     analysis.feed(number, p.timestamp_ns / 1e9, ".".join(map(str, ip_bytes[12:16])), ".".join(map(str, ip_bytes[16:20])),
-                  opcode, dest_qp & 0xFFFFFF, psn & 0xFFFFFF, syndrome, dropped == "tx", dropped == "rx")  # fmt: skip
+                  opcode, dest_qp & 0xFFFFFF, psn & 0xFFFFFF, syndrome, dropped == "tx", dropped == "rx", ip_bytes, capture_point(p))  # fmt: skip
 
 
 def derive_events(packets: Iterable[Packet], roce: RoceAnalysis | None = None) -> Iterator[Event]:

@@ -19,18 +19,33 @@ forward, skipping the copies that were lost again). Its cause is the NAK or RNR 
 requester received last (from the responder's flow, paired by addresses and PSN range), or
 "timeout" when none came. ACKs name the request frame (its last copy) they acknowledge.
 
+A **capture copy** is one frame captured twice: ``tcpdump -i any`` on a host with a VLAN
+sub-interface or a bridge sees it once per interface (with and without the VLAN tag), a
+pcapng of two interfaces too. Its IP packet (IP, UDP, BTH, payload) is the same, its link
+layer may differ, and it comes microseconds after the first: within
+:data:`COPY_ACROSS_S` on another capture point, within :data:`COPY_SAME_S` on the same one,
+and with no NAK or RNR NAK for its flow in between. A real retransmission of the same PSN
+repeats those bytes too, but only after a NAK, an RNR NAK or the local ACK timeout (4.096 us
+x 2^15, about 134 ms, for SMC-R's QPs; 2^14 at least): far later. A capture copy is set
+aside before the analysis (:attr:`Mark.capture_copy`): no retransmission, no message, no
+answer, counted apart (``capture_copies``).
+
 PSNs are 24-bit serial numbers (IBA 9.7.1); opcodes of the RC transport are below 0x20.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Hashable
 
 PSN_MASK = 0xFFFFFF
 ACK_OPCODES = (0x11, 0x12)  # RC Acknowledge, RC Atomic Acknowledge
 KEEP_PSNS = 65536  # PSNs remembered per flow (a requester keeps far fewer in flight)
 CAUSES = ("NAK", "RNR NAK", "timeout")
+COPY_SAME_S = 0.001  # seconds: the same IP packet again at the same capture point, no NAK between: a capture copy
+COPY_ACROSS_S = 0.010  # seconds: the same IP packet at another capture point (interface, VLAN tag)
 
 
 def psn_diff(a: int, b: int) -> int:
@@ -40,6 +55,12 @@ def psn_diff(a: int, b: int) -> int:
 
 
 FlowKey = tuple  # (src ip, dst ip, destination QPN)
+
+
+def _ack_kind(syndrome: int) -> str:
+    """ "ACK", "RNR NAK" or "NAK", by an AETH syndrome's top bits."""
+    kind = syndrome >> 5
+    return {0: "ACK", 1: "RNR NAK", 3: "NAK"}.get(kind, f"reserved {kind}")
 
 
 @dataclass
@@ -61,6 +82,7 @@ class Mark:
     requester: FlowKey | None = None  # an ACK/NAK: the requester flow it answers
     nak_code: int | None = None  # the AETH value of a NAK (0: PSN sequence error)
     stale: bool = False  # an answer for PSNs acknowledged already: the requester ignores it
+    capture_copy: bool = False  # the same frame captured again (another interface, or microseconds later): set aside
 
     @property
     def duplicate(self) -> bool:
@@ -69,9 +91,9 @@ class Mark:
 
     @property
     def copy(self) -> bool:
-        """Not the copy its message is counted at: a duplicate, or a receiver's copy (which a
-        recording may even write before the sender's)."""
-        return self.duplicate or self.receiver_copy
+        """Not the copy its message is counted at: a duplicate, a receiver's copy (which a
+        recording may even write before the sender's), or a capture copy."""
+        return self.duplicate or self.receiver_copy or self.capture_copy
 
 
 @dataclass
@@ -89,6 +111,7 @@ class FlowStats:
     other_naks: int = 0  # remote access, invalid request, operational errors
     rnr_naks: int = 0
     not_captured: int = 0  # PSNs skipped: frames the capture never saw
+    capture_copies: int = 0  # request frames captured twice (set aside, counted nowhere else)
     first_t: float | None = None
     go_back_list: list = field(default_factory=list)  # (t, first frame, psn, cause, cause frame, frames resent)
 
@@ -96,11 +119,12 @@ class FlowStats:
         return {"src": self.src, "dst": self.dst, "qpn": self.qpn, "frames": self.frames, "packets": self.packets,
                 "retransmissions": self.retransmissions, "duplicates": self.duplicates,
                 "go_backs": {c: self.go_backs.get(c, 0) for c in CAUSES}, "acks": self.acks, "naks": self.naks,
-                "other_naks": self.other_naks, "rnr_naks": self.rnr_naks, "not_captured": self.not_captured}  # fmt: skip
+                "other_naks": self.other_naks, "rnr_naks": self.rnr_naks, "not_captured": self.not_captured,
+                "capture_copies": self.capture_copies}  # fmt: skip
 
 
 class _Flow:
-    __slots__ = ("stats", "next", "last_psn", "copies", "pending", "run", "una")
+    __slots__ = ("stats", "next", "last_psn", "copies", "pending", "run", "una", "answers")
 
     def __init__(self, stats: FlowStats) -> None:
         self.stats = stats
@@ -110,6 +134,17 @@ class _Flow:
         self.pending: tuple[str, int] | None = None  # the last NAK / RNR NAK received: (cause, frame)
         self.run: list | None = None  # the go-back being counted
         self.una: int | None = None  # the oldest PSN not acknowledged, as the answers captured say
+        self.answers = 0  # NAKs and RNR NAKs received: a frame again after one is sent again, not captured again
+
+
+@dataclass
+class _Seen:
+    """A frame's IP packet as last captured: when, where, and how many NAKs its flow had had."""
+
+    t: float
+    point: Hashable
+    frame: int
+    answers: int
 
 
 class RoceAnalysis:
@@ -120,17 +155,31 @@ class RoceAnalysis:
         self.marks: dict[int, Mark] | None = {} if keep_marks else None  # frame -> Mark, when asked for
         self.flows: dict[FlowKey, _Flow] = {}
         self.pairs: dict[FlowKey, FlowKey] = {}  # responder (ACK) flow -> requester flow
+        self.seen: dict[bytes, _Seen] = {}  # digest of a recent frame's IP packet -> where it was captured last
+        self.seen_order: deque[tuple[float, bytes]] = deque()  # (time, digest), oldest first: forgotten after COPY_ACROSS_S
+        self.capture_copies = 0  # frames captured twice (requests and answers), set aside
 
     # ------------------------------------------------------------------ input
 
     def feed(self, frame: int, t: float, src: str, dst: str, opcode: int, dest_qp: int, psn: int, syndrome: int | None = None,
-             dropped: bool = False, receiver_copy: bool = False) -> Mark | None:  # fmt: skip
+             dropped: bool = False, receiver_copy: bool = False, packet: bytes | None = None,
+             point: Hashable = None) -> Mark | None:  # fmt: skip
         """One frame: BTH opcode, destination QP and PSN, the AETH syndrome of an ACK, and
         whether the frame never made it (a recording keeps frames its fault injection dropped:
-        the sender's copy, or ``receiver_copy``, a receiver's of a frame sent and recorded)."""
+        the sender's copy, or ``receiver_copy``, a receiver's of a frame sent and recorded).
+        ``packet``: its IP packet (IP header to the end, as captured) and ``point``, where it
+        was captured (see capture copies above); without them no frame is a capture copy."""
         if opcode >= 0x20:  # UC, RD, UD, CNP: no RC reliability
             return None
         key = (src, dst, dest_qp)
+        if packet is not None and not dropped and not receiver_copy:
+            first = self._capture_copy(frame, t, key, opcode, packet, point)
+            if first is not None:
+                ack = _ack_kind(syndrome or 0) if opcode in ACK_OPCODES else None
+                mark = Mark(frame, key, psn, ack=ack, capture_copy=True, original=first)
+                if self.marks is not None:
+                    self.marks[frame] = mark
+                return mark
         if receiver_copy:  # not another transmission: named after the sender's copy, counted nowhere
             flow = self.flows.get(key)
             copies = flow.copies.get(psn) if flow is not None and opcode not in ACK_OPCODES else None
@@ -142,6 +191,26 @@ class RoceAnalysis:
         if self.marks is not None:
             self.marks[frame] = mark
         return mark
+
+    def _capture_copy(self, frame: int, t: float, key: FlowKey, opcode: int, packet: bytes, point: Hashable) -> int | None:
+        """The frame a capture copy repeats (its first capture), or None when this frame was
+        sent (the first capture of it, or a retransmission: after a NAK, or too late)."""
+        while self.seen_order and t - self.seen_order[0][0] > COPY_ACROSS_S:
+            old_t, old = self.seen_order.popleft()
+            if old in self.seen and self.seen[old].t == old_t:
+                del self.seen[old]
+        digest = hashlib.blake2b(packet, digest_size=16).digest()
+        flow = self.flows.get(key) if opcode not in ACK_OPCODES else None
+        answers = flow.answers if flow is not None else 0
+        last = self.seen.get(digest)
+        if last is not None and last.answers == answers and t - last.t <= (COPY_SAME_S if last.point == point else COPY_ACROSS_S):
+            self.capture_copies += 1
+            if flow is not None:
+                flow.stats.capture_copies += 1
+            return last.frame
+        self.seen[digest] = _Seen(t, point, frame, answers)
+        self.seen_order.append((t, digest))
+        return None
 
     def _flow(self, key: FlowKey) -> _Flow:
         flow = self.flows.get(key)
@@ -213,7 +282,7 @@ class RoceAnalysis:
 
     def _ack(self, frame: int, key: FlowKey, psn: int, syndrome: int, dropped: bool) -> Mark:
         kind = syndrome >> 5
-        mark = Mark(frame, key, psn, ack={0: "ACK", 1: "RNR NAK", 3: "NAK"}.get(kind, f"reserved {kind}"), dropped=dropped)
+        mark = Mark(frame, key, psn, ack=_ack_kind(syndrome), dropped=dropped)
         if kind == 3:
             mark.nak_code = syndrome & 0x1F
         flow = self._requester(key, psn)
@@ -234,9 +303,11 @@ class RoceAnalysis:
             mark.answers = copies[1] if copies else None
         elif kind == 1:
             st.rnr_naks += 1
+            flow.answers += 1
             flow.pending = ("RNR NAK", frame)
             mark.answers = copies[1] if copies else None
         elif kind == 3:
+            flow.answers += 1
             if mark.nak_code == 0:
                 st.naks += 1
                 flow.pending = ("NAK", frame)
@@ -257,6 +328,7 @@ class RoceAnalysis:
         out = {k: sum(getattr(f, k) for f in flows)
                for k in ("frames", "packets", "retransmissions", "duplicates", "acks", "naks", "other_naks", "rnr_naks", "not_captured")}  # fmt: skip
         out["go_backs"] = {c: sum(f.go_backs.get(c, 0) for f in flows) for c in CAUSES}
+        out["capture_copies"] = self.capture_copies
         return out
 
     def to_dict(self) -> dict:
@@ -267,6 +339,7 @@ class RoceAnalysis:
         t = self.totals()
         if not t["frames"]:
             return []
+        copies = [self.copies_line()] if self.capture_copies else []
         backs = ", ".join(f"{n} after {c}" for c, n in t["go_backs"].items() if n) or "none"
         out = [f"RoCE requests: {t['frames']} frames, {t['packets']} packets once; retransmissions: {t['retransmissions']} frames "
                f"(go-backs: {backs}); NAKs {t['naks']}, RNR NAKs {t['rnr_naks']}"
@@ -276,7 +349,14 @@ class RoceAnalysis:
             if f.retransmissions or f.naks or f.rnr_naks:
                 out.append(f"  {f.src} -> {f.dst} QP 0x{f.qpn:06x}: {f.frames} frames, {f.retransmissions} retransmitted, "
                            f"{sum(f.go_backs.values())} go-backs, NAKs {f.naks}, RNR NAKs {f.rnr_naks}")  # fmt: skip
-        return out
+        return out + copies
+
+    def copies_line(self) -> str:
+        """What the capture held twice, for ``summary`` and ``decode``."""
+        n = self.capture_copies
+        return (f"Capture copies: {n} RoCE frame{'s' if n != 1 else ''} captured twice (the same IP packet on another interface, "
+                f"or again within {COPY_SAME_S * 1000:g} ms with no NAK between: tcpdump -i any on a host with a VLAN or a bridge) "
+                "were set aside, each frame counted once")  # fmt: skip
 
     def timeline(self) -> list[str]:
         """One line per go-back, in capture order, for ``smc-trace decode`` (frame numbers as Wireshark counts)."""

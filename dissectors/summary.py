@@ -79,6 +79,8 @@ class Summary:
     lgr_types: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     link_deletes: Counter = field(default_factory=Counter)
     skipped: Skipped = field(default_factory=Skipped)  # bad records the reader left out
+    start: float = 0.0  # the trace's first event
+    attempts: dict[tuple[str, str, str], list] = field(default_factory=dict)  # (client, server, outcome) -> [count, first t, last t]
 
     @property
     def moved(self) -> int:
@@ -115,6 +117,8 @@ class Summary:
             "failovers": self.failovers,
             "link_groups": [{"host": h, "lgr": g, "types": t} for (h, g), t in sorted(self.lgr_types.items())],
             "delete_link_reasons": [{"reason": r, "text": codes.DELETE_LINK_REASONS.format(r), "count": n} for r, n in sorted(self.link_deletes.items())],
+            "attempts": [{"host": h, "peer": p, "outcome": o, "count": n, "first_s": round(t0 - self.start, 6), "last_s": round(t1 - self.start, 6)}
+                         for (h, p, o), (n, t0, t1) in sorted(self.attempts.items())],
             "conns": [
                 {"host": c.host, "conn": c.conn, "role": c.role, "local": c.local, "peer": c.peer, "mode": c.mode, "version": c.version,
                  "reason": c.reason, "reason_text": c.reason_text, "lgr": c.lgr, "bytes_written": c.bytes_written,
@@ -219,7 +223,12 @@ def summarize(events: Iterable[Event]) -> Summary:
                 src["why"] = str(g("last_error"))
         elif k == "trace.note":
             s.frames_not_decoded += 1
+        elif k == "conn.attempt":
+            seen = s.attempts.setdefault((e.host, str(g("peer", "")), str(g("outcome", ""))), [0, e.t, e.t])
+            seen[0] += 1
+            seen[1], seen[2] = min(seen[1], e.t), max(seen[2], e.t)
     s.duration = (t1 - t0) if t0 is not None else 0.0
+    s.start = t0 if t0 is not None else 0.0
     return s
 
 
@@ -253,6 +262,11 @@ def render(s: Summary) -> str:
                    + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
     out.append("")
     out.append("Fallbacks: " + (", ".join(f"{f['text']} x{f['count']}" for f in d["fallbacks"]) or "none"))
+    if d["attempts"]:
+        out.append(f"Failed SMC attempts (a SYN offering SMC that made no connection): {sum(a['count'] for a in d['attempts'])}")
+        for a in d["attempts"]:
+            when = f"at {a['first_s']:.3f} s" if a["count"] == 1 else f"from {a['first_s']:.3f} s to {a['last_s']:.3f} s"
+            out.append(f"  {a['host']} -> {a['peer']}: {a['outcome']} x{a['count']}, {when}")
     moved = [f for f in d["failovers"] if f["conns"]]  # as smctop counts them: a failover moves connections
     if moved:
         out.append("Failovers:")

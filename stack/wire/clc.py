@@ -721,6 +721,63 @@ def decode(buf: bytes | bytearray | memoryview) -> ClcMessage:
     return msg
 
 
+# The fixed fields of each SMC-R message, (name, offset, size), as its decoder reads them: a
+# message a capture cut short (its snap length) is read up to its last whole field.
+_SMCR_ACCEPT_CONFIRM_FIXED = (("peer_id", 8, 8), ("gid", 16, 16), ("mac", 32, 6), ("qpn", 38, 3), ("rmb_rkey", 41, 4),
+                              ("rmbe_idx", 45, 1), ("rmbe_alert_token", 46, 4), ("rmbe_size", 50, 1), ("qp_mtu", 50, 1),
+                              ("rmb_vaddr", 52, 8), ("psn", 61, 3))  # fmt: skip
+_CUT_FIXED = {
+    ClcType.PROPOSAL: (("peer_id", 8, 8), ("gid", 16, 16), ("mac", 32, 6)),
+    ClcType.ACCEPT: _SMCR_ACCEPT_CONFIRM_FIXED,
+    ClcType.CONFIRM: _SMCR_ACCEPT_CONFIRM_FIXED,
+    ClcType.DECLINE: (("peer_id", 8, 8), ("diagnosis", 16, 4), ("os_type", 20, 1)),
+}
+_NIBBLES = {"rmbe_size": lambda b: b >> 4, "qp_mtu": lambda b: b & 0xF, "os_type": lambda b: b >> 4}
+
+
+@dataclass(frozen=True)
+class CutMessage:
+    """A message the capture kept only the start of: its header, and a message object whose
+    fixed fields wholly within the bytes kept are read (``known`` names them); the others,
+    and what follows the fixed part (a Proposal's prefixes and v2 extension, an Accept's or
+    Confirm's EID, first-contact extension and GIDs, a Decline's v2 diagnosis words), are
+    zero or absent. ``complete``: every fixed field was kept. An SMC-D Accept/Confirm is read
+    as far as its header (``message`` None)."""
+
+    header: ClcHeader
+    captured: int  # bytes of it kept
+    message: ClcMessage | None
+    known: frozenset[str]
+    complete: bool
+
+
+def decode_cut(buf: bytes | bytearray | memoryview) -> CutMessage:
+    """Read what a message cut short still says (``buf``: its first bytes, at least the
+    header, fewer than its length). Raises ClcError for a bad header, as decode does."""
+    data = bytes(buf)
+    h = decode_header(data)
+    if len(data) >= h.length:
+        raise ClcError(_TYPE_NAMES[h.type], 5, f"header length {h.length}: {len(data)} bytes are not a cut message")
+    fixed = _CUT_FIXED[h.type] if h.type != ClcType.ACCEPT and h.type != ClcType.CONFIRM or h.typev1 == SmcType.R else ()
+    values: dict = {}
+    for name, off, size in fixed:
+        if off + size <= len(data):
+            raw = data[off : off + size]
+            values[name] = _NIBBLES[name](raw[0]) if name in _NIBBLES else raw if name in ("peer_id", "gid", "mac") else int.from_bytes(raw, "big")
+    known = frozenset(values)
+    complete = bool(fixed) and len(known) == len(fixed)
+    values = {name: bytes(size) if name in ("peer_id", "gid", "mac") else 0 for name, _, size in fixed} | values
+    if not fixed:
+        message = None
+    elif h.type == ClcType.PROPOSAL:
+        message = Proposal(**values, typev1=SmcType(h.typev1), typev2=SmcType(h.typev2), version=h.version, smcd=None, eyecatcher=h.eyecatcher)
+    elif h.type == ClcType.DECLINE:
+        message = Decline(**values, out_of_sync=h.flag, version=h.version, eyecatcher=h.eyecatcher)
+    else:
+        message = (Accept if h.type == ClcType.ACCEPT else Confirm)(**values, first_contact=h.flag, version=h.version, eyecatcher=h.eyecatcher)
+    return CutMessage(h, len(data), message, known, complete)
+
+
 def split_stream(buf: bytes | bytearray) -> tuple[list[bytes], bytes]:
     """Cut complete CLC messages off the front of a TCP byte stream.
 

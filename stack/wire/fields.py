@@ -58,6 +58,23 @@ def clc_fields(msg, raw: bytes) -> dict:
     return out
 
 
+# clc_fields' keys that come from a message's fixed fields (the others come from its header),
+# by the field they come from; None: from past the fixed part, unknown in a message cut short
+_CLC_SOURCES = {"diagnosis": "diagnosis", "diagnosis_text": "diagnosis", "peer_id": "peer_id", "qpn": "qpn", "token": "rmbe_alert_token",
+                "rkey": "rmb_rkey", "rmbe_size": "rmbe_size", "qp_mtu": "qp_mtu", "psn": "psn", "eids": None}  # fmt: skip
+
+
+def clc_cut_fields(cut: clc.CutMessage, raw: bytes) -> dict:
+    """clc_fields of a message a capture cut short (clc.decode_cut): what it kept, and
+    ``cut``, how many of its bytes it did not."""
+    if cut.message is None:  # an SMC-D Accept/Confirm: its header
+        out: dict = {"type": "SmcdAcceptConfirm", "raw": raw, "version": cut.header.version}
+    else:
+        out = {k: v for k, v in clc_fields(cut.message, raw).items() if k not in _CLC_SOURCES or _CLC_SOURCES[k] in cut.known}
+    out["cut"] = cut.header.length - cut.captured
+    return out
+
+
 def llc_fields(msg: LlcMessage, raw: bytes) -> dict:
     out = {"type": msg.name, "response": msg.response}
     for f in dc_fields(msg):

@@ -335,7 +335,8 @@ def test_plugin_and_python_agree_on_crafted_frames(tmp_path):
             else:
                 pkt = roce.RocePacket(roce.Bth(roce.Opcode.ACKNOWLEDGE, qa, arg[0]), aeth=roce.Aeth(arg[1], 1))
                 src, dst = b, a
-            w.write_packet(i, 1_700_000_000_000_000_000 + n * 1000, roce.encode_frame(pkt, src, dst, 49152))
+            # 150 ms apart: a PSN again is sent again (NAK, RNR NAK, the local ACK timeout), not captured twice
+            w.write_packet(i, 1_700_000_000_000_000_000 + n * 150_000_000, roce.encode_frame(pkt, src, dst, 49152))
     ra = RoceAnalysis(keep_marks=True)
     list(read_events(path, None, ra))
     frames = plugin_frames(path)

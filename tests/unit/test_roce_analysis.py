@@ -125,8 +125,12 @@ def test_a_go_back_whose_first_copy_is_lost_again_is_one_run():
     assert w.ra.timeline() == [f"frame       7  {A} -> {B} QP 0x000222: PSN 2 sent again, 3 frames, after NAK (frame 6)"]
 
 
+RTO_NS = 150_000_000  # frames this far apart: a PSN again is sent again (after the local ACK timeout), not captured again
+
+
 def write_capture(path, psns: list[int]) -> None:
-    """CDC messages A -> B as SENDs with these PSNs (a repeated PSN repeats its message)."""
+    """CDC messages A -> B as SENDs with these PSNs (a repeated PSN repeats its message),
+    RTO_NS apart."""
     with open(path, "wb") as f:
         w = PcapngWriter(f)
         i = w.add_interface(LINKTYPE_ETHERNET, "lo")
@@ -134,11 +138,11 @@ def write_capture(path, psns: list[int]) -> None:
             msg = cdc.CdcMessage(seqno=psn, token=0xAB, prod=cdc.Cursor(0, 100 * psn))
             w.write_packet(
                 i,
-                1_700_000_000_000_000_000 + n * 1000,
+                1_700_000_000_000_000_000 + n * RTO_NS,
                 roce.encode_frame(roce.RocePacket(roce.Bth(Opcode.SEND_ONLY, QB, psn), payload=msg.encode()), A, B, 49152),
             )
         nak = roce.RocePacket(roce.Bth(Opcode.ACKNOWLEDGE, QA, 3), aeth=Aeth.nak(1, NakCode.PSN_SEQUENCE_ERROR))
-        w.write_packet(i, 1_700_000_000_100_000_000, roce.encode_frame(nak, B, A, 49152))
+        w.write_packet(i, 1_700_000_000_000_000_000 + len(psns) * RTO_NS, roce.encode_frame(nak, B, A, 49152))
 
 
 def test_derived_events_count_a_message_sent_again_once(tmp_path):
