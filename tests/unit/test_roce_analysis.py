@@ -154,3 +154,16 @@ def test_derived_events_count_a_message_sent_again_once(tmp_path):
     t = ra.totals()
     assert (t["frames"], t["packets"], t["retransmissions"], t["go_backs"]["timeout"]) == (8, 5, 3, 2)
     assert "retransmissions: 3 frames" in ra.render()[0]
+
+
+def test_a_responders_repeated_ack_at_one_point_is_its_own_and_at_another_a_capture_copy() -> None:
+    """A responder answers every duplicate request with the same ACK (the same bytes), often
+    within a millisecond of the first (a recording of the lossy soft stack had two 0.2 ms
+    apart on one interface); only the same ACK captured at another point is a copy."""
+    ack = bytes(range(40))  # an IP packet: only its bytes and where it was captured matter here
+    ra = RoceAnalysis(keep_marks=True)
+    ra.feed(1, 0.0, "10.0.0.2", "10.0.0.1", Opcode.ACKNOWLEDGE, 0x11, 5, 0, packet=ack, point=(0, b"eth"))
+    again = ra.feed(2, 0.0002, "10.0.0.2", "10.0.0.1", Opcode.ACKNOWLEDGE, 0x11, 5, 0, packet=ack, point=(0, b"eth"))
+    elsewhere = ra.feed(3, 0.0003, "10.0.0.2", "10.0.0.1", Opcode.ACKNOWLEDGE, 0x11, 5, 0, packet=ack, point=(1, b"vlan"))
+    assert not again.capture_copy and again.ack == "ACK"  # an ACK of its own, as the plugin shows it
+    assert elsewhere.capture_copy and ra.capture_copies == 1
