@@ -297,6 +297,7 @@ class _Session:
         self.tapped: list[str] = []
         self._tapping = False
         self.coalescer: Coalescer | None = None  # subscribe's 'coalesce'
+        self._flush_at: asyncio.TimerHandle | None = None  # when what the coalescer holds goes
 
     def send(self, obj: dict) -> None:
         if not self.writer.is_closing():
@@ -307,10 +308,18 @@ class _Session:
         one (``final``: and whatever it holds)."""
         c = self.coalescer
         if c is not None:
-            events = c.add(events, asyncio.get_running_loop().time())
+            loop = asyncio.get_running_loop()
+            events = c.add(events, loop.time())
             if final and c.held:
                 events += c.flush()
+            if c.deadline is not None and self._flush_at is None:  # what it holds goes at its deadline, even if nothing follows
+                self._flush_at = loop.call_at(c.deadline, self._flush_held)
         self.send_events(events)
+
+    def _flush_held(self) -> None:
+        self._flush_at = None
+        if self.sub is not None:  # with what the subscription still queues, which happened before
+            self.pass_events(self.sub.get_nowait(), final=True)
 
     def send_events(self, events: list) -> None:
         """Event lines in one write: a system call (and a wake-up of the reader) per batch,
@@ -331,6 +340,9 @@ class _Session:
         self._tasks.append(asyncio.create_task(self._snapshots()))
 
     def stop(self) -> None:
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
         for t in self._tasks:
             t.cancel()
         if self.sub is not None:
@@ -379,18 +391,8 @@ class _Session:
                 await asyncio.sleep(0.2)
 
     async def _events(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            c = self.coalescer
-            if c is not None and c.deadline is not None:  # what it holds goes at its deadline, even if nothing follows
-                try:
-                    async with asyncio.timeout(max(0.0, c.deadline - loop.time())):
-                        first = await self.sub.get()
-                except TimeoutError:
-                    self.send_events(c.flush())
-                    continue
-            else:
-                first = await self.sub.get()
+            first = await self.sub.get()
             self.pass_events([first, *self.sub.get_nowait()])  # what the loop's last turn emitted, together
             if self.writer.transport.get_write_buffer_size() > (1 << 20):
                 await self.writer.drain()  # the subscription queue absorbs the wait, and counts drops
