@@ -9,8 +9,8 @@ sort, with ``coalesced`` saying how many it stands for (rdma.write: its ``length
 
 Everything else passes at once, after whatever is held (so no event overtakes one that
 happened before it), and so do the data-path events that mark something: a cursor move a
-failover caused (``cause``, ``rewound``) and a CDC with flags (close, abort, urgent data,
-write-blocked). Cursors are positions, so the last one of an interval says where the
+failover caused (``cause``, ``rewound``) and a CDC with flags other than flow control (close,
+abort, urgent data, failover validation). Cursors are positions, so the last one of an interval says where the
 connection got to; the bytes in between are the difference, which readers already compute.
 
 Pure: the caller passes the time and sends what comes back.
@@ -23,6 +23,10 @@ from dataclasses import replace
 from stack.events import Event
 
 COALESCIBLE = frozenset({"conn.cursor", "conn.rmb", "rdma.write", "cdc.msg"})
+# a CDC's flow-control flags come and go with the data (a bulk sender into a small RMB sets
+# write_blocked on nearly every CDC): such a CDC is coalesced; any other flag (closing,
+# aborting, urgent data, failover validation) marks an event that goes as it is
+FLOW_CONTROL = frozenset({"write_blocked", "cons_curs_upd_req"})
 
 
 def _key(e: Event) -> tuple | None:
@@ -35,7 +39,8 @@ def _key(e: Event) -> tuple | None:
         # a CDC's arrival (it carries the peer's space) and the application's read move different cursors
         return (kind, e.host, e.lgr, e.link, e.conn, f.get("side"), "peer_rmbe_space" in f)
     if kind == "cdc.msg":
-        if f.get("flags"):
+        flags = f.get("flags")
+        if flags and not FLOW_CONTROL.issuperset(flags):
             return None
         return (kind, e.host, e.lgr, e.link, e.conn, f.get("dir"))
     return (kind, e.host, e.lgr, e.link, e.conn)

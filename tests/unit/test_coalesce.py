@@ -78,3 +78,15 @@ def test_what_is_held_goes_when_the_interval_ends() -> None:
     assert c.deadline == 0.1
     out = c.add([ev(0.11, "rdma.write", length=2)], now=0.11)
     assert [e.fields for e in out] == [{"length": 3, "coalesced": 2}] and c.deadline is None and c.held == 0
+
+
+def test_flow_control_flags_come_and_go_with_the_data_and_are_coalesced() -> None:
+    # a bulk sender into a small RMB sets write_blocked on nearly every CDC: passing each one
+    # (and flushing before it) would coalesce nothing
+    c = Coalescer(1.0)
+    blocked = [ev(0.01 * i, "cdc.msg", dir="rx", seqno=i, flags=["write_blocked"] if i % 2 else ["cons_curs_upd_req"]) for i in range(10)]
+    assert c.add(blocked, now=0.1) == []
+    (last,) = c.flush()
+    assert last.fields["seqno"] == 9 and last.fields["coalesced"] == 10
+    urgent = ev(2.0, "cdc.msg", dir="rx", seqno=11, flags=["write_blocked", "urg_data_present"])
+    assert c.add([urgent], now=2.0) == [urgent]
