@@ -39,6 +39,7 @@ from typing import Iterator
 from stack.events import SCHEMA, BadRecord, Event, Skipped, check_record, check_snapshot, loads, to_json
 
 from .capture import CaptureError, FileError, read_events
+from .multifile import FileIndex, Renaming, plan
 from .recorder import WRITE_SNAP, Frame, Recorder, snapshot_event
 from .roce_analysis import RoceAnalysis
 from .summary import render, summarize
@@ -670,16 +671,34 @@ def _check_distinct(files: list[str]) -> None:
             raise UsageError(f"{f} is given {same}: give each file once (its events would count twice)")
 
 
+def _file_names(files: list[str]) -> dict[str, Renaming]:
+    """Each file's host names as several files show them (dissectors.multifile), from a first
+    reading of every file: ``client`` of two files is ``client@a.pcapng`` and
+    ``client@b.pcapng``, and one connection end in two files is counted once. What is wrong
+    with a file is said by the second reading, in its place."""
+    indexes = []
+    for f in files:
+        idx = FileIndex()
+        try:
+            idx.feed(read_events(f, Skipped()))
+        except CaptureError:  # FileError too: what was read before it still counts
+            pass
+        indexes.append((f, idx))
+    return plan(indexes)
+
+
 def _read_files(args, skipped: Skipped, with_roce: bool = True) -> tuple[Iterator[Event], dict[str, RoceAnalysis]]:
     """The events of every file given, in one time order (dissectors.timeorder), and each
     file's RoCE analysis (frame numbers are per file, as Wireshark counts them). Of several
-    files, bad records and damage are named with their file's path."""
+    files, bad records and damage are named with their file's path, and a host name that
+    more than one file has names its file too (``_file_names``)."""
     roces = {f: RoceAnalysis() for f in args.files} if with_roce else {}
     clocks = {f: WallOffset() for f in args.files}  # recordings of hosts that booted apart line up by the wall clock
     if len(args.files) == 1:
         streams = [(f, read_events(f, skipped, roces.get(f), clocks[f]), clocks[f]) for f in args.files]
     else:
-        streams = [(f, _named(f, read_events(f, _SkippedIn(skipped, f), roces.get(f), clocks[f])), clocks[f]) for f in args.files]
+        names = _file_names(args.files)
+        streams = [(f, names[f](_named(f, read_events(f, _SkippedIn(skipped, f), roces.get(f), clocks[f]))), clocks[f]) for f in args.files]
     return merged(streams), roces
 
 
@@ -851,7 +870,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--conn", help="only these connection ids (comma-separated)")
             s.add_argument("--link", help="only these link ids")
             s.add_argument("--lgr", help="only these link groups")
-            s.add_argument("--host", help="only these hosts")
+            s.add_argument("--host", help="only these hosts (of several files: client is client@FILE of any file)")
             s.add_argument("--kind", help="only these kinds or kind prefixes, e.g. conn,link.event,llc.msg")
             s.add_argument("--json", action="store_true", help="canonical JSON, one event per line")
         elif name == "summary":

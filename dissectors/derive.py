@@ -59,7 +59,8 @@ from .roce_analysis import RoceAnalysis
 LINKTYPE_NULL = 0
 LINKTYPE_IPV4 = 228
 TAG_HEUR_NAME = 13
-TAG_IPV4_SRC, TAG_IPV4_DST = 20, 21
+TAG_IPV4_SRC, TAG_IPV4_DST = 20, 21  # exported-PDU tags (Wireshark's exported_pdu.h)
+TAG_IPV6_SRC, TAG_IPV6_DST = 22, 23
 PEERNOSMC = 0x03010000
 PEERDECL = 0x05000000  # the end that received a Decline (its peer declined)
 AHEAD_LIMIT = 1 << 20  # bytes past a gap a segment may be kept for, until the gap closes
@@ -172,9 +173,16 @@ class _Lgr:
 
 
 def _gid_ip(gid: bytes | None) -> str | None:
-    """The IPv4 address of an IPv4-mapped GID (::ffff:a.b.c.d, as RoCEv2 over IPv4 has it)."""
-    mapped = ipaddress.IPv6Address(gid).ipv4_mapped if gid and len(gid) == 16 else None
-    return str(mapped) if mapped is not None else None
+    """The address a RoCEv2 frame of the GID's owner carries, as ``ip_header`` names it: a
+    GID is the IP address of its interface, an IPv4-mapped one (::ffff:a.b.c.d) in IPv4
+    frames (the IPv4 address), any other in IPv6 frames (its IPv6 text). None when there is
+    no GID or it names no host (the unspecified ::), as the Wireshark plugin's host_addr."""
+    if not gid or len(gid) != 16:
+        return None
+    addr = ipaddress.IPv6Address(bytes(gid))
+    if addr.is_unspecified:
+        return None
+    return str(addr.ipv4_mapped or addr)
 
 
 class Deriver:
@@ -188,13 +196,15 @@ class Deriver:
         self.lgrs: dict[tuple[str, str], _Lgr] = {}  # (client peer id, server peer id) -> its latest lgr
         self.nlgrs = 0
         # a QP by its owner's address and number: kernels number QPs alike (both from 0x11),
-        # so a QPN alone names a QP on each host. By number alone only QPs whose address was a
-        # guess (a GID without IPv4: the CLC sender's address stands in), when one has it.
+        # so a QPN alone names a QP on each host. The address is its GID's (IPv4 when
+        # IPv4-mapped, else IPv6). By number alone only QPs whose address was a guess (no GID,
+        # or the unspecified one: the CLC sender's address stands in), when one has it.
         self.qp_lgr: dict[tuple[str, int], _Lgr] = {}
         self.qpn_guessed: dict[int, _Lgr | None] = {}
         self.conn_lgr: dict[int, str] = {}
-        # a host's RoCE address (its GID's IPv4) -> the address its CLC came from, when they
-        # differ in family (CLC over IPv6, RoCE over IPv4): one host, named as its connections are
+        # a host's RoCE address (its GID's) -> the address its CLC came from, when they differ
+        # in family (CLC over IPv6 and RoCE over IPv4, or the other way): one host, named as
+        # its connections are
         self.alias: dict[str, str] = {}
         self.frames = 0
         self.opened = 0  # connections numbered in order of opening, like tcp.stream without the probes
@@ -432,7 +442,8 @@ class Deriver:
                     yield Event(t, "trace.note", "", fields={"frame": number, "error": note + " (the server's QP, RMB and alert token are unknown)"})
                 lgr = None
                 if not msg.first_contact and accept is not None and accept.qpn:  # the group whose link it uses
-                    lgr = self._qp(_gid_ip(accept.gid) or server_ip, accept.qpn)
+                    gid_ip = _gid_ip(accept.gid)
+                    lgr = self._qp(gid_ip or server_ip, accept.qpn, known=gid_ip is not None)
                 if lgr is None:  # first contact makes a new link group (a VLAN, a second group between the hosts)
                     lgr = self._lgr(msg.peer_id.hex(), accept.peer_id.hex() if accept else "", new=msg.first_contact)
                 self._learn_qp(msg.gid, host, msg.qpn, lgr, 1)
@@ -469,8 +480,8 @@ class Deriver:
         return lgr
 
     def _learn_qp(self, gid: bytes, sender: str, qpn: int, lgr: _Lgr, link: int | None) -> None:
-        """The QP ``qpn`` of the host whose GID is ``gid`` (its RoCE address when IPv4-mapped;
-        else the address it sent from stands in) belongs to ``lgr``, as link ``link``."""
+        """The QP ``qpn`` of the host whose GID is ``gid`` (its RoCE address, see ``_gid_ip``;
+        without one the address it sent from stands in) belongs to ``lgr``, as link ``link``."""
         if not qpn:
             return
         ip = _gid_ip(gid)
@@ -488,14 +499,18 @@ class Deriver:
     def _tie(self, gid: bytes, sender: str) -> None:
         """The host whose CLC came from ``sender`` has the GID ``gid`` (a Proposal's, an
         Accept's, a Confirm's, with its MAC): its RoCE frames, over IPv4 when the GID is an
-        IPv4-mapped one, are that host's too, though its CLC ran over IPv6."""
+        IPv4-mapped one and over IPv6 otherwise, are that host's too, though its CLC ran over
+        the other family."""
         ip = _gid_ip(gid)
-        if ip is not None and ":" in sender:
+        if ip is not None and (":" in ip) != (":" in sender):
             self.alias[ip] = sender
 
-    def _qp(self, ip: str, qpn: int) -> _Lgr | None:
+    def _qp(self, ip: str, qpn: int, known: bool = False) -> _Lgr | None:
+        """The link group of the QP ``qpn`` of ``ip``. ``known``: the address is the QP's own
+        (its GID's), so only it counts: the same QPN on another host is another QP. Otherwise
+        (a frame's address) a QP learnt under a guessed address may be found by its number."""
         lgr = self.qp_lgr.get((ip, qpn))
-        return lgr if lgr is not None else self.qpn_guessed.get(qpn)
+        return lgr if lgr is not None or known else self.qpn_guessed.get(qpn)
 
     # ------------------------------------------------------------------ RoCEv2
 
@@ -578,13 +593,22 @@ class Deriver:
         tags, pos = parse_tags(data)
         name = (tags.get(TAG_DISSECTOR_NAME) or tags.get(TAG_HEUR_NAME) or b"").rstrip(b"\0").decode("ascii", "replace")
         body = data[pos:]
-        src = str(ipaddress.IPv4Address(tags[TAG_IPV4_SRC])) if len(tags.get(TAG_IPV4_SRC, b"")) == 4 else ""
-        dst = str(ipaddress.IPv4Address(tags[TAG_IPV4_DST])) if len(tags.get(TAG_IPV4_DST, b"")) == 4 else ""
+        src, dst = _pdu_address(tags, TAG_IPV4_SRC, TAG_IPV6_SRC), _pdu_address(tags, TAG_IPV4_DST, TAG_IPV6_DST)
         if name in ("smc", "smc_tcp"):
             flow = self._flow((src, 0), (dst, 0))
             yield from self._clc(t, flow, flow.client if src == flow.client[0] else flow.server, body)
         elif name in ("smcr_infiniband", "smc.infiniband"):
             yield from self._ib(t, src, dst, roce.Opcode.SEND_ONLY, 0, body, None)
+
+
+def _pdu_address(tags: dict, v4: int, v6: int) -> str:
+    """An exported PDU's source or destination address: its IPv4 tag, else its IPv6 tag, as
+    text ("" when it has neither, or one of the wrong length)."""
+    if len(tags.get(v4, b"")) == 4:
+        return str(ipaddress.IPv4Address(tags[v4]))
+    if len(tags.get(v6, b"")) == 16:
+        return str(ipaddress.IPv6Address(tags[v6]))
+    return ""
 
 
 def dropped_at(p: Packet) -> str | None:

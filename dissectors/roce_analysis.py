@@ -205,8 +205,10 @@ class RoceAnalysis:
         last = self.seen.get(digest)
         # at the same point an ACK or NAK again is the responder's own (it answers every
         # duplicate request with the same ACK): only one captured at another point is a copy
-        if last is not None and last.answers == answers and (
-            t - last.t <= COPY_ACROSS_S if last.point != point else opcode not in ACK_OPCODES and t - last.t <= COPY_SAME_S
+        if (
+            last is not None
+            and last.answers == answers
+            and (t - last.t <= COPY_ACROSS_S if last.point != point else opcode not in ACK_OPCODES and t - last.t <= COPY_SAME_S)
         ):
             self.capture_copies += 1
             if flow is not None:

@@ -251,13 +251,14 @@ def render(s: Summary) -> str:
     else:
         out.append(f"Moved: {d['moved']:,} bytes over SMC-R (each byte once, as smctop counts it: what each end sent, "
                    "and what an end received from a peer not in the trace)")  # fmt: skip
+    hw = max([14] + [len(c["host"]) + 1 for c in d["conns"]])  # a host of several files names its file: client@a.pcapng
     out.append(
-        f"{'Host':<14}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Sent':>12}{'Received':>12}{'MB/s':>10}  State"
+        f"{'Host':<{hw}}{'Conn':>5}  {'Role':<7}{'Local':<22}{'Peer':<22}{'Mode':<6}{'Fallback reason':<52}{'Sent':>12}{'Received':>12}{'MB/s':>10}  State"
     )
     known = d["moved"] is not None
     for c in d["conns"]:
         sent, received = (c["moved"], c["received"]) if known else ("?", "?")
-        out.append(f"{c['host'][:13]:<14}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
+        out.append(f"{c['host']:<{hw}}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
                    f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{sent:>12}{received:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
                    + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
     out.append("")

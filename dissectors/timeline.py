@@ -9,6 +9,8 @@ from typing import Iterable, Iterator
 
 from stack.events import Event, render
 
+from .multifile import base_host
+
 
 @dataclass
 class Filter:
@@ -25,8 +27,8 @@ class Filter:
             return False
         if self.lgrs is not None and e.lgr not in self.lgrs:
             return False
-        if self.hosts is not None and e.host not in self.hosts:
-            return False
+        if self.hosts is not None and e.host not in self.hosts and base_host(e.host) not in self.hosts:
+            return False  # a host of several files: "client" matches client@a.pcapng too
         if self.kinds is not None and not any(e.kind == k or e.kind.startswith(k.rstrip(".") + ".") for k in self.kinds):
             return False
         return True
