@@ -14,7 +14,11 @@
 --    after a NAK, a retry after an RNR NAK or a timeout) is marked smctop.rc.retransmission,
 --    names its first copy (smctop.rc.original) and gets expert info; it is the same message,
 --    so filter "smc && !smctop.rc.copy" counts each message once. ACK, NAK and RNR NAK
---    frames name the request they answer. Same rules as dissectors/roce_analysis.py.
+--    frames name the request they answer. A frame captured twice (tcpdump -i any with a VLAN or
+--    a bridge, a pcapng of two interfaces: the same IP packet within 10 ms at another capture
+--    point or 1 ms at the same one, no NAK between) is a capture copy (smctop.rc.capture_copy
+--    names its first capture; smctop.rc.copy too): no retransmission, no message, no answer.
+--    Same rules as dissectors/roce_analysis.py.
 --
 -- Install: `smc-trace install-plugin` (copies this file to ~/.local/lib/wireshark/plugins/),
 -- or run `tshark -X lua_script:smctop.lua ...`. Written for Lua 5.2 to 5.4: no bit operators.
@@ -481,6 +485,7 @@ local F = {
     rc_ack = ProtoField.string("smctop.rc.ack", "Acknowledgement"),
     rc_dropped = ProtoField.bool("smctop.rc.dropped", "Dropped by fault injection (never on the wire)"),
     rc_stale = ProtoField.bool("smctop.rc.stale", "Stale: for PSNs acknowledged already (the requester ignores it)"),
+    rc_capture_copy = framenum_field("smctop.rc.capture_copy", "Capture copy of frame (the same frame captured again: not sent again)", "NONE"),
 }
 local flist = {}
 for _, f in pairs(F) do flist[#flist + 1] = f end
@@ -521,10 +526,12 @@ local E = {
         expert.group.SEQUENCE, expert.severity.WARN),
     cut = ProtoExpert.new("smctop.expert.cut", "RoCE frame cut by the capture's snap length",
         expert.group.REASSEMBLE, expert.severity.CHAT),
+    capture_copy = ProtoExpert.new("smctop.expert.capture_copy", "RoCE frame captured twice (not sent twice)",
+        expert.group.SEQUENCE, expert.severity.NOTE),
 }
 smctop.experts = { E.fallback, E.delete_link, E.delete_link_resp, E.abnormal_close, E.write_blocked,
     E.cursor_back, E.failover, E.failover_end, E.conn_error, E.llc_le, E.bad_record, E.retransmission, E.nak, E.rnr_nak,
-    E.add_link_reject, E.add_link_echo, E.cut }
+    E.add_link_reject, E.add_link_echo, E.cut, E.capture_copy }
 
 ------------------------------------------------------------------------------ field extractors
 
@@ -554,6 +561,7 @@ end
 
 local X = {
     exported = field("exported_pdu"),
+    interface_id = field("frame.interface_id"),
     ip_src = field("ip.src"), ip_dst = field("ip.dst"),
     ip6_src = field("ipv6.src"), ip6_dst = field("ipv6.dst"),
     grh_src = field("infiniband.grh.sgid"), grh_dst = field("infiniband.grh.dgid"),
@@ -605,11 +613,15 @@ local function reset()
         qps = {},       -- "ip|qpn" -> {lg=, side=}
         qpn_only = {},  -- qpn -> key or false when ambiguous
         rec_qps = {},   -- "ip|qpn" -> "host link N lgr X" (from event records)
+        rec_devs = {},  -- "host|device" -> the addresses of its GIDs (from a record's snapshot: its devices)
+        rec_added = {}, -- "host|device" -> {{qpn, label}...}: its links' QPs, to key by addresses learnt later
         rkeys = {},     -- rkey -> stream
         lgs = {},       -- link group number -> {n, streams = {}}
         cursors = {},   -- alert token -> {wrap, count}
         rc = {},        -- "src>dst|destqp" -> requester flow (RC analysis)
         rc_pairs = {},  -- ACK flow key -> requester flow key
+        seen = {},      -- RoCE frames of the last COPY_ACROSS_S: "src>dst|qpn|opcode|psn|length" -> {entry...} (capture copies)
+        seen_order = {}, seen_head = 1, seen_tail = 0, -- those entries, oldest first: forgotten after COPY_ACROSS_S
         nlg = 0,
     }
 end
@@ -861,8 +873,32 @@ local function learn_record(ev)
         if type(ev.lgr) == "string" then label = label .. " lgr " .. ev.lgr end
         S.rec_tokens[math.floor(ev.token)] = label -- CDCs with this token are received by this connection
     elseif ev.kind == "link.event" and ev.event == "added" and type(ev.qpn) == "number" and type(ev.device) == "string" then
-        S.rec_qps[qp_key(ev.device, math.floor(ev.qpn))] = string.format("%s link %s of lgr %s", host,
-            json_text(ev.link), json_text(ev.lgr))
+        -- frames name a QP by the address they go to: its device's GID (or a VLAN's), and the
+        -- device is named by its address only as a soft device is by default (not rxe0)
+        local qp = { math.floor(ev.qpn), string.format("%s link %s of lgr %s", host, json_text(ev.link), json_text(ev.lgr)) }
+        local dev = host .. "|" .. ev.device
+        S.rec_qps[qp_key(ev.device, qp[1])] = qp[2]
+        for _, addr in ipairs(S.rec_devs[dev] or {}) do S.rec_qps[qp_key(addr, qp[1])] = qp[2] end
+        S.rec_added[dev] = S.rec_added[dev] or {}
+        table.insert(S.rec_added[dev], qp)
+    elseif ev.kind == "stats" and type(ev.snapshot) == "table" and type(ev.snapshot.devices) == "table" then
+        for _, d in ipairs(ev.snapshot.devices) do
+            if type(d) == "table" and type(d.name) == "string" then
+                local gids = { d.gid }
+                if type(d.vlan_gids) == "table" and d.vlan_gids[json.KEYS] then
+                    for _, k in ipairs(d.vlan_gids[json.KEYS]) do gids[#gids + 1] = d.vlan_gids[k] end
+                end
+                local dev, addrs = host .. "|" .. d.name, {}
+                for _, g in ipairs(gids) do
+                    local a = type(g) == "string" and host_addr(g)
+                    if a then addrs[#addrs + 1] = a end
+                end
+                S.rec_devs[dev] = addrs
+                for _, qp in ipairs(S.rec_added[dev] or {}) do -- links recorded before the snapshot
+                    for _, addr in ipairs(addrs) do S.rec_qps[qp_key(addr, qp[1])] = qp[2] end
+                end
+            end
+        end
     end
 end
 
@@ -995,6 +1031,80 @@ end
 
 local ACK_KINDS = { [0] = "ACK", [1] = "RNR NAK", [3] = "NAK" }
 
+local function ack_kind(syndrome)
+    local kind = math.floor(syndrome / 32)
+    return ACK_KINDS[kind] or ("reserved " .. kind), kind
+end
+
+-- Capture copies: one frame captured twice (tcpdump -i any on a host with a VLAN sub-interface
+-- or a bridge sees it once per interface, with and without its tag; a pcapng of two interfaces
+-- too). Its IP packet (IP header to the end: IP, UDP, BTH, payload) is the same, its link layer
+-- may differ: the same IP packet again within COPY_ACROSS_S at another capture point (interface,
+-- link-layer header) or within COPY_SAME_S at the same one (a request: an ACK again there is the
+-- responder's own), with no NAK or RNR NAK for its flow in between, is a copy. A real retransmission repeats those bytes only after a NAK, an RNR NAK
+-- or the local ACK timeout (about 134 ms): far later. Copies are set aside before the analysis.
+local COPY_SAME_S = 0.001
+local COPY_ACROSS_S = 0.010
+
+-- The frame's IP packet (IP header to the end of the captured bytes) and where it was captured
+-- (its interface and the bytes before the IP header), or nil when the header whose source
+-- address names the frame's flow (ip_pair's) is not in the frame's own bytes
+local function ip_packet_of(tvb)
+    local fi, at, ver = X.ip_src(), 12, 4
+    if fi == nil then fi, at, ver = X.ip6_src(), 8, 6 end
+    if fi == nil or tvb == nil then return nil end
+    local n, off = tvb:len(), fi.offset - at
+    if off < 0 or off + at + fi.len > n or math.floor(tvb(off, 1):uint() / 16) ~= ver then return nil end
+    if tvb:raw(off + at, fi.len) ~= fi.range:raw() then return nil end -- another data source's header
+    local iface = first(X.interface_id) or 0
+    return tvb:raw(off, n - off), tostring(iface) .. "|" .. (off > 0 and tvb:raw(0, off) or "")
+end
+
+local function ip_packet(tvb)
+    local ok, packet, point = pcall(ip_packet_of, tvb)
+    if ok then return packet, point end
+    return nil
+end
+
+-- The frame a capture copy repeats (its first capture), or nil when this frame was sent (the
+-- first capture of it, or a retransmission: after a NAK or RNR NAK, or too late to be a copy).
+-- answers: the NAKs and RNR NAKs its flow has had (0 for an answer's own flow). is_ack: at the
+-- same point an ACK or NAK again is the responder's own (it answers every duplicate request
+-- with the same bytes): only one captured at another point is a copy.
+local function capture_copy(num, t, bucket, packet, point, answers, is_ack)
+    local order = S.seen_order
+    while S.seen_head <= S.seen_tail and t - order[S.seen_head].t > COPY_ACROSS_S do
+        local old = order[S.seen_head]
+        order[S.seen_head] = nil
+        S.seen_head = S.seen_head + 1
+        local list = S.seen[old.bucket]
+        if list then
+            for i, e in ipairs(list) do
+                if e == old then table.remove(list, i); break end
+            end
+            if #list == 0 then S.seen[old.bucket] = nil end
+        end
+    end
+    local list = S.seen[bucket]
+    local last, at
+    for i, e in ipairs(list or {}) do
+        if e.packet == packet then last, at = e, i; break end
+    end
+    if last and last.answers == answers then
+        if last.point ~= point then
+            if t - last.t <= COPY_ACROSS_S then return last.frame end
+        elseif not is_ack and t - last.t <= COPY_SAME_S then
+            return last.frame
+        end
+    end
+    local e = { t = t, point = point, frame = num, answers = answers, packet = packet, bucket = bucket }
+    if not list then list = {}; S.seen[bucket] = list end
+    list[at or (#list + 1)] = e
+    S.seen_tail = S.seen_tail + 1
+    order[S.seen_tail] = e
+    return nil
+end
+
 local function rc_requester(key, src, dst, psn)
     local paired = S.rc_pairs[key]
     if paired then return S.rc[paired] end
@@ -1014,8 +1124,8 @@ local function rc_requester(key, src, dst, psn)
 end
 
 local function rc_ack(m, key, src, dst, psn, syndrome, num)
-    local kind = math.floor(syndrome / 32)
-    m.ack = ACK_KINDS[kind] or ("reserved " .. kind)
+    local kind
+    m.ack, kind = ack_kind(syndrome)
     if kind == 3 then m.nak_code = syndrome % 32 end
     if m.dropped then return m end -- a lost answer told the requester nothing
     local f = rc_requester(key, src, dst, psn)
@@ -1029,8 +1139,10 @@ local function rc_ack(m, key, src, dst, psn, syndrome, num)
     local acked = kind == 0 and psn or (psn - 1) % PSN_SPAN -- a NAK acknowledges everything before its PSN
     if f.una == nil or psn_diff(acked, f.una) >= 0 then f.una = (acked + 1) % PSN_SPAN end
     if kind == 1 then
+        f.answers = f.answers + 1
         f.pending = { "RNR NAK", num }
     elseif kind == 3 then
+        f.answers = f.answers + 1 -- a frame again after any NAK is sent again, not captured again
         if m.nak_code == 0 then f.pending = { "NAK", num } end
         if not c then c = f.copies[(psn - 1) % PSN_SPAN] end -- a NAK acknowledges what came before its PSN
     end
@@ -1038,7 +1150,7 @@ local function rc_ack(m, key, src, dst, psn, syndrome, num)
     return m
 end
 
-local function rc_mark(pinfo)
+local function rc_mark(pinfo, tvb)
     local op = first(X.opcode)
     local psn, qpn = first(X.psn), first(X.destqp)
     if op == nil or op >= 0x20 or psn == nil or qpn == nil then return nil end -- RC only
@@ -1047,6 +1159,21 @@ local function rc_mark(pinfo)
     local key = tostring(src) .. ">" .. tostring(dst) .. "|" .. tostring(qpn)
     local num = pinfo.number
     local m = { psn = psn, dropped = drop ~= nil }
+    local is_ack = op == 0x11 or op == 0x12
+    if drop == nil then -- a frame captured twice: set aside before the analysis, counted nowhere else
+        local packet, point = ip_packet(tvb)
+        local t = tonumber(pinfo.abs_ts)
+        if packet and t then
+            local f = not is_ack and S.rc[key] or nil
+            local bucket = key .. "|" .. tostring(op) .. "|" .. tostring(psn) .. "|" .. tostring(#packet)
+            local orig = capture_copy(num, t, bucket, packet, point, f and f.answers or 0, is_ack)
+            if orig then
+                m.capture_copy, m.original = true, orig
+                if is_ack then m.ack = ack_kind(first(X.syndrome) or 0) end
+                return m
+            end
+        end
+    end
     if drop == "rx" then -- a receiver's copy of a frame sent and recorded: named after the sender's copy, counted nowhere
         m.receiver_copy = true
         local f = S.rc[key]
@@ -1057,7 +1184,7 @@ local function rc_mark(pinfo)
     if op == 0x11 or op == 0x12 then return rc_ack(m, key, src, dst, psn, first(X.syndrome) or 0, num) end
     local f = S.rc[key]
     if not f then
-        f = { src = src, dst = dst, copies = {}, born = num }
+        f = { src = src, dst = dst, copies = {}, born = num, answers = 0 }
         S.rc[key] = f
     end
     local c = f.copies[psn]
@@ -1089,6 +1216,18 @@ local function rc_mark(pinfo)
 end
 
 local function render_rc(rc, tvb, pinfo, t)
+    if rc.capture_copy then
+        t:add(F.rc_copy, tvb(0, 0), true):set_generated()
+        t:add(F.rc_capture_copy, tvb(0, 0), rc.original):set_generated()
+        t:add(F.rc_original, tvb(0, 0), rc.original):set_generated()
+        if rc.ack then t:add(F.rc_ack, tvb(0, 0), rc.ack):set_generated() end
+        t:add_proto_expert_info(E.capture_copy, string.format("Capture copy of frame %d (%s PSN %d): the same IP packet " ..
+            "captured again (another interface or link-layer header, or again within 1 ms), not sent again: " ..
+            "no retransmission, not another message%s", rc.original, rc.ack or "request", rc.psn,
+            rc.ack and ", not another answer" or ""))
+        pinfo.cols.info:append(string.format(" [capture copy of frame %d]", rc.original))
+        return
+    end
     if rc.dropped then t:add(F.rc_dropped, tvb(0, 0), true):set_generated() end
     if rc.original or rc.receiver_copy then t:add(F.rc_copy, tvb(0, 0), true):set_generated() end
     if rc.receiver_copy then
@@ -1129,13 +1268,14 @@ local function render_rc(rc, tvb, pinfo, t)
     end
 end
 
-local function smc_result(pinfo)
+local function smc_result(pinfo, tvb)
     local res = { notes = {} }
     local any = false
     local src, dst = ip_pair()
     local stream = first(X.tcp_stream)
-    local rc = rc_mark(pinfo)
-    if rc and (rc.retransmission or rc.ack or rc.dropped) then
+    local rc = rc_mark(pinfo, tvb)
+    local captured_again = rc ~= nil and rc.capture_copy == true -- teaches nothing new
+    if rc and (rc.retransmission or rc.ack or rc.dropped or rc.capture_copy) then
         any = true
         res.rc = rc
     end
@@ -1233,7 +1373,7 @@ local function smc_result(pinfo)
     -- LLC (built-in decoding, v1 or big-endian v2): ADD LINK / CONFIRM LINK teach new QPs; DELETE LINK reasons
     if first(X.llc_msg) ~= nil then
         local newq, newg = first(X.add_qp) or first(X.cl_qp), first(X.add_gid) or first(X.cl_gid)
-        if newq and lg_of_frame then
+        if newq and lg_of_frame and not captured_again then
             local gip = host_addr(newg)
             learn_qp(gip or src, newq, lg_of_frame, OTHER_SIDE[q_of_frame.side], gip == nil)
         end
@@ -1244,7 +1384,7 @@ local function smc_result(pinfo)
         end
     end
     local heur = S.llc[pinfo.number]
-    if heur and heur.new_qp and lg_of_frame then
+    if heur and heur.new_qp and lg_of_frame and not captured_again then
         learn_qp(heur.new_qp[1] or src, heur.new_qp[2], lg_of_frame, OTHER_SIDE[q_of_frame.side], heur.new_qp[1] == nil)
         for _, pair in ipairs(heur.rkeys or {}) do
             if S.rkeys[pair[1]] then S.rkeys[pair[2]] = S.rkeys[pair[1]] end
@@ -1270,7 +1410,7 @@ local function smc_result(pinfo)
         if wraps[1] and curs[1] then
             local w, c = wraps[1].value, curs[1].value
             res.prod = string.format("%d:%d", w, c)
-            if not res.failover and not (rc and rc.retransmission) then -- validation CDCs carry no cursors; a copy sent again is old
+            if not res.failover and not (rc and (rc.retransmission or rc.capture_copy)) then -- validation CDCs carry no cursors; a copy is old
                 local last = S.cursors[token]
                 if last and cursor_before(last[1], last[2], w, c) then
                     res.back = string.format("%d:%d", last[1], last[2])
@@ -1342,7 +1482,7 @@ function smctop.dissector(tvb, pinfo, tree)
     local res = S.results[num]
     if res == nil and not pinfo.visited then
         if X.exported() ~= nil then res = record_result(tvb, pinfo) end
-        if res == nil then res = smc_result(pinfo) end
+        if res == nil then res = smc_result(pinfo, tvb) end
         S.results[num] = res or false
     end
     if not res then return end

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 from support import tshark
+from support.capture_copies import MS, T0, US, VLAN, any_capture, nak, one_interface, send, sll2, two_interfaces, write
 from support.stacks import run, two_stacks, until
 
 from dissectors.capture import read_events
 from dissectors.derive import dropped_at
-from dissectors.pcapng import LINKTYPE_ETHERNET, PcapngWriter, epb_block, read_packets
+from dissectors.pcapng import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, PcapngWriter, epb_block, read_packets
 from dissectors.recorder import Recorder
 from dissectors.roce_analysis import RoceAnalysis
 from smctop.sources import load_events
@@ -298,12 +299,17 @@ def plugin_mark(layers) -> tuple:
     cause = one(layers, "smctop.rc.go_back")
     return (one(layers, "smctop.rc.retransmission") == "1", one(layers, "smctop.rc.original"), cause and cause.removeprefix("after "),
             one(layers, "smctop.rc.cause_frame"), one(layers, "smctop.rc.ack"), one(layers, "smctop.rc.answers"),
-            one(layers, "smctop.rc.dropped") == "1", one(layers, "smctop.rc.stale") == "1", one(layers, "smctop.rc.copy") == "1")  # fmt: skip
+            one(layers, "smctop.rc.dropped") == "1", one(layers, "smctop.rc.stale") == "1", one(layers, "smctop.rc.copy") == "1",
+            one(layers, "smctop.rc.capture_copy"))  # fmt: skip
+
+
+NOTHING = (False, None, None, None, None, None, False, False, False, None)  # what the plugin shows of a plain first copy
 
 
 def python_mark(m) -> tuple:
     s = lambda v: None if v is None else str(v)  # noqa: E731 (tshark's JSON has strings)
-    return (m.retransmission, s(m.original), m.cause, s(m.cause_frame), m.ack, s(m.answers), m.dropped, m.stale, m.copy)
+    return (m.retransmission, s(m.original), m.cause, s(m.cause_frame), m.ack, s(m.answers), m.dropped, m.stale, m.copy,
+            s(m.original) if m.capture_copy else None)  # fmt: skip
 
 
 def same_marks(frames: list[dict], ra: RoceAnalysis) -> None:
@@ -312,9 +318,9 @@ def same_marks(frames: list[dict], ra: RoceAnalysis) -> None:
     assert ib
     for n, layers in ib.items():
         m = ra.marks.get(n)
-        want = python_mark(m) if m is not None else (False, None, None, None, None, None, False, False, False)
-        if not (want[0] or want[4] or want[6]):  # the plugin shows nothing for a plain first copy
-            want = (False, None, None, None, None, None, False, False, False)
+        want = python_mark(m) if m is not None else NOTHING
+        if not (want[0] or want[4] or want[6] or want[9]):  # the plugin shows nothing for a plain first copy
+            want = NOTHING
         assert plugin_mark(layers) == want, (n, plugin_mark(layers), want)
 
 
@@ -374,3 +380,133 @@ def test_tshark_with_the_plugin_counts_each_message_once(capture):
         assert go_backs == Counter({"after NAK": 1}) and len(retrans) == 2
     if kind == "vanished":
         assert go_backs == Counter({"after timeout": 7}) and len(retrans) == 14
+
+
+# ------------------------------------------------------------------------ capture copies (tshark)
+# A frame captured twice (tcpdump -i any with a VLAN or a bridge, a pcapng of two interfaces) is
+# a capture copy, not a retransmission: the plugin names it as smc-trace does (same frames, same
+# marks), and both count each message once. Captures from support/capture_copies.py, as smc-trace's
+# own tests (tests/unit/test_capture_copies.py) build them.
+
+
+def plugin_info(path) -> dict[int, str]:
+    """Frame number -> the Info column, as tshark with the plugin writes it."""
+    proc = tshark.run(["-n", "-X", f"lua_script:{PLUGIN}", "-r", str(path), "-T", "fields", "-e", "frame.number", "-e", "_ws.col.Info"])
+    assert proc.returncode == 0, proc.stderr
+    assert "Lua" not in proc.stderr, proc.stderr
+    return {int(n): info for n, _, info in (line.partition("\t") for line in proc.stdout.splitlines())}
+
+
+def experts_of(layers, prefix: str) -> list[str]:
+    return [m for m in _values(layers, "_ws.expert.message", []) if m.startswith(prefix)]
+
+
+def check_copies(tmp_path, data: bytes, copies: dict[int, int], retrans: set[int]) -> tuple[dict[int, dict], dict, list[dict]]:
+    """tshark with the plugin on a capture: the frames in ``copies`` (copy -> its first capture)
+    and only they are capture copies (field, Info, expert info), ``retrans`` and only they are
+    retransmissions; every frame is marked as smc-trace marks it, and the counts agree with
+    ``smc-trace summary`` and ``decode``. Returns the plugin's frames, summary's JSON and
+    decode's events."""
+    path = tmp_path / "copies.pcapng"
+    path.write_bytes(data)
+    frames = {int(f["frame"]["frame.number"]): f for f in plugin_frames(path)}
+    info = plugin_info(path)
+    assert set(frames) == set(info), "every frame is RoCE"
+    assert not [n for n, f in frames.items() if "_ws.lua.text" in json.dumps(f)], "Lua errors in the tree"
+    got = {n: int(one(f, "smctop.rc.capture_copy")) for n, f in frames.items() if one(f, "smctop.rc.capture_copy") is not None}
+    assert got == copies, got
+    for n, f in frames.items():
+        text = experts_of(f, "Capture copy of frame")
+        if n in copies:
+            assert one(f, "smctop.rc.copy") == "1" and one(f, "smctop.rc.retransmission") is None, n
+            assert f"[capture copy of frame {copies[n]}]" in info[n] and "[retransmission" not in info[n], (n, info[n])
+            assert len(text) == 1 and text[0].startswith(f"Capture copy of frame {copies[n]} ("), (n, text)
+            assert not experts_of(f, "RC "), n  # no retransmission, and a copy of a NAK is not another NAK
+        else:
+            assert "capture copy" not in info[n] and not text, (n, info[n], text)
+        assert (one(f, "smctop.rc.retransmission") == "1") == (n in retrans), n
+        assert ("[retransmission" in info[n]) == (n in retrans), (n, info[n])
+    # smc-trace marks the same frames, and counts as the plugin does
+    ra = RoceAnalysis(keep_marks=True)
+    list(read_events(path, None, ra))
+    same_marks(list(frames.values()), ra)
+    assert {n for n, m in ra.marks.items() if m.capture_copy} == set(copies)
+    res = smc_trace("summary", "--json", str(path))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["roce"]["capture_copies"] == len(copies)
+    assert summary["roce"]["retransmissions"] == len(retrans)
+    go_backs = Counter(one(f, "smctop.rc.go_back") for f in frames.values() if one(f, "smctop.rc.go_back"))
+    assert go_backs == Counter({f"after {c}": n for c, n in summary["roce"]["go_backs"].items() if n})
+    requests = [f for f in frames.values() if one(f, "smctop.rc.ack") is None]
+    assert summary["roce"]["frames"] == sum(1 for f in requests if one(f, "smctop.rc.capture_copy") is None)
+    text = smc_trace("decode", str(path))
+    assert text.returncode == 0, text.stderr
+    if copies:
+        assert f"Capture copies: {len(copies)} RoCE frame{'s' if len(copies) != 1 else ''} captured twice" in text.stdout
+    else:
+        assert "Capture copies" not in text.stdout
+    dec = smc_trace("decode", "--json", str(path))
+    assert dec.returncode == 0, dec.stderr
+    events = [json.loads(line) for line in dec.stdout.splitlines() if line.strip()]
+    # each message once: what tshark shows without the copies (filter !smctop.rc.copy) is what smc-trace decodes
+    cdc = [n for n, f in frames.items() if one(f, "smc.llc_msg") == "0xfe" and one(f, "smctop.rc.copy") is None]
+    writes = [n for n, f in frames.items() if one(f, "infiniband.reth.r_key") is not None and one(f, "smctop.rc.copy") is None]
+    assert len(cdc) == sum(1 for e in events if e["kind"] == "cdc.msg")
+    assert len(writes) == sum(1 for e in events if e["kind"] == "rdma.write")
+    assert not [e for e in events if e["kind"] == "trace.note"]
+    return frames, summary, events
+
+
+def test_plugin_sets_aside_the_copies_of_tcpdump_any_with_a_vlan(tmp_path):
+    """SLL2: each frame on eth0.100 and, 5 us later, on eth0 with its tag; a last frame only on eth0."""
+    sent = [(T0 + i * 100 * US, send(i)) for i in range(1, 4)] + [(T0 + 400 * US + i * 100 * US, write(i)) for i in range(4, 7)]
+    data = any_capture(sent, extra=[(T0 + 2 * MS, sll2(send(7), 2, VLAN))])
+    frames, summary, events = check_copies(tmp_path, data, {2 * i: 2 * i - 1 for i in range(1, 7)}, set())
+    assert [e["seqno"] for e in events if e["kind"] == "cdc.msg"] == [1, 2, 3, 7]
+    assert [n for n, f in frames.items() if one(f, "smc.llc_msg") == "0xfe" and one(f, "smctop.rc.copy") is None] == [1, 3, 5, 13]
+    assert (summary["roce"]["frames"], summary["roce"]["packets"]) == (7, 7)
+
+
+@pytest.mark.parametrize("how", ["cooked_v1", "two_interfaces"])
+def test_plugin_sets_aside_the_copies_of_a_bridge_and_of_two_interfaces(tmp_path, how):
+    """SLL v1 (both copies alike, 5 us apart: the same capture point) and a pcapng of eth0 and
+    eth0.100 (the copy 2 ms later on the other interface)."""
+    sent = [(T0 + i * 100 * US, send(i)) for i in range(1, 4)]
+    data = any_capture(sent, LINKTYPE_LINUX_SLL) if how == "cooked_v1" else two_interfaces(sent)
+    frames, summary, events = check_copies(tmp_path, data, {2: 1, 4: 3, 6: 5}, set())
+    assert [e["seqno"] for e in events if e["kind"] == "cdc.msg"] == [1, 2, 3]
+
+
+def test_plugin_still_marks_real_retransmissions_and_sets_their_copies_aside(tmp_path):
+    """PSN 3 lost: a NAK, then 3 and 4 sent again 50 us later (soon, but after the NAK), and 4
+    again after the ACK timeout (150 ms); tcpdump -i any saw every frame twice, the NAK too."""
+    sent = [(T0, send(1)), (T0 + 10 * US, send(2)), (T0 + 20 * US, send(4)), (T0 + 30 * US, nak(3)),
+            (T0 + 80 * US, send(3)), (T0 + 90 * US, send(4)), (T0 + 150 * MS, send(4))]  # fmt: skip
+    frames, summary, events = check_copies(tmp_path, any_capture(sent), {2 * i: 2 * i - 1 for i in range(1, 8)}, {9, 11, 13})
+    # frame 7 is the NAK (its copy, 8, is no other NAK); 9 goes back after it; 13 after the timeout
+    assert one(frames[7], "smctop.rc.ack") == "NAK" and one(frames[7], "smctop.rc.answers") == "3"
+    assert len(experts_of(frames[7], "RC NAK, PSN sequence error")) == 1
+    assert one(frames[8], "smctop.rc.ack") == "NAK" and one(frames[8], "smctop.rc.answers") is None
+    assert (one(frames[9], "smctop.rc.go_back"), one(frames[9], "smctop.rc.cause_frame"), one(frames[9], "smctop.rc.original")) == ("after NAK", "7", None)
+    assert (one(frames[11], "smctop.rc.go_back"), one(frames[11], "smctop.rc.original")) == (None, "5")
+    assert (one(frames[13], "smctop.rc.go_back"), one(frames[13], "smctop.rc.original")) == ("after timeout", "5")
+    assert summary["roce"]["naks"] == 1 and summary["roce"]["go_backs"] == {"NAK": 1, "RNR NAK": 0, "timeout": 1}
+    assert [e["seqno"] for e in events if e["kind"] == "cdc.msg"] == [1, 2, 4, 3]
+
+
+def test_plugin_takes_the_same_frame_on_one_interface_for_a_copy_only_within_a_millisecond(tmp_path):
+    data = one_interface([(T0, send(1)), (T0 + 20 * US, send(1)), (T0 + 5 * MS, send(1))])
+    frames, summary, _ = check_copies(tmp_path, data, {2: 1}, {3})
+    assert (one(frames[3], "smctop.rc.original"), one(frames[3], "smctop.rc.go_back")) == ("1", "after timeout")
+
+
+def test_plugin_takes_an_answer_again_at_the_same_point_for_the_responders_own(tmp_path):
+    """A request again within 1 ms at one point is a copy; an ACK or NAK again there is not: a
+    responder answers every duplicate request with the same bytes (on another point it is)."""
+    data = one_interface([(T0, send(1)), (T0 + 20 * US, send(1)), (T0 + 30 * US, send(2)), (T0 + 40 * US, send(4)),
+                          (T0 + 50 * US, nak(3)), (T0 + 60 * US, nak(3))])  # fmt: skip
+    frames, summary, _ = check_copies(tmp_path, data, {2: 1}, set())
+    assert [one(frames[n], "smctop.rc.ack") for n in (5, 6)] == ["NAK", "NAK"]
+    assert [len(experts_of(frames[n], "RC NAK, PSN sequence error")) for n in (5, 6)] == [1, 1]
+    assert summary["roce"]["naks"] == 2

@@ -6,69 +6,11 @@ VLAN tag, microseconds apart. Each second copy was counted as a retransmission (
 
 from __future__ import annotations
 
-import io
-import struct
+from support.capture_copies import MS, T0, US, VLAN, any_capture, nak, one_interface, send, sll2, two_interfaces, write
 
 from dissectors.capture import read_events
-from dissectors.pcapng import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, PcapngWriter
+from dissectors.pcapng import LINKTYPE_LINUX_SLL
 from dissectors.roce_analysis import RoceAnalysis
-from stack.wire import cdc, roce
-from stack.wire.roce import Aeth, NakCode, Opcode
-
-A, B = "10.1.0.1", "10.1.0.2"
-QA, QB = 0x111, 0x222
-T0 = 1_700_000_000_000_000_000
-US = 1000  # ns
-MS = 1_000_000
-VLAN = 100
-
-
-def _ip(packet: roce.RocePacket, src: str = A, dst: str = B) -> bytes:
-    return roce.encode_frame(packet, src, dst, 49152)[14:]  # the IP packet, without its Ethernet header
-
-
-def send(psn: int) -> bytes:
-    msg = cdc.CdcMessage(seqno=psn, token=0xAB, prod=cdc.Cursor(0, 100 * psn))
-    return _ip(roce.RocePacket(roce.Bth(Opcode.SEND_ONLY, QB, psn), payload=msg.encode()))
-
-
-def write(psn: int, length: int = 512) -> bytes:
-    reth = roce.Reth(0x7000 + psn * length, 0xCAFE, length)
-    return _ip(roce.RocePacket(roce.Bth(Opcode.RDMA_WRITE_ONLY, QB, psn), reth=reth, payload=bytes(length)))
-
-
-def nak(psn: int) -> bytes:
-    return _ip(roce.RocePacket(roce.Bth(Opcode.ACKNOWLEDGE, QA, psn), aeth=Aeth.nak(1, NakCode.PSN_SEQUENCE_ERROR)), B, A)
-
-
-def sll2(ip: bytes, ifindex: int, vlan: int | None = None) -> bytes:
-    """A Linux cooked v2 header (tcpdump -i any); libpcap puts a VLAN's tag back after it."""
-    proto, tag = (0x8100, struct.pack("!HH", vlan, 0x0800)) if vlan is not None else (0x0800, b"")
-    return struct.pack("!HHIHBB8s", proto, 0, ifindex, 1, 4, 6, bytes(8)) + tag + ip
-
-
-def sll(ip: bytes) -> bytes:
-    return struct.pack("!HHH8sH", 4, 1, 6, bytes(8), 0x0800) + ip
-
-
-def any_capture(frames: list[tuple[int, bytes]], linktype: int = LINKTYPE_LINUX_SLL2, extra: list[tuple[int, bytes]] = ()) -> bytes:
-    """``tcpdump -i any`` on a host whose RoCE runs over VLAN 100: each frame on eth0.100
-    (untagged) and 5 us later on eth0 (with its tag), as SLL2; as SLL (v1) both copies look
-    alike (no interface index, and here no tag either: a bridge and its port). ``extra``:
-    frames written as they are, after."""
-    buf = io.BytesIO()
-    w = PcapngWriter(buf)
-    w.add_interface(linktype, "any")
-    for ns, ip in frames:
-        if linktype == LINKTYPE_LINUX_SLL2:
-            w.write_packet(0, ns, sll2(ip, 5))
-            w.write_packet(0, ns + 5 * US, sll2(ip, 2, VLAN))
-        else:
-            w.write_packet(0, ns, sll(ip))
-            w.write_packet(0, ns + 5 * US, sll(ip))
-    for ns, frame in extra:
-        w.write_packet(0, ns, frame)
-    return buf.getvalue()
 
 
 def analysed(data: bytes):
@@ -100,14 +42,7 @@ def test_a_cooked_v1_capture_and_a_pcapng_of_two_interfaces_count_each_frame_onc
     assert (ra.totals()["frames"], ra.totals()["retransmissions"]) == (3, 0)
     assert ra.totals()["capture_copies"] == 3
     assert [e.get("seqno") for e in events if e.kind == "cdc.msg"] == [1, 2, 3]
-    buf = io.BytesIO()  # dumpcap -i eth0 -i eth0.100: two interfaces, the copy on the second 2 ms later
-    w = PcapngWriter(buf)
-    w.add_interface(LINKTYPE_ETHERNET, "eth0")
-    w.add_interface(LINKTYPE_ETHERNET, "eth0.100")
-    for ns, ip in frames:
-        w.write_packet(0, ns, b"\2" * 6 + b"\4" * 6 + struct.pack("!HHH", 0x8100, VLAN, 0x0800) + ip)
-        w.write_packet(1, ns + 2 * MS, b"\2" * 6 + b"\4" * 6 + b"\x08\x00" + ip)
-    ra, events = analysed(buf.getvalue())
+    ra, events = analysed(two_interfaces(frames))  # dumpcap -i eth0 -i eth0.100: two interfaces, the copy on the second 2 ms later
     assert (ra.totals()["frames"], ra.totals()["retransmissions"]) == (3, 0)
     assert ra.totals()["capture_copies"] == 3
 
@@ -128,13 +63,7 @@ def test_real_retransmissions_are_still_counted_and_their_copies_are_set_aside()
 
 
 def test_the_same_frame_again_on_one_interface_is_a_copy_only_within_a_millisecond():
-    buf = io.BytesIO()
-    w = PcapngWriter(buf)
-    w.add_interface(LINKTYPE_ETHERNET, "br0")
-    eth = b"\2" * 6 + b"\4" * 6 + b"\x08\x00"
-    for ns, ip in [(T0, send(1)), (T0 + 20 * US, send(1)), (T0 + 5 * MS, send(1))]:
-        w.write_packet(0, ns, eth + ip)
-    ra, events = analysed(buf.getvalue())
+    ra, events = analysed(one_interface([(T0, send(1)), (T0 + 20 * US, send(1)), (T0 + 5 * MS, send(1))]))
     t = ra.totals()
     assert (t["frames"], t["retransmissions"], t["go_backs"]["timeout"]) == (2, 1, 1), t
     assert t["capture_copies"] == 1
