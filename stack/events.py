@@ -219,9 +219,9 @@ def _link_event(name: str, doc: str, render: str, *fields: Field, expert: str | 
 _CAUSE = F("cause", "str", "what made it happen (the input, timer or operator action)")
 _DIR = F("dir", "dir", "sent (tx) or received (rx) by the host", True)
 _RAW = F("raw", "hex", "the message's bytes")
-# a control-socket subscriber that asked for the data path coalesced (subscribe's "coalesce",
+# a control-socket subscriber that asked for the data path sampled (subscribe's "coalesce",
 # stack/runtime/coalesce.py) gets one event per connection and interval standing for several
-_COALESCED = F("coalesced", "count", "how many events this one stands for (a coalesced subscription): it is the last of them")
+_COALESCED = F("coalesced", "count", "how many events this one stands for (a sampled subscription: the connection as the last of them left it)")
 
 SCHEMA: dict[str, Kind] = {k.name: k for k in (
     Kind("conn.open", "a connection started: role, addresses, SMC wanted or not",
@@ -942,13 +942,35 @@ def from_json(line: str | bytes) -> Event:
     return check_record(loads(line))
 
 
-class Subscription:
-    """A bounded queue of events for one consumer."""
+# the data path's events: a stack emits several a round trip on each side, and builds them
+# only for someone who takes them one by one (EventBus.data_events); a sampling subscriber
+# (EventBus.add_toucher) is told which connections moved instead
+DATA_KINDS = frozenset({"conn.cursor", "conn.rmb", "rdma.write", "cdc.msg"})
+_FLOW_CONTROL = frozenset({"write_blocked", "cons_curs_upd_req"})  # CDC flags that come and go with the data
 
-    def __init__(self, bus: "EventBus", maxsize: int, kinds: Iterable[str] | None) -> None:
+
+def marks_something(event: Event) -> bool:
+    """A data-path event a sampled subscriber still takes as an event: a CDC with flags other
+    than flow control (closing, aborting, urgent data, failover validation), or a cursor move
+    that names its cause (a failover's rewind, a close that left bytes unsent)."""
+    f = event.fields
+    if event.kind == "cdc.msg":
+        flags = f.get("flags")
+        return bool(flags) and not _FLOW_CONTROL.issuperset(flags)
+    return event.kind == "conn.cursor" and ("cause" in f or "rewound" in f)
+
+
+class Subscription:
+    """A bounded queue of events for one consumer. ``sampled``: it reads the data path by
+    sampling the connections that moved (a toucher on the bus), so the data path's events
+    are not built for it; it still gets those that mark something (a CDC closing or
+    aborting, urgent data, a cursor moved by a failover), which are built for any listener."""
+
+    def __init__(self, bus: "EventBus", maxsize: int, kinds: Iterable[str] | None, sampled: bool = False) -> None:
         self._bus = bus
         self.maxsize = maxsize
         self.kinds = frozenset(kinds) if kinds else None
+        self.sampled = sampled
         self.queue: deque[Event] = deque()
         self.dropped = 0
         self.dropped_total = 0
@@ -958,6 +980,8 @@ class Subscription:
     def offer(self, event: Event) -> None:
         if self.kinds is not None and event.kind not in self.kinds:
             return
+        if self.sampled and event.kind in DATA_KINDS and not marks_something(event):
+            return  # built for another listener; the sampler tells this one
         if len(self.queue) >= self.maxsize:
             self.dropped += 1
             self.dropped_total += 1
@@ -1019,14 +1043,32 @@ class EventBus:
         self._subs: list[Subscription] = []
         self._targets: tuple[Callable[[Event], None], ...] = ()  # listeners, then each subscription's offer
         self.active = False
+        self.data_events = False  # someone takes the data path's events one by one (DATA_KINDS)
+        self.data_active = False  # data_events, or a toucher to tell which connections moved
+        self._touchers: tuple = ()  # objects with a ``touched`` dict: connection id -> connection
         self.emitted = 0
         self.failures: list[tuple[Callable[[Event], None], Exception]] = []  # listeners removed because they raised
 
     def _update(self) -> None:
         self._targets = (*self._listeners, *(sub.offer for sub in self._subs))
         self.active = bool(self._targets)
+        self.data_events = bool(self._listeners) or any(not sub.sampled and (sub.kinds is None or not sub.kinds.isdisjoint(DATA_KINDS)) for sub in self._subs)
+        self.data_active = self.data_events or bool(self._touchers)
         if _checking and self.active:
             self._targets = (_check_emitted, *self._targets)
+
+    def touch(self, conn) -> None:
+        """The data path moved ``conn`` (its cursors, counters): the touchers sample it later."""
+        for t in self._touchers:
+            t.touched[conn.id] = conn
+
+    def add_toucher(self, toucher) -> None:
+        self._touchers = (*self._touchers, toucher)
+        self._update()
+
+    def remove_toucher(self, toucher) -> None:
+        self._touchers = tuple(t for t in self._touchers if t is not toucher)
+        self._update()
 
     def emit(self, event: Event) -> None:
         self.emitted += 1
@@ -1068,8 +1110,8 @@ class EventBus:
             self._listeners.remove(fn)
         self._update()
 
-    def subscribe(self, maxsize: int = 10_000, kinds: Iterable[str] | None = None) -> Subscription:
-        sub = Subscription(self, maxsize, kinds)
+    def subscribe(self, maxsize: int = 10_000, kinds: Iterable[str] | None = None, sampled: bool = False) -> Subscription:
+        sub = Subscription(self, maxsize, kinds, sampled)
         self._subs.append(sub)
         self._update()
         return sub

@@ -32,6 +32,10 @@ from .states import CONN_TABLE, Hs, step
 
 SOCK_MIN_SNDBUF_HALF = 2304  # SOCK_MIN_SNDBUF / 2 on x86-64: the floor of the update limit
 AUTOCORKING_SIZE = 64 << 10  # net.smc.autocorking_size: data held back while a CDC is in flight
+# a CDC's producer flags that mark it (urgent data pending or present, failover validation):
+# with its connection-state flags (closing, aborting) they make it an event for any listener,
+# sampled subscribers included; write_blocked and cons_curs_upd_req come and go with the data
+MARKING_PROD_FLAGS = 0x40 | 0x20 | 0x08
 # what a connection ended by the peer's abort says; its reader sees end of file, as the
 # kernel's smc_rx_recvmsg returns 0 once peer_conn_abort arrived (only writes fail)
 PEER_ABORT_ERROR = "connection reset by peer (SMC abort)"
@@ -125,6 +129,7 @@ class SmcConnection:
         self.bytes_received = 0
         self.cdc_sent = 0
         self.cdc_received = 0
+        self.rdma_writes = 0
 
     # ------------------------------------------------------------------ identity
 
@@ -364,8 +369,11 @@ class SmcConnection:
             self.cons = Cursor((wrap + 1) & 0xFFFF, n - first)
         self.bytes_to_rcv -= n
         self.bytes_received += n
-        if self.ctx.bus.active:
-            self.emit(now, "conn.cursor", side="rx", cons=_c(self.cons), prod=_c(self.rx_prod), bytes_to_rcv=self.bytes_to_rcv)
+        bus = self.ctx.bus
+        if bus.data_active:
+            if bus.data_events:
+                self.emit(now, "conn.cursor", side="rx", cons=_c(self.cons), prod=_c(self.rx_prod), bytes_to_rcv=self.bytes_to_rcv)
+            bus.touch(self)
         if urgent:
             self._consumer_moved(now)
         else:
@@ -489,8 +497,11 @@ class SmcConnection:
                 # the last data CDC said write-blocked; the peer updates its consumer cursor as it reads
                 if not self.write_blocked:
                     self.write_blocked = True
-                    if self.ctx.bus.active:
-                        self.emit(now, "conn.rmb", write_blocked=True, peer_rmbe_space=0, pending=to_send)
+                    bus = self.ctx.bus
+                    if bus.data_active:
+                        if bus.data_events:
+                            self.emit(now, "conn.rmb", write_blocked=True, peer_rmbe_space=0, pending=to_send)
+                        bus.touch(self)
                 break
             if not link.has_room(3):
                 link.wait_for_room(self)
@@ -528,7 +539,8 @@ class SmcConnection:
                 src = (src + take) % self.sndbuf_size
                 left -= take
             self.link.post_write(sges, vaddr + self.tx_off + dst_off, rkey, now)
-            if self.ctx.bus.active:
+            self.rdma_writes += 1
+            if self.ctx.bus.data_events:  # a sampler is told by send_cdc, which follows
                 self.emit(now, "rdma.write", offset=dst_off, length=length, rkey=rkey)
 
     def send_cdc(self, now: float) -> bool:
@@ -550,9 +562,14 @@ class SmcConnection:
         self.cons_update_requested = False
         self.cdc_sent += 1
         self.cdc_pend += 1
-        if self.ctx.bus.active:  # the event's fields from the values packed, without a CdcMessage
-            self.emit_fields(now, "cdc.msg", _cdc_fields_of(seq, token, prod, cons, prod_flags, state, payload, "tx"))
-            self.emit(now, "conn.cursor", side="tx", prod=_c(prod), cons=_c(cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
+        bus = self.ctx.bus
+        if bus.data_active:
+            # a CDC that closes, aborts or carries urgent data is an event for any listener
+            if bus.data_events or (state or prod_flags & MARKING_PROD_FLAGS) and bus.active:
+                # the event's fields from the values packed, without a CdcMessage
+                self.emit_fields(now, "cdc.msg", _cdc_fields_of(seq, token, prod, cons, prod_flags, state, payload, "tx"))
+                self.emit(now, "conn.cursor", side="tx", prod=_c(prod), cons=_c(cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
+            bus.touch(self)
         return True
 
     def cdc_completed(self, marks: tuple[Cursor, Cursor, int, int], ok: bool, now: float) -> None:
@@ -585,7 +602,16 @@ class SmcConnection:
                 self.early_cdcs.append(msg)
             return
         self.cdc_received += 1
-        if self.ctx.bus.active:
+        bus = self.ctx.bus
+        if bus.data_active:
+            bus.touch(self)
+        if (
+            bus.data_events
+            or bus.active
+            and (
+                msg.urg_data_pending or msg.urg_data_present or msg.failover_validation or msg.peer_done_writing or msg.peer_conn_closed or msg.peer_conn_abort
+            )
+        ):
             if data is not None and len(data) >= CDC_LEN:  # the bytes as received, flags read from them
                 raw = bytes(data[:CDC_LEN])
                 self.emit_fields(now, "cdc.msg", _cdc_fields_of(msg.seqno, msg.token, msg.prod, msg.cons, raw[24], raw[25], raw, "rx"))
@@ -630,7 +656,7 @@ class SmcConnection:
             self.peer_rmbe_space = self.peer_size - curs.diff(self.rx_cons, self.tx_prod, self.peer_size)
         self.peer_write_blocked = msg.write_blocked
         self.cons_update_requested = self.cons_update_requested or msg.cons_curs_upd_req
-        if self.ctx.bus.active and (new_data or freed):
+        if bus.data_events and (new_data or freed):
             self.emit(
                 now,
                 "conn.cursor",

@@ -1,97 +1,112 @@
-"""Coalescing the data path's events for a subscriber that does not need every one.
+"""The data path sampled for a subscriber that does not need every event of it.
 
-A stack running request/response emits several events a round trip on each side (cursor
-moves, a CDC each way, an RDMA WRITE, the RMB's fill): tens of thousands a second. A live
-view (smctop attached to a control socket) needs what they add up to, not each of them, and
-parsing every one cost it more CPU than the traffic it watched. A subscription with
-``coalesce`` set gets, per connection and per interval, the last event of each data-path
-sort, with ``coalesced`` saying how many it stands for (rdma.write: its ``length`` the sum).
+A stack running request/response emits several data-path events a round trip on each side
+(cursor moves, a CDC each way, an RDMA WRITE, the RMB's fill): tens of thousands a second,
+each built in Python. A live view (smctop attached to a control socket) needs what they add
+up to, not each of them: building them cost the watched stacks half their rate, and parsing
+them cost smctop more CPU than the traffic it watched. A subscription with ``coalesce`` set
+is *sampled*: the bus builds no data-path event for it (``EventBus.data_events`` stays
+false) and only notes which connections moved (``EventBus.touch``); at the end of each
+interval the :class:`Sampler` reads those connections and writes, per connection, the
+events it would have had last, with ``coalesced`` counting the ones they stand for (from the
+connection's own counters: CDCs sent and received, RDMA WRITEs, and an ``rdma.write``'s
+``length`` the bytes written since the last sample).
 
-Everything else passes at once, after whatever is held (so no event overtakes one that
-happened before it), and so do the data-path events that mark something: a cursor move a
-failover caused (``cause``, ``rewound``) and a CDC with flags other than flow control (close,
-abort, urgent data, failover validation). Cursors are positions, so the last one of an interval says where the
-connection got to; the bytes in between are the difference, which readers already compute.
-
-Pure: the caller passes the time and sends what comes back.
+Every other event comes as it happened, after a sample of its connection (so a connection's
+progress is told before it closes), and so do the data-path events that mark something: a
+CDC that closes, aborts or carries urgent data, and a cursor move a failover caused; the
+stack builds those for any listener. Cursors are positions, so the last one of an interval
+says where the connection got to; the bytes in between are the difference, which readers
+already compute.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from stack.events import Event
+from stack.wire.fields import cursor_text as _c
 
-COALESCIBLE = frozenset({"conn.cursor", "conn.rmb", "rdma.write", "cdc.msg"})
-# a CDC's flow-control flags come and go with the data (a bulk sender into a small RMB sets
-# write_blocked on nearly every CDC): such a CDC is coalesced; any other flag (closing,
-# aborting, urgent data, failover validation) marks an event that goes as it is
-FLOW_CONTROL = frozenset({"write_blocked", "cons_curs_upd_req"})
-
-
-def _key(e: Event) -> tuple | None:
-    """Which held event this one replaces (None: it passes as it is)."""
-    f = e.fields
-    kind = e.kind
-    if kind == "conn.cursor":
-        if "cause" in f or "rewound" in f:
-            return None
-        # a CDC's arrival (it carries the peer's space) and the application's read move different cursors
-        return (kind, e.host, e.lgr, e.link, e.conn, f.get("side"), "peer_rmbe_space" in f)
-    if kind == "cdc.msg":
-        flags = f.get("flags")
-        if flags and not FLOW_CONTROL.issuperset(flags):
-            return None
-        return (kind, e.host, e.lgr, e.link, e.conn, f.get("dir"))
-    return (kind, e.host, e.lgr, e.link, e.conn)
+# what a connection had at its last sample: RDMA WRITEs and bytes written, CDCs sent and
+# received, and our consumer cursor (what the application had read)
+_NOTHING = (0, 0, 0, 0, None)
 
 
-class Coalescer:
-    """Holds data-path events up to ``interval`` seconds; ``add`` returns what goes now."""
+class Sampler:
+    """The connections the data path moved since the last sample (``touched``, filled by the
+    bus), turned into events by :meth:`sample`."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.deadline: float | None = None  # when what is held goes (None: nothing held)
-        self._held: dict[tuple, list] = {}  # key -> [last event, how many, summed length]
+        self.touched: dict[int, object] = {}  # connection id -> the connection (EventBus.touch)
+        self._last: dict[int, tuple] = {}  # connection id -> what its last sample told
+        # CDCs that go as events of their own (marks_something) are left out of the counts:
+        # those passed since a connection's last sample, and those a sample already left out
+        # that are still on their way (a sample comes before the events of its batch)
+        self._passed: dict[tuple[int, str], int] = {}
+        self._credit: dict[tuple[int, str], int] = {}
 
-    @property
-    def held(self) -> int:
-        return len(self._held)
-
-    def add(self, events: list[Event], now: float) -> list[Event]:
+    def sample(self, now: float, conn_id: int | None = None, ahead: dict | None = None) -> list[Event]:
+        """Events for every touched connection (or for ``conn_id`` alone, when touched), dated
+        ``now``; ``ahead``: (connection id, dir) -> CDC events of their own still to be sent
+        after this sample (the counters include them)."""
+        ahead = ahead or {}
+        if conn_id is not None:
+            conn = self.touched.pop(conn_id, None)
+            return self._events(conn, now, ahead) if conn is not None else []
         out: list[Event] = []
-        held = self._held
-        for e in events:
-            key = _key(e) if e.kind in COALESCIBLE else None
-            if key is None:
-                if held:
-                    out.extend(self.flush())
-                out.append(e)
-                continue
-            h = held.get(key)
-            if h is None:
-                held[key] = [e, 1, e.fields.get("length", 0)]
-                if self.deadline is None:
-                    self.deadline = now + self.interval
-            else:
-                h[0] = e
-                h[1] += 1
-                h[2] += e.fields.get("length", 0)
-        if self.deadline is not None and now >= self.deadline:
-            out.extend(self.flush())
+        touched, self.touched = self.touched, {}
+        for conn in touched.values():
+            out += self._events(conn, now, ahead)
         return out
 
-    def flush(self) -> list[Event]:
-        """Everything held, in the order of the last event each stands for."""
-        held = sorted(self._held.values(), key=lambda h: h[0].t)
-        self._held.clear()
-        self.deadline = None
-        out = []
-        for e, n, length in held:
+    def passed(self, conn_id: int, direction: str) -> None:
+        """A CDC of the connection went as an event of its own."""
+        key = (conn_id, direction)
+        if self._credit.get(key):
+            self._credit[key] -= 1
+        else:
+            self._passed[key] = self._passed.get(key, 0) + 1
+
+    def forget(self, conn_id: int) -> None:
+        """The connection closed: what it had told is not needed again."""
+        self._last.pop(conn_id, None)
+        self.touched.pop(conn_id, None)
+        for d in ("tx", "rx"):
+            self._passed.pop((conn_id, d), None)
+            self._credit.pop((conn_id, d), None)
+
+    def _left_out(self, conn_id: int, direction: str, ahead: dict) -> int:
+        key = (conn_id, direction)
+        n = ahead.get(key, 0)
+        if n:
+            self._credit[key] = self._credit.get(key, 0) + n
+        return self._passed.pop(key, 0) + n
+
+    def _events(self, c, now: float, ahead: dict) -> list[Event]:
+        writes, written, sent, received, cons = self._last.get(c.id, _NOTHING)
+        sent += self._left_out(c.id, "tx", ahead)
+        received += self._left_out(c.id, "rx", ahead)
+        lgr, link = c.lgr, c.link
+        host, lgr_name, link_id = c.ctx.name, lgr.name if lgr else None, link.link_id if link else None
+        out: list[Event] = []
+
+        def ev(kind: str, n: int, **fields) -> None:
             if n > 1:
-                fields = {**e.fields, "coalesced": n}
-                if e.kind == "rdma.write":
-                    fields["length"] = length
-                e = replace(e, fields=fields)  # the bus's event is shared with other listeners: a new one
-            out.append(e)
+                fields["coalesced"] = n
+            out.append(Event(now, kind, host, lgr_name, link_id, c.id, fields))
+
+        n = c.rdma_writes - writes
+        if n > 0:
+            ev("rdma.write", n, length=max(0, c.bytes_sent - written))
+        n = c.cdc_sent - sent
+        if n > 0:  # the last CDC sent carried our producer cursor and the consumer cursor we confirmed
+            ev("cdc.msg", n, dir="tx", seqno=c.tx_seq, token=c.peer_token, prod=_c(c.tx_prod), cons=_c(c.cons_confirmed))
+            ev("conn.cursor", n, side="tx", prod=_c(c.tx_prod), cons=_c(c.cons_confirmed), sent=_c(c.tx_sent), fin=_c(c.tx_fin))
+        n = c.cdc_received - received
+        if n > 0:
+            ev("cdc.msg", n, dir="rx", seqno=c.rx_seq, token=c.token, prod=_c(c.rx_prod), cons=_c(c.rx_cons))
+            ev("conn.cursor", n, side="rx", prod=_c(c.rx_prod), cons=_c(c.rx_cons), bytes_to_rcv=c.bytes_to_rcv, peer_rmbe_space=c.peer_rmbe_space)
+            ev("conn.rmb", n, fill=c.bytes_to_rcv, size=c.rmb_size, write_blocked=c.write_blocked, peer_write_blocked=c.peer_write_blocked)
+        if (c.cons != cons) if cons is not None else c.bytes_received:  # the application read
+            ev("conn.cursor", 1, side="rx", cons=_c(c.cons), prod=_c(c.rx_prod), bytes_to_rcv=c.bytes_to_rcv)
+        self._last[c.id] = (c.rdma_writes, c.bytes_sent, c.cdc_sent, c.cdc_received, c.cons)
         return out

@@ -44,11 +44,11 @@ import socket
 import stat
 import struct
 import threading
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from stack.events import KINDS, BadRecord, Skipped, loads, to_dict, to_json
-from stack.runtime.coalesce import Coalescer
+from stack.runtime.coalesce import Sampler
 from stack.verbs.taprec import count_raw
 from stack.wire import codes
 
@@ -61,7 +61,7 @@ FRAME_QUEUE = 100_000  # frames a session holds for a slow client before it drop
 RAW_QUEUE = 64 << 20  # bytes of raw frame batches a session holds for a slow client (each batch at most 4 MiB)
 EVENT_QUEUE = 50_000  # events a session holds for a slow client by default ('queue' in subscribe)
 MAX_EVENT_QUEUE = 1_000_000
-MAX_COALESCE = 10.0  # seconds a coalesced subscription may hold the data path's events
+MAX_COALESCE = 10.0  # seconds between a sampled subscription's samples of the data path
 FLUSH_WAIT = 10.0  # seconds a closing stack waits for its subscribers to take what it still holds
 MAX_DEPTH = 4  # commands are flat objects (subscribe's kinds: a list)
 # faults a soft device takes (anything else on its fault object, its random generator for one, is not for the socket)
@@ -71,8 +71,8 @@ FAULTS = {"loss": (0.0, 1.0, "a probability from 0 to 1"), "rx_loss": (0.0, 1.0,
 COMMANDS = {
     "subscribe": "stream events (optional 'kinds': list of event kinds; 'frames': true adds the soft devices' RoCE frames; "
     f"'queue': events held for a slow client, 1 to {MAX_EVENT_QUEUE:,}, default {EVENT_QUEUE:,}; "
-    f"'coalesce': seconds, 0 to {MAX_COALESCE:g}: per connection and interval the last cursor, CDC, RDMA WRITE and RMB event, "
-    "'coalesced' counting what each stands for)",
+    f"'coalesce': seconds, 0 to {MAX_COALESCE:g}: the data path sampled, per connection and interval its last cursors, CDCs, "
+    "RDMA WRITEs and RMB fill, 'coalesced' counting what each stands for)",
     "unsubscribe": "stop the event stream",
     "snapshot": "reply with one snapshot now",
     "interval": "periodic snapshots every 'seconds' (0 stops them)",
@@ -296,30 +296,42 @@ class _Session:
         self._tap = self._on_frame
         self.tapped: list[str] = []
         self._tapping = False
-        self.coalescer: Coalescer | None = None  # subscribe's 'coalesce'
-        self._flush_at: asyncio.TimerHandle | None = None  # when what the coalescer holds goes
+        self.sampler: Sampler | None = None  # subscribe's 'coalesce': the data path sampled
 
     def send(self, obj: dict) -> None:
         if not self.writer.is_closing():
             self.writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
 
     def pass_events(self, events: list, final: bool = False) -> None:
-        """Send what the subscription gave, through the coalescer when the client asked for
-        one (``final``: and whatever it holds)."""
-        c = self.coalescer
-        if c is not None:
-            loop = asyncio.get_running_loop()
-            events = c.add(events, loop.time())
-            if final and c.held:
-                events += c.flush()
-            if c.deadline is not None and self._flush_at is None:  # what it holds goes at its deadline, even if nothing follows
-                self._flush_at = loop.call_at(c.deadline, self._flush_held)
+        """Send what the subscription gave; for a sampled one, each connection's progress
+        first, before an event of that connection (``final``: and every connection's after)."""
+        s = self.sampler
+        if s is not None:
+            # CDCs of their own in this batch, which the connections' counters already hold
+            ahead = Counter((e.conn, e.fields.get("dir")) for e in events if e.kind == "cdc.msg")
+            out = []
+            for e in events:
+                conn = e.conn
+                if conn is not None and conn in s.touched:
+                    out += s.sample(e.t, conn, ahead)
+                out.append(e)
+                if e.kind == "cdc.msg":
+                    ahead[(conn, e.fields.get("dir"))] -= 1
+                    s.passed(conn, e.fields.get("dir"))
+                elif conn is not None and e.kind == "conn.state" and e.fields.get("new") == "CLOSED":
+                    s.forget(conn)
+            if final and s.touched:
+                out += s.sample(asyncio.get_running_loop().time())
+            events = out
         self.send_events(events)
 
-    def _flush_held(self) -> None:
-        self._flush_at = None
-        if self.sub is not None:  # with what the subscription still queues, which happened before
-            self.pass_events(self.sub.get_nowait(), final=True)
+    async def _sampling(self, sampler: Sampler) -> None:
+        """A sampled subscription's progress, every interval: what the subscription queued
+        first (it happened before), then the connections that moved."""
+        while self.sampler is sampler:
+            await asyncio.sleep(sampler.interval)
+            if self.sampler is sampler and self.sub is not None and sampler.touched:
+                self.pass_events(self.sub.get_nowait(), final=True)
 
     def send_events(self, events: list) -> None:
         """Event lines in one write: a system call (and a wake-up of the reader) per batch,
@@ -340,14 +352,17 @@ class _Session:
         self._tasks.append(asyncio.create_task(self._snapshots()))
 
     def stop(self) -> None:
-        if self._flush_at is not None:
-            self._flush_at.cancel()
-            self._flush_at = None
         for t in self._tasks:
             t.cancel()
         if self.sub is not None:
             self.sub.close()
+        self._unsample()
         self._untap()
+
+    def _unsample(self) -> None:
+        if self.sampler is not None:
+            self.stack.bus.remove_toucher(self.sampler)
+            self.sampler = None
 
     def _untap(self) -> None:
         if self._tapping:
@@ -441,10 +456,14 @@ class _Session:
             raise CommandError("write_snap must be a whole number of bytes from 0 (whole frames) to 65535")
         queue = _number("queue", req.get("queue", EVENT_QUEUE), 1, MAX_EVENT_QUEUE, f"a whole number of events from 1 to {MAX_EVENT_QUEUE:,}", whole=True)
         coalesce = _number("coalesce", req.get("coalesce", 0), 0, MAX_COALESCE, f"seconds from 0 (every event) to {MAX_COALESCE:g}")
-        if self.sub is not None and self.coalescer is not None:
-            self.send_events(self.coalescer.flush())  # what the old subscription held goes first
-        self.coalescer = Coalescer(coalesce) if coalesce else None
-        self.sub = self.stack.bus.subscribe(maxsize=int(queue), kinds=kinds)
+        if self.sub is not None:  # what the old subscription still queues (and samples) goes first
+            self.pass_events(self.sub.get_nowait(), final=True)
+        self._unsample()
+        if coalesce:
+            self.sampler = Sampler(coalesce)
+            self.stack.bus.add_toucher(self.sampler)
+            self._tasks.append(asyncio.create_task(self._sampling(self.sampler)))
+        self.sub = self.stack.bus.subscribe(maxsize=int(queue), kinds=kinds, sampled=bool(coalesce))
         self._tasks.append(asyncio.create_task(self._events()))
         tapped = self.start_frames(write_snap, raw=frames == "raw") if frames else []
         self.server.subscribed.set()
@@ -517,6 +536,7 @@ class _Session:
         if self.sub is not None:
             self.sub.close()
             self.sub = None
+        self._unsample()
         return {}
 
     def cmd_snapshot(self, req: dict) -> dict:

@@ -1,92 +1,108 @@
-"""The data path's events coalesced for a subscriber that asked (stack/runtime/coalesce.py)."""
+"""The data path sampled for a subscriber that asked for it (stack/runtime/coalesce.py) and
+the bus that builds no data-path event for such a subscriber (stack/events.py)."""
 
 from __future__ import annotations
 
-from stack.events import Event, check_event
-from stack.runtime.coalesce import Coalescer
+from types import SimpleNamespace
+
+from stack.events import Event, EventBus, check_event, marks_something
+from stack.runtime.coalesce import Sampler
+from stack.wire.cdc import Cursor
 
 
-def ev(t, kind, conn=1, **fields) -> Event:
-    return Event(t, kind, "h", "00000100", 1, conn, fields)
+def conn(**kw) -> SimpleNamespace:
+    c = SimpleNamespace(
+        id=1, ctx=SimpleNamespace(name="h"), lgr=SimpleNamespace(name="00000100"), link=SimpleNamespace(link_id=1),
+        rdma_writes=0, bytes_sent=0, cdc_sent=0, cdc_received=0, bytes_received=0, tx_seq=0, rx_seq=0, token=0x10, peer_token=0x20,
+        tx_prod=Cursor(0, 0), tx_sent=Cursor(0, 0), tx_fin=Cursor(0, 0), cons_confirmed=Cursor(0, 0), cons=Cursor(0, 0),
+        rx_prod=Cursor(0, 0), rx_cons=Cursor(0, 0), bytes_to_rcv=0, peer_rmbe_space=1000, rmb_size=1000, write_blocked=False,
+        peer_write_blocked=False,
+    )  # fmt: skip
+    c.__dict__.update(kw)
+    return c
 
 
-def test_per_connection_the_last_of_each_sort_with_how_many_it_stands_for() -> None:
-    c = Coalescer(0.1)
-    got = []
-    for i in range(10):
-        got += c.add([ev(0.001 * i, "rdma.write", length=100 + i, offset=i), ev(0.001 * i, "cdc.msg", dir="tx", seqno=i, prod=f"0:{i}", cons="0:0"),
-                      ev(0.001 * i, "conn.cursor", side="tx", prod=f"0:{i}")], now=0.001 * i)  # fmt: skip
-        got += c.add([ev(0.001 * i, "rdma.write", conn=2, length=7)], now=0.001 * i)
-    assert got == [] and c.held == 4  # nothing before the interval ends
-    out = c.flush()
-    by = {(e.kind, e.conn): e for e in out}
-    assert len(out) == 4
-    w = by[("rdma.write", 1)]
-    assert w.fields["length"] == sum(100 + i for i in range(10)) and w.fields["coalesced"] == 10 and w.fields["offset"] == 9
-    assert by[("rdma.write", 2)].fields == {"length": 70, "coalesced": 10}
-    assert by[("cdc.msg", 1)].fields["seqno"] == 9 and by[("cdc.msg", 1)].fields["coalesced"] == 10
-    assert by[("conn.cursor", 1)].fields == {"side": "tx", "prod": "0:9", "coalesced": 10}
-    assert [e.t for e in out] == sorted(e.t for e in out)
-    for e in out:
-        assert check_event(e) is None, e  # coalesced events are events of the schema
+def send(c, n: int, writes: int = 1) -> None:
+    """What the data path does when it writes n bytes and announces them."""
+    c.rdma_writes += writes
+    c.bytes_sent += n
+    c.tx_prod = Cursor(0, c.tx_prod.count + n)
+    c.tx_sent = c.tx_prod
+    c.cdc_sent += 1
+    c.tx_seq += 1
 
 
-def test_the_bus_event_is_not_changed_and_a_single_one_goes_as_it_was() -> None:
-    c = Coalescer(0.1)
-    a, b = ev(0.0, "rdma.write", length=5), ev(0.01, "rdma.write", length=6)
-    c.add([a, b], now=0.0)
-    (merged,) = c.flush()
-    assert a.fields == {"length": 5} and b.fields == {"length": 6}  # other listeners share them
-    assert merged.fields == {"length": 11, "coalesced": 2}
-    one = ev(1.0, "conn.rmb", fill=3)
-    c.add([one], now=1.0)
-    assert c.flush() == [one] and "coalesced" not in one.fields
+def test_a_sample_tells_what_the_connection_did_since_the_last_one() -> None:
+    s, c = Sampler(0.1), conn()
+    for _ in range(10):
+        send(c, 64)
+        s.touched[c.id] = c
+    c.cdc_received, c.rx_seq, c.rx_prod, c.bytes_to_rcv = 10, 10, Cursor(0, 640), 640
+    by = {(e.kind, e.fields.get("dir") or e.fields.get("side")): e for e in s.sample(5.0)}
+    assert by[("rdma.write", None)].fields == {"length": 640, "coalesced": 10}
+    assert by[("cdc.msg", "tx")].fields == {"dir": "tx", "seqno": 10, "token": 0x20, "prod": "0:640", "cons": "0:0", "coalesced": 10}
+    assert by[("cdc.msg", "rx")].fields["seqno"] == 10 and by[("cdc.msg", "rx")].fields["coalesced"] == 10
+    assert by[("conn.cursor", "rx")].fields["prod"] == "0:640" and by[("conn.cursor", "rx")].fields["peer_rmbe_space"] == 1000
+    for e in by.values():
+        assert e.t == 5.0 and (e.host, e.lgr, e.link, e.conn) == ("h", "00000100", 1, 1)
+        assert check_event(e) is None, e  # sampled events are events of the schema
+    assert s.touched == {}
+    send(c, 100)
+    s.touched[c.id] = c
+    (w, cdc, cur) = s.sample(6.0)
+    assert w.fields == {"length": 100} and cdc.fields["seqno"] == 11 and "coalesced" not in cdc.fields  # one of each: as it was
+    assert s.sample(7.0) == []  # nothing moved, nothing told
 
 
-def test_anything_else_goes_at_once_after_what_was_held() -> None:
-    c = Coalescer(10.0)
-    held = [ev(0.0, "conn.cursor", side="rx", prod="0:5", peer_rmbe_space=9), ev(0.1, "conn.cursor", side="rx", prod="0:8", peer_rmbe_space=9)]
-    state = ev(0.2, "conn.state", old="ACTIVE", new="PEERCLOSEWAIT1")
-    out = c.add([*held, state, ev(0.3, "conn.cursor", side="rx", prod="0:9", peer_rmbe_space=9)], now=0.3)
-    assert [e.kind for e in out] == ["conn.cursor", "conn.state"] and out[0].fields["prod"] == "0:8" and out[0].fields["coalesced"] == 2
-    assert c.held == 1
+def test_the_applications_read_is_its_own_cursor_move() -> None:
+    s, c = Sampler(0.1), conn(bytes_received=64, cons=Cursor(0, 64), rx_prod=Cursor(0, 64))
+    s.touched[c.id] = c
+    (e,) = s.sample(1.0)
+    assert e.fields == {"side": "rx", "cons": "0:64", "prod": "0:64", "bytes_to_rcv": 0}
 
 
-def test_events_that_mark_something_are_never_folded_into_others() -> None:
-    c = Coalescer(10.0)
-    marked = [
-        ev(0.0, "cdc.msg", dir="rx", seqno=1, flags=["peer_conn_closed"]),
-        ev(0.1, "conn.cursor", side="tx", prod="0:1", cause="failover", rewound=100),
-    ]
-    plain = ev(0.05, "cdc.msg", dir="rx", seqno=2)
-    out = c.add([plain, marked[0], marked[1]], now=0.2)
-    assert out == [plain, marked[0], marked[1]]  # the held plain one first, then each marked one as it was
+def test_a_cdc_that_went_as_an_event_is_not_counted_again() -> None:
+    s, c = Sampler(0.1), conn()
+    for _ in range(3):
+        send(c, 10)
+    s.touched[c.id] = c
+    send(c, 0)  # the closing CDC: an event of its own, still on its way when the sample is taken
+    cdc = {(e.kind, e.fields.get("dir")): e for e in s.sample(1.0, c.id, {(1, "tx"): 1})}[("cdc.msg", "tx")]
+    assert cdc.fields["coalesced"] == 3
+    s.passed(1, "tx")  # it goes now: already left out
+    send(c, 5)
+    s.touched[c.id] = c
+    assert {(e.kind, e.fields.get("dir")): e for e in s.sample(2.0)}[("cdc.msg", "tx")].fields.get("coalesced") is None  # just the one
+    send(c, 0)
+    s.passed(1, "tx")  # another of its own, passed before any sample
+    send(c, 5)
+    s.touched[c.id] = c
+    assert {(e.kind, e.fields.get("dir")): e for e in s.sample(3.0)}[("cdc.msg", "tx")].fields.get("coalesced") is None
 
 
-def test_the_two_cursor_moves_of_a_receiver_are_kept_apart() -> None:
-    # a CDC's arrival moves the peer's producer; the application's read moves our consumer
-    c = Coalescer(1.0)
-    c.add([ev(0.0, "conn.cursor", side="rx", prod="0:10", peer_rmbe_space=1), ev(0.1, "conn.cursor", side="rx", cons="0:10"),
-           ev(0.2, "conn.cursor", side="rx", prod="0:20", peer_rmbe_space=1)], now=0.2)  # fmt: skip
-    out = c.flush()
-    assert [(e.fields.get("prod"), e.fields.get("cons"), e.fields.get("coalesced")) for e in out] == [(None, "0:10", None), ("0:20", None, 2)]
-
-
-def test_what_is_held_goes_when_the_interval_ends() -> None:
-    c = Coalescer(0.1)
-    assert c.add([ev(0.0, "rdma.write", length=1)], now=0.0) == []
-    assert c.deadline == 0.1
-    out = c.add([ev(0.11, "rdma.write", length=2)], now=0.11)
-    assert [e.fields for e in out] == [{"length": 3, "coalesced": 2}] and c.deadline is None and c.held == 0
-
-
-def test_flow_control_flags_come_and_go_with_the_data_and_are_coalesced() -> None:
-    # a bulk sender into a small RMB sets write_blocked on nearly every CDC: passing each one
-    # (and flushing before it) would coalesce nothing
-    c = Coalescer(1.0)
-    blocked = [ev(0.01 * i, "cdc.msg", dir="rx", seqno=i, flags=["write_blocked"] if i % 2 else ["cons_curs_upd_req"]) for i in range(10)]
-    assert c.add(blocked, now=0.1) == []
-    (last,) = c.flush()
-    assert last.fields["seqno"] == 9 and last.fields["coalesced"] == 10
-    urgent = ev(2.0, "cdc.msg", dir="rx", seqno=11, flags=["write_blocked", "urg_data_present"])
-    assert c.add([urgent], now=2.0) == [urgent]
+def test_the_bus_builds_the_data_path_only_for_who_takes_it_event_by_event() -> None:
+    bus = EventBus()
+    assert not bus.active and not bus.data_events and not bus.data_active
+    sampled = bus.subscribe(kinds=None, sampled=True)
+    sampler = Sampler(0.1)
+    bus.add_toucher(sampler)
+    assert bus.active and not bus.data_events and bus.data_active
+    some = bus.subscribe(kinds=["conn.state"])
+    assert not bus.data_events  # it takes no data-path kind
+    every = bus.subscribe()
+    assert bus.data_events
+    c = conn()
+    bus.touch(c)
+    assert sampler.touched == {1: c}
+    plain = Event(1.0, "cdc.msg", "h", None, None, 1, {"dir": "tx", "seqno": 1})
+    closing = Event(1.0, "cdc.msg", "h", None, None, 1, {"dir": "tx", "seqno": 2, "flags": ["peer_conn_closed"]})
+    flow = Event(1.0, "cdc.msg", "h", None, None, 1, {"dir": "rx", "seqno": 3, "flags": ["write_blocked"]})
+    rewind = Event(1.0, "conn.cursor", "h", None, None, 1, {"side": "tx", "cause": "failover", "rewound": 10})
+    for e in (plain, closing, flow, rewind):
+        bus.emit(e)
+    assert sampled.get_nowait() == [closing, rewind]  # built for another; only what marks something comes here
+    assert every.get_nowait() == [plain, closing, flow, rewind] and some.get_nowait() == []
+    assert [marks_something(e) for e in (plain, closing, flow, rewind)] == [False, True, False, True]
+    every.close()
+    bus.remove_toucher(sampler)
+    assert not bus.data_events and not bus.data_active
