@@ -12,10 +12,11 @@ events it would have had last, with ``coalesced`` counting the ones they stand f
 connection's own counters: CDCs sent and received, RDMA WRITEs, and an ``rdma.write``'s
 ``length`` the bytes written since the last sample).
 
-Every other event comes as it happened, after a sample of its connection (so a connection's
-progress is told before it closes), and so do the data-path events that mark something: a
-CDC that closes, aborts or carries urgent data, and a cursor move a failover caused; the
-stack builds those for any listener. Cursors are positions, so the last one of an interval
+Every other event comes as it happened, and a sample of its connection right after it (so a
+connection's progress is told by its close, after the conn.mode that says its RMB's size),
+and so do the data-path events that mark something: a CDC that closes, aborts or carries
+urgent data, and a cursor move a failover caused; the stack builds those for any listener
+(and the sample leaves them out of its counts). Cursors are positions, so the last one of an interval
 says where the connection got to; the bytes in between are the difference, which readers
 already compute.
 """
@@ -38,53 +39,38 @@ class Sampler:
         self.interval = interval
         self.touched: dict[int, object] = {}  # connection id -> the connection (EventBus.touch)
         self._last: dict[int, tuple] = {}  # connection id -> what its last sample told
-        # CDCs that go as events of their own (marks_something) are left out of the counts:
-        # those passed since a connection's last sample, and those a sample already left out
-        # that are still on their way (a sample comes before the events of its batch)
+        # CDCs that went as events of their own (marks_something) since a connection's last
+        # sample: its counters hold them, its next sample leaves them out
         self._passed: dict[tuple[int, str], int] = {}
-        self._credit: dict[tuple[int, str], int] = {}
 
-    def sample(self, now: float, conn_id: int | None = None, ahead: dict | None = None) -> list[Event]:
+    def sample(self, now: float, conn_id: int | None = None) -> list[Event]:
         """Events for every touched connection (or for ``conn_id`` alone, when touched), dated
-        ``now``; ``ahead``: (connection id, dir) -> CDC events of their own still to be sent
-        after this sample (the counters include them)."""
-        ahead = ahead or {}
+        ``now``: the connection as it is, so they come after every event emitted before."""
         if conn_id is not None:
             conn = self.touched.pop(conn_id, None)
-            return self._events(conn, now, ahead) if conn is not None else []
+            return self._events(conn, now) if conn is not None else []
         out: list[Event] = []
         touched, self.touched = self.touched, {}
         for conn in touched.values():
-            out += self._events(conn, now, ahead)
+            out += self._events(conn, now)
         return out
 
     def passed(self, conn_id: int, direction: str) -> None:
         """A CDC of the connection went as an event of its own."""
         key = (conn_id, direction)
-        if self._credit.get(key):
-            self._credit[key] -= 1
-        else:
-            self._passed[key] = self._passed.get(key, 0) + 1
+        self._passed[key] = self._passed.get(key, 0) + 1
 
     def forget(self, conn_id: int) -> None:
-        """The connection closed: what it had told is not needed again."""
+        """The connection closed and was sampled: what it had told is not needed again."""
         self._last.pop(conn_id, None)
         self.touched.pop(conn_id, None)
-        for d in ("tx", "rx"):
-            self._passed.pop((conn_id, d), None)
-            self._credit.pop((conn_id, d), None)
+        self._passed.pop((conn_id, "tx"), None)
+        self._passed.pop((conn_id, "rx"), None)
 
-    def _left_out(self, conn_id: int, direction: str, ahead: dict) -> int:
-        key = (conn_id, direction)
-        n = ahead.get(key, 0)
-        if n:
-            self._credit[key] = self._credit.get(key, 0) + n
-        return self._passed.pop(key, 0) + n
-
-    def _events(self, c, now: float, ahead: dict) -> list[Event]:
+    def _events(self, c, now: float) -> list[Event]:
         writes, written, sent, received, cons = self._last.get(c.id, _NOTHING)
-        sent += self._left_out(c.id, "tx", ahead)
-        received += self._left_out(c.id, "rx", ahead)
+        sent += self._passed.pop((c.id, "tx"), 0)
+        received += self._passed.pop((c.id, "rx"), 0)
         lgr, link = c.lgr, c.link
         host, lgr_name, link_id = c.ctx.name, lgr.name if lgr else None, link.link_id if link else None
         out: list[Event] = []

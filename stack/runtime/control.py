@@ -44,7 +44,7 @@ import socket
 import stat
 import struct
 import threading
-from collections import Counter, deque
+from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from stack.events import KINDS, BadRecord, Skipped, loads, to_dict, to_json
@@ -303,26 +303,29 @@ class _Session:
             self.writer.write(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
 
     def pass_events(self, events: list, final: bool = False) -> None:
-        """Send what the subscription gave; for a sampled one, each connection's progress
-        first, before an event of that connection (``final``: and every connection's after)."""
+        """Send what the subscription gave; for a sampled one, then the progress of the
+        connections those events name (``final``: of every connection that moved). A sample
+        is the connection as it is now, so it comes after the events queued before it (its
+        conn.mode, which says its RMB's size, its close)."""
         s = self.sampler
         if s is not None:
-            # CDCs of their own in this batch, which the connections' counters already hold
-            ahead = Counter((e.conn, e.fields.get("dir")) for e in events if e.kind == "cdc.msg")
-            out = []
+            named, closed = set(), []
             for e in events:
-                conn = e.conn
-                if conn is not None and conn in s.touched:
-                    out += s.sample(e.t, conn, ahead)
-                out.append(e)
-                if e.kind == "cdc.msg":
-                    ahead[(conn, e.fields.get("dir"))] -= 1
-                    s.passed(conn, e.fields.get("dir"))
-                elif conn is not None and e.kind == "conn.state" and e.fields.get("new") == "CLOSED":
-                    s.forget(conn)
-            if final and s.touched:
-                out += s.sample(asyncio.get_running_loop().time())
-            events = out
+                if e.conn is not None:
+                    named.add(e.conn)
+                    if e.kind == "cdc.msg":  # one of its own (only those reach a sampled subscription)
+                        s.passed(e.conn, e.fields.get("dir"))
+                    elif e.kind == "conn.state" and e.fields.get("new") == "CLOSED":
+                        closed.append(e.conn)
+            now = asyncio.get_running_loop().time()
+            events = list(events)
+            if final:
+                events += s.sample(now)
+            else:
+                for conn in named & s.touched.keys():
+                    events += s.sample(now, conn)
+            for conn in closed:
+                s.forget(conn)
         self.send_events(events)
 
     async def _sampling(self, sampler: Sampler) -> None:

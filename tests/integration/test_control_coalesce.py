@@ -109,3 +109,51 @@ def test_coalesce_out_of_range_is_refused_with_a_reason() -> None:
                     await ctl.close()
 
     run(main())
+
+
+def test_short_connections_add_up_in_smctops_model_sampled_as_with_every_event() -> None:
+    """Connections that open, move a few KiB each way and close within one sample interval
+    (smc-traffic's crr): smctop's model counts the same bytes from the sampled stream as from
+    every event, and what the stacks' connections counted."""
+    from smctop.model import Model
+    from stack.events import check_record
+
+    async def main():
+        async with two_stacks() as (client, server, ca, sa):
+
+            async def answer(r, w):
+                w.write(await r.readexactly(3000))
+                w.close()
+
+            await server.start_server(answer, sa, 5000)
+            with tempfile.TemporaryDirectory(prefix="smccoal") as d:
+                ctl = ControlServer(server, str(Path(d) / "s.sock"), interval=0)
+                await ctl.start()
+                try:
+                    every, t1, w1 = await _subscriber(ctl.path)
+                    some, t2, w2 = await _subscriber(ctl.path, coalesce=0.1)
+                    for _ in range(12):
+                        r, w = await client.open_connection(sa, 5000, local_addr=(ca, 0))
+                        msg = os.urandom(3000)
+                        w.write(msg)
+                        assert await r.readexactly(3000) == msg
+                        w.close()
+                        await w.wait_closed()
+                    closed = lambda evs: sum(e["kind"] == "conn.state" and e["new"] == "CLOSED" for e in evs)  # noqa: E731
+                    await until(lambda: closed(some) == 12 == closed(every), 30, "every close, both ways")
+                    await asyncio.sleep(0.3)
+                    got = []
+                    for events in (every, some):
+                        m = Model()
+                        for e in events:
+                            m.feed(check_record(e))
+                        got.append((sum(c.ev_rx for c in m.conns.values()), sum(c.ev_tx for c in m.conns.values()), m.cdc))
+                    assert got[0] == got[1], got
+                    assert got[0][:2] == (12 * 3000, 12 * 3000), got
+                    for t, wr in ((t1, w1), (t2, w2)):
+                        wr.close()
+                        t.cancel()
+                finally:
+                    await ctl.close()
+
+    run(main())
