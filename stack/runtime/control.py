@@ -281,6 +281,8 @@ class ControlServer:
 
 
 class _Session:
+    sampler: Sampler | None = None  # subscribe's 'coalesce': the data path sampled
+
     def __init__(self, server: ControlServer, writer: asyncio.StreamWriter) -> None:
         self.server = server
         self.stack = server.stack
@@ -296,7 +298,7 @@ class _Session:
         self._tap = self._on_frame
         self.tapped: list[str] = []
         self._tapping = False
-        self.sampler: Sampler | None = None  # subscribe's 'coalesce': the data path sampled
+        self.sampler = None
 
     def send(self, obj: dict) -> None:
         if not self.writer.is_closing():
