@@ -337,7 +337,7 @@ class AttachSource(Source):
 
         client = await ControlClient.connect(path)
         try:
-            await client.send("subscribe", **({"coalesce": self.coalesce} if self.coalesce else {}))
+            await self._subscribe(client)
             await client.send("snapshot")
         except OSError:
             await client.close()
@@ -390,9 +390,12 @@ class AttachSource(Source):
             if path not in self.closed:
                 self.tasks.append(asyncio.ensure_future(self._resubscribe(path, client)))
 
+    async def _subscribe(self, client) -> None:
+        await client.send("subscribe", **({"coalesce": self.coalesce} if self.coalesce else {}))
+
     async def _resubscribe(self, path: str, client) -> None:
         try:
-            await client.send("subscribe", **({"coalesce": self.coalesce} if self.coalesce else {}))
+            await self._subscribe(client)
         except OSError as e:
             self.notices.append(f"{self.hostnames.get(path, path)}: {e.strerror or e}")
 

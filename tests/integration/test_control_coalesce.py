@@ -5,6 +5,7 @@ request/response pair's tens of thousands of events a second)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -35,6 +36,24 @@ async def _subscriber(path: str, **args) -> tuple[list[dict], asyncio.Task, asyn
     return got, asyncio.create_task(read()), writer
 
 
+@contextlib.asynccontextmanager
+async def _both_streams(stack):
+    """Two subscribers of ``stack``'s control socket, one taking every event and one the data
+    path sampled: their event lists, filled as the lines come."""
+    with tempfile.TemporaryDirectory(prefix="smccoal") as d:
+        ctl = ControlServer(stack, str(Path(d) / "c.sock"), interval=0)
+        await ctl.start()
+        subs = []
+        try:
+            subs = [await _subscriber(ctl.path), await _subscriber(ctl.path, coalesce=0.1)]
+            yield subs[0][0], subs[1][0]
+        finally:
+            for _, task, writer in subs:
+                writer.close()
+                task.cancel()
+            await ctl.close()
+
+
 def _totals(events: list[dict], host: str) -> dict:
     mine = [e for e in events if e["host"] == host]
     n = lambda e: e.get("coalesced", 1)  # noqa: E731
@@ -58,34 +77,24 @@ def test_a_coalesced_subscription_adds_up_to_every_event_in_far_fewer_lines() ->
                 w.close()
 
             await server.start_server(echo, sa, 5000)
-            with tempfile.TemporaryDirectory(prefix="smccoal") as d:
-                ctl = ControlServer(client, str(Path(d) / "c.sock"), interval=0)
-                await ctl.start()
-                try:
-                    every, t1, w1 = await _subscriber(ctl.path)
-                    some, t2, w2 = await _subscriber(ctl.path, coalesce=0.1)
-                    r, w = await client.open_connection(sa, 5000, local_addr=(ca, 0))
-                    msg = os.urandom(64)
-                    for _ in range(ROUNDS):
-                        w.write(msg)
-                        assert await r.readexactly(64) == msg
-                    w.close()
-                    await w.wait_closed()
-                    info = w.get_extra_info("smc")
-                    await until(lambda: any(e["kind"] == "conn.state" and e["new"] == "CLOSED" for e in some), 30, "the close, coalesced")
-                    await asyncio.sleep(0.3)  # the last interval's events
-                    a, b = _totals(every, "client"), _totals(some, "client")
-                    assert a["written"] == ROUNDS * 64 == b["written"]
-                    assert a == b, (a, b)
-                    assert a["cdc_tx"] >= ROUNDS and info["mode"] == "SMCR"
-                    assert len(some) * 10 < len(every), (len(some), len(every))
-                    assert [e["t"] for e in some] == sorted(e["t"] for e in some)  # nothing overtook what came before it
-                    assert any(e.get("coalesced", 1) > 1 for e in some)
-                    for t, wr in ((t1, w1), (t2, w2)):
-                        wr.close()
-                        t.cancel()
-                finally:
-                    await ctl.close()
+            async with _both_streams(client) as (every, some):
+                r, w = await client.open_connection(sa, 5000, local_addr=(ca, 0))
+                msg = os.urandom(64)
+                for _ in range(ROUNDS):
+                    w.write(msg)
+                    assert await r.readexactly(64) == msg
+                w.close()
+                await w.wait_closed()
+                info = w.get_extra_info("smc")
+                await until(lambda: any(e["kind"] == "conn.state" and e["new"] == "CLOSED" for e in some), 30, "the close, coalesced")
+                await asyncio.sleep(0.3)  # the last interval's events
+                a, b = _totals(every, "client"), _totals(some, "client")
+                assert a["written"] == ROUNDS * 64 == b["written"]
+                assert a == b, (a, b)
+                assert a["cdc_tx"] >= ROUNDS and info["mode"] == "SMCR"
+                assert len(some) * 10 < len(every), (len(some), len(every))
+                assert [e["t"] for e in some] == sorted(e["t"] for e in some)  # nothing overtook what came before it
+                assert any(e.get("coalesced", 1) > 1 for e in some)
 
     run(main())
 
@@ -126,34 +135,24 @@ def test_short_connections_add_up_in_smctops_model_sampled_as_with_every_event()
                 w.close()
 
             await server.start_server(answer, sa, 5000)
-            with tempfile.TemporaryDirectory(prefix="smccoal") as d:
-                ctl = ControlServer(server, str(Path(d) / "s.sock"), interval=0)
-                await ctl.start()
-                try:
-                    every, t1, w1 = await _subscriber(ctl.path)
-                    some, t2, w2 = await _subscriber(ctl.path, coalesce=0.1)
-                    for _ in range(12):
-                        r, w = await client.open_connection(sa, 5000, local_addr=(ca, 0))
-                        msg = os.urandom(3000)
-                        w.write(msg)
-                        assert await r.readexactly(3000) == msg
-                        w.close()
-                        await w.wait_closed()
-                    closed = lambda evs: sum(e["kind"] == "conn.state" and e["new"] == "CLOSED" for e in evs)  # noqa: E731
-                    await until(lambda: closed(some) == 12 == closed(every), 30, "every close, both ways")
-                    await asyncio.sleep(0.3)
-                    got = []
-                    for events in (every, some):
-                        m = Model()
-                        for e in events:
-                            m.feed(check_record(e))
-                        got.append((sum(c.ev_rx for c in m.conns.values()), sum(c.ev_tx for c in m.conns.values()), m.cdc))
-                    assert got[0] == got[1], got
-                    assert got[0][:2] == (12 * 3000, 12 * 3000), got
-                    for t, wr in ((t1, w1), (t2, w2)):
-                        wr.close()
-                        t.cancel()
-                finally:
-                    await ctl.close()
+            async with _both_streams(server) as (every, some):
+                for _ in range(12):
+                    r, w = await client.open_connection(sa, 5000, local_addr=(ca, 0))
+                    msg = os.urandom(3000)
+                    w.write(msg)
+                    assert await r.readexactly(3000) == msg
+                    w.close()
+                    await w.wait_closed()
+                closed = lambda evs: sum(e["kind"] == "conn.state" and e["new"] == "CLOSED" for e in evs)  # noqa: E731
+                await until(lambda: closed(some) == 12 == closed(every), 30, "every close, both ways")
+                await asyncio.sleep(0.3)
+                got = []
+                for events in (every, some):
+                    m = Model()
+                    for e in events:
+                        m.feed(check_record(e))
+                    got.append((sum(c.ev_rx for c in m.conns.values()), sum(c.ev_tx for c in m.conns.values()), m.cdc))
+                assert got[0] == got[1], got
+                assert got[0][:2] == (12 * 3000, 12 * 3000), got
 
     run(main())
