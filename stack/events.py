@@ -41,6 +41,7 @@ from dataclasses import field as dataclass_field
 from typing import Any, Callable, Iterable, TextIO
 
 from stack.wire import codes
+from stack.wire.fields import FLOW_CONTROL_FLAGS
 from stack.wire.text import printable
 
 # ---------------------------------------------------------------------------- the schema
@@ -946,7 +947,6 @@ def from_json(line: str | bytes) -> Event:
 # only for someone who takes them one by one (EventBus.data_events); a sampling subscriber
 # (EventBus.add_toucher) is told which connections moved instead
 DATA_KINDS = frozenset({"conn.cursor", "conn.rmb", "rdma.write", "cdc.msg"})
-_FLOW_CONTROL = frozenset({"write_blocked", "cons_curs_upd_req"})  # CDC flags that come and go with the data
 
 
 def marks_something(event: Event) -> bool:
@@ -956,7 +956,7 @@ def marks_something(event: Event) -> bool:
     f = event.fields
     if event.kind == "cdc.msg":
         flags = f.get("flags")
-        return bool(flags) and not _FLOW_CONTROL.issuperset(flags)
+        return bool(flags) and not FLOW_CONTROL_FLAGS.issuperset(flags)
     return event.kind == "conn.cursor" and ("cause" in f or "rewound" in f)
 
 

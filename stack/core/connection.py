@@ -22,6 +22,7 @@ from stack.events import Event
 from stack.wire.cdc import CDC_LEN, CdcMessage, Cursor
 from stack.wire.cdc import pack as cdc_pack
 from stack.wire.codes import SmcState
+from stack.wire.fields import MARKING_PROD_FLAGS
 from stack.wire.fields import cdc_fields as _cdc_fields
 from stack.wire.fields import cdc_fields_of as _cdc_fields_of
 from stack.wire.fields import cursor_text as _c
@@ -32,10 +33,6 @@ from .states import CONN_TABLE, Hs, step
 
 SOCK_MIN_SNDBUF_HALF = 2304  # SOCK_MIN_SNDBUF / 2 on x86-64: the floor of the update limit
 AUTOCORKING_SIZE = 64 << 10  # net.smc.autocorking_size: data held back while a CDC is in flight
-# a CDC's producer flags that mark it (urgent data pending or present, failover validation):
-# with its connection-state flags (closing, aborting) they make it an event for any listener,
-# sampled subscribers included; write_blocked and cons_curs_upd_req come and go with the data
-MARKING_PROD_FLAGS = 0x40 | 0x20 | 0x08
 # what a connection ended by the peer's abort says; its reader sees end of file, as the
 # kernel's smc_rx_recvmsg returns 0 once peer_conn_abort arrived (only writes fail)
 PEER_ABORT_ERROR = "connection reset by peer (SMC abort)"
@@ -605,13 +602,8 @@ class SmcConnection:
         bus = self.ctx.bus
         if bus.data_active:
             bus.touch(self)
-        if (
-            bus.data_events
-            or bus.active
-            and (
-                msg.urg_data_pending or msg.urg_data_present or msg.failover_validation or msg.peer_done_writing or msg.peer_conn_closed or msg.peer_conn_abort
-            )
-        ):
+        # a CDC that closes, aborts or carries urgent data is an event for any listener
+        if bus.data_events or bus.active and (msg.prod_flags & MARKING_PROD_FLAGS or msg.conn_state_flags):
             if data is not None and len(data) >= CDC_LEN:  # the bytes as received, flags read from them
                 raw = bytes(data[:CDC_LEN])
                 self.emit_fields(now, "cdc.msg", _cdc_fields_of(msg.seqno, msg.token, msg.prod, msg.cons, raw[24], raw[25], raw, "rx"))

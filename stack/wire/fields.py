@@ -93,7 +93,12 @@ def _flag_names(bits: tuple[int, ...], names: tuple[str, ...]) -> tuple[tuple[st
     return tuple(tuple(n for b, n in zip(bits, names) if v & b) for v in range(256))
 
 
-_PROD_FLAG_NAMES = _flag_names((0x80, 0x40, 0x20, 0x10, 0x08), CDC_FLAGS[:5])
+_PROD_BITS = (0x80, 0x40, 0x20, 0x10, 0x08)
+_PROD_FLAG_NAMES = _flag_names(_PROD_BITS, CDC_FLAGS[:5])
+# a CDC's flags that come and go with the data; any other (urgent data, failover validation,
+# the connection-state flags) marks the CDC as an event of its own, also for a sampled subscriber
+FLOW_CONTROL_FLAGS = frozenset({"write_blocked", "cons_curs_upd_req"})
+MARKING_PROD_FLAGS = sum(b for b, n in zip(_PROD_BITS, CDC_FLAGS[:5]) if n not in FLOW_CONTROL_FLAGS)
 _STATE_FLAG_NAMES = _flag_names((0x80, 0x40, 0x20), CDC_FLAGS[5:])
 
 
