@@ -24,11 +24,13 @@ already compute.
 from __future__ import annotations
 
 from stack.events import Event
+from stack.wire.cdc import Cursor
 from stack.wire.fields import cursor_text as _c
 
 # what a connection had at its last sample: RDMA WRITEs and bytes written, CDCs sent and
-# received, and our consumer cursor (what the application had read)
-_NOTHING = (0, 0, 0, 0, None)
+# received, our producer cursor, the peer's as received, and our consumer cursor (what the
+# application had read)
+_NOTHING = (0, 0, 0, 0, Cursor(), Cursor(), None)
 
 
 class Sampler:
@@ -68,7 +70,7 @@ class Sampler:
         self._passed.pop((conn_id, "rx"), None)
 
     def _events(self, c, now: float) -> list[Event]:
-        writes, written, sent, received, cons = self._last.get(c.id, _NOTHING)
+        writes, written, sent, received, tx_prod, rx_prod, cons = self._last.get(c.id, _NOTHING)
         sent += self._passed.pop((c.id, "tx"), 0)
         received += self._passed.pop((c.id, "rx"), 0)
         lgr, link = c.lgr, c.link
@@ -83,16 +85,21 @@ class Sampler:
         n = c.rdma_writes - writes
         if n > 0:
             ev("rdma.write", n, length=max(0, c.bytes_sent - written))
+        # a CDC that went as an event of its own is not counted here, but the cursors it moved
+        # are told all the same (a closing CDC may carry the last bytes)
         n = c.cdc_sent - sent
         if n > 0:  # the last CDC sent carried our producer cursor and the consumer cursor we confirmed
             ev("cdc.msg", n, dir="tx", seqno=c.tx_seq, token=c.peer_token, prod=_c(c.tx_prod), cons=_c(c.cons_confirmed))
-            ev("conn.cursor", n, side="tx", prod=_c(c.tx_prod), cons=_c(c.cons_confirmed), sent=_c(c.tx_sent), fin=_c(c.tx_fin))
+        if n > 0 or c.tx_prod != tx_prod:
+            ev("conn.cursor", max(n, 1), side="tx", prod=_c(c.tx_prod), cons=_c(c.cons_confirmed), sent=_c(c.tx_sent), fin=_c(c.tx_fin))
         n = c.cdc_received - received
         if n > 0:
             ev("cdc.msg", n, dir="rx", seqno=c.rx_seq, token=c.token, prod=_c(c.rx_prod), cons=_c(c.rx_cons))
-            ev("conn.cursor", n, side="rx", prod=_c(c.rx_prod), cons=_c(c.rx_cons), bytes_to_rcv=c.bytes_to_rcv, peer_rmbe_space=c.peer_rmbe_space)
-            ev("conn.rmb", n, fill=c.bytes_to_rcv, size=c.rmb_size, write_blocked=c.write_blocked, peer_write_blocked=c.peer_write_blocked)
+        if n > 0 or c.rx_prod != rx_prod:
+            ev("conn.cursor", max(n, 1), side="rx", prod=_c(c.rx_prod), cons=_c(c.rx_cons), bytes_to_rcv=c.bytes_to_rcv,
+               peer_rmbe_space=c.peer_rmbe_space)  # fmt: skip
+            ev("conn.rmb", max(n, 1), fill=c.bytes_to_rcv, size=c.rmb_size, write_blocked=c.write_blocked, peer_write_blocked=c.peer_write_blocked)
         if (c.cons != cons) if cons is not None else c.bytes_received:  # the application read
             ev("conn.cursor", 1, side="rx", cons=_c(c.cons), prod=_c(c.rx_prod), bytes_to_rcv=c.bytes_to_rcv)
-        self._last[c.id] = (c.rdma_writes, c.bytes_sent, c.cdc_sent, c.cdc_received, c.cons)
+        self._last[c.id] = (c.rdma_writes, c.bytes_sent, c.cdc_sent, c.cdc_received, c.tx_prod, c.rx_prod, c.cons)
         return out

@@ -55,9 +55,12 @@ def test_a_sample_tells_what_the_connection_did_since_the_last_one() -> None:
 
 
 def test_the_applications_read_is_its_own_cursor_move() -> None:
-    s, c = Sampler(0.1), conn(bytes_received=64, cons=Cursor(0, 64), rx_prod=Cursor(0, 64))
+    s, c = Sampler(0.1), conn(cdc_received=1, rx_seq=1, rx_prod=Cursor(0, 64), bytes_to_rcv=64)
     s.touched[c.id] = c
-    (e,) = s.sample(1.0)
+    assert {e.kind for e in s.sample(1.0)} == {"cdc.msg", "conn.cursor", "conn.rmb"}  # the CDC's arrival
+    c.bytes_received, c.cons, c.bytes_to_rcv = 64, Cursor(0, 64), 0
+    s.touched[c.id] = c
+    (e,) = s.sample(2.0)
     assert e.fields == {"side": "rx", "cons": "0:64", "prod": "0:64", "bytes_to_rcv": 0}
 
 
@@ -75,6 +78,18 @@ def test_a_cdc_that_went_as_an_event_is_not_counted_again() -> None:
     assert {(e.kind, e.fields.get("dir")): e for e in s.sample(2.0)}[("cdc.msg", "tx")].fields.get("coalesced") is None  # just the one
     s.forget(1)
     assert s.sample(3.0) == [] and s._last == {} and s._passed == {}
+
+
+def test_a_closing_cdc_that_went_as_an_event_still_has_its_bytes_told() -> None:
+    # the peer's last bytes and its close in one CDC: the CDC is an event of its own (not
+    # counted again), the producer cursor it moved is still sampled (readers count bytes from it)
+    s, c = Sampler(0.1), conn(cdc_received=1, rx_seq=1, rx_prod=Cursor(0, 700), bytes_to_rcv=700)
+    s.passed(1, "rx")
+    s.touched[c.id] = c
+    out = {(e.kind, e.fields.get("dir") or e.fields.get("side")): e for e in s.sample(1.0)}
+    assert ("cdc.msg", "rx") not in out
+    assert out[("conn.cursor", "rx")].fields["prod"] == "0:700" and "coalesced" not in out[("conn.cursor", "rx")].fields
+    assert out[("conn.rmb", None)].fields["fill"] == 700
 
 
 def test_the_bus_builds_the_data_path_only_for_who_takes_it_event_by_event() -> None:
