@@ -19,41 +19,27 @@ second device: link groups then get a second link and survive the loss of one.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import ipaddress
+import json
+import math
 import os
 import signal
+import socket
 import sys
+import time
 
+from stack.core.config import Limits, SmcConfig, Timeouts
+from stack.events import JsonlWriter
+from stack.runtime import Capability
+from stack.runtime.control import CommandError, parse_reason
+from stack.runtime.rdma import DeviceSpec
+from stack.runtime.stack import Stack, StackConfig
+from stack.wire import codes
 
-def _stopped_early(signum: int, frame) -> None:
-    """SIGINT or SIGTERM before a run's own handlers are in place: one line, the shell's exit code."""
-    sys.stderr.write(f"smc-traffic: {signal.Signals(signum).name} while starting; nothing ran\n")
-    raise SystemExit(128 + signum)
-
-
-if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "smc-traffic":
-    # the program, not a library import: the imports below take about 0.3 s, and a Ctrl-C
-    # in them was a KeyboardInterrupt traceback
-    for _sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_sig, _stopped_early)
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import ipaddress  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
-
-from stack.core.config import Limits, SmcConfig, Timeouts  # noqa: E402
-from stack.events import JsonlWriter  # noqa: E402
-from stack.runtime import Capability  # noqa: E402
-from stack.runtime.control import CommandError, parse_reason  # noqa: E402
-from stack.runtime.rdma import DeviceSpec  # noqa: E402
-from stack.runtime.stack import Stack, StackConfig  # noqa: E402
-from stack.wire import codes  # noqa: E402
-
-from . import runner  # noqa: E402
-from .protocol import BOTH, DOWN, UP  # noqa: E402
+from . import runner
+from .protocol import BOTH, DOWN, UP
 
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 

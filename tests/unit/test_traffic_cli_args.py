@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -217,24 +216,6 @@ def test_a_signal_ends_the_client_with_the_report_of_what_it_did_marked_interrup
     else:
         assert out.startswith("mode crr: ") and f", interrupted by {name}: what it did until then\n" in out.splitlines(True)[0], out
         assert int(out.split("sent ")[1].split()[0].replace(",", "")) > 0, out
-
-
-def test_a_ctrl_c_while_the_program_imports_is_one_line_not_a_traceback() -> None:
-    # SIGINT as the cli module imports the runtime (about 0.3 s of imports): the program
-    # (sys.argv[0] smc-traffic, as the console script) has its handler in place by then
-    code = textwrap.dedent("""
-        import os, signal, sys
-        sys.argv[0] = "/venv/bin/smc-traffic"
-        class Hook:
-            def find_spec(self, name, path, target=None):
-                if name == "stack.runtime":
-                    os.kill(os.getpid(), signal.SIGINT)
-        sys.meta_path.insert(0, Hook())
-        from stack.traffic.cli import main
-        sys.exit(main(["client", "--bytes", "1M"]))
-    """)
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert (res.returncode, res.stdout, res.stderr) == (130, "", "smc-traffic: SIGINT while starting; nothing ran\n")
 
 
 @pytest.mark.skipif(not softroce.available()[0], reason="the compiled engine is not built")
