@@ -203,8 +203,8 @@ class Deriver:
         self.qpn_guessed: dict[int, _Lgr | None] = {}
         self.conn_lgr: dict[int, str] = {}
         # a host's RoCE address (its GID's) -> the address its CLC came from, when they differ
-        # in family (CLC over IPv6 and RoCE over IPv4, or the other way): one host, named as
-        # its connections are
+        # (another family, interface, subnet, or a second link's port): one host, named as its
+        # connections are
         self.alias: dict[str, str] = {}
         self.frames = 0
         self.opened = 0  # connections numbered in order of opening, like tcp.stream without the probes
@@ -497,13 +497,14 @@ class Deriver:
         return self.alias.get(ip, ip)
 
     def _tie(self, gid: bytes, sender: str) -> None:
-        """The host whose CLC came from ``sender`` has the GID ``gid`` (a Proposal's, an
-        Accept's, a Confirm's, with its MAC): its RoCE frames, over IPv4 when the GID is an
-        IPv4-mapped one and over IPv6 otherwise, are that host's too, though its CLC ran over
-        the other family."""
+        """The host ``sender`` names has the GID ``gid`` (a Proposal's, an Accept's, a
+        Confirm's, an ADD LINK's): its RoCE frames, over IPv4 when the GID is an IPv4-mapped
+        one and over IPv6 otherwise, are that host's too, though they come from another
+        address than its CLC did: the other family, another interface (a RoCE port mapped by
+        PNET ID), another subnet (SMC-Rv2), a second link's port."""
         ip = _gid_ip(gid)
-        if ip is not None and (":" in ip) != (":" in sender):
-            self.alias[ip] = sender
+        if ip is not None and ip != sender:
+            self.alias[ip] = self.host_of(sender)
 
     def _qp(self, ip: str, qpn: int, known: bool = False) -> _Lgr | None:
         """The link group of the QP ``qpn`` of ``ip``. ``known``: the address is the QP's own
@@ -564,8 +565,7 @@ class Deriver:
                 if lid == 1 and link == 1:
                     lgr.qpns[key] = msg.link_num
         elif isinstance(msg, llc.AddLink) and lgr is not None and not msg.rejected and msg.qpn:
-            if src in self.alias:  # the sender's second link: the same host
-                self._tie(msg.gid, self.alias[src])
+            self._tie(msg.gid, self.host_of(src))  # the sender's next link: the same host
             self._learn_qp(msg.gid, src, msg.qpn, lgr, None)
             lgr.qpns[(_gid_ip(msg.gid) or src, msg.qpn)] = msg.link_num
             for r in msg.rkeys:

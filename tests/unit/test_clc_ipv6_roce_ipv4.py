@@ -1,12 +1,16 @@
-"""A host whose CLC runs over IPv6 while its RoCE frames go over IPv4 (its GID an
+"""A host whose CLC runs over one address while its RoCE frames go over another (its GID an
 IPv4-mapped address, which its Proposal, Accept or Confirm carries with its MAC) is one host
 (dissectors/derive.py, Deriver.alias): the summary showed it twice, its connection under the
-IPv6 address without bytes and its RDMA WRITEs under the IPv4 address in a row of their own."""
+CLC's address without bytes and its RDMA WRITEs under the RoCE address in a row of their
+own. First seen with CLC over IPv6; the same held for CLC and RoCE both over IPv4 on two
+subnets (a RoCE port on another interface, mapped by PNET ID, or SMC-Rv2 across subnets)."""
 
 from __future__ import annotations
 
 import io
 import ipaddress
+
+import pytest
 
 from dissectors.capture import read_events
 from dissectors.pcapng import LINKTYPE_ETHERNET, PcapngWriter
@@ -24,9 +28,13 @@ def mapped(ip: str) -> bytes:
     return ipaddress.IPv6Address("::ffff:" + ip).packed
 
 
-def capture() -> bytes:
-    flow = TcpFlow(Endpoint(ipaddress.IPv6Address(A6), 40000, MA), Endpoint(ipaddress.IPv6Address(B6), 5000, MB))
-    prefix = clc.IpPrefixArea(ipv6=(clc.Ipv6Prefix(ipaddress.IPv6Address("fd00::"), 64),))
+def capture(a: str = A6, b: str = B6) -> bytes:
+    """CLC between ``a`` and ``b``; RoCE between A4 and B4."""
+    flow = TcpFlow(Endpoint(ipaddress.ip_address(a), 40000, MA), Endpoint(ipaddress.ip_address(b), 5000, MB))
+    if ":" in a:
+        prefix = clc.IpPrefixArea(ipv6=(clc.Ipv6Prefix(ipaddress.IPv6Address("fd00::"), 64),))
+    else:
+        prefix = clc.IpPrefixArea(subnet=ipaddress.IPv4Address("192.168.7.0"), prefix_len=24)
     proposal = clc.Proposal(b"\1" * 8, mapped(A4), MA, version=1, prefix=prefix, smcd=None)
     common = dict(rmbe_size=1, qp_mtu=3, rmb_vaddr=0x1000, psn=1, first_contact=True, version=1)
     accept = clc.Accept(b"\2" * 8, mapped(B4), MB, QB, RKEY_B, TOKEN_B, **common)
@@ -44,13 +52,14 @@ def capture() -> bytes:
     return buf.getvalue()
 
 
-def test_clc_over_ipv6_and_roce_over_ipv4_are_one_host():
-    events = list(read_events(capture()))
-    assert {e.host for e in events if e.host} == {A6, B6}
+@pytest.mark.parametrize("a, b", [(A6, B6), ("192.168.7.1", "192.168.7.2")], ids=["clc_over_ipv6", "clc_over_another_ipv4_subnet"])
+def test_clc_and_roce_over_two_addresses_are_one_host(a, b):
+    events = list(read_events(capture(a, b)))
+    assert {e.host for e in events if e.host} == {a, b}
     d = summarize(events).to_dict()
     assert d["connections"] == {"total": 2, "modes": {"SMCR": 2}}
     rows = {(c["host"], c["role"]): c for c in d["conns"]}
-    assert set(rows) == {(A6, "client"), (B6, "server")}
-    assert rows[(A6, "client")]["bytes_written"] == 1000 and d["moved"] == 1000
+    assert set(rows) == {(a, "client"), (b, "server")}
+    assert rows[(a, "client")]["bytes_written"] == 1000 and d["moved"] == 1000
     cdcs = [(e.host, e.conn, e.lgr) for e in events if e.kind == "cdc.msg"]
-    assert cdcs == [(A6, 0, "lgr1"), (B6, 0, "lgr1")]
+    assert cdcs == [(a, 0, "lgr1"), (b, 0, "lgr1")]
