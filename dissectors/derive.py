@@ -193,6 +193,10 @@ class Deriver:
         self.flows: dict[frozenset, _Flow] = {}
         self.tokens: dict[int, int] = {}  # alert token -> conn
         self.rkeys: dict[int, int] = {}  # rkey -> conn
+        # rkey -> the rkeys of the same RMB on every link (CONFIRM RKEY, ADD LINK's pairs): an
+        # RMB is confirmed on the links there are before the CLC message that names it to its
+        # connection (smcr_lgr_reg_rmbs), and a link added meanwhile gets its rkey too
+        self.rkey_group: dict[int, frozenset[int]] = {}
         self.lgrs: dict[tuple[str, str], _Lgr] = {}  # (client peer id, server peer id) -> its latest lgr
         self.nlgrs = 0
         # a QP by its owner's address and number: kernels number QPs alike (both from 0x11),
@@ -431,7 +435,8 @@ class Deriver:
             flow.proposal = msg
         elif isinstance(msg, (clc.Accept, clc.Confirm)):
             self.tokens[msg.rmbe_alert_token] = flow.conn
-            self.rkeys[msg.rmb_rkey] = flow.conn
+            for rkey in self.rkey_group.get(msg.rmb_rkey, (msg.rmb_rkey,)):  # the RMB on every link
+                self.rkeys[rkey] = flow.conn
             if isinstance(msg, clc.Accept):
                 flow.accept = msg
             else:
@@ -491,6 +496,20 @@ class Deriver:
         if ip is None:
             known = self.qpn_guessed.get(qpn, lgr)
             self.qpn_guessed[qpn] = lgr if known is lgr else None  # two guessed QPs with one number: ambiguous
+
+    def _same_rmb(self, known: int, *others: int) -> None:
+        """``known`` and ``others`` are one RMB's rkeys on several links: each names the
+        connection ``known`` names (now, or when a CLC message names any of them later)."""
+        group = set(self.rkey_group.get(known, (known,)))
+        for rkey in others:
+            group.update(self.rkey_group.get(rkey, (rkey,)))
+        frozen = frozenset(group)
+        for rkey in frozen:
+            self.rkey_group[rkey] = frozen
+        conn = self.rkeys.get(known)
+        if conn is not None:
+            for rkey in frozen:
+                self.rkeys[rkey] = conn
 
     def host_of(self, ip: str) -> str:
         """The name of the host a RoCE frame came from (see ``alias``)."""
@@ -569,19 +588,14 @@ class Deriver:
             self._learn_qp(msg.gid, src, msg.qpn, lgr, None)
             lgr.qpns[(_gid_ip(msg.gid) or src, msg.qpn)] = msg.link_num
             for r in msg.rkeys:
-                if r.rkey in self.rkeys:
-                    self.rkeys[r.new_rkey] = self.rkeys[r.rkey]
+                self._same_rmb(r.rkey, r.new_rkey)
             if msg.response:
                 yield Event(t, "link.event", self.host_of(src), name, msg.link_num, None, {"event": "added"})
         elif isinstance(msg, llc.AddLinkCont):
             for r in msg.rkeys:
-                if r.rkey in self.rkeys:
-                    self.rkeys[r.new_rkey] = self.rkeys[r.rkey]
+                self._same_rmb(r.rkey, r.new_rkey)
         elif isinstance(msg, llc.ConfirmRkey):
-            conn = self.rkeys.get(msg.rkey)
-            for o in msg.others:
-                if conn is not None:
-                    self.rkeys[o.rkey] = conn
+            self._same_rmb(msg.rkey, *(o.rkey for o in msg.others))
         elif isinstance(msg, llc.DeleteLink) and not msg.response:
             yield Event(t, "link.event", self.host_of(src), name, None if msg.all else msg.link_num, None,
                         {"event": "deleted", "all": msg.all, "orderly": msg.orderly, "reason": msg.reason,

@@ -4,6 +4,7 @@ block and offset, with what came before kept; the recorder counts what it drops.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
 import shutil
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import pytest
 from support import tshark
-from support.traces import DIFFPREFIX, record_session
+from support.stacks import run, two_stacks, until
+from support.traces import DIFFPREFIX, lgr_types, record_session
 
 from dissectors.capture import CaptureError, read_events
 from dissectors.derive import PEERNOSMC
 from dissectors.pcapng import LINKTYPE_ETHERNET, PcapngWriter, read_packets
+from dissectors.recorder import Recorder
 from dissectors.records import RecordError, decode_record, encode_record
 from dissectors.summary import summarize
 from dissectors.tcpflow import Endpoint, TcpFlow
@@ -69,6 +72,70 @@ def test_a_classic_pcap_of_the_wire_summarizes_like_the_recording(recorded, tmp_
     kinds = {e.kind for e in read_events(pcap)}
     assert {"conn.open", "clc.msg", "llc.msg", "cdc.msg", "rdma.write", "conn.mode", "conn.fallback"} <= kinds
     assert "trace.note" not in kinds
+
+
+def _record_concurrent_on_two_links(path) -> list[Event]:
+    """Two devices a side, recorded from the start: three connections at once (the first
+    contact, and two that join while the second link is added), then three more once both
+    links are up (each with an RMB of its own, confirmed on the links before the CLC message
+    that names it), each echoing 20 KB; then the first link's port pulled and a connection
+    carried by the other."""
+    seen: list[Event] = []
+
+    async def echo(r, w):
+        w.write(await r.read())
+        w.close()
+
+    async def one(a, ca, sa, n):
+        r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
+        sent = bytes([n]) * 20_000
+        w.write(sent)
+        w.write_eof()
+        assert await r.read() == sent
+        w.close()
+        await w.wait_closed()
+
+    async def main():
+        async with two_stacks(mtu=1024, client_dev=2, server_dev=2) as (a, b, ca, sa):
+            await b.start_server(echo, sa, 5000)
+            rec = Recorder(str(path))
+            for s in (a, b):
+                seen.append(rec.attach(s))
+                s.bus.listen(seen.append)
+            # the first contact makes the group, the other two join it while its second link is added
+            await asyncio.gather(*(one(a, ca, sa, n) for n in (0, 1, 2)))
+            await until(lambda: lgr_types(a) == lgr_types(b) == ["SYM"], what="both links up")
+            await asyncio.gather(*(one(a, ca, sa, n) for n in (3, 4, 5)))
+            b.set_port(sa, False)
+            await until(lambda: b.snapshot()["failovers"] and a.snapshot()["failovers"], what="the failover on both sides")
+            await one(a, ca, sa, 6)
+            await until(lambda: not a.snapshot()["conns"] and not b.snapshot()["conns"], what="every connection closed")
+            for s in (a, b):
+                s.bus.unlisten(seen.append)
+            rec.close()
+
+    run(main())
+    return seen
+
+
+def test_a_pcap_of_two_links_gives_each_connection_its_bytes_and_each_host_one_row(tmp_path):
+    """Derived from the wire (tcpdump of two hosts with two RoCE ports each), RDMA WRITEs with
+    an rkey of the second link lost their connection when the RMB was confirmed before its
+    CLC message named it, and the second port's address was a host of its own."""
+    recorded = tmp_path / "two_links.pcapng"
+    events = _record_concurrent_on_two_links(recorded)
+    pcap = tmp_path / "wire.pcap"
+    frames_only_pcap(recorded, pcap)
+    derived = summarize(read_events(pcap)).to_dict()
+    ours = summarize(events).to_dict()
+    assert derived["connections"] == ours["connections"] == {"total": 14, "modes": {"SMCR": 14}}  # each end
+    links = {e.link for e in read_events(pcap) if e.kind == "rdma.write" and e.conn is not None}
+    assert len(links) >= 2, links  # connections' WRITEs on more than one link
+    assert not [e for e in read_events(pcap) if e.kind == "rdma.write" and e.conn is None]
+    assert sorted(c["bytes_written"] for c in derived["conns"]) == sorted(c["bytes_written"] for c in ours["conns"])
+    assert all(c["bytes_written"] == 20_000 for c in derived["conns"]), derived["conns"]
+    # one host a side, named by the address its CLC came from
+    assert len({c["host"] for c in derived["conns"]}) == 2 and all(c["local"] for c in derived["conns"]), derived["conns"]
 
 
 def test_a_pcapng_rewritten_by_tshark_without_our_records_is_derived(recorded, tmp_path):
