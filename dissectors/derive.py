@@ -55,6 +55,7 @@ from .pcapng import (
 )
 from .records import TAG_DISSECTOR_NAME, RecordError, parse_tags
 from .roce_analysis import RoceAnalysis
+from .wire_failover import FailoverWatch
 
 LINKTYPE_NULL = 0
 LINKTYPE_IPV4 = 228
@@ -210,6 +211,7 @@ class Deriver:
         # (another family, interface, subnet, or a second link's port): one host, named as its
         # connections are
         self.alias: dict[str, str] = {}
+        self.failovers = FailoverWatch()  # failovers from validation CDCs and their ACKs
         self.frames = 0
         self.opened = 0  # connections numbered in order of opening, like tcp.stream without the probes
 
@@ -261,6 +263,7 @@ class Deriver:
                 yield from self._no_clc(flow)
             elif flow.attempt:
                 yield self._attempt(flow, "unanswered", "no SYN-ACK in the capture")
+        yield from self.failovers.finish()
 
     def _attempt(self, flow: _Flow, outcome: str, cause: str, t: float | None = None) -> Event:
         """A failed SMC attempt, dated at its first SYN, named by its client (``t``: when the RST came)."""
@@ -551,9 +554,12 @@ class Deriver:
                               dropped == "tx", dropped == "rx", packet, point)  # fmt: skip
         if dropped == "rx" or (mark is not None and mark.copy):
             return  # a retransmission, a frame captured twice, or a receiver's copy of a frame that did not arrive: not a new message
-        yield from self._ib(t, src, dst, pkt.bth.opcode, pkt.bth.dest_qp, pkt.payload, pkt.reth)
+        if bth.opcode == roce.Opcode.ACKNOWLEDGE and pkt.aeth is not None and pkt.aeth.syndrome >> 5 == 0:
+            yield from self.failovers.ack(t, src, dst, bth.psn)
+            return
+        yield from self._ib(t, src, dst, bth.opcode, bth.dest_qp, pkt.payload, pkt.reth, bth.psn)
 
-    def _ib(self, t: float, src: str, dst: str, opcode: int, dest_qp: int, payload: bytes, reth) -> Iterator[Event]:
+    def _ib(self, t: float, src: str, dst: str, opcode: int, dest_qp: int, payload: bytes, reth, psn: int = 0) -> Iterator[Event]:
         lgr = self._qp(dst, dest_qp)
         link = (lgr.qpns.get((dst, dest_qp)) or lgr.link_of(dest_qp)) if lgr else None
         lgr_name = lgr.name if lgr else None
@@ -561,10 +567,11 @@ class Deriver:
             if payload[0] == cdc.CDC_TYPE:
                 msg = cdc.decode(payload)
                 conn = self.tokens.get(msg.token)
-                yield Event(t, "cdc.msg", self.host_of(src), self.conn_lgr.get(conn, lgr_name), link, conn, {"dir": "tx", **cdc_fields(msg)})
+                host, group = self.host_of(src), self.conn_lgr.get(conn, lgr_name)
+                yield Event(t, "cdc.msg", host, group, link, conn, {"dir": "tx", **cdc_fields(msg)})
                 if msg.failover_validation:
-                    yield Event(t, "link.event", self.host_of(src), self.conn_lgr.get(conn, lgr_name), link, conn,
-                                {"event": "failover_validation", "seqno": msg.seqno})  # fmt: skip
+                    yield Event(t, "link.event", host, group, link, conn, {"event": "failover_validation", "seqno": msg.seqno})
+                yield from self.failovers.cdc(t, host, group, link, conn, msg.failover_validation, src, dst, psn)
                 return
             msg = llc.decode(payload)
             raw = payload[: len(msg.encode(msg.order))]
@@ -600,6 +607,7 @@ class Deriver:
             yield Event(t, "link.event", self.host_of(src), name, None if msg.all else msg.link_num, None,
                         {"event": "deleted", "all": msg.all, "orderly": msg.orderly, "reason": msg.reason,
                          "reason_text": codes.DELETE_LINK_REASONS.format(msg.reason)})  # fmt: skip
+            yield from self.failovers.delete_link(t, self.host_of(src), name, None if msg.all else msg.link_num)
 
     # ------------------------------------------------------------------ exported PDUs
 
