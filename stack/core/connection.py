@@ -127,6 +127,11 @@ class SmcConnection:
         self.cdc_sent = 0
         self.cdc_received = 0
         self.rdma_writes = 0
+        # the data path's other events, counted whether or not anyone listens, so that a
+        # sampled subscriber (stack.runtime.coalesce) says how many each sample stands for
+        self.rx_moves = 0  # CDCs received that moved a cursor (a conn.cursor and a conn.rmb each)
+        self.reads = 0  # reads that took bytes (a conn.cursor each)
+        self.rmb_blocked = 0  # times the peer's RMB filled up under our sends (a conn.rmb each)
 
     # ------------------------------------------------------------------ identity
 
@@ -366,6 +371,7 @@ class SmcConnection:
             self.cons = Cursor((wrap + 1) & 0xFFFF, n - first)
         self.bytes_to_rcv -= n
         self.bytes_received += n
+        self.reads += 1
         bus = self.ctx.bus
         if bus.data_active:
             if bus.data_events:
@@ -494,6 +500,7 @@ class SmcConnection:
                 # the last data CDC said write-blocked; the peer updates its consumer cursor as it reads
                 if not self.write_blocked:
                     self.write_blocked = True
+                    self.rmb_blocked += 1
                     bus = self.ctx.bus
                     if bus.data_active:
                         if bus.data_events:
@@ -648,6 +655,8 @@ class SmcConnection:
             self.peer_rmbe_space = self.peer_size - curs.diff(self.rx_cons, self.tx_prod, self.peer_size)
         self.peer_write_blocked = msg.write_blocked
         self.cons_update_requested = self.cons_update_requested or msg.cons_curs_upd_req
+        if new_data or freed:
+            self.rx_moves += 1
         if bus.data_events and (new_data or freed):
             self.emit(
                 now,

@@ -30,7 +30,7 @@ from stack.wire.fields import cursor_text as _c
 # what a connection had at its last sample: RDMA WRITEs and bytes written, CDCs sent and
 # received, our producer cursor, the peer's as received, and our consumer cursor (what the
 # application had read)
-_NOTHING = (0, 0, 0, 0, Cursor(), Cursor(), None)
+_NOTHING = (0, 0, 0, 0, Cursor(), Cursor(), None, 0, 0, 0)
 
 
 class Sampler:
@@ -70,7 +70,8 @@ class Sampler:
         self._passed.pop((conn_id, "rx"), None)
 
     def _events(self, c, now: float) -> list[Event]:
-        writes, written, sent, received, tx_prod, rx_prod, cons = self._last.get(c.id, _NOTHING)
+        writes, written, sent, received, tx_prod, rx_prod, cons, moves, reads, blocked = self._last.get(c.id, _NOTHING)
+        cdcs_tx = c.cdc_sent - sent  # every CDC sent told its cursors (conn.cursor tx), whichever went as an event
         sent += self._passed.pop((c.id, "tx"), 0)
         received += self._passed.pop((c.id, "rx"), 0)
         lgr, link = c.lgr, c.link
@@ -90,16 +91,21 @@ class Sampler:
         n = c.cdc_sent - sent
         if n > 0:  # the last CDC sent carried our producer cursor and the consumer cursor we confirmed
             ev("cdc.msg", n, dir="tx", seqno=c.tx_seq, token=c.peer_token, prod=_c(c.tx_prod), cons=_c(c.cons_confirmed))
-        if n > 0 or c.tx_prod != tx_prod:
-            ev("conn.cursor", max(n, 1), side="tx", prod=_c(c.tx_prod), cons=_c(c.cons_confirmed), sent=_c(c.tx_sent), fin=_c(c.tx_fin))
+        if cdcs_tx > 0 or c.tx_prod != tx_prod:
+            ev("conn.cursor", max(cdcs_tx, 1), side="tx", prod=_c(c.tx_prod), cons=_c(c.cons_confirmed), sent=_c(c.tx_sent), fin=_c(c.tx_fin))
         n = c.cdc_received - received
         if n > 0:
             ev("cdc.msg", n, dir="rx", seqno=c.rx_seq, token=c.token, prod=_c(c.rx_prod), cons=_c(c.rx_cons))
+        # the counts of the connection's own counters: a CDC that moved no cursor told nothing
+        n = c.rx_moves - moves
         if n > 0 or c.rx_prod != rx_prod:
             ev("conn.cursor", max(n, 1), side="rx", prod=_c(c.rx_prod), cons=_c(c.rx_cons), bytes_to_rcv=c.bytes_to_rcv,
                peer_rmbe_space=c.peer_rmbe_space)  # fmt: skip
+        n += c.rmb_blocked - blocked
+        if n > 0 or c.rx_prod != rx_prod:
             ev("conn.rmb", max(n, 1), fill=c.bytes_to_rcv, size=c.rmb_size, write_blocked=c.write_blocked, peer_write_blocked=c.peer_write_blocked)
-        if (c.cons != cons) if cons is not None else c.bytes_received:  # the application read
-            ev("conn.cursor", 1, side="rx", cons=_c(c.cons), prod=_c(c.rx_prod), bytes_to_rcv=c.bytes_to_rcv)
-        self._last[c.id] = (c.rdma_writes, c.bytes_sent, c.cdc_sent, c.cdc_received, c.tx_prod, c.rx_prod, c.cons)
+        n = c.reads - reads
+        if n > 0 or ((c.cons != cons) if cons is not None else c.bytes_received):  # the application read
+            ev("conn.cursor", max(n, 1), side="rx", cons=_c(c.cons), prod=_c(c.rx_prod), bytes_to_rcv=c.bytes_to_rcv)
+        self._last[c.id] = (c.rdma_writes, c.bytes_sent, c.cdc_sent, c.cdc_received, c.tx_prod, c.rx_prod, c.cons, c.rx_moves, c.reads, c.rmb_blocked)
         return out

@@ -62,6 +62,10 @@ def _totals(events: list[dict], host: str) -> dict:
         "writes": sum(n(e) for e in mine if e["kind"] == "rdma.write"),
         "cdc_tx": sum(n(e) for e in mine if e["kind"] == "cdc.msg" and e["dir"] == "tx"),
         "cdc_rx": sum(n(e) for e in mine if e["kind"] == "cdc.msg" and e["dir"] == "rx"),
+        # every cursor move and RMB event counted too (smctop's smc_events_total adds them up)
+        "cursor_tx": sum(n(e) for e in mine if e["kind"] == "conn.cursor" and e["side"] == "tx"),
+        "cursor_rx": sum(n(e) for e in mine if e["kind"] == "conn.cursor" and e["side"] == "rx"),
+        "rmb": sum(n(e) for e in mine if e["kind"] == "conn.rmb"),
         "states": [(e["conn"], e["new"]) for e in mine if e["kind"] == "conn.state"],
         "last_tx_prod": [e["prod"] for e in mine if e["kind"] == "conn.cursor" and e["side"] == "tx" and "prod" in e][-1],
     }

@@ -16,7 +16,7 @@ def conn(**kw) -> SimpleNamespace:
         rdma_writes=0, bytes_sent=0, cdc_sent=0, cdc_received=0, bytes_received=0, tx_seq=0, rx_seq=0, token=0x10, peer_token=0x20,
         tx_prod=Cursor(0, 0), tx_sent=Cursor(0, 0), tx_fin=Cursor(0, 0), cons_confirmed=Cursor(0, 0), cons=Cursor(0, 0),
         rx_prod=Cursor(0, 0), rx_cons=Cursor(0, 0), bytes_to_rcv=0, peer_rmbe_space=1000, rmb_size=1000, write_blocked=False,
-        peer_write_blocked=False,
+        peer_write_blocked=False, rx_moves=0, reads=0, rmb_blocked=0,
     )  # fmt: skip
     c.__dict__.update(kw)
     return c
@@ -37,12 +37,14 @@ def test_a_sample_tells_what_the_connection_did_since_the_last_one() -> None:
     for _ in range(10):
         send(c, 64)
         s.touched[c.id] = c
-    c.cdc_received, c.rx_seq, c.rx_prod, c.bytes_to_rcv = 10, 10, Cursor(0, 640), 640
+    c.cdc_received, c.rx_seq, c.rx_prod, c.bytes_to_rcv, c.rx_moves = 10, 10, Cursor(0, 640), 640, 10
     by = {(e.kind, e.fields.get("dir") or e.fields.get("side")): e for e in s.sample(5.0)}
     assert by[("rdma.write", None)].fields == {"length": 640, "coalesced": 10}
     assert by[("cdc.msg", "tx")].fields == {"dir": "tx", "seqno": 10, "token": 0x20, "prod": "0:640", "cons": "0:0", "coalesced": 10}
     assert by[("cdc.msg", "rx")].fields["seqno"] == 10 and by[("cdc.msg", "rx")].fields["coalesced"] == 10
     assert by[("conn.cursor", "rx")].fields["prod"] == "0:640" and by[("conn.cursor", "rx")].fields["peer_rmbe_space"] == 1000
+    # each stands for as many as the connection's counters say were emitted: a cursor move and an RMB event per CDC that moved one
+    assert by[("conn.cursor", "rx")].fields["coalesced"] == by[("conn.rmb", None)].fields["coalesced"] == by[("conn.cursor", "tx")].fields["coalesced"] == 10
     for e in by.values():
         assert e.t == 5.0 and (e.host, e.lgr, e.link, e.conn) == ("h", "00000100", 1, 1)
         assert check_event(e) is None, e  # sampled events are events of the schema
@@ -55,13 +57,17 @@ def test_a_sample_tells_what_the_connection_did_since_the_last_one() -> None:
 
 
 def test_the_applications_read_is_its_own_cursor_move() -> None:
-    s, c = Sampler(0.1), conn(cdc_received=1, rx_seq=1, rx_prod=Cursor(0, 64), bytes_to_rcv=64)
+    s, c = Sampler(0.1), conn(cdc_received=1, rx_seq=1, rx_prod=Cursor(0, 64), bytes_to_rcv=64, rx_moves=1)
     s.touched[c.id] = c
     assert {e.kind for e in s.sample(1.0)} == {"cdc.msg", "conn.cursor", "conn.rmb"}  # the CDC's arrival
-    c.bytes_received, c.cons, c.bytes_to_rcv = 64, Cursor(0, 64), 0
+    c.bytes_received, c.cons, c.bytes_to_rcv, c.reads = 64, Cursor(0, 64), 0, 1
     s.touched[c.id] = c
     (e,) = s.sample(2.0)
     assert e.fields == {"side": "rx", "cons": "0:64", "prod": "0:64", "bytes_to_rcv": 0}
+    c.bytes_received, c.cons, c.reads = 96, Cursor(0, 96), 3  # two reads of 16 bytes
+    s.touched[c.id] = c
+    (e,) = s.sample(3.0)
+    assert e.fields["coalesced"] == 2
 
 
 def test_a_cdc_that_went_as_an_event_is_not_counted_again() -> None:
@@ -83,7 +89,7 @@ def test_a_cdc_that_went_as_an_event_is_not_counted_again() -> None:
 def test_a_closing_cdc_that_went_as_an_event_still_has_its_bytes_told() -> None:
     # the peer's last bytes and its close in one CDC: the CDC is an event of its own (not
     # counted again), the producer cursor it moved is still sampled (readers count bytes from it)
-    s, c = Sampler(0.1), conn(cdc_received=1, rx_seq=1, rx_prod=Cursor(0, 700), bytes_to_rcv=700)
+    s, c = Sampler(0.1), conn(cdc_received=1, rx_seq=1, rx_prod=Cursor(0, 700), bytes_to_rcv=700, rx_moves=1)
     s.passed(1, "rx")
     s.touched[c.id] = c
     out = {(e.kind, e.fields.get("dir") or e.fields.get("side")): e for e in s.sample(1.0)}
