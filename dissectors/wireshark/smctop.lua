@@ -585,6 +585,9 @@ local X = {
     confirm_rkey = field("smc.confirm.client.rmb.rkey"),
     add_qp = field("smc.add.link.sender.qp.number"),
     add_gid = field("smc.add.link.sender.gid"),
+    add_rejected = field("smc.add.link.response.rejected"),
+    rkey_others = field("smc.confirm.rkey.number.qp"),
+    rkey_tokens = field("smc.confirm.rkey.new.rkey"), -- CONFIRM RKEY: the RMB's rkey on this link, then on each other link
     cl_qp = field("smc.confirm.link.sender.qp.number"),
     cl_gid = field("smc.sender.gid"),
     del_reason = field("smc.delete.link.reason.code"),
@@ -616,6 +619,7 @@ local function reset()
         rec_devs = {},  -- "host|device" -> the addresses of its GIDs (from a record's snapshot: its devices)
         rec_added = {}, -- "host|device" -> {{qpn, label}...}: its links' QPs, to key by addresses learnt later
         rkeys = {},     -- rkey -> stream
+        rkey_groups = {}, -- rkey -> the rkeys of its RMB on every link (a list shared by them)
         lgs = {},       -- link group number -> {n, streams = {}}
         cursors = {},   -- alert token -> {wrap, count}
         rc = {},        -- "src>dst|destqp" -> requester flow (RC analysis)
@@ -691,6 +695,76 @@ end
 local function lg_add_stream(lg, stream)
     for _, st in ipairs(lg.streams) do if st == stream then return end end
     lg.streams[#lg.streams + 1] = stream
+end
+
+-- An RMB has an rkey on each link of its link group. CONFIRM RKEY gives its rkey on the link
+-- it is sent on and on the other links; ADD LINK v2 and ADD LINK CONTINUATION give each RMB's
+-- rkey on an existing link and on the new one. Those rkeys are kept as one group: each names
+-- the connection the known one names, now or when a CLC Accept or Confirm names any of them
+-- later. A connection that joins a link group has its RMB confirmed on every link before its
+-- CLC message (smcr_lgr_reg_rmbs), so its RDMA WRITEs on another link than the first are tied
+-- only so. The same rules as smc-trace (dissectors/derive.py, Deriver._same_rmb).
+local function rkey_group(rkey)
+    local g = S.rkey_groups[rkey]
+    if not g then
+        g = { rkey }
+        S.rkey_groups[rkey] = g
+    end
+    return g
+end
+
+local function same_rmb(known, others)
+    local group = rkey_group(known)
+    for _, rkey in ipairs(others) do
+        local g = rkey_group(rkey)
+        if g ~= group then
+            for _, r in ipairs(g) do
+                group[#group + 1] = r
+                S.rkey_groups[r] = group
+            end
+        end
+    end
+    local stream = S.rkeys[known]
+    if stream ~= nil then
+        for _, r in ipairs(group) do S.rkeys[r] = stream end
+    end
+end
+
+local function name_rmb(rkey, stream) -- a CLC Accept or Confirm names the RMB to its connection: on every link
+    for _, r in ipairs(S.rkey_groups[rkey] or { rkey }) do S.rkeys[r] = stream end
+end
+
+-- Where the LLC message Wireshark's own dissector decoded starts in the frame (its type byte,
+-- smc.llc_msg), when the frame's bytes hold at least len bytes of it; else nil
+local function llc_offset(tvb, len)
+    local fi = X.llc_msg()
+    local off = fi and fi.offset
+    if not off or off < 0 or off + len > tvb:len() or tvb(off, 1):uint() ~= fi.value then return nil end
+    return off
+end
+
+-- The rkey pairs (an RMB's rkey on a link there is, and on the new one) of an ADD LINK v2
+-- (first 72) or an ADD LINK CONTINUATION (first 8, at most two) that Wireshark's own
+-- dissector decoded, read from the message's bytes: Wireshark 4.0 shows the pairs of an ADD
+-- LINK v2 request but not of its response, and those of ADD LINK CONTINUATION from byte 6,
+-- not 8 (after the link number, the number of rkeys and two reserved bytes).
+local function rkey_pairs(tvb, llc_type)
+    local out, off, count, first_at = {}, nil, 0, 0
+    if llc_type == 0x22 then
+        off = llc_offset(tvb, 72)
+        if not off then return out end
+        -- the pairs its length holds (a big-endian length, or Wireshark would not have decoded it)
+        count, first_at = math.floor((math.min(tvb(off + 1, 2):uint(), tvb:len() - off) - 72) / 16), 72
+    elseif llc_type == 0x03 then
+        off = llc_offset(tvb, 44)
+        if not off then return out end
+        count, first_at = math.min(tvb(off + 5, 1):uint(), 2), 8
+    end
+    for i = 0, count - 1 do
+        local at = off + first_at + 16 * i
+        out[#out + 1] = { tvb(at, 4):uint(), tvb(at + 4, 4):uint() }
+    end
+    return out
 end
 
 ------------------------------------------------------------------------------ event records
@@ -1323,7 +1397,7 @@ local function smc_result(pinfo, tvb)
                 learn_qp(ip, qpn, c.lg, "server", gip == nil)
                 c.server_qp = qpn
                 if at[1] then c.server_token = at[1].value; S.tokens[at[1].value] = { stream = stream, to = "to the server" } end
-                if ak[1] then S.rkeys[ak[1].value] = stream end
+                if ak[1] then name_rmb(ak[1].value, stream) end
             end
             if #cq > 0 then
                 local gip = host_addr(cg[1] and cg[1].value)
@@ -1333,7 +1407,7 @@ local function smc_result(pinfo, tvb)
                 learn_qp(ip, qpn, c.lg, "client", gip == nil)
                 c.client_qp = qpn
                 if ct[1] then c.client_token = ct[1].value; S.tokens[ct[1].value] = { stream = stream, to = "to the client" } end
-                if ck[1] then S.rkeys[ck[1].value] = stream end
+                if ck[1] then name_rmb(ck[1].value, stream) end
             end
             lg_add_stream(c.lg, stream)
             res.ties = {}
@@ -1370,12 +1444,27 @@ local function smc_result(pinfo, tvb)
         end
     end
 
-    -- LLC (built-in decoding, v1 or big-endian v2): ADD LINK / CONFIRM LINK teach new QPs; DELETE LINK reasons
-    if first(X.llc_msg) ~= nil then
+    -- LLC (built-in decoding, v1 or big-endian v2): ADD LINK / CONFIRM LINK teach new QPs, and
+    -- with CONFIRM RKEY and ADD LINK CONTINUATION an RMB's rkeys; DELETE LINK reasons
+    local llc_type = first(X.llc_msg)
+    if llc_type ~= nil then
         local newq, newg = first(X.add_qp) or first(X.cl_qp), first(X.add_gid) or first(X.cl_gid)
         if newq and lg_of_frame and not captured_again then
             local gip = host_addr(newg)
             learn_qp(gip or src, newq, lg_of_frame, OTHER_SIDE[q_of_frame.side], gip == nil)
+            if llc_type == 0x22 and newq ~= 0 and first(X.add_rejected) ~= true then -- ADD LINK v2
+                for _, pair in ipairs(rkey_pairs(tvb, llc_type)) do same_rmb(pair[1], { pair[2] }) end
+            end
+        end
+        if not captured_again and (llc_type == 0x06 or llc_type == 0x26) then -- CONFIRM RKEY
+            local keys = by_offset(all(X.rkey_tokens))
+            if keys[1] and (first(X.rkey_others) or 0) <= 2 then
+                local others = {}
+                for i = 2, #keys do others[#others + 1] = keys[i].value end
+                same_rmb(keys[1].value, others)
+            end
+        elseif not captured_again and llc_type == 0x03 then -- ADD LINK CONTINUATION
+            for _, pair in ipairs(rkey_pairs(tvb, llc_type)) do same_rmb(pair[1], { pair[2] }) end
         end
         local r = first(X.del_reason)
         if r ~= nil then
@@ -1386,10 +1475,9 @@ local function smc_result(pinfo, tvb)
     local heur = S.llc[pinfo.number]
     if heur and heur.new_qp and lg_of_frame and not captured_again then
         learn_qp(heur.new_qp[1] or src, heur.new_qp[2], lg_of_frame, OTHER_SIDE[q_of_frame.side], heur.new_qp[1] == nil)
-        for _, pair in ipairs(heur.rkeys or {}) do
-            if S.rkeys[pair[1]] then S.rkeys[pair[2]] = S.rkeys[pair[1]] end
-        end
+        for _, pair in ipairs(heur.rkeys or {}) do same_rmb(pair[1], { pair[2] }) end
     end
+    if heur and heur.rmb and not captured_again then same_rmb(heur.rmb[1], heur.rmb[2]) end -- CONFIRM RKEY v2
 
     -- CDC: connection by alert token, flags, cursor
     local token = first(X.token)
@@ -1572,6 +1660,7 @@ local function llc_v2_le(tvb, pinfo, tree)
                 rt:add(F.llc_vaddr, tvb(off + 8, 8))
                 learnt.rkeys[#learnt.rkeys + 1] = { tvb(off, 4):uint(), tvb(off + 4, 4):uint() }
             end
+            if has_bit(flags, 0x40) or tvb(28, 3):uint() == 0 then learnt.rkeys = nil end -- rejected, or no link: no rkeys taken
         end
     elseif ty == 0x24 and n >= 9 then -- DELETE LINK v2
         ft:add(F.llc_all, tvb(3, 1))
@@ -1596,9 +1685,23 @@ local function llc_v2_le(tvb, pinfo, tree)
             t:add(F.llc_gid, tvb(off, 16))
         end
     elseif ty == 0x26 and n >= 17 then -- CONFIRM RKEY v2
+        local nk = tvb(4, 1):uint()
         t:add(F.llc_num_rkeys, tvb(4, 1))
         t:add(F.llc_rkey, tvb(5, 4))
         t:add(F.llc_vaddr, tvb(9, 8))
+        -- the RMB's rtokens on the other links (at most two): link id, rkey, address
+        local others = {}
+        for i = 0, math.min(nk, 2) - 1 do
+            local off = 17 + 13 * i
+            if off + 13 > n then break end
+            local rt = t:add(smctop, tvb(off, 13), "Rtoken " .. (i + 1))
+            rt:set_text(string.format("RMB rtoken on link %d: rkey 0x%08x", tvb(off, 1):uint(), tvb(off + 1, 4):uint()))
+            rt:add(F.llc_link_num, tvb(off, 1))
+            rt:add(F.llc_rkey, tvb(off + 1, 4))
+            rt:add(F.llc_vaddr, tvb(off + 5, 8))
+            others[#others + 1] = tvb(off + 1, 4):uint()
+        end
+        if nk <= 2 then learnt.rmb = { tvb(5, 4):uint(), others } end
     elseif ty == 0x27 and n >= 20 then -- TEST LINK v2
         t:add(F.llc_user_data, tvb(4, 16))
     elseif ty == 0x29 and n >= 8 then -- DELETE RKEY v2
