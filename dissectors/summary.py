@@ -13,6 +13,10 @@ from stack.events import BadRecord, Event, Failovers, Skipped, parse_snapshot
 from stack.wire import codes
 from stack.wire.fields import cursor_delta
 
+from .multifile import base_host
+
+SAME_FAILOVER = 1.0  # seconds: one failover in two files (two hosts' captures) begins within this of itself
+
 
 @dataclass
 class ConnSummary:
@@ -99,9 +103,20 @@ class Summary:
 
     @property
     def failovers(self) -> list[dict]:
-        """The failovers that ended (one that only began is still going when the trace ends)."""
-        return [{"host": fo.host, "lgr": fo.lgr, "from_link": fo.from_link, "to_link": fo.to_link, "conns": fo.conns, "failed": fo.failed,
-                 "duration_ms": fo.duration_ms, "t": fo.t} for fo in self.pairs if fo.duration_ms is not None]  # fmt: skip
+        """The failovers that ended (one that only began is still going when the trace ends).
+        Of several files, a failover each file has (two hosts' captures of one failover: the
+        same host, links and connections, begun within a second) is listed once."""
+        out: list[dict] = []
+        for fo in self.pairs:
+            if fo.duration_ms is None:
+                continue
+            host = base_host(fo.host)
+            if any(base_host(o["host"]) == host and o["host"] != fo.host and (o["from_link"], o["to_link"], o["conns"]) == (fo.from_link, fo.to_link, fo.conns)
+                   and abs(o["t"] - fo.t) < SAME_FAILOVER for o in out):  # fmt: skip
+                continue
+            out.append({"host": fo.host, "lgr": fo.lgr, "from_link": fo.from_link, "to_link": fo.to_link, "conns": fo.conns, "failed": fo.failed,
+                        "duration_ms": fo.duration_ms, "t": fo.t})  # fmt: skip
+        return out
 
     def to_dict(self) -> dict:
         modes = Counter(c.mode for c in self.conns.values())

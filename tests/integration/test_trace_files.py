@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import random
 import shutil
 import struct
@@ -18,6 +19,7 @@ from support import tshark
 from support.stacks import run, two_stacks, until
 from support.traces import DIFFPREFIX, lgr_types, record_session
 
+from dissectors import cli
 from dissectors.capture import CaptureError, read_events
 from dissectors.derive import PEERNOSMC
 from dissectors.pcapng import LINKTYPE_ETHERNET, PcapngWriter, read_packets
@@ -87,6 +89,11 @@ def _record_concurrent_on_two_links(path) -> list[Event]:
         w.write(await r.read())
         w.close()
 
+    async def echo_as_it_comes(r, w):
+        while data := await r.read(1 << 16):
+            w.write(data)
+        w.close()
+
     async def one(a, ca, sa, n):
         r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
         sent = bytes([n]) * 20_000
@@ -99,6 +106,7 @@ def _record_concurrent_on_two_links(path) -> list[Event]:
     async def main():
         async with two_stacks(mtu=1024, client_dev=2, server_dev=2) as (a, b, ca, sa):
             await b.start_server(echo, sa, 5000)
+            await b.start_server(echo_as_it_comes, sa, 5001)
             rec = Recorder(str(path))
             for s in (a, b):
                 seen.append(rec.attach(s))
@@ -107,16 +115,17 @@ def _record_concurrent_on_two_links(path) -> list[Event]:
             await asyncio.gather(*(one(a, ca, sa, n) for n in (0, 1, 2)))
             await until(lambda: lgr_types(a) == lgr_types(b) == ["SYM"], what="both links up")
             await asyncio.gather(*(one(a, ca, sa, n) for n in (3, 4, 5)))
-            both = [await a.open_connection(sa, 5000, local_addr=(ca, 0)) for _ in range(2)]
-            for _, w in both:
+            # echoed back before the pull: every byte delivered, and none written again after the failover
+            both = [await a.open_connection(sa, 5001, local_addr=(ca, 0)) for _ in range(2)]
+            for r, w in both:
                 w.write(b"o" * 20_000)
-                await w.drain()
+                assert await r.readexactly(20_000) == b"o" * 20_000
             b.set_port(sa, False)
             await until(lambda: b.snapshot()["failovers"] and a.snapshot()["failovers"], what="the failover on both sides")
             for r, w in both:
                 w.write(b"o" * 20_000)
                 w.write_eof()
-                assert await r.read() == b"o" * 40_000
+                assert await r.read() == b"o" * 20_000
                 w.close()
             await one(a, ca, sa, 6)
             await until(lambda: not a.snapshot()["conns"] and not b.snapshot()["conns"], what="every connection closed")
@@ -167,6 +176,23 @@ def test_a_pcap_of_a_failover_shows_it_as_the_stacks_reported_it(two_links):
     for f in derived:  # from the first validation CDC to the ACK of the last: within what the stack measured, which waits for its completion
         stack = next(o for o in ours if hosts[o["host"]] == f["host"] and o["conns"])
         assert 0 <= f["duration_ms"] <= stack["duration_ms"] + 1.0, (f, stack)
+
+
+def test_one_failover_in_two_files_is_listed_once(two_links, tmp_path, capsys):
+    """Two hosts' captures of one failover (here the same capture twice, as each host's
+    tcpdump sees both ends' frames): each failover once, by the first file's name."""
+    events, pcap = two_links
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        shutil.copy(pcap, tmp_path / d / "host.pcap")
+    assert cli.main(["summary", "--json", str(pcap)]) == 0
+    alone = json.loads(capsys.readouterr().out)["failovers"]
+    assert cli.main(["summary", "--json", str(tmp_path / "a" / "host.pcap"), str(tmp_path / "b" / "host.pcap")]) == 0
+    both = json.loads(capsys.readouterr().out)["failovers"]
+    assert len(alone) == 2 and [(f["host"].partition("@")[0], f["from_link"], f["conns"]) for f in both] == [
+        (f["host"], f["from_link"], f["conns"]) for f in alone
+    ], (alone, both)
 
 
 def test_a_pcapng_rewritten_by_tshark_without_our_records_is_derived(recorded, tmp_path):
