@@ -608,6 +608,27 @@ def check_client(args) -> None:
         raise UsageError(f"--duration 0 with no {end}: the run would never end; give a duration or {end}")
 
 
+def check_route(cfg: StackConfig, args) -> None:
+    """An IPv4 client connection leaves from the first soft device's address (run_client):
+    UsageError when --connect cannot be reached from there (a server on another host with the
+    default device 127.1.0.1 was an "Invalid argument" from the kernel, per connection)."""
+    if args.connect_family != socket.AF_INET or not cfg.devices or cfg.devices[0].provider != "soft":
+        return
+    src = cfg.devices[0].addr
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((src, 0))
+        except OSError:
+            return  # not an address of this host: the device says so when it starts
+        try:
+            s.connect(args.connect)
+        except OSError as e:
+            default = "" if args.device else ", 127.1.0.1 by default"
+            raise UsageError(f"--connect {hostport_text(*args.connect)}: cannot be reached from {src}, the address the client's "
+                             f"connections leave from (its first --device{default}): {e.strerror}; "
+                             "give --device this host's address towards the server") from None  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
@@ -622,8 +643,10 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as e:
             ap.error(str(e))
     try:
-        stack_config(args, args.role)  # what the stack's configuration refuses is a usage error too
-    except ValueError as e:
+        cfg = stack_config(args, args.role)  # what the stack's configuration refuses is a usage error too
+        if args.role == "client":
+            check_route(cfg, args)
+    except (ValueError, UsageError) as e:
         ap.error(str(e))
     try:
         return asyncio.run(run_server(args) if args.role == "server" else run_client(args))

@@ -91,6 +91,9 @@ class _Serving:
     (["client", "--mode", "crr", "--duration", "0", "--bytes", "1M"], "--duration 0 with no --count"),
     (["server", "--decline", "-1"], "argument --decline: reason -1 is not a decline code (1 to 0xffffffff)"),
     (["server", "--decline", "0x100000000"], "reason 0x100000000 is not a decline code"),
+    # a server on another host, the client's device left at its default on loopback: once, not an EINVAL per connection
+    (["client", "--connect", "192.0.2.1:5000", "--bytes", "1M"],
+     "--connect 192.0.2.1:5000: cannot be reached from 127.1.0.1, the address the client's connections leave from (its first --device, 127.1.0.1 by default)"),
 ])  # fmt: skip
 def test_bad_arguments_are_usage_errors_naming_option_and_value(capsys, argv, words) -> None:
     rc, out, err = _main(capsys, *argv)
