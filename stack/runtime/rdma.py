@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import itertools
 import random
 from dataclasses import dataclass, field, replace
@@ -458,3 +459,22 @@ def check_specs(specs) -> None:
             raise VerbsError(errno.EINVAL, f"device {s.name or s.addr}: gso {s.gso!r} must be 'auto', 'on' or 'off'")
         if s.provider == "soft" and not s.addr:
             raise VerbsError(errno.EINVAL, f"soft device {s.name or '?'}: give its address (addr=...)")
+        if s.provider == "soft":
+            why = not_a_device_address(s.addr)
+            if why:
+                raise VerbsError(errno.EINVAL, f"soft device {s.addr}: {why}")
+
+
+def not_a_device_address(addr: str) -> str | None:
+    """Why ``addr`` cannot be a soft device's (its GID, the address its RoCEv2 frames come
+    from and go to), or None. A wildcard would take UDP port 4791 of every address of the
+    host, so no other device (a client's, on the same host) could start."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None  # the device says what is wrong with it when it starts
+    if ip.is_unspecified:
+        return "the unspecified address listens on every address; a device needs one of its own"
+    if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "a multicast or broadcast address is no device's address"
+    return None

@@ -9,7 +9,7 @@ r"""smc-traffic: drive test traffic through the embedded SMC-R stack.
         --fail-link 2 --restore-link 5                                    # failover and back
 
 Each side runs its own stack with a soft RoCE device on its IPv4 address (``--device``,
-default: the listen address for the server, or 127.1.0.2 when that is IPv6, and 127.1.0.1
+default: the listen address for the server, or 127.1.0.2 when that is IPv6 or 0.0.0.0, and 127.1.0.1
 for the client, whose IPv4 TCP connection also leaves from the first device's address).
 IPv6 addresses go in brackets (``--connect [::1]:5000``); the devices stay IPv4 and an
 IPv6 connection negotiates SMC-Rv1, as the kernel's does. Give ``--device`` twice for a
@@ -34,7 +34,7 @@ from stack.core.config import Limits, SmcConfig, Timeouts
 from stack.events import JsonlWriter
 from stack.runtime import Capability
 from stack.runtime.control import CommandError, parse_reason
-from stack.runtime.rdma import DeviceSpec
+from stack.runtime.rdma import DeviceSpec, not_a_device_address
 from stack.runtime.stack import Stack, StackConfig
 from stack.wire import codes
 
@@ -110,9 +110,13 @@ def hostport_text(host: str, port: int) -> str:
 def device_addr(text: str) -> str:
     """A soft RoCE device's address: IPv4 (its GID is IPv4-mapped, as Soft-RoCE's are)."""
     try:
-        return str(ipaddress.IPv4Address(text))
+        addr = str(ipaddress.IPv4Address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address (a soft RoCE device is on one, also for IPv6 traffic)") from None
+    why = not_a_device_address(addr)
+    if why:
+        raise argparse.ArgumentTypeError(f"{text!r}: {why}")
+    return addr
 
 
 MAX_SEED = (1 << 32) - 1
@@ -302,13 +306,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def default_device(args, role: str) -> str:
-    """The server's listen address when it is IPv4, else (IPv6, a name) 127.1.0.2; 127.1.0.1
-    for the client."""
+    """The server's listen address when it is one IPv4 address, else (IPv6, a name, 0.0.0.0
+    for every address) 127.1.0.2; 127.1.0.1 for the client."""
     if role == "server":
         try:
-            return str(ipaddress.IPv4Address(args.listen[0]))
+            addr = ipaddress.IPv4Address(args.listen[0])
         except ValueError:
             return "127.1.0.2"
+        return "127.1.0.2" if not_a_device_address(str(addr)) else str(addr)
     return "127.1.0.1"
 
 

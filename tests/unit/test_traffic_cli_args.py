@@ -78,6 +78,9 @@ class _Serving:
     (["client", "--mode", "rr", "--size", "5G", "--count", "1"], "argument --size: '5G': a message is at most 16M"),
     (["client", "--device", "notanip"], "argument --device: 'notanip' is not an IPv4 address"),
     (["server", "--device", "notanip"], "argument --device: 'notanip' is not an IPv4 address"),
+    # a wildcard device would take port 4791 of every address: no client on the host could start
+    (["server", "--device", "0.0.0.0"], "argument --device: '0.0.0.0': the unspecified address listens on every address"),
+    (["client", "--device", "224.0.0.1"], "argument --device: '224.0.0.1': a multicast or broadcast address is no device's address"),
     (["server", "--listen", "::1:5000"], "an IPv6 address goes in brackets, like [::1]:5000"),
     (["client", "--connect", "[zz]:5000"], "'[zz]:5000': [zz] is not an IPv6 address"),
     (["client", "--connect", "999.1.1.1:5000", "--bytes", "1M"], "--connect 999.1.1.1:5000: cannot resolve host '999.1.1.1'"),
@@ -106,6 +109,14 @@ def test_a_bad_seed_is_a_usage_error_as_a_process_too() -> None:
     res = _cli("client", "--connect", "127.1.0.2:5101", "--seed", "-1", "--bytes", "1M")
     assert res.returncode == 2 and "argument --seed: -1 is out of range" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and "struct.error" not in res.stderr, res.stderr
+
+
+def test_a_server_listening_on_every_address_has_its_device_on_one() -> None:
+    # its device was 0.0.0.0, bound to UDP 4791 of every address: a client on the same host
+    # then failed with "cannot bind 127.1.0.1:4791: Address already in use"
+    for listen, device in (("0.0.0.0:5000", "127.1.0.2"), ("[::]:5000", "127.1.0.2"), ("127.1.3.2:5000", "127.1.3.2")):
+        args = cli.parser().parse_args(["server", "--listen", listen])
+        assert [d.addr for d in cli.stack_config(args, "server").devices] == [device], listen
 
 
 def test_host_and_port_parsing() -> None:
