@@ -286,6 +286,7 @@ class Deriver:
             fields = {"reason": reason, "reason_text": codes.format_reason(reason) if reason else "not SMC", "cause": "no CLC handshake on this connection"}
             yield Event(t, "conn.fallback", end[0], conn=flow.conn, fields=fields)
             yield Event(t, "conn.mode", end[0], conn=flow.conn, fields={"mode": "TCP", "reason": reason})
+            yield _active(t, end[0], None, None, flow.conn)
 
     # ------------------------------------------------------------------ TCP and CLC
 
@@ -462,6 +463,7 @@ class Deriver:
                 flow.clc_done.update((flow.client, flow.server))
                 for end in (flow.client, flow.server):
                     yield Event(t, "conn.mode", end[0], lgr.name, 1, flow.conn, {"mode": "SMCR", "version": msg.version, "first_contact": msg.first_contact})
+                    yield _active(t, end[0], lgr.name, 1, flow.conn)
         elif isinstance(msg, clc.Decline):
             flow.outcome = "TCP"
             flow.clc_done.update((flow.client, flow.server))
@@ -479,6 +481,7 @@ class Deriver:
                     fields["peer_diagnosis"], fields["peer_diagnosis_text"] = reason, codes.format_reason(reason) if reason else ""
             yield Event(t, "conn.fallback", end[0], conn=flow.conn, fields=fields)
             yield Event(t, "conn.mode", end[0], conn=flow.conn, fields={"mode": "TCP", "reason": own})
+            yield _active(t, end[0], None, None, flow.conn)
 
     def _lgr(self, client_id: str, server_id: str, new: bool = False) -> _Lgr:
         lgr = self.lgrs.get((client_id, server_id))
@@ -631,6 +634,12 @@ def _pdu_address(tags: dict, v4: int, v6: int) -> str:
     if len(tags.get(v6, b"")) == 16:
         return str(ipaddress.IPv6Address(tags[v6]))
     return ""
+
+
+def _active(t: float, host: str, lgr: str | None, link: int | None, conn: int) -> Event:
+    """An end's handshake is done, over SMC-R or fallen back: ACTIVE, as the stack and the
+    kernel (smcss) say of an open connection either way."""
+    return Event(t, "conn.state", host, lgr, link, conn, {"old": "INIT", "new": "ACTIVE", "cause": "handshake_done"})
 
 
 def dropped_at(p: Packet) -> str | None:

@@ -195,6 +195,22 @@ def test_one_failover_in_two_files_is_listed_once(two_links, tmp_path, capsys):
     ], (alone, both)
 
 
+def test_every_connection_end_of_a_capture_is_active_once_its_handshake_is_done(recorded, tmp_path):
+    """Over SMC-R or fallen back, an open connection is ACTIVE (as the stack and smcss say):
+    derived from the wire, an end went from nothing to CLOSED, and one still open when the
+    capture ended showed INIT in smctop's replay."""
+    path, events, _ = recorded
+    pcap = tmp_path / "wire.pcap"
+    frames_only_pcap(path, pcap)
+    states: dict[tuple[str, int], list[str]] = {}
+    for e in read_events(pcap):
+        if e.kind == "conn.state":
+            states.setdefault((e.host, e.conn), []).append(e.get("new"))
+    ours = {(e.host, e.conn) for e in events if e.kind == "conn.state" and e.get("new") == "ACTIVE"}
+    assert len(states) == len(ours) == 6, (states, ours)  # 3 connections (SMC-R and fallen back), each end
+    assert all(s == ["ACTIVE", "CLOSED"] for s in states.values()), states
+
+
 def test_a_pcapng_rewritten_by_tshark_without_our_records_is_derived(recorded, tmp_path):
     if shutil.which("tshark") is None:
         pytest.skip("tshark is not installed: run the README's test command")
