@@ -23,14 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "dissectors" / "wireshark" / "smctop.lua"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def need_tshark():
-    try:
-        tshark.tshark_path()
-    except RuntimeError as e:
-        pytest.skip(str(e))
-
-
 def plugin_ties(path, *extra: str) -> dict[int, tuple[dict, str | None, str | None]]:
     """Frame number -> (its layers, the plugin's smctop.stream and smctop.connection), for the
     SMC and RoCE frames (a display filter: without one, tshark -2 gives the plugin no fields
