@@ -375,7 +375,7 @@ class SmcConnection:
         bus = self.ctx.bus
         if bus.data_active:
             if bus.data_events:
-                self.emit(now, "conn.cursor", side="rx", cons=_c(self.cons), prod=_c(self.rx_prod), bytes_to_rcv=self.bytes_to_rcv)
+                self.emit_fields(now, "conn.cursor", {"side": "rx", "cons": _c(self.cons), "prod": _c(self.rx_prod), "bytes_to_rcv": self.bytes_to_rcv})
             bus.touch(self)
         if urgent:
             self._consumer_moved(now)
@@ -504,7 +504,7 @@ class SmcConnection:
                     bus = self.ctx.bus
                     if bus.data_active:
                         if bus.data_events:
-                            self.emit(now, "conn.rmb", write_blocked=True, peer_rmbe_space=0, pending=to_send)
+                            self.emit_fields(now, "conn.rmb", {"write_blocked": True, "peer_rmbe_space": 0, "pending": to_send})
                         bus.touch(self)
                 break
             if not link.has_room(3):
@@ -545,7 +545,7 @@ class SmcConnection:
             self.link.post_write(sges, vaddr + self.tx_off + dst_off, rkey, now)
             self.rdma_writes += 1
             if self.ctx.bus.data_events:  # a sampler is told by send_cdc, which follows
-                self.emit(now, "rdma.write", offset=dst_off, length=length, rkey=rkey)
+                self.emit_fields(now, "rdma.write", {"offset": dst_off, "length": length, "rkey": rkey})
 
     def send_cdc(self, now: float) -> bool:
         """One CDC with the current producer and consumer cursors (and flags)."""
@@ -572,7 +572,7 @@ class SmcConnection:
             if bus.data_events or (state or prod_flags & MARKING_PROD_FLAGS) and bus.active:
                 # the event's fields from the values packed, without a CdcMessage
                 self.emit_fields(now, "cdc.msg", _cdc_fields_of(seq, token, prod, cons, prod_flags, state, payload, "tx"))
-                self.emit(now, "conn.cursor", side="tx", prod=_c(prod), cons=_c(cons), sent=_c(self.tx_sent), fin=_c(self.tx_fin))
+                self.emit_fields(now, "conn.cursor", {"side": "tx", "prod": _c(prod), "cons": _c(cons), "sent": _c(self.tx_sent), "fin": _c(self.tx_fin)})
             bus.touch(self)
         return True
 
@@ -658,16 +658,11 @@ class SmcConnection:
         if new_data or freed:
             self.rx_moves += 1
         if bus.data_events and (new_data or freed):
-            self.emit(
-                now,
-                "conn.cursor",
-                side="rx",
-                prod=_c(self.rx_prod),
-                cons=_c(self.rx_cons),
-                bytes_to_rcv=self.bytes_to_rcv,
-                peer_rmbe_space=self.peer_rmbe_space,
-            )
-            self.emit(now, "conn.rmb", fill=self.bytes_to_rcv, size=self.rmb_size, write_blocked=self.write_blocked, peer_write_blocked=msg.write_blocked)
+            # the record straight away (emit_fields: the data path's events come by the hundred thousand)
+            self.emit_fields(now, "conn.cursor", {"side": "rx", "prod": _c(self.rx_prod), "cons": _c(self.rx_cons), "bytes_to_rcv": self.bytes_to_rcv,
+                                                  "peer_rmbe_space": self.peer_rmbe_space})  # fmt: skip
+            self.emit_fields(now, "conn.rmb", {"fill": self.bytes_to_rcv, "size": self.rmb_size, "write_blocked": self.write_blocked,
+                                               "peer_write_blocked": msg.write_blocked})  # fmt: skip
         if new_data:
             self.io.conn_readable(self.id)
         if freed:
