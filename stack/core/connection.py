@@ -657,12 +657,11 @@ class SmcConnection:
         self.cons_update_requested = self.cons_update_requested or msg.cons_curs_upd_req
         if new_data or freed:
             self.rx_moves += 1
-        if bus.data_events and (new_data or freed):
-            # the record straight away (emit_fields: the data path's events come by the hundred thousand)
-            self.emit_fields(now, "conn.cursor", {"side": "rx", "prod": _c(self.rx_prod), "cons": _c(self.rx_cons), "bytes_to_rcv": self.bytes_to_rcv,
-                                                  "peer_rmbe_space": self.peer_rmbe_space})  # fmt: skip
-            self.emit_fields(now, "conn.rmb", {"fill": self.bytes_to_rcv, "size": self.rmb_size, "write_blocked": self.write_blocked,
-                                               "peer_write_blocked": msg.write_blocked})  # fmt: skip
+            if bus.data_events:  # the record straight away: the data path's events come by the hundred thousand
+                self.emit_fields(now, "conn.cursor", {"side": "rx", "prod": _c(self.rx_prod), "cons": _c(self.rx_cons), "bytes_to_rcv": self.bytes_to_rcv,
+                                                      "peer_rmbe_space": self.peer_rmbe_space})  # fmt: skip
+                self.emit_fields(now, "conn.rmb", {"fill": self.bytes_to_rcv, "size": self.rmb_size, "write_blocked": self.write_blocked,
+                                                   "peer_write_blocked": msg.write_blocked})  # fmt: skip
         if new_data:
             self.io.conn_readable(self.id)
         if freed:

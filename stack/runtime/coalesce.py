@@ -9,8 +9,9 @@ is *sampled*: the bus builds no data-path event for it (``EventBus.data_events``
 false) and only notes which connections moved (``EventBus.touch``); at the end of each
 interval the :class:`Sampler` reads those connections and writes, per connection, the
 events it would have had last, with ``coalesced`` counting the ones they stand for (from the
-connection's own counters: CDCs sent and received, RDMA WRITEs, and an ``rdma.write``'s
-``length`` the bytes written since the last sample).
+connection's own counters: CDCs sent and received, RDMA WRITEs, CDCs that moved a cursor,
+reads, times the peer's RMB filled up; an ``rdma.write``'s ``length`` is the bytes written
+since the last sample).
 
 Every other event comes as it happened, and a sample of its connection right after it (so a
 connection's progress is told by its close, after the conn.mode that says its RMB's size),
@@ -28,8 +29,8 @@ from stack.wire.cdc import Cursor
 from stack.wire.fields import cursor_text as _c
 
 # what a connection had at its last sample: RDMA WRITEs and bytes written, CDCs sent and
-# received, our producer cursor, the peer's as received, and our consumer cursor (what the
-# application had read)
+# received, our producer cursor, the peer's as received, our consumer cursor (what the
+# application had read), and its counts of CDCs that moved a cursor, reads and RMB fill-ups
 _NOTHING = (0, 0, 0, 0, Cursor(), Cursor(), None, 0, 0, 0)
 
 
