@@ -542,9 +542,8 @@ async def run_client(args) -> int:
         async with Stack(cfg) as host:
             if events:
                 events.listen(host.bus)
-            # an IPv4 connection leaves from the first device's address; an IPv6 one cannot
-            ipv4 = args.connect_family == socket.AF_INET
-            local = (cfg.devices[0].addr, 0) if ipv4 and cfg.devices and cfg.devices[0].provider == "soft" else None
+            src = client_source(cfg, args)
+            local = (src, 0) if src else None
 
             async def open_conn():
                 return await host.open_connection(*args.connect, smc=not args.no_smc, local_addr=local)
@@ -613,13 +612,22 @@ def check_client(args) -> None:
         raise UsageError(f"--duration 0 with no {end}: the run would never end; give a duration or {end}")
 
 
-def check_route(cfg: StackConfig, args) -> None:
-    """An IPv4 client connection leaves from the first soft device's address (run_client):
-    UsageError when --connect cannot be reached from there (a server on another host with the
-    default device 127.1.0.1 was an "Invalid argument" from the kernel, per connection)."""
+def client_source(cfg: StackConfig, args) -> str | None:
+    """The address a client's connections leave from: an IPv4 connection from the first soft
+    device's (its CLC then comes from its RoCE address, as a kernel's on one interface does);
+    an IPv6 one cannot, and goes as the kernel routes it (None)."""
     if args.connect_family != socket.AF_INET or not cfg.devices or cfg.devices[0].provider != "soft":
+        return None
+    return cfg.devices[0].addr
+
+
+def check_route(cfg: StackConfig, args) -> None:
+    """UsageError when --connect cannot be reached from the address the client's connections
+    leave from (client_source): a server on another host with the default device 127.1.0.1
+    was an "Invalid argument" from the kernel, per connection."""
+    src = client_source(cfg, args)
+    if src is None:
         return
-    src = cfg.devices[0].addr
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.bind((src, 0))
