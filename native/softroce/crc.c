@@ -146,6 +146,14 @@ uint32_t sr_crc32(uint32_t crc, const uint8_t *buf, size_t len) {
     return len ? (uint32_t)crc32(crc, buf, (unsigned)len) : crc;
 }
 
+int sr_crc32_small(void) {
+#if defined(__x86_64__)
+    return small_ok;
+#else
+    return 0;
+#endif
+}
+
 /* 1: the folded CRC equals zlib's on a spread of lengths and offsets; 0: it is switched off */
 int sr_crc32_selftest(void) {
 #if defined(__x86_64__)

@@ -701,6 +701,7 @@ PyMODINIT_FUNC PyInit__softroce(void) {
     PyModule_AddIntConstant(m, "WINDOW", SR_WINDOW);
     PyModule_AddIntConstant(m, "TAP_RECORD_HEADER", (long)sizeof(sr_taprec));
     PyModule_AddIntConstant(m, "CRC_FOLDED", sr_crc32_selftest());
+    PyModule_AddIntConstant(m, "CRC_SMALL", sr_crc32_small()); /* after the self-test, which may switch them off */
     PyModule_AddIntConstant(m, "ACK_EVERY", SR_ACK_EVERY);
     return m;
 }

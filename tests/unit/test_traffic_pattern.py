@@ -2,6 +2,7 @@
 (inside a read, at its edges, across the pattern block's end), for bytes, bytearray and
 memoryview reads, and the CRC follows the bytes actually received."""
 
+import platform
 import zlib
 
 import pytest
@@ -59,6 +60,16 @@ def test_the_checksum_is_zlibs_crc32_whichever_runs(data, seed, skip):
     any length, start value and alignment, so either end may run either one."""
     view = memoryview(data)[min(skip, len(data)) :]
     assert crc32(view, seed) == zlib.crc32(view, seed)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not softroce.available()[0], reason="the tables and the fold are x86-64's")
+def test_the_compiled_crc_runs_its_fast_paths_on_x86_64():
+    # both agree with zlib (above) whether or not they run: a self-test that switched one off
+    # at load (it disagreed with zlib) would leave the values right and the speed gone
+    m = softroce.load()
+    assert m.CRC_SMALL == 1  # pieces under 64 bytes (every frame's ICRC headers) by tables
+    flags = open("/proc/cpuinfo").read().split()
+    assert m.CRC_FOLDED == int("pclmulqdq" in flags and "sse4_1" in flags)  # the rest folded with PCLMULQDQ where the CPU has it
 
 
 def test_without_the_compiled_engine_the_checksum_is_zlibs(monkeypatch):
