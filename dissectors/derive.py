@@ -461,8 +461,15 @@ class Deriver:
                 self.conn_lgr[flow.conn] = lgr.name
                 flow.outcome = "SMCR"
                 flow.clc_done.update((flow.client, flow.server))
-                for end in (flow.client, flow.server):
-                    yield Event(t, "conn.mode", end[0], lgr.name, 1, flow.conn, {"mode": "SMCR", "version": msg.version, "first_contact": msg.first_contact})
+                for end, own, peer in ((flow.client, msg, accept), (flow.server, accept, msg)):
+                    fields = {"mode": "SMCR", "version": msg.version, "first_contact": msg.first_contact}
+                    # each end's RMB and token as the CLC announced them: the producer cursors of
+                    # the CDCs run over the receiver's RMB, so counting bytes from them needs its size
+                    if own is not None:
+                        fields.update(token=own.rmbe_alert_token, rmb_size=clc.rmbe_size_bytes(own.rmbe_size))
+                    if peer is not None:
+                        fields.update(peer_token=peer.rmbe_alert_token, peer_rmb_size=clc.rmbe_size_bytes(peer.rmbe_size))
+                    yield Event(t, "conn.mode", end[0], lgr.name, 1, flow.conn, fields)
                     yield _active(t, end[0], lgr.name, 1, flow.conn)
         elif isinstance(msg, clc.Decline):
             flow.outcome = "TCP"

@@ -11,7 +11,7 @@ from typing import Iterable
 
 from stack.events import BadRecord, Event, Failovers, Skipped, parse_snapshot
 from stack.wire import codes
-from stack.wire.fields import cursor_delta
+from stack.wire.fields import WRAP, cursor_delta, parse_cursor
 
 from .multifile import base_host
 
@@ -42,6 +42,16 @@ class ConnSummary:
     rmb_size: int = 0
     rx_prod: str | None = None  # the peer's producer cursor (wrap:count) as the last CDC said
     rx_written: int = 0  # what the peer wrote into our RMB, from those cursors' advances
+    rx_seen: bool = False  # the trace showed this end's receive cursors (a capture shows only what each end sent)
+    # this end's producer cursor (into the peer's RMB) at its furthest, as its CDCs and cursor
+    # events said, and its advances in whole wraps and counts (the peer's RMB size, which a
+    # wrap is worth, may come later). A failover writes again what the old link may have
+    # lost: the cursor goes back, and those bytes are not counted twice.
+    tx_prod: str | None = None
+    tx_wraps: int = 0
+    tx_counts: int = 0
+    written_before: int = 0  # RDMA WRITE payload seen before the first of those cursors
+    peer_rmb_size: int = 0
 
     @property
     def received(self) -> int:
@@ -54,11 +64,32 @@ class ConnSummary:
         smctop's model does)."""
         self.rx_written += cursor_delta(self.rx_prod, prod, self.rmb_size)
         self.rx_prod = prod
+        self.rx_seen = True
+
+    def own_cursor(self, prod: str) -> None:
+        """This end's producer cursor ``wrap:count`` as a CDC it sent or its cursor event said:
+        count how far it went beyond its furthest so far (a cursor sent back by a failover
+        counts once it passes where it had been)."""
+        if self.tx_prod is None:
+            self.tx_prod = prod
+            return
+        w0, c0 = parse_cursor(self.tx_prod)
+        w1, c1 = parse_cursor(prod)
+        wraps = (w1 - w0) % WRAP
+        if wraps >= WRAP // 2 or (wraps == 0 and c1 <= c0):  # behind (a failover's rewind) or not moved
+            return
+        self.tx_wraps += wraps
+        self.tx_counts += c1 - c0
+        self.tx_prod = prod
 
     @property
     def moved(self) -> int:
-        """What this end sent, each byte once: its RDMA WRITE payload, or, where the trace
-        shows no WRITEs (the kernel as a source sees the application's sends), its sends."""
+        """What this end sent, each byte once: its RDMA WRITEs as far as its producer cursor
+        went (with the WRITEs seen before the trace showed the cursor; a failover's second
+        copies are not new bytes), or, where the trace shows no WRITEs (the kernel as a source
+        sees the application's sends), its sends."""
+        if self.bytes_written and (self.tx_counts or self.tx_wraps) and (self.peer_rmb_size or not self.tx_wraps):
+            return self.written_before + self.tx_wraps * self.peer_rmb_size + self.tx_counts
         return self.bytes_written or self.bytes_sent or 0
 
     @property
@@ -86,12 +117,24 @@ class Summary:
     start: float = 0.0  # the trace's first event
     attempts: dict[tuple[str, str, str], list] = field(default_factory=dict)  # (client, server, outcome) -> [count, first t, last t]
 
+    def _peer_end(self) -> dict[int, ConnSummary]:
+        """id of each connection end -> its other end, where the trace has both."""
+        ends = {(c.local, c.peer): c for c in self.conns.values() if c.local and c.peer}
+        return {id(c): ends[(c.peer, c.local)] for c in self.conns.values() if c.local and c.peer and (c.peer, c.local) in ends}
+
     @property
     def moved(self) -> int:
         """Every byte once, as smctop counts it: what each end sent, and what an end received
         from a peer the trace does not have (a recording of one host)."""
-        ends = {(c.local, c.peer) for c in self.conns.values() if c.local and c.peer}
-        return sum(c.moved + (c.received if not c.local or not c.peer or (c.peer, c.local) not in ends else 0) for c in self.conns.values())
+        peers = self._peer_end()
+        return sum(c.moved + (c.received if id(c) not in peers else 0) for c in self.conns.values())
+
+    def received(self, c: ConnSummary, peers: dict[int, ConnSummary]) -> int:
+        """What end ``c`` received: as it counted it, or, where the trace shows only what each
+        end sent (a capture of the wire: CDCs, not their receipt), what its peer sent."""
+        if c.bytes_received is None and not c.rx_seen and id(c) in peers:
+            return peers[id(c)].moved
+        return c.received
 
     @property
     def sees_data(self) -> bool:
@@ -120,6 +163,7 @@ class Summary:
 
     def to_dict(self) -> dict:
         modes = Counter(c.mode for c in self.conns.values())
+        peers = self._peer_end()
         return {
             "skipped": self.skipped.to_dict(),
             "events": self.events, "duration_s": round(self.duration, 6), "kinds": dict(sorted(self.kinds.items())),
@@ -137,7 +181,7 @@ class Summary:
             "conns": [
                 {"host": c.host, "conn": c.conn, "role": c.role, "local": c.local, "peer": c.peer, "mode": c.mode, "version": c.version,
                  "reason": c.reason, "reason_text": c.reason_text, "lgr": c.lgr, "bytes_written": c.bytes_written,
-                 "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received, "moved": c.moved, "received": c.received,
+                 "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received, "moved": c.moved, "received": self.received(c, peers),
                  "throughput_mbps": round(c.throughput_mbps, 3), "state": c.state, "error": c.error}
                 for c in sorted(self.conns.values(), key=lambda c: (c.host, c.conn))
             ],
@@ -160,14 +204,20 @@ def summarize(events: Iterable[Event]) -> Summary:
                 c = s.conns[(e.host, e.conn)] = ConnSummary(e.host, e.conn)
             if e.lgr:
                 c.lgr = e.lgr
+        if c is not None and type(g("prod")) is str and (k == "cdc.msg" and g("dir") == "tx" or k == "conn.cursor" and g("side") == "tx"):
+            if "failover_validation" not in (g("flags") or ()):  # its cursors are zeros, not a position
+                c.own_cursor(g("prod"))
         if k == "conn.open":
             c.role, c.local, c.peer = g("role", ""), g("local", ""), g("peer", "")
             c.rx_prod = c.rx_prod or "0:0"  # a connection opened in the trace: the peer writes from its start
+            c.tx_prod = c.tx_prod or "0:0"  # and so does this end
         elif k == "conn.mode":
             c.mode = g("mode", "?")
             c.version = g("version")
             if type(g("rmb_size")) is int and g("rmb_size") > 0:
                 c.rmb_size = g("rmb_size")
+            if type(g("peer_rmb_size")) is int and g("peer_rmb_size") > 0:
+                c.peer_rmb_size = g("peer_rmb_size")
         elif k == "conn.fallback":
             reason = g("reason") or 0
             c.reason, c.reason_text = reason, g("reason_text") or (codes.format_reason(reason) if reason else "not SMC")
@@ -192,6 +242,8 @@ def summarize(events: Iterable[Event]) -> Summary:
             c.error = g("reason")
         elif k == "rdma.write" and c is not None:
             c.bytes_written += g("length") or 0
+            if c.tx_prod is None:
+                c.written_before += g("length") or 0
             c.first_write = e.t if c.first_write is None else c.first_write
             c.last_write = e.t
         elif k == "link.event":
@@ -224,6 +276,10 @@ def summarize(events: Iterable[Event]) -> Summary:
                 c.lgr, c.state = c.lgr or cs.get("lgr"), c.state or cs.get("state", "")
                 if not c.rmb_size and type(cs.get("rmb_size")) is int:
                     c.rmb_size = cs["rmb_size"]
+                if not c.peer_rmb_size and type(cs.get("peer_rmb_size")) is int:
+                    c.peer_rmb_size = cs["peer_rmb_size"]
+                if c.tx_prod is None and isinstance(cs.get("tx_prod"), str):  # where this end's writes stood
+                    c.own_cursor(cs["tx_prod"])
                 if c.rx_prod is None and isinstance(cs.get("rx_prod"), str):  # where the peer's writes stood when the recording began
                     c.peer_cursor(cs["rx_prod"])
                 if c.reason is None and cs.get("fallback_reason"):

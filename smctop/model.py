@@ -168,6 +168,7 @@ class Conn:
     ev_rx: int = 0  # bytes received, likewise
     last_tx: int = 0  # ev_tx when the last sample closed
     last_rx: int = 0  # ev_rx, likewise
+    rewrite: int = 0  # bytes a failover sends again (its cursor event's rewound): the next WRITEs' bytes are not new
     peer_end: "Conn | None" = None  # the other end of this connection, when the model watches both ends
     version_no: int = 0  # bumped on every change by an event or a snapshot (see change_no)
     mtick: int = 0  # the sample it last moved in (the model's list of them has it once)
@@ -747,6 +748,8 @@ class Model:
             c.rx_cons = f.get("cons", c.rx_cons)
             c.fill = f.get("bytes_to_rcv", c.fill)
         elif side == "tx":
+            if type(f.get("rewound")) is int and f["rewound"] > 0:  # a failover: what the old link may have lost goes again
+                c.rewrite += f["rewound"]
             prod = f.get("prod")
             if prod is not None and prod != c.tx_prod:
                 c.tx_prod = prod
@@ -786,7 +789,12 @@ class Model:
             c = self._conn_of(e)
             if c is None:
                 return
-        c.ev_tx += e.fields.get("length", 0)  # coalesced: the WRITEs' sum
+        n = e.fields.get("length", 0)  # coalesced: the WRITEs' sum
+        if c.rewrite:  # written again after a failover: counted when first written
+            again = min(c.rewrite, n)
+            c.rewrite -= again
+            n -= again
+        c.ev_tx += n
         if "coalesced" in e.fields:
             self._coalesced(e)
         c.version_no += 1
@@ -953,6 +961,7 @@ class Model:
             c.rxw, c.rxc = parse_cursor(c.rx_prod)
             c.txc = parse_cursor(c.tx_prod)[1]
             c.ev_tx, c.ev_rx = s.get("bytes_sent", 0), s.get("bytes_received", 0)  # the truth at t; events add to it
+            c.rewrite = 0  # the stack's count already took back what a failover sends again
             if not known:  # what it moved before we watched is no rate and no part of what moved while watched
                 c.last_tx, c.last_rx = c.ev_tx, c.ev_rx
             self._touch(c)

@@ -27,6 +27,7 @@ from dissectors.recorder import Recorder
 from dissectors.records import RecordError, decode_record, encode_record
 from dissectors.summary import summarize
 from dissectors.tcpflow import Endpoint, TcpFlow
+from smctop.model import Model
 from stack.events import Event, to_json
 
 
@@ -193,6 +194,55 @@ def test_one_failover_in_two_files_is_listed_once(two_links, tmp_path, capsys):
     assert len(alone) == 2 and [(f["host"].partition("@")[0], f["from_link"], f["conns"]) for f in both] == [
         (f["host"], f["from_link"], f["conns"]) for f in alone
     ], (alone, both)
+
+
+def test_bytes_a_failover_writes_again_are_counted_once(tmp_path):
+    """The server's port pulled just before the client writes: the client's first RMB-full
+    goes out on the old link (the capture has it) and is lost, and after the failover it is
+    written again on the other. Each byte counts once, in the stack's recording and from the
+    wire: summary counted the WRITEs, 65,536 bytes too many."""
+    total = 300_000
+    seen: list[Event] = []
+
+    async def sink(r, w):
+        w.write(len(await r.read()).to_bytes(8, "big"))
+        w.close()
+
+    async def main():
+        async with two_stacks(mtu=1024, client_dev=2, server_dev=2) as (a, b, ca, sa):
+            await b.start_server(sink, sa, 5000)
+            rec = Recorder(str(tmp_path / "run.pcapng"))
+            for s in (a, b):
+                seen.append(rec.attach(s))
+                s.bus.listen(seen.append)
+            r, w = await a.open_connection(sa, 5000, local_addr=(ca, 0))
+            w.write(b"x" * 1000)
+            await w.drain()
+            await until(lambda: lgr_types(a) == lgr_types(b) == ["SYM"], what="both links up")
+            b.set_port(sa, False)
+            w.write(b"y" * (total - 1000))  # posted on the old link before the client learns it is gone
+            w.write_eof()
+            assert int.from_bytes(await r.read(), "big") == total
+            w.close()
+            await until(lambda: not a.snapshot()["conns"] and not b.snapshot()["conns"], what="the connection closed")
+            for s in (a, b):
+                s.bus.unlisten(seen.append)
+            rec.close()
+
+    run(main())
+    rewound = sum(e.get("rewound") or 0 for e in seen if e.kind == "conn.cursor")
+    assert rewound > 0, "no byte was written again: the case this test is about did not happen"
+    frames_only_pcap(tmp_path / "run.pcapng", tmp_path / "wire.pcap")
+    for events in (seen, list(read_events(tmp_path / "wire.pcap"))):
+        d = summarize(events).to_dict()
+        server, client = sorted(d["conns"], key=lambda c: c["bytes_written"])
+        assert client["bytes_written"] == total + rewound  # the WRITEs, both copies
+        assert (client["moved"], client["received"], server["moved"], server["received"]) == (total, 8, 8, total), d["conns"]
+        assert d["moved"] == total + 8
+    model = Model()
+    for e in seen:
+        model.feed(e)
+    assert sorted((c.ev_tx, c.ev_rx) for c in model.conns.values()) == [(8, total), (total, 8)]
 
 
 def test_every_connection_end_of_a_capture_is_active_once_its_handshake_is_done(recorded, tmp_path):

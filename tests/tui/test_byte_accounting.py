@@ -136,3 +136,26 @@ def test_a_failover_counts_at_the_end_that_began_it_whatever_order_its_hosts_eve
         m.feed(e)
     counted = [f for f in m.failovers if f.conns and m.failover_counted(f)]
     assert [(f.host, f.duration_ms) for f in counted] == [("beta", 2.0)] and m.totals()["failovers"] == 1
+
+
+def test_a_failovers_second_copies_count_once_in_smctop():
+    """The WRITEs after a failover's cursor event (``rewound``: what the old link may have
+    lost, sent again) re-cover bytes already counted; a snapshot's count, which the stack
+    already took them back from, ends what is owed."""
+    from stack.events import Event
+
+    def write(t, n, **more):
+        return Event(t, "rdma.write", "a", "g", 2, 1, {"vaddr": 0, "rkey": 5, "length": n, **more})
+
+    m = Model()
+    m.feed(Event(1.0, "conn.open", "a", "g", 1, 1, {"role": "client", "local": "10.0.0.1:1", "peer": "10.0.0.2:2"}))
+    m.feed(Event(1.1, "rdma.write", "a", "g", 1, 1, {"vaddr": 0, "rkey": 4, "length": 30_000}))
+    m.feed(Event(1.2, "conn.cursor", "a", "g", 2, 1, {"side": "tx", "cause": "failover", "rewound": 20_000, "prod": "0:10000"}))
+    m.feed(write(1.3, 15_000))
+    m.feed(write(1.4, 10_000, coalesced=2))  # a sample of two WRITEs: 5,000 of them again, 5,000 new
+    c = m.conns[("a", 1)]
+    assert c.ev_tx == 35_000
+    m.feed(Event(1.5, "conn.cursor", "a", "g", 2, 1, {"side": "tx", "cause": "failover", "rewound": 8_000, "prod": "0:27000"}))
+    m.apply_snapshot({"host": "a", "t": 1.6, "conns": [{"conn": 1, "state": "ACTIVE", "lgr": "g", "link": 2, "bytes_sent": 26_000}]})
+    m.feed(write(1.7, 8_000))
+    assert c.ev_tx == 34_000  # the snapshot's 26,000 (it took back the 8,000 and wrote 7,000 again) and what came after it
