@@ -112,7 +112,7 @@ class Summary:
     fallbacks: Counter = field(default_factory=Counter)  # reason code -> count
     pairs: Failovers = field(default_factory=Failovers)  # paired as smctop's model pairs them
     lgr_types: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    link_deletes: Counter = field(default_factory=Counter)
+    deletions: list[tuple[str, str | None, int | None, int, float]] = field(default_factory=list)  # host, lgr, link, reason, t
     skipped: Skipped = field(default_factory=Skipped)  # bad records the reader left out
     start: float = 0.0  # the trace's first event
     attempts: dict[tuple[str, str, str], list] = field(default_factory=dict)  # (client, server, outcome) -> [count, first t, last t]
@@ -159,6 +159,21 @@ class Summary:
                 continue
             out.append({"host": fo.host, "lgr": fo.lgr, "from_link": fo.from_link, "to_link": fo.to_link, "conns": fo.conns, "failed": fo.failed,
                         "duration_ms": fo.duration_ms, "t": fo.t})  # fmt: skip
+        return out
+
+    @property
+    def link_deletes(self) -> Counter:
+        """DELETE LINK reasons, each deletion once: of several files, the one each file has
+        (two hosts' captures of it: the same host, link group, link and reason, within a
+        second) counts once, as its failover is listed once."""
+        counted: dict[tuple, list[tuple[str, float]]] = {}  # (host without its file, lgr, link, reason) -> (host, t) counted
+        out: Counter = Counter()
+        for host, lgr, link, reason, t in self.deletions:
+            same = counted.setdefault((base_host(host), lgr, link, reason), [])
+            if any(h != host and abs(t - u) < SAME_FAILOVER for h, u in same):
+                continue
+            same.append((host, t))
+            out[reason] += 1
         return out
 
     def to_dict(self) -> dict:
@@ -251,7 +266,7 @@ def summarize(events: Iterable[Event]) -> Summary:
             if ev in ("failover_begin", "failover_end"):
                 s.pairs.feed(e)
             elif ev == "deleted" and isinstance(g("reason"), int):
-                s.link_deletes[g("reason")] += 1
+                s.deletions.append((e.host, e.lgr, e.link, g("reason"), e.t))
         elif k == "lgr.state" and e.lgr:
             types = s.lgr_types.setdefault((e.host, e.lgr), [])
             if g("new") and (not types or types[-1] != g("new")):

@@ -196,6 +196,20 @@ def test_one_failover_in_two_files_is_listed_once(two_links, tmp_path, capsys):
     ], (alone, both)
 
 
+def test_one_link_deletion_in_two_files_counts_once(two_links, tmp_path, capsys):
+    """The DELETE LINK of that failover, in each host's capture: its reason once, as in one
+    file (it counted once a file)."""
+    events, pcap = two_links
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        shutil.copy(pcap, tmp_path / d / "host.pcap")
+    assert cli.main(["summary", "--json", str(pcap)]) == 0
+    alone = json.loads(capsys.readouterr().out)["delete_link_reasons"]
+    assert cli.main(["summary", "--json", str(tmp_path / "a" / "host.pcap"), str(tmp_path / "b" / "host.pcap")]) == 0
+    both = json.loads(capsys.readouterr().out)["delete_link_reasons"]
+    assert alone == both and [r["count"] for r in alone] == [1], (alone, both)
+
+
 def test_bytes_a_failover_writes_again_are_counted_once(tmp_path):
     """The server's port pulled just before the client writes: the client's first RMB-full
     goes out on the old link (the capture has it) and is lost, and after the failover it is
