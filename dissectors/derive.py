@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 from stack.events import Event
 from stack.wire import cdc, clc, codes, llc, roce
 from stack.wire._base import WireError
-from stack.wire.fields import cdc_fields, clc_cut_fields, clc_fields, llc_fields
+from stack.wire.fields import cdc_fields, clc_cut_fields, clc_fields, cursor_text, llc_fields
 from stack.wire.inet import (
     _VLAN_TAGS,
     ETH_P_IP,
@@ -56,6 +56,7 @@ from .pcapng import (
 from .records import TAG_DISSECTOR_NAME, RecordError, parse_tags
 from .roce_analysis import RoceAnalysis
 from .wire_failover import FailoverWatch
+from .wire_rewind import RewindWatch
 
 LINKTYPE_NULL = 0
 LINKTYPE_IPV4 = 228
@@ -212,6 +213,7 @@ class Deriver:
         # connections are
         self.alias: dict[str, str] = {}
         self.failovers = FailoverWatch()  # failovers from validation CDCs and their ACKs
+        self.rewinds = RewindWatch()  # what a failover's sender writes again
         self.frames = 0
         self.opened = 0  # connections numbered in order of opening, like tcp.stream without the probes
 
@@ -467,6 +469,7 @@ class Deriver:
                     # the CDCs run over the receiver's RMB, so counting bytes from them needs its size
                     if own is not None:
                         fields.update(token=own.rmbe_alert_token, rmb_size=clc.rmbe_size_bytes(own.rmbe_size))
+                        self.rewinds.rmb_size(flow.conn, end[0], fields["rmb_size"])
                     if peer is not None:
                         fields.update(peer_token=peer.rmbe_alert_token, peer_rmb_size=clc.rmbe_size_bytes(peer.rmbe_size))
                     yield Event(t, "conn.mode", end[0], lgr.name, 1, flow.conn, fields)
@@ -578,6 +581,11 @@ class Deriver:
                 msg = cdc.decode(payload)
                 conn = self.tokens.get(msg.token)
                 host, group = self.host_of(src), self.conn_lgr.get(conn, lgr_name)
+                again = self.rewinds.cdc(host, conn, msg) if conn is not None else None
+                if again:  # as the stack reports its failover's cursor, before its validation CDC
+                    yield Event(
+                        t, "conn.cursor", host, group, link, conn, {"side": "tx", "cause": "failover", "rewound": again[0], "prod": cursor_text(again[1])}
+                    )
                 yield Event(t, "cdc.msg", host, group, link, conn, {"dir": "tx", **cdc_fields(msg)})
                 if msg.failover_validation:
                     yield Event(t, "link.event", host, group, link, conn, {"event": "failover_validation", "seqno": msg.seqno})

@@ -1,0 +1,56 @@
+"""What a failover's sender writes again, read from a capture (dissectors/wire_rewind.py):
+from the producer cursor of the CDC its validation CDC names (its last completed one), or
+from where the peer read, if further, up to the furthest cursor it announced."""
+
+from __future__ import annotations
+
+from dissectors.wire_rewind import RewindWatch
+from stack.wire.cdc import CdcMessage, Cursor
+
+SIZE = 65536
+
+
+def _watch() -> RewindWatch:
+    w = RewindWatch()
+    w.rmb_size(1, "a", SIZE)
+    w.rmb_size(1, "b", SIZE)
+    return w
+
+
+def _cdc(seqno: int, prod=Cursor(), cons=Cursor(), validation: bool = False) -> CdcMessage:
+    return CdcMessage(seqno=seqno, token=7, prod=prod, cons=cons, failover_validation=validation)
+
+
+def test_back_to_the_last_completed_cdc_across_a_wrap() -> None:
+    w = _watch()
+    for seq, prod in ((1, Cursor(0, 60000)), (2, Cursor(1, 4000)), (3, Cursor(1, 30000))):
+        assert w.cdc("a", 1, _cdc(seq, prod)) is None
+    assert w.cdc("a", 1, _cdc(1, validation=True)) == (SIZE - 60000 + 30000, Cursor(0, 60000))
+    assert w.cdc("a", 1, _cdc(3, validation=True)) is None  # its last CDC completed: nothing goes again
+
+
+def test_what_the_peer_read_is_not_sent_again() -> None:
+    w = _watch()
+    w.cdc("a", 1, _cdc(1, Cursor(0, 10000)))
+    w.cdc("a", 1, _cdc(2, Cursor(0, 50000)))
+    w.cdc("b", 1, _cdc(9, cons=Cursor(0, 40000)))  # b read up to 40,000 of what a wrote
+    assert w.cdc("a", 1, _cdc(1, validation=True)) == (10000, Cursor(0, 40000))
+
+
+def test_unknown_cdc_or_rmb_size_tells_nothing() -> None:
+    w = _watch()
+    w.cdc("a", 1, _cdc(5, Cursor(0, 100)))
+    assert w.cdc("a", 1, _cdc(4, validation=True)) is None  # the capture missed the CDC it names
+    bare = RewindWatch()  # no CLC seen: the peer's RMB size unknown
+    bare.cdc("a", 1, _cdc(1, Cursor(0, 100)))
+    bare.cdc("a", 1, _cdc(2, Cursor(0, 900)))
+    assert bare.cdc("a", 1, _cdc(1, validation=True)) is None
+
+
+def test_only_the_latest_cdcs_are_kept() -> None:
+    w = _watch()
+    for seq in range(1, 3000):
+        w.cdc("a", 1, _cdc(seq & 0xFFFF, Cursor(seq // 60, seq % 60 * 1000)))
+    assert len(w.senders[("a", 1)].by_seqno) == 1024
+    assert w.cdc("a", 1, _cdc(1, validation=True)) is None
+    assert w.cdc("a", 1, _cdc(2998, validation=True)) == (1000, Cursor(49, 58000))
