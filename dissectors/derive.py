@@ -3,7 +3,9 @@ frames (Soft-RoCE on the netdev, or our soft provider on loopback), and exported
 records of SMC messages. Seen from the wire, each message becomes one ``*.msg`` event of
 the host that sent it (named by its IP address) with dir "tx", and the handshake's
 outcome becomes ``conn.open``/``conn.mode``/``conn.fallback`` as the stack reports them,
-so ``smc-trace summary`` reads a real host's capture as it reads ours.
+so ``smc-trace summary`` reads a real host's capture as it reads ours. A CDC also gives its
+receiver's ``conn.cursor`` (the sender's cursors, as a CDC's arrival is reported), and a
+failover's validation CDC the sender's rewind (dissectors.wire_cursors).
 
 Connections are numbered like Wireshark's ``tcp.stream`` (order of first appearance);
 CDC messages and RDMA WRITEs are tied to connections by the alert tokens and rkeys of
@@ -55,8 +57,8 @@ from .pcapng import (
 )
 from .records import TAG_DISSECTOR_NAME, RecordError, parse_tags
 from .roce_analysis import RoceAnalysis
+from .wire_cursors import WireCursors
 from .wire_failover import FailoverWatch
-from .wire_rewind import RewindWatch
 
 LINKTYPE_NULL = 0
 LINKTYPE_IPV4 = 228
@@ -213,7 +215,7 @@ class Deriver:
         # connections are
         self.alias: dict[str, str] = {}
         self.failovers = FailoverWatch()  # failovers from validation CDCs and their ACKs
-        self.rewinds = RewindWatch()  # what a failover's sender writes again
+        self.cursors = WireCursors()  # what a failover's sender writes again, what a receiver learns
         self.frames = 0
         self.opened = 0  # connections numbered in order of opening, like tcp.stream without the probes
 
@@ -469,7 +471,7 @@ class Deriver:
                     # the CDCs run over the receiver's RMB, so counting bytes from them needs its size
                     if own is not None:
                         fields.update(token=own.rmbe_alert_token, rmb_size=clc.rmbe_size_bytes(own.rmbe_size))
-                        self.rewinds.rmb_size(flow.conn, end[0], fields["rmb_size"])
+                        self.cursors.rmb_size(flow.conn, end[0], fields["rmb_size"])
                     if peer is not None:
                         fields.update(peer_token=peer.rmbe_alert_token, peer_rmb_size=clc.rmbe_size_bytes(peer.rmbe_size))
                     yield Event(t, "conn.mode", end[0], lgr.name, 1, flow.conn, fields)
@@ -581,12 +583,16 @@ class Deriver:
                 msg = cdc.decode(payload)
                 conn = self.tokens.get(msg.token)
                 host, group = self.host_of(src), self.conn_lgr.get(conn, lgr_name)
-                again = self.rewinds.cdc(host, conn, msg) if conn is not None else None
+                again = self.cursors.cdc(host, conn, msg) if conn is not None else None
                 if again:  # as the stack reports its failover's cursor, before its validation CDC
                     yield Event(
                         t, "conn.cursor", host, group, link, conn, {"side": "tx", "cause": "failover", "rewound": again[0], "prod": cursor_text(again[1])}
                     )
                 yield Event(t, "cdc.msg", host, group, link, conn, {"dir": "tx", **cdc_fields(msg)})
+                seen = self.cursors.received(host, conn, msg) if conn is not None else None
+                if seen:  # the receiver's cursors, as the stack reports a CDC's arrival
+                    yield Event(t, "conn.cursor", seen.pop("receiver"), group, link, conn,
+                                {**seen, "prod": cursor_text(seen["prod"]), "cons": cursor_text(seen["cons"])})  # fmt: skip
                 if msg.failover_validation:
                     yield Event(t, "link.event", host, group, link, conn, {"event": "failover_validation", "seqno": msg.seqno})
                 yield from self.failovers.cdc(t, host, group, link, conn, msg.failover_validation, src, dst, psn)

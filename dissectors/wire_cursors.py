@@ -1,12 +1,19 @@
-"""What a sender writes again after a failover, read from the wire.
+"""Each connection end's cursors as the CDCs on the wire show them, for what a capture
+cannot see directly (dissectors/derive.py).
 
-A link that fails may have lost data whose CDC never completed, so the sender goes back
-(the kernel's smc_switch_cursor): to the producer cursor of its last completed CDC, or to
-where the peer says it has read, if that is further. Its failover-validation CDC carries
-that CDC's sequence number (tx_cdc_seq_fin). The distance from there to the furthest
-producer cursor it announced is what its next WRITEs send a second time; the stack reports
-it as a ``conn.cursor`` event with ``rewound``, and a capture gives the same event, so that
-smctop and ``summary`` do not count those bytes twice.
+What a sender writes again after a failover: a link that fails may have lost data whose
+CDC never completed, so the sender goes back (the kernel's smc_switch_cursor) to the
+producer cursor of its last completed CDC, or to where the peer says it has read, if that
+is further. Its failover-validation CDC carries that CDC's sequence number
+(tx_cdc_seq_fin). The distance from there to the furthest producer cursor it announced is
+what its next WRITEs send a second time; the stack reports it as a ``conn.cursor`` event
+with ``rewound``, and a capture gives the same event, so that smctop and ``summary`` do not
+count those bytes twice.
+
+What a receiver learns from a CDC: the sender's producer cursor (how far it wrote) and
+consumer cursor (how far it read), and so the room left in the sender's RMB; the stack
+reports that as the receiver's ``conn.cursor`` event (side rx), and smctop counts what an
+end received from it.
 
 Pure: fed each CDC as it was captured, with the RMB sizes the CLC messages announced.
 """
@@ -33,11 +40,12 @@ class _Sender:
         self.by_seqno: OrderedDict[int, Cursor] = OrderedDict()
 
 
-class RewindWatch:
+class WireCursors:
     def __init__(self) -> None:
         self.senders: dict[tuple[str, int], _Sender] = {}
         self.rmb: dict[int, dict[str, int]] = {}  # conn -> host -> the size of that host's RMB
         self.read_to: dict[int, dict[str, Cursor]] = {}  # conn -> host -> its consumer cursor, as its CDCs said
+        self.last: dict[tuple[str, int], tuple[Cursor, Cursor]] = {}  # (sender, conn) -> its last CDC's cursors
 
     def rmb_size(self, conn: int, host: str, size: int) -> None:
         self.rmb.setdefault(conn, {})[host] = size
@@ -67,6 +75,26 @@ class RewindWatch:
             back_to = read
         again = _ahead(back_to, sender.furthest, size)
         return (again, back_to) if again else None
+
+    def received(self, host: str, conn: int, msg: CdcMessage) -> dict | None:
+        """The receiver's view of a CDC ``host`` sent (call after ``cdc``): the fields of its
+        ``conn.cursor`` event, or None when the CDC moved neither cursor or the receiver's
+        side is unknown. ``peer_rmbe_space``: the room the receiver has in the sender's RMB
+        (its size less what the receiver wrote there and the sender has not read)."""
+        if msg.failover_validation:
+            return None
+        moved = (msg.prod, msg.cons)
+        if self.last.get((host, conn)) == moved:
+            return None
+        self.last[(host, conn)] = moved
+        sizes = self.rmb.get(conn) or {}
+        size = sizes.get(host)  # the sender's RMB, which the receiver writes into
+        receiver = next((h for h in sizes if h != host), None)
+        if not size or receiver is None:
+            return None
+        wrote = self.senders.get((receiver, conn))
+        unread = _ahead(msg.cons, wrote.furthest, size) if wrote is not None and wrote.furthest is not None else 0
+        return {"receiver": receiver, "side": "rx", "prod": msg.prod, "cons": msg.cons, "peer_rmbe_space": size - unread}
 
 
 def _other(by_host: dict | None, host: str):

@@ -1,17 +1,17 @@
-"""What a failover's sender writes again, read from a capture (dissectors/wire_rewind.py):
+"""What a failover's sender writes again, read from a capture (dissectors/wire_cursors.py):
 from the producer cursor of the CDC its validation CDC names (its last completed one), or
 from where the peer read, if further, up to the furthest cursor it announced."""
 
 from __future__ import annotations
 
-from dissectors.wire_rewind import RewindWatch
+from dissectors.wire_cursors import WireCursors
 from stack.wire.cdc import CdcMessage, Cursor
 
 SIZE = 65536
 
 
-def _watch() -> RewindWatch:
-    w = RewindWatch()
+def _watch() -> WireCursors:
+    w = WireCursors()
     w.rmb_size(1, "a", SIZE)
     w.rmb_size(1, "b", SIZE)
     return w
@@ -41,7 +41,7 @@ def test_unknown_cdc_or_rmb_size_tells_nothing() -> None:
     w = _watch()
     w.cdc("a", 1, _cdc(5, Cursor(0, 100)))
     assert w.cdc("a", 1, _cdc(4, validation=True)) is None  # the capture missed the CDC it names
-    bare = RewindWatch()  # no CLC seen: the peer's RMB size unknown
+    bare = WireCursors()  # no CLC seen: the peer's RMB size unknown
     bare.cdc("a", 1, _cdc(1, Cursor(0, 100)))
     bare.cdc("a", 1, _cdc(2, Cursor(0, 900)))
     assert bare.cdc("a", 1, _cdc(1, validation=True)) is None
@@ -54,3 +54,16 @@ def test_only_the_latest_cdcs_are_kept() -> None:
     assert len(w.senders[("a", 1)].by_seqno) == 1024
     assert w.cdc("a", 1, _cdc(1, validation=True)) is None
     assert w.cdc("a", 1, _cdc(2998, validation=True)) == (1000, Cursor(49, 58000))
+
+
+def test_a_receiver_learns_the_senders_cursors_and_its_room_in_the_senders_rmb() -> None:
+    w = _watch()
+    w.cdc("b", 1, _cdc(1, prod=Cursor(0, 30000)))  # b wrote 30,000 into a's RMB
+    assert w.received("b", 1, _cdc(1, prod=Cursor(0, 30000))) == {
+        "receiver": "a", "side": "rx", "prod": Cursor(0, 30000), "cons": Cursor(), "peer_rmbe_space": SIZE}  # fmt: skip
+    msg = _cdc(2, prod=Cursor(0, 5000), cons=Cursor(0, 10000))  # a wrote 5,000 and read 10,000
+    w.cdc("a", 1, msg)
+    assert w.received("a", 1, msg)["peer_rmbe_space"] == SIZE - 30000 + 10000  # b's room in a's RMB: 20,000 unread
+    assert w.received("a", 1, msg) is None  # the same cursors again: nothing moved
+    assert w.received("a", 1, _cdc(3, validation=True)) is None
+    assert WireCursors().received("a", 1, msg) is None  # no CLC: whose RMB, how large, unknown
