@@ -262,6 +262,24 @@ def guest_server() -> None:
     lst.close()
 
 
+def _start_capture(share: Path) -> subprocess.Popen:
+    """tcpdump of both NICs (RoCEv2 and the connections' TCP) into ``share``/wire.pcap: what a
+    capture of a real host shows of the failover, for smc-trace to read."""
+    err = share / "tcpdump.err"
+    # the headers, CLC messages and CDCs (400 bytes), in a 64 MiB buffer written in batches: a TCG
+    # guest's tcpdump with a small buffer and per-packet writes dropped half the frames
+    capture = subprocess.Popen(["tcpdump", "-i", "any", "-s", "400", "-B", "65536", "-w", str(share / "wire.pcap"),
+                                f"udp port 4791 or tcp port {PORT}"], stdout=subprocess.DEVNULL, stderr=err.open("w"))  # fmt: skip
+    for _ in range(600):  # a TCG guest under a loaded host can take seconds
+        if "listening" in err.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"tcpdump did not start listening within 60 s: {err.read_text()[-500:]}")
+    time.sleep(0.5)
+    return capture
+
+
 def guest_client() -> None:
     import ksmc
 
@@ -269,6 +287,7 @@ def guest_client() -> None:
     peer = os.environ["LAB_PEER_IP"]
     truth: dict = {"pnet": _setup(), "steps": {}}
     steps = truth["steps"]
+    capture = _start_capture(share)
     src, rec, out = _start_source(share)
     senders: list[_Sender] = []
     socks: list[socket.socket] = []
@@ -341,6 +360,8 @@ def guest_client() -> None:
         truth["genl_end"] = _genl()
         _diagnose(share)
         _stop_source(share, src, rec, out)
+        capture.send_signal(2)  # SIGINT: tcpdump writes what it holds and ends
+        capture.wait(30)
         (share / "truth.json").write_text(json.dumps(truth, indent=1))
 
 
@@ -460,6 +481,39 @@ def test_every_byte_arrived_intact_across_the_failover(run) -> None:
     assert all(after > at_down for at_down, after in zip(a["sent_at_down"], a["sent_after_failover"], strict=True)), a
     if short:
         pytest.xfail("the kernel lost a consumer-cursor update in the failover: " + "; ".join(short))
+
+
+def test_smc_trace_reads_each_byte_once_from_a_capture_of_the_failover(run) -> None:
+    """tcpdump of the client's two NICs through the failover: each connection's bytes as
+    smc-trace derives them from the wire (the client's producer cursor, not its WRITEs: the
+    kernel writes again, on the link left, what the lost one may not have delivered; 32,768
+    bytes in one run) are what the server read, and each end received what the other sent;
+    what was written again is read off the wire as the kernel's validation CDC names it, and
+    smctop's replay of the capture counts the same."""
+    from dissectors.capture import read_events
+    from dissectors.summary import summarize
+    from smctop.model import Model
+
+    a = run["a_truth"]
+    counts = (run["a"].share / "tcpdump.err").read_text()
+    assert "\n0 packets dropped by kernel" in counts, counts  # what follows holds for a whole capture
+    events = list(read_events(str(run["a"].share / "wire.pcap")))
+    d = summarize(events).to_dict()
+    received = {r["peer"]: r["received"] for r in run["b_truth"]["received"]}
+    model = Model()
+    for e in events:
+        model.feed(e)
+    rewound = {e.conn: e.get("rewound") for e in events if e.kind == "conn.cursor" and e.get("rewound")}
+    for c, s in zip(a["conns"], a["sent"], strict=True):
+        ends = {x["role"]: x for x in d["conns"] if {x["local"], x["peer"]} == {c["local"], c["peer"]}}
+        client, server = ends["client"], ends["server"]
+        assert client["moved"] == server["received"] == received[c["local"]], (c, client, server, rewound)
+        # the WRITEs on the wire are those bytes and what a failover wrote a second time
+        assert client["bytes_written"] - client["moved"] == rewound.get(client["conn"], 0), (client, rewound)
+        answer = len(s["peer_says"]) + 1  # the server's one line at the end: "sha256 count\n"
+        assert client["received"] == server["moved"] == answer, (client, server)
+        m = model.conns[(client["host"], client["conn"])]
+        assert m.ev_tx == received[c["local"]], (m.ev_tx, rewound)
 
 
 def test_genl_shows_single_after_the_link_went_down(run) -> None:
