@@ -671,20 +671,65 @@ def _check_distinct(files: list[str]) -> None:
             raise UsageError(f"{f} is given {same}: give each file once (its events would count twice)")
 
 
-def _file_names(files: list[str]) -> dict[str, Renaming]:
+KEEP_READ = 300_000  # events: of several files, the first reading keeps up to this many for the second
+
+
+class _SkipLog:
+    """Bad records a first reading met, to be told only if its events are the ones used."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Exception | str]] = []
+
+    def add(self, where: str, error: Exception | str) -> None:
+        self.seen.append((where, error))
+
+
+class _Kept:
+    """A file's events as its first reading found them (and the damage it ended at), read
+    again from memory instead of from the file."""
+
+    def __init__(self, events: list[Event], log: _SkipLog, error: CaptureError | None) -> None:
+        self.events, self.log, self.error = events, log, error
+
+    def replay(self, skipped) -> Iterator[Event]:
+        for where, error in self.log.seen:
+            skipped.add(where, error)
+        yield from self.events
+        if self.error is not None:
+            raise self.error
+
+
+def _file_names(files: list[str], roces: dict[str, RoceAnalysis], clocks: dict[str, WallOffset]) -> tuple[dict[str, Renaming], dict[str, _Kept]]:
     """Each file's host names as several files show them (dissectors.multifile), from a first
     reading of every file: ``client`` of two files is ``client@a.pcapng`` and
-    ``client@b.pcapng``, and one connection end in two files is counted once. What is wrong
-    with a file is said by the second reading, in its place."""
-    indexes = []
+    ``client@b.pcapng``, and one connection end in two files is counted once. The first
+    reading keeps what it read while the files together have at most KEEP_READ events, and
+    the second reading of those is from memory; what is wrong with a file is said by the
+    second reading, in its place. A file not kept is read again with a fresh ``roces`` and
+    ``clocks`` entry (the first reading fed them)."""
+    indexes, kept = [], {}
+    room = KEEP_READ
     for f in files:
         idx = FileIndex()
+        log, events, error = _SkipLog(), [], None
         try:
-            idx.feed(read_events(f, Skipped()))
-        except CaptureError:  # FileError too: what was read before it still counts
-            pass
+            for e in read_events(f, log, roces.get(f), clocks[f]):
+                idx.add(e)
+                if events is not None:
+                    events.append(e)
+                    if len(events) > room:
+                        events = None  # too many to keep: read again
+        except CaptureError as e:  # FileError too: what was read before it still counts
+            error = e
+        if events is not None:
+            kept[f] = _Kept(events, log, error)
+            room -= len(events)
+        else:
+            if f in roces:
+                roces[f] = RoceAnalysis()
+            clocks[f] = WallOffset()
         indexes.append((f, idx))
-    return plan(indexes)
+    return plan(indexes), kept
 
 
 def _read_files(args, skipped: Skipped, with_roce: bool = True) -> tuple[Iterator[Event], dict[str, RoceAnalysis]]:
@@ -697,8 +742,14 @@ def _read_files(args, skipped: Skipped, with_roce: bool = True) -> tuple[Iterato
     if len(args.files) == 1:
         streams = [(f, read_events(f, skipped, roces.get(f), clocks[f]), clocks[f]) for f in args.files]
     else:
-        names = _file_names(args.files)
-        streams = [(f, names[f](_named(f, read_events(f, _SkippedIn(skipped, f), roces.get(f), clocks[f]))), clocks[f]) for f in args.files]
+        names, kept = _file_names(args.files, roces, clocks)
+
+        def events_of(f: str) -> Iterator[Event]:
+            if f in kept:
+                return kept.pop(f).replay(_SkippedIn(skipped, f))
+            return read_events(f, _SkippedIn(skipped, f), roces.get(f), clocks[f])
+
+        streams = [(f, names[f](_named(f, events_of(f))), clocks[f]) for f in args.files]
     return merged(streams), roces
 
 

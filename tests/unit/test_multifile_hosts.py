@@ -122,6 +122,31 @@ def test_captures_of_real_hosts_with_the_same_addresses(tmp_path, capsys, second
         }  # fmt: skip
 
 
+def test_each_file_is_read_once_unless_too_many_events_to_keep(tmp_path, capsys, monkeypatch):
+    """Telling names apart needs every file before the timeline: the first reading keeps the
+    events (up to cli.KEEP_READ in all) and the second is from memory; a summary took
+    3.4 times one file's time for two. Beyond the limit a file is read again, with its own
+    RoCE analysis anew: the same summary either way."""
+    a, b = tmp_path / "a.pcapng", tmp_path / "b.pcapng"
+    write_ipv6_pairs(str(a), IPV6_HOST_PAIRS, writes=True)
+    write_ipv6_pairs(str(b), IPV6_BOTH_WAYS, writes=True)
+    reads: list[str] = []
+    real = cli.read_events
+
+    def counted(path, *args, **kw):
+        reads.append(str(path))
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(cli, "read_events", counted)
+    kept = _summary(capsys, a, b)
+    assert sorted(reads) == [str(a), str(b)]
+    reads.clear()
+    monkeypatch.setattr(cli, "KEEP_READ", 5)
+    again = _summary(capsys, a, b)
+    assert sorted(reads) == sorted([str(a), str(b)] * 2)
+    assert again == kept and kept["roce"] and kept["moved"] > 0
+
+
 def _ev(host: str, conn: int, kind: str, **fields) -> Event:
     return Event(0.0, kind, host, None, None, conn, fields)
 

@@ -330,7 +330,10 @@ def test_a_bad_first_record_without_skipped_names_its_line(tmp_path):
 # ---------------------------------------------------------------------------------------- 8: several files
 
 
-def test_skip_notices_and_errors_of_several_files_name_the_file(tmp_path, capture, capsys):
+@pytest.mark.parametrize("keep", [True, False], ids=["kept_from_the_first_reading", "read_again"])
+def test_skip_notices_and_errors_of_several_files_name_the_file(tmp_path, capture, capsys, monkeypatch, keep):
+    if not keep:
+        monkeypatch.setattr(cli, "KEEP_READ", 0)
     lines = _golden_lines()
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text("\n".join(lines[:5] + ["not json"] + lines[5:]) + "\n")
