@@ -36,7 +36,7 @@ PSNs are 24-bit serial numbers (IBA 9.7.1); opcodes of the RC transport are belo
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Hashable
 
@@ -130,7 +130,9 @@ class _Flow:
         self.stats = stats
         self.next: int | None = None  # the PSN after the highest seen
         self.last_psn: int | None = None
-        self.copies: dict[int, list[int]] = {}  # psn -> [first frame, last frame]
+        # psn -> [first frame, last frame], oldest first: an OrderedDict forgets its oldest in
+        # constant time (a dict's first key, after many deletions at its front, is a scan)
+        self.copies: OrderedDict[int, list[int]] = OrderedDict()
         self.pending: tuple[str, int] | None = None  # the last NAK / RNR NAK received: (cause, frame)
         self.run: list | None = None  # the go-back being counted
         self.una: int | None = None  # the oldest PSN not acknowledged, as the answers captured say
@@ -235,7 +237,7 @@ class RoceAnalysis:
             st.packets += 1
             flow.copies[psn] = [frame, frame]
             if len(flow.copies) > KEEP_PSNS:
-                del flow.copies[next(iter(flow.copies))]
+                flow.copies.popitem(last=False)
         else:
             mark.original = copies[0]
             copies[1] = frame

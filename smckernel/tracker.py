@@ -30,7 +30,7 @@ snapshot's time, and a record older than it is still theirs (see ``_gone_conn``)
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +143,7 @@ class Tracker:
         # connections taken as gone, by ("token", alert token) and ("key", TCP ends): (the connection, the snapshot time that
         # did not show it). A trace reader that falls behind hands over records of a socket after a snapshot told it closed;
         # a record from before that time is the gone socket's, not a new connection's (see _gone_conn)
-        self.closed: dict[tuple, tuple[_Conn, float]] = {}
+        self.closed: OrderedDict[tuple, tuple[_Conn, float]] = OrderedDict()  # oldest first: forgotten in constant time
         self.trace_clock_mono = True  # record times are CLOCK_MONOTONIC like snapshot times (the instance's trace_clock is mono)
         self.late = 0  # records read after a snapshot told their connection gone (the trace reader was behind)
 
@@ -202,7 +202,7 @@ class Tracker:
                 self.closed.pop(name, None)
                 self.closed[name] = (e, t)
         while len(self.closed) > CLOSED_KEPT:
-            del self.closed[next(iter(self.closed))]
+            self.closed.popitem(last=False)
         self._forget(e)
 
     def _gone_conn(self, t: float, token: int | None, key: tuple | None) -> _Conn | None:

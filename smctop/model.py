@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Iterable
@@ -356,7 +356,7 @@ class Model:
         self.hosts: dict[str, Host] = {}
         self.conns: dict[tuple[str, int], Conn] = {}
         self.lgrs: dict[tuple[str, str], LinkGroup] = {}
-        self._ended: dict[tuple[str, str], float] = {}  # link groups that ended and left the model, oldest first
+        self._ended: OrderedDict[tuple[str, str], float] = OrderedDict()  # link groups that ended and left the model, oldest first
         self.failovers = Failovers(maxlen=200)  # paired as smc-trace summary pairs them
         self.fallbacks: Counter = Counter()  # (host, role, reason) -> connection ends (each end's own view)
         self.fallback_causes: Counter = Counter()  # (cause, decided by, the other end's view) -> connections
@@ -1199,7 +1199,7 @@ class Model:
             del self.lgrs[k]
             self._ended[k] = t
             if len(self._ended) > 10_000:
-                del self._ended[next(iter(self._ended))]
+                self._ended.popitem(last=False)
             self.links_changed = True
             self._link_gen += 1
 
