@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 from stack.wire.cdc import CdcMessage, Cursor
 
-KEEP = 1024  # CDCs remembered per sender: a validation names one a send queue's depth back at most
+KEEP = 256  # CDCs remembered per sender: a validation names one a send queue's depth back at most
 WRAP = 1 << 16
 
 

@@ -51,7 +51,7 @@ def test_only_the_latest_cdcs_are_kept() -> None:
     w = _watch()
     for seq in range(1, 3000):
         w.cdc("a", 1, _cdc(seq & 0xFFFF, Cursor(seq // 60, seq % 60 * 1000)))
-    assert len(w.senders[("a", 1)].by_seqno) == 1024
+    assert len(w.senders[("a", 1)].by_seqno) == 256
     assert w.cdc("a", 1, _cdc(1, validation=True)) is None
     assert w.cdc("a", 1, _cdc(2998, validation=True)) == (1000, Cursor(49, 58000))
 
