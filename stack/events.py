@@ -256,7 +256,7 @@ SCHEMA: dict[str, Kind] = {k.name: k for k in (
           F("syns", "count", "SYNs the client sent, when more than one (retransmitted)"),
           F("wait_ms", "num", "refused: from the first SYN to the RST, ms"))),
     Kind("conn.cursor", "RMBE cursors moved: local and peer producer/consumer (wrap:count)",
-         "cursors {side}:[ prod {prod}][ cons {cons}][ sent {sent}][ fin {fin}][ {bytes_to_rcv} bytes to receive][ ({cause})]",
+         "cursors {side}:[ prod {prod}][ cons {cons}][ sent {sent}][ fin {fin}][ {bytes_to_rcv} bytes to receive][ {rewound} bytes to write again][ ({cause})]",
          (F("side", "str", "rx: a CDC arrived or the application read; tx: we wrote", True), F("prod", "cursor", "producer cursor"),
           F("cons", "cursor", "consumer cursor"), F("sent", "cursor", "tx: sent up to"), F("fin", "cursor", "tx: confirmed up to"),
           F("bytes_to_rcv", "count", "bytes in our RMB the application has not read"),

@@ -111,7 +111,7 @@ local EVENT_KINDS = {  -- the event schema: kind -> {doc, render, expert, fields
     ["conn.attempt"] =
         { doc = "a client offered SMC in a SYN that made no connection (a capture): the server refused it (RST) or never answered", render = "SMC connect {local} -> {peer} {outcome}[ ({cause})][, {syns} SYNs][ in {wait_ms} ms]", expert = nil, fields = { ["outcome"] = "str", ["local"] = "str", ["peer"] = "str", ["cause"] = "str", ["syns"] = "count", ["wait_ms"] = "num" }, },
     ["conn.cursor"] =
-        { doc = "RMBE cursors moved: local and peer producer/consumer (wrap:count)", render = "cursors {side}:[ prod {prod}][ cons {cons}][ sent {sent}][ fin {fin}][ {bytes_to_rcv} bytes to receive][ ({cause})]", expert = nil, fields = { ["side"] = "str", ["prod"] = "cursor", ["cons"] = "cursor", ["sent"] = "cursor", ["fin"] = "cursor", ["bytes_to_rcv"] = "count", ["peer_rmbe_space"] = "int", ["cause"] = "str", ["rewound"] = "int", ["coalesced"] = "count" }, },
+        { doc = "RMBE cursors moved: local and peer producer/consumer (wrap:count)", render = "cursors {side}:[ prod {prod}][ cons {cons}][ sent {sent}][ fin {fin}][ {bytes_to_rcv} bytes to receive][ {rewound} bytes to write again][ ({cause})]", expert = nil, fields = { ["side"] = "str", ["prod"] = "cursor", ["cons"] = "cursor", ["sent"] = "cursor", ["fin"] = "cursor", ["bytes_to_rcv"] = "count", ["peer_rmbe_space"] = "int", ["cause"] = "str", ["rewound"] = "int", ["coalesced"] = "count" }, },
     ["conn.error"] =
         { doc = "a connection failed or was aborted, with the reason", render = "error: {reason}", expert = "conn_error", fields = { ["reason"] = "str" }, },
     ["conn.fallback"] =

@@ -28,7 +28,7 @@ from dissectors.records import RecordError, decode_record, encode_record
 from dissectors.summary import summarize
 from dissectors.tcpflow import Endpoint, TcpFlow
 from smctop.model import Model
-from stack.events import Event, to_json
+from stack.events import Event, render, to_json
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +262,8 @@ def test_bytes_a_failover_writes_again_are_counted_once(tmp_path):
     derived = list(read_events(tmp_path / "wire.pcap"))
     ours = [(e.get("rewound"), e.get("prod")) for e in seen if e.kind == "conn.cursor" and e.get("rewound")]
     assert [(e.get("rewound"), e.get("prod")) for e in derived if e.kind == "conn.cursor" and e.get("side") == "tx"] == ours
+    (told,) = [render(e) for e in derived if e.kind == "conn.cursor" and e.get("rewound")]
+    assert f"{rewound} bytes to write again (failover)" in told, told  # as decode's timeline shows it
     model = Model()
     for e in derived:
         model.feed(e)
