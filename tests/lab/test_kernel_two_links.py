@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -360,7 +361,7 @@ def guest_client() -> None:
         truth["genl_end"] = _genl()
         _diagnose(share)
         _stop_source(share, src, rec, out)
-        capture.send_signal(2)  # SIGINT: tcpdump writes what it holds and ends
+        capture.send_signal(signal.SIGINT)  # tcpdump writes what it holds and ends
         capture.wait(30)
         (share / "truth.json").write_text(json.dumps(truth, indent=1))
 
