@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Iterable
 
-from stack.events import Event, Failover, Failovers, parse_snapshot, render, renderer  # noqa: F401 (Failover: the views use it)
+from stack.events import DATA_KINDS, Event, Failover, Failovers, marks_something, parse_snapshot, render, renderer  # noqa: F401 (Failover: the views use it)
 from stack.wire import codes
 from stack.wire.fields import parse_cursor
 
@@ -366,7 +366,7 @@ class Model:
         self.fallback_last: dict[tuple[str, str, int], float] = {}
         self.kinds: Counter = Counter()
         self.events: list[Event] = []  # the most recent events_kept (or up to twice as many)
-        self.rare: deque[Event] = deque(maxlen=self.rare_kept)  # the rare kinds (RARE_KINDS), kept far longer
+        self.rare: deque[Event] = deque(maxlen=self.rare_kept)  # the rare events (_rare), kept far longer
         self.versions: Counter = Counter()  # SMC-R version -> connection ends that used it (smcr stats)
         self.seq = 0  # events fed so far; events[-1] is number seq
         self.dropped = 0  # events the source missed (events.dropped)
@@ -466,8 +466,8 @@ class Model:
         return changed - removed, removed
 
     def rare_since(self, t: float | None) -> list[Event]:
-        """The rare events kept (state, fallback, link, link group, failover), oldest first,
-        those after ``t`` when given."""
+        """The rare events kept (state, fallback, link, link group, failover, and the data
+        path's events that mark something: see _rare), oldest first, those after ``t`` when given."""
         if t is None:
             return list(self.rare)
         return [e for e in self.rare if e.t > t]
@@ -538,8 +538,7 @@ class Model:
         if len(log) > 2 * self.events_kept:
             del log[: len(log) - self.events_kept]
         self.kinds.update(map(_KIND, part))
-        rare = RARE_KINDS
-        self.rare.extend([e for e in part if e.kind in rare])
+        self.rare.extend([e for e in part if _rare(e)])
 
     def feed(self, e: Event) -> None:
         if self.t0 is None:
@@ -552,7 +551,7 @@ class Model:
         kind = e.kind
         kinds = self.kinds
         kinds[kind] = kinds.get(kind, 0) + 1
-        if kind in RARE_KINDS:
+        if kind in RARE_KINDS or (kind in DATA_KINDS and marks_something(e)):  # _rare, inline on the hot path
             self.rare.append(e)
         handler = _HANDLERS.get(kind)
         if handler is not None:
@@ -1281,6 +1280,16 @@ class Model:
 
 # the kinds kept in the long buffer the events view searches: few, and what an operator looks for later
 RARE_KINDS = frozenset({"conn.state", "conn.fallback", "conn.error", "link.state", "link.event", "lgr.state", "events.dropped"})
+
+
+def _rare(e: Event) -> bool:
+    """Kept in the long buffer: a rare kind, or a data-path event that marks something (a
+    failover's cursor rewind and validation CDC, a CDC that closes, aborts or carries urgent
+    data), which a filter must find long after the data path's flood has pushed it out."""
+    kind = e.kind
+    return kind in RARE_KINDS or (kind in DATA_KINDS and marks_something(e))
+
+
 _LINK_KNOWN = frozenset({"id", "state", "device", "qpn", "peer_qpn", "gid", "peer_gid", "asym", "conns", "mtu", "sq_used"})
 _SNAPSHOT_KNOWN = frozenset({"host", "t", "stats", "devices", "fallbacks", "lgrs", "conns", "failovers", "rdma", "listeners", "ueids", "peer_id"})
 

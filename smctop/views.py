@@ -258,7 +258,9 @@ def _t(e) -> float:
 class EventsPane(Pane, Vertical):
     """The event stream in time order across hosts, newest at the bottom. A filter searches
     every event the model keeps: the recent ones and the long buffer of rare ones (state,
-    fallback, link, link group, failover), so a failover long ago is found. Not following
+    fallback, link, link group, failover, and the data path's events that mark something:
+    a failover's cursor rewind and validation CDCs, closing and urgent CDCs), so a failover
+    long ago is found. Not following
     (F), the rows stand still; new ones wait until F follows again."""
 
     tab, label, table_id, always = "events", "Events", "events-table", True
@@ -346,7 +348,7 @@ class EventsPane(Pane, Vertical):
     def _summary(self, model: Model) -> None:
         shown = len(self.table.items)
         self.query_one("#events-summary", Static).update(
-            f"{shown:,} events shown of {model.seq:,}" + (f"  filter '{self.filter}' (all kept, rare kinds {len(model.rare):,})" if self.filter else "")
+            f"{shown:,} events shown of {model.seq:,}" + (f"  filter '{self.filter}' (all kept, rare events {len(model.rare):,})" if self.filter else "")
             + ("  following" if self.table.follow else f"  NOT FOLLOWING, {self.waiting:,} new (F follows)"))  # fmt: skip
 
 

@@ -490,7 +490,7 @@ def test_handshake_count_in_totals():
 
 
 def test_rerun_survivors_model():
-    assert Model(events_kept=10).rare.maxlen == 50  # the rare kinds are kept five times longer
+    assert Model(events_kept=10).rare.maxlen == 50  # the rare events are kept five times longer
     m = Model()
     for host in ("a", "b"):
         m.feed(ev(0, "conn.open", host, conn=1))

@@ -253,3 +253,35 @@ def test_text_sort_key_orders_numbers_with_units_by_value():
 
     cells = ["1.2 MB/s", "950.0 kB/s", "0", "3,000", "256K", "1M", "-", "alpha"]
     assert sorted(cells, key=text_key) == ["0", "3,000", "256K", "950.0 kB/s", "1M", "1.2 MB/s", "-", "alpha"]
+
+
+def test_events_filter_finds_a_failovers_rewind_and_validation_cdc_after_the_data_path_flood():
+    """A failover's cursor rewind ("N bytes to write again") and its validation CDC are data-path
+    kinds; they were kept only in the recent log, which the data path refills in about a second,
+    so a filter for them found nothing later."""
+    from stack.events import Event
+
+    async def go():
+        source = SyntheticSource(SyntheticStack(2))
+        app = SmctopApp(source, model=Model(events_kept=100), poll_interval=3600)
+        async with app.run_test(size=SIZE) as pilot:
+            await advance(app, pilot, source, 1)
+            t = source.t
+            m = app.model
+            m.feed(Event(t, "conn.cursor", "alpha", "00a1a000", 2, 1, {"side": "tx", "prod": "0:1000", "cause": "failover", "rewound": 65536}))
+            m.feed(Event(t, "cdc.msg", "alpha", "00a1a000", 2, 1, {"dir": "tx", "seqno": 7, "flags": ["failover_validation"], "prod": "0:0", "cons": "0:0"}))
+            m.feed(Event(t, "cdc.msg", "alpha", "00a1a000", 2, 1, {"dir": "tx", "seqno": 8, "flags": ["write_blocked"], "prod": "0:0", "cons": "0:0"}))
+            for i in range(1000):  # the flood: plain cursor moves push both out of the recent log
+                m.feed(Event(t + 0.001 * (i + 1), "conn.cursor", "alpha", "00a1a000", 2, 1, {"side": "rx", "prod": f"0:{i}", "cons": f"0:{i}"}))
+            assert not any(e.get("rewound") for e in m.events)
+            kept = [e for e in m.rare if e.kind in ("conn.cursor", "cdc.msg")]
+            assert [e.kind for e in kept] == ["conn.cursor", "cdc.msg"] and kept[0].get("rewound") == 65536  # not the flow-control CDC
+            await pilot.press("3", "slash", *"write again", "enter")
+            await pilot.pause()
+            rows = table(app, "#events-table").items
+            assert [e.get("rewound") for e in rows] == [65536], rows
+            await pilot.press("slash", *"failover_validation", "enter")
+            await pilot.pause()
+            assert [e.get("seqno") for e in table(app, "#events-table").items] == [7]
+
+    run(go())
