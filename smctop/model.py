@@ -169,6 +169,16 @@ class Conn:
     last_tx: int = 0  # ev_tx when the last sample closed
     last_rx: int = 0  # ev_rx, likewise
     rewrite: int = 0  # bytes a failover sends again (its cursor event's rewound): the next WRITEs' bytes are not new
+    # ev_tx is tx_base plus the larger of two counts of the same bytes since then: the RDMA
+    # WRITEs seen (tx_wr) and how far the producer cursor went past its high water (tx_cur).
+    # A capture that lost a WRITE's frames still has the CDC after it, and the order in which
+    # a WRITE and its cursor arrive (a sample gives both at once) does not matter.
+    tx_base: int = 0
+    tx_wr: int = 0
+    tx_cur: int = 0
+    tx_pos: int = -1  # the producer cursor unwrapped, in bytes from where counting began (-1: not yet)
+    tx_hw: int = 0  # the furthest tx_pos went (a failover's rewind goes back; writing again is not new)
+    txw: int = 0  # tx_prod's wrap
     peer_end: "Conn | None" = None  # the other end of this connection, when the model watches both ends
     version_no: int = 0  # bumped on every change by an event or a snapshot (see change_no)
     mtick: int = 0  # the sample it last moved in (the model's list of them has it once)
@@ -626,6 +636,8 @@ class Model:
         f = e.fields
         c.role, c.local, c.peer, c.opened = f.get("role", ""), f.get("local", ""), f.get("peer", ""), e.t
         c.rx_prod = c.rx_prod or "0:0"
+        if c.tx_pos < 0 and not c.tx_wr:  # seen opening: its producer cursor begins at 0:0
+            c.tx_pos = c.tx_hw = c.txw = c.txc = 0
         self._pair(c)
         self.opened += 1
         self._log(c, e)
@@ -728,7 +740,8 @@ class Model:
         n = f.get("len")  # the kernel source's per-call count (smc_tx_sendmsg / smc_rx_recvmsg), or what a cursor moved
         if type(n) is int and n > 0 and f.get("source") in ("tracepoint", "snapshot"):  # since the last poll (KernelTuiSource)
             if side == "tx":
-                c.ev_tx += n
+                c.tx_wr += n
+                c.ev_tx = c.tx_base + max(c.tx_wr, c.tx_cur)
             else:
                 c.ev_rx += n
         if side != "tx" and "peer_rmbe_space" in f:  # a CDC arrived: the peer's producer and consumer cursors
@@ -751,11 +764,7 @@ class Model:
                 c.rewrite += f["rewound"]
             prod = f.get("prod")
             if prod is not None and prod != c.tx_prod:
-                c.tx_prod = prod
-                try:
-                    c.txc = int(prod.partition(":")[2])
-                except (ValueError, AttributeError):
-                    c.txc = parse_cursor(prod)[1]
+                _tx_cursor(c, prod)
             if "cons" in f:
                 c.tx_cons = f["cons"]
             c.tx_sent = f.get("sent", c.tx_sent)
@@ -793,7 +802,8 @@ class Model:
             again = min(c.rewrite, n)
             c.rewrite -= again
             n -= again
-        c.ev_tx += n
+        wr = c.tx_wr = c.tx_wr + n
+        c.ev_tx = c.tx_base + (wr if wr > c.tx_cur else c.tx_cur)
         if "coalesced" in e.fields:
             self._coalesced(e)
         c.version_no += 1
@@ -819,8 +829,14 @@ class Model:
             c = self._conn_of(e)
             if c is None:
                 return
+        f = e.fields
+        if f.get("dir") == "tx":  # its producer cursor: what this end has written (a lost WRITE shows here)
+            prod = f.get("prod")
+            if prod is not None and prod != c.tx_prod and "failover_validation" not in (f.get("flags") or ()):
+                _tx_cursor(c, prod)
+                self._touch(c)
         log = c.log
-        log.append((e.t, "cdc.msg", e.fields.get("dir", ""), _CDC_TEXT(e)))
+        log.append((e.t, "cdc.msg", f.get("dir", ""), _CDC_TEXT(e)))
         if len(log) > log.maxlen:
             del log[0]
 
@@ -958,8 +974,10 @@ class Model:
                 if k in s:
                     setattr(c, k, s[k])
             c.rxw, c.rxc = parse_cursor(c.rx_prod)
-            c.txc = parse_cursor(c.tx_prod)[1]
+            c.txw, c.txc = parse_cursor(c.tx_prod)
             c.ev_tx, c.ev_rx = s.get("bytes_sent", 0), s.get("bytes_received", 0)  # the truth at t; events add to it
+            c.tx_base, c.tx_wr, c.tx_cur = c.ev_tx, 0, 0  # both counts begin again at the snapshot's
+            c.tx_pos = c.tx_hw = 0 if "tx_prod" in s else -1
             c.rewrite = 0  # the stack's count already took back what a failover sends again
             if not known:  # what it moved before we watched is no rate and no part of what moved while watched
                 c.last_tx, c.last_rx = c.ev_tx, c.ev_rx
@@ -1280,6 +1298,34 @@ class Model:
 
 # the kinds kept in the long buffer the events view searches: few, and what an operator looks for later
 RARE_KINDS = frozenset({"conn.state", "conn.fallback", "conn.error", "link.state", "link.event", "lgr.state", "events.dropped"})
+
+
+def _tx_cursor(c: Conn, prod: str) -> None:
+    """This end's producer cursor moved to ``prod`` (a CDC it sent, or its cursor event): count
+    how far past its high water it went (tx_cur), unwrapped with the peer's RMB size."""
+    try:
+        w, _, n = prod.partition(":")
+        w, n = int(w), int(n)
+    except (ValueError, AttributeError):
+        w, n = parse_cursor(prod)
+    size = c.peer_rmb_size
+    if size <= 0:
+        c.tx_pos = -1  # no unwrapping without the size: begin again once it is known
+    elif c.tx_pos < 0:  # the first cursor seen: counting begins here, from what WRITEs counted
+        c.tx_pos = c.tx_hw = 0
+        c.tx_cur = c.tx_wr
+    else:
+        half = size << 15  # wrap counters are 16 bits: a move of under half their range either way
+        d = ((w - c.txw) & 0xFFFF) * size + n - c.txc
+        if d >= half:
+            d -= half << 1
+        pos = c.tx_pos = c.tx_pos + d
+        if pos > c.tx_hw:
+            c.tx_cur += pos - c.tx_hw
+            c.tx_hw = pos
+            if c.tx_cur > c.tx_wr:
+                c.ev_tx = c.tx_base + c.tx_cur
+    c.tx_prod, c.txw, c.txc = prod, w, n
 
 
 def _rare(e: Event) -> bool:

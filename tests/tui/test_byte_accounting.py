@@ -159,3 +159,43 @@ def test_a_failovers_second_copies_count_once_in_smctop():
     m.apply_snapshot({"host": "a", "t": 1.6, "conns": [{"conn": 1, "state": "ACTIVE", "lgr": "g", "link": 2, "bytes_sent": 26_000}]})
     m.feed(write(1.7, 8_000))
     assert c.ev_tx == 34_000  # the snapshot's 26,000 (it took back the 8,000 and wrote 7,000 again) and what came after it
+
+
+def test_sent_follows_the_producer_cursor_where_writes_are_missing_in_any_order():
+    """smctop's Sent is the larger of two counts of one thing: the RDMA WRITEs seen and how far
+    the producer cursor went (past its wraps, never counting a failover's rewind twice), so
+    WRITEs lost from a capture still count, and a cursor that arrives before its WRITE (a
+    sample gives both) does not count the bytes twice."""
+    from stack.events import Event
+
+    size = 65_536
+
+    def cdc(t, prod, flags=()):
+        return Event(t, "cdc.msg", "a", "g", 1, 1, {"dir": "tx", "seqno": int(t * 10), "prod": prod, "cons": "0:0", "flags": list(flags)})
+
+    def write(t, n):
+        return Event(t, "rdma.write", "a", "g", 1, 1, {"offset": 0, "rkey": 5, "length": n})
+
+    m = Model()
+    m.feed(Event(1.0, "conn.open", "a", "g", 1, 1, {"role": "client", "local": "10.0.0.1:1", "peer": "10.0.0.2:2"}))
+    m.feed(Event(1.0, "conn.mode", "a", "g", 1, 1, {"mode": "SMCR", "version": 2, "rmb_size": size, "peer_rmb_size": size}))
+    c = m.conns[("a", 1)]
+    m.feed(write(1.1, 40_000))
+    m.feed(cdc(1.1, "0:40000"))
+    assert c.ev_tx == 40_000  # both counts agree: once
+    m.feed(cdc(1.2, "1:14464"))  # a WRITE of 40,000 the capture lost: the cursor went round the RMB
+    assert c.ev_tx == 80_000
+    m.feed(Event(1.3, "conn.cursor", "a", "g", 1, 1, {"side": "tx", "prod": "1:54464", "cons": "0:0"}))  # the cursor first
+    m.feed(write(1.3, 40_000))  # then its WRITE
+    assert c.ev_tx == 120_000
+    m.feed(cdc(1.4, "0:0", ["failover_validation"]))  # a validation CDC carries no cursor
+    assert c.ev_tx == 120_000
+    m.feed(Event(1.5, "conn.cursor", "a", "g", 2, 1, {"side": "tx", "cause": "failover", "rewound": 20_000, "prod": "1:34464"}))
+    m.feed(write(1.6, 20_000))  # written again
+    m.feed(cdc(1.6, "1:54464"))
+    assert c.ev_tx == 120_000
+    m.feed(cdc(1.7, "3:0"))  # 11,072 + a whole turn of new bytes, the WRITEs lost
+    assert c.ev_tx == 120_000 + 11_072 + size
+    for k in range(40):  # many turns: the 16-bit wrap counter rolls over
+        m.feed(cdc(2.0 + k / 100, f"{(3 + 2000 * (k + 1)) & 0xFFFF}:0"))
+    assert c.ev_tx == 120_000 + 11_072 + size + 40 * 2000 * size
