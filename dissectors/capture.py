@@ -6,6 +6,8 @@
   is decoded frame by frame into the same kinds of events (dissectors.derive).
 * A JSONL file of events (``smc-trace export --jsonl``) is read back too: a file that is
   not pcap or pcapng by its magic and starts with text (after a BOM and blank lines).
+* Any of these compressed with gzip, zstd or LZ4 (as tshark reads them) is decompressed
+  first (dissectors.compressed); a compressed stream cut short is read as far as it goes.
 
 Damage to the container raises :class:`CaptureError` naming the block (or record) and
 byte offset, after the events read before it were yielded. Every event record (JSONL line,
@@ -24,6 +26,7 @@ from typing import Iterator
 
 from stack.events import Event, Skipped, from_json
 
+from .compressed import InflateError, inflate
 from .derive import derive_events, observe
 from .pcap import PCAP_MAGICS, CaptureError, is_pcapng, read_capture
 from .pcapng import LINKTYPE_WIRESHARK_UPPER_PDU, Packet, capture_drops
@@ -46,7 +49,18 @@ BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors put first
 TEXT_HEAD = 4096  # bytes of the first line looked at to tell text from a binary file
 
 
-def _load(source: str | Path | bytes) -> bytes:
+def _load(source: str | Path | bytes) -> tuple[bytes, str | None]:
+    """The file's bytes, decompressed when it is gzip, zstd or LZ4 (as tshark reads them), and
+    what was wrong with its compressed stream part way (None: nothing)."""
+    data = _read(source)
+    name = str(source) if isinstance(source, (str, Path)) else "the data"
+    try:
+        return inflate(data, name, MAX_FILE)
+    except InflateError as e:
+        raise FileError(str(e)) from None
+
+
+def _read(source: str | Path | bytes) -> bytes:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source)
     try:
@@ -151,7 +165,19 @@ def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce
     """The events of a capture (see the module's doc). ``roce``: an analysis that also sees
     every RoCEv2 frame, for retransmission counts (a frame sent again is never a new event).
     ``clock``: learns the recording's wall-clock offset from its first event record."""
-    data = _load(source)
+    data, damage = _load(source)
+    if damage is None:
+        yield from _read_data(data, source, skipped, roce, clock)
+        return
+    try:  # a compressed stream cut short or damaged: the events before it, then what was wrong
+        yield from _read_data(data, source, skipped, roce, clock)
+    except CaptureError as e:
+        raise CaptureError(f"{damage}; in what it held, {e}") from None
+    raise CaptureError(damage)
+
+
+def _read_data(data: bytes, source: str | Path | bytes, skipped: Skipped | None, roce: RoceAnalysis | None,
+               clock: WallOffset | None) -> Iterator[Event]:  # fmt: skip
     if data[:4] not in PCAP_MAGICS and not is_pcapng(data):
         start = _text_start(data)
         if start is not None:

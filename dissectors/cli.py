@@ -915,8 +915,9 @@ def parser() -> argparse.ArgumentParser:
     for name, help_ in (("decode", "print the timeline"), ("summary", "connections, fallbacks, failovers, throughput"), ("export", "events as JSON lines")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("files", nargs="+", metavar="file",
-                       help="pcapng or pcap file (ours or any capture of SMC traffic), or JSONL events; several files "
-                            "(each host's recording) make one timeline in time order")  # fmt: skip
+                       help="pcapng or pcap file (ours or any capture of SMC traffic), or JSONL events, each also gzip, zstd "
+                            "or LZ4 compressed as tshark reads them; several files (each host's recording) make one "
+                            "timeline in time order")  # fmt: skip
         if name == "decode":
             s.add_argument("--conn", help="only these connection ids (comma-separated)")
             s.add_argument("--link", help="only these link ids")

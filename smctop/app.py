@@ -489,7 +489,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
                                  "performance. Without --attach or --replay it runs the embedded demo.")  # fmt: skip
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--attach", metavar="PATH", action="append", help="a stack's control socket (repeat for several hosts)")
-    src.add_argument("--replay", metavar="FILE", help="play a recording: JSONL events or an smc-trace pcapng capture")
+    src.add_argument(
+        "--replay",
+        metavar="FILE",
+        help="play a recording: JSONL events or an smc-trace pcapng capture (or any pcap or pcapng; gzip, zstd or LZ4 compressed too)",
+    )
     ap.add_argument(
         "--kernel", action="store_true", help="the Linux kernel's own SMC-R (smc_diag, SMC_GEN_NETLINK; tracepoints as root); with --attach, both side by side"
     )
