@@ -37,6 +37,8 @@ class ConnSummary:
     bytes_received: int | None = None
     first_write: float | None = None
     last_write: float | None = None
+    first_rx: float | None = None  # when this end was first and last seen to receive data
+    last_rx: float | None = None
     state: str = ""
     error: str | None = None
     rmb_size: int = 0
@@ -59,12 +61,19 @@ class ConnSummary:
         kernel source), else what the peer's producer cursor advanced by (as smctop counts)."""
         return self.bytes_received if self.bytes_received is not None else self.rx_written
 
-    def peer_cursor(self, prod: str) -> None:
-        """A CDC arrived with the peer's producer cursor ``wrap:count``: count its advance (as
-        smctop's model does)."""
-        self.rx_written += cursor_delta(self.rx_prod, prod, self.rmb_size)
+    def peer_cursor(self, prod: str, t: float | None = None) -> None:
+        """A CDC arrived (at ``t``) with the peer's producer cursor ``wrap:count``: count its
+        advance (as smctop's model does)."""
+        moved = cursor_delta(self.rx_prod, prod, self.rmb_size)
+        self.rx_written += moved
         self.rx_prod = prod
         self.rx_seen = True
+        if moved > 0 and t is not None:
+            self.received_at(t)
+
+    def received_at(self, t: float) -> None:
+        self.first_rx = t if self.first_rx is None else self.first_rx
+        self.last_rx = t
 
     def own_cursor(self, prod: str) -> None:
         """This end's producer cursor ``wrap:count`` as a CDC it sent or its cursor event said:
@@ -84,12 +93,15 @@ class ConnSummary:
 
     @property
     def moved(self) -> int:
-        """What this end sent, each byte once: its RDMA WRITEs as far as its producer cursor
-        went (with the WRITEs seen before the trace showed the cursor; a failover's second
-        copies are not new bytes), or, where the trace shows no WRITEs (the kernel as a source
-        sees the application's sends), its sends."""
-        if self.bytes_written and (self.tx_counts or self.tx_wraps) and (self.peer_rmb_size or not self.tx_wraps):
-            return self.written_before + self.tx_wraps * self.peer_rmb_size + self.tx_counts
+        """What this end sent, each byte once: as far as its producer cursor went (with the
+        WRITEs seen before the trace showed the cursor; a failover's second copies are not new
+        bytes, and WRITEs a capture lost still count), or, where the trace shows no cursor,
+        its WRITEs or (the kernel as a source sees the application's sends) its sends."""
+        if (self.tx_counts or self.tx_wraps) and (self.peer_rmb_size or not self.tx_wraps):
+            cursor = self.written_before + self.tx_wraps * self.peer_rmb_size + self.tx_counts
+            # with no WRITE seen: a capture that lost them (the CDCs tell), or the kernel as a
+            # source, whose sends count where they went further than a cursor it sampled
+            return cursor if self.bytes_written or self.bytes_sent is None else max(cursor, self.bytes_sent)
         return self.bytes_written or self.bytes_sent or 0
 
     @property
@@ -135,6 +147,18 @@ class Summary:
         if c.bytes_received is None and not c.rx_seen and id(c) in peers:
             return peers[id(c)].moved
         return c.received
+
+    def rate_mbps(self, c: ConnSummary, peers: dict[int, ConnSummary]) -> float:
+        """End ``c``'s data rate, both directions (as smctop's rate): what it sent and received
+        over the time it was seen moving data. Where the trace shows only what each end sent,
+        its receiving is timed by its peer's WRITEs."""
+        rx_from = peers.get(id(c)) if c.bytes_received is None and not c.rx_seen else None
+        rx = (rx_from.first_write, rx_from.last_write) if rx_from is not None else (c.first_rx, c.last_rx)
+        times = [t for t in (c.first_write, c.last_write, *rx) if t is not None]
+        span = max(times) - min(times) if times else 0.0
+        if span <= 0:
+            return 0.0
+        return (c.moved + self.received(c, peers)) * 8 / span / 1e6
 
     @property
     def sees_data(self) -> bool:
@@ -197,7 +221,8 @@ class Summary:
                 {"host": c.host, "conn": c.conn, "role": c.role, "local": c.local, "peer": c.peer, "mode": c.mode, "version": c.version,
                  "reason": c.reason, "reason_text": c.reason_text, "lgr": c.lgr, "bytes_written": c.bytes_written,
                  "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received, "moved": c.moved, "received": self.received(c, peers),
-                 "throughput_mbps": round(c.throughput_mbps, 3), "state": c.state, "error": c.error}
+                 "throughput_mbps": round(c.throughput_mbps, 3), "rate_mbps": round(self.rate_mbps(c, peers), 3), "state": c.state,
+                 "error": c.error}
                 for c in sorted(self.conns.values(), key=lambda c: (c.host, c.conn))
             ],
         }  # fmt: skip
@@ -249,8 +274,9 @@ def summarize(events: Iterable[Event]) -> Summary:
                     c.last_write = e.t
             else:
                 c.bytes_received = (c.bytes_received or 0) + g("len")
+                c.received_at(e.t)
         elif k == "conn.cursor" and c is not None and g("side") == "rx" and "peer_rmbe_space" in e.fields and g("prod") is not None:
-            c.peer_cursor(str(g("prod")))  # a CDC arrived: the peer wrote up to its producer cursor
+            c.peer_cursor(str(g("prod")), e.t)  # a CDC arrived: the peer wrote up to its producer cursor
         elif k == "conn.rmb" and c is not None and type(g("size")) is int and g("size") > 0:
             c.rmb_size = g("size")
         elif k == "conn.error":
@@ -345,7 +371,7 @@ def render(s: Summary) -> str:
     for c in d["conns"]:
         sent, received = (c["moved"], c["received"]) if known else ("?", "?")
         out.append(f"{c['host']:<{hw}}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
-                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{sent:>12}{received:>12}{c['throughput_mbps'] / 8:>10.1f}  {c['state']}"
+                   f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{sent:>12}{received:>12}{c['rate_mbps'] / 8:>10.1f}  {c['state']}"
                    + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
     out.append("")
     out.append("Fallbacks: " + (", ".join(f"{f['text']} x{f['count']}" for f in d["fallbacks"]) or "none"))

@@ -1309,15 +1309,15 @@ def _tx_cursor(c: Conn, prod: str) -> None:
     except (ValueError, AttributeError):
         w, n = parse_cursor(prod)
     size = c.peer_rmb_size
-    if size <= 0:
-        c.tx_pos = -1  # no unwrapping without the size: begin again once it is known
+    if size <= 0 and (c.tx_pos < 0 or w != c.txw):
+        c.tx_pos = -1  # a wrap cannot be counted without the size: begin again once it is known
     elif c.tx_pos < 0:  # the first cursor seen: counting begins here, from what WRITEs counted
         c.tx_pos = c.tx_hw = 0
         c.tx_cur = c.tx_wr
     else:
         half = size << 15  # wrap counters are 16 bits: a move of under half their range either way
-        d = ((w - c.txw) & 0xFFFF) * size + n - c.txc
-        if d >= half:
+        d = ((w - c.txw) & 0xFFFF) * size + n - c.txc  # (within one wrap, no size needed)
+        if size > 0 and d >= half:
             d -= half << 1
         pos = c.tx_pos = c.tx_pos + d
         if pos > c.tx_hw:

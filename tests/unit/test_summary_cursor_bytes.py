@@ -91,3 +91,32 @@ def test_a_capture_gives_each_end_what_its_peer_sent_as_received() -> None:
     told = [*events, Event(1.3, "conn.mode", "b", "g", 1, 1, {"mode": "SMCR", "version": 1, "rmb_size": 65536}),
             Event(1.4, "conn.cursor", "b", "g", 1, 1, {"side": "rx", "prod": "0:20000", "peer_rmbe_space": 0})]  # fmt: skip
     assert {c["host"]: c["received"] for c in summarize(told).to_dict()["conns"]}["b"] == 20_000  # as far as b saw it
+
+
+def test_each_ends_rate_counts_both_directions_the_receiver_too() -> None:
+    """The MB/s column was what the end sent over its WRITEs' span: the receiving end of a
+    bulk transfer showed 0.0 beside tens of megabytes received. It is both directions over
+    the time the end moved data (as smctop's rate); from a capture, which shows no receipt,
+    the receiver is timed by its peer's WRITEs."""
+    from dissectors.summary import render
+
+    size = 1 << 20
+    back = {"role": "server", "local": "10.0.0.2:5000", "peer": "10.0.0.1:40000"}
+    sender = [Event(1.0, "conn.open", "a", conn=1, fields=OPEN),
+              Event(1.0, "conn.mode", "a", "g", 1, 1, {"mode": "SMCR", "version": 2, "rmb_size": size, "peer_rmb_size": size})]  # fmt: skip
+    receiver = [Event(1.0, "conn.open", "b", conn=1, fields=back),
+                Event(1.0, "conn.mode", "b", "g", 1, 1, {"mode": "SMCR", "version": 2, "rmb_size": size, "peer_rmb_size": size})]  # fmt: skip
+    for k in range(1, 11):  # 10 x 500,000 bytes between 1.0 and 2.0 s: 5 MB in 1 s
+        t = 1.0 + k / 10
+        sender += [_write(t, 500_000), _cdc(t, f"{k * 500_000 // size}:{k * 500_000 % size}")]
+        receiver.append(Event(t, "conn.cursor", "b", "g", 1, 1, {"side": "rx", "prod": f"{k * 500_000 // size}:{k * 500_000 % size}",
+                                                                "cons": "0:0", "peer_rmbe_space": 0}))  # fmt: skip
+    recorded = summarize(sorted(sender + receiver, key=lambda e: e.t)).to_dict()["conns"]
+    by = {c["host"]: c for c in recorded}
+    assert (by["a"]["moved"], by["b"]["received"]) == (5_000_000, 5_000_000)
+    assert by["a"]["rate_mbps"] == by["b"]["rate_mbps"] == round(5_000_000 * 8 / 0.9 / 1e6, 3)  # from the first move to the last
+    wire = summarize(sorted(sender + [e for e in receiver if e.kind != "conn.cursor"], key=lambda e: e.t))  # a capture: no receipt
+    by = {c["host"]: c for c in wire.to_dict()["conns"]}
+    assert by["b"]["received"] == 5_000_000 and by["b"]["rate_mbps"] == by["a"]["rate_mbps"] > 0
+    row = next(line for line in render(wire).splitlines() if line.startswith("b "))
+    assert row.split()[-3:] == ["0", "5000000", f"{5_000_000 / 0.9 / 1e6:.1f}"], row  # sent, received, MB/s (not 0.0)
