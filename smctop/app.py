@@ -36,7 +36,7 @@ from stack.events import Skipped
 from .model import Model
 from .record import Recorder, default_name, open_recorder
 from .screens import ConnDetailScreen, DeclineScreen, HelpScreen, help_text
-from .sources import LOAD_IN_BACKGROUND, AttachSource, CombinedSource, DemoSource, KernelTuiSource, ReplaySource, Source, SourceError, file_size, load_events
+from .sources import LOAD_IN_BACKGROUND, AttachSource, CombinedSource, DemoSource, KernelTuiSource, ReplaySource, Source, SourceError, load_cost, load_events
 from .views import VIEWS, ConnsPane, EventsPane, HeaderBar, Pane
 from .widgets import RowTable
 
@@ -538,7 +538,7 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
     if args.replay:
         skipped = Skipped()
         try:
-            if not getattr(args, "once", False) and file_size(args.replay) >= LOAD_IN_BACKGROUND:
+            if not getattr(args, "once", False) and load_cost(args.replay) >= LOAD_IN_BACKGROUND:
                 src = ReplaySource(args.replay, speed=args.speed, skipped=skipped)  # read on a thread with the screen up
                 src.paused = args.paused
                 return src

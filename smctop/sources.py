@@ -604,6 +604,22 @@ def file_size(path: str) -> int:
     return st.st_size
 
 
+COMPRESSION_GUESS = 8  # a compressed capture's bytes to read, per byte of the file (gzip of pcap: 3-10)
+
+
+def load_cost(path: str) -> int:
+    """About how many bytes replaying ``path`` reads: its size, or a guess at what it
+    decompresses to (gzip, zstd, LZ4), so a large compressed capture is read in the background too."""
+    size = file_size(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        kind = importlib.import_module("dissectors.compressed").kind  # the smc-trace reader's, as load_events reads it
+    except (OSError, ImportError):
+        return size
+    return size * COMPRESSION_GUESS if kind(head) else size
+
+
 class ReplaySource(Source):
     """Plays recorded events on their own clock: ``speed`` x real time, with pause, step
     (one event) and seek (backwards replays from the start into a cleared model)."""
@@ -637,7 +653,7 @@ class ReplaySource(Source):
         """A small file is read here; a large one (LOAD_IN_BACKGROUND) on a thread, so that
         the screen, the keys and ``q`` work while it is read (the replay starts when it is)."""
         if not self._loaded:
-            size = file_size(self.path)
+            size = load_cost(self.path)
             if size >= LOAD_IN_BACKGROUND:
                 self._size = size
                 self._load_started = time.monotonic()
@@ -694,7 +710,7 @@ class ReplaySource(Source):
 
     def describe(self) -> str:
         if self.loading:
-            return f"replay {self.path}: reading {self._size / 1e6:,.0f} MB, {time.monotonic() - self._load_started:.0f} s (q quits)"
+            return f"replay {self.path}: reading about {self._size / 1e6:,.0f} MB, {time.monotonic() - self._load_started:.0f} s (q quits)"
         if self.fatal:
             return f"replay {self.path}: {self.fatal}"
         state = "paused" if self.paused else ("at the end" if self.done else f"playing {self.speed:g}x")

@@ -91,3 +91,22 @@ def test_once_and_small_files_are_read_before_the_source_is_returned(monkeypatch
     _large(monkeypatch)
     args, ap = parse_args(["--replay", str(GOLDEN), "--once"])
     assert build_source(args, ap).events  # --once prints the end state: it reads first
+
+
+def test_a_compressed_recording_is_weighed_by_what_it_decompresses_to(monkeypatch, tmp_path):
+    """A 3 MB .pcap.gz decompresses to tens of megabytes: weighed by its own size it was read
+    before the screen came up, which then stayed blank for as long."""
+    import gzip
+
+    small = tmp_path / "session.jsonl.gz"
+    small.write_bytes(gzip.compress(GOLDEN.read_bytes()))
+    size = small.stat().st_size
+    assert sources.load_cost(str(small)) == size * sources.COMPRESSION_GUESS
+    assert sources.load_cost(str(GOLDEN)) == GOLDEN.stat().st_size  # a plain file: its size
+    monkeypatch.setattr(sources, "LOAD_IN_BACKGROUND", size * 2)
+    monkeypatch.setattr(app_mod, "LOAD_IN_BACKGROUND", size * 2)
+    args, ap = parse_args(["--replay", str(small)])
+    src = build_source(args, ap)
+    assert isinstance(src, ReplaySource) and not src.events  # to be read on a thread with the screen up
+    args, ap = parse_args(["--replay", str(small), "--once"])
+    assert len(build_source(args, ap).events) == len(GOLDEN.read_text().splitlines())  # --once reads it first
