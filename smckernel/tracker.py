@@ -43,10 +43,11 @@ from stack.wire.fields import cdc_fields, llc_fields
 
 from . import trace as ktrace
 from .genl import LGR_TYPES
-from .model import Snapshot, to_stack_snapshot
+from .model import Conn, Snapshot, to_stack_snapshot
 
 SOURCE = "source"  # the field every event carries (see the report: a schema addition)
 SNAPSHOT, TRACEPOINT, PROBE, CAPTURE = "snapshot", "tracepoint", "probe", "capture"
+SIDE_NAMING = frozenset({"fallback", "decline", "cdc_rx", "sendmsg", "recvmsg"})  # probes whose records say a socket's side (listen_smc)
 CLOSED_KEPT = 4096  # names of gone connections kept for records read late (two per connection)
 _CRIT = {"SINGLE": True, "ASYML": True, "SYM": False, "ASYMP": False, "NONE": True}
 
@@ -146,6 +147,9 @@ class Tracker:
         self.closed: OrderedDict[tuple, tuple[_Conn, float]] = OrderedDict()  # oldest first: forgotten in constant time
         self.trace_clock_mono = True  # record times are CLOCK_MONOTONIC like snapshot times (the instance's trace_clock is mono)
         self.late = 0  # records read after a snapshot told their connection gone (the trace reader was behind)
+        # connections smc_diag showed without their side (a fallen-back socket's role is not in
+        # it), held one poll for the record that names it: id -> (time, the snapshot's Conn, first)
+        self.role_wait: dict[int, tuple[float, Conn, bool]] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -259,43 +263,19 @@ class Tracker:
             seen.add(e.id)
             if c.state in ("LISTEN", "INIT") or c.mode is None:
                 continue  # a listener, or a handshake still running: nothing to tell yet
-            out += self._open(t, e, SNAPSHOT, c.role, c.local, c.peer)
-            if e.state != c.state:
-                cause = ("already open when the kernel source started" if first else "first seen by smc_diag") if e.state is None else "smc_diag"
-                out.append(self._ev(t, "conn.state", SNAPSHOT, conn=e.id, old=e.state or "", new=c.state, cause=cause))
-                e.state = c.state
-            if not e.mode_reported:
-                e.mode_reported = True
-                if c.mode == "TCP":
-                    if not e.fallback_reported:
-                        e.fallback_reported = True
-                        ft, src = self._fallback_time(t, c.fallback_reason)
-                        out.append(self._ev(ft, "conn.fallback", src, conn=e.id, reason=c.fallback_reason or 0,
-                                            reason_text=codes.format_reason(c.fallback_reason) if c.fallback_reason else "not SMC",
-                                            peer_diagnosis=c.peer_diagnosis or None,
-                                            peer_diagnosis_text=codes.format_reason(c.peer_diagnosis) if c.peer_diagnosis else None,
-                                            cause="smc_diag" if src == SNAPSHOT else "smc:smc_switch_to_fallback"))  # fmt: skip
-                    out.append(self._ev(t, "conn.mode", SNAPSHOT, conn=e.id, mode="TCP", reason=c.fallback_reason or 0))
-                else:
-                    out.append(self._ev(t, "conn.mode", SNAPSHOT, lgr=c.lgr, link=c.link, conn=e.id, mode=c.mode, version=c.version,
-                                        token=c.token, rmb_size=c.rmb_size, peer_rmb_size=c.peer_rmb_size))  # fmt: skip
-            if c.cursors:
-                rx = (c.cursors.get("rx_prod"), c.cursors.get("rx_cons"))
-                if rx != e.rx:
-                    e.rx = rx
-                    to_rcv = None
-                    if rx[0] is not None and rx[1] is not None and c.rmb_size:
-                        to_rcv = max(0, (rx[0][0] - rx[1][0]) * c.rmb_size + rx[0][1] - rx[1][1])
-                    out.append(self._ev(t, "conn.cursor", SNAPSHOT, lgr=c.lgr, link=c.link, conn=e.id, side="rx", prod=_cur(rx[0]),
-                                        cons=_cur(rx[1]), bytes_to_rcv=to_rcv, cause="smc_diag"))  # fmt: skip
-                tx = (c.cursors.get("tx_prod"), c.cursors.get("tx_cons"), c.cursors.get("tx_sent"), c.cursors.get("tx_fin"))
-                if tx != e.tx:
-                    e.tx = tx
-                    out.append(self._ev(t, "conn.cursor", SNAPSHOT, lgr=c.lgr, link=c.link, conn=e.id, side="tx", prod=_cur(tx[0]),
-                                        cons=_cur(tx[1]), sent=_cur(tx[2]), fin=_cur(tx[3]), cause="smc_diag"))  # fmt: skip
+            if c.role is None and not e.opened and e.id not in self.role_wait and self.installed & SIDE_NAMING:
+                # a record that names its side (fallback, decline, a send) may still be on its way
+                # (the trace reader behind the poller): conn.open is told once, so wait one poll
+                self.role_wait[e.id] = (t, c, first)
+                continue
+            self.role_wait.pop(e.id, None)
+            out += self._conn_events(e, c, t, first)
         for e in list(self.conns.values()):
             if e.id in seen:
                 continue
+            waited = self.role_wait.pop(e.id, None)
+            if waited is not None and not e.opened:  # gone, and no record named its side: as smc_diag showed it
+                out += self._conn_events(e, waited[1], waited[0], waited[2])
             if e.cookie is not None or e.state is not None:
                 if e.opened and e.state is not None and e.state != "CLOSED":
                     out.append(self._ev(t, "conn.state", SNAPSHOT, conn=e.id, old=e.state, new="CLOSED", cause="gone from smc_diag"))
@@ -305,6 +285,44 @@ class Tracker:
                 if e.opened:
                     out.append(self._ev(t, "conn.state", SNAPSHOT, conn=e.id, old="", new="CLOSED", cause="closed before smc_diag showed it"))
                 self._close(e, t)
+        return out
+
+    def _conn_events(self, e: _Conn, c: Conn, t: float, first: bool) -> list[Event]:
+        """What smc_diag's view ``c`` of connection ``e`` at ``t`` tells that was not told yet."""
+        out = self._open(t, e, SNAPSHOT, c.role, c.local, c.peer)
+        if e.state != c.state:
+            cause = ("already open when the kernel source started" if first else "first seen by smc_diag") if e.state is None else "smc_diag"
+            out.append(self._ev(t, "conn.state", SNAPSHOT, conn=e.id, old=e.state or "", new=c.state, cause=cause))
+            e.state = c.state
+        if not e.mode_reported:
+            e.mode_reported = True
+            if c.mode == "TCP":
+                if not e.fallback_reported:
+                    e.fallback_reported = True
+                    ft, src = self._fallback_time(t, c.fallback_reason)
+                    out.append(self._ev(ft, "conn.fallback", src, conn=e.id, reason=c.fallback_reason or 0,
+                                        reason_text=codes.format_reason(c.fallback_reason) if c.fallback_reason else "not SMC",
+                                        peer_diagnosis=c.peer_diagnosis or None,
+                                        peer_diagnosis_text=codes.format_reason(c.peer_diagnosis) if c.peer_diagnosis else None,
+                                        cause="smc_diag" if src == SNAPSHOT else "smc:smc_switch_to_fallback"))  # fmt: skip
+                out.append(self._ev(t, "conn.mode", SNAPSHOT, conn=e.id, mode="TCP", reason=c.fallback_reason or 0))
+            else:
+                out.append(self._ev(t, "conn.mode", SNAPSHOT, lgr=c.lgr, link=c.link, conn=e.id, mode=c.mode, version=c.version,
+                                    token=c.token, rmb_size=c.rmb_size, peer_rmb_size=c.peer_rmb_size))  # fmt: skip
+        if c.cursors:
+            rx = (c.cursors.get("rx_prod"), c.cursors.get("rx_cons"))
+            if rx != e.rx:
+                e.rx = rx
+                to_rcv = None
+                if rx[0] is not None and rx[1] is not None and c.rmb_size:
+                    to_rcv = max(0, (rx[0][0] - rx[1][0]) * c.rmb_size + rx[0][1] - rx[1][1])
+                out.append(self._ev(t, "conn.cursor", SNAPSHOT, lgr=c.lgr, link=c.link, conn=e.id, side="rx", prod=_cur(rx[0]),
+                                    cons=_cur(rx[1]), bytes_to_rcv=to_rcv, cause="smc_diag"))  # fmt: skip
+            tx = (c.cursors.get("tx_prod"), c.cursors.get("tx_cons"), c.cursors.get("tx_sent"), c.cursors.get("tx_fin"))
+            if tx != e.tx:
+                e.tx = tx
+                out.append(self._ev(t, "conn.cursor", SNAPSHOT, lgr=c.lgr, link=c.link, conn=e.id, side="tx", prod=_cur(tx[0]),
+                                    cons=_cur(tx[1]), sent=_cur(tx[2]), fin=_cur(tx[3]), cause="smc_diag"))  # fmt: skip
         return out
 
     def _fallback_time(self, t: float, reason: int | None) -> tuple[float, str]:

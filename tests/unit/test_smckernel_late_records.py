@@ -95,3 +95,48 @@ def test_the_names_of_gone_connections_are_bounded() -> None:
     assert len(tr.closed) == ktracker.CLOSED_KEPT
     newest = (ktracker.CLOSED_KEPT, (1024 + ktracker.CLOSED_KEPT - 1, 5001, "10.2.0.2"))
     assert ("token", newest[0]) in tr.closed and ("key", newest[1]) in tr.closed
+
+
+def fallback(t: float, sport: int = 36476, listen: int = 0) -> ktrace.TraceRecord:
+    return ktrace.parse_line(f"python-179 [000] ..... {t:.6f}: fallback: (smc_switch_to_fallback+0x0/0x270 [smc]) reason=0x5000000 "
+                             f"peer_diag=0x3030000 listen={listen:#x} sport={sport} dport=35091 saddr=0x100020a daddr=0x200020a net=1")  # fmt: skip
+
+
+def fallen_back(t: float, cookie: int = 9) -> Snapshot:
+    """A fallen-back client socket as smc_diag shows it: no role (the kernel gives one only
+    for SMC-R connections), its port no listener's."""
+    return Snapshot("a", t, connections=[Conn(state="ACTIVE", mode="TCP", cookie=cookie, local="10.2.0.1:36476", peer=PEER,
+                                              fallback_reason=0x5000000, peer_diagnosis=0x3030000)])  # fmt: skip
+
+
+def test_a_fallen_back_client_smc_diag_shows_before_its_record_is_opened_as_a_client() -> None:
+    """Under load (run 46) the poller's snapshot showed a fallen-back connection before the
+    trace reader got to its smc_switch_to_fallback record, which names its side: the snapshot
+    opened it as role "unknown", conn.open is told once, and summary's fallbacks by role
+    disagreed with the kernel's counters."""
+    tr = Tracker("a", stats_every=None)
+    tr.installed = {"fallback", "sendmsg", "recvmsg"}
+    out = tr.snapshot(fallen_back(10.0))
+    assert [e for e in out if e.kind == "conn.open"] == []  # held one poll for the record
+    out += tr.trace(fallback(9.9))  # read late
+    out += tr.snapshot(fallen_back(11.0))
+    opens = [e for e in out if e.kind == "conn.open"]
+    assert [(e.fields["role"], e.fields["local"]) for e in opens] == [("client", "10.2.0.1:36476")]
+    assert [e.fields["reason"] for e in out if e.kind == "conn.fallback"] == [0x5000000]
+    assert [e.fields["new"] for e in out if e.kind == "conn.state"] == ["ACTIVE"]
+
+
+def test_without_a_record_it_is_told_a_poll_later_or_when_it_goes() -> None:
+    tr = Tracker("a", stats_every=None)
+    tr.installed = {"fallback"}
+    first = tr.snapshot(fallen_back(10.0))
+    later = tr.snapshot(fallen_back(11.0))  # no record came: as smc_diag shows it
+    assert first == [] and [e.fields["role"] for e in later if e.kind == "conn.open"] == ["unknown"]
+    tr2 = Tracker("a", stats_every=None)
+    tr2.installed = {"fallback"}
+    tr2.snapshot(fallen_back(10.0))
+    gone = tr2.snapshot(Snapshot("a", 11.0))  # closed before the next poll, no record: still told, then closed
+    assert [(e.kind, e.t) for e in gone if e.kind in ("conn.open", "conn.fallback")] == [("conn.open", 10.0), ("conn.fallback", 10.0)]
+    assert [e.fields["new"] for e in gone if e.kind == "conn.state"] == ["ACTIVE", "CLOSED"]
+    tr3 = Tracker("a", stats_every=None)  # no probe that names a side: nothing to wait for
+    assert [e.fields["role"] for e in tr3.snapshot(fallen_back(10.0)) if e.kind == "conn.open"] == ["unknown"]
