@@ -166,14 +166,14 @@ def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce
     every RoCEv2 frame, for retransmission counts (a frame sent again is never a new event).
     ``clock``: learns the recording's wall-clock offset from its first event record."""
     data, damage = _load(source)
-    if damage is None:
-        yield from _read_data(data, source, skipped, roce, clock)
-        return
-    try:  # a compressed stream cut short or damaged: the events before it, then what was wrong
+    try:
         yield from _read_data(data, source, skipped, roce, clock)
     except CaptureError as e:
+        if damage is None:
+            raise
         raise CaptureError(f"{damage}; in what it held, {e}") from None
-    raise CaptureError(damage)
+    if damage is not None:  # a compressed stream cut short or damaged: the events before it, then what was wrong
+        raise CaptureError(damage)
 
 
 def _read_data(data: bytes, source: str | Path | bytes, skipped: Skipped | None, roce: RoceAnalysis | None,
