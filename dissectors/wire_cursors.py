@@ -4,8 +4,9 @@ cannot see directly (dissectors/derive.py).
 What a sender writes again after a failover: a link that fails may have lost data whose
 CDC never completed, so the sender goes back (the kernel's smc_switch_cursor) to the
 producer cursor of its last completed CDC, or to where the peer says it has read, if that
-is further. Its failover-validation CDC carries that CDC's sequence number
-(tx_cdc_seq_fin). The distance from there to the furthest producer cursor it announced is
+is further. Its failover-validation CDC carries the kernel's tx_cdc_seq_fin: the completed
+send's ctrl_seq, which smc_cdc_add_pending_send takes before smc_cdc_msg_send numbers the
+CDC, so one less than that CDC's own sequence number. The distance from there to the furthest producer cursor it announced is
 what its next WRITEs send a second time; the stack reports it as a ``conn.cursor`` event
 with ``rewound``, and a capture gives the same event, so that smctop and ``summary`` do not
 count those bytes twice.
@@ -67,7 +68,7 @@ class WireCursors:
             if sender.furthest is None or not size or _ahead(sender.furthest, msg.prod, size):
                 sender.furthest = msg.prod
             return None
-        back_to = sender.by_seqno.get(msg.seqno)
+        back_to = sender.by_seqno.get((msg.seqno + 1) & 0xFFFF)  # the completed CDC: the one after the number named
         if back_to is None or sender.furthest is None or not size:
             return None
         read = _other(self.read_to.get(conn), host)

@@ -585,13 +585,15 @@ class SmcConnection:
             self.cdc_pend -= 1
         if not ok:
             return
+        # the kernel's tx_cdc_seq_fin is the pending send's ctrl_seq, taken before the CDC got
+        # its number: one less than the completed CDC's seqno (a validation names that)
         if curs.ahead(sent, self.tx_fin):
             self.tx_fin = sent
             self.tx_prod_fin = prod
-            self.tx_seq_fin = seq
+            self.tx_seq_fin = (seq - 1) & 0xFFFF
             self.io.conn_writable(self.id)
         elif seq:
-            self.tx_seq_fin = seq
+            self.tx_seq_fin = (seq - 1) & 0xFFFF
         if self.tx_sent != self.tx_prep:  # smc_tx_pending: what autocorking held back goes now
             self.tx_step(now)
 
@@ -710,7 +712,8 @@ class SmcConnection:
         """smc_switch_cursor: continue on link ``to``. What the old link may not have
         delivered is written again: the send cursor goes back to the last completed CDC
         (skipping forward what the peer has already read), a failover-validation CDC
-        carries the last completed sequence number, then data and cursors follow.
+        carries the kernel's tx_cdc_seq_fin (one before the last completed CDC's number),
+        then data and cursors follow.
         Returns True when the validation CDC went out."""
         self.link = to
         self.tx_epoch += 1

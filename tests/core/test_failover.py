@@ -285,6 +285,11 @@ def test_failover_validation_and_rewind_on_the_wire():
     assert first.get("flags") == ["failover_validation"] and first.link == 2
     assert first.get("prod") == "0:0" and first.get("cons") == "0:0"
     assert first.get("raw")[24] == 0x08  # producer flags byte: failover validation bit
+    # its number is the kernel's tx_cdc_seq_fin, one less than the last completed CDC's: the
+    # producer cursor the sender went back to is that next CDC's
+    (rewind,) = kinds(a, "conn.cursor", cause="failover")
+    sent = {e.get("seqno"): e.get("prod") for e in a.events if e.kind == "cdc.msg" and e.get("dir") == "tx" and e.t < begin.t and e.conn == first.conn}
+    assert sent[(first.get("seqno") + 1) & 0xFFFF] == rewind.get("prod"), (first, rewind)
     (end,) = kinds(a, "link.event", event="failover_end")
     assert end.get("duration_ms") > 0 and end.get("conns") == 1 and end.get("failed") == 0
 
