@@ -4,7 +4,9 @@ Writer: Section Header, Interface Description (link type, name, nanosecond times
 and Enhanced Packet blocks with an optional comment. Little-endian, as Wireshark writes.
 
 Reader: any pcapng file of either byte order with one or more sections; Enhanced and
-Simple Packet blocks are returned, other blocks are skipped. A truncated or corrupt
+Simple Packet blocks are returned, and the obsolete Packet Block older tools still write
+(type 2, as tshark reads it); other blocks are skipped. Timestamps honour the interface's
+if_tsresol and if_tsoffset. A truncated or corrupt
 file raises :class:`PcapngError` naming the block number, its type and the byte
 offset; packets read before the damage are kept (``read_packets(..., strict=False)``).
 """
@@ -17,6 +19,7 @@ from typing import BinaryIO, Iterator
 
 SHB_TYPE = 0x0A0D0D0A
 IDB_TYPE = 0x00000001
+PB_TYPE = 0x00000002  # the obsolete Packet Block: an EPB with a 16-bit interface id and a drops count
 SPB_TYPE = 0x00000003
 EPB_TYPE = 0x00000006
 ISB_TYPE = 0x00000005  # interface statistics: what the capturing host dropped
@@ -27,6 +30,7 @@ OPT_ENDOFOPT = 0
 OPT_COMMENT = 1
 IF_NAME = 2
 IF_TSRESOL = 9
+IF_TSOFFSET = 14  # seconds added to each timestamp of the interface (signed 64-bit)
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
@@ -126,13 +130,16 @@ class Interface:
     name: str = ""
     tsresol: int = 6  # decimal exponent; 6 = microseconds (pcapng default)
     tsresol_binary: bool = False
+    tsoffset: int = 0  # seconds
 
     def to_ns(self, ts: int) -> int:
         if self.tsresol_binary:
-            return (ts * 1_000_000_000) >> self.tsresol
-        if self.tsresol <= 9:
-            return ts * 10 ** (9 - self.tsresol)
-        return ts // 10 ** (self.tsresol - 9)
+            ns = (ts * 1_000_000_000) >> self.tsresol
+        elif self.tsresol <= 9:
+            ns = ts * 10 ** (9 - self.tsresol)
+        else:
+            ns = ts // 10 ** (self.tsresol - 9)
+        return ns + self.tsoffset * 1_000_000_000
 
 
 @dataclass
@@ -264,11 +271,14 @@ def read_packets(src: BinaryIO | bytes, *, strict: bool = True, linktypes: froze
                         iface.name = value.rstrip(b"\0").decode("utf-8", "replace")
                     elif code == IF_TSRESOL and value:
                         iface.tsresol, iface.tsresol_binary = value[0] & 0x7F, bool(value[0] & 0x80)
+                    elif code == IF_TSOFFSET and len(value) == 8:
+                        (iface.tsoffset,) = struct.unpack(order + "q", value)
                 interfaces.append(iface)
-            elif btype == EPB_TYPE:
+            elif btype == EPB_TYPE or btype == PB_TYPE:
                 if len(body) < 20:
-                    raise PcapngError(block, btype, pos + 8, "enhanced packet block is truncated")
-                ifidx, hi, lo, caplen, origlen = struct.unpack_from(order + "IIIII", body, 0)
+                    what = "enhanced packet block" if btype == EPB_TYPE else "packet block"
+                    raise PcapngError(block, btype, pos + 8, f"{what} is truncated")
+                ifidx, hi, lo, caplen, origlen = struct.unpack_from(order + ("IIIII" if btype == EPB_TYPE else "H2xIIII"), body, 0)
                 if ifidx >= len(interfaces):
                     raise PcapngError(block, btype, pos + 8, f"interface {ifidx} was not described (have {len(interfaces)})")
                 if 20 + caplen > len(body):
@@ -276,6 +286,9 @@ def read_packets(src: BinaryIO | bytes, *, strict: bool = True, linktypes: froze
                 opts_at = 20 + caplen + (-caplen % 4)
                 comments = [v.decode("utf-8", "replace") for c, v in _parse_options(body[opts_at:], order, block, btype, pos + 8 + opts_at) if c == OPT_COMMENT]
                 iface = interfaces[ifidx]
+                if linktypes is not None and iface.linktype not in linktypes:
+                    pos += total
+                    continue
                 yield Packet(ifidx, iface.linktype, iface.to_ns((hi << 32) | lo), body[20 : 20 + caplen], origlen, comments, block, pos)
             elif btype == SPB_TYPE:
                 if not interfaces:

@@ -522,3 +522,24 @@ def test_pyshark_reads_the_same_capture(tmp_path):
     assert count == 2
     assert int(diag, 0) == 0x03070000
     assert int(token, 0) == 0xCAFE
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_tshark_reads_obsolete_packet_blocks_and_the_timestamp_offset_as_we_do(order, tmp_path):
+    """The file of tests/unit/test_pcapng.py's old-style test: tshark gives the same
+    times, lengths and comments (so our reader's handling of type-2 blocks, if_tsresol
+    and if_tsoffset is tshark's)."""
+    from support.pcapng_files import old_style_file
+
+    from dissectors.pcapng import read_packets
+
+    path = tmp_path / "old.pcapng"
+    path.write_bytes(old_style_file(order))
+    proc = tshark.run(["-n", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch", "-e", "frame.len", "-e", "frame.cap_len", "-e", "frame.comment"])
+    assert proc.returncode == 0, proc.stderr
+    theirs = [line.split("\t") for line in proc.stdout.splitlines()]
+    ours = [
+        [f"{p.timestamp_ns // 10**9}.{p.timestamp_ns % 10**9:09d}", str(p.original_length), str(len(p.data)), ",".join(p.comments)]
+        for p in read_packets(path.read_bytes())
+    ]
+    assert theirs == ours

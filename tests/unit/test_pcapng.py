@@ -6,6 +6,7 @@ import io
 import struct
 
 import pytest
+from support.pcapng_files import old_style_file
 
 from dissectors.pcapng import LINKTYPE_ETHERNET, LINKTYPE_USER0, PcapngError, PcapngWriter, read_packets
 
@@ -106,3 +107,17 @@ def test_a_cut_anywhere_is_named_by_where_its_block_starts_and_its_type_when_it_
         assert f"at byte offset {err.start}: " in str(err)
         if n - err.start >= 4:  # the type is there to read
             assert err.block_type == struct.unpack_from("<I", data, err.start)[0], (n, str(err))
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_obsolete_packet_blocks_and_a_timestamp_offset_read_as_tshark_reads_them(order):
+    got = list(read_packets(old_style_file(order)))
+    assert [(p.interface, p.linktype, p.timestamp_ns, p.data, p.original_length, p.comments) for p in got] == [
+        (0, LINKTYPE_ETHERNET, 1_700_000_001_500_000_000, b"abc", 60, ["old"]),
+        (1, LINKTYPE_USER0, 2_000_000_000, b"xy", 2, []),  # (no offset on that interface)
+        (0, LINKTYPE_ETHERNET, 1_700_000_002_250_000_000, b"z", 1, []),
+    ]
+    assert [p.data for p in read_packets(old_style_file(order), linktypes=frozenset({LINKTYPE_USER0}))] == [b"xy"]
+    cut = old_style_file(order)[:-20]
+    with pytest.raises(PcapngError, match="block 6 .*type 0x00000002"):
+        list(read_packets(cut))
