@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import struct
 import zlib
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import zstandard
 from dissectors import cli, compressed
 from dissectors.capture import CaptureError, FileError, read_events
 from dissectors.compressed import InflateError, inflate
+from dissectors.pcap import read_pcap
 from smctop.sources import load_events
 from stack.events import Skipped, to_json
 
@@ -82,6 +84,31 @@ def test_streams_one_after_another_are_one_file(plain, what):
     assert _json(read_events(joined)) == events
     out, damage = inflate(PACK[what](data) + b"\0" * 512, "padded", 1 << 30)  # zeros after the end: nothing
     assert out == data and damage is None
+
+
+def _pcap(packets, order: str, nanos: bool) -> bytes:
+    """A classic pcap file of ``packets`` (tcpdump's layout), in this byte order and precision."""
+    out = [struct.pack(order + "IHHiIII", 0xA1B23C4D if nanos else 0xA1B2C3D4, 2, 4, 0, 0, 262144, packets[0].linktype)]
+    for p in packets:
+        sec, rest = divmod(p.timestamp_ns, 1_000_000_000)
+        out.append(struct.pack(order + "IIII", sec, rest if nanos else rest // 1000, len(p.data), p.original_length) + p.data)
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_rotated_pcap_files_joined_by_cat_read_as_the_capture_they_were(plain, gz):
+    """``tcpdump -C`` or ``-G`` rotates its files; an operator who joins them with ``cat``
+    (or their ``-z gzip`` files) has one pcap file holding several headers. Each part is read
+    with its own header (here the second in the other byte order and in nanoseconds), as if
+    it were one capture; tshark stops at the second header as at a damaged record."""
+    data, events = plain
+    packets = list(read_pcap(data))
+    cut = len(packets) // 2
+    parts = [_pcap(packets[:cut], "<", False), _pcap(packets[cut:], ">", True)]
+    joined = b"".join(gzip.compress(p) for p in parts) if gz else b"".join(parts)
+    assert _json(read_events(joined)) == events
+    with pytest.raises(CaptureError, match=f"pcap record {cut + 1} at byte offset {len(parts[0])}: captured length"):
+        list(read_pcap(parts[0] + b"\xa1\xb2\xc3\xd4" + struct.pack("<HHiIII", 9, 9, 0x7FFFFFFF, 0, 65535, 1)))  # a magic, but not a 2.4 header
 
 
 def test_a_compressed_jsonl_recording_replays(plain, tmp_path):
