@@ -34,12 +34,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from stack.events import SCHEMA, BadRecord, Event, Skipped, check_record, check_snapshot, loads, to_json
 
 from .capture import CaptureError, FileError, read_events
-from .multifile import FileIndex, Renaming, plan
+from .multifile import FileIndex, Renaming, base_host, plan
 from .recorder import WRITE_SNAP, Frame, Recorder, snapshot_event
 from .roce_analysis import RoceAnalysis
 from .summary import render, summarize
@@ -770,6 +770,10 @@ def cmd_decode(args) -> int:
     skipped = Skipped()
     out = stdout()
     all_events, roces = _read_files(args, skipped)  # frames sent again are not events: listed apart
+    unfiltered = not (args.conn or args.link or args.lgr or args.host or args.kind)
+    seen = _Seen(flt)
+    if not unfiltered:
+        all_events = seen.watch(all_events)
     try:
         if args.json:
             for e in all_events:
@@ -779,7 +783,6 @@ def cmd_decode(args) -> int:
             for line in timeline(all_events, flt):  # times from the trace's start, filtered or not
                 out.write(line + "\n")
             # a filtered timeline (--conn, --kind, ...) shows what was asked for and nothing else
-            unfiltered = not (args.conn or args.link or args.lgr or args.host or args.kind)
             for name, roce in roces.items():
                 of = f" in {name}" if len(roces) > 1 else ""
                 if unfiltered and roce.timeline():
@@ -791,7 +794,46 @@ def cmd_decode(args) -> int:
         out.flush()
     finally:
         report_skipped(skipped)
+    if not unfiltered and not seen.matched:
+        print(f"smc-trace: no event matched: {seen.why_nothing()}", file=sys.stderr)
     return 0
+
+
+class _Seen:
+    """What a filtered decode passed over, to say why nothing matched (a host or a
+    connection the files do not have) rather than print nothing."""
+
+    def __init__(self, flt: Filter) -> None:
+        self.flt = flt
+        self.matched = 0
+        self.hosts: set[str] = set()
+        self.conns: set[int] = set()
+        self.links: set[int] = set()
+        self.lgrs: set[str] = set()
+
+    def watch(self, events: Iterable[Event]) -> Iterator[Event]:
+        for e in events:
+            self.hosts.add(e.host)
+            self.hosts.add(base_host(e.host))
+            if e.conn is not None:
+                self.conns.add(e.conn)
+            if e.link is not None:
+                self.links.add(e.link)
+            if e.lgr is not None:
+                self.lgrs.add(e.lgr)
+            if self.flt(e):
+                self.matched += 1
+            yield e
+
+    def why_nothing(self) -> str:
+        f, missing = self.flt, []
+        for option, wanted, have in (("--host", f.hosts, self.hosts), ("--conn", f.conns, self.conns),
+                                     ("--link", f.links, self.links), ("--lgr", f.lgrs, self.lgrs)):  # fmt: skip
+            if wanted is not None and not wanted & have:
+                shown = sorted(have, key=str)
+                listed = ", ".join(map(str, shown[:12])) + (f" and {len(shown) - 12} more" if len(shown) > 12 else "")
+                missing.append(f"{option} {','.join(map(str, sorted(wanted)))}: not in the capture (it has {listed or 'none'})")
+        return "; ".join(missing) or "each option matches events, but no event matches all of them together"
 
 
 def cmd_summary(args) -> int:

@@ -91,6 +91,20 @@ def test_decode_filters_and_json(recorded):
     assert js and {d["kind"] for d in js} <= {"link.state", "link.event", "lgr.state"}
 
 
+def test_a_filter_that_matches_nothing_says_why(recorded):
+    """An empty timeline is not left unexplained: a host or connection the capture does not
+    have is named with those it has; options that each match but not together are told so."""
+    res = trace("decode", str(recorded), "--host", "nope,client")
+    assert res.returncode == 0 and res.stdout and "no event matched" not in res.stderr  # client matches
+    res = trace("decode", str(recorded), "--host", "nope", "--conn", "3,99", "--json")
+    assert res.returncode == 0 and res.stdout == ""
+    assert "smc-trace: no event matched: --host nope: not in the capture (it has client, server)" in res.stderr, res.stderr
+    res = trace("decode", str(recorded), "--conn", "99")
+    assert "--conn 99: not in the capture (it has 1, 2, 3)" in res.stderr, res.stderr
+    res = trace("decode", str(recorded), "--conn", "3", "--kind", "llc.msg")
+    assert res.stdout == "" and "each option matches events, but no event matches all of them together" in res.stderr
+
+
 def test_export_jsonl_reads_back_as_the_same_events(recorded, tmp_path):
     out = tmp_path / "events.jsonl"
     assert trace("export", str(recorded), "--jsonl", "-o", str(out)).returncode == 0
