@@ -111,14 +111,16 @@ def kernel_client(host: str, port: int, items: list) -> None:
 def stack_config(name: str, ueid: str | None):
     from stack import DeviceSpec, SmcConfig, StackConfig
 
-    smc = SmcConfig(host=name, versions=frozenset({2}), ueids=(ueid,) if ueid else ())
+    size = int(os.environ.get("SMCTOP_LAB_BUFSIZE", 0))  # the RMB and send buffer, as the kernel's net.smc.rmem/wmem do
+    sizes = {"rmb_size": size, "sndbuf_size": size} if size else {}
+    smc = SmcConfig(host=name, versions=frozenset({2}), ueids=(ueid,) if ueid else (), **sizes)
     return StackConfig(smc, (DeviceSpec("pyverbs", "rxe0"),), tcp_option=os.environ.get("SMCTOP_TCP_OPTION", "option"))
 
 
 def _info(writer, host=None) -> dict:
     """What our side says about the connection, and what the BPF program saw on its SYNs."""
     info = writer.get_extra_info("smc")
-    out = {k: info.get(k) for k in ("mode", "version", "fallback_reason", "peer_diagnosis", "first_contact", "lgr")}
+    out = {k: info.get(k) for k in ("mode", "version", "fallback_reason", "peer_diagnosis", "first_contact", "lgr", "rmb_size", "peer_rmb_size")}
     out["local"] = "%s:%d" % writer.get_extra_info("sockname")[:2]
     out["peer"] = "%s:%d" % writer.get_extra_info("peername")[:2]
     if host is not None and host.option_map is not None:

@@ -36,7 +36,7 @@ from smckernel import netlink as nl  # noqa: E402
 
 AF_SMC = 43
 SMCPROTO_SMC = 0
-SMC_DIAG_LGRINFO, SMC_DIAG_FALLBACK = 2, 5
+SMC_DIAG_CONNINFO, SMC_DIAG_LGRINFO, SMC_DIAG_FALLBACK = 1, 2, 5
 MODES = {0: "SMCR", 1: "TCP", 2: "SMCD"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -238,7 +238,7 @@ def ss() -> list[dict]:
     """Every AF_SMC socket of this network namespace, as smcss shows it."""
     d = kio.Diag()
     try:
-        dump = kdiag.parse_dump(d.dump((1 << (SMC_DIAG_FALLBACK - 1)) | (1 << (SMC_DIAG_LGRINFO - 1))))
+        dump = kdiag.parse_dump(d.dump((1 << (SMC_DIAG_FALLBACK - 1)) | (1 << (SMC_DIAG_LGRINFO - 1)) | (1 << (SMC_DIAG_CONNINFO - 1))))
     finally:
         d.close()
     out = []
@@ -248,6 +248,9 @@ def ss() -> list[dict]:
             "state": s.state, "local": s.local, "peer": s.peer, "mode": MODES.get(s.mode, str(s.mode)),
             "fallback_reason": (s.fallback_reason or 0) if tcp else 0, "peer_diagnosis": (s.peer_diagnosis or 0) if tcp else 0,
             "lgr": s.lgrinfo is not None,
+            # the buffers' sizes (smcss -d), once the connection has them
+            **({"sndbuf_size": s.conninfo.sndbuf_size, "rmbe_size": s.conninfo.rmbe_size, "peer_rmbe_size": s.conninfo.peer_rmbe_size}
+               if s.conninfo is not None else {}),
         })  # fmt: skip
     return out
 

@@ -31,6 +31,7 @@ PLAN = f"{UP}:{DOWN}:client,{DOWN}:{UP}:server"
 PY = ".venv/bin/python"
 
 _OURS = """
+{setup}
 {py} -m native.smcopt load || exit 1
 tcpdump -i eth0 -s 0 -U -w $LAB_SHARE/eth0.pcap 'tcp port 5001 or tcp port 5002 or udp port 4791' 2>$LAB_SHARE/tcpdump.err &
 TD=$!
@@ -45,6 +46,7 @@ exit $rc
 """
 _KERNEL = """
 {ueid}
+{setup}
 {py} tests/lab/interop.py kernel-server 5001 --conns {kconns} & S=$!
 {py} tests/lab/interop.py kernel-client $LAB_PEER_IP 5002 --plan {plan}; rc=$?
 wait $S || rc=1
@@ -60,11 +62,12 @@ def _records(result: lab.GuestResult, role: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def boot(plan: str, kernel_ueid: bool, stack_ueid: bool, plain_tcp: bool = False) -> dict:
+def boot(plan: str, kernel_ueid: bool, stack_ueid: bool, plain_tcp: bool = False, kernel_setup: str = "", stack_setup: str = "") -> dict:
+    """``kernel_setup``, ``stack_setup``: shell lines each VM runs before its server and client start."""
     n = len(plan.split(","))
     extra = f"{PY} tests/lab/interop.py stack-client $LAB_PEER_IP 5001 --plan 4096:4096:client --tcp || rc=1" if plain_tcp else ""
-    ours = _OURS.format(py=PY, sconns=n, plan=plan, ueid="" if stack_ueid else "--no-ueid", extra=extra)
-    kernel = _KERNEL.format(py=PY, kconns=n + plain_tcp, plan=plan, ueid=_UEID_ADD if kernel_ueid else "")
+    ours = _OURS.format(py=PY, sconns=n, plan=plan, ueid="" if stack_ueid else "--no-ueid", extra=extra, setup=stack_setup)
+    kernel = _KERNEL.format(py=PY, kconns=n + plain_tcp, plan=plan, ueid=_UEID_ADD if kernel_ueid else "", setup=kernel_setup)
     a, b = lab.run_pair(ours, kernel, timeout=180)
     for r in (a, b):
         r.check()

@@ -1,0 +1,70 @@
+"""Our stack against kernel peers whose buffers are the smallest and far larger than the
+default (net.smc.wmem and net.smc.rmem, the sizes a kernel gives new SMC sockets), ours
+the same size as the kernel's.
+
+The kernel sizes a connection's RMB and send buffer from the socket's buffer sizes
+(``__smc_buf_create``): 16 KiB at the least, and since Linux 6.11 up to 512 MiB (before,
+512 KiB). Our stack learns the kernel's RMB size from its CLC Accept or Confirm and must
+keep to it: with a 16 KiB RMB the cursors wrap a hundred times a connection and the
+kernel's consumer cursor updates pace every write; with a 4 MiB one a write may cross the
+512 KiB that older kernels allowed. A kernel send buffer of 16 KiB makes the kernel write
+to us in small pieces. Each boot runs a connection each way (tests/lab/interop.py), each
+sending megabytes both ways, checksummed on both ends; smc_diag (what ``smcss -d`` shows)
+and our ``get_extra_info("smc")`` must agree on both RMB sizes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_kernel_interop import boot, pairs
+
+UP, DOWN = 2_000_000, 1_500_000
+PLAN = f"{UP}:{DOWN}:client,{DOWN}:{UP}:server"
+SIZES = {
+    # net.smc.wmem and rmem; the kernel's RMB is half the socket's receive buffer, rounded
+    # up to a power of two, 16 KiB at the least
+    "smallest": 16384,
+    "large": 8 << 20,
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SIZES))
+def sized(request) -> tuple[str, dict]:
+    size = SIZES[request.param]
+    setup = f"sysctl -q -w net.smc.wmem={size} net.smc.rmem={size} || exit 1"
+    ours = f"export SMCTOP_LAB_BUFSIZE={max(size // 2, 16384)}"  # as large as the kernel's RMB will be
+    return request.param, boot(PLAN, kernel_ueid=True, stack_ueid=True, kernel_setup=setup, stack_setup=ours)
+
+
+def _agree(ours: dict, kernel: dict, which: str) -> None:
+    """Both ends' view of both RMBs, and the kernel's RMB as its buffers make it."""
+    diag, smc = kernel["diag"], ours["smc"]
+    assert diag is not None and diag["mode"] == "SMCR" and smc["mode"] == "SMCR", (ours, kernel)
+    assert "rmbe_size" in diag, f"smc_diag gave no connection info: {diag}"
+    assert smc["peer_rmb_size"] == diag["rmbe_size"] and diag["peer_rmbe_size"] == smc["rmb_size"], (smc, diag)
+    if which == "smallest":
+        assert diag["rmbe_size"] == smc["rmb_size"] == 16384 and diag["sndbuf_size"] == 16384, (smc, diag)
+    else:
+        assert diag["rmbe_size"] == smc["rmb_size"] > 512 << 10, (smc, diag)  # past what kernels before 6.11 allowed
+
+
+@pytest.mark.lab
+def test_our_client_and_a_kernel_server_move_every_byte_whatever_the_kernels_buffers(sized) -> None:
+    which, run = sized
+    conns = pairs(run, "stack-client", "kernel-server")
+    assert len(conns) == 2
+    for c, s in conns:
+        _agree(c, s, which)
+        assert c["sent"] == s["received"] and s["sent"] == c["received"] and c["eof"] and s["eof"], (c, s)
+        assert {c["sent"]["len"], c["received"]["len"]} == {UP, DOWN}
+
+
+@pytest.mark.lab
+def test_a_kernel_client_and_our_server_move_every_byte_whatever_the_kernels_buffers(sized) -> None:
+    which, run = sized
+    conns = pairs(run, "kernel-client", "stack-server")
+    assert len(conns) == 2
+    for c, s in conns:
+        _agree(s, c, which)
+        assert c["sent"] == s["received"] and s["sent"] == c["received"] and c["eof"] and s["eof"], (c, s)
+        assert {c["sent"]["len"], c["received"]["len"]} == {UP, DOWN}
