@@ -68,3 +68,26 @@ def test_a_kernel_client_and_our_server_move_every_byte_whatever_the_kernels_buf
         _agree(s, c, which)
         assert c["sent"] == s["received"] and s["sent"] == c["received"] and c["eof"] and s["eof"], (c, s)
         assert {c["sent"]["len"], c["received"]["len"]} == {UP, DOWN}
+
+
+@pytest.mark.lab
+def test_a_capture_counts_each_connections_bytes_whatever_the_buffers(sized) -> None:
+    """tcpdump on our VM's eth0: smc-trace derives each end's bytes from the CDCs' cursors
+    and the WRITEs (a 16 KiB RMB wraps over a hundred times in 2 MB; a 4 MiB one not at all)
+    and must come to what each end sent and read."""
+    from dissectors.capture import read_events
+    from dissectors.summary import summarize
+
+    which, run = sized
+    counts = (run["a"].share / "tcpdump.err").read_text()
+    assert "\n0 packets dropped by kernel" in counts, counts  # (per-packet writes, -U, lost most of them)
+    d = summarize(read_events(str(run["pcap"]))).to_dict()
+    truth = [(c["smc"], c) for c in run["stack-client"]] + [(s["smc"], s) for s in run["stack-server"] if "smc" in s]
+    assert len(truth) == 4
+    for smc, rec in truth:
+        ends = {x["role"]: x for x in d["conns"] if {x["local"], x["peer"]} == {smc["local"], smc["peer"]}}
+        client = rec in run["stack-client"]
+        up, down = (rec["sent"]["len"], rec["received"]["len"]) if client else (rec["received"]["len"], rec["sent"]["len"])
+        header = len(f"{up} {down} {rec['closer']}\n")  # the client's line before its data (interop.py)
+        ours = ends["client" if client else "server"]
+        assert ours["mode"] == "SMCR" and (ours["moved"], ours["received"]) == ((header + up, down) if client else (down, header + up)), (which, ours, rec)

@@ -33,7 +33,7 @@ PY = ".venv/bin/python"
 _OURS = """
 {setup}
 {py} -m native.smcopt load || exit 1
-tcpdump -i eth0 -s 0 -U -w $LAB_SHARE/eth0.pcap 'tcp port 5001 or tcp port 5002 or udp port 4791' 2>$LAB_SHARE/tcpdump.err &
+tcpdump -i eth0 -s 0 -B 65536 -w $LAB_SHARE/eth0.pcap 'tcp port 5001 or tcp port 5002 or udp port 4791' 2>$LAB_SHARE/tcpdump.err &
 TD=$!
 for i in $(seq 50); do grep -q listening $LAB_SHARE/tcpdump.err 2>/dev/null && break; sleep 0.1; done
 {py} tests/lab/interop.py stack-server 5002 --conns {sconns} {ueid} & S=$!
