@@ -74,14 +74,19 @@ def test_a_kernel_client_and_our_server_move_every_byte_whatever_the_kernels_buf
 def test_a_capture_counts_each_connections_bytes_whatever_the_buffers(sized) -> None:
     """tcpdump on our VM's eth0: smc-trace derives each end's bytes from the CDCs' cursors
     and the WRITEs (a 16 KiB RMB wraps over a hundred times in 2 MB; a 4 MiB one not at all)
-    and must come to what each end sent and read."""
+    and must come to what each end sent and read; smctop's replay of it, the same."""
     from dissectors.capture import read_events
     from dissectors.summary import summarize
+    from smctop.model import Model
 
     which, run = sized
     counts = (run["a"].share / "tcpdump.err").read_text()
     assert "\n0 packets dropped by kernel" in counts, counts  # (per-packet writes, -U, lost most of them)
-    d = summarize(read_events(str(run["pcap"]))).to_dict()
+    events = list(read_events(str(run["pcap"])))
+    d = summarize(events).to_dict()
+    model = Model()
+    for e in events:
+        model.feed(e)
     truth = [(c["smc"], c) for c in run["stack-client"]] + [(s["smc"], s) for s in run["stack-server"] if "smc" in s]
     assert len(truth) == 4
     for smc, rec in truth:
@@ -91,3 +96,6 @@ def test_a_capture_counts_each_connections_bytes_whatever_the_buffers(sized) -> 
         header = len(f"{up} {down} {rec['closer']}\n")  # the client's line before its data (interop.py)
         ours = ends["client" if client else "server"]
         assert ours["mode"] == "SMCR" and (ours["moved"], ours["received"]) == ((header + up, down) if client else (down, header + up)), (which, ours, rec)
+        for end in ends.values():
+            m = model.conns[(end["host"], end["conn"])]
+            assert (m.ev_tx, m.ev_rx) == (end["moved"], end["received"]), (which, end, m.ev_tx, m.ev_rx)
