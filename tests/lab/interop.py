@@ -14,6 +14,10 @@ read end-of-file before it closes too. Each side writes one JSON line per connec
 ``get_extra_info("smc")`` for the stack, taken while the connection is open), the
 SHA-256 and CRC-32 of what it sent and received, and whether it saw end-of-file.
 tests/lab/test_kernel_interop.py compares the two sides' lines.
+
+Environment: ``SMCTOP_LAB_PAUSE``, the seconds a client waits with the connection open and
+idle before it closes; for our stack, ``SMCTOP_LAB_BUFSIZE`` (its RMB and send buffer, as
+net.smc.rmem and wmem) and ``SMCTOP_LAB_TESTLINK`` (seconds, as net.smc.smcr_testlink_time).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent.parent)]
 import ksmc  # noqa: E402
 
 LAB_UEID = "SMCTOP-LAB"
+PAUSE = float(os.environ.get("SMCTOP_LAB_PAUSE", 0))  # seconds a client waits, idle, before it closes
 
 
 def digest(data: bytes) -> dict:
@@ -97,6 +102,7 @@ def kernel_client(host: str, port: int, items: list) -> None:
         data = os.urandom(up)
         ksmc.sendall(s, f"{up} {down} {closer}\n".encode() + data)
         got = ksmc.recv_exactly(s, down)
+        time.sleep(PAUSE)  # the connection open and idle: the links' TEST LINKs keep it
         if closer == "client":
             s.shutdown(socket.SHUT_WR)
         eof = _eof(s)
@@ -110,10 +116,13 @@ def kernel_client(host: str, port: int, items: list) -> None:
 
 def stack_config(name: str, ueid: str | None):
     from stack import DeviceSpec, SmcConfig, StackConfig
+    from stack.core.config import Timeouts
 
     size = int(os.environ.get("SMCTOP_LAB_BUFSIZE", 0))  # the RMB and send buffer, as the kernel's net.smc.rmem/wmem do
     sizes = {"rmb_size": size, "sndbuf_size": size} if size else {}
-    smc = SmcConfig(host=name, versions=frozenset({2}), ueids=(ueid,) if ueid else (), **sizes)
+    test_link = float(os.environ.get("SMCTOP_LAB_TESTLINK", 0))  # as net.smc.smcr_testlink_time
+    timeouts = {"timeouts": Timeouts(test_link=test_link)} if test_link else {}
+    smc = SmcConfig(host=name, versions=frozenset({2}), ueids=(ueid,) if ueid else (), **sizes, **timeouts)
     return StackConfig(smc, (DeviceSpec("pyverbs", "rxe0"),), tcp_option=os.environ.get("SMCTOP_TCP_OPTION", "option"))
 
 
@@ -186,6 +195,7 @@ async def stack_client(host_ip: str, port: int, items: list, ueid: str | None, s
             writer.write(f"{up} {down} {closer}\n".encode() + data)
             await writer.drain()
             got = await asyncio.wait_for(reader.readexactly(down), 60)
+            await asyncio.sleep(PAUSE)
             if closer == "client":
                 writer.write_eof()
             eof = await asyncio.wait_for(reader.read(1 << 16), 60) == b""
