@@ -384,7 +384,7 @@ def render(s: Summary) -> str:
     if moved:
         out.append("Failovers:")
         for f in moved:
-            out.append(f"  {f['host']} {f['lgr']} link {f['from_link']} -> {f['to_link']}: {f['conns']} connections, "
+            out.append(f"  {f['host']} {f['lgr']} link {f['from_link']} -> {f['to_link']}: {f['conns']} connection{'' if f['conns'] == 1 else 's'}, "
                        f"{f['failed']} failed, {f['duration_ms']} ms")  # fmt: skip
     else:
         out.append("Failovers: none")

@@ -88,6 +88,8 @@ def test_failovers_count_only_when_connections_moved_in_smctop_and_summary():
     text = render(summarize(evs))
     assert "b g1 link 1 -> 2: 3 connections, 0 failed, 4.0 ms" in text and "link 2 -> 3" not in text
     assert "Link deletions that moved no connection: b g1 link 2" in text
+    one = [Event(3.0, "link.event", "c", "g2", 1, fields={"event": "failover_end", "to_link": 2, "conns": 1, "failed": 0, "duration_ms": 1.5})]
+    assert "c g2 link 1 -> 2: 1 connection, 0 failed, 1.5 ms" in render(summarize(one))
 
 
 def test_a_failover_watched_at_both_ends_counts_once():
