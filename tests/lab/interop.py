@@ -16,7 +16,8 @@ SHA-256 and CRC-32 of what it sent and received, and whether it saw end-of-file.
 tests/lab/test_kernel_interop.py compares the two sides' lines.
 
 Environment: ``SMCTOP_LAB_PAUSE``, the seconds a client waits with the connection open and
-idle before it closes; for our stack, ``SMCTOP_LAB_BUFSIZE`` (its RMB and send buffer, as
+idle before it closes; ``SMCTOP_LAB_HOLD`` set: a client opens all its plan's connections
+before the first exchange, so that they are open at once; for our stack, ``SMCTOP_LAB_BUFSIZE`` (its RMB and send buffer, as
 net.smc.rmem and wmem) and ``SMCTOP_LAB_TESTLINK`` (seconds, as net.smc.smcr_testlink_time).
 """
 
@@ -40,6 +41,7 @@ import ksmc  # noqa: E402
 
 LAB_UEID = "SMCTOP-LAB"
 PAUSE = float(os.environ.get("SMCTOP_LAB_PAUSE", 0))  # seconds a client waits, idle, before it closes
+HOLD = bool(os.environ.get("SMCTOP_LAB_HOLD"))  # a client opens every connection of its plan before the first exchange
 
 
 def digest(data: bytes) -> dict:
@@ -71,7 +73,7 @@ def _eof(s: socket.socket) -> bool:
 
 
 def kernel_server(port: int, conns: int) -> None:
-    lst = ksmc.listen("0.0.0.0", port)
+    lst = ksmc.listen("0.0.0.0", port, backlog=128)  # (a client may hold many connections open at once)
     print(f"kernel server listening on {port}", flush=True)
     for i in range(conns):
         s = ksmc.accept(lst, timeout=90)
@@ -94,9 +96,10 @@ def kernel_server(port: int, conns: int) -> None:
 
 
 def kernel_client(host: str, port: int, items: list) -> None:
+    held = [ksmc.connect(host, port, timeout=90) for _ in items] if HOLD else []
     for i, (up, down, closer) in enumerate(items):
         t0 = time.monotonic()
-        s = ksmc.connect(host, port, timeout=90)
+        s = held[i] if held else ksmc.connect(host, port, timeout=90)
         s.settimeout(60)
         diag = ksmc.mode_of(s)
         data = os.urandom(up)
@@ -177,19 +180,22 @@ async def stack_server(port: int, conns: int, ueid: str | None) -> None:
 async def stack_client(host_ip: str, port: int, items: list, ueid: str | None, smc: bool = True) -> None:
     from stack import Stack
 
+    async def connect(host):
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                return await host.open_connection(host_ip, port, smc=smc)
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
     async with Stack(stack_config("ours-client", ueid)) as host:
         print(f"stack client (signalling: {host.signalling})", flush=True)
+        held = [await connect(host) for _ in items] if HOLD else []
         for i, (up, down, closer) in enumerate(items):
             t0 = time.monotonic()
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    reader, writer = await host.open_connection(host_ip, port, smc=smc)
-                    break
-                except ConnectionRefusedError:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.1)
+            reader, writer = held[i] if held else await connect(host)
             info = _info(writer, host)
             data = os.urandom(up)
             writer.write(f"{up} {down} {closer}\n".encode() + data)
