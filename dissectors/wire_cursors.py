@@ -6,8 +6,8 @@ CDC never completed, so the sender goes back (the kernel's smc_switch_cursor) to
 producer cursor of its last completed CDC, or to where the peer says it has read, if that
 is further. Its failover-validation CDC carries the kernel's tx_cdc_seq_fin: the completed
 send's ctrl_seq, which smc_cdc_add_pending_send takes before smc_cdc_msg_send numbers the
-CDC, so one less than that CDC's own sequence number. The distance from there to the furthest producer cursor it announced is
-what its next WRITEs send a second time; the stack reports it as a ``conn.cursor`` event
+CDC, so one less than that CDC's own sequence number. The distance from there to the
+furthest producer cursor it announced is what its next WRITEs send a second time; the stack reports it as a ``conn.cursor`` event
 with ``rewound``, and a capture gives the same event, so that smctop and ``summary`` do not
 count those bytes twice.
 

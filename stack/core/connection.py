@@ -587,13 +587,11 @@ class SmcConnection:
             return
         # the kernel's tx_cdc_seq_fin is the pending send's ctrl_seq, taken before the CDC got
         # its number: one less than the completed CDC's seqno (a validation names that)
+        self.tx_seq_fin = (seq - 1) & 0xFFFF
         if curs.ahead(sent, self.tx_fin):
             self.tx_fin = sent
             self.tx_prod_fin = prod
-            self.tx_seq_fin = (seq - 1) & 0xFFFF
             self.io.conn_writable(self.id)
-        elif seq:
-            self.tx_seq_fin = (seq - 1) & 0xFFFF
         if self.tx_sent != self.tx_prep:  # smc_tx_pending: what autocorking held back goes now
             self.tx_step(now)
 

@@ -17,8 +17,9 @@ tests/lab/test_kernel_interop.py compares the two sides' lines.
 
 Environment: ``SMCTOP_LAB_PAUSE``, the seconds a client waits with the connection open and
 idle before it closes; ``SMCTOP_LAB_HOLD`` set: a client opens all its plan's connections
-before the first exchange, so that they are open at once; for our stack, ``SMCTOP_LAB_BUFSIZE`` (its RMB and send buffer, as
-net.smc.rmem and wmem) and ``SMCTOP_LAB_TESTLINK`` (seconds, as net.smc.smcr_testlink_time).
+before the first exchange, so that they are open at once; for our stack,
+``SMCTOP_LAB_BUFSIZE`` (its RMB and send buffer, as net.smc.rmem and wmem) and
+``SMCTOP_LAB_TESTLINK`` (seconds, as net.smc.smcr_testlink_time).
 """
 
 from __future__ import annotations
