@@ -21,28 +21,29 @@ class CaptureError(ValueError):
     """A capture that cannot be read: names the block or record and the byte offset."""
 
 
-def _file_header(data: bytes, pos: int) -> tuple[str, int, int, int] | None:
-    """A pcap file header (version 2.4) at ``pos``: byte order, timestamp scale, snap
-    length and link type; None when there is none."""
+def _file_header(data: bytes, pos: int, joined: bool) -> tuple[str, int, int, int] | None:
+    """The pcap file header at ``pos``: byte order, timestamp scale, snap length and link
+    type; None when there is none. ``joined``: one after the first, of a file that ``cat``
+    made; only a version 2.4 header counts (a record's seconds would have to be in 2055 or
+    2083 to start with a magic, and its next four bytes to read as 2.4 too)."""
     magic = PCAP_MAGICS.get(data[pos : pos + 4])
     if magic is None or len(data) - pos < 24:
         return None
     order, scale = magic
     major, minor, _, _, snaplen, linktype = struct.unpack_from(order + "HHiIII", data, pos + 4)
-    return (order, scale, snaplen, linktype & 0x0FFFFFFF) if (major, minor) == (2, 4) else None
+    return (order, scale, snaplen, linktype & 0x0FFFFFFF) if not joined or (major, minor) == (2, 4) else None
 
 
 def read_pcap(data: bytes) -> Iterator[Packet]:
     """The packets of a pcap file; of several joined into one (``cat`` of rotated
     tcpdump files, or of their gzip files), each part read with its own header."""
-    if len(data) < 24:
+    head = _file_header(data, 0, joined=False)
+    if head is None:
         raise CaptureError(f"pcap file header is truncated: {len(data)} of 24 bytes")
-    order, scale = PCAP_MAGICS[data[:4]]
-    _, _, _, _, snaplen, linktype = struct.unpack_from(order + "HHiIII", data, 4)
-    linktype &= 0x0FFFFFFF
+    order, scale, snaplen, linktype = head
     pos, n = 24, 0
     while pos < len(data):
-        joined = _file_header(data, pos)  # (a record's seconds would have to be in 2055 or 2083 to look like one)
+        joined = _file_header(data, pos, joined=True)
         if joined is not None:
             order, scale, snaplen, linktype = joined
             pos += 24

@@ -228,6 +228,7 @@ def read_packets(src: BinaryIO | bytes, *, strict: bool = True, linktypes: froze
     interfaces: list[Interface] = []
     while pos < len(data):
         block += 1
+        packet: Packet | None = None
         try:
             if len(data) - pos < 12:
                 left = len(data) - pos  # four bytes or more name the block's type
@@ -286,10 +287,7 @@ def read_packets(src: BinaryIO | bytes, *, strict: bool = True, linktypes: froze
                 opts_at = 20 + caplen + (-caplen % 4)
                 comments = [v.decode("utf-8", "replace") for c, v in _parse_options(body[opts_at:], order, block, btype, pos + 8 + opts_at) if c == OPT_COMMENT]
                 iface = interfaces[ifidx]
-                if linktypes is not None and iface.linktype not in linktypes:
-                    pos += total
-                    continue
-                yield Packet(ifidx, iface.linktype, iface.to_ns((hi << 32) | lo), body[20 : 20 + caplen], origlen, comments, block, pos)
+                packet = Packet(ifidx, iface.linktype, iface.to_ns((hi << 32) | lo), body[20 : 20 + caplen], origlen, comments, block, pos)
             elif btype == SPB_TYPE:
                 if not interfaces:
                     raise PcapngError(block, btype, pos, "simple packet block before any interface description")
@@ -297,7 +295,9 @@ def read_packets(src: BinaryIO | bytes, *, strict: bool = True, linktypes: froze
                     raise PcapngError(block, btype, pos + 8, "simple packet block is truncated")
                 (origlen,) = struct.unpack_from(order + "I", body, 0)
                 caplen = min(origlen, interfaces[0].snaplen or origlen, len(body) - 4)
-                yield Packet(0, interfaces[0].linktype, 0, body[4 : 4 + caplen], origlen, [], block, pos)
+                packet = Packet(0, interfaces[0].linktype, 0, body[4 : 4 + caplen], origlen, [], block, pos)
+            if packet is not None and (linktypes is None or packet.linktype in linktypes):
+                yield packet
             pos += total
         except PcapngError as e:
             if strict:

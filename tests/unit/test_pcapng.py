@@ -121,3 +121,13 @@ def test_obsolete_packet_blocks_and_a_timestamp_offset_read_as_tshark_reads_them
     cut = old_style_file(order)[:-20]
     with pytest.raises(PcapngError, match="block 6 .*type 0x00000002"):
         list(read_packets(cut))
+
+
+def test_a_simple_packet_block_is_left_out_when_its_link_type_is_not_wanted():
+    def block(t, body):
+        return struct.pack("<II", t, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    data = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)) + block(1, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, 0))
+    data += block(3, struct.pack("<I", 3) + b"abc\0")
+    assert [p.data for p in read_packets(data)] == [b"abc"]
+    assert list(read_packets(data, linktypes=frozenset({LINKTYPE_USER0}))) == []
