@@ -774,14 +774,17 @@ def cmd_decode(args) -> int:
     seen = _Seen(flt)
     if not unfiltered:
         all_events = seen.watch(all_events)
+    shown = 0
     try:
         if args.json:
             for e in all_events:
                 if flt(e):
                     out.write(to_json(e) + "\n")
+                    shown += 1
         else:
             for line in timeline(all_events, flt):  # times from the trace's start, filtered or not
                 out.write(line + "\n")
+                shown += 1
             # a filtered timeline (--conn, --kind, ...) shows what was asked for and nothing else
             for name, roce in roces.items():
                 of = f" in {name}" if len(roces) > 1 else ""
@@ -794,7 +797,7 @@ def cmd_decode(args) -> int:
         out.flush()
     finally:
         report_skipped(skipped)
-    if not unfiltered and not seen.matched:
+    if not unfiltered and not shown:
         print(f"smc-trace: no event matched: {seen.why_nothing()}", file=sys.stderr)
     return 0
 
@@ -805,34 +808,33 @@ class _Seen:
 
     def __init__(self, flt: Filter) -> None:
         self.flt = flt
-        self.matched = 0
         self.hosts: set[str] = set()
         self.conns: set[int] = set()
         self.links: set[int] = set()
         self.lgrs: set[str] = set()
+        self.kinds: set[str] = set()
 
     def watch(self, events: Iterable[Event]) -> Iterator[Event]:
         for e in events:
             self.hosts.add(e.host)
             self.hosts.add(base_host(e.host))
-            if e.conn is not None:
-                self.conns.add(e.conn)
-            if e.link is not None:
-                self.links.add(e.link)
-            if e.lgr is not None:
-                self.lgrs.add(e.lgr)
-            if self.flt(e):
-                self.matched += 1
+            self.conns.add(e.conn)
+            self.links.add(e.link)
+            self.lgrs.add(e.lgr)
+            self.kinds.add(e.kind)
             yield e
 
     def why_nothing(self) -> str:
         f, missing = self.flt, []
         for option, wanted, have in (("--host", f.hosts, self.hosts), ("--conn", f.conns, self.conns),
                                      ("--link", f.links, self.links), ("--lgr", f.lgrs, self.lgrs)):  # fmt: skip
+            have = have - {None}
             if wanted is not None and not wanted & have:
                 shown = sorted(have, key=str)
                 listed = ", ".join(map(str, shown[:12])) + (f" and {len(shown) - 12} more" if len(shown) > 12 else "")
                 missing.append(f"{option} {','.join(map(str, sorted(wanted)))}: not in the capture (it has {listed or 'none'})")
+        if f.kinds is not None and not any(f.kind_matches(k) for k in self.kinds):
+            missing.append(f"--kind {','.join(f.kinds)}: the capture has no such events")
         return "; ".join(missing) or "each option matches events, but no event matches all of them together"
 
 

@@ -29,9 +29,11 @@ class Filter:
             return False
         if self.hosts is not None and e.host not in self.hosts and base_host(e.host) not in self.hosts:
             return False  # a host of several files: "client" matches client@a.pcapng too
-        if self.kinds is not None and not any(e.kind == k or e.kind.startswith(k.rstrip(".") + ".") for k in self.kinds):
-            return False
-        return True
+        return self.kinds is None or self.kind_matches(e.kind)
+
+    def kind_matches(self, kind: str) -> bool:
+        """``kind`` is one of the kinds asked for, or under one of their prefixes."""
+        return any(kind == k or kind.startswith(k.rstrip(".") + ".") for k in self.kinds or ())
 
 
 def format_line(e: Event, t0: float = 0.0) -> str:

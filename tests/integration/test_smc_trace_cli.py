@@ -103,6 +103,8 @@ def test_a_filter_that_matches_nothing_says_why(recorded):
     assert "--conn 99: not in the capture (it has 1, 2, 3)" in res.stderr, res.stderr
     res = trace("decode", str(recorded), "--conn", "3", "--kind", "llc.msg")
     assert res.stdout == "" and "each option matches events, but no event matches all of them together" in res.stderr
+    res = trace("decode", str(recorded), "--kind", "conn.urgent")  # a kind the schema has, the capture not
+    assert res.stdout == "" and "--kind conn.urgent: the capture has no such events" in res.stderr, res.stderr
 
 
 def test_export_jsonl_reads_back_as_the_same_events(recorded, tmp_path):
