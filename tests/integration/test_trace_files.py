@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support import tshark
+from support.pcapng_files import classic_pcap
 from support.stacks import run, two_stacks, until
 from support.traces import DIFFPREFIX, lgr_types, record_session
 
@@ -41,13 +42,8 @@ def recorded(tmp_path_factory):
 def frames_only_pcap(src, dst, order: str = "<", nanos: bool = False, drop=None) -> None:
     """A classic pcap of the Ethernet frames of ``src`` (what tcpdump on the wire would keep;
     ``drop(frame)`` true: a frame it lost)."""
-    magic = 0xA1B23C4D if nanos else 0xA1B2C3D4
-    out = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 262144, LINKTYPE_ETHERNET)]
-    for p in read_packets(src.read_bytes()):
-        if p.linktype == LINKTYPE_ETHERNET and not (drop and drop(p.data)):
-            sec, rest = divmod(p.timestamp_ns, 1_000_000_000)
-            out.append(struct.pack(order + "IIII", sec, rest if nanos else rest // 1000, len(p.data), p.original_length) + p.data)
-    dst.write_bytes(b"".join(out))
+    frames = [p for p in read_packets(src.read_bytes()) if p.linktype == LINKTYPE_ETHERNET and not (drop and drop(p.data))]
+    dst.write_bytes(classic_pcap(frames, order, nanos))
 
 
 def test_event_record_round_trip_and_foreign_records():

@@ -1,4 +1,5 @@
-"""pcapng files as other writers make them, for the reader's tests and tshark's."""
+"""Capture files as other writers make them (older pcapng writers, tcpdump's classic pcap),
+for the readers' tests and tshark's."""
 
 from __future__ import annotations
 
@@ -25,3 +26,15 @@ def old_style_file(order: str) -> bytes:
     epb = struct.pack(order + "IIIII", 1, 0, 2_000_000, 2, 2) + b"xy\0\0"
     pb2 = struct.pack(order + "HHIIII", 0, 0, 0, 2_250, 1, 1) + b"z\0\0\0"
     return block(0x0A0D0D0A, shb) + block(1, idb0) + block(1, idb1) + block(2, pb) + block(6, epb) + block(2, pb2)
+
+
+def classic_pcap(packets, order: str = "<", nanos: bool = False) -> bytes:
+    """A classic pcap file of ``packets`` (objects with linktype, timestamp_ns, data and
+    original_length: the readers' Packet), as tcpdump writes it, in this byte order and
+    timestamp precision; the first packet's link type is the file's."""
+    magic = 0xA1B23C4D if nanos else 0xA1B2C3D4
+    out = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 262144, packets[0].linktype if packets else LINKTYPE_ETHERNET)]
+    for p in packets:
+        sec, rest = divmod(p.timestamp_ns, 1_000_000_000)
+        out.append(struct.pack(order + "IIII", sec, rest if nanos else rest // 1000, len(p.data), p.original_length) + p.data)
+    return b"".join(out)

@@ -15,6 +15,7 @@ from pathlib import Path
 import lz4.frame
 import pytest
 import zstandard
+from support.pcapng_files import classic_pcap
 
 from dissectors import cli, compressed
 from dissectors.capture import CaptureError, FileError, read_events
@@ -86,15 +87,6 @@ def test_streams_one_after_another_are_one_file(plain, what):
     assert out == data and damage is None
 
 
-def _pcap(packets, order: str, nanos: bool) -> bytes:
-    """A classic pcap file of ``packets`` (tcpdump's layout), in this byte order and precision."""
-    out = [struct.pack(order + "IHHiIII", 0xA1B23C4D if nanos else 0xA1B2C3D4, 2, 4, 0, 0, 262144, packets[0].linktype)]
-    for p in packets:
-        sec, rest = divmod(p.timestamp_ns, 1_000_000_000)
-        out.append(struct.pack(order + "IIII", sec, rest if nanos else rest // 1000, len(p.data), p.original_length) + p.data)
-    return b"".join(out)
-
-
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
 def test_rotated_pcap_files_joined_by_cat_read_as_the_capture_they_were(plain, gz):
     """``tcpdump -C`` or ``-G`` rotates its files; an operator who joins them with ``cat``
@@ -104,7 +96,7 @@ def test_rotated_pcap_files_joined_by_cat_read_as_the_capture_they_were(plain, g
     data, events = plain
     packets = list(read_pcap(data))
     cut = len(packets) // 2
-    parts = [_pcap(packets[:cut], "<", False), _pcap(packets[cut:], ">", True)]
+    parts = [classic_pcap(packets[:cut], "<", False), classic_pcap(packets[cut:], ">", True)]
     joined = b"".join(gzip.compress(p) for p in parts) if gz else b"".join(parts)
     assert _json(read_events(joined)) == events
     with pytest.raises(CaptureError, match=f"pcap record {cut + 1} at byte offset {len(parts[0])}: captured length"):
