@@ -118,6 +118,7 @@ class SmcConnection:
         self.peer_closed = False
         self.peer_abort = False
         self._final_abort_out = False  # set while input() runs when our final flag went out as an abort
+        self.tcp_shutdown_with_final = False  # closed from ACTIVE: the TCP connection goes down with the final flag
         self.released = False
         self.app_unread = 0  # bytes the runtime took out of the RMB that the application has not read (at close)
         self.early_cdcs: list[CdcMessage] = []
@@ -205,6 +206,10 @@ class SmcConnection:
                 self._send_flag("done_writing", now)
             elif action == "send_done_writing_now":
                 self._send_flag("done_writing", now, immediate=True)
+            elif action == "shutdown_tcp_with_final":  # before send_final, which may send it at once
+                self.tcp_shutdown_with_final = True
+            elif action == "reset_tcp":
+                self.io.conn_tcp_reset(self.id)
         if rule.next is not None and rule.next != self.state:
             self.set_state(rule.next, now, event)
         if self._final_abort_out and event != "closed_sent":
@@ -261,6 +266,15 @@ class SmcConnection:
             if f == "final" and sent == "abort":
                 self._final_abort_out = True  # input() follows with closed_sent
         self.send_cdc(now)  # its state flags are what ``sent`` says
+        if "final" in flags:
+            self._final_out()
+
+    def _final_out(self) -> None:
+        """smc_close_active after smc_close_final from ACTIVE: shut the TCP connection down
+        (both ways), so that the peer, which closes its TCP side last, needs no TIME_WAIT."""
+        if self.tcp_shutdown_with_final:
+            self.tcp_shutdown_with_final = False
+            self.io.conn_tcp_shutdown(self.id)
 
     def _drained(self) -> bool:
         return self.tx_sent == self.tx_prep
@@ -293,6 +307,7 @@ class SmcConnection:
                 closed = closed or flag == "final"
         self.pending_any = False
         if closed:
+            self._final_out()
             self.input("closed_sent", now)
 
     # ------------------------------------------------------------------ application side

@@ -84,7 +84,11 @@ _OPEN = (S.ACTIVE, S.APPCLOSEWAIT1, S.APPCLOSEWAIT2, S.APPFINCLOSEWAIT, S.PEERCL
 # at most timeouts.close_flush, after which it goes anyway), an abort if received data
 # remains unread then, else a close; send_final_now is the same without the wait (the kernel
 # skips it once the peer's close arrived); send_done_writing(_now) is smc_close_wr, with and
-# without the wait; send_abort is smc_close_abort, at once.
+# without the wait; send_abort is smc_close_abort, at once. The TCP connection (the kernel's
+# clcsock) follows: shutdown_tcp_with_final shuts it down (a FIN) when the final flag goes out
+# after a close from ACTIVE, as smc_close_active does "to prevent the peer from entering
+# TIME_WAIT"; reset_tcp resets it (an RST) when a connection is killed (smc_conn_kill:
+# smc_close_active_abort's tcp_abort); otherwise it closes when the connection is CLOSED.
 CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.INIT, "handshake_done"): (R(S.ACTIVE),),
     (S.INIT, "app_close"): (R(S.CLOSED),),
@@ -100,7 +104,7 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     **{(s, "app_shutdown_wr"): (STAY,) for s in SmcState if s not in (S.ACTIVE, S.APPCLOSEWAIT1)},
     # smc_close_active: every path that ends our side sends smc_close_final (abort when
     # unread data remains, else close)
-    (S.ACTIVE, "app_close"): (R(S.PEERCLOSEWAIT1, "send_final"),),
+    (S.ACTIVE, "app_close"): (R(S.PEERCLOSEWAIT1, "shutdown_tcp_with_final", "send_final"),),
     (S.APPCLOSEWAIT1, "app_close"): (
         R(S.CLOSED, "send_final_now", guard="peer_closed"),
         R(S.PEERFINCLOSEWAIT, "send_final"),
@@ -164,7 +168,7 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.CLOSED, "peer_closed"): (STAY,),
     (S.CLOSED, "peer_abort"): (STAY,),
     # local abort
-    **{(s, "abort"): (R(S.PEERABORTWAIT, "send_abort"),) for s in _OPEN},
+    **{(s, "abort"): (R(S.PEERABORTWAIT, "send_abort", "reset_tcp"),) for s in _OPEN},
     (S.PEERABORTWAIT, "abort"): (STAY,),
     (S.CLOSED, "abort"): (STAY,),
     (S.PEERABORTWAIT, "abort_done"): (R(S.CLOSED),),

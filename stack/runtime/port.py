@@ -19,6 +19,7 @@ from stack.core.ports import MrInfo, QpInfo
 from stack.verbs.api import EventType
 
 from .rdma import RdmaDriver
+from .tcp import reset
 
 
 class HostPort:
@@ -126,6 +127,19 @@ class HostPort:
         h = self.handles.get(conn)
         if h is not None:
             h.writer._push()
+
+    def conn_tcp_shutdown(self, conn: int) -> None:
+        """A FIN on the connection's TCP connection; the socket is closed when the
+        connection is (the kernel shuts its clcsock down with SHUT_RDWR; SHUT_RD sends nothing)."""
+        h = self.handles.get(conn)
+        if h is not None and h.transport is not None and h.transport.can_write_eof():
+            h.transport.write_eof()
+
+    def conn_tcp_reset(self, conn: int) -> None:
+        """An RST on the connection's TCP connection (the kernel's tcp_abort)."""
+        h = self.handles.get(conn)
+        if h is not None and h.transport is not None:
+            reset(h.transport)
 
     def conn_closed(self, conn: int, error: str | None) -> None:
         h = self.handles.pop(conn, None)

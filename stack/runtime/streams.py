@@ -20,6 +20,8 @@ import socket
 from collections import deque
 from typing import Any, Protocol
 
+from .tcp import reset
+
 READ_LIMIT = 256 << 10  # bytes pulled out of the RMB (or TCP) ahead of the application
 
 
@@ -436,13 +438,14 @@ class SmcStreamWriter:
         self._push()
 
     def abort(self) -> None:
-        """Reset the connection: the peer sees an SMC abort (or a TCP reset)."""
+        """Reset the connection: the peer sees an SMC abort and a reset of the TCP
+        connection (after a fallback, the TCP reset alone)."""
         self._closing = True
         self._pending.clear()
         self._urgent.clear()
         self._pending_bytes = 0
         if self._h.mode == "TCP":
-            self._h.transport.abort()
+            reset(self._h.transport)
         else:
             self._h.smc_abort()
 

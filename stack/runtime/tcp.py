@@ -10,7 +10,23 @@ from ``accepted``.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Any, Awaitable, Callable
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Close a TCP connection with an RST (the kernel's tcp_abort): a zero linger time, then
+    the close; a plain abort() of the transport sends a FIN."""
+    if transport.is_closing():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:  # already gone: closing it is all that is left
+            pass
+    transport.abort()
 
 
 class TcpProtocol(asyncio.Protocol):

@@ -39,6 +39,7 @@ row(S.INIT, "app_close", "", S.CLOSED, None, "smc_close_active: SMC_INIT")
 row(S.LISTEN, "app_close", "", S.CLOSED, None, "smc_close_active: SMC_LISTEN")
 row(S.ACTIVE, "app_close", "", S.PEERCLOSEWAIT1, {CL}, "smc_close_active: SMC_ACTIVE, smc_close_final")
 row(S.ACTIVE, "app_close", "unread", S.PEERCLOSEWAIT1, {AB}, "smc_close_final: bytes_to_rcv -> smc_close_abort")
+row(S.ACTIVE, "app_close", "unsent", S.PEERCLOSEWAIT1, "final queued", "smc_close_active: smc_close_stream_wait first")
 row(S.APPCLOSEWAIT1, "app_close", "peer_closed", S.CLOSED, {CL}, "smc_close_active: APPCLOSEWAIT1, rxed close")
 row(S.APPCLOSEWAIT1, "app_close", "peer_closed unread", S.CLOSED, {AB}, "smc_close_active + smc_close_final")
 row(S.APPCLOSEWAIT1, "app_close", "", S.PEERFINCLOSEWAIT, {CL}, "smc_close_active: peer only shut down")
@@ -144,6 +145,16 @@ for _s in (S.INIT, S.LISTEN, S.ACTIVE, S.APPCLOSEWAIT1, S.APPCLOSEWAIT2, S.PEERC
            S.PEERABORTWAIT, S.CLOSED):  # fmt: skip
     row(_s, "closed_sent", "", _s, None, "stack: a late closed_sent changes nothing")
 
+# What a row does to the TCP connection under the SMC-R connection (the kernel's clcsock):
+# "shutdown" (a FIN, after the final flag) or "reset" (an RST); every other row leaves it
+# to close when the socket is released or CLOSED (smc_clcsock_release).
+TCP_END: dict[tuple, str] = {
+    (S.ACTIVE, "app_close", frozenset()): "shutdown",  # smc_close_active: SMC_ACTIVE, kernel_sock_shutdown(SHUT_RDWR)
+    (S.ACTIVE, "app_close", frozenset({"unread"})): "shutdown",
+    # smc_close_active_abort: tcp_abort when the socket is past SMC_INIT
+    **{(s, e, sit): "reset" for s, e, sit, *_ in CLOSE_ROWS if e == "abort" and s not in (S.INIT, S.PEERABORTWAIT, S.CLOSED)},
+}
+
 CLOSE_INPUTS = ("handshake_done", "app_shutdown_wr", "app_close", "peer_done_writing", "peer_closed", "peer_abort", "abort",
                 "abort_done", "closed_sent")  # fmt: skip
 ALLOWED = {(s, e) for s, e, *_ in CLOSE_ROWS}
@@ -199,6 +210,10 @@ def test_close_machine_row(state, event, situation, nxt, cdc, where):
         assert _cdc_state_flags(a, mark) is None and conn.pending[cdc.split()[0]], f"{state.name} --{event}--> ({where})"
     else:
         assert _cdc_state_flags(a, mark) == cdc, f"{state.name} --{event}--> CDC flags ({where})"
+    app = a.apps[1]
+    assert app.tcp_end == TCP_END.get((state, event, situation)), f"{state.name} --{event}--> TCP connection {app.tcp_end} ({where})"
+    if app.tcp_end == "shutdown":  # after the final flag, as smc_close_active
+        assert app.tcp_end_after_final
 
 
 @pytest.mark.parametrize("state,event", sorted(set(itertools.product(SmcState, CLOSE_INPUTS)) - ALLOWED),

@@ -2,7 +2,7 @@
 (the control: what the kernel does) and between the kernel and our stack, both directions.
 
     diffrun.py server kernel|stack PORT --count N
-    diffrun.py client kernel|stack HOST PORT --host6 HOST6 [--scenarios urgent,conc50,unread-client,unread-server,ipv6]
+    diffrun.py client kernel|stack HOST PORT --host6 HOST6 [--scenarios urgent,conc50,unread-client,unread-server,ipv6,close-first]
 
 Each connection starts with the line ``SCENARIO IMPL`` from the client; both sides then play it
 and write one JSON record per connection to ``$LAB_SHARE/<impl>-<role>-<port>.jsonl``: what
@@ -22,6 +22,11 @@ Scenarios:
 * ``unread-client`` / ``unread-server``: the server sends 40,000 bytes; the named side
   closes with data it has not read (the kernel sends abort then: smc_close_final); the other
   side records what its application sees next (reset or end of file).
+* ``close-first``: the client sends 1,000 bytes and closes; the server reads them, reads to
+  end of file and closes half a second later. Each side records the state of its TCP
+  connection (the kernel's clcsock, from /proc/net/tcp): the server's at end of file and
+  after its close, the client's after its close. Between kernels the client's FIN leaves
+  with its close flag (smc_close_active), so the client keeps the TIME_WAIT, not the server.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent.parent)]
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent.parent)]
 
 import ksmc  # noqa: E402
+from support.tcpstate import tcp_state  # noqa: E402
 
 LAB_UEID = "SMCTOP-LAB"
 # the urgent byte comes while the receiver has read nothing yet (it fits in the RMB): a kernel
@@ -53,7 +59,8 @@ URGENT_BEFORE, URGENT_AFTER = 20_000, 100_000
 URGENT_BYTE = 0xA5
 CONC, CONC_BYTES = 50, 20_000
 UNREAD_BYTES = 40_000
-SCENARIOS = ("urgent", "conc50", "unread-client", "unread-server", "ipv6")
+CLOSE_BYTES = 1_000
+SCENARIOS = ("urgent", "conc50", "unread-client", "unread-server", "ipv6", "close-first")
 PAUSE = 0.5  # lets data land in the peer's buffer before a close that leaves it unread
 
 
@@ -158,6 +165,15 @@ def k_serve_one(s: socket.socket, port: int, i: int) -> None:
             ksmc.recv_exactly(s, 10)  # the client's first bytes, not the rest
             time.sleep(PAUSE)
             rec["closed_unread"] = True
+        elif scenario == "close-first":
+            here, there = s.getsockname()[:2], s.getpeername()[:2]  # the clcsock's
+            rec["received"] = sha(ksmc.recv_exactly(s, CLOSE_BYTES))
+            rec["next"] = k_next(s)
+            rec["tcp_at_eof"] = tcp_state(here, there)
+            time.sleep(PAUSE)
+            s.close()
+            time.sleep(PAUSE)
+            rec["tcp_after_close"] = tcp_state(here, there)
         else:
             rec["error"] = f"unknown scenario {scenario!r}"
     except Exception as e:  # noqa: BLE001 - recorded; the test fails on it
@@ -229,6 +245,15 @@ def kernel_client(host: str, port: int, scenarios: list[str], host6: str | None 
                     rec["stage"] = "next"
                     rec["next"] = k_next(s)
                     rec["stage"] = "done"
+                elif scenario == "close-first":
+                    here, there = s.getsockname()[:2], s.getpeername()[:2]
+                    data = pattern(CLOSE_BYTES, 9)
+                    ksmc.sendall(s, data)
+                    rec["sent"] = sha(data)
+                    time.sleep(PAUSE)
+                    s.close()
+                    time.sleep(3 * PAUSE)
+                    rec["tcp_after_close"] = tcp_state(here, there)
             except Exception as e:  # noqa: BLE001
                 rec["error"] = f"{error_name(e)}: {e}"
 
@@ -325,6 +350,15 @@ async def stack_server(port: int, count: int) -> None:
                 await asyncio.wait_for(reader.readexactly(10), 30)
                 await asyncio.sleep(PAUSE)
                 rec["closed_unread"] = True
+            elif scenario == "close-first":
+                here, there = writer.get_extra_info("sockname")[:2], writer.get_extra_info("peername")[:2]
+                rec["received"] = sha(await asyncio.wait_for(reader.readexactly(CLOSE_BYTES), 30))
+                rec["next"] = await s_next(reader)
+                rec["tcp_at_eof"] = tcp_state(here, there)
+                await asyncio.sleep(PAUSE)
+                writer.close()
+                await asyncio.sleep(PAUSE)
+                rec["tcp_after_close"] = tcp_state(here, there)
             else:
                 rec["error"] = f"unknown scenario {scenario!r}"
         except Exception as e:  # noqa: BLE001
@@ -395,6 +429,16 @@ async def stack_client(host_ip: str, port: int, scenarios: list[str], host6: str
                         writer.write(pattern(30_000, 7))
                         await writer.drain()
                         rec["next"] = await s_next(reader)
+                    elif scenario == "close-first":
+                        here, there = writer.get_extra_info("sockname")[:2], writer.get_extra_info("peername")[:2]
+                        data = pattern(CLOSE_BYTES, 9)
+                        writer.write(data)
+                        await writer.drain()
+                        rec["sent"] = sha(data)
+                        await asyncio.sleep(PAUSE)
+                        writer.close()
+                        await asyncio.sleep(3 * PAUSE)
+                        rec["tcp_after_close"] = tcp_state(here, there)
                 except Exception as e:  # noqa: BLE001
                     rec["error"] = f"{error_name(e)}: {e}"
 

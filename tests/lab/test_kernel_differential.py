@@ -150,3 +150,19 @@ def test_an_ipv6_connection_ends_as_between_kernels(runs, mixed, control) -> Non
         assert peer.startswith("[fd00:2::"), (name, c)  # the connection really was IPv6
         views[name] = (_view(c), _view(s))
     assert views[mixed] == views[control], views
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("mixed,control", PAIRS)
+def test_the_side_that_closes_first_keeps_the_tcp_time_wait_as_between_kernels(runs, mixed, control) -> None:
+    """smc_close_active shuts the clcsock down right after the final flag of a close from
+    ACTIVE: the closer's FIN goes first, so its TCP keeps the TIME_WAIT and the peer's, which
+    closes after reading end of file, none (a server facing many closing clients piles up no
+    TIME_WAIT sockets). Our stack sent its FIN only once both close flags had crossed."""
+    seen = {}
+    for name in (mixed, control):
+        (c,), (s,) = (_of(x, "close-first") for x in runs[name])
+        assert s["received"] == c["sent"] and s["next"] == "eof", (name, c, s)
+        seen[name] = {"client after close": c["tcp_after_close"], "server at eof": s["tcp_at_eof"], "server after close": s["tcp_after_close"]}
+    assert seen[mixed] == seen[control], seen
+    assert seen[control] == {"client after close": "TIME_WAIT", "server at eof": "CLOSE_WAIT", "server after close": None}, seen

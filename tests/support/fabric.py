@@ -89,6 +89,11 @@ class App:
     failed: str | None = None
     closed: bool = False
     close_error: str | None = None
+    # how the TCP connection ended before the connection closed: "shutdown" (a FIN with our
+    # final flag) or "reset" (an RST, the connection killed), with whether the final flag
+    # had gone out by then (the kernel shuts down after smc_close_final)
+    tcp_end: str | None = None
+    tcp_end_after_final: bool = False
     readable: int = 0
     writable: int = 0
     received: bytearray = field(default_factory=bytearray)
@@ -314,6 +319,18 @@ class FabricIO:
     def conn_closed(self, conn: int, error: str | None) -> None:
         app = self._app(conn)
         app.closed, app.close_error = True, error
+
+    def _tcp_end(self, conn: int, how: str) -> None:
+        app = self._app(conn)
+        c = self.host.conns.get(conn)
+        app.tcp_end = app.tcp_end or how
+        app.tcp_end_after_final = c is not None and (c.sent["closed"] or c.sent["abort"])
+
+    def conn_tcp_shutdown(self, conn: int) -> None:
+        self._tcp_end(conn, "shutdown")
+
+    def conn_tcp_reset(self, conn: int) -> None:
+        self._tcp_end(conn, "reset")
 
 
 def pair(client_cfg: SmcConfig | None = None, server_cfg: SmcConfig | None = None, seed: int = 1, **kw) -> tuple[Fabric, FabricIO, FabricIO]:
