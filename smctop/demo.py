@@ -59,6 +59,7 @@ _X = _free_subnet()  # once per process: smctop.sources reads these names too
 ALPHA, BETA, GAMMA = f"127.30.{_X}.1", f"127.30.{_X}.2", f"127.30.{_X}.3"
 ALPHA2, BETA2 = f"127.31.{_X}.1", f"127.31.{_X}.2"  # the second devices
 DIFFPREFIX = 0x03070000
+CLIENT_TRAFFIC = ("bulk", "rr", "fallback")  # alpha's traffic, by kind (the servers' totals are by host)
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Demo:
 
     def run_traffic(self, seconds: float) -> None:
         alpha = self.hosts["alpha"]
-        bulk, rr, fb = (self.totals.setdefault(k, runner.Totals()) for k in ("bulk", "rr", "fallback"))
+        bulk, rr, fb = (self.totals.setdefault(k, runner.Totals()) for k in CLIENT_TRAFFIC)
 
         def to(addr):
             return lambda: alpha.open_connection(addr, 5000, local_addr=(ALPHA, 0))
@@ -177,7 +178,8 @@ async def run(seconds: float, out=sys.stdout) -> Demo:
             snaps = {name: stack.snapshot() for name, stack in demo.hosts.items()}
             if _smcr_conns(snaps) and _smcr_conns(snaps) >= _smcr_conns(busy):  # ties: the fresher one
                 busy = snaps
-            moved = sum(t.bytes_sent + t.bytes_received for t in demo.totals.values())
+            # alpha's ends: each byte once (beta's and gamma's servers count the same bytes again)
+            moved = sum(demo.totals[k].bytes_sent + demo.totals[k].bytes_received for k in CLIENT_TRAFFIC)
             now = time.monotonic()
             rate = (moved - last[0]) / (now - last[1]) / 1e6
             last = (moved, now)

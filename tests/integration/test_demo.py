@@ -24,6 +24,12 @@ def test_the_demo_shows_smc_traffic_and_a_reasoned_fallback():
     assert d.totals["bulk"].verified == 1 and not d.totals["bulk"].errors
     assert d.totals["rr"].ops > 0 and d.totals["fallback"].modes.get("TCP", 0) == d.totals["fallback"].connections > 0
     assert d.events["cdc.msg"] > 0 and d.events["conn.fallback"] > 0
+    # the per-second lines count each byte once: alpha's ends, not the servers' as well
+    last_mb = float([line for line in text.splitlines() if line.strip().endswith(tuple("0123456789")) and " MB " in line][-1].split()[2])
+    alpha = sum(d.totals[k].bytes_sent + d.totals[k].bytes_received for k in demo.CLIENT_TRAFFIC)
+    servers = sum(d.totals[k].bytes_sent + d.totals[k].bytes_received for k in ("beta", "gamma"))
+    assert abs(alpha - servers) < 0.05 * alpha  # both ends saw the same bytes
+    assert 0.5 * alpha / 1e6 < last_mb <= alpha / 1e6 + 0.1, (last_mb, alpha)
 
 
 def test_the_demo_takes_addresses_no_other_process_holds():
