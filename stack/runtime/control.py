@@ -375,9 +375,9 @@ class _Session:
             self.stack.remove_frame_tap(self._tap)
 
     async def flush(self, timeout: float) -> None:
-        """The stack is closing: send what the session still holds (events, frames), then an
-        ``end`` line with what it dropped in all, and wait up to ``timeout`` seconds for the
-        client to take it."""
+        """The stack is closing: send what the session still holds (events, frames), a last
+        snapshot when it takes snapshots, then an ``end`` line with what it dropped in all,
+        and wait up to ``timeout`` seconds for the client to take it."""
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -386,6 +386,8 @@ class _Session:
         if self.frames is not None:
             self._send_frames()
         self.pass_events(self.sub.get_nowait(), final=True)
+        if self.interval > 0:  # the counters as the stack ends: a run shorter than the interval has no other
+            self.send({"type": "snapshot", "snapshot": self.stack.snapshot()})
         self.send({"type": "end", "events_dropped": self.sub.dropped_total, "frames_dropped": self.frames_dropped_total})
         try:
             async with asyncio.timeout(timeout):

@@ -208,3 +208,30 @@ def test_duration_stops_a_command_that_ignores_sigint(tmp_path):
     res = subprocess.run([PY, "-c", env, "record", "-w", str(out), "--duration", "1", "--", PY, "-c", stubborn],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
     assert res.returncode == 0 and res.stdout.strip() == "up" and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_replay_of_a_run_shorter_than_a_snapshot_interval_shows_its_final_counters(tmp_path):
+    """The stack sends a last snapshot as it closes: a recording of a run that ended before
+    its first periodic snapshot replays with the run's counters, not the zeros of the
+    snapshot taken when the recording began."""
+    ca, sa = addrs()
+    server = TrafficServer(sa, "--count", "2")
+    out = tmp_path / "short.pcapng"
+    try:
+        res = trace("record", "-w", str(out), "--", PY, "-m", "stack.traffic.cli", "client", "--connect", f"{sa}:5000", "--device", ca,
+                    "--mode", "bulk", "--bytes", "256K", "--connections", "2", "--json", "--no-progress", timeout=120)  # fmt: skip
+        server.report()
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    assert res.returncode == 0 and json.loads(res.stdout)["verified"] == 2, res.stderr
+    once = subprocess.run(
+        [PY, "-c", "import sys; from stack.launch import smctop; sys.exit(smctop())", "--replay", str(out), "--once", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert once.returncode == 0, once.stderr
+    (stats,) = json.loads(once.stdout)["stats"].values()
+    assert stats["counters"]["smc_client"] == 2 and stats["counters"]["fallback_client"] == 0, stats
