@@ -101,7 +101,10 @@ async def _session(writer, totals: Totals):
     """Record what went wrong on a connection as an error of the run, and always close it."""
     try:
         yield
-    except (asyncio.IncompleteReadError, ConnectionError, TrafficError) as e:
+    except asyncio.IncompleteReadError as e:  # asyncio's words say nothing of who ended what
+        totals.errors.append(f"the peer ended the connection in the middle of the traffic ({len(e.partial)} of {e.expected} bytes of a "
+                             "message came): interrupted, or it failed")  # fmt: skip
+    except (ConnectionError, TrafficError) as e:
         totals.errors.append(f"{type(e).__name__}: {e}")
     finally:
         writer.close()
@@ -148,9 +151,11 @@ async def _send_bulk(writer, pattern: Pattern, total: int, deadline: float | Non
         data = pattern.next(n)
         writer.write(CHUNK.pack(len(data)))
         writer.write(data)
-        await writer.drain()
+        # counted once written, as send() counts: the connection sends it even when this run
+        # is interrupted while it waits here (the peer receives it)
         sent += len(data)
         totals.bytes_sent += len(data)
+        await writer.drain()
     writer.write(CHUNK.pack(0) + TRAILER.pack(pattern.offset, pattern.crc))
     await writer.drain()
 

@@ -154,3 +154,42 @@ def test_a_fallback_names_the_peers_diagnosis_as_smc_trace_summary_does():
     rep = totals.report("crr")
     assert rep["fallback_details"] == {"0x05000000 PEERDECL (peer 0x03070000 DIFFPREFIX)": 2, "0x03030000 NOSMCDEV": 1}
     assert rep["fallbacks"] == {"0x05000000 PEERDECL": 2, "0x03030000 NOSMCDEV": 1}  # as before, for what reads its keys
+
+
+def test_a_bulk_send_interrupted_while_it_drains_counts_what_it_wrote():
+    """Interrupted (Ctrl-C, --duration) while waiting for the connection to take a chunk: the
+    chunk was written and the peer receives it, so the report counts it as sent."""
+
+    class Writer:
+        def __init__(self) -> None:
+            self.written = self.drains = 0
+
+        def write(self, data) -> None:
+            self.written += len(data)
+
+        async def drain(self) -> None:
+            self.drains += 1
+            if self.drains == 3:
+                raise asyncio.CancelledError
+
+    w, totals = Writer(), runner.Totals()
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(runner._send_bulk(w, Pattern(1), 0, None, totals))
+    assert totals.bytes_sent == 3 * runner.CHUNK_SIZE == w.written - 3 * CHUNK.size
+
+
+def test_a_peer_that_ends_the_connection_mid_traffic_is_named_so():
+    class Writer:
+        def close(self) -> None:
+            pass
+
+        async def wait_closed(self) -> None:
+            pass
+
+    async def main(totals):
+        async with runner._session(Writer(), totals):
+            raise asyncio.IncompleteReadError(b"", 4)
+
+    totals = runner.Totals()
+    asyncio.run(main(totals))
+    assert totals.errors == ["the peer ended the connection in the middle of the traffic (0 of 4 bytes of a message came): interrupted, or it failed"]
