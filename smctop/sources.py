@@ -72,26 +72,6 @@ def engine_text(engines) -> str:
     return "+".join(sorted({e for e in engines if e}))
 
 
-def with_host_extras(snap: dict, stack) -> dict:
-    """An in-process stack's snapshot with what smctop can read from the stack itself when the
-    snapshot does not say it: its listening sockets (smcss -a) and its UEIDs."""
-    if "listeners" not in snap:
-        listen = []
-        for server in getattr(stack, "servers", []):
-            for sock in getattr(server, "sockets", ()):
-                try:
-                    host, port = sock.getsockname()[:2]
-                except (OSError, ValueError, TypeError):
-                    continue
-                listen.append({"local": f"{host}:{port}", "smc": bool(getattr(server, "smc", True))})
-        snap["listeners"] = listen
-    if "ueids" not in snap:
-        ueids = getattr(getattr(getattr(stack, "config", None), "smc", None), "ueids", None)
-        if isinstance(ueids, (list, tuple)):
-            snap["ueids"] = [str(u) for u in ueids]
-    return snap
-
-
 class SourceError(Exception):
     """A source could not start or an action failed: the message is for the operator."""
 
@@ -218,7 +198,7 @@ class DemoSource(Source):
             self._last_snapshot = now
             for stack in self.demo.hosts.values():
                 if stack.host is not None:
-                    model.apply_snapshot(with_host_extras(stack.snapshot(), stack))
+                    model.apply_snapshot(stack.snapshot())
         rr = self.demo.totals.get("rr")
         if rr is not None and rr.latencies:
             model.add_latencies(rr.latencies)

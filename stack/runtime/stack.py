@@ -256,7 +256,18 @@ class Stack:
         snap["rdma"] = {name: dict(dev.device.stats, port_up=dev.port_up, engine=engine_of(dev.device),
                                    engine_detail=engine_detail(dev.device)) for name, dev in self.rdma.devs.items()}  # fmt: skip
         link_counts(self.rdma, snap, self.host.lgrs)  # each link's psn_out_of_window, suspect_ignored
+        snap["listeners"] = self.listeners()
+        snap["ueids"] = list(self.config.smc.ueids)
         return snap
+
+    def listeners(self) -> list[dict]:
+        """The listening sockets (smcss -a): address, and whether they offer SMC."""
+        out = []
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                out.append({"local": f"{host}:{port}", "smc": server.smc})
+        return out
 
     # ---------------------------------------------------------------- the SMC TCP option
 

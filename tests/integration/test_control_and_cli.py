@@ -181,3 +181,40 @@ def test_nothing_listening_is_a_clear_error():
     ca, sa = addrs()
     rc, rep, err = traffic_client(sa, ca, "--bytes", "1K")
     assert rc == 1 and any("Connect call failed" in e or "refused" in e for e in rep["errors"]), (rep, err)
+
+
+def test_the_control_snapshot_lists_the_listeners_and_ueids(tmp_path):
+    """smcss -a and the UEID view of an attached smctop: the listeners come in the stack's
+    own snapshot (they were only added for stacks in smctop's process), and go with their
+    server."""
+    path = str(tmp_path / "ctl.sock")
+
+    async def main():
+        from support.stacks import config
+
+        from stack.runtime import Stack
+
+        ca, sa = addrs()
+        stack = Stack(config("listening", sa, control=path, ueids=("SMCTOP", "LAB-UEID")))
+        await stack.start()
+        try:
+            smc = await stack.start_server(lambda r, w: None, sa, 5000)
+            await stack.start_server(lambda r, w: None, sa, 5001, smc=False)
+            client = await ControlClient.connect(path)
+            msgs = client.messages()
+            await _next(msgs, "hello")
+            await client.send("snapshot")
+            first = (await _next(msgs, "reply"))["snapshot"]
+            smc.close()
+            await smc.wait_closed()
+            await client.send("snapshot")
+            second = (await _next(msgs, "reply"))["snapshot"]
+            await client.close()
+            return sa, first, second
+        finally:
+            await stack.close()
+
+    sa, first, second = run(main())
+    assert first["listeners"] == [{"local": f"{sa}:5000", "smc": True}, {"local": f"{sa}:5001", "smc": False}]
+    assert second["listeners"] == [{"local": f"{sa}:5001", "smc": False}]
+    assert first["ueids"] == ["SMCTOP", "LAB-UEID"]
