@@ -96,7 +96,13 @@ def merged(streams: Sequence[tuple], window: float = REORDER_WINDOW) -> Iterator
         firsts.append((name, first, it))
     known = [clock.offset for _, _, clock in ordered if clock is not None and clock.offset is not None]
     if known:
-        firsts = [(name, *_shifted(first, it, clock.offset - known[0])) if clock is not None and clock.offset is not None
+        # a file that says nothing of its clock and counts wall-clock time (a capture of
+        # another tool: tcpdump, tshark) puts every recording on the wall clock; otherwise
+        # they go on the first recording's clock (its host's time since boot)
+        foreign_wall = any(first is not None and clock_of(first.t) == "wall" for (_, first, _), (_, _, clock) in zip(firsts, ordered)
+                           if clock is None or clock.offset is None)  # fmt: skip
+        target = 0.0 if foreign_wall else known[0]
+        firsts = [(name, *_shifted(first, it, clock.offset - target)) if clock is not None and clock.offset is not None
                   else (name, first, it) for (name, first, it), (_, _, clock) in zip(firsts, ordered)]  # fmt: skip
     clocks = {name: clock_of(first.t) for name, first, _ in firsts if first is not None}
     if len(set(clocks.values())) > 1:
@@ -104,8 +110,8 @@ def merged(streams: Sequence[tuple], window: float = REORDER_WINDOW) -> Iterator
         mono = [n for n, c in clocks.items() if c == "monotonic"]
         raise ClockMismatch(
             f"{', '.join(mono)} count{'s' if len(mono) == 1 else ''} time since boot (a stack's --events JSONL) and "
-            f"{', '.join(wall)} wall-clock time (a recording): their events cannot share one timeline; "
-            "give files of one kind (recordings of several hosts, or JSONL of processes on one host)"
+            f"{', '.join(wall)} wall-clock time (a packet capture, or a recording put on its clock): their events cannot share "
+            "one timeline; give files of one clock (recordings and packet captures, or JSONL of processes on one host)"
         )
 
     def chain(first: Event | None, it: Iterator[Event]) -> Iterator[Event]:

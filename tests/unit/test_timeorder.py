@@ -171,3 +171,33 @@ def test_recordings_of_hosts_that_booted_apart_line_up_by_the_wall_clock(tmp_pat
     assert cli.main(["decode", "--json", str(tmp_path / "a.pcapng"), str(tmp_path / "b.pcapng")]) == 0
     order = [(e["host"], e["cause"]) for e in map(json.loads, capsys.readouterr().out.splitlines())]
     assert order == [("a", "sent"), ("b", "received"), ("b", "sent"), ("a", "received")]
+
+
+def test_a_recording_and_a_packet_capture_of_another_tool_share_the_wall_clock(tmp_path, capsys):
+    """A recording's events count its host's time since boot, with the wall clock beside
+    them; a tcpdump capture counts wall-clock time. They were refused as a JSONL and a
+    recording; the recording is put on the wall clock instead."""
+    from dissectors.recorder import Recorder
+    from dissectors.timeorder import WallOffset
+    from stack.events import Event
+
+    wall0 = 1_765_000_000.0
+    offset = WallOffset()
+    offset.offset = wall0 - 100.0  # the host booted 100 s before wall0
+    state = {"old": "INIT", "new": "ACTIVE"}
+    rec = [
+        Event(100.000, "conn.state", "a", None, None, 1, {**state, "cause": "first"}),
+        Event(100.004, "conn.state", "a", None, None, 1, {**state, "cause": "third"}),
+    ]
+    capture = [Event(wall0 + 0.002, "conn.state", "b", None, None, 1, {**state, "cause": "second"})]
+    out = list(merged([("a.pcapng", rec, offset), ("live.pcap", capture)]))
+    assert [e.get("cause") for e in out] == ["first", "second", "third"]
+    assert all(clock_of(e.t) == "wall" for e in out) and abs(out[0].t - wall0) < 1e-6
+    # through the command: a recording of ours beside a foreign capture's events on the wall clock
+    r = Recorder(str(tmp_path / "a.pcapng"), clock_offset_ns=int((wall0 - 100.0) * 1e9), native=False)
+    for e in rec:
+        r.on_event(e)
+    r.close()
+    foreign = _write(tmp_path / "b.jsonl", [json.dumps({"t": wall0 + 0.002, "kind": "conn.state", "host": "b", "conn": 1, **state, "cause": "second"})])
+    assert cli.main(["decode", "--json", str(tmp_path / "a.pcapng"), foreign]) == 0
+    assert [json.loads(x)["cause"] for x in capsys.readouterr().out.splitlines()] == ["first", "second", "third"]
