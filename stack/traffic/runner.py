@@ -49,6 +49,10 @@ class Totals:
     connections: int = 0
     first_contacts: int = 0
     link_groups: set[str] = field(default_factory=set)
+    # a server's traffic: from its first connection to the end of its last (its rate leaves
+    # out the time it waited for clients)
+    first_conn: float | None = None
+    last_end: float | None = None
 
     def count_conn(self, info: dict | None) -> None:
         self.connections += 1
@@ -67,7 +71,10 @@ class Totals:
             self.fallback_details[key] = self.fallback_details.get(key, 0) + 1
 
     def report(self, mode: str) -> dict:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
+        if mode == "server" and self.first_conn is not None:
+            elapsed = max((self.last_end or time.monotonic()) - self.first_conn, 1e-9)
+        else:
+            elapsed = max(time.monotonic() - self.started, 1e-9)
         lat = sorted(self.latencies)
         out = {
             "mode": mode, "seconds": round(elapsed, 3), "connections": self.connections, "modes": self.modes,
@@ -184,7 +191,16 @@ async def _recv_bulk(reader, pattern: Pattern, totals: Totals) -> tuple[bool, in
 
 async def serve(reader, writer, totals: Totals) -> None:
     """Handle one client connection until it ends; errors are recorded, not raised."""
+    if totals.first_conn is None:
+        totals.first_conn = time.monotonic()
     totals.count_conn(_smc_info(writer))
+    try:
+        await _serve(reader, writer, totals)
+    finally:
+        totals.last_end = time.monotonic()
+
+
+async def _serve(reader, writer, totals: Totals) -> None:
     async with _session(writer, totals), _subtasks() as tasks:
         hdr = Header.decode(await reader.readexactly(HEADER.size))
         if hdr.mode == BULK:

@@ -193,3 +193,39 @@ def test_a_peer_that_ends_the_connection_mid_traffic_is_named_so():
     totals = runner.Totals()
     asyncio.run(main(totals))
     assert totals.errors == ["the peer ended the connection in the middle of the traffic (0 of 4 bytes of a message came): interrupted, or it failed"]
+
+
+def test_a_servers_rate_counts_the_time_it_served_not_the_time_it_waited_for_clients():
+    totals = runner.Totals(started=100.0, bytes_received=2_000_000)
+    totals.first_conn, totals.last_end = 160.0, 162.0  # a client came a minute after the start and stayed 2 s
+    rep = totals.report("server")
+    assert rep["seconds"] == 2.0 and rep["throughput_mbs"] == 1.0
+    idle = runner.Totals(started=100.0)  # no client: the time since the start, as before
+    assert idle.report("server")["seconds"] > 1.0
+
+
+def test_serve_notes_when_the_first_connection_came_and_the_last_ended():
+    async def main():
+        reader = asyncio.StreamReader()
+        reader.feed_eof()  # a client that sent nothing: an error of the run, and the times all the same
+
+        class Writer:
+            def write(self, data) -> None:
+                pass
+
+            def close(self) -> None:
+                pass
+
+            async def wait_closed(self) -> None:
+                pass
+
+            def get_extra_info(self, name, default=None):
+                return default
+
+        totals = runner.Totals(started=0.0)
+        await runner.serve(reader, Writer(), totals)
+        return totals
+
+    totals = asyncio.run(main())
+    assert totals.connections == 1 and totals.errors
+    assert totals.first_conn is not None and totals.last_end is not None and 0 <= totals.last_end - totals.first_conn < 1
