@@ -201,15 +201,17 @@ class Summary:
         return out
 
     def to_dict(self) -> dict:
-        modes = Counter(c.mode for c in self.conns.values())
         peers = self._peer_end()
+        # a connection whose two ends the trace has counts once (the end that comes first)
+        ones = [c for c in self.conns.values() if id(c) not in peers or _key(c) < _key(peers[id(c)])]
+        modes = Counter(c.mode for c in ones)
         return {
             "skipped": self.skipped.to_dict(),
             "events": self.events, "duration_s": round(self.duration, 6), "kinds": dict(sorted(self.kinds.items())),
             "dropped": {"events": self.dropped_events, "frames": self.dropped_frames,
                         "by": [{"by": by, **v} for by, v in sorted(self.drop_sources.items())]},
             "frames_not_decoded": self.frames_not_decoded,
-            "connections": {"total": len(self.conns), "modes": dict(modes)},
+            "connections": {"total": len(ones), "ends": len(self.conns), "modes": dict(modes)},
             "moved": self.moved if self.sees_data or not modes.get("SMCR") else None,  # null: the trace cannot tell
             "fallbacks": [{"reason": r, "text": codes.format_reason(r) if r else "not SMC", "count": n} for r, n in sorted(self.fallbacks.items())],
             "failovers": self.failovers,
@@ -226,6 +228,10 @@ class Summary:
                 for c in sorted(self.conns.values(), key=lambda c: (c.host, c.conn))
             ],
         }  # fmt: skip
+
+
+def _key(c: ConnSummary) -> tuple:
+    return (c.host, c.conn, c.local, c.peer)
 
 
 def summarize(events: Iterable[Event]) -> Summary:
@@ -346,8 +352,9 @@ def summarize(events: Iterable[Event]) -> Summary:
 
 def render(s: Summary) -> str:
     d = s.to_dict()
-    out = [f"{d['events']} events over {d['duration_s']:.3f} s; connections: {d['connections']['total']} "
-           + " ".join(f"{m}={n}" for m, n in sorted(d["connections"]["modes"].items()))]  # fmt: skip
+    n, ends = d["connections"]["total"], d["connections"]["ends"]
+    out = [f"{d['events']} events over {d['duration_s']:.3f} s; connections: {n}" + (f" ({ends} ends)" if ends != n else "") + " "
+           + " ".join(f"{m}={k}" for m, k in sorted(d["connections"]["modes"].items()))]  # fmt: skip
     if s.dropped_events or s.dropped_frames or s.drop_sources:
         out.append(f"DROPPED while recording: {s.dropped_events} events, {s.dropped_frames} frames")
         for by, v in sorted(s.drop_sources.items()):

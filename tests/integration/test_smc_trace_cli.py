@@ -115,7 +115,7 @@ def test_export_jsonl_reads_back_as_the_same_events(recorded, tmp_path):
 
 def test_summary_text_names_modes_and_reasons(recorded):
     text = trace("summary", str(recorded)).stdout
-    assert "SMCR=4" in text and "TCP=2" in text
+    assert "connections: 3 (6 ends) SMCR=2 TCP=1" in text  # each connection once, both its ends in the trace
     assert "Fallbacks: 0x03070000 DIFFPREFIX x1, 0x05000000 PEERDECL x1" in text
 
 

@@ -65,7 +65,7 @@ def test_a_classic_pcap_of_the_wire_summarizes_like_the_recording(recorded, tmp_
     derived = summarize(read_events(pcap)).to_dict()
     ours = summarize(events).to_dict()
     # the wire shows each connection from both of its ends, as the two recorded hosts do
-    assert derived["connections"] == ours["connections"] == {"total": 6, "modes": {"SMCR": 4, "TCP": 2}}
+    assert derived["connections"] == ours["connections"] == {"total": 3, "ends": 6, "modes": {"SMCR": 2, "TCP": 1}}
     # each end's own view, as the two recorded hosts had it: the server's DIFFPREFIX, the client's PEERDECL
     assert [f["reason"] for f in derived["fallbacks"]] == [f["reason"] for f in ours["fallbacks"]] == [DIFFPREFIX, 0x05000000]
     assert sorted(c["bytes_written"] for c in derived["conns"]) == sorted(c["bytes_written"] for c in ours["conns"])
@@ -151,7 +151,7 @@ def test_a_pcap_of_two_links_gives_each_connection_its_bytes_and_each_host_one_r
     events, pcap = two_links
     derived = summarize(read_events(pcap)).to_dict()
     ours = summarize(events).to_dict()
-    assert derived["connections"] == ours["connections"] == {"total": 18, "modes": {"SMCR": 18}}  # each end
+    assert derived["connections"] == ours["connections"] == {"total": 9, "ends": 18, "modes": {"SMCR": 9}}  # each connection once, with both its ends
     links = {e.link for e in read_events(pcap) if e.kind == "rdma.write" and e.conn is not None}
     assert len(links) >= 2, links  # connections' WRITEs on more than one link
     assert not [e for e in read_events(pcap) if e.kind == "rdma.write" and e.conn is None]
@@ -375,7 +375,7 @@ def test_tcp_that_never_offered_smc_is_not_a_connection_of_smcs():
     """No SMC option in the SYN (so none in the SYN-ACK) and no CLC: a plain TCP socket, an
     ssh or HTTP session in the same capture. It was listed as two PEERNOSMC fallbacks."""
     s = summarize(read_events(_http_over(False, True))).to_dict()
-    assert s["connections"] == {"total": 0, "modes": {}} and s["fallbacks"] == []
+    assert s["connections"] == {"total": 0, "ends": 0, "modes": {}} and s["fallbacks"] == []
 
 
 def test_a_client_whose_option_was_not_echoed_falls_back_with_peernosmc_when_its_data_begins():
@@ -387,7 +387,7 @@ def test_a_client_whose_option_was_not_echoed_falls_back_with_peernosmc_when_its
     assert fb["10.0.0.1"][0] == PEERNOSMC and fb["10.0.0.2"][0] == 0
     assert fb["10.0.0.1"][1] == fb["10.0.0.2"][1] == 1.000000003  # the first data frame
     s = summarize(events).to_dict()
-    assert s["connections"] == {"total": 2, "modes": {"TCP": 2}}
+    assert s["connections"] == {"total": 1, "ends": 2, "modes": {"TCP": 1}}
 
 
 def test_truncated_files_name_the_block_and_offset_and_keep_what_came_before(recorded):
@@ -451,7 +451,7 @@ def test_summary_reads_a_capture_of_our_stack_and_the_linux_kernel():
     events = list(read_events(KERNEL_CAPTURE))
     assert not [e for e in events if e.kind == "trace.note"]
     s = summarize(events).to_dict()
-    assert s["connections"] == {"total": 8, "modes": {"SMCR": 8}}
+    assert s["connections"] == {"total": 4, "ends": 8, "modes": {"SMCR": 4}}
     assert {(c["role"], c["local"].rsplit(":", 1)[1] if c["role"] == "server" else c["peer"].rsplit(":", 1)[1]) for c in s["conns"]} == {
         ("client", "5001"),
         ("client", "5002"),
@@ -640,7 +640,7 @@ def test_a_capture_without_roce_frames_says_its_bytes_are_unknown():
     tcp_only = [p for p in read_pcap(KERNEL_CAPTURE.read_bytes()) if ip_header(ip_payload(p), False)[2] == 6]
     s = summarize(derive_events(tcp_only))
     d = s.to_dict()
-    assert d["connections"]["modes"] == {"SMCR": 8} and d["moved"] is None
+    assert d["connections"]["modes"] == {"SMCR": 4} and d["connections"]["ends"] == 8 and d["moved"] is None
     text = render(s)
     assert "Moved: unknown: the trace has SMC-R connections but no RoCEv2 frames" in text
     assert d["conns"] and all(line.split()[-4:-2] == ["?", "?"] for line in text.splitlines() if " SMCR " in line)
@@ -722,7 +722,7 @@ def test_clc_split_into_segments_that_arrive_out_of_order_is_read():
         else:
             packets.append(p)
     s = _summarize(derive_events(packets)).to_dict()
-    assert s["connections"] == {"total": 8, "modes": {"SMCR": 8}} and s["moved"] == 65_604
+    assert s["connections"] == {"total": 4, "ends": 8, "modes": {"SMCR": 4}} and s["moved"] == 65_604
     assert s["kinds"]["clc.msg"] == 12 and "trace.note" not in s["kinds"]
 
 
@@ -761,7 +761,7 @@ def test_a_four_tuple_used_again_is_a_new_connection():
     opens = [e for e in events if e.kind == "conn.open"]
     assert len(opens) == 16 and len({e.conn for e in opens}) == 8  # four connections a session, each opened at both ends
     assert sum(1 for e in events if e.kind == "clc.msg") == 24
-    assert summarize(events).to_dict()["connections"] == {"total": 16, "modes": {"SMCR": 16}}
+    assert summarize(events).to_dict()["connections"] == {"total": 8, "ends": 16, "modes": {"SMCR": 8}}
 
 
 def test_what_the_capturing_host_dropped_is_counted_and_named():
@@ -781,6 +781,6 @@ def test_what_the_capturing_host_dropped_is_counted_and_named():
     body = struct.pack("<III", 0, 0, 0) + opt(5, struct.pack("<Q", 42)) + opt(7, struct.pack("<Q", 7)) + opt(0, b"")
     isb = struct.pack("<II", 5, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
     s = summarize(read_events(buf.getvalue() + isb)).to_dict()
-    assert s["dropped"]["frames"] == 49 and s["connections"]["total"] == 8
+    assert s["dropped"]["frames"] == 49 and s["connections"]["total"] == 4 and s["connections"]["ends"] == 8
     (by,) = s["dropped"]["by"]
     assert by["by"] == "the capture (interface 0 eth0)" and by["frames"] == 49 and "42 by the interface, 7 by the OS" in by["why"]

@@ -75,7 +75,7 @@ def test_a_200_byte_snap_length_keeps_every_field_smc_trace_needs():
     cut = [Packet(p.interface, p.linktype, p.timestamp_ns, p.data[:200], len(p.data)) for p in read_pcap(KERNEL_CAPTURE.read_bytes())]
     events = list(derive_events(cut))
     s = summarize(events).to_dict()
-    assert s["connections"] == {"total": 8, "modes": {"SMCR": 8}}
+    assert s["connections"] == {"total": 4, "ends": 8, "modes": {"SMCR": 4}}
     clcs = [e for e in events if e.kind == "clc.msg"]
     assert len(clcs) == 12 and all(e.get("cut") for e in clcs if e.get("type") == "Proposal")
     accepts = [e for e in clcs if e.get("type") == "Accept"]

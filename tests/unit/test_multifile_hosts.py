@@ -52,7 +52,7 @@ def test_two_runs_with_the_same_host_names_stay_apart(tmp_path, capsys):
     both = _summary(capsys, a, b)
     rows = _rows(both)
     assert set(rows) == {(f"{h}@{f}", 1) for h in ("client", "server") for f in ("a.jsonl", "b.jsonl")}, set(rows)
-    assert both["connections"]["total"] == 4
+    assert both["connections"]["total"] == 2 and both["connections"]["ends"] == 4
     for f in ("a.jsonl", "b.jsonl"):
         for h in ("client", "server"):
             mine, alone = rows[(f"{h}@{f}", 1)], one[(h, 1)]
@@ -167,3 +167,19 @@ def test_plan_matches_an_end_only_by_its_tuple_and_a_token_in_common():
     assert "" not in p["d"].names
     kept = list(p["y/b"]([_ev("h", 3, "cdc.msg"), _ev("h", 1, "cdc.msg"), _ev("", None, "trace.note")]))
     assert [(e.host, e.conn) for e in kept] == [("h@b", 1), ("", None)]
+
+
+def test_a_connection_counts_once_with_both_its_ends_and_once_with_one():
+    """summary's connection count is per connection: both ends in the trace are one
+    connection (its rows stay two, one per end); a trace of one host counts its ends."""
+    from dissectors.summary import render, summarize
+    from stack.events import from_json
+
+    golden = Path(__file__).resolve().parents[1] / "golden" / "session.jsonl"
+    events = [from_json(line) for line in golden.read_text().splitlines()]
+    both = summarize(events)
+    one = summarize(e for e in events if e.host == "client")
+    b, o = both.to_dict()["connections"], one.to_dict()["connections"]
+    assert b["ends"] == 2 * b["total"] > 0 and len(both.to_dict()["conns"]) == b["ends"]
+    assert o["total"] == o["ends"] == b["total"]
+    assert f"connections: {b['total']} ({b['ends']} ends) " in render(both) and "ends)" not in render(one).splitlines()[0]
