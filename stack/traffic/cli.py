@@ -90,8 +90,10 @@ def limit(text: str) -> tuple[str, int | None]:
 def hostport(text: str) -> tuple[str, int]:
     """HOST:PORT, an IPv6 address in brackets ([::1]:5000); the host without its brackets."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (an IPv6 address in brackets: [::1]:5000)")
+    if not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {int(port)} is out of range (1 to 65535)")
     if host.startswith("[") and host.endswith("]"):
         try:
             ipaddress.IPv6Address(host[1:-1])
@@ -287,7 +289,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("server", help="accept connections and answer them")
     s.add_argument("--listen", type=hostport, default=("127.1.0.2", 5000), help="HOST:PORT (default 127.1.0.2:5000)")
     s.add_argument("--decline", type=reason, help="decline every Proposal with this reason (hex, number or name, e.g. DIFFPREFIX)")
-    s.add_argument("--count", type=int, default=0, help="exit after this many connections")
+    s.add_argument("--count", type=int, default=0, help="exit after this many connections (default 0: serve until stopped)")
     s.add_argument("--duration", type=positive_float, default=0, help="exit after this many seconds")
     _common(s)
     c = sub.add_parser("client", help="connect and run a workload")

@@ -4,6 +4,7 @@ an end; the server counts request/response sessions it saw complete as verified.
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
@@ -124,6 +125,10 @@ def test_host_and_port_parsing() -> None:
     assert cli.hostport("127.1.0.2:5000") == ("127.1.0.2", 5000)
     assert cli.hostport("localhost:80") == ("localhost", 80)
     assert cli.hostport_text("::1", 5000) == "[::1]:5000"
+    for bad, why in (("127.1.0.2:70000", "port 70000 is out of range"), ("127.1.0.2:0", "port 0 is out of range"), ("127.1.0.2:x", "is not HOST:PORT"),
+                     ("::1:5000", "in brackets"), ("[zz]:5000", "is not an IPv6 address")):  # fmt: skip
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            cli.hostport(bad)
     args = cli.parser().parse_args(["server", "--listen", "[::1]:5000"])
     assert cli.default_device(args, "server") == "127.1.0.2"  # a soft device needs an IPv4 address
     args = cli.parser().parse_args(["server", "--listen", "127.1.3.4:5000"])
