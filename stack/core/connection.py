@@ -118,7 +118,7 @@ class SmcConnection:
         self.peer_closed = False
         self.peer_abort = False
         self._final_abort_out = False  # set while input() runs when our final flag went out as an abort
-        self.tcp_shutdown_with_final = False  # closed from ACTIVE: the TCP connection goes down with the final flag
+        self.tcp_shutdown_with: str | None = None  # the flag ("done_writing", "final") the TCP connection's FIN goes with
         self.released = False
         self.app_unread = 0  # bytes the runtime took out of the RMB that the application has not read (at close)
         self.early_cdcs: list[CdcMessage] = []
@@ -207,7 +207,9 @@ class SmcConnection:
             elif action == "send_done_writing_now":
                 self._send_flag("done_writing", now, immediate=True)
             elif action == "shutdown_tcp_with_final":  # before send_final, which may send it at once
-                self.tcp_shutdown_with_final = True
+                self.tcp_shutdown_with = "final"
+            elif action == "shutdown_tcp_with_done_writing":  # before send_done_writing, likewise
+                self.tcp_shutdown_with = "done_writing"
             elif action == "reset_tcp":
                 self.io.conn_tcp_reset(self.id)
         if rule.next is not None and rule.next != self.state:
@@ -266,14 +268,15 @@ class SmcConnection:
             if f == "final" and sent == "abort":
                 self._final_abort_out = True  # input() follows with closed_sent
         self.send_cdc(now)  # its state flags are what ``sent`` says
-        if "final" in flags:
-            self._final_out()
+        self._flags_out(flags)
 
-    def _final_out(self) -> None:
-        """smc_close_active after smc_close_final from ACTIVE: shut the TCP connection down
-        (both ways), so that the peer, which closes its TCP side last, needs no TIME_WAIT."""
-        if self.tcp_shutdown_with_final:
-            self.tcp_shutdown_with_final = False
+    def _flags_out(self, flags) -> None:
+        """Close flags went out: the TCP connection's FIN follows the one it waits for, as
+        the kernel shuts its clcsock down once smc_close_final (smc_close_active from
+        ACTIVE) or smc_close_wr (smc_shutdown) has sent its CDC; the side that ends first
+        then sends the first FIN, and the peer, closing its TCP side last, needs no TIME_WAIT."""
+        if self.tcp_shutdown_with in flags:
+            self.tcp_shutdown_with = None
             self.io.conn_tcp_shutdown(self.id)
 
     def _drained(self) -> bool:
@@ -297,7 +300,8 @@ class SmcConnection:
             return
         closed = False
         self.io.cancel_timer(("flush", self.id))
-        for flag in CLOSE_PENDING:
+        out = [f for f in CLOSE_PENDING if self.pending[f]]
+        for flag in out:
             if self.pending[flag]:
                 self.pending[flag] = False
                 sent = self._final_flag() if flag == "final" else flag
@@ -306,8 +310,8 @@ class SmcConnection:
                     self.send_cdc(now)  # its state flags are what ``sent`` says
                 closed = closed or flag == "final"
         self.pending_any = False
+        self._flags_out(out)
         if closed:
-            self._final_out()
             self.input("closed_sent", now)
 
     # ------------------------------------------------------------------ application side

@@ -87,7 +87,9 @@ _OPEN = (S.ACTIVE, S.APPCLOSEWAIT1, S.APPCLOSEWAIT2, S.APPFINCLOSEWAIT, S.PEERCL
 # without the wait; send_abort is smc_close_abort, at once. The TCP connection (the kernel's
 # clcsock) follows: shutdown_tcp_with_final shuts it down (a FIN) when the final flag goes out
 # after a close from ACTIVE, as smc_close_active does "to prevent the peer from entering
-# TIME_WAIT"; reset_tcp resets it (an RST) when a connection is killed (smc_conn_kill:
+# TIME_WAIT"; shutdown_tcp_with_done_writing when "done writing" goes out (smc_shutdown's
+# kernel_sock_shutdown after smc_close_shutdown_write; in the other states it is down
+# already); reset_tcp resets it (an RST) when a connection is killed (smc_conn_kill:
 # smc_close_active_abort's tcp_abort); otherwise it closes when the connection is CLOSED.
 CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.INIT, "handshake_done"): (R(S.ACTIVE),),
@@ -95,10 +97,10 @@ CONN_TABLE: dict[tuple[SmcState, str], tuple[Rule, ...]] = {
     (S.LISTEN, "app_close"): (R(S.CLOSED),),
     (S.INIT, "abort"): (R(S.CLOSED),),
     # active side: smc_close_shutdown_write
-    (S.ACTIVE, "app_shutdown_wr"): (R(S.PEERCLOSEWAIT1, "send_done_writing"),),
+    (S.ACTIVE, "app_shutdown_wr"): (R(S.PEERCLOSEWAIT1, "shutdown_tcp_with_done_writing", "send_done_writing"),),
     (S.APPCLOSEWAIT1, "app_shutdown_wr"): (
-        R(S.APPCLOSEWAIT2, "send_done_writing_now", guard="peer_closed"),
-        R(S.APPCLOSEWAIT2, "send_done_writing"),
+        R(S.APPCLOSEWAIT2, "shutdown_tcp_with_done_writing", "send_done_writing_now", guard="peer_closed"),
+        R(S.APPCLOSEWAIT2, "shutdown_tcp_with_done_writing", "send_done_writing"),
     ),
     # shutdown(SHUT_WR) anywhere else changes nothing, as in smc_close_shutdown_write
     **{(s, "app_shutdown_wr"): (STAY,) for s in SmcState if s not in (S.ACTIVE, S.APPCLOSEWAIT1)},

@@ -151,6 +151,11 @@ for _s in (S.INIT, S.LISTEN, S.ACTIVE, S.APPCLOSEWAIT1, S.APPCLOSEWAIT2, S.PEERC
 TCP_END: dict[tuple, str] = {
     (S.ACTIVE, "app_close", frozenset()): "shutdown",  # smc_close_active: SMC_ACTIVE, kernel_sock_shutdown(SHUT_RDWR)
     (S.ACTIVE, "app_close", frozenset({"unread"})): "shutdown",
+    # smc_shutdown(SHUT_WR): kernel_sock_shutdown after smc_close_shutdown_write sent "done writing"
+    (S.ACTIVE, "app_shutdown_wr", frozenset()): "shutdown",
+    (S.APPCLOSEWAIT1, "app_shutdown_wr", frozenset()): "shutdown",
+    (S.APPCLOSEWAIT1, "app_shutdown_wr", frozenset({"peer_closed"})): "shutdown",
+    (S.APPCLOSEWAIT1, "app_shutdown_wr", frozenset({"peer_closed", "unsent"})): "shutdown",
     # smc_close_active_abort: tcp_abort when the socket is past SMC_INIT
     **{(s, e, sit): "reset" for s, e, sit, *_ in CLOSE_ROWS if e == "abort" and s not in (S.INIT, S.PEERABORTWAIT, S.CLOSED)},
 }
@@ -212,8 +217,9 @@ def test_close_machine_row(state, event, situation, nxt, cdc, where):
         assert _cdc_state_flags(a, mark) == cdc, f"{state.name} --{event}--> CDC flags ({where})"
     app = a.apps[1]
     assert app.tcp_end == TCP_END.get((state, event, situation)), f"{state.name} --{event}--> TCP connection {app.tcp_end} ({where})"
-    if app.tcp_end == "shutdown":  # after the final flag, as smc_close_active
-        assert app.tcp_end_after_final
+    if app.tcp_end == "shutdown":  # after the flag it goes with, as smc_close_active and smc_shutdown
+        with_ = {"closed", "abort"} if event == "app_close" else {"done_writing"}
+        assert app.tcp_end_after & with_, app.tcp_end_after
 
 
 @pytest.mark.parametrize("state,event", sorted(set(itertools.product(SmcState, CLOSE_INPUTS)) - ALLOWED),

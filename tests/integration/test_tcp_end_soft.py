@@ -144,3 +144,42 @@ def test_abort_after_a_fallback_resets_the_tcp_connection():
     seen = run(main())
     assert seen["mode"] == "TCP" and seen["server_read"] == b"x", seen
     assert seen["server_next"] == "reset" and seen["client_tcp"] is None and seen["server_tcp"] is None, seen
+
+
+def test_the_side_that_shuts_down_writing_first_sends_the_first_fin_and_keeps_the_time_wait():
+    """smc_shutdown(SHUT_WR) shuts the clcsock down for writing once "done writing" is out:
+    a client that sends its request, shuts down writing and reads the answer keeps the
+    TIME_WAIT; the server, which answers and closes, none."""
+
+    async def main():
+        async with two_stacks(pair=pair()) as (a, b, _, sa):
+            states = {}
+
+            async def server(r, w):
+                states["server_addr"] = (w.get_extra_info("sockname")[:2], w.get_extra_info("peername")[:2])
+                request = await r.read()
+                while chunk := await r.read():
+                    request += chunk
+                states["server_at_eof"] = tcp_state(*states["server_addr"])  # the client's FIN came with its flag
+                w.write(request[::-1])
+                await w.drain()
+                await asyncio.sleep(0.1)
+                w.close()
+
+            await b.start_server(server, sa, 5000)
+            r, w = await a.open_connection(sa, 5000)
+            here, there = w.get_extra_info("sockname")[:2], w.get_extra_info("peername")[:2]
+            w.write(b"request")
+            w.write_eof()
+            states["answer"] = await asyncio.wait_for(r.read(), 5)
+            assert await asyncio.wait_for(r.read(), 5) == b""
+            w.close()
+            await asyncio.wait_for(w.wait_closed(), 5)
+            await asyncio.sleep(0.3)
+            states["client_end"] = tcp_state(here, there)
+            states["server_end"] = tcp_state(*states["server_addr"])
+            return states
+
+    states = run(main())
+    assert states["answer"] == b"tseuqer" and states["server_at_eof"] == "CLOSE_WAIT", states
+    assert states["client_end"] == "TIME_WAIT" and states["server_end"] is None, states

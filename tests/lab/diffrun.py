@@ -2,7 +2,7 @@
 (the control: what the kernel does) and between the kernel and our stack, both directions.
 
     diffrun.py server kernel|stack PORT --count N
-    diffrun.py client kernel|stack HOST PORT --host6 HOST6 [--scenarios urgent,conc50,unread-client,unread-server,ipv6,close-first]
+    diffrun.py client kernel|stack HOST PORT --host6 HOST6 [--scenarios urgent,conc50,unread-client,unread-server,ipv6,close-first,shutdown-first]
 
 Each connection starts with the line ``SCENARIO IMPL`` from the client; both sides then play it
 and write one JSON record per connection to ``$LAB_SHARE/<impl>-<role>-<port>.jsonl``: what
@@ -27,6 +27,10 @@ Scenarios:
   connection (the kernel's clcsock, from /proc/net/tcp): the server's at end of file and
   after its close, the client's after its close. Between kernels the client's FIN leaves
   with its close flag (smc_close_active), so the client keeps the TIME_WAIT, not the server.
+* ``shutdown-first``: the same with a half close: the client sends 1,000 bytes, shuts down
+  writing and reads the answer (the bytes reversed) to end of file, then closes; the server
+  reads to end of file, answers and closes. The client's FIN leaves with its "done
+  writing" (smc_shutdown).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ URGENT_BYTE = 0xA5
 CONC, CONC_BYTES = 50, 20_000
 UNREAD_BYTES = 40_000
 CLOSE_BYTES = 1_000
-SCENARIOS = ("urgent", "conc50", "unread-client", "unread-server", "ipv6", "close-first")
+SCENARIOS = ("urgent", "conc50", "unread-client", "unread-server", "ipv6", "close-first", "shutdown-first")
 PAUSE = 0.5  # lets data land in the peer's buffer before a close that leaves it unread
 
 
@@ -165,14 +169,17 @@ def k_serve_one(s: socket.socket, port: int, i: int) -> None:
             ksmc.recv_exactly(s, 10)  # the client's first bytes, not the rest
             time.sleep(PAUSE)
             rec["closed_unread"] = True
-        elif scenario == "close-first":
+        elif scenario in ("close-first", "shutdown-first"):
             here, there = s.getsockname()[:2], s.getpeername()[:2]  # the clcsock's
-            rec["received"] = sha(ksmc.recv_exactly(s, CLOSE_BYTES))
+            got = ksmc.recv_exactly(s, CLOSE_BYTES)
+            rec["received"] = sha(got)
             rec["next"] = k_next(s)
             rec["tcp_at_eof"] = tcp_state(here, there)
+            if scenario == "shutdown-first":
+                ksmc.sendall(s, got[::-1])
             time.sleep(PAUSE)
             s.close()
-            time.sleep(PAUSE)
+            time.sleep(PAUSE if scenario == "close-first" else 3 * PAUSE)  # a half-closed client closes PAUSE after our close
             rec["tcp_after_close"] = tcp_state(here, there)
         else:
             rec["error"] = f"unknown scenario {scenario!r}"
@@ -245,11 +252,16 @@ def kernel_client(host: str, port: int, scenarios: list[str], host6: str | None 
                     rec["stage"] = "next"
                     rec["next"] = k_next(s)
                     rec["stage"] = "done"
-                elif scenario == "close-first":
+                elif scenario in ("close-first", "shutdown-first"):
                     here, there = s.getsockname()[:2], s.getpeername()[:2]
                     data = pattern(CLOSE_BYTES, 9)
                     ksmc.sendall(s, data)
                     rec["sent"] = sha(data)
+                    if scenario == "shutdown-first":
+                        s.shutdown(socket.SHUT_WR)
+                        answer = ksmc.recv_exactly(s, CLOSE_BYTES)
+                        rec["answer_ok"] = answer == data[::-1]
+                        rec["next"] = k_next(s)
                     time.sleep(PAUSE)
                     s.close()
                     time.sleep(3 * PAUSE)
@@ -350,14 +362,18 @@ async def stack_server(port: int, count: int) -> None:
                 await asyncio.wait_for(reader.readexactly(10), 30)
                 await asyncio.sleep(PAUSE)
                 rec["closed_unread"] = True
-            elif scenario == "close-first":
+            elif scenario in ("close-first", "shutdown-first"):
                 here, there = writer.get_extra_info("sockname")[:2], writer.get_extra_info("peername")[:2]
-                rec["received"] = sha(await asyncio.wait_for(reader.readexactly(CLOSE_BYTES), 30))
+                got = await asyncio.wait_for(reader.readexactly(CLOSE_BYTES), 30)
+                rec["received"] = sha(got)
                 rec["next"] = await s_next(reader)
                 rec["tcp_at_eof"] = tcp_state(here, there)
+                if scenario == "shutdown-first":
+                    writer.write(got[::-1])
+                    await writer.drain()
                 await asyncio.sleep(PAUSE)
                 writer.close()
-                await asyncio.sleep(PAUSE)
+                await asyncio.sleep(PAUSE if scenario == "close-first" else 3 * PAUSE)  # a half-closed client closes PAUSE after our close
                 rec["tcp_after_close"] = tcp_state(here, there)
             else:
                 rec["error"] = f"unknown scenario {scenario!r}"
@@ -429,12 +445,17 @@ async def stack_client(host_ip: str, port: int, scenarios: list[str], host6: str
                         writer.write(pattern(30_000, 7))
                         await writer.drain()
                         rec["next"] = await s_next(reader)
-                    elif scenario == "close-first":
+                    elif scenario in ("close-first", "shutdown-first"):
                         here, there = writer.get_extra_info("sockname")[:2], writer.get_extra_info("peername")[:2]
                         data = pattern(CLOSE_BYTES, 9)
                         writer.write(data)
                         await writer.drain()
                         rec["sent"] = sha(data)
+                        if scenario == "shutdown-first":
+                            writer.write_eof()
+                            answer = await asyncio.wait_for(reader.readexactly(CLOSE_BYTES), 30)
+                            rec["answer_ok"] = answer == data[::-1]
+                            rec["next"] = await s_next(reader)
                         await asyncio.sleep(PAUSE)
                         writer.close()
                         await asyncio.sleep(3 * PAUSE)

@@ -166,3 +166,17 @@ def test_the_side_that_closes_first_keeps_the_tcp_time_wait_as_between_kernels(r
         seen[name] = {"client after close": c["tcp_after_close"], "server at eof": s["tcp_at_eof"], "server after close": s["tcp_after_close"]}
     assert seen[mixed] == seen[control], seen
     assert seen[control] == {"client after close": "TIME_WAIT", "server at eof": "CLOSE_WAIT", "server after close": None}, seen
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("mixed,control", PAIRS)
+def test_the_side_that_shuts_down_writing_first_keeps_the_tcp_time_wait_as_between_kernels(runs, mixed, control) -> None:
+    """smc_shutdown(SHUT_WR) shuts the clcsock down for writing after "done writing": the
+    client of a request/answer that half closes sends the first FIN and keeps the TIME_WAIT."""
+    seen = {}
+    for name in (mixed, control):
+        (c,), (s,) = (_of(x, "shutdown-first") for x in runs[name])
+        assert s["received"] == c["sent"] and s["next"] == "eof" and c["answer_ok"] and c["next"] == "eof", (name, c, s)
+        seen[name] = {"client after close": c["tcp_after_close"], "server at eof": s["tcp_at_eof"], "server after close": s["tcp_after_close"]}
+    assert seen[mixed] == seen[control], seen
+    assert seen[control] == {"client after close": "TIME_WAIT", "server at eof": "CLOSE_WAIT", "server after close": None}, seen

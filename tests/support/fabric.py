@@ -90,10 +90,10 @@ class App:
     closed: bool = False
     close_error: str | None = None
     # how the TCP connection ended before the connection closed: "shutdown" (a FIN with our
-    # final flag) or "reset" (an RST, the connection killed), with whether the final flag
-    # had gone out by then (the kernel shuts down after smc_close_final)
+    # final or done-writing flag) or "reset" (an RST, the connection killed), with the close
+    # flags sent by then (the kernel shuts down after smc_close_final or smc_close_wr)
     tcp_end: str | None = None
-    tcp_end_after_final: bool = False
+    tcp_end_after: frozenset = frozenset()
     readable: int = 0
     writable: int = 0
     received: bytearray = field(default_factory=bytearray)
@@ -323,8 +323,9 @@ class FabricIO:
     def _tcp_end(self, conn: int, how: str) -> None:
         app = self._app(conn)
         c = self.host.conns.get(conn)
-        app.tcp_end = app.tcp_end or how
-        app.tcp_end_after_final = c is not None and (c.sent["closed"] or c.sent["abort"])
+        if app.tcp_end is None:
+            app.tcp_end = how
+            app.tcp_end_after = frozenset(f for f, sent in c.sent.items() if sent) if c is not None else frozenset()
 
     def conn_tcp_shutdown(self, conn: int) -> None:
         self._tcp_end(conn, "shutdown")
