@@ -799,6 +799,8 @@ def cmd_decode(args) -> int:
         report_skipped(skipped)
     if not unfiltered and not shown:
         print(f"smc-trace: no event matched: {seen.why_nothing()}", file=sys.stderr)
+    elif not shown:  # an empty output says why: not every capture has SMC in it
+        print(f"smc-trace: no events in {', '.join(args.files)}: no SMC handshake, RoCEv2 frame or event record in it", file=sys.stderr)
     return 0
 
 

@@ -353,8 +353,8 @@ def summarize(events: Iterable[Event]) -> Summary:
 def render(s: Summary) -> str:
     d = s.to_dict()
     n, ends = d["connections"]["total"], d["connections"]["ends"]
-    out = [f"{d['events']} events over {d['duration_s']:.3f} s; connections: {n}" + (f" ({ends} ends)" if ends != n else "") + " "
-           + " ".join(f"{m}={k}" for m, k in sorted(d["connections"]["modes"].items()))]  # fmt: skip
+    out = [" ".join([f"{d['events']} events over {d['duration_s']:.3f} s; connections: {n}" + (f" ({ends} ends)" if ends != n else ""),
+                     *(f"{m}={k}" for m, k in sorted(d["connections"]["modes"].items()))])]  # fmt: skip
     if s.dropped_events or s.dropped_frames or s.drop_sources:
         out.append(f"DROPPED while recording: {s.dropped_events} events, {s.dropped_frames} frames")
         for by, v in sorted(s.drop_sources.items()):

@@ -107,6 +107,19 @@ def test_a_filter_that_matches_nothing_says_why(recorded):
     assert res.stdout == "" and "--kind conn.urgent: the capture has no such events" in res.stderr, res.stderr
 
 
+def test_a_capture_without_smc_says_so_instead_of_printing_nothing(tmp_path):
+    """A pcap with only its header (or a capture of traffic that never was SMC): decode
+    names the file and what it did not find; summary's first line ends where its words do."""
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
+    for args in ((), ("--json",)):
+        res = trace("decode", str(empty), *args)
+        assert res.returncode == 0 and res.stdout == "", res
+        assert f"smc-trace: no events in {empty}: no SMC handshake, RoCEv2 frame or event record in it" in res.stderr, res.stderr
+    res = trace("summary", str(empty))
+    assert res.returncode == 0 and res.stdout.splitlines()[0] == "0 events over 0.000 s; connections: 0", res.stdout
+
+
 def test_export_jsonl_reads_back_as_the_same_events(recorded, tmp_path):
     out = tmp_path / "events.jsonl"
     assert trace("export", str(recorded), "--jsonl", "-o", str(out)).returncode == 0
