@@ -535,6 +535,13 @@ def build_source(args: argparse.Namespace, ap: argparse.ArgumentParser) -> Sourc
             ap.error(f"--record {args.record!r}: give a file in a folder that exists")
     if args.replay is not None and not args.replay:
         ap.error("--replay '': give a recording (JSONL events or an smc-trace pcapng capture)")
+    # options of other sources are refused, not ignored: an operator who gave one expected it to act
+    if args.no_traffic and (args.replay or args.attach or args.kernel):
+        ap.error("--no-traffic: the demo's traffic; a replay, --attach or --kernel has none of its own")
+    if args.every_event and not args.attach:
+        ap.error("--every-event goes with --attach (a replay plays every event its file has)")
+    if (args.paused or args.speed != 1.0) and not args.replay:
+        ap.error(f"{'--paused' if args.paused else '--speed'} goes with --replay")
     if args.replay:
         skipped = Skipped()
         try:

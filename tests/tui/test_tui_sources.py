@@ -160,6 +160,12 @@ def test_non_jsonl_files_go_to_dissectors_capture(tmp_path, monkeypatch):
     (["--record", "/tmp"], "give a file in a folder that exists"),
     (["--once", "--record", "x.pcapng"], "--record: not with --once"),
     (["--once", "--prometheus", "127.0.0.1:9717"], "--prometheus: not with --once"),
+    # another source's options are refused, not silently ignored
+    (["--replay", str(GOLDEN), "--no-traffic"], "--no-traffic: the demo's traffic"),
+    (["--replay", str(GOLDEN), "--every-event"], "--every-event goes with --attach"),
+    (["--every-event"], "--every-event goes with --attach"),
+    (["--paused"], "--paused goes with --replay"),
+    (["--speed", "4"], "--speed goes with --replay"),
 ])  # fmt: skip
 def test_bad_arguments_exit_2_with_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
