@@ -18,8 +18,10 @@ tests/lab/test_kernel_interop.py compares the two sides' lines.
 Environment: ``SMCTOP_LAB_PAUSE``, the seconds a client waits with the connection open and
 idle before it closes; ``SMCTOP_LAB_HOLD`` set: a client opens all its plan's connections
 before the first exchange, so that they are open at once; for our stack,
-``SMCTOP_LAB_BUFSIZE`` (its RMB and send buffer, as net.smc.rmem and wmem) and
-``SMCTOP_LAB_TESTLINK`` (seconds, as net.smc.smcr_testlink_time).
+``SMCTOP_LAB_BUFSIZE`` (its RMB and send buffer, as net.smc.rmem and wmem),
+``SMCTOP_LAB_TESTLINK`` (seconds, as net.smc.smcr_testlink_time) and
+``SMCTOP_LAB_DEVICES`` (its RoCE devices, default ``rxe0``; ``rxe0,rxe1`` with two NICs).
+Each side's last line (``<role>-host``) has its link groups as they were at the end.
 """
 
 from __future__ import annotations
@@ -94,6 +96,14 @@ def kernel_server(port: int, conns: int) -> None:
         report("kernel-server", {"i": i, "impl": "kernel", "diag": diag, "sent": digest(data), "received": digest(got),
                                  "closer": closer, "eof": eof, "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
     lst.close()
+    report("kernel-server-host", _kernel_host())
+
+
+def _kernel_host() -> dict:
+    try:
+        return {"lgrs": kernel_lgrs()}
+    except Exception as e:  # noqa: BLE001 - a test that needs them fails on it, the others do not
+        return {"lgrs_error": f"{type(e).__name__}: {e}"}
 
 
 def kernel_client(host: str, port: int, items: list) -> None:
@@ -113,6 +123,7 @@ def kernel_client(host: str, port: int, items: list) -> None:
         s.close()
         report("kernel-client", {"i": i, "impl": "kernel", "diag": diag, "sent": digest(data), "received": digest(got),
                                  "closer": closer, "eof": eof, "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
+    report("kernel-client-host", _kernel_host())
 
 
 # ---------------------------------------------------------------- our stack (pyverbs on rxe0)
@@ -127,7 +138,30 @@ def stack_config(name: str, ueid: str | None):
     test_link = float(os.environ.get("SMCTOP_LAB_TESTLINK", 0))  # as net.smc.smcr_testlink_time
     timeouts = {"timeouts": Timeouts(test_link=test_link)} if test_link else {}
     smc = SmcConfig(host=name, versions=frozenset({2}), ueids=(ueid,) if ueid else (), **sizes, **timeouts)
-    return StackConfig(smc, (DeviceSpec("pyverbs", "rxe0"),), tcp_option=os.environ.get("SMCTOP_TCP_OPTION", "option"))
+    devices = tuple(DeviceSpec("pyverbs", d) for d in os.environ.get("SMCTOP_LAB_DEVICES", "rxe0").split(","))
+    return StackConfig(smc, devices, tcp_option=os.environ.get("SMCTOP_TCP_OPTION", "option"))
+
+
+def stack_lgrs(host) -> list[dict]:
+    """Our link groups: type, the limits negotiated, and each link's device and state."""
+    return [{"id": g["id"], "type": g["type"], "max_links": g.get("max_links"), "max_conns": g.get("max_conns"),
+             "links": [{"id": lk["id"], "device": lk.get("device"), "state": lk["state"]} for lk in g["links"]]}
+            for g in host.snapshot()["lgrs"]]  # fmt: skip
+
+
+def kernel_lgrs() -> list[dict]:
+    """The kernel's SMC-R link groups with their links (SMC_GEN_NETLINK)."""
+    from smckernel import genl as kgenl
+    from smckernel import kio
+
+    g = kio.Genl()
+    try:
+        groups = kgenl.link_groups(kgenl.parse(g.dump(kgenl.GET_LINK_SMCR), kgenl.GET_LINK_SMCR))
+    finally:
+        g.close()
+    return [{"id": kgenl.lgr_id_text(x["id"]), "type": kgenl.LGR_TYPES.get(x.get("type"), x.get("type")),
+             "links": [{"id": lk.get("id"), "ib_dev": lk.get("ib_dev"), "state": kgenl.LINK_STATES.get(lk.get("state"))} for lk in x["links"]]}
+            for x in groups]  # fmt: skip
 
 
 def _info(writer, host=None) -> dict:
@@ -175,7 +209,7 @@ async def stack_server(port: int, conns: int, ueid: str | None) -> None:
             record = await asyncio.wait_for(done.get(), 120)
             report("stack-server", {"i": i, **record})
         server.close()
-        report("stack-server-host", {"signalling": host.signalling, "stats": host.host.stats})
+        report("stack-server-host", {"signalling": host.signalling, "stats": host.host.stats, "lgrs": stack_lgrs(host)})
 
 
 async def stack_client(host_ip: str, port: int, items: list, ueid: str | None, smc: bool = True) -> None:
@@ -210,7 +244,7 @@ async def stack_client(host_ip: str, port: int, items: list, ueid: str | None, s
             await writer.wait_closed()
             report("stack-client", {"i": i, "impl": "stack", "smc": info, "sent": digest(data), "received": digest(got),
                                     "closer": closer, "eof": eof, "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
-        report("stack-client-host", {"signalling": host.signalling, "stats": host.host.stats})
+        report("stack-client-host", {"signalling": host.signalling, "stats": host.host.stats, "lgrs": stack_lgrs(host)})
 
 
 def main() -> None:

@@ -62,18 +62,23 @@ def _records(result: lab.GuestResult, role: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def boot(plan: str, kernel_ueid: bool, stack_ueid: bool, plain_tcp: bool = False, kernel_setup: str = "", stack_setup: str = "") -> dict:
-    """``kernel_setup``, ``stack_setup``: shell lines each VM runs before its server and client start."""
+def boot(plan: str, kernel_ueid: bool, stack_ueid: bool, plain_tcp: bool = False, kernel_setup: str = "", stack_setup: str = "",
+         nics: int = 1) -> dict:  # fmt: skip
+    """``kernel_setup``, ``stack_setup``: shell lines each VM runs before its server and client
+    start; ``nics=2``: a second wire (eth1, rxe1). Each side's ``<role>-host`` line is under
+    ``"<role>-host"``."""
     n = len(plan.split(","))
     extra = f"{PY} tests/lab/interop.py stack-client $LAB_PEER_IP 5001 --plan 4096:4096:client --tcp || rc=1" if plain_tcp else ""
     ours = _OURS.format(py=PY, sconns=n, plan=plan, ueid="" if stack_ueid else "--no-ueid", extra=extra, setup=stack_setup)
     kernel = _KERNEL.format(py=PY, kconns=n + plain_tcp, plan=plan, ueid=_UEID_ADD if kernel_ueid else "", setup=kernel_setup)
-    a, b = lab.run_pair(ours, kernel, timeout=180)
+    a, b = lab.run_pair(ours, kernel, timeout=180 if nics == 1 else 240, nics=nics)
     for r in (a, b):
         r.check()
     out = {"a": a, "b": b, "pcap": a.share / "eth0.pcap"}
     for role, r in (("stack-server", a), ("stack-client", a), ("kernel-server", b), ("kernel-client", b)):
         out[role] = _records(r, role)
+        host = r.share / f"{role}-host.jsonl"
+        out[f"{role}-host"] = json.loads(host.read_text().splitlines()[-1]) if host.exists() else None
     return out
 
 
