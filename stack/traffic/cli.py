@@ -573,6 +573,7 @@ async def run_client(args) -> int:
                     raise
             except (ConnectionError, OSError) as e:
                 totals.errors.append(f"{type(e).__name__}: {e}")
+            totals.last_end = time.monotonic()  # the rate is the traffic's, not the wait below
             # stay for the last port change asked for, so the report shows what it did
             last = max([t for t, _ in args.fail_link + args.restore_link], default=None)
             if last is not None and stopped_by is None:

@@ -50,7 +50,8 @@ class Totals:
     first_contacts: int = 0
     link_groups: set[str] = field(default_factory=set)
     # a server's traffic: from its first connection to the end of its last (its rate leaves
-    # out the time it waited for clients)
+    # out the time it waited for clients); a client's ends when its connections are done,
+    # before it waits for a port change it was asked for
     first_conn: float | None = None
     last_end: float | None = None
 
@@ -71,10 +72,8 @@ class Totals:
             self.fallback_details[key] = self.fallback_details.get(key, 0) + 1
 
     def report(self, mode: str) -> dict:
-        if mode == "server" and self.first_conn is not None:
-            elapsed = max((self.last_end or time.monotonic()) - self.first_conn, 1e-9)
-        else:
-            elapsed = max(time.monotonic() - self.started, 1e-9)
+        begin = self.first_conn if mode == "server" and self.first_conn is not None else self.started
+        elapsed = max((self.last_end if self.last_end is not None else time.monotonic()) - begin, 1e-9)
         lat = sorted(self.latencies)
         out = {
             "mode": mode, "seconds": round(elapsed, 3), "connections": self.connections, "modes": self.modes,

@@ -229,3 +229,10 @@ def test_serve_notes_when_the_first_connection_came_and_the_last_ended():
     totals = asyncio.run(main())
     assert totals.connections == 1 and totals.errors
     assert totals.first_conn is not None and totals.last_end is not None and 0 <= totals.last_end - totals.first_conn < 1
+
+
+def test_a_clients_rate_ends_with_its_traffic_not_with_a_fault_it_waits_for():
+    totals = runner.Totals(started=100.0, bytes_sent=1_000_000)
+    totals.last_end = 101.0  # done after 1 s; the run then waited for a port change at 5 s
+    rep = totals.report("bulk")
+    assert rep["seconds"] == 1.0 and rep["throughput_mbs"] == 1.0
