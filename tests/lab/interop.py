@@ -150,7 +150,7 @@ def stack_lgrs(host) -> list[dict]:
 
 
 def kernel_lgrs() -> list[dict]:
-    """The kernel's SMC-R link groups with their links (SMC_GEN_NETLINK)."""
+    """The kernel's SMC-R link groups with their links, as smckernel reads SMC_GEN_NETLINK."""
     from smckernel import genl as kgenl
     from smckernel import kio
 
@@ -159,9 +159,11 @@ def kernel_lgrs() -> list[dict]:
         groups = kgenl.link_groups(kgenl.parse(g.dump(kgenl.GET_LINK_SMCR), kgenl.GET_LINK_SMCR))
     finally:
         g.close()
-    return [{"id": kgenl.lgr_id_text(x["id"]), "type": kgenl.LGR_TYPES.get(x.get("type"), x.get("type")),
-             "links": [{"id": lk.get("id"), "ib_dev": lk.get("ib_dev"), "state": kgenl.LINK_STATES.get(lk.get("state"))} for lk in x["links"]]}
-            for x in groups]  # fmt: skip
+    roles = {0: "client", 1: "server"}
+    return [{"id": kgenl.lgr_id_text(x["id"]), "role": roles.get(x.get("role"), x.get("role")), "type": kgenl.LGR_TYPES.get(x.get("type"), x.get("type")),
+             "pnet_id": x.get("pnet_id"), "links": [{"id": lk.get("id"), "ib_dev": lk.get("ib_dev"), "gid": lk.get("gid"),
+             "peer_gid": lk.get("peer_gid"), "state": kgenl.LINK_STATES.get(lk.get("state")), "conns": lk.get("conns")}
+             for lk in x["links"]]} for x in groups]  # fmt: skip
 
 
 def _info(writer, host=None) -> dict:

@@ -121,19 +121,9 @@ def _stop_source(share: Path, src, rec, out) -> None:
 
 def _genl() -> list[dict]:
     """The link groups with their links, as smckernel reads SMC_GEN_NETLINK."""
-    from smckernel import genl as kgenl
-    from smckernel import kio
+    from interop import kernel_lgrs
 
-    g = kio.Genl()
-    try:
-        groups = kgenl.link_groups(kgenl.parse(g.dump(kgenl.GET_LINK_SMCR), kgenl.GET_LINK_SMCR))
-    finally:
-        g.close()
-    roles = {0: "client", 1: "server"}
-    return [{"id": kgenl.lgr_id_text(x["id"]), "role": roles.get(x.get("role"), x.get("role")), "type": kgenl.LGR_TYPES.get(x.get("type"), x.get("type")),
-             "pnet_id": x.get("pnet_id"), "links": [{"id": lk.get("id"), "ib_dev": lk.get("ib_dev"), "gid": lk.get("gid"),
-             "peer_gid": lk.get("peer_gid"), "state": kgenl.LINK_STATES.get(lk.get("state")), "conns": lk.get("conns")}
-             for lk in x["links"]]} for x in groups]  # fmt: skip
+    return kernel_lgrs()
 
 
 def _wait_genl(want_type: str, want_links: int, timeout: float = 60.0) -> tuple[float | None, list[dict]]:
