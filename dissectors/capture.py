@@ -27,6 +27,7 @@ from typing import Iterator
 from stack.events import Event, Skipped, from_json
 
 from .compressed import InflateError, inflate
+from .compressed import kind as compressed_kind
 from .derive import derive_events, observe
 from .pcap import PCAP_MAGICS, CaptureError, is_pcapng, read_capture
 from .pcapng import LINKTYPE_WIRESHARK_UPPER_PDU, Packet, capture_drops
@@ -58,6 +59,17 @@ def _load(source: str | Path | bytes) -> tuple[bytes, str | None]:
         return inflate(data, name, MAX_FILE)
     except InflateError as e:
         raise FileError(str(e)) from None
+
+
+def _head(source: str | Path | bytes) -> bytes:
+    """The first bytes of the file as stored (before any decompression)."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source[:4])
+    try:
+        with open(source, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b""
 
 
 def _read(source: str | Path | bytes) -> bytes:
@@ -169,8 +181,11 @@ def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce
     try:
         yield from _read_data(data, source, skipped, roce, clock)
     except CaptureError as e:
+        packed = compressed_kind(_head(source))
+        if packed and str(e).startswith("not a pcap or pcapng file"):  # its bytes were not what the reader saw
+            e = CaptureError(f"{packed}-compressed, and what it holds is {e}")
         if damage is None:
-            raise
+            raise e from None
         raise CaptureError(f"{damage}; in what it held, {e}") from None
     if damage is not None:  # a compressed stream cut short or damaged: the events before it, then what was wrong
         raise CaptureError(damage)

@@ -190,3 +190,18 @@ def test_a_missing_module_says_what_to_install_or_run(plain, tmp_path, monkeypat
     skipped = Skipped()
     with pytest.raises(Exception, match="pip install zstandard"):
         load_events(str(path), skipped)
+
+
+@pytest.mark.parametrize("what", ["gzip", "zstd", "lz4"])
+def test_a_compressed_file_of_something_else_says_it_was_decompressed(tmp_path, what):
+    """The bytes a refusal quotes are the decompressed ones, not the file's: it says so."""
+    inner = bytes(range(200, 256)) * 4
+    packed = {"gzip": gzip.compress, "zstd": zstandard.ZstdCompressor().compress, "lz4": lz4.frame.compress}[what](inner)
+    path = tmp_path / "odd.bin"
+    path.write_bytes(packed)
+    with pytest.raises(CaptureError) as err:
+        list(read_events(str(path)))
+    assert str(err.value).startswith(f"{what}-compressed, and what it holds is not a pcap or pcapng file: it starts with c8c9cacb"), err.value
+    with pytest.raises(CaptureError) as err:  # the same bytes uncompressed: no word of compression
+        list(read_events(inner))
+    assert str(err.value).startswith("not a pcap or pcapng file: it starts with c8c9cacb"), err.value
