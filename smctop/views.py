@@ -376,6 +376,8 @@ DIAGNOSIS_HINTS = {
     0x01010000: "memory for RMBs on the declining host",
     0x02010000: "the RoCE path between the hosts: CONFIRM LINK never arrived (ports, GIDs, loss)",
     0x02020000: "the second device pair: ADD LINK never arrived",
+    0x04000000: "whether another SMC stack uses this host's RoCE GID with the same peer (the kernel's SMC beside smc-traffic): "
+    "an SMC-Rv2 peer cannot tell the two apart, and the Decline makes it end the other's link group",
 }
 
 

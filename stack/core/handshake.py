@@ -37,7 +37,7 @@ from . import llcflows
 from .buffers import RegisteredBuffer
 from .connection import SmcConnection
 from .directory import Directory
-from .link import Link
+from .link import Link, gid_text
 from .linkgroup import LinkGroup
 from .negotiation import Netdev, build_proposal, check_accept, check_confirm, choose, confirm_link_limits, server_peer_key
 from .ports import Services
@@ -490,9 +490,10 @@ class Handshake:
         if reason:
             self.ctx.stats["fallback_" + conn.role] += 1
             self.fallback_reasons[(conn.role, reason)] = self.fallback_reasons.get((conn.role, reason), 0) + 1
+        cause = _unknown_group(inp.msg) if reason == DECL.SYNCERR and isinstance(inp.msg, clc.Accept) and not inp.by_peer else None
         conn.emit(now, "conn.fallback", reason=reason, reason_text=codes.format_reason(reason) if reason else "not SMC",
                   peer_diagnosis=peer_diagnosis, peer_diagnosis_text=codes.format_reason(peer_diagnosis) if peer_diagnosis else "",
-                  decline_sent=reason != 0 and not inp.by_peer and codes.sends_decline(reason))  # fmt: skip
+                  decline_sent=reason != 0 and not inp.by_peer and codes.sends_decline(reason), **({"cause": cause} if cause else {}))  # fmt: skip
         conn.emit(now, "conn.mode", mode="TCP", reason=reason)
         conn.input("handshake_done", now)
         leftover, conn.clc_buf = inp.leftover + conn.clc_buf, b""  # bytes after the last CLC message are the app's
@@ -563,3 +564,18 @@ def _confirm_link(lgr: LinkGroup, msg):
 def _balance(lgr: LinkGroup) -> Link:
     """The kernel's server balancing (smcr_lgr_conn_assign_link): never an asymmetric link."""
     return lgr.assign_link()
+
+
+def _unknown_group(a: clc.Accept) -> str:
+    """Why an Accept that reuses a link group names none of ours, as far as the client can
+    tell. For SMC-Rv2 a server tells its peers apart by the Proposal's peer ID and GID, and
+    a v2-only Proposal's peer ID is zero (as the kernel sends it): another SMC stack using
+    the same RoCE GID toward the same server (the host kernel's, beside this one) is the same
+    peer to it. The server ends that link group when this Decline says out of sync."""
+    where = f"its link to QP 0x{a.qpn:06x}, GID {gid_text(a.gid)}"
+    if a.version >= 2:
+        return (
+            f"the server reuses a link group this stack does not have ({where}): another SMC stack using this host's RoCE GID "
+            "with that server (the kernel's?) looks the same to it, a v2 Proposal's peer ID being zero; the server now ends that group"
+        )
+    return f"the server reuses a link group this stack does not have, or whose link failed ({where})"
