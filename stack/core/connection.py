@@ -298,20 +298,17 @@ class SmcConnection:
     def _flush_pending(self, now: float, force: bool = False) -> None:
         if not force and not self._drained():
             return
-        closed = False
         self.io.cancel_timer(("flush", self.id))
         out = [f for f in CLOSE_PENDING if self.pending[f]]
         for flag in out:
-            if self.pending[flag]:
-                self.pending[flag] = False
-                sent = self._final_flag() if flag == "final" else flag
-                if not self.sent[sent]:
-                    self.sent[sent] = True
-                    self.send_cdc(now)  # its state flags are what ``sent`` says
-                closed = closed or flag == "final"
+            self.pending[flag] = False
+            sent = self._final_flag() if flag == "final" else flag
+            if not self.sent[sent]:
+                self.sent[sent] = True
+                self.send_cdc(now)  # its state flags are what ``sent`` says
         self.pending_any = False
         self._flags_out(out)
-        if closed:
+        if "final" in out:
             self.input("closed_sent", now)
 
     # ------------------------------------------------------------------ application side

@@ -114,8 +114,8 @@ class HostIO(Protocol):
     def conn_writable(self, conn: int) -> None: ...
     def conn_closed(self, conn: int, error: str | None) -> None: ...
     def conn_tcp_shutdown(self, conn: int) -> None:
-        """Shut the connection's TCP connection down both ways (a FIN; the kernel's
-        kernel_sock_shutdown of the clcsock in smc_close_active)."""
+        """Shut the connection's TCP connection down for writing (a FIN; the kernel's
+        kernel_sock_shutdown of the clcsock in smc_close_active and smc_shutdown)."""
         ...
 
     def conn_tcp_reset(self, conn: int) -> None:

@@ -130,7 +130,8 @@ class HostPort:
 
     def conn_tcp_shutdown(self, conn: int) -> None:
         """A FIN on the connection's TCP connection; the socket is closed when the
-        connection is (the kernel shuts its clcsock down with SHUT_RDWR; SHUT_RD sends nothing)."""
+        connection is (the kernel shuts its clcsock down with SHUT_RDWR or SHUT_WR, and
+        SHUT_RD sends nothing)."""
         h = self.handles.get(conn)
         if h is not None and h.transport is not None and h.transport.can_write_eof():
             h.transport.write_eof()
