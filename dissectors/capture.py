@@ -50,26 +50,16 @@ BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors put first
 TEXT_HEAD = 4096  # bytes of the first line looked at to tell text from a binary file
 
 
-def _load(source: str | Path | bytes) -> tuple[bytes, str | None]:
-    """The file's bytes, decompressed when it is gzip, zstd or LZ4 (as tshark reads them), and
-    what was wrong with its compressed stream part way (None: nothing)."""
+def _load(source: str | Path | bytes) -> tuple[bytes, str | None, str | None]:
+    """The file's bytes, decompressed when it is gzip, zstd or LZ4 (as tshark reads them),
+    what was wrong with its compressed stream part way (None: nothing), and which
+    compression it had (None: none)."""
     data = _read(source)
     name = str(source) if isinstance(source, (str, Path)) else "the data"
     try:
-        return inflate(data, name, MAX_FILE)
+        return (*inflate(data, name, MAX_FILE), compressed_kind(data))
     except InflateError as e:
         raise FileError(str(e)) from None
-
-
-def _head(source: str | Path | bytes) -> bytes:
-    """The first bytes of the file as stored (before any decompression)."""
-    if isinstance(source, (bytes, bytearray)):
-        return bytes(source[:4])
-    try:
-        with open(source, "rb") as f:
-            return f.read(4)
-    except OSError:
-        return b""
 
 
 def _read(source: str | Path | bytes) -> bytes:
@@ -177,11 +167,10 @@ def read_events(source: str | Path | bytes, skipped: Skipped | None = None, roce
     """The events of a capture (see the module's doc). ``roce``: an analysis that also sees
     every RoCEv2 frame, for retransmission counts (a frame sent again is never a new event).
     ``clock``: learns the recording's wall-clock offset from its first event record."""
-    data, damage = _load(source)
+    data, damage, packed = _load(source)
     try:
         yield from _read_data(data, source, skipped, roce, clock)
     except CaptureError as e:
-        packed = compressed_kind(_head(source))
         if packed and str(e).startswith("not a pcap or pcapng file"):  # its bytes were not what the reader saw
             e = CaptureError(f"{packed}-compressed, and what it holds is {e}")
         if damage is None:
