@@ -72,7 +72,7 @@ class Totals:
             self.fallback_details[key] = self.fallback_details.get(key, 0) + 1
 
     def report(self, mode: str) -> dict:
-        begin = self.first_conn if mode == "server" and self.first_conn is not None else self.started
+        begin = self.first_conn if self.first_conn is not None else self.started  # only a server notes first_conn
         elapsed = max((self.last_end if self.last_end is not None else time.monotonic()) - begin, 1e-9)
         lat = sorted(self.latencies)
         out = {
