@@ -572,10 +572,8 @@ def _unknown_group(a: clc.Accept) -> str:
     a v2-only Proposal's peer ID is zero (as the kernel sends it): another SMC stack using
     the same RoCE GID toward the same server (the host kernel's, beside this one) is the same
     peer to it. The server ends that link group when this Decline says out of sync."""
-    where = f"its link to QP 0x{a.qpn:06x}, GID {gid_text(a.gid)}"
-    if a.version >= 2:
-        return (
-            f"the server reuses a link group this stack does not have ({where}): another SMC stack using this host's RoCE GID "
-            "with that server (the kernel's?) looks the same to it, a v2 Proposal's peer ID being zero; the server now ends that group"
-        )
-    return f"the server reuses a link group this stack does not have, or whose link failed ({where})"
+    seen = f"the server reuses a link group this stack does not have, or whose link failed (its link to QP 0x{a.qpn:06x}, GID {gid_text(a.gid)})"
+    if a.version < 2:
+        return seen
+    return (f"{seen}; if no link failed: another SMC stack using this host's RoCE GID with that server (the kernel's?) looks the "
+            "same to it, a v2 Proposal's peer ID being zero; the server now ends that group")  # fmt: skip
