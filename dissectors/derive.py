@@ -1,6 +1,7 @@
 """Events from a capture we did not write: CLC over TCP (any capture of a host), RoCEv2
-frames (Soft-RoCE on the netdev, or our soft provider on loopback), and exported-PDU
-records of SMC messages. Seen from the wire, each message becomes one ``*.msg`` event of
+frames (Soft-RoCE on the netdev, our soft provider on loopback, SMC-Rv2 on a RoCE NIC),
+RoCE v1 frames (ethertype 0x8915: SMC-Rv1 on a RoCE NIC, whose frames carry the RoCE v1
+GIDs of the CLC messages, not IP addresses), and exported-PDU records of SMC messages. Seen from the wire, each message becomes one ``*.msg`` event of
 the host that sent it (named by its IP address) with dir "tx", and the handshake's
 outcome becomes ``conn.open``/``conn.mode``/``conn.fallback`` as the stack reports them,
 so ``smc-trace summary`` reads a real host's capture as it reads ours. A CDC also gives its
@@ -12,7 +13,7 @@ CDC messages and RDMA WRITEs are tied to connections by the alert tokens and rke
 CLC Accept/Confirm (and of ADD LINK / CONFIRM RKEY for the other links); links by QPN.
 A frame that cannot be decoded becomes a ``trace.note`` event naming it; nothing stops.
 
-RoCEv2 frames go through the RC analysis (dissectors.roce_analysis) first: a frame that
+RoCE frames go through the RC analysis (dissectors.roce_analysis) first: a frame that
 repeats a PSN already captured (a retransmission) yields no event, so each message is
 counted once; the analysis counts the retransmissions apart.
 """
@@ -71,24 +72,27 @@ PEERDECL = 0x05000000  # the end that received a Decline (its peer declined)
 FAST = True  # frames in the middle of an RDMA WRITE read from fixed offsets (tests turn it off to compare)
 _MIDDLE_OF_A_WRITE = frozenset((roce.Opcode.RDMA_WRITE_MIDDLE, roce.Opcode.RDMA_WRITE_LAST))
 _ROCE_PORT = struct.pack("!H", roce.ROCE_V2_PORT)
+_ROCE_V1 = struct.pack("!H", roce.ETH_P_ROCE)
 AHEAD_LIMIT = 1 << 20  # bytes past a gap a segment may be kept for, until the gap closes
 RDMA_WRITES = {roce.Opcode.RDMA_WRITE_ONLY, roce.Opcode.RDMA_WRITE_FIRST, roce.Opcode.RDMA_WRITE_ONLY_WITH_IMMEDIATE}
 SENDS = {roce.Opcode.SEND_ONLY, roce.Opcode.SEND_FIRST, roce.Opcode.SEND_ONLY_WITH_IMMEDIATE, roce.Opcode.UC_SEND_ONLY}
 
 
 _IP_TYPES = (ETH_P_IP, ETH_P_IPV6)
+_NETWORK_TYPES = (ETH_P_IP, ETH_P_IPV6, roce.ETH_P_ROCE)
 _READ_LINKTYPES = frozenset((LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_NULL))
 _NULL_FAMILIES = (2, 10, 24, 28, 30)  # AF_INET; AF_INET6 as Linux, NetBSD/OpenBSD, FreeBSD and macOS number it
 
 
-def _ip_offset(p: Packet) -> int | None:
-    """Where the IPv4 or IPv6 packet starts in a captured frame (after its 802.1Q / 802.1ad
-    tags: libpcap puts a VLAN's tag back into a Linux cooked header of ``tcpdump -i any``),
-    or None when the frame carries something else."""
+def _network_offset(p: Packet) -> tuple[int, int] | None:
+    """Where the network layer starts in a captured frame (after its 802.1Q / 802.1ad tags:
+    libpcap puts a VLAN's tag back into a Linux cooked header of ``tcpdump -i any``) and the
+    protocol it is (an ethertype: IPv4, IPv6, or RoCE v1's GRH), or None when the frame
+    carries something else."""
     d = p.data
     if p.linktype == LINKTYPE_ETHERNET:
         eth, off = decode_ethernet(d)
-        return off if eth.ethertype in _IP_TYPES else None
+        return (off, eth.ethertype) if eth.ethertype in _NETWORK_TYPES else None
     if p.linktype in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
         off, at = (16, 14) if p.linktype == LINKTYPE_LINUX_SLL else (20, 0)
         if len(d) < off:
@@ -97,12 +101,28 @@ def _ip_offset(p: Packet) -> int | None:
         while proto in _VLAN_TAGS and len(d) >= off + 4:  # the tag's TCI, then the protocol it carries
             proto = struct.unpack_from("!H", d, off + 2)[0]
             off += 4
-        return off if proto in _IP_TYPES else None
+        return (off, proto) if proto in _NETWORK_TYPES else None
     if p.linktype in (LINKTYPE_RAW, LINKTYPE_IPV4):
-        return 0 if d[:1] and d[0] >> 4 in ((4,) if p.linktype == LINKTYPE_IPV4 else (4, 6)) else None
+        version = d[0] >> 4 if d[:1] else 0
+        if version in ((4,) if p.linktype == LINKTYPE_IPV4 else (4, 6)):
+            return 0, ETH_P_IP if version == 4 else ETH_P_IPV6
+        return None
     if p.linktype == LINKTYPE_NULL:
-        return 4 if len(d) >= 4 and struct.unpack_from("<I", d, 0)[0] in _NULL_FAMILIES else None
+        return (4, ETH_P_IP) if len(d) >= 4 and struct.unpack_from("<I", d, 0)[0] in _NULL_FAMILIES else None
     return None
+
+
+def _ip_offset(p: Packet) -> int | None:
+    """Where the IPv4 or IPv6 packet starts in a captured frame, or None when it carries
+    something else."""
+    at = _network_offset(p)
+    return at[0] if at is not None and at[1] != roce.ETH_P_ROCE else None
+
+
+def grh_offset(p: Packet) -> int | None:
+    """Where the GRH of a RoCE v1 frame (ethertype 0x8915) starts, or None for any other frame."""
+    at = _network_offset(p)
+    return at[0] if at is not None and at[1] == roce.ETH_P_ROCE else None
 
 
 def ip_payload(p: Packet) -> bytes | None:
@@ -115,9 +135,9 @@ def capture_point(p: Packet) -> tuple[int, bytes]:
     """Where a frame was captured, as far as the file tells: its interface and its link-layer
     header (a VLAN's tag, a cooked header's interface index and packet type). One frame seen
     twice (``tcpdump -i any`` on a host with a VLAN or a bridge, a pcapng of two interfaces)
-    has one IP packet at two points."""
-    off = _ip_offset(p)
-    return p.interface, bytes(p.data[: off or 0])
+    has one IP packet (or RoCE v1 packet) at two points."""
+    at = _network_offset(p)
+    return p.interface, bytes(p.data[: at[0] if at else 0])
 
 
 def ip_header(ip_bytes: bytes, cut: bool) -> tuple[str, str, int, int, int]:
@@ -193,6 +213,11 @@ def _gid_ip(gid: bytes | None) -> str | None:
     return str(addr.ipv4_mapped or addr)
 
 
+def _gid_text(gid: bytes) -> str:
+    """A RoCE v1 frame's GID as its address: as ``_gid_ip`` names it, the unspecified one too."""
+    return _gid_ip(gid) or "::"
+
+
 class Deriver:
     """Turn packets into events, one packet at a time (``feed``), then ``finish``."""
 
@@ -220,6 +245,7 @@ class Deriver:
         self.alias: dict[str, str] = {}
         self.failovers = FailoverWatch()  # failovers from validation CDCs and their ACKs
         self.cursors = WireCursors()  # what a failover's sender writes again, what a receiver learns
+        self.gid_texts: dict[bytes, str] = {}  # a RoCE v1 frame's GID -> its text (the fast path's)
         self.frames = 0
         self.opened = 0  # connections numbered in order of opening, like tcp.stream without the probes
 
@@ -236,6 +262,10 @@ class Deriver:
                 return
             ip_bytes = ip_payload(p)
             if ip_bytes is None:
+                grh_at = grh_offset(p)
+                if grh_at is not None:
+                    yield from self._roce_v1(t, p, grh_at, number)
+                    return
                 if p.linktype not in _READ_LINKTYPES:  # counted and named, not passed over as other traffic
                     yield Event(t, "trace.note", "", fields={"frame": number, "error": f"interface {p.interface}: link type {p.linktype} "
                                                              "is not one smc-trace reads (Ethernet, Linux cooked, raw IP, BSD loopback)"})  # fmt: skip
@@ -257,46 +287,66 @@ class Deriver:
     def _middle_of_a_write(self, p: Packet, number: int, t: float) -> bool:
         """A frame of an RDMA WRITE after its first (most frames of a bulk transfer): no
         message of its own, only its place in the RC analysis. Taken here from fixed offsets
-        when it is a plain IPv4 RoCEv2 frame that the full decoding would accept as it is
-        (True); anything else goes the long way (False), which names what is wrong."""
+        when it is a plain IPv4 RoCEv2 frame or an untagged RoCE v1 frame that the full
+        decoding would accept as it is (True); anything else goes the long way (False),
+        which names what is wrong."""
         d = p.data
         lt = p.linktype
         if lt == LINKTYPE_ETHERNET:
-            off = 14
-            if d[12:14] != b"\x08\x00":
-                return False
+            off, proto = 14, d[12:14]
         elif lt == LINKTYPE_LINUX_SLL2:
-            off = 20
-            if d[0:2] != b"\x08\x00":
-                return False
+            off, proto = 20, d[0:2]
         elif lt == LINKTYPE_LINUX_SLL:
-            off = 16
-            if d[14:16] != b"\x08\x00":
-                return False
+            off, proto = 16, d[14:16]
         else:
             return False
-        # IPv4 with a 20-byte header (what the kernel sends), UDP, then BTH
-        if len(d) < off + 28 + roce.BTH_LEN or d[off] != 0x45 or d[off + 9] != IPPROTO_UDP:
+        if proto == b"\x08\x00":
+            # IPv4 with a 20-byte header (what the kernel sends), UDP, then BTH
+            if len(d) < off + 28 + roce.BTH_LEN or d[off] != 0x45 or d[off + 9] != IPPROTO_UDP:
+                return False
+            total, sport_dport, udp_len = struct.unpack_from("!H", d, off + 2)[0], d[off + 22 : off + 24], struct.unpack_from("!H", d, off + 24)[0]
+            if sport_dport != _ROCE_PORT:
+                return False
+            ip_len = len(d) - off
+            cut = p.original_length > len(d) and 20 + udp_len > ip_len  # a snap length took the end of the datagram
+            if total < 28 or udp_len < 8 or (not cut and (total > ip_len or udp_len > ip_len - 20)):
+                return False
+            bth, payload = off + 28, udp_len - 8
+            src, dst = socket.inet_ntoa(d[off + 12 : off + 16]), socket.inet_ntoa(d[off + 16 : off + 20])
+        elif proto == _ROCE_V1:
+            # the GRH (IPv6's layout, next header BTH), then BTH
+            if len(d) < off + roce.GRH_LEN + roce.BTH_LEN or d[off] >> 4 != 6 or d[off + 6] != roce.GRH_NEXT_BTH:
+                return False
+            payload = struct.unpack_from("!H", d, off + 4)[0]
+            cut = p.original_length > len(d) and roce.GRH_LEN + payload > len(d) - off
+            if not cut and roce.GRH_LEN + payload > len(d) - off:
+                return False
+            bth = off + roce.GRH_LEN
+            src, dst = self._gid_text(d[off + 8 : off + 24]), self._gid_text(d[off + 24 : off + 40])
+        else:
             return False
-        total, sport_dport, udp_len = struct.unpack_from("!H", d, off + 2)[0], d[off + 22 : off + 24], struct.unpack_from("!H", d, off + 24)[0]
-        opcode = d[off + 28]
-        if opcode not in _MIDDLE_OF_A_WRITE or sport_dport != _ROCE_PORT:
+        opcode = d[bth]
+        if opcode not in _MIDDLE_OF_A_WRITE:
             return False
-        ip_len = len(d) - off
-        cut = p.original_length > len(d) and 20 + udp_len > ip_len  # a snap length took the end of the datagram
-        if total < 28 or udp_len < 8 or (not cut and (total > ip_len or udp_len > ip_len - 20)):
-            return False
-        payload = udp_len - 8
         if cut:
             if payload < roce.BTH_LEN:
                 return False
-        elif payload < roce.BTH_LEN + roce.ICRC_LEN or payload - roce.BTH_LEN - roce.ICRC_LEN < (d[off + 29] >> 4) & 3:
+        elif payload < roce.BTH_LEN + roce.ICRC_LEN or payload - roce.BTH_LEN - roce.ICRC_LEN < (d[bth + 1] >> 4) & 3:
             return False  # too short for its pad count: the long way says so
-        dest_qp, psn = struct.unpack_from("!II", d, off + 32)
+        dest_qp, psn = struct.unpack_from("!II", d, bth + 4)
         dropped = dropped_at(p)
-        self.roce.feed(number, t, socket.inet_ntoa(d[off + 12 : off + 16]), socket.inet_ntoa(d[off + 16 : off + 20]), opcode, dest_qp & 0xFFFFFF,
-                       psn & 0xFFFFFF, None, dropped == "tx", dropped == "rx", d[off:], (p.interface, bytes(d[:off])))  # fmt: skip
+        self.roce.feed(number, t, src, dst, opcode, dest_qp & 0xFFFFFF, psn & 0xFFFFFF, None, dropped == "tx", dropped == "rx", d[off:],
+                       (p.interface, bytes(d[:off])))  # fmt: skip
         return True
+
+    def _gid_text(self, gid: bytes) -> str:
+        """``_gid_text`` of a RoCE v1 frame's GID, remembered: a bulk transfer's frames repeat two."""
+        text = self.gid_texts.get(gid)
+        if text is None:
+            text = _gid_text(gid)
+            if len(self.gid_texts) < 4096:  # bounded: a capture of many hosts only misses the cache
+                self.gid_texts[gid] = text
+        return text
 
     def _stuck_note(self, t: float, number: int, flow: _Flow, src: tuple[str, int]) -> Event:
         return Event(t, "trace.note", "", fields={"frame": number, "error": f"CLC from {src[0]}:{src[1]} not read on: {flow.stuck[src]}"})
@@ -600,14 +650,27 @@ class Deriver:
         lgr = self.qp_lgr.get((ip, qpn))
         return lgr if lgr is not None or known else self.qpn_guessed.get(qpn)
 
-    # ------------------------------------------------------------------ RoCEv2
+    # ------------------------------------------------------------------ RoCEv2 and RoCE v1
+
+    def _roce_v1(self, t: float, p: Packet, at: int, number: int) -> Iterator[Event]:
+        """A RoCE v1 frame (SMC-Rv1 on a RoCE NIC: GRH, then BTH): its addresses are its GIDs,
+        named as ``_gid_ip`` names a CLC message's GID, so they meet the QPs and hosts the
+        handshake learnt."""
+        d = p.data
+        cut = p.original_length > len(d)
+        grh, boff = roce.decode_grh(d, at, cut=cut)
+        if grh.next_header != roce.GRH_NEXT_BTH:
+            raise ValueError(f"RoCE v1 GRH: next header 0x{grh.next_header:02x} is not an IBA transport header (0x1b)")
+        end = boff + grh.paylen
+        yield from self._roce(t, _gid_text(grh.sgid), _gid_text(grh.dgid), d[boff:end], cut=cut and end > len(d), number=number,
+                              dropped=dropped_at(p), packet=d[at:], point=capture_point(p))  # fmt: skip
 
     def _roce(self, t: float, src: str, dst: str, udp_payload: bytes, cut: bool = False, number: int = 0,
               dropped: str | None = None, packet: bytes | None = None, point=None) -> Iterator[Event]:  # fmt: skip
         """``packet`` and ``point``: the frame's IP packet and where it was captured, for the
         analysis to tell a frame captured twice from one sent twice."""
         if len(udp_payload) < roce.BTH_LEN + (0 if cut else roce.ICRC_LEN):
-            raise ValueError(f"RoCEv2 datagram of {len(udp_payload)} bytes is too short for BTH and ICRC")
+            raise ValueError(f"RoCE packet of {len(udp_payload)} bytes (BTH to ICRC) is too short for BTH and ICRC")
         if cut:  # the snap length took the ICRC and the end of the data: the headers are what counts
             if udp_payload[0] in SENDS:
                 raise ValueError(f"a SEND cut to {len(udp_payload)} bytes by the capture's snap length cannot be decoded")

@@ -110,10 +110,11 @@ class PcapngWriter:
         self._interfaces.append(linktype)
         return len(self._interfaces) - 1
 
-    def write_packet(self, interface: int, timestamp_ns: int, data: bytes, comment: str | None = None) -> None:
+    def write_packet(self, interface: int, timestamp_ns: int, data: bytes, comment: str | None = None, orig_len: int | None = None) -> None:
+        """``orig_len``: the packet's length on the wire when ``data`` is only its start."""
         if not 0 <= interface < len(self._interfaces):
             raise ValueError(f"interface {interface} was not added (have {len(self._interfaces)})")
-        self._write(epb_block(interface, timestamp_ns, data, comment.encode() if comment else None))
+        self._write(epb_block(interface, timestamp_ns, data, comment.encode() if comment else None, orig_len))
 
     def write_blocks(self, blocks: bytes) -> None:
         """Blocks built elsewhere (epb_block, the recorder's spool) for interfaces added here."""

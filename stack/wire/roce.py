@@ -15,6 +15,13 @@ is in the tests.
 BTH (12 bytes): opcode @0; byte 1 = SE (0x80) | MigReq (0x40) | PadCnt (0x30) | TVer
 (0x0F); P_Key @2; byte 4 = FECN (0x80) | BECN (0x40); DestQP @5 (24 bits); byte 8 =
 AckReq (0x80); PSN @9 (24 bits).
+
+RoCE v1 (IBA Annex A16), what SMC-Rv1 uses on a RoCE NIC (a RoCE v1 GID): Ethernet
+(ethertype 0x8915) | GRH | BTH | ... | ICRC. The GRH has the IPv6 header's layout (version
+6, traffic class, flow label, payload length counting BTH to ICRC, next header 0x1B, hop
+limit, source and destination GID). Its ICRC is taken as RoCEv2's with the GRH in the IP
+header's place: the GRH's traffic class, flow label and hop limit masked to ones (its
+version kept, as rxe masks an IPv6 header), no UDP.
 """
 
 from __future__ import annotations
@@ -43,8 +50,11 @@ from .inet import (
 )
 
 ROCE_V2_PORT = 4791
+ETH_P_ROCE = 0x8915  # RoCE (v1): the InfiniBand GRH right after the Ethernet header
+GRH_NEXT_BTH = 0x1B  # a GRH's next header when an IBA transport header (BTH) follows
 BTH_LEN = 12
 RETH_LEN = 16
+GRH_LEN = 40
 AETH_LEN = 4
 IMMDT_LEN = 4
 IETH_LEN = 4
@@ -461,8 +471,67 @@ def decode_frame(frame: bytes, *, check_icrc: bool = False) -> RoceFrame:
     return RoceFrame(eth, ip, udp, decode_packet(ib), got, ok)
 
 
+# ------------------------------------------------------------------ RoCE v1 (Annex A16)
+
+
+@dataclass(frozen=True)
+class Grh:
+    """The InfiniBand Global Route Header of a RoCE v1 frame (the IPv6 header's layout)."""
+
+    sgid: bytes
+    dgid: bytes
+    paylen: int  # BTH up to and including the ICRC
+    next_header: int = GRH_NEXT_BTH
+    hop_limit: int = 64
+    tclass: int = 0
+    flow_label: int = 0
+
+    def encode(self) -> bytes:
+        if len(self.sgid) != 16 or len(self.dgid) != 16:
+            raise RoceError("GRH", 8, "a GID is 16 bytes")
+        if not 0 <= self.flow_label < 1 << 20 or not 0 <= self.tclass < 256:
+            raise RoceError("GRH", 0, "traffic class is 8 bits, flow label 20")
+        check_uint(self.paylen, 16, "payload length", "GRH", 4, RoceError)
+        first = (6 << 28) | (self.tclass << 20) | self.flow_label
+        return struct.pack("!IHBB16s16s", first, self.paylen, self.next_header, self.hop_limit, self.sgid, self.dgid)
+
+
+def decode_grh(data: bytes | memoryview, offset: int = 0, cut: bool = False) -> tuple[Grh, int]:
+    """The GRH at ``offset`` and the offset of what follows it. ``cut``: a capture's snap
+    length kept only the start of the frame, so the payload length may run past it."""
+    v = View(bytes(data[offset : offset + GRH_LEN]), "GRH", RoceError)
+    v.need(0, GRH_LEN, "GRH")
+    first = v.u32(0, "version/class/flow")
+    if first >> 28 != 6:
+        raise v.fail(0, f"IP version {first >> 28} is not 6")
+    paylen = v.u16(4, "payload length")
+    if offset + GRH_LEN + paylen > len(data) and not cut:
+        raise v.fail(4, f"payload length {paylen} but only {len(data) - offset - GRH_LEN} bytes captured after the GRH")
+    grh = Grh(v.raw(8, 16, "source GID"), v.raw(24, 16, "destination GID"), paylen, v.u8(6, "next header"), v.u8(7, "hop limit"),
+              (first >> 20) & 0xFF, first & 0xFFFFF)  # fmt: skip
+    return grh, offset + GRH_LEN
+
+
+def icrc_v1(grh: bytes, ib: bytes | memoryview) -> bytes:
+    """The 4 ICRC bytes of a RoCE v1 packet: ``grh`` as sent, ``ib`` BTH .. pad."""
+    # traffic class, flow label and hop limit masked; the version stays (as rxe masks IPv6)
+    masked = bytes((grh[0] | 0x0F,)) + b"\xff\xff\xff" + grh[4:7] + b"\xff" + grh[8:]
+    head = bytes(ib[:4]) + b"\xff"  # BTH resv8a
+    return _ICRC.pack(zlib.crc32(ib[5:], zlib.crc32(head, zlib.crc32(masked, zlib.crc32(b"\xff" * 8)))))
+
+
+def encode_frame_v1(packet: RocePacket, sgid: bytes, dgid: bytes, *, src_mac: bytes = bytes(6), dst_mac: bytes = bytes(6),
+                    vlan: int | None = None, hop_limit: int = 64, tclass: int = 0) -> bytes:  # fmt: skip
+    """A complete RoCE v1 Ethernet frame carrying the packet, with its ICRC (and an 802.1Q
+    tag when ``vlan`` is given)."""
+    ib = packet.encode()
+    grh = Grh(sgid, dgid, len(ib) + ICRC_LEN, hop_limit=hop_limit, tclass=tclass).encode()
+    eth = dst_mac + src_mac + (struct.pack("!HH", 0x8100, vlan) if vlan is not None else b"") + struct.pack("!H", ETH_P_ROCE)
+    return eth + grh + ib + icrc_v1(grh, ib)
+
+
 __all__ = [
     "ROCE_V2_PORT", "ETH_HLEN", "Opcode", "Bth", "Reth", "Aeth", "AckKind", "NakCode", "RocePacket", "RoceFrame",
     "RoceError", "icrc", "encode_datagram", "decode_datagram", "encode_frame", "decode_frame", "decode_packet",
-    "extension_headers",
+    "extension_headers", "ETH_P_ROCE", "GRH_LEN", "Grh", "decode_grh", "icrc_v1", "encode_frame_v1",
 ]  # fmt: skip

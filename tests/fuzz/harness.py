@@ -26,6 +26,7 @@ import io
 import json
 import random
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -271,6 +272,17 @@ def _golden_lines() -> list[str]:
     return GOLDEN.read_text().splitlines()
 
 
+def _roce_v1_capture() -> bytes:
+    """SMC-Rv1 over RoCE v1 frames, VLAN-tagged in Linux cooked v2 headers (tests/support/rocev1.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.rocev1 import write_v1_capture
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "v1.pcapng"
+        write_v1_capture(str(path), cooked=True, vlan=12)
+        return path.read_bytes()
+
+
 def make_seeds() -> dict[str, list[bytes]]:
     """The corpus from the fixtures (what --seed-corpus writes)."""
     lines = _golden_lines()
@@ -283,7 +295,7 @@ def make_seeds() -> dict[str, list[bytes]]:
         rec.on_event(from_json(line))
     rec.close()
     pcap = KERNEL_PCAP.read_bytes()
-    seeds["capture"] = [buf.getvalue(), pcap[:6000], pcap[:24] + pcap[len(pcap) // 2 : len(pcap) // 2 + 3000]]
+    seeds["capture"] = [buf.getvalue(), pcap[:6000], pcap[:24] + pcap[len(pcap) // 2 : len(pcap) // 2 + 3000], _roce_v1_capture()]
     seeds["control"] = [json.dumps(c).encode() for c in (
         {"cmd": "subscribe", "kinds": ["conn.state"], "frames": False, "queue": 100, "id": 1}, {"cmd": "faults", "device": "127.0.0.1", "loss": 0.1},
         {"cmd": "faults", "device": "127.0.0.1", "delay": 0.5, "drop_next": 2}, {"cmd": "interval", "seconds": 2}, {"cmd": "decline", "reason": "DIFFPREFIX"},
