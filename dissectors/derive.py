@@ -170,7 +170,7 @@ class _Flow:
     next_seq: dict[tuple[str, int], int] = field(default_factory=dict)
     buf: dict[tuple[str, int], bytearray] = field(default_factory=dict)
     clc_done: set[tuple[str, int]] = field(default_factory=set)
-    outcome: str | None = None  # "SMCR" or "TCP"
+    outcome: str | None = None  # "SMCR", "SMCD" or "TCP"
     data_seen: bool = False
     data_t: float | None = None  # when its first payload was seen
     proposal: clc.Proposal | None = None
@@ -576,6 +576,14 @@ class Deriver:
                         fields.update(peer_token=peer.rmbe_alert_token, peer_rmb_size=clc.rmbe_size_bytes(peer.rmbe_size))
                     yield Event(t, "conn.mode", end[0], lgr.name, 1, flow.conn, fields)
                     yield _active(t, end[0], lgr.name, 1, flow.conn)
+        elif isinstance(msg, clc.SmcdAcceptConfirm) and msg.type == clc.ClcType.CONFIRM:
+            # SMC-D (ISM between two guests of one machine): the handshake ends as SMC-R's does,
+            # and the data then moves through ISM memory, which no network capture sees
+            flow.outcome = "SMCD"
+            flow.clc_done.update((flow.client, flow.server))
+            for end in (flow.client, flow.server):
+                yield Event(t, "conn.mode", end[0], conn=flow.conn, fields={"mode": "SMCD", "version": msg.version, "first_contact": msg.first_contact})
+                yield _active(t, end[0], None, None, flow.conn)
         elif isinstance(msg, clc.Decline):
             flow.outcome = "TCP"
             flow.clc_done.update((flow.client, flow.server))

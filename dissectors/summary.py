@@ -45,6 +45,7 @@ class ConnSummary:
     rx_prod: str | None = None  # the peer's producer cursor (wrap:count) as the last CDC said
     rx_written: int = 0  # what the peer wrote into our RMB, from those cursors' advances
     rx_seen: bool = False  # the trace showed this end's receive cursors (a capture shows only what each end sent)
+    tx_seen: bool = False  # the trace showed this end's producer cursor (a CDC it sent, its cursor events)
     # this end's producer cursor (into the peer's RMB) at its furthest, as its CDCs and cursor
     # events said, and its advances in whole wraps and counts (the peer's RMB size, which a
     # wrap is worth, may come later). A failover writes again what the old link may have
@@ -79,6 +80,7 @@ class ConnSummary:
         """This end's producer cursor ``wrap:count`` as a CDC it sent or its cursor event said:
         count how far it went beyond its furthest so far (a cursor sent back by a failover
         counts once it passes where it had been)."""
+        self.tx_seen = True
         if self.tx_prod is None:
             self.tx_prod = prod
             return
@@ -224,7 +226,7 @@ class Summary:
                  "reason": c.reason, "reason_text": c.reason_text, "lgr": c.lgr, "bytes_written": c.bytes_written,
                  "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received, "moved": c.moved, "received": self.received(c, peers),
                  "throughput_mbps": round(c.throughput_mbps, 3), "rate_mbps": round(self.rate_mbps(c, peers), 3), "state": c.state,
-                 "error": c.error}
+                 "error": c.error, "data_seen": c.bytes_sent is not None or c.tx_seen or c.rx_seen or bool(c.bytes_written)}
                 for c in sorted(self.conns.values(), key=lambda c: (c.host, c.conn))
             ],
         }  # fmt: skip
@@ -376,10 +378,13 @@ def render(s: Summary) -> str:
     )
     known = d["moved"] is not None
     for c in d["conns"]:
-        sent, received = (c["moved"], c["received"]) if known else ("?", "?")
+        # an SMC-D connection's data moves through ISM memory: a capture of the network never sees it
+        sent, received = (c["moved"], c["received"]) if known and (c["mode"] != "SMCD" or c["data_seen"]) else ("?", "?")
         out.append(f"{c['host']:<{hw}}{c['conn']:>5}  {c['role']:<7}{c['local']:<22}{c['peer']:<22}{c['mode']:<6}"
                    f"{c['reason_text'] if c['mode'] == 'TCP' else '':<52}{sent:>12}{received:>12}{c['rate_mbps'] / 8:>10.1f}  {c['state']}"
                    + (f" ({c['error']})" if c["error"] else ""))  # fmt: skip
+    if any(c["mode"] == "SMCD" and not c["data_seen"] for c in d["conns"]):
+        out.append("(?: SMC-D moves data through ISM memory inside the machine, which no network capture sees)")
     out.append("")
     out.append("Fallbacks: " + (", ".join(f"{f['text']} x{f['count']}" for f in d["fallbacks"]) or "none"))
     if d["attempts"]:

@@ -405,6 +405,7 @@ class Model:
         self._free: list[int] = []  # of them, those whose connection was forgotten
         self._link_gen = 0  # bumped when links come or go: connections look their link up again
         self._open = self._open_smc = self._open_tcp = 0  # connections not closed, and of them SMCR and TCP
+        self._open_smcd = 0  # and SMC-D (the kernel source on a host with ISM; a capture of such hosts)
         self.watched: tuple[str, int] | None = None
         self.conns_added = self.conns_closed = self.conns_removed = 0  # views compare these to know when rows come and go
         self._totals: tuple[tuple, dict] | None = None
@@ -606,10 +607,14 @@ class Model:
                 self._open_smc -= 1
             elif old == "TCP":
                 self._open_tcp -= 1
+            elif old == "SMCD":
+                self._open_smcd -= 1
             if mode == "SMCR":
                 self._open_smc += 1
             elif mode == "TCP":
                 self._open_tcp += 1
+            elif mode == "SMCD":
+                self._open_smcd += 1
 
     def _close(self, c: Conn, t: float) -> None:
         c.closed = t
@@ -620,6 +625,8 @@ class Model:
             self._open_smc -= 1
         elif c.mode == "TCP":
             self._open_tcp -= 1
+        elif c.mode == "SMCD":
+            self._open_smcd -= 1
 
     def _pair(self, c: Conn) -> None:
         """Find the other end of ``c`` among the watched ends (its addresses swapped): a byte
@@ -1233,13 +1240,13 @@ class Model:
         perf = self.perf
         last = [perf.series(i)[-1] if perf.n else 0.0 for i in range(6)]
         out = {
-            "hosts": sorted(self.hosts), "conns": n, "smcr": smc, "tcp": tcp,
+            "hosts": sorted(self.hosts), "conns": n, "smcr": smc, "tcp": tcp, "smcd": self._open_smcd,
             "lgrs": sum(1 for g in self.lgrs.values() if not g.terminated),
             "links": len(links), "links_active": sum(1 for link in links if link.state == "LINK_ACTIVE"),
             "crit": sum(1 for g in self.lgrs.values() if g.crit and not g.terminated),
             "rate": self.rate, "bytes": self.bytes, "cdc_rate": last[1], "llc_rate": last[2], "open_rate": last[3],
             "event_rate": last[5], "events": self.seq, "dropped": self.dropped,
-            "handshake": n - smc - tcp,  # open, mode not decided yet (in the CLC handshake)
+            "handshake": n - smc - tcp - self._open_smcd,  # open, mode not decided yet (in the CLC handshake)
             "fallbacks": sum(self.fallbacks.values()),  # connection ends that fell back, each end's own view (smcr stats, Prometheus)
             "fallback_conns": sum(self.fallback_causes.values()),  # connections that fell back (both ends of one count once)
             "fallback_ratio": self.tcp_conns / decided if decided else 0.0,

@@ -57,7 +57,7 @@ class HeaderBar(Static):
         fb = t["fallback_ratio"] * 100
         line2 = [
             (0, Text.assemble(("conns ", "dim"), (f"{t['conns']}", "bold"), f" (SMCR {t['smcr']}, TCP {t['tcp']}"
-                              + (f", handshake {t['handshake']}" if t["handshake"] else "") + ")")),
+                              + (f", SMCD {t['smcd']}" if t["smcd"] else "") + (f", handshake {t['handshake']}" if t["handshake"] else "") + ")")),
             (0, Text.assemble(("  ", ""), (fmt.rate(t["rate"]), "bold"))),
             (1, Text.assemble(("  links ", "dim"), f"{t['links_active']}/{t['links']} active")),
             (1, Text.assemble(("  LGs ", "dim"), f"{t['lgrs']}", (f" Crit {t['crit']}", "bold red" if t["crit"] else "dim"))),

@@ -235,7 +235,8 @@ SCHEMA: dict[str, Kind] = {k.name: k for k in (
          ids=("conn",)),
     Kind("conn.mode", "the handshake finished: SMCR (version, first contact) or TCP",
          "{mode}[ v{version}][ first contact{?first_contact}][ {reason}][ handshake {handshake_ms} ms]",
-         (F("mode", "str", "SMCR or TCP", True), F("version", "u8", "SMC-R version"), F("first_contact", "bool", "a new link group"),
+         (F("mode", "str", "SMCR or TCP (or SMCD: the kernel's, a capture's)", True), F("version", "u8", "SMC-R version"),
+          F("first_contact", "bool", "a new link group"),
           F("token", "x32", "our RMBE alert token"), F("peer_token", "x32", "the peer's RMBE alert token"),
           F("rmb_size", "count", "our RMB's size, bytes"), F("peer_rmb_size", "count", "the peer's RMB size, bytes"),
           F("handshake_ms", "num", "CLC Proposal to CONFIRM, ms"), F("reason", "decline", "TCP: the fallback reason")),
@@ -279,7 +280,7 @@ SCHEMA: dict[str, Kind] = {k.name: k for k in (
     Kind("clc.msg", "a CLC message sent or received (decoded fields and raw bytes)",
          "{dir} CLC {type}[ v{version}][ first contact{?first_contact}][ {diagnosis}][ out of sync{?out_of_sync}][ UEIDs {eids}]"
          "[ QPN {qpn}][ token {token}][ rkey {rkey}][ (cut short: {cut} bytes not captured)]",
-         (_DIR, F("type", "str", "Proposal, Accept, Confirm, Decline", True), F("version", "u8", "CLC version"), _RAW,
+         (_DIR, F("type", "str", "Proposal, Accept, Confirm, Decline; SMC-D Accept/Confirm", True), F("version", "u8", "CLC version"), _RAW,
           F("diagnosis", "decline", "Decline: the reason"), F("diagnosis_text", "str", "Decline: the reason as smc-tools writes it"),
           F("out_of_sync", "bool", "Decline: the link group is out of sync"), F("typev1", "str", "Proposal: v1 types offered"),
           F("typev2", "str", "Proposal: v2 types offered"), F("eids", "strs", "Proposal: UEIDs"), F("peer_id", "hex", "the sender's peer id"),

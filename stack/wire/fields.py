@@ -55,7 +55,14 @@ def clc_fields(msg, raw: bytes) -> dict:
     elif isinstance(msg, (clc.Accept, clc.Confirm)):
         out.update(first_contact=msg.first_contact, qpn=msg.qpn, token=msg.rmbe_alert_token, rkey=msg.rmb_rkey,
                    rmbe_size=msg.rmbe_size, qp_mtu=msg.qp_mtu, psn=msg.psn, peer_id=msg.peer_id.hex())  # fmt: skip
+    elif isinstance(msg, clc.SmcdAcceptConfirm):  # reported, not spoken: what it is and whether it starts a group
+        out.update(type=smcd_type_name(msg.type), first_contact=msg.first_contact)
     return out
+
+
+def smcd_type_name(t: int) -> str:
+    """The ``type`` of an SMC-D Accept or Confirm in a clc.msg event."""
+    return "SMC-D Accept" if t == clc.ClcType.ACCEPT else "SMC-D Confirm"
 
 
 # clc_fields' keys that come from a message's fixed fields (the others come from its header),
@@ -68,7 +75,7 @@ def clc_cut_fields(cut: clc.CutMessage, raw: bytes) -> dict:
     """clc_fields of a message a capture cut short (clc.decode_cut): what it kept, and
     ``cut``, how many of its bytes it did not."""
     if cut.message is None:  # an SMC-D Accept/Confirm: its header
-        out: dict = {"type": "SmcdAcceptConfirm", "raw": raw, "version": cut.header.version}
+        out: dict = {"type": smcd_type_name(cut.header.type), "raw": raw, "version": cut.header.version}
     else:
         out = {k: v for k, v in clc_fields(cut.message, raw).items() if k not in _CLC_SOURCES or _CLC_SOURCES[k] in cut.known}
     out["cut"] = cut.header.length - cut.captured

@@ -489,6 +489,21 @@ def test_handshake_count_in_totals():
     assert (t["conns"], t["smcr"], t["tcp"], t["handshake"]) == (3, 1, 1, 1)
 
 
+def test_an_smcd_connection_is_counted_as_smcd_not_as_in_the_handshake():
+    """The kernel source on a host with ISM, and captures of such hosts, report SMC-D
+    connections: they are decided, not in the handshake."""
+    m = Model()
+    for i in (1, 2, 3):
+        m.feed(ev(0, "conn.open", conn=i))
+    m.feed(ev(1, "conn.mode", conn=1, mode="SMCD"))
+    m.feed(ev(1, "conn.mode", conn=2, mode="SMCR"))
+    t = m.totals()
+    assert (t["conns"], t["smcr"], t["smcd"], t["tcp"], t["handshake"]) == (3, 1, 1, 0, 1)
+    m.feed(ev(2, "conn.state", conn=1, old="ACTIVE", new="CLOSED"))
+    t = m.totals()
+    assert (t["conns"], t["smcd"], t["handshake"]) == (2, 0, 1)
+
+
 def test_rerun_survivors_model():
     assert Model(events_kept=10).rare.maxlen == 50  # the rare events are kept five times longer
     m = Model()
