@@ -380,10 +380,8 @@ class SmcConnection:
         if n < first:
             out = rmb.buf[off : off + n].tobytes()
             self.cons = Cursor(wrap, off + n)
-        else:  # up to the end of the ring and on from its start
-            out = rmb.buf[off:].tobytes()
-            if n > first:
-                out += rmb.buf[: n - first].tobytes()
+        else:  # up to the end of the ring and on from its start, copied once (join sizes the result first)
+            out = rmb.buf[off:].tobytes() if n == first else b"".join((rmb.buf[off:], rmb.buf[: n - first]))
             self.cons = Cursor((wrap + 1) & 0xFFFF, n - first)
         self.bytes_to_rcv -= n
         self.bytes_received += n
