@@ -194,6 +194,13 @@ class _Flow:
 class _Lgr:
     name: str
     qpns: dict[tuple[str, int], int] = field(default_factory=dict)  # (owner's address, QPN) -> link id
+    # what the capture shows of its state, told as each end's stack tells it (lgr.state,
+    # link.state, link.event): its ends (host -> role), the links both ends confirmed, and the
+    # server's half of a CONFIRM LINK whose response has not come yet (link -> (host, QPN, GID))
+    ends: dict[str, str] = field(default_factory=dict)
+    type: str = "NONE"
+    active: set[int] = field(default_factory=set)
+    offered: dict[int, tuple[str, int, bytes]] = field(default_factory=dict)
 
     def link_of(self, qpn: int) -> int | None:
         """The link of a QP known by a guessed address (found by its number)."""
@@ -211,6 +218,14 @@ def _gid_ip(gid: bytes | None) -> str | None:
     if addr.is_unspecified:
         return None
     return str(addr.ipv4_mapped or addr)
+
+
+def _gid_str(gid: bytes) -> str:
+    """A GID as the IPv6 address it reads as (::ffff:10.3.0.1, fe80::5054:ff:fe13:1)."""
+    if len(gid) != 16:
+        return bytes(gid).hex()
+    addr = ipaddress.IPv6Address(bytes(gid))
+    return f"::ffff:{addr.ipv4_mapped}" if addr.ipv4_mapped else str(addr)
 
 
 def _gid_text(gid: bytes) -> str:
@@ -559,6 +574,12 @@ class Deriver:
                     lgr = self._qp(gid_ip or server_ip, accept.qpn, known=gid_ip is not None)
                 if lgr is None:  # first contact makes a new link group (a VLAN, a second group between the hosts)
                     lgr = self._lgr(msg.peer_id.hex(), accept.peer_id.hex() if accept else "", new=msg.first_contact)
+                if not lgr.ends:  # its ends, as the handshake that made it (or the first one seen) names them
+                    lgr.ends = {flow.client[0]: "client", flow.server[0]: "server"}
+                    if msg.first_contact:
+                        for end, role in lgr.ends.items():
+                            yield Event(t, "lgr.state", end, lgr.name, fields={"old": "NONE", "new": "NONE", "cause": "created", "role": role,
+                                                                              "version": msg.version})  # fmt: skip
                 self._learn_qp(msg.gid, host, msg.qpn, lgr, 1)
                 if accept is not None:
                     self._learn_qp(accept.gid, server_ip, accept.qpn, lgr, 1)
@@ -727,6 +748,35 @@ class Deriver:
             yield Event(t, "rdma.write", self.host_of(src), self.conn_lgr.get(conn, lgr_name), link, conn,
                         {"vaddr": reth.vaddr, "rkey": reth.rkey, "length": reth.dma_len})  # fmt: skip
 
+    def _link_confirmed(self, t: float, host: str, lgr: _Lgr, msg: llc.ConfirmLink) -> Iterator[Event]:
+        """CONFIRM LINK: the server's request names its QP and GID, the client's response its
+        own; with both, the link is up at both ends (smc_llc_cli_conf_link and
+        smc_llc_srv_conf_link set it active): each end's link as its stack tells it."""
+        if not msg.response:
+            lgr.offered[msg.link_num] = (host, msg.qpn, msg.gid)
+            return
+        offer = lgr.offered.pop(msg.link_num, None)
+        ends = [(host, msg.qpn, msg.gid)] + ([offer] if offer is not None else [])
+        for i, (end, qpn, gid) in enumerate(ends):
+            peer = ends[1 - i] if len(ends) == 2 else None
+            fields = {"event": "added", "qpn": qpn, "gid": _gid_str(gid)}
+            if peer is not None:
+                fields.update(peer_qpn=peer[1], peer_gid=_gid_str(peer[2]))
+            yield Event(t, "link.event", end, lgr.name, msg.link_num, None, fields)
+            yield Event(t, "link.state", end, lgr.name, msg.link_num, None, {"old": "LINK_ACTIVATING", "new": "LINK_ACTIVE", "cause": "CONFIRM LINK"})
+        lgr.active.add(msg.link_num)
+        yield from self._lgr_type(t, lgr, "CONFIRM LINK")
+
+    def _lgr_type(self, t: float, lgr: _Lgr, cause: str) -> Iterator[Event]:
+        """The group's type from its links as the capture shows them (one: SINGLE, more: SYM;
+        an asymmetric group cannot be told from the wire), told at each end when it changes."""
+        new = "NONE" if not lgr.active else "SINGLE" if len(lgr.active) == 1 else "SYM"
+        if new == lgr.type:
+            return
+        old, lgr.type = lgr.type, new
+        for end in lgr.ends:
+            yield Event(t, "lgr.state", end, lgr.name, fields={"old": old, "new": new, "cause": cause})
+
     def _llc_effects(self, t: float, src: str, lgr: _Lgr | None, link: int | None, msg) -> Iterator[Event]:
         name = lgr.name if lgr else None
         if isinstance(msg, llc.ConfirmLink) and lgr is not None:
@@ -735,14 +785,13 @@ class Deriver:
             for key, lid in list(lgr.qpns.items()):
                 if lid == 1 and link == 1:
                     lgr.qpns[key] = msg.link_num
+            yield from self._link_confirmed(t, self.host_of(src), lgr, msg)
         elif isinstance(msg, llc.AddLink) and lgr is not None and not msg.rejected and msg.qpn:
             self._tie(msg.gid, self.host_of(src))  # the sender's next link: the same host
             self._learn_qp(msg.gid, src, msg.qpn, lgr, None)
             lgr.qpns[(_gid_ip(msg.gid) or src, msg.qpn)] = msg.link_num
             for r in msg.rkeys:
                 self._same_rmb(r.rkey, r.new_rkey)
-            if msg.response:
-                yield Event(t, "link.event", self.host_of(src), name, msg.link_num, None, {"event": "added"})
         elif isinstance(msg, llc.AddLinkCont):
             for r in msg.rkeys:
                 self._same_rmb(r.rkey, r.new_rkey)
@@ -753,6 +802,13 @@ class Deriver:
                         {"event": "deleted", "all": msg.all, "orderly": msg.orderly, "reason": msg.reason,
                          "reason_text": codes.DELETE_LINK_REASONS.format(msg.reason)})  # fmt: skip
             yield from self.failovers.delete_link(t, self.host_of(src), name, None if msg.all else msg.link_num)
+            if lgr is not None:
+                gone = sorted(lgr.active) if msg.all else [msg.link_num] if msg.link_num in lgr.active else []
+                for lid in gone:  # at both ends: the request's receiver takes its link down too (smc_llc_process_cli_delete_link)
+                    lgr.active.discard(lid)
+                    for end in lgr.ends:
+                        yield Event(t, "link.state", end, name, lid, None, {"old": "LINK_ACTIVE", "new": "LINK_UNUSED", "cause": "DELETE LINK"})
+                yield from self._lgr_type(t, lgr, "DELETE LINK")
 
     # ------------------------------------------------------------------ exported PDUs
 

@@ -896,6 +896,8 @@ class Model:
             link = self.link(e.host, e.lgr, e.link)
             link.qpn = f.get("qpn", link.qpn)
             link.device = f.get("device", link.device)
+            link.peer_qpn = f.get("peer_qpn", link.peer_qpn)  # a capture's CONFIRM LINK names both ends
+            link.gid, link.peer_gid = f.get("gid", link.gid), f.get("peer_gid", link.peer_gid)
         elif ev in ("failover_begin", "failover_end"):
             last = self.failovers[-1] if self.failovers else None
             fo = self.failovers.feed(e)

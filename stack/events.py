@@ -317,8 +317,10 @@ SCHEMA: dict[str, Kind] = {k.name: k for k in (
          (F("old", "str", "the state before", True), F("new", "str", "the state after", True), _CAUSE), ids=("lgr", "link")),
     Kind("link.event", "a link was added or deleted, a TEST LINK timed out, a QP failed, failover began or ended", "link {event}",
          (F("event", "str", "the sub-kind", True),), sub="event", subs={s.name: s for s in (
-             _link_event("added", "a link was added to the group", "link added[ on {device}][ QPN {qpn}]",
-                         F("qpn", "x24", "our QP number"), F("device", "str", "the RoCE device")),
+             _link_event("added", "a link was added to the group", "link added[ on {device}][ QPN {qpn}][ peer QPN {peer_qpn}]",
+                         F("qpn", "x24", "our QP number"), F("device", "str", "the RoCE device"),
+                         F("peer_qpn", "x24", "the peer's QP number (captures)"), F("gid", "str", "our GID (captures)"),
+                         F("peer_gid", "str", "the peer's GID (captures)")),
              _link_event("deleted", "a link was deleted (DELETE LINK, or cleared)", "link deleted[ (all links){?all}][ orderly{?orderly}][ {reason}]",
                          F("all", "bool", "every link of the group"), F("orderly", "bool", "orderly"),
                          F("reason", "dl_reason", "DELETE LINK reason (captures)"), F("reason_text", "str", "the reason's name")),

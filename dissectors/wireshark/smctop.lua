@@ -143,7 +143,7 @@ local EVENT_KINDS = {  -- the event schema: kind -> {doc, render, expert, fields
             ["add_link_requested"] =
                 { doc = "the client asked the server for a link (REQUEST ADD LINK)", render = "REQUEST ADD LINK[ for {device}]", expert = nil, fields = { ["event"] = "str", ["device"] = "str" }, },
             ["added"] =
-                { doc = "a link was added to the group", render = "link added[ on {device}][ QPN {qpn}]", expert = nil, fields = { ["event"] = "str", ["qpn"] = "x24", ["device"] = "str" }, },
+                { doc = "a link was added to the group", render = "link added[ on {device}][ QPN {qpn}][ peer QPN {peer_qpn}]", expert = nil, fields = { ["event"] = "str", ["qpn"] = "x24", ["device"] = "str", ["peer_qpn"] = "x24", ["gid"] = "str", ["peer_gid"] = "str" }, },
             ["bad_cdc"] =
                 { doc = "a CDC from the peer could not be decoded", render = "bad CDC[: {reason}]", expert = nil, fields = { ["event"] = "str", ["reason"] = "str", ["raw"] = "hex" }, },
             ["bad_llc"] =

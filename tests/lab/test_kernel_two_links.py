@@ -507,6 +507,43 @@ def test_smc_trace_reads_each_byte_once_from_a_capture_of_the_failover(run) -> N
         assert m.ev_tx == received[c["local"]], (m.ev_tx, rewound)
 
 
+def _gid(text) -> str:
+    """A GID as text of either form (IPv6 text, or 32 hex digits) made comparable."""
+    import ipaddress
+
+    text = str(text)
+    return str(ipaddress.IPv6Address(bytes.fromhex(text) if len(text) == 32 and ":" not in text else text))
+
+
+def test_the_capture_tells_the_link_groups_types_and_links_as_each_kernel_does(run) -> None:
+    """From the capture alone (CLC, CONFIRM LINK, DELETE LINK), each end's link group goes
+    through the types its kernel's own source told (SINGLE, SYM when rxe1's link was
+    confirmed, SINGLE after the failover's DELETE LINK), and ends with the links genl
+    shows active, with the GIDs genl names."""
+    from dissectors.capture import read_events
+
+    events = list(read_events(str(run["a"].share / "wire.pcap")))
+    addr = {"a": "10.2.0.1", "b": "10.2.0.2"}
+    for side in ("a", "b"):
+        told = [e.get("new") for e in run[side + "_events"] if e.kind == "lgr.state"]
+        derived = [e.get("new") for e in events if e.kind == "lgr.state" and e.host == addr[side]]
+        assert derived[0] == "NONE" and told, (derived, told)  # created, as our stack tells it
+        assert [t for t in derived[1:]] == told, (side, derived, told)
+        (g,) = run[side + "_truth"]["genl_end"]
+        active = {lk["id"]: lk for lk in g["links"] if lk.get("state") in ("ACTIVE", "LINK_ACTIVE", 2)}
+        state: dict[int, str] = {}
+        gids: dict[int, tuple[str, str]] = {}
+        for e in events:
+            if e.host == addr[side] and e.kind == "link.state":
+                state[e.link] = e.get("new")
+            elif e.host == addr[side] and e.kind == "link.event" and e.get("event") == "added":
+                gids[e.link] = (_gid(e.get("gid")), _gid(e.get("peer_gid")))
+        up = {lid for lid, st in state.items() if st == "LINK_ACTIVE"}
+        assert active and up == set(active), (side, state, g["links"])
+        for lid, lk in active.items():  # our GID and the peer's, as the kernel has them
+            assert gids[lid] == (_gid(lk["gid"]), _gid(lk["peer_gid"])), (side, lid, gids[lid], lk)
+
+
 def test_the_capture_reads_the_same_with_every_frame_decoded_whole(run, monkeypatch) -> None:
     """The frames in the middle of an RDMA WRITE are read from fixed offsets
     (dissectors/derive.py): over the kernel's failover capture the events and the RC

@@ -21,6 +21,8 @@ from stack.wire import cdc, clc, llc, roce
 CLIENT_IP, SERVER_IP = ipaddress.IPv4Address("10.3.0.1"), ipaddress.IPv4Address("10.3.0.2")
 CLIENT_MAC, SERVER_MAC = bytes.fromhex("525400130001"), bytes.fromhex("525400130002")
 CLIENT_QPN, SERVER_QPN = 0x000105, 0x00010A
+CLIENT_MAC2, SERVER_MAC2 = bytes.fromhex("525400130101"), bytes.fromhex("525400130102")  # the second ports (second_link)
+CLIENT_QPN2, SERVER_QPN2 = 0x000106, 0x00010B
 MTU = 1024
 FIRST_BYTES, SECOND_BYTES = 6000, 3000
 
@@ -32,6 +34,7 @@ def link_local_gid(mac: bytes) -> bytes:
 
 
 CLIENT_GID, SERVER_GID = link_local_gid(CLIENT_MAC), link_local_gid(SERVER_MAC)
+CLIENT_GID2, SERVER_GID2 = link_local_gid(CLIENT_MAC2), link_local_gid(SERVER_MAC2)
 
 
 def gid_text(gid: bytes) -> str:
@@ -60,12 +63,16 @@ def _sll2(frame: bytes) -> bytes:
     return proto + b"\0\0" + struct.pack("!I", 2) + struct.pack("!HBB", 1, 0, 6) + frame[6:12] + b"\0\0" + body
 
 
-def write_v1_capture(path: str, *, vlan: int | None = None, cooked: bool = False, snaplen: int = 0) -> Truth:
+def write_v1_capture(path: str, *, vlan: int | None = None, cooked: bool = False, snaplen: int = 0, second_link: bool = False) -> Truth:
     """Write the capture (Ethernet frames, 802.1Q-tagged when ``vlan`` is given; Linux cooked
-    v2 when ``cooked``; frames cut to ``snaplen`` bytes when it is not 0) and return its truth."""
+    v2 when ``cooked``; frames cut to ``snaplen`` bytes when it is not 0) and return its truth.
+    ``second_link``: after the first link, the server adds a second over both hosts' second
+    ports (ADD LINK, then CONFIRM LINK on the new link, as smc_llc_srv_add_link does), and at
+    the end deletes it (DELETE LINK) and then the group (DELETE LINK ALL)."""
     truth = Truth()
     t = 1_765_000_000_000_000_000
     psn = {True: 0x200, False: 0x700}
+    psn2 = {True: 0x400, False: 0x900}
     with open(path, "wb") as f:
         w = PcapngWriter(f)
         iface = w.add_interface(LINKTYPE_LINUX_SLL2 if cooked else LINKTYPE_ETHERNET, "any" if cooked else "eth1", snaplen=snaplen or 262144)
@@ -81,16 +88,23 @@ def write_v1_capture(path: str, *, vlan: int | None = None, cooked: bool = False
             w.write_packet(iface, t, kept, None, orig_len=len(frame))
             truth.frames += 1
 
-        def rdma(from_client: bool, packet: roce.RocePacket) -> None:
-            sgid, dgid = (CLIENT_GID, SERVER_GID) if from_client else (SERVER_GID, CLIENT_GID)
-            macs = (CLIENT_MAC, SERVER_MAC) if from_client else (SERVER_MAC, CLIENT_MAC)
+        def rdma(from_client: bool, packet: roce.RocePacket, link: int = 1) -> None:
+            c, sv = (CLIENT_GID, SERVER_GID) if link == 1 else (CLIENT_GID2, SERVER_GID2)
+            sgid, dgid = (c, sv) if from_client else (sv, c)
+            cm, sm = (CLIENT_MAC, SERVER_MAC) if link == 1 else (CLIENT_MAC2, SERVER_MAC2)
+            macs = (cm, sm) if from_client else (sm, cm)
             put(roce.encode_frame_v1(packet, sgid, dgid, src_mac=macs[0], dst_mac=macs[1], vlan=vlan))
             truth.roce_frames += 1
 
-        def send(from_client: bool, payload: bytes) -> None:
-            psn[from_client] += 1
-            qpn = SERVER_QPN if from_client else CLIENT_QPN
-            rdma(from_client, roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY, qpn, psn[from_client], se=True, ackreq=True), payload=payload))
+        def send(from_client: bool, payload: bytes, link: int = 1) -> None:
+            if link == 1:
+                psn[from_client] += 1
+                qpn, at = SERVER_QPN if from_client else CLIENT_QPN, psn[from_client]
+            else:  # the second link's QPs count their own PSNs
+                psn2[from_client] += 1
+                qpn, at = SERVER_QPN2 if from_client else CLIENT_QPN2, psn2[from_client]
+            packet = roce.RocePacket(roce.Bth(roce.Opcode.SEND_ONLY, qpn, at, se=True, ackreq=True), payload=payload)
+            rdma(from_client, packet, link)
             sender = str(CLIENT_IP if from_client else SERVER_IP)
             if payload[0] == cdc.CDC_TYPE:
                 m = cdc.decode(payload)
@@ -144,6 +158,14 @@ def write_v1_capture(path: str, *, vlan: int | None = None, cooked: bool = False
                 send(False, llc.ConfirmLink(version=1, mac=SERVER_MAC, gid=SERVER_GID, qpn=SERVER_QPN, link_num=1, link_uid=b"\0\0\1\1").encode())
                 send(True, llc.ConfirmLink(version=1, response=True, mac=CLIENT_MAC, gid=CLIENT_GID, qpn=CLIENT_QPN, link_num=1,
                                            link_uid=b"\0\0\2\1").encode())  # fmt: skip
+                if second_link:
+                    send(False, llc.AddLink(version=1, mac=SERVER_MAC2, gid=SERVER_GID2, qpn=SERVER_QPN2, link_num=2, qp_mtu=3, psn=0x900).encode())
+                    send(True, llc.AddLink(version=1, response=True, mac=CLIENT_MAC2, gid=CLIENT_GID2, qpn=CLIENT_QPN2, link_num=2, qp_mtu=3,
+                                           psn=0x400).encode())  # fmt: skip
+                    send(False, llc.ConfirmLink(version=1, mac=SERVER_MAC2, gid=SERVER_GID2, qpn=SERVER_QPN2, link_num=2,
+                                                link_uid=b"\0\0\1\2").encode(), link=2)  # fmt: skip
+                    send(True, llc.ConfirmLink(version=1, response=True, mac=CLIENT_MAC2, gid=CLIENT_GID2, qpn=CLIENT_QPN2, link_num=2,
+                                               link_uid=b"\0\0\2\2").encode(), link=2)  # fmt: skip
             if stream == 0:  # the client writes into the server's RMB, its last frame twice
                 data = bytes(range(256)) * (FIRST_BYTES // 256) + bytes(FIRST_BYTES % 256)
                 write(True, data, s_vaddr, s_rkey, again=True)
@@ -167,4 +189,8 @@ def write_v1_capture(path: str, *, vlan: int | None = None, cooked: bool = False
             put(flow.fin(True))
             put(flow.fin(False))
             put(flow.ack(True))
+        if second_link:  # the second link goes, then the group (an idle group freed: orderly)
+            send(False, llc.DeleteLink(version=1, link_num=2, reason=0x00010000, orderly=True).encode())
+            send(True, llc.DeleteLink(version=1, response=True, link_num=2, reason=0x00010000, orderly=True).encode())
+            send(False, llc.DeleteLink(version=1, link_num=0, reason=0x00030000, all=True, orderly=True).encode())
     return truth

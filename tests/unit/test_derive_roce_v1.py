@@ -133,3 +133,49 @@ def test_hosts_are_named_by_ip_even_though_frames_carry_gids(tmp_path):
     write_v1_capture(str(path))
     hosts = Counter(e.host for e in read_events(str(path)) if e.kind in ("cdc.msg", "llc.msg", "rdma.write"))
     assert set(hosts) == {str(CLIENT_IP), str(SERVER_IP)}, hosts
+
+
+def test_the_link_group_and_its_link_are_told_as_each_ends_stack_tells_them(tmp_path):
+    """From the handshake and CONFIRM LINK a capture shows, each end's link group (its role,
+    then SINGLE) and its link (active, with both QPs and GIDs), so smctop's Links view and
+    `summary`'s link groups read a capture of real hosts as they read a recording; DELETE
+    LINK ALL ends the group."""
+    path = tmp_path / "v1.pcapng"
+    write_v1_capture(str(path))
+    events = list(read_events(str(path)))
+    lgr = [(e.host, e.get("old"), e.get("new"), e.get("cause"), e.get("role")) for e in events if e.kind == "lgr.state"]
+    client, server = str(CLIENT_IP), str(SERVER_IP)
+    assert lgr == [(client, "NONE", "NONE", "created", "client"), (server, "NONE", "NONE", "created", "server"),
+                   (client, "NONE", "SINGLE", "CONFIRM LINK", None), (server, "NONE", "SINGLE", "CONFIRM LINK", None)]  # fmt: skip
+    added = {e.host: (e.link, e.get("qpn"), e.get("peer_qpn"), e.get("gid"), e.get("peer_gid")) for e in events if e.kind == "link.event"}
+    client_gid, server_gid = "fe80::5054:ff:fe13:1", "fe80::5054:ff:fe13:2"
+    assert added == {client: (1, 0x105, 0x10A, client_gid, server_gid), server: (1, 0x10A, 0x105, server_gid, client_gid)}
+    assert [(e.host, e.link, e.get("new")) for e in events if e.kind == "link.state"] == [(client, 1, "LINK_ACTIVE"), (server, 1, "LINK_ACTIVE")]
+    from smctop.model import Model
+
+    m = Model()
+    for e in events:
+        m.feed(e)
+    for host, (_, qpn, peer_qpn, gid, peer_gid) in added.items():
+        g = m.lgrs[(host, "lgr1")]
+        link = g.links[1]
+        assert (g.type, g.role, link.state, link.qpn, link.peer_qpn, link.gid, link.peer_gid) == (
+            "SINGLE", "client" if host == client else "server", "LINK_ACTIVE", qpn, peer_qpn, gid, peer_gid)  # fmt: skip
+
+
+def test_a_second_link_makes_the_group_symmetric_and_delete_link_takes_it_back(tmp_path):
+    path = tmp_path / "v1two.pcapng"
+    write_v1_capture(str(path), second_link=True)
+    events = list(read_events(str(path)))
+    assert not [e for e in events if e.kind == "trace.note"]
+    types = [(e.get("new"), e.get("cause")) for e in events if e.kind == "lgr.state" and e.host == str(SERVER_IP)]
+    assert types == [("NONE", "created"), ("SINGLE", "CONFIRM LINK"), ("SYM", "CONFIRM LINK"), ("SINGLE", "DELETE LINK"), ("NONE", "DELETE LINK")]
+    states = [(e.host, e.link, e.get("new")) for e in events if e.kind == "link.state"]
+    client, server = str(CLIENT_IP), str(SERVER_IP)
+    assert states == [(client, 1, "LINK_ACTIVE"), (server, 1, "LINK_ACTIVE"), (client, 2, "LINK_ACTIVE"), (server, 2, "LINK_ACTIVE"),
+                      (client, 2, "LINK_UNUSED"), (server, 2, "LINK_UNUSED"), (client, 1, "LINK_UNUSED"), (server, 1, "LINK_UNUSED")]  # fmt: skip
+    second = {e.host: (e.get("qpn"), e.get("gid")) for e in events if e.kind == "link.event" and e.get("event") == "added" and e.link == 2}
+    assert second == {client: (0x106, "fe80::5054:ff:fe13:101"), server: (0x10B, "fe80::5054:ff:fe13:102")}
+    totals = RoceAnalysis()
+    list(read_events(str(path), roce=totals))
+    assert totals.totals()["not_captured"] == 0  # each QP counts its own PSNs
