@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import json
 import math
@@ -36,7 +37,7 @@ from stack.runtime import Capability
 from stack.runtime.control import CommandError, parse_reason
 from stack.runtime.rdma import DeviceSpec, not_a_device_address
 from stack.runtime.stack import Stack, StackConfig
-from stack.wire import codes
+from stack.wire import codes, units
 
 from . import runner
 from .protocol import BOTH, DOWN, UP
@@ -295,9 +296,9 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("client", help="connect and run a workload")
     c.add_argument("--connect", type=hostport, default=("127.1.0.2", 5000), help="HOST:PORT (default 127.1.0.2:5000)")
     c.add_argument("--mode", choices=["bulk", "rr", "crr"], default="bulk", help="bulk, request/response, connect/request/response")
-    c.add_argument("--direction", choices=["up", "down", "both"], default="up", help="bulk: who sends")
+    c.add_argument("--direction", choices=["up", "down", "both"], default=None, help="bulk: who sends (default up)")
     c.add_argument("--connections", type=int, default=1, help="connections (bulk, rr) or parallel workers (crr)")
-    c.add_argument("--size", type=message_size, default=64, help="rr/crr message size, 0 to 16M (default 64)")
+    c.add_argument("--size", type=message_size, default=None, help="rr/crr message size, 0 to 16M (default 64)")
     c.add_argument("--bytes", type=bulk_bytes, default=None, help="bulk bytes per connection and direction (default: run for --duration)")
     c.add_argument("--duration", type=positive_float, default=5.0,
                    help="seconds, when no --bytes/--count (default 5; 0 only with --bytes or --count: a run needs an end)")  # fmt: skip
@@ -419,14 +420,14 @@ def print_report(rep: dict, as_json: bool) -> None:
           + (f"  (SMC-R versions: {', '.join(f'v{k} {v}' for k, v in rep['versions'].items())})" if rep["versions"] else ""))  # fmt: skip
     for text, n in rep["fallback_details"].items():
         print(f"  fallback:  {text}  x{n}")
-    print(f"  bytes:     sent {rep['bytes_sent']:,}  received {rep['bytes_received']:,}  ({rep['throughput_mbs']} MB/s)")
+    print(f"  bytes:     sent {rep['bytes_sent']:,}  received {rep['bytes_received']:,}  ({units.rate(rep['throughput_mbs'] * 1e6)})")
     if rep["ops"]:
         print(f"  ops:       {rep['ops']:,} ({rep['ops_per_s']}/s)")
     if "latency_us" in rep:
         lat = rep["latency_us"]
-        print(f"  latency:   p50 {lat['p50']} us  p90 {lat['p90']} us  p99 {lat['p99']} us  max {lat['max']} us")
+        print(f"  latency:   p50 {units.us(lat['p50'])}  p90 {units.us(lat['p90'])}  p99 {units.us(lat['p99'])}  max {units.us(lat['max'])}")
     if "connect_ms_p50" in rep:
-        print(f"  connect:   p50 {rep['connect_ms_p50']} ms")
+        print(f"  connect:   p50 {units.ms(rep['connect_ms_p50'])}")
     print(f"  verified:  {rep['verified']}/{rep['connections']}")
     links = rep.get("links")
     if links and (links["failovers"] or links["link_deletions"] or links["links_down"] or links["links_added"]):
@@ -434,7 +435,7 @@ def print_report(rep: dict, as_json: bool) -> None:
               f"{_count(len(links['link_deletions']), 'link deletion')} that moved nothing")  # fmt: skip
         for fo in links["failovers"][:10]:
             print(f"  failover:  at {fo['at_s']} s link group {fo['lgr']} link {fo['from_link']} -> {fo['to_link']}:"
-                  f" {_count(fo['conns'], 'connection')} in {fo['duration_ms']} ms"
+                  f" {_count(fo['conns'], 'connection')} in {units.ms(fo['duration_ms'])}"
                   + (f", {fo['failed']} failed" if fo.get("failed") else "") + f" ({fo['reason']})")  # fmt: skip
         for fo in links["link_deletions"][:10]:
             print(f"  deleted:   at {fo['at_s']} s link group {fo['lgr']} link {fo['from_link']}: no connection on it ({fo['reason']})")
@@ -488,7 +489,12 @@ async def run_server(args) -> int:
                 if args.count and served >= args.count:
                     done.set()
 
-            server = await host.start_server(handle, *args.listen, smc=not args.no_smc)
+            try:
+                server = await host.start_server(handle, *args.listen, smc=not args.no_smc)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise UsageError(f"--listen {hostport_text(*args.listen)}: the port is in use (another server?)") from None
+                raise
             schedule_faults(host, args)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -607,8 +613,21 @@ def resolve(host: str, port: int) -> tuple[tuple[str, int], int]:
     return (addr[0], addr[1]), family
 
 
+MODE_OPTIONS = {"bulk": ("--bytes", "--direction"), "rr": ("--size", "--count"), "crr": ("--size", "--count")}
+
+
 def check_client(args) -> None:
-    """What the options mean together; UsageError when a run would have no end."""
+    """What the options mean together; UsageError when a run would have no end, or for an
+    option of another mode (it was ignored: --count 5 with a bulk ran for --duration). The
+    mode's own defaults are filled in here."""
+    given = {"--bytes": args.bytes is not None, "--direction": args.direction is not None, "--size": args.size is not None,
+             "--count": args.count != 0}  # fmt: skip
+    wrong = [o for o, set_ in given.items() if set_ and o not in MODE_OPTIONS[args.mode]]
+    if wrong:
+        raise UsageError(f"{' and '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --mode {args.mode} "
+                         f"(its own: {', '.join(MODE_OPTIONS[args.mode])})")  # fmt: skip
+    args.direction = "up" if args.direction is None else args.direction
+    args.size = 64 if args.size is None else args.size
     bounded = args.bytes if args.mode == "bulk" else args.count
     if not args.duration and not bounded:
         end = "--bytes" if args.mode == "bulk" else "--count"
@@ -667,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run_server(args) if args.role == "server" else run_client(args))
     except (OSError, UsageError) as e:
-        print(f"smc-traffic: {e}", file=sys.stderr)
+        hint = "; give this one another address with --device" if isinstance(e, OSError) and e.errno == errno.EADDRINUSE and "RoCE device" in str(e) else ""
+        print(f"smc-traffic: {e.strerror if isinstance(e, OSError) and e.strerror else e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # after the run's own handlers were gone
         print("smc-traffic: interrupted", file=sys.stderr)

@@ -174,7 +174,32 @@ def test_client_text_report(tmp_path):
     server.report()
     assert res.returncode == 0, res.stderr
     assert "mode crr: 5 connections" in res.stdout and "SMCR 5" in res.stdout and "latency:   p50" in res.stdout
+    p50 = res.stdout.split("latency:   p50 ")[1].split("  ")[0]  # in the unit its size calls for, not "178009.3 us"
+    assert p50.split()[1] in ("µs", "ms", "s") and float(p50.split()[0]) < 1000, p50
+    assert "B/s)" in res.stdout.split("bytes:")[1].splitlines()[0]  # bytes a second with an SI prefix, as everywhere
     assert "verified:  5/5" in res.stdout
+
+
+def test_an_address_in_use_is_named_not_quoted_from_python():
+    """A port another server holds, and a device address another stack holds, each in one
+    line that says what is in use and what to do (it was "[Errno 98] error while attempting
+    to bind on address ...")."""
+    import socket
+
+    ca, sa = addrs()
+    with socket.socket() as tcp:
+        tcp.bind((sa, 0))
+        tcp.listen()
+        port = tcp.getsockname()[1]
+        res = _cli("server", "--listen", f"{sa}:{port}", "--device", ca, "--duration", "1")
+    assert res.returncode == 2 and f"--listen {sa}:{port}: the port is in use (another server?)" in res.stderr, res.stderr
+    assert "Errno" not in res.stderr and "Traceback" not in res.stderr
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:  # another stack's soft device on this address
+        udp.bind((sa, 4791))
+        res = _cli("server", "--listen", f"{sa}:5000", "--device", sa, "--duration", "1")
+    assert res.returncode == 2, res.stderr
+    assert f"{sa}:4791 is in use: another stack has {sa} as its RoCE device; give this one another address with --device" in res.stderr, res.stderr
+    assert "Errno" not in res.stderr and "Traceback" not in res.stderr
 
 
 def test_nothing_listening_is_a_clear_error():
