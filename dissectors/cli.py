@@ -560,19 +560,31 @@ def cmd_record(args) -> int:
 # ---------------------------------------------------------------------- read
 
 
-def _ids(text: str | None, cast=int):
+def _joined(values: list[str] | str | None) -> str | None:
+    """A filter option given once or repeated, as one comma-separated list."""
+    return ",".join(values) if isinstance(values, list) else values
+
+
+def _ids(option: str, values: list[str] | str | None, cast=int):
+    """--conn, --link, --lgr, --host: the ids asked for (None: not asked); one that names
+    nothing ('', ',') is refused rather than matching nothing."""
+    text = _joined(values)
     if text is None:
         return None
     try:
-        return {cast(x) for x in text.split(",") if x}
+        ids = {cast(x.strip()) for x in text.split(",") if x.strip()}
     except ValueError:
-        raise UsageError(f"expected a comma-separated list of numbers, got {text!r}") from None
+        raise UsageError(f"{option}: expected a comma-separated list of numbers, got {text!r}") from None
+    if not ids:
+        raise UsageError(f"{option} {text!r} names nothing: give ids, comma-separated")
+    return ids
 
 
-def _kinds(text: str | None) -> tuple[str, ...] | None:
+def _kinds(values: list[str] | str | None) -> tuple[str, ...] | None:
     """--kind: kinds or prefixes of kinds (``conn``, ``link.event``), spaces around each
     ignored; one that matches no kind of the schema is refused rather than matching nothing."""
-    if not text:
+    text = _joined(values)
+    if text is None:
         return None
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     for k in kinds:
@@ -765,7 +777,8 @@ def _until_error(events: Iterator[Event], errors: list[CaptureError]) -> Iterato
 
 
 def cmd_decode(args) -> int:
-    flt = Filter(_ids(args.conn), _ids(args.link), _ids(args.lgr, str), _ids(args.host, str), _kinds(args.kind))
+    flt = Filter(_ids("--conn", args.conn), _ids("--link", args.link), _ids("--lgr", args.lgr, lambda x: x.lower()), _ids("--host", args.host, str),
+                 _kinds(args.kind))  # fmt: skip
     _check_distinct(args.files)
     skipped = Skipped()
     out = stdout()
@@ -822,7 +835,7 @@ class _Seen:
             self.hosts.add(base_host(e.host))
             self.conns.add(e.conn)
             self.links.add(e.link)
-            self.lgrs.add(e.lgr)
+            self.lgrs.add(e.lgr.lower() if e.lgr else e.lgr)
             self.kinds.add(e.kind)
             yield e
 
@@ -965,11 +978,12 @@ def parser() -> argparse.ArgumentParser:
                             "or LZ4 compressed as tshark reads them; several files (each host's recording) make one "
                             "timeline in time order")  # fmt: skip
         if name == "decode":
-            s.add_argument("--conn", help="only these connection ids (comma-separated)")
-            s.add_argument("--link", help="only these link ids")
-            s.add_argument("--lgr", help="only these link groups")
-            s.add_argument("--host", help="only these hosts (of several files: client is client@FILE of any file)")
-            s.add_argument("--kind", help="only these kinds or kind prefixes, e.g. conn,link.event,llc.msg")
+            # each repeatable: --conn 1 --conn 2 is --conn 1,2
+            s.add_argument("--conn", action="append", help="only these connection ids (comma-separated)")
+            s.add_argument("--link", action="append", help="only these link ids")
+            s.add_argument("--lgr", action="append", help="only these link groups (any case)")
+            s.add_argument("--host", action="append", help="only these hosts (of several files: client is client@FILE of any file)")
+            s.add_argument("--kind", action="append", help="only these kinds or kind prefixes, e.g. conn,link.event,llc.msg")
             s.add_argument("--json", action="store_true", help="canonical JSON, one event per line")
         elif name == "summary":
             s.add_argument("--json", action="store_true")

@@ -25,7 +25,7 @@ class Filter:
             return False
         if self.links is not None and e.link not in self.links:
             return False
-        if self.lgrs is not None and e.lgr not in self.lgrs:
+        if self.lgrs is not None and (e.lgr or "").lower() not in self.lgrs:  # asked for in lower case
             return False
         if self.hosts is not None and e.host not in self.hosts and base_host(e.host) not in self.hosts:
             return False  # a host of several files: "client" matches client@a.pcapng too

@@ -91,6 +91,24 @@ def test_decode_filters_and_json(recorded):
     assert js and {d["kind"] for d in js} <= {"link.state", "link.event", "lgr.state"}
 
 
+def test_filters_repeat_take_any_case_and_refuse_an_empty_list(recorded):
+    """A filter given twice is both (it kept only the last); a link group id matches in any
+    case (hex is easy to type in capitals); an empty list names nothing and is refused (it
+    said the file held no events)."""
+    both = trace("decode", str(recorded), "--conn", "1", "--conn", "3", "--kind", "conn.open", "--kind", "conn.mode")
+    joined = trace("decode", str(recorded), "--conn", "1,3", "--kind", "conn.open,conn.mode")
+    assert both.returncode == 0 and both.stdout == joined.stdout
+    assert {line.split()[2][-2:] for line in both.stdout.splitlines()} == {"C1", "C3"}
+    assert {line.split()[3] for line in both.stdout.splitlines()} == {"conn.open", "conn.mode"}
+    lgr = next(json.loads(x)["lgr"] for x in trace("decode", str(recorded), "--kind", "lgr", "--json").stdout.splitlines())
+    lower, upper = (trace("decode", str(recorded), "--lgr", x, "--kind", "lgr").stdout for x in (lgr, lgr.upper()))
+    assert lower and lower == upper
+    for option in ("--conn", "--link", "--lgr", "--host"):
+        for value in ("", ","):
+            res = trace("decode", str(recorded), option, value)
+            assert res.returncode == 2 and f"{option} {value!r} names nothing" in res.stderr and "no events in" not in res.stderr, res.stderr
+
+
 def test_a_filter_that_matches_nothing_says_why(recorded):
     """An empty timeline is not left unexplained: a host or connection the capture does not
     have is named with those it has; options that each match but not together are told so."""

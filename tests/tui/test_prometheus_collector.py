@@ -397,6 +397,21 @@ def test_a_port_in_use_and_an_address_not_ours_are_clear_errors() -> None:
         prom.Exporter(Model(), process_metrics=False).serve("192.0.2.1:9717")
 
 
+def test_every_address_is_ipv4_and_ipv6() -> None:
+    """``:PORT`` is "every address" (the docs, the error text): it listened on 0.0.0.0 only,
+    so a scrape of [::1] found nothing."""
+    with socket.socket() as s:  # a free port on both families
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    e = prom.Exporter(Model(), process_metrics=False).serve(f":{port}")
+    try:
+        for host in ("127.0.0.1", "[::1]"):
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
+                assert r.status == 200 and b"smctop_" in r.read(), host
+    finally:
+        e.close()
+
+
 def test_beside_the_tui_a_scrape_reads_the_apps_model_on_the_apps_loop() -> None:
     """The TUI with --prometheus: scrapes go through the app's call_from_thread, so they see
     the model the views show, and the app goes on drawing while HTTP is served."""

@@ -92,7 +92,12 @@ class _Serving:
     (["client", "--bytes", "0"], "argument --bytes: 0: give at least 1 byte, or leave --bytes out to run for --duration"),
     (["client", "--duration", "0"], "--duration 0 with no --bytes: the run would never end"),
     (["client", "--mode", "rr", "--duration", "0"], "--duration 0 with no --count: the run would never end"),
-    (["client", "--mode", "crr", "--duration", "0", "--bytes", "1M"], "--duration 0 with no --count"),
+    (["client", "--mode", "crr", "--duration", "0", "--count", "0"], "--duration 0 with no --count"),
+    # an option of another mode was ignored (a bulk with --count 5 ran for --duration)
+    (["client", "--mode", "bulk", "--count", "5"], "--count does not apply to --mode bulk (its own: --bytes, --direction)"),
+    (["client", "--size", "100"], "--size does not apply to --mode bulk"),
+    (["client", "--mode", "rr", "--bytes", "1M", "--count", "3"], "--bytes does not apply to --mode rr (its own: --size, --count)"),
+    (["client", "--mode", "crr", "--direction", "down", "--bytes", "1M"], "--bytes and --direction do not apply to --mode crr"),
     (["server", "--decline", "-1"], "argument --decline: reason -1 is not a decline code (1 to 0xffffffff)"),
     (["server", "--decline", "0x100000000"], "reason 0x100000000 is not a decline code"),
     # a server on another host, the client's device left at its default on loopback: once, not an EINVAL per connection

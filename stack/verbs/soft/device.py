@@ -136,6 +136,9 @@ class SoftDeviceBase(Device):
                 s.bind((self.addr, ROCE_V2_PORT))
             except OSError as e:
                 s.close()
+                if e.errno == errno.EADDRINUSE:  # another soft device (another stack) on this address
+                    raise VerbsError(e.errno, f"soft device {self.name}: {self.addr}:{ROCE_V2_PORT} is in use: another stack has {self.addr} "
+                                              "as its RoCE device") from None  # fmt: skip
                 raise VerbsError(e.errno or errno.EADDRNOTAVAIL, f"soft device {self.name}: cannot bind {self.addr}:{ROCE_V2_PORT}: {e.strerror}") from None
             s.setblocking(False)
             return s
