@@ -84,6 +84,6 @@ def test_smc_traffic_says_why_when_the_option_is_required_but_unavailable(monkey
     from stack.traffic import cli
 
     monkeypatch.setattr(smcopt, "MAP_PIN", tmp_path / "smc_opt_sk")
-    rc = cli.main(["client", "--connect", "127.1.0.2:5999", "--tcp-option", "option", "--count", "1", "--no-progress"])
+    rc = cli.main(["client", "--connect", "127.1.0.2:5999", "--tcp-option", "option", "--bytes", "1K", "--no-progress"])
     assert rc == 2
     assert "smc-traffic: the SMC option program is not loaded" in capsys.readouterr().err

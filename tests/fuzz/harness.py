@@ -233,7 +233,8 @@ def _trace_args(argv: list[str]) -> None:
     args = p.parse_args(argv)
     if args.cmd == "decode":
         try:
-            trace_cli.Filter(trace_cli._ids(args.conn), trace_cli._ids(args.link), trace_cli._ids(args.lgr, str), trace_cli._ids(args.host, str))
+            trace_cli.Filter(trace_cli._ids("--conn", args.conn), trace_cli._ids("--link", args.link), trace_cli._ids("--lgr", args.lgr, str),
+                             trace_cli._ids("--host", args.host, str), trace_cli._kinds(args.kind))  # fmt: skip
         except trace_cli.UsageError:
             pass
 
