@@ -11,39 +11,19 @@ import struct
 from pathlib import Path
 
 import pytest
+from support.derive_ways import both_ways
 
 from dissectors import derive
 from dissectors.capture import read_events
 from dissectors.pcapng import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, Packet
-from dissectors.roce_analysis import RoceAnalysis
-from stack.events import to_json
 from stack.wire import inet
 
 FIXTURES = Path(__file__).resolve().parents[1] / "lab" / "fixtures"
 
 
-def _both(read, monkeypatch) -> tuple:
-    """(events, analysis) the fast way and the full way, and how many frames the fast way took."""
-    taken = []
-    real = derive.Deriver._middle_of_a_write
-
-    def counted(self, p, number, t):
-        took = real(self, p, number, t)
-        taken.append(took)
-        return took
-
-    monkeypatch.setattr(derive.Deriver, "_middle_of_a_write", counted)
-    out = []
-    for fast in (True, False):
-        monkeypatch.setattr(derive, "FAST", fast)
-        roce = RoceAnalysis()
-        out.append(([to_json(e) for e in read(roce)], roce.to_dict()))
-    return out[0], out[1], sum(taken)
-
-
 @pytest.mark.parametrize("name,middles", [("kernel_interop_smcr.pcap", 60), ("kernel_vlans_smcr.pcap", 8)])
 def test_kernel_captures_give_the_same_events_and_analysis_either_way(name, middles, monkeypatch):
-    fast, slow, taken = _both(lambda roce: read_events(str(FIXTURES / name), roce=roce), monkeypatch)
+    fast, slow, taken = both_ways(lambda roce: read_events(str(FIXTURES / name), roce=roce), monkeypatch)
     assert fast == slow and fast[0] and fast[1]["frames"] > 0
     assert taken == middles  # the kernel's WRITE middle and last frames, plain IPv4 (VLAN-tagged or not)
 
@@ -96,7 +76,7 @@ def test_odd_frames_give_what_the_full_decoding_gives(case, snap, dropped, monke
         for n, p in enumerate((first, again), 1):
             yield from d.feed(p, n)
 
-    fast, slow, taken = _both(read, monkeypatch)
+    fast, slow, taken = both_ways(read, monkeypatch)
     assert fast == slow
     if case in ("plain", "last", "Linux cooked", "Linux cooked v2", "Ethernet padding"):
         assert taken == 2, taken  # these are for the fast way: it was tried on them

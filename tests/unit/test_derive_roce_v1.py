@@ -11,6 +11,7 @@ import struct
 from collections import Counter
 
 import pytest
+from support.derive_ways import both_ways
 from support.rocev1 import CLIENT_GID, CLIENT_IP, CLIENT_MAC, FIRST_BYTES, SECOND_BYTES, SERVER_GID, SERVER_IP, SERVER_MAC, write_v1_capture
 
 from dissectors import derive
@@ -18,7 +19,6 @@ from dissectors.capture import read_events
 from dissectors.pcapng import LINKTYPE_ETHERNET, Packet
 from dissectors.roce_analysis import RoceAnalysis
 from dissectors.summary import summarize
-from stack.events import to_json
 from stack.wire import cdc, roce
 
 SHAPES = {"ethernet": {}, "vlan": {"vlan": 12}, "tcpdump_any": {"cooked": True, "vlan": 12}, "snap_200": {"snaplen": 200}}
@@ -56,22 +56,9 @@ def test_the_fast_way_through_a_write_reads_roce_v1_as_the_full_decoding_does(tm
     offsets (``_middle_of_a_write``); for RoCE v1 as for RoCEv2, nothing may differ."""
     path = tmp_path / "v1.pcapng"
     write_v1_capture(str(path))
-    taken = []
-    real = derive.Deriver._middle_of_a_write
-
-    def counted(self, p, number, t):
-        took = real(self, p, number, t)
-        taken.append(took)
-        return took
-
-    monkeypatch.setattr(derive.Deriver, "_middle_of_a_write", counted)
-    out = []
-    for fast in (True, False):
-        monkeypatch.setattr(derive, "FAST", fast)
-        analysis = RoceAnalysis()
-        out.append(([to_json(e) for e in read_events(str(path), roce=analysis)], analysis.to_dict()))
-    assert out[0] == out[1]
-    assert sum(taken) == 8  # the first WRITE's 4 MIDDLE and 2 LAST frames (one sent again), the second's MIDDLE and LAST
+    fast, slow, taken = both_ways(lambda analysis: read_events(str(path), roce=analysis), monkeypatch)
+    assert fast == slow and fast[0]
+    assert taken == 8  # the first WRITE's 4 MIDDLE and 2 LAST frames (one sent again), the second's MIDDLE and LAST
 
 
 def _frame(grh: bytes, ib: bytes, icrc: bytes = b"ICRC") -> bytes:
