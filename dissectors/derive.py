@@ -1,7 +1,8 @@
 """Events from a capture we did not write: CLC over TCP (any capture of a host), RoCEv2
 frames (Soft-RoCE on the netdev, our soft provider on loopback, SMC-Rv2 on a RoCE NIC),
 RoCE v1 frames (ethertype 0x8915: SMC-Rv1 on a RoCE NIC, whose frames carry the RoCE v1
-GIDs of the CLC messages, not IP addresses), and exported-PDU records of SMC messages. Seen from the wire, each message becomes one ``*.msg`` event of
+GIDs of the CLC messages, not IP addresses), and exported-PDU records of SMC messages.
+Seen from the wire, each message becomes one ``*.msg`` event of
 the host that sent it (named by its IP address) with dir "tx", and the handshake's
 outcome becomes ``conn.open``/``conn.mode``/``conn.fallback`` as the stack reports them,
 so ``smc-trace summary`` reads a real host's capture as it reads ours. A CDC also gives its
