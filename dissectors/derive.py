@@ -775,8 +775,11 @@ class Deriver:
         if new == lgr.type:
             return
         old, lgr.type = lgr.type, new
+        fields = {"old": old, "new": new, "cause": cause}
+        if new != "NONE":  # smc-tools' Crit: no failover path (codes.LgrType.critical)
+            fields["crit"] = new == "SINGLE"
         for end in lgr.ends:
-            yield Event(t, "lgr.state", end, lgr.name, fields={"old": old, "new": new, "cause": cause})
+            yield Event(t, "lgr.state", end, lgr.name, fields=dict(fields))
 
     def _llc_effects(self, t: float, src: str, lgr: _Lgr | None, link: int | None, msg) -> Iterator[Event]:
         name = lgr.name if lgr else None

@@ -155,8 +155,9 @@ def test_a_second_link_makes_the_group_symmetric_and_delete_link_takes_it_back(t
     write_v1_capture(str(path), second_link=True)
     events = list(read_events(str(path)))
     assert not [e for e in events if e.kind == "trace.note"]
-    types = [(e.get("new"), e.get("cause")) for e in events if e.kind == "lgr.state" and e.host == str(SERVER_IP)]
-    assert types == [("NONE", "created"), ("SINGLE", "CONFIRM LINK"), ("SYM", "CONFIRM LINK"), ("SINGLE", "DELETE LINK"), ("NONE", "DELETE LINK")]
+    types = [(e.get("new"), e.get("cause"), e.get("crit")) for e in events if e.kind == "lgr.state" and e.host == str(SERVER_IP)]
+    assert types == [("NONE", "created", None), ("SINGLE", "CONFIRM LINK", True), ("SYM", "CONFIRM LINK", False), ("SINGLE", "DELETE LINK", True),
+                     ("NONE", "DELETE LINK", None)]  # fmt: skip
     states = [(e.host, e.link, e.get("new")) for e in events if e.kind == "link.state"]
     client, server = str(CLIENT_IP), str(SERVER_IP)
     assert states == [(client, 1, "LINK_ACTIVE"), (server, 1, "LINK_ACTIVE"), (client, 2, "LINK_ACTIVE"), (server, 2, "LINK_ACTIVE"),
