@@ -526,14 +526,22 @@ def test_the_capture_tells_the_link_groups_types_and_links_as_each_kernel_does(r
     addr = {"a": "10.2.0.1", "b": "10.2.0.2"}
     for side in ("a", "b"):
         told = [e.get("new") for e in run[side + "_events"] if e.kind == "lgr.state"]
-        derived = [e.get("new") for e in events if e.kind == "lgr.state" and e.host == addr[side]]
+        changes = [e for e in events if e.kind == "lgr.state" and e.host == addr[side]]
+        derived = [e.get("new") for e in changes]
+        # tcpdump stops after the kernel source and genl were last read: a group the capture
+        # saw end after that (DELETE LINK as the run winds down) is not in what they told
+        until = changes[-1].t if len(derived) == len(told) + 2 and derived[-1] == "NONE" != told[-1] else None
+        if until is not None:
+            derived.pop()
         assert derived[0] == "NONE" and told, (derived, told)  # created, as our stack tells it
-        assert [t for t in derived[1:]] == told, (side, derived, told)
+        assert derived[1:] == told, (side, derived, told)
         (g,) = run[side + "_truth"]["genl_end"]
         active = {lk["id"]: lk for lk in g["links"] if lk.get("state") in ("ACTIVE", "LINK_ACTIVE", 2)}
         state: dict[int, str] = {}
         gids: dict[int, tuple[str, str]] = {}
         for e in events:
+            if until is not None and e.t >= until:
+                break
             if e.host == addr[side] and e.kind == "link.state":
                 state[e.link] = e.get("new")
             elif e.host == addr[side] and e.kind == "link.event" and e.get("event") == "added":
