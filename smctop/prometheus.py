@@ -508,18 +508,17 @@ class Exporter:
     def serve(self, listen: str) -> "Exporter":
         """Bind ``ADDR:PORT`` and serve /metrics; ExporterError says why not (no traceback)."""
         addr, port = parse_listen(listen)
-        if listen.startswith(":") and socket.has_ipv6:
-            # every address: IPv6's wildcard takes IPv4 too (a dual-stack socket); 0.0.0.0 when the host has no IPv6
-            try:
-                self.server, self.thread = start_http_server(port, addr="::", registry=self.registry)
-                host, port = self.server.server_address[:2]
-                self.address = (str(host), int(port))
-                return self
-            except OSError as e:
-                if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-                    addr = "::"  # the reason (a port in use) is told below, for the address tried
+        # every address (":PORT"): IPv6's wildcard, a dual-stack socket that takes IPv4 too;
+        # 0.0.0.0 when the host has no IPv6
+        tries = ["::", addr] if listen.startswith(":") and socket.has_ipv6 else [addr]
         try:
-            self.server, self.thread = start_http_server(port, addr=addr, registry=self.registry)
+            for i, addr in enumerate(tries):
+                try:
+                    self.server, self.thread = start_http_server(port, addr=addr, registry=self.registry)
+                    break
+                except OSError as e:
+                    if i + 1 == len(tries) or e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                        raise
         except socket.gaierror as e:
             raise ExporterError(f"{listen}: cannot resolve {addr!r}: {e.strerror or e}") from None
         except OSError as e:
