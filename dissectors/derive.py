@@ -50,6 +50,7 @@ from stack.wire.inet import (
     has_smc_option,
 )
 
+from .describe import gid_text
 from .pcapng import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
@@ -219,14 +220,6 @@ def _gid_ip(gid: bytes | None) -> str | None:
     if addr.is_unspecified:
         return None
     return str(addr.ipv4_mapped or addr)
-
-
-def _gid_str(gid: bytes) -> str:
-    """A GID as the IPv6 address it reads as (::ffff:10.3.0.1, fe80::5054:ff:fe13:1)."""
-    if len(gid) != 16:
-        return bytes(gid).hex()
-    addr = ipaddress.IPv6Address(bytes(gid))
-    return f"::ffff:{addr.ipv4_mapped}" if addr.ipv4_mapped else str(addr)
 
 
 def _gid_text(gid: bytes) -> str:
@@ -760,9 +753,9 @@ class Deriver:
         ends = [(host, msg.qpn, msg.gid)] + ([offer] if offer is not None else [])
         for i, (end, qpn, gid) in enumerate(ends):
             peer = ends[1 - i] if len(ends) == 2 else None
-            fields = {"event": "added", "qpn": qpn, "gid": _gid_str(gid)}
+            fields = {"event": "added", "qpn": qpn, "gid": gid_text(gid)}
             if peer is not None:
-                fields.update(peer_qpn=peer[1], peer_gid=_gid_str(peer[2]))
+                fields.update(peer_qpn=peer[1], peer_gid=gid_text(peer[2]))
             yield Event(t, "link.event", end, lgr.name, msg.link_num, None, fields)
             yield Event(t, "link.state", end, lgr.name, msg.link_num, None, {"old": "LINK_ACTIVATING", "new": "LINK_ACTIVE", "cause": "CONFIRM LINK"})
         lgr.active.add(msg.link_num)

@@ -10,7 +10,8 @@ from stack.wire import cdc, clc, codes, llc
 from stack.wire.text import printable_ascii
 
 
-def _gid(g: bytes) -> str:
+def gid_text(g: bytes) -> str:
+    """A GID as the address it reads as: ::ffff:10.3.0.1 (IPv4-mapped), fe80::5054:ff:fe13:1."""
     if g[:12] == bytes(10) + b"\xff\xff":
         return "::ffff:" + ".".join(str(b) for b in g[12:])
     import ipaddress
@@ -30,7 +31,7 @@ def describe_clc(m: clc.ClcMessage) -> str:
                 parts.append(f"prefix {m.prefix.subnet}/{m.prefix.prefix_len}")
         if m.v2 is not None:
             eids = ",".join(clc.eid_text(e) for e in m.v2.eids) or "none"
-            parts.append(f"UEIDs {eids} RoCEv2 GID {_gid(m.v2.roce_gid)} release {m.v2.release}")
+            parts.append(f"UEIDs {eids} RoCEv2 GID {gid_text(m.v2.roce_gid)} release {m.v2.release}")
         return " ".join(parts)
     if isinstance(m, (clc.Accept, clc.Confirm)):
         kind = "Accept" if isinstance(m, clc.Accept) else "Confirm"
@@ -42,7 +43,7 @@ def describe_clc(m: clc.ClcMessage) -> str:
         if m.fce is not None:
             text += f" host {printable_ascii(m.fce.hostname).strip()} max_conns {m.fce.max_conns} max_links {m.fce.max_links}"
         if isinstance(m, clc.Confirm) and m.gids:
-            text += " GIDs " + ",".join(_gid(g) for g in m.gids)
+            text += " GIDs " + ",".join(gid_text(g) for g in m.gids)
         return text
     if isinstance(m, clc.Decline):
         return f"CLC Decline v{m.version} {codes.format_reason(m.diagnosis)}{' (out of sync)' if m.out_of_sync else ''}"
@@ -52,18 +53,18 @@ def describe_clc(m: clc.ClcMessage) -> str:
 def describe_llc(m: llc.LlcMessage) -> str:
     head = m.name + (" response" if m.response else " request")
     if isinstance(m, llc.ConfirmLink):
-        return f"{head} link {m.link_num} QPN 0x{m.qpn:06x} GID {_gid(m.gid)} max_links {m.max_links}"
+        return f"{head} link {m.link_num} QPN 0x{m.qpn:06x} GID {gid_text(m.gid)} max_links {m.max_links}"
     if isinstance(m, llc.AddLink):
         if m.rejected:
             return f"{head} REJECTED reason {codes.ADD_LINK_REJECT_REASONS.format(m.reject_reason)}"
-        return f"{head} link {m.link_num} QPN 0x{m.qpn:06x} GID {_gid(m.gid)} PSN 0x{m.psn:06x} rkeys {len(m.rkeys)}"
+        return f"{head} link {m.link_num} QPN 0x{m.qpn:06x} GID {gid_text(m.gid)} PSN 0x{m.psn:06x} rkeys {len(m.rkeys)}"
     if isinstance(m, llc.AddLinkCont):
         return f"{head} link {m.link_num} {m.num_rkeys} rkeys left"
     if isinstance(m, llc.DeleteLink):
         scope = "all links" if m.all else f"link {m.link_num}"
         return f"{head} {scope}{' orderly' if m.orderly else ''} {codes.DELETE_LINK_REASONS.format(m.reason)}"
     if isinstance(m, llc.RequestAddLink):
-        return f"{head} GIDs " + ",".join(_gid(g) for g in m.gids)
+        return f"{head} GIDs " + ",".join(gid_text(g) for g in m.gids)
     if isinstance(m, llc.ConfirmRkey):
         return f"{head} rkey 0x{m.rkey:08x}{' NEGATIVE' if m.negative else ''} +{len(m.others)} other links"
     if isinstance(m, llc.DeleteRkey):
